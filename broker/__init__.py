@@ -1,0 +1,1 @@
+"""The evcharge broker: the single authority for queues, sessions and accounts."""

@@ -1,0 +1,75 @@
+"""Effects: what the pure core asks its edges to do.
+
+Every core entry point returns a list of these, in order. The adapter
+(broker.app) carries them out: it first writes every :class:`Persist` and
+:class:`Publish` of a loop turn to the store and commits, and only then sends
+replies, pushes, bus messages and station commands, so that nothing is
+confirmed before it is durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from msgspec import UnsetType
+
+from common.messages import BusEvent, Scalar
+
+RequestId = UnsetType | Scalar
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to one vehicle request on connection ``conn``.
+
+    Serialised as ``{"type": type, "data": data}`` plus ``"id": request_id``
+    when the request carried an id (``request_id`` is not ``UNSET``).
+    """
+
+    conn: int
+    request_id: RequestId
+    type: str
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """An unsolicited message to the connection most recently bound to ``vehicle_id``.
+
+    Not queued when the vehicle is not connected.
+    """
+
+    vehicle_id: str
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A bus event; ``event.seq`` is already assigned, gap-free, by the core."""
+
+    event: BusEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SendStation:
+    """A msgpack map for the station DEALER whose routing id is ``point_id``."""
+
+    point_id: str
+    message: dict[str, Any]
+
+
+PersistTable = Literal["point", "reservation", "session", "meta"]
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Upsert (``value`` a dict) or delete (``value`` None) one record of the store."""
+
+    table: PersistTable
+    key: str
+    value: dict[str, Any] | None
+
+
+Effect = Reply | Push | Publish | SendStation | Persist

@@ -1,0 +1,157 @@
+"""The one exception tree of the project.
+
+Every error the system raises on purpose derives from :class:`EVError`.
+Errors that travel on the vehicle wire carry a ``code`` (the ``erro`` reply's
+``data.code``, or the ``code`` of a refused ``*_response``); :func:`error_for_code`
+maps a wire code back to its class, so a client raises exactly what the
+broker meant.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EVError(Exception):
+    """Root of every evcharge error."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.__class__.__name__
+        self.field = field
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``data`` of an ``erro`` reply for this error."""
+        data: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            data["field"] = self.field
+        return data
+
+
+# --- errors of the vehicle wire (``erro`` replies) -------------------------------------
+
+
+class ProtocolError(EVError):
+    """An error answered with an ``erro`` reply on the vehicle connection."""
+
+    code = "internal"
+
+
+class BadJson(ProtocolError):
+    code = "bad_json"
+
+
+class TooLarge(ProtocolError):
+    code = "too_large"
+
+
+class UnknownType(ProtocolError):
+    code = "unknown_type"
+
+
+class InvalidRequest(ProtocolError):
+    """Schema or value error; ``field`` names the offending field."""
+
+    code = "invalid"
+
+
+class Forbidden(ProtocolError):
+    code = "forbidden"
+
+
+class InternalError(ProtocolError):
+    code = "internal"
+
+
+# --- refusals inside typed replies (``status: error``) ----------------------------------
+
+
+class RequestRefused(EVError):
+    """A well-formed request the broker refused (``*_response`` with status error)."""
+
+    code = "refused"
+
+
+def _refusal(name: str, wire_code: str) -> type[RequestRefused]:
+    return type(name, (RequestRefused,), {"code": wire_code, "__module__": __name__})
+
+
+AlreadyQueued = _refusal("AlreadyQueued", "already_queued")
+QueueFull = _refusal("QueueFull", "queue_full")
+AlreadyReserved = _refusal("AlreadyReserved", "already_reserved")
+UnknownPoint = _refusal("UnknownPoint", "unknown_point")
+PointOffline = _refusal("PointOffline", "point_offline")
+PointUnavailable = _refusal("PointUnavailable", "point_unavailable")
+NotYourTurn = _refusal("NotYourTurn", "not_your_turn")
+NoReservation = _refusal("NoReservation", "no_reservation")
+PointBusy = _refusal("PointBusy", "point_busy")
+PointUnreachable = _refusal("PointUnreachable", "point_unreachable")
+NoSession = _refusal("NoSession", "no_session")
+RefusedInvalid = _refusal("RefusedInvalid", "invalid")
+
+
+# --- errors of the processes themselves -------------------------------------------------
+
+
+class ConfigError(EVError):
+    """Bad command-line option or environment value."""
+
+    code = "config"
+
+
+class StoreError(EVError):
+    """The database cannot be used: corrupt, locked by another broker, newer schema."""
+
+    code = "store"
+
+
+class TransportError(EVError):
+    """A peer could not be reached or the connection broke."""
+
+    code = "transport"
+
+
+class BrokerUnreachable(TransportError):
+    code = "unreachable"
+
+
+class RequestTimeout(TransportError):
+    code = "timeout"
+
+
+class StationProtocolError(EVError):
+    """A malformed or unexpected station message (ZeroMQ or UDP)."""
+
+    code = "station_protocol"
+
+
+_WIRE_ERRORS: dict[str, type[ProtocolError]] = {
+    c.code: c for c in (BadJson, TooLarge, UnknownType, InvalidRequest, Forbidden, InternalError)
+}
+_REFUSALS: dict[str, type[RequestRefused]] = {
+    c.code: c
+    for c in (
+        AlreadyQueued,
+        QueueFull,
+        AlreadyReserved,
+        UnknownPoint,
+        PointOffline,
+        PointUnavailable,
+        NotYourTurn,
+        NoReservation,
+        PointBusy,
+        PointUnreachable,
+        NoSession,
+    )
+}
+
+
+def error_for_code(code: str, message: str = "", field: str | None = None) -> EVError:
+    """The exception instance for a wire code (``erro`` code or refusal code)."""
+    cls: type[EVError] = _WIRE_ERRORS.get(code) or _REFUSALS.get(code) or RequestRefused
+    err = cls(message, field=field)
+    if cls is RequestRefused:
+        err.code = code  # type: ignore[misc]
+    return err

@@ -1,0 +1,301 @@
+"""Message schemas, defined once for every side of the system.
+
+Vehicle requests (TCP JSON) are decoded in two steps: the :class:`Envelope`
+(``type``, raw ``data``, optional ``id``) and then the ``data`` into the
+struct registered for that ``type`` in :data:`REQUEST_TYPES`. Unknown fields
+are ignored everywhere (forward compatibility). Validation errors become
+:class:`common.errors.InvalidRequest` naming the field (see
+:func:`common.codec.decode_request`).
+
+Station datagrams (UDP JSON), station commands (ZeroMQ msgpack) and bus events
+are described here too, so there is one place to read the wire shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+
+# --- shared field types -------------------------------------------------------------
+
+VEHICLE_ID_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
+VehicleId = Annotated[str, Meta(pattern=VEHICLE_ID_PATTERN)]
+PointId = Annotated[str, Meta(min_length=1, max_length=64)]
+Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
+Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
+Percent = Annotated[float, Meta(ge=0.0, le=100.0)]
+Scalar = str | int | float | bool | None
+
+PAYMENT_METHODS: Final = ("Pix", "Débito em conta", "Cartão de crédito")
+PaymentMethod = Literal["Pix", "Débito em conta", "Cartão de crédito"]
+
+DEFAULT_LIMIT: Final = 10
+MAX_LIMIT: Final = 100
+DEFAULT_CAPACITY_KWH: Final = 60.0
+MAX_REQUEST_BYTES: Final = 64 * 1024
+MAX_DATAGRAM_BYTES: Final = 8 * 1024
+
+
+class Location(Struct, frozen=True):
+    latitude: Latitude
+    longitude: Longitude
+
+
+class Envelope(Struct):
+    """``{"type": T, "data": {...}, "id": X}``; ``data`` is decoded later by type."""
+
+    type: str
+    data: Raw = Raw(b"{}")
+    id: UnsetType | Scalar = UNSET
+
+
+# --- vehicle requests (``data`` of each request type) ------------------------------
+
+
+class Bateria(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    nivel_bateria: Percent
+    localizacao: Location
+    timestamp: str | None = None
+    distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
+    limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+
+
+class Consulta(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    localizacao: Location
+    timestamp: str | None = None
+    distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
+    limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] | None = None
+
+
+class Reserva(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    id_ponto_recarga: PointId
+    tempo_estimado: Annotated[float, Meta(ge=0.0, le=240.0)] = 0.0
+    timestamp: str | None = None
+
+
+class Cancelar(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    id_ponto_recarga: PointId
+    timestamp: str | None = None
+
+
+class Chegada(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    id_ponto_recarga: PointId
+    nivel_bateria: Percent
+    nivel_carregar: Percent
+    metodo_pagamento: PaymentMethod
+    capacidade_kwh: Annotated[float, Meta(gt=0.0, le=1000.0)] = DEFAULT_CAPACITY_KWH
+    timestamp: str | None = None
+
+
+class Parar(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    id_ponto_recarga: PointId
+    timestamp: str | None = None
+
+
+class Custos(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    timestamp: str | None = None
+
+
+class StatusQuery(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+    timestamp: str | None = None
+
+
+class Ping(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId | None = None
+
+
+VehicleRequestData = Bateria | Consulta | Reserva | Cancelar | Chegada | Parar | Custos | StatusQuery | Ping
+
+REQUEST_TYPES: Final[dict[str, type[Any]]] = {
+    "bateria": Bateria,
+    "consulta": Consulta,
+    "reserva": Reserva,
+    "cancelar": Cancelar,
+    "chegada": Chegada,
+    "parar": Parar,
+    "custos": Custos,
+    "status": StatusQuery,
+    "ping": Ping,
+}
+
+# reply ``type`` for each request ``type``
+REPLY_TYPES: Final[dict[str, str]] = {
+    "bateria": "pontos_disponiveis",
+    "consulta": "lista_pontos",
+    "reserva": "reserva_response",
+    "cancelar": "cancelar_response",
+    "chegada": "chegada_response",
+    "parar": "parar_response",
+    "custos": "extrato",
+    "status": "status_veiculo",
+    "ping": "pong",
+}
+
+PUSH_TYPES: Final = ("sua_vez", "reserva_expirada", "reserva_cancelada", "custo_final", "encerramento")
+
+
+class VehicleRequest(Struct, frozen=True):
+    """A decoded, validated vehicle request: its type, typed data and optional id."""
+
+    type: str
+    data: VehicleRequestData
+    id: UnsetType | Scalar = UNSET
+
+
+# --- station status datagrams (UDP JSON) ----------------------------------------------
+
+StationState = Literal["disponivel", "carregando", "indisponivel"]
+
+
+class StatusDatagram(Struct, kw_only=True, frozen=True):
+    """The original minimal form plus our stations' extended fields (all optional)."""
+
+    id: PointId
+    latitude: Latitude
+    longitude: Longitude
+    available: bool = True
+    queue_size: int | None = None
+    vehicle_id: str | None = None
+    battery: float | None = None
+    estado: StationState | None = None
+    potencia_kw: Annotated[float, Meta(gt=0.0, le=10000.0)] | None = None
+    preco_kwh: Annotated[float, Meta(ge=0.0, le=1000.0)] | None = None
+    session_id: str | None = None
+    energia_kwh: Annotated[float, Meta(ge=0.0)] | None = None
+    boot_id: str | None = None
+    seq: int | None = None
+    interval_s: Annotated[float, Meta(gt=0.0, le=3600.0)] | None = None
+    ts: float | str | None = None
+
+
+# --- station <-> broker over ZeroMQ (msgpack maps with a ``type`` key) ------------------
+
+
+class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
+    id: PointId
+    latitude: Latitude
+    longitude: Longitude
+    potencia_kw: float = 50.0
+    preco_kwh: float = 2.0
+    boot_id: str = ""
+    interval_s: float = 2.0
+
+
+class Heartbeat(Struct, tag="heartbeat", tag_field="type", frozen=True):
+    pass
+
+
+class Ack(Struct, tag="ack", tag_field="type", kw_only=True, frozen=True):
+    cmd_id: str
+    ok: bool
+    error: str | None = None
+
+
+class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=True, frozen=True):
+    session_id: str
+    vehicle_id: str
+    energia_kwh: Annotated[float, Meta(ge=0.0)]
+    nivel_inicial: float
+    nivel_final: float
+    started_at: float | str
+    ended_at: float | str
+    reason: Literal["target_reached", "stopped", "fault"] = "target_reached"
+
+
+StationToBroker = Hello | Heartbeat | Ack | SessionComplete
+
+
+class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True, frozen=True):
+    heartbeat_s: float = 1.0
+
+
+class Hold(Struct, tag="hold", tag_field="type", kw_only=True, frozen=True):
+    cmd_id: str
+    reservation_id: str
+    vehicle_id: str
+    until: float
+
+
+class Release(Struct, tag="release", tag_field="type", kw_only=True, frozen=True):
+    cmd_id: str
+    reservation_id: str
+
+
+class Start(Struct, tag="start", tag_field="type", kw_only=True, frozen=True):
+    cmd_id: str
+    session_id: str
+    vehicle_id: str
+    nivel_bateria: float
+    nivel_carregar: float
+    capacidade_kwh: float
+
+
+class Stop(Struct, tag="stop", tag_field="type", kw_only=True, frozen=True):
+    cmd_id: str
+    session_id: str
+
+
+class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, frozen=True):
+    session_id: str
+
+
+BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck
+StationCommandMsg = Hold | Release | Start | Stop
+
+# --- event bus and history ------------------------------------------------------------
+
+TOPICS: Final = (
+    "broker.started",
+    "point.registered",
+    "point.status",
+    "point.online",
+    "point.offline",
+    "reservation.created",
+    "reservation.turn",
+    "reservation.cancelled",
+    "reservation.expired",
+    "charging.started",
+    "charging.completed",
+    "vehicle.connected",
+    "vehicle.disconnected",
+    "vehicle.low_battery",
+)
+
+
+class BusEvent(Struct, frozen=True):
+    """Payload of a bus message (second frame); the first frame is ``topic``."""
+
+    seq: int
+    ts: float
+    topic: str
+    data: dict[str, Any]
+
+
+MAX_HISTORY_LIMIT: Final = 1000
+
+
+class HistorySince(Struct, tag="since", tag_field="op", frozen=True):
+    seq: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1)] = MAX_HISTORY_LIMIT
+
+
+class HistorySnapshot(Struct, tag="snapshot", tag_field="op", frozen=True):
+    pass
+
+
+HistoryRequest = HistorySince | HistorySnapshot
+
+
+def to_builtins(obj: Any) -> Any:
+    """A struct (or anything msgspec knows) as plain dicts/lists, e.g. for msgpack."""
+    return msgspec.to_builtins(obj)
