@@ -1,0 +1,16 @@
+"""`ev-broker`: the broker service and the bus consumers (Typer app)."""
+
+from __future__ import annotations
+
+import typer
+
+from broker.consumers_cli import register as register_consumers
+from broker.serve_cli import register as register_serve
+
+app = typer.Typer(help="evcharge broker and its bus consumers.", no_args_is_help=True)
+register_serve(app)
+register_consumers(app)
+
+
+def main() -> None:
+    app()
