@@ -1,0 +1,1 @@
+"""Network edges of the broker: one small module per transport."""
