@@ -1,0 +1,1 @@
+"""Operations: local runner and container image tooling for evcharge."""
