@@ -1,0 +1,1 @@
+"""Simulated charging stations: a pure charging model, its UDP/ZeroMQ edge, fleets, CLI."""

@@ -1,0 +1,5 @@
+"""``python -m station``: the ``ev-station`` command line."""
+
+from station.cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""`ev-station`: run one simulated charging station, or a fleet of them (Typer app).
+
+Every option also reads ``EV_<OPTION_NAME>`` from the environment (``EV_ID``,
+``EV_LAT``, ``EV_BROKER``...). SIGINT and SIGTERM stop cleanly with exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Annotated, Final
+
+import typer
+import zmq
+
+from station.fleet import make_fleet
+from station.host import Host, HostConfig, run_host
+from station.links import DealerLink, Link, MultiLink
+from station.sim import Charger
+
+POINT_ID_RE: Final = re.compile(r"^[^\s\x00-\x1f]{1,64}$")
+PREFIX_RE: Final = re.compile(r"^[^\s\x00-\x1f]{0,56}$")
+
+app = typer.Typer(
+    help="Simulated evcharge charging stations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _env(name: str) -> str:
+    return f"EV_{name}"
+
+
+Broker = Annotated[str, typer.Option(envvar=_env("BROKER"), help="Broker host name or address.")]
+StatusPort = Annotated[
+    int, typer.Option(envvar=_env("STATUS_PORT"), min=1, max=65535, help="Broker UDP status port.")
+]
+StationPort = Annotated[
+    int,
+    typer.Option(envvar=_env("STATION_PORT"), min=1, max=65535, help="Broker ZeroMQ ROUTER port."),
+]
+Interval = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("INTERVAL"), min=0.05, max=3600.0, help="Seconds between status datagrams."
+    ),
+]
+Speed = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("SPEED"), min=0.001, max=1e6, help="Simulated seconds per real second."
+    ),
+]
+PowerKw = Annotated[
+    float, typer.Option(envvar=_env("POWER_KW"), min=0.1, max=10000.0, help="Rated power, kW.")
+]
+PriceKwh = Annotated[
+    float, typer.Option(envvar=_env("PRICE_KWH"), min=0.0, max=1000.0, help="Price per kWh, BRL.")
+]
+Heartbeat = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("HEARTBEAT"), min=0.1, max=60.0, help="Heartbeat period when idle, seconds."
+    ),
+]
+LogLevel = Annotated[
+    str, typer.Option(envvar=_env("LOG_LEVEL"), help="debug | info | warning | error.")
+]
+FaultAfter = Annotated[
+    float | None,
+    typer.Option(
+        envvar=_env("FAULT_AFTER"),
+        min=0.0,
+        help="Fault injection: go indisponivel this many seconds after start "
+        "(a running session ends with reason fault).",
+    ),
+]
+FaultFor = Annotated[
+    float | None,
+    typer.Option(
+        envvar=_env("FAULT_FOR"),
+        min=0.0,
+        help="With --fault-after: clear the fault after this many seconds (default: never).",
+    ),
+]
+MuteCommands = Annotated[
+    bool,
+    typer.Option(
+        envvar=_env("MUTE_COMMANDS"),
+        help="Fault injection: never answer hold/release/start/stop (the broker then "
+        "sees the point as unreachable); datagrams and heartbeats continue.",
+    ),
+]
+
+
+def _setup_logging(level: str) -> None:
+    value = getattr(logging, level.upper(), None)
+    if not isinstance(value, int):
+        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
+    logging.basicConfig(
+        level=value, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+def _serve(chargers: list[Charger], config: HostConfig, single: bool) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    endpoint = f"tcp://{config.broker}:{config.station_port}"
+
+    def link_factory(ids: list[str]) -> Link:
+        if single:
+            return DealerLink(ctx, endpoint, ids[0])
+        return MultiLink(ctx, endpoint, ids)
+
+    host = Host(chargers, config, link_factory, out=lambda line: print(line, flush=True))
+    try:
+        run_host(host)
+    finally:
+        ctx.term()
+    c = host.counters
+    print(
+        f"stopped: {c.datagrams} datagrams, {c.frames_out} frames out, {c.frames_in} frames in",
+        flush=True,
+    )
+
+
+@app.command()
+def run(
+    id: Annotated[str, typer.Option("--id", envvar=_env("ID"), help="Point id (1-64 chars).")],
+    lat: Annotated[float, typer.Option(envvar=_env("LAT"), min=-90.0, max=90.0, help="Latitude.")],
+    lon: Annotated[
+        float, typer.Option(envvar=_env("LON"), min=-180.0, max=180.0, help="Longitude.")
+    ],
+    power_kw: PowerKw = 50.0,
+    price_kwh: PriceKwh = 2.0,
+    broker: Broker = "127.0.0.1",
+    status_port: StatusPort = 8082,
+    station_port: StationPort = 5555,
+    interval: Interval = 2.0,
+    speed: Speed = 60.0,
+    heartbeat: Heartbeat = 1.0,
+    fault_after: FaultAfter = None,
+    fault_for: FaultFor = None,
+    mute_commands: MuteCommands = False,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run one simulated charging station."""
+    if not POINT_ID_RE.match(id):
+        raise typer.BadParameter("must be 1-64 characters, no spaces", param_hint="--id")
+    _setup_logging(log_level)
+    charger = Charger(id, lat, lon, power_kw=power_kw, price_kwh=price_kwh, speed=speed)
+    config = HostConfig(
+        broker=broker,
+        status_port=status_port,
+        station_port=station_port,
+        interval_s=interval,
+        heartbeat_s=heartbeat,
+        fault_after_s=fault_after,
+        fault_for_s=fault_for,
+        mute_commands=mute_commands,
+    )
+    _serve([charger], config, single=True)
+
+
+def _parse_center(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lat, lon = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise typer.BadParameter("expected LAT,LON, e.g. -12.2664,-38.9663") from None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise typer.BadParameter("latitude must be in [-90, 90] and longitude in [-180, 180]")
+    return lat, lon
+
+
+@app.command()
+def fleet(
+    count: Annotated[
+        int, typer.Option(envvar=_env("COUNT"), min=1, max=100_000, help="Number of stations.")
+    ],
+    center: Annotated[
+        str, typer.Option(envvar=_env("CENTER"), help="LAT,LON of the fleet's center.")
+    ] = "-12.2664,-38.9663",
+    radius_km: Annotated[
+        float,
+        typer.Option(envvar=_env("RADIUS_KM"), min=0.0, max=2000.0, help="Placement radius."),
+    ] = 10.0,
+    prefix: Annotated[str, typer.Option(envvar=_env("PREFIX"), help="Id prefix.")] = "CP",
+    seed: Annotated[int, typer.Option(envvar=_env("SEED"), help="Placement seed.")] = 1,
+    power_kw: PowerKw = 50.0,
+    price_kwh: PriceKwh = 2.0,
+    broker: Broker = "127.0.0.1",
+    status_port: StatusPort = 8082,
+    station_port: StationPort = 5555,
+    interval: Interval = 2.0,
+    speed: Speed = 60.0,
+    heartbeat: Heartbeat = 1.0,
+    report_every: Annotated[
+        float,
+        typer.Option(
+            envvar=_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
+        ),
+    ] = 5.0,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run N simulated stations in one process (ids PREFIX0001..), deterministic with --seed."""
+    where = _parse_center(center)
+    if not PREFIX_RE.match(prefix):
+        raise typer.BadParameter("at most 56 characters, no spaces", param_hint="--prefix")
+    _setup_logging(log_level)
+    chargers = make_fleet(count, where, radius_km, prefix, seed, power_kw, price_kwh, speed)
+    config = HostConfig(
+        broker=broker,
+        status_port=status_port,
+        station_port=station_port,
+        interval_s=interval,
+        heartbeat_s=heartbeat,
+        report_s=report_every,
+    )
+    _serve(chargers, config, single=count == 1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,388 @@
+"""The asyncio edge that drives one or many :class:`station.sim.Charger` models.
+
+One loop, one UDP socket for every station, one :class:`station.links.Link` for
+ZeroMQ. Every ``tick_s`` the host: reads broker frames and hands them to the
+models; lets simulated time run; sends the status datagrams that are due (each
+station once per ``interval_s``, phases spread evenly, plus one at once on every
+state change); sends heartbeats to stations that sent nothing to the broker for
+``heartbeat_s``; resends unacknowledged ``session_complete``; re-creates the
+ZeroMQ socket(s) when the broker has been silent for ``silence_s``.
+
+Schedules are heaps of (due time, station index), so the cost per tick is the
+work that is due, not the number of stations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from common.errors import StationProtocolError
+from common.messages import Heartbeat, Hold, Release, SessionAck, Start, Stop, Welcome
+from station.links import Link
+from station.sim import Charger, Step
+from station.wire import BadFrame, decode_frame, encode_datagram, encode_frame
+
+log = logging.getLogger("station")
+
+RECEIVE_BATCH: Final = 5000
+HOUSEKEEPING_S: Final = 0.25
+
+
+@dataclass
+class HostConfig:
+    broker: str = "127.0.0.1"
+    status_port: int = 8082
+    station_port: int = 5555
+    interval_s: float = 2.0
+    heartbeat_s: float = 1.0
+    silence_s: float = 5.0
+    tick_s: float = 0.02
+    report_s: float = 0.0  # 0: no periodic figures
+    fault_after_s: float | None = None
+    fault_for_s: float | None = None  # None: the fault stays
+    mute_commands: bool = False
+
+
+@dataclass
+class Counters:
+    datagrams: int = 0
+    datagrams_dropped: int = 0
+    frames_out: int = 0
+    frames_out_dropped: int = 0
+    frames_in: int = 0
+    bad_frames: int = 0
+    muted: int = 0
+    resets: int = 0
+
+
+class Host:
+    """Runs ``chargers`` against one broker until :meth:`request_stop`."""
+
+    def __init__(
+        self,
+        chargers: list[Charger],
+        config: HostConfig,
+        link_factory: Callable[[list[str]], Link],
+        out: Callable[[str], None] = print,
+    ) -> None:
+        if not chargers:
+            raise ValueError("at least one station is needed")
+        self.chargers = chargers
+        self.config = config
+        self.boot_id = uuid.uuid4().hex
+        self.counters = Counters()
+        self._out = out
+        self._link_factory = link_factory
+        self._link: Link | None = None
+        self._index = {c.point_id: i for i, c in enumerate(chargers)}
+        n = len(chargers)
+        self._seq = [0] * n
+        self._last_heard = [0.0] * n
+        self._last_sent = [0.0] * n
+        self._hello_at: dict[int, float] = {}  # stations still waiting for ``welcome``
+        self._active: set[int] = set()  # stations with a session or a hold
+        self._pending: set[int] = set()  # stations with unacknowledged completions
+        self._dg_heap: list[tuple[float, int]] = []
+        self._hb_heap: list[tuple[float, int]] = []
+        self._link_heard = 0.0
+        self._addr: Any = None
+        self._udp: socket.socket | None = None
+        self._stopping = False
+        self._started = 0.0
+        self._faulted = False
+        self._recovered = False
+        self._next_housekeeping = 0.0
+        self._next_scan = 0.0
+        self._next_report = 0.0
+        self._report_base = (0.0, 0)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stopping = True
+
+    async def run(self) -> None:
+        """Start, print the ready line, and serve until :meth:`request_stop`."""
+        self.start(time.time())
+        try:
+            while not self._stopping:
+                self.turn(time.time())
+                await asyncio.sleep(self.config.tick_s)
+        finally:
+            self.close()
+
+    def start(self, now: float) -> None:
+        cfg = self.config
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.setblocking(False)
+        self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self._resolve()
+        self._link = self._link_factory([c.point_id for c in self.chargers])
+        self._started = self._link_heard = now
+        n = len(self.chargers)
+        for i in range(n):
+            self._last_heard[i] = now
+            self._dg_heap.append((now + cfg.interval_s * i / n, i))
+            self._hb_heap.append((now + cfg.heartbeat_s * (1.0 + i / n), i))
+            self._hello_at[i] = 0.0
+        heapq.heapify(self._dg_heap)
+        heapq.heapify(self._hb_heap)
+        self._send_hellos(now)
+        self._next_report = now + cfg.report_s
+        self._report_base = (now, 0)
+        endpoint = f"tcp://{cfg.broker}:{cfg.station_port}"
+        if n == 1:
+            c = self.chargers[0]
+            self._out(
+                f"station {c.point_id} ready: udp {cfg.broker}:{cfg.status_port}, "
+                f"zmq {endpoint}, boot {self.boot_id}"
+            )
+        else:
+            self._out(
+                f"fleet ready: {n} stations, udp {cfg.broker}:{cfg.status_port}, "
+                f"zmq {endpoint}, interval {cfg.interval_s:g} s, boot {self.boot_id}"
+            )
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+
+    def _resolve(self) -> None:
+        try:
+            infos = socket.getaddrinfo(
+                self.config.broker, self.config.status_port, socket.AF_INET, socket.SOCK_DGRAM
+            )
+            self._addr = infos[0][4]
+        except OSError as exc:
+            if self._addr is None:
+                log.warning("cannot resolve %s yet (%s); will retry", self.config.broker, exc)
+
+    # --- one turn of the loop ---------------------------------------------------------
+
+    def turn(self, now: float) -> None:
+        """Everything that is due at ``now`` (called every tick)."""
+        self._receive(now)
+        self._faults(now)
+        for i in list(self._active):
+            self._apply(i, self.chargers[i].advance(now), now)
+        self._datagrams(now)
+        self._heartbeats(now)
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_S
+            self._housekeeping(now)
+        if self.config.report_s > 0 and now >= self._next_report:
+            self._report(now)
+
+    def _receive(self, now: float) -> None:
+        assert self._link is not None
+        for point_id, frame in self._link.receive(RECEIVE_BATCH):
+            i = self._index.get(point_id)
+            if i is None:
+                log.warning("frame for unknown station %r dropped", point_id)
+                continue
+            self.counters.frames_in += 1
+            self._last_heard[i] = now
+            self._link_heard = now
+            self._on_frame(i, frame, now)
+
+    def _on_frame(self, i: int, frame: bytes, now: float) -> None:
+        c = self.chargers[i]
+        try:
+            msg = decode_frame(frame)
+        except BadFrame as exc:
+            self.counters.bad_frames += 1
+            log.warning("%s: %s", c.point_id, exc.message)
+            if exc.cmd_id is not None and not self.config.mute_commands:
+                self._send(i, c.refuse(exc.cmd_id, exc.message), now)
+            return
+        match msg:
+            case Welcome():
+                self._hello_at.pop(i, None)
+            case Heartbeat():
+                pass
+            case SessionAck():
+                c.handle(msg, now)
+                if not c.pending:
+                    self._pending.discard(i)
+            case Hold() | Release() | Start() | Stop():
+                if self.config.mute_commands:
+                    self.counters.muted += 1
+                    log.info(
+                        "%s: muted, %s %s not answered",
+                        c.point_id,
+                        msg.__struct_config__.tag,
+                        msg.cmd_id,
+                    )
+                    return
+                step = c.handle(msg, now)
+                for m in step.messages:
+                    if m["type"] == "ack" and not m["ok"]:
+                        log.warning("%s: refused %s: %s", c.point_id, msg.cmd_id, m["error"])
+                self._apply(i, step, now)
+
+    def _apply(self, i: int, step: Step, now: float) -> None:
+        c = self.chargers[i]
+        for m in step.messages:
+            if m["type"] == "session_complete":
+                log.info(
+                    "%s: session %s complete (%s), %.3f kWh",
+                    c.point_id, m["session_id"], m["reason"], m["energia_kwh"],
+                )  # fmt: skip
+            self._send(i, m, now)
+        if step.changed:
+            log.info("%s: state %s", c.point_id, c.state.value)
+            self._send_datagram(i, now)
+        if c.session is not None or c.hold is not None:
+            self._active.add(i)
+        else:
+            self._active.discard(i)
+        if c.pending:
+            self._pending.add(i)
+
+    def _faults(self, now: float) -> None:
+        cfg = self.config
+        if cfg.fault_after_s is None:
+            return
+        if not self._faulted and now >= self._started + cfg.fault_after_s:
+            self._faulted = True
+            log.warning("fault injected: stations go indisponivel")
+            for i, c in enumerate(self.chargers):
+                self._apply(i, c.fault(now), now)
+        if (
+            self._faulted
+            and not self._recovered
+            and cfg.fault_for_s is not None
+            and now >= self._started + cfg.fault_after_s + cfg.fault_for_s
+        ):
+            self._recovered = True
+            log.warning("fault cleared: stations are disponivel again")
+            for i, c in enumerate(self.chargers):
+                self._apply(i, c.recover(now), now)
+
+    def _datagrams(self, now: float) -> None:
+        heap = self._dg_heap
+        interval = self.config.interval_s
+        while heap and heap[0][0] <= now:
+            due, i = heap[0]
+            nxt = due + interval
+            if nxt <= now:  # fell behind by a whole interval: do not try to catch up
+                nxt = now + interval
+            heapq.heapreplace(heap, (nxt, i))
+            self._send_datagram(i, now)
+
+    def _heartbeats(self, now: float) -> None:
+        heap = self._hb_heap
+        hb = self.config.heartbeat_s
+        frame = encode_frame({"type": "heartbeat"})
+        while heap and heap[0][0] <= now:
+            _, i = heap[0]
+            last = self._last_sent[i]
+            if now - last >= hb * 0.999:
+                self._send_raw(i, frame, now)
+                last = now
+            heapq.heapreplace(heap, (max(last + hb, now + 0.01), i))
+
+    def _housekeeping(self, now: float) -> None:
+        for i in list(self._pending):
+            for m in self.chargers[i].due_completions(now):
+                self._send(i, m, now)
+        silence = self.config.silence_s
+        if now - self._link_heard > silence:
+            log.warning("broker silent for %.0f s: re-creating the ZeroMQ socket", silence)
+            assert self._link is not None
+            self._link.reset()
+            self.counters.resets += 1
+            self._link_heard = now
+            self._resolve()
+            for i in range(len(self.chargers)):
+                self._last_heard[i] = now
+                self._hello_at[i] = 0.0
+        elif now >= self._next_scan:  # one station unheard while others are: hello again
+            self._next_scan = now + 1.0
+            for i, heard in enumerate(self._last_heard):
+                if now - heard > silence and i not in self._hello_at:
+                    self._hello_at[i] = 0.0
+                    self._last_heard[i] = now
+        self._send_hellos(now)
+
+    def _send_hellos(self, now: float) -> None:
+        cfg = self.config
+        for i, at in list(self._hello_at.items()):
+            due = now - at >= cfg.silence_s
+            if due and self._send(i, self.chargers[i].hello(self.boot_id, cfg.interval_s), now):
+                self._hello_at[i] = now
+
+    # --- output -----------------------------------------------------------------------
+
+    def _send(self, i: int, message: dict[str, Any], now: float) -> bool:
+        return self._send_raw(i, encode_frame(message), now)
+
+    def _send_raw(self, i: int, frame: bytes, now: float) -> bool:
+        assert self._link is not None
+        if self._link.send(self.chargers[i].point_id, frame):
+            self._last_sent[i] = now
+            self.counters.frames_out += 1
+            return True
+        self.counters.frames_out_dropped += 1
+        return False
+
+    def _send_datagram(self, i: int, now: float) -> None:
+        if self._addr is None or self._udp is None:
+            self._resolve()
+            if self._addr is None or self._udp is None:
+                self.counters.datagrams_dropped += 1
+                return
+        seq = self._seq[i] + 1
+        self._seq[i] = seq
+        try:
+            data = encode_datagram(
+                self.chargers[i].datagram(self.boot_id, seq, self.config.interval_s, now)
+            )
+            self._udp.sendto(data, self._addr)
+        except (OSError, StationProtocolError) as exc:
+            self.counters.datagrams_dropped += 1
+            log.debug("datagram of %s not sent: %s", self.chargers[i].point_id, exc)
+            return
+        self.counters.datagrams += 1
+
+    def _report(self, now: float) -> None:
+        t0, d0 = self._report_base
+        rate = (self.counters.datagrams - d0) / max(1e-9, now - t0)
+        self._report_base = (now, self.counters.datagrams)
+        self._next_report = now + self.config.report_s
+        charging = sum(1 for i in self._active if self.chargers[i].session is not None)
+        self._out(
+            f"fleet: {len(self.chargers)} stations, {rate:.0f} datagrams/s, "
+            f"{charging} charging, zmq out {self.counters.frames_out} "
+            f"in {self.counters.frames_in} dropped {self.counters.frames_out_dropped}"
+        )
+
+
+def run_host(host: Host) -> None:
+    """Run ``host`` on uvloop when available; SIGINT/SIGTERM stop it cleanly."""
+    import signal
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, host.request_stop)
+        await host.run()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -1,0 +1,144 @@
+"""ZeroMQ links from stations to the broker's ROUTER (thin I/O, no protocol logic).
+
+Two shapes, one interface (:class:`Link`):
+
+* :class:`DealerLink` - one DEALER per station, routing id = point id, LINGER 0.
+  Used by ``ev-station run``.
+* :class:`MultiLink` - for a fleet: ONE local ROUTER socket that connects to the
+  broker once per station. Before each ``connect`` it sets ``ZMQ_ROUTING_ID`` (the
+  identity the broker sees on that connection: the point id) and
+  ``ZMQ_CONNECT_ROUTING_ID`` (the local name of that connection: the point id too).
+  The broker therefore sees exactly what N DEALERs would show it - one peer per
+  point id - while the fleet process keeps two file descriptors per station less
+  and drives every station from one socket: a frame arriving on the connection of
+  point P is received locally as ``[P, frame]``, and ``[P, frame]`` goes out on
+  P's connection. ``ROUTER_MANDATORY`` reports a connection that is not up yet,
+  so the caller retries instead of losing the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Final, Protocol
+
+import zmq
+
+HWM: Final = 10_000
+
+
+class Link(Protocol):
+    """What the station host needs from its ZeroMQ side."""
+
+    def send(self, point_id: str, frame: bytes) -> bool:
+        """Queue ``frame`` on ``point_id``'s connection; False when that is not possible now."""
+        ...
+
+    def receive(self, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` frames that arrived, as (point_id, frame), without blocking."""
+        ...
+
+    def reset(self) -> None:
+        """Close and re-create the socket(s) (the broker may have restarted)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _base_options(sock: zmq.Socket[bytes]) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, 200)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+
+
+class DealerLink:
+    """One DEALER socket for one station."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, point_id: str) -> None:
+        self._ctx = ctx
+        self._endpoint = endpoint
+        self._point_id = point_id
+        self._sock = self._open()
+
+    def _open(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        _base_options(sock)
+        sock.setsockopt(zmq.ROUTING_ID, self._point_id.encode("utf-8"))
+        sock.connect(self._endpoint)
+        return sock
+
+    def send(self, point_id: str, frame: bytes) -> bool:
+        try:
+            self._sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def receive(self, limit: int) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        while len(out) < limit:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            out.extend((self._point_id, f) for f in frames[-1:])
+        return out
+
+    def reset(self) -> None:
+        self._sock.close(linger=0)
+        self._sock = self._open()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class MultiLink:
+    """One local ROUTER socket with one connection per station (see module doc)."""
+
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, point_ids: Iterable[str]
+    ) -> None:
+        self._ctx = ctx
+        self._endpoint = endpoint
+        self._ids = [p.encode("utf-8") for p in point_ids]
+        self._sock = self._open()
+
+    def _open(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
+        _base_options(sock)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        for ident in self._ids:
+            sock.setsockopt(zmq.ROUTING_ID, ident)
+            sock.setsockopt(zmq.CONNECT_ROUTING_ID, ident)
+            sock.connect(self._endpoint)
+        return sock
+
+    def send(self, point_id: str, frame: bytes) -> bool:
+        try:
+            self._sock.send_multipart([point_id.encode("utf-8"), frame], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected (yet); EAGAIN: full
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                return False
+            raise
+        return True
+
+    def receive(self, limit: int) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        while len(out) < limit:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) >= 2:
+                with contextlib.suppress(UnicodeDecodeError):
+                    out.append((frames[0].decode("utf-8"), frames[-1]))
+        return out
+
+    def reset(self) -> None:
+        self._sock.close(linger=0)
+        self._sock = self._open()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
