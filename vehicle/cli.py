@@ -1,0 +1,443 @@
+"""``ev-vehicle``: the vehicle command line (Typer).
+
+This module only parses options and calls library code (:mod:`vehicle.client`,
+:mod:`vehicle.drive`, :mod:`vehicle.swarm`, :mod:`vehicle.menu`). Exit codes:
+0 success, 1 refused request (or an ``erro`` reply), 2 usage error,
+3 broker unreachable. With ``--json`` only JSON is printed on stdout (errors
+as ``{"error": {"code", "message"}}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, TypeVar
+
+import typer
+from rich.console import Console
+
+from common.errors import (
+    ConfigError,
+    EVError,
+    ProtocolError,
+    RequestRefused,
+    TransportError,
+)
+from vehicle import render
+from vehicle.client import VehicleClient
+from vehicle.config import payment_wire_name, resolve_vehicle_id
+
+EXIT_OK: Final = 0
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = 3
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    add_completion=False,
+    help="Vehicle client of the evcharge network. Without a command: an interactive menu.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+@dataclass
+class Settings:
+    """Global options shared by every subcommand."""
+
+    broker: str
+    port: int
+    explicit_id: str | None
+    json: bool
+    _vehicle_id: str | None = None
+
+    @property
+    def vehicle_id(self) -> str:
+        if self._vehicle_id is None:
+            self._vehicle_id = resolve_vehicle_id(self.explicit_id)
+        return self._vehicle_id
+
+    def client(self, **kwargs: Any) -> VehicleClient:
+        return VehicleClient(self.broker, self.port, self.vehicle_id, **kwargs)
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped a long-running command (a clean exit 0)."""
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run ``factory()`` on uvloop (when available); SIGINT/SIGTERM raise Interrupted."""
+
+    async def runner() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            stopped = True
+            if task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        try:
+            return await factory()
+        except asyncio.CancelledError:
+            if stopped:
+                raise Interrupted from None
+            raise
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner_ctx:
+        return runner_ctx.run(runner())
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def exit_code_for(exc: EVError) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, TransportError):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, RequestRefused | ProtocolError):
+        return EXIT_REFUSED
+    return EXIT_REFUSED
+
+
+def fail(settings: Settings, exc: EVError) -> typer.Exit:
+    """Report ``exc`` in one line (or as JSON) and return the Exit to raise."""
+    if settings.json:
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.field is not None:
+            error["field"] = exc.field
+        emit_json({"error": error})
+    else:
+        where = f" (field {exc.field})" if exc.field else ""
+        Console(stderr=True, highlight=False).print(
+            f"error: {exc.code}: {exc.message}{where}", markup=False
+        )
+    return typer.Exit(exit_code_for(exc))
+
+
+def execute(
+    ctx: typer.Context,
+    work: Callable[[Settings], Awaitable[T]],
+    show: Callable[[Console, T], None],
+) -> None:
+    """Run one command: JSON or rich output, exceptions mapped to exit codes."""
+    settings: Settings = ctx.obj
+    try:
+        result = run_async(lambda: work(settings))
+    except Interrupted:
+        raise typer.Exit(EXIT_OK) from None
+    except EVError as exc:
+        raise fail(settings, exc) from None
+    if settings.json:
+        emit_json(result)
+    else:
+        show(Console(highlight=False), result)
+
+
+# --- global options ----------------------------------------------------------------------
+
+
+@app.callback(invoke_without_command=True)
+def main_options(
+    ctx: typer.Context,
+    broker: Annotated[
+        str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", envvar="EV_PORT", min=1, max=65535, help="Vehicle TCP port.")
+    ] = 8081,
+    vehicle_id: Annotated[
+        str | None,
+        typer.Option("--id", envvar="EV_ID", help="Vehicle id (default: a stored stable id)."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", envvar="EV_JSON", help="Print machine-readable JSON only.")
+    ] = False,
+) -> None:
+    settings = Settings(broker, port, vehicle_id, json_out)
+    ctx.obj = settings
+    if vehicle_id is not None:
+        try:
+            resolve_vehicle_id(vehicle_id)
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--id") from None
+    if ctx.invoked_subcommand is None:
+        from vehicle.menu import run_menu
+
+        try:
+            run_async(lambda: run_menu(settings))
+        except Interrupted:
+            pass
+        except EVError as exc:
+            raise fail(settings, exc) from None
+
+
+# --- commands ------------------------------------------------------------------------------
+
+Lat = Annotated[float, typer.Option("--lat", min=-90.0, max=90.0, help="Latitude.")]
+Lon = Annotated[float, typer.Option("--lon", min=-180.0, max=180.0, help="Longitude.")]
+MaxKm = Annotated[
+    float | None, typer.Option("--max-km", min=0.0, help="Only points within this radius (km).")
+]
+Point = Annotated[str, typer.Argument(help="Charging point id, e.g. CP01.")]
+
+
+def _print_points(console: Console, points: list[dict[str, Any]]) -> None:
+    console.print(render.points_table(points))
+
+
+@app.command()
+def nearby(
+    ctx: typer.Context,
+    lat: Lat,
+    lon: Lon,
+    battery: Annotated[
+        float, typer.Option("--battery", min=0.0, max=100.0, help="Battery level %.")
+    ] = 30.0,
+    max_km: MaxKm = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100)] = 10,
+) -> None:
+    """Battery notification: the nearest points (pontos_disponiveis)."""
+
+    async def work(s: Settings) -> list[dict[str, Any]]:
+        async with s.client(reconnect=False) as c:
+            return await c.bateria(battery, lat, lon, distancia_max=max_km, limite=limit)
+
+    execute(ctx, work, _print_points)
+
+
+@app.command("list")
+def list_points(ctx: typer.Context, lat: Lat, lon: Lon, max_km: MaxKm = None) -> None:
+    """List the charging points, nearest first (lista_pontos)."""
+
+    async def work(s: Settings) -> list[dict[str, Any]]:
+        async with s.client(reconnect=False) as c:
+            return await c.consulta(lat, lon, distancia_max=max_km)
+
+    execute(ctx, work, _print_points)
+
+
+@app.command()
+def reserve(
+    ctx: typer.Context,
+    point: Point,
+    eta: Annotated[
+        float, typer.Option("--eta", min=0.0, max=240.0, help="Minutes until arrival.")
+    ] = 0.0,
+) -> None:
+    """Reserve a place in a point's queue."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=False) as c:
+            return await c.reserva(point, eta)
+
+    execute(ctx, work, lambda con, data: con.print(render.reservation_line(data), markup=False))
+
+
+@app.command()
+def cancel(ctx: typer.Context, point: Point) -> None:
+    """Cancel this vehicle's reservation at a point."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=False) as c:
+            return await c.cancelar(point)
+
+    execute(ctx, work, lambda con, data: con.print(render.response_line(data), markup=False))
+
+
+@app.command()
+def arrive(
+    ctx: typer.Context,
+    point: Point,
+    battery: Annotated[float, typer.Option("--battery", min=0.0, max=100.0, help="Battery %.")],
+    target: Annotated[float, typer.Option("--target", min=0.0, max=100.0, help="Target %.")],
+    payment: Annotated[str, typer.Option("--payment", help="Pix | debito | credito.")],
+    capacity_kwh: Annotated[
+        float, typer.Option("--capacity-kwh", min=0.001, max=1000.0, help="Battery size.")
+    ] = 60.0,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Stay connected until custo_final and print it.")
+    ] = False,
+) -> None:
+    """Arrive at a point and start charging."""
+    try:
+        method = payment_wire_name(payment)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--payment") from None
+    if target <= battery:
+        raise typer.BadParameter("must be above --battery", param_hint="--target")
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=wait) as c:
+            if not wait:
+                return await c.chegada(point, battery, target, method, capacidade_kwh=capacity_kwh)
+            from vehicle.drive import wait_for_bill
+
+            with c.pushes() as stream:
+                started = await c.chegada(
+                    point, battery, target, method, capacidade_kwh=capacity_kwh
+                )
+                bill = await wait_for_bill(c, stream, started.get("session_id"))
+            return {"chegada": started, "custo_final": bill}
+
+    def show(con: Console, data: dict[str, Any]) -> None:
+        if wait:
+            con.print(render.response_line(data["chegada"]), markup=False)
+            con.print(render.bill_table(data["custo_final"]))
+        else:
+            con.print(render.response_line(data), markup=False)
+
+    execute(ctx, work, show)
+
+
+@app.command()
+def stop(ctx: typer.Context, point: Point) -> None:
+    """Stop charging early (the session is billed for the energy so far)."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=False) as c:
+            return await c.parar(point)
+
+    execute(ctx, work, lambda con, data: con.print(render.response_line(data), markup=False))
+
+
+@app.command()
+def costs(ctx: typer.Context) -> None:
+    """This vehicle's cost statement (every session, energy and cost)."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=False) as c:
+            return await c.custos()
+
+    execute(ctx, work, lambda con, data: con.print(render.statement_table(data)))
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """This vehicle's reservation and charging session."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=False) as c:
+            return await c.status()
+
+    def show(con: Console, data: dict[str, Any]) -> None:
+        for line in render.status_lines(data):
+            con.print(line, markup=False)
+
+    execute(ctx, work, show)
+
+
+@app.command()
+def drive(
+    ctx: typer.Context,
+    lat: Lat,
+    lon: Lon,
+    battery: Annotated[float, typer.Option("--battery", min=0.0, max=99.0)] = 15.0,
+    target: Annotated[float, typer.Option("--target", min=1.0, max=100.0)] = 80.0,
+    speed: Annotated[
+        float,
+        typer.Option("--speed", min=0.001, help="Simulated seconds per real second."),
+    ] = 60.0,
+    payment: Annotated[str, typer.Option("--payment", help="Pix | debito | credito.")] = "Pix",
+    capacity_kwh: Annotated[float, typer.Option("--capacity-kwh", min=0.001, max=1000.0)] = 60.0,
+) -> None:
+    """A scripted trip: best point (distance + wait), reserve, turn, arrive, charge, bill."""
+    from vehicle.drive import DriveConfig, run_drive
+
+    try:
+        method = payment_wire_name(payment)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--payment") from None
+    if target <= battery:
+        raise typer.BadParameter("must be above --battery", param_hint="--target")
+    settings: Settings = ctx.obj
+    console = Console(stderr=settings.json, highlight=False, quiet=settings.json)
+
+    async def work(s: Settings) -> dict[str, Any]:
+        cfg = DriveConfig(lat, lon, battery, target, speed, method, capacity_kwh)
+        async with s.client(reconnect=True) as c:
+            return await run_drive(c, cfg, lambda line: console.print(line, markup=False))
+
+    execute(ctx, work, lambda con, data: con.print(render.bill_table(data)))
+
+
+@app.command()
+def swarm(
+    ctx: typer.Context,
+    count: Annotated[int, typer.Option("--count", min=1, max=100000)],
+    duration: Annotated[float, typer.Option("--duration", min=0.1)],
+    rate: Annotated[
+        float | None, typer.Option("--rate", min=0.1, help="Fixed total requests per second.")
+    ] = None,
+    center: Annotated[str, typer.Option("--center", help="LAT,LON")] = "-12.97,-38.50",
+    radius_km: Annotated[float, typer.Option("--radius-km", min=0.0)] = 10.0,
+    pipeline: Annotated[
+        int, typer.Option("--pipeline", min=1, max=1000, help="Requests in flight per vehicle.")
+    ] = 1,
+    mix: Annotated[
+        str, typer.Option("--mix", help="realistic | ping | bateria | consulta")
+    ] = "realistic",
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+) -> None:
+    """N concurrent simulated vehicles: throughput, latency percentiles, errors by code."""
+    from vehicle.swarm import MIXES, SwarmConfig, parse_center, run_swarm
+
+    try:
+        lat, lon = parse_center(center)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--center") from None
+    if mix not in MIXES:
+        raise typer.BadParameter(f"choose one of {', '.join(MIXES)}", param_hint="--mix")
+    settings: Settings = ctx.obj
+    console = Console(stderr=True, highlight=False)
+
+    async def work(s: Settings) -> dict[str, Any]:
+        cfg = SwarmConfig(
+            host=s.broker,
+            port=s.port,
+            count=count,
+            duration=duration,
+            rate=rate,
+            center=(lat, lon),
+            radius_km=radius_km,
+            pipeline=pipeline,
+            mix=mix,
+            seed=seed,
+        )
+        progress = None if settings.json else console
+        result = await run_swarm(cfg, progress)
+        return result.to_dict()
+
+    def show(con: Console, data: dict[str, Any]) -> None:
+        from vehicle.swarm import summary_table
+
+        con.print(summary_table(data))
+
+    execute(ctx, work, show)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="ev-vehicle")
