@@ -127,6 +127,12 @@ class StationProtocolError(EVError):
     code = "station_protocol"
 
 
+class BusProtocolError(EVError):
+    """A malformed bus event, history reply or other msgpack message of the bus side."""
+
+    code = "bus_protocol"
+
+
 _WIRE_ERRORS: dict[str, type[ProtocolError]] = {
     c.code: c for c in (BadJson, TooLarge, UnknownType, InvalidRequest, Forbidden, InternalError)
 }
