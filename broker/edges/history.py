@@ -1,0 +1,175 @@
+"""The history edge: a ZeroMQ ROUTER answering replay and snapshot requests.
+
+Requests and replies are one msgpack frame each (protocol section 5):
+
+* ``{"op": "since", "seq": N, "limit": L}`` -> ``{"events": [payload...],
+  "last_seq": S, "more": bool}``: the events whose seq > N, in order, at most
+  L of them (default 1000; larger limits are clamped to 1000).
+* ``{"op": "snapshot"}`` -> the snapshot ``{"seq", "points", "queues",
+  "sessions"}``, consistent as of event ``seq`` (the Clone pattern).
+* ``{"op": "accounts"}`` (extension, for billing reconciliation) ->
+  ``{"accounts": {vehicle_id: {...}}}``.
+* anything else -> ``{"error": "..."}``.
+
+Both DEALER and REQ clients work: a REQ envelope ``[id, b"", request]`` is
+answered ``[id, b"", reply]`` and a DEALER one ``[id, request]`` is answered
+``[id, reply]``. The callbacks run on the event loop and must be quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from common.codec import decode_history_request, pack, unpack
+from common.errors import EVError, InvalidRequest
+from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
+
+log = logging.getLogger(__name__)
+
+#: Largest request frame accepted; a peer sending more is disconnected by libzmq.
+MAX_REQUEST_FRAME: Final = 64 * 1024
+#: Replies queued per client before the ROUTER drops replies to it.
+HISTORY_SNDHWM: Final = 1000
+#: The extension op (not in the codec's request union) answered with every account.
+ACCOUNTS_OP: Final = "accounts"
+
+EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
+
+
+class HistoryServer:
+    """ROUTER socket serving event history, snapshots and accounts."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        *,
+        events_since: EventsSince,
+        snapshot: Callable[[], dict[str, Any]],
+        accounts: Callable[[], dict[str, Any]],
+    ) -> None:
+        self._ctx = ctx
+        self._endpoint = endpoint
+        self._events_since = events_since
+        self._snapshot = snapshot
+        self._accounts = accounts
+        self._sock: zmq.asyncio.Socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dropped": 0}
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint (with the real port when bound to a wildcard)."""
+        if self._sock is None:
+            return self._endpoint
+        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) else str(last)
+
+    async def start(self) -> None:
+        """Bind the ROUTER and start serving."""
+        if self._sock is not None:
+            raise RuntimeError("HistoryServer already started")
+        sock = self._ctx.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_FRAME)
+            sock.setsockopt(zmq.SNDHWM, HISTORY_SNDHWM)
+            sock.bind(self._endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
+        self._sock = sock
+        self._task = asyncio.create_task(self._serve(sock), name="history-serve")
+        log.info("history ROUTER bound on %s", self.endpoint)
+
+    async def close(self) -> None:
+        """Stop serving and close the socket. Safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
+                log.error("history ROUTER receive failed: %r", exc)
+                await asyncio.sleep(0.1)
+                continue
+            envelope, body = split_envelope(frames)
+            if len(body) != 1:
+                reply: dict[str, Any] = {
+                    "error": f"expected one request frame, got {len(body)}",
+                }
+            else:
+                reply = self.answer(body[0])
+            self.stats["requests"] += 1
+            if "error" in reply:
+                self.stats["errors"] += 1
+            self._send(sock, [*envelope, pack(reply)])
+
+    def answer(self, frame: bytes) -> dict[str, Any]:
+        """The reply map for one request frame (never raises)."""
+        try:
+            try:
+                request = decode_history_request(frame)
+            except InvalidRequest:
+                if _op_of(frame) == ACCOUNTS_OP:
+                    return {"accounts": self._accounts()}
+                raise
+            if isinstance(request, HistorySince):
+                limit = min(request.limit, MAX_HISTORY_LIMIT)
+                events, last_seq, more = self._events_since(request.seq, limit)
+                return {
+                    "events": [msgspec.to_builtins(e) for e in events],
+                    "last_seq": last_seq,
+                    "more": more,
+                }
+            if isinstance(request, HistorySnapshot):
+                return self._snapshot()
+            return {"error": f"unsupported request {type(request).__name__}"}
+        except EVError as exc:
+            return {"error": exc.message}
+        except Exception as exc:
+            log.exception("history request failed")
+            return {"error": f"internal error: {type(exc).__name__}"}
+
+    def _send(self, sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+        fut: asyncio.Future[Any] = sock.send_multipart(  # type: ignore[assignment]
+            frames, flags=zmq.NOBLOCK
+        )
+        exc = fut.exception() if fut.done() else None
+        if exc is not None:
+            self.stats["dropped"] += 1
+            log.warning("history reply dropped: %r", exc)
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """``(envelope, body)``: envelope is ``[id]`` (DEALER) or ``[id, b""]`` (REQ)."""
+    if len(frames) >= 3 and frames[1] == b"":
+        return frames[:2], frames[2:]
+    return frames[:1], frames[1:]
+
+
+def _op_of(frame: bytes) -> Any:
+    """The ``op`` of a request map, or None when the frame is not one."""
+    try:
+        obj = unpack(frame)
+    except Exception:
+        return None
+    return obj.get("op") if isinstance(obj, dict) else None

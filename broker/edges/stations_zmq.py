@@ -1,0 +1,267 @@
+"""The stations edge: a ZeroMQ ROUTER that talks to every station's DEALER.
+
+Each station's DEALER sets its routing id to its point id (UTF-8), so the
+routing id *is* the point id. Every message, both ways, is ONE frame holding a
+msgpack map with a ``type`` key (``common.messages``: ``Hello``, ``Heartbeat``,
+``Ack``, ``SessionComplete`` in; ``Welcome``, ``Heartbeat``, ``Hold``, ...
+out).
+
+Theory of operation
+-------------------
+* A receive task reads ``[routing_id, frame]`` pairs, decodes the frame with
+  :func:`common.codec.decode_station_message` and hands valid messages to
+  ``on_message(point_id, message)``. Anything else (several frames, a routing
+  id that is not UTF-8, bytes that are not msgpack, an unknown ``type``, bad
+  fields, a ``hello`` whose ``id`` is not the routing id) is counted in
+  ``stats["malformed"]``, logged (rate limited) and dropped. A callback that
+  raises is logged; the loop goes on.
+* A heartbeat task sends ``{"type": "heartbeat"}`` every ``heartbeat_s`` to
+  every station heard from within the live window, so a connected station
+  always hears from the broker well within its 5 s reconnect timer.
+* :meth:`StationsEdge.send` never blocks the event loop: it sends with
+  ``NOBLOCK`` on a ``ROUTER_MANDATORY`` socket. ``EHOSTUNREACH`` (the station
+  is not connected) calls ``on_unroutable(point_id)``; ``EAGAIN`` (the
+  station's queue is full, i.e. it stopped reading) drops the message and
+  counts it in ``stats["dropped"]``: commands are covered by the core's ack
+  timeout and ``session_ack`` by the station's resend of ``session_complete``.
+* ``ROUTER_HANDOVER`` is on: a station that re-creates its socket with the
+  same routing id takes over the old connection instead of being refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import zmq
+import zmq.asyncio
+
+from common.codec import decode_station_message, pack
+from common.errors import StationProtocolError
+from common.messages import Hello, StationToBroker
+
+log = logging.getLogger(__name__)
+
+#: Largest frame accepted from a station; a peer sending more is disconnected by libzmq.
+MAX_STATION_FRAME: Final = 64 * 1024
+#: Messages queued per station before sends to it fail with EAGAIN.
+STATION_SNDHWM: Final = 1000
+#: A station heard within this many heartbeat periods still gets heartbeats ...
+LIVE_WINDOW_PERIODS: Final = 3.0
+#: ... and never fewer seconds than this (stations that only send UDP while charging).
+MIN_LIVE_WINDOW_S: Final = 10.0
+#: At most one "dropped malformed" warning per this many seconds.
+LOG_EVERY_S: Final = 5.0
+
+HEARTBEAT_FRAME: Final = pack({"type": "heartbeat"})
+
+
+class StationsEdge:
+    """ROUTER socket for station commands (protocol section 3)."""
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        *,
+        heartbeat_s: float,
+        on_message: Callable[[str, StationToBroker], None],
+        on_unroutable: Callable[[str], None],
+        live_window_s: float | None = None,
+    ) -> None:
+        if heartbeat_s <= 0:
+            raise ValueError("heartbeat_s must be positive")
+        self._ctx = ctx
+        self._endpoint = endpoint
+        self._heartbeat_s = heartbeat_s
+        self._live_window_s = (
+            live_window_s
+            if live_window_s is not None
+            else max(LIVE_WINDOW_PERIODS * heartbeat_s, MIN_LIVE_WINDOW_S)
+        )
+        self._on_message = on_message
+        self._on_unroutable = on_unroutable
+        self._sock: zmq.asyncio.Socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_heard: dict[str, float] = {}
+        self._last_malformed_log = float("-inf")
+        self._malformed_since_log = 0
+        self.stats: dict[str, int] = {
+            "received": 0,
+            "sent": 0,
+            "malformed": 0,
+            "unroutable": 0,
+            "dropped": 0,
+        }
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint (with the real port when bound to port 0 / a wildcard)."""
+        if self._sock is None:
+            return self._endpoint
+        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) else str(last)
+
+    @property
+    def live_stations(self) -> list[str]:
+        """Point ids heard within the live window (the ones that get heartbeats)."""
+        now = time.monotonic()
+        return sorted(p for p, t in self._last_heard.items() if now - t <= self._live_window_s)
+
+    async def start(self) -> None:
+        """Bind the ROUTER and start the receive and heartbeat tasks."""
+        if self._sock is not None:
+            raise RuntimeError("StationsEdge already started")
+        sock = self._ctx.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_STATION_FRAME)
+            sock.setsockopt(zmq.SNDHWM, STATION_SNDHWM)
+            sock.bind(self._endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
+        self._sock = sock
+        self._tasks = [
+            asyncio.create_task(self._recv_loop(sock), name="stations-recv"),
+            asyncio.create_task(self._heartbeat_loop(), name="stations-heartbeat"),
+        ]
+        log.info("stations ROUTER bound on %s", self.endpoint)
+
+    async def close(self) -> None:
+        """Stop the tasks and close the socket (LINGER 0). Safe to call twice."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send(self, point_id: str, message: dict[str, Any]) -> None:
+        """Send one msgpack frame to the station ``point_id``; never blocks.
+
+        Not connected (EHOSTUNREACH) -> ``on_unroutable(point_id)``; queue full
+        (EAGAIN) -> dropped and counted.
+        """
+        self._send_frame(point_id, pack(message))
+
+    def _send_frame(self, point_id: str, frame: bytes) -> bool:
+        sock = self._sock
+        if sock is None:
+            log.warning("send to %s before start or after close: dropped", point_id)
+            self.stats["dropped"] += 1
+            return False
+        fut: asyncio.Future[Any] = sock.send_multipart(  # type: ignore[assignment]
+            [point_id.encode("utf-8"), frame], flags=zmq.NOBLOCK
+        )
+        # With NOBLOCK and no queued send the future is already resolved.
+        exc = fut.exception() if fut.done() else None
+        if exc is None:
+            self.stats["sent"] += 1
+            return True
+        if isinstance(exc, zmq.Again):
+            self.stats["dropped"] += 1
+            log.warning("station %s is not reading (queue full): message dropped", point_id)
+            return False
+        if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EHOSTUNREACH:
+            self.stats["unroutable"] += 1
+            self._last_heard.pop(point_id, None)
+            log.info("station %s is not connected: unroutable", point_id)
+            self._call_unroutable(point_id)
+            return False
+        self.stats["dropped"] += 1
+        log.error("send to station %s failed: %r", point_id, exc)
+        return False
+
+    def _call_unroutable(self, point_id: str) -> None:
+        try:
+            self._on_unroutable(point_id)
+        except Exception:
+            log.exception("on_unroutable(%s) failed", point_id)
+
+    # --- receiving ----------------------------------------------------------------------
+
+    async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            try:
+                frames = await sock.recv_multipart()
+            except zmq.ZMQError as exc:
+                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                    return
+                log.error("stations ROUTER receive failed: %r", exc)
+                await asyncio.sleep(0.1)
+                continue
+            self.handle_frames(frames)
+
+    def handle_frames(self, frames: list[bytes]) -> None:
+        """Process one received multipart message ``[routing_id, frame]`` (never raises)."""
+        if len(frames) != 2:
+            self._malformed(frames[0] if frames else b"", f"{len(frames) - 1} frames, expected 1")
+            return
+        raw_id, frame = frames
+        try:
+            point_id = raw_id.decode("utf-8")
+        except UnicodeDecodeError:
+            self._malformed(raw_id, "routing id is not UTF-8")
+            return
+        try:
+            message = decode_station_message(frame)
+        except StationProtocolError as exc:
+            self._malformed(raw_id, exc.message)
+            return
+        if isinstance(message, Hello) and message.id != point_id:
+            self._malformed(raw_id, f"hello id {message.id!r} differs from the routing id")
+            return
+        self.stats["received"] += 1
+        self._last_heard[point_id] = time.monotonic()
+        try:
+            self._on_message(point_id, message)
+        except Exception:
+            log.exception("on_message(%s, %s) failed", point_id, type(message).__name__)
+
+    def _malformed(self, raw_id: bytes, reason: str) -> None:
+        self.stats["malformed"] += 1
+        self._malformed_since_log += 1
+        now = time.monotonic()
+        if now - self._last_malformed_log >= LOG_EVERY_S:
+            log.warning(
+                "dropped malformed station message from %r: %s (%d dropped since last report)",
+                raw_id[:64],
+                reason,
+                self._malformed_since_log,
+            )
+            self._last_malformed_log = now
+            self._malformed_since_log = 0
+        else:
+            log.debug("dropped malformed station message from %r: %s", raw_id[:64], reason)
+
+    # --- heartbeats ---------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            self.send_heartbeats()
+
+    def send_heartbeats(self) -> int:
+        """One heartbeat to every live station; forget the others. Returns how many sent."""
+        now = time.monotonic()
+        sent = 0
+        for point_id, heard in list(self._last_heard.items()):
+            if now - heard > self._live_window_s:
+                del self._last_heard[point_id]
+                continue
+            if self._send_frame(point_id, HEARTBEAT_FRAME):
+                sent += 1
+        return sent
