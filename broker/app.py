@@ -1,0 +1,389 @@
+"""The broker service: wires the pure core to its edges, the store and a timer.
+
+Theory of operation
+-------------------
+Every input (a vehicle request, a status datagram, a station message, a
+connection that starts or ends, the timer) becomes one synchronous core call
+with the current wall-clock time. The effects it returns are queued, and a
+flush is scheduled with ``call_soon``, so every core call of one loop turn
+shares one flush:
+
+1. every :class:`Persist` and :class:`Publish` of the batch is written to
+   SQLite in ONE transaction and committed;
+2. only then replies, pushes, bus events and station commands go out, in the
+   order the core produced them ("a reply confirming a change is sent only
+   after it is committed", at the cost of one commit per loop turn, not per
+   request);
+3. the single timer (one ``TimerHandle``) is moved to ``core.next_due()``.
+
+If a commit fails, nothing of the batch is sent and the broker stops with a
+non-zero exit: a confirmation that is not durable must never go out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from broker.core import Core, CoreConfig
+from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
+from broker.edges.bus_pub import BusPublisher
+from broker.edges.history import HistoryServer
+from broker.edges.http import HttpServer
+from broker.edges.stations_zmq import StationsEdge
+from broker.edges.status_udp import StatusServer
+from broker.edges.vehicles_tcp import Slot, VehicleServer
+from broker.metrics import BrokerMetrics
+from broker.store import Store
+from common.errors import StoreError
+from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """Everything ``ev-broker serve`` can be told."""
+
+    host: str = "0.0.0.0"
+    vehicle_port: int = 8081
+    status_port: int = 8082
+    station_port: int = 5555
+    events_port: int = 5556
+    history_port: int = 5557
+    http_port: int = 8090
+    db: str = "./var/broker.db"
+    queue_capacity: int = 5
+    hold_s: float = 600.0
+    offline_after_s: float = 6.0
+    offline_grace_s: float = 120.0
+    ack_timeout_s: float = 5.0
+    heartbeat_s: float = 1.0
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def raise_nofile_limit() -> int:
+    """Raise the open-files soft limit to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            return soft
+    return soft
+
+
+class BrokerApp:
+    """One running broker: core + store + edges + timer."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.metrics = BrokerMetrics()
+        self.store = Store(config.db)
+        try:
+            self.core = Core(
+                CoreConfig(
+                    queue_capacity=config.queue_capacity,
+                    hold_s=config.hold_s,
+                    offline_after_s=config.offline_after_s,
+                    offline_grace_s=config.offline_grace_s,
+                    ack_timeout_s=config.ack_timeout_s,
+                    heartbeat_s=config.heartbeat_s,
+                ),
+                new_id=new_id,
+            )
+            records, last_seq = self.store.load()
+            restored = self.core.restore(records, last_seq, time.time())
+        except BaseException:
+            self.store.close()
+            raise
+        self._pending: list[Effect] = list(restored) if isinstance(restored, list) else []
+        self._reply_slots: dict[int, Slot] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stop_requested = asyncio.Event()
+        self.exit_code = 0
+        self.ctx: zmq.asyncio.Context | None = None
+        self.vehicles = VehicleServer(self, self.metrics)
+        self.status = StatusServer(self.on_datagram, self.metrics)
+        self.http = HttpServer({"/metrics": self._metrics_page, "/healthz": self._health_page})
+        self.stations: StationsEdge | None = None
+        self.bus: BusPublisher | None = None
+        self.history: HistoryServer | None = None
+        self.serving = False
+        self._add_gauges()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every socket, publish ``broker.started``, arm the timer."""
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        raise_nofile_limit()
+        self.ctx = zmq.asyncio.Context()
+        zhost = "*" if cfg.host in ("0.0.0.0", "") else cfg.host
+        self.stations = StationsEdge(
+            self.ctx,
+            f"tcp://{zhost}:{cfg.station_port}",
+            heartbeat_s=cfg.heartbeat_s,
+            on_message=self.on_station,
+            on_unroutable=self.on_unroutable,
+        )
+        self.bus = BusPublisher(self.ctx, f"tcp://{zhost}:{cfg.events_port}")
+        self.history = HistoryServer(
+            self.ctx,
+            f"tcp://{zhost}:{cfg.history_port}",
+            events_since=self.store.events_since,
+            snapshot=self.core.snapshot,
+            accounts=self.core.accounts,
+        )
+        await self.bus.start()
+        await self.history.start()
+        await self.stations.start()
+        self.status.start(cfg.host, cfg.status_port)
+        await self.vehicles.start(cfg.host, cfg.vehicle_port)
+        await self.http.start(cfg.host, cfg.http_port)
+        self._call(self.core.start)
+        self.flush()
+        self.serving = True
+
+    async def close(self) -> None:
+        """Stop accepting, commit what is pending, close every socket (linger 0)."""
+        self.serving = False
+        await self.vehicles.close()
+        self.status.close()
+        await self.http.close()
+        try:
+            self.flush()
+        except StoreError:
+            log.exception("final commit failed")
+        if self._timer is not None:
+            self._timer.cancel()
+        for edge in (self.stations, self.history, self.bus):
+            if edge is not None:
+                await edge.close()
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
+            self.ctx = None
+        self.store.close()
+
+    def request_stop(self, exit_code: int = 0) -> None:
+        self.exit_code = max(self.exit_code, exit_code)
+        self.stop_requested.set()
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> list[Effect]:
+        effects: list[Effect] = fn(*args, time.time())
+        if effects:
+            self._pending.extend(effects)
+            self._schedule_flush()
+        return effects
+
+    def vehicle_request(
+        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+    ) -> None:
+        effects = self._call(self.core.handle_request, conn, vehicle_id, request)
+        for effect in effects:
+            if isinstance(effect, Reply) and effect.conn == conn:
+                self._reply_slots[id(effect)] = slot
+                return
+        slot.waiting = True
+
+    def vehicle_connected(self, vehicle_id: str) -> None:
+        self._call(self.core.vehicle_connected, vehicle_id)
+
+    def vehicle_disconnected(self, vehicle_id: str) -> None:
+        self._call(self.core.vehicle_disconnected, vehicle_id)
+
+    def on_datagram(self, datagram: StatusDatagram) -> None:
+        self._call(self.core.handle_datagram, datagram)
+
+    def on_station(self, point_id: str, message: StationToBroker) -> None:
+        self._call(self.core.handle_station, point_id, message)
+
+    def on_unroutable(self, point_id: str) -> None:
+        self._call(self.core.station_unreachable, point_id)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        self._call(self.core.tick)
+        self._arm_timer()
+
+    # --- the flush: commit, then send -------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        try:
+            self.flush()
+        except StoreError as exc:
+            log.critical("cannot commit, stopping: %s", exc.message)
+            self.request_stop(1)
+
+    def flush(self) -> None:
+        """Commit the pending batch, then carry out its effects."""
+        while self._pending:
+            effects, self._pending = self._pending, []
+            slots, self._reply_slots = self._reply_slots, {}
+            records = [e for e in effects if isinstance(e, Persist)]
+            events = [e.event for e in effects if isinstance(e, Publish)]
+            if records or events:
+                self.store.write(records, events)
+                self.metrics.commits.inc()
+            for effect in effects:
+                self._carry_out(effect, slots)
+        self._arm_timer()
+
+    def _carry_out(self, effect: Effect, slots: dict[int, Slot]) -> None:
+        try:
+            if isinstance(effect, Reply):
+                self.vehicles.deliver_reply(effect, slots.get(id(effect)))
+            elif isinstance(effect, Push):
+                self.vehicles.deliver_push(effect)
+            elif isinstance(effect, Publish):
+                self._publish(effect.event)
+            elif isinstance(effect, SendStation) and self.stations is not None:
+                self.stations.send(effect.point_id, effect.message)
+        except Exception:
+            log.exception("carrying out %s failed", type(effect).__name__)
+
+    def _publish(self, event: BusEvent) -> None:
+        self.metrics.events.inc(event.topic)
+        if self.bus is not None:
+            self.bus.publish(event)
+
+    def _arm_timer(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        due = self.core.next_due()
+        if due == self._timer_due and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_due = due
+        if due is not None:
+            delay = max(0.0, due - time.time())
+            self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+
+    # --- HTTP pages -------------------------------------------------------------------------
+
+    def _metrics_page(self) -> tuple[int, str, bytes]:
+        body = self.metrics.registry.render().encode()
+        return 200, "text/plain; version=0.0.4; charset=utf-8", body
+
+    def _health_page(self) -> tuple[int, str, bytes]:
+        body = (
+            f'{{"status":"{"ok" if self.serving else "starting"}",'
+            f'"last_seq":{self.core.last_seq},"vehicles_connected":'
+            f"{self.vehicles.vehicles_connected}}}\n"
+        )
+        return (200 if self.serving else 503), "application/json", body.encode()
+
+    def _add_gauges(self) -> None:
+        r = self.metrics.registry
+        r.gauge(
+            "evcharge_vehicles_connected",
+            "Vehicles with at least one bound connection",
+            lambda: {(): float(self.vehicles.vehicles_connected)},
+        )
+        r.gauge(
+            "evcharge_vehicle_connections_open",
+            "Open vehicle TCP connections",
+            lambda: {(): float(len(self.vehicles.conns))},
+        )
+        r.gauge(
+            "evcharge_last_event_seq", "Last bus event seq", lambda: {(): float(self.core.last_seq)}
+        )
+        r.gauge(
+            "evcharge_core",
+            "Core figures (points, stations online, reservations, sessions, ...)",
+            self._core_figures,
+            ("figure",),
+        )
+        r.gauge(
+            "evcharge_queue_length",
+            "Reservations queued per point (points with a queue)",
+            self._queue_lengths,
+            ("point",),
+        )
+        r.gauge(
+            "evcharge_zmq",
+            "ZeroMQ edge counters",
+            self._zmq_figures,
+            ("edge", "figure"),
+        )
+
+    def _core_figures(self) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {}
+        for key, value in self.core.stats().items():
+            if isinstance(value, bool | int | float):
+                out[(str(key),)] = float(value)
+        return out
+
+    def _queue_lengths(self) -> dict[tuple[str, ...], float]:
+        stats = self.core.stats()
+        queues = stats.get("queue_lengths") or stats.get("queues")
+        if isinstance(queues, dict):
+            return {(str(k),): float(v) for k, v in queues.items() if isinstance(v, int | float)}
+        return {}
+
+    def _zmq_figures(self) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {}
+        for name, edge in (
+            ("stations", self.stations),
+            ("bus", self.bus),
+            ("history", self.history),
+        ):
+            if edge is not None:
+                for key, value in edge.stats.items():
+                    out[(name, key)] = float(value)
+        return out
+
+    def describe(self) -> str:
+        c = self.config
+        return (
+            f"vehicles tcp {c.host}:{self.vehicles.port}, status udp {c.host}:{self.status.port}, "
+            f"stations zmq {c.station_port}, events zmq {c.events_port}, "
+            f"history zmq {c.history_port}, http {c.http_port}, db {c.db}, "
+            f"last seq {self.core.last_seq}"
+        )
+
+
+async def serve(config: AppConfig, on_ready: Callable[[str], None]) -> int:
+    """Run the broker until ``request_stop`` (SIGINT/SIGTERM); returns the exit code."""
+    import signal
+
+    app = BrokerApp(config)
+    loop = asyncio.get_running_loop()
+    try:
+        await app.start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, app.request_stop)
+        on_ready(app.describe())
+        await app.stop_requested.wait()
+    finally:
+        await app.close()
+    return app.exit_code

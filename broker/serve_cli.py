@@ -1,0 +1,179 @@
+"""`ev-broker serve`: options (each also from ``EV_<OPTION>``), validation, run loop.
+
+Options are read as text and validated here, so a bad value gets one clear
+line on stderr and exit code 2 (the usage-error code), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import sys
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from broker.logging_setup import FORMATS, LEVELS, setup_logging
+from common.errors import ConfigError, EVError, StoreError
+
+log = logging.getLogger("broker")
+T = TypeVar("T")
+
+USAGE_EXIT = 2
+
+
+def _opt(env: str, help_text: str) -> typer.models.OptionInfo:
+    return typer.Option(envvar=env, help=help_text, show_envvar=True)  # type: ignore[no-any-return]
+
+
+def _parse(
+    name: str, text: str, convert: Callable[[str], T], check: Callable[[T], bool], rule: str
+) -> T:
+    try:
+        value = convert(text.strip())
+    except (ValueError, TypeError):
+        raise ConfigError(f"invalid value for --{name}: {text!r} ({rule})") from None
+    if not check(value):
+        raise ConfigError(f"invalid value for --{name}: {text!r} ({rule})")
+    return value
+
+
+def _port(name: str, text: str) -> int:
+    return _parse(name, text, int, lambda p: 0 <= p <= 65535, "a port number 0-65535")
+
+
+def _seconds(name: str, text: str) -> float:
+    return _parse(
+        name, text, float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds"
+    )
+
+
+def _host(text: str) -> str:
+    host = text.strip()
+    if not host:
+        raise ConfigError("invalid value for --host: empty")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost" and not all(
+            part.isalnum() or "-" in part for part in host.split(".")
+        ):
+            raise ConfigError(
+                f"invalid value for --host: {text!r} (an IP address or host name)"
+            ) from None
+    return host
+
+
+def serve(
+    host: Annotated[str, _opt("EV_HOST", "Address to bind every socket to.")] = "0.0.0.0",
+    vehicle_port: Annotated[str, _opt("EV_VEHICLE_PORT", "TCP port for vehicles.")] = "8081",
+    status_port: Annotated[str, _opt("EV_STATUS_PORT", "UDP port for station status.")] = "8082",
+    station_port: Annotated[str, _opt("EV_STATION_PORT", "ZeroMQ ROUTER for stations.")] = "5555",
+    events_port: Annotated[str, _opt("EV_EVENTS_PORT", "ZeroMQ PUB for bus events.")] = "5556",
+    history_port: Annotated[
+        str, _opt("EV_HISTORY_PORT", "ZeroMQ ROUTER for history and snapshot.")
+    ] = "5557",
+    http_port: Annotated[
+        str, _opt("EV_HTTP_PORT", "HTTP port for /metrics and /healthz.")
+    ] = "8090",
+    db: Annotated[str, _opt("EV_DB", 'SQLite file, or ":memory:" for none.')] = "./var/broker.db",
+    queue_capacity: Annotated[str, _opt("EV_QUEUE_CAPACITY", "Reservations per point.")] = "5",
+    hold_minutes: Annotated[
+        str, _opt("EV_HOLD_MINUTES", "Minutes a turn is held for the vehicle (fractions ok).")
+    ] = "10",
+    offline_after: Annotated[
+        str, _opt("EV_OFFLINE_AFTER", "Seconds of silence before a point is offline.")
+    ] = "6",
+    offline_grace: Annotated[
+        str, _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.")
+    ] = "120",
+    log_format: Annotated[str, _opt("EV_LOG_FORMAT", "Log format: text or json.")] = "text",
+    log_level: Annotated[
+        str, _opt("EV_LOG_LEVEL", "Log level: debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Run the broker service until SIGINT or SIGTERM."""
+    from broker.app import AppConfig
+
+    try:
+        fmt = log_format.strip().lower()
+        if fmt not in FORMATS:
+            raise ConfigError(f"invalid value for --log-format: {log_format!r} (text or json)")
+        level = log_level.strip().lower()
+        if level not in LEVELS:
+            raise ConfigError(
+                f"invalid value for --log-level: {log_level!r} (one of {', '.join(LEVELS)})"
+            )
+        if not db.strip():
+            raise ConfigError("invalid value for --db: empty")
+        config = AppConfig(
+            host=_host(host),
+            vehicle_port=_port("vehicle-port", vehicle_port),
+            status_port=_port("status-port", status_port),
+            station_port=_port("station-port", station_port),
+            events_port=_port("events-port", events_port),
+            history_port=_port("history-port", history_port),
+            http_port=_port("http-port", http_port),
+            db=db.strip(),
+            queue_capacity=_parse(
+                "queue-capacity",
+                queue_capacity,
+                int,
+                lambda v: 1 <= v <= 10_000,
+                "an integer 1-10000",
+            ),
+            hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
+            offline_after_s=_seconds("offline-after", offline_after),
+            offline_grace_s=_seconds("offline-grace", offline_grace),
+        )
+    except ConfigError as exc:
+        typer.echo(f"ev-broker serve: {exc.message}", err=True)
+        raise typer.Exit(USAGE_EXIT) from None
+    setup_logging(fmt, level)
+    raise typer.Exit(run(config))
+
+
+def run(config: object) -> int:
+    """Run the service on uvloop (when available); returns the exit code."""
+    import zmq
+
+    from broker.app import AppConfig
+    from broker.app import serve as serve_app
+
+    assert isinstance(config, AppConfig)
+
+    def ready(description: str) -> None:
+        print(f"ev-broker ready: {description}", flush=True)
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve_app(config, ready))
+    except StoreError as exc:
+        print(f"ev-broker serve: {exc.message}", file=sys.stderr, flush=True)
+        return 1
+    except OSError as exc:
+        print(f"ev-broker serve: cannot bind a socket: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except EVError as exc:
+        print(f"ev-broker serve: {exc.message}", file=sys.stderr, flush=True)
+        return 1
+    except zmq.ZMQError as exc:
+        print(f"ev-broker serve: cannot bind a ZeroMQ socket: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to the ``ev-broker`` app."""
+    app.command("serve")(serve)

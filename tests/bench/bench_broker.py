@@ -1,0 +1,338 @@
+"""Broker benchmark: a real ``ev-broker serve`` process loaded from separate client processes.
+
+Figures printed (targets on a 2-core machine in brackets):
+
+* ``bateria`` (10 nearest of 10,000 points) over 64 connections, closed loop:
+  requests/s [>= 20,000];
+* the same at a fixed 5,000 req/s (open loop): p50/p99 latency [p99 < 10 ms];
+* UDP status ingest at a fixed rate: datagrams/s accepted and loss % [100,000/s, < 0.1 %];
+* confirmed (committed) reservations per second [>= 3,000];
+* broker RSS with 100,000 points and 10,000 idle vehicle connections [< 1 GiB].
+
+Run with ``python -m tests.bench`` (``make bench``); not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import resource
+import socket
+import tempfile
+import time
+import urllib.request
+from typing import Any
+
+from tests.support.procs import BrokerPorts, broker_ports, start_broker
+
+CENTER = (-12.97, -38.50)
+CLIENT_PROCS = 2
+CONNS = 64
+
+
+def _point(i: int, rng: random.Random) -> bytes:
+    body = {
+        "id": f"BP{i:06d}",
+        "latitude": CENTER[0] + rng.uniform(-0.5, 0.5),
+        "longitude": CENTER[1] + rng.uniform(-0.5, 0.5),
+        "available": True,
+        "interval_s": 3600.0,
+        "potencia_kw": 50.0,
+        "preco_kwh": 2.0,
+    }
+    return json.dumps(body).encode()
+
+
+def register_points(ports: BrokerPorts, start: int, count: int) -> None:
+    rng = random.Random(start)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(start, start + count):
+            s.sendto(_point(i, rng), ("127.0.0.1", ports.status))
+            if i % 500 == 0:
+                time.sleep(0.01)  # do not overrun the receive buffer while registering
+
+
+def metrics_text(ports: BrokerPorts) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports.http}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _bateria(i: int) -> bytes:
+    lat = CENTER[0] + (i % 97) / 200.0 - 0.25
+    body = {
+        "type": "bateria",
+        "data": {
+            "id_veiculo": f"BV{os.getpid()}_{i % 1000}",
+            "nivel_bateria": 50,
+            "localizacao": {"latitude": lat, "longitude": CENTER[1]},
+        },
+    }
+    return (json.dumps(body) + "\n").encode()
+
+
+# --- client processes ------------------------------------------------------------------------
+
+
+async def _closed_loop(
+    port: int, conns: int, seconds: float, kind: str, base: int
+) -> dict[str, Any]:
+    done = 0
+    ok = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal done, ok
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            n = 0
+            while time.perf_counter() < stop_at:
+                if kind == "reserva":
+                    idx = base + w * 100000 + n
+                    body = {
+                        "type": "reserva",
+                        "data": {
+                            "id_veiculo": f"RV{idx}",
+                            "id_ponto_recarga": f"BP{idx % 10000:06d}",
+                        },
+                    }
+                    writer.write((json.dumps(body) + "\n").encode())
+                else:
+                    writer.write(_bateria(n))
+                n += 1
+                line = await reader.readline()
+                if not line:
+                    return
+                done += 1
+                if kind == "reserva" and b'"reserved"' in line:
+                    ok += 1
+                if kind == "reserva":  # a fresh connection per vehicle identity
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(w) for w in range(conns)))
+    return {"done": done, "ok": ok}
+
+
+async def _open_loop(port: int, conns: int, rate: float, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    per_conn = rate / conns
+
+    async def worker(w: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent: list[float] = []
+
+        async def read() -> None:
+            i = 0
+            while i < len(sent) or not finished:
+                line = await reader.readline()
+                if not line:
+                    return
+                latencies.append(time.perf_counter() - sent[i])
+                i += 1
+
+        finished = False
+        rtask = asyncio.create_task(read())
+        t0 = time.perf_counter() + w / rate
+        n = 0
+        while True:
+            due = t0 + n / per_conn
+            if due - t0 > seconds:
+                break
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent.append(time.perf_counter())
+            writer.write(_bateria(n))
+            n += 1
+        finished = True
+        try:
+            await asyncio.wait_for(rtask, 10)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(w) for w in range(conns)))
+    return latencies
+
+
+def _client(job: tuple[str, int, dict[str, Any]], out: Any) -> None:
+    import uvloop
+
+    kind, port, args = job
+    if kind == "open":
+        out.put(uvloop.run(_open_loop(port, args["conns"], args["rate"], args["seconds"])))
+    else:
+        out.put(
+            uvloop.run(
+                _closed_loop(port, args["conns"], args["seconds"], kind, args.get("base", 0))
+            )
+        )
+
+
+def _udp_client(port: int, rate: float, seconds: float, out: Any) -> None:
+    rng = random.Random(7)
+    payloads = [
+        json.dumps(
+            {"id": f"BP{i:06d}", "latitude": CENTER[0] + rng.uniform(-0.5, 0.5),
+             "longitude": CENTER[1], "available": True, "interval_s": 3600.0,
+             "boot_id": "bench", "seq": 0}
+        )
+        for i in range(1000)
+    ]  # fmt: skip
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        target = ("127.0.0.1", port)
+        t0 = time.perf_counter()
+        batch = 100
+        while True:
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                break
+            if sent > elapsed * rate:
+                time.sleep(0.0005)
+                continue
+            for _ in range(batch):
+                i = sent % 1000
+                s.sendto(payloads[i].replace('"seq": 0', f'"seq": {sent + 1}').encode(), target)
+                sent += 1
+    out.put(sent)
+
+
+def _run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(job, q)) for job in jobs]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=10)
+    return results
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))] * 1000 if values else float("nan")
+
+
+# --- the benchmark -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ports = broker_ports()
+        proc = start_broker(ports, os.path.join(tmp, "bench.db"), "--log-level", "warning")
+        try:
+            _bench(ports, proc.pid)
+        finally:
+            proc.stop()
+
+
+def _bench(ports: BrokerPorts, pid: int) -> None:
+    register_points(ports, 0, 10_000)
+    time.sleep(1.0)
+    ok_name = 'evcharge_datagrams_total{outcome="ok"}'
+    print(f"points registered: {metric(metrics_text(ports), ok_name):.0f}")
+
+    seconds = 3.0
+    res = _run_clients(
+        [("bateria", ports.vehicle, {"conns": CONNS // CLIENT_PROCS, "seconds": seconds})]
+        * CLIENT_PROCS
+    )
+    total = sum(r["done"] for r in res)
+    print(f"bateria closed loop, {CONNS} conns: {total / seconds:,.0f} req/s")
+
+    rate = 5000.0
+    lat_lists = _run_clients(
+        [
+            (
+                "open",
+                ports.vehicle,
+                {"conns": CONNS // CLIENT_PROCS, "rate": rate / CLIENT_PROCS, "seconds": 3.0},
+            )
+        ]
+        * CLIENT_PROCS
+    )
+    lat = [x for lst in lat_lists for x in lst]
+    print(
+        f"bateria @ {rate:,.0f} req/s: n={len(lat)} "
+        f"p50={_pct(lat, 0.5):.2f} ms p99={_pct(lat, 0.99):.2f} ms"
+    )
+
+    before = metric(metrics_text(ports), 'evcharge_datagrams_total{outcome="ok"}')
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    udp_rate, udp_seconds = 100_000.0, 2.0
+    p = ctx.Process(target=_udp_client, args=(ports.status, udp_rate, udp_seconds, q))
+    t0 = time.perf_counter()
+    p.start()
+    sent = q.get(timeout=60)
+    p.join(timeout=10)
+    send_time = time.perf_counter() - t0
+    time.sleep(1.0)
+    text = metrics_text(ports)
+    got = metric(text, 'evcharge_datagrams_total{outcome="ok"}') - before
+    stale = metric(text, 'evcharge_datagrams_total{outcome="stale"}')
+    loss = 100.0 * (sent - got - stale) / max(1, sent)
+    print(
+        f"udp ingest: sent {sent:,} in {send_time:.2f}s ({sent / udp_seconds:,.0f}/s offered), "
+        f"accepted {got:,.0f}, loss {loss:.3f} %"
+    )
+
+    per = CONNS // CLIENT_PROCS
+    res = _run_clients(
+        [
+            ("reserva", ports.vehicle, {"conns": per, "seconds": 3.0, "base": k * 10**7})
+            for k in range(CLIENT_PROCS)
+        ]
+    )
+    ok = sum(r["ok"] for r in res)
+    print(f"reservations confirmed (committed): {ok / 3.0:,.0f}/s ({ok} in 3 s)")
+
+    register_points(ports, 10_000, 90_000)
+    time.sleep(2.0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    idle: list[socket.socket] = []
+    try:
+        for i in range(10_000):
+            try:
+                s = socket.create_connection(("127.0.0.1", ports.vehicle), timeout=5)
+            except OSError as exc:
+                print(f"idle connections: stopped at {i}: {exc}")
+                break
+            s.sendall(b'{"type":"ping","data":{"id_veiculo":"IDLE%d"}}\n' % i)
+            idle.append(s)
+        time.sleep(1.0)
+        points = metric(metrics_text(ports), 'evcharge_core{figure="points"}')
+        print(
+            f"memory: {_rss_mib(pid):,.0f} MiB RSS with {points:,.0f} points, "
+            f"{len(idle):,} idle connections"
+        )
+    finally:
+        for s in idle:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,600 @@
+"""ev-broker serve, vehicle TCP protocol: every request and error, framing, identity, order.
+
+A real broker process on free ports (fixture ``broker``); vehicles are raw TCP
+sockets writing exact bytes; stations are a raw UDP socket and a raw zmq DEALER.
+The helpers here are shared by the other broker end-to-end test modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from tests.support.procs import BrokerPorts, Proc, broker_ports, start_broker
+
+pytestmark = pytest.mark.e2e
+
+LAT, LON = -12.266, -38.966
+ORIGINAL = [
+    '{"type":"bateria","data":{"id_veiculo":"CAR40312","nivel_bateria":15,"localizacao":'
+    '{"latitude":-12.266,"longitude":-38.966},"timestamp":"2025-04-07T10:00:00"}}',
+    '{"type":"consulta","data":{"id_veiculo":"CAR40312","localizacao":{"latitude":-12.266,'
+    '"longitude":-38.966},"timestamp":"2025-04-07T10:00:05"}}',
+    '{"type":"reserva","data":{"id_veiculo":"CAR40312","id_ponto_recarga":"CP01",'
+    '"tempo_estimado":10,"timestamp":"2025-04-07T10:00:09"}}',
+    '{"type":"chegada","data":{"id_veiculo":"CAR40312","id_ponto_recarga":"CP01",'
+    '"nivel_bateria":20,"nivel_carregar":80,"metodo_pagamento":"Débito em conta",'
+    '"timestamp":"2025-04-07T10:20:00"}}',
+]
+
+
+# --- helpers shared by the broker e2e modules ---------------------------------------------
+
+
+class Vehicle:
+    """A raw TCP vehicle: writes exact bytes, reads reply lines."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.buf = b""
+
+    @property
+    def local_port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def send(self, payload: bytes | str | dict[str, Any]) -> None:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, ensure_ascii=False) + "\n"
+        if isinstance(payload, str):
+            payload = payload.encode()
+        self.sock.sendall(payload)
+
+    def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply line within {timeout}s (buffer {self.buf[:200]!r})")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed by broker (buffer {self.buf[:200]!r})")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        msg: dict[str, Any] = json.loads(line)
+        return msg
+
+    def recv_type(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The next message of ``type_``, skipping others (e.g. pushes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg["type"] == type_:
+                return msg
+
+    def request(self, type_: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        self.send({"type": type_, "data": data, **extra})
+        return self.recv()
+
+    def closed_by_peer(self, timeout: float = 5.0) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def vehicle(port: int) -> Iterator[Vehicle]:
+    v = Vehicle(port)
+    try:
+        yield v
+    finally:
+        v.close()
+
+
+def send_status(port: int, point_id: str, **fields: Any) -> None:
+    body = {
+        "id": point_id,
+        "latitude": LAT + 0.001,
+        "longitude": LON,
+        "available": True,
+        "interval_s": 2.0,
+    }
+    body.update(fields)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(json.dumps(body).encode(), ("127.0.0.1", port))
+
+
+class Station:
+    """A fake station: a raw zmq DEALER whose routing id is the point id."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], port: int, point_id: str) -> None:
+        self.point_id = point_id
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTING_ID, point_id.encode())
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.sock.send(msgpack.packb(msg))
+
+    def hello(self, lat: float = LAT + 0.001, lon: float = LON) -> None:
+        self.send(
+            {
+                "type": "hello",
+                "id": self.point_id,
+                "latitude": lat,
+                "longitude": lon,
+                "potencia_kw": 50.0,
+                "preco_kwh": 2.0,
+                "boot_id": "boot-1",
+                "interval_s": 2.0,
+            }
+        )
+
+    def recv_type(self, type_: str, timeout: float = 6.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
+                raise TimeoutError(f"station {self.point_id}: no {type_!r} within {timeout}s")
+            msg: dict[str, Any] = msgpack.unpackb(self.sock.recv())
+            if msg.get("type") == type_:
+                return msg
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+@contextlib.contextmanager
+def zmq_ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)
+
+
+@contextlib.contextmanager
+def station(ctx: zmq.Context[zmq.Socket[bytes]], port: int, point_id: str) -> Iterator[Station]:
+    s = Station(ctx, port, point_id)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the sample ``name`` (with labels, exactly as rendered); 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for(pred: Any, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def keepalive(port: int, *point_ids: str, every: float = 0.5) -> Iterator[None]:
+    """Send a status datagram for each point every ``every`` seconds (a live station)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            for point_id in point_ids:
+                send_status(port, point_id)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def online_point(ports: BrokerPorts, point_id: str = "CP01") -> None:
+    """Register ``point_id`` by datagram and wait until a vehicle can see it."""
+    send_status(ports.status, point_id)
+    with vehicle(ports.vehicle) as v:
+
+        def seen() -> bool:
+            reply = v.request(
+                "consulta",
+                {"id_veiculo": "PROBE", "localizacao": {"latitude": LAT, "longitude": LON}},
+            )
+            return any(p["id"] == point_id for p in reply["data"])
+
+        wait_for(seen, what=f"{point_id} registered")
+
+
+def reserve(v: Vehicle, vid: str, point: str = "CP01", **extra: Any) -> dict[str, Any]:
+    return v.request("reserva", {"id_veiculo": vid, "id_ponto_recarga": point, **extra})
+
+
+def arrive(v: Vehicle, vid: str, point: str = "CP01", **extra: Any) -> dict[str, Any]:
+    data = {
+        "id_veiculo": vid,
+        "id_ponto_recarga": point,
+        "nivel_bateria": 20,
+        "nivel_carregar": 80,
+        "metodo_pagamento": "Pix",
+        **extra,
+    }
+    return v.request("chegada", data)
+
+
+# --- the original client -------------------------------------------------------------------
+
+
+def test_original_client_lines_work_unchanged(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with zmq_ctx() as ctx, station(ctx, ports.station, "CP01") as st:
+        st.hello()
+        st.recv_type("welcome")
+        online_point(ports)
+        with vehicle(ports.vehicle) as v:
+            v.send(ORIGINAL[0])
+            reply = v.recv()
+            assert reply["type"] == "pontos_disponiveis"
+            assert "id" not in reply
+            point = reply["data"]["pontos"][0]
+            assert point["id"] == "CP01" and point["estado"] == "disponivel"
+            assert point["available"] is True and point["queue_capacity"] == 5
+            assert point["distance"] == pytest.approx(0.111, abs=0.002)
+            v.send(ORIGINAL[1])
+            reply = v.recv()
+            assert reply["type"] == "lista_pontos"
+            assert [p["id"] for p in reply["data"]] == ["CP01"]
+            v.send(ORIGINAL[2])
+            reply = v.recv_type("reserva_response")
+            data = reply["data"]
+            assert (data["status"], data["code"], data["message"]) == (
+                "success",
+                "reserved",
+                "Reserve confirmed",
+            )
+            assert data["vehicle_id"] == "CAR40312" and data["id_ponto_recarga"] == "CP01"
+            assert data["posicao"] == 1 and data["reservation_id"]
+            st.recv_type("hold")
+            v.send(ORIGINAL[3])
+            start = st.recv_type("start")
+            assert start["vehicle_id"] == "CAR40312"
+            st.send({"type": "ack", "cmd_id": start["cmd_id"], "ok": True})
+            reply = v.recv_type("chegada_response")
+            assert reply["data"]["status"] == "success"
+            assert reply["data"]["code"] == "started" and reply["data"]["session_id"]
+
+
+def test_original_client_invalid_payment_is_invalid(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    line = ORIGINAL[3].replace("Débito em conta", "Método de pagamento inválido")
+    with vehicle(ports.vehicle) as v:
+        v.send(line)
+        reply = v.recv()
+        assert reply["data"]["code"] == "invalid"
+        assert "metodo_pagamento" in json.dumps(reply["data"], ensure_ascii=False)
+        # the connection stays usable
+        assert v.request("ping", {})["type"] == "pong"
+
+
+# --- framing -----------------------------------------------------------------------------------
+
+
+def test_split_and_coalesced_writes(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with vehicle(ports.vehicle) as v:
+        both = b'{"type":"ping","data":{},"id":1}  {"type":"ping","data":{},"id":2}\n'
+        v.send(both)
+        assert [v.recv()["id"], v.recv()["id"]] == [1, 2]
+        line = '{"type":"custos","data":{"id_veiculo":"CARSPLIT"},"id":"é"}'.encode()
+        for i in range(0, len(line), 3):
+            v.send(line[i : i + 3])
+            time.sleep(0.002)
+        reply = v.recv()
+        assert reply["type"] == "extrato" and reply["id"] == "é"
+        assert reply["data"]["vehicle_id"] == "CARSPLIT"
+
+
+def test_id_echo_of_every_scalar(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with vehicle(ports.vehicle) as v:
+        for rid in (7, "abc", 2.5, True, None):
+            reply = v.request("ping", {}, id=rid)
+            assert reply == {"type": "pong", "data": {}, "id": rid}
+        assert "id" not in v.request("ping", {})
+
+
+def test_too_large_line_is_refused_and_closed(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with vehicle(ports.vehicle) as v:
+        big = '{"type":"ping","data":{"pad":"' + "x" * (70 * 1024) + '"}}\n'
+        v.send(big)
+        reply = v.recv()
+        assert reply["type"] == "erro" and reply["data"]["code"] == "too_large"
+        assert v.closed_by_peer()
+    with vehicle(ports.vehicle) as v:  # the broker is fine
+        assert v.request("ping", {})["type"] == "pong"
+
+
+def test_garbage_then_valid_request(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with vehicle(ports.vehicle) as v:
+        v.send(b"\x00\xffnot json at all {{{\n")
+        reply = v.recv()
+        assert reply["type"] == "erro" and reply["data"]["code"] == "bad_json"
+        assert v.request("ping", {}, id=3) == {"type": "pong", "data": {}, "id": 3}
+
+
+def test_unknown_type_and_invalid_fields(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with vehicle(ports.vehicle) as v:
+        reply = v.request("voar", {}, id="u")
+        assert reply["type"] == "erro" and reply["id"] == "u"
+        assert reply["data"]["code"] == "unknown_type"
+        reply = v.request(
+            "bateria",
+            {
+                "id_veiculo": "CARX",
+                "nivel_bateria": 150,
+                "localizacao": {"latitude": 1, "longitude": 2},
+            },
+        )
+        assert reply["data"]["code"] == "invalid" and "nivel_bateria" in reply["data"]["field"]
+        reply = v.request("reserva", {"id_veiculo": "CARX"})
+        assert reply["data"]["code"] == "invalid" and reply["data"]["field"].endswith(
+            "id_ponto_recarga"
+        )
+
+
+# --- identity ----------------------------------------------------------------------------------
+
+
+def test_forbidden_other_vehicle_on_bound_connection(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with vehicle(ports.vehicle) as v:
+        assert v.request("custos", {"id_veiculo": "CARA"})["type"] == "extrato"
+        reply = v.request("custos", {"id_veiculo": "CARB"}, id=9)
+        assert reply["type"] == "erro" and reply["id"] == 9
+        assert reply["data"]["code"] == "forbidden"
+        # still bound to CARA; requests with no id act as CARA
+        assert v.request("custos", {})["data"]["vehicle_id"] == "CARA"
+
+
+def test_no_vehicle_id_acts_as_car_port(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with vehicle(ports.vehicle) as v:
+        reply = v.request("custos", {})
+        assert reply["data"]["vehicle_id"] == f"CAR{v.local_port}"
+        assert reply["data"]["moeda"] == "BRL"
+        reply = v.request("custos", {"id_veiculo": "CAR1"})
+        assert reply["data"]["code"] == "forbidden"
+
+
+# --- each request -----------------------------------------------------------------------------
+
+
+def test_reservation_codes(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    online_point(ports, "CP01")
+    online_point(ports, "CP02")
+    with vehicle(ports.vehicle) as a, vehicle(ports.vehicle) as b:
+        assert reserve(a, "CARA", "NOPE")["data"]["code"] == "unknown_point"
+        assert reserve(a, "CARA")["data"]["code"] == "reserved"
+        reply = reserve(a, "CARA")
+        assert reply["data"] == {
+            **reply["data"],
+            "status": "error",
+            "code": "already_queued",
+            "message": "Vehicle already in queue",
+        }
+        assert reserve(a, "CARA", "CP02")["data"]["code"] == "already_reserved"
+        assert reserve(b, "CARB", tempo_estimado=300)["data"]["code"] == "invalid"
+        status = a.request("status", {"id_veiculo": "CARA"})
+        assert status["type"] == "status_veiculo"
+        assert status["data"]["reserva"] is not None and status["data"]["sessao"] is None
+        reply = a.request("cancelar", {"id_veiculo": "CARA", "id_ponto_recarga": "CP01"})
+        assert reply["type"] == "cancelar_response" and reply["data"]["code"] == "cancelled"
+        reply = a.request("cancelar", {"id_veiculo": "CARA", "id_ponto_recarga": "CP01"})
+        assert reply["data"]["code"] == "no_reservation" and reply["data"]["status"] == "error"
+        reply = a.request("parar", {"id_veiculo": "CARA", "id_ponto_recarga": "CP01"})
+        assert reply["type"] == "parar_response" and reply["data"]["code"] == "no_session"
+        assert a.request("status", {"id_veiculo": "CARA"})["data"]["reserva"] is None
+
+
+def test_queue_full_and_turn_push(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    online_point(ports)
+    conns = [Vehicle(ports.vehicle) for _ in range(6)]
+    try:
+        codes = [reserve(v, f"CARQ{i}")["data"]["code"] for i, v in enumerate(conns)]
+        assert codes == ["reserved"] * 5 + ["queue_full"]
+        assert conns[0].recv_type("sua_vez")["data"]["id_ponto_recarga"] == "CP01"
+        conns[0].request("cancelar", {"id_veiculo": "CARQ0", "id_ponto_recarga": "CP01"})
+        push = conns[1].recv_type("sua_vez")
+        assert "id" not in push and push["data"]["reservation_id"]
+    finally:
+        for v in conns:
+            v.close()
+
+
+def test_500_vehicles_race_for_last_slots(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    online_point(ports)
+    with vehicle(ports.vehicle) as v:  # 2 of 5 slots taken
+        assert reserve(v, "CAREARLY1")["data"]["code"] == "reserved"
+    with vehicle(ports.vehicle) as v:
+        assert reserve(v, "CAREARLY2")["data"]["code"] == "reserved"
+
+    async def one(i: int, gate: asyncio.Event) -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports.vehicle)
+        try:
+            await gate.wait()
+            body = {
+                "type": "reserva",
+                "data": {"id_veiculo": f"RACE{i}", "id_ponto_recarga": "CP01"},
+            }
+            writer.write(json.dumps(body).encode())
+            await writer.drain()
+            while True:
+                msg = json.loads(await asyncio.wait_for(reader.readline(), 20))
+                if msg["type"] == "reserva_response":
+                    return str(msg["data"]["code"])
+        finally:
+            writer.close()
+
+    async def race() -> list[str]:
+        gate = asyncio.Event()
+        tasks = [asyncio.create_task(one(i, gate)) for i in range(500)]
+        await asyncio.sleep(0.5)
+        gate.set()
+        return await asyncio.gather(*tasks)
+
+    with keepalive(ports.status, "CP01"):
+        codes = asyncio.run(race())
+    assert codes.count("reserved") == 3
+    assert codes.count("queue_full") == 497
+
+
+def test_in_order_replies_while_chegada_waits_then_unreachable(
+    broker: tuple[Proc, BrokerPorts],
+) -> None:
+    _, ports = broker
+    with zmq_ctx() as ctx, station(ctx, ports.station, "CP01") as st:
+        st.hello()
+        st.recv_type("welcome")
+        online_point(ports)
+        with keepalive(ports.status, "CP01"), vehicle(ports.vehicle) as v:
+            assert reserve(v, "CARW")["data"]["code"] == "reserved"
+            v.recv_type("sua_vez")
+            t0 = time.monotonic()
+            v.send(
+                {
+                    "type": "chegada",
+                    "id": "c",
+                    "data": {
+                        "id_veiculo": "CARW",
+                        "id_ponto_recarga": "CP01",
+                        "nivel_bateria": 10,
+                        "nivel_carregar": 90,
+                        "metodo_pagamento": "Cartão de crédito",
+                    },
+                }
+            )
+            v.send({"type": "ping", "data": {}, "id": "p"})
+            st.recv_type("start")  # ... and never ack it
+            first = v.recv(timeout=8)
+            second = v.recv(timeout=2)
+            waited = time.monotonic() - t0
+            assert (first["id"], second["id"]) == ("c", "p")
+            assert first["data"]["code"] == "point_unreachable"
+            assert 4.0 <= waited <= 7.5
+            status = v.request("status", {"id_veiculo": "CARW"})
+            assert status["data"]["reserva"] is not None  # the reservation is kept
+
+
+def test_session_completion_billed_once(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    with zmq_ctx() as ctx, station(ctx, ports.station, "CP01") as st:
+        st.hello()
+        st.recv_type("welcome")
+        online_point(ports)
+        with vehicle(ports.vehicle) as v:
+            v.send(
+                {
+                    "type": "chegada",
+                    "data": {
+                        "id_veiculo": "CARBILL",
+                        "id_ponto_recarga": "CP01",
+                        "nivel_bateria": 20,
+                        "nivel_carregar": 70,
+                        "metodo_pagamento": "Pix",
+                        "capacidade_kwh": 40,
+                    },
+                }
+            )
+            start = st.recv_type("start")
+            st.send({"type": "ack", "cmd_id": start["cmd_id"], "ok": True})
+            reply = v.recv_type("chegada_response")
+            assert reply["data"]["code"] == "started"
+            session_id = reply["data"]["session_id"]
+            complete = {
+                "type": "session_complete",
+                "session_id": session_id,
+                "vehicle_id": "CARBILL",
+                "energia_kwh": 20.0,
+                "nivel_inicial": 20,
+                "nivel_final": 70,
+                "started_at": time.time() - 60,
+                "ended_at": time.time(),
+                "reason": "target_reached",
+            }
+            for _ in range(3):
+                st.send(complete)
+            assert st.recv_type("session_ack")["session_id"] == session_id
+            cost = v.recv_type("custo_final")["data"]
+            assert cost["session_id"] == session_id and cost["payment_method"] == "Pix"
+            assert float(cost["cost"]) == pytest.approx(40.0)  # 20 kWh x 2.0 BRL
+            end = v.recv_type("encerramento")["data"]
+            assert end["energia_kwh"] == pytest.approx(20.0)
+            st.send(complete)  # a late resend after the ack
+            st.recv_type("session_ack")
+            extrato = v.request("custos", {"id_veiculo": "CARBILL"})
+            while extrato["type"] != "extrato":
+                extrato = v.recv()
+            assert len(extrato["data"]["sessoes"]) == 1
+            assert float(extrato["data"]["total"]) == pytest.approx(40.0)
+
+
+def test_hold_expiry_with_short_hold(tmp_path: Path) -> None:
+    ports = broker_ports()
+    proc = start_broker(ports, str(tmp_path / "b.db"), "--hold-minutes", "0.02")
+    try:
+        online_point(ports)
+        with vehicle(ports.vehicle) as a, vehicle(ports.vehicle) as b:
+            assert reserve(a, "CAREXP1")["data"]["code"] == "reserved"
+            assert reserve(b, "CAREXP2")["data"]["code"] == "reserved"
+            a.recv_type("sua_vez")
+            t0 = time.monotonic()
+            expired = a.recv_type("reserva_expirada", timeout=5)
+            assert expired["data"]["id_ponto_recarga"] == "CP01"
+            assert 0.8 <= time.monotonic() - t0 <= 4.0
+            assert b.recv_type("sua_vez", timeout=5)["data"]["id_ponto_recarga"] == "CP01"
+    finally:
+        assert proc.stop() == 0
