@@ -38,12 +38,12 @@ RCVBUF_SIZES: Final = (32 << 20, 16 << 20, 8 << 20, 4 << 20)
 
 def _outcome_of(error: EVError) -> str:
     """``malformed`` / ``invalid`` / ``oversized`` from the decoder's error."""
-    text = f"{type(error).__name__} {error.message}".lower()
-    if "oversized" in text or "too large" in text or "too_large" in text:
+    text = error.message.lower()
+    if text.startswith("invalid"):
+        return "invalid"
+    if "larger than" in text:
         return "oversized"
-    if "json" in text or "malformed" in text or "utf" in text:
-        return "malformed"
-    return "invalid"
+    return "malformed"
 
 
 class StatusServer:

@@ -37,7 +37,7 @@ import msgspec
 
 from broker.core.effects import Push, Reply, RequestId
 from broker.metrics import BrokerMetrics
-from common.codec import StreamDecoder
+from common.codec import StreamDecoder, encode_reply
 from common.errors import EVError, Forbidden, InternalError, ProtocolError
 from common.messages import VehicleRequest
 
@@ -49,16 +49,9 @@ MAX_OUTSTANDING: Final = 256
 WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
 
-_encoder = msgspec.json.Encoder()
-
-
 def encode_message(type_: str, data: Any, request_id: RequestId = msgspec.UNSET) -> bytes:
     """One compact JSON line ``{"type", "data"[, "id"]}\\n`` (UTF-8, unescaped)."""
-    if request_id is msgspec.UNSET:
-        body = {"type": type_, "data": data}
-    else:
-        body = {"type": type_, "data": data, "id": request_id}
-    return _encoder.encode(body) + b"\n"
+    return encode_reply(type_, data, request_id)
 
 
 def reply_result(type_: str, data: Any) -> str:
