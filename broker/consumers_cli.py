@@ -1,0 +1,297 @@
+"""Command line of the bus consumers: ``billing`` (+ report, reconcile), ``tail``, ``monitor``.
+
+Only option parsing and process plumbing live here (signals, exit codes,
+logging); the work is done by :mod:`broker.billing`, :mod:`broker.tail` and
+:mod:`broker.monitor`. Every option also reads ``EV_<OPTION_NAME>``.
+SIGINT/SIGTERM stop a long-running command within 2 s with exit code 0.
+Exit codes: 0 done, 1 reconciliation found differences, 2 usage or
+configuration error, 3 broker unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from broker import billing
+from broker.ledger import Ledger
+from broker.monitor import run_monitor
+from broker.subscriber import Endpoint, HistoryClient, Subscriber
+from broker.tail import PipeClosed, TailSink, pipe_closed
+from common.errors import ConfigError, EVError, StoreError, TransportError
+
+EXIT_DIFFERENT = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+BrokerOpt = Annotated[
+    str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.", show_default=True)
+]
+EventsPortOpt = Annotated[
+    int,
+    typer.Option("--events-port", envvar="EV_EVENTS_PORT", min=1, max=65535, help="Bus PUB port."),
+]
+HistoryPortOpt = Annotated[
+    int,
+    typer.Option(
+        "--history-port", envvar="EV_HISTORY_PORT", min=1, max=65535, help="History port."
+    ),
+]
+DbOpt = Annotated[Path, typer.Option("--db", envvar="EV_DB", help="Billing ledger (SQLite file).")]
+DEFAULT_DB = Path("var/billing.db")
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _setup_logging(level: int) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+async def _until_stopped(sub: Subscriber, stop: asyncio.Event) -> None:
+    """Run ``sub`` until ``stop`` is set or it fails; re-raise its failure."""
+    task = asyncio.create_task(sub.run())
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _endpoint(broker: str, events_port: int, history_port: int) -> Endpoint:
+    if not broker or any(c.isspace() for c in broker):
+        raise _fail(f"invalid --broker host {broker!r}", EXIT_USAGE)
+    return Endpoint(broker, events_port, history_port)
+
+
+def _open_ledger(db: Path, create: bool) -> Ledger:
+    try:
+        return Ledger(db, create=create)
+    except (ConfigError, StoreError) as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+
+
+# --- billing ------------------------------------------------------------------------
+
+billing_app = typer.Typer(
+    help="The billing subscriber; `billing report` and `billing reconcile` read its ledger.",
+    invoke_without_command=True,
+)
+
+
+@billing_app.callback()
+def billing_worker(
+    ctx: typer.Context,
+    broker: BrokerOpt = "127.0.0.1",
+    events_port: EventsPortOpt = 5556,
+    history_port: HistoryPortOpt = 5557,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Run the billing worker: catch up from history, then follow live events."""
+    if ctx.invoked_subcommand is not None:
+        return
+    endpoint = _endpoint(broker, events_port, history_port)
+    _setup_logging(logging.INFO)
+    ledger = _open_ledger(db, create=True)
+    sink = billing.BillingSink(ledger)
+    sub = Subscriber(endpoint, sink, topics=(billing.TOPIC,), start_seq=ledger.last_seq)
+
+    async def main(stop: asyncio.Event) -> None:
+        typer.echo(f"billing ready: ledger {db} from seq {ledger.last_seq}")
+
+        async def caught_up() -> None:
+            await sub.ready.wait()
+            logging.getLogger("broker.billing").info(
+                "caught up at seq %d, %d sessions billed", sub.stats.applied_seq, sink.billed
+            )
+
+        note = asyncio.create_task(caught_up())
+        try:
+            await _until_stopped(sub, stop)
+        finally:
+            note.cancel()
+
+    try:
+        _run(main)
+    except StoreError as exc:
+        raise _fail(str(exc), 1) from exc
+    finally:
+        with contextlib.suppress(EVError):
+            sink.flush()
+        ledger.close()
+    typer.echo(f"billing stopped at seq {sub.stats.applied_seq} ({sink.billed} new sessions)")
+
+
+@billing_app.command("report")
+def billing_report(
+    db: DbOpt = DEFAULT_DB,
+    vehicle: Annotated[
+        str | None, typer.Option("--vehicle", envvar="EV_VEHICLE", help="Only this vehicle.")
+    ] = None,
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", envvar="EV_FORMAT", help="Output format.")
+    ] = ReportFormat.table,
+) -> None:
+    """Per-vehicle totals and session lines from the ledger."""
+    with _open_ledger(db, create=False) as ledger:
+        accounts = ledger.accounts(vehicle)
+    billing.render_report(accounts, fmt.value, Console(soft_wrap=fmt != ReportFormat.table))
+
+
+@billing_app.command("reconcile")
+def billing_reconcile(
+    broker: BrokerOpt = "127.0.0.1",
+    history_port: HistoryPortOpt = 5557,
+    db: DbOpt = DEFAULT_DB,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", envvar="EV_FORMAT", help="Output format.")
+    ] = OutputFormat.table,
+    timeout: Annotated[
+        float, typer.Option("--timeout", envvar="EV_TIMEOUT", min=0.1, help="Seconds to wait.")
+    ] = 3.0,
+) -> None:
+    """Compare the ledger with the broker's accounts: exit 0 when equal, 1 when not."""
+    endpoint = _endpoint(broker, 5556, history_port)
+    with _open_ledger(db, create=False) as ledger:
+        mine = ledger.accounts()
+
+    async def fetch() -> dict[str, Any]:
+        import zmq.asyncio
+
+        ctx = zmq.asyncio.Context()
+        client = HistoryClient(ctx, endpoint.history_url, timeout_s=timeout)
+        try:
+            return await billing.fetch_accounts(endpoint, client)
+        finally:
+            client.close()
+            ctx.term()
+
+    try:
+        theirs = asyncio.run(fetch())
+    except TransportError as exc:
+        raise _fail(str(exc), EXIT_UNREACHABLE) from exc
+    rec = billing.reconcile(mine, theirs)
+    billing.render_reconciliation(rec, fmt.value, Console(soft_wrap=True))
+    if not rec.equal:
+        raise typer.Exit(EXIT_DIFFERENT)
+
+
+# --- tail ---------------------------------------------------------------------------
+
+
+def tail(
+    broker: BrokerOpt = "127.0.0.1",
+    events_port: EventsPortOpt = 5556,
+    history_port: HistoryPortOpt = 5557,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option("--topic", envvar="EV_TOPIC", help="Topic prefix (repeatable)."),
+    ] = None,
+    since: Annotated[
+        int | None,
+        typer.Option(
+            "--since", envvar="EV_SINCE", min=0, help="Replay events with seq > SEQ first."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="EV_JSON", help="One JSON object per line.")
+    ] = False,
+) -> None:
+    """Print bus events as they arrive (history first with --since)."""
+    endpoint = _endpoint(broker, events_port, history_port)
+    _setup_logging(logging.WARNING)
+    sink = TailSink(sys.stdout, as_json=as_json)
+    sub = Subscriber(endpoint, sink, topics=tuple(topic or ()), start_seq=since)
+
+    async def main(stop: asyncio.Event) -> None:
+        async def watch_pipe() -> None:
+            while not stop.is_set():
+                if pipe_closed(sys.stdout):
+                    stop.set()
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch_pipe())
+        try:
+            await _until_stopped(sub, stop)
+        finally:
+            watcher.cancel()
+
+    with contextlib.suppress(PipeClosed):
+        _run(main)
+    if pipe_closed(sys.stdout) or sys.stdout.closed:
+        # nothing more can be written: keep interpreter shutdown from complaining
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# --- monitor ------------------------------------------------------------------------
+
+
+def monitor(
+    broker: BrokerOpt = "127.0.0.1",
+    events_port: EventsPortOpt = 5556,
+    history_port: HistoryPortOpt = 5557,
+    page_size: Annotated[
+        int,
+        typer.Option(
+            "--page-size", envvar="EV_PAGE_SIZE", min=1, max=1000, help="Points per page."
+        ),
+    ] = 20,
+) -> None:
+    """A live terminal view of all points, built from snapshot + events."""
+    endpoint = _endpoint(broker, events_port, history_port)
+    _setup_logging(logging.WARNING)
+
+    async def main(stop: asyncio.Event) -> None:
+        await run_monitor(endpoint, stop, page_size)
+
+    _run(main)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``billing`` (with ``report`` and ``reconcile``), ``tail`` and ``monitor`` to ``app``."""
+    app.add_typer(billing_app, name="billing")
+    app.command("tail")(tail)
+    app.command("monitor")(monitor)

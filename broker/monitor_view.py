@@ -1,0 +1,306 @@
+"""The monitor's pure view model: fed a snapshot and bus events, renders a rich view.
+
+No sockets, clock or terminal here: ``now`` is passed in, so tests render it
+with ``Console(record=True)``. Built for 10,000 points: every event updates
+one point in O(log n) (points are kept in one sorted list per state), the
+counters are maintained incrementally, and a render touches one page only.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from common.messages import BusEvent
+from common.timeutil import format_timestamp, parse_timestamp
+
+# display order: the busy points first
+STATES: Final = ("carregando", "reservado", "disponivel", "indisponivel", "offline")
+STATE_STYLE: Final = {
+    "carregando": "bold green",
+    "reservado": "yellow",
+    "disponivel": "cyan",
+    "indisponivel": "red",
+    "offline": "dim",
+}
+RATE_WINDOW_S: Final = 5.0
+LATEST_EVENTS: Final = 8
+
+
+def _point_id(data: Mapping[str, Any]) -> str | None:
+    for key in ("point_id", "id_ponto_recarga", "id"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _vehicle_id(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, Mapping):
+        for key in ("vehicle_id", "id_veiculo"):
+            value = entry.get(key)
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_timestamp(value)
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass
+class PointView:
+    id: str
+    online: bool = True
+    faulted: bool = False
+    queue: list[str] = field(default_factory=list)
+    vehicle: str | None = None
+    session_id: str | None = None
+    energy_kwh: float | None = None
+    last_heard: float | None = None
+
+    @property
+    def state(self) -> str:
+        if not self.online:
+            return "offline"
+        if self.faulted:
+            return "indisponivel"
+        if self.vehicle is not None:
+            return "carregando"
+        return "reservado" if self.queue else "disponivel"
+
+    def apply_estado(self, estado: Any) -> None:
+        if estado == "offline":
+            self.online = False
+        elif isinstance(estado, str):
+            self.online = True
+            self.faulted = estado == "indisponivel"
+
+
+class MonitorView:
+    """State of every point plus counters, updated incrementally, rendered a page at a time."""
+
+    def __init__(self, page_size: int = 20) -> None:
+        self.page_size = max(1, page_size)
+        self.page = 0
+        self.points: dict[str, PointView] = {}
+        self._by_state: dict[str, list[str]] = {s: [] for s in STATES}
+        self._state_of: dict[str, str] = {}
+        self.seq = 0
+        self.events_seen = 0
+        self._recent: deque[float] = deque()
+        self.latest: deque[str] = deque(maxlen=LATEST_EVENTS)
+        self.queued = 0
+        self.figures: dict[str, Any] = {}  # e.g. subscriber lag and gaps, shown in the header
+
+    # --- incremental index ----------------------------------------------------------
+
+    def _reindex(self, p: PointView) -> None:
+        new, old = p.state, self._state_of.get(p.id)
+        if new == old:
+            return
+        if old is not None:
+            lst = self._by_state[old]
+            i = bisect.bisect_left(lst, p.id)
+            if i < len(lst) and lst[i] == p.id:
+                del lst[i]
+        bisect.insort(self._by_state[new], p.id)
+        self._state_of[p.id] = new
+
+    def _point(self, pid: str) -> PointView:
+        p = self.points.get(pid)
+        if p is None:
+            p = self.points[pid] = PointView(pid)
+            self._reindex(p)
+        return p
+
+    def _set_queue(self, p: PointView, queue: list[str]) -> None:
+        self.queued += len(queue) - len(p.queue)
+        p.queue = queue
+
+    # --- input ----------------------------------------------------------------------
+
+    def load_snapshot(self, snap: Mapping[str, Any]) -> None:
+        """Replace everything with a snapshot ``{seq, points, queues, sessions}``."""
+        self.points.clear()
+        self._by_state = {s: [] for s in STATES}
+        self._state_of.clear()
+        self.queued = 0
+        self.seq = int(snap.get("seq", 0))
+        for raw in snap.get("points") or []:
+            if not isinstance(raw, Mapping) or (pid := _point_id(raw)) is None:
+                continue
+            p = self._point(pid)
+            p.apply_estado(raw.get("estado"))
+            if raw.get("online") is False:
+                p.online = False
+            for key in ("last_heard", "last_seen", "ultimo_contato"):
+                if (t := _epoch(raw.get(key))) is not None:
+                    p.last_heard = t
+            if (v := raw.get("energia_kwh")) is not None:
+                p.energy_kwh = float(v)
+        queues = snap.get("queues") or {}
+        if isinstance(queues, Mapping):
+            for pid, entries in queues.items():
+                p = self._point(str(pid))
+                ids = [v for v in (_vehicle_id(e) for e in entries or []) if v]
+                self._set_queue(p, ids)
+        for s in snap.get("sessions") or []:
+            if isinstance(s, Mapping) and (pid := _point_id(s)) is not None:
+                p = self._point(pid)
+                p.vehicle = _vehicle_id(s) or "?"
+                p.session_id = s.get("session_id")
+                energy = s.get("energia_kwh", s.get("energy_kwh"))
+                p.energy_kwh = float(energy) if isinstance(energy, int | float) else None
+        for p in self.points.values():
+            self._reindex(p)
+
+    def apply(self, ev: BusEvent, now: float) -> None:
+        """One sequenced bus event (events at or below the snapshot seq are ignored)."""
+        if ev.seq <= self.seq:
+            return
+        self.seq = ev.seq
+        self.events_seen += 1
+        self._recent.append(now)
+        self._expire(now)
+        self.latest.appendleft(
+            f"#{ev.seq} {format_timestamp(ev.ts)[11:23]} {ev.topic} "
+            + " ".join(f"{k}={v}" for k, v in list(ev.data.items())[:4])
+        )
+        pid = _point_id(ev.data)
+        if pid is None:
+            return
+        p = self._point(pid)
+        p.last_heard = max(p.last_heard or 0.0, ev.ts)
+        self._apply_topic(p, ev.topic, ev.data)
+        self._reindex(p)
+
+    def _apply_topic(self, p: PointView, topic: str, d: Mapping[str, Any]) -> None:
+        vid = _vehicle_id(d)
+        if topic in ("point.registered", "point.status"):
+            p.apply_estado(d.get("estado"))
+            if isinstance(d.get("energia_kwh"), int | float) and p.vehicle is not None:
+                p.energy_kwh = float(d["energia_kwh"])
+        elif topic == "point.online":
+            p.online = True
+        elif topic == "point.offline":
+            p.online = False
+        elif topic == "reservation.created" and vid and vid not in p.queue:
+            self._set_queue(p, [*p.queue, vid])
+        elif topic in ("reservation.cancelled", "reservation.expired") and vid in p.queue:
+            self._set_queue(p, [v for v in p.queue if v != vid])
+        elif topic == "charging.started":
+            if vid in p.queue:
+                self._set_queue(p, [v for v in p.queue if v != vid])
+            p.vehicle = vid or "?"
+            p.session_id = d.get("session_id")
+            p.energy_kwh = 0.0
+        elif topic == "charging.completed" and (
+            p.session_id is None or p.session_id == d.get("session_id")
+        ):
+            p.vehicle = None
+            p.session_id = None
+            p.energy_kwh = None
+
+    def _expire(self, now: float) -> None:
+        while self._recent and self._recent[0] < now - RATE_WINDOW_S:
+            self._recent.popleft()
+
+    # --- paging ---------------------------------------------------------------------
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-len(self.points) // self.page_size))
+
+    def next_page(self) -> None:
+        self.page = min(self.page + 1, self.pages - 1)
+
+    def prev_page(self) -> None:
+        self.page = max(self.page - 1, 0)
+
+    def first_page(self) -> None:
+        self.page = 0
+
+    def last_page(self) -> None:
+        self.page = self.pages - 1
+
+    def _slice(self, start: int, count: int) -> Iterator[PointView]:
+        """Points ``start .. start+count`` in display order, without a full sort."""
+        for state in STATES:
+            ids = self._by_state[state]
+            if start >= len(ids):
+                start -= len(ids)
+                continue
+            for pid in ids[start : start + count]:
+                yield self.points[pid]
+                count -= 1
+            start = 0
+            if count <= 0:
+                return
+
+    # --- figures and rendering ------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {s: len(ids) for s, ids in self._by_state.items()}
+
+    def rate(self, now: float) -> float:
+        self._expire(now)
+        return len(self._recent) / RATE_WINDOW_S
+
+    def render(self, now: float) -> RenderableType:
+        self.page = min(self.page, self.pages - 1)
+        c = self.counts()
+        online = len(self.points) - c["offline"]
+        header = Text.assemble(
+            ("points ", "bold"), f"{len(self.points)}  ",
+            ("online ", "bold"), f"{online}  ",
+            ("charging ", "bold"), f"{c['carregando']}  ",
+            ("queued ", "bold"), f"{self.queued}  ",
+            ("events/s ", "bold"), f"{self.rate(now):.1f}  ",
+            ("seq ", "bold"), f"{self.seq}",
+            *(f"  {k} {v}" for k, v in self.figures.items()),
+        )  # fmt: skip
+        states = Text("  ".join(f"{s}: {n}" for s, n in c.items()), style="dim")
+        table = Table(
+            title=f"page {self.page + 1}/{self.pages} (n/p: page, g/G: first/last, q: quit)",
+            expand=True,
+        )
+        for col in ("point", "state", "queue", "waiting", "charging", "kWh", "heard"):
+            table.add_column(col, justify="right" if col in ("queue", "kWh", "heard") else "left")
+        for p in self._slice(self.page * self.page_size, self.page_size):
+            waiting = ", ".join(p.queue[:3]) + (f" +{len(p.queue) - 3}" if len(p.queue) > 3 else "")
+            heard = f"{max(0.0, now - p.last_heard):.0f}s" if p.last_heard else "-"
+            table.add_row(
+                p.id,
+                Text(p.state, style=STATE_STYLE[p.state]),
+                str(len(p.queue)),
+                waiting,
+                p.vehicle or "",
+                f"{p.energy_kwh:.2f}" if p.energy_kwh is not None else "",
+                heard,
+            )
+        latest = Table(title="latest events", show_header=False, expand=True)
+        latest.add_column("event", overflow="ellipsis", no_wrap=True)
+        for line in self.latest:
+            latest.add_row(line)
+        return Group(header, states, table, latest)
+
+    def apply_all(self, events: Iterable[BusEvent], now: float) -> None:
+        for ev in events:
+            self.apply(ev, now)

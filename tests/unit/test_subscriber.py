@@ -1,0 +1,439 @@
+"""The shared bus subscriber against a real in-test bus (zmq PUB + history ROUTER).
+
+:class:`FakeBus` publishes a list of events on a real PUB socket and serves
+them from a real ROUTER (since / snapshot / accounts) in a thread, so the
+subscriber is exercised over real sockets: catch-up, gaps, duplicates, slow
+consumers, restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any
+
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.subscriber import Endpoint, Sequencer, Subscriber, SubscriberStats, topic_matcher
+from common.codec import encode_event, pack, unpack
+from common.messages import BusEvent
+
+
+class FakeBus:
+    """A broker stand-in: an event log, a PUB socket and a history ROUTER thread."""
+
+    def __init__(self, events_port: int = 0, history_port: int = 0, sndhwm: int = 100_000) -> None:
+        self.log: list[BusEvent] = []
+        self.snapshot_state: dict[str, Any] = {"points": [], "queues": {}, "sessions": []}
+        self.accounts: dict[str, Any] = {}
+        self.answer_history = True
+        self.requests: list[dict[str, Any]] = []
+        self._ctx = zmq.Context()
+        self._sndhwm = sndhwm
+        self._lock = threading.Lock()
+        self.events_port = events_port
+        self.history_port = history_port
+        self._pub: zmq.Socket[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.start()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.events_port, self.history_port)
+
+    def start(self) -> None:
+        pub = self._ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, self._sndhwm)
+        if self.events_port:
+            pub.bind(f"tcp://127.0.0.1:{self.events_port}")
+        else:
+            self.events_port = pub.bind_to_random_port("tcp://127.0.0.1")
+        self._pub = pub
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        if self.history_port:
+            router.bind(f"tcp://127.0.0.1:{self.history_port}")
+        else:
+            self.history_port = router.bind_to_random_port("tcp://127.0.0.1")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, args=(router,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Close both sockets (a broker going down); the log is kept."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._pub is not None:
+            self._pub.close(linger=0)
+            self._pub = None
+
+    def close(self) -> None:
+        self.stop()
+        self._ctx.term()
+
+    def _serve(self, router: zmq.Socket[bytes]) -> None:
+        try:
+            while not self._stop.is_set():
+                if not router.poll(50):
+                    continue
+                frames = router.recv_multipart()
+                request = unpack(frames[-1])
+                self.requests.append(request)
+                if not self.answer_history:
+                    continue
+                router.send_multipart([*frames[:-1], pack(self.answer(request))])
+        finally:
+            router.close(linger=0)
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if request.get("op") == "since":
+                after, limit = int(request["seq"]), int(request.get("limit", 1000))
+                newer = [e for e in self.log if e.seq > after]
+                page = newer[:limit]
+                last = self.log[-1].seq if self.log else 0
+                events = [
+                    {"seq": e.seq, "ts": e.ts, "topic": e.topic, "data": e.data} for e in page
+                ]
+                return {"events": events, "last_seq": last, "more": len(newer) > limit}
+            if request.get("op") == "snapshot":
+                return {"seq": self.log[-1].seq if self.log else 0, **self.snapshot_state}
+            if request.get("op") == "accounts":
+                return {"accounts": self.accounts}
+        return {"error": f"unknown op {request.get('op')!r}"}
+
+    def publish(self, topic: str, data: dict[str, Any], *, send: bool = True) -> BusEvent:
+        """Append to the log and (unless ``send`` is False: a lost message) publish."""
+        with self._lock:
+            ev = BusEvent(len(self.log) + 1, time.time(), topic, data)
+            self.log.append(ev)
+        if send:
+            self.resend(ev)
+        return ev
+
+    def resend(self, ev: BusEvent) -> None:
+        if self._pub is not None:
+            self._pub.send_multipart(encode_event(ev))
+
+
+class Collect:
+    """A sink that records what it gets."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.events: list[BusEvent] = []
+        self.applied: list[int] = []
+        self.snapshots: list[dict[str, Any]] = []
+        self.delay_s = delay_s
+
+    def on_snapshot(self, snapshot: dict[str, Any]) -> None:
+        self.snapshots.append(snapshot)
+
+    def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> None:
+        if self.delay_s and events:
+            time.sleep(self.delay_s)
+        self.events.extend(events)
+        self.applied.append(applied_seq)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [e.seq for e in self.events]
+
+
+@pytest.fixture
+def bus() -> Iterator[FakeBus]:
+    b = FakeBus()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def run_with(sub: Subscriber, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``sub`` while ``body`` runs; always cancel it and close its sockets."""
+
+    async def main() -> None:
+        task = asyncio.create_task(sub.run())
+        try:
+            await body()
+            if task.done():
+                task.result()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+def status(i: int) -> dict[str, Any]:
+    return {"point_id": f"CP{i % 7}", "estado": "disponivel"}
+
+
+# --- the pure sequencer ---------------------------------------------------------------
+
+
+def ev(seq: int, topic: str = "point.status") -> BusEvent:
+    return BusEvent(seq, 1.0 + seq, topic, {})
+
+
+def test_sequencer_orders_drops_duplicates_and_reports_gaps() -> None:
+    s = Sequencer(0)
+    assert s.offer(ev(1)) == ([ev(1)], False)
+    assert s.offer(ev(1)) == ([], False)
+    assert s.offer(ev(3)) == ([], True)
+    assert s.parked == 1
+    out = s.accept_history([ev(2), ev(3)])
+    assert [e.seq for e in out] == [2, 3]
+    assert s.applied == 3 and s.parked == 0
+    assert s.stats.duplicates == 1 and s.stats.refilled == 2
+
+
+def test_sequencer_counts_a_hole_that_history_no_longer_has() -> None:
+    s = Sequencer(10)
+    out = s.accept_history([ev(15), ev(16)])
+    assert [e.seq for e in out] == [15, 16]
+    assert s.stats.lost == 4
+
+
+def test_sequencer_without_start_takes_the_first_live_event() -> None:
+    s = Sequencer(None)
+    assert s.offer(ev(42))[0] == [ev(42)]
+    assert s.offer(ev(44)) == ([], True)
+    assert [e.seq for e in s.skip_to_parked()] == [44]
+    assert s.stats.lost == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(list(range(1, 30))), st.lists(st.integers(1, 29), max_size=20))
+def test_sequencer_delivers_each_event_once_in_order(order: list[int], dups: list[int]) -> None:
+    """Whatever order and duplication live events come in, plus a history refill
+    of everything, every seq is delivered exactly once, ascending."""
+    s = Sequencer(0)
+    out: list[int] = []
+    for seq in order + dups:
+        ready, _gap = s.offer(ev(seq))
+        out.extend(e.seq for e in ready)
+    out.extend(e.seq for e in s.accept_history([ev(i) for i in range(1, 30)]))
+    assert out == list(range(1, 30))
+    assert s.stats.lost == 0
+
+
+def test_topic_matcher() -> None:
+    m = topic_matcher(["charging.", "point.off"])
+    assert m("charging.completed") and m("point.offline")
+    assert not m("point.online")
+    assert topic_matcher([])("anything")
+
+
+def test_stats_lag() -> None:
+    st_ = SubscriberStats(applied_seq=5, newest_seq=9)
+    assert st_.lag == 4 and st_.as_dict()["lag"] == 4
+
+
+# --- over real sockets ------------------------------------------------------------------
+
+
+def test_catch_up_pages_through_history_then_follows_live(bus: FakeBus) -> None:
+    for i in range(2500):
+        bus.publish("point.status", status(i), send=False)
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, start_seq=0, idle_poll_s=0.2)
+
+    async def body() -> None:
+        await until(lambda: len(sink.events) == 2500)
+        assert sub.ready.is_set()
+        await asyncio.sleep(0.3)  # let SUB connect
+        for i in range(50):
+            bus.publish("point.status", status(i))
+        await until(lambda: len(sink.events) == 2550)
+
+    run_with(sub, body)
+    assert sink.seqs == list(range(1, 2551))
+    assert sub.stats.lost == 0 and sub.stats.lag == 0
+    assert [r["limit"] for r in bus.requests if r["op"] == "since"][:3] == [1000, 1000, 1000]
+
+
+def test_gap_in_live_stream_is_refilled_from_history(bus: FakeBus) -> None:
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, start_seq=0, idle_poll_s=5.0)
+
+    async def body() -> None:
+        await until(sub.ready.is_set)
+        await asyncio.sleep(0.3)
+        bus.publish("point.status", status(1))
+        await until(lambda: len(sink.events) == 1)
+        for i in range(5):
+            bus.publish("point.status", status(i), send=False)  # lost on the wire
+        bus.publish("charging.completed", {"session_id": "S1"})
+        await until(lambda: len(sink.events) == 7, timeout=3.0)  # well before idle poll
+
+    run_with(sub, body)
+    assert sink.seqs == list(range(1, 8))
+    assert sub.stats.gaps == 1 and sub.stats.refilled == 6  # 2..7 came from history
+
+
+def test_silence_after_a_lost_event_is_found_by_the_idle_poll(bus: FakeBus) -> None:
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, start_seq=0, idle_poll_s=0.2)
+
+    async def body() -> None:
+        await until(sub.ready.is_set)
+        bus.publish("charging.completed", {"session_id": "S9"}, send=False)
+        await until(lambda: len(sink.events) == 1, timeout=3.0)
+
+    run_with(sub, body)
+    assert sink.events[0].data == {"session_id": "S9"}
+
+
+def test_duplicates_are_dropped(bus: FakeBus) -> None:
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, start_seq=0, idle_poll_s=5.0)
+
+    async def body() -> None:
+        await until(sub.ready.is_set)
+        await asyncio.sleep(0.3)
+        first = bus.publish("point.status", status(1))
+        bus.resend(first)
+        second = bus.publish("point.status", status(2))
+        bus.resend(first)
+        bus.resend(second)
+        bus.publish("point.status", status(3))
+        await until(lambda: sub.stats.live >= 6)
+
+    run_with(sub, body)
+    assert sink.seqs == [1, 2, 3]
+    assert sub.stats.duplicates == 3
+
+
+def test_topic_filter_applies_after_sequencing(bus: FakeBus) -> None:
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, topics=["charging."], start_seq=0, idle_poll_s=5.0)
+
+    async def body() -> None:
+        await until(sub.ready.is_set)
+        await asyncio.sleep(0.3)
+        for i in range(20):
+            bus.publish("charging.completed" if i % 5 == 4 else "point.status", status(i))
+        await until(lambda: sub.stats.applied_seq == 20)
+
+    run_with(sub, body)
+    assert sink.seqs == [5, 10, 15, 20]
+    assert sub.stats.gaps == 0
+    assert sink.applied[-1] == 20
+
+
+def test_slow_consumer_catches_up_through_history() -> None:
+    """A consumer too slow for the socket buffers loses live messages and gets them back."""
+    bus = FakeBus(sndhwm=20)
+    try:
+        sink = Collect(delay_s=0.2)
+        sub = Subscriber(bus.endpoint, sink, start_seq=0, idle_poll_s=0.3, rcvhwm=20)
+
+        async def body() -> None:
+            await until(sub.ready.is_set)
+            await asyncio.sleep(0.3)
+            for i in range(3000):
+                bus.publish("point.status", status(i))
+            await until(lambda: len(sink.events) == 3000, timeout=20)
+
+        run_with(sub, body)
+        assert sink.seqs == list(range(1, 3001))
+        assert sub.stats.live < 3000  # the buffers did drop messages
+        assert sub.stats.refilled > 0
+    finally:
+        bus.close()
+
+
+def test_snapshot_mode_applies_only_events_after_the_snapshot(bus: FakeBus) -> None:
+    for i in range(5):
+        bus.publish("point.status", status(i), send=False)
+    bus.snapshot_state = {"points": [{"id": "CP1"}], "queues": {}, "sessions": []}
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, snapshot=True, idle_poll_s=0.2)
+
+    async def body() -> None:
+        await until(sub.ready.is_set)
+        bus.publish("point.status", status(6), send=False)
+        bus.publish("point.status", status(7))
+        await until(lambda: len(sink.events) == 2)
+
+    run_with(sub, body)
+    assert sink.snapshots[0]["seq"] == 5 and sink.snapshots[0]["points"] == [{"id": "CP1"}]
+    assert sink.seqs == [6, 7]
+
+
+def test_reconnects_when_the_broker_restarts(bus: FakeBus) -> None:
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, start_seq=0, idle_poll_s=0.3, request_timeout_s=0.3)
+
+    async def body() -> None:
+        await until(sub.ready.is_set)
+        await asyncio.sleep(0.3)
+        bus.publish("point.status", status(1))
+        await until(lambda: len(sink.events) == 1)
+        bus.stop()
+        await asyncio.sleep(0.8)  # history requests time out meanwhile
+        bus.publish("point.status", status(2), send=False)  # "published" while down
+        bus.start()  # same ports, seq continues
+        await asyncio.sleep(0.5)
+        bus.publish("broker.started", {})
+        await until(lambda: len(sink.events) == 3, timeout=5)
+
+    run_with(sub, body)
+    assert sink.seqs == [1, 2, 3]
+    assert sub.stats.history_timeouts >= 1
+
+
+def test_waits_for_a_broker_that_is_not_up_yet() -> None:
+    bus = FakeBus()
+    bus.answer_history = False
+    try:
+        bus.publish("charging.completed", {"session_id": "S1"}, send=False)
+        sink = Collect()
+        sub = Subscriber(bus.endpoint, sink, start_seq=0, request_timeout_s=0.2)
+
+        async def body() -> None:
+            await asyncio.sleep(0.5)
+            assert not sub.ready.is_set() and sink.events == []
+            bus.answer_history = True
+            await until(lambda: len(sink.events) == 1)
+
+        run_with(sub, body)
+        assert sub.stats.history_timeouts >= 1
+    finally:
+        bus.close()
+
+
+def test_malformed_live_messages_are_counted_and_dropped(bus: FakeBus) -> None:
+    sink = Collect()
+    sub = Subscriber(bus.endpoint, sink, start_seq=0, idle_poll_s=5.0)
+
+    async def body() -> None:
+        await until(sub.ready.is_set)
+        await asyncio.sleep(0.3)
+        assert bus._pub is not None
+        bus._pub.send_multipart([b"point.status", b"\xc1 not msgpack"])
+        bus._pub.send_multipart([b"point.status", pack({"seq": "x"})])
+        bus.publish("point.status", status(1))
+        await until(lambda: len(sink.events) == 1)
+
+    run_with(sub, body)
+    assert sub.stats.malformed == 2
