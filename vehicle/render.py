@@ -7,6 +7,7 @@ and returns a rich renderable or a string; nothing here talks to the network.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from rich.table import Table
@@ -32,10 +33,13 @@ def _num(value: Any, fmt: str, default: str = "-") -> str:
 def money(value: Any, currency: str = "BRL") -> str:
     """``R$ 12.34`` for BRL amounts given as number or decimal string."""
     symbol = "R$" if currency == "BRL" else currency
-    try:
-        return f"{symbol} {float(value):.2f}"
-    except (TypeError, ValueError):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return f"{symbol} -"
+    try:
+        amount = Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        return f"{symbol} -"
+    return f"{symbol} {amount}"
 
 
 def points_table(points: Iterable[Mapping[str, Any]], title: str = "Charging points") -> Table:

@@ -289,10 +289,10 @@ async def _connect_all(cfg: SwarmConfig, rng: random.Random, stats: Stats) -> li
     return [v for v in made if v is not None]
 
 
-async def _progress(stats: Stats, console: Console, start: float, end: float) -> None:
+async def _progress(stats: Stats, console: Console, start: float, end: float, every: float) -> None:
     last_done, last_t = 0, start
     while True:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(every)
         now = time.perf_counter()
         done = stats.done
         rps = (done - last_done) / max(now - last_t, 1e-9)
@@ -308,8 +308,13 @@ async def _progress(stats: Stats, console: Console, start: float, end: float) ->
         last_done, last_t = done, now
 
 
-async def run_swarm(cfg: SwarmConfig, progress: Console | None = None) -> SwarmResult:
-    """Run the swarm and return its figures; BrokerUnreachable if no vehicle connects."""
+async def run_swarm(
+    cfg: SwarmConfig, progress: Console | None = None, progress_every: float = 1.0
+) -> SwarmResult:
+    """Run the swarm and return its figures; BrokerUnreachable if no vehicle connects.
+
+    With ``progress``, a line of figures is printed there every ``progress_every`` s.
+    """
     rng = random.Random(cfg.seed)
     stats = Stats()
     pick = _Picker(MIXES[cfg.mix], rng)
@@ -319,7 +324,9 @@ async def run_swarm(cfg: SwarmConfig, progress: Console | None = None) -> SwarmR
     start = time.perf_counter()
     end = start + cfg.duration
     reporter = (
-        asyncio.get_running_loop().create_task(_progress(stats, progress, start, end))
+        asyncio.get_running_loop().create_task(
+            _progress(stats, progress, start, end, progress_every)
+        )
         if progress is not None
         else None
     )
