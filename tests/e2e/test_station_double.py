@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def station(double: BrokerDouble, *extra: str, point: str = "CP01") -> list[str]
     ]  # fmt: skip
 
 
-def is_ack(cmd_id: str) -> object:
+def is_ack(cmd_id: str) -> Callable[[str, dict[str, Any]], bool]:
     return lambda _i, m: m.get("type") == "ack" and m.get("cmd_id") == cmd_id
 
 
@@ -67,7 +68,7 @@ def test_session_flow_resends_completion_until_acked(double: BrokerDouble) -> No
     with running(station(double, "--speed", "3600"), ready="ready"):
         double.recv_type("hello")
         double.send("CP01", {**START, "nivel_carregar": 90.0})
-        assert double.recv(is_ack("c1"))[1]["ok"] is True  # type: ignore[arg-type]
+        assert double.recv(is_ack("c1"))[1]["ok"] is True
         charging = double.datagram(lambda d: d.get("estado") == "carregando")
         assert charging["session_id"] == "S1" and charging["vehicle_id"] == "CAR1"
         _, done = double.recv_type("session_complete", timeout=5.0)
@@ -89,18 +90,18 @@ def test_bad_commands_are_refused_and_the_station_keeps_working(double: BrokerDo
     with running(station(double), ready="ready") as proc:
         double.recv_type("hello")
         double.send("CP01", START)
-        assert double.recv(is_ack("c1"))[1]["ok"] is True  # type: ignore[arg-type]
+        assert double.recv(is_ack("c1"))[1]["ok"] is True
         double.send("CP01", {**START, "cmd_id": "c2", "session_id": "S2"})
-        busy = double.recv(is_ack("c2"))[1]  # type: ignore[arg-type]
+        busy = double.recv(is_ack("c2"))[1]
         assert busy["ok"] is False and "busy" in busy["error"]
         double.send("CP01", {"type": "stop", "cmd_id": "c3", "session_id": "nope"})
-        assert double.recv(is_ack("c3"))[1]["ok"] is False  # type: ignore[arg-type]
+        assert double.recv(is_ack("c3"))[1]["ok"] is False
         double.send("CP01", {"type": "start", "cmd_id": "c4"})  # fields missing
-        bad = double.recv(is_ack("c4"))[1]  # type: ignore[arg-type]
+        bad = double.recv(is_ack("c4"))[1]
         assert bad["ok"] is False and "malformed" in bad["error"]
         double.send_raw("CP01", b"\xc1garbage")
         double.send("CP01", {"type": "stop", "cmd_id": "c5", "session_id": "S1"})
-        assert double.recv(is_ack("c5"))[1]["ok"] is True  # type: ignore[arg-type]
+        assert double.recv(is_ack("c5"))[1]["ok"] is True
         _, done = double.recv_type("session_complete")
         assert done["reason"] == "stopped" and done["session_id"] == "S1"
         assert proc.popen.poll() is None
@@ -112,7 +113,7 @@ def test_mute_commands_answers_nothing_but_keeps_reporting(double: BrokerDouble)
         double.recv_type("hello")
         double.send("CP01", START)
         with pytest.raises(TimeoutError):
-            double.recv(is_ack("c1"), timeout=1.5)  # type: ignore[arg-type]
+            double.recv(is_ack("c1"), timeout=1.5)
         assert double.datagram()["estado"] == "disponivel"
         double.recv_type("heartbeat")
 
@@ -121,12 +122,12 @@ def test_fault_after_ends_the_session_with_reason_fault(double: BrokerDouble) ->
     with running(station(double, "--fault-after", "1.5", "--fault-for", "1"), ready="ready"):
         double.recv_type("hello")
         double.send("CP01", START)
-        assert double.recv(is_ack("c1"))[1]["ok"] is True  # type: ignore[arg-type]
+        assert double.recv(is_ack("c1"))[1]["ok"] is True
         _, done = double.recv_type("session_complete", timeout=4.0)
         assert done["reason"] == "fault" and done["energia_kwh"] > 0
         assert double.datagram(lambda d: d["estado"] == "indisponivel")["available"] is False
         double.send("CP01", {**START, "cmd_id": "c2", "session_id": "S2"})
-        assert double.recv(is_ack("c2"))[1]["ok"] is False  # type: ignore[arg-type]
+        assert double.recv(is_ack("c2"))[1]["ok"] is False
         assert double.datagram(lambda d: d["estado"] == "disponivel", timeout=3.0)
 
 
@@ -137,7 +138,7 @@ def test_silence_recreates_the_socket_and_a_completion_survives_a_broker_outage(
     with running(station(double, "--speed", "3600"), ready="ready") as proc:
         _, hello1 = double.recv_type("hello")
         double.send("CP01", START)  # 36 kWh at 50 kW: 0.72 h simulated, 0.72 s real
-        assert double.recv(is_ack("c1"))[1]["ok"] is True  # type: ignore[arg-type]
+        assert double.recv(is_ack("c1"))[1]["ok"] is True
         double.close_router()  # the broker dies; the session completes meanwhile
         time.sleep(5.5)
         double.bind_router()  # back on the same port
@@ -175,12 +176,18 @@ def test_fleet_routes_each_station_on_its_own_identity(double: BrokerDouble) -> 
             "--interval", "0.5", "--report-every", "1", *double.args()]  # fmt: skip
     with running(args, ready="fleet ready: 40 stations") as proc:
         seen: set[str] = set()
-        double.recv(lambda i, m: m["type"] == "hello" and (seen.add(i) or len(seen) == 40))
+
+        def all_hellos(ident: str, msg: dict[str, Any]) -> bool:
+            if msg["type"] == "hello":
+                seen.add(ident)
+            return len(seen) == 40
+
+        double.recv(all_hellos)
         assert seen == {f"FT{n:04d}" for n in range(1, 41)}
         ids = {double.datagram()["id"] for _ in range(120)}
         assert len(ids) == 40
         double.send("FT0007", {**START, "cmd_id": "f7"})
-        ident, ack = double.recv(is_ack("f7"))  # type: ignore[arg-type]
+        ident, ack = double.recv(is_ack("f7"))
         assert ident == "FT0007" and ack["ok"] is True
         assert double.datagram(lambda d: d["id"] == "FT0007" and d["estado"] == "carregando")
         line = proc.read_until("datagrams/s", timeout=3.0)
