@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import msgspec
 
@@ -48,6 +48,7 @@ MAX_OUTSTANDING: Final = 256
 #: Transport write buffer limits (bytes) for pause/resume of writing.
 WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
+
 
 def encode_message(type_: str, data: Any, request_id: RequestId = msgspec.UNSET) -> bytes:
     """One compact JSON line ``{"type", "data"[, "id"]}\\n`` (UTF-8, unescaped)."""
@@ -108,9 +109,8 @@ class VehicleConnection(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.default_id = f"CAR{peer[1]}"
@@ -140,7 +140,9 @@ class VehicleConnection(asyncio.Protocol):
             items = self.decoder.feed(data)
         except Exception:  # a decoder bug must not kill the broker
             log.exception("vehicle stream decoder failed on connection %d", self.conn_id)
-            self._local_reply("?", msgspec.UNSET, InternalError("decoder failure"), close=True)
+            self._local_reply(
+                "unparsed", msgspec.UNSET, InternalError("decoder failure"), close=True
+            )
             return
         for item in items:
             if self.closing:
@@ -167,7 +169,7 @@ class VehicleConnection(asyncio.Protocol):
         if not isinstance(error, EVError):
             error = InternalError("undecodable request")
         request_id = getattr(item, "request_id", msgspec.UNSET)
-        request_type = getattr(item, "request_type", None) or "?"
+        request_type = getattr(item, "request_type", None) or "unparsed"
         close = bool(getattr(item, "close", False)) or error.code == "too_large"
         self._local_reply(str(request_type), request_id, error, close=close)
 
