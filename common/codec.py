@@ -132,20 +132,20 @@ _DATA_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     name: msgspec.json.Decoder(cls) for name, cls in REQUEST_TYPES.items()
 }
 _ANY_DECODER: Final = msgspec.json.Decoder()
+# msgspec raises these for malformed input (ValidationError, a DecodeError, is caught first
+# where it matters); RecursionError stands for nesting deeper than the interpreter allows.
+_NOT_DECODABLE: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _SCALARS: Final = (str, int, float, bool, type(None))
 
 _AT_PATH: Final = re.compile(r" - at `\$(.*)`$")
 _MISSING: Final = re.compile(r"^Object missing required field `([^`]*)`")
 
 
-def _field_path(message: str, prefix: str = "") -> tuple[str, str]:
+def _field_path(message: str) -> tuple[str, str]:
     """(dotted field, readable detail) for a msgspec ValidationError message."""
     match = _AT_PATH.search(message)
-    path = match.group(1) if match else ""
+    path = match.group(1).lstrip(".") if match else ""
     detail = message[: match.start()] if match else message
-    if path.startswith(prefix):
-        path = path[len(prefix) :]
-    path = path.lstrip(".")
     missing = _MISSING.match(detail)
     if missing:
         name = missing.group(1)
@@ -155,15 +155,16 @@ def _field_path(message: str, prefix: str = "") -> tuple[str, str]:
     return path, detail[:1].lower() + detail[1:]
 
 
-def _invalid_from(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRequest:
-    field, detail = _field_path(str(exc), prefix)
+def _invalid_from(exc: msgspec.ValidationError, root: str = "data") -> InvalidRequest:
+    """The ``invalid`` error naming the field msgspec complained about (``root``: ``$``)."""
+    field, detail = _field_path(str(exc))
     if field == "metodo_pagamento" and detail.startswith("invalid enum value"):
         detail = f"{detail[len('invalid enum value ') :]} is not one of " + ", ".join(
             PAYMENT_METHODS
         )
         return InvalidRequest(f"invalid metodo_pagamento: {detail}", field=field)
     if not field:
-        return InvalidRequest(f"invalid data: {detail}", field="data")
+        return InvalidRequest(f"invalid {root}: {detail}", field=root)
     if detail.startswith("missing required field"):
         return InvalidRequest(detail, field=field)
     return InvalidRequest(f"invalid {field}: {detail}", field=field)
@@ -175,7 +176,7 @@ def _check_semantics(type_name: str, data: Any) -> None:
     if timestamp is not None:
         try:
             parse_timestamp(timestamp)
-        except ValueError:
+        except (ValueError, OverflowError, OSError):
             raise InvalidRequest(
                 f"invalid timestamp: {timestamp!r} is not an ISO 8601 date-time",
                 field="timestamp",
@@ -203,7 +204,7 @@ def _classify(raw: bytes | memoryview) -> DecodedRequest | DecodeFailure:
         obj = _ANY_DECODER.decode(raw)
     except msgspec.ValidationError:
         obj = UNSET  # valid syntax, a number msgspec cannot hold: the typed pass names it
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _NOT_DECODABLE as exc:
         return DecodeFailure(BadJson(_bad_json_message(exc)), UNSET, False)
     request_id: UnsetType | Scalar = UNSET
     if obj is not UNSET:
@@ -227,7 +228,9 @@ def _classify(raw: bytes | memoryview) -> DecodedRequest | DecodeFailure:
     try:
         envelope = _ENVELOPE_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
-        return _failure(_invalid_from(exc), request_id)
+        return _failure(_invalid_from(exc, "request"), request_id)
+    except _NOT_DECODABLE as exc:
+        return _failure(BadJson(_bad_json_message(exc)), request_id)
     request_id = envelope.id
     data_decoder = _DATA_DECODERS.get(envelope.type)
     if data_decoder is None:
@@ -239,22 +242,23 @@ def _classify(raw: bytes | memoryview) -> DecodedRequest | DecodeFailure:
         _check_semantics(envelope.type, data)
     except msgspec.ValidationError as exc:
         return _failure(_invalid_from(exc), request_id)
+    except _NOT_DECODABLE as exc:
+        return _failure(BadJson(_bad_json_message(exc)), request_id)
     except InvalidRequest as exc:
         return _failure(exc, request_id)
     return DecodedRequest(VehicleRequest(envelope.type, data, request_id))
 
 
-def _failure(
-    error: ProtocolError, request_id: UnsetType | Scalar | object = UNSET
-) -> DecodeFailure:
-    rid: Any = request_id if isinstance(request_id, _SCALARS) else UNSET
-    return DecodeFailure(error, rid, False)
+def _failure(error: ProtocolError, request_id: UnsetType | Scalar = UNSET) -> DecodeFailure:
+    return DecodeFailure(error, request_id, False)
 
 
 def _bad_json_message(exc: Exception) -> str:
     text = str(exc)
     if isinstance(exc, UnicodeDecodeError):
         return "invalid JSON: text is not valid UTF-8"
+    if isinstance(exc, RecursionError):
+        return "invalid JSON: nested too deeply"
     if text.startswith("JSON is malformed: "):
         text = text[len("JSON is malformed: ") :]
     if text == "Input data was truncated":
@@ -266,15 +270,9 @@ def decode_one(raw: bytes | memoryview) -> DecodedRequest | DecodeFailure:
     """Decode one complete JSON text; never raises (fast path, then exact diagnosis)."""
     try:
         envelope = _FAST_DECODER.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except _NOT_DECODABLE:
         return _classify(raw)
-    type_name: str = envelope.__struct_config__.tag
-    data = envelope.data
-    try:
-        _check_semantics(type_name, data)
-    except InvalidRequest as exc:
-        return DecodeFailure(exc, envelope.id, False)
-    return DecodedRequest(VehicleRequest(type_name, data, envelope.id))
+    return _from_envelope(envelope)
 
 
 def decode_request(raw: bytes) -> VehicleRequest:
@@ -291,54 +289,89 @@ def decode_request(raw: bytes) -> VehicleRequest:
 
 _NOT_WS: Final = re.compile(rb"[^ \t\r\n]")
 # An object nested at most two levels deep (every request of the original client), matched
-# in one go; strings may hold braces, quotes and escapes.
+# in one go by the regex engine; strings may hold braces, quotes and escapes.
 _STRING: Final = rb'"(?:[^"\\]|\\.)*"'
-_FLAT: Final = rb"\{(?:[^{}\"]|" + _STRING + rb")*\}"
-_OBJECT2: Final = re.compile(rb"\{(?:[^{}\"]|" + _STRING + rb"|" + _FLAT + rb")*\}", re.DOTALL)
-# The general tokenizer: complete strings, brackets, or a string that is still open.
-_TOKENS: Final = re.compile(_STRING + rb'|[{}\[\]]|"', re.DOTALL)
+_FLAT: Final = rb'\{(?:[^{}"]|' + _STRING + rb")*\}"
+_OBJECT2: Final = re.compile(rb'\{(?:[^{}"]|' + _STRING + rb"|" + _FLAT + rb")*\}", re.DOTALL)
+# The general, resumable scanner looks only at these bytes.
+_STRUCTURAL: Final = re.compile(rb'["{}\[\]]')
+_IN_STRING: Final = re.compile(rb'["\\]')
 _OPENERS: Final = frozenset(b"{[")
 _SCALAR_START: Final = frozenset(b'"-0123456789tfn')
-_INCOMPLETE: Final = -1
 
 
-def scan_value_end(buf: bytes, pos: int) -> int:
-    """End (exclusive) of the object or array starting at ``buf[pos]``.
+class ScanState(NamedTuple):
+    """Where :func:`scan_value` stopped inside a value that is not closed yet."""
 
-    Returns -1 when it is not closed within ``buf``.  Braces and brackets inside strings,
-    and escaped quotes, do not count.  The result is exact for valid JSON; for invalid
-    JSON it is some boundary, and the decoder then reports ``bad_json``.
+    depth: int
+    resume: int
+    in_string: bool
+
+
+def scan_value(buf: bytes | bytearray, pos: int, state: ScanState | None = None) -> int | ScanState:
+    """End (exclusive) of the object or array starting at ``buf[pos]``, or the scan state.
+
+    Braces and brackets inside strings, and escaped quotes, do not count.  When the value
+    is not closed within ``buf`` the returned :class:`ScanState` lets a later call resume
+    on a longer buffer without rescanning.  The result is exact for valid JSON; for
+    invalid JSON it is some boundary, and decoding that span then reports ``bad_json``.
     """
-    if buf[pos] == 0x7B:  # "{"
-        match = _OBJECT2.match(buf, pos)
-        if match is not None:
-            return match.end()
-    depth = 0
-    for token in _TOKENS.finditer(buf, pos):
-        first = token.group()
-        if first == b'"':  # a string left open
-            return _INCOMPLETE
-        if first in (b"{", b"["):
+    if state is None:
+        if buf[pos] == 0x7B:  # "{"
+            match = _OBJECT2.match(buf, pos)
+            if match is not None:
+                return match.end()
+        depth, at, in_string = 0, pos, False
+    else:
+        depth, at, in_string = state
+    size = len(buf)
+    while True:
+        if in_string:
+            match = _IN_STRING.search(buf, at)
+            if match is None:
+                return ScanState(depth, size, True)
+            at = match.start()
+            if buf[at] == 0x5C:  # backslash: skip the escaped byte
+                if at + 1 >= size:
+                    return ScanState(depth, at, True)
+                at += 2
+                continue
+            in_string = False
+            at += 1
+            continue
+        match = _STRUCTURAL.search(buf, at)
+        if match is None:
+            return ScanState(depth, size, False)
+        at = match.start()
+        byte = buf[at]
+        at += 1
+        if byte == 0x22:  # '"'
+            in_string = True
+        elif byte in _OPENERS:
             depth += 1
-        elif first in (b"}", b"]"):
+        else:
             depth -= 1
             if depth <= 0:
-                return token.end()
-    return _INCOMPLETE
+                return at
+
+
+Item = DecodedRequest | DecodeFailure
 
 
 class StreamDecoder:
-    """Sans-IO framing of the vehicle connection: fed bytes, returns items in order.
+    """Sans-IO framing of one vehicle connection: fed bytes, returns items in order.
 
-    After a ``too_large`` failure (``close=True``) the decoder is finished and returns
-    nothing more.
+    A newline ends a request; objects back to back on a line (or in a tail not ended by
+    a newline yet) are split by :func:`scan_value`.  After a ``too_large`` failure
+    (``close=True``) the decoder is finished and returns nothing more.
     """
 
-    __slots__ = ("_buf", "_closed", "_max")
+    __slots__ = ("_buf", "_closed", "_max", "_state")
 
     def __init__(self, max_request: int = MAX_REQUEST_BYTES) -> None:
         self._max = max_request
-        self._buf = b""
+        self._buf = bytearray()  # the start of a value whose end has not arrived
+        self._state: ScanState | None = None  # scan state of ``_buf``; None: wait for a line
         self._closed = False
 
     def buffered(self) -> int:
@@ -347,104 +380,136 @@ class StreamDecoder:
 
     @property
     def closed(self) -> bool:
-        """True once a ``too_large`` failure was returned."""
+        """True once a ``too_large`` failure was returned: the connection must be closed."""
         return self._closed
 
-    def feed(self, data: bytes) -> list[DecodedRequest | DecodeFailure]:
+    def feed(self, data: bytes) -> list[Item]:
         """Append ``data`` and return every item now complete, in order."""
-        if self._closed:
-            return []
-        buf = self._buf + data if self._buf else bytes(data)
-        out: list[DecodedRequest | DecodeFailure] = []
+        out: list[Item] = []
+        if self._closed or not data:
+            return out
         start = 0
-        find = buf.find
+        if self._buf:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._buf += data
+                self._resume(out)
+                return out
+            line = bytes(self._buf) + data[:newline]
+            self._forget()
+            self._drain(line, True, out)
+            start = newline + 1
+        find = data.find
         while not self._closed:
             end = find(b"\n", start)
             if end < 0:
                 break
             if end > start:
-                self._drain(buf[start:end], True, out)
+                self._drain(data[start:end], True, out)
             start = end + 1
-        if self._closed:
-            self._buf = b""
-            return out
-        rest = buf[start:] if start else buf
-        if rest:
-            left = self._drain(rest, False, out)
-            rest = rest[left:] if left else rest
-        self._buf = b"" if self._closed else rest
+        if start < len(data) and not self._closed:
+            self._drain(data[start:] if start else data, False, out)
         return out
 
-    def _too_large(self, out: list[DecodedRequest | DecodeFailure]) -> None:
-        error = TooLarge(f"request larger than {self._max} bytes")
-        out.append(DecodeFailure(error, UNSET, True))
+    def _forget(self) -> None:
+        self._buf = bytearray()
+        self._state = None
+
+    def _too_large(self, out: list[Item]) -> None:
+        out.append(DecodeFailure(TooLarge(f"request larger than {self._max} bytes"), UNSET, True))
         self._closed = True
+        self._forget()
 
-    def _bad_json(self, out: list[DecodedRequest | DecodeFailure], message: str) -> None:
-        out.append(DecodeFailure(BadJson(message), UNSET, False))
+    def _resume(self, out: list[Item]) -> None:
+        """More bytes of the pending value arrived, still without a newline."""
+        buf, state = self._buf, self._state
+        if state is None:  # a scalar or string waiting for its line
+            if len(buf) > self._max:
+                self._too_large(out)
+            return
+        result = scan_value(buf, 0, state)
+        if isinstance(result, ScanState):
+            if len(buf) > self._max:
+                self._too_large(out)
+            else:
+                self._state = result
+            return
+        if result > self._max:
+            self._too_large(out)
+            return
+        span, rest = bytes(buf[:result]), bytes(buf[result:])
+        self._forget()
+        item = decode_one(span)
+        out.append(item)
+        if isinstance(item, DecodeFailure) and isinstance(item.error, BadJson):
+            return  # no newline in the buffer: discard all of it
+        if rest:
+            self._drain(rest, False, out)
 
-    def _drain(self, seg: bytes, final: bool, out: list[DecodedRequest | DecodeFailure]) -> int:
-        """Decode the requests in ``seg`` (one line when ``final``, else the open tail).
+    def _drain(self, seg: bytes, final: bool, out: list[Item]) -> None:
+        """Decode the requests in ``seg``: a whole line when ``final``, else the open tail.
 
-        Returns how many bytes were consumed; the rest waits for more input.
+        A value of the tail that is not complete yet is kept in ``_buf``.
         """
         size = len(seg)
-        pos = 0
-        first = True
+        match = _NOT_WS.search(seg)
+        if match is None:
+            return
+        pos = match.start()
+        if seg[pos] == 0x7B and size - pos <= self._max:
+            # fast path: a line, or a write of the original client, is one request
+            try:
+                envelope = _FAST_DECODER.decode(seg)
+            except _NOT_DECODABLE:
+                pass
+            else:
+                out.append(_from_envelope(envelope))
+                return
         while True:
-            match = _NOT_WS.search(seg, pos)
-            if match is None:
-                return size
-            pos = match.start()
             lead = seg[pos]
-            if first and lead == 0x7B and size - pos <= self._max:
-                # fast path: the rest is usually exactly one request
-                first = False
-                rest = seg[pos:] if pos else seg
-                try:
-                    envelope = _FAST_DECODER.decode(rest)
-                except (msgspec.DecodeError, UnicodeDecodeError):
-                    pass
-                else:
-                    out.append(_from_envelope(envelope))
-                    return size
-            first = False
             if lead in _OPENERS:
-                end = scan_value_end(seg, pos)
-                if end == _INCOMPLETE:
+                result = scan_value(seg, pos)
+                if isinstance(result, ScanState):
                     if size - pos > self._max:
                         self._too_large(out)
-                        return size
-                    if final:
-                        self._bad_json(out, "invalid JSON: object not closed at end of line")
-                        return size
-                    return pos
-                if end - pos > self._max:
+                    elif final:
+                        out.append(_bad_json("object not closed at the end of the line"))
+                    else:
+                        self._buf = bytearray(seg[pos:])
+                        self._state = result._replace(resume=result.resume - pos)
+                    return
+                if result - pos > self._max:
                     self._too_large(out)
-                    return size
-                item = _classify(seg[pos:end])
+                    return
+                item = decode_one(seg[pos:result])
                 out.append(item)
                 if isinstance(item, DecodeFailure) and isinstance(item.error, BadJson):
-                    return size  # discard up to the end of the line (or of the buffer)
-                pos = end
-                continue
-            # not an object: a scalar or garbage, up to the end of the line
-            if not final:
-                if size - pos > self._max:
-                    self._too_large(out)
-                    return size
-                if lead in _SCALAR_START:
-                    return pos  # may be a JSON value still arriving: wait for its line
-                self._bad_json(out, "invalid JSON: a request must start with '{'")
-                return size
-            if size - pos > self._max:
+                    return  # discard up to the end of the line (or of the buffer)
+                pos = result
+            elif size - pos > self._max:
                 self._too_large(out)
-                return size
-            out.append(_classify(seg[pos:]))
-            return size
+                return
+            elif final:  # a scalar or garbage: the rest of the line is one item
+                out.append(decode_one(seg[pos:]))
+                return
+            elif lead in _SCALAR_START:  # may be a JSON value still arriving
+                self._buf = bytearray(seg[pos:])
+                return
+            else:
+                out.append(_bad_json("a request must start with '{'"))
+                return
+            match = _NOT_WS.search(seg, pos)
+            if match is None:
+                return
+            pos = match.start()
+
+
+def _bad_json(detail: str) -> DecodeFailure:
+    return DecodeFailure(BadJson(f"invalid JSON: {detail}"), UNSET, False)
 
 
 def _from_envelope(envelope: Any) -> DecodedRequest | DecodeFailure:
+    """The request held by a tagged envelope of the fast path, checked for semantics."""
     type_name: str = envelope.__struct_config__.tag
     data = envelope.data
     try:
@@ -491,7 +556,7 @@ def decode_reply(line: bytes) -> dict[str, Any]:
     """One reply line as a dict; raises BadJson when it is not a JSON object with a type."""
     try:
         obj = _ANY_DECODER.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _NOT_DECODABLE as exc:
         raise BadJson(_bad_json_message(exc)) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise BadJson("a reply must be a JSON object with a string type")
@@ -514,7 +579,7 @@ def decode_datagram(data: bytes) -> StatusDatagram:
         raise StationProtocolError(
             f"invalid datagram: {field or 'datagram'}: {detail}", field=field or None
         ) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _NOT_DECODABLE as exc:
         raise StationProtocolError(f"datagram is not JSON: {_bad_json_message(exc)}") from None
 
 
@@ -545,7 +610,7 @@ def unpack(data: bytes) -> Any:
     """Plain data from msgpack bytes; raises BusProtocolError when it is not msgpack."""
     try:
         return _MSGPACK_ANY.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _NOT_DECODABLE as exc:
         raise BusProtocolError(f"not a msgpack message: {exc}") from None
 
 
@@ -559,7 +624,7 @@ def _station_message(decoder: msgspec.msgpack.Decoder[Any], frame: bytes) -> Any
         raise StationProtocolError(
             f"invalid station message: {field or 'message'}: {detail}", field=field or None
         ) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _NOT_DECODABLE as exc:
         raise StationProtocolError(f"station message is not msgpack: {exc}") from None
 
 
@@ -593,7 +658,7 @@ def decode_event(frames: list[bytes]) -> BusEvent:
     except msgspec.ValidationError as exc:
         field, detail = _field_path(str(exc))
         raise BusProtocolError(f"invalid event: {detail}", field=field or None) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _NOT_DECODABLE as exc:
         raise BusProtocolError(f"event payload is not msgpack: {exc}") from None
     if event.topic != topic:
         raise BusProtocolError(f"topic frame {topic!r} differs from payload {event.topic!r}")
@@ -614,7 +679,7 @@ def decode_history_request(frame: bytes) -> HistoryRequest:
         if not field and "missing required field op" in detail:
             field = "op"
         raise InvalidRequest(detail, field=field or "request") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except _NOT_DECODABLE as exc:
         raise InvalidRequest(f"request is not msgpack: {exc}", field="request") from None
     if isinstance(request, HistorySince) and request.limit > MAX_HISTORY_LIMIT:
         request = msgspec.structs.replace(request, limit=MAX_HISTORY_LIMIT)
