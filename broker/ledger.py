@@ -22,6 +22,7 @@ from common.timeutil import format_timestamp, parse_timestamp
 
 SCHEMA_VERSION: Final = 1
 CENT: Final = Decimal("0.01")
+MILLI: Final = Decimal("0.001")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -118,7 +119,7 @@ class Bill:
             "id_ponto_recarga": self.point_id,
             "inicio": self.started_at,
             "fim": self.ended_at,
-            "energia_kwh": float(self.energy_kwh),
+            "energia_kwh": float(self.energy_kwh.quantize(MILLI, rounding=ROUND_HALF_UP)),
             "cost": float(self.cost),
             "payment_method": self.payment_method,
         }
@@ -207,7 +208,8 @@ class Ledger:
             with self._tx() as db:
                 for seq, b in bills:
                     cur = db.execute(
-                        "INSERT OR IGNORE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                        "ON CONFLICT(session_id) DO NOTHING",
                         (
                             b.session_id, seq, b.vehicle_id, b.point_id, b.started_at,
                             b.ended_at, str(b.energy_kwh), str(b.price_kwh),
