@@ -80,8 +80,10 @@ def test_bill_from_event_validates_fields() -> None:
     )
     for field, value in [("session_id", ""), ("cost", "x"), ("ended_at", "yesterday"),
                          ("energy_kwh", None), ("vehicle_id", 7)]:  # fmt: skip
+        data = completed("S1")
+        data[field] = value
         with pytest.raises(ValueError, match=field):
-            Bill.from_event(completed("S1", **{field: value}))
+            Bill.from_event(data)
 
 
 def test_apply_is_idempotent_by_session_and_stores_seq(ledger: Ledger) -> None:
