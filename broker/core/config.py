@@ -1,0 +1,27 @@
+"""Configuration of the pure broker core (all durations in seconds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Rule parameters; the broker CLI maps its options onto these.
+
+    ``queue_capacity``: reservations per point. ``hold_s``: how long a turn is
+    held after ``max(created_at + eta, turn_started_at)``. ``offline_after_s``:
+    minimum offline window (the real one is ``max(offline_after_s, 3 x interval_s)``).
+    ``offline_grace_s``: how long an offline or faulted point keeps its queue and
+    its running session. ``ack_timeout_s``: how long a station has to ack ``start``.
+    ``heartbeat_s``: told to stations in ``welcome``. ``low_battery``: a ``bateria``
+    report below this level publishes ``vehicle.low_battery``.
+    """
+
+    queue_capacity: int = 5
+    hold_s: float = 600.0
+    offline_after_s: float = 6.0
+    offline_grace_s: float = 120.0
+    ack_timeout_s: float = 5.0
+    heartbeat_s: float = 1.0
+    low_battery: float = 20.0

@@ -1,0 +1,260 @@
+"""Spatial index: k nearest points within r km, exact, in pure Python.
+
+Points live in a lat/lon grid whose cells are roughly square in kilometres
+(the longitude width is scaled by the cosine of the data's middle latitude)
+and sized so that a cell holds about :data:`TARGET_PER_CELL` points; the grid
+is rebuilt when the number of points has doubled or shrunk to a quarter.
+
+A query visits rings of cells around the query's cell (ring r: the cells at
+Chebyshev distance r). After ring r every unvisited point lies outside the
+visited block, so its great-circle distance is at least
+
+* the latitude gap to the block's north or south edge (``R * dphi``), or
+* the cross-track distance to the block's east or west meridian:
+  ``R * asin(cos(phi0) * sin(min(dlambda, 90 deg)))``.
+
+The search stops when ``k`` candidates are strictly closer than that bound
+(minus a safety margin for rounding) or when the bound exceeds the radius.
+Distances are computed with exactly the arithmetic of
+:func:`common.geo.haversine_km`, so results (sorted by distance, then id) are
+identical to a brute-force sort. Far from any data (or when the block would
+span half the globe) the query falls back to a brute-force scan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from common.geo import EARTH_RADIUS_KM, haversine_km
+
+TARGET_PER_CELL: Final = 2.0
+_MIN_REBUILD: Final = 64
+_MIN_CELL_DEG: Final = 1e-4
+_MAX_CELL_DEG: Final = 10.0
+_MARGIN_REL: Final = 1e-6  # on squared chords; covers every rounding difference
+_MARGIN_ABS: Final = 1e-20
+
+# (x, y, z on the unit sphere, point_id, latitude, longitude)
+_Entry = tuple[float, float, float, str, float, float]
+
+
+def _unit(latitude: float, longitude: float) -> tuple[float, float, float]:
+    p = math.radians(latitude)
+    lam = math.radians(longitude)
+    c = math.cos(p)
+    return c * math.cos(lam), c * math.sin(lam), math.sin(p)
+
+
+def _chord2(km: float) -> float:
+    """Squared chord (unit sphere) of a great-circle distance; 4.0 beyond the antipode."""
+    if km >= math.pi * EARTH_RADIUS_KM:
+        return 4.0
+    return (2.0 * math.sin(km / EARTH_RADIUS_KM / 2.0)) ** 2
+
+
+class GeoIndex:
+    """Exact k-nearest-neighbour queries by haversine distance over a mutable point set."""
+
+    __slots__ = ("_cells", "_cs_lat", "_cs_lon", "_entries", "_n_built", "_ncols", "_nrows")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int, _Entry]] = {}
+        self._cells: dict[int, list[_Entry]] = {}
+        self._n_built = 0
+        self._configure(10.0, 10.0)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, point_id: object) -> bool:
+        return point_id in self._entries
+
+    # --- mutation ------------------------------------------------------------------
+
+    def put(self, point_id: str, latitude: float, longitude: float) -> None:
+        """Insert ``point_id`` or move it to a new position."""
+        old = self._entries.get(point_id)
+        if old is not None:
+            if old[1][4] == latitude and old[1][5] == longitude:
+                return
+            self._cells[old[0]].remove(old[1])
+            if not self._cells[old[0]]:
+                del self._cells[old[0]]
+        x, y, z = _unit(latitude, longitude)
+        entry: _Entry = (x, y, z, point_id, latitude, longitude)
+        key = self._key(latitude, longitude)
+        self._entries[point_id] = (key, entry)
+        self._cells.setdefault(key, []).append(entry)
+        n = len(self._entries)
+        if n >= _MIN_REBUILD and (n >= 2 * self._n_built or 4 * n < self._n_built):
+            self._rebuild()
+
+    def remove(self, point_id: str) -> None:
+        """Forget ``point_id`` (no error when absent)."""
+        old = self._entries.pop(point_id, None)
+        if old is None:
+            return
+        self._cells[old[0]].remove(old[1])
+        if not self._cells[old[0]]:
+            del self._cells[old[0]]
+
+    # --- queries --------------------------------------------------------------------
+
+    def nearest(
+        self,
+        latitude: float,
+        longitude: float,
+        k: int,
+        max_km: float | None = None,
+        accept: Callable[[str], bool] | None = None,
+    ) -> list[tuple[float, str]]:
+        """Up to ``k`` ``(distance_km, id)`` pairs, nearest first (ties by id).
+
+        ``max_km`` (None = unlimited) keeps only points at most that far;
+        ``accept`` filters ids (rejected points are skipped, not counted).
+        """
+        if k <= 0 or not self._entries:
+            return []
+        limit = math.inf if max_km is None else max_km
+        lim2 = _chord2(limit) * (1.0 + _MARGIN_REL) + _MARGIN_ABS
+        x0, y0, z0 = _unit(latitude, longitude)
+        c1 = math.cos(math.radians(latitude))
+        cs_lat, cs_lon, nrows, ncols = self._cs_lat, self._cs_lon, self._nrows, self._ncols
+        i0 = min(int((latitude + 90.0) / cs_lat), nrows - 1)
+        j0 = min(int((longitude + 180.0) / cs_lon), ncols - 1)
+        cells = self._cells
+        found: list[tuple[float, str]] = []
+        append = found.append
+        r = 0
+        while True:
+            if (2 * r + 1) * cs_lon >= 180.0:
+                return self._brute(latitude, longitude, k, limit, accept)
+            for i in range(max(i0 - r, 0), min(i0 + r + 1, nrows)):
+                if i == i0 - r or i == i0 + r:
+                    js: Iterable[int] = range(j0 - r, j0 + r + 1)
+                else:
+                    js = (j0 - r, j0 + r)
+                base = i * ncols
+                for j in js:
+                    cell = cells.get(base + (j % ncols))
+                    if cell is None:
+                        continue
+                    for x, y, z, pid, _lat, _lon in cell:
+                        dx = x - x0
+                        dy = y - y0
+                        dz = z - z0
+                        d2 = dx * dx + dy * dy + dz * dz
+                        if d2 <= lim2 and (accept is None or accept(pid)):
+                            append((d2, pid))
+            # lower bound (km) for every point outside the visited block
+            south = (i0 - r) * cs_lat - 90.0
+            north = (i0 + r + 1) * cs_lat - 90.0
+            gap_lat = min(
+                latitude - south if south > -90.0 else 180.0,
+                north - latitude if north < 90.0 else 180.0,
+            )
+            west = (j0 - r) * cs_lon - 180.0
+            east = (j0 + r + 1) * cs_lon - 180.0
+            gap_lon = min(longitude - west, east - longitude, 90.0)
+            bound_lon = EARTH_RADIUS_KM * math.asin(max(0.0, c1) * math.sin(math.radians(gap_lon)))
+            bound = min(EARTH_RADIUS_KM * math.radians(gap_lat), bound_lon)
+            bound2 = _chord2(bound) * (1.0 - _MARGIN_REL) - _MARGIN_ABS
+            if bound2 > lim2:
+                break
+            if len(found) >= k:
+                found.sort()
+                if found[k - 1][0] < bound2:
+                    break
+            r += 1
+        return self._finish(found, latitude, longitude, k, limit)
+
+    def _finish(
+        self,
+        found: list[tuple[float, str]],
+        latitude: float,
+        longitude: float,
+        k: int,
+        limit: float,
+    ) -> list[tuple[float, str]]:
+        """Exact haversine for every candidate that may rank in the first ``k``."""
+        if not found:
+            return []
+        found.sort()
+        cut = found[min(k, len(found)) - 1][0] * (1.0 + _MARGIN_REL) + _MARGIN_ABS
+        entries = self._entries
+        exact: list[tuple[float, str]] = []
+        sin, asin, sqrt, radians, cos = math.sin, math.asin, math.sqrt, math.radians, math.cos
+        # the arithmetic of common.geo.haversine_km, inlined (bit-identical results)
+        p1 = radians(latitude)
+        cp1 = cos(p1)
+        two_r = 2 * EARTH_RADIUS_KM
+        for d2, pid in found:
+            if d2 > cut:
+                break
+            e = entries[pid][1]
+            p2 = radians(e[4])
+            a = sin((p2 - p1) / 2) ** 2 + cp1 * cos(p2) * sin(radians(e[5] - longitude) / 2) ** 2
+            d = two_r * asin(min(1.0, sqrt(a)))
+            if d <= limit:
+                exact.append((d, pid))
+        exact.sort()
+        return exact[:k]
+
+    def within(
+        self, latitude: float, longitude: float, max_km: float | None = None
+    ) -> list[tuple[float, str]]:
+        """Every ``(distance_km, id)`` within ``max_km`` (None = all), nearest first."""
+        limit = math.inf if max_km is None else max_km
+        return self._brute(latitude, longitude, len(self._entries), limit, None)
+
+    # --- internals ------------------------------------------------------------------
+
+    def _brute(
+        self,
+        latitude: float,
+        longitude: float,
+        k: int,
+        limit: float,
+        accept: Callable[[str], bool] | None,
+    ) -> list[tuple[float, str]]:
+        found: list[tuple[float, str]] = []
+        for _key, (_x, _y, _z, pid, lat, lon) in self._entries.values():
+            d = haversine_km(latitude, longitude, lat, lon)
+            if d <= limit and (accept is None or accept(pid)):
+                found.append((d, pid))
+        found.sort()
+        return found[:k]
+
+    def _key(self, latitude: float, longitude: float) -> int:
+        i = min(int((latitude + 90.0) / self._cs_lat), self._nrows - 1)
+        j = min(int((longitude + 180.0) / self._cs_lon), self._ncols - 1)
+        return i * self._ncols + j
+
+    def _configure(self, cs_lat: float, cs_lon: float) -> None:
+        self._nrows = max(1, round(180.0 / cs_lat))
+        self._ncols = max(1, round(360.0 / cs_lon))
+        self._cs_lat = 180.0 / self._nrows
+        self._cs_lon = 360.0 / self._ncols
+
+    def _rebuild(self) -> None:
+        entries = [e for _k, e in self._entries.values()]
+        n = len(entries)
+        lats = [e[4] for e in entries]
+        lons = [e[5] for e in entries]
+        lat_span = max(max(lats) - min(lats), _MIN_CELL_DEG)
+        lon_span = max(max(lons) - min(lons), _MIN_CELL_DEG)
+        mid = math.radians((max(lats) + min(lats)) / 2)
+        cos_mid = max(math.cos(mid), 0.05)
+        side = math.sqrt(lat_span * lon_span * cos_mid * TARGET_PER_CELL / n)
+        cs_lat = min(max(side, _MIN_CELL_DEG), _MAX_CELL_DEG)
+        cs_lon = min(cs_lat / cos_mid, 3 * _MAX_CELL_DEG)
+        self._configure(cs_lat, cs_lon)
+        self._cells = {}
+        self._entries = {}
+        for e in entries:
+            key = self._key(e[4], e[5])
+            self._entries[e[3]] = (key, e)
+            self._cells.setdefault(key, []).append(e)
+        self._n_built = n

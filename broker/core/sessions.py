@@ -1,0 +1,157 @@
+"""Charging sessions: the start handshake, energy and money.
+
+Money is ``Decimal`` everywhere inside the core and rounded half-up to cents
+once, when a session is billed; floats appear only at the wire edge (JSON
+numbers with two decimals).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Final
+
+from msgspec import UnsetType
+
+from common.messages import Scalar
+from common.timeutil import format_timestamp
+
+CENT: Final = Decimal("0.01")
+MILLI: Final = Decimal("0.001")
+CURRENCY: Final = "BRL"
+
+
+def to_decimal(value: float) -> Decimal:
+    """The decimal a human reads in ``value`` (``repr``), not its binary expansion."""
+    return Decimal(repr(float(value)))
+
+
+def energy_kwh(nivel_inicial: float, nivel_final: float, capacidade_kwh: float) -> Decimal:
+    """``(nivel_final - nivel_inicial) / 100 * capacidade_kwh``, never negative."""
+    delta = to_decimal(nivel_final) - to_decimal(nivel_inicial)
+    if delta <= 0:
+        return Decimal(0)
+    return delta / 100 * to_decimal(capacidade_kwh)
+
+
+def session_cost(energy: Decimal, price_kwh: Decimal) -> Decimal:
+    """``energy * price`` rounded half-up to cents."""
+    return (energy * price_kwh).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+@dataclass(slots=True, eq=False)
+class PendingStart:
+    """A ``chegada`` accepted and sent to the station as ``start``, not yet acked."""
+
+    cmd_id: str
+    session_id: str
+    vehicle_id: str
+    point_id: str
+    conn: int
+    request_id: UnsetType | Scalar
+    nivel_bateria: float
+    nivel_carregar: float
+    capacidade_kwh: float
+    payment_method: str
+    reservation_id: str | None
+    deadline: float
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """A running (``ended_at is None``) or billed session."""
+
+    id: str
+    vehicle_id: str
+    point_id: str
+    started_at: float
+    nivel_inicial: float
+    nivel_carregar: float
+    capacidade_kwh: float
+    payment_method: str
+    price_kwh: Decimal
+    reservation_id: str | None
+    boot_id: str | None
+    energy_reported: float = 0.0
+    # filled when billed
+    ended_at: float | None = None
+    nivel_final: float | None = None
+    energy: Decimal | None = None
+    cost: Decimal | None = None
+    reason: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """Persisted form (decimals as strings); :meth:`from_record` reads it back."""
+        return {
+            "session_id": self.id,
+            "vehicle_id": self.vehicle_id,
+            "point_id": self.point_id,
+            "started_at": self.started_at,
+            "nivel_inicial": self.nivel_inicial,
+            "nivel_carregar": self.nivel_carregar,
+            "capacidade_kwh": self.capacidade_kwh,
+            "payment_method": self.payment_method,
+            "price_kwh": str(self.price_kwh),
+            "reservation_id": self.reservation_id,
+            "boot_id": self.boot_id,
+            "energy_reported": self.energy_reported,
+            "state": "running" if self.ended_at is None else "billed",
+            "ended_at": self.ended_at,
+            "nivel_final": self.nivel_final,
+            "energy_kwh": None if self.energy is None else str(self.energy),
+            "cost": None if self.cost is None else str(self.cost),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_record(cls, v: dict[str, Any]) -> Session:
+        s = cls(
+            id=str(v["session_id"]),
+            vehicle_id=str(v["vehicle_id"]),
+            point_id=str(v["point_id"]),
+            started_at=float(v["started_at"]),
+            nivel_inicial=float(v["nivel_inicial"]),
+            nivel_carregar=float(v["nivel_carregar"]),
+            capacidade_kwh=float(v["capacidade_kwh"]),
+            payment_method=str(v["payment_method"]),
+            price_kwh=Decimal(str(v["price_kwh"])),
+            reservation_id=None if v.get("reservation_id") is None else str(v["reservation_id"]),
+            boot_id=None if v.get("boot_id") is None else str(v["boot_id"]),
+            energy_reported=float(v.get("energy_reported") or 0.0),
+        )
+        if v.get("state") == "billed":
+            s.ended_at = float(v["ended_at"])
+            s.nivel_final = float(v["nivel_final"])
+            s.energy = Decimal(str(v["energy_kwh"]))
+            s.cost = Decimal(str(v["cost"]))
+            s.reason = str(v["reason"])
+        return s
+
+    def view(self) -> dict[str, Any]:
+        """A running session as shown in snapshots and ``status_veiculo``."""
+        return {
+            "session_id": self.id,
+            "vehicle_id": self.vehicle_id,
+            "id_ponto_recarga": self.point_id,
+            "inicio": format_timestamp(self.started_at),
+            "nivel_inicial": self.nivel_inicial,
+            "nivel_carregar": self.nivel_carregar,
+            "capacidade_kwh": self.capacidade_kwh,
+            "preco_kwh": float(self.price_kwh),
+            "payment_method": self.payment_method,
+            "energia_kwh": self.energy_reported,
+            "estado": "carregando",
+        }
+
+    def statement_line(self) -> dict[str, Any]:
+        """One ``sessoes`` entry of the ``extrato`` (billed sessions only)."""
+        assert self.ended_at is not None and self.energy is not None and self.cost is not None
+        return {
+            "session_id": self.id,
+            "id_ponto_recarga": self.point_id,
+            "inicio": format_timestamp(self.started_at),
+            "fim": format_timestamp(self.ended_at),
+            "energia_kwh": float(self.energy.quantize(MILLI, rounding=ROUND_HALF_UP)),
+            "cost": float(self.cost),
+            "payment_method": self.payment_method,
+        }
