@@ -153,6 +153,18 @@ class _Wire(asyncio.Protocol):
         self.lost = asyncio.get_running_loop().create_future()
         self.can_write: asyncio.Event = asyncio.Event()
         self.can_write.set()
+        self.out: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data``; everything queued in one loop turn goes out in one write."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(data)
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -359,7 +371,7 @@ class VehicleClient:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[rid] = fut
-        transport.write(encode_request(type_, data if data is not None else {}, rid))
+        wire.send(encode_request(type_, data if data is not None else {}, rid))
         timer = loop.call_later(limit, self._expire, rid, type_, limit)
         try:
             return await fut
