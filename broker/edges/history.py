@@ -122,6 +122,7 @@ class HistoryServer:
             if "error" in reply:
                 self.stats["errors"] += 1
             self._send(sock, [*envelope, pack(reply)])
+            await asyncio.sleep(0)  # a ready recv never yields: let the broker run
 
     def answer(self, frame: bytes) -> dict[str, Any]:
         """The reply map for one request frame (never raises)."""

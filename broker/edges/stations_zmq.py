@@ -55,6 +55,8 @@ STATION_SNDHWM: Final = 1000
 LIVE_WINDOW_PERIODS: Final = 3.0
 #: ... and never fewer seconds than this (stations that only send UDP while charging).
 MIN_LIVE_WINDOW_S: Final = 10.0
+#: Messages handled per wake-up of the receive task before it yields to the loop.
+RECV_BATCH: Final = 256
 #: At most one "dropped malformed" warning per this many seconds.
 LOG_EVERY_S: Final = 5.0
 
@@ -204,6 +206,14 @@ class StationsEdge:
                 await asyncio.sleep(0.1)
                 continue
             self.handle_frames(frames)
+            # Take what else is already queued without a future each, then let the rest of
+            # the broker run: awaiting a ready recv never yields, so a flood would starve it.
+            for _ in range(RECV_BATCH - 1):
+                more = _recv_nowait(sock)
+                if more is None:
+                    break
+                self.handle_frames(more)
+            await asyncio.sleep(0)
 
     def handle_frames(self, frames: list[bytes]) -> None:
         """Process one received multipart message ``[routing_id, frame]`` (never raises)."""
@@ -265,3 +275,11 @@ class StationsEdge:
             if self._send_frame(point_id, HEARTBEAT_FRAME):
                 sent += 1
         return sent
+
+
+def _recv_nowait(sock: zmq.asyncio.Socket) -> list[bytes] | None:
+    """The next queued multipart message, or None when there is none (never waits)."""
+    fut: asyncio.Future[list[bytes]] = sock.recv_multipart(flags=zmq.NOBLOCK)  # type: ignore[assignment]
+    if not fut.done() or fut.exception() is not None:
+        return None
+    return fut.result()

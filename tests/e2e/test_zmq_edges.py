@@ -240,6 +240,46 @@ def test_callback_errors_do_not_stop_the_edge() -> None:
     run(body())
 
 
+def test_a_flood_of_station_messages_does_not_starve_the_loop() -> None:
+    n = 20_000
+
+    def flood(endpoint: str) -> None:
+        with zmq.Context() as sync_ctx, sync_ctx.socket(zmq.DEALER) as sock:
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.ROUTING_ID, b"CP10")
+            sock.connect(endpoint)
+            frame = msgpack.packb({"type": "heartbeat"})
+            for _ in range(n):
+                sock.send(frame)
+
+    async def ticker(gaps: list[float], stop: asyncio.Event) -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async def body() -> None:
+        async with zmq_context() as ctx:
+            rec = Recorder()
+            async with stations_edge(ctx, rec) as edge:
+                gaps: list[float] = []
+                stop = asyncio.Event()
+                tick = asyncio.create_task(ticker(gaps, stop))
+                try:
+                    sender = asyncio.create_task(asyncio.to_thread(flood, edge.endpoint))
+                    await until(lambda: edge.stats["received"] == n, timeout=15)
+                    await sender
+                finally:
+                    stop.set()
+                    await tick
+                assert len(rec.messages) == n
+                assert max(gaps) < 0.5, max(gaps)
+
+    run(body())
+
+
 @settings(max_examples=300, deadline=None)
 @given(routing_id=st.binary(max_size=8), frames=st.lists(st.binary(max_size=64), max_size=3))
 def test_any_frames_are_delivered_or_counted_never_raised(
