@@ -1,0 +1,142 @@
+"""``python -m vehicle`` as a subprocess against a real broker (and a real station).
+
+Exit codes 0/1/2/3, ``--json`` output, the stable id across commands, and
+full trips (``arrive --wait``, ``drive``) with a simulated ``ev-station`` that
+charges fast (``--speed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_vehicle_library import POINTS, FakeStations
+from tests.support.procs import ROOT, BrokerPorts, Proc, free_port, running
+
+pytestmark = pytest.mark.e2e
+
+
+class Cli:
+    """Runs ``python -m vehicle`` with a private config dir and the broker's port."""
+
+    def __init__(self, port: int, config: Path) -> None:
+        self.port = port
+        base = {k: v for k, v in os.environ.items() if not k.startswith("EV_")}
+        self.env = {**base, "XDG_CONFIG_HOME": str(config), "COLUMNS": "160"}
+
+    def __call__(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vehicle", "--port", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+            timeout=timeout,
+        )
+
+    def json(self, *args: str) -> Any:
+        r = self("--json", *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture
+def cli(broker: tuple[Proc, BrokerPorts], tmp_path: Path) -> Iterator[Cli]:
+    _, ports = broker
+    with FakeStations(ports, POINTS):
+        yield Cli(ports.vehicle, tmp_path / "config")
+
+
+def test_exit_codes_and_json(cli: Cli) -> None:
+    points = cli.json("--id", "E2E1", "list", "--lat", "-12.97", "--lon", "-38.5")
+    assert [p["id"] for p in points] == ["VP01", "VP02", "VP03"]
+    assert points[0]["distance"] == 0.0 and points[0]["estado"] == "disponivel"
+    nearby = cli.json("--id", "E2E1", "nearby", "--lat", "-12.97", "--lon", "-38.5", "--limit", "2")
+    assert [p["id"] for p in nearby] == ["VP01", "VP02"]
+    reserved = cli.json("--id", "E2E1", "reserve", "VP02", "--eta", "5")
+    assert reserved["code"] == "reserved" and reserved["vehicle_id"] == "E2E1"
+    # exit 1: refused, with the code in JSON and in the one-line message
+    refused = cli("--id", "E2E1", "--json", "reserve", "NOPE")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["error"]["code"] == "unknown_point"
+    again = cli("--id", "E2E1", "reserve", "VP01")
+    assert again.returncode == 1 and "already_reserved" in again.stderr
+    assert "Traceback" not in again.stderr
+    # exit 2: usage
+    usage = cli("--id", "E2E1", "arrive", "VP02", "--battery", "10", "--target", "50")
+    assert usage.returncode == 2 and "--payment" in usage.stderr
+    # exit 3: unreachable, one line
+    down = subprocess.run(
+        [sys.executable, "-m", "vehicle", "--port", str(free_port()), "--id", "X", "status"],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        cwd=ROOT,
+        timeout=20,
+    )
+    assert down.returncode == 3 and down.stderr.count("\n") == 1 and down.stdout == ""
+    status = cli.json("--id", "E2E1", "status")
+    assert status["reserva"]["id_ponto_recarga"] == "VP02"
+    assert cli.json("--id", "E2E1", "cancel", "VP02")["code"] == "cancelled"
+
+
+def test_stable_id_keeps_the_same_vehicle(cli: Cli) -> None:
+    assert cli.json("reserve", "VP03")["code"] == "reserved"
+    status = cli.json("status")
+    assert status["reserva"]["id_ponto_recarga"] == "VP03"
+    assert cli.json("costs")["vehicle_id"] == status["reserva"]["vehicle_id"]
+
+
+@pytest.fixture
+def station(broker: tuple[Proc, BrokerPorts]) -> Iterator[Proc]:
+    """A real simulated station that charges 3000x faster than real time."""
+    _, ports = broker
+    args = ["python", "-m", "station", "run", "--id", "ST01", "--lat", "-12.97", "--lon", "-38.5",
+            "--broker", ports.host, "--status-port", str(ports.status),
+            "--station-port", str(ports.station), "--interval", "0.3",
+            "--speed", "3000"]  # fmt: skip
+    with running(args) as proc:
+        yield proc
+
+
+def wait_registered(cli: Cli, point: str) -> None:
+    for _ in range(100):
+        r = cli("--json", "--id", "PROBE", "list", "--lat", "-12.97", "--lon", "-38.5")
+        if r.returncode == 0 and any(p["id"] == point for p in json.loads(r.stdout)):
+            return
+    raise AssertionError(f"{point} never registered")
+
+
+def test_arrive_wait_prints_the_bill_and_costs_show_it(
+    broker: tuple[Proc, BrokerPorts], station: Proc, tmp_path: Path
+) -> None:
+    cli = Cli(broker[1].vehicle, tmp_path / "config")
+    wait_registered(cli, "ST01")
+    args = ["arrive", "ST01", "--battery", "20", "--target", "60", "--payment", "debito", "--wait"]
+    out = cli.json("--id", "E2E2", *args)
+    assert out["chegada"]["code"] == "started"
+    bill = out["custo_final"]
+    assert bill["session_id"] == out["chegada"]["session_id"]
+    assert bill["payment_method"] == "Débito em conta"
+    assert bill["energia_kwh"] == pytest.approx(24.0, abs=0.1)
+    assert float(bill["cost"]) == pytest.approx(48.0, abs=0.2)
+    statement = cli("--id", "E2E2", "costs")
+    assert statement.returncode == 0 and bill["session_id"] in statement.stdout
+
+
+def test_drive_finds_the_station_and_prints_the_bill(
+    broker: tuple[Proc, BrokerPorts], station: Proc, tmp_path: Path
+) -> None:
+    cli = Cli(broker[1].vehicle, tmp_path / "config")
+    wait_registered(cli, "ST01")
+    r = cli("--id", "E2E3", "drive", "--lat", "-12.975", "--lon", "-38.5", "--speed", "3000")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Reserved ST01" in r.stdout and "Charging bill" in r.stdout
+    assert "R$ 78.00" in r.stdout  # 15% -> 80% of 60 kWh = 39 kWh at R$ 2.00
