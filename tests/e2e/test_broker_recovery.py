@@ -55,9 +55,10 @@ def failed_start(ports: BrokerPorts, db: str) -> tuple[int, str]:
     proc = start(["python", "-m", "broker", "serve", *ports.cli_args(), "--db", db])
     try:
         rc = proc.popen.wait(timeout=20)
+        out = proc.drain()
     finally:
         proc.stop()
-    return rc, "\n".join(proc.lines) + proc.drain()
+    return rc, out
 
 
 def test_kill9_and_restart_keeps_everything(tmp_path: Path) -> None:
@@ -91,6 +92,7 @@ def test_kill9_and_restart_keeps_everything(tmp_path: Path) -> None:
                 reservation_id = reply["data"]["reservation_id"]
             before = all_events(ctx, ports.history)
         proc.kill9()
+        proc.stop()  # reaps it and closes its output pipe
 
         proc = start_broker(ports, db)
         with zmq_ctx() as ctx:

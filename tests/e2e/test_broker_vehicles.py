@@ -23,6 +23,7 @@ import msgpack
 import pytest
 import zmq
 
+from common.messages import PUSH_TYPES
 from tests.support.procs import BrokerPorts, Proc, broker_ports, start_broker
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +51,7 @@ class Vehicle:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.buf = b""
+        self.pushes: list[dict[str, Any]] = []
 
     @property
     def local_port(self) -> int:
@@ -78,16 +80,29 @@ class Vehicle:
         return msg
 
     def recv_type(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The next message of ``type_``, skipping others (e.g. pushes)."""
+        """The next message of ``type_`` (pushes set aside earlier count), skipping others."""
+        for i, msg in enumerate(self.pushes):
+            if msg["type"] == type_:
+                del self.pushes[i]
+                return msg
         deadline = time.monotonic() + timeout
         while True:
             msg = self.recv(max(0.01, deadline - time.monotonic()))
             if msg["type"] == type_:
                 return msg
 
+    def reply(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next message that is not a push (pushes are set aside for recv_type)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg["type"] not in PUSH_TYPES:
+                return msg
+            self.pushes.append(msg)
+
     def request(self, type_: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
         self.send({"type": type_, "data": data, **extra})
-        return self.recv()
+        return self.reply()
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         self.sock.settimeout(timeout)
