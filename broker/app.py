@@ -107,11 +107,11 @@ class BrokerApp:
                 new_id=new_id,
             )
             records, last_seq = self.store.load()
-            restored = self.core.restore(records, last_seq, time.time())
+            self.core.restore(records, last_seq, time.time())
         except BaseException:
             self.store.close()
             raise
-        self._pending: list[Effect] = list(restored) if isinstance(restored, list) else []
+        self._pending: list[Effect] = []
         self._reply_slots: dict[int, Slot] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
