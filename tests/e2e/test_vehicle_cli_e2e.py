@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_vehicle_library import POINTS, FakeStations
-from tests.support.procs import ROOT, BrokerPorts, Proc, free_port, running
+from tests.support.procs import ROOT, BrokerPorts, Proc, free_port, running, start
 
 pytestmark = pytest.mark.e2e
 
@@ -140,3 +142,28 @@ def test_drive_finds_the_station_and_prints_the_bill(
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Reserved ST01" in r.stdout and "Charging bill" in r.stdout
     assert "R$ 78.00" in r.stdout  # 15% -> 80% of 60 kWh = 39 kWh at R$ 2.00
+
+
+def test_swarm_reports_throughput_latency_and_codes(cli: Cli) -> None:
+    args = ["swarm", "--count", "20", "--duration", "1.5", "--center", "-12.97,-38.5"]
+    out = cli.json(*args, "--radius-km", "5", "--seed", "3")
+    assert out["connected"] == 20 and out["requests"] > 100
+    assert out["throughput_rps"] > 50
+    assert 0 < out["latency_ms"]["p50"] <= out["latency_ms"]["p99"] <= out["latency_ms"]["max"]
+    assert out["by_type"]["consulta"] > 0 and out["by_type"]["bateria"] > 0
+    assert set(out["errors"]) <= {"timeout"}, out["errors"]
+
+
+def test_long_commands_stop_cleanly_on_sigterm(cli: Cli, tmp_path: Path) -> None:
+    args = ["python", "-m", "vehicle", "--port", str(cli.port), "swarm", "--count", "5",
+            "--duration", "60", "--mix", "ping"]  # fmt: skip
+    proc = start(args, env=cli.env)
+    try:
+        proc.read_until("rps=", timeout=15)
+        began = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        code = proc.popen.wait(timeout=5)
+        assert time.monotonic() - began < 2.0
+        assert code == 0
+    finally:
+        proc.stop()
