@@ -1,0 +1,212 @@
+"""ops.run_local: settings from the environment, the process plan, and a real run.
+
+The real runs start the whole system (broker, billing, fleet, a vehicle, tail)
+on free ports with state in a temporary folder, then stop it with SIGINT or
+SIGTERM and check that it exits 0 and that every process it started is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.run_local import (
+    ConfigError,
+    Ports,
+    Settings,
+    busy_ports,
+    hints,
+    main,
+    service_specs,
+    settings_from,
+    vehicle_spec,
+)
+from tests.support.procs import Proc, free_ports, start
+
+PORT_VARS = (
+    "EV_VEHICLE_PORT",
+    "EV_STATUS_PORT",
+    "EV_STATION_PORT",
+    "EV_EVENTS_PORT",
+    "EV_HISTORY_PORT",
+    "EV_HTTP_PORT",
+)
+
+
+def test_ports_default_to_the_documented_ones() -> None:
+    assert Ports.from_env({}) == Ports(8081, 8082, 5555, 5556, 5557, 8090)
+
+
+def test_ports_follow_the_environment() -> None:
+    env = dict(zip(PORT_VARS, ["9081", "9082", "9555", "9556", "9557", "9090"], strict=True))
+    assert Ports.from_env(env) == Ports(9081, 9082, 9555, 9556, 9557, 9090)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("abc", "not a port number"), ("0", "outside 1-65535"), ("70000", "outside 1-65535")],
+)
+def test_bad_port_is_a_clear_error(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Ports.from_env({"EV_HTTP_PORT": value})
+
+
+def test_ports_must_differ() -> None:
+    with pytest.raises(ConfigError, match="must differ"):
+        Ports.from_env({"EV_HTTP_PORT": "8081"})
+
+
+def test_settings_from_env_and_args(tmp_path: Path) -> None:
+    env = {"EV_RUN_STATIONS": "3", "EV_RUN_VEHICLES": "0", "EV_RUN_VAR": str(tmp_path)}
+    s = settings_from([], env)
+    assert (s.stations, s.vehicles, s.var_dir) == (3, 0, tmp_path)
+    s = settings_from(["--stations", "5", "--vehicles", "2", "--var", "elsewhere"], env)
+    assert (s.stations, s.vehicles, s.var_dir) == (5, 2, Path("elsewhere"))
+    with pytest.raises(ConfigError, match="EV_RUN_STATIONS"):
+        settings_from([], {"EV_RUN_STATIONS": "many"})
+    with pytest.raises(ConfigError, match="--stations"):
+        settings_from(["--stations", "0"], {})
+
+
+def test_plan_passes_every_port_and_keeps_state_in_var(tmp_path: Path) -> None:
+    ports = Ports(1001, 1002, 1003, 1004, 1005, 1006)
+    s = Settings(ports=ports, var_dir=tmp_path, stations=4, python="py")
+    specs = {spec.name: spec for spec in service_specs(s)}
+    assert list(specs) == ["broker", "billing", "tail", "stations"]
+    broker = specs["broker"].argv
+    for flag, port in [
+        ("--vehicle-port", 1001),
+        ("--status-port", 1002),
+        ("--station-port", 1003),
+        ("--events-port", 1004),
+        ("--history-port", 1005),
+        ("--http-port", 1006),
+    ]:
+        assert broker[broker.index(flag) + 1] == str(port)
+    assert broker[broker.index("--db") + 1] == str(tmp_path / "broker.db")
+    assert specs["broker"].ready == "ready"
+    billing = specs["billing"].argv
+    assert billing[billing.index("--db") + 1] == str(tmp_path / "billing.db")
+    fleet = specs["stations"].argv
+    assert fleet[fleet.index("--count") + 1] == "4"
+    assert "--center=-12.2664,-38.9663" in fleet
+    assert specs["tail"].log is None  # the foreground process
+    assert all(spec.log is not None for name, spec in specs.items() if name != "tail")
+
+
+def test_vehicles_have_stable_ids_and_start_near_the_center(tmp_path: Path) -> None:
+    import random
+
+    s = Settings(var_dir=tmp_path, python="py")
+    spec = vehicle_spec(s, 2, 7, random.Random(1))
+    argv = spec.argv
+    assert argv[argv.index("--id") + 1] == "DEMO02"
+    assert "drive" in argv
+    lat = float(next(a for a in argv if a.startswith("--lat=")).split("=")[1])
+    lon = float(next(a for a in argv if a.startswith("--lon=")).split("=")[1])
+    assert abs(lat - -12.2664) < 0.05 and abs(lon - -38.9663) < 0.05
+    battery = float(argv[argv.index("--battery") + 1])
+    target = float(argv[argv.index("--target") + 1])
+    assert battery < target
+
+
+def test_hints_name_the_monitor_and_the_vehicle_with_custom_ports(tmp_path: Path) -> None:
+    s = Settings(ports=Ports(9081, 9082, 9555, 9556, 9557, 9090), python="/x/bin/python")
+    text = "\n".join(hints(s))
+    assert "/x/bin/ev-broker monitor --events-port 9556 --history-port 9557" in text
+    assert "/x/bin/ev-vehicle --id ME --port 9081" in text
+    default = "\n".join(hints(Settings(python="/x/bin/python")))
+    assert "monitor --events-port" not in default
+
+
+def test_busy_port_is_reported() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        free = free_ports(5)
+        ports = Ports(taken, *free)
+        assert busy_ports(ports) == [f"{taken} (vehicle, EV_VEHICLE_PORT)"]
+
+
+def test_main_refuses_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    os.environ["EV_RUN_VEHICLES"] = "-1"
+    try:
+        assert main([]) == 2
+    finally:
+        del os.environ["EV_RUN_VEHICLES"]
+    assert "EV_RUN_VEHICLES=-1 is outside" in capsys.readouterr().err
+
+
+# --- real runs -----------------------------------------------------------------------
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(zip(PORT_VARS, map(str, free_ports(6)), strict=True))
+    env |= {"EV_RUN_STATIONS": "3", "EV_RUN_VEHICLES": "1", "EV_RUN_VAR": str(tmp_path / "var")}
+    return env
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[Proc]:
+    """``python -m ops.run_local`` on free ports, always stopped afterwards."""
+    proc = start([sys.executable, "-m", "ops.run_local"], env=_env(tmp_path))
+    try:
+        yield proc
+    finally:
+        proc.stop(timeout=15)
+
+
+def _pids(proc: Proc) -> list[int]:
+    return [int(m) for line in proc.lines for m in re.findall(r"\(pid (\d+)", line)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_whole_system_runs_and_stops_cleanly(system: Proc, sig: signal.Signals) -> None:
+    system.read_until("started broker", timeout=10)
+    system.read_until("Ctrl-C stops everything", timeout=30)
+    system.read_until("point.registered", timeout=20)
+    system.read_until("vehicle DEMO01 trip 1", timeout=20)
+    system.read_until("reservation.created", timeout=30)
+    pids = _pids(system)
+    assert len(pids) == 5  # broker, billing, stations, tail, one vehicle
+    assert all(_alive(pid) for pid in pids)
+    system.signal(sig)
+    assert system.popen.wait(timeout=30) == 0
+    out = system.drain()
+    for name in ("stations", "tail", "billing", "broker"):
+        assert re.search(rf"stopped {name} \(pid \d+, exit 0\)", out), out
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+@pytest.mark.e2e
+def test_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", int(env["EV_HTTP_PORT"])))
+        sock.listen()
+        proc = start([sys.executable, "-m", "ops.run_local"], env=env)
+        try:
+            assert proc.popen.wait(timeout=20) == 1
+            out = proc.drain()
+        finally:
+            proc.stop()
+    assert "already in use" in out and "EV_HTTP_PORT" in out
+    assert not (tmp_path / "var").exists()
