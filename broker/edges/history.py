@@ -40,6 +40,7 @@ MAX_REQUEST_FRAME: Final = 64 * 1024
 HISTORY_SNDHWM: Final = 1000
 #: The extension op (not in the codec's request union) answered with every account.
 ACCOUNTS_OP: Final = "accounts"
+KNOWN_OPS: Final = ("since", "snapshot", ACCOUNTS_OP)
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 
@@ -129,10 +130,11 @@ class HistoryServer:
         try:
             try:
                 request = decode_history_request(frame)
-            except InvalidRequest:
-                if _op_of(frame) == ACCOUNTS_OP:
+            except InvalidRequest as exc:
+                op = _op_of(frame)
+                if op == ACCOUNTS_OP:
                     return {"accounts": self._accounts()}
-                raise
+                return {"error": _describe(exc, op)}
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT)
                 events, last_seq, more = self._events_since(request.seq, limit)
@@ -165,6 +167,15 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     if len(frames) >= 3 and frames[1] == b"":
         return frames[:2], frames[2:]
     return frames[:1], frames[1:]
+
+
+def _describe(exc: InvalidRequest, op: Any) -> str:
+    """A one-line reason naming the offending field (and every known op when ``op`` is wrong)."""
+    if exc.field == "op" and isinstance(op, str):
+        return f"unknown op {op!r}; known ops: {', '.join(KNOWN_OPS)}"
+    if exc.field and exc.field != "request" and exc.field not in exc.message:
+        return f"{exc.field}: {exc.message}"
+    return exc.message
 
 
 def _op_of(frame: bytes) -> Any:

@@ -165,8 +165,12 @@ class StationsEdge:
             log.warning("send to %s before start or after close: dropped", point_id)
             self.stats["dropped"] += 1
             return False
+        try:
+            routing_id = point_id.encode("utf-8")
+        except UnicodeEncodeError:  # no DEALER can have this id
+            routing_id = b""
         fut: asyncio.Future[Any] = sock.send_multipart(  # type: ignore[assignment]
-            [point_id.encode("utf-8"), frame], flags=zmq.NOBLOCK
+            [routing_id, frame], flags=zmq.NOBLOCK
         )
         # With NOBLOCK and no queued send the future is already resolved.
         exc = fut.exception() if fut.done() else None

@@ -356,7 +356,9 @@ def test_send_to_unknown_station_calls_on_unroutable() -> None:
             async with stations_edge(ctx, rec) as edge:
                 edge.send("NOPE", {"type": "release", "cmd_id": "c1", "reservation_id": "R"})
                 assert rec.unroutable == ["NOPE"]
-                assert edge.stats["unroutable"] == 1
+                edge.send("\ud800", {"type": "heartbeat"})  # cannot even be a routing id
+                assert rec.unroutable == ["NOPE", "\ud800"]
+                assert edge.stats["unroutable"] == 2
                 assert edge.stats["sent"] == 0
 
     run(body())
@@ -605,11 +607,15 @@ def test_history_since_snapshot_accounts_and_errors(kind: str) -> None:
                     r = await ask(sock, bad)
                     assert set(r) == {"error"}, (bad, r)
                     assert isinstance(r["error"], str) and r["error"]
+                r = await ask(sock, {"op": "explode"})
+                assert r["error"] == "unknown op 'explode'; known ops: since, snapshot, accounts"
+                r = await ask(sock, {"op": "since", "seq": -1})
+                assert r["error"].startswith("seq: ")
                 # not msgpack at all
                 await sock.send(b"\xc1\xc1")
                 r = await recv_map(sock)
                 assert set(r) == {"error"}
-                assert server.stats["errors"] == 8
+                assert server.stats["errors"] == 10
                 # still serving
                 r = await ask(sock, {"op": "since", "seq": 2499})
                 assert [e["seq"] for e in r["events"]] == [2500]
