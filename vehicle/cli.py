@@ -253,7 +253,11 @@ def reserve(
         async with s.client(reconnect=False) as c:
             return await c.reserva(point, eta)
 
-    execute(ctx, work, lambda con, data: con.print(render.reservation_line(data), markup=False))
+    execute(
+        ctx,
+        work,
+        lambda con, data: con.print(render.reservation_line(data), markup=False, soft_wrap=True),
+    )
 
 
 @app.command()
@@ -264,7 +268,11 @@ def cancel(ctx: typer.Context, point: Point) -> None:
         async with s.client(reconnect=False) as c:
             return await c.cancelar(point)
 
-    execute(ctx, work, lambda con, data: con.print(render.response_line(data), markup=False))
+    execute(
+        ctx,
+        work,
+        lambda con, data: con.print(render.response_line(data), markup=False, soft_wrap=True),
+    )
 
 
 @app.command()
@@ -304,10 +312,10 @@ def arrive(
 
     def show(con: Console, data: dict[str, Any]) -> None:
         if wait:
-            con.print(render.response_line(data["chegada"]), markup=False)
+            con.print(render.response_line(data["chegada"]), markup=False, soft_wrap=True)
             con.print(render.bill_table(data["custo_final"]))
         else:
-            con.print(render.response_line(data), markup=False)
+            con.print(render.response_line(data), markup=False, soft_wrap=True)
 
     execute(ctx, work, show)
 
@@ -320,7 +328,11 @@ def stop(ctx: typer.Context, point: Point) -> None:
         async with s.client(reconnect=False) as c:
             return await c.parar(point)
 
-    execute(ctx, work, lambda con, data: con.print(render.response_line(data), markup=False))
+    execute(
+        ctx,
+        work,
+        lambda con, data: con.print(render.response_line(data), markup=False, soft_wrap=True),
+    )
 
 
 @app.command()
@@ -344,7 +356,7 @@ def status(ctx: typer.Context) -> None:
 
     def show(con: Console, data: dict[str, Any]) -> None:
         for line in render.status_lines(data):
-            con.print(line, markup=False)
+            con.print(line, markup=False, soft_wrap=True)
 
     execute(ctx, work, show)
 
@@ -378,7 +390,9 @@ def drive(
     async def work(s: Settings) -> dict[str, Any]:
         cfg = DriveConfig(lat, lon, battery, target, speed, method, capacity_kwh)
         async with s.client(reconnect=True) as c:
-            return await run_drive(c, cfg, lambda line: console.print(line, markup=False))
+            return await run_drive(
+                c, cfg, lambda line: console.print(line, markup=False, soft_wrap=True)
+            )
 
     execute(ctx, work, lambda con, data: con.print(render.bill_table(data)))
 

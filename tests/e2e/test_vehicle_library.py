@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,7 +100,8 @@ def test_concurrent_requests_on_one_connection_get_their_own_replies(
         counts = [len(r) for r in results[:-2]]
         assert counts == [1, 2, 3] * 10
         assert results[-2] == {"reserva": None, "sessao": None}
-        assert results[-1]["vehicle_id"] == "LIB1" and results[-1]["sessoes"] == []
+        statement: Any = results[-1]
+        assert statement["vehicle_id"] == "LIB1" and statement["sessoes"] == []
 
     run(body)
 
