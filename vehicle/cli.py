@@ -441,7 +441,11 @@ def swarm(
             seed=seed,
         )
         progress = None if settings.json else console
-        result = await run_swarm(cfg, progress)
+        stop = asyncio.Event()  # SIGINT/SIGTERM: stop early and still print the figures
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        result = await run_swarm(cfg, progress, stop=stop)
         return result.to_dict()
 
     def show(con: Console, data: dict[str, Any]) -> None:

@@ -21,7 +21,6 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -39,6 +38,7 @@ from vehicle.client import VehicleClient
 
 CONNECT_CONCURRENCY: Final = 100
 REQUEST_TIMEOUT: Final = 10.0
+STOP_GRACE_S: Final = 0.5
 
 # (operation, weight) per mix
 MIXES: Final[dict[str, tuple[tuple[str, int], ...]]] = {
@@ -238,22 +238,36 @@ async def _one(v: _Vehicle, name: str, cfg: SwarmConfig, stats: Stats) -> None:
     stats.by_type[name] += 1
 
 
+class _Window:
+    """The time during which new requests are issued; ``close()`` ends it early."""
+
+    def __init__(self, duration: float) -> None:
+        self.start = time.perf_counter()
+        self.end = self.start + duration
+
+    def is_open(self) -> bool:
+        return time.perf_counter() < self.end
+
+    def close(self) -> None:
+        self.end = min(self.end, time.perf_counter())
+
+
 async def _closed_worker(
-    v: _Vehicle, pick: _Picker, cfg: SwarmConfig, stats: Stats, end: float
+    v: _Vehicle, pick: _Picker, cfg: SwarmConfig, stats: Stats, w: _Window
 ) -> None:
-    while time.perf_counter() < end:
+    while w.is_open():
         await _one(v, pick(), cfg, stats)
 
 
 async def _open_loop(
-    vehicles: list[_Vehicle], pick: _Picker, cfg: SwarmConfig, stats: Stats, end: float
+    vehicles: list[_Vehicle], pick: _Picker, cfg: SwarmConfig, stats: Stats, w: _Window
 ) -> None:
     assert cfg.rate is not None
     start = time.perf_counter()
     sent = 0
     i = 0
     tasks: set[asyncio.Task[None]] = set()
-    while (now := time.perf_counter()) < end:
+    while (now := time.perf_counter()) < w.end:
         due = int((now - start) * cfg.rate) - sent
         for _ in range(due):
             v = vehicles[i % len(vehicles)]
@@ -289,7 +303,8 @@ async def _connect_all(cfg: SwarmConfig, rng: random.Random, stats: Stats) -> li
     return [v for v in made if v is not None]
 
 
-async def _progress(stats: Stats, console: Console, start: float, end: float, every: float) -> None:
+async def _progress(stats: Stats, console: Console, w: _Window, every: float) -> None:
+    start = w.start
     last_done, last_t = 0, start
     while True:
         await asyncio.sleep(every)
@@ -300,7 +315,7 @@ async def _progress(stats: Stats, console: Console, start: float, end: float, ev
         p = percentiles(recent[-20000:])
         errs = sum(stats.errors.values())
         console.print(
-            f"t={now - start:5.1f}s/{end - start:.0f}s  done={done}  rps={rps:,.0f}  "
+            f"t={now - start:5.1f}s/{w.end - start:.0f}s  done={done}  rps={rps:,.0f}  "
             f"p50={p['p50']:.2f}ms p99={p['p99']:.2f}ms  refused={sum(stats.refused.values())}"
             f"  errors={errs}",
             markup=False,
@@ -309,11 +324,16 @@ async def _progress(stats: Stats, console: Console, start: float, end: float, ev
 
 
 async def run_swarm(
-    cfg: SwarmConfig, progress: Console | None = None, progress_every: float = 1.0
+    cfg: SwarmConfig,
+    progress: Console | None = None,
+    progress_every: float = 1.0,
+    stop: asyncio.Event | None = None,
 ) -> SwarmResult:
     """Run the swarm and return its figures; BrokerUnreachable if no vehicle connects.
 
     With ``progress``, a line of figures is printed there every ``progress_every`` s.
+    Setting ``stop`` ends the run early: no new requests, those in flight get
+    :data:`STOP_GRACE_S` to finish, and the figures so far are returned.
     """
     rng = random.Random(cfg.seed)
     stats = Stats()
@@ -321,31 +341,37 @@ async def run_swarm(
     vehicles = await _connect_all(cfg, rng, stats)
     if not vehicles:
         raise BrokerUnreachable(f"no vehicle could connect to {cfg.host}:{cfg.port}")
-    start = time.perf_counter()
-    end = start + cfg.duration
+    loop = asyncio.get_running_loop()
+    window = _Window(cfg.duration)
     reporter = (
-        asyncio.get_running_loop().create_task(
-            _progress(stats, progress, start, end, progress_every)
-        )
+        loop.create_task(_progress(stats, progress, window, progress_every))
         if progress is not None
         else None
     )
-    try:
-        if cfg.rate is not None:
-            await _open_loop(vehicles, pick, cfg, stats, end)
-        else:
-            workers: list[Awaitable[None]] = [
-                _closed_worker(v, pick, cfg, stats, end)
+    if cfg.rate is not None:
+        main: asyncio.Future[Any] = loop.create_task(_open_loop(vehicles, pick, cfg, stats, window))
+    else:
+        main = asyncio.gather(
+            *(
+                _closed_worker(v, pick, cfg, stats, window)
                 for v in vehicles
                 for _ in range(cfg.pipeline)
-            ]
-            await asyncio.gather(*workers)
-        elapsed = time.perf_counter() - start
+            )
+        )
+    stopper = loop.create_task((stop or asyncio.Event()).wait())
+    try:
+        await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not main.done():  # stopped early
+            window.close()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(main, STOP_GRACE_S)
+        elapsed = time.perf_counter() - window.start
     finally:
-        if reporter is not None:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+        for task in (stopper, reporter, main):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.gather(*(v.client.close() for v in vehicles), return_exceptions=True)
     return SwarmResult(
         vehicles=cfg.count,

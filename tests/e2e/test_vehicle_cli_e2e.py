@@ -165,5 +165,6 @@ def test_long_commands_stop_cleanly_on_sigterm(cli: Cli, tmp_path: Path) -> None
         code = proc.popen.wait(timeout=5)
         assert time.monotonic() - began < 2.0
         assert code == 0
+        assert "throughput" in proc.drain()  # the figures so far are still printed
     finally:
         proc.stop()

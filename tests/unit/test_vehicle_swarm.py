@@ -67,3 +67,16 @@ def test_swarm_without_broker_is_unreachable() -> None:
     cfg = SwarmConfig("127.0.0.1", free_port(), count=3, duration=0.2)
     with pytest.raises(BrokerUnreachable):
         asyncio.run(run_swarm(cfg))
+
+
+def test_stop_event_ends_the_run_early_with_figures() -> None:
+    async def body(server: ProtocolServer) -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        cfg = SwarmConfig("127.0.0.1", server.port, count=3, duration=30, mix="ping")
+        began = asyncio.get_running_loop().time()
+        result = await run_swarm(cfg, stop=stop)
+        assert asyncio.get_running_loop().time() - began < 2
+        assert result.requests > 10 and result.elapsed_s < 2
+
+    run_with_server(body)
