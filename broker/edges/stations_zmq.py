@@ -57,7 +57,7 @@ LIVE_WINDOW_PERIODS: Final = 3.0
 MIN_LIVE_WINDOW_S: Final = 10.0
 #: Messages handled per wake-up of the receive task before it yields to the loop.
 RECV_BATCH: Final = 256
-#: At most one "dropped malformed" warning per this many seconds.
+#: At most one warning per kind of dropped message per this many seconds.
 LOG_EVERY_S: Final = 5.0
 
 HEARTBEAT_FRAME: Final = pack({"type": "heartbeat"})
@@ -91,8 +91,8 @@ class StationsEdge:
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_heard: dict[str, float] = {}
-        self._last_malformed_log = float("-inf")
-        self._malformed_since_log = 0
+        self._malformed_log = LogThrottle(LOG_EVERY_S)
+        self._full_log = LogThrottle(LOG_EVERY_S)
         self.stats: dict[str, int] = {
             "received": 0,
             "sent": 0,
@@ -179,7 +179,14 @@ class StationsEdge:
             return True
         if isinstance(exc, zmq.Again):
             self.stats["dropped"] += 1
-            log.warning("station %s is not reading (queue full): message dropped", point_id)
+            count = self._full_log.due()
+            if count:
+                log.warning(
+                    "station %s is not reading (queue full): message dropped "
+                    "(%d dropped since last report)",
+                    point_id,
+                    count,
+                )
             return False
         if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EHOSTUNREACH:
             self.stats["unroutable"] += 1
@@ -247,17 +254,14 @@ class StationsEdge:
 
     def _malformed(self, raw_id: bytes, reason: str) -> None:
         self.stats["malformed"] += 1
-        self._malformed_since_log += 1
-        now = time.monotonic()
-        if now - self._last_malformed_log >= LOG_EVERY_S:
+        count = self._malformed_log.due()
+        if count:
             log.warning(
                 "dropped malformed station message from %r: %s (%d dropped since last report)",
                 raw_id[:64],
                 reason,
-                self._malformed_since_log,
+                count,
             )
-            self._last_malformed_log = now
-            self._malformed_since_log = 0
         else:
             log.debug("dropped malformed station message from %r: %s", raw_id[:64], reason)
 
@@ -279,6 +283,24 @@ class StationsEdge:
             if self._send_frame(point_id, HEARTBEAT_FRAME):
                 sent += 1
         return sent
+
+
+class LogThrottle:
+    """Lets a repeated warning through at most once per ``every_s`` seconds."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._last = float("-inf")
+        self._count = 0
+
+    def due(self) -> int:
+        """Count one occurrence; how many since the last report when one is due now, else 0."""
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return 0
+        count, self._count, self._last = self._count, 0, now
+        return count
 
 
 def _recv_nowait(sock: zmq.asyncio.Socket) -> list[bytes] | None:
