@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -78,6 +79,7 @@ class ProtocolServer:
         self.requests: list[dict[str, Any]] = []
         self.writers: list[asyncio.StreamWriter] = []
         self.connections = 0
+        self.reservations: Counter[str] = Counter()
 
     async def start(self) -> ProtocolServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -156,8 +158,14 @@ class ProtocolServer:
                     "posicao": 1,
                 }
                 reply("reserva_response", ok)
+                vehicle = str(data.get("id_veiculo", ""))
+                self.reservations[vehicle] += 1
                 push = {"id_ponto_recarga": point, "reservation_id": "R1", "expira_em": "x"}
-                self._send(writer, {"type": "sua_vez", "data": push})
+                # vehicles named DRIVEX* see their first reservation expire
+                expire = vehicle.startswith("DRIVEX") and self.reservations[vehicle] == 1
+                self._send(
+                    writer, {"type": "reserva_expirada" if expire else "sua_vez", "data": push}
+                )
         elif t == "status":
             reply("status_veiculo", {"reserva": None, "sessao": None})
         elif t == "cancelar":

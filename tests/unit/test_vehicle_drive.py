@@ -49,3 +49,18 @@ def test_drive_skips_a_full_point_and_returns_the_bill() -> None:
         assert any("Our turn at CP01" in line for line in lines)
 
     run_with_server(body)
+
+
+def test_drive_chooses_again_after_the_reservation_expired() -> None:
+    async def body(server: ProtocolServer) -> None:
+        lines: list[str] = []
+        cfg = DriveConfig(-12.9, -38.4, speed=6000, retry_s=0.05, payment="Cartão de crédito")
+        async with VehicleClient("127.0.0.1", server.port, "DRIVEX1") as c:
+            bill = await asyncio.wait_for(run_drive(c, cfg, lines.append), 8)
+        assert bill["session_id"] == "S1"
+        assert server.reservations["DRIVEX1"] == 2
+        assert any("reserva_expirada" in line for line in lines)
+        chegada = next(r for r in server.requests if r["type"] == "chegada")["data"]
+        assert chegada["metodo_pagamento"] == "Cartão de crédito"
+
+    run_with_server(body)
