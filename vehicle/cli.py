@@ -132,7 +132,7 @@ def fail(settings: Settings, exc: EVError) -> typer.Exit:
     else:
         where = f" (field {exc.field})" if exc.field else ""
         Console(stderr=True, highlight=False).print(
-            f"error: {exc.code}: {exc.message}{where}", markup=False
+            f"error: {exc.code}: {exc.message}{where}", markup=False, soft_wrap=True
         )
     return typer.Exit(exit_code_for(exc))
 
