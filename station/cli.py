@@ -7,8 +7,10 @@ Every option also reads ``EV_<OPTION_NAME>`` from the environment (``EV_ID``,
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+import threading
 from typing import Annotated, Final
 
 import typer
@@ -20,6 +22,8 @@ from station.links import DealerLink, Link, MultiLink
 from station.sim import Charger
 
 POINT_ID_RE: Final = re.compile(r"^[^\s\x00-\x1f]{1,64}$")
+TERM_WAIT_S: Final = 0.5
+_KEEP: list[zmq.Context[zmq.Socket[bytes]]] = []
 PREFIX_RE: Final = re.compile(r"^[^\s\x00-\x1f]{0,56}$")
 
 app = typer.Typer(
@@ -105,6 +109,21 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _terminate(ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
+    """Terminate the ZeroMQ context, waiting at most ``TERM_WAIT_S``.
+
+    Every socket is already closed with LINGER 0, but tearing down thousands of
+    TCP connections in libzmq's I/O thread can take seconds; the process is
+    exiting anyway, so it does not wait for that (stop within 2 s). The context
+    stays referenced until exit so that its finaliser does not wait either.
+    """
+    _KEEP.append(ctx)
+    done = threading.Thread(target=ctx.term, name="zmq-term", daemon=True)
+    done.start()
+    done.join(TERM_WAIT_S)
+    return not done.is_alive()
+
+
 def _serve(chargers: list[Charger], config: HostConfig, single: bool) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     endpoint = f"tcp://{config.broker}:{config.station_port}"
@@ -118,12 +137,17 @@ def _serve(chargers: list[Charger], config: HostConfig, single: bool) -> None:
     try:
         run_host(host)
     finally:
-        ctx.term()
+        terminated = _terminate(ctx)
     c = host.counters
     print(
         f"stopped: {c.datagrams} datagrams, {c.frames_out} frames out, {c.frames_in} frames in",
         flush=True,
     )
+    if not terminated:
+        # libzmq is still tearing down connections of sockets we already closed; the
+        # process exit would wait for it. Nothing is left to flush: leave at once.
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @app.command()

@@ -33,6 +33,7 @@ from station.wire import BadFrame, decode_frame, encode_datagram, encode_frame
 log = logging.getLogger("station")
 
 RECEIVE_BATCH: Final = 5000
+HELLO_RETRY_S: Final = 1.0  # a hello that could not be sent (not connected yet) is retried
 HOUSEKEEPING_S: Final = 0.25
 
 
@@ -87,7 +88,8 @@ class Host:
         self._seq = [0] * n
         self._last_heard = [0.0] * n
         self._last_sent = [0.0] * n
-        self._hello_at: dict[int, float] = {}  # stations still waiting for ``welcome``
+        # stations still waiting for ``welcome``: when their hello may be sent (again)
+        self._hello_due: dict[int, float] = {}
         self._active: set[int] = set()  # stations with a session or a hold
         self._pending: set[int] = set()  # stations with unacknowledged completions
         self._dg_heap: list[tuple[float, int]] = []
@@ -126,13 +128,14 @@ class Host:
         self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         self._resolve()
         self._link = self._link_factory([c.point_id for c in self.chargers])
+        self._link.pump()
         self._started = self._link_heard = now
         n = len(self.chargers)
         for i in range(n):
             self._last_heard[i] = now
             self._dg_heap.append((now + cfg.interval_s * i / n, i))
             self._hb_heap.append((now + cfg.heartbeat_s * (1.0 + i / n), i))
-            self._hello_at[i] = 0.0
+            self._hello_due[i] = now
         heapq.heapify(self._dg_heap)
         heapq.heapify(self._hb_heap)
         self._send_hellos(now)
@@ -173,6 +176,9 @@ class Host:
 
     def turn(self, now: float) -> None:
         """Everything that is due at ``now`` (called every tick)."""
+        assert self._link is not None
+        if self._link.pump():  # still opening connections: silence is not counted yet
+            self._link_heard = now
         self._receive(now)
         self._faults(now)
         for i in list(self._active):
@@ -209,7 +215,7 @@ class Host:
             return
         match msg:
             case Welcome():
-                self._hello_at.pop(i, None)
+                self._hello_due.pop(i, None)
             case Heartbeat():
                 pass
             case SessionAck():
@@ -289,7 +295,7 @@ class Host:
         while heap and heap[0][0] <= now:
             _, i = heap[0]
             last = self._last_sent[i]
-            if now - last >= hb * 0.999:
+            if now - last >= hb * 0.999 and i not in self._hello_due:  # only once welcomed
                 self._send_raw(i, frame, now)
                 last = now
             heapq.heapreplace(heap, (max(last + hb, now + 0.01), i))
@@ -308,21 +314,22 @@ class Host:
             self._resolve()
             for i in range(len(self.chargers)):
                 self._last_heard[i] = now
-                self._hello_at[i] = 0.0
+                self._hello_due[i] = now
         elif now >= self._next_scan:  # one station unheard while others are: hello again
             self._next_scan = now + 1.0
             for i, heard in enumerate(self._last_heard):
-                if now - heard > silence and i not in self._hello_at:
-                    self._hello_at[i] = 0.0
+                if now - heard > silence and i not in self._hello_due:
+                    self._hello_due[i] = now
                     self._last_heard[i] = now
         self._send_hellos(now)
 
     def _send_hellos(self, now: float) -> None:
         cfg = self.config
-        for i, at in list(self._hello_at.items()):
-            due = now - at >= cfg.silence_s
-            if due and self._send(i, self.chargers[i].hello(self.boot_id, cfg.interval_s), now):
-                self._hello_at[i] = now
+        for i, due in list(self._hello_due.items()):
+            if due <= now:
+                sent = self._send(i, self.chargers[i].hello(self.boot_id, cfg.interval_s), now)
+                # sent: wait for ``welcome``, hello again after silence_s; not sent: retry soon
+                self._hello_due[i] = now + (cfg.silence_s if sent else HELLO_RETRY_S)
 
     # --- output -----------------------------------------------------------------------
 

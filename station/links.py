@@ -13,7 +13,10 @@ Two shapes, one interface (:class:`Link`):
   and drives every station from one socket: a frame arriving on the connection of
   point P is received locally as ``[P, frame]``, and ``[P, frame]`` goes out on
   P's connection. ``ROUTER_MANDATORY`` reports a connection that is not up yet,
-  so the caller retries instead of losing the message.
+  so the caller retries instead of losing the message. Connections are opened
+  ``CONNECT_BATCH`` per :meth:`MultiLink.pump` call (once per tick), not all at
+  once: 10,000 simultaneous SYNs overflow the broker's listen backlog and the
+  kernel's SYN retransmission back-off then delays some stations by many seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Final, Protocol
 import zmq
 
 HWM: Final = 10_000
+CONNECT_BATCH: Final = 100  # connections opened per pump() call (per tick) by a MultiLink
 
 
 class Link(Protocol):
@@ -40,6 +44,10 @@ class Link(Protocol):
 
     def reset(self) -> None:
         """Close and re-create the socket(s) (the broker may have restarted)."""
+        ...
+
+    def pump(self) -> bool:
+        """Progress on opening connections; True while some are still to be opened."""
         ...
 
     def close(self) -> None: ...
@@ -90,6 +98,9 @@ class DealerLink:
         self._sock.close(linger=0)
         self._sock = self._open()
 
+    def pump(self) -> bool:
+        return False
+
     def close(self) -> None:
         self._sock.close(linger=0)
 
@@ -103,17 +114,25 @@ class MultiLink:
         self._ctx = ctx
         self._endpoint = endpoint
         self._ids = [p.encode("utf-8") for p in point_ids]
+        self._connected = 0  # how many of ``_ids`` have been connected on ``_sock``
         self._sock = self._open()
 
     def _open(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
         _base_options(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        for ident in self._ids:
+        self._connected = 0
+        return sock
+
+    def pump(self) -> bool:
+        sock = self._sock
+        end = min(len(self._ids), self._connected + CONNECT_BATCH)
+        for ident in self._ids[self._connected : end]:
             sock.setsockopt(zmq.ROUTING_ID, ident)
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, ident)
             sock.connect(self._endpoint)
-        return sock
+        self._connected = end
+        return end < len(self._ids)
 
     def send(self, point_id: str, frame: bytes) -> bool:
         try:

@@ -51,14 +51,14 @@ def decode_frame(frame: bytes) -> BrokerToStation:
         raise BadFrame(f"frame of {len(frame)} bytes is too large")
     try:
         return cast(BrokerToStation, _mp_dec.decode(frame))
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise BadFrame(f"malformed message: {exc}", _cmd_id_of(frame)) from None
 
 
 def _cmd_id_of(frame: bytes) -> str | None:
     try:
         raw = _mp_any.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
     if isinstance(raw, dict):
         cmd_id = raw.get("cmd_id")
