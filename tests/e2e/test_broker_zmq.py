@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.support.procs import BrokerPorts, Proc, start_broker
+from tests.support.procs import BrokerPorts, Proc, running, start_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -608,3 +608,28 @@ def drain_station(station: FakeStation, settle: float = 0.3) -> list[dict[str, A
         while True:
             got.append(station.recv(settle))
     return got
+
+
+@pytest.mark.slow
+def test_a_real_station_stays_connected_and_online(
+    broker: tuple[Proc, BrokerPorts], zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A real ``ev-station`` stays connected: never re-creates its socket, never goes offline."""
+    _, ports = broker  # offline after 1.5 s: only datagrams and ZeroMQ traffic keep it online
+    bus = Bus(zctx, ports)
+    try:
+        time.sleep(0.2)
+        args = ["python", "-m", "station", "run", "--id", "ZREAL1", "--lat", str(LAT),
+                "--lon", str(LON), "--broker", ports.host, "--status-port", str(ports.status),
+                "--station-port", str(ports.station)]  # fmt: skip
+        with running(args, ready="ready") as station:
+            bus.wait_for("point.online")
+            # longer than the station's 5 s silence rule: it would have re-created its socket
+            with pytest.raises(TimeoutError):
+                station.read_until("silent", timeout=6.5)
+        topics = [e["topic"] for e in bus.drain() if e["data"].get("point_id") == "ZREAL1"]
+        assert "point.registered" in topics
+        assert "point.offline" not in topics
+        assert_gap_free(bus.events)
+    finally:
+        bus.close()
