@@ -31,6 +31,7 @@ exception tree (:mod:`common.errors`).
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Final, NamedTuple, Union
 
 import msgspec
@@ -126,6 +127,7 @@ def _tagged_envelope(type_name: str, data_cls: type[Any]) -> type[Any]:
 
 
 _ENVELOPES: Final = tuple(_tagged_envelope(name, cls) for name, cls in REQUEST_TYPES.items())
+_TYPE_NAMES: Final[dict[type[Any], str]] = dict(zip(_ENVELOPES, REQUEST_TYPES, strict=True))
 _FAST_DECODER: Final[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(Union[_ENVELOPES])  # noqa: UP007
 _ENVELOPE_DECODER: Final = msgspec.json.Decoder(Envelope)
 _DATA_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
@@ -170,17 +172,25 @@ def _invalid_from(exc: msgspec.ValidationError, root: str = "data") -> InvalidRe
     return InvalidRequest(f"invalid {field}: {detail}", field=field)
 
 
+def _check_timestamp(timestamp: str) -> None:
+    try:
+        parse_timestamp(timestamp)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRequest(
+            f"invalid timestamp: {timestamp!r} is not an ISO 8601 date-time", field="timestamp"
+        ) from None
+
+
 def _check_semantics(type_name: str, data: Any) -> None:
     """Rules a schema cannot say: timestamps must parse, chegada must charge upwards."""
     timestamp = getattr(data, "timestamp", None)
     if timestamp is not None:
         try:
-            parse_timestamp(timestamp)
-        except (ValueError, OverflowError, OSError):
-            raise InvalidRequest(
-                f"invalid timestamp: {timestamp!r} is not an ISO 8601 date-time",
-                field="timestamp",
-            ) from None
+            # fromisoformat alone is 10x cheaper; whatever it accepts, parse_timestamp
+            # accepts too, and parse_timestamp stays the rule for everything else
+            datetime.fromisoformat(timestamp)
+        except ValueError:
+            _check_timestamp(timestamp)
     if type(data) is Chegada and data.nivel_carregar <= data.nivel_bateria:
         raise InvalidRequest(
             "invalid nivel_carregar: must be greater than nivel_bateria "
@@ -288,12 +298,11 @@ def decode_request(raw: bytes) -> VehicleRequest:
 # --- vehicle requests: the stream -----------------------------------------------------------
 
 _NOT_WS: Final = re.compile(rb"[^ \t\r\n]")
-# An object nested at most two levels deep (every request of the original client), matched
-# in one go by the regex engine; strings may hold braces, quotes and escapes.
-_STRING: Final = rb'"(?:[^"\\]|\\.)*"'
-_FLAT: Final = rb'\{(?:[^{}"]|' + _STRING + rb")*\}"
-_OBJECT2: Final = re.compile(rb'\{(?:[^{}"]|' + _STRING + rb"|" + _FLAT + rb")*\}", re.DOTALL)
-# The general, resumable scanner looks only at these bytes.
+_JSON_WS: Final = frozenset(b" \t\r\n")
+# msgspec names where the bytes after a complete first value start: objects back to back
+# are split at no extra cost.  Should the message ever change, the scanner takes over.
+_TRAILING: Final = re.compile(r"trailing characters \(byte (\d+)\)")
+# The resumable boundary scanner looks only at these bytes.
 _STRUCTURAL: Final = re.compile(rb'["{}\[\]]')
 _IN_STRING: Final = re.compile(rb'["\\]')
 _OPENERS: Final = frozenset(b"{[")
@@ -308,7 +317,9 @@ class ScanState(NamedTuple):
     in_string: bool
 
 
-def scan_value(buf: bytes | bytearray, pos: int, state: ScanState | None = None) -> int | ScanState:
+def scan_value(
+    buf: bytes | bytearray | memoryview, pos: int, state: ScanState | None = None
+) -> int | ScanState:
     """End (exclusive) of the object or array starting at ``buf[pos]``, or the scan state.
 
     Braces and brackets inside strings, and escaped quotes, do not count.  When the value
@@ -316,14 +327,7 @@ def scan_value(buf: bytes | bytearray, pos: int, state: ScanState | None = None)
     on a longer buffer without rescanning.  The result is exact for valid JSON; for
     invalid JSON it is some boundary, and decoding that span then reports ``bad_json``.
     """
-    if state is None:
-        if buf[pos] == 0x7B:  # "{"
-            match = _OBJECT2.match(buf, pos)
-            if match is not None:
-                return match.end()
-        depth, at, in_string = 0, pos, False
-    else:
-        depth, at, in_string = state
+    depth, at, in_string = (0, pos, False) if state is None else state
     size = len(buf)
     while True:
         if in_string:
@@ -452,56 +456,92 @@ class StreamDecoder:
         A value of the tail that is not complete yet is kept in ``_buf``.
         """
         size = len(seg)
-        match = _NOT_WS.search(seg)
-        if match is None:
-            return
-        pos = match.start()
-        if seg[pos] == 0x7B and size - pos <= self._max:
-            # fast path: a line, or a write of the original client, is one request
-            try:
-                envelope = _FAST_DECODER.decode(seg)
-            except _NOT_DECODABLE:
-                pass
-            else:
-                out.append(_from_envelope(envelope))
+        pos = 0
+        if seg[0] in _JSON_WS:
+            match = _NOT_WS.search(seg)
+            if match is None:
                 return
+            pos = match.start()
+        view = memoryview(seg)
         while True:
             lead = seg[pos]
+            if lead == 0x7B:  # objects back to back: try the span up to the next "}{"
+                # A span that decodes is a whole request: a "}{" inside a string would
+                # leave the string open and the span undecodable.
+                cut = seg.find(b"}{", pos) + 1
+                if 0 < cut - pos <= self._max:
+                    try:
+                        envelope = _FAST_DECODER.decode(view[pos:cut])
+                    except _NOT_DECODABLE:
+                        pass
+                    else:
+                        out.append(_from_envelope(envelope))
+                        pos = cut
+                        continue
             if lead in _OPENERS:
-                result = scan_value(seg, pos)
-                if isinstance(result, ScanState):
+                end = _value_end(seg if pos == 0 else view[pos:], size - pos, self._max, out)
+                if end is None:  # decoded the rest: done
+                    return
+                if isinstance(end, ScanState):
                     if size - pos > self._max:
                         self._too_large(out)
                     elif final:
                         out.append(_bad_json("object not closed at the end of the line"))
                     else:
-                        self._buf = bytearray(seg[pos:])
-                        self._state = result._replace(resume=result.resume - pos)
+                        self._buf = bytearray(view[pos:])
+                        self._state = end
                     return
-                if result - pos > self._max:
+                if end > self._max:
                     self._too_large(out)
                     return
-                item = decode_one(seg[pos:result])
+                item = decode_one(view[pos : pos + end])
                 out.append(item)
                 if isinstance(item, DecodeFailure) and isinstance(item.error, BadJson):
                     return  # discard up to the end of the line (or of the buffer)
-                pos = result
+                match = _NOT_WS.search(seg, pos + end)
+                if match is None:
+                    return
+                pos = match.start()
             elif size - pos > self._max:
                 self._too_large(out)
                 return
             elif final:  # a scalar or garbage: the rest of the line is one item
-                out.append(decode_one(seg[pos:]))
+                out.append(decode_one(view[pos:]))
                 return
             elif lead in _SCALAR_START:  # may be a JSON value still arriving
-                self._buf = bytearray(seg[pos:])
+                self._buf = bytearray(view[pos:])
                 return
             else:
                 out.append(_bad_json("a request must start with '{'"))
                 return
-            match = _NOT_WS.search(seg, pos)
-            if match is None:
-                return
-            pos = match.start()
+
+
+def _value_end(
+    rest: bytes | memoryview, size: int, limit: int, out: list[Item]
+) -> int | ScanState | None:
+    """Where the value at the start of ``rest`` ends, or None when ``rest`` was one request.
+
+    Fast path: msgspec decodes the whole rest as one request (appended to ``out``), or
+    its error says where the bytes after a complete first request start.  Otherwise the
+    scanner finds the end.
+    """
+    if size <= limit:
+        try:
+            envelope = _FAST_DECODER.decode(rest)
+        except msgspec.ValidationError:
+            pass
+        except msgspec.DecodeError as exc:
+            trailing = _TRAILING.search(str(exc))
+            if trailing is not None:  # msgspec counts the offending byte itself
+                end = int(trailing.group(1)) - 1
+                if 0 < end < size and rest[end] in _OPENERS:
+                    return end
+        except (UnicodeDecodeError, RecursionError):
+            pass
+        else:
+            out.append(_from_envelope(envelope))
+            return None
+    return scan_value(rest, 0)
 
 
 def _bad_json(detail: str) -> DecodeFailure:
@@ -510,7 +550,7 @@ def _bad_json(detail: str) -> DecodeFailure:
 
 def _from_envelope(envelope: Any) -> DecodedRequest | DecodeFailure:
     """The request held by a tagged envelope of the fast path, checked for semantics."""
-    type_name: str = envelope.__struct_config__.tag
+    type_name = _TYPE_NAMES[type(envelope)]
     data = envelope.data
     try:
         _check_semantics(type_name, data)
