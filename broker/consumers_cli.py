@@ -50,6 +50,7 @@ HistoryPortOpt = Annotated[
 ]
 DbOpt = Annotated[Path, typer.Option("--db", envvar="EV_DB", help="Billing ledger (SQLite file).")]
 DEFAULT_DB = Path("var/billing.db")
+FIGURES_S = 10.0  # how often the billing worker logs its subscriber figures
 
 
 class ReportFormat(StrEnum):
@@ -142,10 +143,21 @@ def billing_worker(
         typer.echo(f"billing ready: ledger {db} from seq {ledger.last_seq}")
 
         async def caught_up() -> None:
+            log = logging.getLogger("broker.billing")
             await sub.ready.wait()
-            logging.getLogger("broker.billing").info(
-                "caught up at seq %d, %d sessions billed", sub.stats.applied_seq, sink.billed
-            )
+            log.info("caught up at seq %d, %d sessions billed", sub.stats.applied_seq, sink.billed)
+            shown: tuple[int, ...] = ()
+            while True:  # the subscriber's figures, when they change
+                await asyncio.sleep(FIGURES_S)
+                st = sub.stats
+                now = (st.applied_seq, st.lag, st.gaps, st.lost, st.duplicates, sink.billed)
+                if now != shown:
+                    log.info(
+                        "seq %d lag %d gaps %d lost %d duplicates %d billed %d invalid %d",
+                        *now,
+                        sink.invalid,
+                    )
+                    shown = now
 
         note = asyncio.create_task(caught_up())
         try:
@@ -287,7 +299,10 @@ def monitor(
     async def main(stop: asyncio.Event) -> None:
         await run_monitor(endpoint, stop, page_size)
 
-    _run(main)
+    try:
+        _run(main)
+    except EVError as exc:
+        raise _fail(str(exc), 1) from exc
 
 
 def register(app: typer.Typer) -> None:

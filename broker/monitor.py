@@ -100,6 +100,4 @@ async def run_monitor(
                 loop.remove_reader(fd)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
+                await task  # re-raises what stopped the subscriber, if anything

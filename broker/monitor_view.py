@@ -53,6 +53,12 @@ def _vehicle_id(entry: Any) -> str | None:
     return None
 
 
+def _num(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
 def _epoch(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -142,7 +148,7 @@ class MonitorView:
         self._by_state = {s: [] for s in STATES}
         self._state_of.clear()
         self.queued = 0
-        self.seq = int(snap.get("seq", 0))
+        self.seq = int(_num(snap.get("seq")) or 0)
         for raw in snap.get("points") or []:
             if not isinstance(raw, Mapping) or (pid := _point_id(raw)) is None:
                 continue
@@ -153,21 +159,21 @@ class MonitorView:
             for key in ("last_heard", "last_seen", "ultimo_contato"):
                 if (t := _epoch(raw.get(key))) is not None:
                     p.last_heard = t
-            if (v := raw.get("energia_kwh")) is not None:
-                p.energy_kwh = float(v)
+            if (v := _num(raw.get("energia_kwh"))) is not None:
+                p.energy_kwh = v
         queues = snap.get("queues") or {}
         if isinstance(queues, Mapping):
             for pid, entries in queues.items():
                 p = self._point(str(pid))
-                ids = [v for v in (_vehicle_id(e) for e in entries or []) if v]
+                listed = entries if isinstance(entries, list) else []
+                ids = [v for v in (_vehicle_id(e) for e in listed) if v]
                 self._set_queue(p, ids)
         for s in snap.get("sessions") or []:
             if isinstance(s, Mapping) and (pid := _point_id(s)) is not None:
                 p = self._point(pid)
                 p.vehicle = _vehicle_id(s) or "?"
                 p.session_id = s.get("session_id")
-                energy = s.get("energia_kwh", s.get("energy_kwh"))
-                p.energy_kwh = float(energy) if isinstance(energy, int | float) else None
+                p.energy_kwh = _num(s.get("energia_kwh", s.get("energy_kwh")))
         for p in self.points.values():
             self._reindex(p)
 
@@ -195,8 +201,8 @@ class MonitorView:
         vid = _vehicle_id(d)
         if topic in ("point.registered", "point.status"):
             p.apply_estado(d.get("estado"))
-            if isinstance(d.get("energia_kwh"), int | float) and p.vehicle is not None:
-                p.energy_kwh = float(d["energia_kwh"])
+            if (energy := _num(d.get("energia_kwh"))) is not None and p.vehicle is not None:
+                p.energy_kwh = energy
         elif topic == "point.online":
             p.online = True
         elif topic == "point.offline":

@@ -86,6 +86,7 @@ class SubscriberStats:
     history_timeouts: int = 0
     snapshots: int = 0
     malformed: int = 0
+    resets: int = 0  # times the broker's log was found behind the applied seq
     last_event_ts: float = 0.0
 
     @property
@@ -288,6 +289,10 @@ def _decode_events(raw: Any, stats: SubscriberStats) -> list[BusEvent]:
     return out
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class Subscriber:
     """Subscribe, catch up, follow; feeds a :class:`Sink` with sequenced events.
 
@@ -325,6 +330,7 @@ class Subscriber:
         self.history = HistoryClient(self._ctx, endpoint.history_url, request_timeout_s, self.stats)
         self._sub: zmq.asyncio.Socket | None = None
         self.ready = asyncio.Event()  # set once the initial catch-up is done
+        self._reported_behind = False
 
     # --- delivery -------------------------------------------------------------------
 
@@ -355,8 +361,11 @@ class Subscriber:
                 {"op": "since", "seq": self.seq.applied, "limit": self.page_limit}
             )
             events = _decode_events(reply.get("events"), self.stats)
-            with contextlib.suppress(TypeError, ValueError):
-                self.stats.newest_seq = max(self.stats.newest_seq, int(reply.get("last_seq", 0)))
+            last_seq = _int_or_none(reply.get("last_seq"))
+            if last_seq is not None:
+                self.stats.newest_seq = max(self.stats.newest_seq, last_seq)
+                if await self._behind(last_seq):
+                    continue
             applied = self.seq.applied
             if self.use_snapshot and events and applied is not None and events[0].seq > applied + 1:
                 # history lost the range: a fresh snapshot is exact
@@ -368,6 +377,32 @@ class Subscriber:
                 if not events and self.seq.parked:
                     self._deliver(self.seq.skip_to_parked())
                 return
+
+    async def _behind(self, last_seq: int) -> bool:
+        """The broker's log ends below what we applied: its database was replaced or
+        reset. Snapshot mode starts again from a new snapshot (returns True); otherwise
+        the condition is reported once per occurrence and events at or below the applied
+        seq keep being dropped as already seen."""
+        applied = self.seq.applied
+        if applied is None or last_seq >= applied:
+            self._reported_behind = False
+            return False
+        if self.use_snapshot:
+            log.warning("broker log ends at seq %d, below %d: new snapshot", last_seq, applied)
+            self.stats.resets += 1
+            self.stats.newest_seq = last_seq
+            await self.take_snapshot()
+            return True
+        if not self._reported_behind:
+            self.stats.resets += 1
+            log.error(
+                "broker log ends at seq %d but seq %d was already applied here: "
+                "the broker database was replaced or reset",
+                last_seq,
+                applied,
+            )
+            self._reported_behind = True
+        return False
 
     # --- live -----------------------------------------------------------------------
 
@@ -382,7 +417,7 @@ class Subscriber:
     async def _handle_live(self, first: list[bytes]) -> None:
         assert self._sub is not None
         batch: list[BusEvent] = []
-        gap = False
+        gap = check = False
         frames: list[bytes] | None = first
         n = 0
         while frames is not None:
@@ -392,6 +427,8 @@ class Subscriber:
                 ready, found = self.seq.offer(ev)
                 batch.extend(ready)
                 gap = gap or found
+                # a restarted broker: check its log (it may have been reset)
+                check = check or ev.topic == "broker.started"
             n += 1
             frames = None
             if n < LIVE_BATCH:
@@ -400,6 +437,7 @@ class Subscriber:
         self._deliver(batch)
         if gap:
             self.stats.gaps += 1
+        if gap or check:
             await self.catch_up()
 
     async def run(self) -> None:

@@ -146,3 +146,20 @@ def test_event_rate_is_over_a_sliding_window() -> None:
     assert view.rate(T0 + 1) == 10 / 5.0
     assert view.rate(T0 + 10) == 0.0
     assert set(view.counts()) == set(STATES)
+
+
+def test_odd_snapshot_and_event_values_do_not_break_the_view() -> None:
+    view = MonitorView()
+    view.load_snapshot(
+        {
+            "seq": "x",
+            "points": [{"id": "CP1", "energia_kwh": "lots", "last_seen": "yesterday"}, 7, {}],
+            "queues": {"CP1": "not a list", "CP2": [None, 5, {"vehicle_id": "CAR1"}]},
+            "sessions": [{"point_id": "CP1", "energy_kwh": None}, "junk"],
+        }
+    )
+    view.apply(BusEvent(1, T0, "point.status", {"point_id": "CP1", "energia_kwh": "?"}), T0)
+    view.apply(BusEvent(2, T0, "reservation.created", {"vehicle_id": "CAR2"}), T0)  # no point
+    text = render_text(view)
+    assert "carregando" in row_of(text, "CP1") and "CAR1" in row_of(text, "CP2")
+    assert view.seq == 2

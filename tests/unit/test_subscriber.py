@@ -437,3 +437,33 @@ def test_malformed_live_messages_are_counted_and_dropped(bus: FakeBus) -> None:
 
     run_with(sub, body)
     assert sub.stats.malformed == 2
+
+
+def test_a_reset_broker_log_is_reported_and_snapshot_mode_starts_again(bus: FakeBus) -> None:
+    for i in range(30):
+        bus.publish("point.status", status(i), send=False)
+    plain, cloned = Collect(), Collect()
+    sub = Subscriber(bus.endpoint, plain, start_seq=0, idle_poll_s=0.2)
+    mon = Subscriber(bus.endpoint, cloned, snapshot=True, idle_poll_s=0.2)
+
+    async def body() -> None:
+        task = asyncio.create_task(mon.run())
+        try:
+            await until(lambda: sub.ready.is_set() and mon.ready.is_set())
+            await asyncio.sleep(0.3)
+            bus.log.clear()  # a broker started on a fresh database: seq from 1 again
+            bus.snapshot_state = {"points": [{"id": "CP-new"}], "queues": {}, "sessions": []}
+            bus.publish("broker.started", {})
+            bus.publish("point.status", status(1))
+            await until(lambda: len(cloned.snapshots) == 2 and sub.stats.resets == 1)
+            bus.publish("point.status", status(2))
+            await until(lambda: cloned.seqs[-1:] == [3])
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run_with(sub, body)
+    assert cloned.snapshots[1]["points"] == [{"id": "CP-new"}]
+    assert plain.seqs == list(range(1, 31))  # nothing below the applied seq is taken again
+    assert sub.stats.resets == 1 and mon.stats.resets >= 1
