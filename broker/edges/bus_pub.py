@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 
 from common.codec import encode_event
+from common.errors import TransportError
 from common.messages import BusEvent
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class BusPublisher:
         return last.decode() if isinstance(last, bytes) else str(last)
 
     async def start(self) -> None:
-        """Bind the PUB socket."""
+        """Bind the PUB socket; TransportError when it cannot be bound."""
         if self._sock is not None:
             raise RuntimeError("BusPublisher already started")
         sock = self._ctx.socket(zmq.PUB)
@@ -56,9 +57,11 @@ class BusPublisher:
             sock.setsockopt(zmq.SNDHWM, BUS_SNDHWM)
             sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
             sock.bind(self._endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as exc:
             sock.close(linger=0)
-            raise
+            raise TransportError(
+                f"cannot bind the event bus PUB on {self._endpoint}: {exc}"
+            ) from exc
         self._sock = sock
         log.info("event bus PUB bound on %s", self.endpoint)
 

@@ -29,7 +29,7 @@ import zmq
 import zmq.asyncio
 
 from common.codec import decode_history_request, pack, unpack
-from common.errors import EVError, InvalidRequest
+from common.errors import EVError, InvalidRequest, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class HistoryServer:
         return last.decode() if isinstance(last, bytes) else str(last)
 
     async def start(self) -> None:
-        """Bind the ROUTER and start serving."""
+        """Bind the ROUTER and start serving; TransportError when it cannot be bound."""
         if self._sock is not None:
             raise RuntimeError("HistoryServer already started")
         sock = self._ctx.socket(zmq.ROUTER)
@@ -84,9 +84,11 @@ class HistoryServer:
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_FRAME)
             sock.setsockopt(zmq.SNDHWM, HISTORY_SNDHWM)
             sock.bind(self._endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as exc:
             sock.close(linger=0)
-            raise
+            raise TransportError(
+                f"cannot bind the history ROUTER on {self._endpoint}: {exc}"
+            ) from exc
         self._sock = sock
         self._task = asyncio.create_task(self._serve(sock), name="history-serve")
         log.info("history ROUTER bound on %s", self.endpoint)

@@ -42,7 +42,7 @@ import zmq
 import zmq.asyncio
 
 from common.codec import decode_station_message, pack
-from common.errors import StationProtocolError
+from common.errors import ConfigError, StationProtocolError, TransportError
 from common.messages import Hello, StationToBroker
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ class StationsEdge:
         on_unroutable: Callable[[str], None],
         live_window_s: float | None = None,
     ) -> None:
-        if heartbeat_s <= 0:
-            raise ValueError("heartbeat_s must be positive")
+        if not heartbeat_s > 0:
+            raise ConfigError(f"heartbeat_s must be positive, not {heartbeat_s!r}")
         self._ctx = ctx
         self._endpoint = endpoint
         self._heartbeat_s = heartbeat_s
@@ -116,7 +116,10 @@ class StationsEdge:
         return sorted(p for p, t in self._last_heard.items() if now - t <= self._live_window_s)
 
     async def start(self) -> None:
-        """Bind the ROUTER and start the receive and heartbeat tasks."""
+        """Bind the ROUTER and start the receive and heartbeat tasks.
+
+        Raises TransportError when the endpoint cannot be bound (in use, malformed).
+        """
         if self._sock is not None:
             raise RuntimeError("StationsEdge already started")
         sock = self._ctx.socket(zmq.ROUTER)
@@ -127,9 +130,11 @@ class StationsEdge:
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_STATION_FRAME)
             sock.setsockopt(zmq.SNDHWM, STATION_SNDHWM)
             sock.bind(self._endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as exc:
             sock.close(linger=0)
-            raise
+            raise TransportError(
+                f"cannot bind the stations ROUTER on {self._endpoint}: {exc}"
+            ) from exc
         self._sock = sock
         self._tasks = [
             asyncio.create_task(self._recv_loop(sock), name="stations-recv"),

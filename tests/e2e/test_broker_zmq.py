@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.support.procs import BrokerPorts, Proc, running, start_broker
+from tests.support.procs import BrokerPorts, Proc, running, start, start_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -633,3 +633,22 @@ def test_a_real_station_stays_connected_and_online(
         assert_gap_free(bus.events)
     finally:
         bus.close()
+
+
+@pytest.mark.parametrize("taken", ["station", "events", "history"])
+def test_serve_refuses_a_zmq_port_in_use_with_a_clear_message(
+    taken: str, tmp_path: Path, ports: BrokerPorts, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    holder = zctx.socket(zmq.PUB)
+    holder.setsockopt(zmq.LINGER, 0)
+    holder.bind(f"tcp://127.0.0.1:{getattr(ports, taken)}")
+    proc = start(["python", "-m", "broker", "serve", *ports.cli_args(), "--db",
+                  str(tmp_path / "broker.db")])  # fmt: skip
+    try:
+        assert proc.popen.wait(timeout=20) == 1
+        out = proc.drain()
+        assert f":{getattr(ports, taken)}" in out and "cannot bind" in out, out
+        assert "Traceback" not in out, out
+    finally:
+        proc.stop()
+        holder.close(linger=0)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer, split_envelope
 from broker.edges.stations_zmq import StationsEdge
+from common.errors import ConfigError, TransportError
 from common.messages import Ack, BusEvent, Heartbeat, Hello, SessionComplete, StationToBroker
 
 pytestmark = pytest.mark.e2e
@@ -654,3 +655,57 @@ def test_split_envelope_shapes() -> None:
     assert split_envelope([b"id", b""]) == ([b"id"], [b""])
     assert split_envelope([b"id"]) == ([b"id"], [])
     assert split_envelope([b"id", b"a", b"b"]) == ([b"id"], [b"a", b"b"])
+
+
+# --- binding -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["in use", "tcp://127.0.0.1:notaport", "bogus://x"])
+def test_every_edge_reports_an_unbindable_endpoint_as_transport_error(endpoint: str) -> None:
+    async def body() -> None:
+        async with zmq_context() as ctx:
+            holder = ctx.socket(zmq.PUB)
+            holder.setsockopt(zmq.LINGER, 0)
+            holder.bind(ANY_PORT)
+            taken = holder.getsockopt(zmq.LAST_ENDPOINT)
+            assert isinstance(taken, bytes)
+            where = taken.decode() if endpoint == "in use" else endpoint
+            rec = Recorder()
+            log = FakeLog(1)
+            edges: list[StationsEdge | BusPublisher | HistoryServer] = [
+                StationsEdge(
+                    ctx,
+                    where,
+                    heartbeat_s=1.0,
+                    on_message=rec.on_message,
+                    on_unroutable=rec.on_unroutable,
+                ),
+                BusPublisher(ctx, where),
+                HistoryServer(
+                    ctx,
+                    where,
+                    events_since=log.events_since,
+                    snapshot=log.snapshot,
+                    accounts=log.accounts,
+                ),
+            ]
+            for edge in edges:
+                with pytest.raises(TransportError, match="cannot bind"):
+                    await edge.start()
+                await edge.close()  # nothing to close, and no error
+            holder.close(linger=0)
+
+    run(body())
+
+
+@pytest.mark.parametrize("heartbeat_s", [0.0, -1.0, float("nan")])
+def test_a_non_positive_heartbeat_period_is_a_config_error(heartbeat_s: float) -> None:
+    rec = Recorder()
+    with zmq.asyncio.Context() as ctx, pytest.raises(ConfigError, match="heartbeat_s"):
+        StationsEdge(
+            ctx,
+            ANY_PORT,
+            heartbeat_s=heartbeat_s,
+            on_message=rec.on_message,
+            on_unroutable=rec.on_unroutable,
+        )
