@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +112,12 @@ def test_menu_without_broker_exits_3(tmp_path: Path) -> None:
     finally:
         child.close()
     assert child.exitstatus == 3
+
+
+def test_sigterm_ends_the_menu_cleanly(menu: pexpect.spawn) -> None:
+    began = time.monotonic()
+    menu.kill(signal.SIGTERM)
+    menu.expect(pexpect.EOF, timeout=5)
+    menu.close()
+    assert time.monotonic() - began < 2.0
+    assert menu.exitstatus == 0
