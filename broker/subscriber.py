@@ -396,8 +396,8 @@ class Subscriber:
         if not self._reported_behind:
             self.stats.resets += 1
             log.error(
-                "broker log ends at seq %d but seq %d was already applied here: "
-                "the broker database was replaced or reset",
+                "broker log ends at seq %d, below seq %d where this consumer stands "
+                "(a replaced or reset broker database, or a start seq from the future)",
                 last_seq,
                 applied,
             )

@@ -72,8 +72,7 @@ class TailSink:
         try:
             for ev in events:
                 self.out.write(self.fmt(ev) + "\n")
-                self.printed += 1
-            if events:
                 self.out.flush()
+                self.printed += 1
         except (BrokenPipeError, ValueError) as exc:  # ValueError: file closed
             raise PipeClosed() from exc
