@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -312,3 +313,22 @@ def test_billing_cli_errors(tmp_path: Path) -> None:
     Ledger(db).close()
     res = cli("billing", "reconcile", "--history-port", "1", "--db", str(db), "--timeout", "0.3")
     assert res.returncode == 3 and "no reply" in res.stderr
+
+
+def test_billing_waits_for_an_absent_broker_and_stops_on_sigterm(
+    tmp_path: Path, ports: BrokerPorts
+) -> None:
+    db = tmp_path / "billing.db"
+    worker = start_billing(ports, db)  # nothing listens on these ports
+    try:
+        time.sleep(2.5)  # history requests time out and are retried meanwhile
+        assert worker.popen.poll() is None
+        t0 = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        assert worker.popen.wait(timeout=5) == 0
+        assert time.monotonic() - t0 < 2.0
+        out = worker.drain()
+        assert "billing stopped at seq 0" in out and "Traceback" not in out
+        assert ledger_sessions(db) == set()
+    finally:
+        worker.stop()
