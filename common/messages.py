@@ -114,7 +114,9 @@ class Ping(Struct, kw_only=True, frozen=True):
     id_veiculo: VehicleId | None = None
 
 
-VehicleRequestData = Bateria | Consulta | Reserva | Cancelar | Chegada | Parar | Custos | StatusQuery | Ping
+VehicleRequestData = (
+    Bateria | Consulta | Reserva | Cancelar | Chegada | Parar | Custos | StatusQuery | Ping
+)
 
 REQUEST_TYPES: Final[dict[str, type[Any]]] = {
     "bateria": Bateria,
@@ -141,7 +143,13 @@ REPLY_TYPES: Final[dict[str, str]] = {
     "ping": "pong",
 }
 
-PUSH_TYPES: Final = ("sua_vez", "reserva_expirada", "reserva_cancelada", "custo_final", "encerramento")
+PUSH_TYPES: Final = (
+    "sua_vez",
+    "reserva_expirada",
+    "reserva_cancelada",
+    "custo_final",
+    "encerramento",
+)
 
 
 class VehicleRequest(Struct, frozen=True):
