@@ -456,6 +456,51 @@ def swarm(
     execute(ctx, work, show)
 
 
+GLOBAL_VALUE_OPTIONS: Final = frozenset({"--broker", "--port", "--id"})
+GLOBAL_FLAGS: Final = frozenset({"--json"})
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move global options written after the command in front of it.
+
+    ``ev-vehicle list --lat 1 --lon 2 --json`` then means
+    ``ev-vehicle --json list --lat 1 --lon 2`` (no command has options of these names).
+    """
+    commands = {
+        c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands
+    }
+    i = 0
+    while i < len(argv):  # skip the global options written before the command
+        token = argv[i]
+        if token in GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif token.startswith("-"):
+            i += 1
+        else:
+            break
+    if i >= len(argv) or argv[i] not in commands:
+        return argv
+    head, command, rest = argv[:i], argv[i], argv[i + 1 :]
+    hoisted: list[str] = []
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        token = rest[j]
+        name = token.split("=", 1)[0]
+        if token == "--":
+            kept.extend(rest[j:])
+            break
+        if token in GLOBAL_FLAGS or (name in GLOBAL_VALUE_OPTIONS and "=" in token):
+            hoisted.append(token)
+        elif token in GLOBAL_VALUE_OPTIONS and j + 1 < len(rest):
+            hoisted.extend(rest[j : j + 2])
+            j += 1
+        else:
+            kept.append(token)
+        j += 1
+    return [*head, *hoisted, command, *kept]
+
+
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="ev-vehicle")
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="ev-vehicle")

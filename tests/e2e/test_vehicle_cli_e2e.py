@@ -60,7 +60,11 @@ def test_exit_codes_and_json(cli: Cli) -> None:
     points = cli.json("--id", "E2E1", "list", "--lat", "-12.97", "--lon", "-38.5")
     assert [p["id"] for p in points] == ["VP01", "VP02", "VP03"]
     assert points[0]["distance"] == 0.0 and points[0]["estado"] == "disponivel"
-    nearby = cli.json("--id", "E2E1", "nearby", "--lat", "-12.97", "--lon", "-38.5", "--limit", "2")
+    after = cli(
+        "nearby", "--lat", "-12.97", "--lon", "-38.5", "--limit", "2", "--id", "E2E1", "--json"
+    )
+    assert after.returncode == 0, after.stderr
+    nearby = json.loads(after.stdout)
     assert [p["id"] for p in nearby] == ["VP01", "VP02"]
     reserved = cli.json("--id", "E2E1", "reserve", "VP02", "--eta", "5")
     assert reserved["code"] == "reserved" and reserved["vehicle_id"] == "E2E1"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tests.support.procs import free_port
 from tests.unit.test_vehicle_client import ProtocolServer, server_thread
-from vehicle.cli import app
+from vehicle.cli import app, hoist_global_options
 
 
 @pytest.fixture
@@ -139,3 +139,20 @@ def test_stable_id_is_generated_once_and_reused(
     stored = (tmp_path / "config" / "evcharge" / "vehicle_id").read_text().strip()
     ids = {r["data"]["id_veiculo"] for r in server.requests}
     assert ids == {stored}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["list", "--lat", "1", "--json"], ["--json", "list", "--lat", "1"]),
+        (["--port", "9", "costs", "--id", "A", "--broker=h"],
+         ["--port", "9", "--id", "A", "--broker=h", "costs"]),
+        (["reserve", "CP01", "--eta", "3"], ["reserve", "CP01", "--eta", "3"]),
+        (["--json", "status"], ["--json", "status"]),
+        (["reserve", "--", "--json"], ["reserve", "--", "--json"]),
+        ([], []),
+        (["--help"], ["--help"]),
+    ],
+)  # fmt: skip
+def test_global_options_after_the_command_are_hoisted(argv: list[str], expected: list[str]) -> None:
+    assert hoist_global_options(argv) == expected
