@@ -31,7 +31,6 @@ import itertools
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -47,6 +46,9 @@ from common.errors import (
 )
 from common.messages import PUSH_TYPES
 from common.timeutil import format_timestamp
+from vehicle.pushes import STREAM_CAPACITY, Push, PushCallback, PushStream
+
+__all__ = ["Push", "PushCallback", "PushStream", "Reply", "VehicleClient"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,6 @@ DEFAULT_TIMEOUT: Final = 10.0
 CONNECT_TIMEOUT: Final = 3.0
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 5.0
-STREAM_CAPACITY: Final = 1000
 READ_LIMIT: Final = 16 * 1024 * 1024  # a reply line larger than this is a broken peer
 
 
@@ -64,83 +65,6 @@ class Reply:
 
     type: str
     data: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Push:
-    """An unsolicited message from the broker (no ``id``)."""
-
-    type: str
-    data: dict[str, Any]
-
-
-PushCallback = Callable[[Push], object]
-_END: Final = object()
-
-
-class PushStream:
-    """Async iterator over pushes, from the moment it was opened until closed.
-
-    The buffer is bounded; when a slow reader lets it fill up, the oldest push
-    is dropped and :attr:`dropped` counts it.
-    """
-
-    def __init__(self, owner: VehicleClient, capacity: int = STREAM_CAPACITY) -> None:
-        self._owner = owner
-        self._items: deque[object] = deque()
-        self._capacity = capacity
-        self._waiter: asyncio.Future[None] | None = None
-        self._ended = False
-        self.dropped = 0
-
-    def _offer(self, item: object) -> None:
-        if self._ended:
-            return
-        if item is _END:
-            self._ended = True
-        elif len(self._items) >= self._capacity:
-            self._items.popleft()
-            self.dropped += 1
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def __aiter__(self) -> PushStream:
-        return self
-
-    async def __anext__(self) -> Push:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
-        if item is _END:
-            self._items.appendleft(item)
-            raise StopAsyncIteration
-        assert isinstance(item, Push)
-        return item
-
-    async def next(self, timeout: float | None = None) -> Push:
-        """The next push; RequestTimeout after ``timeout`` s, TransportError once closed."""
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.__anext__()
-        except StopAsyncIteration:
-            raise TransportError("push stream closed") from None
-        except TimeoutError:
-            raise RequestTimeout(f"no push within {timeout:g} s") from None
-
-    def close(self) -> None:
-        self._owner._streams.discard(self)
-        self._offer(_END)
-
-    def __enter__(self) -> PushStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _Wire(asyncio.Protocol):
@@ -291,7 +215,8 @@ class VehicleClient:
                 await asyncio.wait_for(asyncio.shield(wire.lost), 1.0)
         self._fail_pending(TransportError("client closed"))
         for stream in list(self._streams):
-            stream.close()
+            stream.end()
+        self._streams.clear()
         for task in list(self._tasks):
             task.cancel()
 
@@ -441,9 +366,9 @@ class VehicleClient:
 
     def pushes(self, capacity: int = STREAM_CAPACITY) -> PushStream:
         """An async iterator over the pushes from now on (close it when done)."""
-        stream = PushStream(self, capacity)
+        stream = PushStream(capacity, self._streams.discard)
         if self._closed:
-            stream._offer(_END)
+            stream.end()
         else:
             self._streams.add(stream)
         return stream
@@ -452,7 +377,7 @@ class VehicleClient:
         if push.type not in PUSH_TYPES:
             log.debug("unknown push type %r delivered as is", push.type)
         for stream in list(self._streams):
-            stream._offer(push)
+            stream.offer(push)
         for callback in list(self._callbacks):
             try:
                 result = callback(push)
