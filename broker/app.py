@@ -23,6 +23,7 @@ non-zero exit: a confirmation that is not durable must never go out.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import time
@@ -161,6 +162,9 @@ class BrokerApp:
         await self.http.start(cfg.host, cfg.http_port)
         self._call(self.core.start)
         self.flush()
+        log.info("status socket receive buffer: %d bytes", self.status.rcvbuf)
+        # everything restored so far lives as long as the process: keep it out of GC passes
+        gc.freeze()
         self.serving = True
 
     async def close(self) -> None:

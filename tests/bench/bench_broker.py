@@ -31,28 +31,44 @@ from tests.support.procs import BrokerPorts, broker_ports, start_broker
 CENTER = (-12.97, -38.50)
 CLIENT_PROCS = 2
 CONNS = 64
+POINTS = 'evcharge_core{figure="points"}'
+OK = 'evcharge_datagrams_total{outcome="ok"}'
 
 
-def _point(i: int, rng: random.Random) -> bytes:
+def _position(i: int) -> tuple[float, float]:
+    """Point ``i``'s fixed position (stations do not move between datagrams)."""
+    rng = random.Random(i)
+    return CENTER[0] + rng.uniform(-0.5, 0.5), CENTER[1] + rng.uniform(-0.5, 0.5)
+
+
+def _point(i: int, **extra: Any) -> bytes:
+    lat, lon = _position(i)
     body = {
         "id": f"BP{i:06d}",
-        "latitude": CENTER[0] + rng.uniform(-0.5, 0.5),
-        "longitude": CENTER[1] + rng.uniform(-0.5, 0.5),
+        "latitude": lat,
+        "longitude": lon,
         "available": True,
         "interval_s": 3600.0,
         "potencia_kw": 50.0,
         "preco_kwh": 2.0,
+        **extra,
     }
     return json.dumps(body).encode()
 
 
-def register_points(ports: BrokerPorts, start: int, count: int) -> None:
-    rng = random.Random(start)
+def register_points(ports: BrokerPorts, start: int, count: int) -> float:
+    """Register points by datagram, in chunks the broker can absorb; returns points/s."""
+    t0 = time.perf_counter()
+    chunk = 1000
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for i in range(start, start + count):
-            s.sendto(_point(i, rng), ("127.0.0.1", ports.status))
-            if i % 500 == 0:
-                time.sleep(0.01)  # do not overrun the receive buffer while registering
+        for first in range(start, start + count, chunk):
+            last = min(start + count, first + chunk)
+            for i in range(first, last):
+                s.sendto(_point(i), ("127.0.0.1", ports.status))
+            deadline = time.monotonic() + 30
+            while metric(metrics_text(ports), POINTS) < last and time.monotonic() < deadline:
+                time.sleep(0.02)
+    return count / (time.perf_counter() - t0)
 
 
 def metrics_text(ports: BrokerPorts) -> str:
@@ -67,12 +83,12 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
-def _bateria(i: int) -> bytes:
+def _bateria(i: int, vehicle_id: str) -> bytes:
     lat = CENTER[0] + (i % 97) / 200.0 - 0.25
     body = {
         "type": "bateria",
         "data": {
-            "id_veiculo": f"BV{os.getpid()}_{i % 1000}",
+            "id_veiculo": vehicle_id,
             "nivel_bateria": 50,
             "localizacao": {"latitude": lat, "longitude": CENTER[1]},
         },
@@ -95,34 +111,49 @@ async def _closed_loop(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             n = 0
+            vehicle_id = f"BV{os.getpid()}_{w}"
+            ping = b'{"type":"ping","data":{"id_veiculo":"%s"}}\n' % vehicle_id.encode()
             while time.perf_counter() < stop_at:
-                if kind == "reserva":
-                    idx = base + w * 100000 + n
-                    body = {
-                        "type": "reserva",
-                        "data": {
-                            "id_veiculo": f"RV{idx}",
-                            "id_ponto_recarga": f"BP{idx % 10000:06d}",
-                        },
-                    }
-                    writer.write((json.dumps(body) + "\n").encode())
-                else:
-                    writer.write(_bateria(n))
+                writer.write(ping if kind == "ping" else _bateria(n, vehicle_id))
                 n += 1
                 line = await reader.readline()
                 if not line:
                     return
                 done += 1
-                if kind == "reserva" and b'"reserved"' in line:
-                    ok += 1
-                if kind == "reserva":  # a fresh connection per vehicle identity
-                    writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
         finally:
             writer.close()
 
     await asyncio.gather(*(worker(w) for w in range(conns)))
     return {"done": done, "ok": ok}
+
+
+async def _reservations(port: int, vehicles: int, base: int) -> dict[str, Any]:
+    """One connection per vehicle, opened first; then every vehicle reserves at once."""
+    conns = []
+    for _i in range(vehicles):
+        conns.append(await asyncio.open_connection("127.0.0.1", port))
+    t0 = time.perf_counter()
+
+    async def one(i: int) -> bool:
+        reader, writer = conns[i]
+        idx = base + i
+        body = {
+            "type": "reserva",
+            "data": {"id_veiculo": f"RV{idx}", "id_ponto_recarga": f"BP{idx % 10000:06d}"},
+        }
+        writer.write((json.dumps(body) + "\n").encode())
+        while True:
+            line = await reader.readline()
+            if not line:
+                return False
+            if b'"reserva_response"' in line:
+                return b'"reserved"' in line
+
+    results = await asyncio.gather(*(one(i) for i in range(vehicles)))
+    elapsed = time.perf_counter() - t0
+    for _, writer in conns:
+        writer.close()
+    return {"ok": sum(results), "elapsed": elapsed}
 
 
 async def _open_loop(port: int, conns: int, rate: float, seconds: float) -> list[float]:
@@ -154,7 +185,7 @@ async def _open_loop(port: int, conns: int, rate: float, seconds: float) -> list
             if delay > 0:
                 await asyncio.sleep(delay)
             sent.append(time.perf_counter())
-            writer.write(_bateria(n))
+            writer.write(_bateria(n, f"OV{os.getpid()}_{w}"))
             n += 1
         finished = True
         try:
@@ -170,7 +201,11 @@ def _client(job: tuple[str, int, dict[str, Any]], out: Any) -> None:
     import uvloop
 
     kind, port, args = job
-    if kind == "open":
+    if kind == "reserva":
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        out.put(uvloop.run(_reservations(port, args["vehicles"], args["base"])))
+    elif kind == "open":
         out.put(uvloop.run(_open_loop(port, args["conns"], args["rate"], args["seconds"])))
     else:
         out.put(
@@ -181,32 +216,22 @@ def _client(job: tuple[str, int, dict[str, Any]], out: Any) -> None:
 
 
 def _udp_client(port: int, rate: float, seconds: float, out: Any) -> None:
-    rng = random.Random(7)
-    payloads = [
-        json.dumps(
-            {"id": f"BP{i:06d}", "latitude": CENTER[0] + rng.uniform(-0.5, 0.5),
-             "longitude": CENTER[1], "available": True, "interval_s": 3600.0,
-             "boot_id": "bench", "seq": 0}
-        )
-        for i in range(1000)
-    ]  # fmt: skip
+    total = int(rate * seconds)
+    payloads = [_point(i % 1000, boot_id=f"bench{rate}", seq=i + 1) for i in range(total)]
     sent = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        sendto = s.sendto
         target = ("127.0.0.1", port)
         t0 = time.perf_counter()
-        batch = 100
-        while True:
-            elapsed = time.perf_counter() - t0
-            if elapsed >= seconds:
-                break
-            if sent > elapsed * rate:
-                time.sleep(0.0005)
-                continue
-            for _ in range(batch):
-                i = sent % 1000
-                s.sendto(payloads[i].replace('"seq": 0', f'"seq": {sent + 1}').encode(), target)
-                sent += 1
-    out.put(sent)
+        batch = 200
+        while sent < total:
+            ahead = sent - (time.perf_counter() - t0) * rate
+            if ahead > 0:
+                time.sleep(ahead / rate)
+            for payload in payloads[sent : sent + batch]:
+                sendto(payload, target)
+            sent = min(total, sent + batch)
+        out.put((sent, time.perf_counter() - t0))
 
 
 def _run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
@@ -248,68 +273,55 @@ def main() -> None:
 
 
 def _bench(ports: BrokerPorts, pid: int) -> None:
-    register_points(ports, 0, 10_000)
-    time.sleep(1.0)
-    ok_name = 'evcharge_datagrams_total{outcome="ok"}'
-    print(f"points registered: {metric(metrics_text(ports), ok_name):.0f}")
-
+    rate_reg = register_points(ports, 0, 10_000)
+    print(f"points registered: {metric(metrics_text(ports), POINTS):,.0f} ({rate_reg:,.0f}/s)")
+    per = CONNS // CLIENT_PROCS
     seconds = 3.0
-    res = _run_clients(
-        [("bateria", ports.vehicle, {"conns": CONNS // CLIENT_PROCS, "seconds": seconds})]
-        * CLIENT_PROCS
-    )
-    total = sum(r["done"] for r in res)
-    print(f"bateria closed loop, {CONNS} conns: {total / seconds:,.0f} req/s")
 
-    rate = 5000.0
-    lat_lists = _run_clients(
-        [
-            (
-                "open",
-                ports.vehicle,
-                {"conns": CONNS // CLIENT_PROCS, "rate": rate / CLIENT_PROCS, "seconds": 3.0},
-            )
-        ]
-        * CLIENT_PROCS
-    )
-    lat = [x for lst in lat_lists for x in lst]
-    print(
-        f"bateria @ {rate:,.0f} req/s: n={len(lat)} "
-        f"p50={_pct(lat, 0.5):.2f} ms p99={_pct(lat, 0.99):.2f} ms"
-    )
+    for kind in ("ping", "bateria"):
+        res = _run_clients(
+            [(kind, ports.vehicle, {"conns": per, "seconds": seconds})] * CLIENT_PROCS
+        )
+        total = sum(r["done"] for r in res)
+        print(f"{kind} closed loop, {CONNS} conns: {total / seconds:,.0f} req/s")
 
-    before = metric(metrics_text(ports), 'evcharge_datagrams_total{outcome="ok"}')
+    for rate in (1000.0, 5000.0):
+        args = {"conns": per, "rate": rate / CLIENT_PROCS, "seconds": seconds}
+        lat_lists = _run_clients([("open", ports.vehicle, args)] * CLIENT_PROCS)
+        lat = [x for lst in lat_lists for x in lst]
+        print(
+            f"bateria @ {rate:,.0f} req/s offered: answered {len(lat) / seconds:,.0f}/s, "
+            f"p50={_pct(lat, 0.5):.2f} ms p99={_pct(lat, 0.99):.2f} ms"
+        )
+
+    before = metric(metrics_text(ports), OK)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    udp_rate, udp_seconds = 100_000.0, 2.0
-    p = ctx.Process(target=_udp_client, args=(ports.status, udp_rate, udp_seconds, q))
-    t0 = time.perf_counter()
-    p.start()
-    sent = q.get(timeout=60)
-    p.join(timeout=10)
-    send_time = time.perf_counter() - t0
-    time.sleep(1.0)
-    text = metrics_text(ports)
-    got = metric(text, 'evcharge_datagrams_total{outcome="ok"}') - before
-    stale = metric(text, 'evcharge_datagrams_total{outcome="stale"}')
-    loss = 100.0 * (sent - got - stale) / max(1, sent)
-    print(
-        f"udp ingest: sent {sent:,} in {send_time:.2f}s ({sent / udp_seconds:,.0f}/s offered), "
-        f"accepted {got:,.0f}, loss {loss:.3f} %"
-    )
+    for udp_rate in (20_000.0, 100_000.0):
+        p = ctx.Process(target=_udp_client, args=(ports.status, udp_rate, 1.0, q))
+        p.start()
+        sent, took = q.get(timeout=60)
+        p.join(timeout=10)
+        time.sleep(1.0)
+        text = metrics_text(ports)
+        got = metric(text, OK) - before
+        before = metric(text, OK)
+        loss = 100.0 * (sent - got) / max(1, sent)
+        print(
+            f"udp ingest @ {udp_rate:,.0f}/s offered: sent {sent:,} in {took:.2f}s "
+            f"({sent / took:,.0f}/s), accepted {got:,.0f}, loss {loss:.3f} %"
+        )
 
-    per = CONNS // CLIENT_PROCS
+    vehicles = 2000
     res = _run_clients(
-        [
-            ("reserva", ports.vehicle, {"conns": per, "seconds": 3.0, "base": k * 10**7})
-            for k in range(CLIENT_PROCS)
-        ]
+        [("reserva", ports.vehicle, {"vehicles": vehicles, "base": k * 10**6}) for k in range(2)]
     )
     ok = sum(r["ok"] for r in res)
-    print(f"reservations confirmed (committed): {ok / 3.0:,.0f}/s ({ok} in 3 s)")
+    took = max(r["elapsed"] for r in res)
+    print(f"reservations confirmed (committed): {ok / took:,.0f}/s ({ok} in {took:.2f} s)")
 
-    register_points(ports, 10_000, 90_000)
-    time.sleep(2.0)
+    rate_reg = register_points(ports, 10_000, 90_000)
+    print(f"points registered: {metric(metrics_text(ports), POINTS):,.0f} ({rate_reg:,.0f}/s)")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     idle: list[socket.socket] = []
@@ -323,7 +335,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
             s.sendall(b'{"type":"ping","data":{"id_veiculo":"IDLE%d"}}\n' % i)
             idle.append(s)
         time.sleep(1.0)
-        points = metric(metrics_text(ports), 'evcharge_core{figure="points"}')
+        points = metric(metrics_text(ports), POINTS)
         print(
             f"memory: {_rss_mib(pid):,.0f} MiB RSS with {points:,.0f} points, "
             f"{len(idle):,} idle connections"
