@@ -17,7 +17,9 @@ Theory of operation
   raises is logged; the loop goes on.
 * A heartbeat task sends ``{"type": "heartbeat"}`` every ``heartbeat_s`` to
   every station heard from within the live window, so a connected station
-  always hears from the broker well within its 5 s reconnect timer.
+  always hears from the broker well within its 5 s reconnect timer. The
+  stations are spread over ten slices of the period (by a hash of the id) so
+  that a large fleet does not stall the loop in one burst.
 * :meth:`StationsEdge.send` never blocks the event loop: it sends with
   ``NOBLOCK`` on a ``ROUTER_MANDATORY`` socket. ``EHOSTUNREACH`` (the station
   is not connected) calls ``on_unroutable(point_id)``; ``EAGAIN`` (the
@@ -35,6 +37,7 @@ import contextlib
 import errno
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -55,6 +58,8 @@ STATION_SNDHWM: Final = 1000
 LIVE_WINDOW_PERIODS: Final = 3.0
 #: ... and never fewer seconds than this (stations that only send UDP while charging).
 MIN_LIVE_WINDOW_S: Final = 10.0
+#: Heartbeats of one period go out in this many evenly spaced slices.
+HEARTBEAT_SLICES: Final = 10
 #: Messages handled per wake-up of the receive task before it yields to the loop.
 RECV_BATCH: Final = 256
 #: At most one warning per kind of dropped message per this many seconds.
@@ -90,7 +95,8 @@ class StationsEdge:
         self._on_unroutable = on_unroutable
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_heard: dict[str, float] = {}
+        # point id -> when last heard (monotonic), spread over buckets by a hash of the id
+        self._buckets: list[dict[str, float]] = [{} for _ in range(HEARTBEAT_SLICES)]
         self._malformed_log = LogThrottle(LOG_EVERY_S)
         self._full_log = LogThrottle(LOG_EVERY_S)
         self.stats: dict[str, int] = {
@@ -113,7 +119,8 @@ class StationsEdge:
     def live_stations(self) -> list[str]:
         """Point ids heard within the live window (the ones that get heartbeats)."""
         now = time.monotonic()
-        return sorted(p for p, t in self._last_heard.items() if now - t <= self._live_window_s)
+        window = self._live_window_s
+        return sorted(p for b in self._buckets for p, t in b.items() if now - t <= window)
 
     async def start(self) -> None:
         """Bind the ROUTER and start the receive and heartbeat tasks.
@@ -195,7 +202,7 @@ class StationsEdge:
             return False
         if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EHOSTUNREACH:
             self.stats["unroutable"] += 1
-            self._last_heard.pop(point_id, None)
+            self._bucket(point_id).pop(point_id, None)
             log.info("station %s is not connected: unroutable", point_id)
             self._call_unroutable(point_id)
             return False
@@ -251,7 +258,7 @@ class StationsEdge:
             self._malformed(raw_id, f"hello id {message.id!r} differs from the routing id")
             return
         self.stats["received"] += 1
-        self._last_heard[point_id] = time.monotonic()
+        self._bucket(point_id)[point_id] = time.monotonic()
         try:
             self._on_message(point_id, message)
         except Exception:
@@ -273,21 +280,39 @@ class StationsEdge:
     # --- heartbeats ---------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        # The live stations are spread over HEARTBEAT_SLICES buckets and one bucket is
+        # served every heartbeat_s / HEARTBEAT_SLICES, on absolute deadlines (no drift):
+        # each station still gets one heartbeat per period, and thousands of stations do
+        # not stall the loop in one burst.
+        loop = asyncio.get_running_loop()
+        step = self._heartbeat_s / HEARTBEAT_SLICES
+        due = loop.time()
+        index = 0
         while True:
-            await asyncio.sleep(self._heartbeat_s)
-            self.send_heartbeats()
+            due += step
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if loop.time() - due > self._heartbeat_s:  # the loop was stalled: do not catch up
+                due = loop.time()
+            self._heartbeat_bucket(index)
+            index = (index + 1) % HEARTBEAT_SLICES
 
     def send_heartbeats(self) -> int:
-        """One heartbeat to every live station; forget the others. Returns how many sent."""
+        """One heartbeat to every live station now; forget the others. Returns how many sent."""
+        return sum(self._heartbeat_bucket(i) for i in range(HEARTBEAT_SLICES))
+
+    def _heartbeat_bucket(self, index: int) -> int:
+        bucket = self._buckets[index]
         now = time.monotonic()
         sent = 0
-        for point_id, heard in list(self._last_heard.items()):
+        for point_id, heard in list(bucket.items()):
             if now - heard > self._live_window_s:
-                del self._last_heard[point_id]
-                continue
-            if self._send_frame(point_id, HEARTBEAT_FRAME):
+                del bucket[point_id]
+            elif self._send_frame(point_id, HEARTBEAT_FRAME):
                 sent += 1
         return sent
+
+    def _bucket(self, point_id: str) -> dict[str, float]:
+        return self._buckets[zlib.crc32(point_id.encode("utf-8", "replace")) % HEARTBEAT_SLICES]
 
 
 class LogThrottle:

@@ -9,6 +9,7 @@ in ``finally`` blocks.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -346,6 +347,36 @@ def test_heartbeats_go_to_live_stations_only() -> None:
                 # heard again: heartbeats resume
                 await st_sock.send(msgpack.packb({"type": "heartbeat"}))
                 assert await recv_map(st_sock, 1.0) == {"type": "heartbeat"}
+
+    run(body())
+
+
+def test_heartbeats_reach_every_station_once_per_period_spread_over_it() -> None:
+    n, period = 40, 0.3
+
+    async def body() -> None:
+        async with zmq_context() as ctx:
+            rec = Recorder()
+            async with stations_edge(ctx, rec, heartbeat_s=period) as edge:
+                socks = [dealer(ctx, edge.endpoint, f"CP{i:03d}") for i in range(n)]
+                for sock in socks:
+                    await sock.send(msgpack.packb({"type": "heartbeat"}))
+                await until(lambda: len(rec.messages) == n)
+                arrivals: dict[int, list[float]] = {i: [] for i in range(n)}
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 4 * period:
+                    for i, sock in enumerate(socks):
+                        while await readable(sock, 0):
+                            assert await recv_map(sock) == {"type": "heartbeat"}
+                            arrivals[i].append(time.monotonic() - t0)
+                    await asyncio.sleep(0.005)
+                for times in arrivals.values():
+                    assert 3 <= len(times) <= 5, times
+                    gaps = [b - a for a, b in itertools.pairwise(times)]
+                    assert max(gaps) < 2 * period, gaps
+                # not one burst: first heartbeats land at several distinct moments
+                firsts = sorted(times[0] for times in arrivals.values())
+                assert firsts[-1] - firsts[0] > period / 3, firsts
 
     run(body())
 
