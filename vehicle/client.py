@@ -153,6 +153,7 @@ class VehicleClient:
         self._wire: _Wire | None = None
         self._connected = asyncio.Event()
         self._ever_connected = False
+        self._open_lock = asyncio.Lock()
         self._closed = False
         self._reconnect_task: asyncio.Task[None] | None = None
         self._callbacks: list[PushCallback] = []
@@ -196,7 +197,9 @@ class VehicleClient:
         if self._closed:
             raise TransportError("client is closed")
         if not self.connected:
-            await self._open()
+            async with self._open_lock:
+                if not self.connected:
+                    await self._open()
         if bind and self.vehicle_id:
             await self.status()
 
@@ -256,8 +259,11 @@ class VehicleClient:
         wire = self._wire
         if wire is not None and self._connected.is_set():
             return wire
-        if not self._ever_connected:
-            return await self._open()
+        if not self._ever_connected:  # lazy first connection, shared by concurrent callers
+            async with self._open_lock:
+                if self._wire is not None and self._connected.is_set():
+                    return self._wire
+                return await self._open()
         if not self.reconnect:
             raise BrokerUnreachable("not connected to the broker")
         try:
@@ -287,8 +293,12 @@ class VehicleClient:
         wire = self._wire
         if wire is None or not self._connected.is_set():
             wire = await self._wait_connected(limit)
-        if not wire.can_write.is_set():
-            await wire.can_write.wait()
+        if not wire.can_write.is_set():  # the kernel buffer is full: wait, within the limit
+            try:
+                async with asyncio.timeout(limit):
+                    await wire.can_write.wait()
+            except TimeoutError:
+                raise RequestTimeout(f"could not send {type_} within {limit:g} s") from None
         transport = wire.transport
         if transport is None or transport.is_closing():
             raise BrokerUnreachable("connection to the broker was lost")

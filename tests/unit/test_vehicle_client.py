@@ -405,3 +405,16 @@ def test_sync_client_blocks_for_replies_and_queues_pushes(threaded_server: Proto
         with pytest.raises(RequestTimeout):
             c.next_push(timeout=0.1)
         assert c.vehicle_id == "CAR5"
+
+
+def test_concurrent_first_requests_share_one_lazy_connection() -> None:
+    async def body(server: ProtocolServer) -> None:
+        c = VehicleClient("127.0.0.1", server.port, "CAR1")
+        try:
+            replies = await asyncio.gather(*(c.request("ping") for _ in range(10)))
+        finally:
+            await c.close()
+        assert [r.type for r in replies] == ["pong"] * 10
+        assert server.connections == 1
+
+    run_with_server(body)
