@@ -151,6 +151,8 @@ async def _wait_turn(
                 reserva = state.get("reserva")
                 if not isinstance(reserva, dict):
                     raise _Lost("reservation no longer held") from None
+                if reserva.get("turno") is True:  # the sua_vez push was missed
+                    have_turn = True
                 continue
             if push.data.get("id_ponto_recarga") != point:
                 continue
