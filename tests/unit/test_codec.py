@@ -676,3 +676,35 @@ def test_garbage_then_newline_recovers(
         assert not any(isinstance(item, DecodeFailure) and item.close for item in items)
         tail = items[len(items) - len(expected) :]
         assert requests_of(tail) == expected
+
+
+def test_pending_object_that_turns_out_bad_discards_the_buffer() -> None:
+    decoder = StreamDecoder()
+    assert decoder.feed(b'{"type" "ping"') == []
+    items = decoder.feed(b'}{"type":"ping","id":1}')
+    assert len(items) == 1 and isinstance(items[0], DecodeFailure)
+    assert isinstance(items[0].error, BadJson) and not items[0].close
+    assert decoder.buffered() == 0
+    assert summary(decoder.feed(b'{"type":"ping","id":2}')) == [VehicleRequest("ping", Ping(), 2)]
+
+
+def test_pending_object_completed_with_more_requests_behind_it() -> None:
+    decoder = StreamDecoder()
+    raw = ORIGINAL_BYTES[0]
+    assert decoder.feed(raw[:50]) == []
+    assert decoder.feed(raw[50:100]) == []
+    assert decoder.buffered() == 100
+    items = decoder.feed(raw[100:] + ORIGINAL_BYTES[1] + ORIGINAL_BYTES[2][:10])
+    assert requests_of(items) == EXPECTED[:2]
+    assert decoder.buffered() == 10
+    assert requests_of(decoder.feed(ORIGINAL_BYTES[2][10:] + b"\n")) == [EXPECTED[2]]
+    assert decoder.feed(b"") == [] and decoder.buffered() == 0
+
+
+def test_invalid_request_back_to_back_does_not_lose_the_next() -> None:
+    bad = b'{"type":"reserva","id":5,"data":{"id_ponto_recarga":"}{","tempo_estimado":999}}'
+    items = StreamDecoder().feed(bad + ORIGINAL_BYTES[2] + bad)
+    assert len(items) == 3
+    assert isinstance(items[0], DecodeFailure) and items[0].request_id == 5
+    assert summary(items)[1] == EXPECTED[2]
+    assert isinstance(items[2], DecodeFailure) and items[2].error.field == "tempo_estimado"
