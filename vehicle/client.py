@@ -8,7 +8,7 @@ request by that id, so any number of requests may be in flight at once
 (pipelining). A reply ``erro`` becomes the exception class of its wire code
 (:func:`common.errors.error_for_code`); a typed ``*_response`` whose
 ``status`` is ``error`` becomes the :class:`~common.errors.RequestRefused`
-subclass of its ``code`` when a typed helper (``reserva``, ``chegada``...)
+subclass of its ``code`` when a typed method (``reserva``, ``chegada``...)
 sent it. Lines without an ``id`` are pushes (``sua_vez``, ``custo_final``...)
 and go to every subscriber: plain callbacks and :class:`PushStream` async
 iterators (bounded, drop-oldest with a counter).
@@ -120,7 +120,7 @@ class _Wire(asyncio.Protocol):
 
 
 class VehicleClient:
-    """One vehicle's persistent connection to the broker, with typed helpers.
+    """One vehicle's persistent connection to the broker, with typed methods.
 
     Use as ``async with VehicleClient(host, port, vehicle_id) as c: await c.bateria(...)``.
     """
@@ -399,7 +399,7 @@ class VehicleClient:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    # --- typed helpers ----------------------------------------------------------------
+    # --- typed methods ----------------------------------------------------------------
 
     def _base(self) -> dict[str, Any]:
         data: dict[str, Any] = {}

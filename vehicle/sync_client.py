@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 class SyncVehicleClient:
-    """Blocking facade: same constructor arguments and helpers as VehicleClient."""
+    """Blocking facade: same constructor arguments and methods as VehicleClient."""
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 8081, vehicle_id: str | None = None, **kw: Any

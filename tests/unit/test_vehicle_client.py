@@ -215,7 +215,7 @@ def test_concurrent_requests_are_matched_by_id_even_out_of_order() -> None:
     run_with_server(body)
 
 
-def test_typed_helpers_send_the_protocol_fields() -> None:
+def test_typed_methods_send_the_protocol_fields() -> None:
     async def body(server: ProtocolServer) -> None:
         async with VehicleClient("127.0.0.1", server.port, "CAR7") as c:
             points = await c.consulta(-12.9, -38.4, distancia_max=5)

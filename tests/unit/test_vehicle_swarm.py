@@ -1,4 +1,4 @@
-"""vehicle.swarm: helpers (pure) and a short run against a real protocol server."""
+"""vehicle.swarm: pure functions and a short run against a real protocol server."""
 
 from __future__ import annotations
 
