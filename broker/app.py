@@ -173,6 +173,8 @@ class BrokerApp:
         await self.vehicles.close()
         self.status.close()
         await self.http.close()
+        for _ in range(3):  # let connection_lost callbacks run (vehicle.disconnected)
+            await asyncio.sleep(0)
         try:
             self.flush()
         except StoreError:

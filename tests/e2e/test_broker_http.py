@@ -45,6 +45,7 @@ def test_metrics_count_requests_errors_events(broker: tuple[Proc, BrokerPorts]) 
     assert metric(text, 'evcharge_errors_total{code="bad_json"}') == 1
     assert metric(text, 'evcharge_events_total{topic="broker.started"}') == 1
     assert metric(text, 'evcharge_events_total{topic="reservation.created"}') == 1
+    assert metric(text, 'evcharge_events_total{topic="vehicle.connected"}') >= 1
     assert metric(text, "evcharge_last_event_seq") >= 3
     assert metric(text, "evcharge_vehicles_connected") >= 1
     assert "# TYPE evcharge_request_latency_seconds histogram" in text

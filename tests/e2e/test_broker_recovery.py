@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -185,7 +186,12 @@ def test_bad_option_values_exit_2(tmp_path: Path) -> None:
 
 def test_options_from_environment(tmp_path: Path) -> None:
     ports = broker_ports()
-    env = {"EV_VEHICLE_PORT": str(ports.vehicle), "EV_DB": ":memory:", "EV_HOLD_MINUTES": "0.5"}
+    env = {
+        "EV_VEHICLE_PORT": str(ports.vehicle),
+        "EV_DB": ":memory:",
+        "EV_HOLD_MINUTES": "0.5",
+        "EV_LOG_FORMAT": "json",
+    }
     args = [a for a in ports.cli_args()]
     i = args.index("--vehicle-port")
     del args[i : i + 2]
@@ -194,5 +200,7 @@ def test_options_from_environment(tmp_path: Path) -> None:
         proc.read_until("ready", timeout=20)
         with vehicle(ports.vehicle) as v:
             assert v.request("ping", {})["type"] == "pong"
+        logs = [json.loads(line) for line in proc.lines if line.startswith("{")]
+        assert logs and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in logs)
     finally:
         assert proc.stop() == 0

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -613,3 +614,37 @@ def test_hold_expiry_with_short_hold(tmp_path: Path) -> None:
             assert b.recv_type("sua_vez", timeout=5)["data"]["id_ponto_recarga"] == "CP01"
     finally:
         assert proc.stop() == 0
+
+
+def test_pushes_go_to_the_most_recent_connection(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    online_point(ports)
+    with (
+        vehicle(ports.vehicle) as first,
+        vehicle(ports.vehicle) as older,
+        vehicle(ports.vehicle) as newer,
+    ):
+        assert reserve(first, "CARFIRST")["data"]["code"] == "reserved"
+        assert reserve(older, "CARTWO")["data"]["code"] == "reserved"
+        assert newer.request("custos", {"id_veiculo": "CARTWO"})["type"] == "extrato"
+        first.request("cancelar", {"id_veiculo": "CARFIRST", "id_ponto_recarga": "CP01"})
+        assert newer.recv_type("sua_vez")["data"]["id_ponto_recarga"] == "CP01"
+        assert older.request("ping", {}) == {"type": "pong", "data": {}}
+        assert not any(p["type"] == "sua_vez" for p in older.pushes)
+
+
+def test_vanishing_clients_do_not_disturb_the_broker(broker: tuple[Proc, BrokerPorts]) -> None:
+    _, ports = broker
+    online_point(ports)
+    for i in range(30):
+        s = socket.create_connection(("127.0.0.1", ports.vehicle), timeout=5)
+        body = {"type": "reserva", "data": {"id_veiculo": f"GONE{i}", "id_ponto_recarga": "CP01"}}
+        s.sendall(json.dumps(body).encode() + b'{"type":"bateria","data":{')  # half a request
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # reset, without reading anything
+    with vehicle(ports.vehicle) as v:
+        assert v.request("ping", {}, id=1) == {"type": "pong", "data": {}, "id": 1}
+        points = v.request(
+            "consulta", {"id_veiculo": "CARV", "localizacao": {"latitude": LAT, "longitude": LON}}
+        )["data"]
+        assert points[0]["queue_size"] <= 5
