@@ -281,6 +281,21 @@ async def _open_loop(
         await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT + 1)
 
 
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft open-files limit towards ``needed`` (up to the hard limit)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return int(soft)
+
+
 async def _connect_all(cfg: SwarmConfig, rng: random.Random, stats: Stats) -> list[_Vehicle]:
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
     run_tag = f"{rng.randrange(16**4):04X}"
@@ -338,6 +353,7 @@ async def run_swarm(
     rng = random.Random(cfg.seed)
     stats = Stats()
     pick = _Picker(MIXES[cfg.mix], rng)
+    raise_fd_limit(cfg.count + 64)
     vehicles = await _connect_all(cfg, rng, stats)
     if not vehicles:
         raise BrokerUnreachable(f"no vehicle could connect to {cfg.host}:{cfg.port}")
