@@ -334,6 +334,7 @@ async def _progress(stats: Stats, console: Console, w: _Window, every: float) ->
             f"p50={p['p50']:.2f}ms p99={p['p99']:.2f}ms  refused={sum(stats.refused.values())}"
             f"  errors={errs}",
             markup=False,
+            soft_wrap=True,
         )
         last_done, last_t = done, now
 
