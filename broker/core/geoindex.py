@@ -127,9 +127,13 @@ class GeoIndex:
         cells = self._cells
         found: list[tuple[float, str]] = []
         append = found.append
+        total = len(self._entries)
+        max_cells = 4 * len(cells) + 64
+        seen = 0
         r = 0
         while True:
-            if (2 * r + 1) * cs_lon >= 180.0:
+            if (2 * r + 1) * cs_lon >= 180.0 or (2 * r + 1) ** 2 > max_cells:
+                # far from the data: scanning rings would cost more than every point
                 return self._brute(latitude, longitude, k, limit, accept)
             for i in range(max(i0 - r, 0), min(i0 + r + 1, nrows)):
                 if i == i0 - r or i == i0 + r:
@@ -141,6 +145,7 @@ class GeoIndex:
                     cell = cells.get(base + (j % ncols))
                     if cell is None:
                         continue
+                    seen += len(cell)
                     for x, y, z, pid, _lat, _lon in cell:
                         dx = x - x0
                         dy = y - y0
@@ -148,6 +153,8 @@ class GeoIndex:
                         d2 = dx * dx + dy * dy + dz * dz
                         if d2 <= lim2 and (accept is None or accept(pid)):
                             append((d2, pid))
+            if seen >= total:
+                break
             # lower bound (km) for every point outside the visited block
             south = (i0 - r) * cs_lat - 90.0
             north = (i0 + r + 1) * cs_lat - 90.0
