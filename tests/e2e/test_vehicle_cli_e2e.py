@@ -100,15 +100,17 @@ def test_stable_id_keeps_the_same_vehicle(cli: Cli) -> None:
     assert cli.json("costs")["vehicle_id"] == status["reserva"]["vehicle_id"]
 
 
-@pytest.fixture
-def station(broker: tuple[Proc, BrokerPorts]) -> Iterator[Proc]:
-    """A real simulated station that charges 3000x faster than real time."""
-    _, ports = broker
-    args = ["python", "-m", "station", "run", "--id", "ST01", "--lat", "-12.97", "--lon", "-38.5",
+def station_args(ports: BrokerPorts) -> list[str]:
+    """A real simulated station ST01 that charges 3000x faster than real time."""
+    return ["python", "-m", "station", "run", "--id", "ST01", "--lat", "-12.97", "--lon", "-38.5",
             "--broker", ports.host, "--status-port", str(ports.status),
             "--station-port", str(ports.station), "--interval", "0.3",
             "--speed", "3000"]  # fmt: skip
-    with running(args) as proc:
+
+
+@pytest.fixture
+def station(broker: tuple[Proc, BrokerPorts]) -> Iterator[Proc]:
+    with running(station_args(broker[1])) as proc:
         yield proc
 
 

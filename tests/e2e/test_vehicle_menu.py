@@ -12,8 +12,10 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from tests.e2e.test_vehicle_cli_e2e import station_args
 from tests.e2e.test_vehicle_library import POINTS, FakeStations
-from tests.support.procs import ROOT, BrokerPorts, Proc, free_port
+from tests.support.procs import ROOT, BrokerPorts, Proc, free_port, running
+from vehicle.sync_client import SyncVehicleClient
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +38,15 @@ def spawn(port: int, tmp_path: Path, *extra: str) -> pexpect.spawn:
         sys.executable, args, env=env, cwd=str(ROOT), encoding="utf-8", timeout=10,
         dimensions=(40, 120),
     )  # fmt: skip
+
+
+def wait_for_point(ports: BrokerPorts, point: str) -> None:
+    with SyncVehicleClient(ports.host, ports.vehicle, "PROBE") as c:
+        for _ in range(100):
+            if any(p["id"] == point for p in c.consulta(-12.97, -38.5)):
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{point} never registered")
 
 
 def expect_all(child: pexpect.spawn, patterns: list[str]) -> None:
@@ -121,3 +132,34 @@ def test_sigterm_ends_the_menu_cleanly(menu: pexpect.spawn) -> None:
     menu.close()
     assert time.monotonic() - began < 2.0
     assert menu.exitstatus == 0
+
+
+def test_arrival_with_a_real_station_shows_the_bill_push(
+    broker: tuple[Proc, BrokerPorts], tmp_path: Path
+) -> None:
+    _, ports = broker
+    with running(station_args(ports)):
+        wait_for_point(ports, "ST01")
+        child = spawn(ports.vehicle, tmp_path, "--id", "MENU3")
+        try:
+            child.expect("Vehicle MENU3")
+            child.send("5")  # "Arrival (start charging)"
+            child.expect("Point id")
+            child.send("ST01" + ENTER)
+            child.expect("Battery %")
+            child.send(ENTER)  # default 30
+            child.expect("Target %")
+            child.send(ENTER)  # default 80
+            child.expect("Payment method")
+            child.send(DOWN + ENTER)  # "Débito em conta"
+            expect_all(child, ["started", "Charging at ST01 finished: 30.000 kWh, R\\$ 60.00"])
+            child.send("7")  # "Costs"
+            child.expect("Cost statement of MENU3")
+            child.expect("Débito em conta")
+            child.send("9")
+            child.expect(pexpect.EOF)
+        finally:
+            if child.isalive():
+                child.terminate(force=True)
+            child.close()
+    assert child.exitstatus == 0
