@@ -337,7 +337,7 @@ def test_heartbeats_go_to_live_stations_only() -> None:
                 t0 = time.monotonic()
                 got = [await recv_map(st_sock, 1.0) for _ in range(3)]
                 assert got == [{"type": "heartbeat"}] * 3
-                assert time.monotonic() - t0 < 0.6  # about one every 0.1 s
+                assert time.monotonic() - t0 < 0.9  # about one every 0.1 s
                 # silent for longer than the live window: heartbeats stop
                 await asyncio.sleep(0.6)
                 while await readable(st_sock, 0):  # drain what was sent meanwhile
