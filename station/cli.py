@@ -125,7 +125,8 @@ def _terminate(ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
 
 
 def _serve(chargers: list[Charger], config: HostConfig, single: bool) -> None:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    # A fleet's thousands of connections keep one libzmq I/O thread busy: give it two.
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1 if single else 2)
     endpoint = f"tcp://{config.broker}:{config.station_port}"
 
     def link_factory(ids: list[str]) -> Link:

@@ -34,6 +34,7 @@ log = logging.getLogger("station")
 
 RECEIVE_BATCH: Final = 5000
 HELLO_RETRY_S: Final = 1.0  # a hello that could not be sent (not connected yet) is retried
+HELLO_BATCH: Final = 2000  # hellos attempted per housekeeping pass (keeps loop turns short)
 HOUSEKEEPING_S: Final = 0.25
 
 
@@ -325,8 +326,10 @@ class Host:
 
     def _send_hellos(self, now: float) -> None:
         cfg = self.config
+        budget = HELLO_BATCH
         for i, due in list(self._hello_due.items()):
-            if due <= now:
+            if due <= now and budget > 0:
+                budget -= 1
                 sent = self._send(i, self.chargers[i].hello(self.boot_id, cfg.interval_s), now)
                 # sent: wait for ``welcome``, hello again after silence_s; not sent: retry soon
                 self._hello_due[i] = now + (cfg.silence_s if sent else HELLO_RETRY_S)

@@ -14,9 +14,9 @@ Two shapes, one interface (:class:`Link`):
   point P is received locally as ``[P, frame]``, and ``[P, frame]`` goes out on
   P's connection. ``ROUTER_MANDATORY`` reports a connection that is not up yet,
   so the caller retries instead of losing the message. Connections are opened
-  ``CONNECT_BATCH`` per :meth:`MultiLink.pump` call (once per tick), not all at
-  once: 10,000 simultaneous SYNs overflow the broker's listen backlog and the
-  kernel's SYN retransmission back-off then delays some stations by many seconds.
+  ``CONNECT_BATCH`` per :meth:`MultiLink.pump` call (once per tick) so that no
+  single loop turn stalls; a send for a station whose connection was not opened
+  yet fails at once, without a ZeroMQ call (a refused send costs an exception).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Final, Protocol
 import zmq
 
 HWM: Final = 10_000
-CONNECT_BATCH: Final = 100  # connections opened per pump() call (per tick) by a MultiLink
+CONNECT_BATCH: Final = 1000  # connections opened per pump() call (per tick) by a MultiLink
 
 
 class Link(Protocol):
@@ -115,6 +115,7 @@ class MultiLink:
         self._endpoint = endpoint
         self._ids = [p.encode("utf-8") for p in point_ids]
         self._connected = 0  # how many of ``_ids`` have been connected on ``_sock``
+        self._opened: set[bytes] = set()
         self._sock = self._open()
 
     def _open(self) -> zmq.Socket[bytes]:
@@ -122,6 +123,7 @@ class MultiLink:
         _base_options(sock)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._connected = 0
+        self._opened = set()
         return sock
 
     def pump(self) -> bool:
@@ -131,12 +133,16 @@ class MultiLink:
             sock.setsockopt(zmq.ROUTING_ID, ident)
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, ident)
             sock.connect(self._endpoint)
+            self._opened.add(ident)
         self._connected = end
         return end < len(self._ids)
 
     def send(self, point_id: str, frame: bytes) -> bool:
+        ident = point_id.encode("utf-8")
+        if self._connected < len(self._ids) and ident not in self._opened:
+            return False
         try:
-            self._sock.send_multipart([point_id.encode("utf-8"), frame], zmq.NOBLOCK)
+            self._sock.send_multipart([ident, frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected (yet); EAGAIN: full
             if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 return False
