@@ -23,6 +23,7 @@ from rich.console import Console
 from common.errors import (
     ConfigError,
     EVError,
+    InternalError,
     ProtocolError,
     RequestRefused,
     TransportError,
@@ -146,14 +147,19 @@ def execute(
     settings: Settings = ctx.obj
     try:
         result = run_async(lambda: work(settings))
+        if settings.json:
+            emit_json(result)
+        else:
+            show(Console(highlight=False), result)
     except Interrupted:
         raise typer.Exit(EXIT_OK) from None
     except EVError as exc:
         raise fail(settings, exc) from None
-    if settings.json:
-        emit_json(result)
-    else:
-        show(Console(highlight=False), result)
+    except BrokenPipeError:  # output piped into a reader that went away (| head)
+        raise typer.Exit(EXIT_OK) from None
+    except Exception as exc:  # a reply we could not make sense of: one line, no traceback
+        unexpected = InternalError(f"unexpected {type(exc).__name__}: {exc}")
+        raise fail(settings, unexpected) from None
 
 
 # --- global options ----------------------------------------------------------------------

@@ -156,3 +156,13 @@ def test_stable_id_is_generated_once_and_reused(
 )  # fmt: skip
 def test_global_options_after_the_command_are_hoisted(argv: list[str], expected: list[str]) -> None:
     assert hoist_global_options(argv) == expected
+
+
+def test_a_malformed_reply_is_one_line_exit_1_not_a_traceback(
+    runner: CliRunner, server: ProtocolServer
+) -> None:
+    args = ["--port", str(server.port), "--id", "WEIRD", "list", "--lat", "1", "--lon", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: internal: unexpected")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output

@@ -126,7 +126,8 @@ class ProtocolServer:
             await asyncio.sleep(float(data.get("delay", 0)))
             reply("echo", data)
         elif t == "consulta":
-            reply("lista_pontos", [POINT])
+            weird = data.get("id_veiculo") == "WEIRD"  # a reply of the right type, wrong shape
+            reply("lista_pontos", [1, "x"] if weird else [POINT])
         elif t == "bateria":
             if data.get("nivel_bateria", 0) > 100:
                 msg = {"code": "invalid", "message": "bad level", "field": "nivel_bateria"}
