@@ -201,6 +201,8 @@ class Menu:
                 return
             except KeyboardInterrupt:
                 continue
+            except Exception as exc:  # a reply we could not make sense of: report, go on
+                self.out(f"error: unexpected {type(exc).__name__}: {exc}")
 
 
 async def run_menu(settings: Settings) -> None:
