@@ -143,7 +143,7 @@ def _check_timestamp(timestamp: str) -> None:
         ) from None
 
 
-def _check_semantics(type_name: str, data: Any) -> None:
+def _check_semantics(data: Any) -> None:
     """Rules a schema cannot say: timestamps must parse, chegada must charge upwards."""
     timestamp = getattr(data, "timestamp", None)
     if timestamp is not None:
@@ -211,7 +211,7 @@ def _classify(raw: bytes | memoryview) -> DecodedRequest | DecodeFailure:
         return _failure(UnknownType(msg), request_id)
     try:
         data = data_decoder.decode(envelope.data)
-        _check_semantics(envelope.type, data)
+        _check_semantics(data)
     except msgspec.ValidationError as exc:
         return _failure(_invalid_from(exc), request_id)
     except NOT_DECODABLE as exc:
@@ -515,7 +515,7 @@ def _from_envelope(envelope: Any) -> DecodedRequest | DecodeFailure:
     type_name = _TYPE_NAMES[type(envelope)]
     data = envelope.data
     try:
-        _check_semantics(type_name, data)
+        _check_semantics(data)
     except InvalidRequest as exc:
         return DecodeFailure(exc, envelope.id, False)
     return DecodedRequest(VehicleRequest(type_name, data, envelope.id))

@@ -35,6 +35,7 @@ from common.errors import (
 )
 from common.messages import (
     MAX_REQUEST_BYTES,
+    REQUEST_TYPES,
     Bateria,
     Chegada,
     Consulta,
@@ -708,3 +709,65 @@ def test_invalid_request_back_to_back_does_not_lose_the_next() -> None:
     assert isinstance(items[0], DecodeFailure) and items[0].request_id == 5
     assert summary(items)[1] == EXPECTED[2]
     assert isinstance(items[2], DecodeFailure) and items[2].error.field == "tempo_estimado"
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+field_names = st.sampled_from(
+    [
+        "id_veiculo",
+        "nivel_bateria",
+        "nivel_carregar",
+        "localizacao",
+        "id_ponto_recarga",
+        "tempo_estimado",
+        "metodo_pagamento",
+        "timestamp",
+        "limite",
+        "distancia_max",
+        "capacidade_kwh",
+    ]
+)
+
+
+@given(
+    kind=st.sampled_from([*REQUEST_TYPES, "voar", ""]),
+    data=st.dictionaries(field_names, json_values, max_size=6) | json_values,
+    rid=json_values,
+)
+@settings(max_examples=400, deadline=None)
+def test_any_json_request_is_answered(kind: str, data: Any, rid: Any) -> None:
+    raw = json.dumps({"type": kind, "data": data, "id": rid}, ensure_ascii=False).encode()
+    item = decode_one(raw)
+    assert isinstance(item, DecodedRequest | DecodeFailure)
+    if isinstance(item, DecodeFailure):
+        assert isinstance(item.error, InvalidRequest | UnknownType), item
+        assert not item.close and item.error.message
+        if isinstance(item.error, InvalidRequest):
+            assert item.error.field, item
+        if not isinstance(rid, dict | list):
+            assert item.request_id == rid
+    else:
+        assert item.request.type == kind and item.request.id == rid
+    # the same request inside a stream gives the same answer
+    assert summary(StreamDecoder().feed(raw + b"\n")) == summary([item])
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_decode_request_raises_only_protocol_errors(raw: bytes) -> None:
+    try:
+        request = decode_request(raw)
+    except (BadJson, TooLarge, UnknownType, InvalidRequest) as exc:
+        assert exc.message
+    else:
+        assert isinstance(request, VehicleRequest)
