@@ -120,53 +120,48 @@ class GeoIndex:
         limit = math.inf if max_km is None else max_km
         lim2 = _chord2(limit) * (1.0 + _MARGIN_REL) + _MARGIN_ABS
         x0, y0, z0 = _unit(latitude, longitude)
-        c1 = math.cos(math.radians(latitude))
+        c1 = max(0.0, math.cos(math.radians(latitude)))
         cs_lat, cs_lon, nrows, ncols = self._cs_lat, self._cs_lon, self._nrows, self._ncols
         i0 = min(int((latitude + 90.0) / cs_lat), nrows - 1)
         j0 = min(int((longitude + 180.0) / cs_lon), ncols - 1)
         cells = self._cells
-        found: list[tuple[float, str]] = []
-        append = found.append
         total = len(self._entries)
         max_cells = 4 * len(cells) + 64
+        found: list[tuple[float, str]] = []
+        append = found.append
+        sin, asin, radians = math.sin, math.asin, math.radians
+        km_per_deg = EARTH_RADIUS_KM * math.pi / 180.0
+        # the visited block is rows ilo..ihi x columns jlo..jhi; it grows one side at a
+        # time, always the side nearest to the query, so its edges stay equidistant
+        ilo = ihi = i0
+        jlo = jhi = j0
         seen = 0
-        r = 0
+        row_keys: Iterable[int] = (i0 * ncols + j0,)
         while True:
-            if (2 * r + 1) * cs_lon >= 180.0 or (2 * r + 1) ** 2 > max_cells:
-                # far from the data: scanning rings would cost more than every point
-                return self._brute(latitude, longitude, k, limit, accept)
-            for i in range(max(i0 - r, 0), min(i0 + r + 1, nrows)):
-                if i == i0 - r or i == i0 + r:
-                    js: Iterable[int] = range(j0 - r, j0 + r + 1)
-                else:
-                    js = (j0 - r, j0 + r)
-                base = i * ncols
-                for j in js:
-                    cell = cells.get(base + (j % ncols))
-                    if cell is None:
-                        continue
-                    seen += len(cell)
-                    for x, y, z, pid, _lat, _lon in cell:
-                        dx = x - x0
-                        dy = y - y0
-                        dz = z - z0
-                        d2 = dx * dx + dy * dy + dz * dz
-                        if d2 <= lim2 and (accept is None or accept(pid)):
-                            append((d2, pid))
+            for key in row_keys:
+                cell = cells.get(key)
+                if cell is None:
+                    continue
+                seen += len(cell)
+                for x, y, z, pid, _lat, _lon in cell:
+                    dx = x - x0
+                    dy = y - y0
+                    dz = z - z0
+                    d2 = dx * dx + dy * dy + dz * dz
+                    if d2 <= lim2 and (accept is None or accept(pid)):
+                        append((d2, pid))
             if seen >= total:
                 break
-            # lower bound (km) for every point outside the visited block
-            south = (i0 - r) * cs_lat - 90.0
-            north = (i0 + r + 1) * cs_lat - 90.0
-            gap_lat = min(
-                latitude - south if south > -90.0 else 180.0,
-                north - latitude if north < 90.0 else 180.0,
+            # distance (km) from the query to each side of the block; beyond a pole: none
+            south = (latitude - (ilo * cs_lat - 90.0)) * km_per_deg if ilo > 0 else math.inf
+            north = (
+                ((ihi + 1) * cs_lat - 90.0 - latitude) * km_per_deg if ihi + 1 < nrows else math.inf
             )
-            west = (j0 - r) * cs_lon - 180.0
-            east = (j0 + r + 1) * cs_lon - 180.0
-            gap_lon = min(longitude - west, east - longitude, 90.0)
-            bound_lon = EARTH_RADIUS_KM * math.asin(max(0.0, c1) * math.sin(math.radians(gap_lon)))
-            bound = min(EARTH_RADIUS_KM * math.radians(gap_lat), bound_lon)
+            west_deg = longitude - (jlo * cs_lon - 180.0)
+            east_deg = (jhi + 1) * cs_lon - 180.0 - longitude
+            west = EARTH_RADIUS_KM * asin(c1 * sin(radians(min(west_deg, 90.0))))
+            east = EARTH_RADIUS_KM * asin(c1 * sin(radians(min(east_deg, 90.0))))
+            bound = min(south, north, west, east)
             bound2 = _chord2(bound) * (1.0 - _MARGIN_REL) - _MARGIN_ABS
             if bound2 > lim2:
                 break
@@ -174,7 +169,26 @@ class GeoIndex:
                 found.sort()
                 if found[k - 1][0] < bound2:
                     break
-            r += 1
+            width = jhi - jlo + 1
+            if (width + 1) * cs_lon >= 180.0 or (ihi - ilo + 2) * (width + 1) > max_cells:
+                # far from the data: growing the block would cost more than every point
+                return self._brute(latitude, longitude, k, limit, accept)
+            if bound == south:
+                ilo -= 1
+                base = ilo * ncols
+                row_keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
+            elif bound == north:
+                ihi += 1
+                base = ihi * ncols
+                row_keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
+            elif bound == west:
+                jlo -= 1
+                col = jlo % ncols
+                row_keys = [i * ncols + col for i in range(ilo, ihi + 1)]
+            else:
+                jhi += 1
+                col = jhi % ncols
+                row_keys = [i * ncols + col for i in range(ilo, ihi + 1)]
         return self._finish(found, latitude, longitude, k, limit)
 
     def _finish(

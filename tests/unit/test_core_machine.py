@@ -1,0 +1,115 @@
+"""The Core facade: start, snapshot, stats and the persistence round trip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from broker.core import Core, CoreConfig
+from common.errors import StoreError
+from tests.unit.test_core_harness import Harness
+
+
+def busy_harness() -> tuple[Harness, str]:
+    h = Harness(queue_capacity=3)
+    h.point("CP01", preco_kwh=1.5)
+    h.point("CP02", lat=-12.3, potencia_kw=22.0)
+    h.reserve("CAR1", "CP01", eta=5)
+    h.reserve("CAR2", "CP01")
+    h.reserve("CAR3", "CP01")
+    sid = h.start_charging("CAR9", "CP02")
+    h.reserve("CAR4", "CP02", eta=1)
+    done = h.start_charging("CAR1", "CP01")
+    h.complete("CP01", done, "CAR1", 10, 55)
+    return h, sid
+
+
+def comparable(snap: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot minus liveness (restored points are offline until heard)."""
+    points = [
+        {k: v for k, v in p.items() if k not in ("estado", "available", "espera_estimada_min")}
+        for p in snap["points"]
+    ]
+    return {"points": points, "queues": snap["queues"], "sessions": snap["sessions"]}
+
+
+def test_core_config_defaults() -> None:
+    c = CoreConfig()
+    assert (c.queue_capacity, c.hold_s, c.offline_after_s, c.offline_grace_s) == (5, 600, 6, 120)
+    assert (c.ack_timeout_s, c.heartbeat_s, c.low_battery) == (5.0, 1.0, 20.0)
+    with pytest.raises(AttributeError):
+        c.hold_s = 1.0  # type: ignore[misc]
+
+
+def test_restore_rebuilds_queues_sessions_and_accounts() -> None:
+    h, _sid = busy_harness()
+    before = h.core.snapshot()
+    core = h.restored()
+    after = core.snapshot()
+    assert after["seq"] == before["seq"] == h.events[-1].seq
+    assert comparable(after) == comparable(before)
+    assert core.accounts() == h.core.accounts()
+    assert {p["estado"] for p in after["points"]} == {"offline"}
+    assert core.stats()["points_online"] == 0
+
+
+def test_seq_continues_after_restore() -> None:
+    h, _sid = busy_harness()
+    core = h.restored()
+    fx = core.start(h.now)
+    assert [e.event.seq for e in fx if hasattr(e, "event")] == [h.events[-1].seq + 1]
+
+
+def test_deadlines_continue_after_restore() -> None:
+    h, _ = busy_harness()
+    turn = h.core.snapshot()["queues"]["CP01"][0]
+    core = h.restored(dt=1.0)
+    assert core.snapshot()["queues"]["CP01"][0]["expira_em"] == turn["expira_em"]
+    due = core.next_due()
+    assert due is not None and due <= h.now + 1.0 + 120.0
+
+
+def test_restored_queue_cancelled_after_grace_unless_heard() -> None:
+    h, sid = busy_harness()
+    core = h.restored()
+    start = h.now
+    assert core.tick(start + 119.0) == []
+    fx = core.tick(start + 120.0)
+    motives = {e.data["motivo"] for e in fx if getattr(e, "type", "") == "reserva_cancelada"}
+    assert motives == {"point_offline"}
+    completed = [
+        e for e in fx if getattr(e, "event", None) and e.event.topic == "charging.completed"
+    ]
+    assert [c.event.data["session_id"] for c in completed] == [sid]
+
+
+def test_restored_point_heard_again_keeps_everything() -> None:
+    h, _ = busy_harness()
+    core = h.restored()
+    from common.messages import StatusDatagram
+
+    for pid, lat in (("CP01", -12.26), ("CP02", -12.3)):
+        fx = core.handle_datagram(
+            StatusDatagram(id=pid, latitude=lat, longitude=-38.96, boot_id="new", seq=1), h.now
+        )
+        assert any(getattr(e, "event", None) and e.event.topic == "point.online" for e in fx)
+    # the grace period that started at restore was cleared when they were heard;
+    # they go offline again 6 s later, so a new grace period ends at +126 s
+    fx = core.tick(h.now + 121.0)
+    assert {getattr(e, "type", "") for e in fx}.isdisjoint({"reserva_cancelada"})
+    assert core.stats()["queues"] == {"CP01": 2, "CP02": 1}
+
+
+def test_bad_record_raises_store_error() -> None:
+    core = Core(CoreConfig(), lambda p: p)
+    with pytest.raises(StoreError):
+        core.restore([("point", "X", {"id": "X"})], 0, 0.0)
+
+
+def test_stats_shape() -> None:
+    h, _ = busy_harness()
+    st = h.core.stats()
+    assert st["points"] == 2 and st["points_online"] == 2 and st["sessions_active"] == 1
+    assert st["queues"] == {"CP01": 2, "CP02": 1} and st["reservations"] == 3
+    assert st["datagrams_stale"] == 0 and st["last_seq"] == h.core.last_seq
