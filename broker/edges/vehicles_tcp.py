@@ -37,7 +37,7 @@ import msgspec
 
 from broker.core.effects import Push, Reply, RequestId
 from broker.metrics import BrokerMetrics
-from common.codec import StreamDecoder, encode_reply
+from common.codec import DecodedRequest, DecodeFailure, StreamDecoder, encode_reply
 from common.errors import EVError, Forbidden, InternalError, ProtocolError
 from common.messages import VehicleRequest
 
@@ -147,9 +147,8 @@ class VehicleConnection(asyncio.Protocol):
         for item in items:
             if self.closing:
                 return
-            request = getattr(item, "request", None)
-            if isinstance(request, VehicleRequest):
-                self._on_request(request)
+            if isinstance(item, DecodedRequest):
+                self._on_request(item.request)
             else:
                 self._on_failure(item)
         self._update_reading()
@@ -164,14 +163,9 @@ class VehicleConnection(asyncio.Protocol):
 
     # --- requests ---------------------------------------------------------------------------
 
-    def _on_failure(self, item: Any) -> None:
-        error = getattr(item, "error", None)
-        if not isinstance(error, EVError):
-            error = InternalError("undecodable request")
-        request_id = getattr(item, "request_id", msgspec.UNSET)
-        request_type = getattr(item, "request_type", None) or "unparsed"
-        close = bool(getattr(item, "close", False)) or error.code == "too_large"
-        self._local_reply(str(request_type), request_id, error, close=close)
+    def _on_failure(self, item: DecodeFailure) -> None:
+        close = item.close or item.error.code == "too_large"
+        self._local_reply("unparsed", item.request_id, item.error, close=close)
 
     def _on_request(self, request: VehicleRequest) -> None:
         named = getattr(request.data, "id_veiculo", None)
