@@ -74,6 +74,8 @@ _ANY_DECODER: Final = msgspec.json.Decoder()
 
 
 class _Message(msgspec.Struct, omit_defaults=True):
+    """A vehicle request or reply envelope for encoding (``id`` left out when unset)."""
+
     type: str
     data: Any
     id: UnsetType | Scalar = UNSET
@@ -166,12 +168,11 @@ def unpack(data: bytes) -> Any:
 
 
 def _station_message(decoder: msgspec.msgpack.Decoder[Any], frame: bytes) -> Any:
+    """One station/broker frame through ``decoder``, errors as StationProtocolError."""
     try:
         return decoder.decode(frame)
     except msgspec.ValidationError as exc:
         field, detail = field_path(str(exc))
-        if not field and "missing required field type" in detail:
-            field = "type"
         raise StationProtocolError(
             f"invalid station message: {field or 'message'}: {detail}", field=field or None
         ) from None
@@ -227,8 +228,6 @@ def decode_history_request(frame: bytes) -> HistoryRequest:
         field, detail = field_path(str(exc))
         if field == "op" and detail.startswith("invalid value"):
             detail = f"unknown op {detail[len('invalid value ') :]}; known ops: since, snapshot"
-        if not field and "missing required field op" in detail:
-            field = "op"
         raise InvalidRequest(detail, field=field or "request") from None
     except NOT_DECODABLE as exc:
         raise InvalidRequest(f"request is not msgpack: {exc}", field="request") from None

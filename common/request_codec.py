@@ -120,7 +120,10 @@ def field_path(message: str) -> tuple[str, str]:
 
 
 def _invalid_from(exc: msgspec.ValidationError, root: str = "data") -> InvalidRequest:
-    """The ``invalid`` error naming the field msgspec complained about (``root``: ``$``)."""
+    """The ``invalid`` error naming the field msgspec complained about.
+
+    ``root`` is the field named when msgspec points at the whole value it decoded.
+    """
     field, detail = field_path(str(exc))
     if field == "metodo_pagamento" and detail.startswith("invalid enum value"):
         detail = f"{detail[len('invalid enum value ') :]} is not one of " + ", ".join(
@@ -226,6 +229,7 @@ def _failure(error: ProtocolError, request_id: UnsetType | Scalar = UNSET) -> De
 
 
 def bad_json_message(exc: Exception) -> str:
+    """A readable ``invalid JSON: ...`` message for one of :data:`NOT_DECODABLE`."""
     text = str(exc)
     if isinstance(exc, UnicodeDecodeError):
         return "invalid JSON: text is not valid UTF-8"
@@ -328,8 +332,9 @@ class StreamDecoder:
     """Sans-IO framing of one vehicle connection: fed bytes, returns items in order.
 
     A newline ends a request; objects back to back on a line (or in a tail not ended by
-    a newline yet) are split by :func:`scan_value`.  After a ``too_large`` failure
-    (``close=True``) the decoder is finished and returns nothing more.
+    a newline yet) are split with msgspec's help, or by :func:`scan_value` when they are
+    incomplete or invalid.  After a ``too_large`` failure (``close=True``) the decoder
+    is finished and returns nothing more.
     """
 
     __slots__ = ("_buf", "_closed", "_max", "_state")
@@ -507,6 +512,7 @@ def _value_end(
 
 
 def _bad_json(detail: str) -> DecodeFailure:
+    """A ``bad_json`` failure found by the framing itself (no id can be read)."""
     return DecodeFailure(BadJson(f"invalid JSON: {detail}"), UNSET, False)
 
 
