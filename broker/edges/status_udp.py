@@ -2,7 +2,8 @@
 
 A non-blocking socket registered with ``loop.add_reader`` is drained up to
 :data:`DRAIN_BATCH` datagrams per wake-up into one reused buffer, with a large
-``SO_RCVBUF`` so bursts wait in the kernel instead of being dropped.
+receive buffer (``SO_RCVBUFFORCE`` when privileged, else ``SO_RCVBUF``) so
+bursts wait in the kernel instead of being dropped.
 
 Each datagram is classified and counted (``ok``, ``stale``, ``malformed``,
 ``oversized``, ``invalid``):
@@ -46,6 +47,24 @@ def _outcome_of(error: EVError) -> str:
     return "malformed"
 
 
+def _grow_rcvbuf(sock: socket.socket) -> None:
+    """The largest receive buffer we may have (SO_RCVBUFFORCE when privileged)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, RCVBUF_SIZES[0])
+            return
+        except OSError:  # not privileged: capped by the system's maximum
+            pass
+    for size in RCVBUF_SIZES:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:
+            continue
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= size:
+            return
+
+
 class StatusServer:
     """UDP ingest of station status datagrams."""
 
@@ -65,13 +84,7 @@ class StatusServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            for size in RCVBUF_SIZES:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-                except OSError:
-                    continue
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= size:
-                    break
+            _grow_rcvbuf(sock)
             self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             sock.bind((host, port))
             sock.setblocking(False)
