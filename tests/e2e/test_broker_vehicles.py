@@ -2,7 +2,7 @@
 
 A real broker process on free ports (fixture ``broker``); vehicles are raw TCP
 sockets writing exact bytes; stations are a raw UDP socket and a raw zmq DEALER.
-The helpers here are shared by the other broker end-to-end test modules.
+The raw clients defined here are shared by the other broker end-to-end test modules.
 """
 
 from __future__ import annotations
