@@ -24,17 +24,18 @@ span half the globe) the query falls back to a brute-force scan.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final
 
 from common.geo import EARTH_RADIUS_KM, haversine_km
 
-TARGET_PER_CELL: Final = 2.0
+TARGET_PER_CELL: Final = 1.0
 _MIN_REBUILD: Final = 64
 _MIN_CELL_DEG: Final = 1e-4
 _MAX_CELL_DEG: Final = 10.0
 _MARGIN_REL: Final = 1e-6  # on squared chords; covers every rounding difference
 _MARGIN_ABS: Final = 1e-20
+_MARGIN_KM: Final = 1e-6  # 1 mm, against rounding in the block bounds
 
 # (x, y, z on the unit sphere, point_id, latitude, longitude)
 _Entry = tuple[float, float, float, str, float, float]
@@ -119,9 +120,12 @@ class GeoIndex:
             return []
         limit = math.inf if max_km is None else max_km
         lim2 = _chord2(limit) * (1.0 + _MARGIN_REL) + _MARGIN_ABS
+        limit_hi = limit * (1.0 + _MARGIN_REL) + _MARGIN_KM
+        cs_lat, cs_lon, nrows, ncols = self._cs_lat, self._cs_lon, self._nrows, self._ncols
+        if 3 * cs_lon >= 180.0:
+            return self._brute(latitude, longitude, k, limit, accept)
         x0, y0, z0 = _unit(latitude, longitude)
         c1 = max(0.0, math.cos(math.radians(latitude)))
-        cs_lat, cs_lon, nrows, ncols = self._cs_lat, self._cs_lon, self._nrows, self._ncols
         i0 = min(int((latitude + 90.0) / cs_lat), nrows - 1)
         j0 = min(int((longitude + 180.0) / cs_lon), ncols - 1)
         cells = self._cells
@@ -129,16 +133,31 @@ class GeoIndex:
         max_cells = 4 * len(cells) + 64
         found: list[tuple[float, str]] = []
         append = found.append
-        sin, asin, radians = math.sin, math.asin, math.radians
-        km_per_deg = EARTH_RADIUS_KM * math.pi / 180.0
-        # the visited block is rows ilo..ihi x columns jlo..jhi; it grows one side at a
-        # time, always the side nearest to the query, so its edges stay equidistant
-        ilo = ihi = i0
-        jlo = jhi = j0
+        sin, asin, radians, sqrt = math.sin, math.asin, math.radians, math.sqrt
+        inf = math.inf
+        two_r = 2.0 * EARTH_RADIUS_KM
+        kpd = EARTH_RADIUS_KM * math.pi / 180.0
+
+        def lon_km(gap_deg: float) -> float:
+            # cross-track distance to a meridian gap_deg away (>= 90 deg: to the pole)
+            return EARTH_RADIUS_KM * asin(c1 * sin(radians(min(gap_deg, 90.0))))
+
+        # the visited block is rows ilo..ihi x columns jlo..jhi: first the 3 x 3 cells
+        # around the query, then one side at a time, always the side nearest to the
+        # query, so that the block's edges stay about equidistant from it
+        ilo, ihi, jlo, jhi = max(i0 - 1, 0), min(i0 + 1, nrows - 1), j0 - 1, j0 + 1
+        keys: list[int] = [
+            i * ncols + (j % ncols) for i in range(ilo, ihi + 1) for j in range(jlo, jhi + 1)
+        ]
+        south = (latitude - (ilo * cs_lat - 90.0)) * kpd if ilo > 0 else inf
+        north = ((ihi + 1) * cs_lat - 90.0 - latitude) * kpd if ihi + 1 < nrows else inf
+        west = lon_km(longitude - (jlo * cs_lon - 180.0))
+        east = lon_km((jhi + 1) * cs_lon - 180.0 - longitude)
         seen = 0
-        row_keys: Iterable[int] = (i0 * ncols + j0,)
+        kth = inf
+        dirty = False
         while True:
-            for key in row_keys:
+            for key in keys:
                 cell = cells.get(key)
                 if cell is None:
                     continue
@@ -150,24 +169,19 @@ class GeoIndex:
                     d2 = dx * dx + dy * dy + dz * dz
                     if d2 <= lim2 and (accept is None or accept(pid)):
                         append((d2, pid))
+                        dirty = True
             if seen >= total:
                 break
-            # distance (km) from the query to each side of the block; beyond a pole: none
-            south = (latitude - (ilo * cs_lat - 90.0)) * km_per_deg if ilo > 0 else math.inf
-            north = (
-                ((ihi + 1) * cs_lat - 90.0 - latitude) * km_per_deg if ihi + 1 < nrows else math.inf
-            )
-            west_deg = longitude - (jlo * cs_lon - 180.0)
-            east_deg = (jhi + 1) * cs_lon - 180.0 - longitude
-            west = EARTH_RADIUS_KM * asin(c1 * sin(radians(min(west_deg, 90.0))))
-            east = EARTH_RADIUS_KM * asin(c1 * sin(radians(min(east_deg, 90.0))))
+            # every unvisited point is at least `bound` km away
             bound = min(south, north, west, east)
-            bound2 = _chord2(bound) * (1.0 - _MARGIN_REL) - _MARGIN_ABS
-            if bound2 > lim2:
+            if bound > limit_hi:
                 break
             if len(found) >= k:
-                found.sort()
-                if found[k - 1][0] < bound2:
+                if dirty:
+                    found.sort()
+                    kth = two_r * asin(min(1.0, sqrt(found[k - 1][0]) / 2.0))
+                    dirty = False
+                if kth * (1.0 + _MARGIN_REL) + _MARGIN_KM < bound:
                     break
             width = jhi - jlo + 1
             if (width + 1) * cs_lon >= 180.0 or (ihi - ilo + 2) * (width + 1) > max_cells:
@@ -176,19 +190,23 @@ class GeoIndex:
             if bound == south:
                 ilo -= 1
                 base = ilo * ncols
-                row_keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
+                keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
+                south = (latitude - (ilo * cs_lat - 90.0)) * kpd if ilo > 0 else inf
             elif bound == north:
                 ihi += 1
                 base = ihi * ncols
-                row_keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
+                keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
+                north = ((ihi + 1) * cs_lat - 90.0 - latitude) * kpd if ihi + 1 < nrows else inf
             elif bound == west:
                 jlo -= 1
                 col = jlo % ncols
-                row_keys = [i * ncols + col for i in range(ilo, ihi + 1)]
+                keys = [i * ncols + col for i in range(ilo, ihi + 1)]
+                west = lon_km(longitude - (jlo * cs_lon - 180.0))
             else:
                 jhi += 1
                 col = jhi % ncols
-                row_keys = [i * ncols + col for i in range(ilo, ihi + 1)]
+                keys = [i * ncols + col for i in range(ilo, ihi + 1)]
+                east = lon_km((jhi + 1) * cs_lon - 180.0 - longitude)
         return self._finish(found, latitude, longitude, k, limit)
 
     def _finish(
@@ -274,8 +292,10 @@ class GeoIndex:
         self._configure(cs_lat, cs_lon)
         self._cells = {}
         self._entries = {}
-        for e in entries:
-            key = self._key(e[4], e[5])
-            self._entries[e[3]] = (key, e)
+        # fresh objects allocated cell by cell: a query then reads neighbouring memory
+        keyed = sorted(((self._key(e[4], e[5]), e) for e in entries), key=lambda ke: ke[0])
+        for key, (x, y, z, pid, lat, lon) in keyed:
+            e = (x + 0.0, y + 0.0, z + 0.0, pid, lat, lon)
+            self._entries[pid] = (key, e)
             self._cells.setdefault(key, []).append(e)
         self._n_built = n
