@@ -34,6 +34,8 @@ log = logging.getLogger("station")
 
 RECEIVE_BATCH: Final = 5000
 HELLO_RETRY_S: Final = 1.0  # a hello that could not be sent (not connected yet) is retried
+CONNECT_WINDOW: Final = 2000  # fleet: connections opened but not yet welcomed, at most ...
+CONNECT_MIN: Final = 20  # ... but at least this many more are opened per tick (no welcome?)
 HELLO_BATCH: Final = 2000  # hellos attempted per housekeeping pass (keeps loop turns short)
 HOUSEKEEPING_S: Final = 0.25
 
@@ -129,7 +131,7 @@ class Host:
         self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         self._resolve()
         self._link = self._link_factory([c.point_id for c in self.chargers])
-        self._link.pump()
+        self._link.pump(CONNECT_WINDOW)
         self._started = self._link_heard = now
         n = len(self.chargers)
         for i in range(n):
@@ -177,9 +179,11 @@ class Host:
 
     def turn(self, now: float) -> None:
         """Everything that is due at ``now`` (called every tick)."""
-        assert self._link is not None
-        if self._link.pump():  # still opening connections: silence is not counted yet
-            self._link_heard = now
+        link = self._link
+        assert link is not None
+        in_flight = link.opened - (len(self.chargers) - len(self._hello_due))
+        if link.pump(max(CONNECT_MIN, CONNECT_WINDOW - in_flight)):
+            self._link_heard = now  # still opening connections: silence is not counted yet
         self._receive(now)
         self._faults(now)
         for i in list(self._active):
@@ -373,9 +377,10 @@ class Host:
         self._report_base = (now, self.counters.datagrams)
         self._next_report = now + self.config.report_s
         charging = sum(1 for i in self._active if self.chargers[i].session is not None)
+        welcomed = len(self.chargers) - len(self._hello_due)
         self._out(
             f"fleet: {len(self.chargers)} stations, {rate:.0f} datagrams/s, "
-            f"{charging} charging, zmq out {self.counters.frames_out} "
+            f"{welcomed} welcomed, {charging} charging, zmq out {self.counters.frames_out} "
             f"in {self.counters.frames_in} dropped {self.counters.frames_out_dropped}"
         )
 

@@ -13,10 +13,12 @@ Two shapes, one interface (:class:`Link`):
   and drives every station from one socket: a frame arriving on the connection of
   point P is received locally as ``[P, frame]``, and ``[P, frame]`` goes out on
   P's connection. ``ROUTER_MANDATORY`` reports a connection that is not up yet,
-  so the caller retries instead of losing the message. Connections are opened
-  ``CONNECT_BATCH`` per :meth:`MultiLink.pump` call (once per tick) so that no
-  single loop turn stalls; a send for a station whose connection was not opened
-  yet fails at once, without a ZeroMQ call (a refused send costs an exception).
+  so the caller retries instead of losing the message. Connections are opened a
+  budgeted number at a time by :meth:`MultiLink.pump` (the host keeps a window of
+  connections opened but not yet welcomed: 10,000 simultaneous SYNs overflow the
+  broker's listen backlog, and the kernel's SYN back-off then strands stations for
+  minutes). A send for a station whose connection was not opened yet fails at once,
+  without a ZeroMQ call (a refused send costs an exception).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import Final, Protocol
 import zmq
 
 HWM: Final = 10_000
-CONNECT_BATCH: Final = 1000  # connections opened per pump() call (per tick) by a MultiLink
 
 
 class Link(Protocol):
@@ -46,8 +47,13 @@ class Link(Protocol):
         """Close and re-create the socket(s) (the broker may have restarted)."""
         ...
 
-    def pump(self) -> bool:
-        """Progress on opening connections; True while some are still to be opened."""
+    @property
+    def opened(self) -> int:
+        """How many stations' connections have been opened so far."""
+        ...
+
+    def pump(self, budget: int) -> bool:
+        """Open up to ``budget`` more connections; True while some are still to be opened."""
         ...
 
     def close(self) -> None: ...
@@ -98,7 +104,11 @@ class DealerLink:
         self._sock.close(linger=0)
         self._sock = self._open()
 
-    def pump(self) -> bool:
+    @property
+    def opened(self) -> int:
+        return 1
+
+    def pump(self, budget: int) -> bool:
         return False
 
     def close(self) -> None:
@@ -126,9 +136,13 @@ class MultiLink:
         self._opened = set()
         return sock
 
-    def pump(self) -> bool:
+    @property
+    def opened(self) -> int:
+        return self._connected
+
+    def pump(self, budget: int) -> bool:
         sock = self._sock
-        end = min(len(self._ids), self._connected + CONNECT_BATCH)
+        end = min(len(self._ids), self._connected + max(0, budget))
         for ident in self._ids[self._connected : end]:
             sock.setsockopt(zmq.ROUTING_ID, ident)
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, ident)
