@@ -193,3 +193,19 @@ def test_fleet_routes_each_station_on_its_own_identity(double: BrokerDouble) -> 
         line = proc.read_until("datagrams/s", timeout=3.0)
         assert "40 stations" in line
     assert proc.popen.returncode == 0
+
+
+def test_a_state_change_sends_a_datagram_at_once(double: BrokerDouble) -> None:
+    args = station(double)
+    args[args.index("--interval") + 1] = "30"  # the periodic datagram is far away
+    with running(args, ready="ready"):
+        double.recv_type("hello")
+        first = double.datagram(timeout=3.0)  # the one sent at start
+        t0 = time.monotonic()
+        double.send("CP01", START)
+        changed = double.datagram(timeout=2.0)
+        assert time.monotonic() - t0 < 1.0
+        assert changed["estado"] == "carregando" and changed["seq"] == first["seq"] + 1
+        double.send("CP01", {"type": "stop", "cmd_id": "c2", "session_id": "S1"})
+        after = double.datagram(timeout=2.0)
+        assert after["estado"] == "disponivel" and after["seq"] == first["seq"] + 2
