@@ -430,13 +430,14 @@ class StreamDecoder:
                 return
             pos = match.start()
         view = memoryview(seg)
+        look_for_cut = True  # objects back to back with no space: split at "}{"
         while True:
             lead = seg[pos]
-            if lead == 0x7B:  # objects back to back: try the span up to the next "}{"
+            if lead == 0x7B and look_for_cut:
                 # A span that decodes is a whole request: a "}{" inside a string would
                 # leave the string open and the span undecodable.
-                cut = seg.find(b"}{", pos) + 1
-                if 0 < cut - pos <= self._max:
+                cut = seg.find(b"}{", pos, pos + self._max + 1) + 1
+                if cut > 0:
                     try:
                         envelope = _FAST_DECODER.decode(view[pos:cut])
                     except NOT_DECODABLE:
@@ -445,10 +446,10 @@ class StreamDecoder:
                         out.append(_from_envelope(envelope))
                         pos = cut
                         continue
+                else:
+                    look_for_cut = False  # not that kind of stream: stop looking
             if lead in _OPENERS:
-                end = _value_end(seg if pos == 0 else view[pos:], size - pos, self._max, out)
-                if end is None:  # decoded the rest: done
-                    return
+                item, end = _value_end(view, pos, self._max)
                 if isinstance(end, ScanState):
                     if size - pos > self._max:
                         self._too_large(out)
@@ -458,14 +459,14 @@ class StreamDecoder:
                         self._buf = bytearray(view[pos:])
                         self._state = end
                     return
-                if end > self._max:
+                if end - pos > self._max:
                     self._too_large(out)
                     return
-                item = decode_one(view[pos : pos + end])
+                item = item or decode_one(view[pos:end])
                 out.append(item)
                 if isinstance(item, DecodeFailure) and isinstance(item.error, BadJson):
                     return  # discard up to the end of the line (or of the buffer)
-                match = _NOT_WS.search(seg, pos + end)
+                match = _NOT_WS.search(seg, end)
                 if match is None:
                     return
                 pos = match.start()
@@ -483,32 +484,34 @@ class StreamDecoder:
                 return
 
 
-def _value_end(
-    rest: bytes | memoryview, size: int, limit: int, out: list[Item]
-) -> int | ScanState | None:
-    """Where the value at the start of ``rest`` ends, or None when ``rest`` was one request.
+def _value_end(view: memoryview, pos: int, limit: int) -> tuple[Item | None, int | ScanState]:
+    """The request at ``view[pos]`` when already decoded, and where it ends.
 
-    Fast path: msgspec decodes the whole rest as one request (appended to ``out``), or
-    its error says where the bytes after a complete first request start.  Otherwise the
-    scanner finds the end.
+    msgspec decodes a window of at most ``limit + 1`` bytes: either the window is one
+    request, or msgspec's error says where the bytes after a complete first request
+    start.  Otherwise the scanner finds the end, or returns its state when the value
+    is not complete within ``view`` (the state's positions count from ``pos``).
     """
-    if size <= limit:
-        try:
-            envelope = _FAST_DECODER.decode(rest)
-        except msgspec.ValidationError:
-            pass
-        except msgspec.DecodeError as exc:
-            trailing = _TRAILING.search(str(exc))
-            if trailing is not None:  # msgspec counts the offending byte itself
-                end = int(trailing.group(1)) - 1
-                if 0 < end < size and rest[end] in _OPENERS:
-                    return end
-        except (UnicodeDecodeError, RecursionError):
-            pass
-        else:
-            out.append(_from_envelope(envelope))
-            return None
-    return scan_value(rest, 0)
+    size = len(view)
+    stop = min(size, pos + limit + 1)
+    try:
+        envelope = _FAST_DECODER.decode(view[pos:stop])
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as exc:
+        trailing = _TRAILING.search(str(exc))
+        if trailing is not None:  # msgspec counts the offending byte itself
+            end = pos + int(trailing.group(1)) - 1
+            if pos < end < stop and view[end] in _OPENERS:
+                return None, end
+    except (UnicodeDecodeError, RecursionError):
+        pass
+    else:
+        return _from_envelope(envelope), stop
+    result = scan_value(view, pos)
+    if isinstance(result, ScanState):
+        return None, result._replace(resume=result.resume - pos)
+    return None, result
 
 
 def _bad_json(detail: str) -> DecodeFailure:

@@ -419,3 +419,10 @@ def test_invalid_request_back_to_back_does_not_lose_the_next() -> None:
     assert isinstance(items[0], DecodeFailure) and items[0].request_id == 5
     assert summary(items)[1] == EXPECTED[2]
     assert isinstance(items[2], DecodeFailure) and items[2].error.field == "tempo_estimado"
+
+
+def test_long_writes_of_spaced_objects_stay_linear() -> None:
+    raw = b'{"type":"reserva","data":{"id_ponto_recarga":"CP01"}}'
+    for sep in (b" ", b"\t", b""):
+        items = StreamDecoder().feed((raw + sep) * 3000)  # 160 KiB, above the request limit
+        assert requests_of(items) == [decode_request(raw)] * 3000
