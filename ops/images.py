@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ IMAGE_FILES = (
     "README.md",
 )
 PULL_TIMEOUT_S = 120.0
+KEEP_IMAGES = 3  # newest evcharge:<hash> images kept; older ones are removed after a build
 
 
 class ImageBuildError(RuntimeError):
@@ -179,9 +181,24 @@ def build(base_mode: str = "auto", tag_latest: bool = True) -> str:
                     str(ROOT),
                 ],
             )  # fmt: skip
+            prune(keep=ref)
         if tag_latest:
             _run(["docker", "tag", ref, f"{IMAGE_REPO}:latest"])
         return ref
+
+
+def prune(keep: str) -> None:
+    """Remove all but the newest KEEP_IMAGES ``evcharge:<hash>`` images (never ``keep``).
+
+    Images still used by a container are left alone (``docker rmi`` refuses them).
+    """
+    out = _run(["docker", "images", IMAGE_REPO, "--format", "{{.CreatedAt}}\t{{.Tag}}"])
+    rows = sorted((line.split("\t") for line in out.splitlines() if "\t" in line), reverse=True)
+    tags = [tag for _, tag in rows if re.fullmatch(r"[0-9a-f]{12}", tag)]
+    for tag in tags[KEEP_IMAGES:]:
+        if f"{IMAGE_REPO}:{tag}" != keep:
+            with contextlib.suppress(ImageBuildError):
+                _run(["docker", "rmi", f"{IMAGE_REPO}:{tag}"], timeout=60)
 
 
 def main(argv: list[str] | None = None) -> int:
