@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.messages import Hold, Release, SessionAck, Start, Stop
+from common.messages import (
+    MAX_DATAGRAM_BYTES,
+    Hold,
+    Release,
+    SessionAck,
+    Start,
+    StationToBroker,
+    StatusDatagram,
+    Stop,
+)
 from common.timeutil import parse_timestamp
 from station.sim import (
     HOLD_GRACE_S,
@@ -20,6 +30,7 @@ from station.sim import (
     seconds_to_reach,
     soc_after,
 )
+from station.wire import encode_datagram
 
 T0 = 1_700_000_000.0
 
@@ -249,3 +260,55 @@ def test_soc_is_monotonic_and_never_passes_target(steps: list[float]) -> None:
         soc = c.session.soc if c.session is not None else 95.0
         assert last <= soc <= 95.0 and math.isfinite(soc)
         last = soc
+
+
+# --- any sequence of commands: invariants and the shared schemas --------------------------
+
+_ids = st.sampled_from(["S1", "S2", "S3"])
+_cmd = st.one_of(
+    st.builds(
+        lambda sid, lo, span: Start(
+            cmd_id="", session_id=sid, vehicle_id="CAR1", nivel_bateria=lo,
+            nivel_carregar=lo + span, capacidade_kwh=40.0,
+        ),
+        _ids, st.floats(0.0, 95.0), st.floats(-5.0, 60.0),
+    ),
+    st.builds(lambda sid: Stop(cmd_id="", session_id=sid), _ids),
+    st.builds(
+        lambda rid: Hold(cmd_id="", reservation_id=rid, vehicle_id="CAR2", until=T0 + 60.0),
+        st.sampled_from(["R1", "R2"]),
+    ),
+    st.builds(lambda rid: Release(cmd_id="", reservation_id=rid), st.sampled_from(["R1", "R2"])),
+    st.builds(lambda sid: SessionAck(session_id=sid), _ids),
+    st.just("fault"),
+    st.just("recover"),
+)  # fmt: skip
+
+
+@settings(max_examples=150)
+@given(script=st.lists(st.tuples(_cmd, st.floats(0.0, 120.0)), max_size=25))
+def test_any_command_sequence_keeps_the_invariants(script: list[tuple[object, float]]) -> None:
+    c = charger(speed=60.0)
+    t = T0
+    for n, (cmd, dt) in enumerate(script):
+        t += dt
+        if cmd == "fault":
+            step = c.fault(t)
+        elif cmd == "recover":
+            step = c.recover(t)
+        else:
+            assert isinstance(cmd, Start | Stop | Hold | Release | SessionAck)
+            if not isinstance(cmd, SessionAck):
+                cmd = msgspec.structs.replace(cmd, cmd_id=f"c{n}")
+            step = c.handle(cmd, t)
+            acks = [m for m in step.messages if m["type"] == "ack"]
+            assert len(acks) == (0 if isinstance(cmd, SessionAck) else 1)
+        for m in step.messages:  # everything sent fits the shared wire schemas
+            msgspec.convert(m, StationToBroker)
+        assert (c.session is not None) == (state(c) is State.CARREGANDO)
+        assert c.hold is None or state(c) is State.RESERVADO
+        assert c.session is None or c.session.soc0 <= c.session.soc <= c.session.target
+        d = c.datagram("boot", n + 1, 2.0, t)
+        assert len(encode_datagram(d)) <= MAX_DATAGRAM_BYTES
+        msgspec.convert(d, StatusDatagram)
+    msgspec.convert(c.hello("boot", 2.0), StationToBroker)
