@@ -1,4 +1,4 @@
-"""Station wire helpers (station.wire): frames decode to a message or raise BadFrame."""
+"""Station wire codec (station.wire): frames decode to a message or raise BadFrame."""
 
 from __future__ import annotations
 
