@@ -423,6 +423,14 @@ class StreamDecoder:
         A value of the tail that is not complete yet is kept in ``_buf``.
         """
         size = len(seg)
+        if seg[0] == 0x7B and size <= self._max:  # fast path: a line, or a write, is one request
+            try:
+                envelope = _FAST_DECODER.decode(seg)
+            except NOT_DECODABLE:
+                pass
+            else:
+                out.append(_from_envelope(envelope))
+                return
         pos = 0
         if seg[0] in _JSON_WS:
             match = _NOT_WS.search(seg)
