@@ -493,6 +493,9 @@ class Engine:
             return
         p.online = False
         self.points_online -= 1
+        if p.session is not None:
+            # keep the energy last reported: a restart may have to bill it as a fault
+            self.persist_session(fx, p.session)
         self.publish(
             fx,
             "point.offline",

@@ -113,3 +113,16 @@ def test_stats_shape() -> None:
     assert st["points"] == 2 and st["points_online"] == 2 and st["sessions_active"] == 1
     assert st["queues"] == {"CP01": 2, "CP02": 1} and st["reservations"] == 3
     assert st["datagrams_stale"] == 0 and st["last_seq"] == h.core.last_seq
+
+
+def test_energy_reported_before_an_outage_survives_a_restart() -> None:
+    h = Harness()
+    h.point("CP01")
+    sid = h.start_charging("CAR1")
+    h.dgram("CP01", estado="carregando", session_id=sid, energia_kwh=7.25)
+    h.tick(6.0)
+    core = h.restored()
+    fx = core.tick(h.now + 120.0)
+    done = [e.event.data for e in fx if getattr(e, "event", None)]
+    billed = [d for d in done if d.get("session_id") == sid and "cost" in d]
+    assert billed and billed[0]["energy_kwh"] == 7.25 and billed[0]["reason"] == "fault"
