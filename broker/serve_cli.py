@@ -25,8 +25,8 @@ T = TypeVar("T")
 USAGE_EXIT = 2
 
 
-def _opt(env: str, help_text: str) -> typer.models.OptionInfo:
-    return typer.Option(envvar=env, help=help_text, show_envvar=True)  # type: ignore[no-any-return]
+def _opt(env: str, help_text: str, metavar: str) -> typer.models.OptionInfo:
+    return typer.Option(envvar=env, help=help_text, show_envvar=True, metavar=metavar)  # type: ignore[no-any-return]
 
 
 def _parse(
@@ -68,31 +68,47 @@ def _host(text: str) -> str:
 
 
 def serve(
-    host: Annotated[str, _opt("EV_HOST", "Address to bind every socket to.")] = "0.0.0.0",
-    vehicle_port: Annotated[str, _opt("EV_VEHICLE_PORT", "TCP port for vehicles.")] = "8081",
-    status_port: Annotated[str, _opt("EV_STATUS_PORT", "UDP port for station status.")] = "8082",
-    station_port: Annotated[str, _opt("EV_STATION_PORT", "ZeroMQ ROUTER for stations.")] = "5555",
-    events_port: Annotated[str, _opt("EV_EVENTS_PORT", "ZeroMQ PUB for bus events.")] = "5556",
+    host: Annotated[str, _opt("EV_HOST", "Address to bind every socket to.", "HOST")] = "0.0.0.0",
+    vehicle_port: Annotated[
+        str, _opt("EV_VEHICLE_PORT", "TCP port for vehicles.", "PORT")
+    ] = "8081",
+    status_port: Annotated[
+        str, _opt("EV_STATUS_PORT", "UDP port for station status.", "PORT")
+    ] = "8082",
+    station_port: Annotated[
+        str, _opt("EV_STATION_PORT", "ZeroMQ ROUTER for stations.", "PORT")
+    ] = "5555",
+    events_port: Annotated[
+        str, _opt("EV_EVENTS_PORT", "ZeroMQ PUB for bus events.", "PORT")
+    ] = "5556",
     history_port: Annotated[
-        str, _opt("EV_HISTORY_PORT", "ZeroMQ ROUTER for history and snapshot.")
+        str, _opt("EV_HISTORY_PORT", "ZeroMQ ROUTER for history and snapshot.", "PORT")
     ] = "5557",
     http_port: Annotated[
-        str, _opt("EV_HTTP_PORT", "HTTP port for /metrics and /healthz.")
+        str, _opt("EV_HTTP_PORT", "HTTP port for /metrics and /healthz.", "PORT")
     ] = "8090",
-    db: Annotated[str, _opt("EV_DB", 'SQLite file, or ":memory:" for none.')] = "./var/broker.db",
-    queue_capacity: Annotated[str, _opt("EV_QUEUE_CAPACITY", "Reservations per point.")] = "5",
+    db: Annotated[
+        str, _opt("EV_DB", 'SQLite file, or ":memory:" for none.', "PATH")
+    ] = "./var/broker.db",
+    queue_capacity: Annotated[str, _opt("EV_QUEUE_CAPACITY", "Reservations per point.", "N")] = "5",
     hold_minutes: Annotated[
-        str, _opt("EV_HOLD_MINUTES", "Minutes a turn is held for the vehicle (fractions ok).")
+        str,
+        _opt(
+            "EV_HOLD_MINUTES", "Minutes a turn is held for the vehicle (fractions ok).", "MINUTES"
+        ),
     ] = "10",
     offline_after: Annotated[
-        str, _opt("EV_OFFLINE_AFTER", "Seconds of silence before a point is offline.")
+        str, _opt("EV_OFFLINE_AFTER", "Seconds of silence before a point is offline.", "SECONDS")
     ] = "6",
     offline_grace: Annotated[
-        str, _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.")
+        str,
+        _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
-    log_format: Annotated[str, _opt("EV_LOG_FORMAT", "Log format: text or json.")] = "text",
+    log_format: Annotated[
+        str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
+    ] = "text",
     log_level: Annotated[
-        str, _opt("EV_LOG_LEVEL", "Log level: debug, info, warning, error.")
+        str, _opt("EV_LOG_LEVEL", "Log level: debug, info, warning, error.", "LEVEL")
     ] = "info",
 ) -> None:
     """Run the broker service until SIGINT or SIGTERM."""
