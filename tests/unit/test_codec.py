@@ -426,3 +426,28 @@ def test_long_writes_of_spaced_objects_stay_linear() -> None:
     for sep in (b" ", b"\t", b""):
         items = StreamDecoder().feed((raw + sep) * 3000)  # 160 KiB, above the request limit
         assert requests_of(items) == [decode_request(raw)] * 3000
+
+
+json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='{}[]"\\ab\n\té', max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(alphabet='{}"\\x', max_size=4), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    tree=json_trees.map(lambda t: {"k": t}) | st.lists(json_trees, max_size=3),
+    cut=st.integers(0, 10_000),
+)
+def test_scan_value_finds_the_end_of_any_json_container(tree: Any, cut: int) -> None:
+    text = json.dumps(tree, ensure_ascii=False).encode()
+    buf = b"  " + text + b'{"next":1}'
+    assert scan_value(buf, 2) == 2 + len(text)
+    # resumed on a longer buffer, from wherever it stopped
+    cut = 2 + cut % len(text)
+    state = scan_value(buf[:cut], 2)
+    assert isinstance(state, ScanState)
+    assert scan_value(buf, 2, state) == 2 + len(text)
