@@ -49,18 +49,26 @@ class Proc:
     args: list[str]
     popen: subprocess.Popen[bytes]
     lines: list[str] = field(default_factory=list)
+    _buf: bytes = b""
+    _unread: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def read_until(self, needle: str, timeout: float = 15.0) -> str:
-        """Read output lines until one contains ``needle``; return that line."""
+        """Read output lines until one contains ``needle``; return that line.
+
+        Lines read past the match are kept for the next call, never lost.
+        """
+        while self._unread:
+            line = self._unread.pop(0)
+            if needle in line:
+                return line
         assert self.popen.stdout is not None
         deadline = time.monotonic() + timeout
         sel = selectors.DefaultSelector()
         sel.register(self.popen.stdout, selectors.EVENT_READ)
-        buf = b""
         try:
             while time.monotonic() < deadline:
                 if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
@@ -68,13 +76,18 @@ class Proc:
                 chunk = os.read(self.popen.stdout.fileno(), 65536)
                 if not chunk:
                     break
-                buf += chunk
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
+                self._buf += chunk
+                *complete, self._buf = self._buf.split(b"\n")
+                found: str | None = None
+                for raw in complete:
                     line = raw.decode("utf-8", "replace")
                     self.lines.append(line)
-                    if needle in line:
-                        return line
+                    if found is None and needle in line:
+                        found = line
+                    elif found is not None:
+                        self._unread.append(line)
+                if found is not None:
+                    return found
         finally:
             sel.close()
         raise TimeoutError(
