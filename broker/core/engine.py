@@ -376,8 +376,6 @@ class Engine:
         p = self.points.get(s.point_id)
         if p is not None and p.session is s:
             p.session = None
-        self.accounts.record(s)
-        self.persist_session(fx, s)
         e = kwh3(energy)
         cost = float(s.cost)
         self.publish(
@@ -398,6 +396,9 @@ class Engine:
             },
             now,
         )
+        s.billed_seq = self.seq
+        self.accounts.record(s)
+        self.persist_session(fx, s)
         fx.append(
             Push(
                 s.vehicle_id,

@@ -75,7 +75,7 @@ class Core:
             eng.order = max(eng.order, r.order)
             if r.deadline is not None:
                 eng.timers.schedule(r.deadline, "expire", r.id, r.deadline)
-        for s in sorted(sessions, key=lambda s: (s.ended_at or s.started_at, s.id)):
+        for s in sorted(sessions, key=lambda s: (s.billed_seq, s.started_at, s.id)):
             if s.ended_at is not None:
                 eng.accounts.record(s)
                 continue
@@ -166,10 +166,13 @@ class Core:
     # --- views ----------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``."""
+        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``.
+
+        Points are sorted by id, running sessions by start time.
+        """
         eng = self._eng
         points = []
-        for p in eng.points.values():
+        for _pid, p in sorted(eng.points.items()):
             view = eng.point_view(p, None, self._now)
             view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
             view["session_id"] = p.session.id if p.session is not None else None
@@ -179,7 +182,8 @@ class Core:
             for pid, p in eng.points.items()
             if p.queue
         }
-        sessions = [s.view() for s in eng.sessions.values()]
+        running = sorted(eng.sessions.values(), key=lambda s: (s.started_at, s.id))
+        sessions = [s.view() for s in running]
         return {"seq": eng.seq, "points": points, "queues": queues, "sessions": sessions}
 
     def accounts(self) -> dict[str, Any]:

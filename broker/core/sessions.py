@@ -79,6 +79,7 @@ class Session:
     energy: Decimal | None = None
     cost: Decimal | None = None
     reason: str | None = None
+    billed_seq: int = 0  # seq of its charging.completed event: the account's order
 
     def record(self) -> dict[str, Any]:
         """Persisted form (decimals as strings); :meth:`from_record` reads it back."""
@@ -101,6 +102,7 @@ class Session:
             "energy_kwh": None if self.energy is None else str(self.energy),
             "cost": None if self.cost is None else str(self.cost),
             "reason": self.reason,
+            "billed_seq": self.billed_seq,
         }
 
     @classmethod
@@ -125,6 +127,7 @@ class Session:
             s.energy = Decimal(str(v["energy_kwh"]))
             s.cost = Decimal(str(v["cost"]))
             s.reason = str(v["reason"])
+            s.billed_seq = int(v.get("billed_seq") or 0)
         return s
 
     def view(self) -> dict[str, Any]:

@@ -264,7 +264,7 @@ def _chegada(
     own = eng.session_by_vehicle.get(vehicle_id)
     if own is not None:
         return refuse("point_busy", f"Vehicle is already charging at {own.point_id}")
-    if any(pend.vehicle_id == vehicle_id for pend in _pending_at(eng, p)):
+    if any(pend.vehicle_id == vehicle_id for pend in eng.pending.values()):
         return refuse("point_busy", "A start for this vehicle is already in progress")
     pos = position_of(p.queue, vehicle_id)
     free = p.session is None and p.pending is None
@@ -279,10 +279,6 @@ def _chegada(
         return refuse("point_busy", f"Point {pid} is charging another vehicle")
     _start(eng, p, conn, req, vehicle_id, data, None, now, fx)
     return None
-
-
-def _pending_at(eng: Engine, p: PointState) -> list[PendingStart]:
-    return [p.pending] if p.pending is not None else []
 
 
 def _start(
