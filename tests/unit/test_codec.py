@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.codec import (
@@ -45,6 +45,9 @@ from tests.unit.codec_samples import (
     requests_of,
     summary,
 )
+
+# a shared, loaded machine must not turn slow data generation into failures
+SLOW_OK = [HealthCheck.too_slow]
 
 # --- the stream ----------------------------------------------------------------------------
 
@@ -339,7 +342,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 @given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=20))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_OK)
 def test_arbitrary_bytes_never_raise(data: bytes, cuts: list[int]) -> None:
     decoder = StreamDecoder(max_request=200)
     items = feed_chunks(split(data, cuts), decoder)
@@ -355,7 +358,7 @@ def test_arbitrary_bytes_never_raise(data: bytes, cuts: list[int]) -> None:
     reqs=st.lists(st.tuples(requests, ids, separators), min_size=1, max_size=8),
     cuts=st.lists(st.integers(0, 2000), max_size=12),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=SLOW_OK)
 def test_valid_streams_decode_the_same_whatever_the_chunking(
     reqs: list[tuple[tuple[str, dict[str, Any]], Any, bytes]], cuts: list[int]
 ) -> None:
@@ -375,7 +378,7 @@ def test_valid_streams_decode_the_same_whatever_the_chunking(
     reqs=st.lists(st.tuples(requests, separators), min_size=1, max_size=5),
     cuts=st.lists(st.integers(0, 1500), max_size=12),
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_OK)
 def test_garbage_then_newline_recovers(
     garbage: bytes, reqs: list[tuple[tuple[str, dict[str, Any]], bytes]], cuts: list[int]
 ) -> None:
@@ -442,6 +445,7 @@ json_trees = st.recursive(
     tree=json_trees.map(lambda t: {"k": t}) | st.lists(json_trees, max_size=3),
     cut=st.integers(0, 10_000),
 )
+@settings(deadline=None, suppress_health_check=SLOW_OK)
 def test_scan_value_finds_the_end_of_any_json_container(tree: Any, cut: int) -> None:
     text = json.dumps(tree, ensure_ascii=False).encode()
     buf = b"  " + text + b'{"next":1}'

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.codec import (
@@ -53,6 +53,9 @@ MINIMAL = (
     b'{"id":"CP01","latitude":-12.26,"longitude":-38.96,"available":true,"queue_size":0,'
     b'"vehicle_id":"CAR1","battery":80}'
 )
+
+# a shared, loaded machine must not turn slow data generation into failures
+SLOW_OK = [HealthCheck.too_slow]
 
 
 def test_original_minimal_datagram() -> None:
@@ -136,7 +139,7 @@ def test_bad_datagrams_raise_station_protocol_error(raw: bytes, field: str | Non
 
 
 @given(st.binary(max_size=300))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_OK)
 def test_datagram_decoder_only_raises_station_protocol_error(raw: bytes) -> None:
     try:
         datagram = decode_datagram(raw)
@@ -252,7 +255,7 @@ def test_station_commands_are_not_station_messages() -> None:
 
 
 @given(st.binary(max_size=200))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=SLOW_OK)
 def test_msgpack_decoders_only_raise_their_errors(frame: bytes) -> None:
     decoders: list[tuple[Callable[[bytes], Any], type[Exception], tuple[type, ...]]] = [
         (decode_station_message, StationProtocolError, (Hello, Heartbeat, Ack, SessionComplete)),

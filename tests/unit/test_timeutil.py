@@ -6,12 +6,15 @@ import math
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.timeutil import format_timestamp, parse_timestamp
 
 APRIL_7 = 1744020009.0  # 2025-04-07T10:00:09Z
+
+# a shared, loaded machine must not turn slow data generation into failures
+SLOW_OK = [HealthCheck.too_slow]
 
 
 @pytest.mark.parametrize(
@@ -57,6 +60,7 @@ def test_format_timestamp() -> None:
 
 
 @given(st.floats(min_value=-2e9, max_value=4e9, allow_nan=False))
+@settings(deadline=None, suppress_health_check=SLOW_OK)
 def test_format_then_parse_is_exact_to_the_millisecond(epoch: float) -> None:
     text = format_timestamp(epoch)
     assert len(text) == 24 and text.endswith("Z")
@@ -69,6 +73,7 @@ def test_format_then_parse_is_exact_to_the_millisecond(epoch: float) -> None:
     ),
     st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59),
 )
+@settings(deadline=None, suppress_health_check=SLOW_OK)
 def test_parse_agrees_with_datetime(moment: datetime, offset_min: int) -> None:
     naive = moment.isoformat()
     assert parse_timestamp(naive) == pytest.approx(moment.replace(tzinfo=UTC).timestamp())
@@ -78,6 +83,7 @@ def test_parse_agrees_with_datetime(moment: datetime, offset_min: int) -> None:
 
 
 @given(st.text(max_size=40))
+@settings(deadline=None, suppress_health_check=SLOW_OK)
 def test_whatever_fromisoformat_accepts_parses(text: str) -> None:
     """The request decoder checks timestamps with fromisoformat first, relying on this."""
     try:
