@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 from collections.abc import Callable
 from typing import Final
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Datagrams read per wake-up before yielding to the loop.
 DRAIN_BATCH: Final = 512
+#: Linux's SO_RCVBUFFORCE (not exported by every Python build's socket module).
+SO_RCVBUFFORCE_LINUX: Final = 33
 #: Receive buffer sizes to try, largest first.
 RCVBUF_SIZES: Final = (32 << 20, 16 << 20, 8 << 20, 4 << 20)
 
@@ -49,7 +52,9 @@ def _outcome_of(error: EVError) -> str:
 
 def _grow_rcvbuf(sock: socket.socket) -> None:
     """The largest receive buffer we may have (SO_RCVBUFFORCE when privileged)."""
-    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    force = getattr(
+        socket, "SO_RCVBUFFORCE", SO_RCVBUFFORCE_LINUX if sys.platform == "linux" else None
+    )
     if force is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, RCVBUF_SIZES[0])
