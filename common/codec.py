@@ -70,7 +70,7 @@ __all__ = [
 
 _ANY_DECODER: Final = msgspec.json.Decoder()
 
-# --- vehicle replies and client-side helpers ----------------------------------------------
+# --- vehicle replies and client-side functions ----------------------------------------------
 
 
 class _Message(msgspec.Struct, omit_defaults=True):

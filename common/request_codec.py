@@ -440,8 +440,8 @@ class StreamDecoder:
         view = memoryview(seg)
         look_for_cut = True  # objects back to back with no space: split at "}{"
         while True:
-            lead = seg[pos]
-            if lead == 0x7B and look_for_cut:
+            head = seg[pos]
+            if head == 0x7B and look_for_cut:
                 # A span that decodes is a whole request: a "}{" inside a string would
                 # leave the string open and the span undecodable.
                 cut = seg.find(b"}{", pos, pos + self._max + 1) + 1
@@ -456,7 +456,7 @@ class StreamDecoder:
                         continue
                 else:
                     look_for_cut = False  # not that kind of stream: stop looking
-            if lead in _OPENERS:
+            if head in _OPENERS:
                 item, end = _value_end(view, pos, self._max)
                 if isinstance(end, ScanState):
                     if size - pos > self._max:
@@ -484,7 +484,7 @@ class StreamDecoder:
             elif final:  # a scalar or garbage: the rest of the line is one item
                 out.append(decode_one(view[pos:]))
                 return
-            elif lead in _SCALAR_START:  # may be a JSON value still arriving
+            elif head in _SCALAR_START:  # may be a JSON value still arriving
                 self._buf = bytearray(view[pos:])
                 return
             else:

@@ -1,4 +1,4 @@
-"""The original client's requests, byte for byte, and helpers shared by the codec tests."""
+"""The original client's requests, byte for byte, and functions shared by the codec tests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Vehicle stream framing (StreamDecoder), replies and client helpers."""
+"""Vehicle stream framing (StreamDecoder), replies and client functions."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def test_scan_value() -> None:
     assert isinstance(scan_value(b'{"a":[1,2', 0), ScanState)
 
 
-# --- replies and client helpers ------------------------------------------------------------
+# --- replies and client functions ------------------------------------------------------------
 
 
 def test_encode_reply_is_compact_utf8_and_newline_terminated() -> None:

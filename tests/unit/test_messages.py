@@ -357,7 +357,7 @@ def test_history_request_not_msgpack() -> None:
     assert info.value.field == "request"
 
 
-# --- msgpack helpers and the tables ----------------------------------------------------------
+# --- msgpack functions and the tables ----------------------------------------------------------
 
 
 def test_pack_unpack_round_trip_and_interop() -> None:
