@@ -58,10 +58,21 @@ def _chord2(km: float) -> float:
 class GeoIndex:
     """Exact k-nearest-neighbour queries by haversine distance over a mutable point set."""
 
-    __slots__ = ("_cells", "_cs_lat", "_cs_lon", "_entries", "_n_built", "_ncols", "_nrows")
+    __slots__ = (
+        "_cells",
+        "_cs_lat",
+        "_cs_lon",
+        "_entries",
+        "_n_built",
+        "_ncols",
+        "_nrows",
+        "_trig",
+    )
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[int, _Entry]] = {}
+        # per point: radians(latitude), its cosine, longitude (for the exact haversine)
+        self._trig: dict[str, tuple[float, float, float]] = {}
         self._cells: dict[int, list[_Entry]] = {}
         self._n_built = 0
         self._configure(10.0, 10.0)
@@ -85,6 +96,8 @@ class GeoIndex:
                 del self._cells[old[0]]
         x, y, z = _unit(latitude, longitude)
         entry: _Entry = (x, y, z, point_id, latitude, longitude)
+        p = math.radians(latitude)
+        self._trig[point_id] = (p, math.cos(p), longitude)
         key = self._key(latitude, longitude)
         self._entries[point_id] = (key, entry)
         self._cells.setdefault(key, []).append(entry)
@@ -97,6 +110,7 @@ class GeoIndex:
         old = self._entries.pop(point_id, None)
         if old is None:
             return
+        del self._trig[point_id]
         self._cells[old[0]].remove(old[1])
         if not self._cells[old[0]]:
             del self._cells[old[0]]
@@ -207,6 +221,8 @@ class GeoIndex:
                 col = jhi % ncols
                 keys = [i * ncols + col for i in range(ilo, ihi + 1)]
                 east = lon_km((jhi + 1) * cs_lon - 180.0 - longitude)
+        if dirty:
+            found.sort()
         return self._finish(found, latitude, longitude, k, limit)
 
     def _finish(
@@ -217,24 +233,22 @@ class GeoIndex:
         k: int,
         limit: float,
     ) -> list[tuple[float, str]]:
-        """Exact haversine for every candidate that may rank in the first ``k``."""
+        """Exact haversine for every candidate (sorted by chord) that may rank in the first k."""
         if not found:
             return []
-        found.sort()
         cut = found[min(k, len(found)) - 1][0] * (1.0 + _MARGIN_REL) + _MARGIN_ABS
-        entries = self._entries
+        trig = self._trig
         exact: list[tuple[float, str]] = []
-        sin, asin, sqrt, radians, cos = math.sin, math.asin, math.sqrt, math.radians, math.cos
+        sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
         # the arithmetic of common.geo.haversine_km, inlined (bit-identical results)
         p1 = radians(latitude)
-        cp1 = cos(p1)
+        cp1 = math.cos(p1)
         two_r = 2 * EARTH_RADIUS_KM
         for d2, pid in found:
             if d2 > cut:
                 break
-            e = entries[pid][1]
-            p2 = radians(e[4])
-            a = sin((p2 - p1) / 2) ** 2 + cp1 * cos(p2) * sin(radians(e[5] - longitude) / 2) ** 2
+            p2, cp2, lon2 = trig[pid]
+            a = sin((p2 - p1) / 2) ** 2 + cp1 * cp2 * sin(radians(lon2 - longitude) / 2) ** 2
             d = two_r * asin(min(1.0, sqrt(a)))
             if d <= limit:
                 exact.append((d, pid))

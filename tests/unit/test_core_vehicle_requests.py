@@ -307,3 +307,12 @@ def test_wait_estimate_grows_with_the_queue(h: Harness) -> None:
     second = h.reply(h.request("CAR9", "consulta", localizacao=loc)).data[0]
     assert first["espera_estimada_min"] == 0
     assert second["espera_estimada_min"] >= 30 and second["estado"] == "reservado"
+
+
+def test_one_pending_start_per_vehicle_across_points() -> None:
+    h = Harness()
+    h.point("CP01")
+    h.point("CP02", lat=-12.3)
+    assert h.commands(h.arrive("CAR1", "CP01"), "start")
+    r = h.reply(h.arrive("CAR1", "CP02"))
+    assert r.data["code"] == "point_busy"
