@@ -24,6 +24,12 @@ def parse_timestamp(text: str) -> float:
 
 
 def format_timestamp(epoch: float) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, milliseconds) for epoch seconds."""
-    dt = datetime.fromtimestamp(epoch, tz=UTC)
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC, milliseconds) for epoch seconds.
+
+    Raises ValueError when ``epoch`` is not a representable time (NaN, out of range).
+    """
+    try:
+        dt = datetime.fromtimestamp(epoch, tz=UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp out of range: {epoch!r}") from exc
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

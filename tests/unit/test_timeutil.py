@@ -91,3 +91,9 @@ def test_whatever_fromisoformat_accepts_parses(text: str) -> None:
     except ValueError:
         return
     assert isinstance(parse_timestamp(text), float)
+
+
+@pytest.mark.parametrize("epoch", [1e20, -1e20, float("inf"), float("nan")])
+def test_format_timestamp_out_of_range_is_a_value_error(epoch: float) -> None:
+    with pytest.raises(ValueError):
+        format_timestamp(epoch)
