@@ -33,7 +33,7 @@ def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
             if d.seq <= p.dgram_seq:
                 eng.counters["datagrams_stale"] += 1
                 return []
-        elif p.boot_id is not None and p.session is not None:
+        elif p.session is not None:
             return _slow_datagram(eng, p, d, now)
         else:
             p.boot_id = boot
@@ -175,11 +175,10 @@ def _note_boot(eng: Engine, p: PointState, boot_id: str, now: float, fx: list[Ef
     """A new ``boot_id``: reset the stale filter; a session the old process ran is lost."""
     if not boot_id or boot_id == p.boot_id:
         return
-    old = p.boot_id
     p.boot_id = boot_id
     p.dgram_seq = -1
     s = p.session
-    if s is not None and old is not None and s.boot_id is not None and s.boot_id != boot_id:
+    if s is not None and s.boot_id is not None and s.boot_id != boot_id:
         eng.bill_fault(s, now, fx)
 
 

@@ -126,3 +126,23 @@ def test_energy_reported_before_an_outage_survives_a_restart() -> None:
     done = [e.event.data for e in fx if getattr(e, "event", None)]
     billed = [d for d in done if d.get("session_id") == sid and "cost" in d]
     assert billed and billed[0]["energy_kwh"] == 7.25 and billed[0]["reason"] == "fault"
+
+
+def test_restored_session_survives_its_station_but_not_a_new_station_process() -> None:
+    from common.messages import StatusDatagram
+
+    h = Harness()
+    h.point("CP01")
+    h.point("CP02", lat=-12.3)
+    s1 = h.start_charging("CAR1", "CP01")
+    s2 = h.start_charging("CAR2", "CP02")
+    core = h.restored()
+    same = StatusDatagram(id="CP01", latitude=-12.26, longitude=-38.96, boot_id="boot-CP01", seq=99)
+    fx = core.handle_datagram(same, h.now)
+    assert not [e for e in fx if getattr(e, "event", None) and e.event.topic.startswith("charging")]
+    other = StatusDatagram(id="CP02", latitude=-12.3, longitude=-38.96, boot_id="fresh", seq=1)
+    fx = core.handle_datagram(other, h.now)
+    done = [e.event.data for e in fx if getattr(e, "event", None)]
+    closed = [d["session_id"] for d in done if d.get("reason") == "fault"]
+    assert closed == [s2]
+    assert [s["session_id"] for s in core.snapshot()["sessions"]] == [s1]
