@@ -208,8 +208,8 @@ class Stack:
             time.sleep(0.5)
         raise AssertionError(f"{service} is {state!r}, not healthy\n{self.logs(service)}")
 
-    def logs(self, service: str) -> str:
-        return self.compose("logs", "--no-color", "--tail", "60", service, check=False).stdout
+    def logs(self, service: str, tail: str = "60") -> str:
+        return self.compose("logs", "--no-color", "--tail", tail, service, check=False).stdout
 
     def published(self, service: str, port: int, proto: str = "tcp") -> tuple[str, int]:
         out = self.compose("port", "--protocol", proto, service, str(port)).stdout.strip()

@@ -109,8 +109,8 @@ def test_stack_is_up_healthy_and_runs_as_non_root(stack: Stack) -> None:
     seen = online(stack, ALL_POINTS)
     assert seen["CP02"]["potencia_kw"] == 22.0 and seen["CP03"]["preco_kwh"] == 2.5
     assert stack.docker("exec", stack.container("broker"), "id", "-u").strip() == "10001"
-    # the tail prints the bus
-    assert "point.registered" in stack.logs("tail")
+    # the tail prints the bus (the list requests above connect vehicle LISTER)
+    assert "vehicle_id=LISTER" in stack.logs("tail", tail="all")
 
 
 def test_vehicle_container_completes_a_trip_and_billing_agrees(stack: Stack) -> None:
