@@ -33,6 +33,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.h = Harness(queue_capacity=CAPACITY, hold_s=60.0, offline_grace_s=30.0)
         self.starts: list[tuple[str, dict[str, Any]]] = []
         self.session_ids: list[str] = []
+        self.boots: dict[str, int] = {}
         for i, pid in enumerate(POINTS):
             self.h.point(pid, lat=-12.0 - i * 0.01)
 
@@ -45,6 +46,16 @@ class CoreMachine(RuleBasedStateMachine):
     def datagram(self, pid: str, estado: str) -> None:
         i = POINTS.index(pid)
         self._collect(self.h.dgram(pid, lat=-12.0 - i * 0.01, estado=estado))
+
+    @rule(pid=points_s, new_process=st.booleans())
+    def hello(self, pid: str, new_process: bool) -> None:
+        if new_process:
+            self.boots[pid] = self.boots.get(pid, 0) + 1
+        i = POINTS.index(pid)
+        boot = f"{pid}-{self.boots.get(pid, 0)}"
+        fx = self.h.hello(pid, boot=boot, latitude=-12.0 - i * 0.01, longitude=-38.96)
+        self._collect(fx)
+        assert self.h.commands(fx, "welcome")
 
     @rule(pid=points_s)
     def heartbeat(self, pid: str) -> None:
