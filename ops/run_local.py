@@ -81,7 +81,7 @@ class Ports:
                 raise ConfigError(f"{var}={port} is outside 1-65535")
             values[name] = port
         ports = cls(**values)
-        seen = [p for p in vars(ports).values()]
+        seen = list(vars(ports).values())
         if len(set(seen)) != len(seen):
             raise ConfigError(f"the six broker ports must differ: {ports}")
         return ports

@@ -136,12 +136,11 @@ def test_busy_port_is_reported() -> None:
         assert busy_ports(ports) == [f"{taken} (vehicle, EV_VEHICLE_PORT)"]
 
 
-def test_main_refuses_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    os.environ["EV_RUN_VEHICLES"] = "-1"
-    try:
-        assert main([]) == 2
-    finally:
-        del os.environ["EV_RUN_VEHICLES"]
+def test_main_refuses_bad_settings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EV_RUN_VEHICLES", "-1")
+    assert main([]) == 2
     assert "EV_RUN_VEHICLES=-1 is outside" in capsys.readouterr().err
 
 
