@@ -1,0 +1,93 @@
+"""ops/docker-compose.yml as docker-compose resolves it: services, image, ports, ids.
+
+Fast checks with ``docker-compose config`` (no containers); the stack itself is
+exercised in test_stack.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.compose.conftest import COMPOSE_FILE
+
+pytestmark = pytest.mark.compose
+
+SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail"]
+TOOLS = ["vehicle", "monitor"]
+
+
+def compose(*args: str, **env: str) -> str:
+    """``docker-compose -f ops/docker-compose.yml ARGS`` with only ``env`` among EV_* variables."""
+    if shutil.which("docker-compose") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("docker-compose is needed in CI")
+        pytest.skip("the docker-compose command is not installed")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EV_")}
+    proc = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE_FILE), *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def config(**env: str) -> str:
+    return compose("config", **env)
+
+
+def service_block(text: str, name: str) -> str:
+    """The lines of service ``name`` in ``docker-compose config`` output."""
+    lines = text.splitlines()
+    start = lines.index(f"  {name}:") + 1
+    end = start
+    while end < len(lines) and lines[end].startswith("    "):
+        end += 1
+    return "\n".join(lines[start:end])
+
+
+def test_services_and_the_on_demand_tools() -> None:
+    assert sorted(compose("config", "--services").split()) == sorted(SERVICES + TOOLS)
+    text = config()
+    for tool in TOOLS:
+        block = service_block(text, tool)
+        assert "profiles:\n    - tools" in block
+        assert "stdin_open: true" in block and "tty: true" in block
+    for service in SERVICES:
+        assert "profiles:" not in service_block(text, service)
+    assert "healthcheck:" in service_block(text, "broker")
+    assert "condition: service_healthy" in service_block(text, "billing")
+
+
+def test_every_service_uses_the_image_from_the_environment() -> None:
+    text = config(EV_IMAGE="example/evcharge:abc")
+    assert text.count("image: example/evcharge:abc") == len(SERVICES + TOOLS)
+    assert "image: evcharge:latest" in config()
+
+
+def test_station_ids_are_distinct_and_the_broker_ports_are_configurable() -> None:
+    text = config(EV_PUBLISH_ADDR="127.0.0.1", EV_PUBLISH_HTTP="18090", EV_PUBLISH_STATUS="0")
+    ids = re.findall(r"EV_ID: (\S+)", text)
+    assert sorted(ids) == ["CP01", "CP02", "CP03"]
+    assert "127.0.0.1:18090:8090/tcp" in text
+    assert "127.0.0.1:0:8082/udp" in text
+    defaults = config()
+    for port in ("8081/tcp", "8082/udp", "5555/tcp", "5556/tcp", "5557/tcp", "8090/tcp"):
+        number = port.split("/")[0]
+        assert f"0.0.0.0:{number}:{port}" in defaults
+
+
+def test_configuration_is_by_environment_only() -> None:
+    text = config()
+    assert "env_file" not in text
+    # state lives in named volumes, never in bind-mounted host folders
+    mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
+    assert sorted(source for source, _ in mounts) == ["billing-data", "broker-data", "vehicle-home"]
