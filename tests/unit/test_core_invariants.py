@@ -169,7 +169,16 @@ TestCoreInvariants = CoreMachine.TestCase
 
 
 def test_the_machine_reaches_billing_and_turns() -> None:
-    """Guard against a vacuous run: the interleavings above do bill and pass turns."""
+    """Guard against a vacuous run: the interleavings above do bill and pass turns.
+
+    Derandomized, so this guard is deterministic.
+    """
+
+    class Guard(CoreMachine.TestCase):  # type: ignore[name-defined,misc]
+        settings = settings(
+            max_examples=100, stateful_step_count=40, deadline=None, derandomize=True, database=None
+        )
+
     STATS.clear()
-    TestCoreInvariants().runTest()
+    Guard().runTest()
     assert STATS["billed"] >= 1 and STATS["turns"] >= 2, STATS
