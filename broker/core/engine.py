@@ -69,7 +69,7 @@ class Engine:
             "acks_unknown": 0,
         }
 
-    # --- effect helpers -------------------------------------------------------------
+    # --- building effects -------------------------------------------------------------
 
     def publish(self, fx: list[Effect], topic: str, data: dict[str, Any], now: float) -> None:
         self.seq += 1
