@@ -37,6 +37,14 @@ TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a sessio
 MAX_ABANDONED: Final = 1024
 
 
+OFFLINE_SLOT_S: Final = 0.25
+
+
+def offline_slot(t: float) -> float:
+    """Offline checks are grouped on a 0.25 s grid, so that many points share a wake-up."""
+    return math.ceil(t / OFFLINE_SLOT_S) * OFFLINE_SLOT_S
+
+
 def kwh3(value: Decimal) -> float:
     """Energy for the wire: kWh with three decimals."""
     return float(value.quantize(MILLI, rounding=ROUND_HALF_UP))
@@ -95,7 +103,7 @@ class Engine:
         """A sign of life: refresh ``last_heard``; an offline point comes back online."""
         p.last_heard = now
         if p.offline_timer_at is None:
-            p.offline_timer_at = now + p.window_s
+            p.offline_timer_at = offline_slot(now + p.window_s)
             self.timers.schedule(p.offline_timer_at, "offline", p.id)
         if not p.online:
             p.online = True
@@ -489,7 +497,7 @@ class Engine:
             return
         due = p.last_heard + p.window_s
         if due > now:
-            p.offline_timer_at = due
+            p.offline_timer_at = due = offline_slot(due)
             self.timers.schedule(due, "offline", p.id)
             return
         p.online = False

@@ -9,7 +9,7 @@ list, no timer push (the offline timer re-arms itself lazily, see
 from __future__ import annotations
 
 from broker.core.effects import Effect, Persist, SendStation
-from broker.core.engine import Engine
+from broker.core.engine import Engine, offline_slot
 from broker.core.points import DEFAULT_INTERVAL_S, PointState, holds_turn
 from broker.core.sessions import energy_kwh, to_decimal
 from common.messages import (
@@ -57,7 +57,7 @@ def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
         and (d.interval_s is None or d.interval_s == p.interval_s)
     ):
         if p.offline_timer_at is None:
-            p.offline_timer_at = now + p.window_s
+            p.offline_timer_at = offline_slot(now + p.window_s)
             eng.timers.schedule(p.offline_timer_at, "offline", p.id)
         return []
     return _slow_datagram(eng, p, d, now)

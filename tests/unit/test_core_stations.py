@@ -239,3 +239,17 @@ def test_costs_are_decimal_in_the_store() -> None:
     h.complete("CP01", sid, "CAR1", 0.0, 50.0)  # 0.5 kWh * 0.1 = 0.05
     rec = h.store[("session", sid)]
     assert Decimal(rec["cost"]) == Decimal("0.05") and rec["state"] == "billed"
+
+
+def test_offline_checks_of_many_points_share_wakeups() -> None:
+    h = Harness()
+    for i in range(50):
+        h.at(0.01)
+        h.point(f"P{i:02d}", lat=-12.0 - i * 0.001)
+    wakeups = 0
+    while h.core.stats()["points_online"] and (due := h.core.next_due()) is not None:
+        h.now = due
+        h.tick()
+        wakeups += 1
+    assert h.core.stats()["points_online"] == 0
+    assert wakeups <= 3
