@@ -443,7 +443,8 @@ class Engine:
 
     def bill_fault(self, s: Session, now: float, fx: list[Effect]) -> None:
         """Close a session the station can no longer report: the energy last reported."""
-        energy = to_decimal(s.energy_reported)
+        reported = s.energy_reported if math.isfinite(s.energy_reported) else 0.0
+        energy = to_decimal(reported)
         cap = to_decimal(s.capacidade_kwh)
         gained = float(energy / cap * 100) if cap > 0 else 0.0
         nivel_final = min(100.0, s.nivel_inicial + gained)

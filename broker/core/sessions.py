@@ -7,6 +7,7 @@ numbers with two decimals).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
@@ -27,7 +28,14 @@ def to_decimal(value: float) -> Decimal:
 
 
 def energy_kwh(nivel_inicial: float, nivel_final: float, capacidade_kwh: float) -> Decimal:
-    """``(nivel_final - nivel_inicial) / 100 * capacidade_kwh``, never negative."""
+    """``(nivel_final - nivel_inicial) / 100 * capacidade_kwh``, never negative.
+
+    Levels outside 0-100 are clamped; a non-finite value counts as no energy.
+    """
+    if not all(math.isfinite(v) for v in (nivel_inicial, nivel_final, capacidade_kwh)):
+        return Decimal(0)
+    nivel_inicial = min(100.0, max(0.0, nivel_inicial))
+    nivel_final = min(100.0, max(0.0, nivel_final))
     delta = to_decimal(nivel_final) - to_decimal(nivel_inicial)
     if delta <= 0:
         return Decimal(0)

@@ -8,6 +8,8 @@ list, no timer push (the offline timer re-arms itself lazily, see
 
 from __future__ import annotations
 
+import math
+
 from broker.core.effects import Effect, Persist, SendStation
 from broker.core.engine import Engine, offline_slot
 from broker.core.points import DEFAULT_INTERVAL_S, PointState, holds_turn
@@ -119,6 +121,9 @@ def _register(
     fx: list[Effect],
 ) -> PointState:
     p = PointState(id=point_id, latitude=latitude, longitude=longitude)
+    potencia_kw, preco_kwh, interval_s = _sane(potencia_kw), _sane(preco_kwh), _sane(interval_s)
+    if interval_s == 0:
+        interval_s = None
     if potencia_kw is not None:
         p.potencia_kw = potencia_kw
     if preco_kwh is not None:
@@ -143,6 +148,13 @@ def _register(
     return p
 
 
+def _sane(value: float | None) -> float | None:
+    """A reported power or price, or None when it is not a finite non-negative number."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
 def _update_static(
     eng: Engine,
     p: PointState,
@@ -153,6 +165,9 @@ def _update_static(
     interval_s: float | None,
 ) -> bool:
     """Static facts follow the latest report; True when something changed."""
+    potencia_kw, preco_kwh, interval_s = _sane(potencia_kw), _sane(preco_kwh), _sane(interval_s)
+    if interval_s == 0:
+        interval_s = None
     changed = False
     if latitude != p.latitude or longitude != p.longitude:
         p.latitude, p.longitude = latitude, longitude
@@ -272,7 +287,12 @@ def _session_complete(
             eng.counters["sessions_unknown"] += 1
         else:
             energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
-            if msg.reason == "fault" and energy == 0 and msg.energia_kwh > 0:
+            if (
+                msg.reason == "fault"
+                and energy == 0
+                and math.isfinite(msg.energia_kwh)
+                and msg.energia_kwh > 0
+            ):
                 energy = to_decimal(msg.energia_kwh)
             eng.bill(s, now, fx, energy, msg.nivel_final, msg.reason)
     fx.append(SendStation(point_id, {"type": "session_ack", "session_id": sid}))

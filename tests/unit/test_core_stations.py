@@ -253,3 +253,18 @@ def test_offline_checks_of_many_points_share_wakeups() -> None:
         wakeups += 1
     assert h.core.stats()["points_online"] == 0
     assert wakeups <= 3
+
+
+def test_hostile_station_numbers_never_break_billing() -> None:
+    h = Harness()
+    h.hello("CP01", potencia_kw=float("nan"), preco_kwh=float("inf"), interval_s=-1.0)
+    snap = h.core.snapshot()["points"][0]
+    assert (snap["potencia_kw"], snap["preco_kwh"]) == (50.0, 2.0)
+    sid = h.start_charging("CAR1")
+    fx = h.complete("CP01", sid, "CAR1", start=float("nan"), end=float("inf"), energy=1.0)
+    done = h.published(fx, "charging.completed")[0]
+    assert done["energy_kwh"] == 0.0 and done["cost"] == 0.0
+    sid = h.start_charging("CAR2")
+    fx = h.complete("CP01", sid, "CAR2", start=-50.0, end=150.0)  # clamped to 0-100
+    assert h.published(fx, "charging.completed")[0]["energy_kwh"] == 60.0
+    assert h.core.accounts()["CAR2"]["total"] == 120.0
