@@ -79,7 +79,7 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     apt-get install -y debootstrap >&2 || { apt-get update >&2 && apt-get install -y debootstrap >&2; }
 fi
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/evcharge-base.XXXXXX")"
+work="$(mktemp -d -t evcharge-base.XXXXXX)"
 cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 

@@ -24,7 +24,7 @@ fi
 log() { echo "fetch-wheels: $*" >&2; }
 
 mkdir -p "$DEST"
-work="$(mktemp -d "${TMPDIR:-/tmp}/evcharge-wheels.XXXXXX")"
+work="$(mktemp -d -t evcharge-wheels.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
 # 1. The project wheel, built from a clean copy of the sources.
