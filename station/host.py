@@ -220,7 +220,8 @@ class Host:
             return
         match msg:
             case Welcome():
-                self._hello_due.pop(i, None)
+                if self._hello_due.pop(i, None) is not None and len(self.chargers) == 1:
+                    log.info("%s: welcomed by the broker", c.point_id)
             case Heartbeat():
                 pass
             case SessionAck():

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 MAX_STATION_FRAME: Final = 64 * 1024
 #: Messages queued per station before sends to it fail with EAGAIN.
 STATION_SNDHWM: Final = 1000
+STATION_BACKLOG: Final = 4096
 #: A station heard within this many heartbeat periods still gets heartbeats ...
 LIVE_WINDOW_PERIODS: Final = 3.0
 #: ... and never fewer seconds than this (stations that only send UDP while charging).
@@ -136,6 +137,9 @@ class StationsEdge:
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_STATION_FRAME)
             sock.setsockopt(zmq.SNDHWM, STATION_SNDHWM)
+            # A fleet connects thousands of stations at once: the default listen
+            # backlog (100) overflows and leaves connections waiting for retries.
+            sock.setsockopt(zmq.BACKLOG, STATION_BACKLOG)
             sock.bind(self._endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)

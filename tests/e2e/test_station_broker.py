@@ -100,7 +100,7 @@ def car(broker: tuple[Proc, BrokerPorts]) -> Iterator[Car]:
 
 def test_station_registers_and_reports(broker: tuple[Proc, BrokerPorts], car: Car) -> None:
     _, ports = broker
-    with running(station_args(ports), ready="ready"):
+    with running(station_args(ports), ready="welcomed by the broker"):
         until(lambda: (point(car) or {}).get("estado") == "disponivel", what="CP01 online")
         p = point(car)
         assert p is not None
@@ -110,7 +110,7 @@ def test_station_registers_and_reports(broker: tuple[Proc, BrokerPorts], car: Ca
 
 def test_reserve_arrive_charge_and_bill(broker: tuple[Proc, BrokerPorts], car: Car) -> None:
     _, ports = broker
-    with running(station_args(ports, "--speed", "3600"), ready="ready") as station:
+    with running(station_args(ports, "--speed", "3600"), ready="welcomed by the broker") as station:
         until(lambda: (point(car) or {}).get("estado") == "disponivel", what="CP01 online")
         reply = car.ask("reserva", id_ponto_recarga="CP01", tempo_estimado=5)
         assert reply["data"]["code"] == "reserved", reply
@@ -136,7 +136,7 @@ def test_reserve_arrive_charge_and_bill(broker: tuple[Proc, BrokerPorts], car: C
 
 def test_mute_station_makes_arrival_unreachable(broker: tuple[Proc, BrokerPorts], car: Car) -> None:
     _, ports = broker
-    with running(station_args(ports, "--mute-commands"), ready="ready"):
+    with running(station_args(ports, "--mute-commands"), ready="welcomed by the broker"):
         until(lambda: (point(car) or {}).get("estado") == "disponivel", what="CP01 online")
         reply = car.ask(
             "chegada",
@@ -153,7 +153,7 @@ def test_fault_is_reported_and_refuses_reservations(
     broker: tuple[Proc, BrokerPorts], car: Car
 ) -> None:
     _, ports = broker
-    with running(station_args(ports, "--fault-after", "1"), ready="ready"):
+    with running(station_args(ports, "--fault-after", "1"), ready="welcomed by the broker"):
         until(lambda: (point(car) or {}).get("estado") == "indisponivel", what="CP01 faulted")
         reply = car.ask("reserva", id_ponto_recarga="CP01")
         assert reply["data"]["status"] == "error", reply
@@ -167,7 +167,9 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
     broker = start_broker(ports, db, *extra)
     try:
         # 20 -> 80 % of 60 kWh at 50 kW: 2592 simulated s = 4.3 s at --speed 600
-        with running(station_args(ports, "--speed", "600"), ready="ready") as station:
+        with running(
+            station_args(ports, "--speed", "600"), ready="welcomed by the broker"
+        ) as station:
             car = Car(ports.vehicle, "CARKILL")
             try:
                 until(lambda: (point(car) or {}).get("estado") == "disponivel", what="online")
