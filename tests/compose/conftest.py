@@ -32,7 +32,7 @@ COMPOSE_FILE = images.OPS / "docker-compose.yml"
 LAT, LON = -12.2664, -38.9663
 
 # Short windows so the scenarios run in seconds: stations report every 0.5 s, a
-# point is offline after 2 s of silence, and its queue is kept for 10 s.
+# point is offline after 2 s of silence, and its queue is kept for 15 s (room for a loaded machine).
 STACK_ENV: Mapping[str, str] = {
     "EV_RESTART": "no",
     "EV_PUBLISH_ADDR": "127.0.0.1",
@@ -44,7 +44,7 @@ STACK_ENV: Mapping[str, str] = {
     "EV_PUBLISH_HTTP": "0",
     "EV_INTERVAL": "0.5",
     "EV_OFFLINE_AFTER": "2",
-    "EV_OFFLINE_GRACE": "10",
+    "EV_OFFLINE_GRACE": "15",
     "EV_FLEET_COUNT": "2",
     "EV_LOG_LEVEL": "info",
 }

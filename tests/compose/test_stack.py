@@ -150,12 +150,12 @@ def test_killed_station_goes_offline_and_its_vehicles_are_told(
     killed_at = time.monotonic()
     stack.wait_point("CP01", lambda p: p["estado"] == "offline", 20, "offline")
 
-    # After the grace period (10 s): K2's reservation is cancelled and K2 is told ...
+    # After the grace period (15 s): K2's reservation is cancelled and K2 is told ...
     line = k2.wait_for(lambda ln: "reserva_cancelada" in ln, 60)
     push = json.loads(line)
     assert push["data"]["id_ponto_recarga"] == "CP01"
     assert push["data"]["motivo"] == "point_offline"
-    assert time.monotonic() - killed_at >= 8  # not before the grace period
+    assert time.monotonic() - killed_at >= 12  # not before the grace period
     # ... and K1's session is closed as a fault and billed, and K1 gets its bill.
     assert k1.wait(60) == 0, k1.text()
     result = json.loads(k1.lines[-1])
