@@ -24,8 +24,10 @@ from broker.core.queues import Reservation, turn_deadline
 from broker.core.sessions import (
     CURRENCY,
     MILLI,
+    NO_CONNECTION,
     PendingStart,
     Session,
+    pending_key,
     session_cost,
     to_decimal,
 )
@@ -279,6 +281,7 @@ class Engine:
         """The station acked ``start``: the reservation becomes a running session."""
         p = self.points[pend.point_id]
         p.pending = None
+        fx.append(Persist("meta", pending_key(pend.session_id), None))
         if pend.reservation_id is not None:
             r = self.res_by_id.get(pend.reservation_id)
             if r is not None:
@@ -321,21 +324,22 @@ class Engine:
             },
             now,
         )
-        fx.append(
-            Reply(
-                pend.conn,
-                pend.request_id,
-                "chegada_response",
-                {
-                    "status": "success",
-                    "code": "started",
-                    "message": "Charging started",
-                    "vehicle_id": s.vehicle_id,
-                    "id_ponto_recarga": p.id,
-                    "session_id": s.id,
-                },
+        if pend.conn != NO_CONNECTION:  # a start restored after a crash has no requester
+            fx.append(
+                Reply(
+                    pend.conn,
+                    pend.request_id,
+                    "chegada_response",
+                    {
+                        "status": "success",
+                        "code": "started",
+                        "message": "Charging started",
+                        "vehicle_id": s.vehicle_id,
+                        "id_ponto_recarga": p.id,
+                        "session_id": s.id,
+                    },
+                )
             )
-        )
         self.refresh(p, now, fx)
 
     def fail_start(self, pend: PendingStart, now: float, fx: list[Effect], why: str) -> None:
@@ -344,23 +348,25 @@ class Engine:
         if p.pending is pend:
             p.pending = None
         self.pending.pop(pend.cmd_id, None)
+        fx.append(Persist("meta", pending_key(pend.session_id), None))
         if len(self.abandoned) >= MAX_ABANDONED:
             self.abandoned.clear()
         self.abandoned[pend.cmd_id] = (pend.point_id, pend.session_id)
-        fx.append(
-            Reply(
-                pend.conn,
-                pend.request_id,
-                "chegada_response",
-                {
-                    "status": "error",
-                    "code": "point_unreachable",
-                    "message": f"Station did not confirm the start ({why}); reservation kept",
-                    "vehicle_id": pend.vehicle_id,
-                    "id_ponto_recarga": pend.point_id,
-                },
+        if pend.conn != NO_CONNECTION:  # a start restored after a crash has no requester
+            fx.append(
+                Reply(
+                    pend.conn,
+                    pend.request_id,
+                    "chegada_response",
+                    {
+                        "status": "error",
+                        "code": "point_unreachable",
+                        "message": f"Station did not confirm the start ({why}); reservation kept",
+                        "vehicle_id": pend.vehicle_id,
+                        "id_ponto_recarga": pend.point_id,
+                    },
+                )
             )
-        )
         self.refresh(p, now, fx)
 
     def bill(

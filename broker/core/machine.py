@@ -16,7 +16,7 @@ from broker.core.effects import Effect, Persist
 from broker.core.engine import Engine
 from broker.core.points import PointState
 from broker.core.queues import Reservation
-from broker.core.sessions import Session
+from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from common.errors import StoreError
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
 
@@ -53,6 +53,7 @@ class Core:
         eng.seq = max(eng.seq, int(last_seq))
         reservations: list[Reservation] = []
         sessions: list[Session] = []
+        starts: list[dict[str, Any]] = []
         try:
             for table, _key, value in records:
                 if value is None:
@@ -63,6 +64,8 @@ class Core:
                     reservations.append(Reservation.from_record(value))
                 elif table == "session":
                     sessions.append(Session.from_record(value))
+                elif table == "meta" and _key.startswith(PENDING_PREFIX):
+                    starts.append(value)
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise StoreError(f"unreadable record in the store: {exc!r}") from exc
         for r in sorted(reservations, key=lambda r: r.order):
@@ -85,9 +88,32 @@ class Core:
             eng.sessions[s.id] = s
             eng.session_by_vehicle[s.vehicle_id] = s
             p.session = s
+        try:
+            for v in starts:
+                self._restore_start(v, now)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"unreadable record in the store: {exc!r}") from exc
         for p in eng.points.values():
             if p.queue or p.session is not None:
                 eng.timers.schedule(now + eng.cfg.offline_grace_s, "grace", p.id, now)
+
+    def _restore_start(self, v: dict[str, Any], now: float) -> None:
+        """A start sent before a crash whose ack never came back.
+
+        The station may be charging: the start waits for its ack (or its
+        ``session_complete``) for one grace period, so that the session is
+        billed when the station reports it, then fails as usual.
+        """
+        eng = self._eng
+        pend = PendingStart.from_record(v, now + eng.cfg.offline_grace_s)
+        p = eng.points.get(pend.point_id)
+        if p is None or p.pending is not None or p.session is not None:
+            return
+        if pend.session_id in eng.sessions or pend.session_id in eng.accounts.billed:
+            return
+        eng.pending[pend.cmd_id] = pend
+        p.pending = pend
+        eng.timers.schedule(pend.deadline, "ack", pend.cmd_id)
 
     def _restore_point(self, v: dict[str, Any], now: float) -> None:
         eng = self._eng

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
-from msgspec import UnsetType
+from msgspec import UNSET, UnsetType
 
 from common.messages import Scalar
 from common.timeutil import format_timestamp
@@ -20,6 +20,8 @@ from common.timeutil import format_timestamp
 CENT: Final = Decimal("0.01")
 MILLI: Final = Decimal("0.001")
 CURRENCY: Final = "BRL"
+PENDING_PREFIX: Final = "start:"
+NO_CONNECTION: Final = -1  # requester of a start restored after a crash
 
 
 def to_decimal(value: float) -> Decimal:
@@ -63,6 +65,44 @@ class PendingStart:
     payment_method: str
     reservation_id: str | None
     deadline: float
+
+    def record(self) -> dict[str, Any]:
+        """Persisted form, so that a start the station acts on survives a broker crash."""
+        return {
+            "cmd_id": self.cmd_id,
+            "session_id": self.session_id,
+            "vehicle_id": self.vehicle_id,
+            "point_id": self.point_id,
+            "nivel_bateria": self.nivel_bateria,
+            "nivel_carregar": self.nivel_carregar,
+            "capacidade_kwh": self.capacidade_kwh,
+            "payment_method": self.payment_method,
+            "reservation_id": self.reservation_id,
+        }
+
+    @classmethod
+    def from_record(cls, v: dict[str, Any], deadline: float) -> PendingStart:
+        """A restored start: its requester is gone (``conn`` -1, no request id)."""
+        rid = v.get("reservation_id")
+        return cls(
+            cmd_id=str(v["cmd_id"]),
+            session_id=str(v["session_id"]),
+            vehicle_id=str(v["vehicle_id"]),
+            point_id=str(v["point_id"]),
+            conn=NO_CONNECTION,
+            request_id=UNSET,
+            nivel_bateria=float(v["nivel_bateria"]),
+            nivel_carregar=float(v["nivel_carregar"]),
+            capacidade_kwh=float(v["capacidade_kwh"]),
+            payment_method=str(v["payment_method"]),
+            reservation_id=None if rid is None else str(rid),
+            deadline=deadline,
+        )
+
+
+def pending_key(session_id: str) -> str:
+    """Key of a pending start in the store's ``meta`` table."""
+    return PENDING_PREFIX + session_id
 
 
 @dataclass(slots=True, eq=False)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from broker.core.effects import Effect, Reply
+from broker.core.effects import Effect, Persist, Reply
 from broker.core.engine import Engine
 from broker.core.points import PointState, holds_turn
 from broker.core.queues import Reservation, position_of
-from broker.core.sessions import PendingStart
+from broker.core.sessions import PendingStart, pending_key
 from common.messages import (
     REPLY_TYPES,
     Bateria,
@@ -320,6 +320,7 @@ def _start(
     eng.pending[cmd_id] = pend
     p.pending = pend
     eng.timers.schedule(pend.deadline, "ack", cmd_id)
+    fx.append(Persist("meta", pending_key(session_id), pend.record()))
 
 
 def _parar(eng: Engine, vehicle_id: str, data: Parar, fx: list[Effect]) -> dict[str, Any]:

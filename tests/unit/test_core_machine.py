@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from broker.core import Core, CoreConfig
+from broker.core.effects import Persist, Publish, Reply, SendStation
 from common.errors import StoreError
+from common.messages import Ack, SessionComplete
 from tests.unit.test_core_harness import Harness
 
 
@@ -146,3 +148,51 @@ def test_restored_session_survives_its_station_but_not_a_new_station_process() -
     closed = [d["session_id"] for d in done if d.get("reason") == "fault"]
     assert closed == [s2]
     assert [s["session_id"] for s in core.snapshot()["sessions"]] == [s1]
+
+
+def _crash_between_start_and_ack() -> tuple[Harness, Core, str, str]:
+    """A walk-in arrival whose ``start`` went out, then the broker crashed before the ack."""
+    h = Harness()
+    h.hello("CP01")
+    h.point("CP01")
+    fx = h.arrive("CARX")
+    (start,) = h.commands(fx, "start")
+    assert h.replies(fx) == []  # nothing confirmed before the station acks
+    return h, h.restored(dt=2.0), str(start["cmd_id"]), str(start["session_id"])
+
+
+def test_start_sent_before_a_crash_is_billed_when_the_station_completes_it() -> None:
+    h, core, _cmd, sid = _crash_between_start_and_ack()
+    later = h.now + 30.0
+    fx = core.handle_station(
+        "CP01",
+        SessionComplete(
+            session_id=sid, vehicle_id="CARX", energia_kwh=36.0, nivel_inicial=20,
+            nivel_final=80, started_at=0.0, ended_at=1.0, reason="target_reached",
+        ),
+        later,
+    )  # fmt: skip
+    completed = [e.event.data for e in fx if isinstance(e, Publish)
+                 if e.event.topic == "charging.completed"]  # fmt: skip
+    assert len(completed) == 1 and completed[0]["session_id"] == sid
+    assert completed[0]["cost"] == 72.0
+    assert core.accounts()["CARX"]["total"] == 72.0
+    assert {"type": "session_ack", "session_id": sid} in [
+        e.message for e in fx if isinstance(e, SendStation)
+    ]
+
+
+def test_start_sent_before_a_crash_becomes_a_session_on_a_late_ack() -> None:
+    h, core, cmd, sid = _crash_between_start_and_ack()
+    fx = core.handle_station("CP01", Ack(cmd_id=cmd, ok=True), h.now + 10.0)
+    assert "charging.started" in [e.event.topic for e in fx if isinstance(e, Publish)]
+    assert [s["session_id"] for s in core.snapshot()["sessions"]] == [sid]
+    assert not any(isinstance(e, Reply) for e in fx)  # its requester is gone
+
+
+def test_start_sent_before_a_crash_is_forgotten_after_the_grace_period() -> None:
+    h, core, _cmd, _sid = _crash_between_start_and_ack()
+    fx = core.tick(h.now + 2.0 + 120.0)
+    gone = [e for e in fx if isinstance(e, Persist) and e.key.startswith("start:")]
+    assert gone and gone[0].value is None
+    assert core.snapshot()["sessions"] == []
