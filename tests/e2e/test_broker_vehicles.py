@@ -2,34 +2,56 @@
 
 A real broker process on free ports (fixture ``broker``); vehicles are raw TCP
 sockets writing exact bytes; stations are a raw UDP socket and a raw zmq DEALER.
-The raw clients defined here are shared by the other broker end-to-end test modules.
+The raw clients come from ``tests.support.raw_clients``; the helpers below (and the
+raw clients, re-exported) are shared by the other broker end-to-end test modules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import struct
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
-import zmq
 
-from common.messages import PUSH_TYPES
 from tests.support.procs import BrokerPorts, Proc, broker_ports, start_broker
+from tests.support.raw_clients import (
+    LAT,
+    LON,
+    Vehicle,
+    http_get,
+    keepalive,
+    metric,
+    send_status,
+    station,
+    vehicle,
+    wait_for,
+    zmq_ctx,
+)
+
+#: What the other broker end-to-end modules import from here.
+__all__ = [
+    "LAT",
+    "LON",
+    "arrive",
+    "http_get",
+    "keepalive",
+    "metric",
+    "online_point",
+    "reserve",
+    "send_status",
+    "station",
+    "vehicle",
+    "wait_for",
+    "zmq_ctx",
+]
 
 pytestmark = pytest.mark.e2e
 
-LAT, LON = -12.266, -38.966
 ORIGINAL = [
     '{"type":"bateria","data":{"id_veiculo":"CAR40312","nivel_bateria":15,"localizacao":'
     '{"latitude":-12.266,"longitude":-38.966},"timestamp":"2025-04-07T10:00:00"}}',
@@ -44,205 +66,6 @@ ORIGINAL = [
 
 
 # --- helpers shared by the broker e2e modules ---------------------------------------------
-
-
-class Vehicle:
-    """A raw TCP vehicle: writes exact bytes, reads reply lines."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
-        self.pushes: list[dict[str, Any]] = []
-
-    @property
-    def local_port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def send(self, payload: bytes | str | dict[str, Any]) -> None:
-        if isinstance(payload, dict):
-            payload = json.dumps(payload, ensure_ascii=False) + "\n"
-        if isinstance(payload, str):
-            payload = payload.encode()
-        self.sock.sendall(payload)
-
-    def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no reply line within {timeout}s (buffer {self.buf[:200]!r})")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed by broker (buffer {self.buf[:200]!r})")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        msg: dict[str, Any] = json.loads(line)
-        return msg
-
-    def recv_type(self, type_: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The next message of ``type_`` (pushes set aside earlier count), skipping others."""
-        for i, msg in enumerate(self.pushes):
-            if msg["type"] == type_:
-                del self.pushes[i]
-                return msg
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.recv(max(0.01, deadline - time.monotonic()))
-            if msg["type"] == type_:
-                return msg
-
-    def reply(self, timeout: float = 5.0) -> dict[str, Any]:
-        """The next message that is not a push (pushes are set aside for recv_type)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.recv(max(0.01, deadline - time.monotonic()))
-            if msg["type"] not in PUSH_TYPES:
-                return msg
-            self.pushes.append(msg)
-
-    def request(self, type_: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        self.send({"type": type_, "data": data, **extra})
-        return self.reply()
-
-    def closed_by_peer(self, timeout: float = 5.0) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except TimeoutError:
-            return False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@contextlib.contextmanager
-def vehicle(port: int) -> Iterator[Vehicle]:
-    v = Vehicle(port)
-    try:
-        yield v
-    finally:
-        v.close()
-
-
-def send_status(port: int, point_id: str, **fields: Any) -> None:
-    body = {
-        "id": point_id,
-        "latitude": LAT + 0.001,
-        "longitude": LON,
-        "available": True,
-        "interval_s": 2.0,
-    }
-    body.update(fields)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.sendto(json.dumps(body).encode(), ("127.0.0.1", port))
-
-
-class Station:
-    """A fake station: a raw zmq DEALER whose routing id is the point id."""
-
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], port: int, point_id: str) -> None:
-        self.point_id = point_id
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTING_ID, point_id.encode())
-        self.sock.connect(f"tcp://127.0.0.1:{port}")
-
-    def send(self, msg: dict[str, Any]) -> None:
-        self.sock.send(msgpack.packb(msg))
-
-    def hello(self, lat: float = LAT + 0.001, lon: float = LON) -> None:
-        self.send(
-            {
-                "type": "hello",
-                "id": self.point_id,
-                "latitude": lat,
-                "longitude": lon,
-                "potencia_kw": 50.0,
-                "preco_kwh": 2.0,
-                "boot_id": "boot-1",
-                "interval_s": 2.0,
-            }
-        )
-
-    def recv_type(self, type_: str, timeout: float = 6.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000)):
-                raise TimeoutError(f"station {self.point_id}: no {type_!r} within {timeout}s")
-            msg: dict[str, Any] = msgpack.unpackb(self.sock.recv())
-            if msg.get("type") == type_:
-                return msg
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
-
-@contextlib.contextmanager
-def zmq_ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)
-
-
-@contextlib.contextmanager
-def station(ctx: zmq.Context[zmq.Socket[bytes]], port: int, point_id: str) -> Iterator[Station]:
-    s = Station(ctx, port, point_id)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return int(err.code), err.read().decode()
-
-
-def metric(text: str, name: str) -> float:
-    """The value of the sample ``name`` (with labels, exactly as rendered); 0 if absent."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def wait_for(pred: Any, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)
-
-
-@contextlib.contextmanager
-def keepalive(port: int, *point_ids: str, every: float = 0.5) -> Iterator[None]:
-    """Send a status datagram for each point every ``every`` seconds (a live station)."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every):
-            for point_id in point_ids:
-                send_status(port, point_id)
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def online_point(ports: BrokerPorts, point_id: str = "CP01") -> None:

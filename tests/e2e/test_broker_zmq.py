@@ -1,17 +1,15 @@
 """ev-broker serve over ZeroMQ: station commands, the event bus, history and snapshot.
 
 A real broker process on free ports (fixture ``zbroker``: like ``broker``, with
-an offline window longer than any test). A fake station is a
-raw zmq DEALER (routing id = point id) plus a raw UDP socket; a vehicle is a
-raw TCP socket writing JSON; bus and history clients are raw SUB, DEALER and
-REQ sockets. Everything is closed in ``finally`` blocks.
+an offline window longer than any test). A fake station is a raw zmq DEALER
+(routing id = point id) plus a raw UDP socket; a vehicle is a raw TCP socket
+writing JSON (both from ``tests.support.raw_clients``); bus and history clients
+are raw SUB, DEALER and REQ sockets. Everything is closed in ``finally`` blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,148 +20,15 @@ import pytest
 import zmq
 
 from tests.support.procs import BrokerPorts, Proc, running, start, start_broker
+from tests.support.raw_clients import LAT, LON, WAIT_S, FakeStation, Vehicle, zmq_ctx
 
 pytestmark = pytest.mark.e2e
 
-LAT, LON = -12.266, -38.966
-WAIT_S = 5.0
 #: Bus topics after which a vehicle is no longer in the point's queue.
 LEAVE_QUEUE = ("reservation.cancelled", "reservation.expired", "charging.started")
 
 
 # --- raw clients ---------------------------------------------------------------------------
-
-
-class FakeStation:
-    """A station as the wire sees it: a DEALER named after the point and a UDP socket."""
-
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], ports: BrokerPorts, point_id: str):
-        self.point_id = point_id
-        self.ports = ports
-        self.dealer: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.setsockopt(zmq.ROUTING_ID, point_id.encode())
-        self.dealer.connect(f"tcp://127.0.0.1:{ports.station}")
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp_seq = 0
-        self.heartbeats = 0
-        self.received: list[dict[str, Any]] = []
-
-    def close(self) -> None:
-        self.dealer.close(linger=0)
-        self.udp.close()
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.dealer.send(msgpack.packb(message))
-
-    def hello(self, price_kwh: float = 1.5) -> dict[str, Any]:
-        self.send(
-            {
-                "type": "hello",
-                "id": self.point_id,
-                "latitude": LAT,
-                "longitude": LON,
-                "potencia_kw": 50.0,
-                "preco_kwh": price_kwh,
-                "boot_id": "boot-1",
-                "interval_s": 2.0,
-            }
-        )
-        return self.expect("welcome")
-
-    def datagram(self, estado: str = "disponivel", **extra: Any) -> None:
-        self.udp_seq += 1
-        fields = {
-            "id": self.point_id,
-            "latitude": LAT,
-            "longitude": LON,
-            "available": estado == "disponivel",
-            "estado": estado,
-            "potencia_kw": 50.0,
-            "preco_kwh": 1.5,
-            "boot_id": "boot-1",
-            "seq": self.udp_seq,
-            "interval_s": 2.0,
-            **extra,
-        }
-        self.udp.sendto(json.dumps(fields).encode(), ("127.0.0.1", self.ports.status))
-
-    def recv(self, timeout: float = WAIT_S) -> dict[str, Any]:
-        """The next message from the broker (heartbeats included)."""
-        if not self.dealer.poll(int(timeout * 1000)):
-            raise TimeoutError(f"{self.point_id}: nothing from the broker in {timeout}s")
-        frames = self.dealer.recv_multipart()
-        assert len(frames) == 1, frames
-        msg = msgpack.unpackb(frames[0])
-        assert isinstance(msg, dict) and "type" in msg
-        if msg["type"] == "heartbeat":
-            self.heartbeats += 1
-        else:
-            self.received.append(msg)
-        return msg
-
-    def expect(self, type_: str, timeout: float = WAIT_S) -> dict[str, Any]:
-        """The next non-heartbeat message, which must be of ``type_``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.recv(max(0.01, deadline - time.monotonic()))
-            if msg["type"] == "heartbeat":
-                continue
-            assert msg["type"] == type_, msg
-            return msg
-
-    def ack(self, command: dict[str, Any]) -> None:
-        self.send({"type": "ack", "cmd_id": command["cmd_id"], "ok": True})
-
-
-class Vehicle:
-    """A raw TCP vehicle: one JSON object per request, reply lines matched by ``id``."""
-
-    def __init__(self, port: int, vehicle_id: str) -> None:
-        self.vehicle_id = vehicle_id
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
-        self.buf = b""
-        self.next_id = 0
-        self.pushes: list[dict[str, Any]] = []
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _line(self, deadline: float) -> dict[str, Any]:
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.vehicle_id}: no line (buffer {self.buf[:200]!r})")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed by the broker")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        msg: dict[str, Any] = json.loads(line)
-        return msg
-
-    def request(self, type_: str, timeout: float = WAIT_S + 3, **data: Any) -> dict[str, Any]:
-        self.next_id += 1
-        rid = self.next_id
-        payload = {"type": type_, "data": {"id_veiculo": self.vehicle_id, **data}, "id": rid}
-        self.sock.sendall(json.dumps(payload, ensure_ascii=False).encode())
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self._line(deadline)
-            if msg.get("id") == rid:
-                return msg
-            assert "id" not in msg, msg
-            self.pushes.append(msg)
-
-    def push(self, type_: str, timeout: float = WAIT_S) -> dict[str, Any]:
-        """The first push of ``type_`` (already received or arriving within ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, msg in enumerate(self.pushes):
-                if msg["type"] == type_:
-                    return self.pushes.pop(i)
-            self.pushes.append(self._line(deadline))
 
 
 class Bus:
@@ -250,11 +115,8 @@ class History:
 
 @pytest.fixture
 def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
+    with zmq_ctx() as ctx:
         yield ctx
-    finally:
-        ctx.destroy(linger=0)
 
 
 @pytest.fixture
@@ -291,7 +153,9 @@ class Net:
         self._open: list[FakeStation | Vehicle | Bus | History] = []
 
     def station(self, point_id: str) -> FakeStation:
-        s = FakeStation(self.ctx, self.ports, point_id)
+        s = FakeStation(
+            self.ctx, self.ports.station, point_id, status_port=self.ports.status, price_kwh=1.5
+        )
         self._open.append(s)
         return s
 
@@ -326,7 +190,7 @@ def assert_gap_free(events: list[dict[str, Any]]) -> None:
 
 def test_hello_gets_welcome_then_heartbeats(net: Net) -> None:
     station = net.station("ZW01")
-    welcome = station.hello()
+    welcome = station.greet()
     assert welcome["heartbeat_s"] > 0
     t0 = time.monotonic()
     while station.heartbeats < 3:
@@ -347,7 +211,7 @@ def test_malformed_station_frames_do_not_disturb_the_broker(net: Net) -> None:
     ):
         station.dealer.send_multipart(frames)
     # still served: hello answered, and it is the only answer
-    welcome = station.hello()
+    welcome = station.greet()
     assert welcome["type"] == "welcome"
     assert station.received == [welcome]
 
@@ -355,11 +219,11 @@ def test_malformed_station_frames_do_not_disturb_the_broker(net: Net) -> None:
 def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     bus = net.bus()
     station = net.station("ZW03")
-    station.hello(price_kwh=1.5)
+    station.greet(price_kwh=1.5)
     station.datagram()
     car = net.vehicle("ZCAR03")
 
-    reply = car.request("reserva", id_ponto_recarga="ZW03", tempo_estimado=5)
+    reply = car.ask("reserva", id_ponto_recarga="ZW03", tempo_estimado=5)
     assert reply["type"] == "reserva_response"
     assert reply["data"]["status"] == "success" and reply["data"]["code"] == "reserved"
     reservation_id = reply["data"]["reservation_id"]
@@ -370,21 +234,19 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     station.ack(hold)
     assert car.push("sua_vez")["data"]["reservation_id"] == reservation_id
 
-    car.sock.sendall(
-        json.dumps(
-            {
-                "type": "chegada",
-                "id": "arrive",
-                "data": {
-                    "id_veiculo": "ZCAR03",
-                    "id_ponto_recarga": "ZW03",
-                    "nivel_bateria": 20,
-                    "nivel_carregar": 80,
-                    "metodo_pagamento": "Pix",
-                    "capacidade_kwh": 60,
-                },
-            }
-        ).encode()
+    car.send(
+        {
+            "type": "chegada",
+            "id": "arrive",
+            "data": {
+                "id_veiculo": "ZCAR03",
+                "id_ponto_recarga": "ZW03",
+                "nivel_bateria": 20,
+                "nivel_carregar": 80,
+                "metodo_pagamento": "Pix",
+                "capacidade_kwh": 60,
+            },
+        }
     )
     start = station.expect("start")
     assert start["vehicle_id"] == "ZCAR03"
@@ -395,10 +257,10 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     )
     session_id = start["session_id"]
     station.ack(start)
-    arrival = car._line(time.monotonic() + WAIT_S)
+    arrival = car.recv()
     while arrival.get("id") != "arrive":
         car.pushes.append(arrival)
-        arrival = car._line(time.monotonic() + WAIT_S)
+        arrival = car.recv()
     assert arrival["data"]["code"] == "started", arrival
     assert arrival["data"]["session_id"] == session_id
     station.datagram("carregando", session_id=session_id, vehicle_id="ZCAR03")
@@ -427,7 +289,7 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     end = car.push("encerramento")["data"]
     assert end["session_id"] == session_id
 
-    statement = car.request("custos")["data"]
+    statement = car.ask("custos")["data"]
     assert [s["session_id"] for s in statement["sessoes"]] == [session_id]
     assert float(statement["total"]) == pytest.approx(54.0)
 
@@ -451,13 +313,13 @@ def test_bus_is_gap_free_and_history_replays_it_exactly(net: Net) -> None:
     history = net.history()
     stations = [net.station(f"ZH{i:02d}") for i in range(3)]
     for s in stations:
-        s.hello()
+        s.greet()
         s.datagram()
     cars = [net.vehicle(f"ZHCAR{i}") for i in range(4)]
     for i, car in enumerate(cars):
-        reply = car.request("reserva", id_ponto_recarga=f"ZH{i % 3:02d}")
+        reply = car.ask("reserva", id_ponto_recarga=f"ZH{i % 3:02d}")
         assert reply["data"]["code"] == "reserved", reply
-    cars[3].request("cancelar", id_ponto_recarga="ZH00")
+    cars[3].ask("cancelar", id_ponto_recarga="ZH00")
     for s in stations:
         s.datagram("indisponivel")
     live = bus.drain(settle=0.5)
@@ -483,11 +345,11 @@ def test_snapshot_plus_later_events_reproduce_the_state(net: Net) -> None:
     history = net.history()
     a, b = net.station("ZS01"), net.station("ZS02")
     for s in (a, b):
-        s.hello()
+        s.greet()
         s.datagram()
     cars = [net.vehicle(f"ZSCAR{i}") for i in range(4)]
-    assert cars[0].request("reserva", id_ponto_recarga="ZS01")["data"]["code"] == "reserved"
-    assert cars[1].request("reserva", id_ponto_recarga="ZS01")["data"]["code"] == "reserved"
+    assert cars[0].ask("reserva", id_ponto_recarga="ZS01")["data"]["code"] == "reserved"
+    assert cars[1].ask("reserva", id_ponto_recarga="ZS01")["data"]["code"] == "reserved"
     bus.drain()
 
     snap = history.ask({"op": "snapshot"})  # ... then take the snapshot ...
@@ -497,9 +359,9 @@ def test_snapshot_plus_later_events_reproduce_the_state(net: Net) -> None:
     assert clone_state(snap)["ZS01"]["queue"] == ["ZSCAR0", "ZSCAR1"]
 
     # later changes: new reservations, the turn holder cancels, a station faults
-    assert cars[2].request("reserva", id_ponto_recarga="ZS02")["data"]["code"] == "reserved"
-    assert cars[3].request("reserva", id_ponto_recarga="ZS01")["data"]["code"] == "reserved"
-    assert cars[0].request("cancelar", id_ponto_recarga="ZS01")["data"]["code"] == "cancelled"
+    assert cars[2].ask("reserva", id_ponto_recarga="ZS02")["data"]["code"] == "reserved"
+    assert cars[3].ask("reserva", id_ponto_recarga="ZS01")["data"]["code"] == "reserved"
+    assert cars[0].ask("cancelar", id_ponto_recarga="ZS01")["data"]["code"] == "cancelled"
     b.datagram("indisponivel")
     bus.drain()
 
@@ -569,13 +431,13 @@ def test_history_errors_and_accounts(net: Net) -> None:
 
 def test_arrival_at_a_disconnected_station_fails_fast(net: Net) -> None:
     station = net.station("ZU01")
-    station.hello()
+    station.greet()
     station.datagram()
     station.dealer.close(linger=0)  # gone from the ROUTER, still online for the broker
     time.sleep(0.2)
     car = net.vehicle("ZUCAR1")
     t0 = time.monotonic()
-    reply = car.request(
+    reply = car.ask(
         "chegada",
         id_ponto_recarga="ZU01",
         nivel_bateria=20,
@@ -589,13 +451,13 @@ def test_arrival_at_a_disconnected_station_fails_fast(net: Net) -> None:
 
 def test_a_station_that_recreates_its_socket_takes_over(net: Net) -> None:
     old = net.station("ZR01")
-    old.hello()
+    old.greet()
     old.datagram()
     # the station heard nothing for 5 s and re-creates its socket; the old one lingers
     new = net.station("ZR01")
-    assert new.hello()["type"] == "welcome"
+    assert new.greet()["type"] == "welcome"
     car = net.vehicle("ZRCAR1")
-    assert car.request("reserva", id_ponto_recarga="ZR01")["data"]["code"] == "reserved"
+    assert car.ask("reserva", id_ponto_recarga="ZR01")["data"]["code"] == "reserved"
     hold = new.expect("hold")
     assert hold["vehicle_id"] == "ZRCAR1"
     new.ack(hold)

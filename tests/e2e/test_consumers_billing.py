@@ -2,8 +2,9 @@
 
 A fake station is a raw ZeroMQ DEALER (routing id = point id) that says hello,
 heartbeats, acks commands and completes each session at once; a vehicle is a
-raw TCP JSON socket. The worker is killed with SIGKILL mid-run and the broker
-is restarted under it: in the end the ledger equals the broker's accounts.
+raw TCP JSON socket (``tests.support.raw_clients.Vehicle``). The worker is killed
+with SIGKILL mid-run and the broker is restarted under it: in the end the ledger
+equals the broker's accounts.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import zmq
 from broker.ledger import Ledger
 from common.codec import pack, unpack
 from tests.support.procs import BrokerPorts, Proc, start, start_broker
+from tests.support.raw_clients import Vehicle, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -107,21 +108,9 @@ class FakeStation:
 
 def vehicle_request(port: int, req_type: str, data: dict[str, Any], want: str) -> dict[str, Any]:
     """Send one request on a fresh TCP connection; return the first reply of type ``want``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(json.dumps({"type": req_type, "data": data}).encode() + b"\n")
-        buf = b""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                msg = json.loads(line)
-                if msg.get("type") == want:
-                    return dict(msg["data"])
-    raise AssertionError(f"no {want} reply")
+    with contextlib.closing(Vehicle(port)) as v:
+        v.send({"type": req_type, "data": data})
+        return dict(v.recv_type(want, timeout=10)["data"])
 
 
 def charge(ports: BrokerPorts, station: FakeStation, vehicle: str, battery: float = 20) -> str:
@@ -146,16 +135,8 @@ def charge(ports: BrokerPorts, station: FakeStation, vehicle: str, battery: floa
         assert time.monotonic() < deadline, f"arrival refused: {reply}"
         time.sleep(0.2)  # point still offline / busy (e.g. just after a broker restart)
     sid = str(reply["session_id"])
-    wait_for(lambda: sid in station.acked, what=f"session_ack for {sid}")
+    wait_for(lambda: sid in station.acked, timeout=15, what=f"session_ack for {sid}")
     return sid
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def ledger_sessions(db: Path) -> set[str]:
@@ -233,7 +214,9 @@ def test_billing_survives_kill_9_and_catches_up(
     worker = start_billing(ports, db)
     procs.append(worker)
     first = [charge(ports, stations[i % 2], f"CAR{i}") for i in range(4)]
-    wait_for(lambda: ledger_sessions(db) == set(first), what="first bills in the ledger")
+    wait_for(
+        lambda: ledger_sessions(db) == set(first), timeout=15, what="first bills in the ledger"
+    )
     worker.kill9()
     later = [charge(ports, stations[i % 2], f"CAR{i % 3}", battery=30) for i in range(4)]
     assert ledger_sessions(db) == set(first)
@@ -265,12 +248,18 @@ def test_billing_follows_a_broker_restart(
         worker = start_billing(ports, db)
         procs.append(worker)
         before = [charge(ports, station, f"EV{i}") for i in range(2)]
-        wait_for(lambda: ledger_sessions(db) == set(before), what="bills before the restart")
+        wait_for(
+            lambda: ledger_sessions(db) == set(before), timeout=15, what="bills before the restart"
+        )
         broker.kill9()
         broker = start_broker(ports, broker_db, *BROKER_OPTS)
         procs.append(broker)
         after = [charge(ports, station, f"EV{i}") for i in range(3)]
-        wait_for(lambda: ledger_sessions(db) == set(before + after), what="bills after restart")
+        wait_for(
+            lambda: ledger_sessions(db) == set(before + after),
+            timeout=15,
+            what="bills after restart",
+        )
         result = reconcile_until_equal(ports, db)
         assert result["equal"] and result["sessions"] == 5
         assert worker.popen.poll() is None  # the worker rode through the restart

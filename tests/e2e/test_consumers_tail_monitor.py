@@ -22,9 +22,9 @@ from tests.e2e.test_consumers_billing import (
     charge,
     procs,  # noqa: F401 (fixture)
     stations,  # noqa: F401 (fixture)
-    wait_for,
 )
 from tests.support.procs import ROOT, BrokerPorts, Proc, start
+from tests.support.raw_clients import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -1,78 +1,23 @@
-"""`ev-station run` against a real `ev-broker serve`, with a raw TCP JSON vehicle."""
+"""`ev-station run` against a real `ev-broker serve`, with a raw TCP JSON vehicle.
+
+The vehicle is the raw client from ``tests.support.raw_clients``.
+"""
 
 from __future__ import annotations
 
-import json
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.procs import BrokerPorts, Proc, broker_ports, running, start_broker
+from tests.support.raw_clients import Vehicle, wait_for
 
 pytestmark = pytest.mark.e2e
 
 LAT, LON = -12.2664, -38.9663
-
-
-class Car:
-    """A raw TCP vehicle (protocol section 1): one JSON object per line both ways."""
-
-    def __init__(self, port: int, vehicle_id: str) -> None:
-        self.id = vehicle_id
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
-        self.pushes: list[dict[str, Any]] = []
-        self.n = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _line(self, deadline: float) -> dict[str, Any]:
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"nothing from the broker; pushes so far {self.pushes}")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed by the broker")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        msg: dict[str, Any] = json.loads(line)
-        return msg
-
-    def ask(self, kind: str, timeout: float = 10.0, **data: Any) -> dict[str, Any]:
-        self.n += 1
-        req = {"type": kind, "data": {"id_veiculo": self.id, **data}, "id": self.n}
-        self.sock.sendall(json.dumps(req, ensure_ascii=False).encode() + b"\n")
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self._line(deadline)
-            if msg.get("id") == self.n:
-                return msg
-            self.pushes.append(msg)
-
-    def push(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for p in self.pushes:
-                if p["type"] == kind:
-                    self.pushes.remove(p)
-                    return p
-            self.pushes.append(self._line(deadline))
-
-
-def until(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def station_args(ports: BrokerPorts, *extra: str, point: str = "CP01") -> list[str]:
@@ -83,35 +28,40 @@ def station_args(ports: BrokerPorts, *extra: str, point: str = "CP01") -> list[s
     ]  # fmt: skip
 
 
-def point(car: Car, point_id: str = "CP01") -> dict[str, Any] | None:
+def point(car: Vehicle, point_id: str = "CP01") -> dict[str, Any] | None:
     reply = car.ask("consulta", localizacao={"latitude": LAT, "longitude": LON})
     assert reply["type"] == "lista_pontos"
     return next((p for p in reply["data"] if p["id"] == point_id), None)
 
 
+def wait_estado(car: Vehicle, estado: str, what: str, point_id: str = "CP01") -> None:
+    """Poll until the broker lists ``point_id`` in ``estado`` (10 s at most)."""
+    wait_for(lambda: (point(car, point_id) or {}).get("estado") == estado, timeout=10, what=what)
+
+
 @pytest.fixture
-def car(broker: tuple[Proc, BrokerPorts]) -> Iterator[Car]:
-    c = Car(broker[1].vehicle, "CARE2E1")
+def car(broker: tuple[Proc, BrokerPorts]) -> Iterator[Vehicle]:
+    c = Vehicle(broker[1].vehicle, "CARE2E1")
     try:
         yield c
     finally:
         c.close()
 
 
-def test_station_registers_and_reports(broker: tuple[Proc, BrokerPorts], car: Car) -> None:
+def test_station_registers_and_reports(broker: tuple[Proc, BrokerPorts], car: Vehicle) -> None:
     _, ports = broker
     with running(station_args(ports), ready="welcomed by the broker"):
-        until(lambda: (point(car) or {}).get("estado") == "disponivel", what="CP01 online")
+        wait_estado(car, "disponivel", what="CP01 online")
         p = point(car)
         assert p is not None
         assert p["available"] is True and p["potencia_kw"] == 50.0 and p["preco_kwh"] == 2.0
         assert p["distance"] == 0.0
 
 
-def test_reserve_arrive_charge_and_bill(broker: tuple[Proc, BrokerPorts], car: Car) -> None:
+def test_reserve_arrive_charge_and_bill(broker: tuple[Proc, BrokerPorts], car: Vehicle) -> None:
     _, ports = broker
     with running(station_args(ports, "--speed", "3600"), ready="welcomed by the broker") as station:
-        until(lambda: (point(car) or {}).get("estado") == "disponivel", what="CP01 online")
+        wait_estado(car, "disponivel", what="CP01 online")
         reply = car.ask("reserva", id_ponto_recarga="CP01", tempo_estimado=5)
         assert reply["data"]["code"] == "reserved", reply
         station.read_until("state reservado", timeout=5)  # the broker sent hold; it was acked
@@ -129,15 +79,17 @@ def test_reserve_arrive_charge_and_bill(broker: tuple[Proc, BrokerPorts], car: C
         assert bill["nivel_inicial"] == 20 and bill["nivel_final"] == 80
         end = car.push("encerramento", timeout=5)["data"]
         assert end["session_id"] == bill["session_id"]
-        until(lambda: (point(car) or {}).get("estado") == "disponivel", what="free again")
+        wait_estado(car, "disponivel", what="free again")
         statement = car.ask("custos")["data"]
         assert len(statement["sessoes"]) == 1 and float(statement["total"]) == 72.0
 
 
-def test_mute_station_makes_arrival_unreachable(broker: tuple[Proc, BrokerPorts], car: Car) -> None:
+def test_mute_station_makes_arrival_unreachable(
+    broker: tuple[Proc, BrokerPorts], car: Vehicle
+) -> None:
     _, ports = broker
     with running(station_args(ports, "--mute-commands"), ready="welcomed by the broker"):
-        until(lambda: (point(car) or {}).get("estado") == "disponivel", what="CP01 online")
+        wait_estado(car, "disponivel", what="CP01 online")
         reply = car.ask(
             "chegada",
             timeout=15,
@@ -150,11 +102,11 @@ def test_mute_station_makes_arrival_unreachable(broker: tuple[Proc, BrokerPorts]
 
 
 def test_fault_is_reported_and_refuses_reservations(
-    broker: tuple[Proc, BrokerPorts], car: Car
+    broker: tuple[Proc, BrokerPorts], car: Vehicle
 ) -> None:
     _, ports = broker
     with running(station_args(ports, "--fault-after", "1"), ready="welcomed by the broker"):
-        until(lambda: (point(car) or {}).get("estado") == "indisponivel", what="CP01 faulted")
+        wait_estado(car, "indisponivel", what="CP01 faulted")
         reply = car.ask("reserva", id_ponto_recarga="CP01")
         assert reply["data"]["status"] == "error", reply
 
@@ -170,9 +122,9 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
         with running(
             station_args(ports, "--speed", "600"), ready="welcomed by the broker"
         ) as station:
-            car = Car(ports.vehicle, "CARKILL")
+            car = Vehicle(ports.vehicle, "CARKILL")
             try:
-                until(lambda: (point(car) or {}).get("estado") == "disponivel", what="online")
+                wait_estado(car, "disponivel", what="online")
                 reply = car.ask(
                     "chegada", id_ponto_recarga="CP01", nivel_bateria=20, nivel_carregar=80,
                     metodo_pagamento="Pix", capacidade_kwh=60,
@@ -186,13 +138,13 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
             time.sleep(1.0)
             broker = start_broker(ports, db, *extra)  # same database, same ports
             station.read_until("re-creating", timeout=10)
-            car = Car(ports.vehicle, "CARKILL")
+            car = Vehicle(ports.vehicle, "CARKILL")
             try:
 
                 def billed() -> bool:
                     return len(car.ask("custos")["data"]["sessoes"]) > 0
 
-                until(billed, timeout=15, what="session billed after restart")
+                wait_for(billed, timeout=15, what="session billed after restart")
                 time.sleep(4.5)  # further resends (if any) must not bill it again
                 statement = car.ask("custos")["data"]
                 assert len(statement["sessoes"]) == 1, statement
@@ -204,7 +156,7 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
         broker.stop()
 
 
-def test_fleet_registers_every_station(broker: tuple[Proc, BrokerPorts], car: Car) -> None:
+def test_fleet_registers_every_station(broker: tuple[Proc, BrokerPorts], car: Vehicle) -> None:
     _, ports = broker
     args = ["python", "-m", "station", "fleet", "--count", "25", "--prefix", "FL", "--seed", "5",
             "--center", f"{LAT},{LON}", "--radius-km", "3", "--interval", "0.5",
@@ -216,7 +168,7 @@ def test_fleet_registers_every_station(broker: tuple[Proc, BrokerPorts], car: Ca
             ours = [p for p in reply["data"] if p["id"].startswith("FL")]
             return len(ours) == 25 and all(p["estado"] == "disponivel" for p in ours)
 
-        until(all_online, timeout=10, what="25 fleet stations online")
+        wait_for(all_online, timeout=10, what="25 fleet stations online")
         reply = car.ask("chegada", id_ponto_recarga="FL0013", nivel_bateria=50,
                         nivel_carregar=60, metodo_pagamento="Pix")  # fmt: skip
         assert reply["data"]["code"] == "started", reply  # the command reached FL0013
