@@ -80,11 +80,13 @@ def run(body: Callable[[], Awaitable[None]], limit: float = 20) -> None:
 
 
 async def wait_points(c: VehicleClient, n: int) -> None:
-    for _ in range(50):
-        if len(await c.consulta(*CENTER)) >= n:
+    """Wait until ``n`` points are online (restored points stay offline until heard)."""
+    for _ in range(100):
+        points = await c.consulta(*CENTER)
+        if sum(p["estado"] != "offline" for p in points) >= n:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError("points never registered")
+    raise AssertionError("points never came online")
 
 
 def test_concurrent_requests_on_one_connection_get_their_own_replies(
