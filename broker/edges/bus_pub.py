@@ -19,8 +19,8 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import encode_event
-from common.errors import TransportError
 from common.messages import BusEvent
 
 log = logging.getLogger(__name__)
@@ -43,26 +43,19 @@ class BusPublisher:
     @property
     def endpoint(self) -> str:
         """The bound endpoint (with the real port when bound to a wildcard)."""
-        if self._sock is None:
-            return self._endpoint
-        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
-        return last.decode() if isinstance(last, bytes) else str(last)
+        return bound_endpoint(self._sock, self._endpoint)
 
     async def start(self) -> None:
         """Bind the PUB socket; TransportError when it cannot be bound."""
         if self._sock is not None:
             raise RuntimeError("BusPublisher already started")
-        sock = self._ctx.socket(zmq.PUB)
-        try:
-            sock.setsockopt(zmq.SNDHWM, BUS_SNDHWM)
-            sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-            sock.bind(self._endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise TransportError(
-                f"cannot bind the event bus PUB on {self._endpoint}: {exc}"
-            ) from exc
-        self._sock = sock
+        self._sock = bind_socket(
+            self._ctx,
+            zmq.PUB,
+            self._endpoint,
+            "the event bus PUB",
+            {zmq.SNDHWM: BUS_SNDHWM, zmq.LINGER: CLOSE_LINGER_MS},
+        )
         log.info("event bus PUB bound on %s", self.endpoint)
 
     def publish(self, event: BusEvent) -> None:

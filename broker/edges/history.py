@@ -28,8 +28,9 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_history_request, pack, unpack
-from common.errors import EVError, InvalidRequest, TransportError
+from common.errors import EVError, InvalidRequest
 from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
 
 log = logging.getLogger(__name__)
@@ -69,26 +70,19 @@ class HistoryServer:
     @property
     def endpoint(self) -> str:
         """The bound endpoint (with the real port when bound to a wildcard)."""
-        if self._sock is None:
-            return self._endpoint
-        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
-        return last.decode() if isinstance(last, bytes) else str(last)
+        return bound_endpoint(self._sock, self._endpoint)
 
     async def start(self) -> None:
         """Bind the ROUTER and start serving; TransportError when it cannot be bound."""
         if self._sock is not None:
             raise RuntimeError("HistoryServer already started")
-        sock = self._ctx.socket(zmq.ROUTER)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_FRAME)
-            sock.setsockopt(zmq.SNDHWM, HISTORY_SNDHWM)
-            sock.bind(self._endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise TransportError(
-                f"cannot bind the history ROUTER on {self._endpoint}: {exc}"
-            ) from exc
+        sock = bind_socket(
+            self._ctx,
+            zmq.ROUTER,
+            self._endpoint,
+            "the history ROUTER",
+            {zmq.LINGER: 0, zmq.MAXMSGSIZE: MAX_REQUEST_FRAME, zmq.SNDHWM: HISTORY_SNDHWM},
+        )
         self._sock = sock
         self._task = asyncio.create_task(self._serve(sock), name="history-serve")
         log.info("history ROUTER bound on %s", self.endpoint)

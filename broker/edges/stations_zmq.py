@@ -44,8 +44,9 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_station_message, pack
-from common.errors import ConfigError, StationProtocolError, TransportError
+from common.errors import ConfigError, StationProtocolError
 from common.messages import Hello, StationToBroker
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,7 @@ class StationsEdge:
     @property
     def endpoint(self) -> str:
         """The bound endpoint (with the real port when bound to port 0 / a wildcard)."""
-        if self._sock is None:
-            return self._endpoint
-        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
-        return last.decode() if isinstance(last, bytes) else str(last)
+        return bound_endpoint(self._sock, self._endpoint)
 
     @property
     def live_stations(self) -> list[str]:
@@ -130,22 +128,22 @@ class StationsEdge:
         """
         if self._sock is not None:
             raise RuntimeError("StationsEdge already started")
-        sock = self._ctx.socket(zmq.ROUTER)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_STATION_FRAME)
-            sock.setsockopt(zmq.SNDHWM, STATION_SNDHWM)
-            # A fleet connects thousands of stations at once: the default listen
-            # backlog (100) overflows and leaves connections waiting for retries.
-            sock.setsockopt(zmq.BACKLOG, STATION_BACKLOG)
-            sock.bind(self._endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(linger=0)
-            raise TransportError(
-                f"cannot bind the stations ROUTER on {self._endpoint}: {exc}"
-            ) from exc
+        sock = bind_socket(
+            self._ctx,
+            zmq.ROUTER,
+            self._endpoint,
+            "the stations ROUTER",
+            {
+                zmq.LINGER: 0,
+                zmq.ROUTER_MANDATORY: 1,
+                zmq.ROUTER_HANDOVER: 1,
+                zmq.MAXMSGSIZE: MAX_STATION_FRAME,
+                zmq.SNDHWM: STATION_SNDHWM,
+                # A fleet connects thousands of stations at once: the default listen
+                # backlog (100) overflows and leaves connections waiting for retries.
+                zmq.BACKLOG: STATION_BACKLOG,
+            },
+        )
         self._sock = sock
         self._tasks = [
             asyncio.create_task(self._recv_loop(sock), name="stations-recv"),
