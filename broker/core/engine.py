@@ -165,9 +165,11 @@ class Engine:
         every queued reservation starts no earlier than its ETA and then charges a
         typical session (:data:`TYPICAL_SESSION_KWH`).
         """
+        s = p.session
+        if s is None and p.pending is None and not p.queue:
+            return 0  # the common case on the hot path of bateria/consulta
         power = p.potencia_kw if p.potencia_kw > 0 else 1.0
         t = now
-        s = p.session
         if s is not None:
             target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
             t += max(0.0, target - s.energy_reported) / power * 3600.0
