@@ -16,6 +16,13 @@ shares one flush:
    request);
 3. the single timer (one ``TimerHandle``) is moved to ``core.next_due()``.
 
+Security is on unless ``insecure``: the broker's CURVE key pair comes from
+``broker.key`` in the keys folder, the live credentials from the credential
+table (re-read every second), pyzmq's ZAP handler admits stations on 5555 and
+consumers on 5556/5557, and the status edge takes only signed datagrams (or
+unsigned ones from a ``legacy-station``'s address). ``insecure`` turns all of
+that off and logs a warning at start and every minute.
+
 If a commit fails, nothing of the batch is sent and the broker stops with a
 non-zero exit: a confirmation that is not durable must never go out.
 """
@@ -30,13 +37,20 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
 
+from broker.auth import Authenticator, Keyring, Rejections, Security
 from broker.core import Core, CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
+from broker.credentials import (
+    CredentialTable,
+    broker_keys,
+    credentials_db_for,
+    keys_dir_for,
+)
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
@@ -56,6 +70,7 @@ class AppConfig:
     """Everything ``ev-broker serve`` can be told."""
 
     host: str = "0.0.0.0"
+    internal_host: str = "127.0.0.1"
     vehicle_port: int = 8081
     status_port: int = 8082
     station_port: int = 5555
@@ -69,6 +84,15 @@ class AppConfig:
     offline_grace_s: float = 120.0
     ack_timeout_s: float = 5.0
     heartbeat_s: float = 1.0
+    insecure: bool = False
+    keys: str | None = None
+
+
+INSECURE_WARNING: Final = (
+    "INSECURE: station, status and consumer authentication are OFF (--insecure); "
+    "anyone who reaches this broker can act as any station and read every bill"
+)
+INSECURE_WARN_EVERY_S: Final = 60.0
 
 
 def new_id(prefix: str) -> str:
@@ -94,8 +118,15 @@ class BrokerApp:
     def __init__(self, config: AppConfig) -> None:
         self.config = config
         self.metrics = BrokerMetrics()
+        self.reject = Rejections(self.metrics.rejected)
         self.store = Store(config.db)
+        self.security: Security | None = None
         try:
+            if not config.insecure:
+                keys_dir = keys_dir_for(config.db, config.keys)
+                keys = broker_keys(keys_dir)
+                keyring = Keyring(CredentialTable(credentials_db_for(config.db, keys_dir)))
+                self.security = Security(keyring, keys.secret, self.reject)
             self.core = Core(
                 CoreConfig(
                     queue_capacity=config.queue_capacity,
@@ -110,6 +141,8 @@ class BrokerApp:
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
         except BaseException:
+            if self.security is not None:
+                self.security.keyring.table.close()
             self.store.close()
             raise
         self._pending: list[Effect] = []
@@ -122,8 +155,10 @@ class BrokerApp:
         self.exit_code = 0
         self.ctx: zmq.asyncio.Context | None = None
         self.vehicles = VehicleServer(self, self.metrics)
-        self.status = StatusServer(self.on_datagram, self.metrics)
+        self.status = StatusServer(self.on_datagram, self.metrics, self.security)
         self.http = HttpServer({"/metrics": self._metrics_page, "/healthz": self._health_page})
+        self.authenticator: Authenticator | None = None
+        self._insecure_task: asyncio.Task[None] | None = None
         self.stations: StationsEdge | None = None
         self.bus: BusPublisher | None = None
         self.history: HistoryServer | None = None
@@ -138,28 +173,40 @@ class BrokerApp:
         self._loop = asyncio.get_running_loop()
         raise_nofile_limit()
         self.ctx = zmq.asyncio.Context()
-        zhost = "*" if cfg.host in ("0.0.0.0", "") else cfg.host
+        security = self.security
+        if security is not None:
+            self.authenticator = Authenticator(self.ctx, security.keyring, self.reject)
+            self.authenticator.start()
+            security.keyring.on_change(self._credentials_changed)
+            security.keyring.start()
+        else:
+            log.warning(INSECURE_WARNING)
+            self._insecure_task = asyncio.create_task(self._warn_insecure(), name="insecure")
+        zhost = _zmq_host(cfg.host)
+        ihost = _zmq_host(cfg.internal_host)
         self.stations = StationsEdge(
             self.ctx,
             f"tcp://{zhost}:{cfg.station_port}",
             heartbeat_s=cfg.heartbeat_s,
             on_message=self.on_station,
             on_unroutable=self.on_unroutable,
+            security=security,
         )
-        self.bus = BusPublisher(self.ctx, f"tcp://{zhost}:{cfg.events_port}")
+        self.bus = BusPublisher(self.ctx, f"tcp://{ihost}:{cfg.events_port}", security)
         self.history = HistoryServer(
             self.ctx,
-            f"tcp://{zhost}:{cfg.history_port}",
+            f"tcp://{ihost}:{cfg.history_port}",
             events_since=self.store.events_since,
             snapshot=self.core.snapshot,
             accounts=self.core.accounts,
+            security=security,
         )
         await self.bus.start()
         await self.history.start()
         await self.stations.start()
         self.status.start(cfg.host, cfg.status_port)
         await self.vehicles.start(cfg.host, cfg.vehicle_port)
-        await self.http.start(cfg.host, cfg.http_port)
+        await self.http.start(cfg.internal_host, cfg.http_port)
         self._call(self.core.start)
         self.flush()
         log.info("status socket receive buffer: %d bytes", self.status.rcvbuf)
@@ -184,6 +231,13 @@ class BrokerApp:
         for edge in (self.stations, self.history, self.bus):
             if edge is not None:
                 await edge.close()
+        if self._insecure_task is not None:
+            self._insecure_task.cancel()
+        if self.security is not None:
+            await self.security.keyring.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
         if self.ctx is not None:
             self.ctx.destroy(linger=0)
             self.ctx = None
@@ -192,6 +246,16 @@ class BrokerApp:
     def request_stop(self, exit_code: int = 0) -> None:
         self.exit_code = max(self.exit_code, exit_code)
         self.stop_requested.set()
+
+    async def _warn_insecure(self) -> None:
+        while True:
+            await asyncio.sleep(INSECURE_WARN_EVERY_S)
+            log.warning(INSECURE_WARNING)
+
+    def _credentials_changed(self, gone: set[str]) -> None:
+        """A revoked consumer must lose the bus too: make every subscriber authenticate again."""
+        if gone and self.bus is not None and self._loop is not None:
+            self._loop.create_task(self.bus.rebind(), name="bus-rebind")
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -372,10 +436,15 @@ class BrokerApp:
         c = self.config
         return (
             f"vehicles tcp {c.host}:{self.vehicles.port}, status udp {c.host}:{self.status.port}, "
-            f"stations zmq {c.station_port}, events zmq {c.events_port}, "
-            f"history zmq {c.history_port}, http {c.http_port}, db {c.db}, "
+            f"stations zmq {c.station_port}, events zmq {c.internal_host}:{c.events_port}, "
+            f"history zmq {c.internal_host}:{c.history_port}, http {c.http_port}, db {c.db}, "
+            f"auth {'OFF (--insecure)' if self.security is None else 'on'}, "
             f"last seq {self.core.last_seq}"
         )
+
+
+def _zmq_host(host: str) -> str:
+    return "*" if host in ("0.0.0.0", "") else host
 
 
 async def serve(config: AppConfig, on_ready: Callable[[str], None]) -> int:

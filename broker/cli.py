@@ -5,11 +5,13 @@ from __future__ import annotations
 import typer
 
 from broker.consumers_cli import register as register_consumers
+from broker.credentials_cli import register as register_credentials
 from broker.serve_cli import register as register_serve
 
 app = typer.Typer(help="evcharge broker and its bus consumers.", no_args_is_help=True)
 register_serve(app)
 register_consumers(app)
+register_credentials(app)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from broker.ledger import Ledger
 from broker.monitor import run_monitor
 from broker.subscriber import Endpoint, HistoryClient, Subscriber
 from broker.tail import PipeClosed, TailSink, pipe_closed
+from common.credentials import load_optional
 from common.errors import ConfigError, EVError, StoreError, TransportError
 
 EXIT_DIFFERENT = 1
@@ -46,6 +47,14 @@ HistoryPortOpt = Annotated[
     int,
     typer.Option(
         "--history-port", envvar="EV_HISTORY_PORT", min=1, max=65535, help="History port."
+    ),
+]
+CredentialsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--credentials",
+        envvar="EV_CREDENTIALS",
+        help="A consumer or operator .cred file (needed unless the broker runs --insecure).",
     ),
 ]
 DbOpt = Annotated[Path, typer.Option("--db", envvar="EV_DB", help="Billing ledger (SQLite file).")]
@@ -101,10 +110,26 @@ async def _until_stopped(sub: Subscriber, stop: asyncio.Event) -> None:
             await task
 
 
-def _endpoint(broker: str, events_port: int, history_port: int) -> Endpoint:
+def _endpoint(
+    broker: str, events_port: int, history_port: int, credentials: str | None
+) -> Endpoint:
     if not broker or any(c.isspace() for c in broker):
         raise _fail(f"invalid --broker host {broker!r}", EXIT_USAGE)
-    return Endpoint(broker, events_port, history_port)
+    try:
+        credential = load_optional(credentials)
+    except ConfigError as exc:
+        raise _fail(exc.message, EXIT_USAGE) from None
+    if credential is not None and credential.role not in ("consumer", "operator"):
+        raise _fail(
+            f"--credentials {credentials}: a {credential.role} credential cannot read the bus; "
+            "issue one with --role consumer",
+            EXIT_USAGE,
+        )
+    if credential is None:
+        logging.getLogger("broker").warning(
+            "no --credentials: only a broker started with --insecure will answer"
+        )
+    return Endpoint(broker, events_port, history_port, credential)
 
 
 def _open_ledger(db: Path, create: bool) -> Ledger:
@@ -129,12 +154,13 @@ def billing_worker(
     events_port: EventsPortOpt = 5556,
     history_port: HistoryPortOpt = 5557,
     db: DbOpt = DEFAULT_DB,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Run the billing worker: catch up from history, then follow live events."""
     if ctx.invoked_subcommand is not None:
         return
-    endpoint = _endpoint(broker, events_port, history_port)
     _setup_logging(logging.INFO)
+    endpoint = _endpoint(broker, events_port, history_port, credentials)
     ledger = _open_ledger(db, create=True)
     sink = billing.BillingSink(ledger)
     sub = Subscriber(endpoint, sink, topics=(billing.TOPIC,), start_seq=ledger.last_seq)
@@ -203,9 +229,10 @@ def billing_reconcile(
     timeout: Annotated[
         float, typer.Option("--timeout", envvar="EV_TIMEOUT", min=0.1, help="Seconds to wait.")
     ] = 3.0,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Compare the ledger with the broker's accounts: exit 0 when equal, 1 when not."""
-    endpoint = _endpoint(broker, 5556, history_port)
+    endpoint = _endpoint(broker, 5556, history_port, credentials)
     with _open_ledger(db, create=False) as ledger:
         mine = ledger.accounts()
 
@@ -213,7 +240,9 @@ def billing_reconcile(
         import zmq.asyncio
 
         ctx = zmq.asyncio.Context()
-        client = HistoryClient(ctx, endpoint.history_url, timeout_s=timeout)
+        client = HistoryClient(
+            ctx, endpoint.history_url, timeout_s=timeout, credential=endpoint.credential
+        )
         try:
             return await billing.fetch_accounts(endpoint, client)
         finally:
@@ -250,10 +279,11 @@ def tail(
     as_json: Annotated[
         bool, typer.Option("--json", envvar="EV_JSON", help="One JSON object per line.")
     ] = False,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """Print bus events as they arrive (history first with --since)."""
-    endpoint = _endpoint(broker, events_port, history_port)
     _setup_logging(logging.WARNING)
+    endpoint = _endpoint(broker, events_port, history_port, credentials)
     sink = TailSink(sys.stdout, as_json=as_json)
     sub = Subscriber(endpoint, sink, topics=tuple(topic or ()), start_seq=since)
 
@@ -291,10 +321,11 @@ def monitor(
             "--page-size", envvar="EV_PAGE_SIZE", min=1, max=1000, help="Points per page."
         ),
     ] = 20,
+    credentials: CredentialsOpt = None,
 ) -> None:
     """A live terminal view of all points, built from snapshot + events."""
-    endpoint = _endpoint(broker, events_port, history_port)
     _setup_logging(logging.WARNING)
+    endpoint = _endpoint(broker, events_port, history_port, credentials)
 
     async def main(stop: asyncio.Event) -> None:
         await run_monitor(endpoint, stop, page_size)

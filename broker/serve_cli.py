@@ -51,10 +51,10 @@ def _seconds(name: str, text: str) -> float:
     )
 
 
-def _host(text: str) -> str:
+def _host(text: str, name: str = "host") -> str:
     host = text.strip()
     if not host:
-        raise ConfigError("invalid value for --host: empty")
+        raise ConfigError(f"invalid value for --{name}: empty")
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -62,13 +62,19 @@ def _host(text: str) -> str:
             part.isalnum() or "-" in part for part in host.split(".")
         ):
             raise ConfigError(
-                f"invalid value for --host: {text!r} (an IP address or host name)"
+                f"invalid value for --{name}: {text!r} (an IP address or host name)"
             ) from None
     return host
 
 
 def serve(
-    host: Annotated[str, _opt("EV_HOST", "Address to bind every socket to.", "HOST")] = "0.0.0.0",
+    host: Annotated[
+        str, _opt("EV_HOST", "Address of the public edges (8081, 8082, 5555).", "HOST")
+    ] = "0.0.0.0",
+    internal_host: Annotated[
+        str,
+        _opt("EV_INTERNAL_HOST", "Address of the internal ports (5556, 5557, 8090).", "HOST"),
+    ] = "127.0.0.1",
     vehicle_port: Annotated[
         str, _opt("EV_VEHICLE_PORT", "TCP port for vehicles.", "PORT")
     ] = "8081",
@@ -104,6 +110,19 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    keys: Annotated[
+        str | None,
+        _opt("EV_KEYS", "Folder of broker.key (default: the database's folder).", "DIR"),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="EV_INSECURE",
+            show_envvar=True,
+            help="Lab only: no station, status or consumer authentication (logs a warning).",
+        ),
+    ] = False,
     log_format: Annotated[
         str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
     ] = "text",
@@ -127,6 +146,9 @@ def serve(
             raise ConfigError("invalid value for --db: empty")
         config = AppConfig(
             host=_host(host),
+            internal_host=_host(internal_host, "internal-host"),
+            insecure=insecure,
+            keys=keys.strip() if keys and keys.strip() else None,
             vehicle_port=_port("vehicle-port", vehicle_port),
             status_port=_port("status-port", status_port),
             station_port=_port("station-port", station_port),
@@ -145,6 +167,8 @@ def serve(
             offline_after_s=_seconds("offline-after", offline_after),
             offline_grace_s=_seconds("offline-grace", offline_grace),
         )
+        if not insecure and config.db == ":memory:" and config.keys is None:
+            raise ConfigError("--db :memory: keeps no credentials: give --keys DIR (or --insecure)")
     except ConfigError as exc:
         typer.echo(f"ev-broker serve: {exc.message}", err=True)
         raise typer.Exit(USAGE_EXIT) from None

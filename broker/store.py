@@ -36,6 +36,8 @@ from common.messages import BusEvent
 SCHEMA_VERSION: Final = 1
 RECORD_TABLES: Final = ("point", "reservation", "session", "meta")
 MEMORY: Final = ":memory:"
+#: How long a write waits for another process's short write (credentials) to finish.
+BUSY_TIMEOUT_MS: Final = 2000
 
 _SCHEMA: Final = [
     *(
@@ -83,7 +85,8 @@ class Store:
             raise StoreError(f"cannot open database {self.path}: {exc}") from None
         self._db = db
         try:
-            db.execute("PRAGMA busy_timeout=0")
+            # ``credentials add``/``revoke`` write the credential table beside a running broker
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise StoreError(

@@ -48,6 +48,7 @@ import zmq
 import zmq.asyncio
 
 from common.codec import decode_event, pack, unpack
+from common.credentials import Credential, curve_client
 from common.errors import EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 
@@ -203,9 +204,12 @@ class Sequencer:
 
 @dataclass(frozen=True)
 class Endpoint:
+    """Where the broker's bus and history are, and the credential to show them (if any)."""
+
     host: str = "127.0.0.1"
     events_port: int = 5556
     history_port: int = 5557
+    credential: Credential | None = None
 
     @property
     def events_url(self) -> str:
@@ -225,9 +229,11 @@ class HistoryClient:
         url: str,
         timeout_s: float = REQUEST_TIMEOUT_S,
         stats: SubscriberStats | None = None,
+        credential: Credential | None = None,
     ) -> None:
         self._ctx = ctx
         self._url = url
+        self._credential = credential
         self.timeout_s = timeout_s
         self.stats = stats or SubscriberStats()
         self._sock: zmq.asyncio.Socket | None = None
@@ -236,6 +242,7 @@ class HistoryClient:
         if self._sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            curve_client(sock, self._credential)
             sock.connect(self._url)
             self._sock = sock
         return self._sock
@@ -327,7 +334,9 @@ class Subscriber:
         self.seq = Sequencer(start_seq, self.stats)
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.asyncio.Context()
-        self.history = HistoryClient(self._ctx, endpoint.history_url, request_timeout_s, self.stats)
+        self.history = HistoryClient(
+            self._ctx, endpoint.history_url, request_timeout_s, self.stats, endpoint.credential
+        )
         self._sub: zmq.asyncio.Socket | None = None
         self.ready = asyncio.Event()  # set once the initial catch-up is done
         self._reported_behind = False
@@ -446,6 +455,7 @@ class Subscriber:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        curve_client(sub, self.endpoint.credential)
         sub.connect(self.endpoint.events_url)
         self._sub = sub
         try:

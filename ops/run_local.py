@@ -14,6 +14,12 @@ Ports are the defaults of the programs, each overridable by the environment
 variable the programs themselves read (``EV_VEHICLE_PORT``, ``EV_STATUS_PORT``,
 ``EV_STATION_PORT``, ``EV_EVENTS_PORT``, ``EV_HISTORY_PORT``, ``EV_HTTP_PORT``).
 The runner passes every setting explicitly, so all processes agree.
+
+The broker runs with authentication on, as everywhere: before starting it the
+runner issues the credentials its own processes need (once; later runs reuse
+them) into ``./var/credentials`` (:func:`provision_credentials`): a station
+credential for the fleet's ``CP*`` points and consumer credentials for the
+billing worker, the tail and the monitor.
 """
 
 from __future__ import annotations
@@ -113,6 +119,36 @@ class Spec:
     settle_s: float = 0.0  # then a pause (a subscriber's connection needs a moment)
 
 
+#: name -> (role, point pattern) of the credentials the runner's processes use.
+CREDENTIALS: Final = {
+    "run-fleet": ("station", "CP*"),
+    "run-billing": ("consumer", None),
+    "run-tail": ("consumer", None),
+    "run-monitor": ("consumer", None),
+}
+
+
+def credential_path(s: Settings, name: str) -> Path:
+    return s.var_dir / "credentials" / f"{name}.cred"
+
+
+def provision_credentials(s: Settings) -> list[str]:
+    """Issue the runner's credentials that do not exist yet; the names issued now.
+
+    A credential whose ``.cred`` file is gone is revoked and issued again.
+    """
+    from broker.credentials import CredentialTable, broker_keys, ensure
+
+    keys = broker_keys(s.var_dir)
+    out_dir = credential_path(s, "x").parent
+    with CredentialTable(str(s.var_dir / "broker.db")) as table:
+        return [
+            name
+            for name, (role, points) in CREDENTIALS.items()
+            if ensure(table, keys, name, role, points, None, out_dir)
+        ]
+
+
 def service_specs(s: Settings) -> list[Spec]:
     """The long-running processes, in start order (the tail, in the foreground, before the
     stations so that it shows them registering)."""
@@ -120,6 +156,10 @@ def service_specs(s: Settings) -> list[Spec]:
     broker_addr = ["--broker", BIND_HOST]
     bus = ["--events-port", str(p.events), "--history-port", str(p.history)]
     station_ports = ["--status-port", str(p.status), "--station-port", str(p.station)]
+
+    def cred(name: str) -> list[str]:
+        return ["--credentials", str(credential_path(s, name))]
+
     return [
         Spec(
             "broker",
@@ -136,16 +176,22 @@ def service_specs(s: Settings) -> list[Spec]:
         Spec(
             "billing",
             [py, "-m", "broker", "billing", *broker_addr, *bus,
-             "--db", str(s.var_dir / "billing.db")],
+             "--db", str(s.var_dir / "billing.db"), *cred("run-billing")],
             logs / "billing.log",
         ),
-        Spec("tail", [py, "-m", "broker", "tail", *broker_addr, *bus], None, settle_s=1.0),
+        Spec(
+            "tail",
+            [py, "-m", "broker", "tail", *broker_addr, *bus, *cred("run-tail")],
+            None,
+            settle_s=1.0,
+        ),
         Spec(
             "stations",
             [
                 py, "-m", "station", "fleet", "--count", str(s.stations),
                 f"--center={CENTER[0]},{CENTER[1]}", "--radius-km", "8", "--prefix", "CP",
                 "--seed", str(s.seed), "--speed", str(s.speed), *broker_addr, *station_ports,
+                *cred("run-fleet"),
             ],
             logs / "stations.log",
         ),
@@ -171,7 +217,12 @@ def hints(s: Settings) -> list[str]:
     """What to type in another terminal to watch or join the system."""
     p = s.ports
     bin_dir = Path(s.python).parent
-    mon = [str(bin_dir / "ev-broker"), "monitor"]
+    mon = [
+        str(bin_dir / "ev-broker"),
+        "monitor",
+        "--credentials",
+        str(credential_path(s, "run-monitor")),
+    ]
     if (p.events, p.history) != (5556, 5557):
         mon += ["--events-port", str(p.events), "--history-port", str(p.history)]
     veh = [str(bin_dir / "ev-vehicle"), "--id", "ME"]
@@ -315,6 +366,9 @@ class Runner:
         return code
 
     def _start_and_watch(self) -> int:
+        made = provision_credentials(self.s)
+        if made:
+            self.say(f"issued credentials {', '.join(made)} in {self.s.var_dir / 'credentials'}/")
         for spec in service_specs(self.s):
             if self.stopping[0]:
                 return 0

@@ -16,6 +16,8 @@ from typing import Annotated, Final
 import typer
 import zmq
 
+from common.credentials import Credential, load_optional
+from common.errors import ConfigError
 from station.fleet import make_fleet
 from station.host import Host, HostConfig, run_host
 from station.links import DealerLink, Link, MultiLink
@@ -90,6 +92,15 @@ FaultFor = Annotated[
         help="With --fault-after: clear the fault after this many seconds (default: never).",
     ),
 ]
+Credentials = Annotated[
+    str | None,
+    typer.Option(
+        "--credentials",
+        envvar=_env("CREDENTIALS"),
+        help="A station .cred file covering the point id(s) (needed unless the broker "
+        "runs --insecure).",
+    ),
+]
 MuteCommands = Annotated[
     bool,
     typer.Option(
@@ -124,6 +135,31 @@ def _terminate(ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
     return not done.is_alive()
 
 
+def _credential(path: str | None, point_ids: list[str]) -> Credential | None:
+    """The station credential in ``path`` (checked to cover every id), or None without one."""
+    try:
+        cred = load_optional(path)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--credentials") from None
+    if cred is None:
+        logging.getLogger("station").warning(
+            "no --credentials: only a broker started with --insecure will accept this station"
+        )
+        return None
+    if cred.role != "station":
+        raise typer.BadParameter(
+            f"a {cred.role} credential cannot run a station (issue one with --role station)",
+            param_hint="--credentials",
+        )
+    outside = [p for p in point_ids if not cred.covers(p)]
+    if outside:
+        raise typer.BadParameter(
+            f"credential {cred.name!r} covers {cred.points!r}, not {outside[0]!r}",
+            param_hint="--credentials",
+        )
+    return cred
+
+
 def _serve(chargers: list[Charger], config: HostConfig, single: bool) -> None:
     # A fleet's thousands of connections keep one libzmq I/O thread busy: give it two.
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1 if single else 2)
@@ -131,8 +167,8 @@ def _serve(chargers: list[Charger], config: HostConfig, single: bool) -> None:
 
     def link_factory(ids: list[str]) -> Link:
         if single:
-            return DealerLink(ctx, endpoint, ids[0])
-        return MultiLink(ctx, endpoint, ids)
+            return DealerLink(ctx, endpoint, ids[0], config.credential)
+        return MultiLink(ctx, endpoint, ids, config.credential)
 
     host = Host(chargers, config, link_factory, out=lambda line: print(line, flush=True))
     try:
@@ -169,12 +205,14 @@ def run(
     fault_after: FaultAfter = None,
     fault_for: FaultFor = None,
     mute_commands: MuteCommands = False,
+    credentials: Credentials = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run one simulated charging station."""
     if not POINT_ID_RE.match(id):
         raise typer.BadParameter("must be 1-64 characters, no spaces", param_hint="--id")
     _setup_logging(log_level)
+    credential = _credential(credentials, [id])
     charger = Charger(id, lat, lon, power_kw=power_kw, price_kwh=price_kwh, speed=speed)
     config = HostConfig(
         broker=broker,
@@ -185,6 +223,7 @@ def run(
         fault_after_s=fault_after,
         fault_for_s=fault_for,
         mute_commands=mute_commands,
+        credential=credential,
     )
     _serve([charger], config, single=True)
 
@@ -230,6 +269,7 @@ def fleet(
             envvar=_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
         ),
     ] = 5.0,
+    credentials: Credentials = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run N simulated stations in one process (ids PREFIX0001..), deterministic with --seed."""
@@ -238,6 +278,7 @@ def fleet(
         raise typer.BadParameter("at most 56 characters, no spaces", param_hint="--prefix")
     _setup_logging(log_level)
     chargers = make_fleet(count, where, radius_km, prefix, seed, power_kw, price_kwh, speed)
+    credential = _credential(credentials, [c.point_id for c in chargers])
     config = HostConfig(
         broker=broker,
         status_port=status_port,
@@ -245,6 +286,7 @@ def fleet(
         interval_s=interval,
         heartbeat_s=heartbeat,
         report_s=report_every,
+        credential=credential,
     )
     _serve(chargers, config, single=count == 1)
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from common.credentials import Credential, sign_datagram
 from common.errors import StationProtocolError
 from common.messages import Heartbeat, Hold, Release, SessionAck, Start, Stop, Welcome
 from station.links import Link
@@ -53,6 +54,8 @@ class HostConfig:
     fault_after_s: float | None = None
     fault_for_s: float | None = None  # None: the fault stays
     mute_commands: bool = False
+    #: Signs every status datagram (``EVS1``) when set; the links use its CURVE keys.
+    credential: Credential | None = None
 
 
 @dataclass
@@ -365,6 +368,8 @@ class Host:
             data = encode_datagram(
                 self.chargers[i].datagram(self.boot_id, seq, self.config.interval_s, now)
             )
+            if self.config.credential is not None:
+                data = sign_datagram(self.config.credential, data)
             self._udp.sendto(data, self._addr)
         except (OSError, StationProtocolError) as exc:
             self.counters.datagrams_dropped += 1

@@ -29,6 +29,8 @@ from typing import Final, Protocol
 
 import zmq
 
+from common.credentials import Credential, curve_client
+
 HWM: Final = 10_000
 
 
@@ -70,15 +72,23 @@ def _base_options(sock: zmq.Socket[bytes]) -> None:
 class DealerLink:
     """One DEALER socket for one station."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, point_id: str) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        point_id: str,
+        credential: Credential | None = None,
+    ) -> None:
         self._ctx = ctx
         self._endpoint = endpoint
         self._point_id = point_id
+        self._credential = credential
         self._sock = self._open()
 
     def _open(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         _base_options(sock)
+        curve_client(sock, self._credential)
         sock.setsockopt(zmq.ROUTING_ID, self._point_id.encode("utf-8"))
         sock.connect(self._endpoint)
         return sock
@@ -119,10 +129,15 @@ class MultiLink:
     """One local ROUTER socket with one connection per station (see module doc)."""
 
     def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, point_ids: Iterable[str]
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        point_ids: Iterable[str],
+        credential: Credential | None = None,
     ) -> None:
         self._ctx = ctx
         self._endpoint = endpoint
+        self._credential = credential
         self._ids = [p.encode("utf-8") for p in point_ids]
         self._connected = 0  # how many of ``_ids`` have been connected on ``_sock``
         self._opened: set[bytes] = set()
@@ -131,6 +146,7 @@ class MultiLink:
     def _open(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
         _base_options(sock)
+        curve_client(sock, self._credential)  # every connection of the fleet: one credential
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._connected = 0
         self._opened = set()

@@ -8,6 +8,13 @@ Publishing never blocks: PUB drops messages for a subscriber whose queue is
 full (``SNDHWM``, generous here) instead of waiting, and a subscriber that
 notices a gap in ``seq`` fills it from the history ROUTER. Events are already
 durable in the store when they are published, so nothing is lost for good.
+
+With ``security`` the PUB is a CURVE server admitting live ``consumer`` and
+``operator`` credentials (ZAP domain ``consumers``). A PUB cannot drop one
+subscriber, so when a credential is revoked :meth:`BusPublisher.rebind`
+closes the socket and binds a new one: every subscriber reconnects and is
+authenticated again, the revoked one is refused, and the others fill the
+events they missed meanwhile from history (their gap rule).
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from broker.auth import CONSUMERS_DOMAIN, Security
 from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import encode_event
+from common.errors import TransportError
 from common.messages import BusEvent
 
 log = logging.getLogger(__name__)
@@ -29,16 +38,21 @@ log = logging.getLogger(__name__)
 BUS_SNDHWM: Final = 100_000
 #: How long close() lets queued events go out, in milliseconds (bounded shutdown).
 CLOSE_LINGER_MS: Final = 200
+#: How long a rebind keeps retrying while the old listener is being torn down.
+REBIND_FOR_S: Final = 2.0
 
 
 class BusPublisher:
     """PUB socket for bus events."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
+    def __init__(
+        self, ctx: zmq.asyncio.Context, endpoint: str, security: Security | None = None
+    ) -> None:
         self._ctx = ctx
         self._endpoint = endpoint
+        self._security = security
         self._sock: zmq.asyncio.Socket | None = None
-        self.stats: dict[str, int] = {"published": 0, "dropped": 0}
+        self.stats: dict[str, int] = {"published": 0, "dropped": 0, "rebinds": 0}
 
     @property
     def endpoint(self) -> str:
@@ -49,14 +63,34 @@ class BusPublisher:
         """Bind the PUB socket; TransportError when it cannot be bound."""
         if self._sock is not None:
             raise RuntimeError("BusPublisher already started")
-        self._sock = bind_socket(
-            self._ctx,
-            zmq.PUB,
-            self._endpoint,
-            "the event bus PUB",
-            {zmq.SNDHWM: BUS_SNDHWM, zmq.LINGER: CLOSE_LINGER_MS},
-        )
+        self._sock = self._bind(self._endpoint)
         log.info("event bus PUB bound on %s", self.endpoint)
+
+    def _bind(self, endpoint: str) -> zmq.asyncio.Socket:
+        options: dict[int, int | bytes] = {zmq.SNDHWM: BUS_SNDHWM, zmq.LINGER: CLOSE_LINGER_MS}
+        if self._security is not None:
+            options.update(self._security.server_options(CONSUMERS_DOMAIN))
+        return bind_socket(self._ctx, zmq.PUB, endpoint, "the event bus PUB", options)
+
+    async def rebind(self) -> None:
+        """Drop every subscriber connection: close the PUB and bind a new one."""
+        if self._sock is None:
+            return
+        endpoint = self.endpoint  # the real port, also when configured as port 0
+        self._sock.close(linger=0)
+        self._sock = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REBIND_FOR_S
+        while True:
+            try:
+                self._sock = self._bind(endpoint)
+                break
+            except TransportError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.02)  # the old listener is still being closed
+        self.stats["rebinds"] += 1
+        log.info("event bus PUB re-bound on %s: subscribers authenticate again", endpoint)
 
     def publish(self, event: BusEvent) -> None:
         """Send ``[topic, payload]`` to every subscriber of a matching prefix; never blocks."""

@@ -14,6 +14,12 @@ Requests and replies are one msgpack frame each (protocol section 5):
 Both DEALER and REQ clients work: a REQ envelope ``[id, b"", request]`` is
 answered ``[id, b"", reply]`` and a DEALER one ``[id, request]`` is answered
 ``[id, reply]``. The callbacks run on the event loop and must be quick.
+
+With ``security`` the ROUTER is a CURVE server admitting live ``consumer``
+and ``operator`` credentials (ZAP domain ``consumers``); each request is
+checked again against the credential its connection authenticated with, so a
+revoked credential is refused (``{"error": "forbidden: ..."}``) within a
+second, and ops in :data:`OPERATOR_OPS` need the ``operator`` role.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from broker.edges.zmq_sockets import bind_socket, bound_endpoint
+from broker.auth import CONSUMERS_DOMAIN, Security
+from broker.edges.zmq_sockets import bind_socket, bound_endpoint, user_id_of
 from common.codec import decode_history_request, pack, unpack
 from common.errors import EVError, InvalidRequest
 from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
@@ -42,6 +49,8 @@ HISTORY_SNDHWM: Final = 1000
 #: The extension op (not in the codec's request union) answered with every account.
 ACCOUNTS_OP: Final = "accounts"
 KNOWN_OPS: Final = ("since", "snapshot", ACCOUNTS_OP)
+#: Ops only an ``operator`` credential may ask for.
+OPERATOR_OPS: Final = frozenset({"set_availability"})
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 
@@ -57,15 +66,17 @@ class HistoryServer:
         events_since: EventsSince,
         snapshot: Callable[[], dict[str, Any]],
         accounts: Callable[[], dict[str, Any]],
+        security: Security | None = None,
     ) -> None:
         self._ctx = ctx
+        self._security = security
         self._endpoint = endpoint
         self._events_since = events_since
         self._snapshot = snapshot
         self._accounts = accounts
         self._sock: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
-        self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dropped": 0}
+        self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dropped": 0, "rejected": 0}
 
     @property
     def endpoint(self) -> str:
@@ -76,13 +87,14 @@ class HistoryServer:
         """Bind the ROUTER and start serving; TransportError when it cannot be bound."""
         if self._sock is not None:
             raise RuntimeError("HistoryServer already started")
-        sock = bind_socket(
-            self._ctx,
-            zmq.ROUTER,
-            self._endpoint,
-            "the history ROUTER",
-            {zmq.LINGER: 0, zmq.MAXMSGSIZE: MAX_REQUEST_FRAME, zmq.SNDHWM: HISTORY_SNDHWM},
-        )
+        options: dict[int, int | bytes] = {
+            zmq.LINGER: 0,
+            zmq.MAXMSGSIZE: MAX_REQUEST_FRAME,
+            zmq.SNDHWM: HISTORY_SNDHWM,
+        }
+        if self._security is not None:
+            options.update(self._security.server_options(CONSUMERS_DOMAIN))
+        sock = bind_socket(self._ctx, zmq.ROUTER, self._endpoint, "the history ROUTER", options)
         self._sock = sock
         self._task = asyncio.create_task(self._serve(sock), name="history-serve")
         log.info("history ROUTER bound on %s", self.endpoint)
@@ -99,9 +111,16 @@ class HistoryServer:
             self._sock = None
 
     async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+        secured = self._security is not None
         while True:
+            user: str | None = None
             try:
-                frames = await sock.recv_multipart()
+                if secured:
+                    received: list[Any] = await sock.recv_multipart(copy=False)
+                    user = user_id_of(received[-1])
+                    frames = [f.bytes for f in received]
+                else:
+                    frames = await sock.recv_multipart()
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     return
@@ -114,12 +133,28 @@ class HistoryServer:
                     "error": f"expected one request frame, got {len(body)}",
                 }
             else:
-                reply = self.answer(body[0])
+                refusal = self._refusal(user, body[0]) if secured else None
+                reply = {"error": refusal} if refusal else self.answer(body[0])
             self.stats["requests"] += 1
             if "error" in reply:
                 self.stats["errors"] += 1
             self._send(sock, [*envelope, pack(reply)])
             await asyncio.sleep(0)  # a ready recv never yields: let the broker run
+
+    def _refusal(self, user: str | None, frame: bytes) -> str | None:
+        """Why the credential ``user`` may not ask ``frame``, or None when it may."""
+        assert self._security is not None
+        cred = self._security.keyring.consumer(user)
+        if cred is None:
+            self.stats["rejected"] += 1
+            self._security.reject("history", "credential_revoked", repr(user))
+            return "forbidden: credential revoked"
+        op = _op_of(frame)
+        if op in OPERATOR_OPS and cred.role != "operator":
+            self.stats["rejected"] += 1
+            self._security.reject("history", "not_operator", f"{cred.name!r} asked {op!r}")
+            return f"forbidden: {op} needs an operator credential"
+        return None
 
     def answer(self, frame: bytes) -> dict[str, Any]:
         """The reply map for one request frame (never raises)."""

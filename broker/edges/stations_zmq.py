@@ -26,8 +26,19 @@ Theory of operation
   station's queue is full, i.e. it stopped reading) drops the message and
   counts it in ``stats["dropped"]``: commands are covered by the core's ack
   timeout and ``session_ack`` by the station's resend of ``session_complete``.
-* ``ROUTER_HANDOVER`` is on: a station that re-creates its socket with the
-  same routing id takes over the old connection instead of being refused.
+* With ``security`` (the broker's default) the ROUTER is a CURVE server whose
+  ZAP handler admits only live ``station`` credentials, and every message is
+  checked against the credential its connection authenticated with (the
+  ``User-Id`` property): the routing id must match the credential's point
+  pattern, and the credential must still be live. Anything else is dropped and
+  counted (``evcharge_rejected_total{edge="stations"}``). ``ROUTER_HANDOVER``
+  is then off: libzmq cannot tell which credential a new connection belongs to
+  before it takes over, so a live routing id is never handed to another peer;
+  ZMTP heartbeats drop a dead connection within :data:`PEER_TIMEOUT_MS`, after
+  which the station's new connection gets its id.
+* Without ``security`` (``--insecure``) ``ROUTER_HANDOVER`` is on: a station
+  that re-creates its socket with the same routing id takes over the old
+  connection instead of being refused.
 """
 
 from __future__ import annotations
@@ -44,7 +55,8 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from broker.edges.zmq_sockets import bind_socket, bound_endpoint
+from broker.auth import STATIONS_DOMAIN, Security
+from broker.edges.zmq_sockets import bind_socket, bound_endpoint, user_id_of
 from common.codec import decode_station_message, pack
 from common.errors import ConfigError, StationProtocolError
 from common.messages import Hello, StationToBroker
@@ -68,6 +80,9 @@ RECV_BATCH: Final = 256
 LOG_EVERY_S: Final = 5.0
 
 HEARTBEAT_FRAME: Final = pack({"type": "heartbeat"})
+#: ZMTP heartbeats on secured connections: a peer silent this long is dropped.
+PEER_HEARTBEAT_MS: Final = 1000
+PEER_TIMEOUT_MS: Final = 4000
 
 
 class StationsEdge:
@@ -82,6 +97,7 @@ class StationsEdge:
         on_message: Callable[[str, StationToBroker], None],
         on_unroutable: Callable[[str], None],
         live_window_s: float | None = None,
+        security: Security | None = None,
     ) -> None:
         if not heartbeat_s > 0:
             raise ConfigError(f"heartbeat_s must be positive, not {heartbeat_s!r}")
@@ -95,6 +111,7 @@ class StationsEdge:
         )
         self._on_message = on_message
         self._on_unroutable = on_unroutable
+        self._security = security
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # point id -> when last heard (monotonic), spread over buckets by a hash of the id
@@ -107,6 +124,7 @@ class StationsEdge:
             "malformed": 0,
             "unroutable": 0,
             "dropped": 0,
+            "rejected": 0,
         }
 
     @property
@@ -128,22 +146,21 @@ class StationsEdge:
         """
         if self._sock is not None:
             raise RuntimeError("StationsEdge already started")
-        sock = bind_socket(
-            self._ctx,
-            zmq.ROUTER,
-            self._endpoint,
-            "the stations ROUTER",
-            {
-                zmq.LINGER: 0,
-                zmq.ROUTER_MANDATORY: 1,
-                zmq.ROUTER_HANDOVER: 1,
-                zmq.MAXMSGSIZE: MAX_STATION_FRAME,
-                zmq.SNDHWM: STATION_SNDHWM,
-                # A fleet connects thousands of stations at once: the default listen
-                # backlog (100) overflows and leaves connections waiting for retries.
-                zmq.BACKLOG: STATION_BACKLOG,
-            },
-        )
+        options: dict[int, int | bytes] = {
+            zmq.LINGER: 0,
+            zmq.ROUTER_MANDATORY: 1,
+            zmq.ROUTER_HANDOVER: 0 if self._security is not None else 1,
+            zmq.MAXMSGSIZE: MAX_STATION_FRAME,
+            zmq.SNDHWM: STATION_SNDHWM,
+            # A fleet connects thousands of stations at once: the default listen
+            # backlog (100) overflows and leaves connections waiting for retries.
+            zmq.BACKLOG: STATION_BACKLOG,
+        }
+        if self._security is not None:
+            options.update(self._security.server_options(STATIONS_DOMAIN))
+            options[zmq.HEARTBEAT_IVL] = PEER_HEARTBEAT_MS
+            options[zmq.HEARTBEAT_TIMEOUT] = PEER_TIMEOUT_MS
+        sock = bind_socket(self._ctx, zmq.ROUTER, self._endpoint, "the stations ROUTER", options)
         self._sock = sock
         self._tasks = [
             asyncio.create_task(self._recv_loop(sock), name="stations-recv"),
@@ -221,27 +238,42 @@ class StationsEdge:
     # --- receiving ----------------------------------------------------------------------
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
+        secured = self._security is not None
         while True:
             try:
-                frames = await sock.recv_multipart()
+                if secured:
+                    received: Any = await sock.recv_multipart(copy=False)
+                else:
+                    received = await sock.recv_multipart()
             except zmq.ZMQError as exc:
                 if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
                     return
                 log.error("stations ROUTER receive failed: %r", exc)
                 await asyncio.sleep(0.1)
                 continue
-            self.handle_frames(frames)
+            self._handle_received(received, secured)
             # Take what else is already queued without a future each, then let the rest of
             # the broker run: awaiting a ready recv never yields, so a flood would starve it.
             for _ in range(RECV_BATCH - 1):
-                more = _recv_nowait(sock)
+                more = _recv_nowait(sock, copy=not secured)
                 if more is None:
                     break
-                self.handle_frames(more)
+                self._handle_received(more, secured)
             await asyncio.sleep(0)
 
-    def handle_frames(self, frames: list[bytes]) -> None:
-        """Process one received multipart message ``[routing_id, frame]`` (never raises)."""
+    def _handle_received(self, received: list[Any], secured: bool) -> None:
+        if not secured:
+            self.handle_frames(received)
+            return
+        user = user_id_of(received[-1]) if received else None
+        self.handle_frames([f.bytes for f in received], user)
+
+    def handle_frames(self, frames: list[bytes], user: str | None = None) -> None:
+        """Process one received multipart message ``[routing_id, frame]`` (never raises).
+
+        ``user`` is the name of the credential the sender's connection authenticated
+        with (None on an unsecured ROUTER).
+        """
         if len(frames) != 2:
             self._malformed(frames[0] if frames else b"", f"{len(frames) - 1} frames, expected 1")
             return
@@ -251,6 +283,19 @@ class StationsEdge:
         except UnicodeDecodeError:
             self._malformed(raw_id, "routing id is not UTF-8")
             return
+        security = self._security
+        if security is not None:
+            cred = security.keyring.station(user)
+            if cred is None:
+                self.stats["rejected"] += 1
+                security.reject("stations", "credential_revoked", f"{user!r} as {point_id!r}")
+                return
+            if not cred.covers(point_id):
+                self.stats["rejected"] += 1
+                security.reject(
+                    "stations", "point_not_covered", f"{cred.name!r} spoke as {point_id!r}"
+                )
+                return
         try:
             message = decode_station_message(frame)
         except StationProtocolError as exc:
@@ -335,9 +380,9 @@ class LogThrottle:
         return count
 
 
-def _recv_nowait(sock: zmq.asyncio.Socket) -> list[bytes] | None:
+def _recv_nowait(sock: zmq.asyncio.Socket, copy: bool = True) -> list[Any] | None:
     """The next queued multipart message, or None when there is none (never waits)."""
-    fut: asyncio.Future[list[bytes]] = sock.recv_multipart(flags=zmq.NOBLOCK)  # type: ignore[assignment]
+    fut: asyncio.Future[list[Any]] = sock.recv_multipart(flags=zmq.NOBLOCK, copy=copy)  # type: ignore[assignment]
     if not fut.done() or fut.exception() is not None:
         return None
     return fut.result()

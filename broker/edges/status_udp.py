@@ -13,20 +13,38 @@ Each datagram is classified and counted (``ok``, ``stale``, ``malformed``,
 * within one ``boot_id``, a ``seq`` not above the last one seen -> ``stale``
   (reordered or duplicated); a new ``boot_id`` starts over;
 * otherwise ``ok``: handed to the app (the core).
+
+With ``security`` (the broker's default) a datagram must also be vouched for,
+else it is ``rejected`` (and counted in ``evcharge_rejected_total{edge="status"}``):
+
+* signed, ``EVS1 <credential> <hex HMAC-SHA256> <JSON>``: the credential is a
+  live ``station`` whose pattern matches ``id``; the MAC matches (constant-time
+  compare); ``boot_id``, ``seq`` and ``ts`` are present and ``ts`` is within
+  :data:`TS_WINDOW_S` of the broker's clock; and either ``boot_id`` is the
+  point's current boot with a higher ``seq``, or it is a new boot whose ``ts``
+  is later than the last accepted datagram's (a replayed old boot is refused);
+* unsigned: only for a point covered by a live ``legacy-station`` credential,
+  from that credential's source address.
+
+Without ``security`` a signed datagram is taken for the JSON it carries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Final
 
+from broker.auth import Security
 from broker.metrics import BrokerMetrics
 from common.codec import decode_datagram
+from common.credentials import mac_hex, split_signed
 from common.errors import EVError
 from common.messages import MAX_DATAGRAM_BYTES, StatusDatagram
 
@@ -38,6 +56,10 @@ DRAIN_BATCH: Final = 512
 SO_RCVBUFFORCE_LINUX: Final = 33
 #: Receive buffer sizes to try, largest first.
 RCVBUF_SIZES: Final = (32 << 20, 16 << 20, 8 << 20, 4 << 20)
+#: Room for the ``EVS1 <name> <mac> `` prefix in front of an 8 KiB body.
+SIGNATURE_ROOM: Final = 256
+#: A signed datagram's ``ts`` must be this close to the broker's clock.
+TS_WINDOW_S: Final = 60.0
 
 
 def _outcome_of(error: EVError) -> str:
@@ -74,15 +96,23 @@ class StatusServer:
     """UDP ingest of station status datagrams."""
 
     def __init__(
-        self, on_datagram: Callable[[StatusDatagram], None], metrics: BrokerMetrics
+        self,
+        on_datagram: Callable[[StatusDatagram], None],
+        metrics: BrokerMetrics,
+        security: Security | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._on_datagram = on_datagram
         self._metrics = metrics
+        self._security = security
+        self._clock = clock
         self._sock: socket.socket | None = None
-        self._buf = bytearray(MAX_DATAGRAM_BYTES + 1)
+        self._buf = bytearray(MAX_DATAGRAM_BYTES + SIGNATURE_ROOM + 1)
         self._view = memoryview(self._buf)
         # point id -> (boot_id, last seq)
         self._last: dict[str, tuple[str | None, int]] = {}
+        # point id -> ts of the last accepted signed datagram
+        self._last_ts: dict[str, float] = {}
         self.rcvbuf = 0
 
     def start(self, host: str, port: int) -> None:
@@ -115,41 +145,90 @@ class StatusServer:
         sock = self._sock
         if sock is None:
             return
-        recv_into = sock.recv_into
+        recv_from = sock.recvfrom_into
         view = self._view
         for _ in range(DRAIN_BATCH):
             try:
-                n = recv_into(view)
+                n, addr = recv_from(view)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ICMP errors reported on the socket
                 log.debug("status socket error: %r", exc)
                 continue
-            self.handle(bytes(view[:n]))
+            self.handle(bytes(view[:n]), addr[0] if addr else "")
 
-    def handle(self, data: bytes) -> str:
-        """Classify, count and (when ok) deliver one datagram; returns its outcome."""
-        outcome = self._classify(data)
+    def handle(self, data: bytes, source: str = "") -> str:
+        """Classify, count and (when ok) deliver one datagram from ``source``; its outcome."""
+        outcome = self._classify(data, source)
         self._metrics.datagrams.inc(outcome)
         return outcome
 
-    def _classify(self, data: bytes) -> str:
-        if len(data) > MAX_DATAGRAM_BYTES:
+    def _reject(self, reason: str, detail: str) -> str:
+        assert self._security is not None
+        self._security.reject("status", reason, detail)
+        return "rejected"
+
+    def _classify(self, data: bytes, source: str) -> str:
+        signed = split_signed(data)
+        if signed is None and data.startswith(b"EVS1 "):
+            if self._security is not None:
+                return self._reject("bad_signature", f"unreadable EVS1 prefix from {source}")
+            return "malformed"
+        body = signed[2] if signed is not None else data
+        if len(body) > MAX_DATAGRAM_BYTES:
             return "oversized"
+        security = self._security
+        if security is not None and signed is not None:
+            name, mac, _ = signed
+            cred = security.keyring.station(name)
+            if cred is None:
+                return self._reject("unknown_credential", f"{name!r} from {source}")
+            if not hmac.compare_digest(mac_hex(cred.hmac_key, body), mac):
+                return self._reject("bad_mac", f"{name!r} from {source}")
         try:
-            datagram = decode_datagram(data)
+            datagram = decode_datagram(body)
         except EVError as exc:
             return _outcome_of(exc)
         except Exception:
             return "malformed"
+        if security is not None:
+            if signed is None:
+                if not security.keyring.legacy_covers(datagram.id, source):
+                    return self._reject("unsigned", f"{datagram.id!r} from {source}")
+            else:
+                refusal = self._signed_refusal(signed[0], datagram)
+                if refusal is not None:
+                    return self._reject(refusal, f"{datagram.id!r} signed by {signed[0]!r}")
         if datagram.seq is not None:
             last = self._last.get(datagram.id)
             if last is not None and last[0] == datagram.boot_id and datagram.seq <= last[1]:
                 return "stale"
             self._last[datagram.id] = (datagram.boot_id, datagram.seq)
+        if signed is not None and isinstance(datagram.ts, int | float):
+            self._last_ts[datagram.id] = float(datagram.ts)
         try:
             self._on_datagram(datagram)
         except Exception:
             log.exception("status datagram from %s failed", datagram.id)
             return "error"
         return "ok"
+
+    def _signed_refusal(self, name: str, d: StatusDatagram) -> str | None:
+        """Why a signed datagram with a good MAC is refused, or None when it is accepted."""
+        assert self._security is not None
+        cred = self._security.keyring.station(name)
+        if cred is None or not cred.covers(d.id):
+            return "point_not_covered"
+        ts = d.ts
+        if d.boot_id is None or d.seq is None or not isinstance(ts, int | float):
+            return "missing_boot_seq_ts"
+        if not abs(self._clock() - ts) <= TS_WINDOW_S:
+            return "ts_out_of_window"
+        last = self._last.get(d.id)
+        if last is not None:
+            if last[0] == d.boot_id:
+                if d.seq <= last[1]:
+                    return "replayed"
+            elif ts <= self._last_ts.get(d.id, float("-inf")):
+                return "replayed"
+        return None

@@ -9,7 +9,11 @@ from common.errors import TransportError
 
 
 def bind_socket(
-    ctx: zmq.asyncio.Context, kind: int, endpoint: str, what: str, options: dict[int, int]
+    ctx: zmq.asyncio.Context,
+    kind: int,
+    endpoint: str,
+    what: str,
+    options: dict[int, int | bytes],
 ) -> zmq.asyncio.Socket:
     """A socket of ``kind`` with ``options`` set, bound to ``endpoint``.
 
@@ -33,3 +37,12 @@ def bound_endpoint(sock: zmq.asyncio.Socket | None, configured: str) -> str:
         return configured
     last = sock.getsockopt(zmq.LAST_ENDPOINT)
     return last.decode() if isinstance(last, bytes) else str(last)
+
+
+def user_id_of(frame: zmq.Frame) -> str | None:
+    """The ZAP user id (the credential's name) of the connection ``frame`` came from."""
+    try:
+        value = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return value if isinstance(value, str) and value else None

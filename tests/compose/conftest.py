@@ -299,20 +299,34 @@ class Stack:
         return json.loads(proc.stdout)
 
     def history(self, since: int = 0) -> list[dict[str, Any]]:
-        """Every bus event with seq > ``since``, from the broker's history port."""
-        return list(self.python(HISTORY_SCRIPT, str(since), timeout=60))
+        """Every bus event with seq > ``since``, from the broker's history port (asked from
+        the billing container, with the billing worker's consumer credential)."""
+        proc = self.compose(
+            "exec", "-T", "billing", "python3", "-c", HISTORY_SCRIPT, str(since), timeout=60
+        )
+        return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    def metrics(self) -> str:
+        host, port = self.published("broker", 8090)
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
 
     def down(self) -> None:
         self.compose("down", "-v", "--remove-orphans", "--timeout", "5", timeout=180, check=False)
 
 
-# Reads the event history over the broker's ROUTER port (protocol section 5).
+# Reads the event history over the broker's ROUTER port (protocol section 5), as the
+# consumer named by EV_CREDENTIALS.
 HISTORY_SCRIPT = """
-import json, sys, msgpack, zmq
+import json, os, sys, msgpack, zmq
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.setsockopt(zmq.LINGER, 0)
 s.setsockopt(zmq.RCVTIMEO, 10000)
+cred = json.load(open(os.environ["EV_CREDENTIALS"]))
+s.setsockopt(zmq.CURVE_SERVERKEY, cred["broker_public"].encode())
+s.setsockopt(zmq.CURVE_PUBLICKEY, cred["curve_public"].encode())
+s.setsockopt(zmq.CURVE_SECRETKEY, cred["curve_secret"].encode())
 s.connect("tcp://broker:5557")
 seq, events = int(sys.argv[1]), []
 while True:

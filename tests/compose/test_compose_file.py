@@ -17,7 +17,9 @@ from tests.compose.conftest import COMPOSE_FILE
 
 pytestmark = pytest.mark.compose
 
-SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail"]
+SERVICES = [
+    "credentials", "broker", "billing", "station1", "station2", "station3", "fleet", "tail",
+]  # fmt: skip
 TOOLS = ["vehicle", "monitor"]
 
 
@@ -65,6 +67,7 @@ def test_services_and_the_on_demand_tools() -> None:
         assert "profiles:" not in service_block(text, service)
     assert "healthcheck:" in service_block(text, "broker")
     assert "condition: service_healthy" in service_block(text, "billing")
+    assert "condition: service_completed_successfully" in service_block(text, "broker")
 
 
 def test_every_service_uses_the_image_from_the_environment() -> None:
@@ -90,4 +93,25 @@ def test_configuration_is_by_environment_only() -> None:
     assert "env_file" not in text
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
-    assert sorted(source for source, _ in mounts) == ["billing-data", "broker-data", "vehicle-home"]
+    assert {source for source, _ in mounts} == {
+        "billing-data", "broker-data", "credentials", "vehicle-home",
+    }  # fmt: skip
+
+
+def test_every_station_and_consumer_has_its_own_credential() -> None:
+    text = config(EV_FLEET_PREFIX="FSA")
+    init = service_block(text, "credentials")
+    for name, role in [
+        ("station1", "station --points CP01"),
+        ("fleet", "station --points FSA*"),
+        ("billing", "consumer"),
+        ("tail", "consumer"),
+        ("monitor", "consumer"),
+    ]:
+        assert f"ensure {name} --role {role}" in init
+        block = service_block(text, name)
+        assert f"EV_CREDENTIALS: /data/credentials/{name}.cred" in block
+        assert "credentials:/data/credentials:ro" in block
+    broker = service_block(text, "broker")
+    assert "--insecure" not in text and "EV_INSECURE" not in text
+    assert "EV_INTERNAL_HOST: 0.0.0.0" in broker  # consumers reach 5556/5557 over the network

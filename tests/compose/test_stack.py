@@ -206,6 +206,43 @@ def test_station_cut_off_the_network_comes_back_and_bills_once(
     stack.wait_reconciled()
 
 
+def test_a_station_without_credentials_cannot_register_one_with_them_charges(
+    stack: Stack,
+) -> None:
+    # the station1 service as it is, but with another id and no credentials file
+    stack.compose(
+        "run", "-d", "--no-deps", "--name", f"{stack.project}_nocred", "-e", "EV_ID=NOCRED1",
+        "-e", "EV_CREDENTIALS=", "station1",
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: (
+                'evcharge_rejected_total{edge="stations",reason="unknown_key"}' in stack.metrics()
+            ),
+            30,
+            "the broker refusing the station without credentials",
+        )
+        time.sleep(2)  # it keeps trying meanwhile
+        assert "NOCRED1" not in stack.points()
+        assert not events(stack, "point.registered", point_id="NOCRED1")
+    finally:
+        stack.docker("rm", "-f", f"{stack.project}_nocred")
+    # with its credential, station1 (CP01) takes a session and the bill reaches billing
+    online(stack, ("CP01",))
+    _, reply = stack.probe(
+        "ev-vehicle", "--json", "--id", "SEC1", "arrive", "CP01", "--battery", "20",
+        "--target", "30", "--payment", "Pix", "--capacity-kwh", "10", "--wait", timeout=120,
+    )  # fmt: skip
+    bill = reply["custo_final"]
+    assert bill["id_ponto_recarga"] == "CP01" and bill["energia_kwh"] == pytest.approx(1.0)
+    stack.wait_reconciled()
+    ledger = stack.compose(
+        "exec", "-T", "billing", "ev-broker", "billing", "report", "--vehicle", "SEC1",
+        "--format", "json",
+    ).stdout  # fmt: skip
+    assert bill["session_id"] in ledger
+
+
 def test_broker_crash_and_restart_keeps_state_and_everyone_reconnects(stack: Stack) -> None:
     online(stack, ("CP03",))
     _, reply = stack.probe("ev-vehicle", "--json", "--id", "R1", "reserve", "CP03", "--eta", "60")

@@ -24,6 +24,7 @@ from tests.e2e.test_broker_vehicles import (
     wait_for,
     zmq_ctx,
 )
+from tests.support.credentials import curve_client_for
 from tests.support.procs import BrokerPorts, Proc, broker_ports, start, start_broker
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.e2e
 def history(ctx: zmq.Context[zmq.Socket[bytes]], port: int, request: dict[str, Any]) -> Any:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    curve_client_for(sock, port)
     try:
         sock.connect(f"tcp://127.0.0.1:{port}")
         sock.send(msgpack.packb(request))
@@ -191,6 +193,7 @@ def test_options_from_environment(tmp_path: Path) -> None:
         "EV_DB": ":memory:",
         "EV_HOLD_MINUTES": "0.5",
         "EV_LOG_FORMAT": "json",
+        "EV_KEYS": str(tmp_path),
     }
     args = [a for a in ports.cli_args()]
     i = args.index("--vehicle-port")

@@ -28,6 +28,7 @@ import zmq
 
 from broker.ledger import Ledger
 from common.codec import pack, unpack
+from tests.support.credentials import curve_client_for
 from tests.support.procs import BrokerPorts, Proc, start, start_broker
 from tests.support.raw_clients import Vehicle, wait_for
 
@@ -55,6 +56,7 @@ class FakeStation:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IDENTITY, self.point_id.encode())
+        curve_client_for(sock, self.ports.station, "station")
         sock.connect(f"tcp://127.0.0.1:{self.ports.station}")
         hello = {"type": "hello", "id": self.point_id, "latitude": self.lat, "longitude": -38.97,
                  "potencia_kw": 50.0, "preco_kwh": 2.0, "boot_id": uuid.uuid4().hex,
@@ -157,7 +159,7 @@ def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
 
 def bus_args(ports: BrokerPorts) -> list[str]:
     return ["--broker", "127.0.0.1", "--events-port", str(ports.events),
-            "--history-port", str(ports.history)]  # fmt: skip
+            "--history-port", str(ports.history), *ports.cred_args()]  # fmt: skip
 
 
 def start_billing(ports: BrokerPorts, db: Path) -> Proc:
@@ -175,7 +177,7 @@ def reconcile_until_equal(ports: BrokerPorts, db: Path, timeout: float = 15) -> 
     while True:
         res = cli(
             *("billing", "reconcile", "--broker", "127.0.0.1", "--history-port"),
-            *(str(ports.history), "--db", str(db), "--format", "json"),
+            *(str(ports.history), "--db", str(db), "--format", "json", *ports.cred_args()),
         )
         if res.returncode == 0:
             return dict(json.loads(res.stdout))
@@ -276,7 +278,10 @@ def test_reconcile_reports_differences_with_exit_1(
     sid = charge(ports, stations[0], "CARX")
     # a ledger that never saw that session (fresh, at seq 0) differs from the broker
     Ledger(db).close()
-    res = cli("billing", "reconcile", "--history-port", str(ports.history), "--db", str(db))
+    res = cli(
+        "billing", "reconcile", "--history-port", str(ports.history), "--db", str(db),
+        *ports.cred_args(),
+    )  # fmt: skip
     assert res.returncode == 1
     assert sid in res.stdout and "only at broker" in res.stdout
 

@@ -24,7 +24,8 @@ def station_args(ports: BrokerPorts, *extra: str, point: str = "CP01") -> list[s
     return [
         "python", "-m", "station", "run", "--id", point, "--lat", str(LAT), "--lon", str(LON),
         "--power-kw", "50", "--price-kwh", "2.0", "--interval", "0.5",
-        "--status-port", str(ports.status), "--station-port", str(ports.station), *extra,
+        "--status-port", str(ports.status), "--station-port", str(ports.station),
+        *ports.cred_args("station"), *extra,
     ]  # fmt: skip
 
 
@@ -160,7 +161,8 @@ def test_fleet_registers_every_station(broker: tuple[Proc, BrokerPorts], car: Ve
     _, ports = broker
     args = ["python", "-m", "station", "fleet", "--count", "25", "--prefix", "FL", "--seed", "5",
             "--center", f"{LAT},{LON}", "--radius-km", "3", "--interval", "0.5",
-            "--status-port", str(ports.status), "--station-port", str(ports.station)]  # fmt: skip
+            "--status-port", str(ports.status), "--station-port", str(ports.station),
+            *ports.cred_args("station")]  # fmt: skip
     with running(args, ready="fleet ready"):
 
         def all_online() -> bool:

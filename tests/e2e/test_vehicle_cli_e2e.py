@@ -105,7 +105,7 @@ def station_args(ports: BrokerPorts) -> list[str]:
     return ["python", "-m", "station", "run", "--id", "ST01", "--lat", "-12.97", "--lon", "-38.5",
             "--broker", ports.host, "--status-port", str(ports.status),
             "--station-port", str(ports.station), "--interval", "0.3",
-            "--speed", "3000"]  # fmt: skip
+            "--speed", "3000", *ports.cred_args("station")]  # fmt: skip
 
 
 @pytest.fixture

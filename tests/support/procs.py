@@ -9,14 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.credentials import TestCredentials, provision, register, unregister
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +53,8 @@ class Proc:
     args: list[str]
     popen: subprocess.Popen[bytes]
     lines: list[str] = field(default_factory=list)
+    #: run once the process has stopped (e.g. remove a temporary keys folder)
+    after_stop: list[Callable[[], None]] = field(default_factory=list)
     _buf: bytes = b""
     _unread: list[str] = field(default_factory=list)
 
@@ -126,6 +132,8 @@ class Proc:
         if self.popen.stdout is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.popen.stdout.close()
+        while self.after_stop:
+            self.after_stop.pop()()
         return int(self.popen.returncode)
 
 
@@ -170,6 +178,8 @@ class BrokerPorts:
     events: int
     history: int
     http: int
+    #: the credentials of the broker started on these ports (None: --insecure)
+    creds: TestCredentials | None = None
 
     def cli_args(self) -> list[str]:
         return [
@@ -182,6 +192,15 @@ class BrokerPorts:
             "--http-port", str(self.http),
         ]  # fmt: skip
 
+    def cred_args(self, role: str = "consumer") -> list[str]:
+        """``["--credentials", FILE]`` of this broker's ``role`` credential ([] when insecure)."""
+        if self.creds is None:
+            return []
+        return ["--credentials", str(self.creds.paths[f"test-{role}"])]
+
+    def all(self) -> list[int]:
+        return [self.vehicle, self.status, self.station, self.events, self.history, self.http]
+
 
 def broker_ports() -> BrokerPorts:
     p = free_ports(6)
@@ -189,8 +208,32 @@ def broker_ports() -> BrokerPorts:
 
 
 def start_broker(ports: BrokerPorts, db: str, *extra: str) -> Proc:
-    """Start ``ev-broker serve`` on ``ports`` with database ``db`` and wait for ``ready``."""
-    proc = start(["python", "-m", "broker", "serve", *ports.cli_args(), "--db", db, *extra])
+    """Start ``ev-broker serve`` on ``ports`` with database ``db`` and wait for ``ready``.
+
+    Unless ``extra`` holds ``--insecure``, the broker runs with auth on and its
+    credentials are provisioned first (``tests.support.credentials.provision``):
+    in ``--keys DIR`` when given, else in the database's folder (a temporary
+    folder, removed when the broker stops, for ``:memory:``). They are kept in
+    ``ports.creds`` and found by port by the raw clients.
+    """
+    args = list(extra)
+    cleanup: list[Callable[[], None]] = []
+    if "--insecure" not in args:
+        if "--keys" in args:
+            keys = Path(args[args.index("--keys") + 1])
+        elif db == ":memory:":
+            keys = Path(tempfile.mkdtemp(prefix="evkeys-"))
+            cleanup.append(lambda: shutil.rmtree(keys, ignore_errors=True))
+            args += ["--keys", str(keys)]
+        else:
+            keys = Path(db).parent
+        ports.creds = provision(db, keys)
+        register(ports.creds, *ports.all())
+        cleanup.append(lambda: unregister(*ports.all()))
+    else:
+        ports.creds = None
+    proc = start(["python", "-m", "broker", "serve", *ports.cli_args(), "--db", db, *args])
+    proc.after_stop.extend(cleanup)
     try:
         proc.read_until("ready", timeout=20)
     except BaseException:

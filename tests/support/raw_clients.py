@@ -4,8 +4,13 @@
   object per request, ``\\n``-terminated reply lines, replies matched by ``id``,
   unsolicited pushes set aside until asked for).
 - :class:`FakeStation`: a raw zmq DEALER whose routing id is the point id, plus
-  a raw UDP socket for status datagrams.
-- :func:`send_status` and :func:`keepalive`: status datagrams without a station.
+  a raw UDP socket for status datagrams. Against a broker with auth on (the
+  default) it uses that broker's ``station`` credential (found by port, see
+  ``tests.support.credentials``): CURVE on the DEALER, ``EVS1`` signatures on
+  its datagrams.
+- :func:`send_status` and :func:`keepalive`: unsigned status datagrams without a
+  station, as the original points send them (accepted from this machine by the
+  test broker's ``legacy-station`` credential).
 - :func:`wait_for`: poll a condition until it holds or a timeout passes.
 - :func:`http_get` and :func:`metric`: the operators' HTTP endpoint.
 
@@ -28,7 +33,9 @@ from typing import Any
 import msgpack
 import zmq
 
+from common.credentials import Credential, curve_client, sign_datagram
 from common.messages import PUSH_TYPES
+from tests.support.credentials import for_port
 
 HOST = "127.0.0.1"
 LAT, LON = -12.266, -38.966
@@ -215,13 +222,19 @@ class FakeStation:
         lat: float = LAT,
         lon: float = LON,
         price_kwh: float = 2.0,
+        credential: Credential | None = None,
     ) -> None:
         self.point_id = point_id
         self.status_port = status_port
         self.lat, self.lon, self.price_kwh = lat, lon, price_kwh
+        if credential is None:
+            creds = for_port(station_port)
+            credential = creds.load(creds.station) if creds is not None else None
+        self.credential = credential
         self.dealer: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.setsockopt(zmq.ROUTING_ID, point_id.encode())
+        curve_client(self.dealer, credential)
         self.dealer.connect(f"tcp://{HOST}:{station_port}")
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp_seq = 0
@@ -256,7 +269,7 @@ class FakeStation:
         return self.expect("welcome")
 
     def datagram(self, estado: str = "disponivel", **extra: Any) -> None:
-        """A full status datagram (numbered) to the broker's status port."""
+        """A full status datagram (numbered, signed with the credential) to the status port."""
         assert self.status_port is not None, "no status port given"
         self.udp_seq += 1
         fields = {
@@ -270,9 +283,13 @@ class FakeStation:
             "boot_id": "boot-1",
             "seq": self.udp_seq,
             "interval_s": 2.0,
+            "ts": time.time(),
             **extra,
         }
-        self.udp.sendto(json.dumps(fields).encode(), (HOST, self.status_port))
+        body = json.dumps(fields).encode()
+        if self.credential is not None:
+            body = sign_datagram(self.credential, body)
+        self.udp.sendto(body, (HOST, self.status_port))
 
     def recv(self, timeout: float = WAIT_S) -> dict[str, Any]:
         """The next message from the broker (heartbeats included, and counted)."""

@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 
 from ops.run_local import (
+    CREDENTIALS,
     ConfigError,
     Ports,
     Settings,
     busy_ports,
     hints,
     main,
+    provision_credentials,
     service_specs,
     settings_from,
     vehicle_spec,
@@ -98,6 +100,12 @@ def test_plan_passes_every_port_and_keeps_state_in_var(tmp_path: Path) -> None:
     assert fleet[fleet.index("--count") + 1] == "4"
     assert "--center=-12.2664,-38.9663" in fleet
     assert specs["tail"].log is None  # the foreground process
+    for name, cred in [("billing", "run-billing"), ("tail", "run-tail"), ("stations", "run-fleet")]:
+        argv = specs[name].argv
+        assert argv[argv.index("--credentials") + 1] == str(
+            tmp_path / "credentials" / f"{cred}.cred"
+        )
+    assert "--insecure" not in broker
     assert all(spec.log is not None for name, spec in specs.items() if name != "tail")
 
 
@@ -120,7 +128,8 @@ def test_vehicles_have_stable_ids_and_start_near_the_center(tmp_path: Path) -> N
 def test_hints_name_the_monitor_and_the_vehicle_with_custom_ports(tmp_path: Path) -> None:
     s = Settings(ports=Ports(9081, 9082, 9555, 9556, 9557, 9090), python="/x/bin/python")
     text = "\n".join(hints(s))
-    assert "/x/bin/ev-broker monitor --events-port 9556 --history-port 9557" in text
+    assert "/x/bin/ev-broker monitor --credentials " in text
+    assert "--events-port 9556 --history-port 9557" in text
     assert "/x/bin/ev-vehicle --id ME --port 9081" in text
     default = "\n".join(hints(Settings(python="/x/bin/python")))
     assert "monitor --events-port" not in default
@@ -209,3 +218,16 @@ def test_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
             proc.stop()
     assert "already in use" in out and "EV_HTTP_PORT" in out
     assert not (tmp_path / "var").exists()
+
+
+def test_credentials_are_issued_once_and_cover_the_fleet(tmp_path: Path) -> None:
+    from common.credentials import load_credential
+
+    s = Settings(var_dir=tmp_path, python="py")
+    assert sorted(provision_credentials(s)) == sorted(CREDENTIALS)
+    assert provision_credentials(s) == []  # a second run reuses them
+    fleet = load_credential(tmp_path / "credentials" / "run-fleet.cred")
+    assert fleet.role == "station" and fleet.covers("CP0001") and not fleet.covers("XX1")
+    assert (tmp_path / "broker.key").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "credentials" / "run-tail.cred").unlink()  # lost: issued again
+    assert provision_credentials(s) == ["run-tail"]
