@@ -135,7 +135,7 @@ def _terminate(ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
     return not done.is_alive()
 
 
-def _credential(path: str | None, point_ids: list[str]) -> Credential | None:
+def station_credential(path: str | None, point_ids: list[str]) -> Credential | None:
     """The station credential in ``path`` (checked to cover every id), or None without one."""
     try:
         cred = load_optional(path)
@@ -212,7 +212,7 @@ def run(
     if not POINT_ID_RE.match(id):
         raise typer.BadParameter("must be 1-64 characters, no spaces", param_hint="--id")
     _setup_logging(log_level)
-    credential = _credential(credentials, [id])
+    credential = station_credential(credentials, [id])
     charger = Charger(id, lat, lon, power_kw=power_kw, price_kwh=price_kwh, speed=speed)
     config = HostConfig(
         broker=broker,
@@ -278,7 +278,7 @@ def fleet(
         raise typer.BadParameter("at most 56 characters, no spaces", param_hint="--prefix")
     _setup_logging(log_level)
     chargers = make_fleet(count, where, radius_km, prefix, seed, power_kw, price_kwh, speed)
-    credential = _credential(credentials, [c.point_id for c in chargers])
+    credential = station_credential(credentials, [c.point_id for c in chargers])
     config = HostConfig(
         broker=broker,
         status_port=status_port,
@@ -293,3 +293,7 @@ def fleet(
 
 def main() -> None:
     app()
+
+
+# the OCPP gateway's commands share this app and its options
+from station.ocpp import cli as _ocpp_cli  # noqa: E402, F401
