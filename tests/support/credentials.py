@@ -67,6 +67,7 @@ class TestCredentials:
 
     @property
     def legacy(self) -> Path:
+        """legacy-station for ``*`` from 127.0.0.1 (absent with ``standard_legacy=False``)."""
         return self.paths["test-legacy"]
 
     def load(self, path_or_name: Path | str) -> Credential:
@@ -88,15 +89,19 @@ class TestCredentials:
             assert table.revoke(name), f"no live credential {name!r}"
 
 
-def provision(db: str, keys: Path, standard: bool = True) -> TestCredentials:
-    """Credentials for a broker on ``db`` with keys in ``keys`` (made or reused)."""
+def provision(db: str, keys: Path, legacy: bool = True) -> TestCredentials:
+    """Credentials for a broker on ``db`` with keys in ``keys`` (made or reused).
+
+    ``legacy=False``: without ``test-legacy`` (revoked if it was issued before).
+    """
     creds = TestCredentials(db, keys)
-    if not standard:
-        broker_keys(keys)
-        return creds
     with CredentialTable(credentials_db_for(db, keys)) as table:
         live = {r.name for r in table.records() if r.live}
+        if not legacy and "test-legacy" in live:
+            table.revoke("test-legacy")
     for name, (role, points, source) in STANDARD.items():
+        if name == "test-legacy" and not legacy:
+            continue
         path = keys / f"{name}.cred"
         if name in live and path.exists():
             creds.paths[name] = path

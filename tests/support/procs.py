@@ -207,14 +207,16 @@ def broker_ports() -> BrokerPorts:
     return BrokerPorts("127.0.0.1", *p)
 
 
-def start_broker(ports: BrokerPorts, db: str, *extra: str) -> Proc:
+def start_broker(ports: BrokerPorts, db: str, *extra: str, standard_legacy: bool = True) -> Proc:
     """Start ``ev-broker serve`` on ``ports`` with database ``db`` and wait for ``ready``.
 
     Unless ``extra`` holds ``--insecure``, the broker runs with auth on and its
     credentials are provisioned first (``tests.support.credentials.provision``):
     in ``--keys DIR`` when given, else in the database's folder (a temporary
     folder, removed when the broker stops, for ``:memory:``). They are kept in
-    ``ports.creds`` and found by port by the raw clients.
+    ``ports.creds`` and found by port by the raw clients. ``standard_legacy=False``
+    leaves out the legacy-station credential for every point from 127.0.0.1 (tests
+    of unsigned datagrams).
     """
     args = list(extra)
     cleanup: list[Callable[[], None]] = []
@@ -227,7 +229,7 @@ def start_broker(ports: BrokerPorts, db: str, *extra: str) -> Proc:
             args += ["--keys", str(keys)]
         else:
             keys = Path(db).parent
-        ports.creds = provision(db, keys)
+        ports.creds = provision(db, keys, legacy=standard_legacy)
         register(ports.creds, *ports.all())
         cleanup.append(lambda: unregister(*ports.all()))
     else:
