@@ -49,6 +49,7 @@ from broker.core.effects import (
     Persist,
     Publish,
     Push,
+    Rejected,
     Reply,
     SendStation,
     needs_commit,
@@ -163,7 +164,9 @@ class BrokerApp:
         self.exit_code = 0
         self.ctx: zmq.asyncio.Context | None = None
         self.vehicles = VehicleServer(self, self.metrics)
-        self.status = StatusServer(self.on_datagram, self.metrics, self.security)
+        self.status = StatusServer(
+            self.on_datagram, self.metrics, self.security, reject=self.reject
+        )
         self.http = HttpServer({"/metrics": self._metrics_page, "/healthz": self._health_page})
         self.authenticator: Authenticator | None = None
         self._insecure_task: asyncio.Task[None] | None = None
@@ -199,6 +202,7 @@ class BrokerApp:
             on_message=self.on_station,
             on_unroutable=self.on_unroutable,
             security=security,
+            reject=self.reject,
         )
         self.bus = BusPublisher(self.ctx, f"tcp://{ihost}:{cfg.events_port}", security)
         self.history = HistoryServer(
@@ -359,6 +363,8 @@ class BrokerApp:
                 self._publish(effect.event)
             elif isinstance(effect, SendStation) and self.stations is not None:
                 self.stations.send(effect.point_id, effect.message)
+            elif isinstance(effect, Rejected):
+                self.reject(effect.edge, effect.reason, effect.detail)
         except Exception:
             log.exception("carrying out %s failed", type(effect).__name__)
 

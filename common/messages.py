@@ -36,6 +36,13 @@ MAX_LIMIT: Final = 100
 DEFAULT_CAPACITY_KWH: Final = 60.0
 MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_DATAGRAM_BYTES: Final = 8 * 1024
+#: Bounds of what a station may report (security contract): anything else is dropped.
+MAX_CAPACITY_KWH: Final = 1000.0
+PowerKw = Annotated[float, Meta(gt=0.0, le=1000.0)]
+PriceKwh = Annotated[float, Meta(ge=0.0, le=100.0)]
+EnergyKwh = Annotated[float, Meta(ge=0.0, le=MAX_CAPACITY_KWH)]
+IntervalS = Annotated[float, Meta(gt=0.0, le=3600.0)]
+EpochOrText = Annotated[float, Meta(ge=0.0, le=1e11)] | str
 
 
 class Location(Struct, frozen=True):
@@ -174,15 +181,15 @@ class StatusDatagram(Struct, kw_only=True, frozen=True):
     available: bool = True
     queue_size: int | None = None
     vehicle_id: str | None = None
-    battery: float | None = None
+    battery: Percent | None = None
     estado: StationState | None = None
-    potencia_kw: Annotated[float, Meta(gt=0.0, le=10000.0)] | None = None
-    preco_kwh: Annotated[float, Meta(ge=0.0, le=1000.0)] | None = None
+    potencia_kw: PowerKw | None = None
+    preco_kwh: PriceKwh | None = None
     session_id: str | None = None
-    energia_kwh: Annotated[float, Meta(ge=0.0)] | None = None
+    energia_kwh: EnergyKwh | None = None
     boot_id: str | None = None
     seq: int | None = None
-    interval_s: Annotated[float, Meta(gt=0.0, le=3600.0)] | None = None
+    interval_s: IntervalS | None = None
     ts: float | str | None = None
 
 
@@ -193,10 +200,10 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     id: PointId
     latitude: Latitude
     longitude: Longitude
-    potencia_kw: float = 50.0
-    preco_kwh: float = 2.0
+    potencia_kw: PowerKw = 50.0
+    preco_kwh: PriceKwh = 2.0
     boot_id: str = ""
-    interval_s: float = 2.0
+    interval_s: IntervalS = 2.0
 
 
 class Heartbeat(Struct, tag="heartbeat", tag_field="type", frozen=True):
@@ -212,14 +219,14 @@ class Ack(Struct, tag="ack", tag_field="type", kw_only=True, frozen=True):
 class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=True, frozen=True):
     session_id: str
     vehicle_id: str
-    energia_kwh: Annotated[float, Meta(ge=0.0)]
-    nivel_inicial: float
-    nivel_final: float
-    started_at: float | str
-    ended_at: float | str
+    energia_kwh: EnergyKwh
+    nivel_inicial: Percent
+    nivel_final: Percent
+    started_at: EpochOrText
+    ended_at: EpochOrText
     reason: Literal["target_reached", "stopped", "fault"] = "target_reached"
     # energy read from the charger's meter (OCPP gateway): billed instead of the levels
-    energia_medida_kwh: float | None = None
+    energia_medida_kwh: EnergyKwh | None = None
 
 
 StationToBroker = Hello | Heartbeat | Ack | SessionComplete

@@ -61,6 +61,19 @@ class SendStation:
     message: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Input the core refused (dropped, never persisted): counted and logged by the service.
+
+    ``edge`` is where it came from (``stations``, ``status``), ``reason`` a short
+    token for ``evcharge_rejected_total{edge,reason}``, ``detail`` a human line.
+    """
+
+    edge: str
+    reason: str
+    detail: str
+
+
 PersistTable = Literal["point", "reservation", "session", "meta"]
 
 
@@ -73,7 +86,7 @@ class Persist:
     value: dict[str, Any] | None
 
 
-Effect = Reply | Push | Publish | SendStation | Persist
+Effect = Reply | Push | Publish | SendStation | Persist | Rejected
 
 
 def needs_commit(effects: list[Effect]) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from broker.core.effects import Effect, Persist, SendStation
+from broker.core.effects import Effect, Persist, Rejected, SendStation
 from broker.core.engine import Engine, offline_slot
 from broker.core.points import DEFAULT_INTERVAL_S, PointState, holds_turn
 from broker.core.sessions import energy_kwh, to_decimal
@@ -252,7 +252,12 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
 
 def _ack(eng: Engine, point_id: str, msg: Ack, now: float, fx: list[Effect]) -> None:
     pend = eng.pending.get(msg.cmd_id)
-    if pend is None or pend.point_id != point_id:
+    owner = pend.point_id if pend is not None else eng.abandoned.get(msg.cmd_id, (None,))[0]
+    if owner is not None and owner != point_id:
+        # only the point the command was sent to may answer it
+        fx.append(Rejected("stations", "not_command_owner", f"{point_id!r} acked {msg.cmd_id}"))
+        return
+    if pend is None:
         late = eng.abandoned.pop(msg.cmd_id, None)
         if late is not None and msg.ok:
             # the station started after we gave up on it: make it stop again
@@ -271,6 +276,11 @@ def _session_complete(
     eng: Engine, point_id: str, msg: SessionComplete, now: float, fx: list[Effect]
 ) -> None:
     sid = msg.session_id
+    running = eng.sessions.get(sid)
+    if running is not None and running.point_id != point_id:
+        # only the point that runs the session may complete it
+        fx.append(Rejected("stations", "not_session_owner", f"{point_id!r} completed {sid}"))
+        return
     if sid in eng.accounts.billed:
         eng.counters["session_duplicates"] += 1
     else:
@@ -285,12 +295,13 @@ def _session_complete(
                 s = eng.sessions.get(sid)
         if s is None:
             eng.counters["sessions_unknown"] += 1
+        elif (refusal := completion_refusal(msg, s.nivel_inicial, s.capacidade_kwh)) is not None:
+            # out of the bounds a station may report: dropped, counted, not acked
+            eng.counters["sessions_out_of_bounds"] += 1
+            fx.append(Rejected("stations", "figures", f"{point_id!r} {sid}: {refusal}"))
+            return
         elif msg.energia_medida_kwh is not None:
             measured = msg.energia_medida_kwh
-            if not (math.isfinite(measured) and 0.0 <= measured <= s.capacidade_kwh):
-                # out of the bounds a station may report: dropped, counted, not acked
-                eng.counters["sessions_out_of_bounds"] += 1
-                return
             # the level the metered energy implies (the charger does not know the battery)
             gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
             nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
@@ -306,6 +317,28 @@ def _session_complete(
                 energy = to_decimal(msg.energia_kwh)
             eng.bill(s, now, fx, energy, msg.nivel_final, msg.reason)
     fx.append(SendStation(point_id, {"type": "session_ack", "session_id": sid}))
+
+
+def completion_refusal(
+    msg: SessionComplete, nivel_inicial: float, capacidade_kwh: float
+) -> str | None:
+    """Why a completion's figures are out of bounds for its session, or None.
+
+    Every figure is finite (the schema bounds them); the final level is not below
+    the initial one (the reported one, nor the session's), and no energy figure
+    exceeds the session's capacity.
+    """
+    if msg.nivel_final < max(msg.nivel_inicial, nivel_inicial):
+        return (
+            f"nivel_final {msg.nivel_final} below nivel_inicial "
+            f"{max(msg.nivel_inicial, nivel_inicial)}"
+        )
+    if msg.energia_kwh > capacidade_kwh:
+        return f"energia_kwh {msg.energia_kwh} above the capacity {capacidade_kwh}"
+    measured = msg.energia_medida_kwh
+    if measured is not None and not (math.isfinite(measured) and 0 <= measured <= capacidade_kwh):
+        return f"energia_medida_kwh {measured} outside 0-{capacidade_kwh}"
+    return None
 
 
 def station_unreachable(eng: Engine, point_id: str, now: float) -> list[Effect]:

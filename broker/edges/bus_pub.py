@@ -20,6 +20,7 @@ events they missed meanwhile from history (their gap rule).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Final
 
@@ -27,7 +28,7 @@ import zmq
 import zmq.asyncio
 
 from broker.auth import CONSUMERS_DOMAIN, Security
-from broker.edges.zmq_sockets import bind_socket, bound_endpoint
+from broker.edges.zmq_sockets import bind_socket, bound_endpoint, count_handshake_failures
 from common.codec import encode_event
 from common.errors import TransportError
 from common.messages import BusEvent
@@ -52,6 +53,7 @@ class BusPublisher:
         self._endpoint = endpoint
         self._security = security
         self._sock: zmq.asyncio.Socket | None = None
+        self._monitor: asyncio.Task[None] | None = None
         self.stats: dict[str, int] = {"published": 0, "dropped": 0, "rebinds": 0}
 
     @property
@@ -70,13 +72,27 @@ class BusPublisher:
         options: dict[int, int | bytes] = {zmq.SNDHWM: BUS_SNDHWM, zmq.LINGER: CLOSE_LINGER_MS}
         if self._security is not None:
             options.update(self._security.server_options(CONSUMERS_DOMAIN))
-        return bind_socket(self._ctx, zmq.PUB, endpoint, "the event bus PUB", options)
+        sock = bind_socket(self._ctx, zmq.PUB, endpoint, "the event bus PUB", options)
+        if self._security is not None:
+            self._monitor = asyncio.get_running_loop().create_task(
+                count_handshake_failures(sock, "consumers", self._security.reject),
+                name="bus-handshakes",
+            )
+        return sock
+
+    async def _stop_monitor(self) -> None:
+        task, self._monitor = self._monitor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def rebind(self) -> None:
         """Drop every subscriber connection: close the PUB and bind a new one."""
         if self._sock is None:
             return
         endpoint = self.endpoint  # the real port, also when configured as port 0
+        await self._stop_monitor()
         self._sock.close(linger=0)
         self._sock = None
         loop = asyncio.get_running_loop()
@@ -111,6 +127,7 @@ class BusPublisher:
 
     async def close(self) -> None:
         """Close the socket, letting queued events out for at most CLOSE_LINGER_MS."""
+        await self._stop_monitor()
         if self._sock is not None:
             self._sock.close(linger=CLOSE_LINGER_MS)
             self._sock = None

@@ -35,7 +35,12 @@ import zmq
 import zmq.asyncio
 
 from broker.auth import CONSUMERS_DOMAIN, Security
-from broker.edges.zmq_sockets import bind_socket, bound_endpoint, user_id_of
+from broker.edges.zmq_sockets import (
+    bind_socket,
+    bound_endpoint,
+    count_handshake_failures,
+    user_id_of,
+)
 from common.codec import decode_history_request, pack, unpack
 from common.errors import EVError, InvalidRequest
 from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
@@ -76,6 +81,7 @@ class HistoryServer:
         self._accounts = accounts
         self._sock: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
         self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dropped": 0, "rejected": 0}
 
     @property
@@ -97,15 +103,21 @@ class HistoryServer:
         sock = bind_socket(self._ctx, zmq.ROUTER, self._endpoint, "the history ROUTER", options)
         self._sock = sock
         self._task = asyncio.create_task(self._serve(sock), name="history-serve")
+        if self._security is not None:
+            self._monitor = asyncio.create_task(
+                count_handshake_failures(sock, "consumers", self._security.reject),
+                name="history-handshakes",
+            )
         log.info("history ROUTER bound on %s", self.endpoint)
 
     async def close(self) -> None:
         """Stop serving and close the socket. Safe to call twice."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._monitor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._monitor = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

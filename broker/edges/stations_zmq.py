@@ -56,7 +56,12 @@ import zmq
 import zmq.asyncio
 
 from broker.auth import STATIONS_DOMAIN, Security
-from broker.edges.zmq_sockets import bind_socket, bound_endpoint, user_id_of
+from broker.edges.zmq_sockets import (
+    bind_socket,
+    bound_endpoint,
+    count_handshake_failures,
+    user_id_of,
+)
 from common.codec import decode_station_message, pack
 from common.errors import ConfigError, StationProtocolError
 from common.messages import Hello, StationToBroker
@@ -98,6 +103,7 @@ class StationsEdge:
         on_unroutable: Callable[[str], None],
         live_window_s: float | None = None,
         security: Security | None = None,
+        reject: Callable[[str, str, str], None] | None = None,
     ) -> None:
         if not heartbeat_s > 0:
             raise ConfigError(f"heartbeat_s must be positive, not {heartbeat_s!r}")
@@ -112,6 +118,7 @@ class StationsEdge:
         self._on_message = on_message
         self._on_unroutable = on_unroutable
         self._security = security
+        self._reject = reject
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # point id -> when last heard (monotonic), spread over buckets by a hash of the id
@@ -166,6 +173,13 @@ class StationsEdge:
             asyncio.create_task(self._recv_loop(sock), name="stations-recv"),
             asyncio.create_task(self._heartbeat_loop(), name="stations-heartbeat"),
         ]
+        if self._security is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    count_handshake_failures(sock, "stations", self._security.reject),
+                    name="stations-handshakes",
+                )
+            )
         log.info("stations ROUTER bound on %s", self.endpoint)
 
     async def close(self) -> None:
@@ -313,6 +327,9 @@ class StationsEdge:
 
     def _malformed(self, raw_id: bytes, reason: str) -> None:
         self.stats["malformed"] += 1
+        if self._reject is not None:  # counted, and logged at most once a second
+            self._reject("stations", "invalid", f"from {raw_id[:64]!r}: {reason}")
+            return
         count = self._malformed_log.due()
         if count:
             log.warning(

@@ -60,6 +60,8 @@ RCVBUF_SIZES: Final = (32 << 20, 16 << 20, 8 << 20, 4 << 20)
 SIGNATURE_ROOM: Final = 256
 #: A signed datagram's ``ts`` must be this close to the broker's clock.
 TS_WINDOW_S: Final = 60.0
+#: Outcomes counted as rejected input (besides the refusals of security).
+UNREADABLE: Final = frozenset({"malformed", "invalid", "oversized"})
 
 
 def _outcome_of(error: EVError) -> str:
@@ -101,11 +103,13 @@ class StatusServer:
         metrics: BrokerMetrics,
         security: Security | None = None,
         clock: Callable[[], float] = time.time,
+        reject: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._on_datagram = on_datagram
         self._metrics = metrics
         self._security = security
         self._clock = clock
+        self._reject_input = reject
         self._sock: socket.socket | None = None
         self._buf = bytearray(MAX_DATAGRAM_BYTES + SIGNATURE_ROOM + 1)
         self._view = memoryview(self._buf)
@@ -161,6 +165,8 @@ class StatusServer:
         """Classify, count and (when ok) deliver one datagram from ``source``; its outcome."""
         outcome = self._classify(data, source)
         self._metrics.datagrams.inc(outcome)
+        if outcome in UNREADABLE and self._reject_input is not None:
+            self._reject_input("status", outcome, f"{len(data)} bytes from {source}")
         return outcome
 
     def _reject(self, reason: str, detail: str) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Final
+
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from common.errors import TransportError
 
@@ -46,3 +51,36 @@ def user_id_of(frame: zmq.Frame) -> str | None:
     except zmq.ZMQError:
         return None
     return value if isinstance(value, str) and value else None
+
+
+#: Handshakes that fail before ZAP is asked (a client without CURVE, or garbage);
+#: the ones ZAP refuses are counted by the authenticator itself.
+HANDSHAKE_FAILURES: Final = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+)
+
+
+async def count_handshake_failures(
+    sock: zmq.asyncio.Socket, edge: str, reject: Callable[[str, str, str], None]
+) -> None:
+    """Report every failed security handshake on ``sock`` as ``reject(edge, "handshake_failed")``.
+
+    Runs until cancelled (the monitor is then stopped); uses libzmq's socket monitor.
+    """
+    monitor: zmq.asyncio.Socket = sock.get_monitor_socket(HANDSHAKE_FAILURES)  # type: ignore[assignment]
+    try:
+        while True:
+            try:
+                frames = await monitor.recv_multipart()
+                event = parse_monitor_message(frames)
+            except zmq.ZMQError:
+                return
+            except (ValueError, KeyError, IndexError):
+                continue
+            endpoint = event.get("endpoint", b"")
+            where = endpoint.decode("utf-8", "replace") if isinstance(endpoint, bytes) else ""
+            reject(edge, "handshake_failed", f"no CURVE or a broken handshake on {where}")
+    finally:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        monitor.close(linger=0)

@@ -51,7 +51,7 @@ def service_block(text: str, name: str) -> str:
     lines = text.splitlines()
     start = lines.index(f"  {name}:") + 1
     end = start
-    while end < len(lines) and lines[end].startswith("    "):
+    while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
         end += 1
     return "\n".join(lines[start:end])
 
@@ -103,7 +103,7 @@ def test_every_station_and_consumer_has_its_own_credential() -> None:
     init = service_block(text, "credentials")
     for name, role in [
         ("station1", "station --points CP01"),
-        ("fleet", "station --points FSA*"),
+        ("fleet", 'station --points "FSA*"'),
         ("billing", "consumer"),
         ("tail", "consumer"),
         ("monitor", "consumer"),

@@ -217,7 +217,8 @@ def test_a_station_without_credentials_cannot_register_one_with_them_charges(
     try:
         wait_until(
             lambda: (
-                'evcharge_rejected_total{edge="stations",reason="unknown_key"}' in stack.metrics()
+                'evcharge_rejected_total{edge="stations",reason="handshake_failed"}'
+                in stack.metrics()
             ),
             30,
             "the broker refusing the station without credentials",

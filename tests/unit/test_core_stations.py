@@ -236,7 +236,7 @@ def test_costs_are_decimal_in_the_store() -> None:
     h = Harness()
     h.point("CP01", preco_kwh=0.1)
     sid = h.start_charging("CAR1", capacidade_kwh=1.0)
-    h.complete("CP01", sid, "CAR1", 0.0, 50.0)  # 0.5 kWh * 0.1 = 0.05
+    h.complete("CP01", sid, "CAR1", 0.0, 50.0, energy=0.5)  # 0.5 kWh * 0.1 = 0.05
     rec = h.store[("session", sid)]
     assert Decimal(rec["cost"]) == Decimal("0.05") and rec["state"] == "billed"
 
