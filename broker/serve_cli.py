@@ -104,6 +104,22 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    ack_timeout: Annotated[
+        str,
+        _opt("EV_ACK_TIMEOUT", "Seconds a station has to ack a start command.", "SECONDS"),
+    ] = "5",
+    heartbeat: Annotated[
+        str,
+        _opt("EV_HEARTBEAT", "Seconds between the broker's heartbeats to stations.", "SECONDS"),
+    ] = "1",
+    low_battery: Annotated[
+        str,
+        _opt(
+            "EV_LOW_BATTERY",
+            "Battery level (percent) below which vehicle.low_battery is published.",
+            "PERCENT",
+        ),
+    ] = "20",
     log_format: Annotated[
         str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
     ] = "text",
@@ -113,6 +129,7 @@ def serve(
 ) -> None:
     """Run the broker service until SIGINT or SIGTERM."""
     from broker.app import AppConfig
+    from broker.core import CoreConfig
 
     try:
         fmt = log_format.strip().lower()
@@ -134,16 +151,27 @@ def serve(
             history_port=_port("history-port", history_port),
             http_port=_port("http-port", http_port),
             db=db.strip(),
-            queue_capacity=_parse(
-                "queue-capacity",
-                queue_capacity,
-                int,
-                lambda v: 1 <= v <= 10_000,
-                "an integer 1-10000",
+            core=CoreConfig(
+                queue_capacity=_parse(
+                    "queue-capacity",
+                    queue_capacity,
+                    int,
+                    lambda v: 1 <= v <= 10_000,
+                    "an integer 1-10000",
+                ),
+                hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
+                offline_after_s=_seconds("offline-after", offline_after),
+                offline_grace_s=_seconds("offline-grace", offline_grace),
+                ack_timeout_s=_seconds("ack-timeout", ack_timeout),
+                heartbeat_s=_seconds("heartbeat", heartbeat),
+                low_battery=_parse(
+                    "low-battery",
+                    low_battery,
+                    float,
+                    lambda v: 0 <= v <= 100,
+                    "a percentage 0-100",
+                ),
             ),
-            hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
-            offline_after_s=_seconds("offline-after", offline_after),
-            offline_grace_s=_seconds("offline-grace", offline_grace),
         )
     except ConfigError as exc:
         typer.echo(f"ev-broker serve: {exc.message}", err=True)
