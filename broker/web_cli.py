@@ -23,8 +23,6 @@ from broker.consumers_cli import (
     _run,
     _setup_logging,
 )
-from broker.web.auth import new_token
-from broker.web.server import WebConfig, console_url, serve
 
 
 def web(
@@ -56,6 +54,11 @@ def web(
     ] = "",
 ) -> None:
     """The operator web console: live map and tables, JSON API, out-of-service toggle."""
+    # imported here: the web stack takes half a second to import, which every
+    # other ev-broker command (tail, billing, serve) would otherwise pay at start
+    from broker.web.auth import new_token
+    from broker.web.server import WebConfig, console_url, serve
+
     endpoint = _endpoint(broker, events_port, history_port)
     if token is not None and not token.strip():
         raise _fail("--token must not be empty", EXIT_USAGE)
