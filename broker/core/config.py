@@ -15,7 +15,8 @@ class CoreConfig:
     ``offline_grace_s``: how long an offline or faulted point keeps its queue and
     its running session. ``ack_timeout_s``: how long a station has to ack ``start``.
     ``heartbeat_s``: told to stations in ``welcome``. ``low_battery``: a ``bateria``
-    report below this level publishes ``vehicle.low_battery``. ``max_points``: new
+    report below this level publishes ``vehicle.low_battery``, once: not again for
+    that vehicle until it reports ``low_battery_rearm`` or more. ``max_points``: new
     point ids past this many known points are dropped and counted.
     """
 
@@ -27,3 +28,4 @@ class CoreConfig:
     heartbeat_s: float = 1.0
     low_battery: float = 20.0
     max_points: int = 1_000_000
+    low_battery_rearm: float = 25.0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from msgspec import Raw
+
 from broker.core.effects import Effect, Persist, Reply
 from broker.core.engine import Engine
 from broker.core.points import PointState, holds_turn
@@ -53,7 +55,7 @@ def handle(
     elif isinstance(data, Ping) and req.type == "ping":
         reply({})
     elif isinstance(data, Bateria) and req.type == "bateria":
-        reply({"pontos": _bateria(eng, vehicle_id, data, now, fx)})
+        reply(_bateria(eng, vehicle_id, data, now, fx))
     elif isinstance(data, Consulta) and req.type == "consulta":
         points, truncated = _consulta(eng, data, now)
         reply(points, truncated=truncated)
@@ -81,22 +83,10 @@ def handle(
 # --- queries --------------------------------------------------------------------------
 
 
-def _bateria(
-    eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]
-) -> list[dict[str, Any]]:
+def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]) -> Raw:
+    """``{"pontos": [...]}``, already encoded (cached point views, see point_views)."""
     loc = data.localizacao
-    if data.nivel_bateria < eng.cfg.low_battery:
-        eng.publish(
-            fx,
-            "vehicle.low_battery",
-            {
-                "vehicle_id": vehicle_id,
-                "nivel_bateria": data.nivel_bateria,
-                "latitude": loc.latitude,
-                "longitude": loc.longitude,
-            },
-            now,
-        )
+    eng.battery_report(vehicle_id, data.nivel_bateria, loc.latitude, loc.longitude, now, fx)
     points = eng.points
 
     def usable(pid: str) -> bool:
@@ -104,11 +94,11 @@ def _bateria(
 
     max_km = data.distancia_max or None
     hits = eng.index.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable)
-    return [eng.point_view(points[pid], d, now) for d, pid in hits]
+    return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
 
 
-def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[list[dict[str, Any]], bool]:
-    """The points nearest first, and whether the list was cut at MAX_LIMIT.
+def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
+    """``[Point, ...]`` already encoded, and whether the list was cut at MAX_LIMIT.
 
     Without ``limite`` at most MAX_LIMIT points are returned; when more were in range
     the reply says ``"truncated": true`` (docs/protocol.md).
@@ -122,7 +112,7 @@ def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[list[dict[str, A
             hits, truncated = hits[:MAX_LIMIT], True
     else:
         hits = eng.index.nearest(loc.latitude, loc.longitude, data.limite, max_km)
-    return [eng.point_view(eng.points[pid], d, now) for d, pid in hits], truncated
+    return Raw(eng.encoded_points(hits, now)), truncated
 
 
 def _status(eng: Engine, vehicle_id: str) -> dict[str, Any]:
