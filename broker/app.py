@@ -26,29 +26,42 @@ import asyncio
 import gc
 import logging
 import resource
+import secrets
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
 
 from broker.core import Core, CoreConfig
-from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
+from broker.core.effects import (
+    Effect,
+    Persist,
+    Publish,
+    Push,
+    Reply,
+    SendStation,
+    needs_commit,
+)
+from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
 from broker.edges.vehicles_tcp import Slot, VehicleServer
+from broker.limits import Limits
 from broker.metrics import BrokerMetrics
 from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
 
 log = logging.getLogger(__name__)
+
+TOKEN_BYTES: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,13 @@ class AppConfig:
     http_port: int = 8090
     db: str = "./var/broker.db"
     core: CoreConfig = field(default_factory=CoreConfig)
+    vehicle_auth: AuthMode = AuthMode.OPEN
+    limits: Limits = field(default_factory=Limits)
+
+
+def new_token() -> str:
+    """A vehicle token: 32 random bytes, base64url without padding (43 characters)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def new_id(prefix: str) -> str:
@@ -94,6 +114,8 @@ class BrokerApp:
             self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
+            self.auth = VehicleAuth(config.vehicle_auth, new_token)
+            self.auth.restore(records)
         except BaseException:
             self.store.close()
             raise
@@ -106,9 +128,16 @@ class BrokerApp:
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
         self.ctx: zmq.asyncio.Context | None = None
-        self.vehicles = VehicleServer(self, self.metrics)
+        self.vehicles = VehicleServer(self, self.metrics, self.auth, config.limits)
         self.status = StatusServer(self.on_datagram, self.metrics)
-        self.http = HttpServer({"/metrics": self._metrics_page, "/healthz": self._health_page})
+        limits = config.limits
+        self.http = HttpServer(
+            {"/metrics": self._metrics_page, "/healthz": self._health_page},
+            max_connections=limits.max_http_connections,
+            max_head=limits.max_http_head,
+            idle_s=limits.http_idle_s,
+            on_reject=lambda reason: self.metrics.rejected.inc("http", reason),
+        )
         self.stations: StationsEdge | None = None
         self.bus: BusPublisher | None = None
         self.history: HistoryServer | None = None
@@ -138,6 +167,8 @@ class BrokerApp:
             events_since=self.store.events_since,
             snapshot=lambda: self.core.snapshot(time.time()),
             accounts=self.core.accounts,
+            max_events=cfg.limits.history_max_events,
+            max_bytes=cfg.limits.history_max_bytes,
         )
         await self.bus.start()
         await self.history.start()
@@ -190,12 +221,35 @@ class BrokerApp:
     def vehicle_request(
         self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
     ) -> None:
-        effects = self._call(self.core.handle_request, conn, vehicle_id, request)
+        effects: list[Effect] = self.core.handle_request(conn, vehicle_id, request, time.time())
+        if self._pending or needs_commit(effects):
+            self._pending.extend(effects)
+            self._schedule_flush()
+            self._link_reply(effects, conn, slot, self._reply_slots)
+            return
+        # a query or a refusal, and no commit waiting before it: answered in this loop
+        # turn, without the store (such a batch schedules no timer either: every rule
+        # that schedules one also persists what it scheduled)
+        slots: dict[int, Slot] = {}
+        self._link_reply(effects, conn, slot, slots)
+        for effect in effects:
+            self._carry_out(effect, slots)
+
+    @staticmethod
+    def _link_reply(effects: list[Effect], conn: int, slot: Slot, slots: dict[int, Slot]) -> None:
+        """The request's own reply fills its slot; without one the slot waits for a later one."""
         for effect in effects:
             if isinstance(effect, Reply) and effect.conn == conn:
-                self._reply_slots[id(effect)] = slot
+                slots[id(effect)] = slot
                 return
         slot.waiting = True
+
+    def vehicle_record_reply(self, persist: Persist, reply: Reply, slot: Slot) -> None:
+        """Commit ``persist``, then send ``reply`` in ``slot`` (a token shown once is stored)."""
+        self._pending.append(persist)
+        self._pending.append(reply)
+        self._reply_slots[id(reply)] = slot
+        self._schedule_flush()
 
     def vehicle_connected(self, vehicle_id: str) -> None:
         self._call(self.core.vehicle_connected, vehicle_id)
@@ -204,10 +258,16 @@ class BrokerApp:
         self._call(self.core.vehicle_disconnected, vehicle_id)
 
     def on_datagram(self, datagram: StatusDatagram) -> None:
+        refused = self.core.points_refused
         self._call(self.core.handle_datagram, datagram)
+        if self.core.points_refused != refused:
+            self.metrics.rejected.inc("status", "point_cap")
 
     def on_station(self, point_id: str, message: StationToBroker) -> None:
+        refused = self.core.points_refused
         self._call(self.core.handle_station, point_id, message)
+        if self.core.points_refused != refused:
+            self.metrics.rejected.inc("stations", "point_cap")
 
     def on_unroutable(self, point_id: str) -> None:
         self._call(self.core.station_unreachable, point_id)

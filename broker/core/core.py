@@ -145,6 +145,11 @@ class Core:
         """Every account, as ``{vehicle_id: extrato data}``."""
         return self._eng.all_statements()
 
+    @property
+    def points_refused(self) -> int:
+        """New point ids dropped because the point cap was reached."""
+        return self._eng.counter("points_refused")
+
     def stats(self) -> dict[str, Any]:
         return self._eng.stats()
 

@@ -23,6 +23,7 @@ from broker.core.accounts import Accounts
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
 from broker.core.geoindex import GeoIndex
+from broker.core.point_views import PointViews, view_dict
 from broker.core.points import PointState, derive_estado, holds_turn, is_faulted
 from broker.core.queues import Reservation, turn_deadline
 from broker.core.sessions import (
@@ -48,6 +49,7 @@ from common.events import (
     ReservationCancelled,
     ReservationExpired,
     ReservationTurn,
+    VehicleLowBattery,
     event_fields,
 )
 from common.messages import BrokerToStation, BusEvent, Chegada, Hold, Release, Start, Stop
@@ -89,6 +91,8 @@ class Engine:
         self._new_id = new_id
         self._points: dict[str, PointState] = {}
         self._index = GeoIndex()
+        self._views = PointViews(config.queue_capacity)
+        self._low_battery: set[str] = set()  # vehicles told about; see battery_report
         self._res_by_vehicle: dict[str, Reservation] = {}
         self._res_by_id: dict[str, Reservation] = {}
         self._sessions: dict[str, Session] = {}
@@ -106,6 +110,8 @@ class Engine:
             "session_duplicates": 0,
             "sessions_unknown": 0,
             "acks_unknown": 0,
+            "points_refused": 0,
+            "sessions_out_of_bounds": 0,
         }
 
     # --- reading --------------------------------------------------------------------
@@ -131,6 +137,9 @@ class Engine:
         """Count one occurrence of ``name`` in :meth:`stats`."""
         self._counters[name] += 1
 
+    def counter(self, name: str) -> int:
+        return self._counters[name]
+
     def nearest(
         self,
         latitude: float,
@@ -149,13 +158,6 @@ class Engine:
 
         hits = self._index.nearest(latitude, longitude, k, max_km, accept)
         return [(d, points[pid]) for d, pid in hits]
-
-    def within(
-        self, latitude: float, longitude: float, max_km: float | None
-    ) -> list[tuple[float, PointState]]:
-        """Every ``(distance_km, point)`` within ``max_km`` (None = all), nearest first."""
-        points = self._points
-        return [(d, points[pid]) for d, pid in self._index.within(latitude, longitude, max_km)]
 
     def reservation_of(self, vehicle_id: str) -> Reservation | None:
         return self._res_by_vehicle.get(vehicle_id)
@@ -209,6 +211,13 @@ class Engine:
 
     def window(self, interval_s: float) -> float:
         return max(self._cfg.offline_after_s, 3.0 * interval_s)
+
+    def may_register(self) -> bool:
+        """False (and counted) when no new point may be registered: the point cap is reached."""
+        if len(self._points) < self._cfg.max_points:
+            return True
+        self._counters["points_refused"] += 1
+        return False
 
     def register_point(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """A point heard of for the first time: index, persist, ``point.registered``."""
@@ -281,21 +290,11 @@ class Engine:
 
     def point_view(self, p: PointState, distance: float | None, now: float) -> dict[str, Any]:
         """The protocol's Point object (``distance`` omitted when None)."""
-        view: dict[str, Any] = {
-            "id": p.id,
-            "latitude": p.latitude,
-            "longitude": p.longitude,
-            "available": p.estado == "disponivel" and not p.queue,
-            "estado": p.estado,
-            "queue_size": len(p.queue),
-            "queue_capacity": self._cfg.queue_capacity,
-        }
-        if distance is not None:
-            view["distance"] = round(distance, 3)
-        view["potencia_kw"] = p.potencia_kw
-        view["preco_kwh"] = p.preco_kwh
-        view["espera_estimada_min"] = self.wait_minutes(p, now)
-        return view
+        return view_dict(p, self._cfg.queue_capacity, distance, self.wait_minutes(p, now))
+
+    def encoded_points(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
+        """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
+        return self._views.encode_list([(d, p, self.wait_minutes(p, now)) for d, p in hits])
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn.
@@ -317,6 +316,38 @@ class Engine:
         for r in p.queue:
             t = max(t, r.created_at + r.eta_s) + TYPICAL_SESSION_KWH / power * 3600.0
         return max(0, math.ceil((t - now) / 60.0 - 1e-9))
+
+    # --- vehicles -------------------------------------------------------------------
+
+    def battery_report(
+        self,
+        vehicle_id: str,
+        level: float,
+        latitude: float,
+        longitude: float,
+        now: float,
+        fx: list[Effect],
+    ) -> None:
+        """``vehicle.low_battery`` once when a level falls below ``low_battery``.
+
+        Not again for that vehicle until it reports ``low_battery_rearm`` or more, so a
+        vehicle that polls while low makes one event (and a read stays a read).
+        """
+        if level < self._cfg.low_battery:
+            if vehicle_id not in self._low_battery:
+                self._low_battery.add(vehicle_id)
+                self.publish(
+                    fx,
+                    VehicleLowBattery(
+                        vehicle_id=vehicle_id,
+                        nivel_bateria=level,
+                        latitude=latitude,
+                        longitude=longitude,
+                    ),
+                    now,
+                )
+        elif level >= self._cfg.low_battery_rearm:
+            self._low_battery.discard(vehicle_id)
 
     # --- queues and turns -----------------------------------------------------------
 

@@ -29,6 +29,8 @@ from common.messages import (
 def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
     p = eng.datagram_point(d.id)
     if p is None:
+        if not eng.may_register():
+            return []
         return _register_by_datagram(eng, d, now)
     boot = d.boot_id
     if boot is not None and d.seq is not None:
@@ -188,6 +190,8 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
     p = eng.point(point_id)
     if isinstance(msg, Hello):
         if p is None:
+            if not eng.may_register():
+                return fx
             p = _register(
                 eng,
                 point_id,
@@ -228,7 +232,17 @@ def _session_complete(
     eng: Engine, point_id: str, msg: SessionComplete, now: float, fx: list[Effect]
 ) -> None:
     s = eng.session_complete(point_id, msg.session_id, now, fx)
-    if s is not None:
+    if s is not None and msg.energia_medida_kwh is not None:
+        measured = msg.energia_medida_kwh
+        if not (math.isfinite(measured) and 0.0 <= measured <= s.capacidade_kwh):
+            # out of the bounds a station may report: dropped, counted, not acked
+            eng.count("sessions_out_of_bounds")
+            return
+        # the level the metered energy implies (the charger does not know the battery)
+        gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
+        nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
+        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
+    elif s is not None:
         energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
         if (
             msg.reason == "fault"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from msgspec import Raw
+
 from broker.core.effects import Effect, Reply
 from broker.core.engine import Engine, refusal
 from broker.core.points import PointState, holds_turn
@@ -30,8 +32,9 @@ from common.errors import (
     UnknownPoint,
     UnknownType,
 )
-from common.events import ReservationCreated, VehicleLowBattery
+from common.events import ReservationCreated
 from common.messages import (
+    MAX_LIMIT,
     REPLY_TYPES,
     Bateria,
     Cancelar,
@@ -59,17 +62,18 @@ def handle(
     data = req.data
     rtype = REPLY_TYPES.get(req.type)
 
-    def reply(payload: Any, kind: str | None = None) -> None:
-        fx.append(Reply(conn, req.id, kind or rtype or "erro", payload))
+    def reply(payload: Any, kind: str | None = None, truncated: bool = False) -> None:
+        fx.append(Reply(conn, req.id, kind or rtype or "erro", payload, truncated))
 
     if rtype is None:
         reply(UnknownType(f"Unknown request type {req.type!r}").to_wire(), "erro")
     elif isinstance(data, Ping) and req.type == "ping":
         reply({})
     elif isinstance(data, Bateria) and req.type == "bateria":
-        reply({"pontos": _bateria(eng, vehicle_id, data, now, fx)})
+        reply(_bateria(eng, vehicle_id, data, now, fx))
     elif isinstance(data, Consulta) and req.type == "consulta":
-        reply(_consulta(eng, data, now))
+        points, truncated = _consulta(eng, data, now)
+        reply(points, truncated=truncated)
     elif isinstance(data, Reserva) and req.type == "reserva":
         answer, after = _reserva(eng, vehicle_id, data, now, fx)
         reply(answer)
@@ -94,34 +98,31 @@ def handle(
 # --- queries --------------------------------------------------------------------------
 
 
-def _bateria(
-    eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]
-) -> list[dict[str, Any]]:
+def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]) -> Raw:
+    """``{"pontos": [...]}``, already encoded (cached point views, see point_views)."""
     loc = data.localizacao
-    if data.nivel_bateria < eng.config.low_battery:
-        eng.publish(
-            fx,
-            VehicleLowBattery(
-                vehicle_id=vehicle_id,
-                nivel_bateria=data.nivel_bateria,
-                latitude=loc.latitude,
-                longitude=loc.longitude,
-            ),
-            now,
-        )
+    eng.battery_report(vehicle_id, data.nivel_bateria, loc.latitude, loc.longitude, now, fx)
     max_km = data.distancia_max or None
     hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=True)
-    return [eng.point_view(p, d, now) for d, p in hits]
+    return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
 
 
-def _consulta(eng: Engine, data: Consulta, now: float) -> list[dict[str, Any]]:
+def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
+    """``[Point, ...]`` already encoded, and whether the list was cut at MAX_LIMIT.
+
+    Without ``limite`` at most MAX_LIMIT points are returned; when more were in range
+    the reply says ``"truncated": true`` (docs/protocol.md).
+    """
     loc = data.localizacao
     max_km = data.distancia_max or None
+    truncated = False
     if data.limite is None:
-        hits = eng.within(loc.latitude, loc.longitude, max_km)
+        hits = eng.nearest(loc.latitude, loc.longitude, MAX_LIMIT + 1, max_km, usable_only=False)
+        if len(hits) > MAX_LIMIT:
+            hits, truncated = hits[:MAX_LIMIT], True
     else:
         hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=False)
-    return [eng.point_view(p, d, now) for d, p in hits]
+    return Raw(eng.encoded_points(hits, now)), truncated
 
 
 def _status(eng: Engine, vehicle_id: str) -> dict[str, Any]:
