@@ -23,8 +23,6 @@ from broker.consumers_cli import (
     _run,
     _setup_logging,
 )
-from broker.web.auth import new_token
-from broker.web.server import WebConfig, console_url, serve
 
 
 def web(
@@ -42,7 +40,7 @@ def web(
         typer.Option(
             "--token",
             envvar="EV_WEB_TOKEN",
-            help="Access token (random, printed in the URL, when not given).",
+            help="Access token (random, printed in the URL, when not given or empty).",
             show_default=False,
         ),
     ] = None,
@@ -56,11 +54,13 @@ def web(
     ] = "",
 ) -> None:
     """The operator web console: live map and tables, JSON API, out-of-service toggle."""
+    # imported here: the web framework loads only for this command
+    from broker.web.auth import new_token
+    from broker.web.server import WebConfig, console_url, serve
+
     endpoint = _endpoint(broker, events_port, history_port)
-    if token is not None and not token.strip():
-        raise _fail("--token must not be empty", EXIT_USAGE)
-    given = token is not None
-    secret = token.strip() if token is not None else new_token()
+    given = bool(token and token.strip())  # an empty EV_WEB_TOKEN means: make one
+    secret = token.strip() if token and given else new_token()
     _setup_logging(logging.WARNING)
     cfg = WebConfig(endpoint, host=host, port=port, token=secret, tiles=tiles)
 

@@ -28,7 +28,7 @@
   var map = null, renderer = null;
   var source = null, reloading = false;
   var stats = window.evConsole = {
-    applied: 0, latencies: [], loadedAt: 0, points: 0, errors: [],
+    applied: 0, latencies: [], log: [], loadedAt: 0, points: 0, errors: [], loads: 0,
     markerState: function (id) { var m = markers.get(id); return m ? m.evState : null; },
     markerCount: function () { return markers.size; }
   };
@@ -213,9 +213,7 @@
     var tr = document.querySelector('#points tr[data-point="' + CSS.escape(p.id) + '"]');
     if (tr) {
       fillRow(tr, p);
-      tr.classList.remove("flash");
-      void tr.offsetWidth;
-      tr.classList.add("flash");
+      if (tr.animate) tr.animate([{ background: "#fff3bf" }, { background: "transparent" }], 900);
     }
   }
 
@@ -235,27 +233,36 @@
     body.replaceChildren(rows);
   }
 
+  var online = 0, outOfService = 0;
+
+  function count(p, sign) {
+    if (!p) return;
+    if (p.online) online += sign;
+    if (p.fora_de_servico) outOfService += sign;
+  }
+
   function renderFigures(st) {
     if (st) {
       $("f-kwh").textContent = st.today.energy_kwh.toFixed(3);
       $("f-revenue").textContent = st.today.revenue.toFixed(2);
       $("f-active").textContent = st.sessions_active;
     }
-    var online = 0, oos = 0;
-    points.forEach(function (p) { if (p.online) online++; if (p.fora_de_servico) oos++; });
     $("f-points").textContent = points.size;
     $("f-online").textContent = online;
-    $("f-oos").textContent = oos;
+    $("f-oos").textContent = outOfService;
     $("f-seq").textContent = seq;
   }
 
-  function addEvent(ev) {
+  function addEvents(evs) {
     var list = $("events");
-    var item = text("li", "#" + ev.seq + " " + new Date(ev.ts * 1000).toISOString().slice(11, 23) + " " +
-      ev.topic + " " + Object.keys(ev.data).slice(0, 4).map(function (k) {
-        return k + "=" + JSON.stringify(ev.data[k]);
-      }).join(" "));
-    list.insertBefore(item, list.firstChild);
+    var items = document.createDocumentFragment();
+    evs.slice(-LATEST).reverse().forEach(function (ev) {
+      items.appendChild(text("li", "#" + ev.seq + " " + new Date(ev.ts * 1000).toISOString().slice(11, 23) +
+        " " + ev.topic + " " + Object.keys(ev.data).slice(0, 4).map(function (k) {
+          return k + "=" + JSON.stringify(ev.data[k]);
+        }).join(" ")));
+    });
+    list.insertBefore(items, list.firstChild);
     while (list.children.length > LATEST) list.removeChild(list.lastChild);
   }
 
@@ -271,7 +278,9 @@
       sessions = view.sessions;
       seq = view.seq;
       $("events").replaceChildren();
-      view.latest.slice().reverse().forEach(addEvent);
+      addEvents(view.latest.slice().reverse());
+      online = outOfService = 0;
+      points.forEach(function (p) { count(p, 1); });
       if (first) fitMap();
       resort();
       renderSessions();
@@ -279,9 +288,14 @@
       stats.points = points.size;
       stats.loadedAt = performance.now();
       stats.loadMs = stats.loadedAt - t0;
+      stats.loads += 1;
       follow();
     });
   }
+
+  // Messages are parsed as they arrive and drawn once per animation frame: a burst
+  // of events costs one layout, and the newest row of a point wins.
+  var pending = [], scheduled = false;
 
   function follow() {
     if (source) source.close();
@@ -290,29 +304,64 @@
     source.onerror = function () { $("f-link").classList.add("down"); };
     source.onmessage = function (msg) {
       if (!msg.data) return;
-      var ev = JSON.parse(msg.data);
-      if (ev.seq <= seq) return;
-      seq = ev.seq;
-      if (ev.point) {
-        var known = points.has(ev.point.id);
-        points.set(ev.point.id, ev.point);
-        placeMarker(ev.point);
-        if (known) updateRow(ev.point); else resort();
-      } else if (ev.data && (ev.data.point_id || ev.data.id)) {
-        reload(); // resumed from history without the console's view: take a fresh state
-        return;
-      }
-      if (ev.sessions) { sessions = ev.sessions; renderSessions(); }
-      addEvent(ev);
-      renderFigures(ev.stats);
-      stats.applied = seq;
-      stats.latencies.push(Date.now() / 1000 - ev.ts);
-      if (stats.latencies.length > 100000) stats.latencies.splice(0, 50000);
+      pending.push(JSON.parse(msg.data));
+      schedule();
     };
     source.addEventListener("sessions", function (msg) {
       sessions = JSON.parse(msg.data).sessions;
       renderSessions();
     });
+  }
+
+  function schedule() {
+    if (scheduled) return;
+    scheduled = true;
+    if (document.hidden) setTimeout(draw, 250); else requestAnimationFrame(draw);
+  }
+
+  function draw() {
+    scheduled = false;
+    var began = performance.now();
+    var batch = pending;
+    pending = [];
+    var changed = new Map(), added = false, st = null, applied = [];
+    for (var i = 0; i < batch.length; i++) {
+      var ev = batch[i];
+      if (ev.seq <= seq) continue;
+      if (!ev.point && ev.data && (ev.data.point_id || ev.data.id)) {
+        reload(); // resumed from history without the console's view: take a fresh state
+        return;
+      }
+      seq = ev.seq;
+      if (ev.point) {
+        if (!points.has(ev.point.id)) added = true;
+        count(points.get(ev.point.id), -1);
+        count(ev.point, 1);
+        points.set(ev.point.id, ev.point);
+        changed.set(ev.point.id, ev.point);
+      }
+      if (ev.sessions) sessions = ev.sessions;
+      if (ev.stats) st = ev.stats;
+      applied.push(ev);
+    }
+    if (!applied.length) return;
+    changed.forEach(function (p) { placeMarker(p); if (!added) updateRow(p); });
+    if (added) resort();
+    if (applied.some(function (ev) { return ev.sessions; })) renderSessions();
+    addEvents(applied);
+    renderFigures(st);
+    // figures for tests and benchmarks: bus event (its publication) -> DOM updated
+    var now = Date.now() / 1000, spent = performance.now() - began;
+    stats.applied = seq;
+    applied.forEach(function (ev) {
+      var latency = now - ev.ts;
+      stats.latencies.push(latency);
+      stats.log.push({ seq: ev.seq, topic: ev.topic, point: ev.point ? ev.point.id : null,
+                       estado: ev.point ? ev.point.estado : null, latency: latency,
+                       drawMs: spent, batch: applied.length });
+    });
+    if (stats.latencies.length > 100000) stats.latencies.splice(0, 50000);
+    if (stats.log.length > 4000) stats.log.splice(0, 2000);
   }
 
   function reload() {
