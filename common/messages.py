@@ -218,6 +218,8 @@ class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=
     started_at: float | str
     ended_at: float | str
     reason: Literal["target_reached", "stopped", "fault"] = "target_reached"
+    # energy read from the charger's meter (OCPP gateway): billed instead of the levels
+    energia_medida_kwh: float | None = None
 
 
 StationToBroker = Hello | Heartbeat | Ack | SessionComplete

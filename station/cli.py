@@ -251,3 +251,7 @@ def fleet(
 
 def main() -> None:
     app()
+
+
+# the OCPP gateway's commands share this app and its options
+from station.ocpp import cli as _ocpp_cli  # noqa: E402, F401

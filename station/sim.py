@@ -147,6 +147,11 @@ class Charger:
     _last_now: float | None = None
     refused: int = 0
 
+    @property
+    def online(self) -> bool:
+        """A simulated station is always there (an OCPP charger may not be connected)."""
+        return True
+
     # --- commands from the broker -----------------------------------------------------
 
     def handle(self, cmd: Hold | Release | Start | Stop | SessionAck, now: float) -> Step:

@@ -285,6 +285,16 @@ def _session_complete(
                 s = eng.sessions.get(sid)
         if s is None:
             eng.counters["sessions_unknown"] += 1
+        elif msg.energia_medida_kwh is not None:
+            measured = msg.energia_medida_kwh
+            if not (math.isfinite(measured) and 0.0 <= measured <= s.capacidade_kwh):
+                # out of the bounds a station may report: dropped, counted, not acked
+                eng.counters["sessions_out_of_bounds"] += 1
+                return
+            # the level the metered energy implies (the charger does not know the battery)
+            gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
+            nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
+            eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
         else:
             energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
             if (
