@@ -17,7 +17,7 @@ from tests.compose.conftest import COMPOSE_FILE
 
 pytestmark = pytest.mark.compose
 
-SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail"]
+SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail", "web"]
 TOOLS = ["vehicle", "monitor"]
 
 
