@@ -25,10 +25,10 @@
   var seq = 0;
   var sortKey = "id", sortDir = 1, page = 0, filter = "";
   var order = [];
-  var map = null, renderer = null;
+  var map = null, renderer = null, layer = null;
   var source = null, reloading = false;
   var stats = window.evConsole = {
-    applied: 0, latencies: [], log: [], loadedAt: 0, points: 0, errors: [], loads: 0,
+    applied: 0, latencies: [], log: [], loadedAt: 0, drawnAt: 0, points: 0, errors: [], loads: 0,
     markerState: function (id) { var m = markers.get(id); return m ? m.evState : null; },
     markerCount: function () { return markers.size; }
   };
@@ -66,6 +66,12 @@
       L.tileLayer(tiles, { maxZoom: 19, attribution: "map tiles" }).addTo(map);
     }
     map.setView([0, 0], 2);
+    // one layer for every marker and one click handler for all of them
+    layer = L.featureGroup();
+    layer.on("click", function (e) {
+      var id = e.layer.evId;
+      if (points.has(id)) L.popup().setLatLng(e.layer.getLatLng()).setContent(popup(points.get(id))).openOn(map);
+    });
     var legend = $("legend");
     STATES.forEach(function (s) {
       var item = document.createElement("span");
@@ -87,15 +93,19 @@
     var m = markers.get(p.id);
     if (!m) {
       m = L.circleMarker([p.latitude, p.longitude], Object.assign({ renderer: renderer }, markerStyle(p)));
-      m.bindPopup(function () { return popup(points.get(p.id)); });
-      m.addTo(map);
+      m.evId = p.id;
+      layer.addLayer(m);
       markers.set(p.id, m);
     } else {
       m.setLatLng([p.latitude, p.longitude]);
       m.setStyle(markerStyle(p));
     }
+    tagMarker(m, p);
+  }
+
+  function tagMarker(m, p) {
     m.evState = p.estado + (p.fora_de_servico ? " out-of-service" : "");
-    var el = m.getElement && m.getElement();
+    var el = m.getElement && m.getElement(); // SVG markers only, once on the map
     if (el) {
       el.setAttribute("class", "leaflet-interactive marker st-" + p.estado + (p.fora_de_servico ? " oos" : ""));
       el.setAttribute("data-point", p.id);
@@ -271,24 +281,35 @@
   function load(first) {
     var t0 = performance.now();
     return api("/api/console").then(function (view) {
+      performance.mark("ev-state-fetched");
       if (first) initMap(view.tiles, view.points.length);
       points.clear();
       view.points.forEach(function (p) { points.set(p.id, p); placeMarker(p); });
-      markers.forEach(function (m, id) { if (!points.has(id)) { m.remove(); markers.delete(id); } });
+      markers.forEach(function (m, id) { if (!points.has(id)) { layer.removeLayer(m); markers.delete(id); } });
+      if (first) { // drawn once, at its final view, with every marker in it
+        fitMap();
+        layer.addTo(map);
+        markers.forEach(function (m, id) { tagMarker(m, points.get(id)); });
+      }
       sessions = view.sessions;
       seq = view.seq;
       $("events").replaceChildren();
       addEvents(view.latest.slice().reverse());
       online = outOfService = 0;
       points.forEach(function (p) { count(p, 1); });
-      if (first) fitMap();
+      performance.mark("ev-markers-placed");
       resort();
+      performance.mark("ev-table-drawn");
       renderSessions();
       renderFigures(view.stats);
       stats.points = points.size;
       stats.loadedAt = performance.now();
       stats.loadMs = stats.loadedAt - t0;
       stats.loads += 1;
+      // the frame after this one has painted everything: "drawn", in ms since navigation
+      requestAnimationFrame(function () {
+        requestAnimationFrame(function () { stats.drawnAt = performance.now(); });
+      });
       follow();
     });
   }
