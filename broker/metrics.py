@@ -189,3 +189,8 @@ class BrokerMetrics:
             "evcharge_request_latency_seconds", "Time from request decoded to reply written"
         )
         self.commits = r.counter("evcharge_store_commits_total", "Store transactions committed")
+        self.rejected = r.counter(
+            "evcharge_rejected_total",
+            "Input refused or dropped, by edge and reason",
+            ("edge", "reason"),
+        )

@@ -28,6 +28,8 @@ def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
     eng.counters["datagrams"] += 1
     p = eng.points.get(d.id)
     if p is None:
+        if _full(eng):
+            return []
         return _register_by_datagram(eng, d, now)
     boot = d.boot_id
     if boot is not None and d.seq is not None:
@@ -107,6 +109,14 @@ def _register_by_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Ef
     eng.heard(p, now, fx)
     eng.refresh(p, now, fx)
     return fx
+
+
+def _full(eng: Engine) -> bool:
+    """True (and counted) when no new point may be registered: the point cap is reached."""
+    if len(eng.points) < eng.cfg.max_points:
+        return False
+    eng.counters["points_refused"] += 1
+    return True
 
 
 def _register(
@@ -205,6 +215,8 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
     p = eng.points.get(point_id)
     if isinstance(msg, Hello):
         if p is None:
+            if _full(eng):
+                return fx
             p = _register(
                 eng,
                 point_id,
