@@ -2,8 +2,7 @@
 
 The map shows one marker per point; a station that goes offline changes its
 marker and its table row within 2 s of the bus event, without a reload; the
-page
-logs no console errors, on a desktop and on a phone-sized screen. The test
+page logs no console errors, on a desktop and on a phone-sized screen. The test
 keeps a screenshot (set ``EV_WEB_SCREENSHOT=docs/web-console.png`` to refresh
 the one in the docs).
 """
