@@ -57,7 +57,8 @@ def web(
     ] = "",
 ) -> None:
     """The operator web console: live map and tables, JSON API, out-of-service toggle."""
-    # imported here: the web framework loads only for this command
+    # imported here: the web stack takes half a second to import, which every
+    # other ev-broker command (tail, billing, serve) would otherwise pay at start
     from broker.web.auth import new_token
     from broker.web.server import WebConfig, console_url, serve
 
