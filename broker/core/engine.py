@@ -151,11 +151,11 @@ class Engine:
 
     def encoded_points(self, hits: list[tuple[float, str]], now: float) -> bytes:
         """``[Point, ...]`` as JSON for ``(distance_km, point_id)`` hits, from cached views."""
-        listed = []
-        for d, pid in hits:
-            p = self.points[pid]
-            listed.append((d, p, self.wait_minutes(p, now)))
-        return self.views.encode_list(listed)
+
+        def wait(p: PointState) -> int:
+            return self.wait_minutes(p, now)
+
+        return self.views.encode_list(hits, self.points, wait)
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn.
