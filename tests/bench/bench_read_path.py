@@ -24,7 +24,7 @@ Figures (each for old and new, with the ratio):
 
 Run: ``python -m tests.bench read_path`` (``EV_BENCH_BASE`` = the older commit,
 default ``506897b``; ``EV_BENCH_SECONDS`` per run, default 3; ``EV_BENCH_ROUNDS``
-default 3; ``EV_BENCH_PHASES`` any of ``core,read,other``).
+default 3; ``EV_BENCH_PHASES`` any of ``core,read,other,memory``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from tests.support.procs import ROOT, BrokerPorts, Proc, broker_ports, start
 BASE = os.environ.get("EV_BENCH_BASE", "506897b")
 SECONDS = float(os.environ.get("EV_BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("EV_BENCH_ROUNDS", "3"))
-PHASES = os.environ.get("EV_BENCH_PHASES", "core,read,other").split(",")
+PHASES = os.environ.get("EV_BENCH_PHASES", "core,read,other,memory").split(",")
 CONNS = 32
 #: query positions: inside the cloud of points (bench_broker's square of 1 degree)
 QUERIES = [_position(10_000_000 + i) for i in range(97)]
@@ -219,16 +219,25 @@ def _reserve(port: int, vehicles: int, base: int) -> dict[str, Any]:
 
 def reservations(brokers: list[Broker]) -> None:
     rates: dict[str, list[float]] = {b.name: [] for b in brokers}
+    cpu_us: dict[str, list[float]] = {b.name: [] for b in brokers}
     for k in range(ROUNDS):
         for b in brokers if k % 2 == 0 else brokers[::-1]:
+            cpu0 = b.cpu()
             r = _in_child(_reserve, b.ports.vehicle, 2000, (k + 1) * 10**6)
+            us = (b.cpu() - cpu0) / max(1, r["ok"]) * 1e6
             rates[b.name].append(r["ok"] / r["elapsed"])
+            cpu_us[b.name].append(us)
             print(
                 f"  reservations confirmed {b.name:<3} round {k + 1}: "
-                f"{r['ok'] / r['elapsed']:,.0f}/s ({r['ok']} in {r['elapsed']:.2f} s)"
+                f"{r['ok'] / r['elapsed']:,.0f}/s ({r['ok']} in {r['elapsed']:.2f} s), "
+                f"broker {us:.0f} us per reservation (connection, binding and commit included)"
             )
     old, new = (sorted(rates[n])[ROUNDS // 2] for n in ("old", "new"))
-    print(f"= reservations confirmed/s  old {old:,.0f}  new {new:,.0f}  ratio {new / old:.2f}x")
+    old_us, new_us = (sorted(cpu_us[n])[ROUNDS // 2] for n in ("old", "new"))
+    print(
+        f"= reservations confirmed/s  old {old:,.0f}  new {new:,.0f}  ratio {new / old:.2f}x   "
+        f"broker CPU per reservation old {old_us:.0f} us new {new_us:.0f} us"
+    )
 
 
 def _udp_send(port: int, rate: float, seconds: float, boot: str) -> dict[str, Any]:
@@ -364,6 +373,8 @@ def _bench(brokers: list[Broker]) -> None:
         _read_figures(brokers)
     if "other" in PHASES:
         _other_figures(brokers)
+    if "memory" in PHASES:
+        memory(brokers)
 
 
 def _read_figures(brokers: list[Broker]) -> None:
@@ -412,7 +423,6 @@ def _other_figures(brokers: list[Broker]) -> None:
     reservations(brokers)
     for rate in (20_000.0, 100_000.0):
         udp_ingest(brokers, rate)
-    memory(brokers)
 
 
 if __name__ == "__main__":
