@@ -21,7 +21,7 @@ per point and an encode of all of them (measured in tests/bench/bench_read_path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -93,11 +93,10 @@ class PointViews:
 
     def encode_list(
         self,
-        hits: list[tuple[float, str]],
-        points: Mapping[str, PointState],
+        hits: list[tuple[float, PointState]],
         wait_minutes: Callable[[PointState], int],
     ) -> bytes:
-        """``[Point, ...]`` for ``(distance_km, point_id)`` hits, in their order.
+        """``[Point, ...]`` for ``(distance_km, point)`` hits, in their order.
 
         ``wait_minutes`` is asked only about points with a queue, a session or a
         start in progress (an idle point waits 0 minutes). The loop is written out
@@ -106,8 +105,8 @@ class PointViews:
         parts: list[bytes] = []
         add = parts.append
         cache = self._cache
-        for distance, pid in hits:
-            p = points[pid]
+        for distance, p in hits:
+            pid = p.id
             queue = p.queue
             key = (p.estado, len(queue), p.latitude, p.longitude, p.potencia_kw, p.preco_kwh)
             hit = cache.get(pid)

@@ -53,9 +53,9 @@ def test_encoded_view_is_the_encoded_dict(
     views = PointViews(capacity)
     wait_of = _waits(wait)
     expected = msgspec.json.encode([view_dict(p, capacity, distance, wait_of(p))])
-    assert views.encode_list([(distance, pid)], {pid: p}, wait_of) == expected
-    assert views.encode_list([(distance, pid)], {pid: p}, wait_of) == expected  # cached
-    two = views.encode_list([(distance, pid), (distance + 1.0, pid)], {pid: p}, wait_of)
+    assert views.encode_list([(distance, p)], wait_of) == expected
+    assert views.encode_list([(distance, p)], wait_of) == expected  # cached
+    two = views.encode_list([(distance, p), (distance + 1.0, p)], wait_of)
     assert msgspec.json.decode(two) == [
         view_dict(p, capacity, distance, wait_of(p)),
         view_dict(p, capacity, distance + 1.0, wait_of(p)),
@@ -79,7 +79,7 @@ def test_three_decimals_as_round_gives_them(distance: float) -> None:
 
 
 def test_empty_list() -> None:
-    assert PointViews(5).encode_list([], {}, _waits(0)) == b"[]"
+    assert PointViews(5).encode_list([], _waits(0)) == b"[]"
 
 
 def test_a_cached_view_follows_every_change_of_its_point() -> None:
@@ -87,7 +87,7 @@ def test_a_cached_view_follows_every_change_of_its_point() -> None:
     views = PointViews(5)
 
     def decoded() -> dict[str, object]:
-        raw = views.encode_list([(1.0, "CP1")], {"CP1": p}, _waits(7))
+        raw = views.encode_list([(1.0, p)], _waits(7))
         out: list[dict[str, object]] = msgspec.json.decode(raw)
         return out[0]
 
