@@ -62,14 +62,29 @@ def wait_loaded(driver: webdriver.Chrome) -> None:
     )
 
 
+# Read in one script: rows are redrawn while the page is live (no stale elements).
+def row_text(driver: webdriver.Chrome, pid: str, cell: str = "") -> str:
+    return str(
+        js(
+            driver,
+            f"var e = document.querySelector('#points tr[data-point=\"{pid}\"] {cell}');"
+            " return e ? e.textContent : '';",
+        )
+    )
+
+
 def row_state(driver: webdriver.Chrome, pid: str) -> str:
-    cells = driver.find_elements(By.CSS_SELECTOR, f'#points tr[data-point="{pid}"] td.estado')
-    return cells[0].text if cells else ""
+    return row_text(driver, pid, "td.estado")
 
 
 def marker_class(driver: webdriver.Chrome, pid: str) -> str:
-    found = driver.find_elements(By.CSS_SELECTOR, f'path.marker[data-point="{pid}"]')
-    return found[0].get_attribute("class") or "" if found else ""
+    return str(
+        js(
+            driver,
+            f"var e = document.querySelector('path.marker[data-point=\"{pid}\"]');"
+            " return e ? e.getAttribute('class') : '';",
+        )
+    )
 
 
 def test_the_token_url_opens_the_page_and_leaves_no_token_in_the_address(
@@ -115,8 +130,11 @@ def test_live_changes_show_without_a_reload_and_a_screenshot_is_kept(
         WAIT_S,
         "the running session listed",
     )
-    row = page.find_element(By.CSS_SELECTOR, '#points tr[data-point="BRW-1"]')
-    assert "BRWCAR1" in row.text and "BRWCAR2" in row.text
+    wait_for(
+        lambda: "BRWCAR1" in (row := row_text(page, "BRW-1")) and "BRWCAR2" in row,
+        WAIT_S,
+        "the charging and the waiting vehicle in BRW-1's row",
+    )
     assert "st-carregando" in marker_class(page, "BRW-1")
     assert js(page, "return window.evConsole.loads") == loads  # no reload
     shot = tmp_path / "web-console.png"
