@@ -33,10 +33,11 @@ import asyncio
 import gc
 import logging
 import resource
+import secrets
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import zmq
@@ -54,6 +55,7 @@ from broker.core.effects import (
     SendStation,
     needs_commit,
 )
+from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from broker.credentials import (
     CredentialTable,
     broker_keys,
@@ -63,9 +65,11 @@ from broker.credentials import (
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
+from broker.edges.reply_order import Slot
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
-from broker.edges.vehicles_tcp import Slot, VehicleServer
+from broker.edges.vehicles_tcp import VehicleServer
+from broker.limits import Limits
 from broker.metrics import BrokerMetrics
 from broker.store import Store
 from common.errors import StoreError
@@ -73,10 +77,12 @@ from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRe
 
 log = logging.getLogger(__name__)
 
+TOKEN_BYTES: Final = 32
+
 
 @dataclass(frozen=True, slots=True)
 class AppConfig:
-    """Everything ``ev-broker serve`` can be told."""
+    """Everything ``ev-broker serve`` can be told; ``core`` holds the rule parameters."""
 
     host: str = "0.0.0.0"
     internal_host: str = "127.0.0.1"
@@ -87,14 +93,16 @@ class AppConfig:
     history_port: int = 5557
     http_port: int = 8090
     db: str = "./var/broker.db"
-    queue_capacity: int = 5
-    hold_s: float = 600.0
-    offline_after_s: float = 6.0
-    offline_grace_s: float = 120.0
-    ack_timeout_s: float = 5.0
-    heartbeat_s: float = 1.0
+    core: CoreConfig = field(default_factory=CoreConfig)
+    vehicle_auth: AuthMode = AuthMode.OPEN
+    limits: Limits = field(default_factory=Limits)
     insecure: bool = False
     keys: str | None = None
+
+
+def new_token() -> str:
+    """A vehicle token: 32 random bytes, base64url without padding (43 characters)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 INSECURE_WARNING: Final = (
@@ -136,19 +144,11 @@ class BrokerApp:
                 keys = broker_keys(keys_dir)
                 keyring = Keyring(CredentialTable(credentials_db_for(config.db, keys_dir)))
                 self.security = Security(keyring, keys.secret, self.reject)
-            self.core = Core(
-                CoreConfig(
-                    queue_capacity=config.queue_capacity,
-                    hold_s=config.hold_s,
-                    offline_after_s=config.offline_after_s,
-                    offline_grace_s=config.offline_grace_s,
-                    ack_timeout_s=config.ack_timeout_s,
-                    heartbeat_s=config.heartbeat_s,
-                ),
-                new_id=new_id,
-            )
+            self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
+            self.auth = VehicleAuth(config.vehicle_auth, new_token)
+            self.auth.restore(records)
         except BaseException:
             if self.security is not None:
                 self.security.keyring.table.close()
@@ -163,11 +163,18 @@ class BrokerApp:
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
         self.ctx: zmq.asyncio.Context | None = None
-        self.vehicles = VehicleServer(self, self.metrics)
+        self.vehicles = VehicleServer(self, self.metrics, self.auth, config.limits)
         self.status = StatusServer(
             self.on_datagram, self.metrics, self.security, reject=self.reject
         )
-        self.http = HttpServer({"/metrics": self._metrics_page, "/healthz": self._health_page})
+        limits = config.limits
+        self.http = HttpServer(
+            {"/metrics": self._metrics_page, "/healthz": self._health_page},
+            max_connections=limits.max_http_connections,
+            max_head=limits.max_http_head,
+            idle_s=limits.http_idle_s,
+            on_reject=lambda reason: self.metrics.rejected.inc("http", reason),
+        )
         self.authenticator: Authenticator | None = None
         self._insecure_task: asyncio.Task[None] | None = None
         self.stations: StationsEdge | None = None
@@ -198,7 +205,7 @@ class BrokerApp:
         self.stations = StationsEdge(
             self.ctx,
             f"tcp://{zhost}:{cfg.station_port}",
-            heartbeat_s=cfg.heartbeat_s,
+            heartbeat_s=cfg.core.heartbeat_s,
             on_message=self.on_station,
             on_unroutable=self.on_unroutable,
             security=security,
@@ -209,9 +216,11 @@ class BrokerApp:
             self.ctx,
             f"tcp://{ihost}:{cfg.history_port}",
             events_since=self.store.events_since,
-            snapshot=self.core.snapshot,
+            snapshot=lambda: self.core.snapshot(time.time()),
             accounts=self.core.accounts,
             security=security,
+            max_events=cfg.limits.history_max_events,
+            max_bytes=cfg.limits.history_max_bytes,
         )
         await self.bus.start()
         await self.history.start()
@@ -304,6 +313,13 @@ class BrokerApp:
                 return
         slot.waiting = True
 
+    def vehicle_record_reply(self, persist: Persist, reply: Reply, slot: Slot) -> None:
+        """Commit ``persist``, then send ``reply`` in ``slot`` (a token shown once is stored)."""
+        self._pending.append(persist)
+        self._pending.append(reply)
+        self._reply_slots[id(reply)] = slot
+        self._schedule_flush()
+
     def vehicle_connected(self, vehicle_id: str) -> None:
         self._call(self.core.vehicle_connected, vehicle_id)
 
@@ -311,10 +327,16 @@ class BrokerApp:
         self._call(self.core.vehicle_disconnected, vehicle_id)
 
     def on_datagram(self, datagram: StatusDatagram) -> None:
+        refused = self.core.points_refused
         self._call(self.core.handle_datagram, datagram)
+        if self.core.points_refused != refused:
+            self.metrics.rejected.inc("status", "point_cap")
 
     def on_station(self, point_id: str, message: StationToBroker) -> None:
+        refused = self.core.points_refused
         self._call(self.core.handle_station, point_id, message)
+        if self.core.points_refused != refused:
+            self.metrics.rejected.inc("stations", "point_cap")
 
     def on_unroutable(self, point_id: str) -> None:
         self._call(self.core.station_unreachable, point_id)

@@ -190,5 +190,7 @@ class BrokerMetrics:
         )
         self.commits = r.counter("evcharge_store_commits_total", "Store transactions committed")
         self.rejected = r.counter(
-            "evcharge_rejected_total", "Input refused, by edge and reason", ("edge", "reason")
+            "evcharge_rejected_total",
+            "Input refused or dropped, by edge and reason",
+            ("edge", "reason"),
         )

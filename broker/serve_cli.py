@@ -16,6 +16,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from broker.limits import Limits
 from broker.logging_setup import FORMATS, LEVELS, setup_logging
 from common.errors import ConfigError, EVError, StoreError
 
@@ -23,6 +24,7 @@ log = logging.getLogger("broker")
 T = TypeVar("T")
 
 USAGE_EXIT = 2
+LIMITS = Limits()  # the defaults shown by --help
 
 
 def _opt(env: str, help_text: str, metavar: str) -> typer.models.OptionInfo:
@@ -49,6 +51,10 @@ def _seconds(name: str, text: str) -> float:
     return _parse(
         name, text, float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds"
     )
+
+
+def _count(name: str, text: str) -> int:
+    return _parse(name, text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _host(text: str, name: str = "host") -> str:
@@ -110,6 +116,77 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    ack_timeout: Annotated[
+        str,
+        _opt("EV_ACK_TIMEOUT", "Seconds a station has to ack a start command.", "SECONDS"),
+    ] = "5",
+    heartbeat: Annotated[
+        str,
+        _opt("EV_HEARTBEAT", "Seconds between the broker's heartbeats to stations.", "SECONDS"),
+    ] = "1",
+    low_battery: Annotated[
+        str,
+        _opt(
+            "EV_LOW_BATTERY",
+            "Battery level (percent) below which vehicle.low_battery is published.",
+            "PERCENT",
+        ),
+    ] = "20",
+    vehicle_auth: Annotated[
+        str,
+        _opt(
+            "EV_VEHICLE_AUTH",
+            "open: unregistered ids work (the original client); required: state changes "
+            "and account reads need a registered, authenticated vehicle.",
+            "open|required",
+        ),
+    ] = "open",
+    max_vehicle_connections: Annotated[
+        str, _opt("EV_MAX_VEHICLE_CONNECTIONS", "Open vehicle connections at most.", "N")
+    ] = str(LIMITS.max_vehicle_connections),
+    requests_per_turn: Annotated[
+        str,
+        _opt(
+            "EV_REQUESTS_PER_TURN",
+            "Requests handled per vehicle connection per loop turn (fairness).",
+            "N",
+        ),
+    ] = str(LIMITS.requests_per_turn),
+    max_unsent_bytes: Annotated[
+        str,
+        _opt(
+            "EV_MAX_UNSENT_BYTES",
+            "Unsent reply bytes per vehicle connection before reading from it stops.",
+            "BYTES",
+        ),
+    ] = str(LIMITS.max_unsent_bytes),
+    stalled_close: Annotated[
+        str,
+        _opt(
+            "EV_STALLED_CLOSE",
+            "Seconds a connection over the unsent-bytes limit may go without reading.",
+            "SECONDS",
+        ),
+    ] = f"{LIMITS.stalled_close_s:g}",
+    idle_timeout: Annotated[
+        str,
+        _opt("EV_IDLE_TIMEOUT", "Seconds without a request before a vehicle is closed.", "SECONDS"),
+    ] = f"{LIMITS.idle_timeout_s:g}",
+    max_http_connections: Annotated[
+        str, _opt("EV_MAX_HTTP_CONNECTIONS", "Open HTTP connections at most.", "N")
+    ] = str(LIMITS.max_http_connections),
+    max_http_head: Annotated[
+        str, _opt("EV_MAX_HTTP_HEAD", "Bytes of one HTTP request head (431 past it).", "BYTES")
+    ] = str(LIMITS.max_http_head),
+    max_points: Annotated[
+        str, _opt("EV_MAX_POINTS", "Charging points at most; new ids past it are dropped.", "N")
+    ] = str(LIMITS.max_points),
+    history_max_events: Annotated[
+        str, _opt("EV_HISTORY_MAX_EVENTS", "Events in one history reply at most.", "N")
+    ] = str(LIMITS.history_max_events),
+    history_max_bytes: Annotated[
+        str, _opt("EV_HISTORY_MAX_BYTES", "Bytes of one history reply at most.", "BYTES")
+    ] = str(LIMITS.history_max_bytes),
     keys: Annotated[
         str | None,
         _opt("EV_KEYS", "Folder of broker.key (default: the database's folder).", "DIR"),
@@ -132,6 +209,8 @@ def serve(
 ) -> None:
     """Run the broker service until SIGINT or SIGTERM."""
     from broker.app import AppConfig
+    from broker.core import CoreConfig
+    from broker.core.vehicle_auth import AuthMode
 
     try:
         fmt = log_format.strip().lower()
@@ -144,6 +223,7 @@ def serve(
             )
         if not db.strip():
             raise ConfigError("invalid value for --db: empty")
+        points_cap = _count("max-points", max_points)  # enforced by the core
         config = AppConfig(
             host=_host(host),
             internal_host=_host(internal_host, "internal-host"),
@@ -156,16 +236,43 @@ def serve(
             history_port=_port("history-port", history_port),
             http_port=_port("http-port", http_port),
             db=db.strip(),
-            queue_capacity=_parse(
-                "queue-capacity",
-                queue_capacity,
-                int,
-                lambda v: 1 <= v <= 10_000,
-                "an integer 1-10000",
+            core=CoreConfig(
+                queue_capacity=_parse(
+                    "queue-capacity",
+                    queue_capacity,
+                    int,
+                    lambda v: 1 <= v <= 10_000,
+                    "an integer 1-10000",
+                ),
+                hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
+                offline_after_s=_seconds("offline-after", offline_after),
+                offline_grace_s=_seconds("offline-grace", offline_grace),
+                ack_timeout_s=_seconds("ack-timeout", ack_timeout),
+                heartbeat_s=_seconds("heartbeat", heartbeat),
+                low_battery=_parse(
+                    "low-battery",
+                    low_battery,
+                    float,
+                    lambda v: 0 <= v <= 100,
+                    "a percentage 0-100",
+                ),
+                max_points=points_cap,
             ),
-            hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
-            offline_after_s=_seconds("offline-after", offline_after),
-            offline_grace_s=_seconds("offline-grace", offline_grace),
+            vehicle_auth=_parse(
+                "vehicle-auth", vehicle_auth, AuthMode, lambda _: True, "open or required"
+            ),
+            limits=Limits(
+                max_vehicle_connections=_count("max-vehicle-connections", max_vehicle_connections),
+                requests_per_turn=_count("requests-per-turn", requests_per_turn),
+                max_unsent_bytes=_count("max-unsent-bytes", max_unsent_bytes),
+                stalled_close_s=_seconds("stalled-close", stalled_close),
+                idle_timeout_s=_seconds("idle-timeout", idle_timeout),
+                max_http_connections=_count("max-http-connections", max_http_connections),
+                max_http_head=_count("max-http-head", max_http_head),
+                max_points=points_cap,
+                history_max_events=_count("history-max-events", history_max_events),
+                history_max_bytes=_count("history-max-bytes", history_max_bytes),
+            ),
         )
         if not insecure and config.db == ":memory:" and config.keys is None:
             raise ConfigError("--db :memory: keeps no credentials: give --keys DIR (or --insecure)")

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
@@ -66,9 +67,11 @@ class Sink(Protocol):
     def on_snapshot(self, snapshot: dict[str, Any]) -> None:
         """A consistent state as of ``snapshot["seq"]`` (only in snapshot mode)."""
 
-    def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> None:
+    def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> Awaitable[None] | None:
         """``events`` (already filtered by topic, in seq order); every event up to
-        ``applied_seq`` (of any topic) has now been handled."""
+        ``applied_seq`` (of any topic) has now been handled. A sink may return an
+        awaitable: the subscriber awaits it before taking more events, and an
+        exception raised there ends :meth:`Subscriber.run`."""
 
 
 @dataclass
@@ -343,13 +346,15 @@ class Subscriber:
 
     # --- delivery -------------------------------------------------------------------
 
-    def _deliver(self, events: Sequence[BusEvent]) -> None:
+    async def _deliver(self, events: Sequence[BusEvent]) -> None:
         if not events:
             return
         wanted = [e for e in events if self.wants(e.topic)]
         self.stats.delivered += len(wanted)
         assert self.seq.applied is not None
-        self.sink.on_batch(wanted, self.seq.applied)
+        done = self.sink.on_batch(wanted, self.seq.applied)
+        if inspect.isawaitable(done):  # an async sink: back-pressure until it is done
+            await done
 
     # --- history --------------------------------------------------------------------
 
@@ -359,7 +364,7 @@ class Subscriber:
         self.stats.snapshots += 1
         self.sink.on_snapshot(snap)
         self.seq.reset(seq)
-        self._deliver(self.seq.accept_history([]))
+        await self._deliver(self.seq.accept_history([]))
 
     async def catch_up(self) -> None:
         """Page through history above the applied seq until it has nothing more."""
@@ -381,10 +386,10 @@ class Subscriber:
                 log.warning("history no longer holds seq %d: new snapshot", applied + 1)
                 await self.take_snapshot()
                 continue
-            self._deliver(self.seq.accept_history(events))
+            await self._deliver(self.seq.accept_history(events))
             if not reply.get("more") or not events:
                 if not events and self.seq.parked:
-                    self._deliver(self.seq.skip_to_parked())
+                    await self._deliver(self.seq.skip_to_parked())
                 return
 
     async def _behind(self, last_seq: int) -> bool:
@@ -443,7 +448,7 @@ class Subscriber:
             if n < LIVE_BATCH:
                 with contextlib.suppress(zmq.Again):
                     frames = await self._sub.recv_multipart(flags=zmq.NOBLOCK)
-        self._deliver(batch)
+        await self._deliver(batch)
         if gap:
             self.stats.gaps += 1
         if gap or check:

@@ -36,6 +36,7 @@ MAX_LIMIT: Final = 100
 DEFAULT_CAPACITY_KWH: Final = 60.0
 MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_DATAGRAM_BYTES: Final = 8 * 1024
+MAX_STATION_FRAME: Final = 64 * 1024  # one ZeroMQ frame between a station and the broker
 #: Bounds of what a station may report (security contract): anything else is dropped.
 MAX_CAPACITY_KWH: Final = 1000.0
 PowerKw = Annotated[float, Meta(gt=0.0, le=1000.0)]
@@ -121,8 +122,31 @@ class Ping(Struct, kw_only=True, frozen=True):
     id_veiculo: VehicleId | None = None
 
 
+#: A token is 43 characters (base64url of 32 bytes); longer input is refused at once.
+MAX_TOKEN_CHARS: Final = 128
+
+
+class Registrar(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId
+
+
+class Autenticar(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId
+    token: Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
+
+
 VehicleRequestData = (
-    Bateria | Consulta | Reserva | Cancelar | Chegada | Parar | Custos | StatusQuery | Ping
+    Bateria
+    | Consulta
+    | Reserva
+    | Cancelar
+    | Chegada
+    | Parar
+    | Custos
+    | StatusQuery
+    | Ping
+    | Registrar
+    | Autenticar
 )
 
 REQUEST_TYPES: Final[dict[str, type[Any]]] = {
@@ -135,6 +159,8 @@ REQUEST_TYPES: Final[dict[str, type[Any]]] = {
     "custos": Custos,
     "status": StatusQuery,
     "ping": Ping,
+    "registrar": Registrar,
+    "autenticar": Autenticar,
 }
 
 # reply ``type`` for each request ``type``
@@ -148,6 +174,8 @@ REPLY_TYPES: Final[dict[str, str]] = {
     "custos": "extrato",
     "status": "status_veiculo",
     "ping": "pong",
+    "registrar": "registro",
+    "autenticar": "autenticado",
 }
 
 PUSH_TYPES: Final = (
@@ -267,7 +295,6 @@ class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, froz
 
 
 BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck
-StationCommandMsg = Hold | Release | Start | Stop
 
 # --- event bus and history ------------------------------------------------------------
 

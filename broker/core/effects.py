@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from msgspec import UnsetType
 
-from common.messages import BusEvent, Scalar
+from common.messages import BrokerToStation, BusEvent, Scalar
 
 RequestId = UnsetType | Scalar
 
@@ -32,6 +32,7 @@ class Reply:
     request_id: RequestId
     type: str
     data: Any
+    truncated: bool = False  # a list cut at MAX_LIMIT: ``"truncated": true`` ends the envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +56,10 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class SendStation:
-    """A msgpack map for the station DEALER whose routing id is ``point_id``."""
+    """A message for the station DEALER whose routing id is ``point_id``."""
 
     point_id: str
-    message: dict[str, Any]
+    message: BrokerToStation
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ class Rejected:
     detail: str
 
 
-PersistTable = Literal["point", "reservation", "session", "meta"]
+PersistTable = Literal["point", "reservation", "session", "meta", "vehicle"]
 
 
 @dataclass(frozen=True, slots=True)

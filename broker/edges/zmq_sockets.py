@@ -67,7 +67,7 @@ async def count_handshake_failures(
 
     Runs until cancelled (the monitor is then stopped); uses libzmq's socket monitor.
     """
-    monitor: zmq.asyncio.Socket = sock.get_monitor_socket(HANDSHAKE_FAILURES)  # type: ignore[assignment]
+    monitor: zmq.asyncio.Socket = sock.get_monitor_socket(HANDSHAKE_FAILURES)
     try:
         while True:
             try:

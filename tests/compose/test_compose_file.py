@@ -18,8 +18,18 @@ from tests.compose.conftest import COMPOSE_FILE
 pytestmark = pytest.mark.compose
 
 SERVICES = [
-    "credentials", "broker", "billing", "station1", "station2", "station3", "fleet", "tail",
-]  # fmt: skip
+    "credentials",
+    "broker",
+    "billing",
+    "station1",
+    "station2",
+    "station3",
+    "fleet",
+    "ocpp-gateway",
+    "ocpp-chargers",
+    "tail",
+    "web",
+]
 TOOLS = ["vehicle", "monitor"]
 
 
@@ -94,7 +104,7 @@ def test_configuration_is_by_environment_only() -> None:
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
     assert {source for source, _ in mounts} == {
-        "billing-data", "broker-data", "credentials", "vehicle-home",
+        "billing-data", "broker-data", "credentials", "ocpp-data", "vehicle-home",
     }  # fmt: skip
 
 
@@ -107,6 +117,8 @@ def test_every_station_and_consumer_has_its_own_credential() -> None:
         ("billing", "consumer"),
         ("tail", "consumer"),
         ("monitor", "consumer"),
+        ("web", "operator"),
+        ("ocpp-gateway", 'station --points "OC*"'),
     ]:
         assert f"ensure {name} --role {role}" in init
         block = service_block(text, name)
@@ -115,3 +127,14 @@ def test_every_station_and_consumer_has_its_own_credential() -> None:
     broker = service_block(text, "broker")
     assert "--insecure" not in text and "EV_INSECURE" not in text
     assert "EV_INTERNAL_HOST: 0.0.0.0" in broker  # consumers reach 5556/5557 over the network
+
+
+def test_the_ocpp_gateway_and_its_two_simulated_chargers() -> None:
+    text = config(EV_PUBLISH_ADDR="127.0.0.1", EV_PUBLISH_OCPP="19000")
+    gateway = service_block(text, "ocpp-gateway")
+    assert "127.0.0.1:19000:9000/tcp" in gateway
+    assert "EV_CHARGERS: /opt/evcharge/ocpp-chargers.toml" in gateway
+    assert "EV_OCPP_STATE: /data/var/ocpp-state.json" in gateway
+    chargers = service_block(text, "ocpp-chargers")
+    assert "EV_OCPP_IDS: OC01 OC02" in chargers
+    assert "EV_OCPP_URL: ws://ocpp-gateway:9000/ocpp" in chargers
