@@ -136,6 +136,7 @@ def raw_dealer(scene: Scene, routing_id: str, cred: Credential | None) -> zmq.So
 
 
 def statement(scene: Scene, vehicle_id: str) -> dict[str, Any]:
+    """The vehicle's statement, asked on a new connection (none other may be open for it)."""
     car = Vehicle(scene.ports.vehicle, vehicle_id)
     try:
         return dict(car.ask("custos")["data"])
@@ -159,7 +160,7 @@ def test_a_dealer_without_credentials_cannot_complete_a_session(scene: Scene) ->
         evil.send(msgpack.packb(completion(sid, "VICTIM1", nivel_inicial=0.0, nivel_final=100.0)))
         wait_for(lambda: scene.rejected("stations", "handshake_failed") > 0, what="the refusal")
         evil.close(linger=0)
-        assert statement(scene, "VICTIM1")["sessoes"] == []
+        assert car.ask("custos")["data"]["sessoes"] == []
         finish_legitimately(scene, st, car, sid)
     scene.restart_after_kill9()
     assert [s["session_id"] for s in statement(scene, "VICTIM1")["sessoes"]] == [sid]
@@ -180,7 +181,7 @@ def test_another_stations_credential_cannot_complete_or_ack_for_this_point(scene
             own.recv_type("session_ack", timeout=1.0)
         own.close()
         evil.close(linger=0)
-        assert statement(scene, "VICTIM2")["sessoes"] == []
+        assert car.ask("custos")["data"]["sessoes"] == []
         finish_legitimately(scene, st, car, sid)
     assert scene.points() == {"SEC01", "OTH1"}
     scene.restart_after_kill9()
@@ -206,7 +207,7 @@ def test_a_live_routing_id_cannot_be_taken_over(scene: Scene) -> None:
 
 
 def test_figures_out_of_bounds_are_dropped_and_the_broker_still_restarts(scene: Scene) -> None:
-    with session(scene, "VICTIM4") as (st, _car, sid):
+    with session(scene, "VICTIM4") as (st, car, sid):
         # the raw DEALER may send NaN/inf in msgpack, which JSON could not carry
         for bad in (
             {"nivel_final": float("nan")},
@@ -227,7 +228,7 @@ def test_figures_out_of_bounds_are_dropped_and_the_broker_still_restarts(scene: 
             ),
             what="eight drops",
         )
-        assert statement(scene, "VICTIM4")["sessoes"] == []
+        assert car.ask("custos")["data"]["sessoes"] == []
         scene.restart_after_kill9()
         st.close()
         st = scene.station("SEC01", scene.real)
@@ -236,7 +237,7 @@ def test_figures_out_of_bounds_are_dropped_and_the_broker_still_restarts(scene: 
         try:
             st.send(completion(sid, "VICTIM4"))
             assert st.expect("session_ack")["session_id"] == sid
-            wait_for(lambda: len(statement(scene, "VICTIM4")["sessoes"]) == 1, what="billed")
+            wait_for(lambda: len(car2.ask("custos")["data"]["sessoes"]) == 1, what="billed")
         finally:
             car2.close()
             st.close()

@@ -54,6 +54,12 @@ class TestCredentials:
     paths: dict[str, Path] = field(default_factory=dict)
 
     @property
+    def out(self) -> Path:
+        """Where the .cred files go: one folder per database (brokers may share ``keys``)."""
+        name = "memory" if self.db == ":memory:" else Path(self.db).name
+        return self.keys / f"{name}.creds"
+
+    @property
     def station(self) -> Path:
         return self.paths["test-station"]
 
@@ -80,7 +86,7 @@ class TestCredentials:
     ) -> Path:
         """Issue a credential now (the running broker takes it within 2 s); its .cred path."""
         with CredentialTable(credentials_db_for(self.db, self.keys)) as table:
-            path = issue(table, broker_keys(self.keys), name, role, points, source, self.keys)
+            path = issue(table, broker_keys(self.keys), name, role, points, source, self.out)
         self.paths[name] = path
         return path
 
@@ -102,7 +108,7 @@ def provision(db: str, keys: Path, legacy: bool = True) -> TestCredentials:
     for name, (role, points, source) in STANDARD.items():
         if name == "test-legacy" and not legacy:
             continue
-        path = keys / f"{name}.cred"
+        path = creds.out / f"{name}.cred"
         if name in live and path.exists():
             creds.paths[name] = path
         else:
