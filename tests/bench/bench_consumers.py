@@ -1,6 +1,6 @@
 """Bus consumer figures: subscriber catch-up and live rates, ledger writes, monitor view.
 
-Over real sockets (the in-test bus of ``tests.unit.test_subscriber``) and a
+Over real sockets (the bus double of ``tests.support.fake_bus``) and a
 real SQLite file; prints one line per figure.
 """
 
@@ -20,7 +20,7 @@ from broker.ledger import Ledger
 from broker.monitor_view import MonitorView
 from broker.subscriber import Subscriber
 from common.messages import BusEvent
-from tests.unit.test_subscriber import Collect, FakeBus, status
+from tests.support.fake_bus import Collect, FakeBus, status
 
 CATCH_UP_EVENTS = 20_000
 LIVE_EVENTS = 20_000
