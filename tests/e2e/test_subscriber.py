@@ -128,7 +128,7 @@ def test_catch_up_pages_through_history_then_follows_live(bus: FakeBus) -> None:
     async def body() -> None:
         await until(lambda: len(sink.events) == 2500)
         assert sub.ready.is_set()
-        await asyncio.sleep(0.3)  # let SUB connect
+        await until(lambda: bus.subscribers() >= 1)
         for i in range(50):
             bus.publish("point.status", status(i))
         await until(lambda: len(sink.events) == 2550)
@@ -145,7 +145,7 @@ def test_gap_in_live_stream_is_refilled_from_history(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         bus.publish("point.status", status(1))
         await until(lambda: len(sink.events) == 1)
         for i in range(5):
@@ -177,7 +177,7 @@ def test_duplicates_are_dropped(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         first = bus.publish("point.status", status(1))
         bus.resend(first)
         second = bus.publish("point.status", status(2))
@@ -197,7 +197,7 @@ def test_topic_filter_applies_after_sequencing(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         for i in range(20):
             bus.publish("charging.completed" if i % 5 == 4 else "point.status", status(i))
         await until(lambda: sub.stats.applied_seq == 20)
@@ -217,7 +217,7 @@ def test_slow_consumer_catches_up_through_history() -> None:
 
         async def body() -> None:
             await until(sub.ready.is_set)
-            await asyncio.sleep(0.3)
+            await until(lambda: bus.subscribers() >= 1)
             for i in range(3000):
                 bus.publish("point.status", status(i))
             await until(lambda: len(sink.events) == 3000, timeout=20)
@@ -254,14 +254,14 @@ def test_reconnects_when_the_broker_restarts(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         bus.publish("point.status", status(1))
         await until(lambda: len(sink.events) == 1)
         bus.stop()
-        await asyncio.sleep(0.8)  # history requests time out meanwhile
+        await until(lambda: sub.stats.history_timeouts >= 1)  # nobody answers meanwhile
         bus.publish("point.status", status(2), send=False)  # "published" while down
         bus.start()  # same ports, seq continues
-        await asyncio.sleep(0.5)
+        await until(lambda: bus.subscribers() >= 1)  # the SUB reconnected
         bus.publish("broker.started", {})
         await until(lambda: len(sink.events) == 3, timeout=5)
 
@@ -279,7 +279,7 @@ def test_waits_for_a_broker_that_is_not_up_yet() -> None:
         sub = Subscriber(bus.endpoint, sink, start_seq=0, request_timeout_s=0.2)
 
         async def body() -> None:
-            await asyncio.sleep(0.5)
+            await until(lambda: sub.stats.history_timeouts >= 1)
             assert not sub.ready.is_set() and sink.events == []
             bus.answer_history = True
             await until(lambda: len(sink.events) == 1)
@@ -296,7 +296,7 @@ def test_malformed_live_messages_are_counted_and_dropped(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         assert bus._pub is not None
         bus._pub.send_multipart([b"point.status", b"\xc1 not msgpack"])
         bus._pub.send_multipart([b"point.status", pack({"seq": "x"})])
@@ -318,7 +318,7 @@ def test_a_reset_broker_log_is_reported_and_snapshot_mode_starts_again(bus: Fake
         task = asyncio.create_task(mon.run())
         try:
             await until(lambda: sub.ready.is_set() and mon.ready.is_set())
-            await asyncio.sleep(0.3)
+            await until(lambda: bus.subscribers() >= 2)
             bus.log.clear()  # a broker started on a fresh database: seq from 1 again
             bus.snapshot_state = {"points": [{"id": "CP-new"}], "queues": {}, "sessions": []}
             bus.publish("broker.started", {})

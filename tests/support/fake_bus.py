@@ -29,6 +29,7 @@ class FakeBus:
         self.events_port = events_port
         self.history_port = history_port
         self._pub: zmq.Socket[bytes] | None = None
+        self._subscriptions = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.start()
@@ -38,7 +39,8 @@ class FakeBus:
         return Endpoint("127.0.0.1", self.events_port, self.history_port)
 
     def start(self) -> None:
-        pub = self._ctx.socket(zmq.PUB)
+        pub = self._ctx.socket(zmq.XPUB)  # XPUB: subscriptions can be waited for
+        pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber counts, not only new topics
         pub.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.SNDHWM, self._sndhwm)
         if self.events_port:
@@ -46,6 +48,7 @@ class FakeBus:
         else:
             self.events_port = pub.bind_to_random_port("tcp://127.0.0.1")
         self._pub = pub
+        self._subscriptions = 0
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         if self.history_port:
@@ -55,6 +58,23 @@ class FakeBus:
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, args=(router,), daemon=True)
         self._thread.start()
+
+    def subscribers(self) -> int:
+        """Subscriptions received so far (call from the thread that publishes).
+
+        A test waits until this grows instead of sleeping for a SUB to connect.
+        """
+        pub = self._pub
+        while pub is not None:
+            try:
+                frame = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frame[:1] == b"\x01":
+                self._subscriptions += 1
+            elif frame[:1] == b"\x00":
+                self._subscriptions -= 1
+        return self._subscriptions
 
     def stop(self) -> None:
         """Close both sockets (a broker going down); the log is kept."""
