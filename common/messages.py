@@ -294,6 +294,7 @@ StationCommandMsg = Hold | Release | Start | Stop
 TOPICS: Final = (
     "broker.started",
     "point.registered",
+    "point.availability",
     "point.status",
     "point.online",
     "point.offline",

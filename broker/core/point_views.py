@@ -31,12 +31,21 @@ _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
 _WAIT_MARK: Final = -1  # and where the wait goes (both impossible values)
 
-_Key = tuple[str, int, float, float, float, float]
+_Key = tuple[str, int, float, float, float, float, bool, str]
 
 
 def _key(p: PointState) -> _Key:
     """Every field of the cached pieces that can change."""
-    return (p.estado, len(p.queue), p.latitude, p.longitude, p.potencia_kw, p.preco_kwh)
+    return (
+        p.estado,
+        len(p.queue),
+        p.latitude,
+        p.longitude,
+        p.potencia_kw,
+        p.preco_kwh,
+        p.out_of_service,
+        p.oos_reason,
+    )
 
 
 def view_dict(
@@ -52,6 +61,9 @@ def view_dict(
         "queue_size": len(p.queue),
         "queue_capacity": queue_capacity,
     }
+    if p.out_of_service:  # only while out of service: the usual object stays as it was
+        view["fora_de_servico"] = True
+        view["reason"] = p.oos_reason
     if distance is not None:
         view["distance"] = round(distance, 3)
     view["potencia_kw"] = p.potencia_kw
