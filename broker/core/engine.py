@@ -319,7 +319,11 @@ class Engine:
 
     def encoded_points(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
         """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
-        return self._views.encode_list([(d, p, self.wait_minutes(p, now)) for d, p in hits])
+
+        def wait(p: PointState) -> int:
+            return self.wait_minutes(p, now)
+
+        return self._views.encode_list(hits, wait)
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn.

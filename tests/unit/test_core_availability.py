@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from broker.core.effects import Effect
@@ -111,3 +112,23 @@ def test_bad_requests_get_an_error_and_change_nothing() -> None:
     assert "reason" in h.core.set_availability("CP01", False, "  ", "o", h.now)[0]["error"]
     assert "reason" in h.core.set_availability("CP01", False, "x" * 201, "o", h.now)[0]["error"]
     assert h.core.last_seq == seq and "fora_de_servico" not in view(h)
+
+
+def test_query_replies_show_it_and_follow_a_new_reason() -> None:
+    h = Harness()
+    h.point("CP01")
+    here = {"latitude": -12.26, "longitude": -38.96}
+
+    def listed() -> dict[str, Any]:
+        reply = h.reply(h.request("CAR1", "consulta", localizacao=here))
+        data = reply.data if isinstance(reply.data, list) else json.loads(bytes(reply.data))
+        return dict(data[0])
+
+    assert "fora_de_servico" not in listed()  # and its view is now cached
+    disable(h, reason="first")
+    p = listed()
+    assert (p["estado"], p["fora_de_servico"], p["reason"]) == ("indisponivel", True, "first")
+    disable(h, reason="second")
+    assert listed()["reason"] == "second"
+    enable(h)
+    assert "fora_de_servico" not in listed()
