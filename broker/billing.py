@@ -24,13 +24,14 @@ from rich.table import Table
 
 from broker.ledger import Account, Bill, Entry, LedgerBase, to_iso, to_money
 from broker.subscriber import Endpoint, HistoryClient
-from common.errors import TransportError
+from common.errors import BusProtocolError, TransportError
+from common.events import ChargingCompleted, decode_data
 from common.messages import BusEvent
 from common.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
 
-TOPIC: Final = "charging.completed"
+TOPIC: Final = ChargingCompleted.TOPIC
 SEQ_FLUSH_S: Final = 1.0  # how often a bare seq advance (no bill) is written
 
 
@@ -53,8 +54,9 @@ class BillingSink:
             if ev.topic != TOPIC:
                 continue
             try:
-                entries.append(Entry("", ev.seq, Bill.from_event(ev.data), published_at=ev.ts))
-            except ValueError as exc:
+                data = decode_data(ChargingCompleted, ev.data)
+                entries.append(Entry("", ev.seq, Bill.from_event(data), published_at=ev.ts))
+            except (ValueError, BusProtocolError) as exc:
                 self.invalid += 1
                 log.error("seq %d: charging.completed not billable: %s", ev.seq, exc)
         now = time.monotonic()

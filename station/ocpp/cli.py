@@ -188,8 +188,13 @@ def ocpp_charger(
     password: Annotated[
         str, typer.Option(envvar=_env("OCPP_PASSWORD"), help="Password of every charger.")
     ],
-    power_kw: Annotated[float, typer.Option(min=0.1, max=1000.0)] = 22.0,
-    speed: Annotated[float, typer.Option(min=0.001, max=1e6)] = 60.0,
+    power_kw: Annotated[
+        float, typer.Option(envvar=_env("POWER_KW"), min=0.1, max=1000.0, help="Rated power.")
+    ] = 22.0,
+    speed: Annotated[
+        float,
+        typer.Option(envvar=_env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
+    ] = 60.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Simulated OCPP 1.6J chargers (one connection each) that answer the gateway."""

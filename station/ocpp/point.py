@@ -29,7 +29,15 @@ from common.messages import Hold, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
 from station.ocpp import mapping
 from station.ocpp.chargers_file import ChargerSpec
-from station.sim import ACK_CACHE, RESEND_S, State, Step
+from station.sim import (
+    RESEND_S,
+    State,
+    Step,
+    ack_message,
+    datagram_fields,
+    due_resends,
+    hello_message,
+)
 
 log = logging.getLogger("station.ocpp")
 
@@ -128,16 +136,7 @@ class OcppPoint:
         return State.RESERVADO if self.hold is not None else State.DISPONIVEL
 
     def hello(self, boot_id: str, interval_s: float) -> dict[str, Any]:
-        return {
-            "type": "hello",
-            "id": self.point_id,
-            "latitude": self.latitude,
-            "longitude": self.longitude,
-            "potencia_kw": self.power_kw,
-            "preco_kwh": self.price_kwh,
-            "boot_id": boot_id,
-            "interval_s": interval_s,
-        }
+        return hello_message(self, boot_id, interval_s)
 
     def datagram(self, boot_id: str, seq: int, interval_s: float, now: float) -> dict[str, Any]:
         estado, available = mapping.station_state(self.connector_status, self.charger_status)
@@ -146,20 +145,9 @@ class OcppPoint:
             estado, available = "carregando", False
         elif self.hold is not None:
             available = False
-        d: dict[str, Any] = {
-            "id": self.point_id,
-            "latitude": self.latitude,
-            "longitude": self.longitude,
-            "available": available,
-            "queue_size": 1 if self.hold is not None else 0,
-            "estado": estado,
-            "potencia_kw": self.power_kw,
-            "preco_kwh": self.price_kwh,
-            "boot_id": boot_id,
-            "seq": seq,
-            "interval_s": interval_s,
-            "ts": now,
-        }
+        d = datagram_fields(
+            self, estado, available, self.hold is not None, (boot_id, seq, interval_s, now)
+        )
         if tx is not None:
             d["vehicle_id"] = tx.vehicle_id
             d["session_id"] = tx.session_id
@@ -177,12 +165,7 @@ class OcppPoint:
         return Step()
 
     def due_completions(self, now: float) -> list[dict[str, Any]]:
-        due: list[dict[str, Any]] = []
-        for sid, at in self._resend_at.items():
-            if at <= now:
-                due.append(self.pending[sid])
-                self._resend_at[sid] = now + RESEND_S
-        return due
+        return due_resends(self.pending, self._resend_at, now)
 
     def restore_completion(self, msg: dict[str, Any], now: float) -> None:
         self.pending[msg["session_id"]] = msg
@@ -346,13 +329,7 @@ class OcppPoint:
         return Step(messages=[self.refuse(cmd_id, error)])
 
     def _ack(self, cmd_id: str, error: str | None) -> dict[str, Any]:
-        ack: dict[str, Any] = {"type": "ack", "cmd_id": cmd_id, "ok": error is None}
-        if error is not None:
-            ack["error"] = error
-        self._acks[cmd_id] = ack
-        while len(self._acks) > ACK_CACHE:
-            self._acks.popitem(last=False)
-        return ack
+        return ack_message(self._acks, cmd_id, error)
 
     # --- the charger ------------------------------------------------------------------
 

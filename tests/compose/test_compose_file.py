@@ -17,7 +17,18 @@ from tests.compose.conftest import COMPOSE_FILE
 
 pytestmark = pytest.mark.compose
 
-SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail"]
+SERVICES = [
+    "broker",
+    "billing",
+    "station1",
+    "station2",
+    "station3",
+    "fleet",
+    "ocpp-gateway",
+    "ocpp-chargers",
+    "tail",
+    "web",
+]
 TOOLS = ["vehicle", "monitor"]
 # profile regions: services on the evcharge image, and the two servers
 REGIONS = ["broker-ssa", "fleet-ssa", "bridge-fsa", "bridge-ssa", "billing-regions",
@@ -102,5 +113,16 @@ def test_configuration_is_by_environment_only() -> None:
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
     assert sorted(source for source, _ in mounts) == [
         "billing-data", "broker-data", "broker-ssa-data", "ledger-data", "nats-data",
-        "vehicle-home",
+        "ocpp-data", "vehicle-home",
     ]  # fmt: skip
+
+
+def test_the_ocpp_gateway_and_its_two_simulated_chargers() -> None:
+    text = config(EV_PUBLISH_ADDR="127.0.0.1", EV_PUBLISH_OCPP="19000")
+    gateway = service_block(text, "ocpp-gateway")
+    assert "127.0.0.1:19000:9000/tcp" in gateway
+    assert "EV_CHARGERS: /opt/evcharge/ocpp-chargers.toml" in gateway
+    assert "EV_OCPP_STATE: /data/var/ocpp-state.json" in gateway
+    chargers = service_block(text, "ocpp-chargers")
+    assert "EV_OCPP_IDS: OC01 OC02" in chargers
+    assert "EV_OCPP_URL: ws://ocpp-gateway:9000/ocpp" in chargers

@@ -113,6 +113,37 @@ def test_stack_is_up_healthy_and_runs_as_non_root(stack: Stack) -> None:
     assert "vehicle_id=LISTER" in stack.logs("tail", tail="all")
 
 
+# Reads the web console's point list inside the stack: with the token, and without it.
+WEB_PROBE = """
+import json, sys, urllib.error, urllib.request
+def get(headers):
+    req = urllib.request.Request("http://web:8088/api/points", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, None
+code, points = get({"Authorization": "Bearer " + sys.argv[1]})
+refused, _ = get({})
+print(json.dumps({"code": code, "refused": refused, "points": {p["id"]: p for p in points or []}}))
+"""
+
+
+def test_web_console_serves_the_points_to_its_token_only(stack: Stack) -> None:
+    assert stack.state("web") == "running", stack.logs("web")
+
+    def listed() -> dict[str, Any] | None:
+        seen = stack.python(WEB_PROBE, "compose-web-token")
+        ok = seen["code"] == 200 and all(
+            p in seen["points"] and seen["points"][p]["online"] for p in ALL_POINTS
+        )
+        return seen if ok else None
+
+    seen = wait_until(listed, 40, "the web console listing every point online")
+    assert seen["refused"] == 401
+    assert "web console ready" in stack.logs("web", tail="all")
+
+
 def test_vehicle_container_completes_a_trip_and_billing_agrees(stack: Stack) -> None:
     code, bill = stack.vehicle(
         "TRIP1", "drive", f"--lat={LAT - 0.004}", f"--lon={LON - 0.004}",
@@ -203,6 +234,26 @@ def test_station_cut_off_the_network_comes_back_and_bills_once(
     assert len(events(stack, "charging.completed", mark, session_id=bill["session_id"])) == 1
     _, statement = stack.probe("ev-vehicle", "--json", "--id", "P1", "costs")
     assert [s["session_id"] for s in statement["sessoes"]] == [bill["session_id"]]
+    stack.wait_reconciled()
+
+
+def test_ocpp_chargers_charge_and_bill_through_the_gateway(stack: Stack) -> None:
+    assert stack.state("ocpp-gateway") == "running", stack.logs("ocpp-gateway")
+    assert stack.state("ocpp-chargers") == "running", stack.logs("ocpp-chargers")
+    seen = online(stack, ("OC01", "OC02"))
+    assert seen["OC01"]["preco_kwh"] == 1.9 and seen["OC02"]["potencia_kw"] == 11.0
+    # 20 -> 40 % of 10 kWh: the gateway stops the charger once its meter shows 2 kWh
+    _, out = stack.probe(
+        "ev-vehicle", "--json", "--id", "OCPPTRIP", "arrive", "OC01", "--battery", "20",
+        "--target", "40", "--payment", "Pix", "--capacity-kwh", "10", "--wait",
+        timeout=120,
+    )  # fmt: skip
+    bill = out["custo_final"]
+    assert 2.0 <= bill["energia_kwh"] < 3.0  # metered: the target plus the last meter step
+    energy = Decimal(str(bill["energia_kwh"]))
+    assert Decimal(str(bill["cost"])) == (energy * Decimal("1.90")).quantize(Decimal("0.01"))
+    completed = events(stack, "charging.completed", session_id=bill["session_id"])
+    assert len(completed) == 1 and completed[0]["data"]["point_id"] == "OC01"
     stack.wait_reconciled()
 
 

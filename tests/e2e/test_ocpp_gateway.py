@@ -20,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.support.ocpp_sims import PASSWORD, SimLoop, sim_loop, write_chargers
 from tests.support.procs import BrokerPorts, Proc, free_port, running, start, start_broker
-from tests.support.raw_clients import Vehicle, wait_for
+from tests.support.raw_clients import Vehicle, http_get, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -273,3 +273,34 @@ def test_security_profile_2_tls(
         client_ctx = ssl.create_default_context(cafile=str(cert))
         sims.add(f"wss://127.0.0.1:{ws_port}/ocpp", "OC01", ssl=client_ctx)
         wait_estado(car, "OC01", "disponivel")
+
+
+@pytest.mark.slow
+def test_one_gateway_holds_a_thousand_chargers(
+    tmp_path: Path, broker: tuple[Proc, BrokerPorts], sims: SimLoop
+) -> None:
+    _, ports = broker
+    ids = [f"K{n:04d}" for n in range(1000)]
+    chargers = write_chargers(tmp_path / "many.toml", ids, price_kwh=PRICE)
+    ws_port = free_port()
+    args = gateway_args(ports, chargers, ws_port, level="warning")
+    with running(args, ready="ocpp gateway ready", timeout=60):
+        url = f"ws://127.0.0.1:{ws_port}/ocpp"
+        many = [sims.add(url, cid, speed=1000, meter_every_s=0.1) for cid in ids]
+
+        def online() -> float:
+            status, text = http_get(ports.http, "/metrics")
+            return metric(text, 'evcharge_core{figure="points_online"}') if status == 200 else 0
+
+        wait_for(lambda: online() == 1000, timeout=180, what="1000 chargers online", interval=1)
+        assert all(s.booted.is_set() for s in many)
+        # the gateway still serves a whole session while it holds them all
+        car = Vehicle(ports.vehicle, "CARMANY")
+        try:
+            started = arrive(car, "K0999")
+            assert started["code"] == "started", started
+            bill = car.push("custo_final", timeout=60)["data"]
+            metered_kwh = many[999].completed[0]["meter_stop"] / 1000.0
+            assert bill["energia_kwh"] == pytest.approx(metered_kwh, abs=1e-9)
+        finally:
+            car.close()
