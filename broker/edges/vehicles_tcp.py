@@ -455,7 +455,7 @@ class VehicleServer:
             reason = conn.check_timeouts(now)
             if reason is not None:
                 self.reject(reason)
-                log.info("closing vehicle connection %d: %s", conn.conn_id, reason)
+                log.debug("closing vehicle connection %d: %s", conn.conn_id, reason)
                 if reason == "idle":
                     conn.close()
                 else:
