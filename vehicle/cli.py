@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 
 import typer
@@ -30,13 +29,8 @@ from common.errors import (
 )
 from vehicle import render
 from vehicle.client import VehicleClient
-from vehicle.config import (
-    payment_wire_name,
-    resolve_vehicle_id,
-    store_token,
-    stored_token,
-    token_file,
-)
+from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
+from vehicle.settings import Settings
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -52,47 +46,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-
-
-@dataclass
-class Settings:
-    """Global options shared by every subcommand."""
-
-    broker: str
-    port: int
-    explicit_id: str | None
-    json: bool
-    _vehicle_id: str | None = None
-    regions_file: str | None = None
-    region: str | None = None
-
-    @property
-    def vehicle_id(self) -> str:
-        if self._vehicle_id is None:
-            self._vehicle_id = resolve_vehicle_id(self.explicit_id)
-        return self._vehicle_id
-
-    def address(self, near: tuple[float, float] | None = None) -> tuple[str, int]:
-        """This vehicle's broker: with ``--regions``, the broker of the region named by
-        ``--region`` or else of the region nearest to ``near`` (lat, lon)."""
-        if self.regions_file is None:
-            return self.broker, self.port
-        from vehicle.regions import choose, load_directory
-
-        region = choose(load_directory(self.regions_file), self.region, near)
-        return region.broker, region.port
-
-    def client(self, near: tuple[float, float] | None = None, **kwargs: Any) -> VehicleClient:
-        """A client that proves the vehicle id: registers it on first use (the token is
-        kept per broker address), authenticates with the kept token afterwards."""
-        vid = self.vehicle_id
-        broker, port = self.address(near)
-        token = stored_token(broker, port, vid)
-
-        def keep(new: str) -> None:
-            store_token(broker, port, vid, new)
-
-        return VehicleClient(broker, port, vid, token=token, register=True, on_token=keep, **kwargs)
 
 
 class Interrupted(Exception):
@@ -545,7 +498,8 @@ def swarm(
     ] = False,
 ) -> None:
     """N concurrent simulated vehicles: throughput, latency percentiles, errors by code."""
-    from vehicle.swarm import MIXES, SwarmConfig, parse_center, run_swarm
+    from common.geo import parse_center
+    from vehicle.swarm import MIXES, SwarmConfig, run_swarm
 
     try:
         lat, lon = parse_center(center)
