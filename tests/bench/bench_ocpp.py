@@ -115,6 +115,10 @@ async def _charger(url: str, cid: str, hb_s: float, phase: float, stats: dict[st
 def generator(url: str, ids: list[str], hb_s: float, out: Queue[Any], stop: Event) -> None:
     import uvloop
 
+    from common.oslimits import raise_nofile_limit
+
+    raise_nofile_limit()
+
     async def main() -> None:
         stats = {"booted": 0, "heartbeats": 0, "errors": 0}
         gate = asyncio.Semaphore(200)  # connections being opened at once
@@ -177,7 +181,13 @@ def _online(http_port: int) -> float:
 
 
 def main() -> None:
-    count = int(os.environ.get("BENCH_OCPP_COUNT", "10000"))
+    import resource
+
+    # the gateway needs two descriptors per charger (WebSocket + ZeroMQ connection): a
+    # hard open-files limit of 20,000 (this machine's) holds at most about 9,950
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    fits = (hard - 100) // 2 if hard != resource.RLIM_INFINITY else 10_000
+    count = int(os.environ.get("BENCH_OCPP_COUNT", str(min(10_000, fits))))
     fleet_n = int(os.environ.get("BENCH_OCPP_FLEET", "200"))
     sessions = int(os.environ.get("BENCH_OCPP_SESSIONS", "200"))
     steady = float(os.environ.get("BENCH_OCPP_STEADY", "30"))
@@ -248,6 +258,7 @@ def main() -> None:
                     child.kill()
     per_charger_kb = (rss_full - rss_idle) * 1024 / max(1, count)
     print(f"OCPP gateway holding {count} chargers (heartbeat {hb_s:.0f} s), fleet of {fleet_n}")
+    print(f"  open-files hard limit:     {hard} (2 per charger: at most {fits} chargers)")
     print(f"  all online at the broker:  {all_online_s:8.1f} s  ({online} points online)")
     print(f"  generator:                 {gen}")
     print(f"  gateway memory idle:       {rss_idle:8.1f} MB")
