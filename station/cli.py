@@ -16,6 +16,8 @@ from typing import Annotated, Final
 import typer
 import zmq
 
+from common.errors import ConfigError
+from common.geo import parse_center
 from station.fleet import make_fleet
 from station.host import Host, HostConfig, run_host
 from station.links import DealerLink, Link, MultiLink
@@ -68,6 +70,16 @@ Heartbeat = Annotated[
     float,
     typer.Option(
         envvar=_env("HEARTBEAT"), min=0.1, max=60.0, help="Heartbeat period when idle, seconds."
+    ),
+]
+BrokerSilence = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("BROKER_SILENCE"),
+        min=0.1,
+        max=3600.0,
+        help="Seconds without a word from the broker before the station re-creates its "
+        "ZeroMQ socket and says hello again.",
     ),
 ]
 LogLevel = Annotated[
@@ -166,6 +178,7 @@ def run(
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
+    broker_silence: BrokerSilence = 5.0,
     fault_after: FaultAfter = None,
     fault_for: FaultFor = None,
     mute_commands: MuteCommands = False,
@@ -182,6 +195,7 @@ def run(
         station_port=station_port,
         interval_s=interval,
         heartbeat_s=heartbeat,
+        silence_s=broker_silence,
         fault_after_s=fault_after,
         fault_for_s=fault_for,
         mute_commands=mute_commands,
@@ -190,16 +204,10 @@ def run(
 
 
 def _parse_center(text: str) -> tuple[float, float]:
-    parts = text.split(",")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        lat, lon = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise typer.BadParameter("expected LAT,LON, e.g. -12.2664,-38.9663") from None
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
-        raise typer.BadParameter("latitude must be in [-90, 90] and longitude in [-180, 180]")
-    return lat, lon
+        return parse_center(text)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--center") from None
 
 
 @app.command()
@@ -224,6 +232,7 @@ def fleet(
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
+    broker_silence: BrokerSilence = 5.0,
     report_every: Annotated[
         float,
         typer.Option(
@@ -244,6 +253,7 @@ def fleet(
         station_port=station_port,
         interval_s=interval,
         heartbeat_s=heartbeat,
+        silence_s=broker_silence,
         report_s=report_every,
     )
     _serve(chargers, config, single=count == 1)

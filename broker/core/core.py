@@ -1,4 +1,4 @@
-"""The :class:`Core` facade: the API the broker service is written against.
+"""The :class:`Core` front: the API the broker service is written against.
 
 Each public method takes ``now`` (epoch seconds) where time matters and
 returns the effects to carry out, in order. See :mod:`broker.core` for the
@@ -18,21 +18,21 @@ from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from common.errors import StoreError
+from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
 
 
 class Core:
     """The broker's pure, synchronous state machine."""
 
-    __slots__ = ("_eng", "_now")
+    __slots__ = ("_eng",)
 
     def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
         self._eng = Engine(config, new_id)
-        self._now = 0.0
 
     @property
     def config(self) -> CoreConfig:
-        return self._eng.cfg
+        return self._eng.config
 
     @property
     def last_seq(self) -> int:
@@ -49,96 +49,45 @@ class Core:
         Raises :class:`common.errors.StoreError` on a record it cannot read.
         """
         eng = self._eng
-        self._now = now
-        eng.seq = max(eng.seq, int(last_seq))
+        eng.restore_seq(last_seq)
         reservations: list[Reservation] = []
         sessions: list[Session] = []
         starts: list[dict[str, Any]] = []
         try:
-            for table, _key, value in records:
+            for table, key, value in records:
                 if value is None:
                     continue
                 if table == "point":
-                    self._restore_point(value, now)
+                    eng.restore_point(_point_from_record(value), now)
                 elif table == "reservation":
                     reservations.append(Reservation.from_record(value))
                 elif table == "session":
                     sessions.append(Session.from_record(value))
-                elif table == "meta" and _key.startswith(PENDING_PREFIX):
+                elif table == "meta" and key.startswith(PENDING_PREFIX):
                     starts.append(value)
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise StoreError(f"unreadable record in the store: {exc!r}") from exc
         for r in sorted(reservations, key=lambda r: r.order):
-            p = eng.points.get(r.point_id)
-            if p is None or r.vehicle_id in eng.res_by_vehicle:
-                continue
-            p.queue.append(r)
-            eng.res_by_vehicle[r.vehicle_id] = r
-            eng.res_by_id[r.id] = r
-            eng.order = max(eng.order, r.order)
-            if r.deadline is not None:
-                eng.timers.schedule(r.deadline, "expire", r.id, r.deadline)
+            eng.restore_reservation(r)
         for s in sorted(sessions, key=lambda s: (s.billed_seq, s.started_at, s.id)):
-            if s.ended_at is not None:
-                eng.accounts.record(s)
-                continue
-            p = eng.points.get(s.point_id)
-            if p is None:
-                continue
-            eng.sessions[s.id] = s
-            eng.session_by_vehicle[s.vehicle_id] = s
-            p.session = s
+            eng.restore_session(s)
         try:
+            # A start sent before a crash whose ack never came back: the station may
+            # be charging, so the start waits one grace period for its ack (or its
+            # ``session_complete``), so that the session is billed when the station
+            # reports it, then fails as usual.
             for v in starts:
-                self._restore_start(v, now)
+                eng.restore_start(PendingStart.from_record(v, now + eng.config.offline_grace_s))
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"unreadable record in the store: {exc!r}") from exc
-        for p in eng.points.values():
-            if p.queue or p.session is not None:
-                eng.timers.schedule(now + eng.cfg.offline_grace_s, "grace", p.id, now)
-
-    def _restore_start(self, v: dict[str, Any], now: float) -> None:
-        """A start sent before a crash whose ack never came back.
-
-        The station may be charging: the start waits for its ack (or its
-        ``session_complete``) for one grace period, so that the session is
-        billed when the station reports it, then fails as usual.
-        """
-        eng = self._eng
-        pend = PendingStart.from_record(v, now + eng.cfg.offline_grace_s)
-        p = eng.points.get(pend.point_id)
-        if p is None or p.pending is not None or p.session is not None:
-            return
-        if pend.session_id in eng.sessions or pend.session_id in eng.accounts.billed:
-            return
-        eng.pending[pend.cmd_id] = pend
-        p.pending = pend
-        eng.timers.schedule(pend.deadline, "ack", pend.cmd_id)
-
-    def _restore_point(self, v: dict[str, Any], now: float) -> None:
-        eng = self._eng
-        p = PointState(
-            id=str(v["id"]),
-            latitude=float(v["latitude"]),
-            longitude=float(v["longitude"]),
-            potencia_kw=float(v["potencia_kw"]),
-            preco_kwh=float(v["preco_kwh"]),
-            interval_s=float(v["interval_s"]),
-        )
-        p.window_s = eng.window(p.interval_s)
-        p.unusable_since = now
-        eng.points[p.id] = p
-        eng.index.put(p.id, p.latitude, p.longitude)
+        eng.restore_graces(now)
 
     def start(self, now: float) -> list[Effect]:
         """Publish ``broker.started`` (call once, after :meth:`restore`)."""
-        self._now = now
+        stats = self._eng.stats()
         fx: list[Effect] = [Persist("meta", "started_at", {"at": now})]
         self._eng.publish(
-            fx,
-            "broker.started",
-            {"points": len(self._eng.points), "reservations": len(self._eng.res_by_id)},
-            now,
+            fx, BrokerStarted(points=stats["points"], reservations=stats["reservations"]), now
         )
         return fx
 
@@ -148,34 +97,28 @@ class Core:
         self, conn: int, vehicle_id: str, request: VehicleRequest, now: float
     ) -> list[Effect]:
         """A validated vehicle request from connection ``conn``."""
-        self._now = now
         return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now)
 
     def handle_datagram(self, datagram: StatusDatagram, now: float) -> list[Effect]:
         """A validated status datagram (the hot path)."""
-        self._now = now
         return stations.handle_datagram(self._eng, datagram, now)
 
     def handle_station(self, point_id: str, message: StationToBroker, now: float) -> list[Effect]:
         """A message from the station DEALER whose routing id is ``point_id``."""
-        self._now = now
         return stations.handle_station(self._eng, point_id, message, now)
 
     def station_unreachable(self, point_id: str, now: float) -> list[Effect]:
         """The ROUTER could not deliver to ``point_id``."""
-        self._now = now
         return stations.station_unreachable(self._eng, point_id, now)
 
     def vehicle_connected(self, vehicle_id: str, now: float) -> list[Effect]:
-        self._now = now
         fx: list[Effect] = []
-        self._eng.publish(fx, "vehicle.connected", {"vehicle_id": vehicle_id}, now)
+        self._eng.publish(fx, VehicleConnected(vehicle_id=vehicle_id), now)
         return fx
 
     def vehicle_disconnected(self, vehicle_id: str, now: float) -> list[Effect]:
-        self._now = now
         fx: list[Effect] = []
-        self._eng.publish(fx, "vehicle.disconnected", {"vehicle_id": vehicle_id}, now)
+        self._eng.publish(fx, VehicleDisconnected(vehicle_id=vehicle_id), now)
         return fx
 
     # --- timers ---------------------------------------------------------------------
@@ -186,51 +129,37 @@ class Core:
 
     def tick(self, now: float) -> list[Effect]:
         """Do all work due at ``now``: expiries, offline windows, grace ends, ack timeouts."""
-        self._now = now
         return self._eng.tick(now)
 
     # --- views ----------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, now: float) -> dict[str, Any]:
         """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``.
 
-        Points are sorted by id, running sessions by start time.
+        Points are sorted by id, running sessions by start time; waiting
+        estimates are computed for ``now``.
         """
-        eng = self._eng
-        points = []
-        for _pid, p in sorted(eng.points.items()):
-            view = eng.point_view(p, None, self._now)
-            view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
-            view["session_id"] = p.session.id if p.session is not None else None
-            points.append(view)
-        queues = {
-            pid: [r.view(i + 1) for i, r in enumerate(p.queue)]
-            for pid, p in eng.points.items()
-            if p.queue
-        }
-        running = sorted(eng.sessions.values(), key=lambda s: (s.started_at, s.id))
-        sessions = [s.view() for s in running]
-        return {"seq": eng.seq, "points": points, "queues": queues, "sessions": sessions}
+        return self._eng.snapshot(now)
 
     def accounts(self) -> dict[str, Any]:
         """Every account, as ``{vehicle_id: extrato data}``."""
-        return self._eng.accounts.all_statements()
+        return self._eng.all_statements()
 
     @property
     def points_refused(self) -> int:
         """New point ids dropped because the point cap was reached."""
-        return self._eng.counters["points_refused"]
+        return self._eng.counter("points_refused")
 
     def stats(self) -> dict[str, Any]:
-        eng = self._eng
-        return {
-            "points": len(eng.points),
-            "points_online": eng.points_online,
-            "sessions_active": len(eng.sessions),
-            "reservations": len(eng.res_by_id),
-            "pending_starts": len(eng.pending),
-            "queues": {pid: len(p.queue) for pid, p in eng.points.items() if p.queue},
-            "timers": len(eng.timers),
-            "last_seq": eng.seq,
-            **eng.counters,
-        }
+        return self._eng.stats()
+
+
+def _point_from_record(v: dict[str, Any]) -> PointState:
+    return PointState(
+        id=str(v["id"]),
+        latitude=float(v["latitude"]),
+        longitude=float(v["longitude"]),
+        potencia_kw=float(v["potencia_kw"]),
+        preco_kwh=float(v["preco_kwh"]),
+        interval_s=float(v["interval_s"]),
+    )
