@@ -270,8 +270,13 @@ class Gateway:
 
     async def durable(self) -> None:
         """Wait until every change made so far is in the state file."""
-        done = asyncio.get_running_loop().create_future()
-        self.persist(lambda: done.done() or done.set_result(None))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.persist(resolve)
         await done
 
     async def _write_loop(self) -> None:
