@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import resource
 import secrets
 import time
 import uuid
@@ -50,14 +49,16 @@ from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
+from broker.edges.reply_order import Slot
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
-from broker.edges.vehicles_tcp import Slot, VehicleServer
+from broker.edges.vehicles_tcp import VehicleServer
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics
 from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+from common.oslimits import raise_nofile_limit
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,6 @@ def new_token() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def raise_nofile_limit() -> int:
-    """Raise the open-files soft limit to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError):
-            return soft
-    return soft
 
 
 class BrokerApp:
