@@ -8,7 +8,7 @@ theory of operation and ``docs/architecture.md`` ("Core API").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from broker.core import stations, vehicle_requests
 from broker.core.config import CoreConfig
@@ -20,6 +20,8 @@ from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from common.errors import StoreError
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
+
+MAX_REASON: Final = 200  # characters of an out-of-service reason
 
 
 class Core:
@@ -123,6 +125,27 @@ class Core:
         self._eng.publish(fx, VehicleDisconnected(vehicle_id=vehicle_id), now)
         return fx
 
+    def set_availability(
+        self, point_id: str, available: bool, reason: str, by: str, now: float
+    ) -> tuple[dict[str, Any], list[Effect]]:
+        """The history op ``set_availability`` from an operator credential ``by``.
+
+        Returns the reply (``{"ok": True, "seq": S}``, S the seq after every event
+        of the change, or ``{"error": ...}``) and the effects; the reply may go out
+        only once the effects are committed.
+        """
+        fx: list[Effect] = []
+        p = self._eng.point(point_id)
+        if p is None:
+            return {"error": f"unknown point {point_id!r}"}, fx
+        reason = reason.strip()
+        if not available and not reason:
+            return {"error": "reason: required to take a point out of service"}, fx
+        if len(reason) > MAX_REASON:
+            return {"error": f"reason: at most {MAX_REASON} characters"}, fx
+        self._eng.set_availability(p, available, reason, by, now, fx)
+        return {"ok": True, "seq": self._eng.seq}, fx
+
     # --- timers ---------------------------------------------------------------------
 
     def next_due(self) -> float | None:
@@ -164,4 +187,7 @@ def _point_from_record(v: dict[str, Any]) -> PointState:
         potencia_kw=float(v["potencia_kw"]),
         preco_kwh=float(v["preco_kwh"]),
         interval_s=float(v["interval_s"]),
+        out_of_service=v.get("out_of_service") is True,
+        oos_reason=str(v.get("reason") or ""),
+        oos_by=str(v.get("by") or ""),
     )

@@ -42,6 +42,7 @@ from common.events import (
     ChargingCompleted,
     ChargingStarted,
     EventData,
+    PointAvailability,
     PointOffline,
     PointOnline,
     PointRegistered,
@@ -148,7 +149,8 @@ class Engine:
         if usable_only:
 
             def accept(pid: str) -> bool:
-                return points[pid].usable
+                p = points[pid]
+                return p.usable and not p.out_of_service
 
         hits = self._index.nearest(latitude, longitude, k, max_km, accept)
         return [(d, points[pid]) for d, pid in hits]
@@ -271,6 +273,29 @@ class Engine:
                 now,
             )
 
+    def set_availability(
+        self, p: PointState, available: bool, reason: str, by: str, now: float, fx: list[Effect]
+    ) -> None:
+        """An operator takes ``p`` out of service or puts it back (rules.md "Out of service").
+
+        Out of service: persisted with who and why, published, every queued
+        reservation cancelled (``point_disabled``); a running session goes on. The
+        same state again with the same reason changes nothing and publishes nothing.
+        """
+        out = not available
+        reason = reason if out else ""
+        if p.out_of_service == out and p.oos_reason == reason:
+            return
+        p.out_of_service, p.oos_reason, p.oos_by = out, reason, by if out else ""
+        fx.append(Persist("point", p.id, p.static_record()))
+        self.publish(
+            fx, PointAvailability(point_id=p.id, available=available, reason=reason, by=by), now
+        )
+        if out:
+            for r in list(p.queue):
+                self.cancel(r, now, fx, "point_disabled", push=True)
+        self.refresh(p, now, fx)
+
     def resend_hold(self, p: PointState, fx: list[Effect]) -> None:
         """Tell a (re)connected station about the turn it holds, if any."""
         if holds_turn(p) and p.queue[0].deadline is not None:
@@ -345,7 +370,13 @@ class Engine:
 
     def _advance(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """Give the turn to the head of the queue when the point is free and usable."""
-        if not p.usable or p.session is not None or p.pending is not None or not p.queue:
+        if (
+            not p.usable
+            or p.out_of_service
+            or p.session is not None
+            or p.pending is not None
+            or not p.queue
+        ):
             return
         head = p.queue[0]
         if head.turn_started_at is not None:
@@ -711,9 +742,11 @@ class Engine:
         self._seq = max(self._seq, int(last_seq))
 
     def restore_point(self, p: PointState, now: float) -> None:
-        """A persisted point: offline until heard, its grace period starting at ``now``."""
+        """A persisted point: offline until heard (``indisponivel`` if out of service), its
+        grace period starting at ``now``."""
         p.window_s = self.window(p.interval_s)
         p.unusable_since = now
+        p.estado = derive_estado(p)
         self._points[p.id] = p
         self._index.put(p.id, p.latitude, p.longitude)
 
@@ -848,6 +881,7 @@ class Engine:
             view = self.point_view(p, None, now)
             view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
             view["session_id"] = p.session.id if p.session is not None else None
+            view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard > 0 else None
             points.append(view)
         queues = {
             pid: [r.view(i + 1) for i, r in enumerate(p.queue)]

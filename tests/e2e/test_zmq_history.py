@@ -104,7 +104,9 @@ def test_history_since_snapshot_accounts_and_errors(kind: str) -> None:
                     assert set(r) == {"error"}, (bad, r)
                     assert isinstance(r["error"], str) and r["error"]
                 r = await ask(sock, {"op": "explode"})
-                assert r["error"] == "unknown op 'explode'; known ops: since, snapshot, accounts"
+                assert r["error"] == (
+                    "unknown op 'explode'; known ops: since, snapshot, accounts, set_availability"
+                )
                 r = await ask(sock, {"op": "since", "seq": -1})
                 assert r["error"].startswith("seq: ")
                 # not msgpack at all
