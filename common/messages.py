@@ -301,6 +301,7 @@ BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionA
 TOPICS: Final = (
     "broker.started",
     "point.registered",
+    "point.availability",
     "point.status",
     "point.online",
     "point.offline",

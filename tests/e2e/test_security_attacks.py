@@ -330,6 +330,9 @@ def test_only_consumers_read_the_bus_and_history(scene: Scene) -> None:
     assert history_reply(scene, {"op": "accounts"}, None) is None
     assert history_reply(scene, {"op": "accounts"}, "station") is None  # wrong role
     assert "accounts" in history_reply(scene, {"op": "accounts"}, "consumer")
+    toggle = {"op": "set_availability", "point_id": "SEC01", "available": False, "reason": "x"}
+    assert "operator" in history_reply(scene, toggle, "consumer")["error"]  # consumers only read
+    assert scene.rejected("history", "not_operator") == 1
     wait_for(lambda: scene.rejected("consumers", "wrong_role") >= 1, what="role refusal")
     subs = []
     for cred in (None, "consumer"):
