@@ -72,7 +72,7 @@ def test_out_of_service_is_kept_from_stations_and_survives_a_restart(tmp_path: P
             events = ask({"op": "since", "seq": reply["seq"] - 5, "limit": 10})["events"]
             [change] = [e for e in events if e["topic"] == "point.availability"]
             assert change["data"] == {
-                "point_id": "AV-1", "available": False, "reason": "flood", "by": "anonymous"
+                "point_id": "AV-1", "available": False, "reason": "flood", "by": "test-operator"
             }  # fmt: skip
             with keepalive(ports.status, "AV-1", every=0.2):  # the station says "available"
                 wait_for(lambda: ask({"op": "snapshot"})["seq"] >= reply["seq"])
