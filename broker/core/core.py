@@ -27,10 +27,11 @@ MAX_REASON: Final = 200  # characters of an out-of-service reason
 class Core:
     """The broker's pure, synchronous state machine."""
 
-    __slots__ = ("_eng",)
+    __slots__ = ("_datagrams", "_eng")
 
     def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
         self._eng = Engine(config, new_id)
+        self._datagrams = 0
 
     @property
     def config(self) -> CoreConfig:
@@ -103,6 +104,7 @@ class Core:
 
     def handle_datagram(self, datagram: StatusDatagram, now: float) -> list[Effect]:
         """A validated status datagram (the hot path)."""
+        self._datagrams += 1
         return stations.handle_datagram(self._eng, datagram, now)
 
     def handle_station(self, point_id: str, message: StationToBroker, now: float) -> list[Effect]:
@@ -174,7 +176,7 @@ class Core:
         return self._eng.counter("points_refused")
 
     def stats(self) -> dict[str, Any]:
-        return self._eng.stats()
+        return {**self._eng.stats(), "datagrams": self._datagrams}
 
 
 def _point_from_record(v: dict[str, Any]) -> PointState:

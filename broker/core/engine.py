@@ -89,8 +89,12 @@ class Engine:
 
     def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
         self._cfg = config
+        self.config: Final[CoreConfig] = config  # frozen: reading it changes nothing
         self._new_id = new_id
         self._points: dict[str, PointState] = {}
+        #: the point with this id, or None (the table's own lookup: no call overhead
+        #: on the datagram hot path)
+        self.point: Callable[[str], PointState | None] = self._points.get
         self._index = GeoIndex()
         self._views = PointViews(config.queue_capacity)
         self._low_battery: set[str] = set()  # vehicles told about; see battery_report
@@ -98,6 +102,9 @@ class Engine:
         self._res_by_id: dict[str, Reservation] = {}
         self._sessions: dict[str, Session] = {}
         self._session_by_vehicle: dict[str, Session] = {}
+        # lookups as the tables' own bound methods (no call overhead on the request path)
+        self.reservation_of: Callable[[str], Reservation | None] = self._res_by_vehicle.get
+        self.session_of: Callable[[str], Session | None] = self._session_by_vehicle.get
         self._pending: dict[str, PendingStart] = {}
         self._abandoned: dict[str, tuple[str, str]] = {}
         self._accounts = Accounts()
@@ -106,7 +113,6 @@ class Engine:
         self._order = 0
         self._points_online = 0
         self._counters: dict[str, int] = {
-            "datagrams": 0,
             "datagrams_stale": 0,
             "session_duplicates": 0,
             "sessions_unknown": 0,
@@ -118,21 +124,9 @@ class Engine:
     # --- reading --------------------------------------------------------------------
 
     @property
-    def config(self) -> CoreConfig:
-        return self._cfg
-
-    @property
     def seq(self) -> int:
         """The seq of the last event published (0 before any)."""
         return self._seq
-
-    def point(self, point_id: str) -> PointState | None:
-        return self._points.get(point_id)
-
-    def datagram_point(self, point_id: str) -> PointState | None:
-        """The point a datagram speaks of (None if unknown); counts the datagram."""
-        self._counters["datagrams"] += 1
-        return self._points.get(point_id)
 
     def count(self, name: str) -> None:
         """Count one occurrence of ``name`` in :meth:`stats`."""
@@ -160,12 +154,6 @@ class Engine:
 
         hits = self._index.nearest(latitude, longitude, k, max_km, accept)
         return [(d, points[pid]) for d, pid in hits]
-
-    def reservation_of(self, vehicle_id: str) -> Reservation | None:
-        return self._res_by_vehicle.get(vehicle_id)
-
-    def session_of(self, vehicle_id: str) -> Session | None:
-        return self._session_by_vehicle.get(vehicle_id)
 
     def pending_of(self, vehicle_id: str) -> PendingStart | None:
         """The start in progress for ``vehicle_id``, if any."""

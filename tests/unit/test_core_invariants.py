@@ -20,8 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from broker.core.effects import Publish, SendStation
 from common.messages import SessionAck, Start, Welcome
-from tests.unit.test_core_harness import Harness
-from tests.unit.test_core_machine import comparable
+from tests.support.core_harness import Harness, comparable
 
 POINTS = ("CP01", "CP02", "CP03")
 VEHICLES = ("V1", "V2", "V3", "V4", "V5", "V6")
