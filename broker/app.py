@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import resource
 import secrets
 import time
 import uuid
@@ -50,14 +49,16 @@ from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
+from broker.edges.reply_order import Slot
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
-from broker.edges.vehicles_tcp import Slot, VehicleServer
+from broker.edges.vehicles_tcp import VehicleServer
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics
 from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+from common.oslimits import raise_nofile_limit
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,6 @@ def new_token() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def raise_nofile_limit() -> int:
-    """Raise the open-files soft limit to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError):
-            return soft
-    return soft
 
 
 class BrokerApp:
@@ -169,6 +157,7 @@ class BrokerApp:
             accounts=self.core.accounts,
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
+            set_availability=self.set_availability,
         )
         await self.bus.start()
         await self.history.start()
@@ -217,6 +206,28 @@ class BrokerApp:
             self._pending.extend(effects)
             self._schedule_flush()
         return effects
+
+    def set_availability(
+        self, point_id: str, available: bool, reason: str, by: str
+    ) -> dict[str, Any]:
+        """An operator's out-of-service change; the reply is made after the commit."""
+        reply, effects = self.core.set_availability(point_id, available, reason, by, time.time())
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                return {"error": "internal: the change could not be committed"}
+            log.info(
+                "point %s %s by %s%s",
+                point_id,
+                "back in service" if available else "out of service",
+                by,
+                f": {reason}" if not available else "",
+            )
+        return reply
 
     def vehicle_request(
         self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot

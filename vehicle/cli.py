@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeVar
 
 import typer
@@ -30,13 +29,8 @@ from common.errors import (
 )
 from vehicle import render
 from vehicle.client import VehicleClient
-from vehicle.config import (
-    payment_wire_name,
-    resolve_vehicle_id,
-    store_token,
-    stored_token,
-    token_file,
-)
+from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
+from vehicle.settings import Settings
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -52,36 +46,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-
-
-@dataclass
-class Settings:
-    """Global options shared by every subcommand."""
-
-    broker: str
-    port: int
-    explicit_id: str | None
-    json: bool
-    _vehicle_id: str | None = None
-
-    @property
-    def vehicle_id(self) -> str:
-        if self._vehicle_id is None:
-            self._vehicle_id = resolve_vehicle_id(self.explicit_id)
-        return self._vehicle_id
-
-    def client(self, **kwargs: Any) -> VehicleClient:
-        """A client that proves the vehicle id: registers it on first use (the token is
-        kept per broker address), authenticates with the kept token afterwards."""
-        vid = self.vehicle_id
-        token = stored_token(self.broker, self.port, vid)
-
-        def keep(new: str) -> None:
-            store_token(self.broker, self.port, vid, new)
-
-        return VehicleClient(
-            self.broker, self.port, vid, token=token, register=True, on_token=keep, **kwargs
-        )
 
 
 class Interrupted(Exception):
@@ -197,8 +161,29 @@ def main_options(
     json_out: Annotated[
         bool, typer.Option("--json", envvar="EV_JSON", help="Print machine-readable JSON only.")
     ] = False,
+    regions_file: Annotated[
+        str | None,
+        typer.Option(
+            "--regions",
+            envvar="EV_REGIONS",
+            help="Directory of regions (TOML): use the broker of the nearest region.",
+        ),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option("--region", envvar="EV_REGION", help="With --regions: this region."),
+    ] = None,
 ) -> None:
-    settings = Settings(broker, port, vehicle_id, json_out)
+    settings = Settings(broker, port, vehicle_id, json_out, None, regions_file, region)
+    if region is not None and regions_file is None:
+        raise typer.BadParameter("needs --regions FILE", param_hint="--region")
+    if regions_file is not None:
+        from vehicle.regions import choose, load_directory
+
+        try:
+            choose(load_directory(regions_file), region, (0.0, 0.0))
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--regions") from None
     ctx.obj = settings
     if vehicle_id is not None:
         try:
@@ -244,7 +229,7 @@ def nearby(
     """Battery notification: the nearest points (pontos_disponiveis)."""
 
     async def work(s: Settings) -> list[dict[str, Any]]:
-        async with s.client(reconnect=False) as c:
+        async with s.client(near=(lat, lon), reconnect=False) as c:
             return await c.bateria(battery, lat, lon, distancia_max=max_km, limite=limit)
 
     execute(ctx, work, _print_points)
@@ -255,7 +240,7 @@ def list_points(ctx: typer.Context, lat: Lat, lon: Lon, max_km: MaxKm = None) ->
     """List the charging points, nearest first (lista_pontos)."""
 
     async def work(s: Settings) -> list[dict[str, Any]]:
-        async with s.client(reconnect=False) as c:
+        async with s.client(near=(lat, lon), reconnect=False) as c:
             return await c.consulta(lat, lon, distancia_max=max_km)
 
     execute(ctx, work, _print_points)
@@ -480,7 +465,7 @@ def drive(
 
     async def work(s: Settings) -> dict[str, Any]:
         cfg = DriveConfig(lat, lon, battery, target, speed, method, capacity_kwh)
-        async with s.client(reconnect=True) as c:
+        async with s.client(near=(lat, lon), reconnect=True) as c:
             return await run_drive(
                 c, cfg, lambda line: console.print(line, markup=False, soft_wrap=True)
             )
@@ -513,7 +498,8 @@ def swarm(
     ] = False,
 ) -> None:
     """N concurrent simulated vehicles: throughput, latency percentiles, errors by code."""
-    from vehicle.swarm import MIXES, SwarmConfig, parse_center, run_swarm
+    from common.geo import parse_center
+    from vehicle.swarm import MIXES, SwarmConfig, run_swarm
 
     try:
         lat, lon = parse_center(center)
@@ -525,9 +511,10 @@ def swarm(
     console = Console(stderr=True, highlight=False)
 
     async def work(s: Settings) -> dict[str, Any]:
+        host, port = s.address(near=(lat, lon))
         cfg = SwarmConfig(
-            host=s.broker,
-            port=s.port,
+            host=host,
+            port=port,
             count=count,
             duration=duration,
             rate=rate,
@@ -554,7 +541,7 @@ def swarm(
     execute(ctx, work, show)
 
 
-GLOBAL_VALUE_OPTIONS: Final = frozenset({"--broker", "--port", "--id"})
+GLOBAL_VALUE_OPTIONS: Final = frozenset({"--broker", "--port", "--id", "--regions", "--region"})
 GLOBAL_FLAGS: Final = frozenset({"--json"})
 
 

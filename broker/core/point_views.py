@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from broker.core.points import PointState
+from broker.core.points import PointState, is_available
 
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
@@ -34,8 +34,9 @@ _WAIT_MARK: Final = -1  # and where the wait goes (both impossible values)
 #: cached views at most (about 0.5 KiB each: ~16 MiB); the cache starts over when full
 MAX_CACHED_VIEWS: Final = 32_768
 
-# every field of the cached pieces that can change: estado, queue size, position, figures
-_Key = tuple[str, int, float, float, float, float]
+# every field of the cached pieces that can change: estado, queue size, position, figures,
+# the out-of-service reason (empty unless out of service, where it is required)
+_Key = tuple[str, int, float, float, float, float, str]
 
 
 def km3(distance: float) -> float:
@@ -56,11 +57,14 @@ def view_dict(
         "id": p.id,
         "latitude": p.latitude,
         "longitude": p.longitude,
-        "available": p.estado == "disponivel" and not p.queue,
+        "available": is_available(p),
         "estado": p.estado,
         "queue_size": len(p.queue),
         "queue_capacity": queue_capacity,
     }
+    if p.out_of_service:  # only while out of service: the usual object stays as it was
+        view["fora_de_servico"] = True
+        view["reason"] = p.oos_reason
     if distance is not None:
         view["distance"] = km3(distance)
     view["potencia_kw"] = p.potencia_kw
@@ -110,7 +114,15 @@ class PointViews:
         for distance, p in hits:
             pid = p.id
             queue = p.queue
-            key = (p.estado, len(queue), p.latitude, p.longitude, p.potencia_kw, p.preco_kwh)
+            key = (
+                p.estado,
+                len(queue),
+                p.latitude,
+                p.longitude,
+                p.potencia_kw,
+                p.preco_kwh,
+                p.oos_reason,
+            )
             hit = cache.get(pid)
             if hit is None or hit[0] != key:
                 if len(cache) >= MAX_CACHED_VIEWS:
