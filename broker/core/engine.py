@@ -884,6 +884,7 @@ class Engine:
             view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
             view["session_id"] = p.session.id if p.session is not None else None
             view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard > 0 else None
+            view["online"] = p.online  # estado says indisponivel for a point out of service
             points.append(view)
         queues = {
             pid: [r.view(i + 1) for i, r in enumerate(p.queue)]
