@@ -347,8 +347,10 @@ class Engine:
     ) -> None:
         """``vehicle.low_battery`` once when a level falls below ``low_battery``.
 
-        Not again for that vehicle until it reports ``low_battery_rearm`` or more, so a
-        vehicle that polls while low makes one event (and a read stays a read).
+        Not again for that vehicle until it reports ``low_battery_rearm`` or more (in
+        effect ``max(low_battery, low_battery_rearm)``: a report below ``low_battery``
+        never re-arms), so a vehicle that polls while low makes one event (and its
+        queries stay reads).
         """
         if level < self._cfg.low_battery:
             if vehicle_id not in self._low_battery:
