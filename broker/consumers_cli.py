@@ -249,6 +249,8 @@ def _billing_from_jetstream(
 
     try:
         _run(main)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
     except StoreError as exc:
         raise _fail(str(exc), 1) from exc
     finally:

@@ -161,8 +161,29 @@ def main_options(
     json_out: Annotated[
         bool, typer.Option("--json", envvar="EV_JSON", help="Print machine-readable JSON only.")
     ] = False,
+    regions_file: Annotated[
+        str | None,
+        typer.Option(
+            "--regions",
+            envvar="EV_REGIONS",
+            help="Directory of regions (TOML): use the broker of the nearest region.",
+        ),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option("--region", envvar="EV_REGION", help="With --regions: this region."),
+    ] = None,
 ) -> None:
-    settings = Settings(broker, port, vehicle_id, json_out)
+    settings = Settings(broker, port, vehicle_id, json_out, None, regions_file, region)
+    if region is not None and regions_file is None:
+        raise typer.BadParameter("needs --regions FILE", param_hint="--region")
+    if regions_file is not None:
+        from vehicle.regions import choose, load_directory
+
+        try:
+            choose(load_directory(regions_file), region, (0.0, 0.0))
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--regions") from None
     ctx.obj = settings
     if vehicle_id is not None:
         try:
@@ -208,7 +229,7 @@ def nearby(
     """Battery notification: the nearest points (pontos_disponiveis)."""
 
     async def work(s: Settings) -> list[dict[str, Any]]:
-        async with s.client(reconnect=False) as c:
+        async with s.client(near=(lat, lon), reconnect=False) as c:
             return await c.bateria(battery, lat, lon, distancia_max=max_km, limite=limit)
 
     execute(ctx, work, _print_points)
@@ -219,7 +240,7 @@ def list_points(ctx: typer.Context, lat: Lat, lon: Lon, max_km: MaxKm = None) ->
     """List the charging points, nearest first (lista_pontos)."""
 
     async def work(s: Settings) -> list[dict[str, Any]]:
-        async with s.client(reconnect=False) as c:
+        async with s.client(near=(lat, lon), reconnect=False) as c:
             return await c.consulta(lat, lon, distancia_max=max_km)
 
     execute(ctx, work, _print_points)
@@ -444,7 +465,7 @@ def drive(
 
     async def work(s: Settings) -> dict[str, Any]:
         cfg = DriveConfig(lat, lon, battery, target, speed, method, capacity_kwh)
-        async with s.client(reconnect=True) as c:
+        async with s.client(near=(lat, lon), reconnect=True) as c:
             return await run_drive(
                 c, cfg, lambda line: console.print(line, markup=False, soft_wrap=True)
             )
@@ -490,9 +511,10 @@ def swarm(
     console = Console(stderr=True, highlight=False)
 
     async def work(s: Settings) -> dict[str, Any]:
+        host, port = s.address(near=(lat, lon))
         cfg = SwarmConfig(
-            host=s.broker,
-            port=s.port,
+            host=host,
+            port=port,
             count=count,
             duration=duration,
             rate=rate,
@@ -519,7 +541,7 @@ def swarm(
     execute(ctx, work, show)
 
 
-GLOBAL_VALUE_OPTIONS: Final = frozenset({"--broker", "--port", "--id"})
+GLOBAL_VALUE_OPTIONS: Final = frozenset({"--broker", "--port", "--id", "--regions", "--region"})
 GLOBAL_FLAGS: Final = frozenset({"--json"})
 
 

@@ -31,9 +31,12 @@ from broker.core.points import PointState, is_available
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
 _WAIT_MARK: Final = -1  # and where the wait goes (both impossible values)
+#: cached views at most (about 0.5 KiB each: ~16 MiB); the cache starts over when full
+MAX_CACHED_VIEWS: Final = 32_768
 
-# every field of the cached pieces that can change: estado, queue size, position, figures
-_Key = tuple[str, int, float, float, float, float]
+# every field of the cached pieces that can change: estado, queue size, position, figures,
+# the out-of-service reason (empty unless out of service, where it is required)
+_Key = tuple[str, int, float, float, float, float, str]
 
 
 def km3(distance: float) -> float:
@@ -59,6 +62,9 @@ def view_dict(
         "queue_size": len(p.queue),
         "queue_capacity": queue_capacity,
     }
+    if p.out_of_service:  # only while out of service: the usual object stays as it was
+        view["fora_de_servico"] = True
+        view["reason"] = p.oos_reason
     if distance is not None:
         view["distance"] = km3(distance)
     view["potencia_kw"] = p.potencia_kw
@@ -108,9 +114,19 @@ class PointViews:
         for distance, p in hits:
             pid = p.id
             queue = p.queue
-            key = (p.estado, len(queue), p.latitude, p.longitude, p.potencia_kw, p.preco_kwh)
+            key = (
+                p.estado,
+                len(queue),
+                p.latitude,
+                p.longitude,
+                p.potencia_kw,
+                p.preco_kwh,
+                p.oos_reason,
+            )
             hit = cache.get(pid)
             if hit is None or hit[0] != key:
+                if len(cache) >= MAX_CACHED_VIEWS:
+                    cache.clear()  # bounded memory; the points asked about come back
                 hit = cache[pid] = (key, *self._encode(p))
             add(hit[1])
             add(_ENCODE(int(distance * 1000.0 + 0.5) / 1000.0))  # km3, inlined

@@ -30,6 +30,10 @@ SERVICES = [
     "web",
 ]
 TOOLS = ["vehicle", "monitor"]
+# profile regions: services on the evcharge image, and the two servers
+REGIONS = ["broker-ssa", "fleet-ssa", "bridge-fsa", "bridge-ssa", "billing-regions",
+           "driver-fsa", "driver-ssa"]  # fmt: skip
+SERVERS = ["nats", "postgres"]
 
 
 def compose(*args: str, **env: str) -> str:
@@ -66,7 +70,9 @@ def service_block(text: str, name: str) -> str:
 
 
 def test_services_and_the_on_demand_tools() -> None:
-    assert sorted(compose("config", "--services").split()) == sorted(SERVICES + TOOLS)
+    assert sorted(compose("config", "--services").split()) == sorted(
+        SERVICES + TOOLS + REGIONS + SERVERS
+    )
     text = config()
     for tool in TOOLS:
         block = service_block(text, tool)
@@ -74,14 +80,18 @@ def test_services_and_the_on_demand_tools() -> None:
         assert "stdin_open: true" in block and "tty: true" in block
     for service in SERVICES:
         assert "profiles:" not in service_block(text, service)
+    for service in REGIONS + SERVERS:
+        assert "profiles:\n    - regions" in service_block(text, service)
     assert "healthcheck:" in service_block(text, "broker")
     assert "condition: service_healthy" in service_block(text, "billing")
 
 
 def test_every_service_uses_the_image_from_the_environment() -> None:
     text = config(EV_IMAGE="example/evcharge:abc")
-    assert text.count("image: example/evcharge:abc") == len(SERVICES + TOOLS)
+    assert text.count("image: example/evcharge:abc") == len(SERVICES + TOOLS + REGIONS)
     assert "image: evcharge:latest" in config()
+    servers = config(EV_NATS_IMAGE="n:1", EV_POSTGRES_IMAGE="p:1")
+    assert "image: n:1" in servers and "image: p:1" in servers
 
 
 def test_station_ids_are_distinct_and_the_broker_ports_are_configurable() -> None:
@@ -102,11 +112,9 @@ def test_configuration_is_by_environment_only() -> None:
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
     assert sorted(source for source, _ in mounts) == [
-        "billing-data",
-        "broker-data",
-        "ocpp-data",
-        "vehicle-home",
-    ]
+        "billing-data", "broker-data", "broker-ssa-data", "ledger-data", "nats-data",
+        "ocpp-data", "vehicle-home",
+    ]  # fmt: skip
 
 
 def test_the_ocpp_gateway_and_its_two_simulated_chargers() -> None:

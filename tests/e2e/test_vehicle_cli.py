@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.support.procs import free_port
-from tests.unit.test_vehicle_client import ProtocolServer, server_thread
+from tests.support.vehicle_server import ProtocolServer, server_thread
 from vehicle.cli import app, hoist_global_options
 
 
