@@ -107,9 +107,7 @@ def serve(
     log_format: Annotated[
         str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
     ] = "text",
-    log_level: Annotated[
-        str, _opt("EV_LOG_LEVEL", "Log level: debug, info, warning, error.", "LEVEL")
-    ] = "info",
+    log_level: Annotated[str, _opt("EV_LOG_LEVEL", "Log level.", "|".join(LEVELS))] = "info",
 ) -> None:
     """Run the broker service until SIGINT or SIGTERM."""
     from broker.app import AppConfig

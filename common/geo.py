@@ -6,6 +6,9 @@ import math
 from typing import Final
 
 EARTH_RADIUS_KM: Final = 6371.0
+# Where the demo fleets stand (Feira de Santana, Bahia): `make run`'s and the
+# compose stack's stations, and where a vehicle is unless told otherwise.
+DEMO_CENTER: Final = (-12.2664, -38.9663)
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

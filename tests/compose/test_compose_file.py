@@ -19,6 +19,7 @@ pytestmark = pytest.mark.compose
 
 SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail"]
 TOOLS = ["vehicle", "monitor"]
+VOLUMES = {"broker": "broker-data", "billing": "billing-data", "vehicle": "vehicle-home"}
 
 
 def compose(*args: str, **env: str) -> str:
@@ -91,3 +92,41 @@ def test_configuration_is_by_environment_only() -> None:
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
     assert sorted(source for source, _ in mounts) == ["billing-data", "broker-data", "vehicle-home"]
+
+
+def test_no_version_key_and_images_are_never_pulled() -> None:
+    raw = COMPOSE_FILE.read_text()
+    assert not re.search(r"^version:", raw, re.MULTILINE)
+    text = config()
+    for service in SERVICES + TOOLS:
+        assert "pull_policy: never" in service_block(text, service), service
+    assert "build:" in service_block(text, "broker")
+
+
+def test_every_service_is_hardened_with_rotated_logs() -> None:
+    text = config()
+    for service in SERVICES + TOOLS:
+        block = service_block(text, service)
+        assert "cap_drop:\n    - ALL" in block, service
+        assert "read_only: true" in block, service
+        assert "mem_limit:" in block, service
+        assert "driver: json-file" in block and "max-size: 10m" in block, service
+        assert "max-file: '3'" in block, service
+        assert "- /tmp" in block, service  # scratch space on a tmpfs
+        volume = VOLUMES.get(service)
+        if volume:
+            assert f"- {volume}:" in block, service
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    text = config()
+    for service in SERVICES:
+        block = service_block(text, service)
+        assert "healthcheck:" in block and "/opt/evcharge/healthcheck.py" in block, service
+        assert "disable: true" not in block, service
+
+
+def test_the_fleet_takes_its_ids_from_its_replica_number() -> None:
+    block = service_block(config(), "fleet")
+    assert "EV_FLEET_REPLICA: auto" in block
+    assert "EV_FLEET_PREFIX: FS" in block
