@@ -43,7 +43,7 @@ from broker.edges.http import HttpServer
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
 from broker.edges.vehicles_tcp import Slot, VehicleServer
-from broker.metrics import BrokerMetrics
+from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
@@ -275,7 +275,7 @@ class BrokerApp:
             log.exception("carrying out %s failed", type(effect).__name__)
 
     def _publish(self, event: BusEvent) -> None:
-        self.metrics.events.inc(event.topic)
+        self.metrics.event_published(event.topic, event.data)
         if self.bus is not None:
             self.bus.publish(event)
 
@@ -308,65 +308,23 @@ class BrokerApp:
         )
         return (200 if self.serving else 503), "application/json", body.encode()
 
+    # --- what the metrics read at scrape time (broker.metrics.StateSource) ----------------
+
     def _add_gauges(self) -> None:
-        r = self.metrics.registry
-        r.gauge(
-            "evcharge_vehicles_connected",
-            "Vehicles with at least one bound connection",
-            lambda: {(): float(self.vehicles.vehicles_connected)},
-        )
-        r.gauge(
-            "evcharge_vehicle_connections_open",
-            "Open vehicle TCP connections",
-            lambda: {(): float(len(self.vehicles.conns))},
-        )
-        r.gauge(
-            "evcharge_last_event_seq", "Last bus event seq", lambda: {(): float(self.core.last_seq)}
-        )
-        r.gauge(
-            "evcharge_core",
-            "Core figures (points, stations online, reservations, sessions, ...)",
-            self._core_figures,
-            ("figure",),
-        )
-        r.gauge(
-            "evcharge_queue_length",
-            "Reservations queued per point (points with a queue)",
-            self._queue_lengths,
-            ("point",),
-        )
-        r.gauge(
-            "evcharge_zmq",
-            "ZeroMQ edge counters",
-            self._zmq_figures,
-            ("edge", "figure"),
-        )
+        add_state_metrics(self.metrics.registry, self)
 
-    def _core_figures(self) -> dict[tuple[str, ...], float]:
-        out: dict[tuple[str, ...], float] = {}
-        for key, value in self.core.stats().items():
-            if isinstance(value, bool | int | float):
-                out[(str(key),)] = float(value)
-        return out
+    def core_stats(self) -> dict[str, Any]:
+        return self.core.stats()
 
-    def _queue_lengths(self) -> dict[tuple[str, ...], float]:
-        stats = self.core.stats()
-        queues = stats.get("queue_lengths") or stats.get("queues")
-        if isinstance(queues, dict):
-            return {(str(k),): float(v) for k, v in queues.items() if isinstance(v, int | float)}
-        return {}
+    def zmq_stats(self) -> dict[str, dict[str, int]]:
+        edges = (("stations", self.stations), ("bus", self.bus), ("history", self.history))
+        return {name: dict(edge.stats) for name, edge in edges if edge is not None}
 
-    def _zmq_figures(self) -> dict[tuple[str, ...], float]:
-        out: dict[tuple[str, ...], float] = {}
-        for name, edge in (
-            ("stations", self.stations),
-            ("bus", self.bus),
-            ("history", self.history),
-        ):
-            if edge is not None:
-                for key, value in edge.stats.items():
-                    out[(name, key)] = float(value)
-        return out
+    def vehicles_connected(self) -> int:
+        return self.vehicles.vehicles_connected
+
+    def vehicle_connections_open(self) -> int:
+        return len(self.vehicles.conns)
 
     def describe(self) -> str:
         c = self.config

@@ -7,6 +7,7 @@ theory of operation and ``docs/architecture.md`` ("Core API").
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -221,6 +222,7 @@ class Core:
         return {
             "points": len(eng.points),
             "points_online": eng.points_online,
+            "points_by_state": dict(Counter(p.estado for p in eng.points.values())),
             "sessions_active": len(eng.sessions),
             "reservations": len(eng.res_by_id),
             "pending_starts": len(eng.pending),

@@ -221,7 +221,7 @@ class VehicleConnection(asyncio.Protocol):
         metrics.requests.inc(slot.request_type, result)
         if reply_type == "erro":
             metrics.errors.inc(result)
-        metrics.latency.observe(time.perf_counter() - slot.started)
+        metrics.latency.observe(time.perf_counter() - slot.started, slot.request_type)
         self._flush()
 
     def take_waiting(self, request_id: RequestId) -> Slot | None:

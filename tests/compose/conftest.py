@@ -42,6 +42,7 @@ STACK_ENV: Mapping[str, str] = {
     "EV_PUBLISH_EVENTS": "0",
     "EV_PUBLISH_HISTORY": "0",
     "EV_PUBLISH_HTTP": "0",
+    "EV_PUBLISH_PROMETHEUS": "0",
     "EV_INTERVAL": "0.5",
     "EV_OFFLINE_AFTER": "2",
     "EV_OFFLINE_GRACE": "15",
@@ -73,6 +74,15 @@ def image() -> str:
         return images.build(os.environ.get("EV_BASE_IMAGE", "auto"), tag_latest=False)
     except images.ImageBuildError as exc:
         pytest.fail(f"image build failed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def prometheus_image(image: str) -> str:
+    """The Prometheus image of the observability profile (Debian's package)."""
+    try:
+        return images.build_prometheus(os.environ.get("EV_BASE_IMAGE", "auto"), tag_latest=False)
+    except images.ImageBuildError as exc:
+        pytest.fail(f"prometheus image build failed: {exc}")
 
 
 class Background:

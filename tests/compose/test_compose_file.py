@@ -19,7 +19,13 @@ pytestmark = pytest.mark.compose
 
 SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail"]
 TOOLS = ["vehicle", "monitor"]
-VOLUMES = {"broker": "broker-data", "billing": "billing-data", "vehicle": "vehicle-home"}
+OBSERVABILITY = ["prometheus"]
+VOLUMES = {
+    "broker": "broker-data",
+    "billing": "billing-data",
+    "vehicle": "vehicle-home",
+    "prometheus": "prometheus-data",
+}
 
 
 def compose(*args: str, **env: str) -> str:
@@ -56,7 +62,9 @@ def service_block(text: str, name: str) -> str:
 
 
 def test_services_and_the_on_demand_tools() -> None:
-    assert sorted(compose("config", "--services").split()) == sorted(SERVICES + TOOLS)
+    assert sorted(compose("config", "--services").split()) == sorted(
+        SERVICES + TOOLS + OBSERVABILITY
+    )
     text = config()
     for tool in TOOLS:
         block = service_block(text, tool)
@@ -91,21 +99,23 @@ def test_configuration_is_by_environment_only() -> None:
     assert "env_file" not in text
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
-    assert sorted(source for source, _ in mounts) == ["billing-data", "broker-data", "vehicle-home"]
+    assert sorted(source for source, _ in mounts) == [
+        "billing-data", "broker-data", "prometheus-data", "vehicle-home",
+    ]  # fmt: skip
 
 
 def test_no_version_key_and_images_are_never_pulled() -> None:
     raw = COMPOSE_FILE.read_text()
     assert not re.search(r"^version:", raw, re.MULTILINE)
     text = config()
-    for service in SERVICES + TOOLS:
+    for service in SERVICES + TOOLS + OBSERVABILITY:
         assert "pull_policy: never" in service_block(text, service), service
     assert "build:" in service_block(text, "broker")
 
 
 def test_every_service_is_hardened_with_rotated_logs() -> None:
     text = config()
-    for service in SERVICES + TOOLS:
+    for service in SERVICES + TOOLS + OBSERVABILITY:
         block = service_block(text, service)
         assert "cap_drop:\n    - ALL" in block, service
         assert "read_only: true" in block, service
@@ -124,6 +134,16 @@ def test_every_long_running_service_has_a_health_check() -> None:
         block = service_block(text, service)
         assert "healthcheck:" in block and "/opt/evcharge/healthcheck.py" in block, service
         assert "disable: true" not in block, service
+    assert "/-/ready" in service_block(text, "prometheus")
+
+
+def test_prometheus_is_an_observability_profile_built_from_debian() -> None:
+    block = service_block(config(), "prometheus")
+    assert "profiles:\n    - observability" in block
+    assert "BASE_IMAGE: debian:bookworm-slim" in block
+    assert "- prometheus-data:/prometheus" in block
+    dockerfile = (COMPOSE_FILE.parent / "prometheus" / "Dockerfile").read_text()
+    assert "apt-get install -y --no-install-recommends prometheus" in dockerfile
 
 
 def test_the_fleet_takes_its_ids_from_its_replica_number() -> None:
