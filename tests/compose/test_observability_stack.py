@@ -26,18 +26,21 @@ def _query(host: str, port: int, expr: str) -> list[dict[str, Any]]:
 
 
 def test_prometheus_in_the_stack_sees_the_broker_series(image: str, prometheus_image: str) -> None:
-    with running_stack(image, ("broker", "station1"), EV_PROMETHEUS_IMAGE=prometheus_image) as s:
-        profile = ("--profile", "observability")
-        s.compose(*profile, "up", "-d", "--no-recreate", "prometheus", timeout=240)
+    with running_stack(
+        image,
+        ("broker", "station1"),
+        EV_PROMETHEUS_IMAGE=prometheus_image,
+        COMPOSE_PROFILES="observability",
+    ) as s:
+        s.compose("up", "-d", "--no-recreate", "prometheus", timeout=240)
         s.wait_healthy("prometheus", timeout=90)
-        out = s.compose(*profile, "port", "prometheus", "9090").stdout.strip()
-        host, _, port = out.rpartition(":")
+        host, port = s.published("prometheus", 9090)
         deadline = time.monotonic() + 90
         found: list[dict[str, Any]] = []
         while time.monotonic() < deadline and not found:
-            found = _query(host, int(port), 'evcharge_points{state="disponivel"} >= 1')
+            found = _query(host, port, 'evcharge_points{state="disponivel"} >= 1')
             time.sleep(1)
         assert found, s.logs("prometheus")
-        up = _query(host, int(port), 'up{job="evcharge-broker"}')
+        up = _query(host, port, 'up{job="evcharge-broker"}')
         assert [float(r["value"][1]) for r in up] == [1.0]
         assert s.docker("exec", s.container("prometheus"), "id", "-un").strip() == "prometheus"
