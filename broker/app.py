@@ -23,6 +23,7 @@ non-zero exit: a confirmation that is not durable must never go out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import resource
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
@@ -69,6 +70,11 @@ class AppConfig:
     offline_grace_s: float = 120.0
     ack_timeout_s: float = 5.0
     heartbeat_s: float = 1.0
+    retain_events_s: float | None = None  # None: keep the event log forever
+
+
+PRUNE_EVERY_S: Final = 3600.0  # how often old events are pruned (at most)
+MIN_PRUNE_EVERY_S: Final = 0.2
 
 
 def new_id(prefix: str) -> str:
@@ -128,6 +134,7 @@ class BrokerApp:
         self.bus: BusPublisher | None = None
         self.history: HistoryServer | None = None
         self.serving = False
+        self._pruner: asyncio.Task[None] | None = None
         self._add_gauges()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -165,11 +172,17 @@ class BrokerApp:
         log.info("status socket receive buffer: %d bytes", self.status.rcvbuf)
         # everything restored so far lives as long as the process: keep it out of GC passes
         gc.freeze()
+        if cfg.retain_events_s is not None:
+            self._pruner = asyncio.create_task(self._prune_loop(), name="prune-events")
         self.serving = True
 
     async def close(self) -> None:
         """Stop accepting, commit what is pending, close every socket (linger 0)."""
         self.serving = False
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         await self.vehicles.close()
         self.status.close()
         await self.http.close()
@@ -188,6 +201,29 @@ class BrokerApp:
             self.ctx.destroy(linger=0)
             self.ctx = None
         self.store.close()
+
+    # --- event retention -----------------------------------------------------------------
+
+    def prune_events(self, now: float) -> int:
+        """Delete events older than the retention window; how many were deleted."""
+        keep_s = self.config.retain_events_s
+        if keep_s is None:
+            return 0
+        deleted = self.store.prune_events(now - keep_s)
+        if deleted:
+            self.metrics.pruned.inc(amount=deleted)
+            log.info("pruned %d events older than %.6g days", deleted, keep_s / 86400.0)
+        return deleted
+
+    async def _prune_loop(self) -> None:
+        keep_s = self.config.retain_events_s or PRUNE_EVERY_S
+        every = min(PRUNE_EVERY_S, max(MIN_PRUNE_EVERY_S, keep_s / 4))
+        while True:
+            try:
+                self.prune_events(time.time())
+            except StoreError as exc:
+                log.error("%s", exc.message)
+            await asyncio.sleep(every)
 
     def request_stop(self, exit_code: int = 0) -> None:
         self.exit_code = max(self.exit_code, exit_code)

@@ -215,6 +215,9 @@ class BrokerMetrics:
             "evcharge_vehicle_connections_total", "Vehicle TCP connections accepted"
         )
         self.commits = r.counter("evcharge_store_commits_total", "Store transactions committed")
+        self.pruned = r.counter(
+            "evcharge_events_pruned_total", "Events deleted from the log (--retain-events)"
+        )
         # business figures, from the charging.completed events the broker publishes
         self.energy = r.counter(
             "evcharge_energy_delivered_kwh_total", "Energy delivered by completed sessions, kWh"

@@ -12,6 +12,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -49,6 +50,17 @@ def _seconds(name: str, text: str) -> float:
     return _parse(
         name, text, float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds"
     )
+
+
+def _retention(text: str) -> float | None:
+    days = _parse(
+        "retain-events",
+        text,
+        float,
+        lambda v: math.isfinite(v) and 0 <= v <= 100_000,
+        "a number of days >= 0 (0 keeps every event)",
+    )
+    return None if days == 0 else days * 86400.0
 
 
 def _host(text: str) -> str:
@@ -104,6 +116,15 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    retain_events: Annotated[
+        str,
+        _opt(
+            "EV_RETAIN_EVENTS",
+            "Delete bus events older than this many days (fractions ok; 0 keeps all). "
+            "History then answers `since` below the oldest kept seq with error pruned.",
+            "DAYS",
+        ),
+    ] = "0",
     log_format: Annotated[
         str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
     ] = "text",
@@ -142,6 +163,7 @@ def serve(
             hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
             offline_after_s=_seconds("offline-after", offline_after),
             offline_grace_s=_seconds("offline-grace", offline_grace),
+            retain_events_s=_retention(retain_events),
         )
     except ConfigError as exc:
         typer.echo(f"ev-broker serve: {exc.message}", err=True)
@@ -188,6 +210,35 @@ def run(config: object) -> int:
         return 0
 
 
+def backup(
+    file: Annotated[Path, typer.Argument(help="Where to write the copy.", metavar="FILE")],
+    db: Annotated[
+        Path, _opt("EV_DB", "The running broker's SQLite file (ev-broker serve --db).", "PATH")
+    ] = Path("./var/broker.db"),
+    force: Annotated[
+        bool,
+        typer.Option("--force", envvar="EV_BACKUP_FORCE", help="Replace FILE if it exists."),
+    ] = False,
+) -> None:
+    """Copy the broker's database while it runs (SQLite online backup): a consistent,
+    checked file to restore with `ev-broker serve --db FILE`."""
+    from broker.backup import backup as take_backup
+
+    try:
+        result = take_backup(db, file, overwrite=force)
+    except ConfigError as exc:
+        typer.echo(f"ev-broker backup: {exc.message}", err=True)
+        raise typer.Exit(USAGE_EXIT) from None
+    except EVError as exc:
+        typer.echo(f"ev-broker backup: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"backup: {result.path} ({result.bytes} bytes, {result.events} events, "
+        f"last seq {result.last_seq})"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``serve`` command to the ``ev-broker`` app."""
+    """Add ``serve`` and ``backup`` to the ``ev-broker`` app."""
     app.command("serve")(serve)
+    app.command("backup")(backup)

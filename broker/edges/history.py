@@ -5,6 +5,8 @@ Requests and replies are one msgpack frame each (protocol section 5):
 * ``{"op": "since", "seq": N, "limit": L}`` -> ``{"events": [payload...],
   "last_seq": S, "more": bool}``: the events whose seq > N, in order, at most
   L of them (default 1000; larger limits are clamped to 1000).
+  When events right after N were pruned (``--retain-events``):
+  ``{"error": "pruned", "first_seq": F}`` (F = oldest event held).
 * ``{"op": "snapshot"}`` -> the snapshot ``{"seq", "points", "queues",
   "sessions"}``, consistent as of event ``seq`` (the Clone pattern).
 * ``{"op": "accounts"}`` (extension, for billing reconciliation) ->
@@ -30,7 +32,7 @@ import zmq.asyncio
 
 from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_history_request, pack, unpack
-from common.errors import EVError, InvalidRequest
+from common.errors import EventsPruned, EVError, InvalidRequest
 from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,8 @@ class HistoryServer:
             if isinstance(request, HistorySnapshot):
                 return self._snapshot()
             return {"error": f"unsupported request {type(request).__name__}"}
+        except EventsPruned as exc:
+            return {"error": exc.code, "first_seq": exc.first_seq}
         except EVError as exc:
             return {"error": exc.message}
         except Exception as exc:
