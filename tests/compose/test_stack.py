@@ -284,4 +284,4 @@ def test_broker_crash_and_restart_keeps_state_and_everyone_reconnects(stack: Sta
     assert bill["vehicle_id"] == "TRIP2"
     reconciled = stack.wait_reconciled(timeout=30)
     assert reconciled is not None
-    assert stack.state("billing") == "running"
+    assert stack.state("billing").startswith("running")
