@@ -37,7 +37,15 @@ import zmq
 import zmq.asyncio
 
 from broker.core import Core, CoreConfig
-from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
+from broker.core.effects import (
+    Effect,
+    Persist,
+    Publish,
+    Push,
+    Reply,
+    SendStation,
+    needs_commit,
+)
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
@@ -241,10 +249,26 @@ class BrokerApp:
     def vehicle_request(
         self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
     ) -> None:
-        effects = self._call(self.core.handle_request, conn, vehicle_id, request)
+        effects: list[Effect] = self.core.handle_request(conn, vehicle_id, request, time.time())
+        if self._pending or needs_commit(effects):
+            self._pending.extend(effects)
+            self._schedule_flush()
+            self._link_reply(effects, conn, slot, self._reply_slots)
+            return
+        # a query or a refusal, and no commit waiting before it: answered in this loop
+        # turn, without the store (such a batch schedules no timer either: every rule
+        # that schedules one also persists what it scheduled)
+        slots: dict[int, Slot] = {}
+        self._link_reply(effects, conn, slot, slots)
+        for effect in effects:
+            self._carry_out(effect, slots)
+
+    @staticmethod
+    def _link_reply(effects: list[Effect], conn: int, slot: Slot, slots: dict[int, Slot]) -> None:
+        """The request's own reply fills its slot; without one the slot waits for a later one."""
         for effect in effects:
             if isinstance(effect, Reply) and effect.conn == conn:
-                self._reply_slots[id(effect)] = slot
+                slots[id(effect)] = slot
                 return
         slot.waiting = True
 

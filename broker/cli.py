@@ -6,6 +6,7 @@ from typing import Annotated, Final
 
 from broker.consumers_cli import register as register_consumers
 from broker.serve_cli import register as register_serve
+from broker.web_cli import register as register_web
 from common.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -36,6 +37,7 @@ def main_options(
 
 register_serve(app)
 register_consumers(app)
+register_web(app)
 
 
 def main() -> None:

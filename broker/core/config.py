@@ -15,7 +15,8 @@ class CoreConfig:
     ``offline_grace_s``: how long an offline or faulted point keeps its queue and
     its running session. ``ack_timeout_s``: how long a station has to ack ``start``.
     ``heartbeat_s``: told to stations in ``welcome``. ``low_battery``: a ``bateria``
-    report below this level publishes ``vehicle.low_battery``.
+    report below this level publishes ``vehicle.low_battery``, once: not again for
+    that vehicle until it reports ``low_battery_rearm`` or more.
     """
 
     queue_capacity: int = 5
@@ -25,3 +26,4 @@ class CoreConfig:
     ack_timeout_s: float = 5.0
     heartbeat_s: float = 1.0
     low_battery: float = 20.0
+    low_battery_rearm: float = 25.0

@@ -4,7 +4,8 @@ Every core entry point returns a list of these, in order. The adapter
 (broker.app) carries them out: it first writes every :class:`Persist` and
 :class:`Publish` of a loop turn to the store and commits, and only then sends
 replies, pushes, bus messages and station commands, so that nothing is
-confirmed before it is durable.
+confirmed before it is durable. A batch with neither (see :func:`needs_commit`)
+may go out at once.
 """
 
 from __future__ import annotations
@@ -73,3 +74,13 @@ class Persist:
 
 
 Effect = Reply | Push | Publish | SendStation | Persist
+
+
+def needs_commit(effects: list[Effect]) -> bool:
+    """Whether the batch changes anything durable (a :class:`Persist` or a :class:`Publish`).
+
+    A batch that does not (the answer to a query, a refusal) confirms nothing, so
+    the service may carry it out at once instead of after the next commit, as long
+    as no earlier batch is still waiting for its commit.
+    """
+    return any(isinstance(e, Persist | Publish) for e in effects)

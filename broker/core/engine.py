@@ -19,6 +19,7 @@ from broker.core.accounts import Accounts
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
 from broker.core.geoindex import GeoIndex
+from broker.core.point_views import PointViews, view_dict
 from broker.core.points import PointState, derive_estado, is_faulted
 from broker.core.queues import Reservation, turn_deadline
 from broker.core.sessions import (
@@ -60,6 +61,8 @@ class Engine:
         self.new_id = new_id
         self.points: dict[str, PointState] = {}
         self.index = GeoIndex()
+        self.views = PointViews(config.queue_capacity)
+        self.low_battery: set[str] = set()  # vehicles told about; see battery_report
         self.res_by_vehicle: dict[str, Reservation] = {}
         self.res_by_id: dict[str, Reservation] = {}
         self.sessions: dict[str, Session] = {}
@@ -142,21 +145,15 @@ class Engine:
 
     def point_view(self, p: PointState, distance: float | None, now: float) -> dict[str, Any]:
         """The protocol's Point object (``distance`` omitted when None)."""
-        view: dict[str, Any] = {
-            "id": p.id,
-            "latitude": p.latitude,
-            "longitude": p.longitude,
-            "available": p.estado == "disponivel" and not p.queue,
-            "estado": p.estado,
-            "queue_size": len(p.queue),
-            "queue_capacity": self.cfg.queue_capacity,
-        }
-        if distance is not None:
-            view["distance"] = round(distance, 3)
-        view["potencia_kw"] = p.potencia_kw
-        view["preco_kwh"] = p.preco_kwh
-        view["espera_estimada_min"] = self.wait_minutes(p, now)
-        return view
+        return view_dict(p, self.cfg.queue_capacity, distance, self.wait_minutes(p, now))
+
+    def encoded_points(self, hits: list[tuple[float, str]], now: float) -> bytes:
+        """``[Point, ...]`` as JSON for ``(distance_km, point_id)`` hits, from cached views."""
+        listed = []
+        for d, pid in hits:
+            p = self.points[pid]
+            listed.append((d, p, self.wait_minutes(p, now)))
+        return self.views.encode_list(listed)
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn.
@@ -178,6 +175,39 @@ class Engine:
         for r in p.queue:
             t = max(t, r.created_at + r.eta_s) + TYPICAL_SESSION_KWH / power * 3600.0
         return max(0, math.ceil((t - now) / 60.0 - 1e-9))
+
+    # --- vehicles -------------------------------------------------------------------
+
+    def battery_report(
+        self,
+        vehicle_id: str,
+        level: float,
+        latitude: float,
+        longitude: float,
+        now: float,
+        fx: list[Effect],
+    ) -> None:
+        """``vehicle.low_battery`` once when a level falls below ``low_battery``.
+
+        Not again for that vehicle until it reports ``low_battery_rearm`` or more, so a
+        vehicle that polls while low makes one event (and a read stays a read).
+        """
+        if level < self.cfg.low_battery:
+            if vehicle_id not in self.low_battery:
+                self.low_battery.add(vehicle_id)
+                self.publish(
+                    fx,
+                    "vehicle.low_battery",
+                    {
+                        "vehicle_id": vehicle_id,
+                        "nivel_bateria": level,
+                        "latitude": latitude,
+                        "longitude": longitude,
+                    },
+                    now,
+                )
+        elif level >= self.cfg.low_battery_rearm:
+            self.low_battery.discard(vehicle_id)
 
     # --- queues and turns -----------------------------------------------------------
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from msgspec import Raw
+
 from broker.core.effects import Effect, Persist, Reply
 from broker.core.engine import Engine
 from broker.core.points import PointState, holds_turn
@@ -52,7 +54,7 @@ def handle(
     elif isinstance(data, Ping) and req.type == "ping":
         reply({})
     elif isinstance(data, Bateria) and req.type == "bateria":
-        reply({"pontos": _bateria(eng, vehicle_id, data, now, fx)})
+        reply(_bateria(eng, vehicle_id, data, now, fx))
     elif isinstance(data, Consulta) and req.type == "consulta":
         reply(_consulta(eng, data, now))
     elif isinstance(data, Reserva) and req.type == "reserva":
@@ -79,22 +81,10 @@ def handle(
 # --- queries --------------------------------------------------------------------------
 
 
-def _bateria(
-    eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]
-) -> list[dict[str, Any]]:
+def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]) -> Raw:
+    """``{"pontos": [...]}``, already encoded (cached point views, see point_views)."""
     loc = data.localizacao
-    if data.nivel_bateria < eng.cfg.low_battery:
-        eng.publish(
-            fx,
-            "vehicle.low_battery",
-            {
-                "vehicle_id": vehicle_id,
-                "nivel_bateria": data.nivel_bateria,
-                "latitude": loc.latitude,
-                "longitude": loc.longitude,
-            },
-            now,
-        )
+    eng.battery_report(vehicle_id, data.nivel_bateria, loc.latitude, loc.longitude, now, fx)
     points = eng.points
 
     def usable(pid: str) -> bool:
@@ -102,17 +92,18 @@ def _bateria(
 
     max_km = data.distancia_max or None
     hits = eng.index.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable)
-    return [eng.point_view(points[pid], d, now) for d, pid in hits]
+    return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
 
 
-def _consulta(eng: Engine, data: Consulta, now: float) -> list[dict[str, Any]]:
+def _consulta(eng: Engine, data: Consulta, now: float) -> Raw:
+    """``[Point, ...]``, already encoded."""
     loc = data.localizacao
     max_km = data.distancia_max or None
     if data.limite is None:
         hits = eng.index.within(loc.latitude, loc.longitude, max_km)
     else:
         hits = eng.index.nearest(loc.latitude, loc.longitude, data.limite, max_km)
-    return [eng.point_view(eng.points[pid], d, now) for d, pid in hits]
+    return Raw(eng.encoded_points(hits, now))
 
 
 def _status(eng: Engine, vehicle_id: str) -> dict[str, Any]:

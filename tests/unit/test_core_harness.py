@@ -61,11 +61,18 @@ class Harness:
 
     @staticmethod
     def replies(fx: list[Effect]) -> list[Reply]:
-        return [e for e in fx if isinstance(e, Reply)]
+        """The replies, data already encoded by the core (msgspec.Raw) decoded for reading."""
+        return [
+            Reply(e.conn, e.request_id, e.type, msgspec.json.decode(e.data))
+            if isinstance(e.data, msgspec.Raw)
+            else e
+            for e in fx
+            if isinstance(e, Reply)
+        ]
 
     @staticmethod
     def reply(fx: list[Effect]) -> Reply:
-        rs = [e for e in fx if isinstance(e, Reply)]
+        rs = Harness.replies(fx)
         assert len(rs) == 1, fx
         return rs[0]
 

@@ -316,3 +316,37 @@ def test_one_pending_start_per_vehicle_across_points() -> None:
     assert h.commands(h.arrive("CAR1", "CP01"), "start")
     r = h.reply(h.arrive("CAR1", "CP02"))
     assert r.data["code"] == "point_busy"
+
+
+def test_low_battery_is_published_once_until_the_vehicle_reports_25_or_more() -> None:
+    h = Harness()
+    h.point("A")
+    loc = {"latitude": -12.0, "longitude": -38.0}
+
+    def events(vid: str, level: float) -> int:
+        fx = h.request(vid, "bateria", nivel_bateria=level, localizacao=loc)
+        assert h.reply(fx).type == "pontos_disponiveis"
+        return len(h.published(fx, "vehicle.low_battery"))
+
+    assert events("CAR1", 15) == 1
+    assert [events("CAR1", lv) for lv in (15, 10, 19.9, 20, 24.9, 3)] == [0] * 6
+    assert events("CAR2", 19) == 1  # per vehicle
+    assert events("CAR1", 25) == 0  # 25 or more re-arms the event ...
+    assert events("CAR1", 18) == 1  # ... which the next low report publishes again
+    assert events("CAR1", 18) == 0
+
+
+def test_a_query_changes_nothing_durable() -> None:
+    h = Harness()
+    h.point("A")
+    loc = {"latitude": -12.0, "longitude": -38.0}
+    h.request("CAR1", "bateria", nivel_bateria=15, localizacao=loc)
+    for fx in (
+        h.request("CAR1", "bateria", nivel_bateria=15, localizacao=loc),
+        h.request("CAR1", "consulta", localizacao=loc),
+        h.request("CAR1", "status"),
+        h.request("CAR1", "custos"),
+        h.request("CAR1", "ping"),
+        h.request("CAR1", "reserva", id_ponto_recarga="nope"),
+    ):
+        assert [type(e).__name__ for e in fx] == ["Reply"], fx

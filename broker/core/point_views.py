@@ -1,0 +1,108 @@
+"""Point objects for ``bateria`` and ``consulta`` replies, encoded once per point change.
+
+A reply lists up to 100 points, and every one of them is the same bytes from
+one request to the next except ``distance`` and ``espera_estimada_min``. So
+each point's JSON is kept as two cached pieces around those two fields::
+
+    {"id":..,"latitude":..,"longitude":..,"available":..,"estado":..,"queue_size":..,
+     "queue_capacity":..,"distance":   <distance>   ,"potencia_kw":..,"preco_kwh":..,
+     "espera_estimada_min":   <minutes>   }
+
+The pieces are cut from msgspec's own encoding of the dict view (so the bytes
+are exactly what encoding :meth:`Engine.point_view`'s dict gives, field order
+included) and rebuilt when any field they hold changes. Validity is checked on
+every use against a key of those fields, not by invalidation from every place
+that changes a point: a check costs about 0.1 us and cannot be forgotten.
+
+The reply data goes out as :class:`msgspec.Raw`, which the reply encoder copies
+verbatim into the envelope; a query reply costs one ``join`` instead of a dict
+per point and an encode of all of them (measured in tests/bench/bench_read_path.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from broker.core.points import PointState
+
+_ENCODE: Final = msgspec.json.Encoder().encode
+_DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
+_WAIT_MARK: Final = -1  # and where the wait goes (both impossible values)
+
+_Key = tuple[str, int, float, float, float, float]
+
+
+def _key(p: PointState) -> _Key:
+    """Every field of the cached pieces that can change."""
+    return (p.estado, len(p.queue), p.latitude, p.longitude, p.potencia_kw, p.preco_kwh)
+
+
+def view_dict(
+    p: PointState, queue_capacity: int, distance: float | None, wait: int
+) -> dict[str, Any]:
+    """The protocol's Point object as a dict (``distance`` omitted when None)."""
+    view: dict[str, Any] = {
+        "id": p.id,
+        "latitude": p.latitude,
+        "longitude": p.longitude,
+        "available": p.estado == "disponivel" and not p.queue,
+        "estado": p.estado,
+        "queue_size": len(p.queue),
+        "queue_capacity": queue_capacity,
+    }
+    if distance is not None:
+        view["distance"] = round(distance, 3)
+    view["potencia_kw"] = p.potencia_kw
+    view["preco_kwh"] = p.preco_kwh
+    view["espera_estimada_min"] = wait
+    return view
+
+
+class PointViews:
+    """Per-point cache of the encoded Point object, around distance and wait."""
+
+    __slots__ = ("_cache", "_capacity")
+
+    def __init__(self, queue_capacity: int) -> None:
+        self._capacity = queue_capacity
+        # point id -> (key, bytes up to the distance value, bytes up to the wait value)
+        self._cache: dict[str, tuple[_Key, bytes, bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def forget(self, point_id: str) -> None:
+        self._cache.pop(point_id, None)
+
+    def pieces(self, p: PointState) -> tuple[bytes, bytes]:
+        """``(head, middle)``: the point's JSON before ``distance`` and before the wait."""
+        key = _key(p)
+        hit = self._cache.get(p.id)
+        if hit is None or hit[0] != key:
+            hit = (key, *self._encode(p))
+            self._cache[p.id] = hit
+        return hit[1], hit[2]
+
+    def _encode(self, p: PointState) -> tuple[bytes, bytes]:
+        whole = _ENCODE(view_dict(p, self._capacity, _DISTANCE_MARK, _WAIT_MARK))
+        dist_at = whole.rindex(b'"distance":-1.0,') + len(b'"distance":')
+        wait_at = whole.rindex(b'"espera_estimada_min":-1}') + len(b'"espera_estimada_min":')
+        return whole[:dist_at], whole[dist_at + len(b"-1.0") : wait_at]
+
+    def encode_list(self, hits: list[tuple[float, PointState, int]]) -> bytes:
+        """``[Point, ...]`` for ``(distance_km, point, wait_minutes)`` in reply order."""
+        parts: list[bytes] = []
+        add = parts.append
+        pieces = self.pieces
+        for distance, p, wait in hits:
+            head, middle = pieces(p)
+            add(head)
+            add(_ENCODE(round(distance, 3)))
+            add(middle)
+            add(b"0}," if wait == 0 else b"%d}," % wait)
+        if not parts:
+            return b"[]"
+        parts[-1] = parts[-1][:-1]  # no comma after the last point
+        return b"[" + b"".join(parts) + b"]"

@@ -1,0 +1,1 @@
+"""The operator web console: a bus consumer serving a live page and a JSON API."""

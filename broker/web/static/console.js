@@ -1,0 +1,347 @@
+/* evcharge operator console: load the state once, then follow /api/events.
+ *
+ * The page keeps one object per point (from /api/console), one Leaflet marker
+ * per point and renders one page of the sorted, filtered table. Every event
+ * message carries the changed point's new row, so applying it replaces that
+ * point's object, restyles its marker and rewrites its table row if shown.
+ * EventSource reconnects by itself and sends Last-Event-ID, so the server
+ * resumes without a gap. window.evConsole exposes figures for tests.
+ */
+(function () {
+  "use strict";
+
+  var STATES = ["disponivel", "reservado", "carregando", "indisponivel", "offline"];
+  var COLOURS = {
+    disponivel: "#1a9850", reservado: "#e6a800", carregando: "#2166ac",
+    indisponivel: "#d73027", offline: "#8c8c8c"
+  };
+  var PAGE = 100;
+  var SVG_LIMIT = 2000; // above it markers are drawn on a canvas
+  var LATEST = 50;
+
+  var points = new Map();
+  var markers = new Map();
+  var sessions = [];
+  var seq = 0;
+  var sortKey = "id", sortDir = 1, page = 0, filter = "";
+  var order = [];
+  var map = null, renderer = null;
+  var source = null, reloading = false;
+  var stats = window.evConsole = {
+    applied: 0, latencies: [], loadedAt: 0, points: 0, errors: [],
+    markerState: function (id) { var m = markers.get(id); return m ? m.evState : null; },
+    markerCount: function () { return markers.size; }
+  };
+
+  function $(id) { return document.getElementById(id); }
+  function text(tag, value, cls) {
+    var el = document.createElement(tag);
+    el.textContent = value == null ? "" : String(value);
+    if (cls) el.className = cls;
+    return el;
+  }
+  function ago(iso) {
+    if (!iso) return "-";
+    var s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    if (s < 90) return Math.round(s) + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    return Math.round(s / 3600) + " h ago";
+  }
+  function api(path, options) {
+    return fetch(path, Object.assign({ credentials: "same-origin" }, options || {}))
+      .then(function (r) {
+        if (!r.ok) return r.json().catch(function () { return {}; }).then(function (b) {
+          throw new Error((b && (b.detail || b.error)) || ("HTTP " + r.status));
+        });
+        return r.json();
+      });
+  }
+
+  // --- map ----------------------------------------------------------------------
+
+  function initMap(tiles, count) {
+    renderer = count > SVG_LIMIT ? L.canvas({ padding: 0.2 }) : L.svg();
+    map = L.map("map", { renderer: renderer, preferCanvas: count > SVG_LIMIT, zoomControl: true });
+    if (tiles) {
+      L.tileLayer(tiles, { maxZoom: 19, attribution: "map tiles" }).addTo(map);
+    }
+    map.setView([0, 0], 2);
+    var legend = $("legend");
+    STATES.forEach(function (s) {
+      var item = document.createElement("span");
+      var dot = document.createElement("i");
+      dot.style.background = COLOURS[s];
+      item.appendChild(dot);
+      item.appendChild(document.createTextNode(s));
+      legend.appendChild(item);
+    });
+  }
+
+  function markerStyle(p) {
+    var colour = COLOURS[p.estado] || COLOURS.offline;
+    return { radius: 7, color: p.fora_de_servico ? "#000" : colour, weight: p.fora_de_servico ? 3 : 1,
+             fillColor: colour, fillOpacity: 0.85 };
+  }
+
+  function placeMarker(p) {
+    var m = markers.get(p.id);
+    if (!m) {
+      m = L.circleMarker([p.latitude, p.longitude], Object.assign({ renderer: renderer }, markerStyle(p)));
+      m.bindPopup(function () { return popup(points.get(p.id)); });
+      m.addTo(map);
+      markers.set(p.id, m);
+    } else {
+      m.setLatLng([p.latitude, p.longitude]);
+      m.setStyle(markerStyle(p));
+    }
+    m.evState = p.estado + (p.fora_de_servico ? " out-of-service" : "");
+    var el = m.getElement && m.getElement();
+    if (el) {
+      el.setAttribute("class", "leaflet-interactive marker st-" + p.estado + (p.fora_de_servico ? " oos" : ""));
+      el.setAttribute("data-point", p.id);
+    }
+  }
+
+  function popup(p) {
+    var box = document.createElement("div");
+    box.appendChild(text("b", p.id));
+    box.appendChild(text("div", p.estado + (p.fora_de_servico ? " (out of service: " + (p.reason || "") + ")" : "")));
+    box.appendChild(text("div", "queue " + p.queue_size + (p.vehicle_id ? ", charging " + p.vehicle_id : "")));
+    return box;
+  }
+
+  function fitMap() {
+    var ll = [];
+    points.forEach(function (p) { ll.push([p.latitude, p.longitude]); });
+    if (ll.length) map.fitBounds(L.latLngBounds(ll).pad(0.1), { maxZoom: 14 });
+  }
+
+  // --- table --------------------------------------------------------------------
+
+  function sortValue(p, key) {
+    var v = p[key];
+    if (key === "queue") return (v || []).join(",");
+    if (key === "estado") return STATES.indexOf(v);
+    if (typeof v === "boolean") return v ? 1 : 0;
+    return v == null ? "" : v;
+  }
+
+  function matches(p) {
+    if (!filter) return true;
+    return p.id.toLowerCase().indexOf(filter) >= 0 || p.estado.indexOf(filter) >= 0 ||
+      (p.vehicle_id || "").toLowerCase().indexOf(filter) >= 0 ||
+      (p.queue || []).join(" ").toLowerCase().indexOf(filter) >= 0;
+  }
+
+  function resort() {
+    order = [];
+    points.forEach(function (p) { if (matches(p)) order.push(p); });
+    order.sort(function (a, b) {
+      var x = sortValue(a, sortKey), y = sortValue(b, sortKey);
+      if (x < y) return -sortDir;
+      if (x > y) return sortDir;
+      return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+    });
+    order = order.map(function (p) { return p.id; });
+    var pages = Math.max(1, Math.ceil(order.length / PAGE));
+    page = Math.min(page, pages - 1);
+    $("page").textContent = (page + 1) + "/" + pages;
+    document.querySelectorAll("#points th").forEach(function (th) {
+      th.classList.toggle("sorted-asc", th.dataset.key === sortKey && sortDir === 1);
+      th.classList.toggle("sorted-desc", th.dataset.key === sortKey && sortDir === -1);
+    });
+    renderTable();
+  }
+
+  function renderTable() {
+    var body = document.querySelector("#points tbody");
+    var rows = document.createDocumentFragment();
+    order.slice(page * PAGE, page * PAGE + PAGE).forEach(function (id) {
+      rows.appendChild(row(points.get(id)));
+    });
+    body.replaceChildren(rows);
+  }
+
+  function row(p) {
+    var tr = document.createElement("tr");
+    tr.dataset.point = p.id;
+    fillRow(tr, p);
+    return tr;
+  }
+
+  function fillRow(tr, p) {
+    var state = text("span", p.estado, "st st-" + p.estado);
+    var cells = [
+      text("td", p.id),
+      document.createElement("td"),
+      text("td", p.queue_size, "num"),
+      text("td", (p.queue || []).join(", ")),
+      text("td", p.vehicle_id || ""),
+      text("td", ago(p.last_heard), "muted"),
+      document.createElement("td")
+    ];
+    cells[1].className = "estado";
+    cells[1].appendChild(state);
+    var box = document.createElement("input");
+    box.type = "checkbox";
+    box.className = "oos";
+    box.checked = !!p.fora_de_servico;
+    box.title = p.fora_de_servico ? "out of service: " + (p.reason || "") + " (untick to put back)" : "take out of service";
+    box.setAttribute("aria-label", "out of service " + p.id);
+    box.addEventListener("change", function () { toggle(p.id, box); });
+    cells[6].appendChild(box);
+    if (p.fora_de_servico && p.reason) cells[6].appendChild(text("span", " " + p.reason, "muted"));
+    tr.replaceChildren.apply(tr, cells);
+    tr.className = "estado-" + p.estado + (p.fora_de_servico ? " oos" : "");
+  }
+
+  function toggle(id, box) {
+    var available = !box.checked;
+    var reason = $("reason").value.trim() || "maintenance";
+    box.disabled = true;
+    api("/api/points/" + encodeURIComponent(id) + "/availability", {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ available: available, reason: available ? "" : reason })
+    }).catch(function (err) {
+      box.checked = !available;
+      stats.errors.push(String(err.message || err));
+      alert("Could not change " + id + ": " + (err.message || err));
+    }).finally(function () { box.disabled = false; });
+  }
+
+  function updateRow(p) {
+    var tr = document.querySelector('#points tr[data-point="' + CSS.escape(p.id) + '"]');
+    if (tr) {
+      fillRow(tr, p);
+      tr.classList.remove("flash");
+      void tr.offsetWidth;
+      tr.classList.add("flash");
+    }
+  }
+
+  // --- sessions, figures, events ------------------------------------------------
+
+  function renderSessions() {
+    var body = document.querySelector("#sessions tbody");
+    var rows = document.createDocumentFragment();
+    sessions.forEach(function (s) {
+      var tr = document.createElement("tr");
+      tr.dataset.session = s.session_id;
+      [text("td", s.session_id), text("td", s.vehicle_id), text("td", s.point_id),
+       text("td", ago(s.started_at), "muted"), text("td", Number(s.energy_kwh).toFixed(3), "num")]
+        .forEach(function (td) { tr.appendChild(td); });
+      rows.appendChild(tr);
+    });
+    body.replaceChildren(rows);
+  }
+
+  function renderFigures(st) {
+    if (st) {
+      $("f-kwh").textContent = st.today.energy_kwh.toFixed(3);
+      $("f-revenue").textContent = st.today.revenue.toFixed(2);
+      $("f-active").textContent = st.sessions_active;
+    }
+    var online = 0, oos = 0;
+    points.forEach(function (p) { if (p.online) online++; if (p.fora_de_servico) oos++; });
+    $("f-points").textContent = points.size;
+    $("f-online").textContent = online;
+    $("f-oos").textContent = oos;
+    $("f-seq").textContent = seq;
+  }
+
+  function addEvent(ev) {
+    var list = $("events");
+    var item = text("li", "#" + ev.seq + " " + new Date(ev.ts * 1000).toISOString().slice(11, 23) + " " +
+      ev.topic + " " + Object.keys(ev.data).slice(0, 4).map(function (k) {
+        return k + "=" + JSON.stringify(ev.data[k]);
+      }).join(" "));
+    list.insertBefore(item, list.firstChild);
+    while (list.children.length > LATEST) list.removeChild(list.lastChild);
+  }
+
+  // --- loading and following ----------------------------------------------------
+
+  function load(first) {
+    var t0 = performance.now();
+    return api("/api/console").then(function (view) {
+      if (first) initMap(view.tiles, view.points.length);
+      points.clear();
+      view.points.forEach(function (p) { points.set(p.id, p); placeMarker(p); });
+      markers.forEach(function (m, id) { if (!points.has(id)) { m.remove(); markers.delete(id); } });
+      sessions = view.sessions;
+      seq = view.seq;
+      $("events").replaceChildren();
+      view.latest.slice().reverse().forEach(addEvent);
+      if (first) fitMap();
+      resort();
+      renderSessions();
+      renderFigures(view.stats);
+      stats.points = points.size;
+      stats.loadedAt = performance.now();
+      stats.loadMs = stats.loadedAt - t0;
+      follow();
+    });
+  }
+
+  function follow() {
+    if (source) source.close();
+    source = new EventSource("/api/events?since=" + seq);
+    source.onopen = function () { $("f-link").classList.remove("down"); };
+    source.onerror = function () { $("f-link").classList.add("down"); };
+    source.onmessage = function (msg) {
+      if (!msg.data) return;
+      var ev = JSON.parse(msg.data);
+      if (ev.seq <= seq) return;
+      seq = ev.seq;
+      if (ev.point) {
+        var known = points.has(ev.point.id);
+        points.set(ev.point.id, ev.point);
+        placeMarker(ev.point);
+        if (known) updateRow(ev.point); else resort();
+      } else if (ev.data && (ev.data.point_id || ev.data.id)) {
+        reload(); // resumed from history without the console's view: take a fresh state
+        return;
+      }
+      if (ev.sessions) { sessions = ev.sessions; renderSessions(); }
+      addEvent(ev);
+      renderFigures(ev.stats);
+      stats.applied = seq;
+      stats.latencies.push(Date.now() / 1000 - ev.ts);
+      if (stats.latencies.length > 100000) stats.latencies.splice(0, 50000);
+    };
+    source.addEventListener("sessions", function (msg) {
+      sessions = JSON.parse(msg.data).sessions;
+      renderSessions();
+    });
+  }
+
+  function reload() {
+    if (reloading) return;
+    reloading = true;
+    if (source) source.close();
+    setTimeout(function () { load(false).finally(function () { reloading = false; }); }, 200);
+  }
+
+  // --- controls -----------------------------------------------------------------
+
+  document.querySelectorAll("#points th").forEach(function (th) {
+    th.addEventListener("click", function () {
+      if (sortKey === th.dataset.key) sortDir = -sortDir; else { sortKey = th.dataset.key; sortDir = 1; }
+      resort();
+    });
+  });
+  $("filter").addEventListener("input", function (e) { filter = e.target.value.trim().toLowerCase(); page = 0; resort(); });
+  $("prev").addEventListener("click", function () { page = Math.max(0, page - 1); resort(); });
+  $("next").addEventListener("click", function () { page += 1; resort(); });
+  setInterval(function () { // keep "last heard" and "since" fresh
+    document.querySelectorAll("#points tbody tr").forEach(function (tr) {
+      var p = points.get(tr.dataset.point);
+      if (p) tr.children[5].textContent = ago(p.last_heard);
+    });
+  }, 5000);
+
+  load(true).catch(function (err) {
+    stats.errors.push(String(err.message || err));
+    document.body.insertBefore(text("p", "Cannot load the console: " + (err.message || err)), document.body.firstChild);
+  });
+})();
