@@ -20,6 +20,7 @@ from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from common.errors import StoreError
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
+from common.timeutil import format_timestamp
 
 
 class Core:
@@ -195,7 +196,9 @@ class Core:
     def snapshot(self) -> dict[str, Any]:
         """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``.
 
-        Points are sorted by id, running sessions by start time.
+        Points are sorted by id, running sessions by start time; each point also
+        has ``vehicle_id``, ``session_id`` and ``last_heard`` (when the station was
+        last heard from, or None).
         """
         eng = self._eng
         points = []
@@ -203,6 +206,7 @@ class Core:
             view = eng.point_view(p, None, self._now)
             view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
             view["session_id"] = p.session.id if p.session is not None else None
+            view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard else None
             points.append(view)
         queues = {
             pid: [r.view(i + 1) for i, r in enumerate(p.queue)]

@@ -159,3 +159,11 @@ def test_reconcile_does_not_read_the_report_format(tmp_path: Path) -> None:
         env={"EV_REPORT_FORMAT": "csv"},
     )
     assert "csv" not in result.output and result.exit_code == 2  # no ledger, not a bad format
+
+
+def test_docs_list_every_variable() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    for prog, path, command in commands():
+        for p in options(command):
+            if p.envvar:
+                assert f"`{p.opts[0]}` {p.envvar}" in text, (prog, path, p.envvar)
