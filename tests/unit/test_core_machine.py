@@ -30,7 +30,11 @@ def busy_harness() -> tuple[Harness, str]:
 def comparable(snap: dict[str, Any]) -> dict[str, Any]:
     """The snapshot minus liveness (restored points are offline until heard)."""
     points = [
-        {k: v for k, v in p.items() if k not in ("estado", "available", "espera_estimada_min")}
+        {
+            k: v
+            for k, v in p.items()
+            if k not in ("estado", "available", "espera_estimada_min", "last_heard")
+        }
         for p in snap["points"]
     ]
     return {"points": points, "queues": snap["queues"], "sessions": snap["sessions"]}
