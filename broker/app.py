@@ -27,10 +27,11 @@ import contextlib
 import gc
 import logging
 import resource
+import secrets
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import zmq
@@ -46,18 +47,22 @@ from broker.core.effects import (
     SendStation,
     needs_commit,
 )
+from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
 from broker.edges.vehicles_tcp import Slot, VehicleServer
+from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
 
 log = logging.getLogger(__name__)
+
+TOKEN_BYTES: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +84,17 @@ class AppConfig:
     ack_timeout_s: float = 5.0
     heartbeat_s: float = 1.0
     retain_events_s: float | None = None  # None: keep the event log forever
+    vehicle_auth: AuthMode = AuthMode.OPEN
+    limits: Limits = field(default_factory=Limits)
 
 
 PRUNE_EVERY_S: Final = 3600.0  # how often old events are pruned (at most)
 MIN_PRUNE_EVERY_S: Final = 0.2
+
+
+def new_token() -> str:
+    """A vehicle token: 32 random bytes, base64url without padding (43 characters)."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def new_id(prefix: str) -> str:
@@ -118,11 +130,14 @@ class BrokerApp:
                     offline_grace_s=config.offline_grace_s,
                     ack_timeout_s=config.ack_timeout_s,
                     heartbeat_s=config.heartbeat_s,
+                    max_points=config.limits.max_points,
                 ),
                 new_id=new_id,
             )
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
+            self.auth = VehicleAuth(config.vehicle_auth, new_token)
+            self.auth.restore(records)
         except BaseException:
             self.store.close()
             raise
@@ -135,9 +150,16 @@ class BrokerApp:
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
         self.ctx: zmq.asyncio.Context | None = None
-        self.vehicles = VehicleServer(self, self.metrics)
+        self.vehicles = VehicleServer(self, self.metrics, self.auth, config.limits)
         self.status = StatusServer(self.on_datagram, self.metrics)
-        self.http = HttpServer({"/metrics": self._metrics_page, "/healthz": self._health_page})
+        limits = config.limits
+        self.http = HttpServer(
+            {"/metrics": self._metrics_page, "/healthz": self._health_page},
+            max_connections=limits.max_http_connections,
+            max_head=limits.max_http_head,
+            idle_s=limits.http_idle_s,
+            on_reject=lambda reason: self.metrics.rejected.inc("http", reason),
+        )
         self.stations: StationsEdge | None = None
         self.bus: BusPublisher | None = None
         self.history: HistoryServer | None = None
@@ -168,6 +190,8 @@ class BrokerApp:
             events_since=self.store.events_since,
             snapshot=self.core.snapshot,
             accounts=self.core.accounts,
+            max_events=cfg.limits.history_max_events,
+            max_bytes=cfg.limits.history_max_bytes,
         )
         await self.bus.start()
         await self.history.start()
@@ -272,6 +296,13 @@ class BrokerApp:
                 return
         slot.waiting = True
 
+    def vehicle_record_reply(self, persist: Persist, reply: Reply, slot: Slot) -> None:
+        """Commit ``persist``, then send ``reply`` in ``slot`` (a token shown once is stored)."""
+        self._pending.append(persist)
+        self._pending.append(reply)
+        self._reply_slots[id(reply)] = slot
+        self._schedule_flush()
+
     def vehicle_connected(self, vehicle_id: str) -> None:
         self._call(self.core.vehicle_connected, vehicle_id)
 
@@ -279,10 +310,16 @@ class BrokerApp:
         self._call(self.core.vehicle_disconnected, vehicle_id)
 
     def on_datagram(self, datagram: StatusDatagram) -> None:
+        refused = self.core.points_refused
         self._call(self.core.handle_datagram, datagram)
+        if self.core.points_refused != refused:
+            self.metrics.rejected.inc("status", "point_cap")
 
     def on_station(self, point_id: str, message: StationToBroker) -> None:
+        refused = self.core.points_refused
         self._call(self.core.handle_station, point_id, message)
+        if self.core.points_refused != refused:
+            self.metrics.rejected.inc("stations", "point_cap")
 
     def on_unroutable(self, point_id: str) -> None:
         self._call(self.core.station_unreachable, point_id)

@@ -22,7 +22,7 @@ from typing import Any, Final
 from rich.console import Console, Group
 from rich.table import Table
 
-from broker.ledger import Account, Bill, Ledger, to_iso, to_money
+from broker.ledger import Account, Bill, LedgerBase, to_iso, to_money
 from broker.subscriber import Endpoint, HistoryClient
 from common.errors import TransportError
 from common.messages import BusEvent
@@ -37,7 +37,7 @@ SEQ_FLUSH_S: Final = 1.0  # how often a bare seq advance (no bill) is written
 class BillingSink:
     """Writes ``charging.completed`` events to the ledger, with the applied seq."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: LedgerBase) -> None:
         self.ledger = ledger
         self.billed = 0
         self.invalid = 0
@@ -250,6 +250,30 @@ async def fetch_accounts(endpoint: Endpoint, client: HistoryClient) -> dict[str,
     if not isinstance(accounts, dict):
         raise TransportError(f"history at {endpoint.history_url} gave no accounts map")
     return accounts
+
+
+def merge_accounts(per_broker: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``accounts`` maps of several brokers (one per region) as one map.
+
+    A vehicle that charged in several regions has one account per broker: its
+    sessions are put together and its totals added (in exact cents).
+    """
+    if len(per_broker) == 1:
+        return per_broker[0]
+    out: dict[str, Any] = {}
+    for accounts in per_broker:
+        for vid, acc in accounts.items():
+            if not isinstance(acc, dict):
+                continue
+            mine = out.setdefault(vid, {"vehicle_id": vid, "total": 0.0, "sessoes": []})
+            mine.setdefault("moeda", acc.get("moeda"))
+            sessions = acc.get("sessoes")
+            mine["sessoes"].extend(sessions if isinstance(sessions, list) else [])
+            try:
+                mine["total"] = float(to_money(mine["total"]) + to_money(acc.get("total", 0)))
+            except ValueError:
+                mine["total"] = None  # reported as a difference by reconcile
+    return out
 
 
 def render_reconciliation(rec: Reconciliation, fmt: str, console: Console) -> None:

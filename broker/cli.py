@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
+from broker.bridge_cli import register as register_bridge
 from broker.consumers_cli import register as register_consumers
 from broker.serve_cli import register as register_serve
 from broker.web_cli import register as register_web
@@ -37,6 +38,7 @@ def main_options(
 
 register_serve(app)
 register_consumers(app)
+register_bridge(app)
 register_web(app)
 
 

@@ -26,8 +26,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from broker import billing
-from broker.ledger import Ledger
+from broker import billing, subjects
+from broker.ledger import LedgerBase, open_ledger
 from broker.monitor import run_monitor
 from broker.subscriber import Endpoint, HistoryClient, Subscriber
 from broker.tail import PipeClosed, TailSink, pipe_closed
@@ -53,6 +53,14 @@ HistoryPortOpt = Annotated[
 ]
 DbOpt = Annotated[
     Path, typer.Option("--db", envvar="EV_BILLING_DB", help="Billing ledger (SQLite file).")
+]
+LedgerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger",
+        envvar="EV_LEDGER",
+        help="Billing ledger: a postgresql:// URL or a SQLite file (default: --db).",
+    ),
 ]
 DEFAULT_DB = Path("var/billing.db")
 FIGURES_S = 10.0  # how often the billing worker logs its subscriber figures
@@ -112,9 +120,9 @@ def _endpoint(broker: str, events_port: int, history_port: int) -> Endpoint:
     return Endpoint(broker, events_port, history_port)
 
 
-def _open_ledger(db: Path, create: bool) -> Ledger:
+def _open_ledger(db: Path, create: bool, ledger: str | None = None) -> LedgerBase:
     try:
-        return Ledger(db, create=create)
+        return open_ledger(ledger or db, create=create)
     except (ConfigError, StoreError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
 
@@ -137,18 +145,43 @@ def billing_worker(
     events_port: EventsPortOpt = 5556,
     history_port: HistoryPortOpt = 5557,
     db: DbOpt = DEFAULT_DB,
+    ledger_target: LedgerOpt = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source",
+            envvar="EV_SOURCE",
+            help="'bus' (the broker's ZeroMQ bus, one region) or a nats:// URL (JetStream).",
+        ),
+    ] = "bus",
+    regions: Annotated[
+        str | None,
+        typer.Option("--regions", envvar="EV_REGIONS", help="JetStream: only these regions (a,b)."),
+    ] = None,
+    stream: Annotated[
+        str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
+    ] = subjects.DEFAULT_STREAM,
 ) -> None:
-    """Run the billing worker: catch up from history, then follow live events."""
+    """Run the billing worker: catch up from history, then follow live events.
+
+    With --source nats://HOST:PORT it is a durable JetStream consumer of every
+    region's charging.completed instead (see docs/scale.md).
+    """
     if ctx.invoked_subcommand is not None:
         return
+    if source != "bus":
+        _billing_from_jetstream(db, ledger_target, source, regions, stream)
+        return
+    if regions is not None:
+        raise _fail("--regions needs --source nats://...", EXIT_USAGE)
     endpoint = _endpoint(broker, events_port, history_port)
     _setup_logging(logging.INFO)
-    ledger = _open_ledger(db, create=True)
+    ledger = _open_ledger(db, create=True, ledger=ledger_target)
     sink = billing.BillingSink(ledger)
     sub = Subscriber(endpoint, sink, topics=(billing.TOPIC,), start_seq=ledger.last_seq)
 
     async def main(stop: asyncio.Event) -> None:
-        typer.echo(f"billing ready: ledger {db} from seq {ledger.last_seq}")
+        typer.echo(f"billing ready: ledger {ledger.location} from seq {ledger.last_seq}")
 
         async def caught_up() -> None:
             log = logging.getLogger("broker.billing")
@@ -195,10 +228,58 @@ def _ledger_path(ctx: typer.Context, db: Path) -> Path:
     return db
 
 
+def _billing_from_jetstream(
+    db: Path, ledger_target: str | None, url: str, regions: str | None, stream: str
+) -> None:
+    try:
+        subjects.check_nats_url(url)
+        region_list = subjects.parse_regions(regions)
+        subjects.check_stream(stream)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    from broker.billing_jetstream import JetStreamBilling  # nats-py only when used
+
+    _setup_logging(logging.INFO)
+    ledger = _open_ledger(db, create=True, ledger=ledger_target)
+    worker = JetStreamBilling(url, ledger, stream=stream, regions=region_list)
+    log = logging.getLogger("broker.billing")
+
+    async def main(stop: asyncio.Event) -> None:
+        async def note() -> None:
+            await worker.ready.wait()
+            names = ", ".join(name for name, _ in worker.consumers)
+            typer.echo(
+                f"billing ready: ledger {ledger.location} from {url} stream {stream} ({names})"
+            )
+            shown = None
+            while True:
+                await asyncio.sleep(FIGURES_S)
+                st = worker.stats
+                now = (st.messages, st.billed, st.replayed, st.invalid, st.restarts)
+                if now != shown:
+                    log.info("messages %d billed %d replayed %d invalid %d restarts %d", *now)
+                    shown = now
+
+        task = asyncio.create_task(note())
+        try:
+            await worker.run(stop)
+        finally:
+            task.cancel()
+
+    try:
+        _run(main)
+    except StoreError as exc:
+        raise _fail(str(exc), 1) from exc
+    finally:
+        ledger.close()
+    typer.echo(f"billing stopped ({worker.stats.billed} new sessions)")
+
+
 @billing_app.command("report")
 def billing_report(
     ctx: typer.Context,
     db: DbOpt = DEFAULT_DB,
+    ledger_target: LedgerOpt = None,
     vehicle: Annotated[
         str | None,
         typer.Option("--vehicle", envvar="EV_REPORT_VEHICLE", help="Only this vehicle."),
@@ -209,7 +290,7 @@ def billing_report(
     ] = ReportFormat.table,
 ) -> None:
     """Per-vehicle totals and session lines from the ledger."""
-    with _open_ledger(_ledger_path(ctx, db), create=False) as ledger:
+    with _open_ledger(_ledger_path(ctx, db), create=False, ledger=ledger_target) as ledger:
         accounts = ledger.accounts(vehicle)
     billing.render_report(accounts, fmt.value, Console(soft_wrap=fmt != ReportFormat.table))
 
@@ -217,9 +298,17 @@ def billing_report(
 @billing_app.command("reconcile")
 def billing_reconcile(
     ctx: typer.Context,
-    broker: BrokerOpt = "127.0.0.1",
+    brokers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--broker",
+            envvar="EV_BROKER",
+            help="Broker HOST or HOST:PORT (history port); repeat for one broker per region.",
+        ),
+    ] = None,
     history_port: HistoryPortOpt = 5557,
     db: DbOpt = DEFAULT_DB,
+    ledger_target: LedgerOpt = None,
     fmt: Annotated[
         OutputFormat,
         typer.Option("--format", envvar="EV_RECONCILE_FORMAT", help="Output format."),
@@ -229,30 +318,45 @@ def billing_reconcile(
         typer.Option("--timeout", envvar="EV_RECONCILE_TIMEOUT", min=0.1, help="Seconds to wait."),
     ] = 3.0,
 ) -> None:
-    """Compare the ledger with the broker's accounts: exit 0 when equal, 1 when not."""
-    endpoint = _endpoint(broker, 5556, history_port)
-    with _open_ledger(_ledger_path(ctx, db), create=False) as ledger:
+    """Compare the ledger with the brokers' accounts: exit 0 when equal, 1 when not."""
+    endpoints = [_history_endpoint(b, history_port) for b in (brokers or ["127.0.0.1"])]
+    with _open_ledger(_ledger_path(ctx, db), create=False, ledger=ledger_target) as ledger:
         mine = ledger.accounts()
 
-    async def fetch() -> dict[str, Any]:
+    async def fetch() -> list[dict[str, Any]]:
         import zmq.asyncio
 
         ctx = zmq.asyncio.Context()
-        client = HistoryClient(ctx, endpoint.history_url, timeout_s=timeout)
+        clients = [HistoryClient(ctx, e.history_url, timeout_s=timeout) for e in endpoints]
         try:
-            return await billing.fetch_accounts(endpoint, client)
+            return list(
+                await asyncio.gather(
+                    *(billing.fetch_accounts(e, c) for e, c in zip(endpoints, clients, strict=True))
+                )
+            )
         finally:
-            client.close()
+            for c in clients:
+                c.close()
             ctx.term()
 
     try:
-        theirs = asyncio.run(fetch())
+        theirs = billing.merge_accounts(asyncio.run(fetch()))
     except TransportError as exc:
         raise _fail(str(exc), EXIT_UNREACHABLE) from exc
     rec = billing.reconcile(mine, theirs)
     billing.render_reconciliation(rec, fmt.value, Console(soft_wrap=True))
     if not rec.equal:
         raise typer.Exit(EXIT_DIFFERENT)
+
+
+def _history_endpoint(text: str, default_port: int) -> Endpoint:
+    """``HOST`` or ``HOST:PORT`` (the history port) as an endpoint."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return _endpoint(text, 5556, default_port)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _fail(f"invalid --broker {text!r}: expected HOST or HOST:PORT", EXIT_USAGE)
+    return _endpoint(host, 5556, int(port))
 
 
 # --- tail ---------------------------------------------------------------------------

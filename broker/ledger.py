@@ -1,47 +1,33 @@
-"""The billing ledger: one SQLite row per charging session, and the applied seq.
+"""The billing ledger: one row per charging session, and the applied seq.
 
 Money is :class:`decimal.Decimal` in code and integer cents in the database.
-Rows are inserted idempotently by ``session_id`` and the last applied bus seq
-is written in the SAME transaction as the rows, so a crash at any instant
-neither loses nor doubles a bill: after a restart the worker resumes from the
-stored seq and a replayed session is ignored.
+Rows are keyed by ``session_id`` and by ``(region, seq)`` (the event that
+billed them) and inserted idempotently, and the last applied bus seq is written
+in the SAME transaction as the rows, so a crash at any instant neither loses
+nor doubles a bill: after a restart the worker resumes from the stored seq (or
+its JetStream consumer redelivers) and a replayed event is ignored.
+
+:class:`Ledger` is the embedded SQLite store; :mod:`broker.ledger_pg` holds
+the same tables in PostgreSQL. Both share :class:`LedgerBase` (reports) and
+their schema is versioned: :data:`MIGRATIONS` lists each version's steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from common.errors import ConfigError, StoreError
 from common.timeutil import format_timestamp, parse_timestamp
 
-SCHEMA_VERSION: Final = 1
 CENT: Final = Decimal("0.01")
 MILLI: Final = Decimal("0.001")
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id     TEXT PRIMARY KEY,
-    seq            INTEGER NOT NULL,
-    vehicle_id     TEXT NOT NULL,
-    point_id       TEXT NOT NULL,
-    started_at     TEXT NOT NULL,
-    ended_at       TEXT NOT NULL,
-    energy_kwh     TEXT NOT NULL,
-    price_kwh      TEXT NOT NULL,
-    cost_cents     INTEGER NOT NULL,
-    currency       TEXT NOT NULL,
-    payment_method TEXT NOT NULL,
-    reason         TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_vehicle ON sessions (vehicle_id, ended_at);
-"""
 
 
 def to_money(value: Any) -> Decimal:
@@ -141,11 +127,154 @@ class Account:
         }
 
 
-class Ledger:
-    """The billing worker's own SQLite store."""
+@dataclass(frozen=True)
+class Entry:
+    """A bill with the event that carried it: ``(region, seq)`` is its key."""
+
+    region: str
+    seq: int
+    bill: Bill
+    published_at: float | None = None  # the bus event's ts (for delay figures)
+
+
+# Versioned schema: each version's statements, in order, for SQLite and PostgreSQL.
+# A ledger stores its version in meta.schema_version and runs the missing steps at
+# open, each version in its own transaction.
+MIGRATIONS: Final[dict[int, dict[str, tuple[str, ...]]]] = {
+    1: {
+        "sqlite": (
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS sessions (
+                session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, vehicle_id TEXT NOT NULL,
+                point_id TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT NOT NULL,
+                energy_kwh TEXT NOT NULL, price_kwh TEXT NOT NULL, cost_cents INTEGER NOT NULL,
+                currency TEXT NOT NULL, payment_method TEXT NOT NULL, reason TEXT NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS sessions_vehicle ON sessions (vehicle_id, ended_at)",
+        ),
+        "postgresql": (
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS sessions (
+                session_id TEXT PRIMARY KEY, seq BIGINT NOT NULL, vehicle_id TEXT NOT NULL,
+                point_id TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT NOT NULL,
+                energy_kwh TEXT NOT NULL, price_kwh TEXT NOT NULL, cost_cents BIGINT NOT NULL,
+                currency TEXT NOT NULL, payment_method TEXT NOT NULL, reason TEXT NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS sessions_vehicle ON sessions (vehicle_id, ended_at)",
+        ),
+    },
+    2: {  # regions: rows keyed by (region, seq); publication and recording times
+        "sqlite": (
+            "ALTER TABLE sessions ADD COLUMN region TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE sessions ADD COLUMN published_at REAL",
+            "ALTER TABLE sessions ADD COLUMN recorded_at REAL",
+            "CREATE UNIQUE INDEX sessions_event ON sessions (region, seq)",
+        ),
+        "postgresql": (
+            "ALTER TABLE sessions ADD COLUMN region TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE sessions ADD COLUMN published_at DOUBLE PRECISION",
+            "ALTER TABLE sessions ADD COLUMN recorded_at DOUBLE PRECISION",
+            "CREATE UNIQUE INDEX sessions_event ON sessions (region, seq)",
+        ),
+    },
+}
+SCHEMA_VERSION: Final = max(MIGRATIONS)
+
+_COLUMNS: Final = (
+    "session_id, seq, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
+    "cost_cents, currency, payment_method, reason, region, published_at, recorded_at"
+)
+_SELECT: Final = (
+    "SELECT session_id, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
+    "cost_cents, currency, payment_method, reason FROM sessions"
+)
+_ORDER: Final = " ORDER BY vehicle_id, ended_at, session_id"
+
+
+def entry_row(e: Entry, recorded_at: float) -> tuple[Any, ...]:
+    """The ``sessions`` row of an entry, in :data:`_COLUMNS` order."""
+    b = e.bill
+    return (
+        b.session_id, e.seq, b.vehicle_id, b.point_id, b.started_at, b.ended_at,
+        str(b.energy_kwh), str(b.price_kwh), int(b.cost / CENT), b.currency,
+        b.payment_method, b.reason, e.region, e.published_at, recorded_at,
+    )  # fmt: skip
+
+
+def bill_from_row(r: Sequence[Any]) -> Bill:
+    """A :class:`Bill` from a :data:`_SELECT` row."""
+    return Bill(
+        session_id=r[0],
+        vehicle_id=r[1],
+        point_id=r[2],
+        started_at=r[3],
+        ended_at=r[4],
+        energy_kwh=Decimal(r[5]),
+        price_kwh=Decimal(r[6]),
+        cost=Decimal(r[7]) * CENT,
+        currency=r[8],
+        payment_method=r[9],
+        reason=r[10],
+    )
+
+
+def group_accounts(bills: Iterable[Bill]) -> dict[str, Account]:
+    """Per-vehicle totals and session lines, as the broker's accounts op shows them."""
+    grouped: dict[str, list[Bill]] = {}
+    for b in bills:
+        grouped.setdefault(b.vehicle_id, []).append(b)
+    return {
+        vid: Account(vid, bills[0].currency, sum((b.cost for b in bills), Decimal("0.00")), bills)
+        for vid, bills in grouped.items()
+    }
+
+
+class LedgerBase:
+    """What every ledger offers; subclasses implement :meth:`write` and :meth:`bills`."""
+
+    location = ""
+
+    @property
+    def last_seq(self) -> int:
+        raise NotImplementedError
+
+    def write(self, entries: Sequence[Entry], applied_seq: int | None = None) -> int:
+        """Insert new entries (and store ``applied_seq``) in one transaction; returns how
+        many were new (a known session or (region, seq) is ignored)."""
+        raise NotImplementedError
+
+    def bills(self, vehicle_id: str | None = None) -> list[Bill]:
+        raise NotImplementedError
+
+    def delays(self) -> list[float]:
+        """Seconds from publication on the bus to the ledger row, per recorded session."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def apply(self, bills: Iterable[tuple[int, Bill]], applied_seq: int) -> int:
+        """Bills of the local bus (region ``""``) up to ``applied_seq``; see :meth:`write`.
+
+        The stored seq never goes backwards.
+        """
+        return self.write([Entry("", seq, b) for seq, b in bills], applied_seq)
+
+    def accounts(self, vehicle_id: str | None = None) -> dict[str, Account]:
+        """Per-vehicle totals and session lines, as the broker's accounts op shows them."""
+        return group_accounts(self.bills(vehicle_id))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Ledger(LedgerBase):
+    """The billing worker's own SQLite store (the embedded default)."""
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = str(path)
+        self.location = self.path
         if self.path != ":memory:":
             p = Path(self.path)
             if not create and not p.exists():
@@ -158,29 +287,38 @@ class Ledger:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._check_version()
+            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot use ledger {self.path}: {exc}") from exc
 
-    def _check_version(self) -> None:
+    def _version(self) -> int:
+        has_meta = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return 0
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(f"ledger {self.path} has a newer schema ({row[0]})")
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"ledger {self.path} has a newer schema ({version})")
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            with self._tx() as db:
+                if self._version() >= v:  # another process migrated meanwhile
+                    continue
+                for stmt in MIGRATIONS[v]["sqlite"]:
+                    db.execute(stmt)
+                db.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(v),),
+                )
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
-
-    def __enter__(self) -> Ledger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -197,67 +335,46 @@ class Ledger:
         row = self._db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
         return int(row[0]) if row else 0
 
-    def apply(self, bills: Iterable[tuple[int, Bill]], applied_seq: int) -> int:
-        """Insert new bills and store ``applied_seq`` in one transaction.
-
-        Returns how many sessions were new (a known session_id is ignored).
-        The stored seq never goes backwards.
-        """
+    def write(self, entries: Sequence[Entry], applied_seq: int | None = None) -> int:
         added = 0
+        now = time.time()
+        sql = (
+            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({','.join('?' * 15)}) "
+            "ON CONFLICT DO NOTHING"
+        )
         try:
             with self._tx() as db:
-                for seq, b in bills:
-                    cur = db.execute(
-                        "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                        "ON CONFLICT(session_id) DO NOTHING",
-                        (
-                            b.session_id, seq, b.vehicle_id, b.point_id, b.started_at,
-                            b.ended_at, str(b.energy_kwh), str(b.price_kwh),
-                            int(b.cost / CENT), b.currency, b.payment_method, b.reason,
-                        ),
-                    )  # fmt: skip
-                    added += cur.rowcount
-                db.execute(
-                    "INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(key) DO UPDATE "
-                    "SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                    (str(applied_seq),),
-                )
+                for e in entries:
+                    added += db.execute(sql, entry_row(e, now)).rowcount
+                if applied_seq is not None:
+                    db.execute(
+                        "INSERT INTO meta VALUES ('last_seq', ?) ON CONFLICT(key) DO UPDATE "
+                        "SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                        (str(applied_seq),),
+                    )
         except sqlite3.Error as exc:
             raise StoreError(f"ledger write failed: {exc}") from exc
         return added
 
     def bills(self, vehicle_id: str | None = None) -> list[Bill]:
-        sql = "SELECT * FROM sessions"
-        args: tuple[str, ...] = ()
-        if vehicle_id is not None:
-            sql += " WHERE vehicle_id = ?"
-            args = (vehicle_id,)
-        rows = self._db.execute(sql + " ORDER BY vehicle_id, ended_at, session_id", args)
-        return [
-            Bill(
-                session_id=r[0],
-                vehicle_id=r[2],
-                point_id=r[3],
-                started_at=r[4],
-                ended_at=r[5],
-                energy_kwh=Decimal(r[6]),
-                price_kwh=Decimal(r[7]),
-                cost=Decimal(r[8]) * CENT,
-                currency=r[9],
-                payment_method=r[10],
-                reason=r[11],
-            )
-            for r in rows
-        ]
+        if vehicle_id is None:
+            rows = self._db.execute(_SELECT + _ORDER)
+        else:
+            rows = self._db.execute(_SELECT + " WHERE vehicle_id = ?" + _ORDER, (vehicle_id,))
+        return [bill_from_row(r) for r in rows]
 
-    def accounts(self, vehicle_id: str | None = None) -> dict[str, Account]:
-        """Per-vehicle totals and session lines, as the broker's accounts op shows them."""
-        grouped: dict[str, list[Bill]] = {}
-        for b in self.bills(vehicle_id):
-            grouped.setdefault(b.vehicle_id, []).append(b)
-        return {
-            vid: Account(
-                vid, bills[0].currency, sum((b.cost for b in bills), Decimal("0.00")), bills
-            )
-            for vid, bills in grouped.items()
-        }
+    def delays(self) -> list[float]:
+        rows = self._db.execute(
+            "SELECT recorded_at - published_at FROM sessions WHERE published_at IS NOT NULL"
+        )
+        return [float(r[0]) for r in rows]
+
+
+def open_ledger(target: str | Path, *, create: bool = True) -> LedgerBase:
+    """A ``postgresql://`` URL opens a PostgreSQL ledger; anything else is a SQLite file."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        from broker.ledger_pg import PgLedger
+
+        return PgLedger(text)
+    return Ledger(text, create=create)

@@ -215,6 +215,11 @@ class BrokerMetrics:
             "evcharge_vehicle_connections_total", "Vehicle TCP connections accepted"
         )
         self.commits = r.counter("evcharge_store_commits_total", "Store transactions committed")
+        self.rejected = r.counter(
+            "evcharge_rejected_total",
+            "Input refused or dropped, by edge and reason",
+            ("edge", "reason"),
+        )
         self.pruned = r.counter(
             "evcharge_events_pruned_total", "Events deleted from the log (--retain-events)"
         )

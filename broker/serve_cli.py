@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from broker.limits import Limits
 from broker.logging_setup import FORMATS, LEVELS, setup_logging
 from common.errors import ConfigError, EVError, StoreError
 
@@ -24,6 +25,7 @@ log = logging.getLogger("broker")
 T = TypeVar("T")
 
 USAGE_EXIT = 2
+LIMITS = Limits()  # the defaults shown by --help
 
 
 def _opt(env: str, help_text: str, metavar: str) -> typer.models.OptionInfo:
@@ -61,6 +63,10 @@ def _retention(text: str) -> float | None:
         "a number of days >= 0 (0 keeps every event)",
     )
     return None if days == 0 else days * 86400.0
+
+
+def _count(name: str, text: str) -> int:
+    return _parse(name, text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _host(text: str) -> str:
@@ -125,6 +131,61 @@ def serve(
             "DAYS",
         ),
     ] = "0",
+    vehicle_auth: Annotated[
+        str,
+        _opt(
+            "EV_VEHICLE_AUTH",
+            "open: unregistered ids work (the original client); required: state changes "
+            "and account reads need a registered, authenticated vehicle.",
+            "open|required",
+        ),
+    ] = "open",
+    max_vehicle_connections: Annotated[
+        str, _opt("EV_MAX_VEHICLE_CONNECTIONS", "Open vehicle connections at most.", "N")
+    ] = str(LIMITS.max_vehicle_connections),
+    requests_per_turn: Annotated[
+        str,
+        _opt(
+            "EV_REQUESTS_PER_TURN",
+            "Requests handled per vehicle connection per loop turn (fairness).",
+            "N",
+        ),
+    ] = str(LIMITS.requests_per_turn),
+    max_unsent_bytes: Annotated[
+        str,
+        _opt(
+            "EV_MAX_UNSENT_BYTES",
+            "Unsent reply bytes per vehicle connection before reading from it stops.",
+            "BYTES",
+        ),
+    ] = str(LIMITS.max_unsent_bytes),
+    stalled_close: Annotated[
+        str,
+        _opt(
+            "EV_STALLED_CLOSE",
+            "Seconds a connection over the unsent-bytes limit may go without reading.",
+            "SECONDS",
+        ),
+    ] = f"{LIMITS.stalled_close_s:g}",
+    idle_timeout: Annotated[
+        str,
+        _opt("EV_IDLE_TIMEOUT", "Seconds without a request before a vehicle is closed.", "SECONDS"),
+    ] = f"{LIMITS.idle_timeout_s:g}",
+    max_http_connections: Annotated[
+        str, _opt("EV_MAX_HTTP_CONNECTIONS", "Open HTTP connections at most.", "N")
+    ] = str(LIMITS.max_http_connections),
+    max_http_head: Annotated[
+        str, _opt("EV_MAX_HTTP_HEAD", "Bytes of one HTTP request head (431 past it).", "BYTES")
+    ] = str(LIMITS.max_http_head),
+    max_points: Annotated[
+        str, _opt("EV_MAX_POINTS", "Charging points at most; new ids past it are dropped.", "N")
+    ] = str(LIMITS.max_points),
+    history_max_events: Annotated[
+        str, _opt("EV_HISTORY_MAX_EVENTS", "Events in one history reply at most.", "N")
+    ] = str(LIMITS.history_max_events),
+    history_max_bytes: Annotated[
+        str, _opt("EV_HISTORY_MAX_BYTES", "Bytes of one history reply at most.", "BYTES")
+    ] = str(LIMITS.history_max_bytes),
     log_format: Annotated[
         str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
     ] = "text",
@@ -132,6 +193,7 @@ def serve(
 ) -> None:
     """Run the broker service until SIGINT or SIGTERM."""
     from broker.app import AppConfig
+    from broker.core.vehicle_auth import AuthMode
 
     try:
         fmt = log_format.strip().lower()
@@ -164,6 +226,21 @@ def serve(
             offline_after_s=_seconds("offline-after", offline_after),
             offline_grace_s=_seconds("offline-grace", offline_grace),
             retain_events_s=_retention(retain_events),
+            vehicle_auth=_parse(
+                "vehicle-auth", vehicle_auth, AuthMode, lambda _: True, "open or required"
+            ),
+            limits=Limits(
+                max_vehicle_connections=_count("max-vehicle-connections", max_vehicle_connections),
+                requests_per_turn=_count("requests-per-turn", requests_per_turn),
+                max_unsent_bytes=_count("max-unsent-bytes", max_unsent_bytes),
+                stalled_close_s=_seconds("stalled-close", stalled_close),
+                idle_timeout_s=_seconds("idle-timeout", idle_timeout),
+                max_http_connections=_count("max-http-connections", max_http_connections),
+                max_http_head=_count("max-http-head", max_http_head),
+                max_points=_count("max-points", max_points),
+                history_max_events=_count("history-max-events", history_max_events),
+                history_max_bytes=_count("history-max-bytes", history_max_bytes),
+            ),
         )
     except ConfigError as exc:
         typer.echo(f"ev-broker serve: {exc.message}", err=True)

@@ -34,7 +34,7 @@ from common.errors import EventsPruned, StoreError
 from common.messages import BusEvent
 
 SCHEMA_VERSION: Final = 1
-RECORD_TABLES: Final = ("point", "reservation", "session", "meta")
+RECORD_TABLES: Final = ("point", "reservation", "session", "meta", "vehicle")
 MEMORY: Final = ":memory:"
 
 _SCHEMA: Final = [

@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
@@ -65,9 +66,11 @@ class Sink(Protocol):
     def on_snapshot(self, snapshot: dict[str, Any]) -> None:
         """A consistent state as of ``snapshot["seq"]`` (only in snapshot mode)."""
 
-    def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> None:
+    def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> Awaitable[None] | None:
         """``events`` (already filtered by topic, in seq order); every event up to
-        ``applied_seq`` (of any topic) has now been handled."""
+        ``applied_seq`` (of any topic) has now been handled. A sink may return an
+        awaitable: the subscriber awaits it before taking more events, and an
+        exception raised there ends :meth:`Subscriber.run`."""
 
 
 @dataclass
@@ -337,13 +340,15 @@ class Subscriber:
 
     # --- delivery -------------------------------------------------------------------
 
-    def _deliver(self, events: Sequence[BusEvent]) -> None:
+    async def _deliver(self, events: Sequence[BusEvent]) -> None:
         if not events:
             return
         wanted = [e for e in events if self.wants(e.topic)]
         self.stats.delivered += len(wanted)
         assert self.seq.applied is not None
-        self.sink.on_batch(wanted, self.seq.applied)
+        done = self.sink.on_batch(wanted, self.seq.applied)
+        if inspect.isawaitable(done):  # an async sink: back-pressure until it is done
+            await done
 
     # --- history --------------------------------------------------------------------
 
@@ -353,7 +358,7 @@ class Subscriber:
         self.stats.snapshots += 1
         self.sink.on_snapshot(snap)
         self.seq.reset(seq)
-        self._deliver(self.seq.accept_history([]))
+        await self._deliver(self.seq.accept_history([]))
 
     async def catch_up(self) -> None:
         """Page through history above the applied seq until it has nothing more."""
@@ -379,10 +384,10 @@ class Subscriber:
                 log.warning("history no longer holds seq %d: new snapshot", applied + 1)
                 await self.take_snapshot()
                 continue
-            self._deliver(self.seq.accept_history(events))
+            await self._deliver(self.seq.accept_history(events))
             if not reply.get("more") or not events:
                 if not events and self.seq.parked:
-                    self._deliver(self.seq.skip_to_parked())
+                    await self._deliver(self.seq.skip_to_parked())
                 return
 
     async def _pruned(self, first_seq: int) -> None:
@@ -466,7 +471,7 @@ class Subscriber:
             if n < LIVE_BATCH:
                 with contextlib.suppress(zmq.Again):
                     frames = await self._sub.recv_multipart(flags=zmq.NOBLOCK)
-        self._deliver(batch)
+        await self._deliver(batch)
         if gap:
             self.stats.gaps += 1
         if gap or check:

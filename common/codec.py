@@ -79,14 +79,20 @@ class _Message(msgspec.Struct, omit_defaults=True):
     type: str
     data: Any
     id: UnsetType | Scalar = UNSET
+    truncated: bool = False
 
 
 _JSON_ENCODER: Final = msgspec.json.Encoder()
 
 
-def encode_reply(type: str, data: Any, request_id: UnsetType | Scalar = UNSET) -> bytes:
-    """One reply (or push) line: compact JSON, UTF-8 unescaped, ``\\n``-terminated."""
-    return _JSON_ENCODER.encode(_Message(type, data, request_id)) + b"\n"
+def encode_reply(
+    type: str, data: Any, request_id: UnsetType | Scalar = UNSET, *, truncated: bool = False
+) -> bytes:
+    """One reply (or push) line: compact JSON, UTF-8 unescaped, ``\\n``-terminated.
+
+    ``truncated``: ``"truncated": true`` ends the envelope (a list cut at its limit).
+    """
+    return _JSON_ENCODER.encode(_Message(type, data, request_id, truncated)) + b"\n"
 
 
 def encode_error(error: EVError, request_id: UnsetType | Scalar = UNSET) -> bytes:

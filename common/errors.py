@@ -65,6 +65,18 @@ class InternalError(ProtocolError):
     code = "internal"
 
 
+class Unauthenticated(ProtocolError):
+    """A registered vehicle id used by a connection that has not proved it."""
+
+    code = "unauthenticated"
+
+
+class RateLimited(ProtocolError):
+    """Too many failed attempts from one address: refused for a while."""
+
+    code = "rate_limited"
+
+
 # --- refusals inside typed replies (``status: error``) ----------------------------------
 
 
@@ -89,6 +101,7 @@ NoReservation = _refusal("NoReservation", "no_reservation")
 PointBusy = _refusal("PointBusy", "point_busy")
 PointUnreachable = _refusal("PointUnreachable", "point_unreachable")
 NoSession = _refusal("NoSession", "no_session")
+AlreadyRegistered = _refusal("AlreadyRegistered", "already_registered")
 RefusedInvalid = _refusal("RefusedInvalid", "invalid")
 
 
@@ -147,7 +160,17 @@ class BusProtocolError(EVError):
 
 
 _WIRE_ERRORS: dict[str, type[ProtocolError]] = {
-    c.code: c for c in (BadJson, TooLarge, UnknownType, InvalidRequest, Forbidden, InternalError)
+    c.code: c
+    for c in (
+        BadJson,
+        TooLarge,
+        UnknownType,
+        InvalidRequest,
+        Forbidden,
+        InternalError,
+        Unauthenticated,
+        RateLimited,
+    )
 }
 _REFUSALS: dict[str, type[RequestRefused]] = {
     c.code: c
@@ -163,6 +186,7 @@ _REFUSALS: dict[str, type[RequestRefused]] = {
         PointBusy,
         PointUnreachable,
         NoSession,
+        AlreadyRegistered,
     )
 }
 

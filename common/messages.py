@@ -114,8 +114,31 @@ class Ping(Struct, kw_only=True, frozen=True):
     id_veiculo: VehicleId | None = None
 
 
+#: A token is 43 characters (base64url of 32 bytes); longer input is refused at once.
+MAX_TOKEN_CHARS: Final = 128
+
+
+class Registrar(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId
+
+
+class Autenticar(Struct, kw_only=True, frozen=True):
+    id_veiculo: VehicleId
+    token: Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
+
+
 VehicleRequestData = (
-    Bateria | Consulta | Reserva | Cancelar | Chegada | Parar | Custos | StatusQuery | Ping
+    Bateria
+    | Consulta
+    | Reserva
+    | Cancelar
+    | Chegada
+    | Parar
+    | Custos
+    | StatusQuery
+    | Ping
+    | Registrar
+    | Autenticar
 )
 
 REQUEST_TYPES: Final[dict[str, type[Any]]] = {
@@ -128,6 +151,8 @@ REQUEST_TYPES: Final[dict[str, type[Any]]] = {
     "custos": Custos,
     "status": StatusQuery,
     "ping": Ping,
+    "registrar": Registrar,
+    "autenticar": Autenticar,
 }
 
 # reply ``type`` for each request ``type``
@@ -141,6 +166,8 @@ REPLY_TYPES: Final[dict[str, str]] = {
     "custos": "extrato",
     "status": "status_veiculo",
     "ping": "pong",
+    "registrar": "registro",
+    "autenticar": "autenticado",
 }
 
 PUSH_TYPES: Final = (
@@ -218,6 +245,8 @@ class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=
     started_at: float | str
     ended_at: float | str
     reason: Literal["target_reached", "stopped", "fault"] = "target_reached"
+    # energy read from the charger's meter (OCPP gateway): billed instead of the levels
+    energia_medida_kwh: float | None = None
 
 
 StationToBroker = Hello | Heartbeat | Ack | SessionComplete

@@ -2,8 +2,10 @@
 
 * ``ev-broker serve`` is healthy when ``GET /healthz`` on its HTTP port
   (``EV_HTTP_PORT``, default 8090) answers 200 within 2 s.
-* ``ev-station run|fleet`` is healthy while it holds an established TCP
-  connection to the broker's station port (``EV_STATION_PORT``, 5555).
+* ``ev-station run|fleet|ocpp`` is healthy while it holds an established TCP
+  connection to the broker's station port (``EV_STATION_PORT``, 5555);
+  ``ev-station ocpp-charger`` while it holds one to the OCPP gateway
+  (the port of ``EV_OCPP_URL``, 9000).
 * ``ev-broker billing|tail|monitor`` is healthy while it holds an established
   connection to the broker's events port (``EV_EVENTS_PORT``, 5556).
 * Anything else (an interactive vehicle, a shell) is healthy while it runs.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -64,10 +67,13 @@ def broker_healthy() -> int:
 
 
 def connected(env: str, default: int, what: str) -> int:
-    port = int(os.environ.get(env, str(default)))
+    return connected_to(int(os.environ.get(env, str(default))), what, "the broker")
+
+
+def connected_to(port: int, what: str, peer: str) -> int:
     if established_to(port):
         return 0
-    print(f"unhealthy: {what} has no connection to the broker's port {port}", file=sys.stderr)
+    print(f"unhealthy: {what} has no connection to {peer}'s port {port}", file=sys.stderr)
     return 1
 
 
@@ -75,6 +81,9 @@ def main() -> int:
     prog, command = program()
     if prog == "ev-broker" and command == "serve":
         return broker_healthy()
+    if prog == "ev-station" and command == "ocpp-charger":  # talks to the OCPP gateway
+        port = urllib.parse.urlsplit(os.environ.get("EV_OCPP_URL", "ws://x:9000")).port
+        return connected_to(port or 9000, "ev-station ocpp-charger", "the OCPP gateway")
     if prog == "ev-station":
         return connected("EV_STATION_PORT", 5555, f"ev-station {command}")
     if prog == "ev-broker" and command in ("billing", "tail", "monitor"):

@@ -277,3 +277,7 @@ def fleet(
 
 def main() -> None:
     run_cli(app, PROG, EXIT_CODES)
+
+
+# the OCPP gateway's commands share this app and its options
+from station.ocpp import cli as _ocpp_cli  # noqa: E402, F401

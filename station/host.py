@@ -76,19 +76,23 @@ class Host:
         config: HostConfig,
         link_factory: Callable[[list[str]], Link],
         out: Callable[[str], None] = print,
+        boot_id: str | None = None,
+        seq_start: int = 0,
     ) -> None:
         if not chargers:
             raise ValueError("at least one station is needed")
         self.chargers = chargers
         self.config = config
-        self.boot_id = uuid.uuid4().hex
+        # a host whose stations outlive it (the OCPP gateway) keeps its boot id across
+        # restarts and starts ``seq`` above anything sent before (see docs/ocpp.md)
+        self.boot_id = boot_id or uuid.uuid4().hex
         self.counters = Counters()
         self._out = out
         self._link_factory = link_factory
         self._link: Link | None = None
         self._index = {c.point_id: i for i, c in enumerate(chargers)}
         n = len(chargers)
-        self._seq = [0] * n
+        self._seq = [seq_start] * n
         self._last_heard = [0.0] * n
         self._last_sent = [0.0] * n
         # stations still waiting for ``welcome``: when their hello may be sent (again)
@@ -174,6 +178,20 @@ class Host:
         except OSError as exc:
             if self._addr is None:
                 log.warning("cannot resolve %s yet (%s); will retry", self.config.broker, exc)
+
+    def deliver(self, point_id: str, step: Step, now: float) -> None:
+        """Carry out a step that a station produced outside :meth:`turn` (the OCPP gateway:
+        an ``ack`` once the charger has answered, a completion, a state change)."""
+        i = self._index.get(point_id)
+        if i is not None and self._link is not None:
+            self._apply(i, step, now)
+
+    def rehello(self, point_id: str, now: float) -> None:
+        """Say ``hello`` for this station again soon (it came back online)."""
+        i = self._index.get(point_id)
+        if i is not None:
+            self._hello_due[i] = now
+            self._last_heard[i] = now
 
     # --- one turn of the loop ---------------------------------------------------------
 
@@ -301,7 +319,11 @@ class Host:
         while heap and heap[0][0] <= now:
             _, i = heap[0]
             last = self._last_sent[i]
-            if now - last >= hb * 0.999 and i not in self._hello_due:  # only once welcomed
+            if (
+                now - last >= hb * 0.999
+                and i not in self._hello_due  # only once welcomed
+                and self.chargers[i].online
+            ):
                 self._send_raw(i, frame, now)
                 last = now
             heapq.heapreplace(heap, (max(last + hb, now + 0.01), i))
@@ -311,7 +333,7 @@ class Host:
             for m in self.chargers[i].due_completions(now):
                 self._send(i, m, now)
         silence = self.config.silence_s
-        if now - self._link_heard > silence:
+        if now - self._link_heard > silence and any(c.online for c in self.chargers):
             log.warning("broker silent for %.0f s: re-creating the ZeroMQ socket", silence)
             assert self._link is not None
             self._link.reset()
@@ -333,7 +355,7 @@ class Host:
         cfg = self.config
         budget = HELLO_BATCH
         for i, due in list(self._hello_due.items()):
-            if due <= now and budget > 0:
+            if due <= now and budget > 0 and self.chargers[i].online:
                 budget -= 1
                 sent = self._send(i, self.chargers[i].hello(self.boot_id, cfg.interval_s), now)
                 # sent: wait for ``welcome``, hello again after silence_s; not sent: retry soon
@@ -354,6 +376,8 @@ class Host:
         return False
 
     def _send_datagram(self, i: int, now: float) -> None:
+        if not self.chargers[i].online:  # an OCPP charger that is not connected: silence
+            return
         if self._addr is None or self._udp is None:
             self._resolve()
             if self._addr is None or self._udp is None:

@@ -32,7 +32,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from common.messages import Hold, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp
@@ -147,6 +147,11 @@ class Charger:
     _last_now: float | None = None
     refused: int = 0
 
+    @property
+    def online(self) -> bool:
+        """A simulated station is always there (an OCPP charger may not be connected)."""
+        return True
+
     # --- commands from the broker -----------------------------------------------------
 
     def handle(self, cmd: Hold | Release | Start | Stop | SessionAck, now: float) -> Step:
@@ -182,13 +187,7 @@ class Charger:
         return self._ack(cmd_id, error)
 
     def _ack(self, cmd_id: str, error: str | None) -> dict[str, Any]:
-        ack: dict[str, Any] = {"type": "ack", "cmd_id": cmd_id, "ok": error is None}
-        if error is not None:
-            ack["error"] = error
-        self._acks[cmd_id] = ack
-        while len(self._acks) > ACK_CACHE:
-            self._acks.popitem(last=False)
-        return ack
+        return ack_message(self._acks, cmd_id, error)
 
     def _hold(self, cmd: Hold) -> str | None:
         if self.state is State.INDISPONIVEL:
@@ -314,26 +313,12 @@ class Charger:
 
     def due_completions(self, now: float) -> list[dict[str, Any]]:
         """Unacknowledged ``session_complete`` messages whose resend time has come."""
-        due: list[dict[str, Any]] = []
-        for sid, at in self._resend_at.items():
-            if at <= now:
-                due.append(self.pending[sid])
-                self._resend_at[sid] = now + RESEND_S
-        return due
+        return due_resends(self.pending, self._resend_at, now)
 
     # --- what the station tells the world ---------------------------------------------
 
     def hello(self, boot_id: str, interval_s: float) -> dict[str, Any]:
-        return {
-            "type": "hello",
-            "id": self.point_id,
-            "latitude": self.latitude,
-            "longitude": self.longitude,
-            "potencia_kw": self.power_kw,
-            "preco_kwh": self.price_kwh,
-            "boot_id": boot_id,
-            "interval_s": interval_s,
-        }
+        return hello_message(self, boot_id, interval_s)
 
     def datagram(self, boot_id: str, seq: int, interval_s: float, now: float) -> dict[str, Any]:
         """The status datagram (original minimal fields + our extended ones).
@@ -343,23 +328,92 @@ class Charger:
         """
         s = self.session
         wire_state = State.DISPONIVEL if self.state is State.RESERVADO else self.state
-        d: dict[str, Any] = {
-            "id": self.point_id,
-            "latitude": self.latitude,
-            "longitude": self.longitude,
-            "available": self.state is State.DISPONIVEL,
-            "queue_size": 1 if self.hold is not None else 0,
-            "estado": wire_state.value,
-            "potencia_kw": self.power_kw,
-            "preco_kwh": self.price_kwh,
-            "boot_id": boot_id,
-            "seq": seq,
-            "interval_s": interval_s,
-            "ts": now,
-        }
+        d = datagram_fields(
+            self,
+            wire_state.value,
+            self.state is State.DISPONIVEL,
+            self.hold is not None,
+            (boot_id, seq, interval_s, now),
+        )
         if s is not None:
             d["vehicle_id"] = s.vehicle_id
             d["battery"] = round(s.soc, 2)
             d["session_id"] = s.session_id
             d["energia_kwh"] = s.energy_wh / 1000.0
         return d
+
+
+# --- shared with other hosted stations (the OCPP gateway's points) ----------------------
+
+
+class Placed(Protocol):
+    point_id: str
+    latitude: float
+    longitude: float
+    power_kw: float
+    price_kwh: float
+
+
+def hello_message(station: Placed, boot_id: str, interval_s: float) -> dict[str, Any]:
+    """The ``hello`` a station says to the broker."""
+    return {
+        "type": "hello",
+        "id": station.point_id,
+        "latitude": station.latitude,
+        "longitude": station.longitude,
+        "potencia_kw": station.power_kw,
+        "preco_kwh": station.price_kwh,
+        "boot_id": boot_id,
+        "interval_s": interval_s,
+    }
+
+
+def datagram_fields(
+    station: Placed,
+    estado: str,
+    available: bool,
+    held: bool,
+    clock: tuple[str, int, float, float],
+) -> dict[str, Any]:
+    """The datagram fields every station sends; ``clock`` is (boot_id, seq, interval_s, now)."""
+    boot_id, seq, interval_s, now = clock
+    return {
+        "id": station.point_id,
+        "latitude": station.latitude,
+        "longitude": station.longitude,
+        "available": available,
+        "queue_size": 1 if held else 0,
+        "estado": estado,
+        "potencia_kw": station.power_kw,
+        "preco_kwh": station.price_kwh,
+        "boot_id": boot_id,
+        "seq": seq,
+        "interval_s": interval_s,
+        "ts": now,
+    }
+
+
+def ack_message(
+    cache: OrderedDict[str, dict[str, Any]], cmd_id: str, error: str | None
+) -> dict[str, Any]:
+    """The ``ack`` for ``cmd_id``, remembered in ``cache`` (the last ACK_CACHE) so that
+    a repeated command gets the same answer."""
+    ack: dict[str, Any] = {"type": "ack", "cmd_id": cmd_id, "ok": error is None}
+    if error is not None:
+        ack["error"] = error
+    cache[cmd_id] = ack
+    while len(cache) > ACK_CACHE:
+        cache.popitem(last=False)
+    return ack
+
+
+def due_resends(
+    pending: dict[str, dict[str, Any]], resend_at: dict[str, float], now: float
+) -> list[dict[str, Any]]:
+    """The unacknowledged completions whose resend time has come (next one RESEND_S on)."""
+    due: list[dict[str, Any]] = []
+    for sid, at in resend_at.items():
+        if at <= now:
+            due.append(pending[sid])
+            resend_at[sid] = now + RESEND_S
+    return due

@@ -16,7 +16,8 @@ class CoreConfig:
     its running session. ``ack_timeout_s``: how long a station has to ack ``start``.
     ``heartbeat_s``: told to stations in ``welcome``. ``low_battery``: a ``bateria``
     report below this level publishes ``vehicle.low_battery``, once: not again for
-    that vehicle until it reports ``low_battery_rearm`` or more.
+    that vehicle until it reports ``low_battery_rearm`` or more. ``max_points``: new
+    point ids past this many known points are dropped and counted.
     """
 
     queue_capacity: int = 5
@@ -26,4 +27,5 @@ class CoreConfig:
     ack_timeout_s: float = 5.0
     heartbeat_s: float = 1.0
     low_battery: float = 20.0
+    max_points: int = 1_000_000
     low_battery_rearm: float = 25.0

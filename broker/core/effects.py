@@ -32,6 +32,7 @@ class Reply:
     request_id: RequestId
     type: str
     data: Any
+    truncated: bool = False  # a list cut at MAX_LIMIT: ``"truncated": true`` ends the envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,7 @@ class SendStation:
     message: dict[str, Any]
 
 
-PersistTable = Literal["point", "reservation", "session", "meta"]
+PersistTable = Literal["point", "reservation", "session", "meta", "vehicle"]
 
 
 @dataclass(frozen=True, slots=True)

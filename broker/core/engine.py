@@ -80,6 +80,8 @@ class Engine:
             "session_duplicates": 0,
             "sessions_unknown": 0,
             "acks_unknown": 0,
+            "points_refused": 0,
+            "sessions_out_of_bounds": 0,
         }
 
     # --- building effects -------------------------------------------------------------

@@ -19,6 +19,20 @@ Distances are computed with exactly the arithmetic of
 :func:`common.geo.haversine_km`, so results (sorted by distance, then id) are
 identical to a brute-force sort. Far from any data (or when the block would
 span half the globe) the query falls back to a brute-force scan.
+
+Candidates per cell (the fast path, measured in tests/bench/bench_read_path.py:
+about 3x cheaper than the ring search at 10,000 points): vehicles ask from the
+same places again and again, so for a grid cell and a ``k`` the index keeps every
+point within ``radius`` of the cell's centre, where ``radius`` is the centre's
+k-th nearest distance plus twice the cell's half-diagonal. A query at distance
+``e`` from that centre then sees, among those candidates, every point within
+``radius - e`` of itself (triangle inequality on the sphere), so its answer is
+exact when its k-th accepted distance (or its ``max_km``) is within that; else,
+rarely (many points filtered out, a huge ``k``), the ring search answers.
+Candidate cells are grid cells split 3 x 3 (a smaller half-diagonal, fewer
+candidates). A cell gets its candidates on its second query (building them
+costs about three ring searches, so one-off queries keep the ring search). Any
+insert, move or removal drops the cache.
 """
 
 from __future__ import annotations
@@ -36,9 +50,14 @@ _MAX_CELL_DEG: Final = 10.0
 _MARGIN_REL: Final = 1e-6  # on squared chords; covers every rounding difference
 _MARGIN_ABS: Final = 1e-20
 _MARGIN_KM: Final = 1e-6  # 1 mm, against rounding in the block bounds
+_CACHED_CELLS: Final = 16_384  # (cell, k) candidate lists kept; all dropped when full
+_FINE: Final = 3  # candidate cells are grid cells split 3 x 3: fewer candidates each
+_MAX_CANDIDATES: Final = 1024  # a cell with more candidates than this is not cached
 
 # (x, y, z on the unit sphere, point_id, latitude, longitude)
 _Entry = tuple[float, float, float, str, float, float]
+# a cell's cached candidates: (centre latitude, centre longitude, radius km, entries)
+_Candidates = tuple[float, float, float, list[_Entry]]
 
 
 def _unit(latitude: float, longitude: float) -> tuple[float, float, float]:
@@ -59,12 +78,14 @@ class GeoIndex:
     """Exact k-nearest-neighbour queries by haversine distance over a mutable point set."""
 
     __slots__ = (
+        "_asked",
         "_cells",
         "_cs_lat",
         "_cs_lon",
         "_entries",
         "_n_built",
         "_ncols",
+        "_near",
         "_nrows",
         "_trig",
     )
@@ -74,6 +95,9 @@ class GeoIndex:
         # per point: radians(latitude), its cosine, longitude (for the exact haversine)
         self._trig: dict[str, tuple[float, float, float]] = {}
         self._cells: dict[int, list[_Entry]] = {}
+        # (cell key, k) -> candidates, or None where caching does not pay
+        self._near: dict[tuple[int, int], _Candidates | None] = {}
+        self._asked: set[tuple[int, int]] = set()  # asked from once, no candidates yet
         self._n_built = 0
         self._configure(10.0, 10.0)
 
@@ -94,6 +118,7 @@ class GeoIndex:
             self._cells[old[0]].remove(old[1])
             if not self._cells[old[0]]:
                 del self._cells[old[0]]
+        self._clear_cache()
         x, y, z = _unit(latitude, longitude)
         entry: _Entry = (x, y, z, point_id, latitude, longitude)
         p = math.radians(latitude)
@@ -111,6 +136,7 @@ class GeoIndex:
         if old is None:
             return
         del self._trig[point_id]
+        self._clear_cache()
         self._cells[old[0]].remove(old[1])
         if not self._cells[old[0]]:
             del self._cells[old[0]]
@@ -133,11 +159,104 @@ class GeoIndex:
         if k <= 0 or not self._entries:
             return []
         limit = math.inf if max_km is None else max_km
+        if 3 * self._cs_lon >= 180.0:
+            return self._brute(latitude, longitude, k, limit, accept)
+        cached = self._from_candidates(latitude, longitude, k, limit, accept)
+        if cached is not None:
+            return cached
+        return self._search(latitude, longitude, k, limit, accept)
+
+    def _from_candidates(
+        self,
+        latitude: float,
+        longitude: float,
+        k: int,
+        limit: float,
+        accept: Callable[[str], bool] | None,
+    ) -> list[tuple[float, str]] | None:
+        """The answer from the cell's cached candidates, or None when they cannot prove it."""
+        key = (self._fine_key(latitude, longitude), k)
+        if key in self._near:
+            hit = self._near[key]
+        elif key in self._asked:
+            # asked from here before: worth the candidates (a build costs ~3 searches)
+            if len(self._near) >= _CACHED_CELLS:
+                self._clear_cache()
+            hit = self._near[key] = self._candidates(key[0], k)
+        else:
+            if len(self._asked) >= _CACHED_CELLS:
+                self._clear_cache()
+            self._asked.add(key)
+            return None
+        if hit is None:
+            return None
+        c_lat, c_lon, radius, entries = hit
+        covered = radius - haversine_km(latitude, longitude, c_lat, c_lon) - _MARGIN_KM
+        if covered <= 0.0:
+            return None
+        lim2 = _chord2(limit) * (1.0 + _MARGIN_REL) + _MARGIN_ABS
+        x0, y0, z0 = _unit(latitude, longitude)
+        found: list[tuple[float, str]] = []
+        append = found.append
+        for x, y, z, pid, _lat, _lon in entries:
+            dx = x - x0
+            dy = y - y0
+            dz = z - z0
+            d2 = dx * dx + dy * dy + dz * dz
+            if d2 <= lim2:
+                append((d2, pid))
+        found.sort()
+        if accept is not None:
+            # filter nearest first: only the points that can rank are asked about
+            kept: list[tuple[float, str]] = []
+            cut = math.inf
+            for d2, pid in found:
+                if d2 > cut:
+                    break
+                if accept(pid):
+                    kept.append((d2, pid))
+                    if len(kept) == k:
+                        cut = d2 * (1.0 + _MARGIN_REL) + _MARGIN_ABS
+            found = kept
+        exact = self._finish(found, latitude, longitude, k, limit)
+        if (len(exact) == k and exact[-1][0] <= covered) or limit <= covered:
+            return exact
+        return None
+
+    def _candidates(self, key: int, k: int) -> _Candidates | None:
+        """Every point within (k-th nearest + 2 x half-diagonal) of cell ``key``'s centre."""
+        i, j = divmod(key, self._ncols * _FINE)
+        fine_lat, fine_lon = self._cs_lat / _FINE, self._cs_lon / _FINE
+        lat0 = i * fine_lat - 90.0
+        lat1 = min(90.0, lat0 + fine_lat)
+        lon0 = j * fine_lon - 180.0
+        lon1 = lon0 + fine_lon
+        c_lat, c_lon = (lat0 + lat1) / 2.0, (lon0 + lon1) / 2.0
+        half = max(haversine_km(c_lat, c_lon, a, b) for a in (lat0, lat1) for b in (lon0, lon1))
+        kth = self._search(c_lat, c_lon, k, math.inf, None)
+        radius = kth[-1][0] + 2.0 * half + _MARGIN_KM if len(kth) == k else math.inf
+        within = self._search(c_lat, c_lon, len(self._entries), radius, None)
+        if len(within) > _MAX_CANDIDATES:
+            return None
+        # fresh tuples and floats allocated together: the query reads neighbouring memory
+        entries = [
+            (x + 0.0, y + 0.0, z + 0.0, pid, lat, lon)
+            for x, y, z, pid, lat, lon in (self._entries[pid][1] for _d, pid in within)
+        ]
+        return c_lat, c_lon, radius, entries
+
+    def _search(
+        self,
+        latitude: float,
+        longitude: float,
+        k: int,
+        limit: float,
+        accept: Callable[[str], bool] | None,
+    ) -> list[tuple[float, str]]:
+        """The ring search (see the module docstring)."""
         lim2 = _chord2(limit) * (1.0 + _MARGIN_REL) + _MARGIN_ABS
         limit_hi = limit * (1.0 + _MARGIN_REL) + _MARGIN_KM
         cs_lat, cs_lon, nrows, ncols = self._cs_lat, self._cs_lon, self._nrows, self._ncols
-        if 3 * cs_lon >= 180.0:
-            return self._brute(latitude, longitude, k, limit, accept)
         x0, y0, z0 = _unit(latitude, longitude)
         c1 = max(0.0, math.cos(math.radians(latitude)))
         i0 = min(int((latitude + 90.0) / cs_lat), nrows - 1)
@@ -280,6 +399,17 @@ class GeoIndex:
         found.sort()
         return found[:k]
 
+    def _clear_cache(self) -> None:
+        self._near.clear()
+        self._asked.clear()
+
+    def _fine_key(self, latitude: float, longitude: float) -> int:
+        """The cell of the candidate cache: a grid cell split _FINE x _FINE."""
+        ncols = self._ncols * _FINE
+        i = min(int((latitude + 90.0) / self._cs_lat * _FINE), self._nrows * _FINE - 1)
+        j = min(int((longitude + 180.0) / self._cs_lon * _FINE), ncols - 1)
+        return i * ncols + j
+
     def _key(self, latitude: float, longitude: float) -> int:
         i = min(int((latitude + 90.0) / self._cs_lat), self._nrows - 1)
         j = min(int((longitude + 180.0) / self._cs_lon), self._ncols - 1)
@@ -306,6 +436,7 @@ class GeoIndex:
         self._configure(cs_lat, cs_lon)
         self._cells = {}
         self._entries = {}
+        self._clear_cache()
         # fresh objects allocated cell by cell: a query then reads neighbouring memory
         keyed = sorted(((self._key(e[4], e[5]), e) for e in entries), key=lambda ke: ke[0])
         for key, (x, y, z, pid, lat, lon) in keyed:

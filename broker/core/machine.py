@@ -221,6 +221,11 @@ class Core:
         """Every account, as ``{vehicle_id: extrato data}``."""
         return self._eng.accounts.all_statements()
 
+    @property
+    def points_refused(self) -> int:
+        """New point ids dropped because the point cap was reached."""
+        return self._eng.counters["points_refused"]
+
     def stats(self) -> dict[str, Any]:
         eng = self._eng
         return {

@@ -28,6 +28,8 @@ def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
     eng.counters["datagrams"] += 1
     p = eng.points.get(d.id)
     if p is None:
+        if _full(eng):
+            return []
         return _register_by_datagram(eng, d, now)
     boot = d.boot_id
     if boot is not None and d.seq is not None:
@@ -107,6 +109,14 @@ def _register_by_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Ef
     eng.heard(p, now, fx)
     eng.refresh(p, now, fx)
     return fx
+
+
+def _full(eng: Engine) -> bool:
+    """True (and counted) when no new point may be registered: the point cap is reached."""
+    if len(eng.points) < eng.cfg.max_points:
+        return False
+    eng.counters["points_refused"] += 1
+    return True
 
 
 def _register(
@@ -205,6 +215,8 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
     p = eng.points.get(point_id)
     if isinstance(msg, Hello):
         if p is None:
+            if _full(eng):
+                return fx
             p = _register(
                 eng,
                 point_id,
@@ -285,6 +297,16 @@ def _session_complete(
                 s = eng.sessions.get(sid)
         if s is None:
             eng.counters["sessions_unknown"] += 1
+        elif msg.energia_medida_kwh is not None:
+            measured = msg.energia_medida_kwh
+            if not (math.isfinite(measured) and 0.0 <= measured <= s.capacidade_kwh):
+                # out of the bounds a station may report: dropped, counted, not acked
+                eng.counters["sessions_out_of_bounds"] += 1
+                return
+            # the level the metered energy implies (the charger does not know the battery)
+            gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
+            nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
+            eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
         else:
             energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
             if (

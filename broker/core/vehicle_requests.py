@@ -18,6 +18,7 @@ from broker.core.points import PointState, holds_turn
 from broker.core.queues import Reservation, position_of
 from broker.core.sessions import PendingStart, pending_key
 from common.messages import (
+    MAX_LIMIT,
     REPLY_TYPES,
     Bateria,
     Cancelar,
@@ -46,8 +47,8 @@ def handle(
     data = req.data
     rtype = REPLY_TYPES.get(req.type)
 
-    def reply(payload: Any, kind: str | None = None) -> None:
-        fx.append(Reply(conn, req.id, kind or rtype or "erro", payload))
+    def reply(payload: Any, kind: str | None = None, truncated: bool = False) -> None:
+        fx.append(Reply(conn, req.id, kind or rtype or "erro", payload, truncated))
 
     if rtype is None:
         reply({"code": "unknown_type", "message": f"Unknown request type {req.type!r}"}, "erro")
@@ -56,7 +57,8 @@ def handle(
     elif isinstance(data, Bateria) and req.type == "bateria":
         reply(_bateria(eng, vehicle_id, data, now, fx))
     elif isinstance(data, Consulta) and req.type == "consulta":
-        reply(_consulta(eng, data, now))
+        points, truncated = _consulta(eng, data, now)
+        reply(points, truncated=truncated)
     elif isinstance(data, Reserva) and req.type == "reserva":
         answer, after = _reserva(eng, vehicle_id, data, now, fx)
         reply(answer)
@@ -95,15 +97,22 @@ def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[E
     return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
 
 
-def _consulta(eng: Engine, data: Consulta, now: float) -> Raw:
-    """``[Point, ...]``, already encoded."""
+def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
+    """``[Point, ...]`` already encoded, and whether the list was cut at MAX_LIMIT.
+
+    Without ``limite`` at most MAX_LIMIT points are returned; when more were in range
+    the reply says ``"truncated": true`` (docs/protocol.md).
+    """
     loc = data.localizacao
     max_km = data.distancia_max or None
+    truncated = False
     if data.limite is None:
-        hits = eng.index.within(loc.latitude, loc.longitude, max_km)
+        hits = eng.index.nearest(loc.latitude, loc.longitude, MAX_LIMIT + 1, max_km)
+        if len(hits) > MAX_LIMIT:
+            hits, truncated = hits[:MAX_LIMIT], True
     else:
         hits = eng.index.nearest(loc.latitude, loc.longitude, data.limite, max_km)
-    return Raw(eng.encoded_points(hits, now))
+    return Raw(eng.encoded_points(hits, now)), truncated
 
 
 def _status(eng: Engine, vehicle_id: str) -> dict[str, Any]:

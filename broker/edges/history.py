@@ -4,6 +4,9 @@ Requests and replies are one msgpack frame each (protocol section 5):
 
 * ``{"op": "since", "seq": N, "limit": L}`` -> ``{"events": [payload...],
   "last_seq": S, "more": bool}``: the events whose seq > N, in order, at most
+  L of them (default 1000; larger limits are clamped to 1000, and to
+  ``--history-max-events``); a reply is also cut before it passes
+  ``--history-max-bytes`` (4 MiB). ``more`` is true when events were left out.
   L of them (default 1000; larger limits are clamped to 1000).
   When events right after N were pruned (``--retain-events``):
   ``{"error": "pruned", "first_seq": F}`` (F = oldest event held).
@@ -59,7 +62,11 @@ class HistoryServer:
         events_since: EventsSince,
         snapshot: Callable[[], dict[str, Any]],
         accounts: Callable[[], dict[str, Any]],
+        max_events: int = MAX_HISTORY_LIMIT,
+        max_bytes: int = 4 * 1024 * 1024,
     ) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
         self._ctx = ctx
         self._endpoint = endpoint
         self._events_since = events_since
@@ -134,13 +141,10 @@ class HistoryServer:
                     return {"accounts": self._accounts()}
                 return {"error": _describe(exc, op)}
             if isinstance(request, HistorySince):
-                limit = min(request.limit, MAX_HISTORY_LIMIT)
+                limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)
-                return {
-                    "events": [msgspec.to_builtins(e) for e in events],
-                    "last_seq": last_seq,
-                    "more": more,
-                }
+                encoded, cut = self._within_bytes(events)
+                return {"events": encoded, "last_seq": last_seq, "more": more or cut}
             if isinstance(request, HistorySnapshot):
                 return self._snapshot()
             return {"error": f"unsupported request {type(request).__name__}"}
@@ -151,6 +155,21 @@ class HistoryServer:
         except Exception as exc:
             log.exception("history request failed")
             return {"error": f"internal error: {type(exc).__name__}"}
+
+    def _within_bytes(self, events: list[BusEvent]) -> tuple[list[msgspec.Raw], bool]:
+        """The events, each packed once, cut where the reply would pass ``max_bytes``.
+
+        At least one event is always returned, so a reader always makes progress.
+        """
+        out: list[msgspec.Raw] = []
+        size = 64  # the reply map around the events
+        for event in events:
+            raw = pack(event)
+            size += len(raw)
+            if out and size > self.max_bytes:
+                return out, True
+            out.append(msgspec.Raw(raw))
+        return out, False
 
     def _send(self, sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
         fut: asyncio.Future[Any] = sock.send_multipart(  # type: ignore[assignment]

@@ -14,13 +14,22 @@ Theory of operation
   request's slot (the app links them). A reply produced later (after the
   station's ack or the ack timeout) fills the oldest *waiting* slot, preferring
   one whose request ``id`` matches.
-* Identity: the connection is bound to the first ``id_veiculo`` it names; a
-  request naming another vehicle gets ``erro`` ``forbidden``. A request with no
-  ``id_veiculo`` acts as the bound vehicle, or ``CAR<client port>`` when the
-  connection is not bound yet (which then binds it; ``ping`` never binds).
-  Pushes go to the connection bound to the vehicle most recently.
-* Backpressure: reading pauses while the transport's write buffer is above its
-  high-water mark or too many replies are outstanding, and resumes after.
+* Identity and authentication are decided by the sans-IO gate
+  (:mod:`broker.core.vehicle_auth`): the edge asks it about every request and
+  carries out its verdict (answer an error, answer ``registrar``/``autenticar``,
+  or hand the request to the core; bind the connection for pushes). Pushes go
+  to the connection bound to the vehicle most recently.
+* Fairness: at most ``requests_per_turn`` requests of one connection are handled
+  per event-loop turn; the rest (decoded or still raw) wait, reading from that
+  connection pauses, and the work continues in a later turn, after the other
+  connections were served. Raw input is decoded in small pieces so that a flood
+  of tiny invalid objects costs one turn no more than a few hundred microseconds.
+* Backpressure: reading pauses while the transport holds more than
+  ``max_unsent_bytes`` of unsent replies (or too many replies are outstanding),
+  and resumes after. A connection that stays over the limit without reading for
+  ``stalled_close_s`` is closed, as is one without a request for
+  ``idle_timeout_s``; past ``max_vehicle_connections`` new connections are closed
+  at once. Every such refusal counts in ``evcharge_rejected_total``.
 """
 
 from __future__ import annotations
@@ -35,19 +44,22 @@ from typing import Any, Final, Protocol, cast
 
 import msgspec
 
-from broker.core.effects import Push, Reply, RequestId
+from broker.core.effects import Persist, Push, Reply, RequestId
+from broker.core.vehicle_auth import ConnAuth, VehicleAuth
+from broker.limits import Limits
 from broker.metrics import BrokerMetrics
 from common.codec import DecodedRequest, DecodeFailure, StreamDecoder, encode_reply
-from common.errors import EVError, Forbidden, InternalError, ProtocolError
+from common.errors import EVError, InternalError, ProtocolError
 from common.messages import VehicleRequest
+from common.request_codec import Item
 
 log = logging.getLogger(__name__)
 
 #: Outstanding replies per connection above which reading pauses.
 MAX_OUTSTANDING: Final = 256
-#: Transport write buffer limits (bytes) for pause/resume of writing.
-WRITE_HIGH_WATER: Final = 256 * 1024
-WRITE_LOW_WATER: Final = 64 * 1024
+#: Raw input is handed to the decoder at most this many bytes at a time.
+DECODE_PIECE: Final = 2048
+EDGE: Final = "vehicles"
 
 
 def encode_message(type_: str, data: Any, request_id: RequestId = msgspec.UNSET) -> bytes:
@@ -70,6 +82,7 @@ class RequestSink(Protocol):
     def vehicle_request(
         self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
     ) -> None: ...
+    def vehicle_record_reply(self, persist: Persist, reply: Reply, slot: Slot) -> None: ...
     def vehicle_connected(self, vehicle_id: str) -> None: ...
     def vehicle_disconnected(self, vehicle_id: str) -> None: ...
 
@@ -100,66 +113,152 @@ class VehicleConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.decoder = StreamDecoder()
         self.slots: deque[Slot] = deque()
-        self.vehicle_id: str | None = None
-        self.default_id = "CAR0"
+        self.auth = ConnAuth(conn_id, "", "CAR0")
+        self.vehicle_id: str | None = None  # the vehicle whose pushes this connection gets
         self.closing = False
+        self.last_active = time.monotonic()
+        self.inbox = bytearray()  # raw input not decoded yet (fairness)
+        self.backlog: deque[Item] = deque()  # decoded, not handled yet (fairness)
+        self._turn_scheduled = False
         self._write_paused = False
         self._read_paused = False
+        self._stalled_since: float | None = None
+        self._stall_low = 0
+
+    @property
+    def default_id(self) -> str:
+        return self.auth.default_id
 
     # --- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        server = self.server
+        if len(server.conns) >= server.limits.max_vehicle_connections:
+            server.reject("connection_cap")
+            self.closing = True
+            self.transport.abort()
+            return
+        limit = server.limits.max_unsent_bytes
+        self.transport.set_write_buffer_limits(limit, limit // 4)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.default_id = f"CAR{peer[1]}"
-        self.server.conns[self.conn_id] = self
-        self.server.metrics.connections.inc()
+            self.auth.default_id = f"CAR{peer[1]}"
+            self.auth.address = str(peer[0])
+        server.conns[self.conn_id] = self
+        server.metrics.connections.inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.transport = None
         self.slots.clear()
-        self.server.conns.pop(self.conn_id, None)
+        self.backlog.clear()
+        self.inbox = bytearray()
+        if self.server.conns.pop(self.conn_id, None) is None:
+            return
+        self.server.auth.closed(self.auth)
         if self.vehicle_id is not None:
             self.server.unbind(self.vehicle_id, self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._stalled_since = time.monotonic()
+        self._stall_low = self._unsent()
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._stalled_since = None
+        self._schedule_turn()
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.inbox or self.backlog:
+            self.inbox += data
+        elif len(data) <= DECODE_PIECE:
+            if not self._decode(data):
+                return
+        else:
+            self.inbox += data
+        self._turn()
+
+    def _decode(self, data: bytes) -> bool:
+        """Feed ``data`` to the decoder, keeping its items in the backlog; False on failure."""
         try:
-            items = self.decoder.feed(data)
+            self.backlog.extend(self.decoder.feed(data))
         except Exception:  # a decoder bug must not kill the broker
             log.exception("vehicle stream decoder failed on connection %d", self.conn_id)
+            self.inbox = bytearray()
             self._local_reply(
                 "unparsed", msgspec.UNSET, InternalError("decoder failure"), close=True
             )
-            return
-        for item in items:
-            if self.closing:
-                return
-            if isinstance(item, DecodedRequest):
-                self._on_request(item.request)
+            return False
+        return True
+
+    def _turn(self) -> None:
+        """Handle up to ``requests_per_turn`` requests; leave the rest for a later turn."""
+        self._turn_scheduled = False
+        budget = self.server.limits.requests_per_turn
+        backlog = self.backlog
+        while budget > 0 and not self.closing and not self._write_paused:
+            if backlog:
+                budget -= 1
+                item = backlog.popleft()
+                if isinstance(item, DecodedRequest):
+                    self.last_active = time.monotonic()
+                    self._on_request(item.request)
+                else:
+                    self._on_failure(item)
+            elif self.inbox:
+                piece = bytes(self.inbox[:DECODE_PIECE])
+                del self.inbox[:DECODE_PIECE]
+                if not self._decode(piece):
+                    return
             else:
-                self._on_failure(item)
+                break
+        if self.closing:
+            backlog.clear()
+            self.inbox = bytearray()
+        else:
+            self._schedule_turn()
         self._update_reading()
 
+    def _schedule_turn(self) -> None:
+        """Continue with waiting input in a later loop turn (others are served first)."""
+        if (self.backlog or self.inbox) and not self._turn_scheduled and not self._write_paused:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
     def eof_received(self) -> bool | None:
-        # half-close: keep the write side open until every outstanding reply is written
+        # half-close: answer what was received, then close once every reply is written
+        if self.backlog or self.inbox:
+            budget = self.server.limits.requests_per_turn
+            self._eof_drain(budget)
         if not self.slots:
             return None
         self.closing = True
         self.slots[-1].close_after = True
         return True
+
+    def _eof_drain(self, budget: int) -> None:
+        """Input that waited for its turn when the client half-closed: decode and handle it.
+
+        The client has stopped sending, so this is bounded by what it already sent.
+        """
+        while not self.closing and (self.backlog or self.inbox):
+            if self.inbox:
+                piece = bytes(self.inbox)
+                self.inbox = bytearray()
+                if not self._decode(piece):
+                    return
+            while self.backlog and not self.closing:
+                item = self.backlog.popleft()
+                if isinstance(item, DecodedRequest):
+                    self._on_request(item.request)
+                else:
+                    self._on_failure(item)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -168,26 +267,27 @@ class VehicleConnection(asyncio.Protocol):
         self._local_reply("unparsed", item.request_id, item.error, close=close)
 
     def _on_request(self, request: VehicleRequest) -> None:
-        named = getattr(request.data, "id_veiculo", None)
-        if named is not None:
-            if self.vehicle_id is None:
-                self.server.bind(named, self)
-            elif named != self.vehicle_id:
-                err = Forbidden(
-                    f"this connection speaks for {self.vehicle_id}, not {named}",
-                    field="id_veiculo",
-                )
-                self._local_reply(request.type, request.id, err)
-                return
-            vehicle_id = named
-        elif self.vehicle_id is not None:
-            vehicle_id = self.vehicle_id
-        else:
-            vehicle_id = self.default_id
-            if request.type != "ping":
-                self.server.bind(vehicle_id, self)
+        server = self.server
+        verdict = server.auth.admit(self.auth, request.type, request.data, time.time())
+        if verdict.error is not None:
+            server.reject(verdict.error.code)
+            self._local_reply(request.type, request.id, verdict.error)
+            return
+        vehicle_id = verdict.vehicle_id
+        if verdict.bind and self.vehicle_id != vehicle_id:
+            if self.vehicle_id is not None:
+                server.unbind(self.vehicle_id, self)
+            server.bind(vehicle_id, self)
         slot = Slot(request.type, request.id, time.perf_counter())
         self.slots.append(slot)
+        if verdict.reply is not None:
+            rtype, data = verdict.reply
+            if verdict.persist is not None:  # a token is confirmed only once it is stored
+                reply = Reply(self.conn_id, request.id, rtype, data)
+                server.sink.vehicle_record_reply(verdict.persist, reply, slot)
+            else:
+                self.fill(slot, encode_message(rtype, data, request.id), rtype, data)
+            return
         try:
             self.server.sink.vehicle_request(self.conn_id, vehicle_id, request, slot)
         except ProtocolError as exc:
@@ -266,12 +366,38 @@ class VehicleConnection(asyncio.Protocol):
         else:
             self._update_reading()
 
+    def _unsent(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def check_timeouts(self, now: float) -> str | None:
+        """``idle`` or ``stalled`` when this connection must be closed at ``now``."""
+        limits = self.server.limits
+        if self._stalled_since is not None:
+            unsent = self._unsent()
+            if unsent < self._stall_low:  # the client read something
+                self._stall_low = unsent
+                self._stalled_since = now
+            elif now - self._stalled_since > limits.stalled_close_s:
+                return "stalled"
+            return None
+        if now - self.last_active > limits.idle_timeout_s and not self._waiting_for_core():
+            return "idle"
+        return None
+
+    def _waiting_for_core(self) -> bool:
+        return any(slot.waiting and slot.payload is None for slot in self.slots)
+
     def _update_reading(self) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         want_pause = (
-            self._write_paused or len(self.slots) > MAX_OUTSTANDING or self.closing
+            self._write_paused
+            or len(self.slots) > MAX_OUTSTANDING
+            or self.closing
+            or bool(self.backlog)
+            or bool(self.inbox)
         ) and not (self.closing and not self.slots)
         if want_pause and not self._read_paused:
             transport.pause_reading()
@@ -284,17 +410,58 @@ class VehicleConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def close(self) -> None:
+        """Close after writing what is buffered; input still waiting is dropped."""
+        self.closing = True
+        self.backlog.clear()
+        self.inbox = bytearray()
+        if self.transport is not None:
+            self.transport.close()
+
 
 class VehicleServer:
     """The TCP server and the vehicle -> connection bindings."""
 
-    def __init__(self, sink: RequestSink, metrics: BrokerMetrics) -> None:
+    def __init__(
+        self,
+        sink: RequestSink,
+        metrics: BrokerMetrics,
+        auth: VehicleAuth,
+        limits: Limits | None = None,
+    ) -> None:
         self.sink = sink
         self.metrics = metrics
+        self.auth = auth
+        self.limits = limits or Limits()
         self.conns: dict[int, VehicleConnection] = {}
         self.bindings: dict[str, _Binding] = {}
         self._server: asyncio.Server | None = None
         self._next_conn = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def reject(self, reason: str) -> None:
+        """Count one refusal of this edge in ``evcharge_rejected_total``."""
+        self.metrics.rejected.inc(EDGE, reason)
+
+    @property
+    def sweep_interval(self) -> float:
+        lim = self.limits
+        return max(0.05, min(1.0, lim.idle_timeout_s / 4, lim.stalled_close_s / 4))
+
+    def _sweep(self) -> None:
+        """Close idle connections and those stalled over the unsent-bytes limit."""
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            reason = conn.check_timeouts(now)
+            if reason is not None:
+                self.reject(reason)
+                log.info("closing vehicle connection %d: %s", conn.conn_id, reason)
+                if reason == "idle":
+                    conn.close()
+                else:
+                    conn.abort()
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
     @property
     def vehicles_connected(self) -> int:
@@ -309,6 +476,7 @@ class VehicleServer:
         self._server = await loop.create_server(
             self._factory, host, port, reuse_address=True, backlog=4096
         )
+        self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
     @property
     def port(self) -> int:
@@ -316,6 +484,9 @@ class VehicleServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for conn in list(self.conns.values()):
@@ -359,9 +530,8 @@ class VehicleServer:
             if slot is None:
                 log.warning("reply %s on connection %d matches no request", reply.type, reply.conn)
                 return
-        conn.fill(
-            slot, encode_message(reply.type, reply.data, reply.request_id), reply.type, reply.data
-        )
+        payload = encode_reply(reply.type, reply.data, reply.request_id, truncated=reply.truncated)
+        conn.fill(slot, payload, reply.type, reply.data)
 
     def deliver_push(self, push: Push, on_sent: Callable[[], None] | None = None) -> bool:
         """Send a push to the vehicle's most recent connection; False when not connected."""

@@ -17,10 +17,21 @@ from tests.compose.conftest import COMPOSE_FILE
 
 pytestmark = pytest.mark.compose
 
-SERVICES = ["broker", "billing", "station1", "station2", "station3", "fleet", "tail"]
+SERVICES = [
+    "broker",
+    "billing",
+    "station1",
+    "station2",
+    "station3",
+    "fleet",
+    "ocpp-gateway",
+    "ocpp-chargers",
+    "tail",
+]
 TOOLS = ["vehicle", "monitor"]
 OBSERVABILITY = ["prometheus"]
 VOLUMES = {
+    "ocpp-gateway": "ocpp-data",
     "broker": "broker-data",
     "billing": "billing-data",
     "vehicle": "vehicle-home",
@@ -100,7 +111,7 @@ def test_configuration_is_by_environment_only() -> None:
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
     assert sorted(source for source, _ in mounts) == [
-        "billing-data", "broker-data", "prometheus-data", "vehicle-home",
+        "billing-data", "broker-data", "ocpp-data", "prometheus-data", "vehicle-home",
     ]  # fmt: skip
 
 
@@ -150,3 +161,14 @@ def test_the_fleet_takes_its_ids_from_its_replica_number() -> None:
     block = service_block(config(), "fleet")
     assert "EV_FLEET_REPLICA: auto" in block
     assert "EV_FLEET_PREFIX: FS" in block
+
+
+def test_the_ocpp_gateway_and_its_two_simulated_chargers() -> None:
+    text = config(EV_PUBLISH_ADDR="127.0.0.1", EV_PUBLISH_OCPP="19000")
+    gateway = service_block(text, "ocpp-gateway")
+    assert "127.0.0.1:19000:9000/tcp" in gateway
+    assert "EV_CHARGERS: /opt/evcharge/ocpp-chargers.toml" in gateway
+    assert "EV_OCPP_STATE: /data/var/ocpp-state.json" in gateway
+    chargers = service_block(text, "ocpp-chargers")
+    assert "EV_OCPP_IDS: OC01 OC02" in chargers
+    assert "EV_OCPP_URL: ws://ocpp-gateway:9000/ocpp" in chargers

@@ -243,6 +243,26 @@ def test_fleet_scales_to_three_with_distinct_ids_kept_across_a_restart(stack: St
     assert len(stack.compose("ps", "-q", "fleet").stdout.split()) == 1
 
 
+def test_ocpp_chargers_charge_and_bill_through_the_gateway(stack: Stack) -> None:
+    stack.wait_healthy("ocpp-gateway")  # connected to the broker
+    stack.wait_healthy("ocpp-chargers")  # connected to the gateway
+    seen = online(stack, ("OC01", "OC02"))
+    assert seen["OC01"]["preco_kwh"] == 1.9 and seen["OC02"]["potencia_kw"] == 11.0
+    # 20 -> 40 % of 10 kWh: the gateway stops the charger once its meter shows 2 kWh
+    _, out = stack.probe(
+        "ev-vehicle", "--json", "--id", "OCPPTRIP", "arrive", "OC01", "--battery", "20",
+        "--target", "40", "--payment", "Pix", "--capacity-kwh", "10", "--wait",
+        timeout=120,
+    )  # fmt: skip
+    bill = out["custo_final"]
+    assert 2.0 <= bill["energia_kwh"] < 3.0  # metered: the target plus the last meter step
+    energy = Decimal(str(bill["energia_kwh"]))
+    assert Decimal(str(bill["cost"])) == (energy * Decimal("1.90")).quantize(Decimal("0.01"))
+    completed = events(stack, "charging.completed", session_id=bill["session_id"])
+    assert len(completed) == 1 and completed[0]["data"]["point_id"] == "OC01"
+    stack.wait_reconciled()
+
+
 def test_broker_crash_and_restart_keeps_state_and_everyone_reconnects(stack: Stack) -> None:
     online(stack, ("CP03",))
     _, reply = stack.probe("ev-vehicle", "--json", "--id", "R1", "reserve", "CP03", "--eta", "60")

@@ -448,7 +448,10 @@ def test_pushes_go_to_the_most_recent_connection(broker: tuple[Proc, BrokerPorts
         vehicle(ports.vehicle) as newer,
     ):
         assert reserve(first, "CARFIRST")["data"]["code"] == "reserved"
+        token = older.request("registrar", {"id_veiculo": "CARTWO"})["data"]["token"]
         assert reserve(older, "CARTWO")["data"]["code"] == "reserved"
+        auth = newer.request("autenticar", {"id_veiculo": "CARTWO", "token": token})
+        assert auth["data"]["code"] == "authenticated"
         assert newer.request("custos", {"id_veiculo": "CARTWO"})["type"] == "extrato"
         first.request("cancelar", {"id_veiculo": "CARFIRST", "id_ponto_recarga": "CP01"})
         assert newer.recv_type("sua_vez")["data"]["id_ponto_recarga"] == "CP01"

@@ -83,7 +83,11 @@ def test_no_variable_means_two_things() -> None:
     assert ("ev-broker", "--db") not in users["EV_BILLING_DB"] or len(users["EV_BILLING_DB"]) == 1
     assert users["EV_ID"] == {("ev-station", "--id")}
     assert users["EV_VEHICLE_ID"] == {("ev-vehicle", "--id")}
-    assert users["EV_VEHICLE_PORT"] == {("ev-broker", "--vehicle-port"), ("ev-vehicle", "--port")}
+    assert users["EV_VEHICLE_PORT"] == {
+        ("ev-broker", "--vehicle-port"),  # where the broker listens
+        ("ev-vehicle", "--port"),  # where a vehicle connects
+        ("ev-station", "--vehicle-port"),  # where the OCPP gateway's walk-ins connect
+    }
 
 
 @pytest.mark.parametrize("prog", PROGRAMS)

@@ -112,3 +112,62 @@ def test_empty_and_zero_k() -> None:
     g.remove("a")
     g.remove("a")
     assert g.nearest(0.0, 0.0, 5) == [] and len(g) == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    scenes(),
+    st.integers(min_value=1, max_value=20),
+    st.one_of(st.none(), st.floats(min_value=0.0, max_value=25000.0)),
+    st.sampled_from([0.0, 1e-4, 0.01, 0.3, 5.0]),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_repeated_queries_answered_from_cached_candidates_stay_exact(
+    scene: tuple[dict[str, tuple[float, float]], float, float],
+    k: int,
+    max_km: float | None,
+    jitter: float,
+    seed: int,
+) -> None:
+    """Queries near each other (the same candidate cell, warm), filtered or not, and moves."""
+    pts, qlat, qlon = scene
+    rng = random.Random(seed)
+    g = GeoIndex()
+    for pid, (lat, lon) in pts.items():
+        g.put(pid, lat, lon)
+    rejected = {pid for pid in pts if rng.random() < 0.3}
+
+    def accept(pid: str) -> bool:
+        return pid not in rejected
+
+    def check() -> None:
+        for _ in range(4):
+            lat = max(-90.0, min(90.0, qlat + rng.uniform(-jitter, jitter)))
+            lon = ((qlon + rng.uniform(-jitter, jitter) + 180.0) % 360.0) - 180.0
+            assert g.nearest(lat, lon, k, max_km) == brute(pts, lat, lon, k, max_km)
+            kept = {p: v for p, v in pts.items() if p not in rejected}
+            assert g.nearest(lat, lon, k, max_km, accept) == brute(kept, lat, lon, k, max_km)
+
+    check()
+    if pts:
+        moved = rng.choice(sorted(pts))
+        pts[moved] = (qlat, qlon)  # onto the query: it must show up at once
+        g.put(moved, qlat, qlon)
+        check()
+        gone = rng.choice(sorted(pts))
+        del pts[gone]
+        g.remove(gone)
+        check()
+
+
+def test_many_queries_over_a_dense_fleet_match_brute_force() -> None:
+    """Every query position twice (the second from cached candidates), off-centre in its cell."""
+    rng = random.Random(7)
+    pts = {f"P{i:05d}": (rng.uniform(-13.0, -12.0), rng.uniform(-39.0, -38.0)) for i in range(1500)}
+    g = GeoIndex()
+    for pid, (lat, lon) in pts.items():
+        g.put(pid, lat, lon)
+    queries = [(rng.uniform(-13.1, -11.9), rng.uniform(-39.1, -37.9)) for _ in range(60)]
+    for k in (1, 10, 40):
+        for lat, lon in queries + queries:
+            assert g.nearest(lat, lon, k) == brute(pts, lat, lon, k, None)

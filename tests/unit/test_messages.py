@@ -385,4 +385,6 @@ def test_request_and_reply_tables_agree() -> None:
         "custos",
         "status",
         "ping",
+        "registrar",
+        "autenticar",
     ]

@@ -1,0 +1,172 @@
+"""The billing worker's JetStream source: a durable pull consumer over all regions.
+
+Each fetched batch of ``evcharge.<region>.charging.completed`` messages becomes
+one ledger transaction; the messages are acknowledged only after it commits.
+A worker killed between the commit and the acks gets the batch again, and
+the ledger ignores it: its rows are keyed by ``(region, seq)`` (and
+``session_id``). A message that cannot be billed (bad id, bad payload, bad
+bill) is logged, counted and acknowledged, so it cannot block the consumer.
+
+Without ``regions`` one durable consumer (``billing``) takes every region;
+with ``regions`` each listed region has its own durable consumer
+(``billing-<region>``), so workers for disjoint region sets never share one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from broker import jetstream
+from broker.ledger import Bill, Entry, LedgerBase
+from common.codec import decode_event
+from common.errors import EVError, TransportError
+
+log = logging.getLogger(__name__)
+
+TOPIC: Final = "charging.completed"
+FETCH_BATCH: Final = 256
+FETCH_WAIT_S: Final = 1.0
+ACK_WAIT_S: Final = 30.0
+RETRY_S: Final = (0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass
+class JetStreamBillingStats:
+    messages: int = 0
+    billed: int = 0  # new ledger rows
+    replayed: int = 0  # messages whose row was already there (redelivery)
+    invalid: int = 0
+    batches: int = 0
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def consumers(regions: Sequence[str], durable: str) -> list[tuple[str, str]]:
+    """(durable name, subject filter) of each consumer the worker reads."""
+    if not regions:
+        return [(durable, jetstream.region_filter(None, TOPIC))]
+    return [(f"{durable}-{r}", jetstream.region_filter(r, TOPIC)) for r in regions]
+
+
+def entry_of(msg: Msg) -> Entry:
+    """The ledger entry a message carries; raises ValueError or EVError naming the fault."""
+    region, topic = jetstream.split_subject(msg.subject)
+    id_region, seq = jetstream.parse_msg_id((msg.headers or {}).get(jetstream.MSG_ID))
+    if id_region != region:
+        raise ValueError(f"message id region {id_region!r} differs from subject {region!r}")
+    event = decode_event([topic.encode(), msg.data])
+    if event.seq != seq:
+        raise ValueError(f"event seq {event.seq} differs from message id seq {seq}")
+    return Entry(region, seq, Bill.from_event(event.data), published_at=event.ts)
+
+
+class JetStreamBilling:
+    """Fetch, write one transaction, then ack; forever, reconnecting after failures."""
+
+    def __init__(
+        self,
+        nats_url: str,
+        ledger: LedgerBase,
+        *,
+        stream: str = jetstream.DEFAULT_STREAM,
+        regions: Sequence[str] = (),
+        durable: str = "billing",
+        batch: int = FETCH_BATCH,
+        on_billed: Callable[[Sequence[Entry]], None] | None = None,
+    ) -> None:
+        self.nats_url = nats_url
+        self.ledger = ledger
+        self.stream = stream
+        self.consumers = consumers(regions, durable)
+        self.batch = batch
+        self.stats = JetStreamBillingStats()
+        self.ready = asyncio.Event()
+        self.on_billed = on_billed
+
+    def handle(self, msgs: Sequence[Msg]) -> None:
+        """Write the bills of ``msgs`` in one transaction (raises StoreError)."""
+        entries: list[Entry] = []
+        for m in msgs:
+            try:
+                entries.append(entry_of(m))
+            except (ValueError, EVError) as exc:
+                self.stats.invalid += 1
+                log.error("%s: not billable: %s", m.subject, exc)
+        added = self.ledger.write(entries) if entries else 0
+        self.stats.messages += len(msgs)
+        self.stats.billed += added
+        self.stats.replayed += len(entries) - added
+        self.stats.batches += 1
+        if self.on_billed is not None:
+            self.on_billed(entries)
+
+    async def _subscribe(self, js: JetStreamContext) -> list[JetStreamContext.PullSubscription]:
+        subs = []
+        for durable, subject in self.consumers:
+            config = ConsumerConfig(
+                durable_name=durable,
+                filter_subject=subject,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=ACK_WAIT_S,
+                max_ack_pending=max(4 * self.batch, 1024),
+            )
+            subs.append(
+                await js.pull_subscribe(subject, durable=durable, stream=self.stream, config=config)
+            )
+        return subs
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        closed = asyncio.Event()
+        nc = await jetstream.connect(
+            self.nats_url, name="evcharge-billing", reconnect=False, closed=closed
+        )
+        try:
+            js = nc.jetstream()
+            await jetstream.ensure_stream(js, self.stream)
+            subs = await self._subscribe(js)
+            self.ready.set()
+            while not stop.is_set():
+                if closed.is_set():
+                    raise TransportError("NATS connection lost")
+                idle = True
+                for sub in subs:
+                    try:
+                        msgs = await sub.fetch(self.batch, timeout=FETCH_WAIT_S / len(subs))
+                    except (nats.errors.TimeoutError, TimeoutError):
+                        continue
+                    idle = False
+                    self.handle(msgs)  # the commit ...
+                    for m in msgs:  # ... then the acks
+                        await m.ack()
+                    await nc.flush(timeout=int(ACK_WAIT_S / 3))
+                if idle:
+                    await asyncio.sleep(0)
+        finally:
+            with contextlib.suppress(*jetstream.NATS_ERRORS, asyncio.CancelledError):
+                await asyncio.wait_for(nc.close(), 2.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                attempt = 0
+            except (TransportError, *jetstream.NATS_ERRORS) as exc:
+                self.stats.restarts += 1
+                wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+                attempt += 1
+                log.warning("billing from %s: %s; again in %.1f s", self.nats_url, exc, wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)

@@ -1,0 +1,94 @@
+"""Command line of the bridge: ``ev-broker bridge --nats URL --region NAME``.
+
+Exit codes: 0 stopped by SIGINT/SIGTERM, 2 usage or configuration error.
+Connection failures are not fatal: the bridge retries until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Final
+
+import typer
+
+from broker import subjects
+from broker.consumers_cli import (
+    EXIT_USAGE,
+    BrokerOpt,
+    EventsPortOpt,
+    HistoryPortOpt,
+    _endpoint,
+    _fail,
+    _run,
+    _setup_logging,
+)
+from common.errors import ConfigError
+
+FIGURES_S: Final = 10.0
+
+
+def bridge(
+    nats_url: Annotated[
+        str, typer.Option("--nats", envvar="EV_NATS", help="NATS server URL (nats://HOST:PORT).")
+    ],
+    region: Annotated[
+        str, typer.Option("--region", envvar="EV_REGION", help="Region name (subject token).")
+    ],
+    stream: Annotated[
+        str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
+    ] = subjects.DEFAULT_STREAM,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas", envvar="EV_REPLICAS", min=1, max=5, help="Stream replicas when created."
+        ),
+    ] = 1,
+    broker: BrokerOpt = "127.0.0.1",
+    events_port: EventsPortOpt = 5556,
+    history_port: HistoryPortOpt = 5557,
+) -> None:
+    """Publish every bus event of this region to JetStream, exactly once and in order."""
+    try:
+        subjects.check_nats_url(nats_url)
+        subjects.check_region(region)
+        subjects.check_stream(stream)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
+    from broker.bridge import Bridge, BridgeConfig  # nats-py only when used
+
+    endpoint = _endpoint(broker, events_port, history_port)
+    _setup_logging(logging.INFO)
+    log = logging.getLogger("broker.bridge")
+    worker = Bridge(BridgeConfig(endpoint, nats_url, region, stream, replicas))
+
+    async def main(stop: asyncio.Event) -> None:
+        async def note() -> None:
+            await worker.ready.wait()
+            typer.echo(
+                f"bridge ready: region {region} -> {nats_url} stream {stream} "
+                f"after seq {worker.resumed_from}"
+            )
+            shown = None
+            while True:
+                await asyncio.sleep(FIGURES_S)
+                st = worker.stats
+                now = (st.last_seq, st.published, st.duplicates, st.restarts)
+                if now != shown:
+                    log.info("seq %d published %d duplicates %d restarts %d", *now)
+                    shown = now
+
+        task = asyncio.create_task(note())
+        try:
+            await worker.run(stop)
+        except ConfigError as exc:
+            raise _fail(str(exc), EXIT_USAGE) from exc
+        finally:
+            task.cancel()
+
+    _run(main)
+    typer.echo(f"bridge stopped at seq {worker.stats.last_seq}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bridge")(bridge)

@@ -1,0 +1,227 @@
+"""`ev-station ocpp` (the gateway), `ev-station ocpp-password` and `ev-station
+ocpp-charger` (simulated OCPP chargers), added to the `ev-station` Typer app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import zmq
+
+from common.cli import LogLevel
+from common.errors import ConfigError
+from station.cli import (
+    Broker,
+    Heartbeat,
+    Interval,
+    LogLevelOpt,
+    StationPort,
+    StatusPort,
+    _setup_logging,
+    _terminate,
+    app,
+)
+from station.host import HostConfig
+from station.links import DealerLink, Link, MultiLink
+from station.ocpp.chargers_file import load_chargers
+from station.ocpp.gateway import Gateway, GatewayConfig
+from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
+from station.ocpp.simulator import SimCharger, SimOptions
+from station.ocpp.state import GatewayState
+
+
+def _env(name: str) -> str:
+    return f"EV_{name}"
+
+
+@app.command("ocpp")
+def ocpp_gateway(
+    chargers: Annotated[
+        Path, typer.Option(envvar=_env("CHARGERS"), help="TOML file listing the chargers.")
+    ],
+    host: Annotated[
+        str, typer.Option(envvar=_env("OCPP_HOST"), help="WebSocket listen address.")
+    ] = "0.0.0.0",
+    port: Annotated[
+        int,
+        typer.Option(envvar=_env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
+    ] = 9000,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_env("OCPP_STATE"),
+            help="State file (open transactions, boot id); default: next to --chargers.",
+        ),
+    ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(envvar=_env("OCPP_CERT"), help="TLS certificate (Security Profile 2)."),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(envvar=_env("OCPP_KEY"), help="TLS private key.")
+    ] = None,
+    ocpp_heartbeat: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("OCPP_HEARTBEAT"),
+            min=1,
+            max=86400,
+            help="Heartbeat interval told to chargers in BootNotification, seconds.",
+        ),
+    ] = 60,
+    vehicle_port: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("VEHICLE_PORT"),
+            min=1,
+            max=65535,
+            help="Broker vehicle port (walk-in sessions arrive as vehicles).",
+        ),
+    ] = 8081,
+    walkin_capacity: Annotated[
+        float,
+        typer.Option(
+            envvar=_env("WALKIN_CAPACITY"),
+            min=1.0,
+            max=1000.0,
+            help="capacidade_kwh of a walk-in session (bounds its metered energy).",
+        ),
+    ] = 100.0,
+    broker: Broker = "127.0.0.1",
+    status_port: StatusPort = 8082,
+    station_port: StationPort = 5555,
+    interval: Interval = 2.0,
+    heartbeat: Heartbeat = 1.0,
+    log_level: LogLevelOpt = LogLevel.info,
+) -> None:
+    """OCPP 1.6J gateway: chargers connect over WebSocket and join as stations."""
+    _setup_logging(log_level)
+    logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every message at INFO
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("give both --cert and --key (or neither)")
+    try:
+        specs = load_chargers(chargers)
+        st = GatewayState(state or chargers.with_suffix(".state.json"))
+        st.load()
+        ssl_ctx = None
+        if cert is not None and key is not None:
+            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_ctx.load_cert_chain(cert, key)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--chargers") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise typer.BadParameter(f"cannot load the TLS files: {exc}") from None
+    config = GatewayConfig(
+        host=host,
+        port=port,
+        heartbeat_interval_s=ocpp_heartbeat,
+        ssl_context=ssl_ctx,
+        vehicle_port=vehicle_port,
+        walkin_capacity_kwh=walkin_capacity,
+    )
+    host_config = HostConfig(
+        broker=broker,
+        status_port=status_port,
+        station_port=station_port,
+        interval_s=interval,
+        heartbeat_s=heartbeat,
+    )
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1 if len(specs) == 1 else 2)
+    endpoint = f"tcp://{broker}:{station_port}"
+
+    def link_factory(ids: list[str]) -> Link:
+        if len(ids) == 1:
+            return DealerLink(ctx, endpoint, ids[0])
+        return MultiLink(ctx, endpoint, ids)
+
+    gateway = Gateway(specs, config, host_config, st, link_factory)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, gateway.request_stop)
+        try:
+            await gateway.run(lambda line: print(line, flush=True))
+        except OSError as exc:
+            print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover
+        asyncio.run(main())
+    finally:
+        _terminate(ctx)
+    print("stopped: ocpp gateway", flush=True)
+
+
+@app.command("ocpp-password")
+def ocpp_password(
+    iterations: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("OCPP_ITERATIONS"), min=1, max=1_000_000, help="PBKDF2 iterations."
+        ),
+    ] = DEFAULT_ITERATIONS,
+) -> None:
+    """Read a charger password (16-40 characters) on stdin; print its password_hash."""
+    password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        print(hash_password(password, iterations))
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message) from None
+
+
+@app.command("ocpp-charger")
+def ocpp_charger(
+    url: Annotated[
+        str, typer.Option(envvar=_env("OCPP_URL"), help="Gateway URL, e.g. ws://host:9000/ocpp")
+    ],
+    id: Annotated[
+        list[str], typer.Option("--id", envvar=_env("OCPP_IDS"), help="Charger id (repeat).")
+    ],
+    password: Annotated[
+        str, typer.Option(envvar=_env("OCPP_PASSWORD"), help="Password of every charger.")
+    ],
+    power_kw: Annotated[
+        float, typer.Option(envvar=_env("POWER_KW"), min=0.1, max=1000.0, help="Rated power.")
+    ] = 22.0,
+    speed: Annotated[
+        float,
+        typer.Option(envvar=_env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
+    ] = 60.0,
+    log_level: LogLevelOpt = LogLevel.info,
+) -> None:
+    """Simulated OCPP 1.6J chargers (one connection each) that answer the gateway."""
+    _setup_logging(log_level)
+    logging.getLogger("ocpp").setLevel(logging.WARNING)
+    ids = [i for item in id for i in item.replace(",", " ").split() if i]
+
+    async def main() -> None:
+        sims = [
+            SimCharger(url.rstrip("/"), cid, password, SimOptions(power_kw=power_kw, speed=speed))
+            for cid in ids
+        ]
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(s.run()) for s in sims]
+        print(f"ocpp chargers ready: {', '.join(ids)} -> {url}", flush=True)
+        await stop.wait()
+        for s in sims:
+            await s.close()
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
+    print("stopped: ocpp chargers", flush=True)

@@ -1,0 +1,91 @@
+"""Walk-in sessions: a driver starts a transaction at the charger (RFID card, no
+reservation, no ``chegada`` of ours).
+
+The broker's core knows one way for a session to begin: a vehicle's ``chegada``.
+So the gateway says it for the driver: it connects to the broker's vehicle port
+as the vehicle named by the idTag and sends ``chegada`` for the charger's point
+(``nivel_bateria`` 0, ``nivel_carregar`` 100, ``capacidade_kwh`` the walk-in
+capacity, the walk-in payment method). The broker then applies its ordinary
+rules (a point whose turn belongs to another reservation refuses) and sends
+``start``; the point acknowledges it at once, because the charger has already
+started, and the transaction becomes that session. The session is billed to the
+idTag's account from the meter, like every OCPP session.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from common.errors import EVError
+from station.ocpp import mapping
+from station.ocpp.point import OcppPoint, Transaction, _epoch
+from vehicle.client import VehicleClient
+
+if TYPE_CHECKING:
+    from station.ocpp.gateway import Gateway, GatewayConfig
+
+log = logging.getLogger("station.ocpp")
+
+CHEGADA_TIMEOUT_S: Final = 15.0
+
+
+class WalkIns:
+    def __init__(self, gateway: Gateway, broker: str, config: GatewayConfig) -> None:
+        self._gw = gateway
+        self._broker = broker
+        self._config = config
+
+    def authorize(self, point: OcppPoint, id_tag: str) -> str:
+        """``Authorize``: Accepted for an idTag that can name a vehicle account."""
+        return "Accepted" if mapping.vehicle_for_tag(id_tag) is not None else "Invalid"
+
+    async def start(
+        self, point: OcppPoint, id_tag: str, meter_start: int, timestamp: str
+    ) -> tuple[int, str]:
+        """A transaction the broker did not ask for: (transactionId, idTagInfo status)."""
+        tx_id = self._gw.new_id()
+        vehicle = mapping.vehicle_for_tag(id_tag)
+        if vehicle is None or point.session is not None:
+            return tx_id, "Invalid"
+        cfg = self._config
+        point.expect_walk_in(
+            Transaction(
+                transaction_id=tx_id,
+                session_id="",  # set from the broker's ``start``
+                vehicle_id=vehicle,
+                nivel_bateria=0.0,
+                nivel_carregar=100.0,
+                capacidade_kwh=cfg.walkin_capacity_kwh,
+                meter_start=meter_start,
+                started_at=_epoch(timestamp, 0.0),
+                meter_last=meter_start,
+            )
+        )
+        client = VehicleClient(
+            self._broker, cfg.vehicle_port, vehicle, timeout=CHEGADA_TIMEOUT_S, reconnect=False
+        )
+        try:
+            await client.connect()
+            reply: dict[str, Any] = await client.chegada(
+                point.point_id,
+                0.0,
+                100.0,
+                cfg.walkin_payment,
+                capacidade_kwh=cfg.walkin_capacity_kwh,
+            )
+        except EVError as exc:
+            log.warning("%s: walk-in of %s refused: %s", point.point_id, vehicle, exc)
+            point.expect_walk_in(None)
+            return tx_id, "Invalid"
+        finally:
+            await client.close()
+        if point.session is None or point.session.transaction_id != tx_id:
+            log.warning("%s: walk-in of %s got %s but no start", point.point_id, vehicle, reply)
+            point.expect_walk_in(None)
+            return tx_id, "Invalid"
+        log.info("%s: walk-in session %s for %s", point.point_id, reply.get("session_id"), vehicle)
+        return tx_id, "Accepted"
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,272 @@
+"""Benchmark: one ``ev-station ocpp`` gateway holding many OCPP chargers, and the time
+from a vehicle's ``chegada`` to ``started`` through it, side by side with our own
+simulated stations (``ev-station fleet``) on the same broker in the same run.
+
+Real processes: ``ev-broker serve``, the gateway (BENCH_OCPP_COUNT chargers, default
+10,000, heartbeat interval 60 s), a fleet of BENCH_OCPP_FLEET stations (default 200).
+The chargers are a load generator in a child process: raw OCPP-J frames over real
+WebSockets (``BootNotification``, ``StatusNotification``, a ``Heartbeat`` every
+interval with phases spread, and answers to ``RemoteStartTransaction`` followed by
+``StartTransaction``), light enough that the gateway, not the generator, is measured.
+
+Reported: time until every charger is online at the broker; the gateway's resident
+memory before any charger connected and with all connected, so memory per charger;
+its CPU share while holding them (heartbeats only); ``chegada`` -> ``started`` p50 and
+p99 for BENCH_OCPP_SESSIONS sessions (default 200) through the gateway and through
+the fleet, and their ratio.
+
+Run with ``python -m tests.bench.bench_ocpp``; BENCH_OCPP_STEADY sets the seconds of
+steady state (default 30).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+from tests.bench.bench_fleet import _cpu_s, _rss_mb
+from tests.support.ocpp_sims import PASSWORD, write_chargers
+from tests.support.procs import Proc, broker_ports, free_port, start, start_broker
+from tests.support.raw_clients import http_get, metric
+
+LAT, LON = -12.2664, -38.9663
+
+
+# --- the load generator (child process) ------------------------------------------------
+
+
+async def _charger(url: str, cid: str, hb_s: float, phase: float, stats: dict[str, int]) -> None:
+    import base64
+
+    from websockets.asyncio.client import connect
+
+    auth = base64.b64encode(f"{cid}:{PASSWORD}".encode()).decode()
+    seq = 0
+
+    def frame(action: str, payload: dict[str, Any]) -> str:
+        nonlocal seq
+        seq += 1
+        return json.dumps([2, f"{cid}-{seq}", action, payload])
+
+    async with connect(
+        f"{url}/{cid}",
+        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+        additional_headers={"Authorization": f"Basic {auth}"},
+        open_timeout=120,
+        ping_interval=None,
+    ) as ws:
+        await ws.send(
+            frame("BootNotification", {"chargePointVendor": "b", "chargePointModel": "b"})
+        )
+        await ws.recv()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        await ws.send(
+            frame(
+                "StatusNotification",
+                {
+                    "connectorId": 1,
+                    "errorCode": "NoError",
+                    "status": "Available",
+                    "timestamp": stamp,
+                },
+            )
+        )
+        await ws.recv()
+        stats["booted"] += 1
+        next_hb = time.monotonic() + phase
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(0.01, next_hb - time.monotonic()))
+            except TimeoutError:
+                await ws.send(frame("Heartbeat", {}))
+                stats["heartbeats"] += 1
+                next_hb += hb_s
+                continue
+            msg = json.loads(raw)
+            if msg[0] != 2:
+                continue  # answers to our heartbeats / StartTransaction
+            uid, action, payload = msg[1], msg[2], msg[3]
+            if action == "RemoteStartTransaction":
+                await ws.send(json.dumps([3, uid, {"status": "Accepted"}]))
+                await ws.send(
+                    frame(
+                        "StartTransaction",
+                        {
+                            "connectorId": 1,
+                            "idTag": payload["idTag"],
+                            "meterStart": 0,
+                            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        },
+                    )
+                )
+            else:  # ReserveNow, CancelReservation, RemoteStop...: accepted
+                await ws.send(json.dumps([3, uid, {"status": "Accepted"}]))
+
+
+def generator(url: str, ids: list[str], hb_s: float, out: Queue[Any], stop: Event) -> None:
+    import uvloop
+
+    async def main() -> None:
+        stats = {"booted": 0, "heartbeats": 0, "errors": 0}
+        gate = asyncio.Semaphore(200)  # connections being opened at once
+
+        async def one(i: int, cid: str) -> None:
+            async with gate:
+                pass
+            try:
+                await _charger(url, cid, hb_s, hb_s * i / len(ids), stats)
+            except Exception:
+                stats["errors"] += 1
+
+        tasks = []
+        for i, cid in enumerate(ids):
+            async with gate:
+                tasks.append(asyncio.create_task(one(i, cid)))
+                await asyncio.sleep(0)
+        while not stop.is_set():
+            out.put(("stats", dict(stats)))
+            await asyncio.sleep(1.0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    uvloop.run(main())
+
+
+# --- the orchestrator -------------------------------------------------------------------
+
+
+async def _latencies(port: int, points: list[str], prefix: str) -> list[float]:
+    from vehicle.client import VehicleClient
+
+    out: list[float] = []
+
+    async def one(n: int, point: str) -> None:
+        async with VehicleClient("127.0.0.1", port, f"{prefix}{n:05d}", timeout=30) as car:
+            t0 = time.perf_counter()
+            reply = await car.chegada(point, 20, 80, "Pix", capacidade_kwh=60)
+            if reply.get("code") == "started":
+                out.append(time.perf_counter() - t0)
+
+    for i in range(0, len(points), 10):  # ten arrivals in flight at a time
+        await asyncio.gather(
+            *(one(i + k, p) for k, p in enumerate(points[i : i + 10])), return_exceptions=True
+        )
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
+
+
+def _online(http_port: int) -> float:
+    status, text = http_get(http_port, "/metrics")
+    return metric(text, 'evcharge_core{figure="points_online"}') if status == 200 else 0.0
+
+
+def main() -> None:
+    count = int(os.environ.get("BENCH_OCPP_COUNT", "10000"))
+    fleet_n = int(os.environ.get("BENCH_OCPP_FLEET", "200"))
+    sessions = int(os.environ.get("BENCH_OCPP_SESSIONS", "200"))
+    steady = float(os.environ.get("BENCH_OCPP_STEADY", "30"))
+    hb_s = 60.0
+    procs: list[Proc] = []
+    mpc = mp.get_context("spawn")
+    out: Queue[Any] = mpc.Queue()
+    stop = mpc.Event()
+    child = None
+    with tempfile.TemporaryDirectory(prefix="bench-ocpp-") as tmp:
+        try:
+            ports = broker_ports()
+            procs.append(start_broker(ports, str(Path(tmp) / "b.db"), "--log-level", "warning"))
+            ids = [f"OC{n:05d}" for n in range(count)]
+            chargers = write_chargers(Path(tmp) / "chargers.toml", ids)
+            ws_port = free_port()
+            gw = start(
+                ["python", "-m", "station", "ocpp", "--chargers", str(chargers),
+                 "--host", "127.0.0.1", "--port", str(ws_port), "--ocpp-heartbeat", str(int(hb_s)),
+                 "--status-port", str(ports.status), "--station-port", str(ports.station),
+                 "--vehicle-port", str(ports.vehicle), "--log-level", "warning"]
+            )  # fmt: skip
+            procs.append(gw)
+            gw.read_until("ocpp gateway ready", timeout=120)
+            time.sleep(2.0)
+            rss_idle = _rss_mb(gw.pid)
+            fleet = start(
+                ["python", "-m", "station", "fleet", "--count", str(fleet_n), "--prefix", "FS",
+                 "--status-port", str(ports.status), "--station-port", str(ports.station),
+                 "--speed", "1", "--log-level", "warning", "--report-every", "3600"]
+            )  # fmt: skip
+            procs.append(fleet)
+            fleet.read_until("fleet ready", timeout=60)
+            t0 = time.monotonic()
+            child = mpc.Process(
+                target=generator,
+                args=(f"ws://127.0.0.1:{ws_port}/ocpp", ids, hb_s, out, stop),
+                daemon=True,
+            )
+            child.start()
+            deadline = t0 + 600
+            while _online(ports.http) < count + fleet_n and time.monotonic() < deadline:
+                time.sleep(1.0)
+            all_online_s = time.monotonic() - t0
+            online = int(_online(ports.http))
+            time.sleep(3.0)
+            rss_full = _rss_mb(gw.pid)
+            cpu0, w0 = _cpu_s(gw.pid), time.monotonic()
+            time.sleep(steady)
+            cpu_share = (_cpu_s(gw.pid) - cpu0) / (time.monotonic() - w0)
+            gen: dict[str, int] = {}
+            with contextlib.suppress(Exception):
+                while True:
+                    _kind, gen = out.get(timeout=0.2)
+            k = min(sessions, count, fleet_n)
+            step = max(1, count // k)
+            ocpp_points = ids[::step][:k]
+            fleet_points = [f"FS{n + 1:04d}" for n in range(k)]
+            via_ocpp = asyncio.run(_latencies(ports.vehicle, ocpp_points, "VO"))
+            via_fleet = asyncio.run(_latencies(ports.vehicle, fleet_points, "VF"))
+        finally:
+            stop.set()
+            for p in reversed(procs):
+                p.stop()
+            if child is not None:
+                child.join(timeout=10)
+                if child.is_alive():
+                    child.kill()
+    per_charger_kb = (rss_full - rss_idle) * 1024 / max(1, count)
+    print(f"OCPP gateway holding {count} chargers (heartbeat {hb_s:.0f} s), fleet of {fleet_n}")
+    print(f"  all online at the broker:  {all_online_s:8.1f} s  ({online} points online)")
+    print(f"  generator:                 {gen}")
+    print(f"  gateway memory idle:       {rss_idle:8.1f} MB")
+    print(f"  gateway memory, all in:    {rss_full:8.1f} MB")
+    print(f"  memory per charger:        {per_charger_kb:8.1f} KB")
+    print(f"  gateway CPU, steady:       {100 * cpu_share:8.1f} % of one core ({steady:.0f} s)")
+    p50o, p99o = _pct(via_ocpp, 0.50), _pct(via_ocpp, 0.99)
+    p50f, p99f = _pct(via_fleet, 0.50), _pct(via_fleet, 0.99)
+    print(
+        f"  chegada->started via OCPP: p50 {p50o:7.1f} ms  p99 {p99o:7.1f} ms  (n={len(via_ocpp)})"
+    )
+    print(
+        f"  chegada->started via fleet:p50 {p50f:7.1f} ms  p99 {p99f:7.1f} ms  (n={len(via_fleet)})"
+    )
+    print(
+        f"  ratio OCPP / fleet:        p50 {p50o / p50f:7.2f} x   p99 {p99o / p99f:7.2f} x",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
