@@ -67,7 +67,7 @@ TOKEN_BYTES: Final = 32
 
 @dataclass(frozen=True, slots=True)
 class AppConfig:
-    """Everything ``ev-broker serve`` can be told."""
+    """Everything ``ev-broker serve`` can be told; ``core`` holds the rule parameters."""
 
     host: str = "0.0.0.0"
     vehicle_port: int = 8081
@@ -77,12 +77,7 @@ class AppConfig:
     history_port: int = 5557
     http_port: int = 8090
     db: str = "./var/broker.db"
-    queue_capacity: int = 5
-    hold_s: float = 600.0
-    offline_after_s: float = 6.0
-    offline_grace_s: float = 120.0
-    ack_timeout_s: float = 5.0
-    heartbeat_s: float = 1.0
+    core: CoreConfig = field(default_factory=CoreConfig)
     retain_events_s: float | None = None  # None: keep the event log forever
     vehicle_auth: AuthMode = AuthMode.OPEN
     limits: Limits = field(default_factory=Limits)
@@ -122,18 +117,7 @@ class BrokerApp:
         self.metrics = BrokerMetrics()
         self.store = Store(config.db)
         try:
-            self.core = Core(
-                CoreConfig(
-                    queue_capacity=config.queue_capacity,
-                    hold_s=config.hold_s,
-                    offline_after_s=config.offline_after_s,
-                    offline_grace_s=config.offline_grace_s,
-                    ack_timeout_s=config.ack_timeout_s,
-                    heartbeat_s=config.heartbeat_s,
-                    max_points=config.limits.max_points,
-                ),
-                new_id=new_id,
-            )
+            self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
             self.auth = VehicleAuth(config.vehicle_auth, new_token)
@@ -179,7 +163,7 @@ class BrokerApp:
         self.stations = StationsEdge(
             self.ctx,
             f"tcp://{zhost}:{cfg.station_port}",
-            heartbeat_s=cfg.heartbeat_s,
+            heartbeat_s=cfg.core.heartbeat_s,
             on_message=self.on_station,
             on_unroutable=self.on_unroutable,
         )
@@ -188,7 +172,7 @@ class BrokerApp:
             self.ctx,
             f"tcp://{zhost}:{cfg.history_port}",
             events_since=self.store.events_since,
-            snapshot=self.core.snapshot,
+            snapshot=lambda: self.core.snapshot(time.time()),
             accounts=self.core.accounts,
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,

@@ -24,13 +24,14 @@ from rich.table import Table
 
 from broker.ledger import Account, Bill, LedgerBase, to_iso, to_money
 from broker.subscriber import Endpoint, HistoryClient
-from common.errors import TransportError
+from common.errors import BusProtocolError, TransportError
+from common.events import ChargingCompleted, decode_data
 from common.messages import BusEvent
 from common.timeutil import parse_timestamp
 
 log = logging.getLogger(__name__)
 
-TOPIC: Final = "charging.completed"
+TOPIC: Final = ChargingCompleted.TOPIC
 SEQ_FLUSH_S: Final = 1.0  # how often a bare seq advance (no bill) is written
 
 
@@ -53,8 +54,8 @@ class BillingSink:
             if ev.topic != TOPIC:
                 continue
             try:
-                bills.append((ev.seq, Bill.from_event(ev.data)))
-            except ValueError as exc:
+                bills.append((ev.seq, Bill.from_event(decode_data(ChargingCompleted, ev.data))))
+            except (ValueError, BusProtocolError) as exc:
                 self.invalid += 1
                 log.error("seq %d: charging.completed not billable: %s", ev.seq, exc)
         now = time.monotonic()

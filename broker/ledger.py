@@ -23,7 +23,8 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Self
 
-from common.errors import ConfigError, StoreError
+from common.errors import BusProtocolError, ConfigError, StoreError
+from common.events import ChargingCompleted, decode_data
 from common.timeutil import format_timestamp, parse_timestamp
 
 CENT: Final = Decimal("0.01")
@@ -69,34 +70,41 @@ class Bill:
     reason: str
 
     @classmethod
-    def from_event(cls, data: Mapping[str, Any]) -> Bill:
-        """Validate ``charging.completed`` data; raises ValueError naming the field."""
-        fields: dict[str, Any] = {}
+    def from_event(cls, data: ChargingCompleted | Mapping[str, Any]) -> Bill:
+        """Normalise ``charging.completed`` data; raises ValueError naming the field."""
+        if not isinstance(data, ChargingCompleted):
+            try:
+                data = decode_data(ChargingCompleted, data)
+            except BusProtocolError as exc:
+                raise ValueError(exc.message) from None
         for name in ("session_id", "vehicle_id", "point_id"):
-            value = data.get(name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name}: missing or not a string")
-            fields[name] = value
+            if not getattr(data, name):
+                raise ValueError(f"{name}: empty")
+        fields: dict[str, Any] = {}
         for name in ("started_at", "ended_at"):
             try:
-                fields[name] = to_iso(data.get(name))
+                fields[name] = to_iso(getattr(data, name))
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from exc
         for name in ("energy_kwh", "price_kwh"):
-            try:
-                fields[name] = Decimal(str(data.get(name)))
-            except InvalidOperation as exc:
-                raise ValueError(f"{name}: not a number") from exc
-            if not fields[name].is_finite():
+            value = Decimal(str(getattr(data, name)))
+            if not value.is_finite():
                 raise ValueError(f"{name}: not a number")
+            fields[name] = value
         try:
-            fields["cost"] = to_money(data.get("cost"))
+            cost = to_money(data.cost)
         except ValueError as exc:
             raise ValueError(f"cost: {exc}") from exc
-        fields["currency"] = str(data.get("currency") or "BRL")
-        fields["payment_method"] = str(data.get("payment_method") or "")
-        fields["reason"] = str(data.get("reason") or "")
-        return cls(**fields)
+        return cls(
+            session_id=data.session_id,
+            vehicle_id=data.vehicle_id,
+            point_id=data.point_id,
+            cost=cost,
+            currency=data.currency or "BRL",
+            payment_method=data.payment_method,
+            reason=data.reason,
+            **fields,
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The account-statement shape (``sessoes`` entry of the protocol)."""

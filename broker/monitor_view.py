@@ -18,6 +18,19 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from common.errors import BusProtocolError
+from common.events import (
+    ChargingCompleted,
+    ChargingStarted,
+    EventData,
+    PointOffline,
+    PointOnline,
+    PointStatus,
+    ReservationCancelled,
+    ReservationCreated,
+    ReservationExpired,
+    event_data,
+)
 from common.messages import BusEvent
 from common.timeutil import format_timestamp, parse_timestamp
 
@@ -200,40 +213,41 @@ class MonitorView:
             f"#{ev.seq} {format_timestamp(ev.ts)[11:23]} {ev.topic} "
             + " ".join(f"{k}={v}" for k, v in list(ev.data.items())[:4])
         )
-        pid = _point_id(ev.data)
-        if pid is None:
-            return
+        try:
+            data = event_data(ev)
+        except BusProtocolError:
+            return  # a malformed event changes nothing
+        pid = getattr(data, "point_id", None) if data is not None else None
+        if not isinstance(pid, str) or not pid:
+            return  # not about a point (broker.*, vehicle.*) or a topic this version ignores
         p = self._point(pid)
         p.last_heard = max(p.last_heard or 0.0, ev.ts)
-        self._apply_topic(p, ev.topic, ev.data)
+        self._apply_data(p, data)
         self._reindex(p)
 
-    def _apply_topic(self, p: PointView, topic: str, d: Mapping[str, Any]) -> None:
-        vid = _vehicle_id(d)
-        if topic in ("point.registered", "point.status"):
-            p.apply_estado(d.get("estado"))
-            if (energy := _num(d.get("energia_kwh"))) is not None and p.vehicle is not None:
-                p.energy_kwh = energy
-        elif topic == "point.online":
-            p.online = True
-        elif topic == "point.offline":
-            p.online = False
-        elif topic == "reservation.created" and vid and vid not in p.queue:
-            self._set_queue(p, [*p.queue, vid])
-        elif topic in ("reservation.cancelled", "reservation.expired") and vid in p.queue:
-            self._set_queue(p, [v for v in p.queue if v != vid])
-        elif topic == "charging.started":
-            if vid in p.queue:
-                self._set_queue(p, [v for v in p.queue if v != vid])
-            p.vehicle = vid or "?"
-            p.session_id = d.get("session_id")
-            p.energy_kwh = 0.0
-        elif topic == "charging.completed" and (
-            p.session_id is None or p.session_id == d.get("session_id")
-        ):
-            p.vehicle = None
-            p.session_id = None
-            p.energy_kwh = None
+    def _apply_data(self, p: PointView, data: EventData | None) -> None:
+        match data:
+            case PointStatus(estado=estado):
+                p.apply_estado(estado)
+            case PointOnline():
+                p.online = True
+            case PointOffline():
+                p.online = False
+            case ReservationCreated(vehicle_id=vid) if vid not in p.queue:
+                self._set_queue(p, [*p.queue, vid])
+            case ReservationCancelled(vehicle_id=vid) | ReservationExpired(vehicle_id=vid):
+                if vid in p.queue:
+                    self._set_queue(p, [v for v in p.queue if v != vid])
+            case ChargingStarted(vehicle_id=vid, session_id=sid):
+                if vid in p.queue:
+                    self._set_queue(p, [v for v in p.queue if v != vid])
+                p.vehicle = vid
+                p.session_id = sid
+                p.energy_kwh = 0.0
+            case ChargingCompleted(session_id=sid) if p.session_id in (None, sid):
+                p.vehicle = None
+                p.session_id = None
+                p.energy_kwh = None
 
     def _expire(self, now: float) -> None:
         while self._recent and self._recent[0] < now - RATE_WINDOW_S:

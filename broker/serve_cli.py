@@ -131,6 +131,22 @@ def serve(
             "DAYS",
         ),
     ] = "0",
+    ack_timeout: Annotated[
+        str,
+        _opt("EV_ACK_TIMEOUT", "Seconds a station has to ack a start command.", "SECONDS"),
+    ] = "5",
+    heartbeat: Annotated[
+        str,
+        _opt("EV_HEARTBEAT", "Seconds between the broker's heartbeats to stations.", "SECONDS"),
+    ] = "1",
+    low_battery: Annotated[
+        str,
+        _opt(
+            "EV_LOW_BATTERY",
+            "Battery level (percent) below which vehicle.low_battery is published.",
+            "PERCENT",
+        ),
+    ] = "20",
     vehicle_auth: Annotated[
         str,
         _opt(
@@ -193,6 +209,7 @@ def serve(
 ) -> None:
     """Run the broker service until SIGINT or SIGTERM."""
     from broker.app import AppConfig
+    from broker.core import CoreConfig
     from broker.core.vehicle_auth import AuthMode
 
     try:
@@ -206,6 +223,7 @@ def serve(
             )
         if not db.strip():
             raise ConfigError("invalid value for --db: empty")
+        points_cap = _count("max-points", max_points)  # enforced by the core
         config = AppConfig(
             host=_host(host),
             vehicle_port=_port("vehicle-port", vehicle_port),
@@ -215,16 +233,28 @@ def serve(
             history_port=_port("history-port", history_port),
             http_port=_port("http-port", http_port),
             db=db.strip(),
-            queue_capacity=_parse(
-                "queue-capacity",
-                queue_capacity,
-                int,
-                lambda v: 1 <= v <= 10_000,
-                "an integer 1-10000",
+            core=CoreConfig(
+                queue_capacity=_parse(
+                    "queue-capacity",
+                    queue_capacity,
+                    int,
+                    lambda v: 1 <= v <= 10_000,
+                    "an integer 1-10000",
+                ),
+                hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
+                offline_after_s=_seconds("offline-after", offline_after),
+                offline_grace_s=_seconds("offline-grace", offline_grace),
+                ack_timeout_s=_seconds("ack-timeout", ack_timeout),
+                heartbeat_s=_seconds("heartbeat", heartbeat),
+                low_battery=_parse(
+                    "low-battery",
+                    low_battery,
+                    float,
+                    lambda v: 0 <= v <= 100,
+                    "a percentage 0-100",
+                ),
+                max_points=points_cap,
             ),
-            hold_s=_seconds("hold-minutes", hold_minutes) * 60.0,
-            offline_after_s=_seconds("offline-after", offline_after),
-            offline_grace_s=_seconds("offline-grace", offline_grace),
             retain_events_s=_retention(retain_events),
             vehicle_auth=_parse(
                 "vehicle-auth", vehicle_auth, AuthMode, lambda _: True, "open or required"
@@ -237,7 +267,7 @@ def serve(
                 idle_timeout_s=_seconds("idle-timeout", idle_timeout),
                 max_http_connections=_count("max-http-connections", max_http_connections),
                 max_http_head=_count("max-http-head", max_http_head),
-                max_points=_count("max-points", max_points),
+                max_points=points_cap,
                 history_max_events=_count("history-max-events", history_max_events),
                 history_max_bytes=_count("history-max-bytes", history_max_bytes),
             ),

@@ -1,8 +1,11 @@
 """Command line of the operator web console: ``ev-broker web``.
 
 Only option parsing and process plumbing live here; the work is done by
-:mod:`broker.web`. Every option also reads ``EV_<OPTION_NAME>`` (the token
-reads ``EV_WEB_TOKEN``). SIGINT/SIGTERM stop it with exit code 0.
+:mod:`broker.web`. The broker options read ``EV_BROKER``, ``EV_EVENTS_PORT``
+and ``EV_HISTORY_PORT`` like every consumer; the console's own options read
+``EV_WEB_<OPTION>`` (``EV_WEB_HOST``, ``EV_WEB_PORT``, ``EV_WEB_TOKEN``,
+``EV_WEB_TILES``), so they never collide with another program's ``EV_PORT``.
+SIGINT/SIGTERM stop it with exit code 0.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from broker.consumers_cli import (
     _run,
     _setup_logging,
 )
-from broker.web.auth import new_token
-from broker.web.server import WebConfig, console_url, serve
 
 
 def web(
@@ -42,7 +43,7 @@ def web(
         typer.Option(
             "--token",
             envvar="EV_WEB_TOKEN",
-            help="Access token (random, printed in the URL, when not given).",
+            help="Access token (random, printed in the URL, when not given or empty).",
             show_default=False,
         ),
     ] = None,
@@ -56,11 +57,14 @@ def web(
     ] = "",
 ) -> None:
     """The operator web console: live map and tables, JSON API, out-of-service toggle."""
+    # imported here: the web stack takes half a second to import, which every
+    # other ev-broker command (tail, billing, serve) would otherwise pay at start
+    from broker.web.auth import new_token
+    from broker.web.server import WebConfig, console_url, serve
+
     endpoint = _endpoint(broker, events_port, history_port)
-    if token is not None and not token.strip():
-        raise _fail("--token must not be empty", EXIT_USAGE)
-    given = token is not None
-    secret = token.strip() if token is not None else new_token()
+    given = bool(token and token.strip())  # an empty EV_WEB_TOKEN means: make one
+    secret = token.strip() if token and given else new_token()
     _setup_logging(logging.WARNING)
     cfg = WebConfig(endpoint, host=host, port=port, token=secret, tiles=tiles)
 

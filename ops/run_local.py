@@ -1,6 +1,7 @@
 """`make run`: the whole system on this machine, in one terminal.
 
-Starts, in order: the broker (SQLite in ``./var``), the billing worker, a fleet
+Starts, in order: the broker (SQLite in ``./var``), the billing worker, the
+operator web console (its URL, with a token made at start, is printed), a fleet
 of simulated stations around Feira de Santana, a few vehicles driving scripted
 trips (staggered, each starting a new trip when the last one ended) and, in the
 foreground, the event tail. Everything except the tail logs to ``./var/logs``.
@@ -102,6 +103,7 @@ class Settings:
     speed: float = 60.0
     seed: int = 1
     python: str = sys.executable
+    web_port: int = 8088
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class Spec:
     argv: list[str]
     log: Path | None  # None: inherit the terminal (the foreground tail)
     ready: str | None = None  # a line to wait for before starting the next process
+    announce: bool = False  # print that ready line (it says where to find the service)
     settle_s: float = 0.0  # then a pause (a subscriber's connection needs a moment)
 
 
@@ -140,6 +143,14 @@ def service_specs(s: Settings) -> list[Spec]:
             [py, "-m", "broker", "billing", *broker_addr, *bus,
              "--db", str(s.var_dir / "billing.db")],
             logs / "billing.log",
+        ),
+        Spec(
+            "web",
+            [py, "-m", "broker", "web", *broker_addr, *bus, "--host", BIND_HOST,
+             "--port", str(s.web_port)],
+            logs / "web.log",
+            ready="web console ready",
+            announce=True,
         ),
         Spec("tail", [py, "-m", "broker", "tail", *broker_addr, *bus], None, settle_s=1.0),
         Spec(
@@ -253,15 +264,16 @@ def start(spec: Spec, env: Mapping[str, str]) -> Child:
     return Child(spec, popen, log_fh)
 
 
-def wait_ready(child: Child, timeout: float, stopping: list[bool]) -> None:
-    """Wait until ``child``'s log contains its ready line; raise if it exits or times out."""
+def wait_ready(child: Child, timeout: float, stopping: list[bool]) -> str:
+    """Wait until ``child``'s log contains its ready line and return that line ("" when
+    stopped meanwhile); raise if it exits or times out."""
     assert child.spec.log is not None and child.spec.ready is not None
     start_at = child.spec.log.stat().st_size if child.spec.log.exists() else 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stopping[0]:
         text = child.spec.log.read_bytes()[start_at:].decode("utf-8", "replace")
         if child.spec.ready in text:
-            return
+            return next(ln for ln in text.splitlines() if child.spec.ready in ln).strip()
         if child.popen.poll() is not None:
             raise RuntimeError(
                 f"{child.spec.name} exited with code {child.popen.returncode}; "
@@ -272,6 +284,7 @@ def wait_ready(child: Child, timeout: float, stopping: list[bool]) -> None:
         raise RuntimeError(
             f"{child.spec.name} not ready after {timeout:.0f} s; see {child.spec.log}"
         )
+    return ""
 
 
 def _tail(text: str, n: int = 15) -> str:
@@ -330,7 +343,9 @@ class Runner:
                 f"started {spec.name} (pid {child.pid})" + (f", log {spec.log}" if spec.log else "")
             )
             if spec.ready is not None:
-                wait_ready(child, READY_TIMEOUT_S, self.stopping)
+                line = wait_ready(child, READY_TIMEOUT_S, self.stopping)
+                if spec.announce and line:
+                    self.say(line)
             settle_until = time.monotonic() + spec.settle_s
             while time.monotonic() < settle_until and not self.stopping[0]:
                 time.sleep(POLL_S)
@@ -407,8 +422,13 @@ def settings_from(argv: list[str] | None, env: Mapping[str, str]) -> Settings:
             raise ConfigError("--vehicles must be 0-1000")
         vehicles = args.vehicles
     var_dir = args.var or Path(env.get("EV_RUN_VAR", "").strip() or "var")
+    web_port = _env_int(env, "EV_WEB_PORT", 8088, 1, 65535)
     return Settings(
-        ports=Ports.from_env(env), var_dir=var_dir, stations=stations, vehicles=vehicles
+        ports=Ports.from_env(env),
+        var_dir=var_dir,
+        stations=stations,
+        vehicles=vehicles,
+        web_port=web_port,
     )
 
 

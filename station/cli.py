@@ -87,6 +87,16 @@ Heartbeat = Annotated[
         envvar=_env("HEARTBEAT"), min=0.1, max=60.0, help="Heartbeat period when idle, seconds."
     ),
 ]
+BrokerSilence = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("BROKER_SILENCE"),
+        min=0.1,
+        max=3600.0,
+        help="Seconds without a word from the broker before the station re-creates its "
+        "ZeroMQ socket and says hello again.",
+    ),
+]
 LogLevelOpt = Annotated[LogLevel, typer.Option(envvar=_env("LOG_LEVEL"), help="Log level.")]
 FaultAfter = Annotated[
     float | None,
@@ -179,6 +189,7 @@ def run(
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
+    broker_silence: BrokerSilence = 5.0,
     fault_after: FaultAfter = None,
     fault_for: FaultFor = None,
     mute_commands: MuteCommands = False,
@@ -195,6 +206,7 @@ def run(
         station_port=station_port,
         interval_s=interval,
         heartbeat_s=heartbeat,
+        silence_s=broker_silence,
         fault_after_s=fault_after,
         fault_for_s=fault_for,
         mute_commands=mute_commands,
@@ -246,6 +258,7 @@ def fleet(
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
+    broker_silence: BrokerSilence = 5.0,
     report_every: Annotated[
         float,
         typer.Option(
@@ -270,6 +283,7 @@ def fleet(
         station_port=station_port,
         interval_s=interval,
         heartbeat_s=heartbeat,
+        silence_s=broker_silence,
         report_s=report_every,
     )
     _serve(chargers, config, single=count == 1)

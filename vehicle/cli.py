@@ -33,7 +33,13 @@ from common.errors import (
 from common.geo import DEMO_CENTER
 from vehicle import render
 from vehicle.client import VehicleClient
-from vehicle.config import payment_wire_name, resolve_vehicle_id
+from vehicle.config import (
+    payment_wire_name,
+    resolve_vehicle_id,
+    store_token,
+    stored_token,
+    token_file,
+)
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -96,7 +102,17 @@ class Settings:
         return self._vehicle_id
 
     def client(self, **kwargs: Any) -> VehicleClient:
-        return VehicleClient(self.broker, self.port, self.vehicle_id, **kwargs)
+        """A client that proves the vehicle id: registers it on first use (the token is
+        kept per broker address), authenticates with the kept token afterwards."""
+        vid = self.vehicle_id
+        token = stored_token(self.broker, self.port, vid)
+
+        def keep(new: str) -> None:
+            store_token(self.broker, self.port, vid, new)
+
+        return VehicleClient(
+            self.broker, self.port, vid, token=token, register=True, on_token=keep, **kwargs
+        )
 
 
 class Interrupted(Exception):
@@ -447,6 +463,75 @@ def status(ctx: typer.Context) -> None:
 
 
 @app.command()
+def register(ctx: typer.Context) -> None:
+    """Register the vehicle id with the broker and keep its token (shown once)."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        vid = s.vehicle_id
+        known = stored_token(s.broker, s.port, vid) is not None
+        async with s.client(reconnect=False) as c:
+            await c.ping()
+        return {
+            "vehicle_id": vid,
+            "broker": f"{s.broker}:{s.port}",
+            "code": "authenticated" if known else "registered",
+            "token_file": str(token_file(s.broker, s.port)),
+        }
+
+    def show(con: Console, data: dict[str, Any]) -> None:
+        if data["code"] == "registered":
+            con.print(
+                f"registered {data['vehicle_id']} at {data['broker']}; "
+                f"token kept in {data['token_file']}",
+                markup=False,
+                soft_wrap=True,
+            )
+        else:
+            con.print(
+                f"{data['vehicle_id']} was already registered here with the kept token "
+                f"({data['token_file']}); authenticated",
+                markup=False,
+                soft_wrap=True,
+            )
+
+    execute(ctx, work, show)
+
+
+@app.command()
+def whoami(ctx: typer.Context) -> None:
+    """Which vehicle id this client speaks for, and whether the broker accepts its token."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        vid = s.vehicle_id
+        token = stored_token(s.broker, s.port, vid)
+        result: dict[str, Any] = {
+            "vehicle_id": vid,
+            "broker": f"{s.broker}:{s.port}",
+            "token_file": str(token_file(s.broker, s.port)),
+            "token_stored": token is not None,
+            "authenticated": False,
+        }
+        if token is not None:
+            client = VehicleClient(s.broker, s.port, vid, token=token, reconnect=False)
+            async with client as c:
+                await c.ping()
+            result["authenticated"] = True
+        return result
+
+    def show(con: Console, data: dict[str, Any]) -> None:
+        state = (
+            "authenticated with the kept token"
+            if data["authenticated"]
+            else "no token kept for this broker (registered on first use)"
+        )
+        con.print(
+            f"{data['vehicle_id']} at {data['broker']}: {state}", markup=False, soft_wrap=True
+        )
+
+    execute(ctx, work, show)
+
+
+@app.command()
 def drive(
     ctx: typer.Context,
     lat: Lat = DEFAULT_LAT,
@@ -534,6 +619,14 @@ def swarm(
     seed: Annotated[
         int | None, typer.Option("--seed", envvar="EV_SWARM_SEED", help="Random seed.")
     ] = None,
+    register_ids: Annotated[
+        bool,
+        typer.Option(
+            "--register",
+            envvar="EV_SWARM_REGISTER",
+            help="Each vehicle registers its id first (figures include auth).",
+        ),
+    ] = False,
 ) -> None:
     """N concurrent simulated vehicles: throughput, latency percentiles, errors by code."""
     from vehicle.swarm import MIXES, SwarmConfig, parse_center, run_swarm
@@ -559,6 +652,7 @@ def swarm(
             pipeline=pipeline,
             mix=mix.value,
             seed=seed,
+            register=register_ids,
         )
         progress = None if settings.json else console
         stop = asyncio.Event()  # SIGINT/SIGTERM: stop early and still print the figures

@@ -13,11 +13,21 @@ sent it. Lines without an ``id`` are pushes (``sua_vez``, ``custo_final``...)
 and go to every subscriber: plain callbacks and :class:`PushStream` async
 iterators (bounded, drop-oldest with a counter).
 
+Authentication: with a ``token`` the client sends ``autenticar`` as the first
+request of every connection (and reconnection) before anything else goes out;
+with ``register=True`` and no token it sends ``registrar`` instead and hands
+the new token to ``on_token`` (to be stored: it is shown only once). A refused
+proof raises on :meth:`connect` (``forbidden``, ``rate_limited``, or
+:class:`~common.errors.AlreadyRegistered` when the id is taken and no token is
+known). A broker that does not know ``registrar`` (``unknown_type``, from
+before vehicle authentication) is used without it.
+
 When the connection breaks, requests in flight fail with
 :class:`~common.errors.BrokerUnreachable` (they are not resent: a ``reserva``
 may or may not have been applied), and the client reconnects in the
-background with exponential backoff. After reconnecting it re-binds its
-vehicle id (a ``status`` request) so that pushes find the new connection.
+background with exponential backoff. After reconnecting it proves its id
+again, or re-binds it (a ``status`` request) when it has no token, so that
+pushes find the new connection.
 Requests issued while reconnecting wait for the connection within their own
 timeout. Each request has a timeout (:class:`~common.errors.RequestTimeout`);
 a reply that arrives later is dropped.
@@ -37,11 +47,13 @@ from typing import Any, Final, cast
 
 from common.codec import decode_reply, encode_request
 from common.errors import (
+    AlreadyRegistered,
     BrokerUnreachable,
     EVError,
     RefusedInvalid,
     RequestTimeout,
     TransportError,
+    UnknownType,
     error_for_code,
 )
 from common.messages import PUSH_TYPES
@@ -137,8 +149,15 @@ class VehicleClient:
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
         timestamps: bool = True,
+        token: str | None = None,
+        register: bool = False,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
+        self.token = token
+        self.register = register
+        self.on_token = on_token
+        self.auth_seconds = 0.0  # time spent proving the id, summed over connections
         self.port = port
         self.vehicle_id = vehicle_id
         self.timeout = timeout
@@ -188,9 +207,48 @@ class VehicleClient:
                 f"cannot reach broker {self.host}:{self.port}: {reason}"
             ) from exc
         self._wire = wire
+        if self.vehicle_id and (self.token or self.register):
+            try:
+                await self._prove(wire)
+            except BaseException:
+                self._wire = None
+                if wire.transport is not None:
+                    wire.transport.close()
+                raise
         self._ever_connected = True
         self._connected.set()
         return wire
+
+    async def _prove(self, wire: _Wire) -> None:
+        """``autenticar`` with the token, or ``registrar`` for one, before anything else."""
+        assert self.vehicle_id is not None
+        started = time.perf_counter()
+        limit = self.timeout
+        if self.token:
+            await self._exchange(
+                wire, "autenticar", {"id_veiculo": self.vehicle_id, "token": self.token}, limit
+            )
+        else:
+            try:
+                reply = await self._exchange(
+                    wire, "registrar", {"id_veiculo": self.vehicle_id}, limit
+                )
+            except UnknownType:  # a broker from before vehicle authentication
+                log.info("broker %s:%s does not register vehicles", self.host, self.port)
+                self.register = False
+                return
+            data = reply.data if isinstance(reply.data, dict) else {}
+            token = data.get("token")
+            if data.get("code") != "registered" or not isinstance(token, str):
+                raise AlreadyRegistered(
+                    f"vehicle {self.vehicle_id} is registered on {self.host}:{self.port} and "
+                    "this client has no token for it: use another id, or the token "
+                    "given when it was registered"
+                )
+            self.token = token
+            if self.on_token is not None:
+                self.on_token(token)
+        self.auth_seconds += time.perf_counter() - started
 
     async def connect(self, *, bind: bool = False) -> None:
         """Open the connection; with ``bind``, also bind the vehicle id (for pushes)."""
@@ -243,11 +301,17 @@ class VehicleClient:
                     log.debug("reconnect failed: %s", exc)
                     delay = min(delay * 2, self.backoff_max)
                     continue
+                except EVError as exc:  # the broker refused the proof: retrying cannot help
+                    log.error(
+                        "reconnected, but %s could not prove its id: %s", self.vehicle_id, exc
+                    )
+                    self._fail_pending(exc)
+                    return
                 self.reconnects += 1
                 break
         finally:
             self._reconnect_task = None
-        if self.vehicle_id and not self._closed:
+        if self.vehicle_id and not self._closed and not self.token:
             try:
                 await self.status()  # re-bind the id so pushes reach this connection
             except EVError as exc:
@@ -299,6 +363,10 @@ class VehicleClient:
                     await wire.can_write.wait()
             except TimeoutError:
                 raise RequestTimeout(f"could not send {type_} within {limit:g} s") from None
+        return await self._exchange(wire, type_, data if data is not None else {}, limit)
+
+    async def _exchange(self, wire: _Wire, type_: str, data: dict[str, Any], limit: float) -> Reply:
+        """Write one request on ``wire`` and wait for its reply (``erro`` raises)."""
         transport = wire.transport
         if transport is None or transport.is_closing():
             raise BrokerUnreachable("connection to the broker was lost")
@@ -306,7 +374,7 @@ class VehicleClient:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[rid] = fut
-        wire.send(encode_request(type_, data if data is not None else {}, rid))
+        wire.send(encode_request(type_, data, rid))
         timer = loop.call_later(limit, self._expire, rid, type_, limit)
         try:
             return await fut

@@ -10,6 +10,11 @@ The "realistic" mix is mostly ``bateria``/``consulta``, with some
 ``status``/``custos`` and a reservation cycle (``reserva``, ``cancelar``, a
 rare ``chegada``). Results: throughput, latency percentiles, refusals by code
 (queue_full...) and errors by code (erro replies, timeouts, lost connections).
+
+``register``: every vehicle registers its id (``registrar``) as the first
+request of its connection, so the figures include authentication; the time
+spent proving ids is reported (``auth_ms``) and not counted in the request
+latencies.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ class SwarmConfig:
     mix: str = "realistic"
     seed: int | None = None
     id_prefix: str = "SW"
+    register: bool = False
 
 
 @dataclass
@@ -121,6 +127,7 @@ class SwarmResult:
     by_type: dict[str, int]
     refused: dict[str, int]
     errors: dict[str, int]
+    auth_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +140,7 @@ class SwarmResult:
             "by_type": self.by_type,
             "refused": self.refused,
             "errors": self.errors,
+            "auth_ms": self.auth_ms,
         }
 
 
@@ -304,13 +312,22 @@ async def _connect_all(cfg: SwarmConfig, rng: random.Random, stats: Stats) -> li
     async def connect(i: int) -> _Vehicle | None:
         vid = f"{cfg.id_prefix}{run_tag}-{i:05d}"
         client = VehicleClient(
-            cfg.host, cfg.port, vid, timeout=REQUEST_TIMEOUT, timestamps=False, reconnect=True
+            cfg.host,
+            cfg.port,
+            vid,
+            timeout=REQUEST_TIMEOUT,
+            timestamps=False,
+            reconnect=True,
+            register=cfg.register,
         )
         async with sem:
             try:
                 await client.connect()
             except BrokerUnreachable:
                 stats.errors["connect"] += 1
+                return None
+            except EVError as exc:  # the id could not be registered
+                stats.errors[f"register {exc.code}"] += 1
                 return None
         vrng = random.Random(rng.random())
         return _Vehicle(client, random_position(vrng, cfg.center, cfg.radius_km), vrng)
@@ -401,6 +418,7 @@ async def run_swarm(
         by_type=dict(stats.by_type),
         refused=dict(stats.refused),
         errors=dict(stats.errors),
+        auth_ms=percentiles([v.client.auth_seconds for v in vehicles]) if cfg.register else {},
     )
 
 
@@ -417,6 +435,7 @@ def summary_table(data: dict[str, Any]) -> Table:
         ("throughput", f"{data.get('throughput_rps', 0):,.0f} req/s"),
     ]
     rows += [(f"latency {k}", f"{v:.2f} ms") for k, v in lat.items()]
+    rows += [(f"registrar {k}", f"{v:.2f} ms") for k, v in data.get("auth_ms", {}).items()]
     rows += [(f"sent {k}", f"{v:,}") for k, v in sorted(data.get("by_type", {}).items())]
     rows += [(f"refused {k}", f"{v:,}") for k, v in sorted(data.get("refused", {}).items())]
     rows += [(f"error {k}", f"{v:,}") for k, v in sorted(data.get("errors", {}).items())]

@@ -53,6 +53,6 @@ at ``now``.
 from __future__ import annotations
 
 from broker.core.config import CoreConfig
-from broker.core.machine import Core
+from broker.core.core import Core
 
 __all__ = ["Core", "CoreConfig"]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from msgspec import UnsetType
 
-from common.messages import BusEvent, Scalar
+from common.messages import BrokerToStation, BusEvent, Scalar
 
 RequestId = UnsetType | Scalar
 
@@ -56,10 +56,10 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class SendStation:
-    """A msgpack map for the station DEALER whose routing id is ``point_id``."""
+    """A message for the station DEALER whose routing id is ``point_id``."""
 
     point_id: str
-    message: dict[str, Any]
+    message: BrokerToStation
 
 
 PersistTable = Literal["point", "reservation", "session", "meta", "vehicle"]

@@ -1,16 +1,21 @@
 """The core's state and the rules shared by every entry point.
 
 :class:`Engine` owns the tables (points, queues, sessions, accounts, pending
-station commands), the event sequence and the timer heap. Its methods apply
-one rule each and append the resulting effects to the ``fx`` list they are
-given, in the order the edges must carry them out. Vehicle requests and
-station traffic are dispatched by :mod:`broker.core.vehicle_requests` and
-:mod:`broker.core.stations`; timers fire through :meth:`Engine.tick`.
+station commands), the event sequence and the timer heap; nothing outside this
+module writes them. Its methods apply one rule each and append the resulting
+effects to the ``fx`` list they are given, in the order the edges must carry
+them out. Vehicle requests and station traffic are dispatched by
+:mod:`broker.core.vehicle_requests` and :mod:`broker.core.stations`, which
+read through the query methods and change state only through the lifecycle
+methods (``register_point``, ``new_reservation``, ``begin_start``,
+``start_session``, ``fail_start``, ``bill`` ...); timers fire through
+:meth:`Engine.tick`.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
@@ -20,7 +25,7 @@ from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
 from broker.core.geoindex import GeoIndex
 from broker.core.point_views import PointViews, view_dict
-from broker.core.points import PointState, derive_estado, is_faulted
+from broker.core.points import PointState, derive_estado, holds_turn, is_faulted
 from broker.core.queues import Reservation, turn_deadline
 from broker.core.sessions import (
     CURRENCY,
@@ -33,7 +38,22 @@ from broker.core.sessions import (
     to_decimal,
 )
 from broker.core.timers import TimerHeap
-from common.messages import BusEvent
+from common.errors import EVError, PointUnreachable
+from common.events import (
+    ChargingCompleted,
+    ChargingStarted,
+    EventData,
+    PointOffline,
+    PointOnline,
+    PointRegistered,
+    PointStatus,
+    ReservationCancelled,
+    ReservationExpired,
+    ReservationTurn,
+    VehicleLowBattery,
+    event_fields,
+)
+from common.messages import BrokerToStation, BusEvent, Chegada, Hold, Release, Start, Stop
 from common.timeutil import format_timestamp
 
 TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a session not yet started
@@ -53,28 +73,39 @@ def kwh3(value: Decimal) -> float:
     return float(value.quantize(MILLI, rounding=ROUND_HALF_UP))
 
 
+def refusal(err: EVError, vehicle_id: str, point_id: str) -> dict[str, Any]:
+    """A ``*_response`` with status error, its code taken from the error class."""
+    return {
+        "status": "error",
+        "code": err.code,
+        "message": err.message,
+        "vehicle_id": vehicle_id,
+        "id_ponto_recarga": point_id,
+    }
+
+
 class Engine:
     """All state of the broker core; see :mod:`broker.core` for the theory of operation."""
 
     def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
-        self.cfg = config
-        self.new_id = new_id
-        self.points: dict[str, PointState] = {}
-        self.index = GeoIndex()
-        self.views = PointViews(config.queue_capacity)
-        self.low_battery: set[str] = set()  # vehicles told about; see battery_report
-        self.res_by_vehicle: dict[str, Reservation] = {}
-        self.res_by_id: dict[str, Reservation] = {}
-        self.sessions: dict[str, Session] = {}
-        self.session_by_vehicle: dict[str, Session] = {}
-        self.pending: dict[str, PendingStart] = {}
-        self.abandoned: dict[str, tuple[str, str]] = {}
-        self.accounts = Accounts()
-        self.timers = TimerHeap()
-        self.seq = 0
-        self.order = 0
-        self.points_online = 0
-        self.counters: dict[str, int] = {
+        self._cfg = config
+        self._new_id = new_id
+        self._points: dict[str, PointState] = {}
+        self._index = GeoIndex()
+        self._views = PointViews(config.queue_capacity)
+        self._low_battery: set[str] = set()  # vehicles told about; see battery_report
+        self._res_by_vehicle: dict[str, Reservation] = {}
+        self._res_by_id: dict[str, Reservation] = {}
+        self._sessions: dict[str, Session] = {}
+        self._session_by_vehicle: dict[str, Session] = {}
+        self._pending: dict[str, PendingStart] = {}
+        self._abandoned: dict[str, tuple[str, str]] = {}
+        self._accounts = Accounts()
+        self._timers = TimerHeap()
+        self._seq = 0
+        self._order = 0
+        self._points_online = 0
+        self._counters: dict[str, int] = {
             "datagrams": 0,
             "datagrams_stale": 0,
             "session_duplicates": 0,
@@ -84,18 +115,94 @@ class Engine:
             "sessions_out_of_bounds": 0,
         }
 
+    # --- reading --------------------------------------------------------------------
+
+    @property
+    def config(self) -> CoreConfig:
+        return self._cfg
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last event published (0 before any)."""
+        return self._seq
+
+    def point(self, point_id: str) -> PointState | None:
+        return self._points.get(point_id)
+
+    def datagram_point(self, point_id: str) -> PointState | None:
+        """The point a datagram speaks of (None if unknown); counts the datagram."""
+        self._counters["datagrams"] += 1
+        return self._points.get(point_id)
+
+    def count(self, name: str) -> None:
+        """Count one occurrence of ``name`` in :meth:`stats`."""
+        self._counters[name] += 1
+
+    def counter(self, name: str) -> int:
+        return self._counters[name]
+
+    def nearest(
+        self,
+        latitude: float,
+        longitude: float,
+        k: int,
+        max_km: float | None,
+        usable_only: bool,
+    ) -> list[tuple[float, PointState]]:
+        """Up to ``k`` ``(distance_km, point)`` pairs, nearest first."""
+        points = self._points
+        accept: Callable[[str], bool] | None = None
+        if usable_only:
+
+            def accept(pid: str) -> bool:
+                return points[pid].usable
+
+        hits = self._index.nearest(latitude, longitude, k, max_km, accept)
+        return [(d, points[pid]) for d, pid in hits]
+
+    def reservation_of(self, vehicle_id: str) -> Reservation | None:
+        return self._res_by_vehicle.get(vehicle_id)
+
+    def session_of(self, vehicle_id: str) -> Session | None:
+        return self._session_by_vehicle.get(vehicle_id)
+
+    def pending_of(self, vehicle_id: str) -> PendingStart | None:
+        """The start in progress for ``vehicle_id``, if any."""
+        for pend in self._pending.values():
+            if pend.vehicle_id == vehicle_id:
+                return pend
+        return None
+
+    def statement(self, vehicle_id: str) -> dict[str, Any]:
+        return self._accounts.statement(vehicle_id)
+
+    def all_statements(self) -> dict[str, dict[str, Any]]:
+        return self._accounts.all_statements()
+
     # --- building effects -------------------------------------------------------------
 
-    def publish(self, fx: list[Effect], topic: str, data: dict[str, Any], now: float) -> None:
-        self.seq += 1
-        fx.append(Publish(BusEvent(self.seq, now, topic, data)))
+    def publish(self, fx: list[Effect], data: EventData, now: float) -> None:
+        """Publish ``data`` on its topic with the next seq."""
+        self._seq += 1
+        fx.append(Publish(BusEvent(self._seq, now, data.TOPIC, event_fields(data))))
 
-    def command(self, fx: list[Effect], point_id: str, kind: str, **fields: Any) -> str:
-        cmd_id = self.new_id("cmd")
-        fx.append(SendStation(point_id, {"type": kind, "cmd_id": cmd_id, **fields}))
-        return cmd_id
+    def send(self, fx: list[Effect], point_id: str, message: BrokerToStation) -> None:
+        fx.append(SendStation(point_id, message))
 
-    def persist_reservation(self, fx: list[Effect], r: Reservation) -> None:
+    def _hold(self, fx: list[Effect], p: PointState, head: Reservation) -> None:
+        assert head.deadline is not None
+        cmd = Hold(
+            cmd_id=self._new_id("cmd"),
+            reservation_id=head.id,
+            vehicle_id=head.vehicle_id,
+            until=head.deadline,
+        )
+        fx.append(SendStation(p.id, cmd))
+
+    def send_stop(self, fx: list[Effect], point_id: str, session_id: str) -> None:
+        fx.append(SendStation(point_id, Stop(cmd_id=self._new_id("cmd"), session_id=session_id)))
+
+    def _persist_reservation(self, fx: list[Effect], r: Reservation) -> None:
         fx.append(Persist("reservation", r.id, r.record()))
 
     def persist_session(self, fx: list[Effect], s: Session) -> None:
@@ -104,18 +211,51 @@ class Engine:
     # --- points ---------------------------------------------------------------------
 
     def window(self, interval_s: float) -> float:
-        return max(self.cfg.offline_after_s, 3.0 * interval_s)
+        return max(self._cfg.offline_after_s, 3.0 * interval_s)
+
+    def may_register(self) -> bool:
+        """False (and counted) when no new point may be registered: the point cap is reached."""
+        if len(self._points) < self._cfg.max_points:
+            return True
+        self._counters["points_refused"] += 1
+        return False
+
+    def register_point(self, p: PointState, now: float, fx: list[Effect]) -> None:
+        """A point heard of for the first time: index, persist, ``point.registered``."""
+        p.window_s = self.window(p.interval_s)
+        self._points[p.id] = p
+        self._index.put(p.id, p.latitude, p.longitude)
+        fx.append(Persist("point", p.id, p.static_record()))
+        self.publish(
+            fx,
+            PointRegistered(
+                point_id=p.id,
+                latitude=p.latitude,
+                longitude=p.longitude,
+                potencia_kw=p.potencia_kw,
+                preco_kwh=p.preco_kwh,
+            ),
+            now,
+        )
+
+    def move_point(self, p: PointState, latitude: float, longitude: float) -> None:
+        p.latitude, p.longitude = latitude, longitude
+        self._index.put(p.id, latitude, longitude)
+
+    def arm_offline(self, p: PointState, now: float) -> None:
+        """Arm the point's offline timer unless one is armed (it re-arms itself lazily)."""
+        if p.offline_timer_at is None:
+            p.offline_timer_at = offline_slot(now + p.window_s)
+            self._timers.schedule(p.offline_timer_at, "offline", p.id)
 
     def heard(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """A sign of life: refresh ``last_heard``; an offline point comes back online."""
         p.last_heard = now
-        if p.offline_timer_at is None:
-            p.offline_timer_at = offline_slot(now + p.window_s)
-            self.timers.schedule(p.offline_timer_at, "offline", p.id)
+        self.arm_offline(p, now)
         if not p.online:
             p.online = True
-            self.points_online += 1
-            self.publish(fx, "point.online", {"point_id": p.id}, now)
+            self._points_online += 1
+            self.publish(fx, PointOnline(point_id=p.id), now)
 
     def refresh(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """Re-derive usability, pass the turn if possible, publish a changed ``estado``."""
@@ -127,35 +267,39 @@ class Engine:
             else:
                 p.unusable_since = now
                 if p.queue or p.session is not None:
-                    self.timers.schedule(now + self.cfg.offline_grace_s, "grace", p.id, now)
+                    self._timers.schedule(now + self._cfg.offline_grace_s, "grace", p.id, now)
         if usable:
-            self.advance(p, now, fx)
+            self._advance(p, now, fx)
         estado = derive_estado(p)
         if estado != p.estado:
             p.estado = estado
             self.publish(
                 fx,
-                "point.status",
-                {
-                    "point_id": p.id,
-                    "estado": estado,
-                    "available": estado == "disponivel" and not p.queue,
-                    "queue_size": len(p.queue),
-                },
+                PointStatus(
+                    point_id=p.id,
+                    estado=estado,
+                    available=estado == "disponivel" and not p.queue,
+                    queue_size=len(p.queue),
+                ),
                 now,
             )
 
+    def resend_hold(self, p: PointState, fx: list[Effect]) -> None:
+        """Tell a (re)connected station about the turn it holds, if any."""
+        if holds_turn(p) and p.queue[0].deadline is not None:
+            self._hold(fx, p, p.queue[0])
+
     def point_view(self, p: PointState, distance: float | None, now: float) -> dict[str, Any]:
         """The protocol's Point object (``distance`` omitted when None)."""
-        return view_dict(p, self.cfg.queue_capacity, distance, self.wait_minutes(p, now))
+        return view_dict(p, self._cfg.queue_capacity, distance, self.wait_minutes(p, now))
 
-    def encoded_points(self, hits: list[tuple[float, str]], now: float) -> bytes:
-        """``[Point, ...]`` as JSON for ``(distance_km, point_id)`` hits, from cached views."""
-        listed = []
-        for d, pid in hits:
-            p = self.points[pid]
-            listed.append((d, p, self.wait_minutes(p, now)))
-        return self.views.encode_list(listed)
+    def encoded_points(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
+        """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
+
+        def wait(p: PointState) -> int:
+            return self.wait_minutes(p, now)
+
+        return self._views.encode_list(hits, wait)
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn.
@@ -194,26 +338,25 @@ class Engine:
         Not again for that vehicle until it reports ``low_battery_rearm`` or more, so a
         vehicle that polls while low makes one event (and a read stays a read).
         """
-        if level < self.cfg.low_battery:
-            if vehicle_id not in self.low_battery:
-                self.low_battery.add(vehicle_id)
+        if level < self._cfg.low_battery:
+            if vehicle_id not in self._low_battery:
+                self._low_battery.add(vehicle_id)
                 self.publish(
                     fx,
-                    "vehicle.low_battery",
-                    {
-                        "vehicle_id": vehicle_id,
-                        "nivel_bateria": level,
-                        "latitude": latitude,
-                        "longitude": longitude,
-                    },
+                    VehicleLowBattery(
+                        vehicle_id=vehicle_id,
+                        nivel_bateria=level,
+                        latitude=latitude,
+                        longitude=longitude,
+                    ),
                     now,
                 )
-        elif level >= self.cfg.low_battery_rearm:
-            self.low_battery.discard(vehicle_id)
+        elif level >= self._cfg.low_battery_rearm:
+            self._low_battery.discard(vehicle_id)
 
     # --- queues and turns -----------------------------------------------------------
 
-    def advance(self, p: PointState, now: float, fx: list[Effect]) -> None:
+    def _advance(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """Give the turn to the head of the queue when the point is free and usable."""
         if not p.usable or p.session is not None or p.pending is not None or not p.queue:
             return
@@ -221,8 +364,8 @@ class Engine:
         if head.turn_started_at is not None:
             return
         head.turn_started_at = now
-        head.deadline = turn_deadline(head, now, self.cfg.hold_s)
-        self.persist_reservation(fx, head)
+        head.deadline = turn_deadline(head, now, self._cfg.hold_s)
+        self._persist_reservation(fx, head)
         expira = format_timestamp(head.deadline)
         fx.append(
             Push(
@@ -233,54 +376,58 @@ class Engine:
         )
         self.publish(
             fx,
-            "reservation.turn",
-            {
-                "reservation_id": head.id,
-                "vehicle_id": head.vehicle_id,
-                "point_id": p.id,
-                "expira_em": expira,
-                "deadline": head.deadline,
-            },
+            ReservationTurn(
+                reservation_id=head.id,
+                vehicle_id=head.vehicle_id,
+                point_id=p.id,
+                expira_em=expira,
+                deadline=head.deadline,
+            ),
             now,
         )
-        self.command(
-            fx,
-            p.id,
-            "hold",
-            reservation_id=head.id,
-            vehicle_id=head.vehicle_id,
-            until=head.deadline,
+        self._hold(fx, p, head)
+        self._timers.schedule(head.deadline, "expire", head.id, head.deadline)
+
+    def new_reservation(
+        self, p: PointState, vehicle_id: str, eta_s: float, now: float, fx: list[Effect]
+    ) -> Reservation:
+        """Queue a new reservation at ``p`` (the caller checked capacity)."""
+        self._order += 1
+        r = Reservation(
+            id=self._new_id("res"),
+            vehicle_id=vehicle_id,
+            point_id=p.id,
+            created_at=now,
+            eta_s=eta_s,
+            order=self._order,
         )
-        self.timers.schedule(head.deadline, "expire", head.id, head.deadline)
-
-    def add_reservation(self, p: PointState, r: Reservation, fx: list[Effect]) -> None:
         p.queue.append(r)
-        self.res_by_vehicle[r.vehicle_id] = r
-        self.res_by_id[r.id] = r
-        self.persist_reservation(fx, r)
+        self._res_by_vehicle[r.vehicle_id] = r
+        self._res_by_id[r.id] = r
+        self._persist_reservation(fx, r)
+        return r
 
-    def drop_reservation(self, r: Reservation, fx: list[Effect]) -> None:
-        """Take ``r`` out of every table (the caller publishes and refreshes)."""
-        p = self.points[r.point_id]
+    def _forget_reservation(self, p: PointState, r: Reservation, fx: list[Effect]) -> None:
         p.queue.remove(r)
-        if self.res_by_vehicle.get(r.vehicle_id) is r:
-            del self.res_by_vehicle[r.vehicle_id]
-        self.res_by_id.pop(r.id, None)
+        if self._res_by_vehicle.get(r.vehicle_id) is r:
+            del self._res_by_vehicle[r.vehicle_id]
+        self._res_by_id.pop(r.id, None)
         fx.append(Persist("reservation", r.id, None))
+
+    def _drop_reservation(self, r: Reservation, fx: list[Effect]) -> None:
+        """Take ``r`` out of every table; release the station's hold if it had the turn."""
+        p = self._points[r.point_id]
+        self._forget_reservation(p, r, fx)
         if r.turn_started_at is not None:
-            self.command(fx, p.id, "release", reservation_id=r.id)
+            fx.append(SendStation(p.id, Release(cmd_id=self._new_id("cmd"), reservation_id=r.id)))
 
     def cancel(self, r: Reservation, now: float, fx: list[Effect], motivo: str, push: bool) -> None:
-        self.drop_reservation(r, fx)
+        self._drop_reservation(r, fx)
         self.publish(
             fx,
-            "reservation.cancelled",
-            {
-                "reservation_id": r.id,
-                "vehicle_id": r.vehicle_id,
-                "point_id": r.point_id,
-                "motivo": motivo,
-            },
+            ReservationCancelled(
+                reservation_id=r.id, vehicle_id=r.vehicle_id, point_id=r.point_id, motivo=motivo
+            ),
             now,
         )
         if push:
@@ -292,8 +439,8 @@ class Engine:
                 )
             )
 
-    def expire(self, r: Reservation, now: float, fx: list[Effect]) -> None:
-        self.drop_reservation(r, fx)
+    def _expire(self, r: Reservation, now: float, fx: list[Effect]) -> None:
+        self._drop_reservation(r, fx)
         fx.append(
             Push(
                 r.vehicle_id,
@@ -303,27 +450,90 @@ class Engine:
         )
         self.publish(
             fx,
-            "reservation.expired",
-            {"reservation_id": r.id, "vehicle_id": r.vehicle_id, "point_id": r.point_id},
+            ReservationExpired(reservation_id=r.id, vehicle_id=r.vehicle_id, point_id=r.point_id),
             now,
         )
-        self.refresh(self.points[r.point_id], now, fx)
+        self.refresh(self._points[r.point_id], now, fx)
 
-    # --- sessions -------------------------------------------------------------------
+    # --- starts and sessions --------------------------------------------------------
+
+    def begin_start(
+        self,
+        p: PointState,
+        conn: int,
+        request_id: Any,
+        vehicle_id: str,
+        data: Chegada,
+        reservation_id: str | None,
+        now: float,
+        fx: list[Effect],
+    ) -> None:
+        """Ask the station to start; the vehicle's reply waits for its ``ack``."""
+        session_id = self._new_id("ses")
+        start = Start(
+            cmd_id=self._new_id("cmd"),
+            session_id=session_id,
+            vehicle_id=vehicle_id,
+            nivel_bateria=data.nivel_bateria,
+            nivel_carregar=data.nivel_carregar,
+            capacidade_kwh=data.capacidade_kwh,
+        )
+        fx.append(SendStation(p.id, start))
+        pend = PendingStart(
+            cmd_id=start.cmd_id,
+            session_id=start.session_id,
+            vehicle_id=vehicle_id,
+            point_id=p.id,
+            conn=conn,
+            request_id=request_id,
+            nivel_bateria=data.nivel_bateria,
+            nivel_carregar=data.nivel_carregar,
+            capacidade_kwh=data.capacidade_kwh,
+            payment_method=data.metodo_pagamento,
+            reservation_id=reservation_id,
+            deadline=now + self._cfg.ack_timeout_s,
+        )
+        self._track_start(p, pend)
+        fx.append(Persist("meta", pending_key(pend.session_id), pend.record()))
+
+    def _track_start(self, p: PointState, pend: PendingStart) -> None:
+        self._pending[pend.cmd_id] = pend
+        p.pending = pend
+        self._timers.schedule(pend.deadline, "ack", pend.cmd_id)
+
+    def _retire_start(self, pend: PendingStart, fx: list[Effect]) -> PointState:
+        p = self._points[pend.point_id]
+        if p.pending is pend:
+            p.pending = None
+        self._pending.pop(pend.cmd_id, None)
+        fx.append(Persist("meta", pending_key(pend.session_id), None))
+        return p
+
+    def station_ack(
+        self, point_id: str, cmd_id: str, ok: bool, error: str | None, now: float, fx: list[Effect]
+    ) -> None:
+        """The station answered a command: a pending start begins or fails."""
+        pend = self._pending.get(cmd_id)
+        if pend is None or pend.point_id != point_id:
+            late = self._abandoned.pop(cmd_id, None)
+            if late is not None and ok:
+                # the station started after we gave up on it: make it stop again
+                self.send_stop(fx, late[0], late[1])
+            elif late is None:
+                self._counters["acks_unknown"] += 1
+            return
+        if ok:
+            self.start_session(pend, now, fx)
+        else:
+            self.fail_start(pend, now, fx, error or "refused")
 
     def start_session(self, pend: PendingStart, now: float, fx: list[Effect]) -> None:
         """The station acked ``start``: the reservation becomes a running session."""
-        p = self.points[pend.point_id]
-        p.pending = None
-        fx.append(Persist("meta", pending_key(pend.session_id), None))
+        p = self._retire_start(pend, fx)
         if pend.reservation_id is not None:
-            r = self.res_by_id.get(pend.reservation_id)
+            r = self._res_by_id.get(pend.reservation_id)
             if r is not None:
-                p.queue.remove(r)
-                self.res_by_id.pop(r.id, None)
-                if self.res_by_vehicle.get(r.vehicle_id) is r:
-                    del self.res_by_vehicle[r.vehicle_id]
-                fx.append(Persist("reservation", r.id, None))
+                self._forget_reservation(p, r, fx)
         s = Session(
             id=pend.session_id,
             vehicle_id=pend.vehicle_id,
@@ -337,25 +547,24 @@ class Engine:
             reservation_id=pend.reservation_id,
             boot_id=p.boot_id,
         )
-        self.sessions[s.id] = s
-        self.session_by_vehicle[s.vehicle_id] = s
+        self._sessions[s.id] = s
+        self._session_by_vehicle[s.vehicle_id] = s
         p.session = s
         self.persist_session(fx, s)
         self.publish(
             fx,
-            "charging.started",
-            {
-                "session_id": s.id,
-                "vehicle_id": s.vehicle_id,
-                "point_id": p.id,
-                "reservation_id": s.reservation_id,
-                "started_at": format_timestamp(now),
-                "price_kwh": float(s.price_kwh),
-                "payment_method": s.payment_method,
-                "nivel_bateria": s.nivel_inicial,
-                "nivel_carregar": s.nivel_carregar,
-                "capacidade_kwh": s.capacidade_kwh,
-            },
+            ChargingStarted(
+                session_id=s.id,
+                vehicle_id=s.vehicle_id,
+                point_id=p.id,
+                reservation_id=s.reservation_id,
+                started_at=format_timestamp(now),
+                price_kwh=float(s.price_kwh),
+                payment_method=s.payment_method,
+                nivel_bateria=s.nivel_inicial,
+                nivel_carregar=s.nivel_carregar,
+                capacidade_kwh=s.capacidade_kwh,
+            ),
             now,
         )
         if pend.conn != NO_CONNECTION:  # a start restored after a crash has no requester
@@ -378,30 +587,50 @@ class Engine:
 
     def fail_start(self, pend: PendingStart, now: float, fx: list[Effect], why: str) -> None:
         """``start`` was refused, not acked in time, or unroutable: ``point_unreachable``."""
-        p = self.points[pend.point_id]
-        if p.pending is pend:
-            p.pending = None
-        self.pending.pop(pend.cmd_id, None)
-        fx.append(Persist("meta", pending_key(pend.session_id), None))
-        if len(self.abandoned) >= MAX_ABANDONED:
-            self.abandoned.clear()
-        self.abandoned[pend.cmd_id] = (pend.point_id, pend.session_id)
+        p = self._retire_start(pend, fx)
+        if len(self._abandoned) >= MAX_ABANDONED:
+            self._abandoned.clear()
+        self._abandoned[pend.cmd_id] = (pend.point_id, pend.session_id)
         if pend.conn != NO_CONNECTION:  # a start restored after a crash has no requester
+            err = PointUnreachable(f"Station did not confirm the start ({why}); reservation kept")
             fx.append(
                 Reply(
                     pend.conn,
                     pend.request_id,
                     "chegada_response",
-                    {
-                        "status": "error",
-                        "code": "point_unreachable",
-                        "message": f"Station did not confirm the start ({why}); reservation kept",
-                        "vehicle_id": pend.vehicle_id,
-                        "id_ponto_recarga": pend.point_id,
-                    },
+                    refusal(err, pend.vehicle_id, pend.point_id),
                 )
             )
         self.refresh(p, now, fx)
+
+    def session_complete(
+        self, point_id: str, session_id: str, now: float, fx: list[Effect]
+    ) -> Session | None:
+        """The running session a ``session_complete`` closes, or None (counted).
+
+        A duplicate of a billed session and an unknown session give None. If
+        the start is still pending there, the lost ack is taken as given.
+        """
+        if session_id in self._accounts.billed:
+            self._counters["session_duplicates"] += 1
+            return None
+        s = self._sessions.get(session_id)
+        if s is None:
+            p = self._points.get(point_id)
+            pend = p.pending if p is not None else None
+            if pend is not None and pend.session_id == session_id:
+                # the ack was lost but the station charged: the session did start
+                self.start_session(pend, now, fx)
+                s = self._sessions.get(session_id)
+        if s is None:
+            self._counters["sessions_unknown"] += 1
+        return s
+
+    def station_unreachable(self, point_id: str, now: float, fx: list[Effect]) -> None:
+        """The ROUTER could not route to the station: a pending start fails at once."""
+        p = self._points.get(point_id)
+        if p is not None and p.pending is not None:
+            self.fail_start(p.pending, now, fx, "station unreachable")
 
     def bill(
         self,
@@ -418,34 +647,33 @@ class Engine:
         s.cost = session_cost(energy, s.price_kwh)
         s.nivel_final = nivel_final
         s.reason = reason
-        self.sessions.pop(s.id, None)
-        if self.session_by_vehicle.get(s.vehicle_id) is s:
-            del self.session_by_vehicle[s.vehicle_id]
-        p = self.points.get(s.point_id)
+        self._sessions.pop(s.id, None)
+        if self._session_by_vehicle.get(s.vehicle_id) is s:
+            del self._session_by_vehicle[s.vehicle_id]
+        p = self._points.get(s.point_id)
         if p is not None and p.session is s:
             p.session = None
         e = kwh3(energy)
         cost = float(s.cost)
         self.publish(
             fx,
-            "charging.completed",
-            {
-                "session_id": s.id,
-                "vehicle_id": s.vehicle_id,
-                "point_id": s.point_id,
-                "started_at": format_timestamp(s.started_at),
-                "ended_at": format_timestamp(now),
-                "energy_kwh": e,
-                "price_kwh": float(s.price_kwh),
-                "cost": cost,
-                "currency": CURRENCY,
-                "payment_method": s.payment_method,
-                "reason": reason,
-            },
+            ChargingCompleted(
+                session_id=s.id,
+                vehicle_id=s.vehicle_id,
+                point_id=s.point_id,
+                started_at=format_timestamp(s.started_at),
+                ended_at=format_timestamp(now),
+                energy_kwh=e,
+                price_kwh=float(s.price_kwh),
+                cost=cost,
+                currency=CURRENCY,
+                payment_method=s.payment_method,
+                reason=reason,
+            ),
             now,
         )
-        s.billed_seq = self.seq
-        self.accounts.record(s)
+        s.billed_seq = self._seq
+        self._accounts.record(s)
         self.persist_session(fx, s)
         fx.append(
             Push(
@@ -490,32 +718,83 @@ class Engine:
         nivel_final = min(100.0, s.nivel_inicial + gained)
         self.bill(s, now, fx, energy, round(nivel_final, 3), "fault")
 
+    # --- restoring from the store ---------------------------------------------------
+
+    def restore_seq(self, last_seq: int) -> None:
+        self._seq = max(self._seq, int(last_seq))
+
+    def restore_point(self, p: PointState, now: float) -> None:
+        """A persisted point: offline until heard, its grace period starting at ``now``."""
+        p.window_s = self.window(p.interval_s)
+        p.unusable_since = now
+        self._points[p.id] = p
+        self._index.put(p.id, p.latitude, p.longitude)
+
+    def restore_reservation(self, r: Reservation) -> None:
+        """Queue a persisted reservation (call in ``order``); skipped if it cannot stand."""
+        p = self._points.get(r.point_id)
+        if p is None or r.vehicle_id in self._res_by_vehicle:
+            return
+        p.queue.append(r)
+        self._res_by_vehicle[r.vehicle_id] = r
+        self._res_by_id[r.id] = r
+        self._order = max(self._order, r.order)
+        if r.deadline is not None:
+            self._timers.schedule(r.deadline, "expire", r.id, r.deadline)
+
+    def restore_session(self, s: Session) -> None:
+        """A billed session goes to its account; a running one back to its point."""
+        if s.ended_at is not None:
+            self._accounts.record(s)
+            return
+        p = self._points.get(s.point_id)
+        if p is None:
+            return
+        self._sessions[s.id] = s
+        self._session_by_vehicle[s.vehicle_id] = s
+        p.session = s
+
+    def restore_start(self, pend: PendingStart) -> None:
+        """A start sent before a crash whose ack never came back (see Core.restore)."""
+        p = self._points.get(pend.point_id)
+        if p is None or p.pending is not None or p.session is not None:
+            return
+        if pend.session_id in self._sessions or pend.session_id in self._accounts.billed:
+            return
+        self._track_start(p, pend)
+
+    def restore_graces(self, now: float) -> None:
+        """Every restored point with a queue or a session starts its grace period."""
+        for p in self._points.values():
+            if p.queue or p.session is not None:
+                self._timers.schedule(now + self._cfg.offline_grace_s, "grace", p.id, now)
+
     # --- timers ---------------------------------------------------------------------
 
     def next_due(self) -> float | None:
         while True:
-            top = self.timers.peek()
+            top = self._timers.peek()
             if top is None:
                 return None
             if self._live(top[2], top[3], top[4]):
                 return top[0]
-            self.timers.discard_top()
+            self._timers.discard_top()
 
     def _live(self, kind: str, key: str, token: float) -> bool:
         if kind == "offline":
-            p = self.points.get(key)
+            p = self._points.get(key)
             return p is not None and p.online
         if kind == "expire":
-            r = self.res_by_id.get(key)
+            r = self._res_by_id.get(key)
             return r is not None and r.deadline == token
         if kind == "grace":
-            p = self.points.get(key)
+            p = self._points.get(key)
             return p is not None and p.unusable_since == token and not p.usable
-        return key in self.pending
+        return key in self._pending
 
     def tick(self, now: float) -> list[Effect]:
         fx: list[Effect] = []
-        while (entry := self.timers.pop_due(now)) is not None:
+        while (entry := self._timers.pop_due(now)) is not None:
             _due, _order, kind, key, token = entry
             if kind == "offline":
                 self._fire_offline(key, now, fx)
@@ -524,13 +803,13 @@ class Engine:
             elif kind == "grace":
                 self._fire_grace(key, token, now, fx)
             else:
-                pend = self.pending.get(key)
+                pend = self._pending.get(key)
                 if pend is not None:
                     self.fail_start(pend, now, fx, "timeout")
         return fx
 
     def _fire_offline(self, point_id: str, now: float, fx: list[Effect]) -> None:
-        p = self.points.get(point_id)
+        p = self._points.get(point_id)
         if p is None:
             return
         p.offline_timer_at = None
@@ -539,34 +818,31 @@ class Engine:
         due = p.last_heard + p.window_s
         if due > now:
             p.offline_timer_at = due = offline_slot(due)
-            self.timers.schedule(due, "offline", p.id)
+            self._timers.schedule(due, "offline", p.id)
             return
         p.online = False
-        self.points_online -= 1
+        self._points_online -= 1
         if p.session is not None:
             # keep the energy last reported: a restart may have to bill it as a fault
             self.persist_session(fx, p.session)
         self.publish(
-            fx,
-            "point.offline",
-            {"point_id": p.id, "last_heard": format_timestamp(p.last_heard)},
-            now,
+            fx, PointOffline(point_id=p.id, last_heard=format_timestamp(p.last_heard)), now
         )
         self.refresh(p, now, fx)
 
     def _fire_expire(self, res_id: str, token: float, now: float, fx: list[Effect]) -> None:
-        r = self.res_by_id.get(res_id)
+        r = self._res_by_id.get(res_id)
         if r is None or r.deadline != token:
             return
-        p = self.points[r.point_id]
+        p = self._points[r.point_id]
         if p.pending is not None and p.pending.reservation_id == r.id:
             # the vehicle arrived and the station is being asked to start: wait for it
-            self.timers.schedule(max(p.pending.deadline, now), "expire", r.id, token)
+            self._timers.schedule(max(p.pending.deadline, now), "expire", r.id, token)
             return
-        self.expire(r, now, fx)
+        self._expire(r, now, fx)
 
     def _fire_grace(self, point_id: str, token: float, now: float, fx: list[Effect]) -> None:
-        p = self.points.get(point_id)
+        p = self._points.get(point_id)
         if p is None or p.usable or p.unusable_since != token:
             return
         motivo = "point_offline" if not p.online else "point_unavailable"
@@ -575,3 +851,38 @@ class Engine:
         if p.session is not None and not p.online:
             self.bill_fault(p.session, now, fx)
         self.refresh(p, now, fx)
+
+    # --- views ----------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``; each
+        point also has ``vehicle_id``, ``session_id`` and ``last_heard`` (or None)."""
+        points = []
+        for _pid, p in sorted(self._points.items()):
+            view = self.point_view(p, None, now)
+            view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
+            view["session_id"] = p.session.id if p.session is not None else None
+            view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard else None
+            points.append(view)
+        queues = {
+            pid: [r.view(i + 1) for i, r in enumerate(p.queue)]
+            for pid, p in self._points.items()
+            if p.queue
+        }
+        running = sorted(self._sessions.values(), key=lambda s: (s.started_at, s.id))
+        sessions = [s.view() for s in running]
+        return {"seq": self._seq, "points": points, "queues": queues, "sessions": sessions}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "points": len(self._points),
+            "points_online": self._points_online,
+            "points_by_state": dict(Counter(p.estado for p in self._points.values())),
+            "sessions_active": len(self._sessions),
+            "reservations": len(self._res_by_id),
+            "pending_starts": len(self._pending),
+            "queues": {pid: len(p.queue) for pid, p in self._points.items() if p.queue},
+            "timers": len(self._timers),
+            "last_seq": self._seq,
+            **self._counters,
+        }

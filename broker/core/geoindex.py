@@ -51,6 +51,7 @@ _MARGIN_REL: Final = 1e-6  # on squared chords; covers every rounding difference
 _MARGIN_ABS: Final = 1e-20
 _MARGIN_KM: Final = 1e-6  # 1 mm, against rounding in the block bounds
 _CACHED_CELLS: Final = 16_384  # (cell, k) candidate lists kept; all dropped when full
+_FEW_MORE: Final = 8  # up to k + this many points, a plain scan is cheapest
 _FINE: Final = 3  # candidate cells are grid cells split 3 x 3: fewer candidates each
 _MAX_CANDIDATES: Final = 1024  # a cell with more candidates than this is not cached
 
@@ -159,7 +160,7 @@ class GeoIndex:
         if k <= 0 or not self._entries:
             return []
         limit = math.inf if max_km is None else max_km
-        if 3 * self._cs_lon >= 180.0:
+        if 3 * self._cs_lon >= 180.0 or len(self._entries) <= k + _FEW_MORE:
             return self._brute(latitude, longitude, k, limit, accept)
         cached = self._from_candidates(latitude, longitude, k, limit, accept)
         if cached is not None:
@@ -392,8 +393,14 @@ class GeoIndex:
         accept: Callable[[str], bool] | None,
     ) -> list[tuple[float, str]]:
         found: list[tuple[float, str]] = []
-        for _key, (_x, _y, _z, pid, lat, lon) in self._entries.values():
-            d = haversine_km(latitude, longitude, lat, lon)
+        sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
+        # the arithmetic of common.geo.haversine_km, inlined as in _finish (bit-identical)
+        p1 = radians(latitude)
+        cp1 = math.cos(p1)
+        two_r = 2 * EARTH_RADIUS_KM
+        for pid, (p2, cp2, lon2) in self._trig.items():
+            a = sin((p2 - p1) / 2) ** 2 + cp1 * cp2 * sin(radians(lon2 - longitude) / 2) ** 2
+            d = two_r * asin(min(1.0, sqrt(a)))
             if d <= limit and (accept is None or accept(pid)):
                 found.append((d, pid))
         found.sort()

@@ -10,32 +10,33 @@ from __future__ import annotations
 
 import math
 
-from broker.core.effects import Effect, Persist, SendStation
-from broker.core.engine import Engine, offline_slot
-from broker.core.points import DEFAULT_INTERVAL_S, PointState, holds_turn
+from broker.core.effects import Effect, Persist
+from broker.core.engine import Engine
+from broker.core.points import DEFAULT_INTERVAL_S, PointState
 from broker.core.sessions import energy_kwh, to_decimal
 from common.messages import (
     Ack,
     Heartbeat,
     Hello,
+    SessionAck,
     SessionComplete,
     StationToBroker,
     StatusDatagram,
+    Welcome,
 )
 
 
 def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
-    eng.counters["datagrams"] += 1
-    p = eng.points.get(d.id)
+    p = eng.datagram_point(d.id)
     if p is None:
-        if _full(eng):
+        if not eng.may_register():
             return []
         return _register_by_datagram(eng, d, now)
     boot = d.boot_id
     if boot is not None and d.seq is not None:
         if boot == p.boot_id:
             if d.seq <= p.dgram_seq:
-                eng.counters["datagrams_stale"] += 1
+                eng.count("datagrams_stale")
                 return []
         elif p.session is not None:
             return _slow_datagram(eng, p, d, now)
@@ -60,9 +61,7 @@ def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
         and (d.preco_kwh is None or d.preco_kwh == p.preco_kwh)
         and (d.interval_s is None or d.interval_s == p.interval_s)
     ):
-        if p.offline_timer_at is None:
-            p.offline_timer_at = offline_slot(now + p.window_s)
-            eng.timers.schedule(p.offline_timer_at, "offline", p.id)
+        eng.arm_offline(p, now)
         return []
     return _slow_datagram(eng, p, d, now)
 
@@ -111,14 +110,6 @@ def _register_by_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Ef
     return fx
 
 
-def _full(eng: Engine) -> bool:
-    """True (and counted) when no new point may be registered: the point cap is reached."""
-    if len(eng.points) < eng.cfg.max_points:
-        return False
-    eng.counters["points_refused"] += 1
-    return True
-
-
 def _register(
     eng: Engine,
     point_id: str,
@@ -139,22 +130,7 @@ def _register(
     if preco_kwh is not None:
         p.preco_kwh = preco_kwh
     p.interval_s = interval_s if interval_s is not None else DEFAULT_INTERVAL_S
-    p.window_s = eng.window(p.interval_s)
-    eng.points[point_id] = p
-    eng.index.put(point_id, latitude, longitude)
-    fx.append(Persist("point", p.id, p.static_record()))
-    eng.publish(
-        fx,
-        "point.registered",
-        {
-            "point_id": point_id,
-            "latitude": latitude,
-            "longitude": longitude,
-            "potencia_kw": p.potencia_kw,
-            "preco_kwh": p.preco_kwh,
-        },
-        now,
-    )
+    eng.register_point(p, now, fx)
     return p
 
 
@@ -180,8 +156,7 @@ def _update_static(
         interval_s = None
     changed = False
     if latitude != p.latitude or longitude != p.longitude:
-        p.latitude, p.longitude = latitude, longitude
-        eng.index.put(p.id, latitude, longitude)
+        eng.move_point(p, latitude, longitude)
         changed = True
     if potencia_kw is not None and potencia_kw != p.potencia_kw:
         p.potencia_kw = potencia_kw
@@ -212,10 +187,10 @@ def _note_boot(eng: Engine, p: PointState, boot_id: str, now: float, fx: list[Ef
 
 def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float) -> list[Effect]:
     fx: list[Effect] = []
-    p = eng.points.get(point_id)
+    p = eng.point(point_id)
     if isinstance(msg, Hello):
         if p is None:
-            if _full(eng):
+            if not eng.may_register():
                 return fx
             p = _register(
                 eng,
@@ -236,96 +211,52 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 eng, p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s
             ):
                 fx.append(Persist("point", p.id, p.static_record()))
-        fx.append(SendStation(point_id, {"type": "welcome", "heartbeat_s": eng.cfg.heartbeat_s}))
+        eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)
-        if holds_turn(p) and p.queue[0].deadline is not None:
-            head = p.queue[0]
-            eng.command(
-                fx,
-                p.id,
-                "hold",
-                reservation_id=head.id,
-                vehicle_id=head.vehicle_id,
-                until=head.deadline,
-            )
+        eng.resend_hold(p, fx)
         return fx
     if p is not None:
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)
     if isinstance(msg, Heartbeat):
-        fx.append(SendStation(point_id, {"type": "heartbeat"}))
+        eng.send(fx, point_id, Heartbeat())
     elif isinstance(msg, Ack):
-        _ack(eng, point_id, msg, now, fx)
+        eng.station_ack(point_id, msg.cmd_id, msg.ok, msg.error, now, fx)
     elif isinstance(msg, SessionComplete):
         _session_complete(eng, point_id, msg, now, fx)
     return fx
 
 
-def _ack(eng: Engine, point_id: str, msg: Ack, now: float, fx: list[Effect]) -> None:
-    pend = eng.pending.get(msg.cmd_id)
-    if pend is None or pend.point_id != point_id:
-        late = eng.abandoned.pop(msg.cmd_id, None)
-        if late is not None and msg.ok:
-            # the station started after we gave up on it: make it stop again
-            eng.command(fx, late[0], "stop", session_id=late[1])
-        elif late is None:
-            eng.counters["acks_unknown"] += 1
-        return
-    del eng.pending[msg.cmd_id]
-    if msg.ok:
-        eng.start_session(pend, now, fx)
-    else:
-        eng.fail_start(pend, now, fx, msg.error or "refused")
-
-
 def _session_complete(
     eng: Engine, point_id: str, msg: SessionComplete, now: float, fx: list[Effect]
 ) -> None:
-    sid = msg.session_id
-    if sid in eng.accounts.billed:
-        eng.counters["session_duplicates"] += 1
-    else:
-        s = eng.sessions.get(sid)
-        if s is None:
-            p = eng.points.get(point_id)
-            pend = p.pending if p is not None else None
-            if pend is not None and pend.session_id == sid:
-                # the ack was lost but the station charged: the session did start
-                del eng.pending[pend.cmd_id]
-                eng.start_session(pend, now, fx)
-                s = eng.sessions.get(sid)
-        if s is None:
-            eng.counters["sessions_unknown"] += 1
-        elif msg.energia_medida_kwh is not None:
-            measured = msg.energia_medida_kwh
-            if not (math.isfinite(measured) and 0.0 <= measured <= s.capacidade_kwh):
-                # out of the bounds a station may report: dropped, counted, not acked
-                eng.counters["sessions_out_of_bounds"] += 1
-                return
-            # the level the metered energy implies (the charger does not know the battery)
-            gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
-            nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
-            eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
-        else:
-            energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
-            if (
-                msg.reason == "fault"
-                and energy == 0
-                and math.isfinite(msg.energia_kwh)
-                and msg.energia_kwh > 0
-            ):
-                energy = to_decimal(msg.energia_kwh)
-            eng.bill(s, now, fx, energy, msg.nivel_final, msg.reason)
-    fx.append(SendStation(point_id, {"type": "session_ack", "session_id": sid}))
+    s = eng.session_complete(point_id, msg.session_id, now, fx)
+    if s is not None and msg.energia_medida_kwh is not None:
+        measured = msg.energia_medida_kwh
+        if not (math.isfinite(measured) and 0.0 <= measured <= s.capacidade_kwh):
+            # out of the bounds a station may report: dropped, counted, not acked
+            eng.count("sessions_out_of_bounds")
+            return
+        # the level the metered energy implies (the charger does not know the battery)
+        gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
+        nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
+        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
+    elif s is not None:
+        energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
+        if (
+            msg.reason == "fault"
+            and energy == 0
+            and math.isfinite(msg.energia_kwh)
+            and msg.energia_kwh > 0
+        ):
+            energy = to_decimal(msg.energia_kwh)
+        eng.bill(s, now, fx, energy, msg.nivel_final, msg.reason)
+    eng.send(fx, point_id, SessionAck(session_id=msg.session_id))
 
 
 def station_unreachable(eng: Engine, point_id: str, now: float) -> list[Effect]:
     """The ROUTER could not route to the station: a pending start fails at once."""
     fx: list[Effect] = []
-    p = eng.points.get(point_id)
-    if p is not None and p.pending is not None:
-        pend = p.pending
-        eng.pending.pop(pend.cmd_id, None)
-        eng.fail_start(pend, now, fx, "station unreachable")
+    eng.station_unreachable(point_id, now, fx)
     return fx

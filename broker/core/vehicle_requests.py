@@ -12,11 +12,27 @@ from typing import Any, Final
 
 from msgspec import Raw
 
-from broker.core.effects import Effect, Persist, Reply
-from broker.core.engine import Engine
+from broker.core.effects import Effect, Reply
+from broker.core.engine import Engine, refusal
 from broker.core.points import PointState, holds_turn
-from broker.core.queues import Reservation, position_of
-from broker.core.sessions import PendingStart, pending_key
+from broker.core.queues import position_of
+from common.errors import (
+    AlreadyQueued,
+    AlreadyReserved,
+    InvalidRequest,
+    NoReservation,
+    NoSession,
+    NotYourTurn,
+    PointBusy,
+    PointOffline,
+    PointUnavailable,
+    QueueFull,
+    RefusedInvalid,
+    RequestRefused,
+    UnknownPoint,
+    UnknownType,
+)
+from common.events import ReservationCreated
 from common.messages import (
     MAX_LIMIT,
     REPLY_TYPES,
@@ -36,7 +52,6 @@ from common.timeutil import format_timestamp
 MSG_RESERVED: Final = "Reserve confirmed"
 MSG_ALREADY_QUEUED: Final = "Vehicle already in queue"
 MSG_QUEUE_FULL: Final = "Queue full"
-MSG_INVALID: Final = "Invalid request"
 
 
 def handle(
@@ -51,7 +66,7 @@ def handle(
         fx.append(Reply(conn, req.id, kind or rtype or "erro", payload, truncated))
 
     if rtype is None:
-        reply({"code": "unknown_type", "message": f"Unknown request type {req.type!r}"}, "erro")
+        reply(UnknownType(f"Unknown request type {req.type!r}").to_wire(), "erro")
     elif isinstance(data, Ping) and req.type == "ping":
         reply({})
     elif isinstance(data, Bateria) and req.type == "bateria":
@@ -72,11 +87,11 @@ def handle(
     elif isinstance(data, Parar) and req.type == "parar":
         reply(_parar(eng, vehicle_id, data, fx))
     elif isinstance(data, Custos) and req.type == "custos":
-        reply(eng.accounts.statement(vehicle_id))
+        reply(eng.statement(vehicle_id))
     elif isinstance(data, StatusQuery) and req.type == "status":
         reply(_status(eng, vehicle_id))
     else:
-        reply({"code": "invalid", "message": f"Data does not match type {req.type!r}"}, "erro")
+        reply(InvalidRequest(f"Data does not match type {req.type!r}").to_wire(), "erro")
     return fx
 
 
@@ -87,13 +102,8 @@ def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[E
     """``{"pontos": [...]}``, already encoded (cached point views, see point_views)."""
     loc = data.localizacao
     eng.battery_report(vehicle_id, data.nivel_bateria, loc.latitude, loc.longitude, now, fx)
-    points = eng.points
-
-    def usable(pid: str) -> bool:
-        return points[pid].usable
-
     max_km = data.distancia_max or None
-    hits = eng.index.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable)
+    hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=True)
     return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
 
 
@@ -107,44 +117,47 @@ def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
     max_km = data.distancia_max or None
     truncated = False
     if data.limite is None:
-        hits = eng.index.nearest(loc.latitude, loc.longitude, MAX_LIMIT + 1, max_km)
+        hits = eng.nearest(loc.latitude, loc.longitude, MAX_LIMIT + 1, max_km, usable_only=False)
         if len(hits) > MAX_LIMIT:
             hits, truncated = hits[:MAX_LIMIT], True
     else:
-        hits = eng.index.nearest(loc.latitude, loc.longitude, data.limite, max_km)
+        hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=False)
     return Raw(eng.encoded_points(hits, now)), truncated
 
 
 def _status(eng: Engine, vehicle_id: str) -> dict[str, Any]:
-    r = eng.res_by_vehicle.get(vehicle_id)
+    r = eng.reservation_of(vehicle_id)
     reserva = None
     if r is not None:
-        reserva = r.view(position_of(eng.points[r.point_id].queue, vehicle_id))
-    s = eng.session_by_vehicle.get(vehicle_id)
+        p = eng.point(r.point_id)
+        reserva = r.view(position_of(p.queue, vehicle_id) if p is not None else 0)
+    s = eng.session_of(vehicle_id)
     sessao: dict[str, Any] | None = s.view() if s is not None else None
     if sessao is None:
-        for pend in eng.pending.values():
-            if pend.vehicle_id == vehicle_id:
-                sessao = {
-                    "session_id": pend.session_id,
-                    "vehicle_id": vehicle_id,
-                    "id_ponto_recarga": pend.point_id,
-                    "estado": "iniciando",
-                }
+        pend = eng.pending_of(vehicle_id)
+        if pend is not None:
+            sessao = {
+                "session_id": pend.session_id,
+                "vehicle_id": vehicle_id,
+                "id_ponto_recarga": pend.point_id,
+                "estado": "iniciando",
+            }
     return {"reserva": reserva, "sessao": sessao}
 
 
 # --- reservations ---------------------------------------------------------------------
 
 
-def _refusal(vehicle_id: str, point_id: str, code: str, message: str) -> dict[str, Any]:
-    return {
-        "status": "error",
-        "code": code,
-        "message": message,
-        "vehicle_id": vehicle_id,
-        "id_ponto_recarga": point_id,
-    }
+def _usable_point(eng: Engine, pid: str) -> PointState | RequestRefused:
+    """The point, or why ``reserva`` and ``chegada`` alike refuse it (one rule for both)."""
+    p = eng.point(pid)
+    if p is None:
+        return UnknownPoint(f"Unknown point {pid}")
+    if not p.online:
+        return PointOffline(f"Point {pid} is offline")
+    if not p.usable:
+        return PointUnavailable(f"Point {pid} reports a fault")
+    return p
 
 
 def _reserva(
@@ -152,45 +165,27 @@ def _reserva(
 ) -> tuple[dict[str, Any], list[Effect]]:
     """The reply data, and the effects that must follow the reply (the turn, if granted)."""
     pid = data.id_ponto_recarga
-    p = eng.points.get(pid)
-    if p is None:
-        return _refusal(vehicle_id, pid, "unknown_point", f"Unknown point {pid}"), []
-    if not p.online:
-        return _refusal(vehicle_id, pid, "point_offline", f"Point {pid} is offline"), []
-    if not p.usable:
-        return _refusal(vehicle_id, pid, "point_unavailable", f"Point {pid} reports a fault"), []
-    current = eng.res_by_vehicle.get(vehicle_id)
+    p = _usable_point(eng, pid)
+    if isinstance(p, RequestRefused):
+        return refusal(p, vehicle_id, pid), []
+    current = eng.reservation_of(vehicle_id)
     if current is not None and current.point_id == pid:
-        return _refusal(vehicle_id, pid, "already_queued", MSG_ALREADY_QUEUED), []
+        return refusal(AlreadyQueued(MSG_ALREADY_QUEUED), vehicle_id, pid), []
     if current is not None:
-        return _refusal(
-            vehicle_id,
-            pid,
-            "already_reserved",
-            f"Vehicle already holds a reservation at {current.point_id}",
-        ), []
-    if len(p.queue) >= eng.cfg.queue_capacity:
-        return _refusal(vehicle_id, pid, "queue_full", MSG_QUEUE_FULL), []
-    eng.order += 1
-    r = Reservation(
-        id=eng.new_id("res"),
-        vehicle_id=vehicle_id,
-        point_id=pid,
-        created_at=now,
-        eta_s=float(data.tempo_estimado) * 60.0,
-        order=eng.order,
-    )
-    eng.add_reservation(p, r, fx)
+        err = AlreadyReserved(f"Vehicle already holds a reservation at {current.point_id}")
+        return refusal(err, vehicle_id, pid), []
+    if len(p.queue) >= eng.config.queue_capacity:
+        return refusal(QueueFull(MSG_QUEUE_FULL), vehicle_id, pid), []
+    r = eng.new_reservation(p, vehicle_id, float(data.tempo_estimado) * 60.0, now, fx)
     eng.publish(
         fx,
-        "reservation.created",
-        {
-            "reservation_id": r.id,
-            "vehicle_id": vehicle_id,
-            "point_id": pid,
-            "posicao": len(p.queue),
-            "tempo_estimado": data.tempo_estimado,
-        },
+        ReservationCreated(
+            reservation_id=r.id,
+            vehicle_id=vehicle_id,
+            point_id=pid,
+            posicao=len(p.queue),
+            tempo_estimado=data.tempo_estimado,
+        ),
         now,
     )
     turn_fx: list[Effect] = []
@@ -213,17 +208,12 @@ def _cancelar(
     eng: Engine, vehicle_id: str, data: Cancelar, now: float, fx: list[Effect]
 ) -> dict[str, Any]:
     pid = data.id_ponto_recarga
-    r = eng.res_by_vehicle.get(vehicle_id)
-    if r is None or r.point_id != pid:
-        return {
-            "status": "error",
-            "code": "no_reservation",
-            "message": f"No reservation at {pid}",
-            "vehicle_id": vehicle_id,
-            "id_ponto_recarga": pid,
-        }
+    r = eng.reservation_of(vehicle_id)
+    p = eng.point(pid)
+    if r is None or r.point_id != pid or p is None:
+        return refusal(NoReservation(f"No reservation at {pid}"), vehicle_id, pid)
     eng.cancel(r, now, fx, "vehicle", push=False)
-    eng.refresh(eng.points[pid], now, fx)
+    eng.refresh(p, now, fx)
     return {
         "status": "success",
         "code": "cancelled",
@@ -248,94 +238,43 @@ def _chegada(
 ) -> dict[str, Any] | None:
     """A refusal to reply now, or None when ``start`` was sent (reply on ack)."""
     pid = data.id_ponto_recarga
-
-    def refuse(code: str, message: str) -> dict[str, Any]:
-        return _refusal(vehicle_id, pid, code, message)
-
     if data.nivel_carregar <= data.nivel_bateria:
-        return refuse("invalid", "nivel_carregar must be above nivel_bateria")
-    p = eng.points.get(pid)
-    if p is None:
-        return refuse("invalid", f"Unknown point {pid}")
-    if not p.online:
-        return refuse("point_offline", f"Point {pid} is offline")
-    if not p.usable:
-        return refuse("point_offline", f"Point {pid} reports a fault and cannot charge")
-    own = eng.session_by_vehicle.get(vehicle_id)
+        err: RequestRefused = RefusedInvalid("nivel_carregar must be above nivel_bateria")
+        return refusal(err, vehicle_id, pid)
+    p = _usable_point(eng, pid)
+    if isinstance(p, RequestRefused):
+        return refusal(p, vehicle_id, pid)
+    own = eng.session_of(vehicle_id)
     if own is not None:
-        return refuse("point_busy", f"Vehicle is already charging at {own.point_id}")
-    if any(pend.vehicle_id == vehicle_id for pend in eng.pending.values()):
-        return refuse("point_busy", "A start for this vehicle is already in progress")
+        err = PointBusy(f"Vehicle is already charging at {own.point_id}")
+        return refusal(err, vehicle_id, pid)
+    if eng.pending_of(vehicle_id) is not None:
+        err = PointBusy("A start for this vehicle is already in progress")
+        return refusal(err, vehicle_id, pid)
     pos = position_of(p.queue, vehicle_id)
     free = p.session is None and p.pending is None
     if pos == 1 and free and holds_turn(p):
-        _start(eng, p, conn, req, vehicle_id, data, p.queue[0].id, now, fx)
+        eng.begin_start(p, conn, req.id, vehicle_id, data, p.queue[0].id, now, fx)
         return None
     if pos >= 1:
-        return refuse("not_your_turn", f"Not your turn: position {pos} in the queue")
-    if p.queue:
-        return refuse("no_reservation", f"Point {pid} has a queue and no reservation of yours")
-    if not free:
-        return refuse("point_busy", f"Point {pid} is charging another vehicle")
-    _start(eng, p, conn, req, vehicle_id, data, None, now, fx)
-    return None
-
-
-def _start(
-    eng: Engine,
-    p: PointState,
-    conn: int,
-    req: VehicleRequest,
-    vehicle_id: str,
-    data: Chegada,
-    reservation_id: str | None,
-    now: float,
-    fx: list[Effect],
-) -> None:
-    session_id = eng.new_id("ses")
-    cmd_id = eng.command(
-        fx,
-        p.id,
-        "start",
-        session_id=session_id,
-        vehicle_id=vehicle_id,
-        nivel_bateria=data.nivel_bateria,
-        nivel_carregar=data.nivel_carregar,
-        capacidade_kwh=data.capacidade_kwh,
-    )
-    pend = PendingStart(
-        cmd_id=cmd_id,
-        session_id=session_id,
-        vehicle_id=vehicle_id,
-        point_id=p.id,
-        conn=conn,
-        request_id=req.id,
-        nivel_bateria=data.nivel_bateria,
-        nivel_carregar=data.nivel_carregar,
-        capacidade_kwh=data.capacidade_kwh,
-        payment_method=data.metodo_pagamento,
-        reservation_id=reservation_id,
-        deadline=now + eng.cfg.ack_timeout_s,
-    )
-    eng.pending[cmd_id] = pend
-    p.pending = pend
-    eng.timers.schedule(pend.deadline, "ack", cmd_id)
-    fx.append(Persist("meta", pending_key(session_id), pend.record()))
+        err = NotYourTurn(f"Not your turn: position {pos} in the queue")
+    elif p.queue:
+        err = NoReservation(f"Point {pid} has a queue and no reservation of yours")
+    elif not free:
+        err = PointBusy(f"Point {pid} is charging another vehicle")
+    else:
+        eng.begin_start(p, conn, req.id, vehicle_id, data, None, now, fx)
+        return None
+    return refusal(err, vehicle_id, pid)
 
 
 def _parar(eng: Engine, vehicle_id: str, data: Parar, fx: list[Effect]) -> dict[str, Any]:
     """Ask the station to stop; the reply does not wait for its ack (see docs/rules.md)."""
     pid = data.id_ponto_recarga
-    s = eng.session_by_vehicle.get(vehicle_id)
+    s = eng.session_of(vehicle_id)
     if s is None or s.point_id != pid:
-        return {
-            "status": "error",
-            "code": "no_session",
-            "message": f"No running session at {pid}",
-            "vehicle_id": vehicle_id,
-            "id_ponto_recarga": pid,
-        }
-    eng.command(fx, pid, "stop", session_id=s.id)
+        return refusal(NoSession(f"No running session at {pid}"), vehicle_id, pid)
+    eng.send_stop(fx, pid, s.id)
     return {
         "status": "success",
         "code": "stopping",

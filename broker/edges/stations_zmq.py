@@ -47,7 +47,7 @@ import zmq.asyncio
 from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_station_message, pack
 from common.errors import ConfigError, StationProtocolError
-from common.messages import Hello, StationToBroker
+from common.messages import BrokerToStation, Heartbeat, Hello, StationToBroker
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ RECV_BATCH: Final = 256
 #: At most one warning per kind of dropped message per this many seconds.
 LOG_EVERY_S: Final = 5.0
 
-HEARTBEAT_FRAME: Final = pack({"type": "heartbeat"})
+HEARTBEAT_FRAME: Final = pack(Heartbeat())
 
 
 class StationsEdge:
@@ -165,7 +165,7 @@ class StationsEdge:
 
     # --- sending ------------------------------------------------------------------------
 
-    def send(self, point_id: str, message: dict[str, Any]) -> None:
+    def send(self, point_id: str, message: BrokerToStation) -> None:
         """Send one msgpack frame to the station ``point_id``; never blocks.
 
         Not connected (EHOSTUNREACH) -> ``on_unroutable(point_id)``; queue full

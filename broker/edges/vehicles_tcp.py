@@ -6,14 +6,13 @@ Theory of operation
   client. Bytes go into a :class:`common.codec.StreamDecoder`, which yields a
   decoded request or a decode failure per object (newline-delimited or back to
   back, split or coalesced).
-* Replies on one connection are written in request order even when an earlier
-  request is still waiting (a ``chegada`` waits for the station's ack): each
-  request takes a :class:`Slot` at the tail of the connection's queue, the
-  answer fills the slot, and filled slots are written from the head.
-* A reply produced by the core within the request's own call belongs to that
-  request's slot (the app links them). A reply produced later (after the
-  station's ack or the ack timeout) fills the oldest *waiting* slot, preferring
-  one whose request ``id`` matches.
+* Replies on one connection are written in request order, pushes behind the
+  replies outstanding: those rules live in the sans-IO
+  :class:`broker.edges.reply_order.ReplyOrder`, which returns the bytes to
+  write; this module only moves them. A reply produced by the core within the
+  request's own call belongs to that request's slot (the app links them); a
+  later one (after the station's ack or the ack timeout) fills the slot
+  ``ReplyOrder.take_waiting`` chooses.
 * Identity and authentication are decided by the sans-IO gate
   (:mod:`broker.core.vehicle_auth`): the edge asks it about every request and
   carries out its verdict (answer an error, answer ``registrar``/``autenticar``,
@@ -38,7 +37,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
@@ -46,6 +44,7 @@ import msgspec
 
 from broker.core.effects import Persist, Push, Reply, RequestId
 from broker.core.vehicle_auth import ConnAuth, VehicleAuth
+from broker.edges.reply_order import Output, ReplyOrder, Slot
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics
 from common.codec import DecodedRequest, DecodeFailure, StreamDecoder, encode_reply
@@ -60,11 +59,6 @@ MAX_OUTSTANDING: Final = 256
 #: Raw input is handed to the decoder at most this many bytes at a time.
 DECODE_PIECE: Final = 2048
 EDGE: Final = "vehicles"
-
-
-def encode_message(type_: str, data: Any, request_id: RequestId = msgspec.UNSET) -> bytes:
-    """One compact JSON line ``{"type", "data"[, "id"]}\\n`` (UTF-8, unescaped)."""
-    return encode_reply(type_, data, request_id)
 
 
 def reply_result(type_: str, data: Any) -> str:
@@ -88,18 +82,6 @@ class RequestSink(Protocol):
 
 
 @dataclass(slots=True)
-class Slot:
-    """The place of one reply in a connection's output order."""
-
-    request_type: str
-    request_id: RequestId
-    started: float
-    payload: bytes | None = None
-    waiting: bool = False  # no reply within the request's own core call: a later one fills it
-    close_after: bool = False
-
-
-@dataclass(slots=True)
 class _Binding:
     conns: list[VehicleConnection] = field(default_factory=list)
 
@@ -112,7 +94,7 @@ class VehicleConnection(asyncio.Protocol):
         self.conn_id = conn_id
         self.transport: asyncio.Transport | None = None
         self.decoder = StreamDecoder()
-        self.slots: deque[Slot] = deque()
+        self.replies = ReplyOrder()
         self.auth = ConnAuth(conn_id, "", "CAR0")
         self.vehicle_id: str | None = None  # the vehicle whose pushes this connection gets
         self.closing = False
@@ -151,7 +133,7 @@ class VehicleConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.transport = None
-        self.slots.clear()
+        self.replies.clear()
         self.backlog.clear()
         self.inbox = bytearray()
         if self.server.conns.pop(self.conn_id, None) is None:
@@ -236,10 +218,9 @@ class VehicleConnection(asyncio.Protocol):
         if self.backlog or self.inbox:
             budget = self.server.limits.requests_per_turn
             self._eof_drain(budget)
-        if not self.slots:
+        if not self.replies.close_after_last():
             return None
         self.closing = True
-        self.slots[-1].close_after = True
         return True
 
     def _eof_drain(self, budget: int) -> None:
@@ -278,90 +259,58 @@ class VehicleConnection(asyncio.Protocol):
             if self.vehicle_id is not None:
                 server.unbind(self.vehicle_id, self)
             server.bind(vehicle_id, self)
-        slot = Slot(request.type, request.id, time.perf_counter())
-        self.slots.append(slot)
+        slot = self.replies.open(request.type, request.id, time.perf_counter())
         if verdict.reply is not None:
             rtype, data = verdict.reply
             if verdict.persist is not None:  # a token is confirmed only once it is stored
                 reply = Reply(self.conn_id, request.id, rtype, data)
                 server.sink.vehicle_record_reply(verdict.persist, reply, slot)
             else:
-                self.fill(slot, encode_message(rtype, data, request.id), rtype, data)
+                self.fill(slot, encode_reply(rtype, data, request.id), rtype, data)
             return
         try:
             self.server.sink.vehicle_request(self.conn_id, vehicle_id, request, slot)
         except ProtocolError as exc:
-            self.fill(
-                slot, encode_message("erro", exc.to_wire(), request.id), "erro", exc.to_wire()
-            )
+            self.fill(slot, encode_reply("erro", exc.to_wire(), request.id), "erro", exc.to_wire())
         except Exception:
             log.exception("request %s from %s failed", request.type, vehicle_id)
             wire = InternalError("internal error").to_wire()
-            self.fill(slot, encode_message("erro", wire, request.id), "erro", wire)
+            self.fill(slot, encode_reply("erro", wire, request.id), "erro", wire)
 
     def _local_reply(
         self, request_type: str, request_id: RequestId, error: EVError, *, close: bool = False
     ) -> None:
         data = error.to_wire()
-        slot = Slot(request_type, request_id, time.perf_counter(), close_after=close)
-        self.slots.append(slot)
+        slot = self.replies.open(request_type, request_id, time.perf_counter(), close=close)
         if close:
             self.closing = True
-        self.fill(slot, encode_message("erro", data, request_id), "erro", data)
+        self.fill(slot, encode_reply("erro", data, request_id), "erro", data)
 
     # --- output -----------------------------------------------------------------------------
 
     def fill(self, slot: Slot, payload: bytes, reply_type: str, data: Any) -> None:
-        """Give ``slot`` its bytes and write every filled slot from the head."""
+        """Give ``slot`` its bytes and write what the order lets out."""
         if slot.payload is not None:
             return
-        slot.payload = payload
         metrics = self.server.metrics
         result = reply_result(reply_type, data)
         metrics.requests.inc(slot.request_type, result)
         if reply_type == "erro":
             metrics.errors.inc(result)
         metrics.latency.observe(time.perf_counter() - slot.started, slot.request_type)
-        self._flush()
-
-    def take_waiting(self, request_id: RequestId) -> Slot | None:
-        """The oldest slot waiting for a later reply (same request id preferred)."""
-        first: Slot | None = None
-        for slot in self.slots:
-            if slot.waiting and slot.payload is None:
-                if slot.request_id == request_id and type(slot.request_id) is type(request_id):
-                    return slot
-                if first is None:
-                    first = slot
-        return first
+        self._write(self.replies.fill(slot, payload))
 
     def push(self, payload: bytes) -> None:
-        if self.transport is None:
-            return
-        if self.slots:
-            slot = Slot("push", msgspec.UNSET, 0.0, payload=payload)
-            self.slots.append(slot)
-            self._flush()
-        else:
-            self.transport.write(payload)
+        if self.transport is not None:
+            self._write(self.replies.push(payload))
 
-    def _flush(self) -> None:
+    def _write(self, out: Output) -> None:
         transport = self.transport
         if transport is None:
             return
-        out: list[bytes] = []
-        close = False
-        while self.slots and self.slots[0].payload is not None:
-            slot = self.slots.popleft()
-            assert slot.payload is not None
-            out.append(slot.payload)
-            if slot.close_after:
-                close = True
-                break
-        if out:
-            transport.write(b"".join(out))
-        if close:
-            self.slots.clear()
+        if out.data:
+            transport.write(out.data)
+        if out.close:
             transport.close()
         else:
             self._update_reading()
@@ -381,12 +330,9 @@ class VehicleConnection(asyncio.Protocol):
             elif now - self._stalled_since > limits.stalled_close_s:
                 return "stalled"
             return None
-        if now - self.last_active > limits.idle_timeout_s and not self._waiting_for_core():
+        if now - self.last_active > limits.idle_timeout_s and not self.replies.waiting_for_core():
             return "idle"
         return None
-
-    def _waiting_for_core(self) -> bool:
-        return any(slot.waiting and slot.payload is None for slot in self.slots)
 
     def _update_reading(self) -> None:
         transport = self.transport
@@ -394,11 +340,11 @@ class VehicleConnection(asyncio.Protocol):
             return
         want_pause = (
             self._write_paused
-            or len(self.slots) > MAX_OUTSTANDING
+            or len(self.replies) > MAX_OUTSTANDING
             or self.closing
             or bool(self.backlog)
             or bool(self.inbox)
-        ) and not (self.closing and not self.slots)
+        ) and not (self.closing and not self.replies)
         if want_pause and not self._read_paused:
             transport.pause_reading()
             self._read_paused = True
@@ -526,19 +472,17 @@ class VehicleServer:
         if conn is None:
             return
         if slot is None:
-            slot = conn.take_waiting(reply.request_id)
+            slot = conn.replies.take_waiting(reply.request_id)
             if slot is None:
                 log.warning("reply %s on connection %d matches no request", reply.type, reply.conn)
                 return
         payload = encode_reply(reply.type, reply.data, reply.request_id, truncated=reply.truncated)
         conn.fill(slot, payload, reply.type, reply.data)
 
-    def deliver_push(self, push: Push, on_sent: Callable[[], None] | None = None) -> bool:
+    def deliver_push(self, push: Push) -> bool:
         """Send a push to the vehicle's most recent connection; False when not connected."""
         binding = self.bindings.get(push.vehicle_id)
         if binding is None or not binding.conns:
             return False
-        binding.conns[-1].push(encode_message(push.type, push.data))
-        if on_sent is not None:
-            on_sent()
+        binding.conns[-1].push(encode_reply(push.type, push.data))
         return True

@@ -39,7 +39,7 @@ import zmq.asyncio
 
 from broker.ledger import Bill, Ledger
 from broker.subscriber import Endpoint, HistoryClient, Subscriber, _decode_events
-from broker.web.state import ConsoleState
+from broker.web.state import LATEST_EVENTS, ConsoleState
 from common.errors import EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 
@@ -267,9 +267,23 @@ class ConsoleFeed:
 
     # --- energy so far --------------------------------------------------------------
 
+    async def _recent_events(self) -> None:
+        """The latest events before the snapshot, for the page's list (best effort)."""
+        upto = self.state.seq
+        try:
+            reply = await self.requests.request_once(
+                {"op": "since", "seq": max(0, upto - LATEST_EVENTS), "limit": LATEST_EVENTS}
+            )
+        except TransportError as exc:
+            log.info("latest events: %s", exc)
+            return
+        events = _decode_events(reply.get("events"), self.live.stats)
+        self.state.add_past([ev for ev in events if ev.seq <= upto])
+
     async def _refresh_energy(self) -> None:
         """Running sessions' energy comes only with snapshots: read one now and then."""
         await self.live.ready.wait()
+        await self._recent_events()
         while True:
             await asyncio.sleep(self.energy_refresh_s)
             if not self.state.running:

@@ -325,6 +325,13 @@ class ConsoleState:
     def sessions(self) -> list[SessionOut]:
         return [r.out() for r in sorted(self.running.values(), key=lambda r: r.started_at)]
 
+    def add_past(self, events: Iterable[BusEvent]) -> None:
+        """Events from before the snapshot, oldest first: listed under the newer ones."""
+        known = {e.seq for e in self.latest}
+        for ev in sorted(events, key=lambda e: e.seq, reverse=True):
+            if ev.seq not in known and len(self.latest) < LATEST_EVENTS:
+                self.latest.append(event_out(ev))
+
     def apply_all(self, events: Iterable[BusEvent]) -> None:
         for ev in events:
             self.apply(ev)

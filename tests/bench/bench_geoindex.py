@@ -88,7 +88,7 @@ def bench_core() -> None:
             seq=0,
         )
         core.handle_datagram(d, now)
-    templates = [(p["id"], p["latitude"], p["longitude"]) for p in core.snapshot()["points"]]
+    templates = [(p["id"], p["latitude"], p["longitude"]) for p in core.snapshot(now)["points"]]
     # unchanged datagrams, each with the next seq of its point (a healthy station)
     per_point: dict[str, int] = {}
     datagrams = []

@@ -18,11 +18,13 @@ Figures (each for old and new, with the ratio):
 * ``bateria`` open loop at half the new closed-loop rate (10 points): p50/p99;
 * ``bateria`` / ``ping`` of each broker;
 * confirmed reservations per second, UDP ingest, RSS with 100,000 points and
-  10,000 idle connections.
+  10,000 idle connections;
+* first, without sockets: CPU per request through the core and the reply
+  encoder (:mod:`tests.bench.core_cost`, process time, best of 5).
 
 Run: ``python -m tests.bench read_path`` (``EV_BENCH_BASE`` = the older commit,
 default ``506897b``; ``EV_BENCH_SECONDS`` per run, default 3; ``EV_BENCH_ROUNDS``
-default 3).
+default 3; ``EV_BENCH_PHASES`` any of ``core,read,other,memory``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from tests.support.procs import ROOT, BrokerPorts, Proc, broker_ports, start
 BASE = os.environ.get("EV_BENCH_BASE", "506897b")
 SECONDS = float(os.environ.get("EV_BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("EV_BENCH_ROUNDS", "3"))
-PHASES = os.environ.get("EV_BENCH_PHASES", "read,other").split(",")
+PHASES = os.environ.get("EV_BENCH_PHASES", "core,read,other,memory").split(",")
 CONNS = 32
 #: query positions: inside the cloud of points (bench_broker's square of 1 degree)
 QUERIES = [_position(10_000_000 + i) for i in range(97)]
@@ -217,16 +219,25 @@ def _reserve(port: int, vehicles: int, base: int) -> dict[str, Any]:
 
 def reservations(brokers: list[Broker]) -> None:
     rates: dict[str, list[float]] = {b.name: [] for b in brokers}
+    cpu_us: dict[str, list[float]] = {b.name: [] for b in brokers}
     for k in range(ROUNDS):
         for b in brokers if k % 2 == 0 else brokers[::-1]:
+            cpu0 = b.cpu()
             r = _in_child(_reserve, b.ports.vehicle, 2000, (k + 1) * 10**6)
+            us = (b.cpu() - cpu0) / max(1, r["ok"]) * 1e6
             rates[b.name].append(r["ok"] / r["elapsed"])
+            cpu_us[b.name].append(us)
             print(
                 f"  reservations confirmed {b.name:<3} round {k + 1}: "
-                f"{r['ok'] / r['elapsed']:,.0f}/s ({r['ok']} in {r['elapsed']:.2f} s)"
+                f"{r['ok'] / r['elapsed']:,.0f}/s ({r['ok']} in {r['elapsed']:.2f} s), "
+                f"broker {us:.0f} us per reservation (connection, binding and commit included)"
             )
     old, new = (sorted(rates[n])[ROUNDS // 2] for n in ("old", "new"))
-    print(f"= reservations confirmed/s  old {old:,.0f}  new {new:,.0f}  ratio {new / old:.2f}x")
+    old_us, new_us = (sorted(cpu_us[n])[ROUNDS // 2] for n in ("old", "new"))
+    print(
+        f"= reservations confirmed/s  old {old:,.0f}  new {new:,.0f}  ratio {new / old:.2f}x   "
+        f"broker CPU per reservation old {old_us:.0f} us new {new_us:.0f} us"
+    )
 
 
 def _udp_send(port: int, rate: float, seconds: float, boot: str) -> dict[str, Any]:
@@ -313,6 +324,33 @@ def extra_args(tree: Path) -> list[str]:
     return ["--insecure"] if "--insecure" in help_text else []
 
 
+def core_costs(old_tree: Path) -> None:
+    """CPU per request through core + reply encoder (no sockets), old and new alternating.
+
+    Process CPU time, best of several rounds, so it holds up on a loaded machine.
+    """
+    script = str(Path(__file__).with_name("core_cost.py"))
+    for points, kind in ((10, "ping"), (10, "bateria"), (1_000, "bateria"), (10_000, "bateria")):
+        us: dict[str, list[float]] = {"old": [], "new": []}
+        for k in range(ROUNDS):
+            for name, tree in (("old", old_tree), ("new", ROOT))[:: 1 if k % 2 == 0 else -1]:
+                out = subprocess.run(
+                    [sys.executable, script, str(points), kind, "5"],
+                    env={**os.environ, "PYTHONPATH": str(tree)},
+                    cwd=tempfile.gettempdir(),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                us[name].append(float(out))
+        old, new = min(us["old"]), min(us["new"])
+        print(
+            f"= core + encoder, {kind} with {points:,} points: old {old:6.1f} us  "
+            f"new {new:6.1f} us per request  ({old / new:4.2f}x cheaper)",
+            flush=True,
+        )
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = export_tree(BASE, Path(tmp, "old"))
@@ -322,6 +360,8 @@ def main() -> None:
                 db = os.path.join(tmp, f"{name}.db")
                 brokers.append(Broker(name, tree, db, extra_args(tree)))
             print(f"old = {BASE} (git archive), new = this tree; {ROUNDS} rounds of {SECONDS} s")
+            if "core" in PHASES:
+                core_costs(old_tree)
             _bench(brokers)
         finally:
             for b in brokers:
@@ -329,6 +369,15 @@ def main() -> None:
 
 
 def _bench(brokers: list[Broker]) -> None:
+    if "read" in PHASES:
+        _read_figures(brokers)
+    if "other" in PHASES:
+        _other_figures(brokers)
+    if "memory" in PHASES:
+        memory(brokers)
+
+
+def _read_figures(brokers: list[Broker]) -> None:
     new_rate: dict[int, float] = {}
     ping_rate: dict[str, float] = {}
     for npoints in (10, 1_000, 10_000):
@@ -367,12 +416,13 @@ def _bench(brokers: list[Broker]) -> None:
                     f"= {label:<34} {name}: p50 {pct(lat, 0.5):.2f} ms  p99 {pct(lat, 0.99):.2f} ms"
                     f"{'   goal p99 < 5 ms' if name == 'new' else ''}"
                 )
-    if "other" not in PHASES:
-        return
+
+
+def _other_figures(brokers: list[Broker]) -> None:
+    register(brokers, 10_000)
     reservations(brokers)
     for rate in (20_000.0, 100_000.0):
         udp_ingest(brokers, rate)
-    memory(brokers)
 
 
 if __name__ == "__main__":

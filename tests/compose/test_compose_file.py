@@ -27,6 +27,7 @@ SERVICES = [
     "ocpp-gateway",
     "ocpp-chargers",
     "tail",
+    "web",
 ]
 TOOLS = ["vehicle", "monitor"]
 OBSERVABILITY = ["prometheus"]

@@ -113,6 +113,37 @@ def test_stack_is_up_healthy_and_runs_as_non_root(stack: Stack) -> None:
     assert "vehicle_id=LISTER" in stack.logs("tail", tail="all")
 
 
+# Reads the web console's point list inside the stack: with the token, and without it.
+WEB_PROBE = """
+import json, sys, urllib.error, urllib.request
+def get(headers):
+    req = urllib.request.Request("http://web:8088/api/points", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, None
+code, points = get({"Authorization": "Bearer " + sys.argv[1]})
+refused, _ = get({})
+print(json.dumps({"code": code, "refused": refused, "points": {p["id"]: p for p in points or []}}))
+"""
+
+
+def test_web_console_serves_the_points_to_its_token_only(stack: Stack) -> None:
+    assert stack.state("web") == "running", stack.logs("web")
+
+    def listed() -> dict[str, Any] | None:
+        seen = stack.python(WEB_PROBE, "compose-web-token")
+        ok = seen["code"] == 200 and all(
+            p in seen["points"] and seen["points"][p]["online"] for p in ALL_POINTS
+        )
+        return seen if ok else None
+
+    seen = wait_until(listed, 40, "the web console listing every point online")
+    assert seen["refused"] == 401
+    assert "web console ready" in stack.logs("web", tail="all")
+
+
 def test_vehicle_container_completes_a_trip_and_billing_agrees(stack: Stack) -> None:
     code, bill = stack.vehicle(
         "TRIP1", "drive", f"--lat={LAT - 0.004}", f"--lon={LON - 0.004}",

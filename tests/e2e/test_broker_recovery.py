@@ -173,6 +173,9 @@ def test_bad_option_values_exit_2(tmp_path: Path) -> None:
         ["--hold-minutes", "-1"],
         ["--log-format", "xml"],
         ["--queue-capacity", "0"],
+        ["--ack-timeout", "0"],
+        ["--heartbeat", "nan"],
+        ["--low-battery", "101"],
     ):
         proc = start(["python", "-m", "broker", "serve", "--db", ":memory:", *args])
         try:

@@ -8,12 +8,13 @@ test can rebuild a core from "the store" with :meth:`Harness.restored`.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from broker.core import Core, CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
+from common.events import event_data, event_fields
 from common.messages import (
     REQUEST_TYPES,
     Ack,
@@ -21,11 +22,13 @@ from common.messages import (
     Heartbeat,
     Hello,
     SessionComplete,
+    Start,
     StatusDatagram,
     VehicleRequest,
 )
 
 T0 = 1_700_000_000.0
+M = TypeVar("M")
 
 
 class Harness:
@@ -51,6 +54,8 @@ class Harness:
             if isinstance(e, Publish):
                 expected = self.events[-1].seq + 1 if self.events else e.event.seq
                 assert e.event.seq == expected, (e.event.seq, expected)
+                typed = event_data(e.event)  # every event decodes into its topic's struct
+                assert typed is not None and event_fields(typed) == e.event.data, e.event
                 self.events.append(e.event)
             elif isinstance(e, Persist):
                 if e.value is None:
@@ -89,11 +94,12 @@ class Harness:
         return [e.event.data for e in fx if isinstance(e, Publish) and e.event.topic == topic]
 
     @staticmethod
-    def commands(fx: list[Effect], kind: str | None = None) -> list[dict[str, Any]]:
+    def commands(fx: list[Effect], kind: type[M] | None = None) -> list[M]:
+        """The station messages of ``fx`` (of struct ``kind`` only, when given)."""
         return [
-            e.message
+            e.message  # type: ignore[misc]
             for e in fx
-            if isinstance(e, SendStation) and (kind is None or e.message["type"] == kind)
+            if isinstance(e, SendStation) and (kind is None or isinstance(e.message, kind))
         ]
 
     # --- inputs ---------------------------------------------------------------------
@@ -185,10 +191,10 @@ class Harness:
     ) -> str:
         """Arrive and ack the start; returns the session id."""
         fx = self.arrive(vid, pid, battery, target, **kw)
-        (start,) = self.commands(fx, "start")
-        reply = self.reply(self.ack(pid, start["cmd_id"]))
+        (start,) = self.commands(fx, Start)
+        reply = self.reply(self.ack(pid, start.cmd_id))
         assert reply.data["code"] == "started", reply
-        return str(start["session_id"])
+        return str(start.session_id)
 
     def restored(self, dt: float = 0.0) -> Core:
         """A new core rebuilt from the persisted records, ``dt`` seconds later."""

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from broker.core.effects import SendStation
+from common.messages import SessionAck, Start, Welcome
 from tests.unit.test_core_harness import Harness
 from tests.unit.test_core_machine import comparable
 
@@ -39,7 +40,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def _collect(self, fx: list[Any]) -> None:
         for e in fx:
-            if isinstance(e, SendStation) and e.message["type"] == "start":
+            if isinstance(e, SendStation) and isinstance(e.message, Start):
                 self.starts.append((e.point_id, e.message))
 
     @rule(pid=points_s, estado=st.sampled_from(["disponivel", "indisponivel", "carregando"]))
@@ -55,7 +56,7 @@ class CoreMachine(RuleBasedStateMachine):
         boot = f"{pid}-{self.boots.get(pid, 0)}"
         fx = self.h.hello(pid, boot=boot, latitude=-12.0 - i * 0.01, longitude=-38.96)
         self._collect(fx)
-        assert self.h.commands(fx, "welcome")
+        assert self.h.commands(fx, Welcome)
 
     @rule(pid=points_s)
     def heartbeat(self, pid: str) -> None:
@@ -84,12 +85,13 @@ class CoreMachine(RuleBasedStateMachine):
     def arrive(self, vid: str, pid: str) -> None:
         fx = self.h.arrive(vid, pid)
         self._collect(fx)
-        if not self.h.commands(fx, "start"):
+        if not self.h.commands(fx, Start):
             assert self.h.reply(fx).data["code"] in {
                 "not_your_turn",
                 "no_reservation",
                 "point_busy",
                 "point_offline",
+                "point_unavailable",
             }
 
     @rule(data=st.data(), ok=st.booleans())
@@ -97,7 +99,7 @@ class CoreMachine(RuleBasedStateMachine):
         if not self.starts:
             return
         pid, start = data.draw(st.sampled_from(self.starts))
-        fx = self.h.ack(pid, start["cmd_id"], ok=ok)
+        fx = self.h.ack(pid, start.cmd_id, ok=ok)
         self._collect(fx)
         for r in self.h.replies(fx):
             if r.data["code"] == "started":
@@ -108,11 +110,11 @@ class CoreMachine(RuleBasedStateMachine):
         if not self.session_ids:
             return
         sid = data.draw(st.sampled_from(self.session_ids))
-        running = {s["session_id"]: s for s in self.h.core.snapshot()["sessions"]}
+        running = {s["session_id"]: s for s in self.h.core.snapshot(self.h.now)["sessions"]}
         pid = running[sid]["id_ponto_recarga"] if sid in running else POINTS[0]
         fx = self.h.complete(pid, sid, "V?", 20.0, end)
         self._collect(fx)
-        assert self.h.commands(fx, "session_ack")
+        assert self.h.commands(fx, SessionAck)
 
     @rule(vid=vehicles_s, pid=points_s)
     def stop(self, vid: str, pid: str) -> None:
@@ -130,14 +132,14 @@ class CoreMachine(RuleBasedStateMachine):
     @rule()
     def restore_matches(self) -> None:
         core = self.h.restored()
-        before = self.h.core.snapshot()
-        assert comparable(core.snapshot()) == comparable(before)
+        before = self.h.core.snapshot(self.h.now)
+        assert comparable(core.snapshot(self.h.now)) == comparable(before)
         assert core.accounts() == self.h.core.accounts()
         assert core.last_seq == self.h.core.last_seq
 
     @invariant()
     def queues_and_turns(self) -> None:
-        snap = self.h.core.snapshot()
+        snap = self.h.core.snapshot(self.h.now)
         owners: Counter[str] = Counter()
         for pid, queue in snap["queues"].items():
             assert len(queue) <= CAPACITY, (pid, queue)

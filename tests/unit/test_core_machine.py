@@ -9,7 +9,7 @@ import pytest
 from broker.core import Core, CoreConfig
 from broker.core.effects import Persist, Publish, Reply, SendStation
 from common.errors import StoreError
-from common.messages import Ack, SessionComplete
+from common.messages import Ack, SessionAck, SessionComplete, Start
 from tests.unit.test_core_harness import Harness
 
 
@@ -50,9 +50,9 @@ def test_core_config_defaults() -> None:
 
 def test_restore_rebuilds_queues_sessions_and_accounts() -> None:
     h, _sid = busy_harness()
-    before = h.core.snapshot()
+    before = h.core.snapshot(h.now)
     core = h.restored()
-    after = core.snapshot()
+    after = core.snapshot(h.now)
     assert after["seq"] == before["seq"] == h.events[-1].seq
     assert comparable(after) == comparable(before)
     assert core.accounts() == h.core.accounts()
@@ -69,9 +69,9 @@ def test_seq_continues_after_restore() -> None:
 
 def test_deadlines_continue_after_restore() -> None:
     h, _ = busy_harness()
-    turn = h.core.snapshot()["queues"]["CP01"][0]
+    turn = h.core.snapshot(h.now)["queues"]["CP01"][0]
     core = h.restored(dt=1.0)
-    assert core.snapshot()["queues"]["CP01"][0]["expira_em"] == turn["expira_em"]
+    assert core.snapshot(h.now)["queues"]["CP01"][0]["expira_em"] == turn["expira_em"]
     due = core.next_due()
     assert due is not None and due <= h.now + 1.0 + 120.0
 
@@ -151,7 +151,7 @@ def test_restored_session_survives_its_station_but_not_a_new_station_process() -
     done = [e.event.data for e in fx if getattr(e, "event", None)]
     closed = [d["session_id"] for d in done if d.get("reason") == "fault"]
     assert closed == [s2]
-    assert [s["session_id"] for s in core.snapshot()["sessions"]] == [s1]
+    assert [s["session_id"] for s in core.snapshot(h.now)["sessions"]] == [s1]
 
 
 def _crash_between_start_and_ack() -> tuple[Harness, Core, str, str]:
@@ -160,9 +160,9 @@ def _crash_between_start_and_ack() -> tuple[Harness, Core, str, str]:
     h.hello("CP01")
     h.point("CP01")
     fx = h.arrive("CARX")
-    (start,) = h.commands(fx, "start")
+    (start,) = h.commands(fx, Start)
     assert h.replies(fx) == []  # nothing confirmed before the station acks
-    return h, h.restored(dt=2.0), str(start["cmd_id"]), str(start["session_id"])
+    return h, h.restored(dt=2.0), str(start.cmd_id), str(start.session_id)
 
 
 def test_start_sent_before_a_crash_is_billed_when_the_station_completes_it() -> None:
@@ -181,16 +181,14 @@ def test_start_sent_before_a_crash_is_billed_when_the_station_completes_it() -> 
     assert len(completed) == 1 and completed[0]["session_id"] == sid
     assert completed[0]["cost"] == 72.0
     assert core.accounts()["CARX"]["total"] == 72.0
-    assert {"type": "session_ack", "session_id": sid} in [
-        e.message for e in fx if isinstance(e, SendStation)
-    ]
+    assert SessionAck(session_id=sid) in [e.message for e in fx if isinstance(e, SendStation)]
 
 
 def test_start_sent_before_a_crash_becomes_a_session_on_a_late_ack() -> None:
     h, core, cmd, sid = _crash_between_start_and_ack()
     fx = core.handle_station("CP01", Ack(cmd_id=cmd, ok=True), h.now + 10.0)
     assert "charging.started" in [e.event.topic for e in fx if isinstance(e, Publish)]
-    assert [s["session_id"] for s in core.snapshot()["sessions"]] == [sid]
+    assert [s["session_id"] for s in core.snapshot(h.now)["sessions"]] == [sid]
     assert not any(isinstance(e, Reply) for e in fx)  # its requester is gone
 
 
@@ -199,4 +197,4 @@ def test_start_sent_before_a_crash_is_forgotten_after_the_grace_period() -> None
     fx = core.tick(h.now + 2.0 + 120.0)
     gone = [e for e in fx if isinstance(e, Persist) and e.key.startswith("start:")]
     assert gone and gone[0].value is None
-    assert core.snapshot()["sessions"] == []
+    assert core.snapshot(h.now)["sessions"] == []

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from common.messages import SessionComplete
+from common.messages import SessionAck, SessionComplete
 from tests.unit.test_core_harness import Harness
 
 
@@ -35,7 +35,7 @@ def test_measured_energy_is_billed_instead_of_the_levels() -> None:
     (cf,) = h.pushes(fx, "custo_final")
     # the final level the broker reports is the one the metered energy implies
     assert cf.data["nivel_final"] == round(20.0 + 12.345 / 60.0 * 100.0, 3)
-    assert h.commands(fx, "session_ack")
+    assert h.commands(fx, SessionAck)
     assert h.core.accounts()["CAR1"]["total"] == 24.69
 
 
@@ -45,7 +45,7 @@ def test_measured_energy_out_of_bounds_is_dropped_and_counted(bad: float) -> Non
     h.point("CP01")
     sid = h.start_charging("CAR1", capacidade_kwh=60.0)
     fx = h.station("CP01", measured(sid, "CAR1", bad))
-    assert not h.pushes(fx) and not h.commands(fx, "session_ack")
+    assert not h.pushes(fx) and not h.commands(fx, SessionAck)
     assert h.core.stats()["sessions_out_of_bounds"] == 1
     # a correct completion afterwards still bills once
     fx = h.station("CP01", measured(sid, "CAR1", 60.0))

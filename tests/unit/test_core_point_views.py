@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.core.point_views import PointViews, view_dict
+from broker.core.point_views import PointViews, km3, view_dict
 from broker.core.points import PointState
 from broker.core.queues import Reservation
 from tests.unit.test_core_harness import Harness
@@ -50,18 +51,35 @@ def test_encoded_view_is_the_encoded_dict(
 ) -> None:
     p = _point(pid, lat, lon, estado, queued, kw, price)
     views = PointViews(capacity)
-    expected = msgspec.json.encode([view_dict(p, capacity, distance, wait)])
-    assert views.encode_list([(distance, p, wait)]) == expected
-    assert views.encode_list([(distance, p, wait)]) == expected  # from the cache
-    two = views.encode_list([(distance, p, wait), (distance + 1.0, p, 0)])
+    wait_of = _waits(wait)
+    expected = msgspec.json.encode([view_dict(p, capacity, distance, wait_of(p))])
+    assert views.encode_list([(distance, p)], wait_of) == expected
+    assert views.encode_list([(distance, p)], wait_of) == expected  # cached
+    two = views.encode_list([(distance, p), (distance + 1.0, p)], wait_of)
     assert msgspec.json.decode(two) == [
-        view_dict(p, capacity, distance, wait),
-        view_dict(p, capacity, distance + 1.0, 0),
+        view_dict(p, capacity, distance, wait_of(p)),
+        view_dict(p, capacity, distance + 1.0, wait_of(p)),
     ]
 
 
+def _waits(minutes: int) -> Callable[[PointState], int]:
+    """The wait of a busy point (an idle one waits 0, whatever this says)."""
+
+    def wait_of(p: PointState) -> int:
+        if p.session is None and p.pending is None and not p.queue:
+            return 0
+        return minutes
+
+    return wait_of
+
+
+@given(st.floats(0, math.pi * 6371.0))
+def test_three_decimals_as_round_gives_them(distance: float) -> None:
+    assert km3(distance) == round(distance, 3) or abs(distance * 1000 % 1 - 0.5) < 1e-6
+
+
 def test_empty_list() -> None:
-    assert PointViews(5).encode_list([]) == b"[]"
+    assert PointViews(5).encode_list([], _waits(0)) == b"[]"
 
 
 def test_a_cached_view_follows_every_change_of_its_point() -> None:
@@ -69,7 +87,8 @@ def test_a_cached_view_follows_every_change_of_its_point() -> None:
     views = PointViews(5)
 
     def decoded() -> dict[str, object]:
-        out: list[dict[str, object]] = msgspec.json.decode(views.encode_list([(1.0, p, 0)]))
+        raw = views.encode_list([(1.0, p)], _waits(7))
+        out: list[dict[str, object]] = msgspec.json.decode(raw)
         return out[0]
 
     assert decoded() == view_dict(p, 5, 1.0, 0)
@@ -79,7 +98,7 @@ def test_a_cached_view_follows_every_change_of_its_point() -> None:
     assert decoded()["estado"] == "carregando"
     p.potencia_kw, p.preco_kwh = 22.0, 1.5
     p.latitude = -12.5
-    assert decoded() == view_dict(p, 5, 1.0, 0)
+    assert decoded() == view_dict(p, 5, 1.0, 7)
     assert len(views) == 1
 
 

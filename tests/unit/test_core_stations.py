@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from common.messages import StatusDatagram
+from common.messages import Heartbeat, Hold, SessionAck, Start, StatusDatagram, Welcome
 from tests.unit.test_core_harness import Harness
 
 
@@ -23,7 +23,7 @@ def test_original_minimal_datagram_is_accepted() -> None:
     d = StatusDatagram(id="CP01", latitude=-12.26, longitude=-38.96, queue_size=0)
     fx = h.apply(h.core.handle_datagram(d, h.now))
     assert "point.registered" in h.topics(fx)
-    snap = h.core.snapshot()["points"][0]
+    snap = h.core.snapshot(h.now)["points"][0]
     assert snap["estado"] == "disponivel" and snap["potencia_kw"] == 50.0
 
 
@@ -67,7 +67,7 @@ def test_zeromq_traffic_keeps_a_point_online() -> None:
     for _ in range(5):
         h.at(3.0)
         fx = h.heartbeat("CP01")
-        assert h.commands(fx, "heartbeat") == [{"type": "heartbeat"}]
+        assert h.commands(fx, Heartbeat) == [Heartbeat()]
         assert not h.published(h.tick(), "point.offline")
     assert h.published(h.tick(6.0), "point.offline")
 
@@ -84,19 +84,19 @@ def test_point_status_only_on_state_changes() -> None:
 def test_original_form_unavailable_without_vehicle_is_a_fault() -> None:
     h = Harness()
     h.dgram("CP01", available=False, boot_id=None, seq=None)
-    assert h.core.snapshot()["points"][0]["estado"] == "indisponivel"
+    assert h.core.snapshot(h.now)["points"][0]["estado"] == "indisponivel"
     h.dgram("CP01", available=False, vehicle_id="CAR7", boot_id=None, seq=None)
-    assert h.core.snapshot()["points"][0]["estado"] == "carregando"
+    assert h.core.snapshot(h.now)["points"][0]["estado"] == "carregando"
 
 
 def test_hello_registers_welcomes_and_repeats_the_hold() -> None:
     h = Harness()
     fx = h.hello("CP01", potencia_kw=11.0, preco_kwh=1.25, interval_s=1.0)
-    assert h.commands(fx, "welcome") == [{"type": "welcome", "heartbeat_s": 1.0}]
+    assert h.commands(fx, Welcome) == [Welcome(heartbeat_s=1.0)]
     assert "point.registered" in h.topics(fx) and "point.online" in h.topics(fx)
     h.reserve("CAR1")
     fx = h.hello("CP01", potencia_kw=11.0, preco_kwh=1.25, interval_s=1.0)
-    assert h.commands(fx, "hold")[0]["vehicle_id"] == "CAR1"
+    assert h.commands(fx, Hold)[0].vehicle_id == "CAR1"
 
 
 def test_session_complete_bills_once_and_is_always_acked() -> None:
@@ -126,9 +126,9 @@ def test_session_complete_bills_once_and_is_always_acked() -> None:
     assert cf.data["cost"] == 43.28 and cf.data["moeda"] == "BRL"
     (enc,) = h.pushes(fx, "encerramento")
     assert enc.data["energia_consumida"] == 43.5 and enc.data["energia_kwh"] == 21.75
-    assert h.commands(fx, "session_ack") == [{"type": "session_ack", "session_id": sid}]
+    assert h.commands(fx, SessionAck) == [SessionAck(session_id=sid)]
     again = h.complete("CP01", sid, "CAR1", 20.0, 63.5)
-    assert h.commands(again, "session_ack") and not h.topics(again) and not h.pushes(again)
+    assert h.commands(again, SessionAck) and not h.topics(again) and not h.pushes(again)
     assert h.core.accounts()["CAR1"]["total"] == 43.28
     assert h.core.stats()["session_duplicates"] == 1
 
@@ -146,15 +146,15 @@ def test_unknown_session_complete_is_acked_not_billed() -> None:
     h = Harness()
     h.point("CP01")
     fx = h.complete("CP01", "ses-x", "CAR1")
-    assert h.commands(fx, "session_ack") and not h.pushes(fx)
+    assert h.commands(fx, SessionAck) and not h.pushes(fx)
     assert h.core.stats()["sessions_unknown"] == 1 and h.core.accounts() == {}
 
 
 def test_complete_before_ack_still_starts_and_bills() -> None:
     h = Harness()
     h.point("CP01")
-    (start,) = h.commands(h.arrive("CAR1", rid=1), "start")
-    fx = h.complete("CP01", start["session_id"], "CAR1")
+    (start,) = h.commands(h.arrive("CAR1", rid=1), Start)
+    fx = h.complete("CP01", start.session_id, "CAR1")
     assert h.reply(fx).data["code"] == "started"
     assert h.pushes(fx, "custo_final")
 
@@ -258,7 +258,7 @@ def test_offline_checks_of_many_points_share_wakeups() -> None:
 def test_hostile_station_numbers_never_break_billing() -> None:
     h = Harness()
     h.hello("CP01", potencia_kw=float("nan"), preco_kwh=float("inf"), interval_s=-1.0)
-    snap = h.core.snapshot()["points"][0]
+    snap = h.core.snapshot(h.now)["points"][0]
     assert (snap["potencia_kw"], snap["preco_kwh"]) == (50.0, 2.0)
     sid = h.start_charging("CAR1")
     fx = h.complete("CP01", sid, "CAR1", start=float("nan"), end=float("inf"), energy=1.0)

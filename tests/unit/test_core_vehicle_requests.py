@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.geo import haversine_km
+from common.messages import Hold, Release, Start, Stop
 from tests.unit.test_core_harness import Harness
 
 
@@ -51,8 +52,8 @@ def test_reserve_confirmed_with_original_message_turn_and_hold(h: Harness) -> No
     assert r.data["expira_em"].endswith("Z")
     # reply before the sua_vez push it caused
     assert fx.index(r) < fx.index(h.pushes(fx, "sua_vez")[0])
-    (hold,) = h.commands(fx, "hold")
-    assert hold["until"] == h.now + 600 + 600 and hold["cmd_id"].startswith("cmd-")
+    (hold,) = h.commands(fx, Hold)
+    assert hold.until == h.now + 600 + 600 and hold.cmd_id.startswith("cmd-")
     assert h.topics(fx)[:2] == ["reservation.created", "reservation.turn"]
     assert h.published(fx, "point.status")[0]["estado"] == "reservado"
 
@@ -105,7 +106,7 @@ def test_cancel_passes_the_turn_and_releases(h: Harness) -> None:
     fx = h.request("CAR1", "cancelar", id_ponto_recarga="CP01")
     r = h.reply(fx)
     assert r.type == "cancelar_response" and r.data["code"] == "cancelled"
-    assert h.commands(fx, "release") and h.commands(fx, "hold")[0]["vehicle_id"] == "CAR2"
+    assert h.commands(fx, Release) and h.commands(fx, Hold)[0].vehicle_id == "CAR2"
     assert h.pushes(fx, "sua_vez")[0].vehicle_id == "CAR2"
     assert h.published(fx, "reservation.cancelled")[0]["motivo"] == "vehicle"
     again = h.reply(h.request("CAR1", "cancelar", id_ponto_recarga="CP01"))
@@ -138,11 +139,11 @@ def test_deadline_is_eta_or_turn_start_plus_hold() -> None:
     (exp,) = h.pushes(fx, "reserva_expirada")
     assert exp.vehicle_id == "CAR1"
     assert h.published(fx, "reservation.expired")[0]["vehicle_id"] == "CAR1"
-    assert h.commands(fx, "release")
+    assert h.commands(fx, Release)
     (turn,) = h.pushes(fx, "sua_vez")
     assert turn.vehicle_id == "CAR2"
     # CAR2: created at t0 with eta 0, turn at t0 + 660 -> deadline t0 + 720
-    assert h.commands(fx, "hold")[0]["until"] == t0 + 720
+    assert h.commands(fx, Hold)[0].until == t0 + 720
 
 
 # --- chegada ---------------------------------------------------------------------------
@@ -152,20 +153,20 @@ def test_arrival_with_turn_sends_start_and_replies_on_ack(h: Harness) -> None:
     h.reserve("CAR1")
     fx = h.arrive("CAR1", capacidade_kwh=40.0)
     assert not h.replies(fx)
-    (start,) = h.commands(fx, "start")
-    assert start["vehicle_id"] == "CAR1" and start["capacidade_kwh"] == 40.0
-    assert start["session_id"].startswith("ses-")
-    fx = h.ack("CP01", start["cmd_id"])
+    (start,) = h.commands(fx, Start)
+    assert start.vehicle_id == "CAR1" and start.capacidade_kwh == 40.0
+    assert start.session_id.startswith("ses-")
+    fx = h.ack("CP01", start.cmd_id)
     r = h.reply(fx)
     assert r.type == "chegada_response"
-    assert (r.data["code"], r.data["session_id"]) == ("started", start["session_id"])
+    assert (r.data["code"], r.data["session_id"]) == ("started", start.session_id)
     assert h.published(fx, "charging.started")[0]["point_id"] == "CP01"
     assert h.core.stats()["reservations"] == 0 and h.core.stats()["sessions_active"] == 1
 
 
 def test_walk_in_on_empty_free_point(h: Harness) -> None:
     sid = h.start_charging("CAR1")
-    assert h.core.snapshot()["sessions"][0]["session_id"] == sid
+    assert h.core.snapshot(h.now)["sessions"][0]["session_id"] == sid
 
 
 def test_arrival_refusals(h: Harness) -> None:
@@ -175,7 +176,20 @@ def test_arrival_refusals(h: Harness) -> None:
     assert r.data["code"] == "not_your_turn" and "2" in r.data["message"]
     assert h.reply(h.arrive("CAR3")).data["code"] == "no_reservation"
     assert h.reply(h.arrive("CAR1", battery=80, target=80)).data["code"] == "invalid"
-    assert h.reply(h.arrive("CAR1", "NOPE")).data["code"] == "invalid"
+    assert h.reply(h.arrive("CAR1", "NOPE")).data["code"] == "unknown_point"
+
+
+def test_reserva_and_chegada_refuse_an_unusable_point_with_the_same_code() -> None:
+    h = Harness()
+    h.point("CP01")
+    h.tick(7.0)  # CP01 falls silent: offline
+    h.point("CP02", lat=-12.3, estado="indisponivel")  # online but faulted
+    for pid, code in (("NOPE", "unknown_point"), ("CP01", "point_offline"),
+                      ("CP02", "point_unavailable")):  # fmt: skip
+        reserva = h.reserve("CAR1", pid)
+        chegada = h.reply(h.arrive("CAR1", pid)).data
+        assert (reserva["code"], chegada["code"]) == (code, code), pid
+        assert reserva["status"] == chegada["status"] == "error"
 
 
 def test_arrival_point_busy_and_offline() -> None:
@@ -197,9 +211,9 @@ def test_arrival_while_start_pending_is_busy(h: Harness) -> None:
 def test_point_unreachable_keeps_the_reservation(h: Harness, how: str) -> None:
     h.reserve("CAR1")
     fx = h.arrive("CAR1", rid=42)
-    (start,) = h.commands(fx, "start")
+    (start,) = h.commands(fx, Start)
     if how == "nack":
-        fx = h.ack("CP01", start["cmd_id"], ok=False, error="cable")
+        fx = h.ack("CP01", start.cmd_id, ok=False, error="cable")
     elif how == "timeout":
         h.heartbeat("CP01")
         assert h.core.next_due() == pytest.approx(h.now + 5.0)
@@ -217,11 +231,11 @@ def test_point_unreachable_keeps_the_reservation(h: Harness, how: str) -> None:
 
 
 def test_late_ok_ack_after_timeout_makes_the_station_stop(h: Harness) -> None:
-    (start,) = h.commands(h.arrive("CAR1"), "start")
+    (start,) = h.commands(h.arrive("CAR1"), Start)
     h.tick(5.0)
-    fx = h.ack("CP01", start["cmd_id"])
+    fx = h.ack("CP01", start.cmd_id)
     assert not h.replies(fx)
-    assert h.commands(fx, "stop")[0]["session_id"] == start["session_id"]
+    assert h.commands(fx, Stop)[0].session_id == start.session_id
 
 
 # --- parar -----------------------------------------------------------------------------
@@ -235,7 +249,7 @@ def test_stop_sends_stop_and_replies_stopping(h: Harness) -> None:
     fx = h.request("CAR1", "parar", id_ponto_recarga="CP01")
     r = h.reply(fx)
     assert r.type == "parar_response" and r.data["code"] == "stopping"
-    assert h.commands(fx, "stop")[0]["session_id"] == sid
+    assert h.commands(fx, Stop)[0].session_id == sid
 
 
 # --- custos / status -------------------------------------------------------------------
@@ -313,7 +327,7 @@ def test_one_pending_start_per_vehicle_across_points() -> None:
     h = Harness()
     h.point("CP01")
     h.point("CP02", lat=-12.3)
-    assert h.commands(h.arrive("CAR1", "CP01"), "start")
+    assert h.commands(h.arrive("CAR1", "CP01"), Start)
     r = h.reply(h.arrive("CAR1", "CP02"))
     assert r.data["code"] == "point_busy"
 

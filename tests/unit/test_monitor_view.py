@@ -6,9 +6,11 @@ import io
 import time
 from typing import Any
 
+import msgspec
 from rich.console import Console
 
 from broker.monitor_view import STATES, MonitorView
+from common.events import EVENT_TYPES
 from common.messages import BusEvent
 
 T0 = 1_744_020_000.0
@@ -24,15 +26,22 @@ def row_of(text: str, point_id: str) -> str:
     return next(line for line in text.splitlines() if f" {point_id} " in line)
 
 
+def complete(topic: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with every other field of the topic's struct at a blank value, as published."""
+    blank: dict[Any, Any] = {str: "", float: 0.0, int: 0, bool: False}
+    full = {f.name: blank.get(f.type, "") for f in msgspec.structs.fields(EVENT_TYPES[topic])}
+    return {**full, **data}
+
+
 class Script:
-    """Numbered events from a starting seq."""
+    """Numbered events from a starting seq (fields not given are blank)."""
 
     def __init__(self, view: MonitorView, seq: int) -> None:
         self.view, self.seq = view, seq
 
     def __call__(self, topic: str, now: float = T0 + 50, **data: Any) -> None:
         self.seq += 1
-        self.view.apply(BusEvent(self.seq, now, topic, data), now)
+        self.view.apply(BusEvent(self.seq, now, topic, complete(topic, data)), now)
 
 
 SNAPSHOT: dict[str, Any] = {

@@ -79,7 +79,7 @@ def test_plan_passes_every_port_and_keeps_state_in_var(tmp_path: Path) -> None:
     ports = Ports(1001, 1002, 1003, 1004, 1005, 1006)
     s = Settings(ports=ports, var_dir=tmp_path, stations=4, python="py")
     specs = {spec.name: spec for spec in service_specs(s)}
-    assert list(specs) == ["broker", "billing", "tail", "stations"]
+    assert list(specs) == ["broker", "billing", "web", "tail", "stations"]
     broker = specs["broker"].argv
     for flag, port in [
         ("--vehicle-port", 1001),
@@ -92,6 +92,11 @@ def test_plan_passes_every_port_and_keeps_state_in_var(tmp_path: Path) -> None:
         assert broker[broker.index(flag) + 1] == str(port)
     assert broker[broker.index("--db") + 1] == str(tmp_path / "broker.db")
     assert specs["broker"].ready == "ready"
+    web = specs["web"].argv
+    assert web[web.index("--events-port") + 1] == "1004"
+    assert web[web.index("--history-port") + 1] == "1005"
+    assert web[web.index("--port") + 1] == "8088"
+    assert specs["web"].announce and specs["web"].ready == "web console ready"
     billing = specs["billing"].argv
     assert billing[billing.index("--db") + 1] == str(tmp_path / "billing.db")
     fleet = specs["stations"].argv
@@ -148,8 +153,14 @@ def test_main_refuses_bad_settings(
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(zip(PORT_VARS, map(str, free_ports(6)), strict=True))
-    env |= {"EV_RUN_STATIONS": "3", "EV_RUN_VEHICLES": "1", "EV_RUN_VAR": str(tmp_path / "var")}
+    ports = free_ports(7)
+    env = dict(zip(PORT_VARS, map(str, ports[:6]), strict=True))
+    env |= {
+        "EV_WEB_PORT": str(ports[6]),
+        "EV_RUN_STATIONS": "3",
+        "EV_RUN_VEHICLES": "1",
+        "EV_RUN_VAR": str(tmp_path / "var"),
+    }
     return env
 
 
@@ -180,17 +191,19 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_whole_system_runs_and_stops_cleanly(system: Proc, sig: signal.Signals) -> None:
     system.read_until("started broker", timeout=10)
+    url = system.read_until("web console ready: http://127.0.0.1:", timeout=30)
+    assert "/?token=" in url  # a ready-to-open URL
     system.read_until("Ctrl-C stops everything", timeout=30)
     system.read_until("point.registered", timeout=20)
     system.read_until("vehicle DEMO01 trip 1", timeout=20)
     system.read_until("reservation.created", timeout=30)
     pids = _pids(system)
-    assert len(pids) == 5  # broker, billing, stations, tail, one vehicle
+    assert len(pids) == 6  # broker, billing, web, stations, tail, one vehicle
     assert all(_alive(pid) for pid in pids)
     system.signal(sig)
     assert system.popen.wait(timeout=30) == 0
     out = system.drain()
-    for name in ("stations", "tail", "billing", "broker"):
+    for name in ("stations", "tail", "web", "billing", "broker"):
         assert re.search(rf"stopped {name} \(pid \d+, exit 0\)", out), out
     assert not [pid for pid in pids if _alive(pid)]
 

@@ -62,3 +62,38 @@ def test_payment_choices_map_to_wire_strings() -> None:
     assert {payment_wire_name(w) for w in PAYMENT_METHODS} == set(PAYMENT_METHODS)
     with pytest.raises(ConfigError):
         payment_wire_name("Método de pagamento inválido")
+
+
+def test_tokens_are_kept_per_broker_with_mode_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stat
+
+    from vehicle.config import store_token, stored_token, token_file
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert stored_token("127.0.0.1", 8081, "A1") is None
+    path = store_token("127.0.0.1", 8081, "A1", "t" * 43)
+    store_token("127.0.0.1", 8081, "B2", "u" * 43)
+    store_token("broker.example", 9000, "A1", "v" * 43)
+    assert path == token_file("127.0.0.1", 8081) == tmp_path / "evcharge/tokens/127.0.0.1_8081.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stored_token("127.0.0.1", 8081, "A1") == "t" * 43
+    assert stored_token("127.0.0.1", 8081, "B2") == "u" * 43
+    assert stored_token("broker.example", 9000, "A1") == "v" * 43
+    assert stored_token("127.0.0.1", 8082, "A1") is None
+    assert list(path.parent.glob(".*tmp")) == []
+
+
+def test_unreadable_token_file_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common.errors import ConfigError
+    from vehicle.config import stored_token, token_file
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = token_file("h", 1)
+    path.parent.mkdir(parents=True)
+    path.write_text("[1, 2")
+    with pytest.raises(ConfigError, match="cannot read the tokens"):
+        stored_token("h", 1, "A1")

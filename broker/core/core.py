@@ -1,0 +1,165 @@
+"""The :class:`Core` front: the API the broker service is written against.
+
+Each public method takes ``now`` (epoch seconds) where time matters and
+returns the effects to carry out, in order. See :mod:`broker.core` for the
+theory of operation and ``docs/architecture.md`` ("Core API").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from broker.core import stations, vehicle_requests
+from broker.core.config import CoreConfig
+from broker.core.effects import Effect, Persist
+from broker.core.engine import Engine
+from broker.core.points import PointState
+from broker.core.queues import Reservation
+from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
+from common.errors import StoreError
+from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
+from common.messages import StationToBroker, StatusDatagram, VehicleRequest
+
+
+class Core:
+    """The broker's pure, synchronous state machine."""
+
+    __slots__ = ("_eng",)
+
+    def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
+        self._eng = Engine(config, new_id)
+
+    @property
+    def config(self) -> CoreConfig:
+        return self._eng.config
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event published (0 before any)."""
+        return self._eng.seq
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def restore(
+        self, records: Iterable[tuple[str, str, dict[str, Any]]], last_seq: int, now: float
+    ) -> None:
+        """Rebuild state from persisted records; restored points are offline until heard.
+
+        Raises :class:`common.errors.StoreError` on a record it cannot read.
+        """
+        eng = self._eng
+        eng.restore_seq(last_seq)
+        reservations: list[Reservation] = []
+        sessions: list[Session] = []
+        starts: list[dict[str, Any]] = []
+        try:
+            for table, key, value in records:
+                if value is None:
+                    continue
+                if table == "point":
+                    eng.restore_point(_point_from_record(value), now)
+                elif table == "reservation":
+                    reservations.append(Reservation.from_record(value))
+                elif table == "session":
+                    sessions.append(Session.from_record(value))
+                elif table == "meta" and key.startswith(PENDING_PREFIX):
+                    starts.append(value)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            raise StoreError(f"unreadable record in the store: {exc!r}") from exc
+        for r in sorted(reservations, key=lambda r: r.order):
+            eng.restore_reservation(r)
+        for s in sorted(sessions, key=lambda s: (s.billed_seq, s.started_at, s.id)):
+            eng.restore_session(s)
+        try:
+            # A start sent before a crash whose ack never came back: the station may
+            # be charging, so the start waits one grace period for its ack (or its
+            # ``session_complete``), so that the session is billed when the station
+            # reports it, then fails as usual.
+            for v in starts:
+                eng.restore_start(PendingStart.from_record(v, now + eng.config.offline_grace_s))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"unreadable record in the store: {exc!r}") from exc
+        eng.restore_graces(now)
+
+    def start(self, now: float) -> list[Effect]:
+        """Publish ``broker.started`` (call once, after :meth:`restore`)."""
+        stats = self._eng.stats()
+        fx: list[Effect] = [Persist("meta", "started_at", {"at": now})]
+        self._eng.publish(
+            fx, BrokerStarted(points=stats["points"], reservations=stats["reservations"]), now
+        )
+        return fx
+
+    # --- inputs ---------------------------------------------------------------------
+
+    def handle_request(
+        self, conn: int, vehicle_id: str, request: VehicleRequest, now: float
+    ) -> list[Effect]:
+        """A validated vehicle request from connection ``conn``."""
+        return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now)
+
+    def handle_datagram(self, datagram: StatusDatagram, now: float) -> list[Effect]:
+        """A validated status datagram (the hot path)."""
+        return stations.handle_datagram(self._eng, datagram, now)
+
+    def handle_station(self, point_id: str, message: StationToBroker, now: float) -> list[Effect]:
+        """A message from the station DEALER whose routing id is ``point_id``."""
+        return stations.handle_station(self._eng, point_id, message, now)
+
+    def station_unreachable(self, point_id: str, now: float) -> list[Effect]:
+        """The ROUTER could not deliver to ``point_id``."""
+        return stations.station_unreachable(self._eng, point_id, now)
+
+    def vehicle_connected(self, vehicle_id: str, now: float) -> list[Effect]:
+        fx: list[Effect] = []
+        self._eng.publish(fx, VehicleConnected(vehicle_id=vehicle_id), now)
+        return fx
+
+    def vehicle_disconnected(self, vehicle_id: str, now: float) -> list[Effect]:
+        fx: list[Effect] = []
+        self._eng.publish(fx, VehicleDisconnected(vehicle_id=vehicle_id), now)
+        return fx
+
+    # --- timers ---------------------------------------------------------------------
+
+    def next_due(self) -> float | None:
+        """The earliest instant at which :meth:`tick` has work, or None."""
+        return self._eng.next_due()
+
+    def tick(self, now: float) -> list[Effect]:
+        """Do all work due at ``now``: expiries, offline windows, grace ends, ack timeouts."""
+        return self._eng.tick(now)
+
+    # --- views ----------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``.
+
+        Points are sorted by id, running sessions by start time; waiting
+        estimates are computed for ``now``.
+        """
+        return self._eng.snapshot(now)
+
+    def accounts(self) -> dict[str, Any]:
+        """Every account, as ``{vehicle_id: extrato data}``."""
+        return self._eng.all_statements()
+
+    @property
+    def points_refused(self) -> int:
+        """New point ids dropped because the point cap was reached."""
+        return self._eng.counter("points_refused")
+
+    def stats(self) -> dict[str, Any]:
+        return self._eng.stats()
+
+
+def _point_from_record(v: dict[str, Any]) -> PointState:
+    return PointState(
+        id=str(v["id"]),
+        latitude=float(v["latitude"]),
+        longitude=float(v["longitude"]),
+        potencia_kw=float(v["potencia_kw"]),
+        preco_kwh=float(v["preco_kwh"]),
+        interval_s=float(v["interval_s"]),
+    )

@@ -1,0 +1,193 @@
+"""The ``data`` of every bus topic, one struct per topic, defined once.
+
+The broker core builds these structs and publishes them as the ``data`` map of
+a :class:`common.messages.BusEvent` (field order is the wire order). Consumers
+(the billing ledger, the monitor, the tail) turn a received event back into
+its struct with :func:`event_data` instead of re-validating keys by hand.
+Unknown fields are ignored, so a newer broker can add fields; a topic this
+module does not know decodes to ``None`` (subscribers skip it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Final, TypeVar
+
+import msgspec
+from msgspec import Struct
+
+from common.errors import BusProtocolError
+from common.messages import BusEvent
+
+T = TypeVar("T", bound="EventData")
+
+
+class EventData(Struct, kw_only=True, frozen=True):
+    """Base of every topic's data; ``TOPIC`` is the bus topic it travels on."""
+
+    TOPIC: ClassVar[str] = ""
+
+
+class BrokerStarted(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "broker.started"
+    points: int
+    reservations: int
+
+
+class PointRegistered(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "point.registered"
+    point_id: str
+    latitude: float
+    longitude: float
+    potencia_kw: float
+    preco_kwh: float
+
+
+class PointStatus(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "point.status"
+    point_id: str
+    estado: str
+    available: bool
+    queue_size: int
+
+
+class PointOnline(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "point.online"
+    point_id: str
+
+
+class PointOffline(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "point.offline"
+    point_id: str
+    last_heard: str
+
+
+class ReservationCreated(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "reservation.created"
+    reservation_id: str
+    vehicle_id: str
+    point_id: str
+    posicao: int
+    tempo_estimado: float
+
+
+class ReservationTurn(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "reservation.turn"
+    reservation_id: str
+    vehicle_id: str
+    point_id: str
+    expira_em: str
+    deadline: float
+
+
+class ReservationCancelled(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "reservation.cancelled"
+    reservation_id: str
+    vehicle_id: str
+    point_id: str
+    motivo: str
+
+
+class ReservationExpired(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "reservation.expired"
+    reservation_id: str
+    vehicle_id: str
+    point_id: str
+
+
+class ChargingStarted(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "charging.started"
+    session_id: str
+    vehicle_id: str
+    point_id: str
+    reservation_id: str | None
+    started_at: str
+    price_kwh: float
+    payment_method: str
+    nivel_bateria: float
+    nivel_carregar: float
+    capacidade_kwh: float
+
+
+class ChargingCompleted(EventData, kw_only=True, frozen=True):
+    """Everything a bill needs."""
+
+    TOPIC: ClassVar[str] = "charging.completed"
+    session_id: str
+    vehicle_id: str
+    point_id: str
+    started_at: str | float  # ISO 8601 from this broker; epoch seconds accepted
+    ended_at: str | float
+    energy_kwh: float
+    price_kwh: float
+    cost: float
+    currency: str = "BRL"
+    payment_method: str = ""
+    reason: str = ""
+
+
+class VehicleConnected(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "vehicle.connected"
+    vehicle_id: str
+
+
+class VehicleDisconnected(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "vehicle.disconnected"
+    vehicle_id: str
+
+
+class VehicleLowBattery(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "vehicle.low_battery"
+    vehicle_id: str
+    nivel_bateria: float
+    latitude: float
+    longitude: float
+
+
+EVENT_TYPES: Final[dict[str, type[EventData]]] = {
+    cls.TOPIC: cls
+    for cls in (
+        BrokerStarted,
+        PointRegistered,
+        PointStatus,
+        PointOnline,
+        PointOffline,
+        ReservationCreated,
+        ReservationTurn,
+        ReservationCancelled,
+        ReservationExpired,
+        ChargingStarted,
+        ChargingCompleted,
+        VehicleConnected,
+        VehicleDisconnected,
+        VehicleLowBattery,
+    )
+}
+
+
+def event_fields(data: EventData) -> dict[str, Any]:
+    """The wire map of ``data`` (what travels as ``BusEvent.data``)."""
+    fields: dict[str, Any] = msgspec.structs.asdict(data)
+    return fields
+
+
+def event_data(event: BusEvent) -> EventData | None:
+    """The typed data of ``event``; None for a topic this version does not know.
+
+    Raises :class:`common.errors.BusProtocolError` naming the field when the
+    data does not match its topic's struct.
+    """
+    cls = EVENT_TYPES.get(event.topic)
+    if cls is None:
+        return None
+    return decode_data(cls, event.data)
+
+
+def decode_data(cls: type[T], data: Any) -> T:
+    """``data`` (a map) as ``cls``; numbers sent as text are accepted.
+
+    Raises :class:`common.errors.BusProtocolError` naming the field.
+    """
+    try:
+        return msgspec.convert(data, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BusProtocolError(f"invalid {cls.TOPIC} data: {exc}") from None
