@@ -137,7 +137,9 @@ def serve(
     ] = "5",
     heartbeat: Annotated[
         str,
-        _opt("EV_HEARTBEAT", "Seconds between the broker's heartbeats to stations.", "SECONDS"),
+        _opt(
+            "EV_SERVE_HEARTBEAT", "Seconds between the broker's heartbeats to stations.", "SECONDS"
+        ),
     ] = "1",
     low_battery: Annotated[
         str,
