@@ -6,7 +6,7 @@
   connection to the broker's station port (``EV_STATION_PORT``, 5555);
   ``ev-station ocpp-charger`` while it holds one to the OCPP gateway
   (the port of ``EV_OCPP_URL``, 9000).
-* ``ev-broker billing|tail|monitor`` is healthy while it holds an established
+* ``ev-broker billing|tail|monitor|web`` is healthy while it holds an established
   connection to the broker's events port (``EV_EVENTS_PORT``, 5556).
 * Anything else (an interactive vehicle, a shell) is healthy while it runs.
 
@@ -86,7 +86,7 @@ def main() -> int:
         return connected_to(port or 9000, "ev-station ocpp-charger", "the OCPP gateway")
     if prog == "ev-station":
         return connected("EV_STATION_PORT", 5555, f"ev-station {command}")
-    if prog == "ev-broker" and command in ("billing", "tail", "monitor"):
+    if prog == "ev-broker" and command in ("billing", "tail", "monitor", "web"):
         return connected("EV_EVENTS_PORT", 5556, f"ev-broker {command}")
     return 0
 
