@@ -320,7 +320,7 @@ class Stack:
 
 # Reads the event history over the broker's ROUTER port (protocol section 5).
 HISTORY_SCRIPT = """
-import json, sys, msgpack, zmq
+import json, sys, msgspec, zmq
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.setsockopt(zmq.LINGER, 0)
@@ -328,8 +328,8 @@ s.setsockopt(zmq.RCVTIMEO, 10000)
 s.connect("tcp://broker:5557")
 seq, events = int(sys.argv[1]), []
 while True:
-    s.send(msgpack.packb({"op": "since", "seq": seq, "limit": 1000}))
-    reply = msgpack.unpackb(s.recv_multipart()[-1], raw=False)
+    s.send(msgspec.msgpack.encode({"op": "since", "seq": seq, "limit": 1000}))
+    reply = msgspec.msgpack.decode(s.recv_multipart()[-1])
     events += reply["events"]
     seq = reply["last_seq"] if not reply["events"] else reply["events"][-1]["seq"]
     if not reply["more"]:
