@@ -105,3 +105,27 @@ def test_a_bus_event_built_by_the_broker_validates() -> None:
     payload["data"] = {"session_id": "ses-1"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(payload, load("bus/charging.completed.schema.json"))
+
+
+def test_the_protocol_reference_names_every_message_topic_and_code() -> None:
+    """docs/protocol.md is complete: a new request, reply, push, topic, station message
+    or wire code without its line in the reference fails here."""
+    import common.errors as errors
+    from common.events import EVENT_TYPES
+    from common.messages import PUSH_TYPES, REPLY_TYPES, REQUEST_TYPES
+    from common.schema import HISTORY_REQUESTS, STATION_MESSAGES
+
+    text = (FOLDER.parent / "protocol.md").read_text()
+    names = [
+        *REQUEST_TYPES, *REPLY_TYPES.values(), *PUSH_TYPES, *EVENT_TYPES,
+        *(str(cls.__struct_config__.tag) for cls in (*STATION_MESSAGES, *HISTORY_REQUESTS)),
+    ]  # fmt: skip
+    wire_codes = [
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type)
+        and issubclass(cls, errors.ProtocolError | errors.RequestRefused | errors.EventsPruned)
+        and cls.code not in ("refused",)
+    ]
+    missing = [n for n in [*names, *wire_codes] if f"`{n}`" not in text and f'"{n}"' not in text]
+    assert missing == []
