@@ -23,7 +23,7 @@ test: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy common broker/core
+	$(BIN)/mypy common broker station vehicle ops
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

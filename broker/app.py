@@ -51,9 +51,10 @@ from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from broker.edges.bus_pub import BusPublisher
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
+from broker.edges.reply_order import Slot
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
-from broker.edges.vehicles_tcp import Slot, VehicleServer
+from broker.edges.vehicles_tcp import VehicleServer
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from common.errors import (
+    BadBrokerFrame,
     BadJson,
     BusProtocolError,
     EVError,
@@ -24,6 +25,7 @@ from common.errors import (
 from common.messages import (
     MAX_DATAGRAM_BYTES,
     MAX_HISTORY_LIMIT,
+    MAX_STATION_FRAME,
     BrokerToStation,
     BusEvent,
     HistoryRequest,
@@ -193,9 +195,26 @@ def decode_station_message(frame: bytes) -> StationToBroker:
 
 
 def decode_broker_message(frame: bytes) -> BrokerToStation:
-    """A broker -> station frame; raises StationProtocolError."""
-    message: BrokerToStation = _station_message(_BROKER_DECODER, frame)
+    """A broker -> station frame; raises BadBrokerFrame (with the ``cmd_id`` when readable)."""
+    if len(frame) > MAX_STATION_FRAME:
+        raise BadBrokerFrame(f"frame of {len(frame)} bytes is too large")
+    try:
+        message: BrokerToStation = _station_message(_BROKER_DECODER, frame)
+    except StationProtocolError as exc:
+        raise BadBrokerFrame(f"malformed message: {exc.message}", _cmd_id_of(frame)) from None
     return message
+
+
+def _cmd_id_of(frame: bytes) -> str | None:
+    try:
+        raw = _MSGPACK_ANY.decode(frame)
+    except NOT_DECODABLE:
+        return None
+    if isinstance(raw, dict):
+        cmd_id = raw.get("cmd_id")
+        if isinstance(cmd_id, str) and 0 < len(cmd_id) <= 256:
+            return cmd_id
+    return None
 
 
 def encode_event(event: BusEvent) -> list[bytes]:

@@ -153,6 +153,15 @@ class StationProtocolError(EVError):
     code = "station_protocol"
 
 
+class BadBrokerFrame(StationProtocolError):
+    """A broker frame a station cannot use; ``cmd_id`` is set when one could be read,
+    so that the command can still be refused with ``ack ok=false``."""
+
+    def __init__(self, message: str, cmd_id: str | None = None) -> None:
+        super().__init__(message)
+        self.cmd_id = cmd_id
+
+
 class BusProtocolError(EVError):
     """A malformed bus event, history reply or other msgpack message of the bus side."""
 

@@ -36,6 +36,7 @@ MAX_LIMIT: Final = 100
 DEFAULT_CAPACITY_KWH: Final = 60.0
 MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_DATAGRAM_BYTES: Final = 8 * 1024
+MAX_STATION_FRAME: Final = 64 * 1024  # one ZeroMQ frame between a station and the broker
 
 
 class Location(Struct, frozen=True):
@@ -287,7 +288,6 @@ class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, froz
 
 
 BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck
-StationCommandMsg = Hold | Release | Start | Stop
 
 # --- event bus and history ------------------------------------------------------------
 

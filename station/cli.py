@@ -20,6 +20,7 @@ import zmq
 from common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LogLevel, new_app, version_option
 from common.cli import run as run_cli
 from common.errors import ConfigError
+from common.geo import parse_center
 from station.fleet import make_fleet
 from station.host import Host, HostConfig, run_host
 from station.links import DealerLink, Link, MultiLink
@@ -215,16 +216,10 @@ def run(
 
 
 def _parse_center(text: str) -> tuple[float, float]:
-    parts = text.split(",")
     try:
-        if len(parts) != 2:
-            raise ValueError
-        lat, lon = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise typer.BadParameter("expected LAT,LON, e.g. -12.2664,-38.9663") from None
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
-        raise typer.BadParameter("latitude must be in [-90, 90] and longitude in [-180, 180]")
-    return lat, lon
+        return parse_center(text)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--center") from None
 
 
 @app.command()

@@ -8,13 +8,10 @@ The same arguments always give the same fleet.
 
 from __future__ import annotations
 
-import math
 import random
-from typing import Final
 
+from common.geo import random_position
 from station.sim import Charger
-
-KM_PER_DEG_LAT: Final = 6371.0 * math.pi / 180.0
 
 
 def station_id(prefix: str, number: int) -> str:
@@ -27,18 +24,7 @@ def place(
 ) -> list[tuple[float, float]]:
     """``count`` (latitude, longitude) pairs inside ``radius_km`` of ``center``."""
     rng = random.Random(seed)
-    lat0, lon0 = center
-    km_per_deg_lon = KM_PER_DEG_LAT * max(0.01, math.cos(math.radians(lat0)))
-    spots: list[tuple[float, float]] = []
-    for _ in range(count):
-        r = radius_km * math.sqrt(rng.random())
-        theta = 2.0 * math.pi * rng.random()
-        lat = lat0 + r * math.cos(theta) / KM_PER_DEG_LAT
-        lon = lon0 + r * math.sin(theta) / km_per_deg_lon
-        lat = max(-90.0, min(90.0, lat))
-        lon = (lon + 180.0) % 360.0 - 180.0
-        spots.append((round(lat, 6), round(lon, 6)))
-    return spots
+    return [random_position(rng, center, radius_km) for _ in range(count)]
 
 
 def make_fleet(

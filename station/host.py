@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from common.errors import StationProtocolError
+from common.codec import decode_broker_message, encode_datagram, pack
+from common.errors import BadBrokerFrame, StationProtocolError
 from common.messages import Heartbeat, Hold, Release, SessionAck, Start, Stop, Welcome
 from station.links import Link
 from station.sim import Charger, Step
-from station.wire import BadFrame, decode_frame, encode_datagram, encode_frame
 
 log = logging.getLogger("station")
 
@@ -229,8 +229,8 @@ class Host:
     def _on_frame(self, i: int, frame: bytes, now: float) -> None:
         c = self.chargers[i]
         try:
-            msg = decode_frame(frame)
-        except BadFrame as exc:
+            msg = decode_broker_message(frame)
+        except BadBrokerFrame as exc:
             self.counters.bad_frames += 1
             log.warning("%s: %s", c.point_id, exc.message)
             if exc.cmd_id is not None and not self.config.mute_commands:
@@ -315,7 +315,7 @@ class Host:
     def _heartbeats(self, now: float) -> None:
         heap = self._hb_heap
         hb = self.config.heartbeat_s
-        frame = encode_frame({"type": "heartbeat"})
+        frame = pack(Heartbeat())
         while heap and heap[0][0] <= now:
             _, i = heap[0]
             last = self._last_sent[i]
@@ -364,7 +364,7 @@ class Host:
     # --- output -----------------------------------------------------------------------
 
     def _send(self, i: int, message: dict[str, Any], now: float) -> bool:
-        return self._send_raw(i, encode_frame(message), now)
+        return self._send_raw(i, pack(message), now)
 
     def _send_raw(self, i: int, frame: bytes, now: float) -> bool:
         assert self._link is not None

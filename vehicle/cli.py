@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Final, TypeVar
 
@@ -33,13 +32,8 @@ from common.errors import (
 from common.geo import DEMO_CENTER
 from vehicle import render
 from vehicle.client import VehicleClient
-from vehicle.config import (
-    payment_wire_name,
-    resolve_vehicle_id,
-    store_token,
-    stored_token,
-    token_file,
-)
+from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
+from vehicle.settings import Settings
 
 EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
@@ -83,36 +77,6 @@ app = new_app(
     "Vehicle client of the evcharge network. Without a command: an interactive menu.",
     no_args_is_help=False,
 )
-
-
-@dataclass
-class Settings:
-    """Global options shared by every subcommand."""
-
-    broker: str
-    port: int
-    explicit_id: str | None
-    json: bool
-    _vehicle_id: str | None = None
-
-    @property
-    def vehicle_id(self) -> str:
-        if self._vehicle_id is None:
-            self._vehicle_id = resolve_vehicle_id(self.explicit_id)
-        return self._vehicle_id
-
-    def client(self, **kwargs: Any) -> VehicleClient:
-        """A client that proves the vehicle id: registers it on first use (the token is
-        kept per broker address), authenticates with the kept token afterwards."""
-        vid = self.vehicle_id
-        token = stored_token(self.broker, self.port, vid)
-
-        def keep(new: str) -> None:
-            store_token(self.broker, self.port, vid, new)
-
-        return VehicleClient(
-            self.broker, self.port, vid, token=token, register=True, on_token=keep, **kwargs
-        )
 
 
 class Interrupted(Exception):
@@ -629,7 +593,8 @@ def swarm(
     ] = False,
 ) -> None:
     """N concurrent simulated vehicles: throughput, latency percentiles, errors by code."""
-    from vehicle.swarm import MIXES, SwarmConfig, parse_center, run_swarm
+    from common.geo import parse_center
+    from vehicle.swarm import MIXES, SwarmConfig, run_swarm
 
     try:
         lat, lon = parse_center(center)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import Application
@@ -27,9 +27,7 @@ from common.geo import DEMO_CENTER
 from vehicle import render
 from vehicle.client import Push, VehicleClient
 from vehicle.config import PAYMENT_CHOICES
-
-if TYPE_CHECKING:
-    from vehicle.cli import Settings
+from vehicle.settings import Settings
 
 T = TypeVar("T")
 
@@ -220,7 +218,7 @@ async def run_menu(settings: Settings) -> None:
 
 
 def _parse_position(text: str) -> tuple[float, float]:
-    from vehicle.swarm import parse_center
+    from common.geo import parse_center
 
     return parse_center(text)
 

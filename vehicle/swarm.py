@@ -39,7 +39,7 @@ from common.errors import (
     RequestRefused,
     TransportError,
 )
-from common.geo import DEMO_CENTER
+from common.geo import DEMO_CENTER, random_position
 from vehicle.client import VehicleClient
 
 CONNECT_CONCURRENCY: Final = 100
@@ -61,31 +61,6 @@ MIXES: Final[dict[str, tuple[tuple[str, int], ...]]] = {
     "bateria": (("bateria", 1),),
     "consulta": (("consulta", 1),),
 }
-
-
-def parse_center(text: str) -> tuple[float, float]:
-    """``"LAT,LON"`` -> (lat, lon), validated."""
-    try:
-        lat_s, lon_s = text.split(",")
-        lat, lon = float(lat_s), float(lon_s)
-    except ValueError:
-        raise ConfigError(f"expected LAT,LON, got {text!r}", field="center") from None
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or math.isnan(lat + lon):
-        raise ConfigError(f"coordinates out of range: {text!r}", field="center")
-    return lat, lon
-
-
-def random_position(
-    rng: random.Random, center: tuple[float, float], radius_km: float
-) -> tuple[float, float]:
-    """A uniformly random point of the disc of ``radius_km`` around ``center``."""
-    r = radius_km * math.sqrt(rng.random())
-    theta = rng.random() * 2 * math.pi
-    dlat = (r * math.cos(theta)) / 111.32
-    dlon = (r * math.sin(theta)) / (111.32 * max(math.cos(math.radians(center[0])), 1e-6))
-    lat = max(-90.0, min(90.0, center[0] + dlat))
-    lon = (center[1] + dlon + 180.0) % 360.0 - 180.0
-    return round(lat, 6), round(lon, 6)
 
 
 @dataclass(frozen=True)

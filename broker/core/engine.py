@@ -25,7 +25,7 @@ from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Reply, SendStation
 from broker.core.geoindex import GeoIndex
 from broker.core.point_views import PointViews, view_dict
-from broker.core.points import PointState, derive_estado, holds_turn, is_faulted
+from broker.core.points import PointState, derive_estado, holds_turn, is_available, is_faulted
 from broker.core.queues import Reservation, turn_deadline
 from broker.core.sessions import (
     CURRENCY,
@@ -278,7 +278,7 @@ class Engine:
                 PointStatus(
                     point_id=p.id,
                     estado=estado,
-                    available=estado == "disponivel" and not p.queue,
+                    available=is_available(p),
                     queue_size=len(p.queue),
                 ),
                 now,

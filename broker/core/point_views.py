@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from broker.core.points import PointState
+from broker.core.points import PointState, is_available
 
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
@@ -54,7 +54,7 @@ def view_dict(
         "id": p.id,
         "latitude": p.latitude,
         "longitude": p.longitude,
-        "available": p.estado == "disponivel" and not p.queue,
+        "available": is_available(p),
         "estado": p.estado,
         "queue_size": len(p.queue),
         "queue_capacity": queue_capacity,

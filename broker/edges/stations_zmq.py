@@ -47,12 +47,10 @@ import zmq.asyncio
 from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_station_message, pack
 from common.errors import ConfigError, StationProtocolError
-from common.messages import BrokerToStation, Heartbeat, Hello, StationToBroker
+from common.messages import MAX_STATION_FRAME, BrokerToStation, Heartbeat, Hello, StationToBroker
 
 log = logging.getLogger(__name__)
 
-#: Largest frame accepted from a station; a peer sending more is disconnected by libzmq.
-MAX_STATION_FRAME: Final = 64 * 1024
 #: Messages queued per station before sends to it fail with EAGAIN.
 STATION_SNDHWM: Final = 1000
 STATION_BACKLOG: Final = 4096

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.codec import encode_datagram
 from common.messages import (
     MAX_DATAGRAM_BYTES,
     Hold,
@@ -30,7 +31,6 @@ from station.sim import (
     seconds_to_reach,
     soc_after,
 )
-from station.wire import encode_datagram
 
 T0 = 1_700_000_000.0
 

@@ -10,10 +10,10 @@ import pytest
 from rich.console import Console
 
 from common.errors import BrokerUnreachable, ConfigError
-from common.geo import haversine_km
+from common.geo import haversine_km, parse_center, random_position
 from tests.support.procs import free_port
 from tests.unit.test_vehicle_client import ProtocolServer, run_with_server
-from vehicle.swarm import SwarmConfig, parse_center, percentiles, random_position, run_swarm
+from vehicle.swarm import SwarmConfig, percentiles, run_swarm
 
 
 def test_parse_center() -> None:

@@ -1,4 +1,4 @@
-"""Station wire codec (station.wire): frames decode to a message or raise BadFrame."""
+"""Broker frames as a station decodes them: a message or BadBrokerFrame (with the cmd_id)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.errors import StationProtocolError
+from common.codec import decode_broker_message, encode_datagram, pack
+from common.errors import BadBrokerFrame, StationProtocolError
 from common.messages import Hold, Start, Welcome
-from station.wire import BadFrame, decode_frame, encode_datagram, encode_frame
 
 
 def test_commands_decode_and_unknown_fields_are_ignored() -> None:
@@ -17,8 +17,10 @@ def test_commands_decode_and_unknown_fields_are_ignored() -> None:
         {"type": "hold", "cmd_id": "c1", "reservation_id": "R1", "vehicle_id": "V",
          "until": 1.5, "extra": [1, 2]}
     )  # fmt: skip
-    assert decode_frame(raw) == Hold(cmd_id="c1", reservation_id="R1", vehicle_id="V", until=1.5)
-    assert decode_frame(encode_frame({"type": "welcome", "heartbeat_s": 1.0})) == Welcome()
+    assert decode_broker_message(raw) == Hold(
+        cmd_id="c1", reservation_id="R1", vehicle_id="V", until=1.5
+    )
+    assert decode_broker_message(pack({"type": "welcome", "heartbeat_s": 1.0})) == Welcome()
 
 
 @pytest.mark.parametrize(
@@ -32,22 +34,22 @@ def test_commands_decode_and_unknown_fields_are_ignored() -> None:
     ],
 )
 def test_malformed_frames_raise_with_cmd_id_when_known(frame: bytes, cmd_id: str | None) -> None:
-    with pytest.raises(BadFrame) as info:
-        decode_frame(frame)
+    with pytest.raises(BadBrokerFrame) as info:
+        decode_broker_message(frame)
     assert info.value.cmd_id == cmd_id
     assert "malformed" in info.value.message
 
 
 def test_oversized_frame_is_refused() -> None:
-    with pytest.raises(BadFrame, match="too large"):
-        decode_frame(b"\x00" * (70 * 1024))
+    with pytest.raises(BadBrokerFrame, match="too large"):
+        decode_broker_message(b"\x00" * (70 * 1024))
 
 
 @given(st.binary(max_size=300))
 def test_any_bytes_give_a_message_or_bad_frame(frame: bytes) -> None:
     try:
-        msg = decode_frame(frame)
-    except BadFrame:
+        msg = decode_broker_message(frame)
+    except BadBrokerFrame:
         return
     assert type(msg).__name__ in {"Welcome", "Heartbeat", "Hold", "Release", "Start", "Stop",
                                   "SessionAck"}  # fmt: skip
@@ -56,7 +58,7 @@ def test_any_bytes_give_a_message_or_bad_frame(frame: bytes) -> None:
 def test_start_round_trip() -> None:
     start = {"type": "start", "cmd_id": "c", "session_id": "S", "vehicle_id": "V",
              "nivel_bateria": 10, "nivel_carregar": 80, "capacidade_kwh": 60}  # fmt: skip
-    assert isinstance(decode_frame(encode_frame(start)), Start)
+    assert isinstance(decode_broker_message(pack(start)), Start)
 
 
 def test_datagram_is_compact_json_and_capped_at_8_kib() -> None:
