@@ -1,6 +1,6 @@
 """A consistent copy of a broker database, taken while the broker runs.
 
-SQLite's online backup API copies the database page by page from a read
+SQLite's online backup API copies the database in one step from one read
 transaction, so the copy is one consistent state (every committed transaction
 up to a point, none half) even while ``ev-broker serve`` keeps committing; the
 WAL mode the broker uses lets it go on writing meanwhile. The copy is written
@@ -20,7 +20,11 @@ from typing import Final
 
 from common.errors import ConfigError, StoreError
 
-PAGES_PER_STEP: Final = 256  # pages copied per step; the broker's writes interleave
+# One step: the whole copy is made inside one read transaction. In WAL mode the
+# broker keeps committing meanwhile; copied in several steps instead, every
+# commit between two steps would restart the copy, and a busy broker could keep
+# it from ever finishing (measured: docs/ops.md, "Backup and restore").
+PAGES_PER_STEP: Final = -1
 
 
 @dataclass(frozen=True)
