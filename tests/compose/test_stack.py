@@ -130,7 +130,7 @@ print(json.dumps({"code": code, "refused": refused, "points": {p["id"]: p for p 
 
 
 def test_web_console_serves_the_points_to_its_token_only(stack: Stack) -> None:
-    assert stack.state("web") == "running", stack.logs("web")
+    stack.wait_healthy("web")  # following the bus
 
     def listed() -> dict[str, Any] | None:
         seen = stack.python(WEB_PROBE, "compose-web-token")
