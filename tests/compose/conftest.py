@@ -43,6 +43,7 @@ STACK_ENV: Mapping[str, str] = {
     "EV_PUBLISH_HISTORY": "0",
     "EV_PUBLISH_HTTP": "0",
     "EV_PUBLISH_PROMETHEUS": "0",
+    "EV_PUBLISH_OCPP": "0",
     "EV_PUBLISH_WEB": "0",
     "EV_WEB_TOKEN": "compose-web-token",
     "EV_INTERVAL": "0.5",
