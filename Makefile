@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check bench lint format clean venv
+.PHONY: run test check bench soak lint format clean venv
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
+
+# 30 minutes of mixed legitimate and hostile traffic (not part of `make test`);
+# SOAK_MINUTES=2 for a short run
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	$(BIN)/python -m tests.hostile.soak --minutes $(SOAK_MINUTES)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import resource
 import secrets
 import time
 import uuid
@@ -60,6 +59,7 @@ from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+from common.oslimits import raise_nofile_limit
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +95,6 @@ def new_token() -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def raise_nofile_limit() -> int:
-    """Raise the open-files soft limit to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError):
-            return soft
-    return soft
 
 
 class BrokerApp:

@@ -22,7 +22,7 @@ from typing import Any, Final
 from rich.console import Console, Group
 from rich.table import Table
 
-from broker.ledger import Account, Bill, LedgerBase, to_iso, to_money
+from broker.ledger import Account, Bill, Entry, LedgerBase, to_iso, to_money
 from broker.subscriber import Endpoint, HistoryClient
 from common.errors import BusProtocolError, TransportError
 from common.events import ChargingCompleted, decode_data
@@ -49,22 +49,24 @@ class BillingSink:
         return None
 
     def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> None:
-        bills: list[tuple[int, Bill]] = []
+        entries: list[Entry] = []
         for ev in events:
             if ev.topic != TOPIC:
                 continue
             try:
-                bills.append((ev.seq, Bill.from_event(decode_data(ChargingCompleted, ev.data))))
+                data = decode_data(ChargingCompleted, ev.data)
+                entries.append(Entry("", ev.seq, Bill.from_event(data), published_at=ev.ts))
             except (ValueError, BusProtocolError) as exc:
                 self.invalid += 1
                 log.error("seq %d: charging.completed not billable: %s", ev.seq, exc)
         now = time.monotonic()
         self._pending_seq = applied_seq
-        if bills or now - self._flushed_at >= SEQ_FLUSH_S:
-            added = self.ledger.apply(bills, applied_seq)
+        if entries or now - self._flushed_at >= SEQ_FLUSH_S:
+            added = self.ledger.write(entries, applied_seq)
             self.billed += added
             self._flushed_at = now
-            for _, b in bills[-added:] if added else []:
+            for e in entries[-added:] if added else []:
+                b = e.bill
                 log.info("billed %s %s %s %s", b.session_id, b.vehicle_id, b.cost, b.currency)
 
     def flush(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -30,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from broker import jetstream
 from broker.ledger import Bill, Entry, LedgerBase
 from common.codec import decode_event
-from common.errors import EVError, TransportError
+from common.errors import ConfigError, EVError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,13 @@ class JetStreamBilling:
                 ack_wait=ACK_WAIT_S,
                 max_ack_pending=max(4 * self.batch, 1024),
             )
-            subs.append(
-                await js.pull_subscribe(subject, durable=durable, stream=self.stream, config=config)
-            )
+            try:
+                sub = await js.pull_subscribe(
+                    subject, durable=durable, stream=self.stream, config=config
+                )
+            except nats.js.errors.BadRequestError as exc:
+                raise ConfigError(f"consumer {durable} on {subject}: {exc.description}") from exc
+            subs.append(sub)
         return subs
 
     async def _session(self, stop: asyncio.Event) -> None:

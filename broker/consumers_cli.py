@@ -156,7 +156,9 @@ def billing_worker(
     ] = "bus",
     regions: Annotated[
         str | None,
-        typer.Option("--regions", envvar="EV_REGIONS", help="JetStream: only these regions (a,b)."),
+        typer.Option(
+            "--regions", envvar="EV_BILLING_REGIONS", help="JetStream: only these regions (a,b)."
+        ),
     ] = None,
     stream: Annotated[
         str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
@@ -268,6 +270,8 @@ def _billing_from_jetstream(
 
     try:
         _run(main)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from exc
     except StoreError as exc:
         raise _fail(str(exc), 1) from exc
     finally:

@@ -132,7 +132,13 @@ async def last_published_seq(js: JetStreamContext, stream: str, region: str) -> 
     except nats.js.errors.NotFoundError:
         return 0
     headers: dict[str, Any] = msg.headers or {}
-    got_region, seq = parse_msg_id(headers.get(MSG_ID))
+    try:
+        got_region, seq = parse_msg_id(headers.get(MSG_ID))
+    except ValueError as exc:
+        raise ConfigError(
+            f"stream {stream}: the last message on {msg.subject} was not published by a "
+            f"bridge ({exc}); only bridges may publish to {SUBJECT_ROOT}.<region>.>"
+        ) from None
     if got_region != region:
         raise ConfigError(f"stream {stream}: last message of {region} has id of {got_region}")
     return seq

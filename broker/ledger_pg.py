@@ -110,9 +110,9 @@ class PgLedger(LedgerBase):
         added = 0
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                for e in entries:
-                    cur.execute(sql, entry_row(e, now))
-                    added += max(0, cur.rowcount)
+                if entries:  # one pipelined round of inserts
+                    cur.executemany(sql, [entry_row(e, now) for e in entries])
+                    added = max(0, cur.rowcount)  # the rows inserted, over all of them
                 if applied_seq is not None:
                     cur.execute(
                         "INSERT INTO meta VALUES ('last_seq', %s) ON CONFLICT (key) DO UPDATE "

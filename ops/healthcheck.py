@@ -6,8 +6,10 @@
   connection to the broker's station port (``EV_STATION_PORT``, 5555);
   ``ev-station ocpp-charger`` while it holds one to the OCPP gateway
   (the port of ``EV_OCPP_URL``, 9000).
-* ``ev-broker billing|tail|monitor|web`` is healthy while it holds an established
-  connection to the broker's events port (``EV_EVENTS_PORT``, 5556).
+* ``ev-broker billing|tail|monitor|web|bridge`` is healthy while it holds an
+  established connection to the broker's events port (``EV_EVENTS_PORT``,
+  5556); ``billing`` from JetStream (``EV_SOURCE=nats://...``) while it holds
+  one to NATS.
 * Anything else (an interactive vehicle, a shell) is healthy while it runs.
 
 Connections are read from /proc/net/tcp and /proc/net/tcp6 (the container's
@@ -86,7 +88,11 @@ def main() -> int:
         return connected_to(port or 9000, "ev-station ocpp-charger", "the OCPP gateway")
     if prog == "ev-station":
         return connected("EV_STATION_PORT", 5555, f"ev-station {command}")
-    if prog == "ev-broker" and command in ("billing", "tail", "monitor", "web"):
+    if prog == "ev-broker" and command == "billing" and os.environ.get("EV_SOURCE"):
+        # billing from JetStream: its connection is to NATS, not to a broker
+        port = urllib.parse.urlsplit(os.environ["EV_SOURCE"]).port
+        return connected_to(port or 4222, "ev-broker billing", "NATS")
+    if prog == "ev-broker" and command in ("billing", "tail", "monitor", "web", "bridge"):
         return connected("EV_EVENTS_PORT", 5556, f"ev-broker {command}")
     return 0
 

@@ -5,6 +5,14 @@
 
 prints the image reference (``evcharge:<hash>``, ``evcharge-prometheus:<hash>``)
 on stdout, progress on stderr.
+    python -m ops.images build-servers [--base auto|local|IMAGE]
+
+``build`` prints the image reference (``evcharge:<hash>``) on stdout, progress
+on stderr. ``build-servers`` builds the NATS and PostgreSQL images of the
+``regions`` compose profile (``evcharge-nats:<hash>``, ``evcharge-postgres:<hash>``)
+from Debian's packages on the same base choice (``auto`` takes the public
+``debian:bookworm-slim`` when a registry answers) and prints
+``EV_NATS_IMAGE=...`` and ``EV_POSTGRES_IMAGE=...`` lines.
 
 Base image (``--base`` or ``EV_BASE_IMAGE``):
 
@@ -39,12 +47,19 @@ ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / "ops"
 BUILD_DIR = OPS / "build"
 REGISTRY_BASE = "python:3.11-slim"
+REGISTRY_DEBIAN = "debian:bookworm-slim"  # base of the server images on an ordinary machine
+SERVERS_DIR = OPS / "servers"
+SERVER_IMAGES = {  # compose variable -> (image repository, Dockerfile in ops/servers)
+    "EV_NATS_IMAGE": ("evcharge-nats", "nats.Dockerfile"),
+    "EV_POSTGRES_IMAGE": ("evcharge-postgres", "postgres.Dockerfile"),
+}
 IMAGE_REPO = "evcharge"
 PACKAGES = ("common", "broker", "station", "vehicle")
 IMAGE_FILES = (
     "ops/Dockerfile",
     "ops/entrypoint.sh",
     "ops/healthcheck.py",
+    "ops/regions.toml",
     ".dockerignore",
     "pyproject.toml",
     "README.md",
@@ -137,7 +152,7 @@ def local_base() -> str:
     return ref
 
 
-def choose_base(mode: str) -> str:
+def choose_base(mode: str, registry_base: str = REGISTRY_BASE) -> str:
     """Resolve ``auto`` / ``local`` / an image reference to a present base image."""
     if mode == "local":
         return local_base()
@@ -148,12 +163,12 @@ def choose_base(mode: str) -> str:
         return mode
     if os.environ.get("CI", "").lower() == "true" or os.environ.get("EV_LOCAL_BASE") == "1":
         return local_base()
-    if image_id(REGISTRY_BASE) is not None:
-        return REGISTRY_BASE
+    if image_id(registry_base) is not None:
+        return registry_base
     try:
-        log(f"trying to pull {REGISTRY_BASE}")
-        _run(["docker", "pull", REGISTRY_BASE], timeout=PULL_TIMEOUT_S)
-        return REGISTRY_BASE
+        log(f"trying to pull {registry_base}")
+        _run(["docker", "pull", registry_base], timeout=PULL_TIMEOUT_S)
+        return registry_base
     except ImageBuildError as exc:
         log(f"no registry ({exc.args[0].splitlines()[-1]}); building a local base")
         return local_base()
@@ -239,6 +254,42 @@ def build_prometheus(base_mode: str = "auto", tag_latest: bool = True) -> str:
         return ref
 
 
+def build_servers(base_mode: str = "auto") -> dict[str, str]:
+    """Build (or reuse) the NATS and PostgreSQL images; {compose variable: reference}.
+
+    Each is tagged by a hash of its Dockerfile, the files beside it and the base
+    image id, and also tagged ``latest`` (the compose file's default).
+    """
+    refs: dict[str, str] = {}
+    with build_lock():
+        base = choose_base(base_mode, REGISTRY_DEBIAN)
+        base_id = image_id(base)
+        if base_id is None:
+            raise ImageBuildError(f"base image {base} is not present")
+        for var, (repo, dockerfile) in SERVER_IMAGES.items():
+            h = hashlib.sha256(f"{base_id}\0{dockerfile}".encode())
+            for path in sorted(SERVERS_DIR.iterdir()):
+                if path.is_file():
+                    h.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+            ref = f"{repo}:{h.hexdigest()[:12]}"
+            if image_id(ref) is not None:
+                log(f"{ref} is up to date")
+            else:
+                log(f"building {ref} on {base}")
+                _run(
+                    [
+                        "docker", "build", "--quiet",
+                        "--file", str(SERVERS_DIR / dockerfile),
+                        "--build-arg", f"BASE_IMAGE={base}",
+                        "--tag", ref,
+                        str(SERVERS_DIR),
+                    ],
+                )  # fmt: skip
+            _run(["docker", "tag", ref, f"{repo}:latest"])
+            refs[var] = ref
+    return refs
+
+
 def prune(keep: str) -> None:
     """Remove all but the newest KEEP_IMAGES ``evcharge:<hash>`` images (never ``keep``).
 
@@ -266,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--base", default=os.environ.get("EV_BASE_IMAGE", "auto"))
     p.add_argument("--latest", action=argparse.BooleanOptionalAction, default=True)
+    s = sub.add_parser("build-servers", help="build the NATS and PostgreSQL images")
+    s.add_argument("--base", default=os.environ.get("EV_BASE_IMAGE", "auto"))
     args = parser.parse_args(argv)
     if not docker_available():
         print("error: no Docker engine answers (is the daemon running?)", file=sys.stderr)
@@ -273,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build-prometheus":
             print(build_prometheus(args.base, tag_latest=args.latest))
+        elif args.command == "build-servers":
+            for var, ref in build_servers(args.base).items():
+                print(f"{var}={ref}")
         else:
             print(build(args.base, tag_latest=args.latest))
     except ImageBuildError as exc:

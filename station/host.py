@@ -318,12 +318,13 @@ class Host:
         frame = pack(Heartbeat())
         while heap and heap[0][0] <= now:
             _, i = heap[0]
+            if i in self._hello_due or not self.chargers[i].online:
+                # not welcomed yet, or an absent OCPP charger: look again in a period (not
+                # every tick: thousands of absent chargers would saturate the loop)
+                heapq.heapreplace(heap, (now + hb, i))
+                continue
             last = self._last_sent[i]
-            if (
-                now - last >= hb * 0.999
-                and i not in self._hello_due  # only once welcomed
-                and self.chargers[i].online
-            ):
+            if now - last >= hb * 0.999:
                 self._send_raw(i, frame, now)
                 last = now
             heapq.heapreplace(heap, (max(last + hb, now + 0.01), i))

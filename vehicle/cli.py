@@ -200,8 +200,29 @@ def main_options(
         bool, typer.Option("--json", envvar=_env("JSON"), help="Print machine-readable JSON only.")
     ] = False,
     version: Annotated[bool, version_option(PROG)] = False,
+    regions_file: Annotated[
+        str | None,
+        typer.Option(
+            "--regions",
+            envvar="EV_VEHICLE_REGIONS",
+            help="Directory of regions (TOML): use the broker of the nearest region.",
+        ),
+    ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option("--region", envvar="EV_VEHICLE_REGION", help="With --regions: this region."),
+    ] = None,
 ) -> None:
-    settings = Settings(broker, port, vehicle_id, json_out)
+    settings = Settings(broker, port, vehicle_id, json_out, None, regions_file, region)
+    if region is not None and regions_file is None:
+        raise typer.BadParameter("needs --regions FILE", param_hint="--region")
+    if regions_file is not None:
+        from vehicle.regions import choose, load_directory
+
+        try:
+            choose(load_directory(regions_file), region, (0.0, 0.0))
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--regions") from None
     ctx.obj = settings
     if vehicle_id is not None:
         try:
@@ -278,7 +299,7 @@ def nearby(
     """Battery notification: the nearest points (pontos_disponiveis)."""
 
     async def work(s: Settings) -> list[dict[str, Any]]:
-        async with s.client(reconnect=False) as c:
+        async with s.client(near=(lat, lon), reconnect=False) as c:
             return await c.bateria(battery, lat, lon, distancia_max=max_km, limite=limit)
 
     execute(ctx, work, _print_points)
@@ -291,7 +312,7 @@ def list_points(
     """List the charging points, nearest first (lista_pontos)."""
 
     async def work(s: Settings) -> list[dict[str, Any]]:
-        async with s.client(reconnect=False) as c:
+        async with s.client(near=(lat, lon), reconnect=False) as c:
             return await c.consulta(lat, lon, distancia_max=max_km)
 
     execute(ctx, work, _print_points)
@@ -531,7 +552,7 @@ def drive(
 
     async def work(s: Settings) -> dict[str, Any]:
         cfg = DriveConfig(lat, lon, battery, target, speed, method, capacity_kwh)
-        async with s.client(reconnect=True) as c:
+        async with s.client(near=(lat, lon), reconnect=True) as c:
             return await run_drive(
                 c, cfg, lambda line: console.print(line, markup=False, soft_wrap=True)
             )
@@ -606,9 +627,10 @@ def swarm(
     console = Console(stderr=True, highlight=False)
 
     async def work(s: Settings) -> dict[str, Any]:
+        host, port = s.address(near=(lat, lon))
         cfg = SwarmConfig(
-            host=s.broker,
-            port=s.port,
+            host=host,
+            port=port,
             count=count,
             duration=duration,
             rate=rate,
@@ -635,7 +657,7 @@ def swarm(
     execute(ctx, work, show)
 
 
-GLOBAL_VALUE_OPTIONS: Final = frozenset({"--broker", "--port", "--id"})
+GLOBAL_VALUE_OPTIONS: Final = frozenset({"--broker", "--port", "--id", "--regions", "--region"})
 GLOBAL_FLAGS: Final = frozenset({"--json"})
 
 

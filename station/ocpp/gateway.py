@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
 
+import ocpp.messages
 from ocpp.exceptions import OCPPError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call_result
@@ -57,6 +58,11 @@ from station.ocpp.walkin import WalkIns
 from station.sim import Step
 
 log = logging.getLogger("station.ocpp")
+
+# The ocpp package validates each payload on a worker thread by default: a thread hop per
+# message (two per heartbeat). Inline validation of these small payloads is cheaper and
+# keeps the loop's order; measured in tests/bench/bench_ocpp.py (docs/ocpp.md).
+ocpp.messages.ASYNC_VALIDATION = False
 
 SUBPROTOCOL: Final = "ocpp1.6"
 PATH_PREFIX: Final = "/ocpp/"
@@ -135,7 +141,7 @@ class ChargerConnection(ChargePoint):  # type: ignore[misc]
         return call_result.StartTransaction(transaction_id=tx_id, id_tag_info={"status": status})
 
     @on(Action.stop_transaction)
-    def on_stop_transaction(
+    async def on_stop_transaction(
         self,
         meter_stop: int,
         timestamp: str,
@@ -152,6 +158,7 @@ class ChargerConnection(ChargePoint):  # type: ignore[misc]
                 self.point.point_id,
                 transaction_id,
             )
+        await self.gateway.durable()  # answered once the completion survives a crash
         info = {"status": "Accepted"} if id_tag is not None else None
         return call_result.StopTransaction(id_tag_info=info)
 
@@ -192,6 +199,9 @@ class Gateway:
             seq_start=int(time.time() * 1000),  # above any seq sent before a restart
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._dirty = False
+        self._after_write: list[Callable[[], None]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._verified: dict[str, bytes] = {}  # charger id -> SHA-256 of its last good password
         self._server: Server | None = None
         self._restore(time.time())
@@ -233,27 +243,49 @@ class Gateway:
         self.host.deliver(point.point_id, step, time.time())
 
     def new_id(self) -> int:
-        value = self.state.new_id()
-        self.state.save()
-        return value
+        return self.state.new_id()
 
-    def save_transaction(self, tx: Transaction | None, tx_id: int) -> None:
+    def save_transaction(self, tx: Transaction | None, tx_id: int, point_id: str) -> None:
         if tx is None:
             self.state.transactions.pop(tx_id, None)
         else:
-            point = next(p for p in self.points.values() if p.session is tx)
-            self.state.transactions[tx_id] = transaction_record(tx, point.point_id)
-        self.state.save()
+            self.state.transactions[tx_id] = transaction_record(tx, point_id)
+        self.persist()
 
-    def save_completion(self, session_id: str, msg: dict[str, Any] | None) -> None:
+    def save_completion(self, session_id: str, msg: dict[str, Any] | None, point_id: str) -> None:
         if msg is None:
             self.state.completions.pop(session_id, None)
         else:
-            owner = next(
-                (p.point_id for p in self.points.values() if session_id in p.pending), None
-            )
-            self.state.completions[session_id] = {**msg, "point_id": owner}
-        self.state.save()
+            self.state.completions[session_id] = {**msg, "point_id": point_id}
+        self.persist()
+
+    def persist(self, then: Callable[[], None] | None = None) -> None:
+        """Write the state file soon (off the loop; the changes of many chargers in one
+        write) and call ``then`` once what is in it now is durable."""
+        if then is not None:
+            self._after_write.append(then)
+        self._dirty = True
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def durable(self) -> None:
+        """Wait until every change made so far is in the state file."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.persist(resolve)
+        await done
+
+    async def _write_loop(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            callbacks, self._after_write = self._after_write, []
+            await asyncio.to_thread(self.state.write, self.state.snapshot())
+            for callback in callbacks:
+                callback()
 
     def came_online(self, point: OcppPoint) -> None:
         now = time.time()
@@ -331,6 +363,7 @@ class Gateway:
             process_request=self._authorize,
             ssl=cfg.ssl_context,
             max_size=MAX_MESSAGE,
+            backlog=4096,  # a reconnect storm of thousands of chargers
             ping_interval=20,
             ping_timeout=20,
             close_timeout=2,

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
@@ -60,9 +60,15 @@ class GatewayServices(Protocol):
 
     def new_id(self) -> int: ...
 
-    def save_transaction(self, tx: Transaction | None, tx_id: int) -> None: ...
+    def save_transaction(self, tx: Transaction | None, tx_id: int, point_id: str) -> None: ...
 
-    def save_completion(self, session_id: str, msg: dict[str, Any] | None) -> None: ...
+    def save_completion(
+        self, session_id: str, msg: dict[str, Any] | None, point_id: str
+    ) -> None: ...
+
+    def persist(self, then: Callable[[], None] | None = None) -> None:
+        """Write the state soon; call ``then`` once it is durable."""
+        ...
 
     def came_online(self, point: OcppPoint) -> None: ...
 
@@ -181,7 +187,7 @@ class OcppPoint:
         if isinstance(cmd, SessionAck):
             if self.pending.pop(cmd.session_id, None) is not None:
                 self._resend_at.pop(cmd.session_id, None)
-                self.gw.save_completion(cmd.session_id, None)
+                self.gw.save_completion(cmd.session_id, None, self.point_id)
             return Step()
         cached = self._acks.get(cmd.cmd_id)
         if cached is not None:
@@ -255,7 +261,9 @@ class OcppPoint:
             walk_in.nivel_bateria, walk_in.nivel_carregar = cmd.nivel_bateria, cmd.nivel_carregar
             walk_in.capacidade_kwh = cmd.capacidade_kwh
             self.begin(walk_in)
-            return Step(messages=[self._ack(cmd.cmd_id, None)], changed=True)
+            self._in_flight.add(cmd.cmd_id)
+            self.gw.persist(lambda: self._answer(cmd.cmd_id, None, changed=True))
+            return Step()
         if self.session is not None:
             return self._refused(cmd.cmd_id, f"point_busy: session {self.session.session_id}")
         if self.starting is not None:
@@ -407,7 +415,8 @@ class OcppPoint:
                 meter_last=meter_start,
             )
         )
-        self._answer(cmd.cmd_id, None, changed=True)
+        # acked once the transaction is in the state file (it must survive a crash)
+        self.gw.persist(lambda: self._answer(cmd.cmd_id, None, changed=True))
         if late:
             log.warning("%s: late StartTransaction for %s", self.point_id, cmd.session_id)
         return tx_id
@@ -425,7 +434,7 @@ class OcppPoint:
     def begin(self, tx: Transaction) -> None:
         self.session = tx
         self.hold = self.hold_ocpp_id = None
-        self.gw.save_transaction(tx, tx.transaction_id)
+        self.gw.save_transaction(tx, tx.transaction_id, self.point_id)
 
     def on_stop_transaction(
         self, transaction_id: int, meter_stop: int, timestamp: str, reason: str | None, now: float
@@ -453,8 +462,8 @@ class OcppPoint:
         self.session = None
         self.pending[tx.session_id] = msg
         self._resend_at[tx.session_id] = now + RESEND_S
-        self.gw.save_completion(tx.session_id, msg)
-        self.gw.save_transaction(None, tx.transaction_id)
+        self.gw.save_completion(tx.session_id, msg, self.point_id)
+        self.gw.save_transaction(None, tx.transaction_id, self.point_id)
         log.info(
             "%s: session %s complete (%s), %.3f kWh metered",
             self.point_id, tx.session_id, msg["reason"], kwh,

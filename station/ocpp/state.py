@@ -12,7 +12,10 @@ gateway keeps, in one JSON file rewritten atomically on every change:
 * ``completions``: ``session_complete`` messages the broker has not acknowledged yet.
 
 Writes happen on transaction start and stop and on ``session_ack`` (not on meter
-values), so their cost does not grow with the number of idle chargers.
+values), so their cost does not grow with the number of idle chargers. The gateway
+writes off its event loop and groups the changes of many chargers into one write
+(``Gateway.persist``); what waits for durability (the start's ``ack``, the answer
+to ``StopTransaction``) waits for that write.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any
 
 from common.errors import ConfigError
 
+ID_BLOCK = 1000
+
 log = logging.getLogger("station.ocpp")
 
 
@@ -37,6 +42,7 @@ class GatewayState:
         # a fresh file starts transaction ids from the clock so that ids stay unique
         # even if the file is lost (kept below 2**31: OCPP transactionId is an int)
         self.next_id = int(time.time()) % 1_000_000_000 + 1
+        self.reserved_until = self.next_id  # ids below this are recorded in the file
         self.transactions: dict[int, dict[str, Any]] = {}
         self.completions: dict[str, dict[str, Any]] = {}
         self.restored = False
@@ -51,7 +57,7 @@ class GatewayState:
         try:
             raw = json.loads(text)
             self.boot_id = str(raw["boot_id"])
-            self.next_id = int(raw["next_id"])
+            self.next_id = self.reserved_until = int(raw["next_id"])
             self.transactions = {int(k): dict(v) for k, v in raw["transactions"].items()}
             self.completions = {str(k): dict(v) for k, v in raw["completions"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -59,23 +65,38 @@ class GatewayState:
         self.restored = True
 
     def new_id(self) -> int:
+        """A fresh integer id. Ids are handed out from blocks whose end is written to the
+        file before the first id of the block is used, so a restart never reuses one."""
         value = self.next_id
-        self.next_id = value + 1 if value < 2**31 - 2 else 1
+        if value >= 2**31 - 2:
+            value = 1
+        if value >= self.reserved_until or self.reserved_until - value > ID_BLOCK:
+            self.reserved_until = value + ID_BLOCK
+            self.write(self.snapshot())  # rare: once per ID_BLOCK ids
+        self.next_id = value + 1
         return value
 
-    def save(self) -> None:
+    def snapshot(self) -> str:
+        """The file's content now (taken on the event loop, written elsewhere)."""
         data = {
             "boot_id": self.boot_id,
-            "next_id": self.next_id,
+            "next_id": self.reserved_until,
             "transactions": {str(k): v for k, v in self.transactions.items()},
             "completions": self.completions,
         }
+        return json.dumps(data, separators=(",", ":"))
+
+    def write(self, text: str) -> None:
+        """Write ``text`` durably (temporary file, fsync, rename)."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, separators=(",", ":"))
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:
             log.error("cannot write the state file %s: %s", self.path, exc)
+
+    def save(self) -> None:
+        self.write(self.snapshot())

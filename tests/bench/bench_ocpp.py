@@ -44,7 +44,9 @@ LAT, LON = -12.2664, -38.9663
 # --- the load generator (child process) ------------------------------------------------
 
 
-async def _charger(url: str, cid: str, hb_s: float, phase: float, stats: dict[str, int]) -> None:
+async def _charger(
+    url: str, cid: str, hb_s: float, phase: float, stats: dict[str, int], gate: asyncio.Semaphore
+) -> None:
     import base64
 
     from websockets.asyncio.client import connect
@@ -57,32 +59,26 @@ async def _charger(url: str, cid: str, hb_s: float, phase: float, stats: dict[st
         seq += 1
         return json.dumps([2, f"{cid}-{seq}", action, payload])
 
-    async with connect(
-        f"{url}/{cid}",
-        subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-        additional_headers={"Authorization": f"Basic {auth}"},
-        open_timeout=120,
-        ping_interval=None,
-    ) as ws:
-        await ws.send(
-            frame("BootNotification", {"chargePointVendor": "b", "chargePointModel": "b"})
+    def stamp() -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    boot = {"chargePointVendor": "b", "chargePointModel": "b"}
+    status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+    async with gate:  # a bounded number of chargers connect and boot at once
+        ws = await connect(
+            f"{url}/{cid}",
+            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Basic {auth}"},
+            open_timeout=120,
+            ping_interval=None,
         )
+        await ws.send(frame("BootNotification", boot))
         await ws.recv()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        await ws.send(
-            frame(
-                "StatusNotification",
-                {
-                    "connectorId": 1,
-                    "errorCode": "NoError",
-                    "status": "Available",
-                    "timestamp": stamp,
-                },
-            )
-        )
+        await ws.send(frame("StatusNotification", {**status, "timestamp": stamp()}))
         await ws.recv()
-        stats["booted"] += 1
-        next_hb = time.monotonic() + phase
+    stats["booted"] += 1
+    next_hb = time.monotonic() + phase
+    try:
         while True:
             try:
                 raw = await asyncio.wait_for(ws.recv(), max(0.01, next_hb - time.monotonic()))
@@ -95,43 +91,32 @@ async def _charger(url: str, cid: str, hb_s: float, phase: float, stats: dict[st
             if msg[0] != 2:
                 continue  # answers to our heartbeats / StartTransaction
             uid, action, payload = msg[1], msg[2], msg[3]
+            await ws.send(json.dumps([3, uid, {"status": "Accepted"}]))
             if action == "RemoteStartTransaction":
-                await ws.send(json.dumps([3, uid, {"status": "Accepted"}]))
-                await ws.send(
-                    frame(
-                        "StartTransaction",
-                        {
-                            "connectorId": 1,
-                            "idTag": payload["idTag"],
-                            "meterStart": 0,
-                            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        },
-                    )
-                )
-            else:  # ReserveNow, CancelReservation, RemoteStop...: accepted
-                await ws.send(json.dumps([3, uid, {"status": "Accepted"}]))
+                start = {"connectorId": 1, "idTag": payload["idTag"], "meterStart": 0}
+                await ws.send(frame("StartTransaction", {**start, "timestamp": stamp()}))
+    finally:
+        await ws.close()
 
 
 def generator(url: str, ids: list[str], hb_s: float, out: Queue[Any], stop: Event) -> None:
     import uvloop
+
+    from common.oslimits import raise_nofile_limit
+
+    raise_nofile_limit()
 
     async def main() -> None:
         stats = {"booted": 0, "heartbeats": 0, "errors": 0}
         gate = asyncio.Semaphore(200)  # connections being opened at once
 
         async def one(i: int, cid: str) -> None:
-            async with gate:
-                pass
             try:
-                await _charger(url, cid, hb_s, hb_s * i / len(ids), stats)
+                await _charger(url, cid, hb_s, hb_s * i / len(ids), stats, gate)
             except Exception:
                 stats["errors"] += 1
 
-        tasks = []
-        for i, cid in enumerate(ids):
-            async with gate:
-                tasks.append(asyncio.create_task(one(i, cid)))
-                await asyncio.sleep(0)
+        tasks = [asyncio.create_task(one(i, cid)) for i, cid in enumerate(ids)]
         while not stop.is_set():
             out.put(("stats", dict(stats)))
             await asyncio.sleep(1.0)
@@ -177,7 +162,13 @@ def _online(http_port: int) -> float:
 
 
 def main() -> None:
-    count = int(os.environ.get("BENCH_OCPP_COUNT", "10000"))
+    import resource
+
+    # the gateway needs two descriptors per charger (WebSocket + ZeroMQ connection): a
+    # hard open-files limit of 20,000 (this machine's) holds at most about 9,950
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    fits = (hard - 100) // 2 if hard != resource.RLIM_INFINITY else 10_000
+    count = int(os.environ.get("BENCH_OCPP_COUNT", str(min(10_000, fits))))
     fleet_n = int(os.environ.get("BENCH_OCPP_FLEET", "200"))
     sessions = int(os.environ.get("BENCH_OCPP_SESSIONS", "200"))
     steady = float(os.environ.get("BENCH_OCPP_STEADY", "30"))
@@ -248,6 +239,7 @@ def main() -> None:
                     child.kill()
     per_charger_kb = (rss_full - rss_idle) * 1024 / max(1, count)
     print(f"OCPP gateway holding {count} chargers (heartbeat {hb_s:.0f} s), fleet of {fleet_n}")
+    print(f"  open-files hard limit:     {hard} (2 per charger: at most {fits} chargers)")
     print(f"  all online at the broker:  {all_online_s:8.1f} s  ({online} points online)")
     print(f"  generator:                 {gen}")
     print(f"  gateway memory idle:       {rss_idle:8.1f} MB")

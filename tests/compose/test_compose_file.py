@@ -37,7 +37,14 @@ VOLUMES = {
     "billing": "billing-data",
     "vehicle": "vehicle-home",
     "prometheus": "prometheus-data",
+    "broker-ssa": "broker-ssa-data",
+    "driver-fsa": "driver-fsa-home",
+    "driver-ssa": "driver-ssa-home",
 }
+# profile regions: services on the evcharge image, and the two servers
+REGIONS = ["broker-ssa", "fleet-ssa", "bridge-fsa", "bridge-ssa", "billing-regions",
+           "driver-fsa", "driver-ssa"]  # fmt: skip
+SERVERS = ["nats", "postgres"]
 
 
 def compose(*args: str, **env: str) -> str:
@@ -75,7 +82,7 @@ def service_block(text: str, name: str) -> str:
 
 def test_services_and_the_on_demand_tools() -> None:
     assert sorted(compose("config", "--services").split()) == sorted(
-        SERVICES + TOOLS + OBSERVABILITY
+        SERVICES + TOOLS + OBSERVABILITY + REGIONS + SERVERS
     )
     text = config()
     for tool in TOOLS:
@@ -84,14 +91,18 @@ def test_services_and_the_on_demand_tools() -> None:
         assert "stdin_open: true" in block and "tty: true" in block
     for service in SERVICES:
         assert "profiles:" not in service_block(text, service)
+    for service in REGIONS + SERVERS:
+        assert "profiles:\n    - regions" in service_block(text, service)
     assert "healthcheck:" in service_block(text, "broker")
     assert "condition: service_healthy" in service_block(text, "billing")
 
 
 def test_every_service_uses_the_image_from_the_environment() -> None:
     text = config(EV_IMAGE="example/evcharge:abc")
-    assert text.count("image: example/evcharge:abc") == len(SERVICES + TOOLS)
+    assert text.count("image: example/evcharge:abc") == len(SERVICES + TOOLS + REGIONS)
     assert "image: evcharge:latest" in config()
+    servers = config(EV_NATS_IMAGE="n:1", EV_POSTGRES_IMAGE="p:1")
+    assert "image: n:1" in servers and "image: p:1" in servers
 
 
 def test_station_ids_are_distinct_and_the_broker_ports_are_configurable() -> None:
@@ -112,7 +123,9 @@ def test_configuration_is_by_environment_only() -> None:
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
     assert sorted(source for source, _ in mounts) == [
-        "billing-data", "broker-data", "ocpp-data", "prometheus-data", "vehicle-home",
+        "billing-data", "broker-data", "broker-ssa-data", "driver-fsa-home",
+        "driver-ssa-home", "ledger-data", "nats-data", "ocpp-data", "prometheus-data",
+        "vehicle-home",
     ]  # fmt: skip
 
 
@@ -120,14 +133,18 @@ def test_no_version_key_and_images_are_never_pulled() -> None:
     raw = COMPOSE_FILE.read_text()
     assert not re.search(r"^version:", raw, re.MULTILINE)
     text = config()
-    for service in SERVICES + TOOLS + OBSERVABILITY:
+    for service in SERVICES + TOOLS + OBSERVABILITY + REGIONS + SERVERS:
         assert "pull_policy: never" in service_block(text, service), service
     assert "build:" in service_block(text, "broker")
 
 
 def test_every_service_is_hardened_with_rotated_logs() -> None:
     text = config()
-    for service in SERVICES + TOOLS + OBSERVABILITY:
+    for service in SERVERS:  # NATS and PostgreSQL images run as their own users
+        block = service_block(text, service)
+        assert "pull_policy: never" in block and "mem_limit:" in block, service
+        assert "driver: json-file" in block and "max-size: 10m" in block, service
+    for service in SERVICES + TOOLS + OBSERVABILITY + REGIONS:
         block = service_block(text, service)
         assert "cap_drop:\n    - ALL" in block, service
         assert "read_only: true" in block, service

@@ -216,3 +216,40 @@ def test_bridge_cli_errors() -> None:
         )  # fmt: skip
         assert res.returncode == 2, (args, res.stderr)
         assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_foreign_stream_or_message_is_a_clear_error(
+    broker: tuple[Proc, BrokerPorts], nats_js: NatsServer
+) -> None:
+    import subprocess
+    import sys
+
+    from nats.js.api import StreamConfig
+
+    _, ports = broker
+
+    async def prepare() -> None:
+        nc = await nats.connect(nats_js.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(StreamConfig(name="OTHER", subjects=["other.>"]))
+            await js.add_stream(StreamConfig(name=DEFAULT_STREAM, subjects=["evcharge.>"]))
+            await js.publish("evcharge.zz.point.status", b"not from a bridge")
+        finally:
+            await nc.close()
+
+    asyncio.run(prepare())
+    bus = ["--broker", "127.0.0.1", "--events-port", str(ports.events),
+           "--history-port", str(ports.history)]  # fmt: skip
+    for args, needle in [
+        (["bridge", "--nats", nats_js.url, "--region", "a", "--stream", "OTHER", *bus],
+         "does not take evcharge.>"),
+        (["bridge", "--nats", nats_js.url, "--region", "zz", *bus], "not published by a bridge"),
+        (["billing", "--source", nats_js.url, "--stream", "OTHER", "--db", ":memory:"],
+         "does not take evcharge.>"),
+    ]:  # fmt: skip
+        res = subprocess.run(
+            [sys.executable, "-m", "broker", *args], capture_output=True, text=True, timeout=60
+        )
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert needle in res.stderr and "Traceback" not in res.stderr
