@@ -164,6 +164,7 @@ class BrokerApp:
             accounts=self.core.accounts,
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
+            set_availability=self.set_availability,
         )
         await self.bus.start()
         await self.history.start()
@@ -241,6 +242,28 @@ class BrokerApp:
             self._pending.extend(effects)
             self._schedule_flush()
         return effects
+
+    def set_availability(
+        self, point_id: str, available: bool, reason: str, by: str
+    ) -> dict[str, Any]:
+        """An operator's out-of-service change; the reply is made after the commit."""
+        reply, effects = self.core.set_availability(point_id, available, reason, by, time.time())
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                return {"error": "internal: the change could not be committed"}
+            log.info(
+                "point %s %s by %s%s",
+                point_id,
+                "back in service" if available else "out of service",
+                by,
+                f": {reason}" if not available else "",
+            )
+        return reply
 
     def vehicle_request(
         self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot

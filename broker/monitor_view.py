@@ -125,7 +125,7 @@ class MonitorView:
         self.seq = 0
         self.events_seen = 0
         self._recent: deque[float] = deque()
-        self.latest: deque[str] = deque(maxlen=LATEST_EVENTS)
+        self._latest: deque[BusEvent] = deque(maxlen=LATEST_EVENTS)
         self.queued = 0
         self.figures: dict[str, Any] = {}  # e.g. subscriber lag and gaps, shown in the header
 
@@ -209,10 +209,7 @@ class MonitorView:
         self.events_seen += 1
         self._recent.append(now)
         self._expire(now)
-        self.latest.appendleft(
-            f"#{ev.seq} {format_timestamp(ev.ts)[11:23]} {ev.topic} "
-            + " ".join(f"{k}={v}" for k, v in list(ev.data.items())[:4])
-        )
+        self._latest.appendleft(ev)  # formatted only when rendered
         try:
             data = event_data(ev)
         except BusProtocolError:
@@ -248,6 +245,15 @@ class MonitorView:
                 p.vehicle = None
                 p.session_id = None
                 p.energy_kwh = None
+
+    @property
+    def latest(self) -> list[str]:
+        """The latest events, newest first, one line each."""
+        return [
+            f"#{ev.seq} {format_timestamp(ev.ts)[11:23]} {ev.topic} "
+            + " ".join(f"{k}={v}" for k, v in list(ev.data.items())[:4])
+            for ev in self._latest
+        ]
 
     def _expire(self, now: float) -> None:
         while self._recent and self._recent[0] < now - RATE_WINDOW_S:

@@ -50,6 +50,16 @@ class PointStatus(EventData, kw_only=True, frozen=True):
     queue_size: int
 
 
+class PointAvailability(EventData, kw_only=True, frozen=True):
+    """An operator took the point out of service (``available`` false) or put it back."""
+
+    TOPIC: ClassVar[str] = "point.availability"
+    point_id: str
+    available: bool
+    reason: str
+    by: str
+
+
 class PointOnline(EventData, kw_only=True, frozen=True):
     TOPIC: ClassVar[str] = "point.online"
     point_id: str
@@ -149,6 +159,7 @@ EVENT_TYPES: Final[dict[str, type[EventData]]] = {
         BrokerStarted,
         PointRegistered,
         PointStatus,
+        PointAvailability,
         PointOnline,
         PointOffline,
         ReservationCreated,

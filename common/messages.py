@@ -294,6 +294,7 @@ BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionA
 TOPICS: Final = (
     "broker.started",
     "point.registered",
+    "point.availability",
     "point.status",
     "point.online",
     "point.offline",

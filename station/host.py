@@ -243,6 +243,10 @@ class Host:
             case Heartbeat():
                 pass
             case SessionAck():
+                if msg.session_id in c.pending:
+                    log.info(
+                        "%s: session %s acknowledged by the broker", c.point_id, msg.session_id
+                    )
                 c.handle(msg, now)
                 if not c.pending:
                     self._pending.discard(i)

@@ -8,7 +8,7 @@ theory of operation and ``docs/architecture.md`` ("Core API").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from broker.core import stations, vehicle_requests
 from broker.core.config import CoreConfig
@@ -21,14 +21,17 @@ from common.errors import StoreError
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
 
+MAX_REASON: Final = 200  # characters of an out-of-service reason
+
 
 class Core:
     """The broker's pure, synchronous state machine."""
 
-    __slots__ = ("_eng",)
+    __slots__ = ("_datagrams", "_eng")
 
     def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
         self._eng = Engine(config, new_id)
+        self._datagrams = 0
 
     @property
     def config(self) -> CoreConfig:
@@ -101,6 +104,7 @@ class Core:
 
     def handle_datagram(self, datagram: StatusDatagram, now: float) -> list[Effect]:
         """A validated status datagram (the hot path)."""
+        self._datagrams += 1
         return stations.handle_datagram(self._eng, datagram, now)
 
     def handle_station(self, point_id: str, message: StationToBroker, now: float) -> list[Effect]:
@@ -120,6 +124,27 @@ class Core:
         fx: list[Effect] = []
         self._eng.publish(fx, VehicleDisconnected(vehicle_id=vehicle_id), now)
         return fx
+
+    def set_availability(
+        self, point_id: str, available: bool, reason: str, by: str, now: float
+    ) -> tuple[dict[str, Any], list[Effect]]:
+        """The history op ``set_availability`` from an operator credential ``by``.
+
+        Returns the reply (``{"ok": True, "seq": S}``, S the seq after every event
+        of the change, or ``{"error": ...}``) and the effects; the reply may go out
+        only once the effects are committed.
+        """
+        fx: list[Effect] = []
+        p = self._eng.point(point_id)
+        if p is None:
+            return {"error": f"unknown point {point_id!r}"}, fx
+        reason = reason.strip()
+        if not available and not reason:
+            return {"error": "reason: required to take a point out of service"}, fx
+        if len(reason) > MAX_REASON:
+            return {"error": f"reason: at most {MAX_REASON} characters"}, fx
+        self._eng.set_availability(p, available, reason, by, now, fx)
+        return {"ok": True, "seq": self._eng.seq}, fx
 
     # --- timers ---------------------------------------------------------------------
 
@@ -151,7 +176,7 @@ class Core:
         return self._eng.counter("points_refused")
 
     def stats(self) -> dict[str, Any]:
-        return self._eng.stats()
+        return {**self._eng.stats(), "datagrams": self._datagrams}
 
 
 def _point_from_record(v: dict[str, Any]) -> PointState:
@@ -162,4 +187,7 @@ def _point_from_record(v: dict[str, Any]) -> PointState:
         potencia_kw=float(v["potencia_kw"]),
         preco_kwh=float(v["preco_kwh"]),
         interval_s=float(v["interval_s"]),
+        out_of_service=v.get("out_of_service") is True,
+        oos_reason=str(v.get("reason") or ""),
+        oos_by=str(v.get("by") or ""),
     )

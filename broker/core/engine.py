@@ -43,6 +43,7 @@ from common.events import (
     ChargingCompleted,
     ChargingStarted,
     EventData,
+    PointAvailability,
     PointOffline,
     PointOnline,
     PointRegistered,
@@ -89,8 +90,12 @@ class Engine:
 
     def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
         self._cfg = config
+        self.config: Final[CoreConfig] = config  # frozen: reading it changes nothing
         self._new_id = new_id
         self._points: dict[str, PointState] = {}
+        #: the point with this id, or None (the table's own lookup: no call overhead
+        #: on the datagram hot path)
+        self.point: Callable[[str], PointState | None] = self._points.get
         self._index = GeoIndex()
         self._views = PointViews(config.queue_capacity)
         self._low_battery: set[str] = set()  # vehicles told about; see battery_report
@@ -98,6 +103,9 @@ class Engine:
         self._res_by_id: dict[str, Reservation] = {}
         self._sessions: dict[str, Session] = {}
         self._session_by_vehicle: dict[str, Session] = {}
+        # lookups as the tables' own bound methods (no call overhead on the request path)
+        self.reservation_of: Callable[[str], Reservation | None] = self._res_by_vehicle.get
+        self.session_of: Callable[[str], Session | None] = self._session_by_vehicle.get
         self._pending: dict[str, PendingStart] = {}
         self._abandoned: dict[str, tuple[str, str]] = {}
         self._accounts = Accounts()
@@ -106,7 +114,6 @@ class Engine:
         self._order = 0
         self._points_online = 0
         self._counters: dict[str, int] = {
-            "datagrams": 0,
             "datagrams_stale": 0,
             "session_duplicates": 0,
             "sessions_unknown": 0,
@@ -118,21 +125,9 @@ class Engine:
     # --- reading --------------------------------------------------------------------
 
     @property
-    def config(self) -> CoreConfig:
-        return self._cfg
-
-    @property
     def seq(self) -> int:
         """The seq of the last event published (0 before any)."""
         return self._seq
-
-    def point(self, point_id: str) -> PointState | None:
-        return self._points.get(point_id)
-
-    def datagram_point(self, point_id: str) -> PointState | None:
-        """The point a datagram speaks of (None if unknown); counts the datagram."""
-        self._counters["datagrams"] += 1
-        return self._points.get(point_id)
 
     def count(self, name: str) -> None:
         """Count one occurrence of ``name`` in :meth:`stats`."""
@@ -155,16 +150,11 @@ class Engine:
         if usable_only:
 
             def accept(pid: str) -> bool:
-                return points[pid].usable
+                p = points[pid]
+                return p.usable and not p.out_of_service
 
         hits = self._index.nearest(latitude, longitude, k, max_km, accept)
         return [(d, points[pid]) for d, pid in hits]
-
-    def reservation_of(self, vehicle_id: str) -> Reservation | None:
-        return self._res_by_vehicle.get(vehicle_id)
-
-    def session_of(self, vehicle_id: str) -> Session | None:
-        return self._session_by_vehicle.get(vehicle_id)
 
     def pending_of(self, vehicle_id: str) -> PendingStart | None:
         """The start in progress for ``vehicle_id``, if any."""
@@ -284,6 +274,29 @@ class Engine:
                 now,
             )
 
+    def set_availability(
+        self, p: PointState, available: bool, reason: str, by: str, now: float, fx: list[Effect]
+    ) -> None:
+        """An operator takes ``p`` out of service or puts it back (rules.md "Out of service").
+
+        Out of service: persisted with who and why, published, every queued
+        reservation cancelled (``point_disabled``); a running session goes on. The
+        same state again with the same reason changes nothing and publishes nothing.
+        """
+        out = not available
+        reason = reason if out else ""
+        if p.out_of_service == out and p.oos_reason == reason:
+            return
+        p.out_of_service, p.oos_reason, p.oos_by = out, reason, by if out else ""
+        fx.append(Persist("point", p.id, p.static_record()))
+        self.publish(
+            fx, PointAvailability(point_id=p.id, available=available, reason=reason, by=by), now
+        )
+        if out:
+            for r in list(p.queue):
+                self.cancel(r, now, fx, "point_disabled", push=True)
+        self.refresh(p, now, fx)
+
     def resend_hold(self, p: PointState, fx: list[Effect]) -> None:
         """Tell a (re)connected station about the turn it holds, if any."""
         if holds_turn(p) and p.queue[0].deadline is not None:
@@ -358,7 +371,13 @@ class Engine:
 
     def _advance(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """Give the turn to the head of the queue when the point is free and usable."""
-        if not p.usable or p.session is not None or p.pending is not None or not p.queue:
+        if (
+            not p.usable
+            or p.out_of_service
+            or p.session is not None
+            or p.pending is not None
+            or not p.queue
+        ):
             return
         head = p.queue[0]
         if head.turn_started_at is not None:
@@ -724,9 +743,11 @@ class Engine:
         self._seq = max(self._seq, int(last_seq))
 
     def restore_point(self, p: PointState, now: float) -> None:
-        """A persisted point: offline until heard, its grace period starting at ``now``."""
+        """A persisted point: offline until heard (``indisponivel`` if out of service), its
+        grace period starting at ``now``."""
         p.window_s = self.window(p.interval_s)
         p.unusable_since = now
+        p.estado = derive_estado(p)
         self._points[p.id] = p
         self._index.put(p.id, p.latitude, p.longitude)
 
@@ -862,7 +883,7 @@ class Engine:
             view = self.point_view(p, None, now)
             view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
             view["session_id"] = p.session.id if p.session is not None else None
-            view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard else None
+            view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard > 0 else None
             points.append(view)
         queues = {
             pid: [r.view(i + 1) for i, r in enumerate(p.queue)]

@@ -32,8 +32,9 @@ _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
 _WAIT_MARK: Final = -1  # and where the wait goes (both impossible values)
 
-# every field of the cached pieces that can change: estado, queue size, position, figures
-_Key = tuple[str, int, float, float, float, float]
+# every field of the cached pieces that can change: estado, queue size, position, figures,
+# the out-of-service reason (empty unless out of service, where it is required)
+_Key = tuple[str, int, float, float, float, float, str]
 
 
 def km3(distance: float) -> float:
@@ -59,6 +60,9 @@ def view_dict(
         "queue_size": len(p.queue),
         "queue_capacity": queue_capacity,
     }
+    if p.out_of_service:  # only while out of service: the usual object stays as it was
+        view["fora_de_servico"] = True
+        view["reason"] = p.oos_reason
     if distance is not None:
         view["distance"] = km3(distance)
     view["potencia_kw"] = p.potencia_kw
@@ -108,7 +112,15 @@ class PointViews:
         for distance, p in hits:
             pid = p.id
             queue = p.queue
-            key = (p.estado, len(queue), p.latitude, p.longitude, p.potencia_kw, p.preco_kwh)
+            key = (
+                p.estado,
+                len(queue),
+                p.latitude,
+                p.longitude,
+                p.potencia_kw,
+                p.preco_kwh,
+                p.oos_reason,
+            )
             hit = cache.get(pid)
             if hit is None or hit[0] != key:
                 hit = cache[pid] = (key, *self._encode(p))

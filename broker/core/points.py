@@ -47,6 +47,10 @@ class PointState:
     rep_estado: str | None = None
     rep_vehicle: str | None = None
     rep_energy: float | None = None
+    # out of service (an operator's decision; persisted, never changed by the station)
+    out_of_service: bool = False
+    oos_reason: str = ""
+    oos_by: str = ""
     # broker-owned state
     estado: Estado = "offline"
     queue: list[Reservation] = field(default_factory=list)
@@ -62,6 +66,9 @@ class PointState:
             "potencia_kw": self.potencia_kw,
             "preco_kwh": self.preco_kwh,
             "interval_s": self.interval_s,
+            "out_of_service": self.out_of_service,
+            "reason": self.oos_reason,
+            "by": self.oos_by,
         }
 
 
@@ -85,7 +92,10 @@ def is_faulted(p: PointState) -> bool:
 
 
 def derive_estado(p: PointState) -> Estado:
-    """``offline`` > ``indisponivel`` > ``carregando`` > ``reservado`` > ``disponivel``."""
+    """Out of service: ``indisponivel``; otherwise ``offline`` > ``indisponivel`` (fault) >
+    ``carregando`` > ``reservado`` > ``disponivel``."""
+    if p.out_of_service:
+        return "indisponivel"
     if not p.online:
         return "offline"
     if is_faulted(p):

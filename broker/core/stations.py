@@ -27,7 +27,7 @@ from common.messages import (
 
 
 def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
-    p = eng.datagram_point(d.id)
+    p = eng.point(d.id)
     if p is None:
         if not eng.may_register():
             return []
@@ -61,7 +61,8 @@ def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
         and (d.preco_kwh is None or d.preco_kwh == p.preco_kwh)
         and (d.interval_s is None or d.interval_s == p.interval_s)
     ):
-        eng.arm_offline(p, now)
+        if p.offline_timer_at is None:
+            eng.arm_offline(p, now)
         return []
     return _slow_datagram(eng, p, d, now)
 

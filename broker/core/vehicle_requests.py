@@ -153,6 +153,8 @@ def _usable_point(eng: Engine, pid: str) -> PointState | RequestRefused:
     p = eng.point(pid)
     if p is None:
         return UnknownPoint(f"Unknown point {pid}")
+    if p.out_of_service:
+        return PointUnavailable(f"Point {pid} is out of service: {p.oos_reason}")
     if not p.online:
         return PointOffline(f"Point {pid} is offline")
     if not p.usable:

@@ -14,6 +14,9 @@ Requests and replies are one msgpack frame each (protocol section 5):
   "sessions"}``, consistent as of event ``seq`` (the Clone pattern).
 * ``{"op": "accounts"}`` (extension, for billing reconciliation) ->
   ``{"accounts": {vehicle_id: {...}}}``.
+* ``{"op": "set_availability", "point_id": P, "available": bool, "reason": R}``
+  -> ``{"ok": true, "seq": S}`` once the change is committed, or ``{"error"}``
+  (rules.md "Out of service"; operator credentials only).
 * anything else -> ``{"error": "..."}``.
 
 Both DEALER and REQ clients work: a REQ envelope ``[id, b"", request]`` is
@@ -46,9 +49,16 @@ MAX_REQUEST_FRAME: Final = 64 * 1024
 HISTORY_SNDHWM: Final = 1000
 #: The extension op (not in the codec's request union) answered with every account.
 ACCOUNTS_OP: Final = "accounts"
-KNOWN_OPS: Final = ("since", "snapshot", ACCOUNTS_OP)
+#: The operator op (rules.md "Out of service"); the ROUTER's credential check admits
+#: only ``operator`` credentials to it when security is on.
+SET_AVAILABILITY_OP: Final = "set_availability"
+KNOWN_OPS: Final = ("since", "snapshot", ACCOUNTS_OP, SET_AVAILABILITY_OP)
+MAX_POINT_ID: Final = 64
+ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
+#: (point_id, available, reason, by) -> the reply map, once the change is committed
+SetAvailability = Callable[[str, bool, str, str], dict[str, Any]]
 
 
 class HistoryServer:
@@ -64,7 +74,9 @@ class HistoryServer:
         accounts: Callable[[], dict[str, Any]],
         max_events: int = MAX_HISTORY_LIMIT,
         max_bytes: int = 4 * 1024 * 1024,
+        set_availability: SetAvailability | None = None,
     ) -> None:
+        self._set_availability = set_availability
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._ctx = ctx
@@ -130,8 +142,8 @@ class HistoryServer:
             self._send(sock, [*envelope, pack(reply)])
             await asyncio.sleep(0)  # a ready recv never yields: let the broker run
 
-    def answer(self, frame: bytes) -> dict[str, Any]:
-        """The reply map for one request frame (never raises)."""
+    def answer(self, frame: bytes, user: str | None = None) -> dict[str, Any]:
+        """The reply map for one request frame from credential ``user`` (never raises)."""
         try:
             try:
                 request = decode_history_request(frame)
@@ -139,6 +151,8 @@ class HistoryServer:
                 op = _op_of(frame)
                 if op == ACCOUNTS_OP:
                     return {"accounts": self._accounts()}
+                if op == SET_AVAILABILITY_OP:
+                    return self._availability(frame, user or ANONYMOUS)
                 return {"error": _describe(exc, op)}
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
@@ -155,6 +169,22 @@ class HistoryServer:
         except Exception as exc:
             log.exception("history request failed")
             return {"error": f"internal error: {type(exc).__name__}"}
+
+    def _availability(self, frame: bytes, by: str) -> dict[str, Any]:
+        """``{"op":"set_availability","point_id":P,"available":bool,"reason":str}``."""
+        if self._set_availability is None:
+            return {"error": f"{SET_AVAILABILITY_OP} is not served here"}
+        request = unpack(frame)
+        point_id = request.get("point_id")
+        available = request.get("available")
+        reason = request.get("reason", "")
+        if not isinstance(point_id, str) or not 1 <= len(point_id) <= MAX_POINT_ID:
+            return {"error": f"point_id: a string of 1-{MAX_POINT_ID} characters is required"}
+        if not isinstance(available, bool):
+            return {"error": "available: true or false is required"}
+        if not isinstance(reason, str):
+            return {"error": "reason: must be a string"}
+        return self._set_availability(point_id, available, reason, by)
 
     def _within_bytes(self, events: list[BusEvent]) -> tuple[list[msgspec.Raw], bool]:
         """The events, each packed once, cut where the reply would pass ``max_bytes``.

@@ -127,8 +127,9 @@ async def availability(
         raise HTTPException(status_code=400, detail="reason: required to take a point out")
     try:
         seq = await feed.set_availability(point_id, data.available, data.reason.strip())
-    except Refused as exc:
-        raise HTTPException(status_code=409, detail=exc.message) from exc
+    except Refused as exc:  # 403 when this console's credential is not an operator's
+        code = 403 if exc.message.startswith("forbidden") else 409
+        raise HTTPException(status_code=code, detail=exc.message) from exc
     except TransportError as exc:
         raise HTTPException(status_code=503, detail=f"broker unreachable: {exc.message}") from exc
     return AvailabilityOut(ok=True, seq=seq, point_id=point_id, available=data.available)

@@ -1,6 +1,6 @@
 """Bus consumer figures: subscriber catch-up and live rates, ledger writes, monitor view.
 
-Over real sockets (the in-test bus of ``tests.unit.test_subscriber``) and a
+Over real sockets (the bus double of ``tests.support.fake_bus``) and a
 real SQLite file; prints one line per figure.
 """
 
@@ -19,8 +19,9 @@ from broker.billing import BillingSink
 from broker.ledger import Ledger
 from broker.monitor_view import MonitorView
 from broker.subscriber import Subscriber
+from common.events import ChargingCompleted, ChargingStarted, EventData, event_fields
 from common.messages import BusEvent
-from tests.unit.test_subscriber import Collect, FakeBus, status
+from tests.support.fake_bus import Collect, FakeBus, status
 
 CATCH_UP_EVENTS = 20_000
 LIVE_EVENTS = 20_000
@@ -110,19 +111,26 @@ def bench_monitor() -> None:
     t0 = time.perf_counter()
     view.load_snapshot({"seq": 0, "points": points, "queues": {}, "sessions": []})
     load_ms = (time.perf_counter() - t0) * 1000
-    events = [
-        BusEvent(
-            i + 1,
-            1.0,
-            "charging.started" if i % 2 else "charging.completed",
-            {
-                "point_id": f"CP{(i * 7919) % POINTS:05d}",
-                "vehicle_id": f"CAR{i}",
-                "session_id": f"S{i}",
-            },
-        )
-        for i in range(50_000)
-    ]
+
+    def started(i: int, pid: str) -> EventData:
+        return ChargingStarted(
+            session_id=f"S{i}", vehicle_id=f"CAR{i}", point_id=pid, reservation_id=None,
+            started_at="2025-04-07T10:00:00.000Z", price_kwh=2.0, payment_method="Pix",
+            nivel_bateria=20.0, nivel_carregar=80.0, capacidade_kwh=60.0,
+        )  # fmt: skip
+
+    def completed(i: int, pid: str) -> EventData:
+        return ChargingCompleted(
+            session_id=f"S{i}", vehicle_id=f"CAR{i}", point_id=pid,
+            started_at="2025-04-07T10:00:00.000Z", ended_at="2025-04-07T10:10:00.000Z",
+            energy_kwh=10.0, price_kwh=2.0, cost=20.0, payment_method="Pix", reason="stopped",
+        )  # fmt: skip
+
+    # complete events, as the broker publishes them
+    events = []
+    for i in range(50_000):
+        data = (started if i % 2 else completed)(i, f"CP{(i * 7919) % POINTS:05d}")
+        events.append(BusEvent(i + 1, 1.0, data.TOPIC, event_fields(data)))
     t0 = time.perf_counter()
     view.apply_all(events, 2.0)
     rate = len(events) / (time.perf_counter() - t0)

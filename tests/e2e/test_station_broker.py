@@ -5,7 +5,6 @@ The vehicle is the raw client from ``tests.support.raw_clients``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,7 +119,8 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
     try:
         # 20 -> 80 % of 60 kWh at 50 kW: 2592 simulated s = 4.3 s at --speed 600
         with running(
-            station_args(ports, "--speed", "600"), ready="welcomed by the broker"
+            station_args(ports, "--speed", "600", "--broker-silence", "1"),
+            ready="welcomed by the broker",
         ) as station:
             car = Vehicle(ports.vehicle, "CARKILL")
             try:
@@ -135,7 +135,6 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
             broker.kill9()  # the session completes while the broker is dead
             broker.stop()  # (already dead: this only closes its output pipe)
             station.read_until("complete (target_reached)", timeout=10)
-            time.sleep(1.0)
             broker = start_broker(ports, db, *extra)  # same database, same ports
             station.read_until("re-creating", timeout=10)
             car = Vehicle(ports.vehicle, "CARKILL")
@@ -145,7 +144,8 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
                     return len(car.ask("custos")["data"]["sessoes"]) > 0
 
                 wait_for(billed, timeout=15, what="session billed after restart")
-                time.sleep(4.5)  # further resends (if any) must not bill it again
+                # once acknowledged the station stops resending: nothing can bill it again
+                station.read_until("acknowledged by the broker", timeout=15)
                 statement = car.ask("custos")["data"]
                 assert len(statement["sessoes"]) == 1, statement
                 assert statement["sessoes"][0]["energia_kwh"] == 36.0

@@ -207,6 +207,59 @@ def test_sessions_and_stats_sum_the_bills(stack: WebStack, billed: list[str]) ->
     assert stats["sessions_active"] == len(stack.get_json("/api/sessions?active=true"))
 
 
+def test_availability_takes_a_point_out_and_puts_it_back(stack: WebStack) -> None:
+    with contextlib.closing(Vehicle(stack.ports.vehicle, "WEBOOS1")) as v:
+        assert v.ask("reserva", id_ponto_recarga="WEB-B", tempo_estimado=30)["data"]["code"] == (
+            "reserved"
+        )
+        status, _, body = stack.request(
+            "/api/points/WEB-B/availability",
+            method="POST",
+            body={"available": False, "reason": "cable damaged"},
+        )
+        assert status == 200, body
+        answer = json.loads(body)
+        assert answer["ok"] is True and answer["available"] is False
+        # answered once applied: the next read shows it
+        p = stack.point("WEB-B")
+        assert (p["fora_de_servico"], p["reason"], p["estado"]) == (
+            True, "cable damaged", "indisponivel"
+        )  # fmt: skip
+        assert p["queue"] == []  # the queued reservation was cancelled
+        pushed = v.push("reserva_cancelada", timeout=10)["data"]
+        assert pushed["motivo"] == "point_disabled"
+        refused = v.ask("reserva", id_ponto_recarga="WEB-B")["data"]
+        assert refused["code"] == "point_unavailable"
+        assert stack.get_json("/api/stats")["points_out_of_service"] == 1
+        status, _, body = stack.request(
+            "/api/points/WEB-B/availability", method="POST", body={"available": True}
+        )
+        assert status == 200, body
+        assert stack.point("WEB-B")["fora_de_servico"] is False
+        assert v.ask("reserva", id_ponto_recarga="WEB-B")["data"]["code"] == "reserved"
+        v.ask("cancelar", id_ponto_recarga="WEB-B")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/api/points/NOPE/availability", {"available": False, "reason": "x"}, 404),
+        ("/api/points/WEB-A/availability", {"available": False}, 400),
+        ("/api/points/WEB-A/availability", {"available": False, "reason": "  "}, 400),
+        ("/api/points/WEB-A/availability", {"available": "no"}, 400),
+        ("/api/points/WEB-A/availability", {"reason": "x"}, 400),
+        ("/api/points/WEB-A/availability", {"available": False, "reason": "x" * 201}, 400),
+    ],
+)
+def test_bad_availability_requests_are_refused_clearly(
+    stack: WebStack, path: str, body: dict[str, Any], status: int
+) -> None:
+    got, _, answer = stack.request(path, method="POST", body=body)
+    assert got == status, answer
+    assert json.loads(answer)  # a JSON body saying why
+    assert stack.point("WEB-A")["fora_de_servico"] is False
+
+
 def test_openapi_documents_every_endpoint(stack: WebStack) -> None:
     spec = stack.get_json("/api/openapi.json")
     paths = set(spec["paths"])

@@ -2,7 +2,8 @@
 
 The map shows one marker per point; a station that goes offline changes its
 marker and its table row within 2 s of the bus event, without a reload; the
-page logs no console errors, on a desktop and on a phone-sized screen. The test
+out-of-service toggle makes the broker refuse the next reservation; the page
+logs no console errors, on a desktop and on a phone-sized screen. The test
 keeps a screenshot (set ``EV_WEB_SCREENSHOT=docs/web-console.png`` to refresh
 the one in the docs).
 """
@@ -158,6 +159,34 @@ def test_station_offline_changes_marker_and_row_within_2s(
     # from the broker publishing the event to the row and marker being updated
     assert change[0]["latency"] < DOM_WITHIN_S, change[0]
     assert stack.point("BRW-3")["estado"] == "offline"
+
+
+def test_out_of_service_toggle_refuses_the_next_reservation(
+    page: webdriver.Chrome, stack: WebStack
+) -> None:
+    reason = page.find_element(By.ID, "reason")
+    reason.clear()
+    reason.send_keys("cable damaged")
+    page.find_element(By.CSS_SELECTOR, '#points tr[data-point="BRW-2"] input.oos').click()
+    wait_for(
+        lambda: stack.point("BRW-2")["fora_de_servico"], WAIT_S, "BRW-2 out of service in the API"
+    )
+    wait_for(lambda: row_state(page, "BRW-2") == "indisponivel", WAIT_S, "BRW-2 row unavailable")
+    assert stack.point("BRW-2")["reason"] == "cable damaged"
+    assert "oos" in marker_class(page, "BRW-2")
+    assert (
+        "cable damaged" in page.find_element(By.CSS_SELECTOR, '#points tr[data-point="BRW-2"]').text
+    )
+    with contextlib.closing(Vehicle(stack.ports.vehicle, "BRWCAR3")) as v:
+        refused = v.ask("reserva", id_ponto_recarga="BRW-2")["data"]
+        assert refused["status"] == "error" and refused["code"] == "point_unavailable", refused
+        # and back in service: the same request is accepted
+        page.find_element(By.CSS_SELECTOR, '#points tr[data-point="BRW-2"] input.oos').click()
+        wait_for(
+            lambda: not stack.point("BRW-2")["fora_de_servico"], WAIT_S, "BRW-2 back in service"
+        )
+        wait_for(lambda: row_state(page, "BRW-2") == "disponivel", WAIT_S, "BRW-2 row available")
+        assert v.ask("reserva", id_ponto_recarga="BRW-2")["data"]["code"] == "reserved"
 
 
 def test_the_page_has_no_console_errors(page: webdriver.Chrome) -> None:

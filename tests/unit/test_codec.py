@@ -37,7 +37,7 @@ from common.messages import (
     Reserva,
     VehicleRequest,
 )
-from tests.unit.codec_samples import (
+from tests.support.codec_samples import (
     EXPECTED,
     ORIGINAL_BYTES,
     failure,

@@ -58,7 +58,10 @@ def test_any_bytes_give_a_message_or_bad_frame(frame: bytes) -> None:
 def test_start_round_trip() -> None:
     start = {"type": "start", "cmd_id": "c", "session_id": "S", "vehicle_id": "V",
              "nivel_bateria": 10, "nivel_carregar": 80, "capacidade_kwh": 60}  # fmt: skip
-    assert isinstance(decode_broker_message(pack(start)), Start)
+    decoded = decode_broker_message(pack(start))
+    assert decoded == Start(cmd_id="c", session_id="S", vehicle_id="V", nivel_bateria=10.0,
+                            nivel_carregar=80.0, capacidade_kwh=60.0)  # fmt: skip
+    assert decode_broker_message(pack(decoded)) == decoded
 
 
 def test_datagram_is_compact_json_and_capped_at_8_kib() -> None:

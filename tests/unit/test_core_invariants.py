@@ -3,7 +3,10 @@
 Capacity is never exceeded, at most the head of a queue holds the turn, a
 vehicle holds at most one reservation, no session is billed twice, the event
 seq is gap-free (checked by the harness on every effect list) and the
-persisted records rebuild the same state.
+persisted records rebuild the same state. Operators take points out of service
+and put them back at any moment: such a point shows ``indisponivel``, keeps no
+queue, refuses ``reserva`` and ``chegada`` with ``point_unavailable``, and
+nothing a station sends changes that.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from broker.core.effects import SendStation
+from broker.core.effects import Publish, SendStation
 from common.messages import SessionAck, Start, Welcome
-from tests.unit.test_core_harness import Harness
-from tests.unit.test_core_machine import comparable
+from tests.support.core_harness import Harness, comparable
 
 POINTS = ("CP01", "CP02", "CP03")
 VEHICLES = ("V1", "V2", "V3", "V4", "V5", "V6")
@@ -35,6 +37,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.starts: list[tuple[str, dict[str, Any]]] = []
         self.session_ids: list[str] = []
         self.boots: dict[str, int] = {}
+        self.out: dict[str, str] = {}  # points out of service -> reason
         for i, pid in enumerate(POINTS):
             self.h.point(pid, lat=-12.0 - i * 0.01)
 
@@ -62,10 +65,33 @@ class CoreMachine(RuleBasedStateMachine):
     def heartbeat(self, pid: str) -> None:
         self._collect(self.h.heartbeat(pid))
 
+    @rule(pid=points_s, available=st.booleans(), reason=st.sampled_from(["repair", "cable"]))
+    def set_availability(self, pid: str, available: bool, reason: str) -> None:
+        queued = {r["vehicle_id"] for r in self.h.core.snapshot(self.h.now)["queues"].get(pid, [])}
+        reply, fx = self.h.core.set_availability(pid, available, reason, "ops", self.h.now)
+        self._collect(self.h.apply(fx))
+        assert reply == {"ok": True, "seq": self.h.core.last_seq}
+        changed = (pid in self.out) == available or self.out.get(pid, reason) != reason
+        topics = [e.event.topic for e in fx if isinstance(e, Publish)]
+        assert topics.count("point.availability") == (1 if changed else 0)
+        if available:
+            self.out.pop(pid, None)
+        else:
+            self.out[pid] = reason
+            cancelled = [
+                e.event.data
+                for e in fx
+                if isinstance(e, Publish) and e.event.topic == "reservation.cancelled"
+            ]
+            assert {c["vehicle_id"] for c in cancelled} == queued
+            assert all(c["motivo"] == "point_disabled" for c in cancelled)
+
     @rule(vid=vehicles_s, pid=points_s, eta=st.sampled_from([0.0, 0.5, 2.0]))
     def reserve(self, vid: str, pid: str, eta: float) -> None:
         fx = self.h.request(vid, "reserva", id_ponto_recarga=pid, tempo_estimado=eta)
         self._collect(fx)
+        if pid in self.out:
+            assert self.h.reply(fx).data["code"] == "point_unavailable"
         assert self.h.reply(fx).data["code"] in {
             "reserved",
             "already_queued",
@@ -85,6 +111,9 @@ class CoreMachine(RuleBasedStateMachine):
     def arrive(self, vid: str, pid: str) -> None:
         fx = self.h.arrive(vid, pid)
         self._collect(fx)
+        if pid in self.out:
+            assert not self.h.commands(fx, Start)
+            assert self.h.reply(fx).data["code"] == "point_unavailable"
         if not self.h.commands(fx, Start):
             assert self.h.reply(fx).data["code"] in {
                 "not_your_turn",
@@ -149,6 +178,12 @@ class CoreMachine(RuleBasedStateMachine):
         assert all(n == 1 for n in owners.values()), owners
         charging = Counter(s["id_ponto_recarga"] for s in snap["sessions"])
         assert all(n == 1 for n in charging.values())
+        for p in snap["points"]:
+            if p["id"] in self.out:
+                assert p["estado"] == "indisponivel" and p["fora_de_servico"] is True, p
+                assert p["reason"] == self.out[p["id"]] and p["id"] not in snap["queues"], p
+            else:
+                assert "fora_de_servico" not in p, p
 
     @invariant()
     def billed_once(self) -> None:
@@ -161,6 +196,10 @@ class CoreMachine(RuleBasedStateMachine):
         STATS["billed"] = max(STATS["billed"], len(done))
         STATS["turns"] = max(
             STATS["turns"], sum(e.topic == "reservation.turn" for e in self.h.events)
+        )
+        STATS["disabled"] = max(
+            STATS["disabled"],
+            sum(e.data.get("motivo") == "point_disabled" for e in self.h.events),
         )
 
 
@@ -183,4 +222,4 @@ def test_the_machine_reaches_billing_and_turns() -> None:
 
     STATS.clear()
     Guard().runTest()
-    assert STATS["billed"] >= 1 and STATS["turns"] >= 2, STATS
+    assert STATS["billed"] >= 1 and STATS["turns"] >= 2 and STATS["disabled"] >= 1, STATS

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from broker.core import Core, CoreConfig
 from broker.core.effects import Persist, Publish, Reply, SendStation
 from common.errors import StoreError
 from common.messages import Ack, SessionAck, SessionComplete, Start
-from tests.unit.test_core_harness import Harness
+from tests.support.core_harness import Harness, comparable
 
 
 def busy_harness() -> tuple[Harness, str]:
@@ -25,19 +23,6 @@ def busy_harness() -> tuple[Harness, str]:
     done = h.start_charging("CAR1", "CP01")
     h.complete("CP01", done, "CAR1", 10, 55)
     return h, sid
-
-
-def comparable(snap: dict[str, Any]) -> dict[str, Any]:
-    """The snapshot minus liveness (restored points are offline until heard)."""
-    points = [
-        {
-            k: v
-            for k, v in p.items()
-            if k not in ("estado", "available", "espera_estimada_min", "last_heard")
-        }
-        for p in snap["points"]
-    ]
-    return {"points": points, "queues": snap["queues"], "sessions": snap["sessions"]}
 
 
 def test_core_config_defaults() -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from common.messages import SessionAck, SessionComplete
-from tests.unit.test_core_harness import Harness
+from tests.support.core_harness import Harness
 
 
 def measured(sid: str, vid: str, kwh: float, nivel_final: float = 99.0) -> SessionComplete:

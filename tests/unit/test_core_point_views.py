@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from broker.core.point_views import PointViews, km3, view_dict
 from broker.core.points import PointState
 from broker.core.queues import Reservation
-from tests.unit.test_core_harness import Harness
+from tests.support.core_harness import Harness
 
 ESTADOS = ("disponivel", "reservado", "carregando", "indisponivel", "offline")
 finite = st.floats(allow_nan=False, allow_infinity=False)

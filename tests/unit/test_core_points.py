@@ -53,4 +53,7 @@ def test_static_record_has_no_liveness() -> None:
         "potencia_kw": 22.0,
         "preco_kwh": 2.0,
         "interval_s": 2.0,
+        "out_of_service": False,
+        "reason": "",
+        "by": "",
     }

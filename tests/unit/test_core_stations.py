@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from common.messages import Heartbeat, Hold, SessionAck, Start, StatusDatagram, Welcome
-from tests.unit.test_core_harness import Harness
+from tests.support.core_harness import Harness
 
 
 def test_first_datagram_registers_the_point() -> None:

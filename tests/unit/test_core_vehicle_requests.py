@@ -6,7 +6,7 @@ import pytest
 
 from common.geo import haversine_km
 from common.messages import Hold, Release, Start, Stop
-from tests.unit.test_core_harness import Harness
+from tests.support.core_harness import Harness
 
 
 @pytest.fixture

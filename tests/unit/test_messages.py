@@ -374,7 +374,7 @@ def test_pack_unpack_round_trip_and_interop() -> None:
 def test_request_and_reply_tables_agree() -> None:
     assert set(REQUEST_TYPES) == set(REPLY_TYPES)
     assert not set(REPLY_TYPES.values()) & set(PUSH_TYPES)
-    assert len(set(TOPICS)) == len(TOPICS) == 14
+    assert len(set(TOPICS)) == len(TOPICS) == 15
     assert json.loads(json.dumps(list(REQUEST_TYPES))) == [
         "bateria",
         "consulta",

@@ -27,7 +27,7 @@ from common.request_codec import (
     decode_one,
     decode_request,
 )
-from tests.unit.codec_samples import EXPECTED, ORIGINAL, ORIGINAL_BYTES, failure, summary
+from tests.support.codec_samples import EXPECTED, ORIGINAL, ORIGINAL_BYTES, failure, summary
 
 # --- one request -------------------------------------------------------------------------
 

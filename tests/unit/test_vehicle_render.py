@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console, RenderableType
 
-from tests.unit.test_vehicle_client import BILL, POINT, STATEMENT
+from tests.support.vehicle_server import BILL, POINT, STATEMENT
 from vehicle import render
 
 

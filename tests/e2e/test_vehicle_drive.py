@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.unit.test_vehicle_client import ProtocolServer, run_with_server
+from tests.support.vehicle_server import ProtocolServer, run_with_server
 from vehicle.client import VehicleClient
 from vehicle.drive import DriveConfig, rank_points, run_drive, score, travel_minutes
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from common.geo import DEMO_CENTER
 from tests.support.procs import free_port
-from tests.unit.test_vehicle_client import ProtocolServer, server_thread
+from tests.support.vehicle_server import ProtocolServer, server_thread
 from vehicle.cli import app, hoist_global_options
 
 

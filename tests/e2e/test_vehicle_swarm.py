@@ -12,7 +12,7 @@ from rich.console import Console
 from common.errors import BrokerUnreachable, ConfigError
 from common.geo import haversine_km, parse_center, random_position
 from tests.support.procs import free_port
-from tests.unit.test_vehicle_client import ProtocolServer, run_with_server
+from tests.support.vehicle_server import ProtocolServer, run_with_server
 from vehicle.swarm import SwarmConfig, percentiles, run_swarm
 
 

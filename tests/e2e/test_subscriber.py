@@ -10,143 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
-import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.subscriber import Endpoint, Sequencer, Subscriber, SubscriberStats, topic_matcher
-from common.codec import encode_event, pack, unpack
+from broker.subscriber import Sequencer, Subscriber, SubscriberStats, topic_matcher
+from common.codec import pack
 from common.messages import BusEvent
-
-
-class FakeBus:
-    """A broker stand-in: an event log, a PUB socket and a history ROUTER thread."""
-
-    def __init__(self, events_port: int = 0, history_port: int = 0, sndhwm: int = 100_000) -> None:
-        self.log: list[BusEvent] = []
-        self.snapshot_state: dict[str, Any] = {"points": [], "queues": {}, "sessions": []}
-        self.accounts: dict[str, Any] = {}
-        self.answer_history = True
-        self.requests: list[dict[str, Any]] = []
-        self._ctx = zmq.Context()
-        self._sndhwm = sndhwm
-        self._lock = threading.Lock()
-        self.events_port = events_port
-        self.history_port = history_port
-        self._pub: zmq.Socket[bytes] | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.start()
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.events_port, self.history_port)
-
-    def start(self) -> None:
-        pub = self._ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        pub.setsockopt(zmq.SNDHWM, self._sndhwm)
-        if self.events_port:
-            pub.bind(f"tcp://127.0.0.1:{self.events_port}")
-        else:
-            self.events_port = pub.bind_to_random_port("tcp://127.0.0.1")
-        self._pub = pub
-        router = self._ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        if self.history_port:
-            router.bind(f"tcp://127.0.0.1:{self.history_port}")
-        else:
-            self.history_port = router.bind_to_random_port("tcp://127.0.0.1")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, args=(router,), daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Close both sockets (a broker going down); the log is kept."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self._pub is not None:
-            self._pub.close(linger=0)
-            self._pub = None
-
-    def close(self) -> None:
-        self.stop()
-        self._ctx.term()
-
-    def _serve(self, router: zmq.Socket[bytes]) -> None:
-        try:
-            while not self._stop.is_set():
-                if not router.poll(50):
-                    continue
-                frames = router.recv_multipart()
-                request = unpack(frames[-1])
-                self.requests.append(request)
-                if not self.answer_history:
-                    continue
-                router.send_multipart([*frames[:-1], pack(self.answer(request))])
-        finally:
-            router.close(linger=0)
-
-    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            if request.get("op") == "since":
-                after, limit = int(request["seq"]), int(request.get("limit", 1000))
-                newer = [e for e in self.log if e.seq > after]
-                page = newer[:limit]
-                last = self.log[-1].seq if self.log else 0
-                events = [
-                    {"seq": e.seq, "ts": e.ts, "topic": e.topic, "data": e.data} for e in page
-                ]
-                return {"events": events, "last_seq": last, "more": len(newer) > limit}
-            if request.get("op") == "snapshot":
-                return {"seq": self.log[-1].seq if self.log else 0, **self.snapshot_state}
-            if request.get("op") == "accounts":
-                return {"accounts": self.accounts}
-        return {"error": f"unknown op {request.get('op')!r}"}
-
-    def publish(self, topic: str, data: dict[str, Any], *, send: bool = True) -> BusEvent:
-        """Append to the log and (unless ``send`` is False: a lost message) publish."""
-        with self._lock:
-            ev = BusEvent(len(self.log) + 1, time.time(), topic, data)
-            self.log.append(ev)
-        if send:
-            self.resend(ev)
-        return ev
-
-    def resend(self, ev: BusEvent) -> None:
-        if self._pub is not None:
-            self._pub.send_multipart(encode_event(ev))
-
-
-class Collect:
-    """A sink that records what it gets."""
-
-    def __init__(self, delay_s: float = 0.0) -> None:
-        self.events: list[BusEvent] = []
-        self.applied: list[int] = []
-        self.snapshots: list[dict[str, Any]] = []
-        self.delay_s = delay_s
-
-    def on_snapshot(self, snapshot: dict[str, Any]) -> None:
-        self.snapshots.append(snapshot)
-
-    def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> None:
-        if self.delay_s and events:
-            time.sleep(self.delay_s)
-        self.events.extend(events)
-        self.applied.append(applied_seq)
-
-    @property
-    def seqs(self) -> list[int]:
-        return [e.seq for e in self.events]
+from tests.support.fake_bus import Collect, FakeBus, status
 
 
 @pytest.fixture
@@ -181,13 +56,6 @@ def run_with(sub: Subscriber, body: Callable[[], Coroutine[Any, Any, None]]) -> 
                 await task
 
     asyncio.run(main())
-
-
-def status(i: int) -> dict[str, Any]:
-    return {"point_id": f"CP{i % 7}", "estado": "disponivel"}
-
-
-# --- the pure sequencer ---------------------------------------------------------------
 
 
 def ev(seq: int, topic: str = "point.status") -> BusEvent:
@@ -260,7 +128,7 @@ def test_catch_up_pages_through_history_then_follows_live(bus: FakeBus) -> None:
     async def body() -> None:
         await until(lambda: len(sink.events) == 2500)
         assert sub.ready.is_set()
-        await asyncio.sleep(0.3)  # let SUB connect
+        await until(lambda: bus.subscribers() >= 1)
         for i in range(50):
             bus.publish("point.status", status(i))
         await until(lambda: len(sink.events) == 2550)
@@ -277,7 +145,7 @@ def test_gap_in_live_stream_is_refilled_from_history(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         bus.publish("point.status", status(1))
         await until(lambda: len(sink.events) == 1)
         for i in range(5):
@@ -309,7 +177,7 @@ def test_duplicates_are_dropped(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         first = bus.publish("point.status", status(1))
         bus.resend(first)
         second = bus.publish("point.status", status(2))
@@ -329,7 +197,7 @@ def test_topic_filter_applies_after_sequencing(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         for i in range(20):
             bus.publish("charging.completed" if i % 5 == 4 else "point.status", status(i))
         await until(lambda: sub.stats.applied_seq == 20)
@@ -349,7 +217,7 @@ def test_slow_consumer_catches_up_through_history() -> None:
 
         async def body() -> None:
             await until(sub.ready.is_set)
-            await asyncio.sleep(0.3)
+            await until(lambda: bus.subscribers() >= 1)
             for i in range(3000):
                 bus.publish("point.status", status(i))
             await until(lambda: len(sink.events) == 3000, timeout=20)
@@ -386,14 +254,14 @@ def test_reconnects_when_the_broker_restarts(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         bus.publish("point.status", status(1))
         await until(lambda: len(sink.events) == 1)
         bus.stop()
-        await asyncio.sleep(0.8)  # history requests time out meanwhile
+        await until(lambda: sub.stats.history_timeouts >= 1)  # nobody answers meanwhile
         bus.publish("point.status", status(2), send=False)  # "published" while down
         bus.start()  # same ports, seq continues
-        await asyncio.sleep(0.5)
+        await until(lambda: bus.subscribers() >= 1)  # the SUB reconnected
         bus.publish("broker.started", {})
         await until(lambda: len(sink.events) == 3, timeout=5)
 
@@ -411,7 +279,7 @@ def test_waits_for_a_broker_that_is_not_up_yet() -> None:
         sub = Subscriber(bus.endpoint, sink, start_seq=0, request_timeout_s=0.2)
 
         async def body() -> None:
-            await asyncio.sleep(0.5)
+            await until(lambda: sub.stats.history_timeouts >= 1)
             assert not sub.ready.is_set() and sink.events == []
             bus.answer_history = True
             await until(lambda: len(sink.events) == 1)
@@ -428,7 +296,7 @@ def test_malformed_live_messages_are_counted_and_dropped(bus: FakeBus) -> None:
 
     async def body() -> None:
         await until(sub.ready.is_set)
-        await asyncio.sleep(0.3)
+        await until(lambda: bus.subscribers() >= 1)
         assert bus._pub is not None
         bus._pub.send_multipart([b"point.status", b"\xc1 not msgpack"])
         bus._pub.send_multipart([b"point.status", pack({"seq": "x"})])
@@ -450,7 +318,7 @@ def test_a_reset_broker_log_is_reported_and_snapshot_mode_starts_again(bus: Fake
         task = asyncio.create_task(mon.run())
         try:
             await until(lambda: sub.ready.is_set() and mon.ready.is_set())
-            await asyncio.sleep(0.3)
+            await until(lambda: bus.subscribers() >= 2)
             bus.log.clear()  # a broker started on a fresh database: seq from 1 again
             bus.snapshot_state = {"points": [{"id": "CP-new"}], "queues": {}, "sessions": []}
             bus.publish("broker.started", {})
