@@ -181,7 +181,7 @@ def test_retention_prunes_history_and_subscribers_fall_back_to_a_snapshot(
                 Endpoint("127.0.0.1", ports.events, ports.history), sink, snapshot=True
             )
             try:
-                sub.seq.reset(1)  # it had applied seq 1, long pruned since
+                sub.seq.reset(0)  # it stood before the first event, long pruned since
                 await asyncio.wait_for(sub.catch_up(), 30)
             finally:
                 sub.close()
