@@ -348,8 +348,10 @@ class Engine:
     ) -> None:
         """``vehicle.low_battery`` once when a level falls below ``low_battery``.
 
-        Not again for that vehicle until it reports ``low_battery_rearm`` or more, so a
-        vehicle that polls while low makes one event (and a read stays a read).
+        Not again for that vehicle until it reports ``low_battery_rearm`` or more (in
+        effect ``max(low_battery, low_battery_rearm)``: a report below ``low_battery``
+        never re-arms), so a vehicle that polls while low makes one event (and its
+        queries stay reads).
         """
         if level < self._cfg.low_battery:
             if vehicle_id not in self._low_battery:
@@ -884,6 +886,7 @@ class Engine:
             view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
             view["session_id"] = p.session.id if p.session is not None else None
             view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard > 0 else None
+            view["online"] = p.online  # estado says indisponivel for a point out of service
             points.append(view)
         queues = {
             pid: [r.view(i + 1) for i, r in enumerate(p.queue)]

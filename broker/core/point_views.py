@@ -31,6 +31,8 @@ from broker.core.points import PointState, is_available
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
 _WAIT_MARK: Final = -1  # and where the wait goes (both impossible values)
+#: cached views at most (about 0.5 KiB each: ~16 MiB); the cache starts over when full
+MAX_CACHED_VIEWS: Final = 32_768
 
 # every field of the cached pieces that can change: estado, queue size, position, figures,
 # the out-of-service reason (empty unless out of service, where it is required)
@@ -123,6 +125,8 @@ class PointViews:
             )
             hit = cache.get(pid)
             if hit is None or hit[0] != key:
+                if len(cache) >= MAX_CACHED_VIEWS:
+                    cache.clear()  # bounded memory; the points asked about come back
                 hit = cache[pid] = (key, *self._encode(p))
             add(hit[1])
             add(_ENCODE(int(distance * 1000.0 + 0.5) / 1000.0))  # km3, inlined

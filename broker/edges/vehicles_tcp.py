@@ -246,6 +246,7 @@ class VehicleConnection(asyncio.Protocol):
 
     def _on_failure(self, item: DecodeFailure) -> None:
         close = item.close or item.error.code == "too_large"
+        self.server.reject(item.error.code)
         self._local_reply("unparsed", item.request_id, item.error, close=close)
 
     def _on_request(self, request: VehicleRequest) -> None:

@@ -56,6 +56,7 @@ class Point:
     latitude: float = 0.0
     longitude: float = 0.0
     estado: str = "offline"
+    online: bool = False
     potencia_kw: float | None = None
     preco_kwh: float | None = None
     queue: list[str] = field(default_factory=list)
@@ -71,7 +72,7 @@ class Point:
             latitude=self.latitude,
             longitude=self.longitude,
             estado=self.estado,
-            online=self.estado != "offline",
+            online=self.online,
             fora_de_servico=self.out_of_service,
             reason=self.reason,
             queue=list(self.queue),
@@ -157,6 +158,8 @@ class ConsoleState:
             self._static(p, raw)
             if isinstance(raw.get("estado"), str):
                 p.estado = raw["estado"]
+            online = raw.get("online")
+            p.online = online if isinstance(online, bool) else p.estado != "offline"
             p.out_of_service = raw.get("fora_de_servico") is True
             reason = raw.get("reason", raw.get("motivo"))
             p.reason = reason if isinstance(reason, str) and p.out_of_service else None
@@ -215,8 +218,16 @@ class ConsoleState:
             self._static(p, d)
         elif topic == "point.status" and isinstance(d.get("estado"), str):
             p.estado = d["estado"]
+            if p.estado == "offline":
+                p.online = False
+            elif not p.out_of_service:  # out of service shows indisponivel either way
+                p.online = True
+        elif topic == "point.online":
+            p.online = True
         elif topic == "point.offline":
-            p.estado = "offline"
+            p.online = False
+            if not p.out_of_service:
+                p.estado = "offline"
             p.last_heard = _epoch(d.get("last_heard")) or p.last_heard
         elif topic == "point.availability":
             p.out_of_service = d.get("available") is False
@@ -293,7 +304,7 @@ class ConsoleState:
             all_time=self._period(self.all_time, since, now),
             sessions_active=len(self.running),
             points=len(self.points),
-            points_online=sum(1 for p in self.points.values() if p.estado != "offline"),
+            points_online=sum(1 for p in self.points.values() if p.online),
             points_out_of_service=sum(1 for p in self.points.values() if p.out_of_service),
             seq=self.seq,
         )

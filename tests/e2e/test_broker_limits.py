@@ -300,3 +300,11 @@ def test_http_reason_phrases() -> None:
     ]:
         head = response(status, "text/plain", b"x", close=True, head=False)
         assert head.startswith(b"HTTP/1.1 %d " % status + reason + b"\r\n")
+
+
+def test_undecodable_input_is_counted(tmp_path: Path, ports: BrokerPorts) -> None:
+    with broker_with(tmp_path, ports) as _, vehicle(ports.vehicle) as v:
+        v.send(b"{}{}not json\n")
+        assert [v.recv()["data"]["code"] for _ in range(3)] == ["invalid", "invalid", "bad_json"]
+        assert rejected(ports, "vehicles", "invalid") == 2
+        assert rejected(ports, "vehicles", "bad_json") == 1

@@ -21,11 +21,14 @@ import pytest
 
 from broker.billing_jetstream import JetStreamBilling
 from broker.ledger import open_ledger
+from common.codec import encode_event
+from common.messages import BusEvent
 from tests.e2e.test_bridge_jetstream import start_bridge
 from tests.e2e.test_consumers_billing import FakeStation, charge, cli
 from tests.support.procs import BrokerPorts, Proc, broker_ports, start, start_broker
 from tests.support.raw_clients import wait_for
 from tests.support.servers import NatsServer, Postgres, nats_server, need_servers, postgres
+from tests.unit.test_ledger import completed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -199,3 +202,60 @@ def test_billing_jetstream_cli_errors() -> None:
         res = cli("billing", *args, timeout=60)
         assert res.returncode == 2, (args, res.stderr)
         assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_kill_9_mid_batch_on_a_backlog_bills_each_session_once(
+    servers: tuple[NatsServer, Postgres],
+) -> None:
+    """A backlog of bills in the stream (as bridges leave it after an outage of billing):
+    the worker is killed with SIGKILL while it works through it, batch after batch."""
+    ns, pg = servers
+    ledger = pg.create_database("backlog")
+    n = 3000
+
+    async def fill() -> None:
+        from broker import jetstream
+
+        nc = await jetstream.connect(ns.url, name="fill", reconnect=False)
+        try:
+            js = nc.jetstream()
+            await jetstream.ensure_stream(js, jetstream.DEFAULT_STREAM)
+            acks = []
+            for i in range(1, n + 1):
+                ev = BusEvent(
+                    i, time.time(), "charging.completed", completed(f"BL{i}", f"V{i % 13}")
+                )
+                acks.append(
+                    await js.publish_async(
+                        jetstream.subject("backlog", ev.topic),
+                        encode_event(ev)[1],
+                        headers={jetstream.MSG_ID: jetstream.msg_id("backlog", i)},
+                    )
+                )
+            await asyncio.gather(*acks)
+        finally:
+            await nc.close()
+
+    def billed() -> int:
+        with open_ledger(ledger) as led:
+            return len(led.bills())
+
+    asyncio.run(fill())
+    rng = random.Random()
+    kills = 0
+    worker = start_worker(ns.url, ledger)
+    try:
+        while billed() < n and kills < 4:
+            time.sleep(rng.uniform(0.05, 0.6))
+            worker.kill9()
+            worker.stop()
+            kills += 1
+            worker = start_worker(ns.url, ledger)
+        wait_for(lambda: billed() == n, timeout=120, what=f"{n} bills")
+        with open_ledger(ledger) as led:
+            sessions = [b.session_id for b in led.bills()]
+        assert sorted(sessions) == sorted(f"BL{i}" for i in range(1, n + 1))
+        assert kills >= 1
+        assert worker.stop() == 0
+    finally:
+        worker.stop()

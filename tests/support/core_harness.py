@@ -211,7 +211,7 @@ def comparable(snap: dict[str, Any]) -> dict[str, Any]:
         {
             k: v
             for k, v in p.items()
-            if k not in ("estado", "available", "espera_estimada_min", "last_heard")
+            if k not in ("estado", "available", "espera_estimada_min", "last_heard", "online")
         }
         for p in snap["points"]
     ]

@@ -6,9 +6,11 @@ import math
 from collections.abc import Callable
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.core import point_views
 from broker.core.point_views import PointViews, km3, view_dict
 from broker.core.points import PointState
 from broker.core.queues import Reservation
@@ -114,3 +116,13 @@ def test_replies_follow_the_core_state() -> None:
     view = again["pontos"][0]
     assert view["queue_size"] == 1 and view["estado"] == "reservado"
     assert view["available"] is False and view["espera_estimada_min"] > 0
+
+
+def test_the_cache_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(point_views, "MAX_CACHED_VIEWS", 3)
+    views = PointViews(5)
+    pts = [_point(f"P{i}", -12.0, -38.0 + i / 100, "disponivel", 0, 50.0, 2.0) for i in range(5)]
+    for _ in range(3):
+        raw = views.encode_list([(float(i), p) for i, p in enumerate(pts)], _waits(0))
+        assert msgspec.json.decode(raw) == [view_dict(p, 5, float(i), 0) for i, p in enumerate(pts)]
+        assert len(views) <= 3

@@ -178,3 +178,17 @@ def test_token_of_prefers_the_bearer_header() -> None:
     assert token_of(scope) == "abc"
     assert token_of({"headers": [(b"cookie", b"ev_token=def")]}) == "def"
     assert token_of({"headers": []}) is None
+
+
+def test_a_point_out_of_service_stays_indisponivel_and_shows_its_liveness(
+    state: ConsoleState,
+) -> None:
+    state.apply(ev(11, "point.availability", point_id="P1", available=False, reason="r"))
+    state.apply(ev(12, "point.status", point_id="P1", estado="indisponivel"))
+    row = state.apply(ev(13, "point.offline", point_id="P1", last_heard=format_timestamp(NOW)))
+    assert row is not None and (row.estado, row.online, row.fora_de_servico) == (
+        "indisponivel", False, True
+    )  # fmt: skip
+    row = state.apply(ev(14, "point.online", point_id="P1"))
+    assert row is not None and row.online and row.estado == "indisponivel"
+    assert state.stats(NOW).points_online == 2  # P1 and P2 (P3 is offline)
