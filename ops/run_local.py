@@ -24,13 +24,14 @@ import contextlib
 import ctypes
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import IO, Final
@@ -115,7 +116,9 @@ class Spec:
     log: Path | None  # None: inherit the terminal (the foreground tail)
     ready: str | None = None  # a line to wait for before starting the next process
     announce: bool = False  # print that ready line (it says where to find the service)
-    settle_s: float = 0.0  # then a pause (a subscriber's connection needs a moment)
+    # replay the bus from the broker's last seq at start (``--since``): a subscription
+    # reaches the bus a moment after the process starts, and nothing may be missed
+    since_start: bool = False
 
 
 def service_specs(s: Settings) -> list[Spec]:
@@ -152,7 +155,7 @@ def service_specs(s: Settings) -> list[Spec]:
             ready="web console ready",
             announce=True,
         ),
-        Spec("tail", [py, "-m", "broker", "tail", *broker_addr, *bus], None, settle_s=1.0),
+        Spec("tail", [py, "-m", "broker", "tail", *broker_addr, *bus], None, since_start=True),
         Spec(
             "stations",
             [
@@ -287,6 +290,12 @@ def wait_ready(child: Child, timeout: float, stopping: list[bool]) -> str:
     return ""
 
 
+def last_seq(ready_line: str) -> int:
+    """The seq of the newest event, from the broker's ready line (``... last seq 42``)."""
+    found = re.search(r"last seq (\d+)", ready_line)
+    return int(found.group(1)) if found else 0
+
+
 def _tail(text: str, n: int = 15) -> str:
     return "\n".join("    " + line for line in text.strip().splitlines()[-n:])
 
@@ -330,6 +339,7 @@ class Runner:
         return code
 
     def _start_and_watch(self) -> int:
+        start_seq = 0
         for spec in service_specs(self.s):
             if self.stopping[0]:
                 return 0
@@ -337,6 +347,8 @@ class Runner:
                 for line in hints(self.s):
                     self.say(line)
                 self.say("Ctrl-C stops everything. Bus events follow:")
+            if spec.since_start:
+                spec = replace(spec, argv=[*spec.argv, "--since", str(start_seq)])
             child = start(spec, self.env)
             self.services.append(child)
             self.say(
@@ -346,9 +358,8 @@ class Runner:
                 line = wait_ready(child, READY_TIMEOUT_S, self.stopping)
                 if spec.announce and line:
                     self.say(line)
-            settle_until = time.monotonic() + spec.settle_s
-            while time.monotonic() < settle_until and not self.stopping[0]:
-                time.sleep(POLL_S)
+                if spec.name == "broker":
+                    start_seq = last_seq(line)
         now = time.monotonic()
         for i in range(1, self.s.vehicles + 1):
             self.next_trip[i] = (now + self.s.stagger_s * i, 1)

@@ -194,7 +194,7 @@ class Gateway:
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
             link_factory,
-            out=log.info,
+            out=log.debug,  # the gateway prints its own ready line
             boot_id=state.boot_id,
             seq_start=int(time.time() * 1000),  # above any seq sent before a restart
         )

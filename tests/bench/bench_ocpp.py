@@ -37,6 +37,7 @@ from tests.bench.bench_fleet import _cpu_s, _rss_mb
 from tests.support.ocpp_sims import PASSWORD, write_chargers
 from tests.support.procs import Proc, broker_ports, free_port, start, start_broker
 from tests.support.raw_clients import http_get, metric
+from vehicle.client import VehicleClient
 
 LAT, LON = -12.2664, -38.9663
 
@@ -131,7 +132,6 @@ def generator(url: str, ids: list[str], hb_s: float, out: Queue[Any], stop: Even
 
 
 async def _latencies(port: int, points: list[str], prefix: str) -> list[float]:
-    from vehicle.client import VehicleClient
 
     out: list[float] = []
 

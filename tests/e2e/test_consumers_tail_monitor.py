@@ -114,17 +114,34 @@ def test_tail_human_lines_live_only(
     procs: list[Proc],  # noqa: F811
 ) -> None:
     _, ports = broker
+    before = charge(ports, stations[1], "CAR0")  # history a live-only tail must not print
     t = tail_proc(ports, "--topic", "charging.completed")
     procs.append(t)
-    time.sleep(1.0)  # let it subscribe
-    sid = charge(ports, stations[0], "CAR3")
     out = Lines(t)
+    # A live-only tail misses what is published before its subscription reaches
+    # the bus: complete marker sessions until one is printed, then it listens.
+    markers: list[str] = []
+    deadline = time.monotonic() + 60
+    while not out.lines:
+        assert time.monotonic() < deadline, "tail never printed a live event"
+        markers.append(charge(ports, stations[1], f"MRK{len(markers)}"))
+        try:
+            out.until(lambda lines: len(lines) > 0, timeout=3)
+        except AssertionError:
+            continue
+    sid = charge(ports, stations[0], "CAR3")
     line = out.until_text(sid)
     assert line.startswith("#") and " charging.completed " in line
     assert "vehicle_id=CAR3" in line and "point_id=CP01" in line
     assert t.stop() == 0
-    assert len(out.lines) == 1  # only charging.completed, no history without --since
     assert all("Traceback" not in x for x in out.lines)
+    # only charging.completed, live ones in order, no history without --since
+    assert all(" charging.completed " in x for x in out.lines), out.lines
+    assert not any(before in x for x in out.lines), out.lines
+    known = [*markers, sid]
+    printed = [next((s for s in known if f"session_id={s}" in x), x) for x in out.lines]
+    first = markers.index(printed[0])
+    assert printed == [*markers[first:], sid], out.lines
 
 
 def test_tail_exits_cleanly_on_a_closed_pipe(

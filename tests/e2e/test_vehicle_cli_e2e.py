@@ -24,6 +24,9 @@ from tests.support.procs import ROOT, BrokerPorts, Proc, free_port, running, sta
 
 pytestmark = pytest.mark.e2e
 
+#: A whole trip (reserve, drive, charge, bill) takes about 15 s alone; more when loaded.
+TRIP_S = 120
+
 
 class Cli:
     """Runs ``python -m vehicle`` with a private config dir and the broker's port."""
@@ -43,8 +46,8 @@ class Cli:
             timeout=timeout,
         )
 
-    def json(self, *args: str) -> Any:
-        r = self("--json", *args)
+    def json(self, *args: str, timeout: float = 20) -> Any:
+        r = self("--json", *args, timeout=timeout)
         assert r.returncode == 0, r.stdout + r.stderr
         return json.loads(r.stdout)
 
@@ -114,21 +117,27 @@ def station(broker: tuple[Proc, BrokerPorts]) -> Iterator[Proc]:
         yield proc
 
 
-def wait_registered(cli: Cli, point: str) -> None:
-    for _ in range(100):
+def wait_registered(cli: Cli, point: str, station: Proc, timeout: float = 120) -> None:
+    """Until the broker lists ``point`` (a loaded machine may take long to start the
+    station); fails early when the station process has exited."""
+    deadline = time.monotonic() + timeout
+    while True:
         r = cli("--json", "--id", "PROBE", "list", "--lat", "-12.97", "--lon", "-38.5")
         if r.returncode == 0 and any(p["id"] == point for p in json.loads(r.stdout)):
             return
-    raise AssertionError(f"{point} never registered")
+        assert station.popen.poll() is None, f"station exited: {station.drain()}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{point} not registered in {timeout} s: {r.stdout}{r.stderr}")
+        time.sleep(0.2)
 
 
 def test_arrive_wait_prints_the_bill_and_costs_show_it(
     broker: tuple[Proc, BrokerPorts], station: Proc, tmp_path: Path
 ) -> None:
     cli = Cli(broker[1].vehicle, tmp_path / "config")
-    wait_registered(cli, "ST01")
+    wait_registered(cli, "ST01", station)
     args = ["arrive", "ST01", "--battery", "20", "--target", "60", "--payment", "debito", "--wait"]
-    out = cli.json("--id", "E2E2", *args)
+    out = cli.json("--id", "E2E2", *args, timeout=TRIP_S)
     assert out["chegada"]["code"] == "started"
     bill = out["custo_final"]
     assert bill["session_id"] == out["chegada"]["session_id"]
@@ -143,8 +152,9 @@ def test_drive_finds_the_station_and_prints_the_bill(
     broker: tuple[Proc, BrokerPorts], station: Proc, tmp_path: Path
 ) -> None:
     cli = Cli(broker[1].vehicle, tmp_path / "config")
-    wait_registered(cli, "ST01")
-    r = cli("--id", "E2E3", "drive", "--lat", "-12.975", "--lon", "-38.5", "--speed", "3000")
+    wait_registered(cli, "ST01", station)
+    args = ["drive", "--lat", "-12.975", "--lon", "-38.5", "--speed", "3000"]
+    r = cli("--id", "E2E3", *args, timeout=TRIP_S)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Reserved ST01" in r.stdout and "Charging bill" in r.stdout
     assert "R$ 78.00" in r.stdout  # 15% -> 80% of 60 kWh = 39 kWh at R$ 2.00
