@@ -45,7 +45,6 @@ STACK_ENV: Mapping[str, str] = {
     "EV_PUBLISH_PROMETHEUS": "0",
     "EV_PUBLISH_OCPP": "0",
     "EV_PUBLISH_WEB": "0",
-    "EV_PUBLISH_OCPP": "0",
     "EV_WEB_TOKEN": "compose-web-token",
     "EV_INTERVAL": "0.5",
     "EV_OFFLINE_AFTER": "2",
