@@ -35,6 +35,8 @@ from common.messages import (
     Ack,
     Heartbeat,
     Hello,
+    HistoryAccounts,
+    HistorySetAvailability,
     HistorySince,
     HistorySnapshot,
     Hold,
@@ -51,7 +53,7 @@ DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 STATION_MESSAGES: Final = (
     Hello, Heartbeat, Ack, SessionComplete, Welcome, Hold, Release, Start, Stop, SessionAck,
 )  # fmt: skip
-HISTORY_REQUESTS: Final = (HistorySince, HistorySnapshot)
+HISTORY_REQUESTS: Final = (HistorySince, HistorySnapshot, HistoryAccounts, HistorySetAvailability)
 
 
 def _struct_schema(cls: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -39,7 +39,15 @@ import zmq.asyncio
 from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_history_request, pack, unpack
 from common.errors import EventsPruned, EVError, InvalidRequest
-from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
+from common.messages import (
+    HISTORY_OPS,
+    MAX_HISTORY_LIMIT,
+    BusEvent,
+    HistoryAccounts,
+    HistorySetAvailability,
+    HistorySince,
+    HistorySnapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +55,12 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_FRAME: Final = 64 * 1024
 #: Replies queued per client before the ROUTER drops replies to it.
 HISTORY_SNDHWM: Final = 1000
-#: The extension op (not in the codec's request union) answered with every account.
+#: The op answered with every account.
 ACCOUNTS_OP: Final = "accounts"
 #: The operator op (rules.md "Out of service"); the ROUTER's credential check admits
 #: only ``operator`` credentials to it when security is on.
 SET_AVAILABILITY_OP: Final = "set_availability"
-KNOWN_OPS: Final = ("since", "snapshot", ACCOUNTS_OP, SET_AVAILABILITY_OP)
+KNOWN_OPS: Final = HISTORY_OPS
 MAX_POINT_ID: Final = 64
 ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 
@@ -148,12 +156,11 @@ class HistoryServer:
             try:
                 request = decode_history_request(frame)
             except InvalidRequest as exc:
-                op = _op_of(frame)
-                if op == ACCOUNTS_OP:
-                    return {"accounts": self._accounts()}
-                if op == SET_AVAILABILITY_OP:
-                    return self._availability(frame, user or ANONYMOUS)
-                return {"error": _describe(exc, op)}
+                return {"error": _describe(exc, _op_of(frame))}
+            if isinstance(request, HistoryAccounts):
+                return {"accounts": self._accounts()}
+            if isinstance(request, HistorySetAvailability):
+                return self._availability(request, user or ANONYMOUS)
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)
@@ -170,14 +177,11 @@ class HistoryServer:
             log.exception("history request failed")
             return {"error": f"internal error: {type(exc).__name__}"}
 
-    def _availability(self, frame: bytes, by: str) -> dict[str, Any]:
+    def _availability(self, request: HistorySetAvailability, by: str) -> dict[str, Any]:
         """``{"op":"set_availability","point_id":P,"available":bool,"reason":str}``."""
         if self._set_availability is None:
             return {"error": f"{SET_AVAILABILITY_OP} is not served here"}
-        request = unpack(frame)
-        point_id = request.get("point_id")
-        available = request.get("available")
-        reason = request.get("reason", "")
+        point_id, available, reason = request.point_id, request.available, request.reason
         if not isinstance(point_id, str) or not 1 <= len(point_id) <= MAX_POINT_ID:
             return {"error": f"point_id: a string of 1-{MAX_POINT_ID} characters is required"}
         if not isinstance(available, bool):
