@@ -74,20 +74,39 @@ def _table(db: str, keys: str | None) -> tuple[CredentialTable, Path]:
 def add(
     name: Annotated[str, typer.Argument(help="Credential name (also the .cred file's name).")],
     role: Annotated[
-        str, typer.Option("--role", help=f"One of: {', '.join(ROLES)}.", show_default=False)
+        str,
+        typer.Option(
+            "--role",
+            envvar="EV_CREDENTIAL_ROLE",
+            help=f"One of: {', '.join(ROLES)}.",
+            show_default=False,
+        ),
     ],
     points: Annotated[
         str | None,
-        typer.Option("--points", help="Point id, or PREFIX* (station and legacy-station)."),
+        typer.Option(
+            "--points",
+            envvar="EV_CREDENTIAL_POINTS",
+            help="Point id, or PREFIX* (station and legacy-station).",
+        ),
     ] = None,
     source: Annotated[
-        str | None, typer.Option("--source", help="IP the datagrams come from (legacy-station).")
+        str | None,
+        typer.Option(
+            "--source",
+            envvar="EV_CREDENTIAL_SOURCE",
+            help="IP the datagrams come from (legacy-station).",
+        ),
     ] = None,
     db: DbOpt = DEFAULT_DB,
     keys: KeysOpt = None,
     out: Annotated[
         str | None,
-        typer.Option("--out", help="Folder for NAME.cred (default: the keys folder)."),
+        typer.Option(
+            "--out",
+            envvar="EV_CREDENTIAL_OUT",
+            help="Folder for NAME.cred (default: the keys folder).",
+        ),
     ] = None,
 ) -> None:
     """Issue a credential: record it and write OUT/NAME.cred (mode 0600)."""
@@ -108,20 +127,39 @@ def add(
 def ensure_(
     name: Annotated[str, typer.Argument(help="Credential name (also the .cred file's name).")],
     role: Annotated[
-        str, typer.Option("--role", help=f"One of: {', '.join(ROLES)}.", show_default=False)
+        str,
+        typer.Option(
+            "--role",
+            envvar="EV_CREDENTIAL_ROLE",
+            help=f"One of: {', '.join(ROLES)}.",
+            show_default=False,
+        ),
     ],
     points: Annotated[
         str | None,
-        typer.Option("--points", help="Point id, or PREFIX* (station and legacy-station)."),
+        typer.Option(
+            "--points",
+            envvar="EV_CREDENTIAL_POINTS",
+            help="Point id, or PREFIX* (station and legacy-station).",
+        ),
     ] = None,
     source: Annotated[
-        str | None, typer.Option("--source", help="IP the datagrams come from (legacy-station).")
+        str | None,
+        typer.Option(
+            "--source",
+            envvar="EV_CREDENTIAL_SOURCE",
+            help="IP the datagrams come from (legacy-station).",
+        ),
     ] = None,
     db: DbOpt = DEFAULT_DB,
     keys: KeysOpt = None,
     out: Annotated[
         str | None,
-        typer.Option("--out", help="Folder for NAME.cred (default: the keys folder)."),
+        typer.Option(
+            "--out",
+            envvar="EV_CREDENTIAL_OUT",
+            help="Folder for NAME.cred (default: the keys folder).",
+        ),
     ] = None,
 ) -> None:
     """Like add, but keep a live credential whose .cred file is present (for deployments)."""
@@ -144,7 +182,10 @@ def ensure_(
 def list_(
     db: DbOpt = DEFAULT_DB,
     keys: KeysOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", envvar="EV_CREDENTIALS_JSON", help="One JSON object per line."),
+    ] = False,
 ) -> None:
     """Show every credential (never a secret)."""
     table, _ = _table(db, keys)

@@ -488,7 +488,7 @@ def test_a_station_that_recreates_its_socket_takes_over(net: Net) -> None:
     # ev-station does); with auth on a live routing id is never handed to another peer
     old.dealer.close(linger=0)
     new = net.station("ZR01")
-    wait_for(lambda: greeted(new), timeout=10, what="the new socket's welcome")
+    wait_for(lambda: greeted(new), timeout=30, what="the new socket's welcome")
     car = net.vehicle("ZRCAR1")
     assert car.ask("reserva", id_ponto_recarga="ZR01")["data"]["code"] == "reserved"
     hold = new.expect("hold")

@@ -34,6 +34,7 @@ PROGRAMS = {
 SHARED = {
     "EV_BROKER", "EV_STATUS_PORT", "EV_STATION_PORT", "EV_EVENTS_PORT", "EV_HISTORY_PORT",
     "EV_VEHICLE_PORT", "EV_LOG_LEVEL", "EV_LOG_FORMAT",
+    "EV_CREDENTIALS",  # security.md: the same variable names the .cred file of every program
 }  # fmt: skip
 runner = CliRunner()
 
