@@ -21,7 +21,17 @@ import pytest
 import zmq
 
 from tests.support.procs import BrokerPorts, Proc, running, start, start_broker
-from tests.support.raw_clients import LAT, LON, WAIT_S, FakeStation, Vehicle, zmq_ctx
+from tests.support.raw_clients import (
+    LAT,
+    LON,
+    WAIT_S,
+    FakeStation,
+    Vehicle,
+    http_get,
+    metric,
+    wait_for,
+    zmq_ctx,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -251,6 +261,7 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     assert reply["type"] == "reserva_response"
     assert reply["data"]["status"] == "success" and reply["data"]["code"] == "reserved"
     reservation_id = reply["data"]["reservation_id"]
+    assert metric(http_get(net.ports.http, "/metrics")[1], "evcharge_vehicles_queued") == 1
 
     hold = station.expect("hold")
     assert hold["reservation_id"] == reservation_id and hold["vehicle_id"] == "ZCAR03"
@@ -288,6 +299,16 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     assert arrival["data"]["code"] == "started", arrival
     assert arrival["data"]["session_id"] == session_id
     station.datagram("carregando", session_id=session_id, vehicle_id="ZCAR03")
+    wait_for(
+        lambda: (
+            metric(http_get(net.ports.http, "/metrics")[1], 'evcharge_points{state="carregando"}')
+            == 1
+        ),
+        what="ZW03 counted as carregando",
+    )
+    text = http_get(net.ports.http, "/metrics")[1]
+    assert metric(text, "evcharge_sessions_active") == 1
+    assert metric(text, "evcharge_vehicles_queued") == 0
 
     now = time.time()
     complete = {
@@ -330,6 +351,13 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     with pytest.raises(TimeoutError):
         car.push("custo_final", timeout=0.5)
     assert_gap_free(events)
+    # the business figures on /metrics
+    text = http_get(net.ports.http, "/metrics")[1]
+    assert metric(text, "evcharge_energy_delivered_kwh_total") == pytest.approx(36.0)
+    assert metric(text, 'evcharge_revenue_total{currency="BRL"}') == pytest.approx(54.0)
+    assert metric(text, 'evcharge_sessions_completed_total{reason="target_reached"}') == 1
+    assert metric(text, "evcharge_sessions_active") == 0
+    assert "# TYPE evcharge_energy_delivered_kwh_total counter" in text
 
 
 def test_bus_is_gap_free_and_history_replays_it_exactly(net: Net) -> None:
