@@ -18,6 +18,7 @@ import zmq
 
 from common.errors import ConfigError
 from common.geo import parse_center
+from common.logging_setup import setup_logging
 from station.fleet import make_fleet
 from station.host import Host, HostConfig, run_host
 from station.links import DealerLink, Link, MultiLink
@@ -116,9 +117,7 @@ def _setup_logging(level: str) -> None:
     value = getattr(logging, level.upper(), None)
     if not isinstance(value, int):
         raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
-    logging.basicConfig(
-        level=value, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    setup_logging("text", value)
 
 
 def _terminate(ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:
