@@ -7,6 +7,9 @@ Requests and replies are one msgpack frame each (protocol section 5):
   L of them (default 1000; larger limits are clamped to 1000, and to
   ``--history-max-events``); a reply is also cut before it passes
   ``--history-max-bytes`` (4 MiB). ``more`` is true when events were left out.
+  L of them (default 1000; larger limits are clamped to 1000).
+  When events right after N were pruned (``--retain-events``):
+  ``{"error": "pruned", "first_seq": F}`` (F = oldest event held).
 * ``{"op": "snapshot"}`` -> the snapshot ``{"seq", "points", "queues",
   "sessions"}``, consistent as of event ``seq`` (the Clone pattern).
 * ``{"op": "accounts"}`` (extension, for billing reconciliation) ->
@@ -35,7 +38,7 @@ import zmq.asyncio
 
 from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_history_request, pack, unpack
-from common.errors import EVError, InvalidRequest
+from common.errors import EventsPruned, EVError, InvalidRequest
 from common.messages import (
     HISTORY_OPS,
     MAX_HISTORY_LIMIT,
@@ -166,6 +169,8 @@ class HistoryServer:
             if isinstance(request, HistorySnapshot):
                 return self._snapshot()
             return {"error": f"unsupported request {type(request).__name__}"}
+        except EventsPruned as exc:
+            return {"error": exc.code, "first_seq": exc.first_seq}
         except EVError as exc:
             return {"error": exc.message}
         except Exception as exc:

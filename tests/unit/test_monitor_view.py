@@ -195,3 +195,34 @@ def test_odd_snapshot_and_event_values_do_not_break_the_view() -> None:
     text = render_text(view)
     assert "carregando" in row_of(text, "CP1") and "CAR1" in row_of(text, "CP2")
     assert view.seq == 2
+
+
+def test_a_small_screen_shows_the_latest_events_and_a_shorter_page() -> None:
+    view = MonitorView(page_size=20)
+    view.load_snapshot(
+        {"seq": 1, "points": [{"id": f"CP{i:02d}", "estado": "disponivel"} for i in range(40)]}
+    )
+    script = Script(view, 1)
+    for i in range(5):
+        script("point.status", point_id=f"CP{i:02d}", estado="disponivel")
+    console = Console(record=True, width=120, height=24, file=io.StringIO(), color_system=None)
+    console.print(view.render(T0 + 100, 24))
+    lines = console.export_text().splitlines()
+    assert len(lines) <= 24, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "latest events" in text and "#6 " in text and "point.status" in text
+    assert view.page_size < 20 and view.pages > 2  # the page shrank to fit the screen
+
+
+def test_heard_comes_from_the_snapshot_and_is_refreshed() -> None:
+    view = MonitorView()
+    view.load_snapshot(
+        {"seq": 3, "points": [{"id": "CP01", "estado": "disponivel", "last_heard": T0 + 90}]}
+    )
+    assert " 10s" in row_of(render_text(view, now=T0 + 100), "CP01")
+    view.refresh_heard({"seq": 3, "points": [{"id": "CP01", "last_heard": "2025-04-07T10:00:00Z"}]})
+    assert view.points["CP01"].last_heard is not None
+    view.refresh_heard({"seq": 4, "points": [{"id": "CP01", "last_heard": T0 + 99}]})
+    assert " 1s" in row_of(render_text(view, now=T0 + 100), "CP01")
+    view.refresh_heard({"points": [{"id": "NEW1", "last_heard": T0}]})  # unknown: ignored
+    assert "NEW1" not in view.points
