@@ -23,6 +23,7 @@ non-zero exit: a confirmation that is not durable must never go out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import secrets
@@ -54,7 +55,7 @@ from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
 from broker.edges.vehicles_tcp import VehicleServer
 from broker.limits import Limits
-from broker.metrics import BrokerMetrics
+from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
@@ -78,8 +79,13 @@ class AppConfig:
     http_port: int = 8090
     db: str = "./var/broker.db"
     core: CoreConfig = field(default_factory=CoreConfig)
+    retain_events_s: float | None = None  # None: keep the event log forever
     vehicle_auth: AuthMode = AuthMode.OPEN
     limits: Limits = field(default_factory=Limits)
+
+
+PRUNE_EVERY_S: Final = 3600.0  # how often old events are pruned (at most)
+MIN_PRUNE_EVERY_S: Final = 0.2
 
 
 def new_token() -> str:
@@ -130,6 +136,7 @@ class BrokerApp:
         self.bus: BusPublisher | None = None
         self.history: HistoryServer | None = None
         self.serving = False
+        self._pruner: asyncio.Task[None] | None = None
         self._add_gauges()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -170,11 +177,17 @@ class BrokerApp:
         log.info("status socket receive buffer: %d bytes", self.status.rcvbuf)
         # everything restored so far lives as long as the process: keep it out of GC passes
         gc.freeze()
+        if cfg.retain_events_s is not None:
+            self._pruner = asyncio.create_task(self._prune_loop(), name="prune-events")
         self.serving = True
 
     async def close(self) -> None:
         """Stop accepting, commit what is pending, close every socket (linger 0)."""
         self.serving = False
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
         await self.vehicles.close()
         self.status.close()
         await self.http.close()
@@ -193,6 +206,29 @@ class BrokerApp:
             self.ctx.destroy(linger=0)
             self.ctx = None
         self.store.close()
+
+    # --- event retention -----------------------------------------------------------------
+
+    def prune_events(self, now: float) -> int:
+        """Delete events older than the retention window; how many were deleted."""
+        keep_s = self.config.retain_events_s
+        if keep_s is None:
+            return 0
+        deleted = self.store.prune_events(now - keep_s)
+        if deleted:
+            self.metrics.pruned.inc(amount=deleted)
+            log.info("pruned %d events older than %.6g days", deleted, keep_s / 86400.0)
+        return deleted
+
+    async def _prune_loop(self) -> None:
+        keep_s = self.config.retain_events_s or PRUNE_EVERY_S
+        every = min(PRUNE_EVERY_S, max(MIN_PRUNE_EVERY_S, keep_s / 4))
+        while True:
+            try:
+                self.prune_events(time.time())
+            except StoreError as exc:
+                log.error("%s", exc.message)
+            await asyncio.sleep(every)
 
     def request_stop(self, exit_code: int = 0) -> None:
         self.exit_code = max(self.exit_code, exit_code)
@@ -331,7 +367,7 @@ class BrokerApp:
             log.exception("carrying out %s failed", type(effect).__name__)
 
     def _publish(self, event: BusEvent) -> None:
-        self.metrics.events.inc(event.topic)
+        self.metrics.event_published(event.topic, event.data)
         if self.bus is not None:
             self.bus.publish(event)
 
@@ -364,65 +400,23 @@ class BrokerApp:
         )
         return (200 if self.serving else 503), "application/json", body.encode()
 
+    # --- what the metrics read at scrape time (broker.metrics.StateSource) ----------------
+
     def _add_gauges(self) -> None:
-        r = self.metrics.registry
-        r.gauge(
-            "evcharge_vehicles_connected",
-            "Vehicles with at least one bound connection",
-            lambda: {(): float(self.vehicles.vehicles_connected)},
-        )
-        r.gauge(
-            "evcharge_vehicle_connections_open",
-            "Open vehicle TCP connections",
-            lambda: {(): float(len(self.vehicles.conns))},
-        )
-        r.gauge(
-            "evcharge_last_event_seq", "Last bus event seq", lambda: {(): float(self.core.last_seq)}
-        )
-        r.gauge(
-            "evcharge_core",
-            "Core figures (points, stations online, reservations, sessions, ...)",
-            self._core_figures,
-            ("figure",),
-        )
-        r.gauge(
-            "evcharge_queue_length",
-            "Reservations queued per point (points with a queue)",
-            self._queue_lengths,
-            ("point",),
-        )
-        r.gauge(
-            "evcharge_zmq",
-            "ZeroMQ edge counters",
-            self._zmq_figures,
-            ("edge", "figure"),
-        )
+        add_state_metrics(self.metrics.registry, self)
 
-    def _core_figures(self) -> dict[tuple[str, ...], float]:
-        out: dict[tuple[str, ...], float] = {}
-        for key, value in self.core.stats().items():
-            if isinstance(value, bool | int | float):
-                out[(str(key),)] = float(value)
-        return out
+    def core_stats(self) -> dict[str, Any]:
+        return self.core.stats()
 
-    def _queue_lengths(self) -> dict[tuple[str, ...], float]:
-        stats = self.core.stats()
-        queues = stats.get("queue_lengths") or stats.get("queues")
-        if isinstance(queues, dict):
-            return {(str(k),): float(v) for k, v in queues.items() if isinstance(v, int | float)}
-        return {}
+    def zmq_stats(self) -> dict[str, dict[str, int]]:
+        edges = (("stations", self.stations), ("bus", self.bus), ("history", self.history))
+        return {name: dict(edge.stats) for name, edge in edges if edge is not None}
 
-    def _zmq_figures(self) -> dict[tuple[str, ...], float]:
-        out: dict[tuple[str, ...], float] = {}
-        for name, edge in (
-            ("stations", self.stations),
-            ("bus", self.bus),
-            ("history", self.history),
-        ):
-            if edge is not None:
-                for key, value in edge.stats.items():
-                    out[(name, key)] = float(value)
-        return out
+    def vehicles_connected(self) -> int:
+        return self.vehicles.vehicles_connected
+
+    def vehicle_connections_open(self) -> int:
+        return len(self.vehicles.conns)
 
     def describe(self) -> str:
         c = self.config

@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
-import typer
+from typing import Annotated, Final
 
 from broker.bridge_cli import register as register_bridge
 from broker.consumers_cli import register as register_consumers
 from broker.serve_cli import register as register_serve
 from broker.web_cli import register as register_web
+from common.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    new_app,
+    run,
+    version_option,
+)
 
-app = typer.Typer(help="evcharge broker and its bus consumers.", no_args_is_help=True)
+PROG: Final = "ev-broker"
+EXIT_CODES: Final = (
+    (EXIT_OK, "success or stopped by SIGINT/SIGTERM"),
+    (EXIT_FAILED, "failure (cannot bind, bad database; reconcile: ledger differs)"),
+    (EXIT_USAGE, "usage or configuration error"),
+    (EXIT_UNREACHABLE, "broker unreachable"),
+)
+
+app = new_app("evcharge broker and its bus consumers.")
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, version_option(PROG)] = False,
+) -> None:
+    """evcharge broker and its bus consumers."""
+
+
 register_serve(app)
 register_consumers(app)
 register_bridge(app)
@@ -17,4 +43,4 @@ register_web(app)
 
 
 def main() -> None:
-    app()
+    run(app, PROG, EXIT_CODES)

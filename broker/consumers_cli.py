@@ -4,6 +4,8 @@ Only option parsing and process plumbing live here (signals, exit codes,
 logging); the work is done by :mod:`broker.billing`, :mod:`broker.tail` and
 :mod:`broker.monitor`. Every option also reads ``EV_<OPTION_NAME>``.
 SIGINT/SIGTERM stop a long-running command within 2 s with exit code 0.
+Environment names are prefixed with the command where a plain one would
+mean something else elsewhere (``EV_BILLING_DB``, ``EV_TAIL_JSON``...).
 Exit codes: 0 done, 1 reconciliation found differences, 2 usage or
 configuration error, 3 broker unreachable.
 """
@@ -29,6 +31,7 @@ from broker.ledger import LedgerBase, open_ledger
 from broker.monitor import run_monitor
 from broker.subscriber import Endpoint, HistoryClient, Subscriber
 from broker.tail import PipeClosed, TailSink, pipe_closed
+from common.cli import CONTEXT
 from common.errors import ConfigError, EVError, StoreError, TransportError
 
 EXIT_DIFFERENT = 1
@@ -48,7 +51,9 @@ HistoryPortOpt = Annotated[
         "--history-port", envvar="EV_HISTORY_PORT", min=1, max=65535, help="History port."
     ),
 ]
-DbOpt = Annotated[Path, typer.Option("--db", envvar="EV_DB", help="Billing ledger (SQLite file).")]
+DbOpt = Annotated[
+    Path, typer.Option("--db", envvar="EV_BILLING_DB", help="Billing ledger (SQLite file).")
+]
 LedgerOpt = Annotated[
     str | None,
     typer.Option(
@@ -127,6 +132,9 @@ def _open_ledger(db: Path, create: bool, ledger: str | None = None) -> LedgerBas
 billing_app = typer.Typer(
     help="The billing subscriber; `billing report` and `billing reconcile` read its ledger.",
     invoke_without_command=True,
+    no_args_is_help=False,
+    rich_markup_mode=None,
+    context_settings=dict(CONTEXT),
 )
 
 
@@ -148,7 +156,9 @@ def billing_worker(
     ] = "bus",
     regions: Annotated[
         str | None,
-        typer.Option("--regions", envvar="EV_REGIONS", help="JetStream: only these regions (a,b)."),
+        typer.Option(
+            "--regions", envvar="EV_BILLING_REGIONS", help="JetStream: only these regions (a,b)."
+        ),
     ] = None,
     stream: Annotated[
         str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
@@ -209,6 +219,17 @@ def billing_worker(
     typer.echo(f"billing stopped at seq {sub.stats.applied_seq} ({sink.billed} new sessions)")
 
 
+def _ledger_path(ctx: typer.Context, db: Path) -> Path:
+    """``--db`` of the subcommand, else the one given to ``billing`` itself."""
+    from typer._click.core import ParameterSource
+
+    if ctx.get_parameter_source("db") in (ParameterSource.DEFAULT, None) and ctx.parent:
+        parent_db = ctx.parent.params.get("db")
+        if isinstance(parent_db, Path):
+            return parent_db
+    return db
+
+
 def _billing_from_jetstream(
     db: Path, ledger_target: str | None, url: str, regions: str | None, stream: str
 ) -> None:
@@ -260,23 +281,27 @@ def _billing_from_jetstream(
 
 @billing_app.command("report")
 def billing_report(
+    ctx: typer.Context,
     db: DbOpt = DEFAULT_DB,
     ledger_target: LedgerOpt = None,
     vehicle: Annotated[
-        str | None, typer.Option("--vehicle", envvar="EV_VEHICLE", help="Only this vehicle.")
+        str | None,
+        typer.Option("--vehicle", envvar="EV_REPORT_VEHICLE", help="Only this vehicle."),
     ] = None,
     fmt: Annotated[
-        ReportFormat, typer.Option("--format", envvar="EV_FORMAT", help="Output format.")
+        ReportFormat,
+        typer.Option("--format", envvar="EV_REPORT_FORMAT", help="Output format."),
     ] = ReportFormat.table,
 ) -> None:
     """Per-vehicle totals and session lines from the ledger."""
-    with _open_ledger(db, create=False, ledger=ledger_target) as ledger:
+    with _open_ledger(_ledger_path(ctx, db), create=False, ledger=ledger_target) as ledger:
         accounts = ledger.accounts(vehicle)
     billing.render_report(accounts, fmt.value, Console(soft_wrap=fmt != ReportFormat.table))
 
 
 @billing_app.command("reconcile")
 def billing_reconcile(
+    ctx: typer.Context,
     brokers: Annotated[
         list[str] | None,
         typer.Option(
@@ -289,15 +314,17 @@ def billing_reconcile(
     db: DbOpt = DEFAULT_DB,
     ledger_target: LedgerOpt = None,
     fmt: Annotated[
-        OutputFormat, typer.Option("--format", envvar="EV_FORMAT", help="Output format.")
+        OutputFormat,
+        typer.Option("--format", envvar="EV_RECONCILE_FORMAT", help="Output format."),
     ] = OutputFormat.table,
     timeout: Annotated[
-        float, typer.Option("--timeout", envvar="EV_TIMEOUT", min=0.1, help="Seconds to wait.")
+        float,
+        typer.Option("--timeout", envvar="EV_RECONCILE_TIMEOUT", min=0.1, help="Seconds to wait."),
     ] = 3.0,
 ) -> None:
     """Compare the ledger with the brokers' accounts: exit 0 when equal, 1 when not."""
     endpoints = [_history_endpoint(b, history_port) for b in (brokers or ["127.0.0.1"])]
-    with _open_ledger(db, create=False, ledger=ledger_target) as ledger:
+    with _open_ledger(_ledger_path(ctx, db), create=False, ledger=ledger_target) as ledger:
         mine = ledger.accounts()
 
     async def fetch() -> list[dict[str, Any]]:
@@ -345,16 +372,16 @@ def tail(
     history_port: HistoryPortOpt = 5557,
     topic: Annotated[
         list[str] | None,
-        typer.Option("--topic", envvar="EV_TOPIC", help="Topic prefix (repeatable)."),
+        typer.Option("--topic", envvar="EV_TAIL_TOPIC", help="Topic prefix (repeatable)."),
     ] = None,
     since: Annotated[
         int | None,
         typer.Option(
-            "--since", envvar="EV_SINCE", min=0, help="Replay events with seq > SEQ first."
+            "--since", envvar="EV_TAIL_SINCE", min=0, help="Replay events with seq > SEQ first."
         ),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", envvar="EV_JSON", help="One JSON object per line.")
+        bool, typer.Option("--json", envvar="EV_TAIL_JSON", help="One JSON object per line.")
     ] = False,
 ) -> None:
     """Print bus events as they arrive (history first with --since)."""
@@ -394,7 +421,7 @@ def monitor(
     page_size: Annotated[
         int,
         typer.Option(
-            "--page-size", envvar="EV_PAGE_SIZE", min=1, max=1000, help="Points per page."
+            "--page-size", envvar="EV_MONITOR_PAGE_SIZE", min=1, max=1000, help="Points per page."
         ),
     ] = 20,
 ) -> None:

@@ -15,10 +15,12 @@ their schema is versioned: :data:`MIGRATIONS` lists each version's steps.
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Self
@@ -29,6 +31,8 @@ from common.timeutil import format_timestamp, parse_timestamp
 
 CENT: Final = Decimal("0.01")
 MILLI: Final = Decimal("0.001")
+#: ``YYYY-MM-DDTHH:MM:SS.mmmZ``, as :func:`common.timeutil.format_timestamp` writes it
+_CANONICAL: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def to_money(value: Any) -> Decimal:
@@ -49,6 +53,12 @@ def to_iso(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return format_timestamp(float(value))
     if isinstance(value, str):
+        if _CANONICAL.fullmatch(value):  # the broker's own form: keep it once it is a date
+            try:
+                datetime.fromisoformat(value)
+                return value
+            except ValueError:
+                pass
         return format_timestamp(parse_timestamp(value))
     raise ValueError(f"not a timestamp: {value!r}")
 

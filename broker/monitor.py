@@ -16,13 +16,15 @@ import termios
 import time
 import tty
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
+import zmq.asyncio
 from rich.console import Console
 from rich.live import Live
 
 from broker.monitor_view import MonitorView
-from broker.subscriber import Endpoint, Subscriber
+from broker.subscriber import Endpoint, HistoryClient, Subscriber
+from common.errors import EVError
 from common.messages import BusEvent
 
 
@@ -66,18 +68,39 @@ def handle_key(view: MonitorView, key: str, stop: asyncio.Event) -> None:
         view.last_page()
 
 
+HEARD_EVERY_S: Final = 2.0  # how often the "heard" times are refreshed from a snapshot
+
+
+async def _refresh_heard(sub: Subscriber, view: MonitorView, every_s: float) -> None:
+    """Refresh the points' last-heard times from a snapshot every ``every_s`` seconds
+    (its own context and socket: the subscriber's requests are not disturbed)."""
+    await sub.ready.wait()
+    ctx = zmq.asyncio.Context()
+    client = HistoryClient(ctx, sub.endpoint.history_url)
+    try:
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(EVError):
+                view.refresh_heard(await client.request_once({"op": "snapshot"}))
+    finally:
+        client.close()
+        ctx.term()
+
+
 async def run_monitor(
     endpoint: Endpoint,
     stop: asyncio.Event,
     page_size: int,
     refresh_s: float = 0.25,
     console: Console | None = None,
+    heard_every_s: float = HEARD_EVERY_S,
 ) -> None:
     """Show the view until ``stop`` is set (by a key or a signal)."""
     console = console or Console()
     view = MonitorView(page_size=page_size)
     sub = Subscriber(endpoint, MonitorSink(view), snapshot=True)
     task = asyncio.create_task(sub.run())
+    heard: asyncio.Task[None] | None = None
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno() if sys.stdin is not None else -1
     with cbreak(fd) if fd >= 0 else contextlib.nullcontext(False) as keys:
@@ -87,10 +110,12 @@ async def run_monitor(
             )
         try:
             with Live(console=console, auto_refresh=False, screen=console.is_terminal) as live:
+                heard = asyncio.create_task(_refresh_heard(sub, view, heard_every_s))
                 while not stop.is_set() and not task.done():
                     if sub.ready.is_set():
                         view.figures = {"lag": sub.stats.lag, "gaps": sub.stats.gaps}
-                        live.update(view.render(time.time()), refresh=True)
+                        screen = console.size.height if console.is_terminal else None
+                        live.update(view.render(time.time(), screen), refresh=True)
                     else:
                         live.update(f"connecting to {endpoint.history_url} ...", refresh=True)
                     with contextlib.suppress(TimeoutError):
@@ -98,6 +123,10 @@ async def run_monitor(
         finally:
             if keys:
                 loop.remove_reader(fd)
+            if heard is not None:
+                heard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heard
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # re-raises what stopped the subscriber, if anything

@@ -117,6 +117,7 @@ class MonitorView:
 
     def __init__(self, page_size: int = 20) -> None:
         self.page_size = max(1, page_size)
+        self.max_page_size = self.page_size
         self.page = 0
         self.points: dict[str, PointView] = {}
         self._by_state: dict[str, list[str]] = {s: [] for s in STATES}
@@ -189,6 +190,16 @@ class MonitorView:
                 p.energy_kwh = _num(s.get("energia_kwh", s.get("energy_kwh")))
         for p in self.points.values():
             self._reindex(p)
+
+    def refresh_heard(self, snap: Mapping[str, Any]) -> None:
+        """Only the ``last_heard`` times of a newer snapshot: stations are heard far more
+        often than they publish events (a datagram that changes nothing is no event)."""
+        for raw in snap.get("points") or []:
+            if not isinstance(raw, Mapping) or (pid := _point_id(raw)) is None:
+                continue
+            p = self.points.get(pid)
+            if p is not None and (t := _epoch(raw.get("last_heard"))) is not None:
+                p.last_heard = max(p.last_heard or 0.0, t)
 
     def apply(self, ev: BusEvent, now: float) -> None:
         """One sequenced bus event (events at or below the snapshot seq are ignored)."""
@@ -289,7 +300,16 @@ class MonitorView:
         self._expire(now)
         return len(self._recent) / RATE_WINDOW_S
 
-    def render(self, now: float) -> RenderableType:
+    def fit(self, height: int) -> int:
+        """Rows of latest events that fit a screen of ``height`` lines; the page of
+        points shrinks (never grows past ``--page-size``) so that both panes show."""
+        latest = max(3, min(LATEST_EVENTS, (height - 12) // 3))
+        chrome = 2 + 6 + 4  # header and states, the table's frame, the events' frame
+        self.page_size = max(1, min(self.max_page_size, height - chrome - latest))
+        return latest
+
+    def render(self, now: float, height: int | None = None) -> RenderableType:
+        latest_rows = self.fit(height) if height else LATEST_EVENTS
         self.page = min(self.page, self.pages - 1)
         c = self.counts()
         online = len(self.points) - c["offline"]
@@ -323,7 +343,7 @@ class MonitorView:
             )
         latest = Table(title="latest events", show_header=False, expand=True)
         latest.add_column("event", overflow="ellipsis", no_wrap=True)
-        for line in self.latest:
+        for line in list(self.latest)[:latest_rows]:
             latest.add_row(line)
         return Group(header, states, table, latest)
 

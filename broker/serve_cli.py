@@ -12,6 +12,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -51,6 +52,17 @@ def _seconds(name: str, text: str) -> float:
     return _parse(
         name, text, float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds"
     )
+
+
+def _retention(text: str) -> float | None:
+    days = _parse(
+        "retain-events",
+        text,
+        float,
+        lambda v: math.isfinite(v) and 0 <= v <= 100_000,
+        "a number of days >= 0 (0 keeps every event)",
+    )
+    return None if days == 0 else days * 86400.0
 
 
 def _count(name: str, text: str) -> int:
@@ -110,13 +122,24 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    retain_events: Annotated[
+        str,
+        _opt(
+            "EV_RETAIN_EVENTS",
+            "Delete bus events older than this many days (fractions ok; 0 keeps all). "
+            "History then answers `since` below the oldest kept seq with error pruned.",
+            "DAYS",
+        ),
+    ] = "0",
     ack_timeout: Annotated[
         str,
         _opt("EV_ACK_TIMEOUT", "Seconds a station has to ack a start command.", "SECONDS"),
     ] = "5",
     heartbeat: Annotated[
         str,
-        _opt("EV_HEARTBEAT", "Seconds between the broker's heartbeats to stations.", "SECONDS"),
+        _opt(
+            "EV_SERVE_HEARTBEAT", "Seconds between the broker's heartbeats to stations.", "SECONDS"
+        ),
     ] = "1",
     low_battery: Annotated[
         str,
@@ -184,9 +207,7 @@ def serve(
     log_format: Annotated[
         str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
     ] = "text",
-    log_level: Annotated[
-        str, _opt("EV_LOG_LEVEL", "Log level: debug, info, warning, error.", "LEVEL")
-    ] = "info",
+    log_level: Annotated[str, _opt("EV_LOG_LEVEL", "Log level.", "|".join(LEVELS))] = "info",
 ) -> None:
     """Run the broker service until SIGINT or SIGTERM."""
     from broker.app import AppConfig
@@ -236,6 +257,7 @@ def serve(
                 ),
                 max_points=points_cap,
             ),
+            retain_events_s=_retention(retain_events),
             vehicle_auth=_parse(
                 "vehicle-auth", vehicle_auth, AuthMode, lambda _: True, "open or required"
             ),
@@ -297,6 +319,35 @@ def run(config: object) -> int:
         return 0
 
 
+def backup(
+    file: Annotated[Path, typer.Argument(help="Where to write the copy.", metavar="FILE")],
+    db: Annotated[
+        Path, _opt("EV_DB", "The running broker's SQLite file (ev-broker serve --db).", "PATH")
+    ] = Path("./var/broker.db"),
+    force: Annotated[
+        bool,
+        typer.Option("--force", envvar="EV_BACKUP_FORCE", help="Replace FILE if it exists."),
+    ] = False,
+) -> None:
+    """Copy the broker's database while it runs (SQLite online backup): a consistent,
+    checked file to restore with `ev-broker serve --db FILE`."""
+    from broker.backup import backup as take_backup
+
+    try:
+        result = take_backup(db, file, overwrite=force)
+    except ConfigError as exc:
+        typer.echo(f"ev-broker backup: {exc.message}", err=True)
+        raise typer.Exit(USAGE_EXIT) from None
+    except EVError as exc:
+        typer.echo(f"ev-broker backup: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"backup: {result.path} ({result.bytes} bytes, {result.events} events, "
+        f"last seq {result.last_seq})"
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``serve`` command to the ``ev-broker`` app."""
+    """Add ``serve`` and ``backup`` to the ``ev-broker`` app."""
     app.command("serve")(serve)
+    app.command("backup")(backup)

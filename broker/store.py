@@ -30,7 +30,7 @@ from typing import Any, Final
 import msgspec
 
 from broker.core.effects import Persist
-from common.errors import StoreError
+from common.errors import EventsPruned, StoreError
 from common.messages import BusEvent
 
 SCHEMA_VERSION: Final = 1
@@ -145,9 +145,32 @@ class Store:
         row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
         return int(row[0] or 0)
 
+    def first_seq(self) -> int:
+        """The oldest event seq still held (1 when nothing was ever pruned)."""
+        row = self.db.execute("SELECT MIN(seq) FROM events").fetchone()
+        return int(row[0] or 1)
+
+    def prune_events(self, before_ts: float) -> int:
+        """Delete events published before ``before_ts``; the last event is always kept
+        (it carries the last seq across restarts). Returns how many were deleted."""
+        try:
+            cur = self.db.execute(
+                "DELETE FROM events WHERE ts < ? AND seq < (SELECT MAX(seq) FROM events)",
+                (before_ts,),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path}: pruning events failed: {exc}") from None
+        return int(cur.rowcount)
+
     def events_since(self, seq: int, limit: int) -> tuple[list[BusEvent], int, bool]:
-        """Events with seq > ``seq`` in order (at most ``limit``), the last seq, and more?"""
+        """Events with seq > ``seq`` in order (at most ``limit``), the last seq, and more?
+
+        Raises :class:`EventsPruned` when events right after ``seq`` were pruned.
+        """
         limit = max(1, limit)
+        first = self.first_seq()
+        if seq + 1 < first:
+            raise EventsPruned(first)
         rows = self.db.execute(
             "SELECT seq, ts, topic, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit + 1),

@@ -49,7 +49,7 @@ import zmq
 import zmq.asyncio
 
 from common.codec import decode_event, pack, unpack
-from common.errors import EVError, TransportError
+from common.errors import EventsPruned, EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class SubscriberStats:
     snapshots: int = 0
     malformed: int = 0
     resets: int = 0  # times the broker's log was found behind the applied seq
+    pruned: int = 0  # times history answered that the events asked for were pruned
     last_event_ts: float = 0.0
 
     @property
@@ -264,6 +265,8 @@ class HistoryClient:
             raise TransportError(f"undecodable history reply: {exc}") from exc
         if not isinstance(reply, dict):
             raise TransportError("history reply is not a map")
+        if reply.get("error") == "pruned" and isinstance(reply.get("first_seq"), int):
+            raise EventsPruned(reply["first_seq"])
         if "error" in reply:
             raise TransportError(f"history refused {request.get('op')!r}: {reply['error']}")
         return reply
@@ -362,9 +365,13 @@ class Subscriber:
         if self.seq.applied is None:
             return
         while True:
-            reply = await self.history.request(
-                {"op": "since", "seq": self.seq.applied, "limit": self.page_limit}
-            )
+            try:
+                reply = await self.history.request(
+                    {"op": "since", "seq": self.seq.applied, "limit": self.page_limit}
+                )
+            except EventsPruned as exc:
+                await self._pruned(exc.first_seq)
+                continue
             events = _decode_events(reply.get("events"), self.stats)
             last_seq = _int_or_none(reply.get("last_seq"))
             if last_seq is not None:
@@ -382,6 +389,31 @@ class Subscriber:
                 if not events and self.seq.parked:
                     await self._deliver(self.seq.skip_to_parked())
                 return
+
+    async def _pruned(self, first_seq: int) -> None:
+        """History no longer holds the events after the applied seq (``--retain-events``).
+
+        Fall back to a snapshot: snapshot consumers (the monitor) take it and go on from
+        its seq. A consumer without snapshots (billing, tail) is handed the snapshot too,
+        then goes on from the oldest event still held; the pruned range counts as lost.
+        """
+        applied = self.seq.applied or 0
+        missing = max(0, first_seq - 1 - applied)
+        self.stats.pruned += 1
+        log.warning(
+            "history pruned seq %d..%d (%d events); falling back to a snapshot",
+            applied + 1,
+            first_seq - 1,
+            missing,
+        )
+        if self.use_snapshot:
+            await self.take_snapshot()
+            return
+        snap = await self.history.request({"op": "snapshot"})
+        self.stats.snapshots += 1
+        self.sink.on_snapshot(snap)
+        self.stats.lost += missing
+        self.seq.reset(first_seq - 1)
 
     async def _behind(self, last_seq: int) -> bool:
         """The broker's log ends below what we applied: its database was replaced or

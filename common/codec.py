@@ -23,6 +23,7 @@ from common.errors import (
     StationProtocolError,
 )
 from common.messages import (
+    HISTORY_OPS,
     MAX_DATAGRAM_BYTES,
     MAX_HISTORY_LIMIT,
     MAX_STATION_FRAME,
@@ -252,7 +253,8 @@ def decode_history_request(frame: bytes) -> HistoryRequest:
     except msgspec.ValidationError as exc:
         field, detail = field_path(str(exc))
         if field == "op" and detail.startswith("invalid value"):
-            detail = f"unknown op {detail[len('invalid value ') :]}; known ops: since, snapshot"
+            known = ", ".join(HISTORY_OPS)
+            detail = f"unknown op {detail[len('invalid value ') :]}; known ops: {known}"
         raise InvalidRequest(detail, field=field or "request") from None
     except NOT_DECODABLE as exc:
         raise InvalidRequest(f"request is not msgpack: {exc}", field="request") from None

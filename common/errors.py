@@ -126,6 +126,19 @@ class TransportError(EVError):
     code = "transport"
 
 
+class EventsPruned(EVError):
+    """History no longer holds the events asked for: they are older than ``first_seq``.
+
+    The history reply is ``{"error": "pruned", "first_seq": N}``.
+    """
+
+    code = "pruned"
+
+    def __init__(self, first_seq: int) -> None:
+        super().__init__(f"events before seq {first_seq} were pruned")
+        self.first_seq = first_seq
+
+
 class BrokerUnreachable(TransportError):
     code = "unreachable"
 

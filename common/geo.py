@@ -13,6 +13,9 @@ from common.errors import ConfigError
 
 EARTH_RADIUS_KM: Final = 6371.0
 KM_PER_DEG_LAT: Final = EARTH_RADIUS_KM * math.pi / 180.0
+# Where the demo fleets stand (Feira de Santana, Bahia): `make run`'s and the
+# compose stack's stations, and where a vehicle is unless told otherwise.
+DEMO_CENTER: Final = (-12.2664, -38.9663)
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

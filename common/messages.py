@@ -331,7 +331,23 @@ class HistorySnapshot(Struct, tag="snapshot", tag_field="op", frozen=True):
     pass
 
 
-HistoryRequest = HistorySince | HistorySnapshot
+class HistoryAccounts(Struct, tag="accounts", tag_field="op", frozen=True):
+    """Every vehicle's statement (for reconciliation)."""
+
+
+class HistorySetAvailability(Struct, tag="set_availability", tag_field="op", frozen=True):
+    """An operator takes a point out of service or back (rules.md "Out of service").
+
+    The fields are checked by the history edge, which words each refusal.
+    """
+
+    point_id: Any = None
+    available: Any = None
+    reason: Any = ""
+
+
+HistoryRequest = HistorySince | HistorySnapshot | HistoryAccounts | HistorySetAvailability
+HISTORY_OPS: Final = ("since", "snapshot", "accounts", "set_availability")
 
 
 def to_builtins(obj: Any) -> Any:

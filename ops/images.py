@@ -1,6 +1,10 @@
 """Build the evcharge image, tagged by a hash of its inputs, and reuse it when it exists.
 
     python -m ops.images build [--base auto|local|IMAGE] [--latest/--no-latest]
+    python -m ops.images build-prometheus [--base auto|local|IMAGE]
+
+prints the image reference (``evcharge:<hash>``, ``evcharge-prometheus:<hash>``)
+on stdout, progress on stderr.
     python -m ops.images build-servers [--base auto|local|IMAGE]
 
 ``build`` prints the image reference (``evcharge:<hash>``) on stdout, progress
@@ -200,6 +204,56 @@ def build(base_mode: str = "auto", tag_latest: bool = True) -> str:
         return ref
 
 
+PROMETHEUS_DIR = OPS / "prometheus"
+PROMETHEUS_REPO = "evcharge-prometheus"
+PROMETHEUS_PUBLIC_BASE = "debian:bookworm-slim"
+
+
+def build_prometheus(base_mode: str = "auto", tag_latest: bool = True) -> str:
+    """Build (or reuse) the Prometheus image of the ``observability`` profile.
+
+    Debian's ``prometheus`` package on a Debian base: ``debian:bookworm-slim``
+    where a registry is reachable, else the local Debian-built base (``auto``),
+    or the base named by ``base_mode``. Returns ``evcharge-prometheus:<hash>``.
+    """
+    with build_lock():
+        if base_mode == "auto":
+            local = os.environ.get("CI", "").lower() == "true" or (
+                os.environ.get("EV_LOCAL_BASE") == "1"
+            )
+            base = local_base() if local else PROMETHEUS_PUBLIC_BASE
+            if not local and image_id(base) is None:
+                try:
+                    _run(["docker", "pull", base], timeout=PULL_TIMEOUT_S)
+                except ImageBuildError:
+                    base = local_base()
+        else:
+            base = choose_base(base_mode)
+        base_id = image_id(base)
+        if base_id is None:
+            raise ImageBuildError(f"base image {base} is not present")
+        h = hashlib.sha256(base_id.encode())
+        for path in sorted(PROMETHEUS_DIR.iterdir()):
+            if path.is_file():
+                h.update(path.name.encode() + b"\0" + path.read_bytes())
+        ref = f"{PROMETHEUS_REPO}:{h.hexdigest()[:12]}"
+        if image_id(ref) is None:
+            log(f"building {ref} on {base} (Debian's prometheus package)")
+            _run(
+                [
+                    "docker", "build", "--quiet",
+                    "--build-arg", f"BASE_IMAGE={base}",
+                    "--tag", ref,
+                    str(PROMETHEUS_DIR),
+                ],
+            )  # fmt: skip
+        else:
+            log(f"{ref} is up to date")
+        if tag_latest:
+            _run(["docker", "tag", ref, f"{PROMETHEUS_REPO}:latest"])
+        return ref
+
+
 def build_servers(base_mode: str = "auto") -> dict[str, str]:
     """Build (or reuse) the NATS and PostgreSQL images; {compose variable: reference}.
 
@@ -258,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build the image (or reuse it) and print its reference")
     b.add_argument("--base", default=os.environ.get("EV_BASE_IMAGE", "auto"))
     b.add_argument("--latest", action=argparse.BooleanOptionalAction, default=True)
+    p = sub.add_parser(
+        "build-prometheus", help="build the Prometheus image of the observability profile"
+    )
+    p.add_argument("--base", default=os.environ.get("EV_BASE_IMAGE", "auto"))
+    p.add_argument("--latest", action=argparse.BooleanOptionalAction, default=True)
     s = sub.add_parser("build-servers", help="build the NATS and PostgreSQL images")
     s.add_argument("--base", default=os.environ.get("EV_BASE_IMAGE", "auto"))
     args = parser.parse_args(argv)
@@ -265,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no Docker engine answers (is the daemon running?)", file=sys.stderr)
         return 1
     try:
-        if args.command == "build-servers":
+        if args.command == "build-prometheus":
+            print(build_prometheus(args.base, tag_latest=args.latest))
+        elif args.command == "build-servers":
             for var, ref in build_servers(args.base).items():
                 print(f"{var}={ref}")
         else:

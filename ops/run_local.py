@@ -36,7 +36,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Final
 
-CENTER: Final = (-12.2664, -38.9663)  # Feira de Santana, Bahia
+from common.geo import DEMO_CENTER
+
+CENTER: Final = DEMO_CENTER  # Feira de Santana, Bahia
 BIND_HOST: Final = "127.0.0.1"
 STOP_GRACE_S: Final = 5.0
 READY_TIMEOUT_S: Final = 30.0

@@ -1,7 +1,8 @@
 """`ev-station`: run one simulated charging station, or a fleet of them (Typer app).
 
 Every option also reads ``EV_<OPTION_NAME>`` from the environment (``EV_ID``,
-``EV_LAT``, ``EV_BROKER``...). SIGINT and SIGTERM stop cleanly with exit 0.
+``EV_LAT``, ``EV_BROKER``...); options only the fleet has read
+``EV_FLEET_<OPTION_NAME>`` (``EV_FLEET_COUNT``...). SIGINT and SIGTERM stop cleanly with exit 0.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from typing import Annotated, Final
 import typer
 import zmq
 
+from common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LogLevel, new_app, version_option
+from common.cli import run as run_cli
 from common.errors import ConfigError
 from common.geo import parse_center
 from station.fleet import make_fleet
 from station.host import Host, HostConfig, run_host
 from station.links import DealerLink, Link, MultiLink
+from station.replica import replica_prefix
 from station.sim import Charger
 
 POINT_ID_RE: Final = re.compile(r"^[^\s\x00-\x1f]{1,64}$")
@@ -28,16 +32,28 @@ TERM_WAIT_S: Final = 0.5
 _KEEP: list[zmq.Context[zmq.Socket[bytes]]] = []
 PREFIX_RE: Final = re.compile(r"^[^\s\x00-\x1f]{0,56}$")
 
-app = typer.Typer(
-    help="Simulated evcharge charging stations.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+PROG: Final = "ev-station"
+EXIT_CODES: Final = (
+    (EXIT_OK, "stopped by SIGINT/SIGTERM"),
+    (EXIT_FAILED, "failure"),
+    (EXIT_USAGE, "usage or configuration error"),
 )
+
+app = new_app("Simulated evcharge charging stations.")
+
+
+@app.callback()
+def main_options(version: Annotated[bool, version_option(PROG)] = False) -> None:
+    """Simulated evcharge charging stations."""
 
 
 def _env(name: str) -> str:
     return f"EV_{name}"
+
+
+def _fleet_env(name: str) -> str:
+    """Fleet-only options: ``EV_FLEET_<NAME>`` (``EV_COUNT`` would also be the swarm's)."""
+    return f"EV_FLEET_{name}"
 
 
 Broker = Annotated[str, typer.Option(envvar=_env("BROKER"), help="Broker host name or address.")]
@@ -82,9 +98,7 @@ BrokerSilence = Annotated[
         "ZeroMQ socket and says hello again.",
     ),
 ]
-LogLevel = Annotated[
-    str, typer.Option(envvar=_env("LOG_LEVEL"), help="debug | info | warning | error.")
-]
+LogLevelOpt = Annotated[LogLevel, typer.Option(envvar=_env("LOG_LEVEL"), help="Log level.")]
 FaultAfter = Annotated[
     float | None,
     typer.Option(
@@ -112,10 +126,8 @@ MuteCommands = Annotated[
 ]
 
 
-def _setup_logging(level: str) -> None:
-    value = getattr(logging, level.upper(), None)
-    if not isinstance(value, int):
-        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
+def _setup_logging(level: LogLevel) -> None:
+    value = getattr(logging, level.value.upper())
     logging.basicConfig(
         level=value, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -182,7 +194,7 @@ def run(
     fault_after: FaultAfter = None,
     fault_for: FaultFor = None,
     mute_commands: MuteCommands = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Run one simulated charging station."""
     if not POINT_ID_RE.match(id):
@@ -213,17 +225,26 @@ def _parse_center(text: str) -> tuple[float, float]:
 @app.command()
 def fleet(
     count: Annotated[
-        int, typer.Option(envvar=_env("COUNT"), min=1, max=100_000, help="Number of stations.")
+        int,
+        typer.Option(envvar=_fleet_env("COUNT"), min=1, max=100_000, help="Number of stations."),
     ],
     center: Annotated[
-        str, typer.Option(envvar=_env("CENTER"), help="LAT,LON of the fleet's center.")
+        str, typer.Option(envvar=_fleet_env("CENTER"), help="LAT,LON of the fleet's center.")
     ] = "-12.2664,-38.9663",
     radius_km: Annotated[
         float,
-        typer.Option(envvar=_env("RADIUS_KM"), min=0.0, max=2000.0, help="Placement radius."),
+        typer.Option(envvar=_fleet_env("RADIUS_KM"), min=0.0, max=2000.0, help="Placement radius."),
     ] = 10.0,
-    prefix: Annotated[str, typer.Option(envvar=_env("PREFIX"), help="Id prefix.")] = "CP",
-    seed: Annotated[int, typer.Option(envvar=_env("SEED"), help="Placement seed.")] = 1,
+    prefix: Annotated[str, typer.Option(envvar=_fleet_env("PREFIX"), help="Id prefix.")] = "CP",
+    seed: Annotated[int, typer.Option(envvar=_fleet_env("SEED"), help="Placement seed.")] = 1,
+    replica: Annotated[
+        str,
+        typer.Option(
+            envvar=_fleet_env("REPLICA"),
+            help="none | auto | N: put a replica number in the ids (PREFIX<N>-0001..); "
+            "auto takes it from the compose container name, so scaled fleets differ.",
+        ),
+    ] = "none",
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
@@ -236,15 +257,19 @@ def fleet(
     report_every: Annotated[
         float,
         typer.Option(
-            envvar=_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
+            envvar=_fleet_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
         ),
     ] = 5.0,
-    log_level: LogLevel = "info",
+    log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Run N simulated stations in one process (ids PREFIX0001..), deterministic with --seed."""
     where = _parse_center(center)
     if not PREFIX_RE.match(prefix):
         raise typer.BadParameter("at most 56 characters, no spaces", param_hint="--prefix")
+    try:
+        prefix = replica_prefix(prefix, replica)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--replica") from None
     _setup_logging(log_level)
     chargers = make_fleet(count, where, radius_km, prefix, seed, power_kw, price_kwh, speed)
     config = HostConfig(
@@ -260,7 +285,7 @@ def fleet(
 
 
 def main() -> None:
-    app()
+    run_cli(app, PROG, EXIT_CODES)
 
 
 # the OCPP gateway's commands share this app and its options

@@ -14,11 +14,13 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from rich.console import Console
 
+from common.cli import new_app, run, version_option
 from common.errors import (
     ConfigError,
     EVError,
@@ -27,6 +29,7 @@ from common.errors import (
     RequestRefused,
     TransportError,
 )
+from common.geo import DEMO_CENTER
 from vehicle import render
 from vehicle.client import VehicleClient
 from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
@@ -36,15 +39,43 @@ EXIT_OK: Final = 0
 EXIT_REFUSED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
+PROG: Final = "ev-vehicle"
+EXIT_CODES: Final = (
+    (EXIT_OK, "success"),
+    (EXIT_REFUSED, "a refused request (e.g. queue_full) or an error reply"),
+    (EXIT_USAGE, "usage error"),
+    (EXIT_UNREACHABLE, "broker unreachable"),
+)
+DEFAULT_LAT, DEFAULT_LON = DEMO_CENTER
+
+
+class Payment(StrEnum):
+    """Payment methods, as the wire spells them."""
+
+    Pix = "Pix"
+    debito = "debito"
+    credito = "credito"
+
+
+class Mix(StrEnum):
+    """Request mixes of the load generator."""
+
+    realistic = "realistic"
+    ping = "ping"
+    bateria = "bateria"
+    consulta = "consulta"
+
+
+def _env(name: str) -> str:
+    """``EV_VEHICLE_<NAME>``: the plain names are the stations' (``EV_ID``, ``EV_LAT``...)."""
+    return f"EV_VEHICLE_{name}"
+
 
 T = TypeVar("T")
 
-app = typer.Typer(
-    add_completion=False,
-    help="Vehicle client of the evcharge network. Without a command: an interactive menu.",
-    context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode=None,
-    pretty_exceptions_enable=False,
+app = new_app(
+    "Vehicle client of the evcharge network. Without a command: an interactive menu.",
+    no_args_is_help=False,
 )
 
 
@@ -152,26 +183,34 @@ def main_options(
         str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.")
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", envvar="EV_PORT", min=1, max=65535, help="Vehicle TCP port.")
+        int,
+        typer.Option(
+            "--port",
+            envvar="EV_VEHICLE_PORT",
+            min=1,
+            max=65535,
+            help="The broker's vehicle TCP port (ev-broker serve --vehicle-port).",
+        ),
     ] = 8081,
     vehicle_id: Annotated[
         str | None,
-        typer.Option("--id", envvar="EV_ID", help="Vehicle id (default: a stored stable id)."),
+        typer.Option("--id", envvar=_env("ID"), help="Vehicle id (default: a stored stable id)."),
     ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", envvar="EV_JSON", help="Print machine-readable JSON only.")
+        bool, typer.Option("--json", envvar=_env("JSON"), help="Print machine-readable JSON only.")
     ] = False,
+    version: Annotated[bool, version_option(PROG)] = False,
     regions_file: Annotated[
         str | None,
         typer.Option(
             "--regions",
-            envvar="EV_REGIONS",
+            envvar="EV_VEHICLE_REGIONS",
             help="Directory of regions (TOML): use the broker of the nearest region.",
         ),
     ] = None,
     region: Annotated[
         str | None,
-        typer.Option("--region", envvar="EV_REGION", help="With --regions: this region."),
+        typer.Option("--region", envvar="EV_VEHICLE_REGION", help="With --regions: this region."),
     ] = None,
 ) -> None:
     settings = Settings(broker, port, vehicle_id, json_out, None, regions_file, region)
@@ -203,10 +242,35 @@ def main_options(
 
 # --- commands ------------------------------------------------------------------------------
 
-Lat = Annotated[float, typer.Option("--lat", min=-90.0, max=90.0, help="Latitude.")]
-Lon = Annotated[float, typer.Option("--lon", min=-180.0, max=180.0, help="Longitude.")]
+Lat = Annotated[
+    float,
+    typer.Option("--lat", envvar=_env("LAT"), min=-90.0, max=90.0, help="Vehicle latitude."),
+]
+Lon = Annotated[
+    float,
+    typer.Option("--lon", envvar=_env("LON"), min=-180.0, max=180.0, help="Vehicle longitude."),
+]
 MaxKm = Annotated[
-    float | None, typer.Option("--max-km", min=0.0, help="Only points within this radius (km).")
+    float | None,
+    typer.Option(
+        "--max-km", envvar=_env("MAX_KM"), min=0.0, help="Only points within this radius (km)."
+    ),
+]
+PaymentOpt = Annotated[
+    Payment,
+    typer.Option(
+        "--payment",
+        envvar=_env("PAYMENT"),
+        case_sensitive=False,
+        metavar="Pix|debito|credito",
+        help="Payment method (any case).",
+    ),
+]
+CapacityKwh = Annotated[
+    float,
+    typer.Option(
+        "--capacity-kwh", envvar=_env("CAPACITY_KWH"), min=0.001, max=1000.0, help="Battery size."
+    ),
 ]
 Point = Annotated[str, typer.Argument(help="Charging point id, e.g. CP01.")]
 
@@ -218,13 +282,19 @@ def _print_points(console: Console, points: list[dict[str, Any]]) -> None:
 @app.command()
 def nearby(
     ctx: typer.Context,
-    lat: Lat,
-    lon: Lon,
+    lat: Lat = DEFAULT_LAT,
+    lon: Lon = DEFAULT_LON,
     battery: Annotated[
-        float, typer.Option("--battery", min=0.0, max=100.0, help="Battery level %.")
+        float,
+        typer.Option(
+            "--battery", envvar=_env("BATTERY"), min=0.0, max=100.0, help="Battery level %."
+        ),
     ] = 30.0,
     max_km: MaxKm = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=100)] = 10,
+    limit: Annotated[
+        int,
+        typer.Option("--limit", envvar=_env("LIMIT"), min=1, max=100, help="At most this many."),
+    ] = 10,
 ) -> None:
     """Battery notification: the nearest points (pontos_disponiveis)."""
 
@@ -236,7 +306,9 @@ def nearby(
 
 
 @app.command("list")
-def list_points(ctx: typer.Context, lat: Lat, lon: Lon, max_km: MaxKm = None) -> None:
+def list_points(
+    ctx: typer.Context, lat: Lat = DEFAULT_LAT, lon: Lon = DEFAULT_LON, max_km: MaxKm = None
+) -> None:
     """List the charging points, nearest first (lista_pontos)."""
 
     async def work(s: Settings) -> list[dict[str, Any]]:
@@ -251,7 +323,10 @@ def reserve(
     ctx: typer.Context,
     point: Point,
     eta: Annotated[
-        float, typer.Option("--eta", min=0.0, max=240.0, help="Minutes until arrival.")
+        float,
+        typer.Option(
+            "--eta", envvar=_env("ETA"), min=0.0, max=240.0, help="Minutes until arrival."
+        ),
     ] = 0.0,
 ) -> None:
     """Reserve a place in a point's queue."""
@@ -286,21 +361,25 @@ def cancel(ctx: typer.Context, point: Point) -> None:
 def arrive(
     ctx: typer.Context,
     point: Point,
-    battery: Annotated[float, typer.Option("--battery", min=0.0, max=100.0, help="Battery %.")],
-    target: Annotated[float, typer.Option("--target", min=0.0, max=100.0, help="Target %.")],
-    payment: Annotated[str, typer.Option("--payment", help="Pix | debito | credito.")],
-    capacity_kwh: Annotated[
-        float, typer.Option("--capacity-kwh", min=0.001, max=1000.0, help="Battery size.")
-    ] = 60.0,
+    battery: Annotated[
+        float,
+        typer.Option("--battery", envvar=_env("BATTERY"), min=0.0, max=100.0, help="Battery %."),
+    ],
+    target: Annotated[
+        float,
+        typer.Option("--target", envvar=_env("TARGET"), min=0.0, max=100.0, help="Target %."),
+    ],
+    payment: PaymentOpt,
+    capacity_kwh: CapacityKwh = 60.0,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Stay connected until custo_final and print it.")
+        bool,
+        typer.Option(
+            "--wait", envvar=_env("WAIT"), help="Stay connected until custo_final and print it."
+        ),
     ] = False,
 ) -> None:
     """Arrive at a point and start charging."""
-    try:
-        method = payment_wire_name(payment)
-    except ConfigError as exc:
-        raise typer.BadParameter(exc.message, param_hint="--payment") from None
+    method = payment_wire_name(payment.value)
     if target <= battery:
         raise typer.BadParameter("must be above --battery", param_hint="--target")
 
@@ -440,24 +519,32 @@ def whoami(ctx: typer.Context) -> None:
 @app.command()
 def drive(
     ctx: typer.Context,
-    lat: Lat,
-    lon: Lon,
-    battery: Annotated[float, typer.Option("--battery", min=0.0, max=99.0)] = 15.0,
-    target: Annotated[float, typer.Option("--target", min=1.0, max=100.0)] = 80.0,
+    lat: Lat = DEFAULT_LAT,
+    lon: Lon = DEFAULT_LON,
+    battery: Annotated[
+        float,
+        typer.Option("--battery", envvar=_env("BATTERY"), min=0.0, max=99.0, help="Battery %."),
+    ] = 15.0,
+    target: Annotated[
+        float,
+        typer.Option("--target", envvar=_env("TARGET"), min=1.0, max=100.0, help="Target %."),
+    ] = 80.0,
     speed: Annotated[
         float,
-        typer.Option("--speed", min=0.001, help="Simulated seconds per real second."),
+        typer.Option(
+            "--speed",
+            envvar="EV_DRIVE_SPEED",
+            min=0.001,
+            help="Simulated seconds per real second.",
+        ),
     ] = 60.0,
-    payment: Annotated[str, typer.Option("--payment", help="Pix | debito | credito.")] = "Pix",
-    capacity_kwh: Annotated[float, typer.Option("--capacity-kwh", min=0.001, max=1000.0)] = 60.0,
+    payment: PaymentOpt = Payment.Pix,
+    capacity_kwh: CapacityKwh = 60.0,
 ) -> None:
     """A scripted trip: best point (distance + wait), reserve, turn, arrive, charge, bill."""
     from vehicle.drive import DriveConfig, run_drive
 
-    try:
-        method = payment_wire_name(payment)
-    except ConfigError as exc:
-        raise typer.BadParameter(exc.message, param_hint="--payment") from None
+    method = payment_wire_name(payment.value)
     if target <= battery:
         raise typer.BadParameter("must be above --battery", param_hint="--target")
     settings: Settings = ctx.obj
@@ -476,24 +563,53 @@ def drive(
 @app.command()
 def swarm(
     ctx: typer.Context,
-    count: Annotated[int, typer.Option("--count", min=1, max=100000)],
-    duration: Annotated[float, typer.Option("--duration", min=0.1)],
+    count: Annotated[
+        int,
+        typer.Option(
+            "--count", envvar="EV_SWARM_COUNT", min=1, max=100000, help="Simulated vehicles."
+        ),
+    ],
+    duration: Annotated[
+        float,
+        typer.Option("--duration", envvar="EV_SWARM_DURATION", min=0.1, help="Seconds to run."),
+    ],
     rate: Annotated[
-        float | None, typer.Option("--rate", min=0.1, help="Fixed total requests per second.")
+        float | None,
+        typer.Option(
+            "--rate", envvar="EV_SWARM_RATE", min=0.1, help="Fixed total requests per second."
+        ),
     ] = None,
-    center: Annotated[str, typer.Option("--center", help="LAT,LON")] = "-12.97,-38.50",
-    radius_km: Annotated[float, typer.Option("--radius-km", min=0.0)] = 10.0,
+    center: Annotated[
+        str, typer.Option("--center", envvar="EV_SWARM_CENTER", help="LAT,LON of the swarm.")
+    ] = f"{DEFAULT_LAT},{DEFAULT_LON}",
+    radius_km: Annotated[
+        float,
+        typer.Option(
+            "--radius-km", envvar="EV_SWARM_RADIUS_KM", min=0.0, help="Spread of the vehicles."
+        ),
+    ] = 10.0,
     pipeline: Annotated[
-        int, typer.Option("--pipeline", min=1, max=1000, help="Requests in flight per vehicle.")
+        int,
+        typer.Option(
+            "--pipeline",
+            envvar="EV_SWARM_PIPELINE",
+            min=1,
+            max=1000,
+            help="Requests in flight per vehicle.",
+        ),
     ] = 1,
     mix: Annotated[
-        str, typer.Option("--mix", help="realistic | ping | bateria | consulta")
-    ] = "realistic",
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+        Mix, typer.Option("--mix", envvar="EV_SWARM_MIX", help="Request mix.")
+    ] = Mix.realistic,
+    seed: Annotated[
+        int | None, typer.Option("--seed", envvar="EV_SWARM_SEED", help="Random seed.")
+    ] = None,
     register_ids: Annotated[
         bool,
         typer.Option(
-            "--register", help="Each vehicle registers its id first (figures include auth)."
+            "--register",
+            envvar="EV_SWARM_REGISTER",
+            help="Each vehicle registers its id first (figures include auth).",
         ),
     ] = False,
 ) -> None:
@@ -505,7 +621,7 @@ def swarm(
         lat, lon = parse_center(center)
     except ConfigError as exc:
         raise typer.BadParameter(exc.message, param_hint="--center") from None
-    if mix not in MIXES:
+    if mix.value not in MIXES:  # pragma: no cover - Mix lists exactly the MIXES
         raise typer.BadParameter(f"choose one of {', '.join(MIXES)}", param_hint="--mix")
     settings: Settings = ctx.obj
     console = Console(stderr=True, highlight=False)
@@ -521,7 +637,7 @@ def swarm(
             center=(lat, lon),
             radius_km=radius_km,
             pipeline=pipeline,
-            mix=mix,
+            mix=mix.value,
             seed=seed,
             register=register_ids,
         )
@@ -588,4 +704,4 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Console-script entry point."""
-    app(args=hoist_global_options(sys.argv[1:]), prog_name="ev-vehicle")
+    run(app, PROG, EXIT_CODES, hoist_global_options(sys.argv[1:]))

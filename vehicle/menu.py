@@ -23,6 +23,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from rich.console import Console, RenderableType
 
 from common.errors import ConfigError, ProtocolError, RequestRefused, TransportError
+from common.geo import DEMO_CENTER
 from vehicle import render
 from vehicle.client import Push, VehicleClient
 from vehicle.config import PAYMENT_CHOICES
@@ -41,7 +42,7 @@ ACTIONS: tuple[str, ...] = (
     "Status",
     "Quit",
 )
-DEFAULT_POSITION = (-12.97, -38.50)
+DEFAULT_POSITION = DEMO_CENTER  # where `make run`'s fleet is
 
 
 async def choose(title: str, options: Sequence[str]) -> int | None:

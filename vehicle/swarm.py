@@ -39,7 +39,7 @@ from common.errors import (
     RequestRefused,
     TransportError,
 )
-from common.geo import random_position
+from common.geo import DEMO_CENTER, random_position
 from vehicle.client import VehicleClient
 
 CONNECT_CONCURRENCY: Final = 100
@@ -70,7 +70,7 @@ class SwarmConfig:
     count: int = 10
     duration: float = 5.0
     rate: float | None = None
-    center: tuple[float, float] = (-12.97, -38.50)
+    center: tuple[float, float] = DEMO_CENTER
     radius_km: float = 10.0
     pipeline: int = 1
     mix: str = "realistic"

@@ -15,6 +15,7 @@ methods (``register_point``, ``new_reservation``, ``begin_start``,
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
@@ -877,7 +878,8 @@ class Engine:
     # --- views ----------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``."""
+        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``; each
+        point also has ``vehicle_id``, ``session_id`` and ``last_heard`` (or None)."""
         points = []
         for _pid, p in sorted(self._points.items()):
             view = self.point_view(p, None, now)
@@ -899,6 +901,7 @@ class Engine:
         return {
             "points": len(self._points),
             "points_online": self._points_online,
+            "points_by_state": dict(Counter(p.estado for p in self._points.values())),
             "sessions_active": len(self._sessions),
             "reservations": len(self._res_by_id),
             "pending_starts": len(self._pending),

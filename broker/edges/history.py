@@ -7,6 +7,9 @@ Requests and replies are one msgpack frame each (protocol section 5):
   L of them (default 1000; larger limits are clamped to 1000, and to
   ``--history-max-events``); a reply is also cut before it passes
   ``--history-max-bytes`` (4 MiB). ``more`` is true when events were left out.
+  L of them (default 1000; larger limits are clamped to 1000).
+  When events right after N were pruned (``--retain-events``):
+  ``{"error": "pruned", "first_seq": F}`` (F = oldest event held).
 * ``{"op": "snapshot"}`` -> the snapshot ``{"seq", "points", "queues",
   "sessions"}``, consistent as of event ``seq`` (the Clone pattern).
 * ``{"op": "accounts"}`` (extension, for billing reconciliation) ->
@@ -35,8 +38,16 @@ import zmq.asyncio
 
 from broker.edges.zmq_sockets import bind_socket, bound_endpoint
 from common.codec import decode_history_request, pack, unpack
-from common.errors import EVError, InvalidRequest
-from common.messages import MAX_HISTORY_LIMIT, BusEvent, HistorySince, HistorySnapshot
+from common.errors import EventsPruned, EVError, InvalidRequest
+from common.messages import (
+    HISTORY_OPS,
+    MAX_HISTORY_LIMIT,
+    BusEvent,
+    HistoryAccounts,
+    HistorySetAvailability,
+    HistorySince,
+    HistorySnapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +55,12 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_FRAME: Final = 64 * 1024
 #: Replies queued per client before the ROUTER drops replies to it.
 HISTORY_SNDHWM: Final = 1000
-#: The extension op (not in the codec's request union) answered with every account.
+#: The op answered with every account.
 ACCOUNTS_OP: Final = "accounts"
 #: The operator op (rules.md "Out of service"); the ROUTER's credential check admits
 #: only ``operator`` credentials to it when security is on.
 SET_AVAILABILITY_OP: Final = "set_availability"
-KNOWN_OPS: Final = ("since", "snapshot", ACCOUNTS_OP, SET_AVAILABILITY_OP)
+KNOWN_OPS: Final = HISTORY_OPS
 MAX_POINT_ID: Final = 64
 ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 
@@ -145,12 +156,11 @@ class HistoryServer:
             try:
                 request = decode_history_request(frame)
             except InvalidRequest as exc:
-                op = _op_of(frame)
-                if op == ACCOUNTS_OP:
-                    return {"accounts": self._accounts()}
-                if op == SET_AVAILABILITY_OP:
-                    return self._availability(frame, user or ANONYMOUS)
-                return {"error": _describe(exc, op)}
+                return {"error": _describe(exc, _op_of(frame))}
+            if isinstance(request, HistoryAccounts):
+                return {"accounts": self._accounts()}
+            if isinstance(request, HistorySetAvailability):
+                return self._availability(request, user or ANONYMOUS)
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)
@@ -159,20 +169,19 @@ class HistoryServer:
             if isinstance(request, HistorySnapshot):
                 return self._snapshot()
             return {"error": f"unsupported request {type(request).__name__}"}
+        except EventsPruned as exc:
+            return {"error": exc.code, "first_seq": exc.first_seq}
         except EVError as exc:
             return {"error": exc.message}
         except Exception as exc:
             log.exception("history request failed")
             return {"error": f"internal error: {type(exc).__name__}"}
 
-    def _availability(self, frame: bytes, by: str) -> dict[str, Any]:
+    def _availability(self, request: HistorySetAvailability, by: str) -> dict[str, Any]:
         """``{"op":"set_availability","point_id":P,"available":bool,"reason":str}``."""
         if self._set_availability is None:
             return {"error": f"{SET_AVAILABILITY_OP} is not served here"}
-        request = unpack(frame)
-        point_id = request.get("point_id")
-        available = request.get("available")
-        reason = request.get("reason", "")
+        point_id, available, reason = request.point_id, request.available, request.reason
         if not isinstance(point_id, str) or not 1 <= len(point_id) <= MAX_POINT_ID:
             return {"error": f"point_id: a string of 1-{MAX_POINT_ID} characters is required"}
         if not isinstance(available, bool):

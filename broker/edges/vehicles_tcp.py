@@ -299,7 +299,7 @@ class VehicleConnection(asyncio.Protocol):
         metrics.requests.inc(slot.request_type, result)
         if reply_type == "erro":
             metrics.errors.inc(result)
-        metrics.latency.observe(time.perf_counter() - slot.started)
+        metrics.latency.observe(time.perf_counter() - slot.started, slot.request_type)
         self._write(self.replies.fill(slot, payload))
 
     def push(self, payload: bytes) -> None:

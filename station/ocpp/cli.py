@@ -14,13 +14,14 @@ from typing import Annotated
 import typer
 import zmq
 
+from common.cli import LogLevel
 from common.errors import ConfigError
 from common.oslimits import raise_nofile_limit
 from station.cli import (
     Broker,
     Heartbeat,
     Interval,
-    LogLevel,
+    LogLevelOpt,
     StationPort,
     StatusPort,
     _setup_logging,
@@ -100,7 +101,7 @@ def ocpp_gateway(
     station_port: StationPort = 5555,
     interval: Interval = 2.0,
     heartbeat: Heartbeat = 1.0,
-    log_level: LogLevel = "info",
+    log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """OCPP 1.6J gateway: chargers connect over WebSocket and join as stations."""
     _setup_logging(log_level)
@@ -178,7 +179,10 @@ def ocpp_gateway(
 @app.command("ocpp-password")
 def ocpp_password(
     iterations: Annotated[
-        int, typer.Option(min=1, max=1_000_000, help="PBKDF2 iterations.")
+        int,
+        typer.Option(
+            envvar=_env("OCPP_ITERATIONS"), min=1, max=1_000_000, help="PBKDF2 iterations."
+        ),
     ] = DEFAULT_ITERATIONS,
 ) -> None:
     """Read a charger password (16-40 characters) on stdin; print its password_hash."""
@@ -207,7 +211,7 @@ def ocpp_charger(
         float,
         typer.Option(envvar=_env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
     ] = 60.0,
-    log_level: LogLevel = "info",
+    log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Simulated OCPP 1.6J chargers (one connection each) that answer the gateway."""
     _setup_logging(log_level)

@@ -31,7 +31,7 @@ from tests.support.procs import BrokerPorts, broker_ports, start_broker
 CENTER = (-12.97, -38.50)
 CLIENT_PROCS = 2
 CONNS = 64
-POINTS = 'evcharge_core{figure="points"}'
+POINTS = "evcharge_points_known"
 OK = 'evcharge_datagrams_total{outcome="ok"}'
 
 

@@ -42,8 +42,9 @@ STACK_ENV: Mapping[str, str] = {
     "EV_PUBLISH_EVENTS": "0",
     "EV_PUBLISH_HISTORY": "0",
     "EV_PUBLISH_HTTP": "0",
-    "EV_PUBLISH_WEB": "0",
+    "EV_PUBLISH_PROMETHEUS": "0",
     "EV_PUBLISH_OCPP": "0",
+    "EV_PUBLISH_WEB": "0",
     "EV_WEB_TOKEN": "compose-web-token",
     "EV_INTERVAL": "0.5",
     "EV_OFFLINE_AFTER": "2",
@@ -76,6 +77,15 @@ def image() -> str:
         return images.build(os.environ.get("EV_BASE_IMAGE", "auto"), tag_latest=False)
     except images.ImageBuildError as exc:
         pytest.fail(f"image build failed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def prometheus_image(image: str) -> str:
+    """The Prometheus image of the observability profile (Debian's package)."""
+    try:
+        return images.build_prometheus(os.environ.get("EV_BASE_IMAGE", "auto"), tag_latest=False)
+    except images.ImageBuildError as exc:
+        pytest.fail(f"prometheus image build failed: {exc}")
 
 
 class Background:
@@ -311,7 +321,7 @@ class Stack:
 
 # Reads the event history over the broker's ROUTER port (protocol section 5).
 HISTORY_SCRIPT = """
-import json, sys, msgpack, zmq
+import json, sys, msgspec, zmq
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.setsockopt(zmq.LINGER, 0)
@@ -319,8 +329,8 @@ s.setsockopt(zmq.RCVTIMEO, 10000)
 s.connect("tcp://broker:5557")
 seq, events = int(sys.argv[1]), []
 while True:
-    s.send(msgpack.packb({"op": "since", "seq": seq, "limit": 1000}))
-    reply = msgpack.unpackb(s.recv_multipart()[-1], raw=False)
+    s.send(msgspec.msgpack.encode({"op": "since", "seq": seq, "limit": 1000}))
+    reply = msgspec.msgpack.decode(s.recv_multipart()[-1])
     events += reply["events"]
     seq = reply["last_seq"] if not reply["events"] else reply["events"][-1]["seq"]
     if not reply["more"]:

@@ -30,6 +30,17 @@ SERVICES = [
     "web",
 ]
 TOOLS = ["vehicle", "monitor"]
+OBSERVABILITY = ["prometheus"]
+VOLUMES = {
+    "ocpp-gateway": "ocpp-data",
+    "broker": "broker-data",
+    "billing": "billing-data",
+    "vehicle": "vehicle-home",
+    "prometheus": "prometheus-data",
+    "broker-ssa": "broker-ssa-data",
+    "driver-fsa": "driver-fsa-home",
+    "driver-ssa": "driver-ssa-home",
+}
 # profile regions: services on the evcharge image, and the two servers
 REGIONS = ["broker-ssa", "fleet-ssa", "bridge-fsa", "bridge-ssa", "billing-regions",
            "driver-fsa", "driver-ssa"]  # fmt: skip
@@ -71,7 +82,7 @@ def service_block(text: str, name: str) -> str:
 
 def test_services_and_the_on_demand_tools() -> None:
     assert sorted(compose("config", "--services").split()) == sorted(
-        SERVICES + TOOLS + REGIONS + SERVERS
+        SERVICES + TOOLS + OBSERVABILITY + REGIONS + SERVERS
     )
     text = config()
     for tool in TOOLS:
@@ -112,9 +123,62 @@ def test_configuration_is_by_environment_only() -> None:
     # state lives in named volumes, never in bind-mounted host folders
     mounts = re.findall(r"^\s+- (\S+?):(/\S*?):(?:rw|ro)$", text, re.MULTILINE)
     assert sorted(source for source, _ in mounts) == [
-        "billing-data", "broker-data", "broker-ssa-data", "ledger-data", "nats-data",
-        "ocpp-data", "vehicle-home",
+        "billing-data", "broker-data", "broker-ssa-data", "driver-fsa-home",
+        "driver-ssa-home", "ledger-data", "nats-data", "ocpp-data", "prometheus-data",
+        "vehicle-home",
     ]  # fmt: skip
+
+
+def test_no_version_key_and_images_are_never_pulled() -> None:
+    raw = COMPOSE_FILE.read_text()
+    assert not re.search(r"^version:", raw, re.MULTILINE)
+    text = config()
+    for service in SERVICES + TOOLS + OBSERVABILITY + REGIONS + SERVERS:
+        assert "pull_policy: never" in service_block(text, service), service
+    assert "build:" in service_block(text, "broker")
+
+
+def test_every_service_is_hardened_with_rotated_logs() -> None:
+    text = config()
+    for service in SERVERS:  # NATS and PostgreSQL images run as their own users
+        block = service_block(text, service)
+        assert "pull_policy: never" in block and "mem_limit:" in block, service
+        assert "driver: json-file" in block and "max-size: 10m" in block, service
+    for service in SERVICES + TOOLS + OBSERVABILITY + REGIONS:
+        block = service_block(text, service)
+        assert "cap_drop:\n    - ALL" in block, service
+        assert "read_only: true" in block, service
+        assert "mem_limit:" in block, service
+        assert "driver: json-file" in block and "max-size: 10m" in block, service
+        assert "max-file: '3'" in block, service
+        assert "- /tmp" in block, service  # scratch space on a tmpfs
+        volume = VOLUMES.get(service)
+        if volume:
+            assert f"- {volume}:" in block, service
+
+
+def test_every_long_running_service_has_a_health_check() -> None:
+    text = config()
+    for service in SERVICES:
+        block = service_block(text, service)
+        assert "healthcheck:" in block and "/opt/evcharge/healthcheck.py" in block, service
+        assert "disable: true" not in block, service
+    assert "/-/ready" in service_block(text, "prometheus")
+
+
+def test_prometheus_is_an_observability_profile_built_from_debian() -> None:
+    block = service_block(config(), "prometheus")
+    assert "profiles:\n    - observability" in block
+    assert "BASE_IMAGE: debian:bookworm-slim" in block
+    assert "- prometheus-data:/prometheus" in block
+    dockerfile = (COMPOSE_FILE.parent / "prometheus" / "Dockerfile").read_text()
+    assert "apt-get install -y --no-install-recommends prometheus" in dockerfile
+
+
+def test_the_fleet_takes_its_ids_from_its_replica_number() -> None:
+    block = service_block(config(), "fleet")
+    assert "EV_FLEET_REPLICA: auto" in block
+    assert "EV_FLEET_PREFIX: FS" in block
 
 
 def test_the_ocpp_gateway_and_its_two_simulated_chargers() -> None:

@@ -48,8 +48,29 @@ def test_metrics_count_requests_errors_events(broker: tuple[Proc, BrokerPorts]) 
     assert metric(text, 'evcharge_events_total{topic="vehicle.connected"}') >= 1
     assert metric(text, "evcharge_last_event_seq") >= 3
     assert metric(text, "evcharge_vehicles_connected") >= 1
-    assert "# TYPE evcharge_request_latency_seconds histogram" in text
-    assert metric(text, "evcharge_request_latency_seconds_count") >= 3
+    assert "# TYPE evcharge_request_duration_seconds histogram" in text
+    assert metric(text, 'evcharge_request_duration_seconds_count{type="reserva"}') == 2
+    assert metric(text, "evcharge_points_known") >= 1
+    assert metric(text, "evcharge_vehicles_queued") == 1
+
+
+def test_one_name_one_type(broker: tuple[Proc, BrokerPorts]) -> None:
+    """Prometheus naming: each name has one TYPE, counters end in _total, no mixed figures."""
+    _, ports = broker
+    online_point(ports)
+    text = http_get(ports.http, "/metrics")[1]
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
+    assert len(types) == text.count("# TYPE ")
+    for name, kind in types.items():
+        assert name.startswith("evcharge_")
+        assert name.endswith("_total") == (kind == "counter"), (name, kind)
+    assert "evcharge_core{" not in text and "evcharge_zmq{" not in text
+    for name in (
+        "evcharge_energy_delivered_kwh_total", "evcharge_revenue_total",
+        "evcharge_sessions_completed_total", "evcharge_sessions_active",
+        "evcharge_vehicles_queued", "evcharge_points", "evcharge_zmq_messages_total",
+    ):  # fmt: skip
+        assert name in types, name
 
 
 def test_unknown_path_and_method(broker: tuple[Proc, BrokerPorts]) -> None:

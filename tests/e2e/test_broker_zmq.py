@@ -10,6 +10,7 @@ are raw SUB, DEALER and REQ sockets. Everything is closed in ``finally`` blocks.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,17 @@ import pytest
 import zmq
 
 from tests.support.procs import BrokerPorts, Proc, running, start, start_broker
-from tests.support.raw_clients import LAT, LON, WAIT_S, FakeStation, Vehicle, zmq_ctx
+from tests.support.raw_clients import (
+    LAT,
+    LON,
+    WAIT_S,
+    FakeStation,
+    Vehicle,
+    http_get,
+    metric,
+    wait_for,
+    zmq_ctx,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -165,10 +176,33 @@ class Net:
         return v
 
     def bus(self) -> Bus:
+        """A bus subscription demonstrably in place: a probe vehicle connects and goes
+        until the bus sees it leave; the probe's events are then dropped."""
         b = Bus(self.ctx, self.ports)
         self._open.append(b)
-        time.sleep(0.2)  # let the subscription reach the broker
+        deadline = time.monotonic() + WAIT_S
+        for k in itertools.count():
+            probe = Vehicle(self.ports.vehicle, f"ZPROBE{k}")
+            try:
+                probe.ask("custos")
+            finally:
+                probe.close()
+            if self._saw_leave(b, f"ZPROBE{k}"):
+                break
+            assert time.monotonic() < deadline, "the bus subscription never took effect"
+        b.events.clear()
         return b
+
+    @staticmethod
+    def _saw_leave(bus: Bus, vehicle_id: str) -> bool:
+        """Whether ``vehicle.disconnected`` of ``vehicle_id`` arrives within a second."""
+        with contextlib.suppress(TimeoutError):
+            while bus.wait_for("vehicle.disconnected", timeout=1.0)["data"]["vehicle_id"] != (
+                vehicle_id
+            ):
+                pass
+            return True
+        return False
 
     def history(self, kind: int = zmq.DEALER) -> History:
         h = History(self.ctx, self.ports, kind)
@@ -227,6 +261,7 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     assert reply["type"] == "reserva_response"
     assert reply["data"]["status"] == "success" and reply["data"]["code"] == "reserved"
     reservation_id = reply["data"]["reservation_id"]
+    assert metric(http_get(net.ports.http, "/metrics")[1], "evcharge_vehicles_queued") == 1
 
     hold = station.expect("hold")
     assert hold["reservation_id"] == reservation_id and hold["vehicle_id"] == "ZCAR03"
@@ -264,6 +299,16 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     assert arrival["data"]["code"] == "started", arrival
     assert arrival["data"]["session_id"] == session_id
     station.datagram("carregando", session_id=session_id, vehicle_id="ZCAR03")
+    wait_for(
+        lambda: (
+            metric(http_get(net.ports.http, "/metrics")[1], 'evcharge_points{state="carregando"}')
+            == 1
+        ),
+        what="ZW03 counted as carregando",
+    )
+    text = http_get(net.ports.http, "/metrics")[1]
+    assert metric(text, "evcharge_sessions_active") == 1
+    assert metric(text, "evcharge_vehicles_queued") == 0
 
     now = time.time()
     complete = {
@@ -306,6 +351,13 @@ def test_reserve_arrive_charge_complete_with_resends(net: Net) -> None:
     with pytest.raises(TimeoutError):
         car.push("custo_final", timeout=0.5)
     assert_gap_free(events)
+    # the business figures on /metrics
+    text = http_get(net.ports.http, "/metrics")[1]
+    assert metric(text, "evcharge_energy_delivered_kwh_total") == pytest.approx(36.0)
+    assert metric(text, 'evcharge_revenue_total{currency="BRL"}') == pytest.approx(54.0)
+    assert metric(text, 'evcharge_sessions_completed_total{reason="target_reached"}') == 1
+    assert metric(text, "evcharge_sessions_active") == 0
+    assert "# TYPE evcharge_energy_delivered_kwh_total counter" in text
 
 
 def test_bus_is_gap_free_and_history_replays_it_exactly(net: Net) -> None:

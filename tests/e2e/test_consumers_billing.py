@@ -296,7 +296,7 @@ def test_billing_cli_errors(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "broker", "billing", "report"],
         capture_output=True, text=True, timeout=20,
-        env={**os.environ, "EV_DB": str(db), "EV_FORMAT": "json"},
+        env={**os.environ, "EV_BILLING_DB": str(db), "EV_REPORT_FORMAT": "json"},
     )  # fmt: skip
     assert res.returncode == 2 and str(db) in res.stderr  # options read from the environment
     Ledger(db).close()

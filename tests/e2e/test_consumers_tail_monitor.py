@@ -199,6 +199,28 @@ def test_monitor_shows_points_pages_and_quits(
             child.terminate(force=True)
 
 
+def test_monitor_on_a_small_terminal_shows_heard_and_the_latest_events(
+    broker: tuple[Proc, BrokerPorts],
+    stations: list[FakeStation],  # noqa: F811
+) -> None:
+    _, ports = broker
+    child = pexpect.spawn(
+        sys.executable, ["-m", "broker", "monitor", *bus_args(ports)],
+        cwd=str(ROOT), dimensions=(24, 100), timeout=20, encoding="utf-8", codec_errors="replace",
+    )  # fmt: skip
+    try:
+        child.expect("latest events")
+        child.expect(r"CP01\W.*?\b\d+s\b")  # when the station was last heard, not "-"
+        sid = charge(ports, stations[1], "CAR7")
+        child.expect("charging.completed")
+        assert sid
+        child.send("q")
+        child.expect(pexpect.EOF, timeout=5)
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
 def test_monitor_stops_on_sigterm_within_2s(
     broker: tuple[Proc, BrokerPorts],
     stations: list[FakeStation],  # noqa: F811

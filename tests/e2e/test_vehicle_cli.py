@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from common.geo import DEMO_CENTER
 from tests.support.procs import free_port
 from tests.support.vehicle_server import ProtocolServer, server_thread
 from vehicle.cli import app, hoist_global_options
@@ -23,7 +24,7 @@ def server() -> Iterator[ProtocolServer]:
 @pytest.fixture
 def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for name in ("EV_BROKER", "EV_PORT", "EV_ID", "EV_JSON"):
+    for name in ("EV_BROKER", "EV_VEHICLE_PORT", "EV_VEHICLE_ID", "EV_VEHICLE_JSON"):
         monkeypatch.delenv(name, raising=False)
     return CliRunner()
 
@@ -53,13 +54,32 @@ def test_nearby_table_shows_distance_state_queue_wait_price(
 def test_env_vars_configure_the_global_options(
     runner: CliRunner, server: ProtocolServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EV_PORT", str(server.port))
-    monkeypatch.setenv("EV_ID", "ENVCAR")
-    monkeypatch.setenv("EV_JSON", "1")
+    monkeypatch.setenv("EV_VEHICLE_PORT", str(server.port))
+    monkeypatch.setenv("EV_VEHICLE_ID", "ENVCAR")
+    monkeypatch.setenv("EV_VEHICLE_JSON", "1")
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"reserva": None, "sessao": None}
     assert server.requests[-1]["data"]["id_veiculo"] == "ENVCAR"
+
+
+def test_position_defaults_to_the_demo_fleet_and_reads_the_environment(
+    runner: CliRunner, server: ProtocolServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = ["--port", str(server.port), "--id", "CAR1", "--json"]
+    result = runner.invoke(app, [*base, "nearby"])
+    assert result.exit_code == 0, result.output
+    sent = server.requests[-1]["data"]
+    where = sent["localizacao"]
+    assert (where["latitude"], where["longitude"]) == DEMO_CENTER  # where `make run`'s fleet is
+    monkeypatch.setenv("EV_VEHICLE_LAT", "1")
+    monkeypatch.setenv("EV_VEHICLE_LON", "2")
+    monkeypatch.setenv("EV_VEHICLE_MAX_KM", "7")
+    result = runner.invoke(app, [*base, "list"])
+    assert result.exit_code == 0, result.output
+    sent = server.requests[-1]["data"]
+    where = sent["localizacao"]
+    assert (where["latitude"], where["longitude"], sent["distancia_max"]) == (1.0, 2.0, 7.0)
 
 
 def test_refused_reservation_exits_1_with_its_code(
@@ -107,7 +127,7 @@ def test_costs_stop_cancel(runner: CliRunner, server: ProtocolServer) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["list", "--lat", "1"],  # missing --lon
+        ["list", "--lat", "1", "--lon"],  # --lon without its value
         ["list", "--lat", "91", "--lon", "0"],
         ["nearby", "--lat", "x", "--lon", "0"],
         ["arrive", "CP01", "--battery", "50", "--target", "40", "--payment", "Pix"],

@@ -34,6 +34,8 @@ from common.messages import (
     BusEvent,
     Heartbeat,
     Hello,
+    HistoryAccounts,
+    HistorySetAvailability,
     HistorySince,
     HistorySnapshot,
     Hold,
@@ -260,7 +262,11 @@ def test_msgpack_decoders_only_raise_their_errors(frame: bytes) -> None:
     decoders: list[tuple[Callable[[bytes], Any], type[Exception], tuple[type, ...]]] = [
         (decode_station_message, StationProtocolError, (Hello, Heartbeat, Ack, SessionComplete)),
         (decode_broker_message, StationProtocolError, tuple(type(m) for m in BROKER_MESSAGES)),
-        (decode_history_request, InvalidRequest, (HistorySince, HistorySnapshot)),
+        (
+            decode_history_request,
+            InvalidRequest,
+            (HistorySince, HistorySnapshot, HistoryAccounts, HistorySetAvailability),
+        ),
         (lambda f: decode_event([b"point.status", f]), BusProtocolError, (BusEvent,)),
     ]
     for decoder, error, kinds in decoders:
@@ -326,6 +332,11 @@ def test_history_requests() -> None:
         seq=0, limit=MAX_HISTORY_LIMIT
     )
     assert decode_history_request(pack({"op": "snapshot", "extra": 1})) == HistorySnapshot()
+    assert decode_history_request(pack({"op": "accounts"})) == HistoryAccounts()
+    request = {"op": "set_availability", "point_id": "CP1", "available": False, "reason": "r"}
+    assert decode_history_request(pack(request)) == HistorySetAvailability(
+        point_id="CP1", available=False, reason="r"
+    )
 
 
 def test_history_limit_above_maximum_is_lowered() -> None:

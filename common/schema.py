@@ -1,0 +1,193 @@
+"""JSON Schemas of the wire messages, generated from the msgspec structs that define them.
+
+    python -m common.schema docs/schema          # (re)write the checked-in schemas
+    python -m common.schema --check docs/schema  # exit 1 when they drifted from the structs
+
+One file per message, grouped by where it travels (docs/protocol.md):
+
+* ``vehicle/<type>.schema.json``: each vehicle request, envelope included
+  (``{"type", "data", "id"?}``), from :data:`common.messages.REQUEST_TYPES`;
+* ``status/datagram.schema.json``: a station status datagram;
+* ``station/<type>.schema.json``: each station <-> broker ZeroMQ message;
+* ``bus/<topic>.schema.json``: each bus event payload ``{seq, ts, topic, data}``
+  with the topic's data struct from :data:`common.events.EVENT_TYPES`;
+* ``history/<op>.schema.json``: each history request.
+
+Messages carried as msgpack (station, bus, history) have the same map
+structure as their JSON form; the schemas describe that structure. Unknown
+fields are allowed everywhere (forward compatibility), as the structs allow them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from common.events import EVENT_TYPES
+from common.messages import (
+    REQUEST_TYPES,
+    Ack,
+    Heartbeat,
+    Hello,
+    HistoryAccounts,
+    HistorySetAvailability,
+    HistorySince,
+    HistorySnapshot,
+    Hold,
+    Release,
+    SessionAck,
+    SessionComplete,
+    Start,
+    StatusDatagram,
+    Stop,
+    Welcome,
+)
+
+DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+STATION_MESSAGES: Final = (
+    Hello, Heartbeat, Ack, SessionComplete, Welcome, Hold, Release, Start, Stop, SessionAck,
+)  # fmt: skip
+HISTORY_REQUESTS: Final = (HistorySince, HistorySnapshot, HistoryAccounts, HistorySetAvailability)
+
+
+def _struct_schema(cls: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the struct's own schema, the other definitions it refers to)."""
+    generated: dict[str, Any] = msgspec.json.schema(cls)
+    defs: dict[str, Any] = dict(generated.get("$defs", {}))
+    name = generated["$ref"].rsplit("/", 1)[-1]
+    return defs.pop(name), defs
+
+
+def _document(
+    title: str, description: str, body: dict[str, Any], defs: Mapping[str, Any]
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"$schema": DIALECT, "title": title, "description": description}
+    doc.update({k: v for k, v in body.items() if k != "title"})
+    if defs:
+        doc["$defs"] = dict(sorted(defs.items()))
+    return doc
+
+
+def _tag(cls: Any) -> str:
+    return str(cls.__struct_config__.tag)
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """Every schema, by its path under the schema folder."""
+    out: dict[str, dict[str, Any]] = {}
+    for type_, cls in sorted(REQUEST_TYPES.items()):
+        data, defs = _struct_schema(cls)
+        defs[cls.__name__] = data
+        body = {
+            "type": "object",
+            "properties": {
+                "type": {"const": type_},
+                "data": {"$ref": f"#/$defs/{cls.__name__}"},
+                "id": {
+                    "description": "Any JSON scalar; echoed in the reply.",
+                    "type": ["string", "integer", "number", "boolean", "null"],
+                },
+            },
+            "required": ["type"] if type_ == "ping" else ["type", "data"],
+        }
+        out[f"vehicle/{type_}.schema.json"] = _document(
+            f"vehicle request {type_}",
+            "A request on the vehicle TCP connection (one JSON object).",
+            body,
+            defs,
+        )
+    data, defs = _struct_schema(StatusDatagram)
+    out["status/datagram.schema.json"] = _document(
+        "station status datagram", "One UDP datagram: one JSON object, at most 8 KiB.", data, defs
+    )
+    for cls in STATION_MESSAGES:
+        data, defs = _struct_schema(cls)
+        out[f"station/{_tag(cls)}.schema.json"] = _document(
+            f"station message {_tag(cls)}",
+            "One ZeroMQ frame between a station DEALER and the broker ROUTER (msgpack map).",
+            data,
+            defs,
+        )
+    for topic, cls in sorted(EVENT_TYPES.items()):
+        data, defs = _struct_schema(cls)
+        defs[cls.__name__] = data
+        body = {
+            "type": "object",
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1},
+                "ts": {"type": "number", "description": "Epoch seconds."},
+                "topic": {"const": topic},
+                "data": {"$ref": f"#/$defs/{cls.__name__}"},
+            },
+            "required": ["seq", "ts", "topic", "data"],
+        }
+        out[f"bus/{topic}.schema.json"] = _document(
+            f"bus event {topic}",
+            "The payload frame of a bus message (msgpack map); the first frame is the topic.",
+            body,
+            defs,
+        )
+    for cls in HISTORY_REQUESTS:
+        data, defs = _struct_schema(cls)
+        out[f"history/{_tag(cls)}.schema.json"] = _document(
+            f"history request {_tag(cls)}",
+            "One msgpack frame to the history ROUTER.",
+            data,
+            defs,
+        )
+    return out
+
+
+def render(schema: Mapping[str, Any]) -> str:
+    return json.dumps(schema, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+def drift(folder: Path) -> list[str]:
+    """Paths under ``folder`` that differ from the structs (missing, changed or extra)."""
+    wanted = {path: render(schema) for path, schema in schemas().items()}
+    problems = [
+        path
+        for path, text in wanted.items()
+        if not (folder / path).is_file() or (folder / path).read_text() != text
+    ]
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*.schema.json")}
+    problems += sorted(present - set(wanted))
+    return sorted(problems)
+
+
+def write(folder: Path) -> int:
+    wanted = schemas()
+    for path, schema in wanted.items():
+        target = folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(schema))
+    for extra in folder.rglob("*.schema.json"):
+        if extra.relative_to(folder).as_posix() not in wanted:
+            extra.unlink()
+    return len(wanted)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.schema", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("folder", type=Path, nargs="?", default=Path("docs/schema"))
+    parser.add_argument("--check", action="store_true", help="only report drift (exit 1)")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = drift(args.folder)
+        for path in problems:
+            print(f"drifted: {args.folder / path}", file=sys.stderr)
+        return 1 if problems else 0
+    print(f"wrote {write(args.folder)} schemas to {args.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
