@@ -33,6 +33,7 @@ from broker.subscriber import Endpoint, HistoryClient, Subscriber
 from broker.tail import PipeClosed, TailSink, pipe_closed
 from common.cli import CONTEXT
 from common.errors import ConfigError, EVError, StoreError, TransportError
+from common.logging_setup import setup_logging
 
 EXIT_DIFFERENT = 1
 EXIT_USAGE = 2
@@ -83,9 +84,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _setup_logging(level: int) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging("text", level)
 
 
 def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -18,8 +18,8 @@ from typing import Annotated, TypeVar
 import typer
 
 from broker.limits import Limits
-from broker.logging_setup import FORMATS, LEVELS, setup_logging
 from common.errors import ConfigError, EVError, StoreError
+from common.logging_setup import FORMATS, LEVELS, setup_logging
 
 log = logging.getLogger("broker")
 T = TypeVar("T")

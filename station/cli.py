@@ -21,6 +21,7 @@ from common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LogLevel, new_app, vers
 from common.cli import run as run_cli
 from common.errors import ConfigError
 from common.geo import parse_center
+from common.logging_setup import setup_logging
 from station.fleet import make_fleet
 from station.host import Host, HostConfig, run_host
 from station.links import DealerLink, Link, MultiLink
@@ -127,10 +128,7 @@ MuteCommands = Annotated[
 
 
 def _setup_logging(level: LogLevel) -> None:
-    value = getattr(logging, level.value.upper())
-    logging.basicConfig(
-        level=value, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    setup_logging("text", getattr(logging, level.value.upper()))
 
 
 def _terminate(ctx: zmq.Context[zmq.Socket[bytes]]) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import BrokerPorts, Proc, broker_ports, start_broker
+from tests.support.procs import BrokerPorts, Proc, broker_ports, start_broker_on_free_ports
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def broker(tmp_path: Path, ports: BrokerPorts) -> Iterator[tuple[Proc, BrokerPor
 
     Uses short windows so that tests run fast: offline after 1.5 s, grace 3 s.
     """
-    proc = start_broker(
+    proc = start_broker_on_free_ports(
         ports, str(tmp_path / "broker.db"), "--offline-after", "1.5", "--offline-grace", "3"
     )
     try:

@@ -24,7 +24,14 @@ from tests.e2e.test_broker_vehicles import (
     wait_for,
     zmq_ctx,
 )
-from tests.support.procs import BrokerPorts, Proc, broker_ports, start, start_broker
+from tests.support.procs import (
+    BROKER_READY,
+    BrokerPorts,
+    Proc,
+    broker_ports,
+    start,
+    start_broker,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -200,7 +207,7 @@ def test_options_from_environment(tmp_path: Path) -> None:
     del args[i : i + 2]
     proc = start(["python", "-m", "broker", "serve", *args], env=env)
     try:
-        proc.read_until("ready", timeout=20)
+        proc.read_until(BROKER_READY, timeout=20)
         with vehicle(ports.vehicle) as v:
             assert v.request("ping", {})["type"] == "pong"
         logs = [json.loads(line) for line in proc.lines if line.startswith("{")]

@@ -10,6 +10,7 @@ are raw SUB, DEALER and REQ sockets. Everything is closed in ``finally`` blocks.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,10 +176,33 @@ class Net:
         return v
 
     def bus(self) -> Bus:
+        """A bus subscription demonstrably in place: a probe vehicle connects and goes
+        until the bus sees it leave; the probe's events are then dropped."""
         b = Bus(self.ctx, self.ports)
         self._open.append(b)
-        time.sleep(0.2)  # let the subscription reach the broker
+        deadline = time.monotonic() + WAIT_S
+        for k in itertools.count():
+            probe = Vehicle(self.ports.vehicle, f"ZPROBE{k}")
+            try:
+                probe.ask("custos")
+            finally:
+                probe.close()
+            if self._saw_leave(b, f"ZPROBE{k}"):
+                break
+            assert time.monotonic() < deadline, "the bus subscription never took effect"
+        b.events.clear()
         return b
+
+    @staticmethod
+    def _saw_leave(bus: Bus, vehicle_id: str) -> bool:
+        """Whether ``vehicle.disconnected`` of ``vehicle_id`` arrives within a second."""
+        with contextlib.suppress(TimeoutError):
+            while bus.wait_for("vehicle.disconnected", timeout=1.0)["data"]["vehicle_id"] != (
+                vehicle_id
+            ):
+                pass
+            return True
+        return False
 
     def history(self, kind: int = zmq.DEALER) -> History:
         h = History(self.ctx, self.ports, kind)

@@ -119,7 +119,7 @@ def test_completion_is_billed_once_across_a_broker_kill(tmp_path: Path) -> None:
     try:
         # 20 -> 80 % of 60 kWh at 50 kW: 2592 simulated s = 4.3 s at --speed 600
         with running(
-            station_args(ports, "--speed", "600", "--broker-silence", "1"),
+            station_args(ports, "--speed", "600", "--broker-silence", "2.5"),
             ready="welcomed by the broker",
         ) as station:
             car = Vehicle(ports.vehicle, "CARKILL")

@@ -155,10 +155,13 @@ def test_a_flood_of_station_messages_does_not_starve_the_loop() -> None:
                 sock.send(frame)
 
     async def ticker(gaps: list[float], stop: asyncio.Event) -> None:
-        last = time.monotonic()
+        # CPU time of the loop's thread between ticks: the work the loop did before it
+        # came back to this task; wall time would also count other programs of a loaded
+        # machine (and the flooding thread holding the GIL)
+        last = time.thread_time()
         while not stop.is_set():
             await asyncio.sleep(0.005)
-            now = time.monotonic()
+            now = time.thread_time()
             gaps.append(now - last)
             last = now
 
@@ -177,7 +180,9 @@ def test_a_flood_of_station_messages_does_not_starve_the_loop() -> None:
                     stop.set()
                     await tick
                 assert len(rec.messages) == n
-                assert max(gaps) < 0.5, max(gaps)
+                # the flood was handled in many slices (batches with a yield between
+                # them), not in one go: no slice took a quarter of the loop's work
+                assert max(gaps) < sum(gaps) / 4, (max(gaps), sum(gaps), len(gaps))
 
     run(body())
 

@@ -188,11 +188,34 @@ def broker_ports() -> BrokerPorts:
     return BrokerPorts("127.0.0.1", *p)
 
 
+#: What ``ev-broker serve`` prints once every edge listens.
+BROKER_READY = "ev-broker ready:"
+#: Its message when a port it was given has been taken meanwhile.
+PORT_TAKEN = "address already in use"
+
+
+def start_broker_on_free_ports(ports: BrokerPorts, db: str, *extra: str) -> Proc:
+    """:func:`start_broker`; when another process took one of ``ports`` between their
+    choice and the broker's bind (the machine is shared), ``ports`` is given fresh free
+    ports in place and the broker started again."""
+    for attempt in range(3):
+        try:
+            return start_broker(ports, db, *extra)
+        except TimeoutError as exc:
+            if PORT_TAKEN not in str(exc) or attempt == 2:
+                raise
+            fresh = broker_ports()
+            ports.vehicle, ports.status, ports.station = fresh.vehicle, fresh.status, fresh.station
+            ports.events, ports.history, ports.http = fresh.events, fresh.history, fresh.http
+    raise AssertionError("unreachable")
+
+
 def start_broker(ports: BrokerPorts, db: str, *extra: str) -> Proc:
     """Start ``ev-broker serve`` on ``ports`` with database ``db`` and wait for ``ready``."""
     proc = start(["python", "-m", "broker", "serve", *ports.cli_args(), "--db", db, *extra])
     try:
-        proc.read_until("ready", timeout=20)
+        # the whole ready line: a bind error says "already in use", which holds "ready"
+        proc.read_until(BROKER_READY, timeout=20)
     except BaseException:
         proc.stop()
         raise

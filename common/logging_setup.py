@@ -1,4 +1,7 @@
-"""Logging for the broker process: one line per record, as text or JSON, on stderr."""
+"""Logging for every process (broker, consumers, stations): one line per record on stderr.
+
+Text (UTC time, level, logger, message) or JSON (``--log-format json`` of the broker).
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(fmt: str, level: str) -> None:
-    """Route every logger to stderr in ``fmt`` (text|json) at ``level``."""
+def setup_logging(fmt: str, level: str | int) -> None:
+    """Route every logger to stderr in ``fmt`` (text|json) at ``level`` (a name or a number)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -38,4 +41,4 @@ def setup_logging(fmt: str, level: str) -> None:
         handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level.upper() if isinstance(level, str) else level)
