@@ -70,7 +70,7 @@ def fleet_ramp(count: int, secure: bool, tmp: Path) -> tuple[float, float, float
                 raise TimeoutError(f"only {online:.0f} of {count} online after 600 s")
             time.sleep(0.5)
             _, text = http_get(ports.http, "/metrics")
-            online = metric(text, 'evcharge_core{figure="points_online"}')
+            online = metric(text, 'evcharge_events_total{topic="point.online"}')
         took = time.monotonic() - t0
         return took, _cpu_s(broker.pid) - cpu_b0, _cpu_s(fleet.pid)
     finally:

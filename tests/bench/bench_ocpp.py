@@ -158,7 +158,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def _online(http_port: int) -> float:
     status, text = http_get(http_port, "/metrics")
-    return metric(text, 'evcharge_core{figure="points_online"}') if status == 200 else 0.0
+    return metric(text, "evcharge_points_online") if status == 200 else 0.0
 
 
 def main() -> None:

@@ -28,10 +28,10 @@ from broker.ledger import LedgerBase, open_ledger
 from broker.subscriber import Subscriber
 from common.codec import encode_event
 from common.messages import BusEvent
+from tests.support.fake_bus import Collect, FakeBus, status
 from tests.support.procs import Proc, broker_ports, start, start_broker
 from tests.support.servers import nats_server, postgres
 from tests.unit.test_ledger import completed
-from tests.unit.test_subscriber import Collect, FakeBus, status
 
 EVENTS = 20_000
 BILLS = 5_000
@@ -159,12 +159,12 @@ def bench_delay(url: str, pg_url: str, tmp: Path) -> None:
     from tests.e2e.test_consumers_billing import FakeStation, charge
 
     ports = broker_ports()
-    bus = ["--broker", "127.0.0.1", "--events-port", str(ports.events),
-           "--history-port", str(ports.history)]  # fmt: skip
     procs: list[Proc] = []
+    procs.append(start_broker(ports, str(tmp / "broker.db")))  # with its credentials
+    bus = ["--broker", "127.0.0.1", "--events-port", str(ports.events),
+           "--history-port", str(ports.history), *ports.cred_args()]  # fmt: skip
     stations: list[FakeStation] = []
     try:
-        procs.append(start_broker(ports, str(tmp / "broker.db")))
         for args, ready in (
             (["bridge", "--nats", url, "--region", "delay", *bus], "bridge ready"),
             (["billing", "--source", url, "--ledger", pg_url, "--regions", "delay"],
