@@ -189,7 +189,8 @@ def main() -> None:
                 ["python", "-m", "station", "ocpp", "--chargers", str(chargers),
                  "--host", "127.0.0.1", "--port", str(ws_port), "--ocpp-heartbeat", str(int(hb_s)),
                  "--status-port", str(ports.status), "--station-port", str(ports.station),
-                 "--vehicle-port", str(ports.vehicle), "--log-level", "warning"]
+                 "--vehicle-port", str(ports.vehicle), "--log-level", "warning",
+                 *ports.cred_args("station")]
             )  # fmt: skip
             procs.append(gw)
             gw.read_until("ocpp gateway ready", timeout=120)
@@ -198,7 +199,8 @@ def main() -> None:
             fleet = start(
                 ["python", "-m", "station", "fleet", "--count", str(fleet_n), "--prefix", "FS",
                  "--status-port", str(ports.status), "--station-port", str(ports.station),
-                 "--speed", "1", "--log-level", "warning", "--report-every", "3600"]
+                 "--speed", "1", "--log-level", "warning", "--report-every", "3600",
+                 *ports.cred_args("station")]
             )  # fmt: skip
             procs.append(fleet)
             fleet.read_until("fleet ready", timeout=60)
