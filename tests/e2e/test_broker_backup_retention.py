@@ -125,10 +125,15 @@ class Recorder:
         self.events.extend(events)
 
 
+def consumer_endpoint(ports: BrokerPorts) -> Endpoint:
+    """The test broker's bus and history, shown the consumer credential it issued."""
+    assert ports.creds is not None
+    credential = ports.creds.load(ports.creds.consumer)
+    return Endpoint("127.0.0.1", ports.events, ports.history, credential)
+
+
 async def follow(ports: BrokerPorts, sink: Recorder, until: Any, **kwargs: Any) -> Subscriber:
-    sub = Subscriber(
-        Endpoint("127.0.0.1", ports.events, ports.history), sink, request_timeout_s=5, **kwargs
-    )
+    sub = Subscriber(consumer_endpoint(ports), sink, request_timeout_s=5, **kwargs)
     task = asyncio.create_task(sub.run())
     try:
         async with asyncio.timeout(30):
@@ -177,9 +182,7 @@ def test_retention_prunes_history_and_subscribers_fall_back_to_a_snapshot(
         # a snapshot consumer (the monitor) whose seq was pruned takes a new snapshot
         async def monitor_catch_up() -> Subscriber:
             sink = Recorder()
-            sub = Subscriber(
-                Endpoint("127.0.0.1", ports.events, ports.history), sink, snapshot=True
-            )
+            sub = Subscriber(consumer_endpoint(ports), sink, snapshot=True)
             try:
                 sub.seq.reset(0)  # it stood before the first event, long pruned since
                 await asyncio.wait_for(sub.catch_up(), 30)

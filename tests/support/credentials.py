@@ -30,6 +30,7 @@ from broker.credentials import (
     CredentialTable,
     broker_keys,
     credentials_db_for,
+    ensure,
     issue,
 )
 from common.credentials import Credential, curve_client, load_credential
@@ -105,14 +106,14 @@ def provision(db: str, keys: Path, legacy: bool = True) -> TestCredentials:
         live = {r.name for r in table.records() if r.live}
         if not legacy and "test-legacy" in live:
             table.revoke("test-legacy")
-    for name, (role, points, source) in STANDARD.items():
-        if name == "test-legacy" and not legacy:
-            continue
-        path = creds.out / f"{name}.cred"
-        if name in live and path.exists():
-            creds.paths[name] = path
-        else:
-            creds.add(name, role, points, source)
+    with CredentialTable(credentials_db_for(db, keys)) as table:
+        for name, (role, points, source) in STANDARD.items():
+            if name == "test-legacy" and not legacy:
+                continue
+            # ensure, not issue: a database copied from another broker (a backup
+            # restored) holds these names live while this folder has no .cred yet.
+            ensure(table, broker_keys(keys), name, role, points, source, creds.out)
+            creds.paths[name] = creds.out / f"{name}.cred"
     return creds
 
 
