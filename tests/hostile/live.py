@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.credentials import provision, register, unregister
 from tests.support.procs import BrokerPorts
 from tests.support.raw_clients import HOST, LAT, LON, FakeStation, Vehicle, wait_for
 
@@ -187,6 +188,11 @@ class LiveBroker:
     def start(self) -> None:
         from tests.support.procs import ROOT
 
+        if self.ports.creds is None:
+            # auth on, as in production: the test credentials (kept across restarts)
+            # are found by port by the raw clients (FakeStation signs and uses CURVE)
+            self.ports.creds = provision(self.db, self.folder)
+            register(self.ports.creds, *self.ports.all())
         args = [sys.executable, "-m", "broker", "serve", *self.ports.cli_args(),
                 "--db", self.db, *self.options]  # fmt: skip
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -214,6 +220,7 @@ class LiveBroker:
         self.start()
 
     def stop(self) -> int | None:
+        unregister(*self.ports.all())
         if self.popen is None:
             return None
         if self.popen.poll() is None:
