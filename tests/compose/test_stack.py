@@ -80,7 +80,17 @@ def events(stack: Stack, topic: str, since: int = 0, **match: Any) -> list[dict[
 
 
 def session_of(stack: Stack, vehicle: str) -> dict[str, Any] | None:
-    _, status = stack.probe("ev-vehicle", "--json", "--id", vehicle, "status")
+    """The vehicle's session, or None while it has none (polled with wait_until)."""
+    rc, status = stack.probe("ev-vehicle", "--json", "--id", vehicle, "status", ok=False)
+    if (
+        rc != 0
+        and status is not None
+        and status.get("error", {}).get("code") == "already_registered"
+    ):
+        # The trip in the background registered the id and is about to write its
+        # token file: a probe in that window is told already_registered. Ask again.
+        return None
+    assert rc == 0 and status is not None, f"status of {vehicle}: exit {rc}, {status}"
     return status.get("sessao")  # type: ignore[no-any-return]
 
 
