@@ -301,7 +301,13 @@ def test_fleet_scales_to_three_with_distinct_ids_kept_across_a_restart(stack: St
     second = next(c for name, c in names.items() if name.endswith(("_2", "-2")))
     mark = stack.history()[-1]["seq"]
 
-    stack.docker("restart", "--time", "2", second)
+    # stopped long enough to be seen offline (a quick restart can fall inside the
+    # offline window and publish nothing), then started: the same ids come back
+    stack.docker("stop", "--time", "2", second)
+    wait_until(
+        lambda: events(stack, "point.offline", mark, point_id="FS2-0001"), 60, "FS2-0001 offline"
+    )
+    stack.docker("start", second)
     wait_until(
         lambda: events(stack, "point.online", mark, point_id="FS2-0001"), 60, "FS2-0001 back"
     )
