@@ -223,7 +223,10 @@ def test_station_cut_off_the_network_comes_back_and_bills_once(
         "ev-vehicle", "--json", "--id", "P1", "arrive", "CP02", "--battery", "10",
         "--target", "40", "--payment", "Pix", "--capacity-kwh", "10", "--wait",
     )  # fmt: skip
-    session = wait_until(lambda: session_of(stack, "P1"), 30, "P1's session at CP02")
+    try:
+        session = wait_until(lambda: session_of(stack, "P1"), 60, "P1's session at CP02")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the trip said: {p1.text()[-1500:]}") from None
     mark = stack.history()[-1]["seq"]
     network, station2 = f"{stack.project}_evnet", stack.container("station2")
 
