@@ -372,11 +372,23 @@ class BrokerApp:
     def vehicle_disconnected(self, vehicle_id: str) -> None:
         self._call(self.core.vehicle_disconnected, vehicle_id)
 
-    def on_datagram(self, datagram: StatusDatagram) -> None:
+    def on_datagram(self, datagram: StatusDatagram, signed_ts: float | None) -> Rejected | None:
+        """Hand a datagram to the core; its refusal (stale, replayed) goes back to the edge.
+
+        The status edge counts a refusal itself (``evcharge_datagrams_total{outcome}``,
+        and a replay in ``evcharge_rejected_total``), so it is not carried out here.
+        """
         refused = self.core.points_refused
-        self._call(self.core.handle_datagram, datagram)
+        effects = self.core.handle_datagram(datagram, time.time(), signed_ts)
+        if effects:
+            first = effects[0]
+            if type(first) is Rejected and first.edge == "status":
+                return first
+            self._pending.extend(effects)
+            self._schedule_flush()
         if self.core.points_refused != refused:
             self.metrics.rejected.inc("status", "point_cap")
+        return None
 
     def on_station(self, point_id: str, message: StationToBroker) -> None:
         refused = self.core.points_refused
