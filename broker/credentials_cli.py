@@ -113,59 +113,54 @@ OutOpt = Annotated[
 Provision = Callable[[CredentialTable, BrokerKeys, str, str, str | None, str | None, Path], T]
 
 
-def _provision(
-    make: Provision[T],
-    name: str,
-    role: str,
-    points: str | None,
-    source: str | None,
-    db: str,
-    keys: str | None,
-    out: str | None,
-) -> tuple[T, Path]:
-    """``make``'s result and the folder of NAME.cred; usage errors exit 2, store errors 1."""
-    table, keys_dir = _table(db, keys)
-    try:
-        out_dir = Path(out) if out else keys_dir
-        check_name(name)
-        return make(table, broker_keys(keys_dir), name, role, points, source, out_dir), out_dir
-    except ConfigError as exc:
-        raise _fail(exc.message, EXIT_USAGE) from None
-    except StoreError as exc:
-        raise _fail(exc.message, EXIT_FAILED) from None
-    finally:
-        table.close()
+def _provisioning(
+    make: Provision[T], said: Callable[[str, str, T, Path], str]
+) -> Callable[..., None]:
+    """A command that runs ``make`` and prints ``said(name, role, result, out folder)``.
+
+    ``make``'s usage errors exit 2, store errors 1.
+    """
+
+    def command(
+        name: NameArg,
+        role: RoleOpt,
+        points: PointsOpt = None,
+        source: SourceOpt = None,
+        db: DbOpt = DEFAULT_DB,
+        keys: KeysOpt = None,
+        out: OutOpt = None,
+    ) -> None:
+        table, keys_dir = _table(db, keys)
+        try:
+            out_dir = Path(out) if out else keys_dir
+            check_name(name)
+            made = make(table, broker_keys(keys_dir), name, role, points, source, out_dir)
+        except ConfigError as exc:
+            raise _fail(exc.message, EXIT_USAGE) from None
+        except StoreError as exc:
+            raise _fail(exc.message, EXIT_FAILED) from None
+        finally:
+            table.close()
+        typer.echo(said(name, role, made, out_dir))
+
+    return command
 
 
-@credentials_app.command("add")
-def add(
-    name: NameArg,
-    role: RoleOpt,
-    points: PointsOpt = None,
-    source: SourceOpt = None,
-    db: DbOpt = DEFAULT_DB,
-    keys: KeysOpt = None,
-    out: OutOpt = None,
-) -> None:
-    """Issue a credential: record it and write OUT/NAME.cred (mode 0600)."""
-    path, _ = _provision(issue, name, role, points, source, db, keys, out)
-    typer.echo(f"credential {name} ({role}) written to {path}")
-
-
-@credentials_app.command("ensure")
-def ensure_(
-    name: NameArg,
-    role: RoleOpt,
-    points: PointsOpt = None,
-    source: SourceOpt = None,
-    db: DbOpt = DEFAULT_DB,
-    keys: KeysOpt = None,
-    out: OutOpt = None,
-) -> None:
-    """Like add, but keep a live credential whose .cred file is present (for deployments)."""
-    made, out_dir = _provision(ensure, name, role, points, source, db, keys, out)
-    verb = "written to" if made else "kept in"
-    typer.echo(f"credential {name} ({role}) {verb} {out_dir / (name + '.cred')}")
+credentials_app.command(
+    "add", help="Issue a credential: record it and write OUT/NAME.cred (mode 0600)."
+)(_provisioning(issue, lambda name, role, path, _: f"credential {name} ({role}) written to {path}"))
+credentials_app.command(
+    "ensure",
+    help="Like add, but keep a live credential whose .cred file is present (for deployments).",
+)(
+    _provisioning(
+        ensure,
+        lambda name, role, made, out_dir: (
+            f"credential {name} ({role}) {'written to' if made else 'kept in'} "
+            f"{out_dir / (name + '.cred')}"
+        ),
+    )
+)
 
 
 @credentials_app.command("list")
