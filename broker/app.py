@@ -125,7 +125,7 @@ def new_id(prefix: str) -> str:
 class BrokerApp:
     """One running broker: core + store + edges + timer."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, stop_requested: asyncio.Event | None = None) -> None:
         self.config = config
         self.metrics = BrokerMetrics()
         self.reject = Rejections(self.metrics.rejected)
@@ -153,7 +153,7 @@ class BrokerApp:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.stop_requested = asyncio.Event()
+        self.stop_requested = stop_requested if stop_requested is not None else asyncio.Event()
         self.exit_code = 0
         self.ctx: zmq.asyncio.Context | None = None
         self.vehicles = VehicleServer(self, self.metrics, self.auth, config.limits)
@@ -515,16 +515,14 @@ def _zmq_host(host: str) -> str:
     return "*" if host in ("0.0.0.0", "") else host
 
 
-async def serve(config: AppConfig, on_ready: Callable[[str], None]) -> int:
-    """Run the broker until ``request_stop`` (SIGINT/SIGTERM); returns the exit code."""
-    import signal
-
-    app = BrokerApp(config)
-    loop = asyncio.get_running_loop()
+async def serve(
+    config: AppConfig, on_ready: Callable[[str], None], stop: asyncio.Event | None = None
+) -> int:
+    """Run the broker until ``stop`` is set (SIGINT/SIGTERM, see common.runner) or
+    ``request_stop``; returns the exit code."""
+    app = BrokerApp(config, stop)
     try:
         await app.start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, app.request_stop)
         on_ready(app.describe())
         await app.stop_requested.wait()
     finally:
