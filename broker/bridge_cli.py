@@ -15,7 +15,6 @@ import typer
 from broker import subjects
 from broker.consumers_cli import (
     EXIT_USAGE,
-    BrokerOpt,
     CredentialsOpt,
     EventsPortOpt,
     HistoryPortOpt,
@@ -26,6 +25,7 @@ from broker.consumers_cli import (
     _setup_logging,
     log_figures,
 )
+from common.cli import BrokerOpt
 from common.errors import ConfigError
 
 
