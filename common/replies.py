@@ -86,36 +86,38 @@ def refusal(err: EVError, vehicle_id: str, point_id: str) -> Refusal:
     )
 
 
-class Reserved(PointOutcome, kw_only=True, frozen=True):
-    """``reserva_response`` accepted; ``expira_em`` only once the reservation holds the turn."""
+class Accepted(PointOutcome, kw_only=True, frozen=True):
+    """A request about a vehicle at a point, done: ``status`` success."""
 
     status: Literal["success"] = "success"
+
+
+class Reserved(Accepted, kw_only=True, frozen=True):
+    """``reserva_response`` accepted; ``expira_em`` only once the reservation holds the turn."""
+
     code: Literal["reserved"] = "reserved"
     reservation_id: str
     posicao: int
     expira_em: str | UnsetType = UNSET
 
 
-class Cancelled(PointOutcome, kw_only=True, frozen=True):
+class Cancelled(Accepted, kw_only=True, frozen=True):
     """``cancelar_response`` accepted."""
 
-    status: Literal["success"] = "success"
     code: Literal["cancelled"] = "cancelled"
     reservation_id: str
 
 
-class Started(PointOutcome, kw_only=True, frozen=True):
+class Started(Accepted, kw_only=True, frozen=True):
     """``chegada_response`` once the station acked the start."""
 
-    status: Literal["success"] = "success"
     code: Literal["started"] = "started"
     session_id: str
 
 
-class Stopping(PointOutcome, kw_only=True, frozen=True):
+class Stopping(Accepted, kw_only=True, frozen=True):
     """``parar_response`` accepted: the station was asked to stop."""
 
-    status: Literal["success"] = "success"
     code: Literal["stopping"] = "stopping"
     session_id: str
 
