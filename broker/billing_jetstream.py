@@ -39,7 +39,6 @@ TOPIC: Final = "charging.completed"
 FETCH_BATCH: Final = 256
 FETCH_WAIT_S: Final = 1.0
 ACK_WAIT_S: Final = 30.0
-RETRY_S: Final = (0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -163,15 +162,8 @@ class JetStreamBilling:
                 await asyncio.wait_for(nc.close(), 2.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        attempt = 0
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-                attempt = 0
-            except (TransportError, *jetstream.NATS_ERRORS) as exc:
-                self.stats.restarts += 1
-                wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
-                attempt += 1
-                log.warning("billing from %s: %s; again in %.1f s", self.nats_url, exc, wait)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+        await jetstream.run_sessions(self._session, stop, self._failed)
+
+    def _failed(self, exc: Exception, wait: float) -> None:
+        self.stats.restarts += 1
+        log.warning("billing from %s: %s; again in %.1f s", self.nats_url, exc, wait)

@@ -42,7 +42,6 @@ from common.messages import BusEvent
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_S: Final = 10.0  # a batch not acknowledged by then: start again
-RETRY_S: Final = (0.2, 0.5, 1.0, 2.0)  # waits between attempts to (re)connect
 
 
 @dataclass
@@ -135,18 +134,11 @@ class Bridge:
                 await asyncio.wait_for(nc.close(), 2.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        attempt = 0
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-                attempt = 0
-            except (TransportError, *jetstream.NATS_ERRORS) as exc:
-                self.stats.restarts += 1
-                wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
-                attempt += 1
-                log.warning("bridge %s: %s; again in %.1f s", self.config.region, exc, wait)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+        await jetstream.run_sessions(self._session, stop, self._failed)
+
+    def _failed(self, exc: Exception, wait: float) -> None:
+        self.stats.restarts += 1
+        log.warning("bridge %s: %s; again in %.1f s", self.config.region, exc, wait)
 
 
 async def _race(work: Any, stop: asyncio.Event, closed: asyncio.Event) -> None:

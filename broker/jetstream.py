@@ -9,7 +9,9 @@ as the broker publishes it (the msgpack map of the second ZeroMQ frame).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import nats
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S: Final = 120.0
 CONNECT_TIMEOUT_S: Final = 3.0
+RETRY_S: Final = (0.2, 0.5, 1.0, 2.0)  # waits between attempts to (re)connect
 
 # Everything nats-py raises for a lost, refused or timed-out server or request.
 NATS_ERRORS: Final = (
@@ -93,6 +96,30 @@ async def connect(
     except NATS_ERRORS as exc:
         raise TransportError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
     return nc
+
+
+async def run_sessions(
+    session: Callable[[asyncio.Event], Awaitable[None]],
+    stop: asyncio.Event,
+    on_failure: Callable[[Exception, float], None],
+) -> None:
+    """Run ``session(stop)`` until ``stop`` is set, starting it again after every failure.
+
+    A failure is a TransportError or a NATS error; ``on_failure`` hears of it and of
+    the wait before the next attempt. The waits follow RETRY_S (the last one repeats)
+    and start over after a session that ended without failing.
+    """
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await session(stop)
+            attempt = 0
+        except (TransportError, *NATS_ERRORS) as exc:
+            wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+            attempt += 1
+            on_failure(exc, wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
 
 
 def stream_config(stream: str, replicas: int) -> StreamConfig:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.codec_samples import ORIGINAL
 from tests.support.procs import BrokerPorts, Proc, broker_ports, start_broker
 from tests.support.raw_clients import (
     LAT,
@@ -51,18 +52,6 @@ __all__ = [
 ]
 
 pytestmark = pytest.mark.e2e
-
-ORIGINAL = [
-    '{"type":"bateria","data":{"id_veiculo":"CAR40312","nivel_bateria":15,"localizacao":'
-    '{"latitude":-12.266,"longitude":-38.966},"timestamp":"2025-04-07T10:00:00"}}',
-    '{"type":"consulta","data":{"id_veiculo":"CAR40312","localizacao":{"latitude":-12.266,'
-    '"longitude":-38.966},"timestamp":"2025-04-07T10:00:05"}}',
-    '{"type":"reserva","data":{"id_veiculo":"CAR40312","id_ponto_recarga":"CP01",'
-    '"tempo_estimado":10,"timestamp":"2025-04-07T10:00:09"}}',
-    '{"type":"chegada","data":{"id_veiculo":"CAR40312","id_ponto_recarga":"CP01",'
-    '"nivel_bateria":20,"nivel_carregar":80,"metodo_pagamento":"Débito em conta",'
-    '"timestamp":"2025-04-07T10:20:00"}}',
-]
 
 
 # --- helpers shared by the broker e2e modules ---------------------------------------------

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import msgpack
 import zmq
@@ -58,10 +59,17 @@ def hello(point_id: str) -> dict[str, Any]:
     }
 
 
-def dealer(ctx: zmq.asyncio.Context, endpoint: str, routing_id: str) -> zmq.asyncio.Socket:
+# Every dealer lives as long as its context, which closes it (zmq_context destroys it):
+# a socket dropped by a finished test body is never collected unclosed.
+_DEALERS: WeakKeyDictionary[zmq.asyncio.Context, list[zmq.asyncio.Socket]] = WeakKeyDictionary()
+
+
+def dealer(ctx: zmq.asyncio.Context, endpoint: str, routing_id: str | bytes) -> zmq.asyncio.Socket:
     sock = ctx.socket(zmq.DEALER)
+    _DEALERS.setdefault(ctx, []).append(sock)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id.encode())
+    rid = routing_id if isinstance(routing_id, bytes) else routing_id.encode()
+    sock.setsockopt(zmq.ROUTING_ID, rid)
     sock.connect(endpoint)
     return sock
 
@@ -113,6 +121,23 @@ async def stations_edge(
         yield edge
     finally:
         await edge.close()
+
+
+StationsTest = Callable[[zmq.asyncio.Context, Recorder, StationsEdge], Awaitable[None]]
+
+
+def run_with_stations_edge(
+    test: StationsTest, rec: Recorder | None = None, **edge_options: Any
+) -> None:
+    """Run ``test(ctx, rec, edge)`` on its own loop, context and started stations edge."""
+
+    async def body() -> None:
+        async with zmq_context() as ctx:
+            recorder = Recorder() if rec is None else rec
+            async with stations_edge(ctx, recorder, **edge_options) as edge:
+                await test(ctx, recorder, edge)
+
+    run(body())
 
 
 def make_event(seq: int, topic: str) -> BusEvent:
