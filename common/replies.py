@@ -5,7 +5,7 @@ builds these and the reply encoder writes them, so a struct here is the
 definition of its bytes on the wire: fields go out in the order they are
 declared, a field typed ``... | UnsetType`` is left out while unset, and every
 other field is always written (``None`` as ``null``). The JSON Schemas in
-docs/schema/vehicle/ are generated from them (:mod:`common.schema`).
+docs/schema/reply/ and docs/schema/push/ are generated from them (:mod:`common.schema`).
 
 Refusal and error codes are typed from the error classes (:mod:`common.errors`):
 a payload carries ``err.code`` of the exception it reports, built by

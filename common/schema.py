@@ -136,14 +136,14 @@ def schemas() -> dict[str, dict[str, Any]]:
     out["status/datagram.schema.json"] = _document(
         "station status datagram", "One UDP datagram: one JSON object, at most 8 KiB.", data, defs
     )
-    for cls in STATION_MESSAGES:
-        data, defs = _struct_schema(cls)
-        out[f"station/{_tag(cls)}.schema.json"] = _document(
-            f"station message {_tag(cls)}",
+    out.update(
+        _tagged(
+            "station",
+            "station message",
             "One ZeroMQ frame between a station DEALER and the broker ROUTER (msgpack map).",
-            data,
-            defs,
+            STATION_MESSAGES,
         )
+    )
     for topic, cls in sorted(EVENT_TYPES.items()):
         data, defs = _struct_schema(cls)
         defs[cls.__name__] = data
@@ -163,15 +163,28 @@ def schemas() -> dict[str, dict[str, Any]]:
             body,
             defs,
         )
-    for cls in HISTORY_REQUESTS:
-        data, defs = _struct_schema(cls)
-        out[f"history/{_tag(cls)}.schema.json"] = _document(
-            f"history request {_tag(cls)}",
+    out.update(
+        _tagged(
+            "history",
+            "history request",
             "One msgpack frame to the history ROUTER.",
-            data,
-            defs,
+            HISTORY_REQUESTS,
         )
+    )
     out.update(_outbound())
+    return out
+
+
+def _tagged(
+    folder: str, what: str, description: str, classes: tuple[Any, ...]
+) -> dict[str, dict[str, Any]]:
+    """``<folder>/<tag>.schema.json`` for each tagged struct of ``classes``."""
+    out = {}
+    for cls in classes:
+        data, defs = _struct_schema(cls)
+        out[f"{folder}/{_tag(cls)}.schema.json"] = _document(
+            f"{what} {_tag(cls)}", description, data, defs
+        )
     return out
 
 
