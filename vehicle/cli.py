@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from common import runner
-from common.cli import new_app, run, version_option
+from common.cli import BrokerOpt, new_app, run, version_option
 from common.errors import (
     ConfigError,
     EVError,
@@ -140,15 +140,27 @@ def execute(
         raise fail(settings, unexpected) from None
 
 
+def ask(
+    ctx: typer.Context,
+    request: Callable[[VehicleClient], Awaitable[dict[str, Any]]],
+    line: Callable[[dict[str, Any]], str] = render.response_line,
+) -> None:
+    """One request on a connection of its own; the reply is printed as ``line(reply)``."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=False) as c:
+            return await request(c)
+
+    execute(ctx, work, lambda con, data: con.print(line(data), markup=False, soft_wrap=True))
+
+
 # --- global options ----------------------------------------------------------------------
 
 
 @app.callback(invoke_without_command=True)
 def main_options(
     ctx: typer.Context,
-    broker: Annotated[
-        str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.")
-    ] = "127.0.0.1",
+    broker: BrokerOpt = "127.0.0.1",
     port: Annotated[
         int,
         typer.Option(
@@ -297,31 +309,13 @@ def reserve(
     ] = 0.0,
 ) -> None:
     """Reserve a place in a point's queue."""
-
-    async def work(s: Settings) -> dict[str, Any]:
-        async with s.client(reconnect=False) as c:
-            return await c.reserva(point, eta)
-
-    execute(
-        ctx,
-        work,
-        lambda con, data: con.print(render.reservation_line(data), markup=False, soft_wrap=True),
-    )
+    ask(ctx, lambda c: c.reserva(point, eta), render.reservation_line)
 
 
 @app.command()
 def cancel(ctx: typer.Context, point: Point) -> None:
     """Cancel this vehicle's reservation at a point."""
-
-    async def work(s: Settings) -> dict[str, Any]:
-        async with s.client(reconnect=False) as c:
-            return await c.cancelar(point)
-
-    execute(
-        ctx,
-        work,
-        lambda con, data: con.print(render.response_line(data), markup=False, soft_wrap=True),
-    )
+    ask(ctx, lambda c: c.cancelar(point))
 
 
 @app.command()
@@ -376,16 +370,7 @@ def arrive(
 @app.command()
 def stop(ctx: typer.Context, point: Point) -> None:
     """Stop charging early (the session is billed for the energy so far)."""
-
-    async def work(s: Settings) -> dict[str, Any]:
-        async with s.client(reconnect=False) as c:
-            return await c.parar(point)
-
-    execute(
-        ctx,
-        work,
-        lambda con, data: con.print(render.response_line(data), markup=False, soft_wrap=True),
-    )
+    ask(ctx, lambda c: c.parar(point))
 
 
 @app.command()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+import msgspec
+
 from broker.core import stations, vehicle_requests
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist
@@ -174,8 +176,8 @@ class Core:
         return self._eng.snapshot(now)
 
     def accounts(self) -> dict[str, Any]:
-        """Every account, as ``{vehicle_id: extrato data}``."""
-        return self._eng.all_statements()
+        """Every account, as ``{vehicle_id: extrato data}`` (plain data)."""
+        return msgspec.to_builtins(self._eng.all_statements())  # type: ignore[no-any-return]
 
     @property
     def points_refused(self) -> int:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
+
+from common.replies import PointEstado as Estado
 
 if TYPE_CHECKING:
     from broker.core.queues import Reservation
     from broker.core.sessions import PendingStart, Session
-
-Estado = Literal["disponivel", "reservado", "carregando", "indisponivel", "offline"]
 
 DEFAULT_POWER_KW: Final = 50.0
 DEFAULT_PRICE_KWH: Final = 2.0

@@ -25,6 +25,7 @@ from station.cli import (
     LogLevelOpt,
     StationPort,
     StatusPort,
+    _env,
     _setup_logging,
     _terminate,
     app,
@@ -39,10 +40,6 @@ from station.ocpp.simulator import SimCharger, SimOptions
 from station.ocpp.state import GatewayState
 
 FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
-
-
-def _env(name: str) -> str:
-    return f"EV_{name}"
 
 
 @app.command("ocpp")

@@ -18,61 +18,60 @@ from broker.edges.stations_zmq import StationsEdge
 from common.errors import ConfigError
 from common.messages import Ack, Heartbeat, Hello, SessionComplete
 from tests.support.zmq_edges import (
-    ANY_PORT,
     Recorder,
     dealer,
     hello,
+    new_stations_edge,
     readable,
     recv_map,
     run_with_stations_edge,
+    stations_edge_test,
     until,
 )
 
 pytestmark = pytest.mark.e2e
 
 
-def test_hello_is_delivered_with_the_routing_id_as_point_id() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        st_sock = dealer(ctx, edge.endpoint, "CP01")
-        await st_sock.send(msgpack.packb(hello("CP01")))
-        await st_sock.send(msgpack.packb({"type": "heartbeat"}))
-        await st_sock.send(msgpack.packb({"type": "ack", "cmd_id": "c1", "ok": True}))
-        await until(lambda: len(rec.messages) == 3)
-        (p1, m1), (p2, m2), (p3, m3) = rec.messages
-        assert (p1, p2, p3) == ("CP01", "CP01", "CP01")
-        assert isinstance(m1, Hello)
-        assert m1.id == "CP01" and m1.potencia_kw == 22.0 and m1.boot_id == "b1"
-        assert isinstance(m2, Heartbeat)
-        assert m3 == Ack(cmd_id="c1", ok=True)
-        assert edge.stats["received"] == 3
-        assert edge.stats["malformed"] == 0
-        assert edge.live_stations == ["CP01"]
+@stations_edge_test()
+async def test_hello_is_delivered_with_the_routing_id_as_point_id(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    st_sock = dealer(ctx, edge.endpoint, "CP01")
+    await st_sock.send(msgpack.packb(hello("CP01")))
+    await st_sock.send(msgpack.packb({"type": "heartbeat"}))
+    await st_sock.send(msgpack.packb({"type": "ack", "cmd_id": "c1", "ok": True}))
+    await until(lambda: len(rec.messages) == 3)
+    (p1, m1), (p2, m2), (p3, m3) = rec.messages
+    assert (p1, p2, p3) == ("CP01", "CP01", "CP01")
+    assert isinstance(m1, Hello)
+    assert m1.id == "CP01" and m1.potencia_kw == 22.0 and m1.boot_id == "b1"
+    assert isinstance(m2, Heartbeat)
+    assert m3 == Ack(cmd_id="c1", ok=True)
+    assert edge.stats["received"] == 3
+    assert edge.stats["malformed"] == 0
+    assert edge.live_stations == ["CP01"]
 
-    run_with_stations_edge(body)
 
-
-def test_session_complete_is_decoded() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        st_sock = dealer(ctx, edge.endpoint, "CP02")
-        msg = {
-            "type": "session_complete",
-            "session_id": "S-1",
-            "vehicle_id": "CAR1",
-            "energia_kwh": 36.0,
-            "nivel_inicial": 20.0,
-            "nivel_final": 80.0,
-            "started_at": 1000.0,
-            "ended_at": 1600.0,
-            "reason": "target_reached",
-        }
-        await st_sock.send(msgpack.packb(msg))
-        await until(lambda: len(rec.messages) == 1)
-        point_id, got = rec.messages[0]
-        assert point_id == "CP02"
-        assert isinstance(got, SessionComplete)
-        assert got.session_id == "S-1" and got.energia_kwh == 36.0
-
-    run_with_stations_edge(body)
+@stations_edge_test()
+async def test_session_complete_is_decoded(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
+    st_sock = dealer(ctx, edge.endpoint, "CP02")
+    msg = {
+        "type": "session_complete",
+        "session_id": "S-1",
+        "vehicle_id": "CAR1",
+        "energia_kwh": 36.0,
+        "nivel_inicial": 20.0,
+        "nivel_final": 80.0,
+        "started_at": 1000.0,
+        "ended_at": 1600.0,
+        "reason": "target_reached",
+    }
+    await st_sock.send(msgpack.packb(msg))
+    await until(lambda: len(rec.messages) == 1)
+    point_id, got = rec.messages[0]
+    assert point_id == "CP02"
+    assert isinstance(got, SessionComplete)
+    assert got.session_id == "S-1" and got.energia_kwh == 36.0
 
 
 def test_malformed_messages_are_counted_and_dropped() -> None:
@@ -102,14 +101,14 @@ def test_malformed_messages_are_counted_and_dropped() -> None:
     run_with_stations_edge(body)
 
 
-def test_non_utf8_routing_id_is_malformed() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        sock = dealer(ctx, edge.endpoint, b"\xff\xfe")  # not UTF-8
-        await sock.send(msgpack.packb({"type": "heartbeat"}))
-        await until(lambda: edge.stats["malformed"] == 1)
-        assert rec.messages == []
-
-    run_with_stations_edge(body)
+@stations_edge_test()
+async def test_non_utf8_routing_id_is_malformed(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    sock = dealer(ctx, edge.endpoint, b"\xff\xfe")  # not UTF-8
+    await sock.send(msgpack.packb({"type": "heartbeat"}))
+    await until(lambda: edge.stats["malformed"] == 1)
+    assert rec.messages == []
 
 
 def test_callback_errors_do_not_stop_the_edge() -> None:
@@ -172,60 +171,54 @@ def test_any_frames_are_delivered_or_counted_never_raised(
 ) -> None:
     rec = Recorder()
     with zmq.asyncio.Context() as ctx:
-        edge = StationsEdge(
-            ctx,
-            ANY_PORT,
-            heartbeat_s=1.0,
-            on_message=rec.on_message,
-            on_unroutable=rec.on_unroutable,
-        )
+        edge = new_stations_edge(ctx, rec, heartbeat_s=1.0)
         edge.handle_frames([routing_id, *frames])
     assert edge.stats["received"] + edge.stats["malformed"] == 1
     assert len(rec.messages) == edge.stats["received"]
 
 
-def test_send_reaches_the_station_as_one_msgpack_frame() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        st_sock = dealer(ctx, edge.endpoint, "CP05")
-        await st_sock.send(msgpack.packb(hello("CP05")))
-        await until(lambda: len(rec.messages) == 1)
-        cmd = {"type": "welcome", "heartbeat_s": 1.0}
-        edge.send("CP05", cmd)
-        assert await recv_map(st_sock) == cmd
-        hold = {
-            "type": "hold",
-            "cmd_id": "c9",
-            "reservation_id": "R-1",
-            "vehicle_id": "CAR7",
-            "until": 1234.5,
-        }
-        edge.send("CP05", hold)
-        assert await recv_map(st_sock) == hold
-        assert edge.stats["sent"] == 2
-        assert rec.unroutable == []
+@stations_edge_test()
+async def test_send_reaches_the_station_as_one_msgpack_frame(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    st_sock = dealer(ctx, edge.endpoint, "CP05")
+    await st_sock.send(msgpack.packb(hello("CP05")))
+    await until(lambda: len(rec.messages) == 1)
+    cmd = {"type": "welcome", "heartbeat_s": 1.0}
+    edge.send("CP05", cmd)
+    assert await recv_map(st_sock) == cmd
+    hold = {
+        "type": "hold",
+        "cmd_id": "c9",
+        "reservation_id": "R-1",
+        "vehicle_id": "CAR7",
+        "until": 1234.5,
+    }
+    edge.send("CP05", hold)
+    assert await recv_map(st_sock) == hold
+    assert edge.stats["sent"] == 2
+    assert rec.unroutable == []
 
-    run_with_stations_edge(body)
 
-
-def test_heartbeats_go_to_live_stations_only() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        st_sock = dealer(ctx, edge.endpoint, "CP06")
-        await st_sock.send(msgpack.packb({"type": "heartbeat"}))
-        t0 = time.monotonic()
-        got = [await recv_map(st_sock, 1.0) for _ in range(3)]
-        assert got == [{"type": "heartbeat"}] * 3
-        assert time.monotonic() - t0 < 0.9  # about one every 0.1 s
-        # silent for longer than the live window: heartbeats stop
-        await asyncio.sleep(0.6)
-        while await readable(st_sock, 0):  # drain what was sent meanwhile
-            await st_sock.recv_multipart()
-        assert edge.live_stations == []
-        assert not await readable(st_sock, 300)
-        # heard again: heartbeats resume
-        await st_sock.send(msgpack.packb({"type": "heartbeat"}))
-        assert await recv_map(st_sock, 1.0) == {"type": "heartbeat"}
-
-    run_with_stations_edge(body, heartbeat_s=0.1, live_window_s=0.5)
+@stations_edge_test(heartbeat_s=0.1, live_window_s=0.5)
+async def test_heartbeats_go_to_live_stations_only(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    st_sock = dealer(ctx, edge.endpoint, "CP06")
+    await st_sock.send(msgpack.packb({"type": "heartbeat"}))
+    t0 = time.monotonic()
+    got = [await recv_map(st_sock, 1.0) for _ in range(3)]
+    assert got == [{"type": "heartbeat"}] * 3
+    assert time.monotonic() - t0 < 0.9  # about one every 0.1 s
+    # silent for longer than the live window: heartbeats stop
+    await asyncio.sleep(0.6)
+    while await readable(st_sock, 0):  # drain what was sent meanwhile
+        await st_sock.recv_multipart()
+    assert edge.live_stations == []
+    assert not await readable(st_sock, 300)
+    # heard again: heartbeats resume
+    await st_sock.send(msgpack.packb({"type": "heartbeat"}))
+    assert await recv_map(st_sock, 1.0) == {"type": "heartbeat"}
 
 
 def test_heartbeats_reach_every_station_once_per_period_spread_over_it() -> None:
@@ -255,59 +248,53 @@ def test_heartbeats_reach_every_station_once_per_period_spread_over_it() -> None
     run_with_stations_edge(body, heartbeat_s=period)
 
 
-def test_send_to_unknown_station_calls_on_unroutable() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        edge.send("NOPE", {"type": "release", "cmd_id": "c1", "reservation_id": "R"})
-        assert rec.unroutable == ["NOPE"]
-        edge.send("\ud800", {"type": "heartbeat"})  # cannot even be a routing id
-        assert rec.unroutable == ["NOPE", "\ud800"]
-        assert edge.stats["unroutable"] == 2
-        assert edge.stats["sent"] == 0
-
-    run_with_stations_edge(body)
-
-
-def test_station_that_disconnects_becomes_unroutable() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        st_sock = dealer(ctx, edge.endpoint, "CP07")
-        await st_sock.send(msgpack.packb({"type": "heartbeat"}))
-        await recv_map(st_sock)
-        st_sock.close(linger=0)
-        # the periodic heartbeat finds the peer gone and reports it once
-        await until(lambda: rec.unroutable == ["CP07"])
-        assert edge.live_stations == []
-        await asyncio.sleep(0.2)
-        assert rec.unroutable == ["CP07"]
-
-    run_with_stations_edge(body, heartbeat_s=0.05)
+@stations_edge_test()
+async def test_send_to_unknown_station_calls_on_unroutable(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    edge.send("NOPE", {"type": "release", "cmd_id": "c1", "reservation_id": "R"})
+    assert rec.unroutable == ["NOPE"]
+    edge.send("\ud800", {"type": "heartbeat"})  # cannot even be a routing id
+    assert rec.unroutable == ["NOPE", "\ud800"]
+    assert edge.stats["unroutable"] == 2
+    assert edge.stats["sent"] == 0
 
 
-def test_reconnecting_station_takes_over_its_routing_id() -> None:
-    async def body(ctx: Context, rec: Recorder, edge: StationsEdge) -> None:
-        old = dealer(ctx, edge.endpoint, "CP08")
-        await old.send(msgpack.packb(hello("CP08")))
-        await until(lambda: len(rec.messages) == 1)
-        # a new socket with the same id, the old one still open (a hung process)
-        new = dealer(ctx, edge.endpoint, "CP08")
-        await new.send(msgpack.packb(hello("CP08")))
-        await until(lambda: len(rec.messages) == 2)
-        edge.send("CP08", {"type": "welcome", "heartbeat_s": 1.0})
-        assert await recv_map(new) == {"type": "welcome", "heartbeat_s": 1.0}
-        assert not await readable(old, 100)
+@stations_edge_test(heartbeat_s=0.05)
+async def test_station_that_disconnects_becomes_unroutable(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    st_sock = dealer(ctx, edge.endpoint, "CP07")
+    await st_sock.send(msgpack.packb({"type": "heartbeat"}))
+    await recv_map(st_sock)
+    st_sock.close(linger=0)
+    # the periodic heartbeat finds the peer gone and reports it once
+    await until(lambda: rec.unroutable == ["CP07"])
+    assert edge.live_stations == []
+    await asyncio.sleep(0.2)
+    assert rec.unroutable == ["CP07"]
 
-    run_with_stations_edge(body)
+
+@stations_edge_test()
+async def test_reconnecting_station_takes_over_its_routing_id(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    old = dealer(ctx, edge.endpoint, "CP08")
+    await old.send(msgpack.packb(hello("CP08")))
+    await until(lambda: len(rec.messages) == 1)
+    # a new socket with the same id, the old one still open (a hung process)
+    new = dealer(ctx, edge.endpoint, "CP08")
+    await new.send(msgpack.packb(hello("CP08")))
+    await until(lambda: len(rec.messages) == 2)
+    edge.send("CP08", {"type": "welcome", "heartbeat_s": 1.0})
+    assert await recv_map(new) == {"type": "welcome", "heartbeat_s": 1.0}
+    assert not await readable(old, 100)
 
 
 def test_send_before_start_is_dropped_not_raised() -> None:
     rec = Recorder()
     with zmq.asyncio.Context() as ctx:
-        edge = StationsEdge(
-            ctx,
-            ANY_PORT,
-            heartbeat_s=1.0,
-            on_message=rec.on_message,
-            on_unroutable=rec.on_unroutable,
-        )
+        edge = new_stations_edge(ctx, rec, heartbeat_s=1.0)
         edge.send("CP01", {"type": "heartbeat"})
     assert edge.stats["dropped"] == 1
     assert rec.unroutable == []
@@ -317,10 +304,4 @@ def test_send_before_start_is_dropped_not_raised() -> None:
 def test_a_non_positive_heartbeat_period_is_a_config_error(heartbeat_s: float) -> None:
     rec = Recorder()
     with zmq.asyncio.Context() as ctx, pytest.raises(ConfigError, match="heartbeat_s"):
-        StationsEdge(
-            ctx,
-            ANY_PORT,
-            heartbeat_s=heartbeat_s,
-            on_message=rec.on_message,
-            on_unroutable=rec.on_unroutable,
-        )
+        new_stations_edge(ctx, rec, heartbeat_s=heartbeat_s)

@@ -104,11 +104,11 @@ class Recorder:
         self.unroutable.append(point_id)
 
 
-@asynccontextmanager
-async def stations_edge(
+def new_stations_edge(
     ctx: zmq.asyncio.Context, rec: Recorder, heartbeat_s: float = 5.0, **kw: Any
-) -> AsyncIterator[StationsEdge]:
-    edge = StationsEdge(
+) -> StationsEdge:
+    """A stations edge on a free port that reports to ``rec`` (not started)."""
+    return StationsEdge(
         ctx,
         ANY_PORT,
         heartbeat_s=heartbeat_s,
@@ -116,6 +116,13 @@ async def stations_edge(
         on_unroutable=rec.on_unroutable,
         **kw,
     )
+
+
+@asynccontextmanager
+async def stations_edge(
+    ctx: zmq.asyncio.Context, rec: Recorder, heartbeat_s: float = 5.0, **kw: Any
+) -> AsyncIterator[StationsEdge]:
+    edge = new_stations_edge(ctx, rec, heartbeat_s, **kw)
     await edge.start()
     try:
         yield edge
@@ -138,6 +145,22 @@ def run_with_stations_edge(
                 await test(ctx, recorder, edge)
 
     run(body())
+
+
+def stations_edge_test(**edge_options: Any) -> Callable[[StationsTest], Callable[[], None]]:
+    """Make ``async def test_x(ctx, rec, edge)`` a plain test run by run_with_stations_edge."""
+
+    def make(test: StationsTest) -> Callable[[], None]:
+        def run_test() -> None:
+            run_with_stations_edge(test, **edge_options)
+
+        # pytest sees a test without arguments under the body's name and text
+        run_test.__name__ = run_test.__qualname__ = getattr(test, "__name__", "test")
+        run_test.__doc__ = test.__doc__
+        run_test.__module__ = test.__module__
+        return run_test
+
+    return make
 
 
 def make_event(seq: int, topic: str) -> BusEvent:
