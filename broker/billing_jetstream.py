@@ -15,7 +15,6 @@ with ``regions`` each listed region has its own durable consumer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -132,11 +131,7 @@ class JetStreamBilling:
         return subs
 
     async def _session(self, stop: asyncio.Event) -> None:
-        closed = asyncio.Event()
-        nc = await jetstream.connect(
-            self.nats_url, name="evcharge-billing", reconnect=False, closed=closed
-        )
-        try:
+        async with jetstream.session_connection(self.nats_url, "evcharge-billing") as (nc, closed):
             js = nc.jetstream()
             await jetstream.ensure_stream(js, self.stream)
             subs = await self._subscribe(js)
@@ -157,13 +152,7 @@ class JetStreamBilling:
                     await nc.flush(timeout=int(ACK_WAIT_S / 3))
                 if idle:
                     await asyncio.sleep(0)
-        finally:
-            with contextlib.suppress(*jetstream.NATS_ERRORS, asyncio.CancelledError):
-                await asyncio.wait_for(nc.close(), 2.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await jetstream.run_sessions(self._session, stop, self._failed)
-
-    def _failed(self, exc: Exception, wait: float) -> None:
-        self.stats.restarts += 1
-        log.warning("billing from %s: %s; again in %.1f s", self.nats_url, exc, wait)
+        what = f"billing from {self.nats_url}"
+        await jetstream.run_sessions(self._session, stop, self.stats, log, what)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, Protocol
 
 import nats
 import nats.errors
@@ -98,16 +98,25 @@ async def connect(
     return nc
 
 
+class Restarts(Protocol):
+    """Figures with a count of sessions started again."""
+
+    restarts: int
+
+
 async def run_sessions(
     session: Callable[[asyncio.Event], Awaitable[None]],
     stop: asyncio.Event,
-    on_failure: Callable[[Exception, float], None],
+    stats: Restarts,
+    log: logging.Logger,
+    what: str,
 ) -> None:
     """Run ``session(stop)`` until ``stop`` is set, starting it again after every failure.
 
-    A failure is a TransportError or a NATS error; ``on_failure`` hears of it and of
-    the wait before the next attempt. The waits follow RETRY_S (the last one repeats)
-    and start over after a session that ended without failing.
+    A failure is a TransportError or a NATS error: it counts in ``stats.restarts``
+    and is logged as a warning ``WHAT: ERROR; again in N s``. The waits follow
+    RETRY_S (the last one repeats) and start over after a session that ended
+    without failing.
     """
     attempt = 0
     while not stop.is_set():
@@ -115,11 +124,27 @@ async def run_sessions(
             await session(stop)
             attempt = 0
         except (TransportError, *NATS_ERRORS) as exc:
+            stats.restarts += 1
             wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
             attempt += 1
-            on_failure(exc, wait)
+            log.warning("%s: %s; again in %.1f s", what, exc, wait)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
+
+
+@contextlib.asynccontextmanager
+async def session_connection(url: str, name: str) -> AsyncIterator[tuple[NATS, asyncio.Event]]:
+    """A connection for one session and its ``closed`` event, closed at the end.
+
+    It does not reconnect: ``closed`` set means the connection is lost.
+    """
+    closed = asyncio.Event()
+    nc = await connect(url, name=name, reconnect=False, closed=closed)
+    try:
+        yield nc, closed
+    finally:
+        with contextlib.suppress(*NATS_ERRORS, asyncio.CancelledError):
+            await asyncio.wait_for(nc.close(), 2.0)
 
 
 def stream_config(stream: str, replicas: int) -> StreamConfig:
