@@ -1,9 +1,9 @@
 """Station traffic: status datagrams (the hot path) and ZeroMQ messages.
 
 An unchanged datagram from an online point costs a dict lookup, a few
-comparisons and two attribute stores: no allocation besides the empty effect
-list, no timer push (the offline timer re-arms itself lazily, see
-:meth:`broker.core.engine.Engine._fire_offline`).
+comparisons and two attribute stores (three when signed): no allocation
+besides the empty effect list, no timer push (the offline timer re-arms itself
+lazily, see :meth:`broker.core.engine.Engine._fire_offline`).
 """
 
 from __future__ import annotations

@@ -124,3 +124,14 @@ def test_a_revoked_station_is_refused_after_the_refresh(edge: Edge) -> None:
     edge.keyring.refresh()
     assert edge.server.handle(edge.signed(edge.cp, seq=2), "h") == "rejected"
     assert edge.rejected("unknown_credential") == 1
+
+
+def test_an_unsigned_duplicate_is_stale_by_the_cores_rule(edge: Edge) -> None:
+    body = {"id": "OLD1", "latitude": 1.0, "longitude": 2.0, "boot_id": "b1", "seq": 3}
+    plain = json.dumps(body).encode()
+    assert edge.server.handle(plain, "10.0.0.9") == "ok"
+    assert edge.server.handle(plain, "10.0.0.9") == "stale"  # the edge keeps no table
+    assert edge.metrics.datagrams.get("stale") == 1
+    assert edge.rejected("stale") == 0  # not an attack: only the outcome is counted
+    assert edge.core.stats()["datagrams_stale"] == 1
+    assert [d.seq for d in edge.delivered] == [3]
