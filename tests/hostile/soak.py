@@ -36,7 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.hostile.inputs import Generator
-from tests.hostile.live import HERE, POINTS, Ledger, LiveBroker, ping_ms, rss_kib
+from tests.hostile.live import (
+    HERE,
+    POINTS,
+    Ledger,
+    LiveBroker,
+    clogged_clients,
+    ping_ms,
+    rss_kib,
+)
 from tests.support.procs import ROOT, broker_ports
 from tests.support.raw_clients import HOST, LAT, LON, FakeStation, keepalive, zmq_ctx
 
@@ -109,13 +117,7 @@ def _send_all(s: socket.socket, payload: bytes) -> None:
 
 def flood_phase(port: int, seconds: float) -> None:
     """Clients that write tiny objects and never read, and slow readers of big replies."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(4):
-            s = socket.create_connection((HOST, port), timeout=10)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.setblocking(False)
-            socks.append(s)
+    with clogged_clients(port, 4) as socks:
         flood = b"{}" * 32768
         listing = json.dumps({"type": "consulta", "data": {"localizacao": HERE}}).encode() + b"\n"
         end = time.monotonic() + seconds
@@ -127,9 +129,6 @@ def flood_phase(port: int, seconds: float) -> None:
                     with contextlib.suppress(BlockingIOError, OSError):
                         s.recv(256)
             time.sleep(0.01)
-    finally:
-        for s in socks:
-            s.close()
 
 
 def run(minutes: float, workers: int, swarm: int, rate: int) -> int:
