@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -35,6 +34,7 @@ from common.cli import CONTEXT, BrokerOpt
 from common.credentials import load_optional
 from common.errors import ConfigError, EVError, StoreError, TransportError
 from common.logging_setup import setup_logging
+from common.runner import run
 
 EXIT_DIFFERENT = 1
 EXIT_USAGE = 2
@@ -97,16 +97,8 @@ def _setup_logging(level: int) -> None:
 
 
 def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
+    """Run ``main(stop)`` (asyncio's own loop) with SIGINT/SIGTERM setting ``stop``."""
+    run(main, fast_loop=False)
 
 
 async def _until_stopped(sub: Subscriber, stop: asyncio.Event) -> None:

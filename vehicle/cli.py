@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Final, TypeVar
 import typer
 from rich.console import Console
 
+from common import runner
 from common.cli import BrokerOpt, new_app, run, version_option
 from common.errors import (
     ConfigError,
@@ -30,6 +30,7 @@ from common.errors import (
     TransportError,
 )
 from common.geo import DEMO_CENTER
+from common.runner import Interrupted
 from vehicle import render
 from vehicle.client import VehicleClient
 from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
@@ -79,44 +80,10 @@ app = new_app(
 )
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped a long-running command (a clean exit 0)."""
-
-
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run ``factory()`` on uvloop (when available); SIGINT/SIGTERM raise Interrupted."""
-
-    async def runner() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        stopped = False
-
-        def stop() -> None:
-            nonlocal stopped
-            stopped = True
-            if task is not None:
-                task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
-        try:
-            return await factory()
-        except asyncio.CancelledError:
-            if stopped:
-                raise Interrupted from None
-            raise
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner_ctx:
-        return runner_ctx.run(runner())
+    """Run ``factory()`` on uvloop (when available); SIGINT/SIGTERM raise Interrupted
+    (a long-running command stopped: a clean exit 0)."""
+    return runner.run(lambda _stop: factory(), cancel=True)
 
 
 def emit_json(obj: Any) -> None:
@@ -628,10 +595,8 @@ def swarm(
         )
         progress = None if settings.json else console
         stop = asyncio.Event()  # SIGINT/SIGTERM: stop early and still print the figures
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        result = await run_swarm(cfg, progress, stop=stop)
+        with runner.on_stop_signals(stop.set):
+            result = await run_swarm(cfg, progress, stop=stop)
         return result.to_dict()
 
     def show(con: Console, data: dict[str, Any]) -> None:

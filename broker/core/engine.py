@@ -117,6 +117,7 @@ class Engine:
         self._points_online = 0
         self._counters: dict[str, int] = {
             "datagrams_stale": 0,
+            "datagrams_replayed": 0,
             "session_duplicates": 0,
             "sessions_unknown": 0,
             "acks_unknown": 0,

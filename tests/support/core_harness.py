@@ -116,14 +116,24 @@ class Harness:
         self.now += dt
         return self.apply(self.core.tick(self.now))
 
-    def dgram(self, pid: str, lat: float = -12.26, lon: float = -38.96, **kw: Any) -> list[Effect]:
-        """A datagram from our station model (boot ``boot-<pid>``, auto seq)."""
+    def dgram(
+        self,
+        pid: str,
+        lat: float = -12.26,
+        lon: float = -38.96,
+        signed_ts: float | None = None,
+        **kw: Any,
+    ) -> list[Effect]:
+        """A datagram from our station model (boot ``boot-<pid>``, auto seq).
+
+        ``signed_ts``: the ``ts`` of a datagram whose signature the edge checked.
+        """
         if "seq" not in kw:
             self.seqs[pid] = self.seqs.get(pid, 0) + 1
             kw["seq"] = self.seqs[pid]
         kw.setdefault("boot_id", f"boot-{pid}")
         d = StatusDatagram(id=pid, latitude=lat, longitude=lon, **kw)
-        return self.apply(self.core.handle_datagram(d, self.now))
+        return self.apply(self.core.handle_datagram(d, self.now, signed_ts))
 
     def point(self, pid: str = "CP01", **kw: Any) -> list[Effect]:
         """Register ``pid`` (online, free) by a datagram."""
