@@ -35,16 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.hostile import live
 from tests.hostile.inputs import Generator
-from tests.hostile.live import (
-    HERE,
-    POINTS,
-    Ledger,
-    LiveBroker,
-    clogged_clients,
-    ping_ms,
-    rss_kib,
-)
+from tests.hostile.live import HERE, POINTS, Ledger, LiveBroker, ping_ms, rss_kib
 from tests.support.procs import ROOT, broker_ports
 from tests.support.raw_clients import HOST, LAT, LON, FakeStation, keepalive, zmq_ctx
 
@@ -117,7 +110,7 @@ def _send_all(s: socket.socket, payload: bytes) -> None:
 
 def flood_phase(port: int, seconds: float) -> None:
     """Clients that write tiny objects and never read, and slow readers of big replies."""
-    with clogged_clients(port, 4) as socks:
+    with live.clogged_clients(port, 4) as socks:
         flood = b"{}" * 32768
         listing = json.dumps({"type": "consulta", "data": {"localizacao": HERE}}).encode() + b"\n"
         end = time.monotonic() + seconds

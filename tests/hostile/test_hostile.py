@@ -22,16 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from common.messages import MAX_REQUEST_BYTES
+from tests.hostile import live
 from tests.hostile.inputs import byte_streams, documents
-from tests.hostile.live import (
-    HERE,
-    POINTS,
-    Ledger,
-    LiveBroker,
-    clogged_clients,
-    ping_ms,
-    rss_kib,
-)
+from tests.hostile.live import HERE, POINTS, Ledger, LiveBroker, ping_ms, rss_kib
 from tests.support.procs import broker_ports
 from tests.support.raw_clients import HOST, FakeStation, keepalive, zmq_ctx
 
@@ -140,7 +133,7 @@ def test_fuzzed_byte_streams(attack: Attack) -> None:
 
 def test_floods_from_clients_that_never_read(attack: Attack) -> None:
     port = attack.broker.ports.vehicle
-    with clogged_clients(port, 6) as floods:
+    with live.clogged_clients(port, 6) as floods:
         payload = b"{}" * (128 * 1024)
         sent = [0] * len(floods)
         worst = []
@@ -159,7 +152,7 @@ def test_floods_from_clients_that_never_read(attack: Attack) -> None:
 def test_slow_readers_of_large_replies(attack: Attack) -> None:
     port = attack.broker.ports.vehicle
     request = json.dumps({"type": "consulta", "data": {"localizacao": HERE}}).encode() + b"\n"
-    with clogged_clients(port, 4) as readers:
+    with live.clogged_clients(port, 4) as readers:
         for _ in range(40):
             for s in readers:
                 with contextlib.suppress(BlockingIOError, ConnectionError):
