@@ -20,6 +20,7 @@ from common.messages import Ack, Heartbeat, Hello, SessionComplete
 from tests.support.zmq_edges import (
     Recorder,
     dealer,
+    greeted,
     hello,
     new_stations_edge,
     readable,
@@ -181,9 +182,7 @@ def test_any_frames_are_delivered_or_counted_never_raised(
 async def test_send_reaches_the_station_as_one_msgpack_frame(
     ctx: Context, rec: Recorder, edge: StationsEdge
 ) -> None:
-    st_sock = dealer(ctx, edge.endpoint, "CP05")
-    await st_sock.send(msgpack.packb(hello("CP05")))
-    await until(lambda: len(rec.messages) == 1)
+    st_sock = await greeted(ctx, edge, rec, "CP05")
     cmd = {"type": "welcome", "heartbeat_s": 1.0}
     edge.send("CP05", cmd)
     assert await recv_map(st_sock) == cmd
@@ -279,13 +278,9 @@ async def test_station_that_disconnects_becomes_unroutable(
 async def test_reconnecting_station_takes_over_its_routing_id(
     ctx: Context, rec: Recorder, edge: StationsEdge
 ) -> None:
-    old = dealer(ctx, edge.endpoint, "CP08")
-    await old.send(msgpack.packb(hello("CP08")))
-    await until(lambda: len(rec.messages) == 1)
+    old = await greeted(ctx, edge, rec, "CP08")
     # a new socket with the same id, the old one still open (a hung process)
-    new = dealer(ctx, edge.endpoint, "CP08")
-    await new.send(msgpack.packb(hello("CP08")))
-    await until(lambda: len(rec.messages) == 2)
+    new = await greeted(ctx, edge, rec, "CP08")
     edge.send("CP08", {"type": "welcome", "heartbeat_s": 1.0})
     assert await recv_map(new) == {"type": "welcome", "heartbeat_s": 1.0}
     assert not await readable(old, 100)

@@ -74,6 +74,17 @@ def dealer(ctx: zmq.asyncio.Context, endpoint: str, routing_id: str | bytes) -> 
     return sock
 
 
+async def greeted(
+    ctx: zmq.asyncio.Context, edge: StationsEdge, rec: Recorder, point_id: str
+) -> zmq.asyncio.Socket:
+    """A station DEALER whose hello the edge has handed to ``rec``."""
+    sock = dealer(ctx, edge.endpoint, point_id)
+    heard = len(rec.messages)
+    await sock.send(msgpack.packb(hello(point_id)))
+    await until(lambda: len(rec.messages) == heard + 1)
+    return sock
+
+
 async def readable(sock: zmq.asyncio.Socket, timeout_ms: int) -> bool:
     """Whether a message is waiting on ``sock`` within ``timeout_ms``."""
     return bool(await sock.poll(timeout_ms))
