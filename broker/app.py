@@ -125,7 +125,7 @@ def new_id(prefix: str) -> str:
 class BrokerApp:
     """One running broker: core + store + edges + timer."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, stop_requested: asyncio.Event | None = None) -> None:
         self.config = config
         self.metrics = BrokerMetrics()
         self.reject = Rejections(self.metrics.rejected)
@@ -153,7 +153,7 @@ class BrokerApp:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.stop_requested = asyncio.Event()
+        self.stop_requested = stop_requested if stop_requested is not None else asyncio.Event()
         self.exit_code = 0
         self.ctx: zmq.asyncio.Context | None = None
         self.vehicles = VehicleServer(self, self.metrics, self.auth, config.limits)
@@ -372,11 +372,23 @@ class BrokerApp:
     def vehicle_disconnected(self, vehicle_id: str) -> None:
         self._call(self.core.vehicle_disconnected, vehicle_id)
 
-    def on_datagram(self, datagram: StatusDatagram) -> None:
+    def on_datagram(self, datagram: StatusDatagram, signed_ts: float | None) -> Rejected | None:
+        """Hand a datagram to the core; its refusal (stale, replayed) goes back to the edge.
+
+        The status edge counts a refusal itself (``evcharge_datagrams_total{outcome}``,
+        and a replay in ``evcharge_rejected_total``), so it is not carried out here.
+        """
         refused = self.core.points_refused
-        self._call(self.core.handle_datagram, datagram)
+        effects = self.core.handle_datagram(datagram, time.time(), signed_ts)
+        if effects:
+            first = effects[0]
+            if type(first) is Rejected and first.edge == "status":
+                return first
+            self._pending.extend(effects)
+            self._schedule_flush()
         if self.core.points_refused != refused:
             self.metrics.rejected.inc("status", "point_cap")
+        return None
 
     def on_station(self, point_id: str, message: StationToBroker) -> None:
         refused = self.core.points_refused
@@ -503,16 +515,14 @@ def _zmq_host(host: str) -> str:
     return "*" if host in ("0.0.0.0", "") else host
 
 
-async def serve(config: AppConfig, on_ready: Callable[[str], None]) -> int:
-    """Run the broker until ``request_stop`` (SIGINT/SIGTERM); returns the exit code."""
-    import signal
-
-    app = BrokerApp(config)
-    loop = asyncio.get_running_loop()
+async def serve(
+    config: AppConfig, on_ready: Callable[[str], None], stop: asyncio.Event | None = None
+) -> int:
+    """Run the broker until ``stop`` is set (SIGINT/SIGTERM, see common.runner) or
+    ``request_stop``; returns the exit code."""
+    app = BrokerApp(config, stop)
     try:
         await app.start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, app.request_stop)
         on_ready(app.describe())
         await app.stop_requested.wait()
     finally:

@@ -15,7 +15,6 @@ with ``regions`` each listed region has its own durable consumer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +38,6 @@ TOPIC: Final = "charging.completed"
 FETCH_BATCH: Final = 256
 FETCH_WAIT_S: Final = 1.0
 ACK_WAIT_S: Final = 30.0
-RETRY_S: Final = (0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -133,11 +131,7 @@ class JetStreamBilling:
         return subs
 
     async def _session(self, stop: asyncio.Event) -> None:
-        closed = asyncio.Event()
-        nc = await jetstream.connect(
-            self.nats_url, name="evcharge-billing", reconnect=False, closed=closed
-        )
-        try:
+        async with jetstream.session_connection(self.nats_url, "evcharge-billing") as (nc, closed):
             js = nc.jetstream()
             await jetstream.ensure_stream(js, self.stream)
             subs = await self._subscribe(js)
@@ -158,20 +152,7 @@ class JetStreamBilling:
                     await nc.flush(timeout=int(ACK_WAIT_S / 3))
                 if idle:
                     await asyncio.sleep(0)
-        finally:
-            with contextlib.suppress(*jetstream.NATS_ERRORS, asyncio.CancelledError):
-                await asyncio.wait_for(nc.close(), 2.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        attempt = 0
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-                attempt = 0
-            except (TransportError, *jetstream.NATS_ERRORS) as exc:
-                self.stats.restarts += 1
-                wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
-                attempt += 1
-                log.warning("billing from %s: %s; again in %.1f s", self.nats_url, exc, wait)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+        what = f"billing from {self.nats_url}"
+        await jetstream.run_sessions(self._session, stop, self.stats, log, what)

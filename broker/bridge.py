@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from broker import jetstream
@@ -42,7 +41,6 @@ from common.messages import BusEvent
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_S: Final = 10.0  # a batch not acknowledged by then: start again
-RETRY_S: Final = (0.2, 0.5, 1.0, 2.0)  # waits between attempts to (re)connect
 
 
 @dataclass
@@ -113,11 +111,8 @@ class Bridge:
     async def _session(self, stop: asyncio.Event) -> None:
         """One connection: resume after the stream's last seq, follow until a failure."""
         cfg = self.config
-        closed = asyncio.Event()  # no reconnects: closed means lost
-        nc: NATS = await jetstream.connect(
-            cfg.nats_url, name=f"evcharge-bridge-{cfg.region}", reconnect=False, closed=closed
-        )
-        try:
+        name = f"evcharge-bridge-{cfg.region}"
+        async with jetstream.session_connection(cfg.nats_url, name) as (nc, closed):
             js = nc.jetstream()
             await jetstream.ensure_stream(js, cfg.stream, cfg.replicas)
             last = await jetstream.last_published_seq(js, cfg.stream, cfg.region)
@@ -130,23 +125,10 @@ class Bridge:
             await _race(sub.run(), stop, closed)
             if closed.is_set() and not stop.is_set():
                 raise TransportError("NATS connection lost")
-        finally:
-            with contextlib.suppress(*jetstream.NATS_ERRORS, asyncio.CancelledError):
-                await asyncio.wait_for(nc.close(), 2.0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        attempt = 0
-        while not stop.is_set():
-            try:
-                await self._session(stop)
-                attempt = 0
-            except (TransportError, *jetstream.NATS_ERRORS) as exc:
-                self.stats.restarts += 1
-                wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
-                attempt += 1
-                log.warning("bridge %s: %s; again in %.1f s", self.config.region, exc, wait)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+        what = f"bridge {self.config.region}"
+        await jetstream.run_sessions(self._session, stop, self.stats, log, what)
 
 
 async def _race(work: Any, stop: asyncio.Event, closed: asyncio.Event) -> None:

@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Final
+from typing import Annotated
 
 import typer
 
 from broker import subjects
 from broker.consumers_cli import (
     EXIT_USAGE,
-    BrokerOpt,
     CredentialsOpt,
     EventsPortOpt,
     HistoryPortOpt,
+    StreamOpt,
     _endpoint,
     _fail,
     _run,
     _setup_logging,
+    log_figures,
 )
+from common.cli import BrokerOpt
 from common.errors import ConfigError
-
-FIGURES_S: Final = 10.0
 
 
 def bridge(
@@ -36,9 +36,7 @@ def bridge(
     region: Annotated[
         str, typer.Option("--region", envvar="EV_REGION", help="Region name (subject token).")
     ],
-    stream: Annotated[
-        str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
-    ] = subjects.DEFAULT_STREAM,
+    stream: StreamOpt = subjects.DEFAULT_STREAM,
     replicas: Annotated[
         int,
         typer.Option(
@@ -71,14 +69,12 @@ def bridge(
                 f"bridge ready: region {region} -> {nats_url} stream {stream} "
                 f"after seq {worker.resumed_from}"
             )
-            shown = None
-            while True:
-                await asyncio.sleep(FIGURES_S)
-                st = worker.stats
-                now = (st.last_seq, st.published, st.duplicates, st.restarts)
-                if now != shown:
-                    log.info("seq %d published %d duplicates %d restarts %d", *now)
-                    shown = now
+            st = worker.stats
+            await log_figures(
+                log,
+                "seq %d published %d duplicates %d restarts %d",
+                lambda: (st.last_seq, st.published, st.duplicates, st.restarts),
+            )
 
         task = asyncio.create_task(note())
         try:

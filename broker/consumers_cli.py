@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -31,18 +30,16 @@ from broker.ledger import LedgerBase, open_ledger
 from broker.monitor import run_monitor
 from broker.subscriber import Endpoint, HistoryClient, Subscriber
 from broker.tail import PipeClosed, TailSink, pipe_closed
-from common.cli import CONTEXT
+from common.cli import CONTEXT, BrokerOpt
 from common.credentials import load_optional
 from common.errors import ConfigError, EVError, StoreError, TransportError
 from common.logging_setup import setup_logging
+from common.runner import run
 
 EXIT_DIFFERENT = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-BrokerOpt = Annotated[
-    str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.", show_default=True)
-]
 EventsPortOpt = Annotated[
     int,
     typer.Option("--events-port", envvar="EV_EVENTS_PORT", min=1, max=65535, help="Bus PUB port."),
@@ -61,6 +58,9 @@ CredentialsOpt = Annotated[
         help="A consumer or operator .cred file (needed unless the broker runs --insecure).",
     ),
 ]
+StreamOpt = Annotated[
+    str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
+]
 DbOpt = Annotated[
     Path, typer.Option("--db", envvar="EV_BILLING_DB", help="Billing ledger (SQLite file).")
 ]
@@ -73,7 +73,7 @@ LedgerOpt = Annotated[
     ),
 ]
 DEFAULT_DB = Path("var/billing.db")
-FIGURES_S = 10.0  # how often the billing worker logs its subscriber figures
+FIGURES_S = 10.0  # how often the billing worker and the bridge log their figures
 
 
 class ReportFormat(StrEnum):
@@ -97,16 +97,8 @@ def _setup_logging(level: int) -> None:
 
 
 def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
+    """Run ``main(stop)`` (asyncio's own loop) with SIGINT/SIGTERM setting ``stop``."""
+    run(main, fast_loop=False)
 
 
 async def _until_stopped(sub: Subscriber, stop: asyncio.Event) -> None:
@@ -120,6 +112,19 @@ async def _until_stopped(sub: Subscriber, stop: asyncio.Event) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def log_figures(
+    log: logging.Logger, line: str, figures: Callable[[], tuple[int, ...]]
+) -> None:
+    """Every FIGURES_S, log ``line % figures()`` when the figures changed (until cancelled)."""
+    shown: tuple[int, ...] = ()
+    while True:
+        await asyncio.sleep(FIGURES_S)
+        now = figures()
+        if now != shown:
+            log.info(line, *now)
+            shown = now
 
 
 def _endpoint(
@@ -185,9 +190,7 @@ def billing_worker(
             "--regions", envvar="EV_BILLING_REGIONS", help="JetStream: only these regions (a,b)."
         ),
     ] = None,
-    stream: Annotated[
-        str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
-    ] = subjects.DEFAULT_STREAM,
+    stream: StreamOpt = subjects.DEFAULT_STREAM,
 ) -> None:
     """Run the billing worker: catch up from history, then follow live events.
 
@@ -214,18 +217,15 @@ def billing_worker(
             log = logging.getLogger("broker.billing")
             await sub.ready.wait()
             log.info("caught up at seq %d, %d sessions billed", sub.stats.applied_seq, sink.billed)
-            shown: tuple[int, ...] = ()
-            while True:  # the subscriber's figures, when they change
-                await asyncio.sleep(FIGURES_S)
-                st = sub.stats
-                now = (st.applied_seq, st.lag, st.gaps, st.lost, st.duplicates, sink.billed)
-                if now != shown:
-                    log.info(
-                        "seq %d lag %d gaps %d lost %d duplicates %d billed %d invalid %d",
-                        *now,
-                        sink.invalid,
-                    )
-                    shown = now
+            st = sub.stats
+            await log_figures(  # the subscriber's figures, when they change
+                log,
+                "seq %d lag %d gaps %d lost %d duplicates %d billed %d invalid %d",
+                lambda: (
+                    st.applied_seq, st.lag, st.gaps, st.lost, st.duplicates, sink.billed,
+                    sink.invalid,
+                ),
+            )  # fmt: skip
 
         note = asyncio.create_task(caught_up())
         try:
@@ -278,14 +278,12 @@ def _billing_from_jetstream(
             typer.echo(
                 f"billing ready: ledger {ledger.location} from {url} stream {stream} ({names})"
             )
-            shown = None
-            while True:
-                await asyncio.sleep(FIGURES_S)
-                st = worker.stats
-                now = (st.messages, st.billed, st.replayed, st.invalid, st.restarts)
-                if now != shown:
-                    log.info("messages %d billed %d replayed %d invalid %d restarts %d", *now)
-                    shown = now
+            st = worker.stats
+            await log_figures(
+                log,
+                "messages %d billed %d replayed %d invalid %d restarts %d",
+                lambda: (st.messages, st.billed, st.replayed, st.invalid, st.restarts),
+            )
 
         task = asyncio.create_task(note())
         try:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from broker.credentials import (
+    BrokerKeys,
     CredentialTable,
     broker_keys,
     check_name,
@@ -54,6 +56,8 @@ KeysOpt = Annotated[
 ]
 DEFAULT_DB = "./var/broker.db"
 
+T = TypeVar("T")
+
 
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"ev-broker credentials: {message}", err=True)
@@ -70,112 +74,93 @@ def _table(db: str, keys: str | None) -> tuple[CredentialTable, Path]:
         raise _fail(exc.message, EXIT_FAILED) from None
 
 
-@credentials_app.command("add")
-def add(
-    name: Annotated[str, typer.Argument(help="Credential name (also the .cred file's name).")],
-    role: Annotated[
-        str,
-        typer.Option(
-            "--role",
-            envvar="EV_CREDENTIAL_ROLE",
-            help=f"One of: {', '.join(ROLES)}.",
-            show_default=False,
-        ),
-    ],
-    points: Annotated[
-        str | None,
-        typer.Option(
-            "--points",
-            envvar="EV_CREDENTIAL_POINTS",
-            help="Point id, or PREFIX* (station and legacy-station).",
-        ),
-    ] = None,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--source",
-            envvar="EV_CREDENTIAL_SOURCE",
-            help="IP the datagrams come from (legacy-station).",
-        ),
-    ] = None,
-    db: DbOpt = DEFAULT_DB,
-    keys: KeysOpt = None,
-    out: Annotated[
-        str | None,
-        typer.Option(
-            "--out",
-            envvar="EV_CREDENTIAL_OUT",
-            help="Folder for NAME.cred (default: the keys folder).",
-        ),
-    ] = None,
-) -> None:
-    """Issue a credential: record it and write OUT/NAME.cred (mode 0600)."""
-    table, keys_dir = _table(db, keys)
-    try:
-        out_dir = Path(out) if out else keys_dir
-        path = issue(table, broker_keys(keys_dir), name, role, points, source, out_dir)
-    except ConfigError as exc:
-        raise _fail(exc.message, EXIT_USAGE) from None
-    except StoreError as exc:
-        raise _fail(exc.message, EXIT_FAILED) from None
-    finally:
-        table.close()
-    typer.echo(f"credential {name} ({role}) written to {path}")
+NameArg = Annotated[str, typer.Argument(help="Credential name (also the .cred file's name).")]
+RoleOpt = Annotated[
+    str,
+    typer.Option(
+        "--role",
+        envvar="EV_CREDENTIAL_ROLE",
+        help=f"One of: {', '.join(ROLES)}.",
+        show_default=False,
+    ),
+]
+PointsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--points",
+        envvar="EV_CREDENTIAL_POINTS",
+        help="Point id, or PREFIX* (station and legacy-station).",
+    ),
+]
+SourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source",
+        envvar="EV_CREDENTIAL_SOURCE",
+        help="IP the datagrams come from (legacy-station).",
+    ),
+]
+OutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--out",
+        envvar="EV_CREDENTIAL_OUT",
+        help="Folder for NAME.cred (default: the keys folder).",
+    ),
+]
+
+# issue() or ensure(): (table, broker keys, name, role, points, source, out folder)
+Provision = Callable[[CredentialTable, BrokerKeys, str, str, str | None, str | None, Path], T]
 
 
-@credentials_app.command("ensure")
-def ensure_(
-    name: Annotated[str, typer.Argument(help="Credential name (also the .cred file's name).")],
-    role: Annotated[
-        str,
-        typer.Option(
-            "--role",
-            envvar="EV_CREDENTIAL_ROLE",
-            help=f"One of: {', '.join(ROLES)}.",
-            show_default=False,
+def _provisioning(
+    make: Provision[T], said: Callable[[str, str, T, Path], str]
+) -> Callable[..., None]:
+    """A command that runs ``make`` and prints ``said(name, role, result, out folder)``.
+
+    ``make``'s usage errors exit 2, store errors 1.
+    """
+
+    def command(
+        name: NameArg,
+        role: RoleOpt,
+        points: PointsOpt = None,
+        source: SourceOpt = None,
+        db: DbOpt = DEFAULT_DB,
+        keys: KeysOpt = None,
+        out: OutOpt = None,
+    ) -> None:
+        table, keys_dir = _table(db, keys)
+        try:
+            out_dir = Path(out) if out else keys_dir
+            check_name(name)
+            made = make(table, broker_keys(keys_dir), name, role, points, source, out_dir)
+        except ConfigError as exc:
+            raise _fail(exc.message, EXIT_USAGE) from None
+        except StoreError as exc:
+            raise _fail(exc.message, EXIT_FAILED) from None
+        finally:
+            table.close()
+        typer.echo(said(name, role, made, out_dir))
+
+    return command
+
+
+credentials_app.command(
+    "add", help="Issue a credential: record it and write OUT/NAME.cred (mode 0600)."
+)(_provisioning(issue, lambda name, role, path, _: f"credential {name} ({role}) written to {path}"))
+credentials_app.command(
+    "ensure",
+    help="Like add, but keep a live credential whose .cred file is present (for deployments).",
+)(
+    _provisioning(
+        ensure,
+        lambda name, role, made, out_dir: (
+            f"credential {name} ({role}) {'written to' if made else 'kept in'} "
+            f"{out_dir / (name + '.cred')}"
         ),
-    ],
-    points: Annotated[
-        str | None,
-        typer.Option(
-            "--points",
-            envvar="EV_CREDENTIAL_POINTS",
-            help="Point id, or PREFIX* (station and legacy-station).",
-        ),
-    ] = None,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--source",
-            envvar="EV_CREDENTIAL_SOURCE",
-            help="IP the datagrams come from (legacy-station).",
-        ),
-    ] = None,
-    db: DbOpt = DEFAULT_DB,
-    keys: KeysOpt = None,
-    out: Annotated[
-        str | None,
-        typer.Option(
-            "--out",
-            envvar="EV_CREDENTIAL_OUT",
-            help="Folder for NAME.cred (default: the keys folder).",
-        ),
-    ] = None,
-) -> None:
-    """Like add, but keep a live credential whose .cred file is present (for deployments)."""
-    table, keys_dir = _table(db, keys)
-    try:
-        out_dir = Path(out) if out else keys_dir
-        check_name(name)
-        made = ensure(table, broker_keys(keys_dir), name, role, points, source, out_dir)
-    except ConfigError as exc:
-        raise _fail(exc.message, EXIT_USAGE) from None
-    except StoreError as exc:
-        raise _fail(exc.message, EXIT_FAILED) from None
-    finally:
-        table.close()
-    verb = "written to" if made else "kept in"
-    typer.echo(f"credential {name} ({role}) {verb} {out_dir / (name + '.cred')}")
+    )
+)
 
 
 @credentials_app.command("list")

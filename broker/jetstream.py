@@ -9,8 +9,10 @@ as the broker publishes it (the msgpack map of the second ZeroMQ frame).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, Protocol
 
 import nats
 import nats.errors
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW_S: Final = 120.0
 CONNECT_TIMEOUT_S: Final = 3.0
+RETRY_S: Final = (0.2, 0.5, 1.0, 2.0)  # waits between attempts to (re)connect
 
 # Everything nats-py raises for a lost, refused or timed-out server or request.
 NATS_ERRORS: Final = (
@@ -93,6 +96,55 @@ async def connect(
     except NATS_ERRORS as exc:
         raise TransportError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
     return nc
+
+
+class Restarts(Protocol):
+    """Figures with a count of sessions started again."""
+
+    restarts: int
+
+
+async def run_sessions(
+    session: Callable[[asyncio.Event], Awaitable[None]],
+    stop: asyncio.Event,
+    stats: Restarts,
+    log: logging.Logger,
+    what: str,
+) -> None:
+    """Run ``session(stop)`` until ``stop`` is set, starting it again after every failure.
+
+    A failure is a TransportError or a NATS error: it counts in ``stats.restarts``
+    and is logged as a warning ``WHAT: ERROR; again in N s``. The waits follow
+    RETRY_S (the last one repeats) and start over after a session that ended
+    without failing.
+    """
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await session(stop)
+            attempt = 0
+        except (TransportError, *NATS_ERRORS) as exc:
+            stats.restarts += 1
+            wait = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+            attempt += 1
+            log.warning("%s: %s; again in %.1f s", what, exc, wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+
+
+@contextlib.asynccontextmanager
+async def session_connection(url: str, name: str) -> AsyncIterator[tuple[NATS, asyncio.Event]]:
+    """A connection for one session and its ``closed`` event, closed at the end.
+
+    It does not reconnect: ``closed`` set means the connection is lost.
+    """
+    closed = asyncio.Event()
+    nc = await connect(url, name=name, reconnect=False, closed=closed)
+    try:
+        yield nc, closed
+    finally:
+        with contextlib.suppress(*NATS_ERRORS, asyncio.CancelledError):
+            await asyncio.wait_for(nc.close(), 2.0)
 
 
 def stream_config(stream: str, replicas: int) -> StreamConfig:

@@ -18,6 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from broker import event_fields as fields
 from common.errors import BusProtocolError
 from common.events import (
     ChargingCompleted,
@@ -32,7 +33,7 @@ from common.events import (
     event_data,
 )
 from common.messages import BusEvent
-from common.timeutil import format_timestamp, parse_timestamp
+from common.timeutil import format_timestamp
 
 # display order: the busy points first
 STATES: Final = ("carregando", "reservado", "disponivel", "indisponivel", "offline")
@@ -45,42 +46,6 @@ STATE_STYLE: Final = {
 }
 RATE_WINDOW_S: Final = 5.0
 LATEST_EVENTS: Final = 8
-
-
-def _point_id(data: Mapping[str, Any]) -> str | None:
-    for key in ("point_id", "id_ponto_recarga", "id"):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _vehicle_id(entry: Any) -> str | None:
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, Mapping):
-        for key in ("vehicle_id", "id_veiculo"):
-            value = entry.get(key)
-            if isinstance(value, str):
-                return value
-    return None
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _epoch(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return parse_timestamp(value)
-        except ValueError:
-            return None
-    return None
 
 
 @dataclass
@@ -162,32 +127,32 @@ class MonitorView:
         self._by_state = {s: [] for s in STATES}
         self._state_of.clear()
         self.queued = 0
-        self.seq = int(_num(snap.get("seq")) or 0)
+        self.seq = int(fields.number(snap.get("seq")) or 0)
         for raw in snap.get("points") or []:
-            if not isinstance(raw, Mapping) or (pid := _point_id(raw)) is None:
+            if not isinstance(raw, Mapping) or (pid := fields.point_id(raw)) is None:
                 continue
             p = self._point(pid)
             p.apply_estado(raw.get("estado"))
             if raw.get("online") is False:
                 p.online = False
             for key in ("last_heard", "last_seen", "ultimo_contato"):
-                if (t := _epoch(raw.get(key))) is not None:
+                if (t := fields.epoch(raw.get(key))) is not None:
                     p.last_heard = t
-            if (v := _num(raw.get("energia_kwh"))) is not None:
+            if (v := fields.number(raw.get("energia_kwh"))) is not None:
                 p.energy_kwh = v
         queues = snap.get("queues") or {}
         if isinstance(queues, Mapping):
             for pid, entries in queues.items():
                 p = self._point(str(pid))
                 listed = entries if isinstance(entries, list) else []
-                ids = [v for v in (_vehicle_id(e) for e in listed) if v]
+                ids = [v for v in (fields.vehicle_id(e) for e in listed) if v]
                 self._set_queue(p, ids)
         for s in snap.get("sessions") or []:
-            if isinstance(s, Mapping) and (pid := _point_id(s)) is not None:
+            if isinstance(s, Mapping) and (pid := fields.point_id(s)) is not None:
                 p = self._point(pid)
-                p.vehicle = _vehicle_id(s) or "?"
+                p.vehicle = fields.vehicle_id(s) or "?"
                 p.session_id = s.get("session_id")
-                p.energy_kwh = _num(s.get("energia_kwh", s.get("energy_kwh")))
+                p.energy_kwh = fields.number(s.get("energia_kwh", s.get("energy_kwh")))
         for p in self.points.values():
             self._reindex(p)
 
@@ -195,10 +160,10 @@ class MonitorView:
         """Only the ``last_heard`` times of a newer snapshot: stations are heard far more
         often than they publish events (a datagram that changes nothing is no event)."""
         for raw in snap.get("points") or []:
-            if not isinstance(raw, Mapping) or (pid := _point_id(raw)) is None:
+            if not isinstance(raw, Mapping) or (pid := fields.point_id(raw)) is None:
                 continue
             p = self.points.get(pid)
-            if p is not None and (t := _epoch(raw.get("last_heard"))) is not None:
+            if p is not None and (t := fields.epoch(raw.get("last_heard"))) is not None:
                 p.last_heard = max(p.last_heard or 0.0, t)
 
     def apply(self, ev: BusEvent, now: float) -> None:

@@ -6,7 +6,6 @@ line on stderr and exit code 2 (the usage-error code), never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import math
@@ -311,22 +310,15 @@ def run(config: object) -> int:
 
     from broker.app import AppConfig
     from broker.app import serve as serve_app
+    from common.runner import run as run_until_stopped
 
     assert isinstance(config, AppConfig)
 
     def ready(description: str) -> None:
         print(f"ev-broker ready: {description}", flush=True)
 
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        loop_factory = None
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(serve_app(config, ready))
+        return run_until_stopped(lambda stop: serve_app(config, ready, stop))
     except StoreError as exc:
         print(f"ev-broker serve: {exc.message}", file=sys.stderr, flush=True)
         return 1

@@ -37,7 +37,6 @@ refills) are in :class:`SubscriberStats`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -52,6 +51,7 @@ from common.codec import decode_event, pack, unpack
 from common.credentials import Credential, curve_client
 from common.errors import EventsPruned, EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
+from common.zmq_nowait import recv_nowait
 
 log = logging.getLogger(__name__)
 
@@ -478,8 +478,7 @@ class Subscriber:
             n += 1
             frames = None
             if n < LIVE_BATCH:
-                with contextlib.suppress(zmq.Again):
-                    frames = await self._sub.recv_multipart(flags=zmq.NOBLOCK)
+                frames = recv_nowait(self._sub)
         await self._deliver(batch)
         if gap:
             self.stats.gaps += 1

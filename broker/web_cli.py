@@ -18,7 +18,6 @@ import typer
 
 from broker.consumers_cli import (
     EXIT_USAGE,
-    BrokerOpt,
     CredentialsOpt,
     EventsPortOpt,
     HistoryPortOpt,
@@ -27,6 +26,7 @@ from broker.consumers_cli import (
     _run,
     _setup_logging,
 )
+from common.cli import BrokerOpt
 
 
 def web(

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from importlib import metadata
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import typer
 from typer.main import get_command
@@ -35,6 +35,12 @@ CONTEXT: Final[dict[str, Any]] = {
     "help_option_names": ["-h", "--help"],
     "max_content_width": HELP_WIDTH,
 }
+
+
+# The broker host a client connects to (ev-vehicle, ev-broker's bus consumers).
+BrokerOpt = Annotated[
+    str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.", show_default=True)
+]
 
 
 class LogLevel(StrEnum):

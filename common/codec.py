@@ -35,6 +35,7 @@ from common.messages import (
     StationToBroker,
     StatusDatagram,
 )
+from common.replies import error_data
 from common.request_codec import (
     NOT_DECODABLE,
     DecodedRequest,
@@ -100,7 +101,7 @@ def encode_reply(
 
 def encode_error(error: EVError, request_id: UnsetType | Scalar = UNSET) -> bytes:
     """``{"type":"erro","data":{"code","message","field"?}}`` line for ``error``."""
-    return encode_reply("erro", error.to_wire(), request_id)
+    return encode_reply("erro", error_data(error), request_id)
 
 
 def encode_request(

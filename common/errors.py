@@ -200,6 +200,11 @@ _REFUSALS: dict[str, type[RequestRefused]] = {
 }
 
 
+#: every code of an ``erro`` reply, and every code of a refusal (``status: error``)
+WIRE_ERROR_CODES: tuple[str, ...] = tuple(_WIRE_ERRORS)
+REFUSAL_CODES: tuple[str, ...] = (*_REFUSALS, RefusedInvalid.code)
+
+
 def error_for_code(code: str, message: str = "", field: str | None = None) -> EVError:
     """The exception instance for a wire code (``erro`` code or refusal code)."""
     cls: type[EVError] = _WIRE_ERRORS.get(code) or _REFUSALS.get(code) or RequestRefused

@@ -11,7 +11,16 @@ One file per message, grouped by where it travels (docs/protocol.md):
 * ``station/<type>.schema.json``: each station <-> broker ZeroMQ message;
 * ``bus/<topic>.schema.json``: each bus event payload ``{seq, ts, topic, data}``
   with the topic's data struct from :data:`common.events.EVENT_TYPES`;
-* ``history/<op>.schema.json``: each history request.
+* ``history/<op>.schema.json``: each history request;
+* ``reply/<type>.schema.json``: each reply the broker writes on the vehicle
+  connection, envelope included (``{"type", "data", "id"?, "truncated"?}``), its
+  ``data`` one of the payloads :data:`common.replies.REPLY_DATA` lists for it;
+  ``reply/envelope.schema.json``: any reply or push line, ``data`` left open;
+* ``push/<type>.schema.json``: each push (``{"type", "data"}``, never an ``id``),
+  from :data:`common.replies.PUSH_DATA`.
+
+A reply or push field is required unless the struct leaves it out while unset
+(``... | UnsetType``): the broker always writes the others, ``null`` included.
 
 Messages carried as msgpack (station, bus, history) have the same map
 structure as their JSON form; the schemas describe that structure. Unknown
@@ -25,35 +34,37 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import msgspec
+from msgspec import UNSET
 
+from common import replies
 from common.events import EVENT_TYPES
 from common.messages import (
     REQUEST_TYPES,
-    Ack,
-    Heartbeat,
-    Hello,
-    HistoryAccounts,
-    HistorySetAvailability,
-    HistorySince,
-    HistorySnapshot,
-    Hold,
-    Release,
-    SessionAck,
-    SessionComplete,
-    Start,
+    BrokerToStation,
+    HistoryRequest,
+    StationToBroker,
     StatusDatagram,
-    Stop,
-    Welcome,
 )
 
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
-STATION_MESSAGES: Final = (
-    Hello, Heartbeat, Ack, SessionComplete, Welcome, Hold, Release, Start, Stop, SessionAck,
-)  # fmt: skip
-HISTORY_REQUESTS: Final = (HistorySince, HistorySnapshot, HistoryAccounts, HistorySetAvailability)
+#: every station <-> broker message (both directions, each once)
+STATION_MESSAGES: Final[tuple[Any, ...]] = tuple(
+    dict.fromkeys((*get_args(StationToBroker), *get_args(BrokerToStation)))
+)
+HISTORY_REQUESTS: Final[tuple[Any, ...]] = get_args(HistoryRequest)
+_ID: Final = {
+    "description": "Any JSON scalar; echoed in the reply.",
+    "type": ["string", "integer", "number", "boolean", "null"],
+}
+#: the outbound payload structs, by the name their schema definitions carry
+_PAYLOADS: Final = {
+    name: cls
+    for name, cls in vars(replies).items()
+    if isinstance(cls, type) and issubclass(cls, replies.Payload)
+}
 
 
 def _struct_schema(cls: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -78,24 +89,43 @@ def _tag(cls: Any) -> str:
     return str(cls.__struct_config__.tag)
 
 
+def _payload_schema(kinds: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the schema of a ``data`` that is one of ``kinds``, the definitions it refers to).
+
+    Every field of an outbound payload is required except those left out while unset.
+    """
+    refs, defs = [], {}
+    for kind in kinds:
+        generated: dict[str, Any] = msgspec.json.schema(kind)
+        defs.update(generated.pop("$defs", {}))
+        refs.append(generated)
+    for name, body in defs.items():
+        cls = _PAYLOADS.get(name)
+        if cls is not None:
+            fields = msgspec.structs.fields(cls)
+            body["required"] = [f.encode_name for f in fields if f.default is not UNSET]
+            if not body["required"]:
+                del body["required"]
+    return (refs[0] if len(refs) == 1 else {"anyOf": refs}), defs
+
+
+def _envelope(type_: str, data: dict[str, Any], *, request_id: bool) -> dict[str, Any]:
+    """``{"type": type_, "data": ..., "id"?: ...}``: a vehicle message of one type."""
+    properties: dict[str, Any] = {"type": {"const": type_}, "data": data}
+    if request_id:
+        properties["id"] = _ID
+    return {"type": "object", "properties": properties, "required": ["type", "data"]}
+
+
 def schemas() -> dict[str, dict[str, Any]]:
     """Every schema, by its path under the schema folder."""
     out: dict[str, dict[str, Any]] = {}
     for type_, cls in sorted(REQUEST_TYPES.items()):
         data, defs = _struct_schema(cls)
         defs[cls.__name__] = data
-        body = {
-            "type": "object",
-            "properties": {
-                "type": {"const": type_},
-                "data": {"$ref": f"#/$defs/{cls.__name__}"},
-                "id": {
-                    "description": "Any JSON scalar; echoed in the reply.",
-                    "type": ["string", "integer", "number", "boolean", "null"],
-                },
-            },
-            "required": ["type"] if type_ == "ping" else ["type", "data"],
-        }
+        body = _envelope(type_, {"$ref": f"#/$defs/{cls.__name__}"}, request_id=True)
+        if type_ == "ping":
+            body["required"] = ["type"]
         out[f"vehicle/{type_}.schema.json"] = _document(
             f"vehicle request {type_}",
             "A request on the vehicle TCP connection (one JSON object).",
@@ -106,14 +136,14 @@ def schemas() -> dict[str, dict[str, Any]]:
     out["status/datagram.schema.json"] = _document(
         "station status datagram", "One UDP datagram: one JSON object, at most 8 KiB.", data, defs
     )
-    for cls in STATION_MESSAGES:
-        data, defs = _struct_schema(cls)
-        out[f"station/{_tag(cls)}.schema.json"] = _document(
-            f"station message {_tag(cls)}",
+    out.update(
+        _tagged(
+            "station",
+            "station message",
             "One ZeroMQ frame between a station DEALER and the broker ROUTER (msgpack map).",
-            data,
-            defs,
+            STATION_MESSAGES,
         )
+    )
     for topic, cls in sorted(EVENT_TYPES.items()):
         data, defs = _struct_schema(cls)
         defs[cls.__name__] = data
@@ -133,14 +163,66 @@ def schemas() -> dict[str, dict[str, Any]]:
             body,
             defs,
         )
-    for cls in HISTORY_REQUESTS:
-        data, defs = _struct_schema(cls)
-        out[f"history/{_tag(cls)}.schema.json"] = _document(
-            f"history request {_tag(cls)}",
+    out.update(
+        _tagged(
+            "history",
+            "history request",
             "One msgpack frame to the history ROUTER.",
-            data,
+            HISTORY_REQUESTS,
+        )
+    )
+    out.update(_outbound())
+    return out
+
+
+def _tagged(
+    folder: str, what: str, description: str, classes: tuple[Any, ...]
+) -> dict[str, dict[str, Any]]:
+    """``<folder>/<tag>.schema.json`` for each tagged struct of ``classes``."""
+    out = {}
+    for cls in classes:
+        data, defs = _struct_schema(cls)
+        out[f"{folder}/{_tag(cls)}.schema.json"] = _document(
+            f"{what} {_tag(cls)}", description, data, defs
+        )
+    return out
+
+
+def _outbound() -> dict[str, dict[str, Any]]:
+    """The schemas of what the broker writes on a vehicle connection."""
+    out: dict[str, dict[str, Any]] = {}
+    for type_, kinds in sorted(replies.REPLY_DATA.items()):
+        data, defs = _payload_schema(kinds)
+        body = _envelope(type_, data, request_id=True)
+        if type_ == "lista_pontos":
+            body["properties"]["truncated"] = {
+                "const": True,
+                "description": "Only when the list was cut at 100 points (no limite given).",
+            }
+        out[f"reply/{type_}.schema.json"] = _document(
+            f"vehicle reply {type_}",
+            "A reply on the vehicle TCP connection (one JSON line); id as the request's.",
+            body,
             defs,
         )
+    for type_, cls in sorted(replies.PUSH_DATA.items()):
+        data, defs = _payload_schema((cls,))
+        out[f"push/{type_}.schema.json"] = _document(
+            f"vehicle push {type_}",
+            "A message the broker sends on its own on the vehicle TCP connection (one JSON line).",
+            _envelope(type_, data, request_id=False),
+            defs,
+        )
+    types = sorted([*replies.REPLY_DATA, *replies.PUSH_DATA])
+    body = _envelope("", {"description": "As the type's own schema says."}, request_id=True)
+    body["properties"]["type"] = {"enum": types}
+    body["properties"]["truncated"] = {"const": True}
+    out["reply/envelope.schema.json"] = _document(
+        "vehicle reply or push",
+        "Any line the broker writes on the vehicle TCP connection; pushes never carry id.",
+        body,
+        {},
+    )
     return out
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from common import runner
 from common.codec import decode_broker_message, encode_datagram, pack
 from common.credentials import Credential, sign_datagram
 from common.errors import BadBrokerFrame, StationProtocolError
@@ -422,17 +423,4 @@ class Host:
 
 def run_host(host: Host) -> None:
     """Run ``host`` on uvloop when available; SIGINT/SIGTERM stop it cleanly."""
-    import signal
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, host.request_stop)
-        await host.run()
-
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    runner.run(lambda _stop: host.run(), on_stop=host.request_stop)

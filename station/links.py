@@ -30,6 +30,7 @@ from typing import Final, Protocol
 import zmq
 
 from common.credentials import Credential, curve_client
+from common.zmq_nowait import recv_nowait, send_nowait
 
 HWM: Final = 10_000
 
@@ -69,6 +70,17 @@ def _base_options(sock: zmq.Socket[bytes]) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
 
 
+def _sent(sock: zmq.Socket[bytes], frames: list[bytes]) -> bool:
+    """Whether ``frames`` went out now (never waits): False when the broker's queue is
+    full (EAGAIN) or, on a ROUTER, the connection is not there (yet, EHOSTUNREACH)."""
+    exc = send_nowait(sock, frames)
+    if exc is None:
+        return True
+    if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+        return False
+    raise exc
+
+
 class DealerLink:
     """One DEALER socket for one station."""
 
@@ -94,20 +106,12 @@ class DealerLink:
         return sock
 
     def send(self, point_id: str, frame: bytes) -> bool:
-        try:
-            self._sock.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        return True
+        return _sent(self._sock, [frame])
 
     def receive(self, limit: int) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
-        while len(out) < limit:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            out.extend((self._point_id, f) for f in frames[-1:])
+        while len(out) < limit and (frames := recv_nowait(self._sock)) is not None:
+            out.append((self._point_id, frames[-1]))
         return out
 
     def reset(self) -> None:
@@ -171,21 +175,11 @@ class MultiLink:
         ident = point_id.encode("utf-8")
         if self._connected < len(self._ids) and ident not in self._opened:
             return False
-        try:
-            self._sock.send_multipart([ident, frame], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # EHOSTUNREACH: not connected (yet); EAGAIN: full
-            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
-                return False
-            raise
-        return True
+        return _sent(self._sock, [ident, frame])
 
     def receive(self, limit: int) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
-        while len(out) < limit:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while len(out) < limit and (frames := recv_nowait(self._sock)) is not None:
             if len(frames) >= 2:
                 with contextlib.suppress(UnicodeDecodeError):
                     out.append((frames[0].decode("utf-8"), frames[-1]))

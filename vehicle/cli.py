@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -20,7 +19,8 @@ from typing import Annotated, Any, Final, TypeVar
 import typer
 from rich.console import Console
 
-from common.cli import new_app, run, version_option
+from common import runner
+from common.cli import BrokerOpt, new_app, run, version_option
 from common.errors import (
     ConfigError,
     EVError,
@@ -30,6 +30,7 @@ from common.errors import (
     TransportError,
 )
 from common.geo import DEMO_CENTER
+from common.runner import Interrupted
 from vehicle import render
 from vehicle.client import VehicleClient
 from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
@@ -79,44 +80,10 @@ app = new_app(
 )
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM stopped a long-running command (a clean exit 0)."""
-
-
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run ``factory()`` on uvloop (when available); SIGINT/SIGTERM raise Interrupted."""
-
-    async def runner() -> T:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        stopped = False
-
-        def stop() -> None:
-            nonlocal stopped
-            stopped = True
-            if task is not None:
-                task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
-        try:
-            return await factory()
-        except asyncio.CancelledError:
-            if stopped:
-                raise Interrupted from None
-            raise
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner_ctx:
-        return runner_ctx.run(runner())
+    """Run ``factory()`` on uvloop (when available); SIGINT/SIGTERM raise Interrupted
+    (a long-running command stopped: a clean exit 0)."""
+    return runner.run(lambda _stop: factory(), cancel=True)
 
 
 def emit_json(obj: Any) -> None:
@@ -173,15 +140,27 @@ def execute(
         raise fail(settings, unexpected) from None
 
 
+def ask(
+    ctx: typer.Context,
+    request: Callable[[VehicleClient], Awaitable[dict[str, Any]]],
+    line: Callable[[dict[str, Any]], str] = render.response_line,
+) -> None:
+    """One request on a connection of its own; the reply is printed as ``line(reply)``."""
+
+    async def work(s: Settings) -> dict[str, Any]:
+        async with s.client(reconnect=False) as c:
+            return await request(c)
+
+    execute(ctx, work, lambda con, data: con.print(line(data), markup=False, soft_wrap=True))
+
+
 # --- global options ----------------------------------------------------------------------
 
 
 @app.callback(invoke_without_command=True)
 def main_options(
     ctx: typer.Context,
-    broker: Annotated[
-        str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.")
-    ] = "127.0.0.1",
+    broker: BrokerOpt = "127.0.0.1",
     port: Annotated[
         int,
         typer.Option(
@@ -330,31 +309,13 @@ def reserve(
     ] = 0.0,
 ) -> None:
     """Reserve a place in a point's queue."""
-
-    async def work(s: Settings) -> dict[str, Any]:
-        async with s.client(reconnect=False) as c:
-            return await c.reserva(point, eta)
-
-    execute(
-        ctx,
-        work,
-        lambda con, data: con.print(render.reservation_line(data), markup=False, soft_wrap=True),
-    )
+    ask(ctx, lambda c: c.reserva(point, eta), render.reservation_line)
 
 
 @app.command()
 def cancel(ctx: typer.Context, point: Point) -> None:
     """Cancel this vehicle's reservation at a point."""
-
-    async def work(s: Settings) -> dict[str, Any]:
-        async with s.client(reconnect=False) as c:
-            return await c.cancelar(point)
-
-    execute(
-        ctx,
-        work,
-        lambda con, data: con.print(render.response_line(data), markup=False, soft_wrap=True),
-    )
+    ask(ctx, lambda c: c.cancelar(point))
 
 
 @app.command()
@@ -409,16 +370,7 @@ def arrive(
 @app.command()
 def stop(ctx: typer.Context, point: Point) -> None:
     """Stop charging early (the session is billed for the energy so far)."""
-
-    async def work(s: Settings) -> dict[str, Any]:
-        async with s.client(reconnect=False) as c:
-            return await c.parar(point)
-
-    execute(
-        ctx,
-        work,
-        lambda con, data: con.print(render.response_line(data), markup=False, soft_wrap=True),
-    )
+    ask(ctx, lambda c: c.parar(point))
 
 
 @app.command()
@@ -643,10 +595,8 @@ def swarm(
         )
         progress = None if settings.json else console
         stop = asyncio.Event()  # SIGINT/SIGTERM: stop early and still print the figures
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        result = await run_swarm(cfg, progress, stop=stop)
+        with runner.on_stop_signals(stop.set):
+            result = await run_swarm(cfg, progress, stop=stop)
         return result.to_dict()
 
     def show(con: Console, data: dict[str, Any]) -> None:

@@ -489,11 +489,7 @@ class VehicleClient:
         """Battery notification: the points nearest first (``pontos_disponiveis``)."""
         data = self._base()
         data["nivel_bateria"] = nivel_bateria
-        data["localizacao"] = {"latitude": latitude, "longitude": longitude}
-        if distancia_max is not None:
-            data["distancia_max"] = distancia_max
-        if limite is not None:
-            data["limite"] = limite
+        _add_search(data, latitude, longitude, distancia_max, limite)
         reply = await self.request("bateria", data)
         body = reply.data if isinstance(reply.data, dict) else {}
         points = body.get("pontos", [])
@@ -509,11 +505,7 @@ class VehicleClient:
     ) -> list[dict[str, Any]]:
         """List points nearest first (``lista_pontos``)."""
         data = self._base()
-        data["localizacao"] = {"latitude": latitude, "longitude": longitude}
-        if distancia_max is not None:
-            data["distancia_max"] = distancia_max
-        if limite is not None:
-            data["limite"] = limite
+        _add_search(data, latitude, longitude, distancia_max, limite)
         reply = await self.request("consulta", data)
         return list(reply.data) if isinstance(reply.data, list) else []
 
@@ -580,6 +572,21 @@ class VehicleClient:
         with self.pushes() as stream:
             async for push in stream:
                 yield push
+
+
+def _add_search(
+    data: dict[str, Any],
+    latitude: float,
+    longitude: float,
+    distancia_max: float | None,
+    limite: int | None,
+) -> None:
+    """The position of a nearest-points search and its optional bounds, added to ``data``."""
+    data["localizacao"] = {"latitude": latitude, "longitude": longitude}
+    if distancia_max is not None:
+        data["distancia_max"] = distancia_max
+    if limite is not None:
+        data["limite"] = limite
 
 
 def _checked(reply: Reply) -> dict[str, Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 from broker.core.sessions import CURRENCY, Session
+from common.replies import Statement
 
 
 @dataclass(slots=True)
@@ -22,14 +22,14 @@ class Account:
         self.sessions.append(session)
         self.total += session.cost
 
-    def statement(self) -> dict[str, Any]:
+    def statement(self) -> Statement:
         """The ``extrato`` reply data."""
-        return {
-            "vehicle_id": self.vehicle_id,
-            "moeda": CURRENCY,
-            "total": float(self.total),
-            "sessoes": [s.statement_line() for s in self.sessions],
-        }
+        return Statement(
+            vehicle_id=self.vehicle_id,
+            moeda=CURRENCY,
+            total=float(self.total),
+            sessoes=[s.statement_line() for s in self.sessions],
+        )
 
 
 class Accounts:
@@ -52,9 +52,9 @@ class Accounts:
         acc.add(session)
         return True
 
-    def statement(self, vehicle_id: str) -> dict[str, Any]:
+    def statement(self, vehicle_id: str) -> Statement:
         acc = self._accounts.get(vehicle_id)
         return (acc or Account(vehicle_id)).statement()
 
-    def all_statements(self) -> dict[str, dict[str, Any]]:
+    def all_statements(self) -> dict[str, Statement]:
         return {vid: acc.statement() for vid, acc in sorted(self._accounts.items())}

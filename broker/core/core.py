@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+import msgspec
+
 from broker.core import stations, vehicle_requests
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist
@@ -102,10 +104,17 @@ class Core:
         """A validated vehicle request from connection ``conn``."""
         return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now)
 
-    def handle_datagram(self, datagram: StatusDatagram, now: float) -> list[Effect]:
-        """A validated status datagram (the hot path)."""
+    def handle_datagram(
+        self, datagram: StatusDatagram, now: float, signed_ts: float | None = None
+    ) -> list[Effect]:
+        """A validated status datagram (the hot path).
+
+        ``signed_ts``: the datagram's ``ts`` when the status edge checked its signature.
+        An out-of-order datagram is refused with the single effect ``Rejected("status",
+        "stale" | "replayed", ...)`` (see :func:`broker.core.stations.handle_datagram`).
+        """
         self._datagrams += 1
-        return stations.handle_datagram(self._eng, datagram, now)
+        return stations.handle_datagram(self._eng, datagram, now, signed_ts)
 
     def handle_station(self, point_id: str, message: StationToBroker, now: float) -> list[Effect]:
         """A message from the station DEALER whose routing id is ``point_id``."""
@@ -167,8 +176,8 @@ class Core:
         return self._eng.snapshot(now)
 
     def accounts(self) -> dict[str, Any]:
-        """Every account, as ``{vehicle_id: extrato data}``."""
-        return self._eng.all_statements()
+        """Every account, as ``{vehicle_id: extrato data}`` (plain data)."""
+        return msgspec.to_builtins(self._eng.all_statements())  # type: ignore[no-any-return]
 
     @property
     def points_refused(self) -> int:
@@ -176,7 +185,9 @@ class Core:
         return self._eng.counter("points_refused")
 
     def stats(self) -> dict[str, Any]:
-        return {**self._eng.stats(), "datagrams": self._datagrams}
+        stats = self._eng.stats()
+        refused = stats["datagrams_stale"] + stats["datagrams_replayed"]
+        return {**stats, "datagrams": self._datagrams - refused}
 
 
 def _point_from_record(v: dict[str, Any]) -> PointState:

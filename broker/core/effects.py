@@ -16,6 +16,7 @@ from typing import Any, Literal
 from msgspec import UnsetType
 
 from common.messages import BrokerToStation, BusEvent, Scalar
+from common.replies import PushData, ReplyData
 
 RequestId = UnsetType | Scalar
 
@@ -25,13 +26,15 @@ class Reply:
     """The answer to one vehicle request on connection ``conn``.
 
     Serialised as ``{"type": type, "data": data}`` plus ``"id": request_id``
-    when the request carried an id (``request_id`` is not ``UNSET``).
+    when the request carried an id (``request_id`` is not ``UNSET``). ``data`` is
+    a payload struct of :mod:`common.replies`, or the encoded point list of
+    ``bateria``/``consulta`` (``msgspec.Raw`` of cached ``PointView`` bytes).
     """
 
     conn: int
     request_id: RequestId
     type: str
-    data: Any
+    data: ReplyData
     truncated: bool = False  # a list cut at MAX_LIMIT: ``"truncated": true`` ends the envelope
 
 
@@ -44,7 +47,7 @@ class Push:
 
     vehicle_id: str
     type: str
-    data: dict[str, Any]
+    data: PushData
 
 
 @dataclass(frozen=True, slots=True)

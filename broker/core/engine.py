@@ -20,11 +20,13 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
+import msgspec
+
 from broker.core.accounts import Accounts
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Rejected, Reply, SendStation
 from broker.core.geoindex import GeoIndex
-from broker.core.point_views import PointViews, view_dict
+from broker.core.point_views import PointViews, point_view
 from broker.core.points import PointState, derive_estado, holds_turn, is_available, is_faulted
 from broker.core.queues import Reservation, turn_deadline
 from broker.core.sessions import (
@@ -38,7 +40,7 @@ from broker.core.sessions import (
     to_decimal,
 )
 from broker.core.timers import TimerHeap
-from common.errors import EVError, PointUnreachable
+from common.errors import PointUnreachable
 from common.events import (
     ChargingCompleted,
     ChargingStarted,
@@ -55,6 +57,17 @@ from common.events import (
     event_fields,
 )
 from common.messages import BrokerToStation, BusEvent, Chegada, Hold, Release, Start, Stop
+from common.replies import (
+    CustoFinal,
+    Encerramento,
+    PointView,
+    ReservaCancelada,
+    ReservaExpirada,
+    Started,
+    Statement,
+    SuaVez,
+    refusal,
+)
 from common.timeutil import format_timestamp
 
 TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a session not yet started
@@ -72,17 +85,6 @@ def offline_slot(t: float) -> float:
 def kwh3(value: Decimal) -> float:
     """Energy for the wire: kWh with three decimals."""
     return float(value.quantize(MILLI, rounding=ROUND_HALF_UP))
-
-
-def refusal(err: EVError, vehicle_id: str, point_id: str) -> dict[str, Any]:
-    """A ``*_response`` with status error, its code taken from the error class."""
-    return {
-        "status": "error",
-        "code": err.code,
-        "message": err.message,
-        "vehicle_id": vehicle_id,
-        "id_ponto_recarga": point_id,
-    }
 
 
 class Engine:
@@ -115,6 +117,7 @@ class Engine:
         self._points_online = 0
         self._counters: dict[str, int] = {
             "datagrams_stale": 0,
+            "datagrams_replayed": 0,
             "session_duplicates": 0,
             "sessions_unknown": 0,
             "acks_unknown": 0,
@@ -166,10 +169,10 @@ class Engine:
                 return pend
         return None
 
-    def statement(self, vehicle_id: str) -> dict[str, Any]:
+    def statement(self, vehicle_id: str) -> Statement:
         return self._accounts.statement(vehicle_id)
 
-    def all_statements(self) -> dict[str, dict[str, Any]]:
+    def all_statements(self) -> dict[str, Statement]:
         return self._accounts.all_statements()
 
     # --- building effects -------------------------------------------------------------
@@ -305,9 +308,9 @@ class Engine:
         if holds_turn(p) and p.queue[0].deadline is not None:
             self._hold(fx, p, p.queue[0])
 
-    def point_view(self, p: PointState, distance: float | None, now: float) -> dict[str, Any]:
+    def point_view(self, p: PointState, distance: float | None, now: float) -> PointView:
         """The protocol's Point object (``distance`` omitted when None)."""
-        return view_dict(p, self._cfg.queue_capacity, distance, self.wait_minutes(p, now))
+        return point_view(p, self._cfg.queue_capacity, distance, self.wait_minutes(p, now))
 
     def encoded_points(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
         """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
@@ -395,7 +398,7 @@ class Engine:
             Push(
                 head.vehicle_id,
                 "sua_vez",
-                {"id_ponto_recarga": p.id, "reservation_id": head.id, "expira_em": expira},
+                SuaVez(id_ponto_recarga=p.id, reservation_id=head.id, expira_em=expira),
             )
         )
         self.publish(
@@ -459,7 +462,9 @@ class Engine:
                 Push(
                     r.vehicle_id,
                     "reserva_cancelada",
-                    {"id_ponto_recarga": r.point_id, "reservation_id": r.id, "motivo": motivo},
+                    ReservaCancelada(
+                        id_ponto_recarga=r.point_id, reservation_id=r.id, motivo=motivo
+                    ),
                 )
             )
 
@@ -469,7 +474,7 @@ class Engine:
             Push(
                 r.vehicle_id,
                 "reserva_expirada",
-                {"id_ponto_recarga": r.point_id, "reservation_id": r.id},
+                ReservaExpirada(id_ponto_recarga=r.point_id, reservation_id=r.id),
             )
         )
         self.publish(
@@ -605,14 +610,12 @@ class Engine:
                     pend.conn,
                     pend.request_id,
                     "chegada_response",
-                    {
-                        "status": "success",
-                        "code": "started",
-                        "message": "Charging started",
-                        "vehicle_id": s.vehicle_id,
-                        "id_ponto_recarga": p.id,
-                        "session_id": s.id,
-                    },
+                    Started(
+                        message="Charging started",
+                        vehicle_id=s.vehicle_id,
+                        id_ponto_recarga=p.id,
+                        session_id=s.id,
+                    ),
                 )
             )
         self.refresh(p, now, fx)
@@ -711,31 +714,31 @@ class Engine:
             Push(
                 s.vehicle_id,
                 "custo_final",
-                {
-                    "vehicle_id": s.vehicle_id,
-                    "id_ponto_recarga": s.point_id,
-                    "session_id": s.id,
-                    "cost": cost,
-                    "moeda": CURRENCY,
-                    "payment_method": s.payment_method,
-                    "energia_kwh": e,
-                    "nivel_inicial": s.nivel_inicial,
-                    "nivel_final": nivel_final,
-                    "duracao_s": round(now - s.started_at, 3),
-                },
+                CustoFinal(
+                    vehicle_id=s.vehicle_id,
+                    id_ponto_recarga=s.point_id,
+                    session_id=s.id,
+                    cost=cost,
+                    moeda=CURRENCY,
+                    payment_method=s.payment_method,
+                    energia_kwh=e,
+                    nivel_inicial=s.nivel_inicial,
+                    nivel_final=nivel_final,
+                    duracao_s=round(now - s.started_at, 3),
+                ),
             )
         )
         fx.append(
             Push(
                 s.vehicle_id,
                 "encerramento",
-                {
-                    "id_veiculo": s.vehicle_id,
-                    "id_ponto_recarga": s.point_id,
-                    "session_id": s.id,
-                    "energia_consumida": round(nivel_final - s.nivel_inicial, 3),
-                    "energia_kwh": e,
-                },
+                Encerramento(
+                    id_veiculo=s.vehicle_id,
+                    id_ponto_recarga=s.point_id,
+                    session_id=s.id,
+                    energia_consumida=round(nivel_final - s.nivel_inicial, 3),
+                    energia_kwh=e,
+                ),
             )
         )
         if p is not None:
@@ -889,11 +892,12 @@ class Engine:
     # --- views ----------------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``; each
-        point also has ``vehicle_id``, ``session_id`` and ``last_heard`` (or None)."""
+        """``{"seq", "points", "queues", "sessions"}`` consistent as of ``seq``, as plain
+        data; each point also has ``vehicle_id``, ``session_id`` and ``last_heard`` (or
+        None)."""
         points = []
         for _pid, p in sorted(self._points.items()):
-            view = self.point_view(p, None, now)
+            view = msgspec.to_builtins(self.point_view(p, None, now))
             view["vehicle_id"] = p.session.vehicle_id if p.session is not None else None
             view["session_id"] = p.session.id if p.session is not None else None
             view["last_heard"] = format_timestamp(p.last_heard) if p.last_heard > 0 else None
@@ -906,7 +910,8 @@ class Engine:
         }
         running = sorted(self._sessions.values(), key=lambda s: (s.started_at, s.id))
         sessions = [s.view() for s in running]
-        return {"seq": self._seq, "points": points, "queues": queues, "sessions": sessions}
+        snap = {"seq": self._seq, "points": points, "queues": queues, "sessions": sessions}
+        return msgspec.to_builtins(snap)  # type: ignore[no-any-return]
 
     def stats(self) -> dict[str, Any]:
         return {

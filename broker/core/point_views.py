@@ -8,9 +8,10 @@ each point's JSON is kept as two cached pieces around those two fields::
      "queue_capacity":..,"distance":   <distance>   ,"potencia_kw":..,"preco_kwh":..,
      "espera_estimada_min":   <minutes>   }
 
-The pieces are cut from msgspec's own encoding of the dict view (so the bytes
-are exactly what encoding :meth:`Engine.point_view`'s dict gives, field order
-included) and rebuilt when any field they hold changes. Validity is checked on
+The pieces are cut from msgspec's own encoding of the point's
+:class:`common.replies.PointView` (so the bytes are exactly what encoding that
+struct gives, field order included: the struct defines them) and rebuilt when
+any field they hold changes. Validity is checked on
 every use against a key of those fields, not by invalidation from every place
 that changes a point: a check costs about 0.1 us and cannot be forgotten.
 
@@ -22,11 +23,13 @@ per point and an encode of all of them (measured in tests/bench/bench_read_path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import msgspec
+from msgspec import UNSET
 
 from broker.core.points import PointState, is_available
+from common.replies import PointView
 
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
@@ -49,28 +52,24 @@ def km3(distance: float) -> float:
     return int(distance * 1000.0 + 0.5) / 1000.0
 
 
-def view_dict(
-    p: PointState, queue_capacity: int, distance: float | None, wait: int
-) -> dict[str, Any]:
-    """The protocol's Point object as a dict (``distance`` omitted when None)."""
-    view: dict[str, Any] = {
-        "id": p.id,
-        "latitude": p.latitude,
-        "longitude": p.longitude,
-        "available": is_available(p),
-        "estado": p.estado,
-        "queue_size": len(p.queue),
-        "queue_capacity": queue_capacity,
-    }
-    if p.out_of_service:  # only while out of service: the usual object stays as it was
-        view["fora_de_servico"] = True
-        view["reason"] = p.oos_reason
-    if distance is not None:
-        view["distance"] = km3(distance)
-    view["potencia_kw"] = p.potencia_kw
-    view["preco_kwh"] = p.preco_kwh
-    view["espera_estimada_min"] = wait
-    return view
+def point_view(p: PointState, queue_capacity: int, distance: float | None, wait: int) -> PointView:
+    """The protocol's Point object (``distance`` omitted when None)."""
+    out = p.out_of_service  # only while out of service: the usual object stays as it was
+    return PointView(
+        id=p.id,
+        latitude=p.latitude,
+        longitude=p.longitude,
+        available=is_available(p),
+        estado=p.estado,
+        queue_size=len(p.queue),
+        queue_capacity=queue_capacity,
+        fora_de_servico=True if out else UNSET,
+        reason=p.oos_reason if out else UNSET,
+        distance=UNSET if distance is None else km3(distance),
+        potencia_kw=p.potencia_kw,
+        preco_kwh=p.preco_kwh,
+        espera_estimada_min=wait,
+    )
 
 
 class PointViews:
@@ -90,9 +89,8 @@ class PointViews:
         self._cache.pop(point_id, None)
 
     def _encode(self, p: PointState) -> tuple[bytes, bytes]:
-        view = view_dict(p, self._capacity, 0.0, _WAIT_MARK)
-        view["distance"] = _DISTANCE_MARK  # same place in the dict, an impossible value
-        whole = _ENCODE(view)
+        view = point_view(p, self._capacity, None, _WAIT_MARK)
+        whole = _ENCODE(msgspec.structs.replace(view, distance=_DISTANCE_MARK))
         dist_at = whole.rindex(b'"distance":-1.0,') + len(b'"distance":')
         wait_at = whole.rindex(b'"espera_estimada_min":-1}') + len(b'"espera_estimada_min":')
         return whole[:dist_at], whole[dist_at + len(b"-1.0") : wait_at]

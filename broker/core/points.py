@@ -8,14 +8,15 @@ single definition of the ``estado`` shown to vehicles and published on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
+
+from common.replies import PointEstado as Estado
 
 if TYPE_CHECKING:
     from broker.core.queues import Reservation
     from broker.core.sessions import PendingStart, Session
-
-Estado = Literal["disponivel", "reservado", "carregando", "indisponivel", "offline"]
 
 DEFAULT_POWER_KW: Final = 50.0
 DEFAULT_PRICE_KWH: Final = 2.0
@@ -39,9 +40,10 @@ class PointState:
     offline_timer_at: float | None = None
     usable: bool = False
     unusable_since: float | None = None
-    # stale-datagram filter
+    # the datagram ordering rule (broker.core.stations.handle_datagram); never persisted
     boot_id: str | None = None
-    dgram_seq: int = -1
+    dgram_seq: int | None = None  # the last seq seen in ``boot_id`` (None: none yet)
+    dgram_ts: float = -math.inf  # the ts of the last accepted signed datagram
     # the station's latest report
     rep_available: bool = True
     rep_estado: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.replies import ReservationView
 from common.timeutil import format_timestamp
 
 
@@ -51,18 +52,18 @@ class Reservation:
             deadline=_opt_float(value.get("deadline")),
         )
 
-    def view(self, position: int) -> dict[str, Any]:
+    def view(self, position: int) -> ReservationView:
         """The reservation as shown in snapshots and ``status_veiculo``."""
-        return {
-            "reservation_id": self.id,
-            "vehicle_id": self.vehicle_id,
-            "id_ponto_recarga": self.point_id,
-            "posicao": position,
-            "criada_em": format_timestamp(self.created_at),
-            "tempo_estimado": self.eta_s / 60.0,
-            "turno": self.turn_started_at is not None,
-            "expira_em": None if self.deadline is None else format_timestamp(self.deadline),
-        }
+        return ReservationView(
+            reservation_id=self.id,
+            vehicle_id=self.vehicle_id,
+            id_ponto_recarga=self.point_id,
+            posicao=position,
+            criada_em=format_timestamp(self.created_at),
+            tempo_estimado=self.eta_s / 60.0,
+            turno=self.turn_started_at is not None,
+            expira_em=None if self.deadline is None else format_timestamp(self.deadline),
+        )
 
 
 def turn_deadline(r: Reservation, turn_started_at: float, hold_s: float) -> float:

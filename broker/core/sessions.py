@@ -15,6 +15,7 @@ from typing import Any, Final
 from msgspec import UNSET, UnsetType
 
 from common.messages import Scalar
+from common.replies import SessionView, StatementLine
 from common.timeutil import format_timestamp
 
 CENT: Final = Decimal("0.01")
@@ -178,31 +179,31 @@ class Session:
             s.billed_seq = int(v.get("billed_seq") or 0)
         return s
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> SessionView:
         """A running session as shown in snapshots and ``status_veiculo``."""
-        return {
-            "session_id": self.id,
-            "vehicle_id": self.vehicle_id,
-            "id_ponto_recarga": self.point_id,
-            "inicio": format_timestamp(self.started_at),
-            "nivel_inicial": self.nivel_inicial,
-            "nivel_carregar": self.nivel_carregar,
-            "capacidade_kwh": self.capacidade_kwh,
-            "preco_kwh": float(self.price_kwh),
-            "payment_method": self.payment_method,
-            "energia_kwh": self.energy_reported,
-            "estado": "carregando",
-        }
+        return SessionView(
+            session_id=self.id,
+            vehicle_id=self.vehicle_id,
+            id_ponto_recarga=self.point_id,
+            inicio=format_timestamp(self.started_at),
+            nivel_inicial=self.nivel_inicial,
+            nivel_carregar=self.nivel_carregar,
+            capacidade_kwh=self.capacidade_kwh,
+            preco_kwh=float(self.price_kwh),
+            payment_method=self.payment_method,
+            energia_kwh=self.energy_reported,
+            estado="carregando",
+        )
 
-    def statement_line(self) -> dict[str, Any]:
+    def statement_line(self) -> StatementLine:
         """One ``sessoes`` entry of the ``extrato`` (billed sessions only)."""
         assert self.ended_at is not None and self.energy is not None and self.cost is not None
-        return {
-            "session_id": self.id,
-            "id_ponto_recarga": self.point_id,
-            "inicio": format_timestamp(self.started_at),
-            "fim": format_timestamp(self.ended_at),
-            "energia_kwh": float(self.energy.quantize(MILLI, rounding=ROUND_HALF_UP)),
-            "cost": float(self.cost),
-            "payment_method": self.payment_method,
-        }
+        return StatementLine(
+            session_id=self.id,
+            id_ponto_recarga=self.point_id,
+            inicio=format_timestamp(self.started_at),
+            fim=format_timestamp(self.ended_at),
+            energia_kwh=float(self.energy.quantize(MILLI, rounding=ROUND_HALF_UP)),
+            cost=float(self.cost),
+            payment_method=self.payment_method,
+        )

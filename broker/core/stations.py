@@ -1,9 +1,9 @@
 """Station traffic: status datagrams (the hot path) and ZeroMQ messages.
 
 An unchanged datagram from an online point costs a dict lookup, a few
-comparisons and two attribute stores: no allocation besides the empty effect
-list, no timer push (the offline timer re-arms itself lazily, see
-:meth:`broker.core.engine.Engine._fire_offline`).
+comparisons and two attribute stores (three when signed): no allocation
+besides the empty effect list, no timer push (the offline timer re-arms itself
+lazily, see :meth:`broker.core.engine.Engine._fire_offline`).
 """
 
 from __future__ import annotations
@@ -26,23 +26,42 @@ from common.messages import (
 )
 
 
-def handle_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
+def handle_datagram(
+    eng: Engine, d: StatusDatagram, now: float, signed_ts: float | None = None
+) -> list[Effect]:
+    """Apply one status datagram, or refuse it as out of order: the one ordering rule.
+
+    Within the point's current ``boot_id`` a ``seq`` not above the last one seen is
+    refused as ``stale``; a new ``boot_id`` starts over. ``signed_ts`` is the ``ts`` of a
+    datagram whose signature the status edge has checked: such a datagram is refused
+    as ``replayed`` instead, and a new boot of it is taken only when ``signed_ts`` is
+    later than the last accepted signed datagram's. A refusal is the single effect
+    ``Rejected("status", "stale" | "replayed", ...)`` and changes nothing.
+    """
     p = eng.point(d.id)
     if p is None:
         if not eng.may_register():
             return []
-        return _register_by_datagram(eng, d, now)
-    boot = d.boot_id
-    if boot is not None and d.seq is not None:
+        return _register_by_datagram(eng, d, now, signed_ts)
+    seq = d.seq
+    if seq is not None:
+        boot = d.boot_id
         if boot == p.boot_id:
-            if d.seq <= p.dgram_seq:
-                eng.count("datagrams_stale")
-                return []
-        elif p.session is not None:
-            return _slow_datagram(eng, p, d, now)
-        else:
+            last = p.dgram_seq
+            if last is not None and seq <= last:
+                return _out_of_order(eng, d, signed_ts)
+            p.dgram_seq = seq
+        elif signed_ts is not None and signed_ts <= p.dgram_ts:
+            return _out_of_order(eng, d, signed_ts)
+        elif boot is not None:
+            if p.session is not None:
+                if signed_ts is not None:
+                    p.dgram_ts = signed_ts
+                return _slow_datagram(eng, p, d, now)
             p.boot_id = boot
-        p.dgram_seq = d.seq
+            p.dgram_seq = seq
+    if signed_ts is not None:
+        p.dgram_ts = signed_ts
     p.last_heard = now
     energy = d.energia_kwh
     if energy is not None:
@@ -86,7 +105,16 @@ def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) ->
     return fx
 
 
-def _register_by_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Effect]:
+def _out_of_order(eng: Engine, d: StatusDatagram, signed_ts: float | None) -> list[Effect]:
+    """The refusal of a datagram that is not newer than what the point already sent."""
+    reason = "stale" if signed_ts is None else "replayed"
+    eng.count(f"datagrams_{reason}")
+    return [Rejected("status", reason, f"{d.id!r} boot {d.boot_id!r} seq {d.seq}")]
+
+
+def _register_by_datagram(
+    eng: Engine, d: StatusDatagram, now: float, signed_ts: float | None
+) -> list[Effect]:
     fx: list[Effect] = []
     p = _register(
         eng,
@@ -100,8 +128,9 @@ def _register_by_datagram(eng: Engine, d: StatusDatagram, now: float) -> list[Ef
         fx,
     )
     p.boot_id = d.boot_id
-    if d.seq is not None:
-        p.dgram_seq = d.seq
+    p.dgram_seq = d.seq
+    if signed_ts is not None:
+        p.dgram_ts = signed_ts
     p.rep_available = d.available
     p.rep_estado = d.estado
     p.rep_vehicle = d.vehicle_id
@@ -177,7 +206,7 @@ def _note_boot(eng: Engine, p: PointState, boot_id: str, now: float, fx: list[Ef
     if not boot_id or boot_id == p.boot_id:
         return
     p.boot_id = boot_id
-    p.dgram_seq = -1
+    p.dgram_seq = None
     s = p.session
     if s is not None and s.boot_id is not None and s.boot_id != boot_id:
         eng.bill_fault(s, now, fx)

@@ -44,8 +44,15 @@ from enum import StrEnum
 from typing import Any, Final
 
 from broker.core.effects import Persist
-from common.errors import Forbidden, ProtocolError, RateLimited, Unauthenticated
+from common.errors import (
+    AlreadyRegistered,
+    Forbidden,
+    ProtocolError,
+    RateLimited,
+    Unauthenticated,
+)
 from common.messages import Autenticar, Registrar
+from common.replies import Authenticated, Registered, RegistrationRefused, ReplyData
 
 #: Requests an unproven connection may make for a registered id.
 OPEN_TYPES: Final = frozenset({"bateria", "consulta", "ping", "registrar", "autenticar"})
@@ -100,7 +107,7 @@ class Verdict:
     vehicle_id: str
     bind: bool = False
     error: ProtocolError | None = None
-    reply: tuple[str, dict[str, Any]] | None = None
+    reply: tuple[str, ReplyData] | None = None
     persist: Persist | None = None
 
 
@@ -244,11 +251,10 @@ class VehicleAuth:
                 vid,
                 reply=(
                     "registro",
-                    {
-                        "status": "error",
-                        "code": "already_registered",
-                        "message": f"vehicle {vid} is already registered; use autenticar",
-                    },
+                    RegistrationRefused(
+                        code=AlreadyRegistered.code,
+                        message=f"vehicle {vid} is already registered; use autenticar",
+                    ),
                 ),
             )
         token = self._new_token()
@@ -265,12 +271,10 @@ class VehicleAuth:
             bind=bind,
             reply=(
                 "registro",
-                {
-                    "status": "success",
-                    "code": "registered",
-                    "message": "Vehicle registered; keep the token, it is shown only once",
-                    "token": token,
-                },
+                Registered(
+                    message="Vehicle registered; keep the token, it is shown only once",
+                    token=token,
+                ),
             ),
             persist=Persist(TOKEN_TABLE, vid, {"sha256": digest.hex(), "registered_at": now}),
         )
@@ -299,10 +303,7 @@ class VehicleAuth:
         return Verdict(
             vid,
             bind=bind,
-            reply=(
-                "autenticado",
-                {"status": "success", "code": "authenticated", "message": "Authenticated"},
-            ),
+            reply=("autenticado", Authenticated(message="Authenticated")),
         )
 
     def _fail(self, address: str, now: float) -> None:

@@ -8,12 +8,12 @@ accepted ``chegada``, whose reply waits for the station's ``ack`` (see
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
-from msgspec import Raw
+from msgspec import UNSET, Raw
 
 from broker.core.effects import Effect, Reply
-from broker.core.engine import Engine, refusal
+from broker.core.engine import Engine
 from broker.core.points import PointState, holds_turn
 from broker.core.queues import position_of
 from common.errors import (
@@ -47,6 +47,18 @@ from common.messages import (
     StatusQuery,
     VehicleRequest,
 )
+from common.replies import (
+    PONG,
+    Cancelled,
+    Refusal,
+    ReplyData,
+    Reserved,
+    SessionView,
+    Stopping,
+    VehicleStatus,
+    error_data,
+    refusal,
+)
 from common.timeutil import format_timestamp
 
 MSG_RESERVED: Final = "Reserve confirmed"
@@ -62,13 +74,13 @@ def handle(
     data = req.data
     rtype = REPLY_TYPES.get(req.type)
 
-    def reply(payload: Any, kind: str | None = None, truncated: bool = False) -> None:
+    def reply(payload: ReplyData, kind: str | None = None, truncated: bool = False) -> None:
         fx.append(Reply(conn, req.id, kind or rtype or "erro", payload, truncated))
 
     if rtype is None:
-        reply(UnknownType(f"Unknown request type {req.type!r}").to_wire(), "erro")
+        reply(error_data(UnknownType(f"Unknown request type {req.type!r}")), "erro")
     elif isinstance(data, Ping) and req.type == "ping":
-        reply({})
+        reply(PONG)
     elif isinstance(data, Bateria) and req.type == "bateria":
         reply(_bateria(eng, vehicle_id, data, now, fx))
     elif isinstance(data, Consulta) and req.type == "consulta":
@@ -91,7 +103,7 @@ def handle(
     elif isinstance(data, StatusQuery) and req.type == "status":
         reply(_status(eng, vehicle_id))
     else:
-        reply(InvalidRequest(f"Data does not match type {req.type!r}").to_wire(), "erro")
+        reply(error_data(InvalidRequest(f"Data does not match type {req.type!r}")), "erro")
     return fx
 
 
@@ -125,24 +137,24 @@ def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
     return Raw(eng.encoded_points(hits, now)), truncated
 
 
-def _status(eng: Engine, vehicle_id: str) -> dict[str, Any]:
+def _status(eng: Engine, vehicle_id: str) -> VehicleStatus:
     r = eng.reservation_of(vehicle_id)
     reserva = None
     if r is not None:
         p = eng.point(r.point_id)
         reserva = r.view(position_of(p.queue, vehicle_id) if p is not None else 0)
     s = eng.session_of(vehicle_id)
-    sessao: dict[str, Any] | None = s.view() if s is not None else None
+    sessao = s.view() if s is not None else None
     if sessao is None:
         pend = eng.pending_of(vehicle_id)
         if pend is not None:
-            sessao = {
-                "session_id": pend.session_id,
-                "vehicle_id": vehicle_id,
-                "id_ponto_recarga": pend.point_id,
-                "estado": "iniciando",
-            }
-    return {"reserva": reserva, "sessao": sessao}
+            sessao = SessionView(
+                session_id=pend.session_id,
+                vehicle_id=vehicle_id,
+                id_ponto_recarga=pend.point_id,
+                estado="iniciando",
+            )
+    return VehicleStatus(reserva=reserva, sessao=sessao)
 
 
 # --- reservations ---------------------------------------------------------------------
@@ -164,7 +176,7 @@ def _usable_point(eng: Engine, pid: str) -> PointState | RequestRefused:
 
 def _reserva(
     eng: Engine, vehicle_id: str, data: Reserva, now: float, fx: list[Effect]
-) -> tuple[dict[str, Any], list[Effect]]:
+) -> tuple[Reserved | Refusal, list[Effect]]:
     """The reply data, and the effects that must follow the reply (the turn, if granted)."""
     pid = data.id_ponto_recarga
     p = _usable_point(eng, pid)
@@ -192,23 +204,20 @@ def _reserva(
     )
     turn_fx: list[Effect] = []
     eng.refresh(p, now, turn_fx)
-    answer: dict[str, Any] = {
-        "status": "success",
-        "code": "reserved",
-        "message": MSG_RESERVED,
-        "vehicle_id": vehicle_id,
-        "id_ponto_recarga": pid,
-        "reservation_id": r.id,
-        "posicao": position_of(p.queue, vehicle_id),
-    }
-    if r.deadline is not None:
-        answer["expira_em"] = format_timestamp(r.deadline)
+    answer = Reserved(
+        message=MSG_RESERVED,
+        vehicle_id=vehicle_id,
+        id_ponto_recarga=pid,
+        reservation_id=r.id,
+        posicao=position_of(p.queue, vehicle_id),
+        expira_em=UNSET if r.deadline is None else format_timestamp(r.deadline),
+    )
     return answer, turn_fx
 
 
 def _cancelar(
     eng: Engine, vehicle_id: str, data: Cancelar, now: float, fx: list[Effect]
-) -> dict[str, Any]:
+) -> Cancelled | Refusal:
     pid = data.id_ponto_recarga
     r = eng.reservation_of(vehicle_id)
     p = eng.point(pid)
@@ -216,14 +225,12 @@ def _cancelar(
         return refusal(NoReservation(f"No reservation at {pid}"), vehicle_id, pid)
     eng.cancel(r, now, fx, "vehicle", push=False)
     eng.refresh(p, now, fx)
-    return {
-        "status": "success",
-        "code": "cancelled",
-        "message": "Reservation cancelled",
-        "vehicle_id": vehicle_id,
-        "id_ponto_recarga": pid,
-        "reservation_id": r.id,
-    }
+    return Cancelled(
+        message="Reservation cancelled",
+        vehicle_id=vehicle_id,
+        id_ponto_recarga=pid,
+        reservation_id=r.id,
+    )
 
 
 # --- arrival and charging -------------------------------------------------------------
@@ -237,7 +244,7 @@ def _chegada(
     data: Chegada,
     now: float,
     fx: list[Effect],
-) -> dict[str, Any] | None:
+) -> Refusal | None:
     """A refusal to reply now, or None when ``start`` was sent (reply on ack)."""
     pid = data.id_ponto_recarga
     if data.nivel_carregar <= data.nivel_bateria:
@@ -270,18 +277,16 @@ def _chegada(
     return refusal(err, vehicle_id, pid)
 
 
-def _parar(eng: Engine, vehicle_id: str, data: Parar, fx: list[Effect]) -> dict[str, Any]:
+def _parar(eng: Engine, vehicle_id: str, data: Parar, fx: list[Effect]) -> Stopping | Refusal:
     """Ask the station to stop; the reply does not wait for its ack (see docs/rules.md)."""
     pid = data.id_ponto_recarga
     s = eng.session_of(vehicle_id)
     if s is None or s.point_id != pid:
         return refusal(NoSession(f"No running session at {pid}"), vehicle_id, pid)
     eng.send_stop(fx, pid, s.id)
-    return {
-        "status": "success",
-        "code": "stopping",
-        "message": "Stop requested; the session completes with the energy delivered so far",
-        "vehicle_id": vehicle_id,
-        "id_ponto_recarga": pid,
-        "session_id": s.id,
-    }
+    return Stopping(
+        message="Stop requested; the session completes with the energy delivered so far",
+        vehicle_id=vehicle_id,
+        id_ponto_recarga=pid,
+        session_id=s.id,
+    )

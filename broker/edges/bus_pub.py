@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Final
+from typing import Final
 
 import zmq
 import zmq.asyncio
@@ -32,6 +32,7 @@ from broker.edges.zmq_sockets import bind_socket, bound_endpoint, count_handshak
 from common.codec import encode_event
 from common.errors import TransportError
 from common.messages import BusEvent
+from common.zmq_nowait import send_nowait
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +116,7 @@ class BusPublisher:
             self.stats["dropped"] += 1
             log.warning("publish of event %d before start or after close: dropped", event.seq)
             return
-        fut: asyncio.Future[Any] = sock.send_multipart(  # type: ignore[assignment]
-            encode_event(event), flags=zmq.NOBLOCK
-        )
-        exc = fut.exception() if fut.done() else None
+        exc = send_nowait(sock, encode_event(event))
         if exc is None:
             self.stats["published"] += 1
             return

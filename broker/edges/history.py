@@ -47,6 +47,7 @@ from broker.edges.zmq_sockets import (
     bind_socket,
     bound_endpoint,
     count_handshake_failures,
+    receive_loop,
     user_id_of,
 )
 from common.codec import decode_history_request, pack, unpack
@@ -60,6 +61,7 @@ from common.messages import (
     HistorySince,
     HistorySnapshot,
 )
+from common.zmq_nowait import send_nowait
 
 log = logging.getLogger(__name__)
 
@@ -152,35 +154,37 @@ class HistoryServer:
             self._sock = None
 
     async def _serve(self, sock: zmq.asyncio.Socket) -> None:
-        secured = self._security is not None
-        while True:
-            user: str | None = None
-            try:
-                if secured:
-                    received: list[Any] = await sock.recv_multipart(copy=False)
-                    user = user_id_of(received[-1])
-                    frames = [f.bytes for f in received]
-                else:
-                    frames = await sock.recv_multipart()
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return
-                log.error("history ROUTER receive failed: %r", exc)
-                await asyncio.sleep(0.1)
-                continue
-            envelope, body = split_envelope(frames)
-            if len(body) != 1:
-                reply: dict[str, Any] = {
-                    "error": f"expected one request frame, got {len(body)}",
-                }
-            else:
-                refusal = self._refusal(user, body[0]) if secured else None
-                reply = {"error": refusal} if refusal else self.answer(body[0], user)
-            self.stats["requests"] += 1
-            if "error" in reply:
-                self.stats["errors"] += 1
-            self._send(sock, [*envelope, pack(reply)])
-            await asyncio.sleep(0)  # a ready recv never yields: let the broker run
+        # one request a loop turn (batch 1): a page of history is costly enough
+        if self._security is None:
+            await receive_loop(sock, lambda frames: self._request(sock, frames), "history ROUTER")
+        else:  # frames uncopied, to read the credential of the connection
+
+            def secured(received: list[zmq.Frame]) -> None:
+                user = user_id_of(received[-1])
+                self._request(sock, [f.bytes for f in received], user, checked=True)
+
+            await receive_loop(sock, secured, "history ROUTER", copy=False)
+
+    def _request(
+        self,
+        sock: zmq.asyncio.Socket,
+        frames: list[bytes],
+        user: str | None = None,
+        checked: bool = False,
+    ) -> None:
+        """Answer one request ``frames`` from credential ``user`` (``checked``: secured)."""
+        envelope, body = split_envelope(frames)
+        if len(body) != 1:
+            reply: dict[str, Any] = {
+                "error": f"expected one request frame, got {len(body)}",
+            }
+        else:
+            refusal = self._refusal(user, body[0]) if checked else None
+            reply = {"error": refusal} if refusal else self.answer(body[0], user)
+        self.stats["requests"] += 1
+        if "error" in reply:
+            self.stats["errors"] += 1
+        self._send(sock, [*envelope, pack(reply)])
 
     def _refusal(self, user: str | None, frame: bytes) -> str | None:
         """Why the credential ``user`` may not ask ``frame``, or None when it may."""
@@ -253,10 +257,7 @@ class HistoryServer:
         return out, False
 
     def _send(self, sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-        fut: asyncio.Future[Any] = sock.send_multipart(  # type: ignore[assignment]
-            frames, flags=zmq.NOBLOCK
-        )
-        exc = fut.exception() if fut.done() else None
+        exc = send_nowait(sock, frames)
         if exc is not None:
             self.stats["dropped"] += 1
             log.warning("history reply dropped: %r", exc)

@@ -50,7 +50,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import zmq
 import zmq.asyncio
@@ -60,11 +60,13 @@ from broker.edges.zmq_sockets import (
     bind_socket,
     bound_endpoint,
     count_handshake_failures,
+    receive_loop,
     user_id_of,
 )
 from common.codec import decode_station_message, pack
 from common.errors import ConfigError, StationProtocolError
 from common.messages import MAX_STATION_FRAME, BrokerToStation, Heartbeat, Hello, StationToBroker
+from common.zmq_nowait import send_nowait
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +214,7 @@ class StationsEdge:
             routing_id = point_id.encode("utf-8")
         except UnicodeEncodeError:  # no DEALER can have this id
             routing_id = b""
-        fut: asyncio.Future[Any] = sock.send_multipart(  # type: ignore[assignment]
-            [routing_id, frame], flags=zmq.NOBLOCK
-        )
-        # With NOBLOCK and no queued send the future is already resolved.
-        exc = fut.exception() if fut.done() else None
+        exc = send_nowait(sock, [routing_id, frame])
         if exc is None:
             self.stats["sent"] += 1
             return True
@@ -231,7 +229,7 @@ class StationsEdge:
                     count,
                 )
             return False
-        if isinstance(exc, zmq.ZMQError) and exc.errno == errno.EHOSTUNREACH:
+        if exc.errno == errno.EHOSTUNREACH:
             self.stats["unroutable"] += 1
             self._bucket(point_id).pop(point_id, None)
             log.info("station %s is not connected: unroutable", point_id)
@@ -250,33 +248,15 @@ class StationsEdge:
     # --- receiving ----------------------------------------------------------------------
 
     async def _recv_loop(self, sock: zmq.asyncio.Socket) -> None:
-        secured = self._security is not None
-        while True:
-            try:
-                if secured:
-                    received: Any = await sock.recv_multipart(copy=False)
-                else:
-                    received = await sock.recv_multipart()
-            except zmq.ZMQError as exc:
-                if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
-                    return
-                log.error("stations ROUTER receive failed: %r", exc)
-                await asyncio.sleep(0.1)
-                continue
-            self._handle_received(received, secured)
-            # Take what else is already queued without a future each, then let the rest of
-            # the broker run: awaiting a ready recv never yields, so a flood would starve it.
-            for _ in range(RECV_BATCH - 1):
-                more = _recv_nowait(sock, copy=not secured)
-                if more is None:
-                    break
-                self._handle_received(more, secured)
-            await asyncio.sleep(0)
+        if self._security is None:
+            await receive_loop(sock, self.handle_frames, "stations ROUTER", batch=RECV_BATCH)
+        else:  # frames uncopied, to read the credential of the connection
+            await receive_loop(
+                sock, self._handle_secured, "stations ROUTER", copy=False, batch=RECV_BATCH
+            )
 
-    def _handle_received(self, received: list[Any], secured: bool) -> None:
-        if not secured:
-            self.handle_frames(received)
-            return
+    def _handle_secured(self, received: list[zmq.Frame]) -> None:
+        """A message received with ``copy=False``: its frames and the connection's credential."""
         user = user_id_of(received[-1]) if received else None
         self.handle_frames([f.bytes for f in received], user)
 
@@ -393,11 +373,3 @@ class LogThrottle:
             return 0
         count, self._count, self._last = self._count, 0, now
         return count
-
-
-def _recv_nowait(sock: zmq.asyncio.Socket, copy: bool = True) -> list[Any] | None:
-    """The next queued multipart message, or None when there is none (never waits)."""
-    fut: asyncio.Future[list[Any]] = sock.recv_multipart(flags=zmq.NOBLOCK, copy=copy)  # type: ignore[assignment]
-    if not fut.done() or fut.exception() is not None:
-        return None
-    return fut.result()

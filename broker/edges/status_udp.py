@@ -10,9 +10,11 @@ Each datagram is classified and counted (``ok``, ``stale``, ``malformed``,
 
 * longer than 8 KiB -> ``oversized``; not JSON -> ``malformed``; JSON that
   does not fit the schema -> ``invalid``;
-* within one ``boot_id``, a ``seq`` not above the last one seen -> ``stale``
-  (reordered or duplicated); a new ``boot_id`` starts over;
-* otherwise ``ok``: handed to the app (the core).
+* otherwise it is handed to the app, and the core applies it (``ok``) or refuses
+  it as out of order: within one ``boot_id``, a ``seq`` not above the last one
+  seen -> ``stale`` (reordered or duplicated); a new ``boot_id`` starts over.
+  The core keeps that per-point state (:func:`broker.core.stations.handle_datagram`)
+  and answers with its ``Rejected`` effect; the edge keeps none.
 
 With ``security`` (the broker's default) a datagram must also be vouched for,
 else it is ``rejected`` (and counted in ``evcharge_rejected_total{edge="status"}``):
@@ -20,9 +22,10 @@ else it is ``rejected`` (and counted in ``evcharge_rejected_total{edge="status"}
 * signed, ``EVS1 <credential> <hex HMAC-SHA256> <JSON>``: the credential is a
   live ``station`` whose pattern matches ``id``; the MAC matches (constant-time
   compare); ``boot_id``, ``seq`` and ``ts`` are present and ``ts`` is within
-  :data:`TS_WINDOW_S` of the broker's clock; and either ``boot_id`` is the
+  :data:`TS_WINDOW_S` of the broker's clock (checked here: it needs no state);
+  and, checked by the core before it applies anything, either ``boot_id`` is the
   point's current boot with a higher ``seq``, or it is a new boot whose ``ts``
-  is later than the last accepted datagram's (a replayed old boot is refused);
+  is later than the last accepted datagram's (else ``replayed``);
 * unsigned: only for a point covered by a live ``legacy-station`` credential,
   from that credential's source address.
 
@@ -42,6 +45,7 @@ from collections.abc import Callable
 from typing import Final
 
 from broker.auth import Security
+from broker.core.effects import Rejected
 from broker.metrics import BrokerMetrics
 from common.codec import decode_datagram
 from common.credentials import mac_hex, split_signed
@@ -95,11 +99,16 @@ def _grow_rcvbuf(sock: socket.socket) -> None:
 
 
 class StatusServer:
-    """UDP ingest of station status datagrams."""
+    """UDP ingest of station status datagrams.
+
+    ``on_datagram(datagram, signed_ts)`` hands a datagram to the core: ``signed_ts``
+    is its ``ts`` when its signature was checked here (else None); it returns the
+    core's ``Rejected`` when the datagram is refused as out of order, else None.
+    """
 
     def __init__(
         self,
-        on_datagram: Callable[[StatusDatagram], None],
+        on_datagram: Callable[[StatusDatagram, float | None], Rejected | None],
         metrics: BrokerMetrics,
         security: Security | None = None,
         clock: Callable[[], float] = time.time,
@@ -113,10 +122,6 @@ class StatusServer:
         self._sock: socket.socket | None = None
         self._buf = bytearray(MAX_DATAGRAM_BYTES + SIGNATURE_ROOM + 1)
         self._view = memoryview(self._buf)
-        # point id -> (boot_id, last seq)
-        self._last: dict[str, tuple[str | None, int]] = {}
-        # point id -> ts of the last accepted signed datagram
-        self._last_ts: dict[str, float] = {}
         self.rcvbuf = 0
 
     def start(self, host: str, port: int) -> None:
@@ -197,30 +202,35 @@ class StatusServer:
             return _outcome_of(exc)
         except Exception:
             return "malformed"
+        signed_ts: float | None = None
         if security is not None:
             if signed is None:
                 if not security.keyring.legacy_covers(datagram.id, source):
                     return self._reject("unsigned", f"{datagram.id!r} from {source}")
             else:
-                refusal = self._signed_refusal(signed[0], datagram)
-                if refusal is not None:
-                    return self._reject(refusal, f"{datagram.id!r} signed by {signed[0]!r}")
-        if datagram.seq is not None:
-            last = self._last.get(datagram.id)
-            if last is not None and last[0] == datagram.boot_id and datagram.seq <= last[1]:
-                return "stale"
-            self._last[datagram.id] = (datagram.boot_id, datagram.seq)
-        if signed is not None and isinstance(datagram.ts, int | float):
-            self._last_ts[datagram.id] = float(datagram.ts)
+                checked = self._signed_ts(signed[0], datagram)
+                if isinstance(checked, str):
+                    return self._reject(checked, f"{datagram.id!r} signed by {signed[0]!r}")
+                signed_ts = checked
         try:
-            self._on_datagram(datagram)
+            refused = self._on_datagram(datagram, signed_ts)
         except Exception:
             log.exception("status datagram from %s failed", datagram.id)
             return "error"
-        return "ok"
+        if refused is None:
+            return "ok"
+        if signed is None or signed_ts is None:
+            return refused.reason  # "stale": counted as an outcome, not as an attack
+        return self._reject(refused.reason, f"{datagram.id!r} signed by {signed[0]!r}")
 
-    def _signed_refusal(self, name: str, d: StatusDatagram) -> str | None:
-        """Why a signed datagram with a good MAC is refused, or None when it is accepted."""
+    def _signed_ts(self, name: str, d: StatusDatagram) -> float | str:
+        """A signed datagram with a good MAC: its ``ts``, or why it is refused.
+
+        Only the stateless checks live here (the credential covers the point; the
+        fields are there; ``ts`` is within the window of this clock): the ordering
+        of a point's datagrams (``replayed``) is the core's rule, applied with the
+        ``ts`` returned here.
+        """
         assert self._security is not None
         cred = self._security.keyring.station(name)
         if cred is None or not cred.covers(d.id):
@@ -230,11 +240,4 @@ class StatusServer:
             return "missing_boot_seq_ts"
         if not abs(self._clock() - ts) <= TS_WINDOW_S:
             return "ts_out_of_window"
-        last = self._last.get(d.id)
-        if last is not None:
-            if last[0] == d.boot_id:
-                if d.seq <= last[1]:
-                    return "replayed"
-            elif ts <= self._last_ts.get(d.id, float("-inf")):
-                return "replayed"
-        return None
+        return float(ts)

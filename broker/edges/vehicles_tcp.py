@@ -50,6 +50,7 @@ from broker.metrics import BrokerMetrics
 from common.codec import DecodedRequest, DecodeFailure, StreamDecoder, encode_reply
 from common.errors import EVError, InternalError, ProtocolError
 from common.messages import VehicleRequest
+from common.replies import outcome_code
 from common.request_codec import Item
 
 log = logging.getLogger(__name__)
@@ -64,11 +65,7 @@ EDGE: Final = "vehicles"
 
 def reply_result(type_: str, data: Any) -> str:
     """``ok`` or the error/refusal code of a reply (for metrics)."""
-    if type_ == "erro" and isinstance(data, dict):
-        return str(data.get("code", "internal"))
-    if isinstance(data, dict) and data.get("status") == "error":
-        return str(data.get("code", "error"))
-    return "ok"
+    return outcome_code(type_, data)
 
 
 class RequestSink(Protocol):

@@ -1,16 +1,24 @@
-"""Binding the broker's ZeroMQ sockets: one place for options, errors and endpoints."""
+"""The broker's ZeroMQ sockets: binding (options, errors, endpoints) and the receive loop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from common.errors import TransportError
+from common.zmq_nowait import recv_nowait
+
+log = logging.getLogger(__name__)
+
+#: How long the receive loop pauses after an unexpected receive error.
+RECV_ERROR_PAUSE_S: Final = 0.1
 
 
 def bind_socket(
@@ -84,3 +92,37 @@ async def count_handshake_failures(
         with contextlib.suppress(zmq.ZMQError):
             sock.disable_monitor()
         monitor.close(linger=0)
+
+
+async def receive_loop(
+    sock: zmq.asyncio.Socket,
+    handle: Callable[[list[Any]], None],
+    what: str,
+    *,
+    copy: bool = True,
+    batch: int = 1,
+) -> None:
+    """Hand every multipart message received on ``sock`` to ``handle``, in slices.
+
+    Each turn awaits one message, takes up to ``batch - 1`` more that are already
+    queued (without a future each), then yields to the loop: awaiting a ready
+    receive never yields, so without the slices a flood would hold the loop.
+    ``copy=False`` hands ``zmq.Frame`` objects (to read the ZAP ``User-Id``).
+    ``handle`` must not raise. Returns when the socket or its context is closed;
+    any other receive error is logged (naming ``what``) and the loop goes on.
+    """
+    while True:
+        try:
+            handle(await sock.recv_multipart(copy=copy))
+            for _ in range(batch - 1):
+                more = recv_nowait(sock, copy)
+                if more is None:
+                    break
+                handle(more)
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.ETERM, zmq.ENOTSOCK):
+                return
+            log.error("%s receive failed: %r", what, exc)
+            await asyncio.sleep(RECV_ERROR_PAUSE_S)
+            continue
+        await asyncio.sleep(0)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
+from broker import event_fields as fields
 from broker.ledger import Bill
-from broker.monitor_view import _epoch, _num, _point_id, _vehicle_id
 from broker.web.schemas import (
     EventOut,
     PointOut,
@@ -150,9 +150,9 @@ class ConsoleState:
         """Replace points and sessions with a snapshot ``{seq, points, queues, sessions}``."""
         self.points.clear()
         self.running.clear()
-        self.seq = int(_num(snap.get("seq")) or 0)
+        self.seq = int(fields.number(snap.get("seq")) or 0)
         for raw in snap.get("points") or []:
-            if not isinstance(raw, Mapping) or (pid := _point_id(raw)) is None:
+            if not isinstance(raw, Mapping) or (pid := fields.point_id(raw)) is None:
                 continue
             p = self.points[pid] = Point(pid)
             self._static(p, raw)
@@ -163,23 +163,23 @@ class ConsoleState:
             p.out_of_service = raw.get("fora_de_servico") is True
             reason = raw.get("reason", raw.get("motivo"))
             p.reason = reason if isinstance(reason, str) and p.out_of_service else None
-            p.last_heard = _epoch(raw.get("last_heard"))
+            p.last_heard = fields.epoch(raw.get("last_heard"))
         queues = snap.get("queues") or {}
         if isinstance(queues, Mapping):
             for pid, entries in queues.items():
                 p = self._point(str(pid))
                 listed = entries if isinstance(entries, list) else []
-                p.queue = [v for v in (_vehicle_id(e) for e in listed) if v]
+                p.queue = [v for v in (fields.vehicle_id(e) for e in listed) if v]
         for s in snap.get("sessions") or []:
-            if not isinstance(s, Mapping) or (pid := _point_id(s)) is None:
+            if not isinstance(s, Mapping) or (pid := fields.point_id(s)) is None:
                 continue
-            sid, vid = s.get("session_id"), _vehicle_id(s)
+            sid, vid = s.get("session_id"), fields.vehicle_id(s)
             if not isinstance(sid, str) or vid is None:
                 continue
-            started = _epoch(s.get("inicio", s.get("started_at"))) or now
-            r = Running(sid, vid, pid, started, _num(s.get("preco_kwh")))
+            started = fields.epoch(s.get("inicio", s.get("started_at"))) or now
+            r = Running(sid, vid, pid, started, fields.number(s.get("preco_kwh")))
             r.payment_method = s.get("payment_method")
-            r.energy_kwh = _num(s.get("energia_kwh")) or 0.0
+            r.energy_kwh = fields.number(s.get("energia_kwh")) or 0.0
             self.running[sid] = r
             p = self._point(pid)
             p.vehicle_id, p.session_id = vid, sid
@@ -191,7 +191,7 @@ class ConsoleState:
             if not isinstance(s, Mapping):
                 continue
             r = self.running.get(str(s.get("session_id")))
-            energy = _num(s.get("energia_kwh"))
+            energy = fields.number(s.get("energia_kwh"))
             if r is not None and energy is not None and energy != r.energy_kwh:
                 r.energy_kwh = energy
                 changed.append(r.out())
@@ -203,7 +203,7 @@ class ConsoleState:
             return None
         self.seq = ev.seq
         self.latest.appendleft(event_out(ev))
-        pid = _point_id(ev.data)
+        pid = fields.point_id(ev.data)
         if pid is None:
             return None
         p = self._point(pid)
@@ -213,7 +213,7 @@ class ConsoleState:
 
     def _apply_topic(self, p: Point, ev: BusEvent) -> None:
         d, topic = ev.data, ev.topic
-        vid = _vehicle_id(d)
+        vid = fields.vehicle_id(d)
         if topic == "point.registered":
             self._static(p, d)
         elif topic == "point.status" and isinstance(d.get("estado"), str):
@@ -228,7 +228,7 @@ class ConsoleState:
             p.online = False
             if not p.out_of_service:
                 p.estado = "offline"
-            p.last_heard = _epoch(d.get("last_heard")) or p.last_heard
+            p.last_heard = fields.epoch(d.get("last_heard")) or p.last_heard
         elif topic == "point.availability":
             p.out_of_service = d.get("available") is False
             reason = d.get("reason")
@@ -241,8 +241,8 @@ class ConsoleState:
             if vid in p.queue:
                 p.queue.remove(vid)
             sid = str(d.get("session_id") or "")
-            started = _epoch(d.get("started_at")) or ev.ts
-            r = Running(sid, vid, p.id, started, _num(d.get("price_kwh")))
+            started = fields.epoch(d.get("started_at")) or ev.ts
+            r = Running(sid, vid, p.id, started, fields.number(d.get("price_kwh")))
             r.payment_method = d.get("payment_method")
             self.running[sid] = r
             p.vehicle_id, p.session_id = vid, sid
@@ -253,10 +253,10 @@ class ConsoleState:
 
     def _static(self, p: Point, d: Mapping[str, Any]) -> None:
         for name in ("latitude", "longitude"):
-            if (v := _num(d.get(name))) is not None:
+            if (v := fields.number(d.get(name))) is not None:
                 setattr(p, name, v)
         for name in ("potencia_kw", "preco_kwh"):
-            if (v := _num(d.get(name))) is not None:
+            if (v := fields.number(d.get(name))) is not None:
                 setattr(p, name, v)
 
     def _point(self, pid: str) -> Point:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import ssl
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Annotated
 import typer
 import zmq
 
+from common import runner
 from common.cli import LogLevel
 from common.errors import ConfigError
 from common.oslimits import raise_nofile_limit
@@ -25,6 +25,7 @@ from station.cli import (
     LogLevelOpt,
     StationPort,
     StatusPort,
+    _env,
     _setup_logging,
     _terminate,
     app,
@@ -39,10 +40,6 @@ from station.ocpp.simulator import SimCharger, SimOptions
 from station.ocpp.state import GatewayState
 
 FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
-
-
-def _env(name: str) -> str:
-    return f"EV_{name}"
 
 
 @app.command("ocpp")
@@ -160,10 +157,7 @@ def ocpp_gateway(
         )
     gateway = Gateway(specs, config, host_config, st, link_factory)
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, gateway.request_stop)
+    async def main(_stop: asyncio.Event) -> None:
         try:
             await gateway.run(lambda line: print(line, flush=True))
         except OSError as exc:
@@ -171,11 +165,7 @@ def ocpp_gateway(
             raise SystemExit(1) from None
 
     try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:  # pragma: no cover
-        asyncio.run(main())
+        runner.run(main, on_stop=gateway.request_stop)
     finally:
         _terminate(ctx)
     print("stopped: ocpp gateway", flush=True)
@@ -223,15 +213,11 @@ def ocpp_charger(
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     ids = [i for item in id for i in item.replace(",", " ").split() if i]
 
-    async def main() -> None:
+    async def main(stop: asyncio.Event) -> None:
         sims = [
             SimCharger(url.rstrip("/"), cid, password, SimOptions(power_kw=power_kw, speed=speed))
             for cid in ids
         ]
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(s.run()) for s in sims]
         print(f"ocpp chargers ready: {', '.join(ids)} -> {url}", flush=True)
         await stop.wait()
@@ -240,5 +226,5 @@ def ocpp_charger(
         for t in tasks:
             t.cancel()
 
-    asyncio.run(main())
+    runner.run(main, fast_loop=False)
     print("stopped: ocpp chargers", flush=True)

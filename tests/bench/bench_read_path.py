@@ -42,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench import loadgen
+from tests.bench import core_cost, loadgen
 from tests.bench.bench_broker import (
     OK,
     POINTS,
@@ -329,26 +329,8 @@ def core_costs(old_tree: Path) -> None:
 
     Process CPU time, best of several rounds, so it holds up on a loaded machine.
     """
-    script = str(Path(__file__).with_name("core_cost.py"))
-    for points, kind in ((10, "ping"), (10, "bateria"), (1_000, "bateria"), (10_000, "bateria")):
-        us: dict[str, list[float]] = {"old": [], "new": []}
-        for k in range(ROUNDS):
-            for name, tree in (("old", old_tree), ("new", ROOT))[:: 1 if k % 2 == 0 else -1]:
-                out = subprocess.run(
-                    [sys.executable, script, str(points), kind, "5"],
-                    env={**os.environ, "PYTHONPATH": str(tree)},
-                    cwd=tempfile.gettempdir(),
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                us[name].append(float(out))
-        old, new = min(us["old"]), min(us["new"])
-        print(
-            f"= core + encoder, {kind} with {points:,} points: old {old:6.1f} us  "
-            f"new {new:6.1f} us per request  ({old / new:4.2f}x cheaper)",
-            flush=True,
-        )
+    cases = ["10:ping", "10:bateria", "1000:bateria", "10000:bateria"]
+    core_cost.compare(old_tree, cases, ROUNDS)
 
 
 def main() -> None:

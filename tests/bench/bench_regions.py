@@ -21,17 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker import jetstream
 from broker.billing_jetstream import JetStreamBilling
 from broker.bridge import Bridge, BridgeConfig
 from broker.ledger import LedgerBase, open_ledger
 from broker.subscriber import Subscriber
-from common.codec import encode_event
-from common.messages import BusEvent
 from tests.support.fake_bus import Collect, FakeBus, status
+from tests.support.jetstream_bills import publish_bills
 from tests.support.procs import Proc, broker_ports, start, start_broker
 from tests.support.servers import nats_server, postgres
-from tests.unit.test_ledger import completed
 
 EVENTS = 20_000
 BILLS = 5_000
@@ -103,26 +100,6 @@ def bench_bridge(url: str) -> None:
 # --- billing --------------------------------------------------------------------------
 
 
-async def _fill_stream(url: str) -> None:
-    nc = await jetstream.connect(url, name="bench", reconnect=False)
-    try:
-        js = nc.jetstream()
-        await jetstream.ensure_stream(js, jetstream.DEFAULT_STREAM)
-        futures = []
-        for i in range(1, BILLS + 1):
-            ev = BusEvent(i, time.time(), "charging.completed", completed(f"B{i}", f"CAR{i % 97}"))
-            futures.append(
-                await js.publish_async(
-                    jetstream.subject("bills", ev.topic),
-                    encode_event(ev)[1],
-                    headers={jetstream.MSG_ID: jetstream.msg_id("bills", i)},
-                )
-            )
-        await asyncio.gather(*futures)
-    finally:
-        await nc.close()
-
-
 async def _bill_all(url: str, ledger: LedgerBase, durable: str) -> float:
     worker = JetStreamBilling(url, ledger, durable=durable)
     stop = asyncio.Event()
@@ -137,7 +114,7 @@ async def _bill_all(url: str, ledger: LedgerBase, durable: str) -> float:
 
 
 def bench_billing(url: str, pg_url: str, tmp: Path) -> None:
-    asyncio.run(_fill_stream(url))
+    asyncio.run(publish_bills(url, "bills", BILLS, "B", "CAR", 97))
     with open_ledger(pg_url) as pg:
         to_pg = asyncio.run(_bill_all(url, pg, "bench-pg"))
     with open_ledger(tmp / "ledger.db") as lite:

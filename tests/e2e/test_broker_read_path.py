@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_broker_vehicles import ORIGINAL, online_point
+from tests.e2e.test_broker_vehicles import online_point
+from tests.support.codec_samples import ORIGINAL
 from tests.support.procs import BrokerPorts, Proc
 from tests.support.raw_clients import http_get, metric, vehicle, wait_for
 

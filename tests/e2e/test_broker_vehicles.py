@@ -9,19 +9,23 @@ raw clients, re-exported) are shared by the other broker end-to-end test modules
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.codec_samples import ORIGINAL
 from tests.support.procs import BrokerPorts, Proc, broker_ports, start_broker
 from tests.support.raw_clients import (
     LAT,
     LON,
+    FakeStation,
     Vehicle,
     http_get,
     keepalive,
@@ -47,25 +51,24 @@ __all__ = [
     "station",
     "vehicle",
     "wait_for",
+    "welcomed_station",
     "zmq_ctx",
 ]
 
 pytestmark = pytest.mark.e2e
 
-ORIGINAL = [
-    '{"type":"bateria","data":{"id_veiculo":"CAR40312","nivel_bateria":15,"localizacao":'
-    '{"latitude":-12.266,"longitude":-38.966},"timestamp":"2025-04-07T10:00:00"}}',
-    '{"type":"consulta","data":{"id_veiculo":"CAR40312","localizacao":{"latitude":-12.266,'
-    '"longitude":-38.966},"timestamp":"2025-04-07T10:00:05"}}',
-    '{"type":"reserva","data":{"id_veiculo":"CAR40312","id_ponto_recarga":"CP01",'
-    '"tempo_estimado":10,"timestamp":"2025-04-07T10:00:09"}}',
-    '{"type":"chegada","data":{"id_veiculo":"CAR40312","id_ponto_recarga":"CP01",'
-    '"nivel_bateria":20,"nivel_carregar":80,"metodo_pagamento":"Débito em conta",'
-    '"timestamp":"2025-04-07T10:20:00"}}',
-]
-
 
 # --- helpers shared by the broker e2e modules ---------------------------------------------
+
+
+@contextlib.contextmanager
+def welcomed_station(ports: BrokerPorts, point_id: str = "CP01") -> Iterator[FakeStation]:
+    """A station that said hello and was welcomed, its point online for vehicles."""
+    with zmq_ctx() as ctx, station(ctx, ports.station, point_id) as st:
+        st.hello()
+        st.recv_type("welcome")
+        online_point(ports, point_id)
+        yield st
 
 
 def online_point(ports: BrokerPorts, point_id: str = "CP01") -> None:
@@ -104,41 +107,37 @@ def arrive(v: Vehicle, vid: str, point: str = "CP01", **extra: Any) -> dict[str,
 
 def test_original_client_lines_work_unchanged(broker: tuple[Proc, BrokerPorts]) -> None:
     _, ports = broker
-    with zmq_ctx() as ctx, station(ctx, ports.station, "CP01") as st:
-        st.hello()
-        st.recv_type("welcome")
-        online_point(ports)
-        with vehicle(ports.vehicle) as v:
-            v.send(ORIGINAL[0])
-            reply = v.recv()
-            assert reply["type"] == "pontos_disponiveis"
-            assert "id" not in reply
-            point = reply["data"]["pontos"][0]
-            assert point["id"] == "CP01" and point["estado"] == "disponivel"
-            assert point["available"] is True and point["queue_capacity"] == 5
-            assert point["distance"] == pytest.approx(0.111, abs=0.002)
-            v.send(ORIGINAL[1])
-            reply = v.recv()
-            assert reply["type"] == "lista_pontos"
-            assert [p["id"] for p in reply["data"]] == ["CP01"]
-            v.send(ORIGINAL[2])
-            reply = v.recv_type("reserva_response")
-            data = reply["data"]
-            assert (data["status"], data["code"], data["message"]) == (
-                "success",
-                "reserved",
-                "Reserve confirmed",
-            )
-            assert data["vehicle_id"] == "CAR40312" and data["id_ponto_recarga"] == "CP01"
-            assert data["posicao"] == 1 and data["reservation_id"]
-            st.recv_type("hold")
-            v.send(ORIGINAL[3])
-            start = st.recv_type("start")
-            assert start["vehicle_id"] == "CAR40312"
-            st.send({"type": "ack", "cmd_id": start["cmd_id"], "ok": True})
-            reply = v.recv_type("chegada_response")
-            assert reply["data"]["status"] == "success"
-            assert reply["data"]["code"] == "started" and reply["data"]["session_id"]
+    with welcomed_station(ports) as st, vehicle(ports.vehicle) as v:
+        v.send(ORIGINAL[0])
+        reply = v.recv()
+        assert reply["type"] == "pontos_disponiveis"
+        assert "id" not in reply
+        point = reply["data"]["pontos"][0]
+        assert point["id"] == "CP01" and point["estado"] == "disponivel"
+        assert point["available"] is True and point["queue_capacity"] == 5
+        assert point["distance"] == pytest.approx(0.111, abs=0.002)
+        v.send(ORIGINAL[1])
+        reply = v.recv()
+        assert reply["type"] == "lista_pontos"
+        assert [p["id"] for p in reply["data"]] == ["CP01"]
+        v.send(ORIGINAL[2])
+        reply = v.recv_type("reserva_response")
+        data = reply["data"]
+        assert (data["status"], data["code"], data["message"]) == (
+            "success",
+            "reserved",
+            "Reserve confirmed",
+        )
+        assert data["vehicle_id"] == "CAR40312" and data["id_ponto_recarga"] == "CP01"
+        assert data["posicao"] == 1 and data["reservation_id"]
+        st.recv_type("hold")
+        v.send(ORIGINAL[3])
+        start = st.recv_type("start")
+        assert start["vehicle_id"] == "CAR40312"
+        st.send({"type": "ack", "cmd_id": start["cmd_id"], "ok": True})
+        reply = v.recv_type("chegada_response")
+        assert reply["data"]["status"] == "success"
+        assert reply["data"]["code"] == "started" and reply["data"]["session_id"]
 
 
 def test_original_client_invalid_payment_is_invalid(broker: tuple[Proc, BrokerPorts]) -> None:
@@ -335,90 +334,86 @@ def test_in_order_replies_while_chegada_waits_then_unreachable(
     broker: tuple[Proc, BrokerPorts],
 ) -> None:
     _, ports = broker
-    with zmq_ctx() as ctx, station(ctx, ports.station, "CP01") as st:
-        st.hello()
-        st.recv_type("welcome")
-        online_point(ports)
-        with keepalive(ports.status, "CP01"), vehicle(ports.vehicle) as v:
-            assert reserve(v, "CARW")["data"]["code"] == "reserved"
-            v.recv_type("sua_vez")
-            t0 = time.monotonic()
-            v.send(
-                {
-                    "type": "chegada",
-                    "id": "c",
-                    "data": {
-                        "id_veiculo": "CARW",
-                        "id_ponto_recarga": "CP01",
-                        "nivel_bateria": 10,
-                        "nivel_carregar": 90,
-                        "metodo_pagamento": "Cartão de crédito",
-                    },
-                }
-            )
-            v.send({"type": "ping", "data": {}, "id": "p"})
-            st.recv_type("start")  # ... and never ack it
-            first = v.recv(timeout=8)
-            second = v.recv(timeout=2)
-            waited = time.monotonic() - t0
-            assert (first["id"], second["id"]) == ("c", "p")
-            assert first["data"]["code"] == "point_unreachable"
-            assert 4.0 <= waited <= 7.5
-            status = v.request("status", {"id_veiculo": "CARW"})
-            assert status["data"]["reserva"] is not None  # the reservation is kept
+    with (
+        welcomed_station(ports) as st,
+        keepalive(ports.status, "CP01"),
+        vehicle(ports.vehicle) as v,
+    ):
+        assert reserve(v, "CARW")["data"]["code"] == "reserved"
+        v.recv_type("sua_vez")
+        t0 = time.monotonic()
+        v.send(
+            {
+                "type": "chegada",
+                "id": "c",
+                "data": {
+                    "id_veiculo": "CARW",
+                    "id_ponto_recarga": "CP01",
+                    "nivel_bateria": 10,
+                    "nivel_carregar": 90,
+                    "metodo_pagamento": "Cartão de crédito",
+                },
+            }
+        )
+        v.send({"type": "ping", "data": {}, "id": "p"})
+        st.recv_type("start")  # ... and never ack it
+        first = v.recv(timeout=8)
+        second = v.recv(timeout=2)
+        waited = time.monotonic() - t0
+        assert (first["id"], second["id"]) == ("c", "p")
+        assert first["data"]["code"] == "point_unreachable"
+        assert 4.0 <= waited <= 7.5
+        status = v.request("status", {"id_veiculo": "CARW"})
+        assert status["data"]["reserva"] is not None  # the reservation is kept
 
 
 def test_session_completion_billed_once(broker: tuple[Proc, BrokerPorts]) -> None:
     _, ports = broker
-    with zmq_ctx() as ctx, station(ctx, ports.station, "CP01") as st:
-        st.hello()
-        st.recv_type("welcome")
-        online_point(ports)
-        with vehicle(ports.vehicle) as v:
-            v.send(
-                {
-                    "type": "chegada",
-                    "data": {
-                        "id_veiculo": "CARBILL",
-                        "id_ponto_recarga": "CP01",
-                        "nivel_bateria": 20,
-                        "nivel_carregar": 70,
-                        "metodo_pagamento": "Pix",
-                        "capacidade_kwh": 40,
-                    },
-                }
-            )
-            start = st.recv_type("start")
-            st.send({"type": "ack", "cmd_id": start["cmd_id"], "ok": True})
-            reply = v.recv_type("chegada_response")
-            assert reply["data"]["code"] == "started"
-            session_id = reply["data"]["session_id"]
-            complete = {
-                "type": "session_complete",
-                "session_id": session_id,
-                "vehicle_id": "CARBILL",
-                "energia_kwh": 20.0,
-                "nivel_inicial": 20,
-                "nivel_final": 70,
-                "started_at": time.time() - 60,
-                "ended_at": time.time(),
-                "reason": "target_reached",
+    with welcomed_station(ports) as st, vehicle(ports.vehicle) as v:
+        v.send(
+            {
+                "type": "chegada",
+                "data": {
+                    "id_veiculo": "CARBILL",
+                    "id_ponto_recarga": "CP01",
+                    "nivel_bateria": 20,
+                    "nivel_carregar": 70,
+                    "metodo_pagamento": "Pix",
+                    "capacidade_kwh": 40,
+                },
             }
-            for _ in range(3):
-                st.send(complete)
-            assert st.recv_type("session_ack")["session_id"] == session_id
-            cost = v.recv_type("custo_final")["data"]
-            assert cost["session_id"] == session_id and cost["payment_method"] == "Pix"
-            assert float(cost["cost"]) == pytest.approx(40.0)  # 20 kWh x 2.0 BRL
-            end = v.recv_type("encerramento")["data"]
-            assert end["energia_kwh"] == pytest.approx(20.0)
-            st.send(complete)  # a late resend after the ack
-            st.recv_type("session_ack")
-            extrato = v.request("custos", {"id_veiculo": "CARBILL"})
-            while extrato["type"] != "extrato":
-                extrato = v.recv()
-            assert len(extrato["data"]["sessoes"]) == 1
-            assert float(extrato["data"]["total"]) == pytest.approx(40.0)
+        )
+        start = st.recv_type("start")
+        st.send({"type": "ack", "cmd_id": start["cmd_id"], "ok": True})
+        reply = v.recv_type("chegada_response")
+        assert reply["data"]["code"] == "started"
+        session_id = reply["data"]["session_id"]
+        complete = {
+            "type": "session_complete",
+            "session_id": session_id,
+            "vehicle_id": "CARBILL",
+            "energia_kwh": 20.0,
+            "nivel_inicial": 20,
+            "nivel_final": 70,
+            "started_at": time.time() - 60,
+            "ended_at": time.time(),
+            "reason": "target_reached",
+        }
+        for _ in range(3):
+            st.send(complete)
+        assert st.recv_type("session_ack")["session_id"] == session_id
+        cost = v.recv_type("custo_final")["data"]
+        assert cost["session_id"] == session_id and cost["payment_method"] == "Pix"
+        assert float(cost["cost"]) == pytest.approx(40.0)  # 20 kWh x 2.0 BRL
+        end = v.recv_type("encerramento")["data"]
+        assert end["energia_kwh"] == pytest.approx(20.0)
+        st.send(complete)  # a late resend after the ack
+        st.recv_type("session_ack")
+        extrato = v.request("custos", {"id_veiculo": "CARBILL"})
+        while extrato["type"] != "extrato":
+            extrato = v.recv()
+        assert len(extrato["data"]["sessoes"]) == 1
+        assert float(extrato["data"]["total"]) == pytest.approx(40.0)
 
 
 def test_hold_expiry_with_short_hold(tmp_path: Path) -> None:

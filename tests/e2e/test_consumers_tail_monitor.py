@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,23 @@ def test_tail_bad_options_exit_2(tmp_path: Path) -> None:
         assert "Traceback" not in res.stderr and res.stderr.strip()
 
 
+@contextlib.contextmanager
+def monitor(
+    ports: BrokerPorts, rows: int, cols: int, *extra: str, timeout: float = 15
+) -> Iterator[pexpect.spawn]:
+    """``ev-broker monitor`` in a pseudo-terminal of ``rows`` x ``cols``; killed if left running."""
+    child = pexpect.spawn(
+        sys.executable, ["-m", "broker", "monitor", *bus_args(ports), *extra],
+        cwd=str(ROOT), dimensions=(rows, cols), timeout=timeout, encoding="utf-8",
+        codec_errors="replace",
+    )  # fmt: skip
+    try:
+        yield child
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+
+
 def test_monitor_shows_points_pages_and_quits(
     broker: tuple[Proc, BrokerPorts],
     stations: list[FakeStation],  # noqa: F811
@@ -177,12 +195,7 @@ def test_monitor_shows_points_pages_and_quits(
     _, ports = broker
     wait_for(lambda: True)
     charge(ports, stations[0], "CAR5")
-    child = pexpect.spawn(
-        sys.executable,
-        ["-m", "broker", "monitor", *bus_args(ports), "--page-size", "5"],
-        cwd=str(ROOT), dimensions=(40, 140), timeout=15, encoding="utf-8", codec_errors="replace",
-    )  # fmt: skip
-    try:
+    with monitor(ports, 40, 140, "--page-size", "5") as child:
         child.expect("CP01")
         child.expect("CP02")
         child.expect(r"points (\x1b\[[0-9;]*m)*2 ")  # styles may sit between label and value
@@ -194,9 +207,6 @@ def test_monitor_shows_points_pages_and_quits(
         child.expect(pexpect.EOF, timeout=5)
         child.close()
         assert child.exitstatus == 0
-    finally:
-        if child.isalive():
-            child.terminate(force=True)
 
 
 def test_monitor_on_a_small_terminal_shows_heard_and_the_latest_events(
@@ -204,11 +214,7 @@ def test_monitor_on_a_small_terminal_shows_heard_and_the_latest_events(
     stations: list[FakeStation],  # noqa: F811
 ) -> None:
     _, ports = broker
-    child = pexpect.spawn(
-        sys.executable, ["-m", "broker", "monitor", *bus_args(ports)],
-        cwd=str(ROOT), dimensions=(24, 100), timeout=20, encoding="utf-8", codec_errors="replace",
-    )  # fmt: skip
-    try:
+    with monitor(ports, 24, 100, timeout=20) as child:
         child.expect("latest events")
         child.expect(r"CP01\W.*?\b\d+s\b")  # when the station was last heard, not "-"
         sid = charge(ports, stations[1], "CAR7")
@@ -216,9 +222,6 @@ def test_monitor_on_a_small_terminal_shows_heard_and_the_latest_events(
         assert sid
         child.send("q")
         child.expect(pexpect.EOF, timeout=5)
-    finally:
-        if child.isalive():
-            child.terminate(force=True)
 
 
 def test_monitor_stops_on_sigterm_within_2s(
@@ -226,11 +229,7 @@ def test_monitor_stops_on_sigterm_within_2s(
     stations: list[FakeStation],  # noqa: F811
 ) -> None:
     _, ports = broker
-    child = pexpect.spawn(
-        sys.executable, ["-m", "broker", "monitor", *bus_args(ports)],
-        cwd=str(ROOT), dimensions=(30, 120), timeout=15, encoding="utf-8", codec_errors="replace",
-    )  # fmt: skip
-    try:
+    with monitor(ports, 30, 120) as child:
         child.expect("CP01")
         t0 = time.monotonic()
         child.kill(signal.SIGTERM)
@@ -238,6 +237,3 @@ def test_monitor_stops_on_sigterm_within_2s(
         child.close()
         assert child.exitstatus == 0
         assert time.monotonic() - t0 < 2.0
-    finally:
-        if child.isalive():
-            child.terminate(force=True)

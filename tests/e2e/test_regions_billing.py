@@ -21,14 +21,12 @@ import pytest
 
 from broker.billing_jetstream import JetStreamBilling
 from broker.ledger import open_ledger
-from common.codec import encode_event
-from common.messages import BusEvent
 from tests.e2e.test_bridge_jetstream import start_bridge
 from tests.e2e.test_consumers_billing import FakeStation, charge, cli
+from tests.support.jetstream_bills import publish_bills
 from tests.support.procs import BrokerPorts, Proc, broker_ports, start, start_broker
 from tests.support.raw_clients import wait_for
 from tests.support.servers import NatsServer, Postgres, nats_server, need_servers, postgres
-from tests.unit.test_ledger import completed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -217,34 +215,11 @@ def test_kill_9_mid_batch_on_a_backlog_bills_each_session_once(
     ledger = pg.create_database("backlog")
     n = 3000
 
-    async def fill() -> None:
-        from broker import jetstream
-
-        nc = await jetstream.connect(ns.url, name="fill", reconnect=False)
-        try:
-            js = nc.jetstream()
-            await jetstream.ensure_stream(js, jetstream.DEFAULT_STREAM)
-            acks = []
-            for i in range(1, n + 1):
-                ev = BusEvent(
-                    i, time.time(), "charging.completed", completed(f"BL{i}", f"V{i % 13}")
-                )
-                acks.append(
-                    await js.publish_async(
-                        jetstream.subject("backlog", ev.topic),
-                        encode_event(ev)[1],
-                        headers={jetstream.MSG_ID: jetstream.msg_id("backlog", i)},
-                    )
-                )
-            await asyncio.gather(*acks)
-        finally:
-            await nc.close()
-
     def billed() -> int:
         with open_ledger(ledger) as led:
             return len(led.bills())
 
-    asyncio.run(fill())
+    asyncio.run(publish_bills(ns.url, "backlog", n, "BL", "V", 13))
     rng = random.Random()
     kills = 0
     worker = start_worker(ns.url, ledger)

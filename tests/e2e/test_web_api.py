@@ -8,6 +8,7 @@ without a gap.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import time
@@ -16,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.procs import Proc, start
+from tests.support.procs import Proc, free_port, start
 from tests.support.raw_clients import Vehicle, wait_for
-from tests.support.web_stack import TOKEN, WebStack, web_stack
+from tests.support.web_stack import TOKEN, WebStack, start_web, web_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -261,6 +262,32 @@ def test_bad_availability_requests_are_refused_clearly(
     assert stack.point("WEB-A")["fora_de_servico"] is False
 
 
+def test_a_console_with_a_consumer_credential_gets_403_for_the_toggle(stack: WebStack) -> None:
+    """The broker refuses set_availability to a consumer: that console answers 403."""
+    web_port = free_port()
+    web = start_web(stack.ports, web_port, "consumer")
+    try:
+        reader = dataclasses.replace(stack, web_port=web_port, web=web, stations={})
+        assert reader.point("WEB-A")["fora_de_servico"] is False  # it reads the bus
+        status, _, body = reader.request(
+            "/api/points/WEB-A/availability",
+            method="POST",
+            body={"available": False, "reason": "cable damaged"},
+        )
+        assert status == 403, body
+        assert "operator credential" in json.loads(body)["detail"]
+        for console in (reader, stack):  # nothing changed, as either console sees it
+            p = console.point("WEB-A")
+            assert p["fora_de_servico"] is False and p["reason"] is None
+        assert stack.get_json("/api/stats")["points_out_of_service"] == 0
+        with contextlib.closing(Vehicle(stack.ports.vehicle, "WEB403")) as v:
+            reply = v.ask("reserva", id_ponto_recarga="WEB-A", tempo_estimado=30)["data"]
+            assert reply["code"] == "reserved", reply  # the point still takes reservations
+            v.ask("cancelar", id_ponto_recarga="WEB-A")
+    finally:
+        web.stop()
+
+
 def test_openapi_documents_every_endpoint(stack: WebStack) -> None:
     spec = stack.get_json("/api/openapi.json")
     paths = set(spec["paths"])
@@ -388,7 +415,10 @@ def test_event_stream_resumes_by_last_event_id_without_a_gap(stack: WebStack) ->
 
 
 def test_events_carry_the_changed_point_row(stack: WebStack) -> None:
-    stream = SSE(stack.web_port, "/api/events")
+    # from the applied seq: a stream without one starts at whatever event follows its
+    # subscription, which can come after the reservation below
+    since = stack.get_json("/healthz")["seq"]
+    stream = SSE(stack.web_port, f"/api/events?since={since}")
     try:
         with contextlib.closing(Vehicle(stack.ports.vehicle, "WEBROW")) as v:
             reply = v.ask("reserva", id_ponto_recarga="WEB-B", tempo_estimado=30)

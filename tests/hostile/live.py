@@ -4,17 +4,20 @@ Shared by the hostile suite and ``make soak``. :class:`Ledger` creates, through
 the real wire, what the broker has confirmed (reservations of a registered and
 of an unregistered vehicle, one billed session) and checks, after a kill -9 and
 a restart, that all of it is still there. :func:`ping_ms` and :func:`rss_kib`
-are the health figures taken after each phase.
+are the health figures taken after each phase; :func:`clogged_clients` are the
+connections of the flood phases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,22 @@ def ping_ms(port: int, tries: int = 3) -> float:
             best = min(best, (time.perf_counter() - t0) * 1000)
             assert json.loads(buf.split(b"\n", 1)[0]) == {"type": "pong", "data": {}, "id": i}
     return best
+
+
+@contextlib.contextmanager
+def clogged_clients(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """``count`` non-blocking connections with a 4 KiB receive buffer, closed at the end."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection((HOST, port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
 
 
 def rss_kib(pid: int) -> int:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.hostile import live
 from tests.hostile.inputs import Generator
 from tests.hostile.live import HERE, POINTS, Ledger, LiveBroker, ping_ms, rss_kib
 from tests.support.procs import ROOT, broker_ports
@@ -109,13 +110,7 @@ def _send_all(s: socket.socket, payload: bytes) -> None:
 
 def flood_phase(port: int, seconds: float) -> None:
     """Clients that write tiny objects and never read, and slow readers of big replies."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(4):
-            s = socket.create_connection((HOST, port), timeout=10)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.setblocking(False)
-            socks.append(s)
+    with live.clogged_clients(port, 4) as socks:
         flood = b"{}" * 32768
         listing = json.dumps({"type": "consulta", "data": {"localizacao": HERE}}).encode() + b"\n"
         end = time.monotonic() + seconds
@@ -127,9 +122,6 @@ def flood_phase(port: int, seconds: float) -> None:
                     with contextlib.suppress(BlockingIOError, OSError):
                         s.recv(256)
             time.sleep(0.01)
-    finally:
-        for s in socks:
-            s.close()
 
 
 def run(minutes: float, workers: int, swarm: int, rate: int) -> int:

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from common.messages import MAX_REQUEST_BYTES
+from tests.hostile import live
 from tests.hostile.inputs import byte_streams, documents
 from tests.hostile.live import HERE, POINTS, Ledger, LiveBroker, ping_ms, rss_kib
 from tests.support.procs import broker_ports
@@ -132,13 +133,7 @@ def test_fuzzed_byte_streams(attack: Attack) -> None:
 
 def test_floods_from_clients_that_never_read(attack: Attack) -> None:
     port = attack.broker.ports.vehicle
-    floods = []
-    try:
-        for _ in range(6):
-            s = socket.create_connection((HOST, port), timeout=10)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.setblocking(False)
-            floods.append(s)
+    with live.clogged_clients(port, 6) as floods:
         payload = b"{}" * (128 * 1024)
         sent = [0] * len(floods)
         worst = []
@@ -151,22 +146,13 @@ def test_floods_from_clients_that_never_read(attack: Attack) -> None:
         worst.sort()
         assert worst[len(worst) // 2] < PING_MS, worst  # the median while flooded
         attack.healthy()
-    finally:
-        for s in floods:
-            s.close()
     attack.healthy()
 
 
 def test_slow_readers_of_large_replies(attack: Attack) -> None:
     port = attack.broker.ports.vehicle
-    readers = []
     request = json.dumps({"type": "consulta", "data": {"localizacao": HERE}}).encode() + b"\n"
-    try:
-        for _ in range(4):
-            s = socket.create_connection((HOST, port), timeout=10)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.setblocking(False)
-            readers.append(s)
+    with live.clogged_clients(port, 4) as readers:
         for _ in range(40):
             for s in readers:
                 with contextlib.suppress(BlockingIOError, ConnectionError):
@@ -175,9 +161,6 @@ def test_slow_readers_of_large_replies(attack: Attack) -> None:
                 with contextlib.suppress(BlockingIOError, ConnectionError):
                     s.recv(512)
         attack.healthy()
-    finally:
-        for s in readers:
-            s.close()
 
 
 def test_kill_9_and_restart_keep_every_confirmation(attack: Attack) -> None:

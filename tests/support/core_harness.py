@@ -67,11 +67,9 @@ class Harness:
 
     @staticmethod
     def replies(fx: list[Effect]) -> list[Reply]:
-        """The replies, data already encoded by the core (msgspec.Raw) decoded for reading."""
+        """The replies, their data as a vehicle reads it (the wire JSON, decoded)."""
         return [
-            Reply(e.conn, e.request_id, e.type, msgspec.json.decode(e.data))
-            if isinstance(e.data, msgspec.Raw)
-            else e
+            Reply(e.conn, e.request_id, e.type, wire(e.data), e.truncated)
             for e in fx
             if isinstance(e, Reply)
         ]
@@ -84,7 +82,12 @@ class Harness:
 
     @staticmethod
     def pushes(fx: list[Effect], kind: str | None = None) -> list[Push]:
-        return [e for e in fx if isinstance(e, Push) and (kind is None or e.type == kind)]
+        """The pushes (of type ``kind`` only, when given), their data as the wire JSON."""
+        return [
+            Push(e.vehicle_id, e.type, wire(e.data))
+            for e in fx
+            if isinstance(e, Push) and (kind is None or e.type == kind)
+        ]
 
     @staticmethod
     def topics(fx: list[Effect]) -> list[str]:
@@ -113,14 +116,24 @@ class Harness:
         self.now += dt
         return self.apply(self.core.tick(self.now))
 
-    def dgram(self, pid: str, lat: float = -12.26, lon: float = -38.96, **kw: Any) -> list[Effect]:
-        """A datagram from our station model (boot ``boot-<pid>``, auto seq)."""
+    def dgram(
+        self,
+        pid: str,
+        lat: float = -12.26,
+        lon: float = -38.96,
+        signed_ts: float | None = None,
+        **kw: Any,
+    ) -> list[Effect]:
+        """A datagram from our station model (boot ``boot-<pid>``, auto seq).
+
+        ``signed_ts``: the ``ts`` of a datagram whose signature the edge checked.
+        """
         if "seq" not in kw:
             self.seqs[pid] = self.seqs.get(pid, 0) + 1
             kw["seq"] = self.seqs[pid]
         kw.setdefault("boot_id", f"boot-{pid}")
         d = StatusDatagram(id=pid, latitude=lat, longitude=lon, **kw)
-        return self.apply(self.core.handle_datagram(d, self.now))
+        return self.apply(self.core.handle_datagram(d, self.now, signed_ts))
 
     def point(self, pid: str = "CP01", **kw: Any) -> list[Effect]:
         """Register ``pid`` (online, free) by a datagram."""
@@ -203,6 +216,11 @@ class Harness:
         records = [(t, k, v) for (t, k), v in self.store.items()]
         core.restore(records, self.events[-1].seq, self.now + dt)
         return core
+
+
+def wire(data: Any) -> Any:
+    """A reply or push payload as a vehicle reads it: encoded as the broker does, decoded."""
+    return msgspec.json.decode(data if isinstance(data, msgspec.Raw) else msgspec.json.encode(data))
 
 
 def comparable(snap: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,24 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def start_web(ports: BrokerPorts, web_port: int, role: str, *extra: str) -> Proc:
+    """``ev-broker web`` on ``web_port`` with the broker's ``role`` credential, once ready."""
+    web = start(
+        [
+            "python", "-m", "broker", "web", "--events-port", str(ports.events),
+            "--history-port", str(ports.history), "--port", str(web_port),
+            *ports.cred_args(role), *extra,
+        ],
+        env={"EV_WEB_TOKEN": TOKEN},
+    )  # fmt: skip
+    try:
+        web.read_until("web console ready", timeout=30)
+    except BaseException:
+        web.stop()
+        raise
+    return web
+
+
 @contextlib.contextmanager
 def web_stack(tmp: Path, *web_extra: str) -> Iterator[WebStack]:
     """Broker + web console (token :data:`TOKEN`); add stations with ``add_station``."""
@@ -127,15 +145,7 @@ def web_stack(tmp: Path, *web_extra: str) -> Iterator[WebStack]:
     web: Proc | None = None
     stack: WebStack | None = None
     try:
-        web = start(
-            [
-                "python", "-m", "broker", "web", "--events-port", str(ports.events),
-                "--history-port", str(ports.history), "--port", str(web_port),
-                *ports.cred_args("operator"), *web_extra,
-            ],
-            env={"EV_WEB_TOKEN": TOKEN},
-        )  # fmt: skip
-        web.read_until("web console ready", timeout=30)
+        web = start_web(ports, web_port, "operator", *web_extra)
         stack = WebStack(ports, web_port, tmp, broker, web)
         yield stack
     finally:

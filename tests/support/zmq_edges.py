@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import msgpack
 import zmq
@@ -58,11 +59,29 @@ def hello(point_id: str) -> dict[str, Any]:
     }
 
 
-def dealer(ctx: zmq.asyncio.Context, endpoint: str, routing_id: str) -> zmq.asyncio.Socket:
+# Every dealer lives as long as its context, which closes it (zmq_context destroys it):
+# a socket dropped by a finished test body is never collected unclosed.
+_DEALERS: WeakKeyDictionary[zmq.asyncio.Context, list[zmq.asyncio.Socket]] = WeakKeyDictionary()
+
+
+def dealer(ctx: zmq.asyncio.Context, endpoint: str, routing_id: str | bytes) -> zmq.asyncio.Socket:
     sock = ctx.socket(zmq.DEALER)
+    _DEALERS.setdefault(ctx, []).append(sock)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id.encode())
+    rid = routing_id if isinstance(routing_id, bytes) else routing_id.encode()
+    sock.setsockopt(zmq.ROUTING_ID, rid)
     sock.connect(endpoint)
+    return sock
+
+
+async def greeted(
+    ctx: zmq.asyncio.Context, edge: StationsEdge, rec: Recorder, point_id: str
+) -> zmq.asyncio.Socket:
+    """A station DEALER whose hello the edge has handed to ``rec``."""
+    sock = dealer(ctx, edge.endpoint, point_id)
+    heard = len(rec.messages)
+    await sock.send(msgpack.packb(hello(point_id)))
+    await until(lambda: len(rec.messages) == heard + 1)
     return sock
 
 
@@ -96,11 +115,11 @@ class Recorder:
         self.unroutable.append(point_id)
 
 
-@asynccontextmanager
-async def stations_edge(
+def new_stations_edge(
     ctx: zmq.asyncio.Context, rec: Recorder, heartbeat_s: float = 5.0, **kw: Any
-) -> AsyncIterator[StationsEdge]:
-    edge = StationsEdge(
+) -> StationsEdge:
+    """A stations edge on a free port that reports to ``rec`` (not started)."""
+    return StationsEdge(
         ctx,
         ANY_PORT,
         heartbeat_s=heartbeat_s,
@@ -108,11 +127,51 @@ async def stations_edge(
         on_unroutable=rec.on_unroutable,
         **kw,
     )
+
+
+@asynccontextmanager
+async def stations_edge(
+    ctx: zmq.asyncio.Context, rec: Recorder, heartbeat_s: float = 5.0, **kw: Any
+) -> AsyncIterator[StationsEdge]:
+    edge = new_stations_edge(ctx, rec, heartbeat_s, **kw)
     await edge.start()
     try:
         yield edge
     finally:
         await edge.close()
+
+
+StationsTest = Callable[[zmq.asyncio.Context, Recorder, StationsEdge], Awaitable[None]]
+
+
+def run_with_stations_edge(
+    test: StationsTest, rec: Recorder | None = None, **edge_options: Any
+) -> None:
+    """Run ``test(ctx, rec, edge)`` on its own loop, context and started stations edge."""
+
+    async def body() -> None:
+        async with zmq_context() as ctx:
+            recorder = Recorder() if rec is None else rec
+            async with stations_edge(ctx, recorder, **edge_options) as edge:
+                await test(ctx, recorder, edge)
+
+    run(body())
+
+
+def stations_edge_test(**edge_options: Any) -> Callable[[StationsTest], Callable[[], None]]:
+    """Make ``async def test_x(ctx, rec, edge)`` a plain test run by run_with_stations_edge."""
+
+    def make(test: StationsTest) -> Callable[[], None]:
+        def run_test() -> None:
+            run_with_stations_edge(test, **edge_options)
+
+        # pytest sees a test without arguments under the body's name and text
+        run_test.__name__ = run_test.__qualname__ = getattr(test, "__name__", "test")
+        run_test.__doc__ = test.__doc__
+        run_test.__module__ = test.__module__
+        return run_test
+
+    return make
 
 
 def make_event(seq: int, topic: str) -> BusEvent:

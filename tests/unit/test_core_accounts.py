@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from broker.core.accounts import Accounts
 from broker.core.sessions import Session
+from common.replies import Statement
 
 
 def billed(sid: str, vid: str, cost: str) -> Session:
@@ -26,6 +27,6 @@ def test_totals_and_idempotence() -> None:
     assert acc.record(billed("s2", "V", "0.20"))
     assert not acc.record(billed("s1", "V", "0.10"))
     st = acc.statement("V")
-    assert st["total"] == 0.3 and len(st["sessoes"]) == 2 and st["moeda"] == "BRL"
-    assert acc.statement("W") == {"vehicle_id": "W", "moeda": "BRL", "total": 0.0, "sessoes": []}
+    assert st.total == 0.3 and len(st.sessoes) == 2 and st.moeda == "BRL"
+    assert acc.statement("W") == Statement(vehicle_id="W", moeda="BRL", total=0.0, sessoes=[])
     assert list(acc.all_statements()) == ["V"]

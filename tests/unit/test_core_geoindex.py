@@ -14,6 +14,14 @@ lat_s = st.floats(min_value=-90.0, max_value=90.0, allow_nan=False)
 lon_s = st.floats(min_value=-180.0, max_value=180.0, allow_nan=False)
 
 
+def indexed(pts: dict[str, tuple[float, float]]) -> GeoIndex:
+    """A GeoIndex holding every point of ``pts``."""
+    g = GeoIndex()
+    for pid, (lat, lon) in pts.items():
+        g.put(pid, lat, lon)
+    return g
+
+
 def brute(
     pts: dict[str, tuple[float, float]], lat: float, lon: float, k: int, max_km: float | None
 ) -> list[tuple[float, str]]:
@@ -51,9 +59,7 @@ def test_nearest_equals_brute_force(
     scene: tuple[dict[str, tuple[float, float]], float, float], k: int, max_km: float | None
 ) -> None:
     pts, qlat, qlon = scene
-    g = GeoIndex()
-    for pid, (lat, lon) in pts.items():
-        g.put(pid, lat, lon)
+    g = indexed(pts)
     assert g.nearest(qlat, qlon, k, max_km) == brute(pts, qlat, qlon, k, max_km)
 
 
@@ -64,9 +70,7 @@ def test_moves_and_removals_stay_exact(
 ) -> None:
     pts, qlat, qlon = scene
     rng = random.Random(seed)
-    g = GeoIndex()
-    for pid, (lat, lon) in pts.items():
-        g.put(pid, lat, lon)
+    g = indexed(pts)
     for pid in list(pts):
         r = rng.random()
         if r < 0.2:
@@ -132,9 +136,7 @@ def test_repeated_queries_answered_from_cached_candidates_stay_exact(
     """Queries near each other (the same candidate cell, warm), filtered or not, and moves."""
     pts, qlat, qlon = scene
     rng = random.Random(seed)
-    g = GeoIndex()
-    for pid, (lat, lon) in pts.items():
-        g.put(pid, lat, lon)
+    g = indexed(pts)
     rejected = {pid for pid in pts if rng.random() < 0.3}
 
     def accept(pid: str) -> bool:
@@ -164,9 +166,7 @@ def test_many_queries_over_a_dense_fleet_match_brute_force() -> None:
     """Every query position twice (the second from cached candidates), off-centre in its cell."""
     rng = random.Random(7)
     pts = {f"P{i:05d}": (rng.uniform(-13.0, -12.0), rng.uniform(-39.0, -38.0)) for i in range(1500)}
-    g = GeoIndex()
-    for pid, (lat, lon) in pts.items():
-        g.put(pid, lat, lon)
+    g = indexed(pts)
     queries = [(rng.uniform(-13.1, -11.9), rng.uniform(-39.1, -37.9)) for _ in range(60)]
     for k in (1, 10, 40):
         for lat, lon in queries + queries:

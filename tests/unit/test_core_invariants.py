@@ -11,6 +11,7 @@ nothing a station sends changes that.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -18,7 +19,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from broker.core.effects import Publish, SendStation
+from broker.core.effects import Publish, Rejected, SendStation
 from common.messages import SessionAck, Start, Welcome
 from tests.support.core_harness import Harness, comparable
 
@@ -38,6 +39,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.session_ids: list[str] = []
         self.boots: dict[str, int] = {}
         self.out: dict[str, str] = {}  # points out of service -> reason
+        # points whose current boot is the datagrams' (not a hello's since the last datagram)
+        self.datagram_boot: set[str] = set(POINTS)
+        self.signed_ts: dict[str, float] = {}  # the ts of the last signed datagram taken
         for i, pid in enumerate(POINTS):
             self.h.point(pid, lat=-12.0 - i * 0.01)
 
@@ -50,6 +54,37 @@ class CoreMachine(RuleBasedStateMachine):
     def datagram(self, pid: str, estado: str) -> None:
         i = POINTS.index(pid)
         self._collect(self.h.dgram(pid, lat=-12.0 - i * 0.01, estado=estado))
+        self.datagram_boot.add(pid)
+
+    @rule(pid=points_s, back=st.integers(0, 3), signed=st.booleans())
+    def out_of_order_datagram(self, pid: str, back: int, signed: bool) -> None:
+        """A duplicated or reordered datagram (a replay when signed) changes nothing."""
+        i = POINTS.index(pid)
+        seq = self.h.seqs[pid] - back
+        before = self.h.core.snapshot(self.h.now)
+        fx = self.h.dgram(
+            pid,
+            lat=-12.0 - i * 0.01,
+            seq=seq,
+            estado="indisponivel",
+            signed_ts=self.h.now if signed else None,
+        )
+        # after a hello of another boot this is a new boot again: taken, unless signed
+        # and not later than the last signed datagram taken
+        replay = signed and self.h.now <= self.signed_ts.get(pid, -math.inf)
+        if pid in self.datagram_boot or replay:
+            reason = "replayed" if signed else "stale"
+            assert [(e.edge, e.reason) for e in fx if isinstance(e, Rejected)] == [
+                ("status", reason)
+            ]
+            assert len(fx) == 1
+            assert self.h.core.snapshot(self.h.now) == before
+        else:
+            assert not [e for e in fx if isinstance(e, Rejected)]
+            self.datagram_boot.add(pid)
+            self.h.seqs[pid] = seq  # the last seq of this boot now
+            if signed:
+                self.signed_ts[pid] = self.h.now
 
     @rule(pid=points_s, new_process=st.booleans())
     def hello(self, pid: str, new_process: bool) -> None:
@@ -58,6 +93,7 @@ class CoreMachine(RuleBasedStateMachine):
         i = POINTS.index(pid)
         boot = f"{pid}-{self.boots.get(pid, 0)}"
         fx = self.h.hello(pid, boot=boot, latitude=-12.0 - i * 0.01, longitude=-38.96)
+        self.datagram_boot.discard(pid)
         self._collect(fx)
         assert self.h.commands(fx, Welcome)
 

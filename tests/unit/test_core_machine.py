@@ -67,7 +67,7 @@ def test_restored_queue_cancelled_after_grace_unless_heard() -> None:
     start = h.now
     assert core.tick(start + 119.0) == []
     fx = core.tick(start + 120.0)
-    motives = {e.data["motivo"] for e in fx if getattr(e, "type", "") == "reserva_cancelada"}
+    motives = {p.data["motivo"] for p in h.pushes(fx, "reserva_cancelada")}
     assert motives == {"point_offline"}
     completed = [
         e for e in fx if getattr(e, "event", None) and e.event.topic == "charging.completed"

@@ -1,4 +1,4 @@
-"""Cached, encoded point views: byte for byte what encoding the dict view gives."""
+"""Cached, encoded point views: byte for byte what encoding the PointView struct gives."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.core import point_views
-from broker.core.point_views import PointViews, km3, view_dict
+from broker.core.point_views import PointViews, km3, point_view
 from broker.core.points import PointState
 from broker.core.queues import Reservation
+from common.replies import PointView
 from tests.support.core_harness import Harness
 
 ESTADOS = ("disponivel", "reservado", "carregando", "indisponivel", "offline")
@@ -38,8 +39,9 @@ def _point(pid: str, lat: float, lon: float, estado: str, queued: int, kw: float
     distance=st.floats(0, math.pi * 6371.0),
     wait=st.integers(0, 10**6),
     capacity=st.integers(1, 10000),
+    out_of_service=st.sampled_from(["", "maintenance", 'cable "B" \u00e9']),
 )
-def test_encoded_view_is_the_encoded_dict(
+def test_encoded_view_is_the_encoded_struct(
     pid: str,
     lat: float,
     lon: float,
@@ -50,17 +52,20 @@ def test_encoded_view_is_the_encoded_dict(
     distance: float,
     wait: int,
     capacity: int,
+    out_of_service: str,
 ) -> None:
+    """The cached bytes are the struct's encoding, and decode into the same struct."""
     p = _point(pid, lat, lon, estado, queued, kw, price)
+    p.out_of_service, p.oos_reason = bool(out_of_service), out_of_service
     views = PointViews(capacity)
     wait_of = _waits(wait)
-    expected = msgspec.json.encode([view_dict(p, capacity, distance, wait_of(p))])
+    expected = msgspec.json.encode([point_view(p, capacity, distance, wait_of(p))])
     assert views.encode_list([(distance, p)], wait_of) == expected
     assert views.encode_list([(distance, p)], wait_of) == expected  # cached
     two = views.encode_list([(distance, p), (distance + 1.0, p)], wait_of)
-    assert msgspec.json.decode(two) == [
-        view_dict(p, capacity, distance, wait_of(p)),
-        view_dict(p, capacity, distance + 1.0, wait_of(p)),
+    assert msgspec.json.decode(two, type=list[PointView]) == [
+        point_view(p, capacity, distance, wait_of(p)),
+        point_view(p, capacity, distance + 1.0, wait_of(p)),
     ]
 
 
@@ -88,19 +93,20 @@ def test_a_cached_view_follows_every_change_of_its_point() -> None:
     p = _point("CP1", -12.0, -38.0, "disponivel", 0, 50.0, 2.0)
     views = PointViews(5)
 
-    def decoded() -> dict[str, object]:
+    def decoded() -> PointView:
         raw = views.encode_list([(1.0, p)], _waits(7))
-        out: list[dict[str, object]] = msgspec.json.decode(raw)
-        return out[0]
+        return msgspec.json.decode(raw, type=list[PointView])[0]
 
-    assert decoded() == view_dict(p, 5, 1.0, 0)
+    assert decoded() == point_view(p, 5, 1.0, 0)
     p.queue.append(Reservation("r", "V", "CP1", 0.0, 0.0, 1))
-    assert decoded()["queue_size"] == 1 and decoded()["available"] is False
+    assert decoded().queue_size == 1 and decoded().available is False
     p.estado = "carregando"
-    assert decoded()["estado"] == "carregando"
+    assert decoded().estado == "carregando"
     p.potencia_kw, p.preco_kwh = 22.0, 1.5
     p.latitude = -12.5
-    assert decoded() == view_dict(p, 5, 1.0, 7)
+    assert decoded() == point_view(p, 5, 1.0, 7)
+    p.out_of_service, p.oos_reason = True, "maintenance"
+    assert decoded().fora_de_servico is True and decoded().reason == "maintenance"
     assert len(views) == 1
 
 
@@ -124,5 +130,7 @@ def test_the_cache_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyP
     pts = [_point(f"P{i}", -12.0, -38.0 + i / 100, "disponivel", 0, 50.0, 2.0) for i in range(5)]
     for _ in range(3):
         raw = views.encode_list([(float(i), p) for i, p in enumerate(pts)], _waits(0))
-        assert msgspec.json.decode(raw) == [view_dict(p, 5, float(i), 0) for i, p in enumerate(pts)]
+        assert raw == msgspec.json.encode(
+            [point_view(p, 5, float(i), 0) for i, p in enumerate(pts)]
+        )
         assert len(views) <= 3

@@ -16,8 +16,8 @@ def test_record_round_trip_and_view() -> None:
     back = Reservation.from_record(r.record())
     assert back.record() == r.record()
     v = r.view(1)
-    assert v["posicao"] == 1 and v["turno"] is True and v["expira_em"].endswith("Z")
-    assert v["tempo_estimado"] == 1.0
+    assert v.posicao == 1 and v.turno is True and v.expira_em is not None
+    assert v.expira_em.endswith("Z") and v.tempo_estimado == 1.0
 
 
 def test_position_of() -> None:

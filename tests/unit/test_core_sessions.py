@@ -41,4 +41,4 @@ def test_record_round_trip_keeps_decimals() -> None:
     back = Session.from_record(s.record())
     assert back.cost == Decimal("71.64") and back.record() == s.record()
     line = back.statement_line()
-    assert line["cost"] == 71.64 and line["energia_kwh"] == 36.0
+    assert line.cost == 71.64 and line.energia_kwh == 36.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from broker.core.effects import Rejected
 from common.messages import Heartbeat, Hold, SessionAck, Start, StatusDatagram, Welcome
 from tests.support.core_harness import Harness
 
@@ -31,7 +32,9 @@ def test_unchanged_datagram_has_no_effects_and_stale_ones_are_counted() -> None:
     h = Harness()
     h.point("CP01")
     assert h.point("CP01") == []
-    assert h.dgram("CP01", seq=1, estado="indisponivel") == []  # stale: not applied
+    stale = h.dgram("CP01", seq=1, estado="indisponivel")  # not applied, refused
+    assert [(e.edge, e.reason) for e in stale if isinstance(e, Rejected)] == [("status", "stale")]
+    assert len(stale) == 1
     assert h.core.stats()["datagrams_stale"] == 1
     # a new boot resets the filter
     fx = h.dgram("CP01", seq=1, boot_id="other", estado="indisponivel")

@@ -1,4 +1,7 @@
-"""The status edge with security: signed datagrams, the ts window, replays, legacy points."""
+"""The status edge with security: signed datagrams, the ts window, replays, legacy points.
+
+The edge hands datagrams to a real core, which owns the ordering rule (stale, replayed).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any
 import pytest
 
 from broker.auth import Keyring, Rejections, Security
+from broker.core import Core, CoreConfig
+from broker.core.effects import Rejected
 from broker.credentials import CredentialTable, broker_keys, issue
 from broker.edges.status_udp import StatusServer
 from broker.metrics import BrokerMetrics
@@ -31,10 +36,16 @@ class Edge:
         self.metrics = BrokerMetrics()
         self.delivered: list[StatusDatagram] = []
         self.clock = NOW
+        self.core = Core(CoreConfig(), new_id=lambda prefix: prefix)
         security = Security(self.keyring, keys.secret, Rejections(self.metrics.rejected))
-        self.server = StatusServer(
-            self.delivered.append, self.metrics, security, clock=lambda: self.clock
-        )
+        self.server = StatusServer(self.deliver, self.metrics, security, clock=lambda: self.clock)
+
+    def deliver(self, d: StatusDatagram, signed_ts: float | None) -> Rejected | None:
+        fx = self.core.handle_datagram(d, self.clock, signed_ts)
+        if fx and isinstance(fx[0], Rejected):
+            return fx[0]
+        self.delivered.append(d)
+        return None
 
     def signed(self, cred: Credential, **fields: Any) -> bytes:
         body = {"id": "CP01", "latitude": -12.0, "longitude": -38.0, "boot_id": "b1",
@@ -113,3 +124,14 @@ def test_a_revoked_station_is_refused_after_the_refresh(edge: Edge) -> None:
     edge.keyring.refresh()
     assert edge.server.handle(edge.signed(edge.cp, seq=2), "h") == "rejected"
     assert edge.rejected("unknown_credential") == 1
+
+
+def test_an_unsigned_duplicate_is_stale_by_the_cores_rule(edge: Edge) -> None:
+    body = {"id": "OLD1", "latitude": 1.0, "longitude": 2.0, "boot_id": "b1", "seq": 3}
+    plain = json.dumps(body).encode()
+    assert edge.server.handle(plain, "10.0.0.9") == "ok"
+    assert edge.server.handle(plain, "10.0.0.9") == "stale"  # the edge keeps no table
+    assert edge.metrics.datagrams.get("stale") == 1
+    assert edge.rejected("stale") == 0  # not an attack: only the outcome is counted
+    assert edge.core.stats()["datagrams_stale"] == 1
+    assert [d.seq for d in edge.delivered] == [3]

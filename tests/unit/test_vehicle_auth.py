@@ -31,6 +31,7 @@ from common.messages import (
     Reserva,
     StatusQuery,
 )
+from tests.support.core_harness import wire
 
 HERE = Location(latitude=-12.0, longitude=-38.0)
 _tokens = itertools.count(1)
@@ -81,14 +82,14 @@ def code(v: Verdict) -> str:
     if v.error is not None:
         return v.error.code
     if v.reply is not None:
-        return str(v.reply[1]["code"])
+        return str(wire(v.reply[1])["code"])
     return "ok"
 
 
 def register(g: VehicleAuth, c: ConnAuth, vid: str) -> str:
     v = admit(g, c, "registrar", vid)
-    assert v.reply is not None and v.reply[1]["code"] == "registered", v
-    return str(v.reply[1]["token"])
+    assert v.reply is not None and wire(v.reply[1])["code"] == "registered", v
+    return str(wire(v.reply[1])["token"])
 
 
 # --- registrar ------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_registrar_returns_a_token_once_and_persists_only_its_hash() -> None:
     g, c = gate(), conn(1)
     v = admit(g, c, "registrar", "alice")
     assert v.reply is not None
-    rtype, data = v.reply
+    rtype, data = v.reply[0], wire(v.reply[1])
     assert rtype == "registro" and data["status"] == "success" and data["code"] == "registered"
     token = data["token"]
     assert len(token) == 43
@@ -108,8 +109,8 @@ def test_registrar_returns_a_token_once_and_persists_only_its_hash() -> None:
     assert v.bind and c.vehicle_id == "alice" and c.proven
     again = admit(g, conn(2), "registrar", "alice")
     assert again.reply is not None
-    assert again.reply[1]["code"] == "already_registered"
-    assert "token" not in again.reply[1] and again.persist is None and not again.bind
+    assert wire(again.reply[1])["code"] == "already_registered"
+    assert "token" not in wire(again.reply[1]) and again.persist is None and not again.bind
 
 
 def test_real_tokens_are_43_base64url_characters() -> None:
@@ -146,10 +147,12 @@ def test_autenticar_binds_and_a_wrong_token_is_forbidden() -> None:
     wrong = admit(g, c, "autenticar", "alice", token="x" * 43)
     assert code(wrong) == "forbidden" and not c.proven
     ok = admit(g, c, "autenticar", "alice", token=token)
-    assert ok.reply == (
-        "autenticado",
-        {"status": "success", "code": "authenticated", "message": "Authenticated"},
-    )
+    assert ok.reply is not None and ok.reply[0] == "autenticado"
+    assert wire(ok.reply[1]) == {
+        "status": "success",
+        "code": "authenticated",
+        "message": "Authenticated",
+    }
     assert ok.bind and c.proven and c.vehicle_id == "alice"
     assert code(admit(g, c, "reserva", "alice")) == "ok"
     assert code(admit(g, c, "reserva")) == "ok"  # no id: the proven one
@@ -299,8 +302,8 @@ def test_nobody_acts_for_a_vehicle_it_has_not_proved_or_first_claimed(
         was_registered = g.is_registered(vid)
         owner = g.owner_of(vid)
         v = admit(g, c, rtype, vid)
-        if v.reply is not None and "token" in v.reply[1]:
-            tokens[vid] = v.reply[1]["token"]
+        if v.reply is not None and "token" in wire(v.reply[1]):
+            tokens[vid] = wire(v.reply[1])["token"]
         if v.error is None and v.reply is None and rtype not in ("bateria", "consulta", "ping"):
             if was_registered:
                 assert c.proven and c.vehicle_id == vid
