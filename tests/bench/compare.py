@@ -73,7 +73,9 @@ def fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-def report(name: str, old_runs: list[dict[str, list[float]]], new_runs: list[dict[str, list[float]]]) -> None:
+def report(
+    name: str, old_runs: list[dict[str, list[float]]], new_runs: list[dict[str, list[float]]]
+) -> None:
     print(f"=== {name}: old vs new, median of {len(old_runs)} round(s) ===")
     labels = [label for label in new_runs[0] if all(label in run for run in old_runs + new_runs)]
     for label in labels:
