@@ -68,6 +68,8 @@ DEFAULT_TIMEOUT: Final = 10.0
 CONNECT_TIMEOUT: Final = 3.0
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+#: how long a client told ``already_registered`` looks for a token another client kept
+TOKEN_RACE_S: Final = 2.0
 READ_LIMIT: Final = 16 * 1024 * 1024  # a reply line larger than this is a broken peer
 
 
@@ -152,11 +154,13 @@ class VehicleClient:
         token: str | None = None,
         register: bool = False,
         on_token: Callable[[str], None] | None = None,
+        load_token: Callable[[], str | None] | None = None,
     ) -> None:
         self.host = host
         self.token = token
         self.register = register
         self.on_token = on_token
+        self.load_token = load_token
         self.auth_seconds = 0.0  # time spent proving the id, summed over connections
         self.port = port
         self.vehicle_id = vehicle_id
@@ -240,15 +244,42 @@ class VehicleClient:
             data = reply.data if isinstance(reply.data, dict) else {}
             token = data.get("token")
             if data.get("code") != "registered" or not isinstance(token, str):
-                raise AlreadyRegistered(
-                    f"vehicle {self.vehicle_id} is registered on {self.host}:{self.port} and "
-                    "this client has no token for it: use another id, or the token "
-                    "given when it was registered"
+                kept = await self._token_kept_meanwhile()
+                if kept is None:
+                    raise AlreadyRegistered(
+                        f"vehicle {self.vehicle_id} is registered on {self.host}:{self.port} "
+                        "and this client has no token for it: use another id, or the token "
+                        "given when it was registered"
+                    )
+                self.token = kept
+                await self._exchange(
+                    wire, "autenticar", {"id_veiculo": self.vehicle_id, "token": kept}, limit
                 )
-            self.token = token
-            if self.on_token is not None:
-                self.on_token(token)
+            else:
+                self.token = token
+                if self.on_token is not None:
+                    self.on_token(token)
         self.auth_seconds += time.perf_counter() - started
+
+    async def _token_kept_meanwhile(self) -> str | None:
+        """A token another client of the same store kept while this one asked for one.
+
+        Two programs started at once with the same id and token store (a trip and a
+        status probe, say) both find no token and both send ``registrar``: the broker
+        registers the first, tells the second ``already_registered``, and the first
+        keeps its token a moment later. The second then reads it from the store
+        (``load_token``) for up to :data:`TOKEN_RACE_S` instead of failing.
+        """
+        if self.load_token is None:
+            return None
+        deadline = time.monotonic() + TOKEN_RACE_S
+        while True:
+            token = self.load_token()
+            if token:
+                return token
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
 
     async def connect(self, *, bind: bool = False) -> None:
         """Open the connection; with ``bind``, also bind the vehicle id (for pushes)."""

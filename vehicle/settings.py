@@ -47,4 +47,9 @@ class Settings:
         def keep(new: str) -> None:
             store_token(broker, port, vid, new)
 
-        return VehicleClient(broker, port, vid, token=token, register=True, on_token=keep, **kwargs)
+        def load() -> str | None:
+            return stored_token(broker, port, vid)
+
+        return VehicleClient(
+            broker, port, vid, token=token, register=True, on_token=keep, load_token=load, **kwargs
+        )

@@ -94,6 +94,18 @@ def session_of(stack: Stack, vehicle: str) -> dict[str, Any] | None:
     return status.get("sessao")  # type: ignore[no-any-return]
 
 
+def session_started(stack: Stack, vehicle: str, point: str, trip: Background) -> dict[str, Any]:
+    """The session the background ``trip`` of ``vehicle`` starts (a loaded machine's
+    minute); a trip that never gets there fails with its own output."""
+    try:
+        found: dict[str, Any] = wait_until(
+            lambda: session_of(stack, vehicle), 60, f"{vehicle}'s session at {point}"
+        )
+        return found
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the trip said: {trip.text()[-1500:]}") from None
+
+
 @pytest.fixture
 def background(stack: Stack) -> Iterator[Callable[..., Background]]:
     """Start commands in the probe container in the background; stop them afterwards."""
@@ -182,7 +194,7 @@ def test_killed_station_goes_offline_and_its_vehicles_are_told(
         "ev-vehicle", "--json", "--id", "K1", "arrive", "CP01", "--battery", "10",
         "--target", "90", "--payment", "Pix", "--capacity-kwh", "500", "--wait",
     )  # fmt: skip
-    session = wait_until(lambda: session_of(stack, "K1"), 30, "K1's session at CP01")
+    session = session_started(stack, "K1", "CP01", k1)
     k2 = background("python3", "-c", WATCHER, "K2", "CP01", "reserva_cancelada", "90")
     k2.wait_for(lambda line: '"code": "reserved"' in line or '"code":"reserved"' in line, 20)
     mark = stack.history()[-1]["seq"]
@@ -223,10 +235,7 @@ def test_station_cut_off_the_network_comes_back_and_bills_once(
         "ev-vehicle", "--json", "--id", "P1", "arrive", "CP02", "--battery", "10",
         "--target", "40", "--payment", "Pix", "--capacity-kwh", "10", "--wait",
     )  # fmt: skip
-    try:
-        session = wait_until(lambda: session_of(stack, "P1"), 60, "P1's session at CP02")
-    except AssertionError as e:
-        raise AssertionError(f"{e}; the trip said: {p1.text()[-1500:]}") from None
+    session = session_started(stack, "P1", "CP02", p1)
     mark = stack.history()[-1]["seq"]
     network, station2 = f"{stack.project}_evnet", stack.container("station2")
 

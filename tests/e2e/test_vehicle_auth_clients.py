@@ -9,6 +9,7 @@ restarts; another user's config cannot take the id over; ``register`` and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import stat
 from pathlib import Path
@@ -121,3 +122,50 @@ def test_swarm_register_mode(broker: tuple[Proc, BrokerPorts], tmp_path: Path) -
         assert out["auth_ms"]["p50"] > 0
         assert set(out["errors"]) <= {"timeout"}, out["errors"]
         assert "unauthenticated" not in out["errors"]
+
+
+def test_a_client_told_already_registered_uses_the_token_kept_meanwhile(
+    broker: tuple[Proc, BrokerPorts],
+) -> None:
+    """Two programs with one token store register the same id at once: the loser of
+    the race reads the winner's token from the store and authenticates with it."""
+    _, ports = broker
+    kept: list[str] = []
+
+    async def race() -> None:
+        async with VehicleClient(
+            ports.host, ports.vehicle, "RACE1", register=True, on_token=kept.append
+        ):
+            pass
+        assert len(kept) == 1
+        loop = asyncio.get_running_loop()
+        store: dict[str, str] = {}
+        # the winner keeps its token a moment after the loser was refused
+        loop.call_later(0.3, store.update, {"RACE1": kept[0]})
+        async with VehicleClient(
+            ports.host, ports.vehicle, "RACE1", register=True, load_token=lambda: store.get("RACE1")
+        ) as late:
+            assert late.token == kept[0]
+            assert (await late.status())["reserva"] is None
+        # nobody keeps a token: the refusal stands (after the short look at the store)
+        with pytest.raises(AlreadyRegistered):
+            async with VehicleClient(
+                ports.host, ports.vehicle, "RACE1", register=True, load_token=lambda: None
+            ):
+                pass
+
+    run(race)
+
+
+def test_commands_started_together_with_one_config_all_prove_the_id(
+    broker: tuple[Proc, BrokerPorts], tmp_path: Path
+) -> None:
+    _, ports = broker
+    cli = Cli(ports.vehicle, tmp_path / "shared")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: cli("--json", "--id", "RACE2", "status"), range(4)))
+    for r in results:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["reserva"] is None
+    token_file = Path(cli.json("--id", "RACE2", "whoami")["token_file"])
+    assert len(json.loads(token_file.read_text())["RACE2"]) == 43
