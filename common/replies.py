@@ -340,9 +340,13 @@ PUSH_DATA: Final[dict[str, type[Payload]]] = {
 }
 
 
+#: payloads that carry a code (a tuple: ``A | B`` would build a union on every call)
+_CODED = (ErrorData, Refusal, RegistrationRefused)
+
+
 def outcome_code(reply_type: str, data: object) -> str:
     """``ok``, or the error or refusal code a reply carries (for metrics)."""
-    if isinstance(data, ErrorData | Refusal | RegistrationRefused):
+    if isinstance(data, _CODED):
         return data.code
     if isinstance(data, dict):  # an edge's own ``erro`` (EVError.to_wire)
         if reply_type == "erro":

@@ -114,7 +114,9 @@ class Broker:
         return (int(fields[11]) + int(fields[12])) / tick
 
     def points(self) -> float:
-        return metric(metrics_text(self.ports), POINTS)
+        text = metrics_text(self.ports)
+        # the name of this figure before the metrics were renamed, for older trees
+        return max(metric(text, POINTS), metric(text, 'evcharge_core{figure="points"}'))
 
     def stop(self) -> None:
         self.proc.stop()

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from tests.bench import loadgen
-from tests.bench.bench_read_path import CONNS, QUERIES, Broker, register
+from tests.bench.bench_read_path import CONNS, QUERIES, Broker, extra_args, register
 
 TOP = 30
 
@@ -69,7 +69,11 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "broker.prof")
         broker = Broker(
-            "new", Path.cwd(), str(Path(tmp, "p.db")), [], profile_to="" if spy else str(out)
+            "new",
+            Path.cwd(),
+            str(Path(tmp, "p.db")),
+            extra_args(Path.cwd()),
+            profile_to="" if spy else str(out),
         )
         sampler = None
         try:
