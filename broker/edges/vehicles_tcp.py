@@ -104,6 +104,9 @@ class VehicleConnection(asyncio.Protocol):
         self._read_paused = False
         self._stalled_since: float | None = None
         self._stall_low = 0
+        # while a turn runs, the replies it produces are gathered here and written in
+        # one system call at its end (a pipelining client gets them in one segment)
+        self._gathered: list[bytes] | None = None
 
     @property
     def default_id(self) -> str:
@@ -178,8 +181,27 @@ class VehicleConnection(asyncio.Protocol):
         return True
 
     def _turn(self) -> None:
-        """Handle up to ``requests_per_turn`` requests; leave the rest for a later turn."""
+        """Handle up to ``requests_per_turn`` requests; leave the rest for a later turn.
+
+        The replies the turn produces go out together at its end (one write).
+        """
         self._turn_scheduled = False
+        self._gathered = []
+        try:
+            self._handle_some()
+        finally:
+            gathered, self._gathered = self._gathered, None
+            transport = self.transport
+            if gathered and transport is not None and not transport.is_closing():
+                transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+        if self.closing:
+            self.backlog.clear()
+            self.inbox = bytearray()
+        else:
+            self._schedule_turn()
+        self._update_reading()
+
+    def _handle_some(self) -> None:
         budget = self.server.limits.requests_per_turn
         backlog = self.backlog
         while budget > 0 and not self.closing and not self._write_paused:
@@ -197,13 +219,7 @@ class VehicleConnection(asyncio.Protocol):
                 if not self._decode(piece):
                     return
             else:
-                break
-        if self.closing:
-            backlog.clear()
-            self.inbox = bytearray()
-        else:
-            self._schedule_turn()
-        self._update_reading()
+                return
 
     def _schedule_turn(self) -> None:
         """Continue with waiting input in a later loop turn (others are served first)."""
@@ -307,6 +323,15 @@ class VehicleConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        gathered = self._gathered
+        if gathered is not None:  # inside a turn: written together at its end
+            if out.data:
+                gathered.append(out.data)
+            if not out.close:
+                return
+            self._gathered = []
+            if gathered:
+                transport.write(b"".join(gathered))
         if out.data:
             transport.write(out.data)
         if out.close:
