@@ -70,7 +70,7 @@ def figures(lines: list[str]) -> dict[str, list[float]]:
 
 
 def fmt(value: float) -> str:
-    if value == int(value) and abs(value) >= 100:
+    if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.3g}"
 
