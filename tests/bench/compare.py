@@ -14,7 +14,8 @@ Lines are paired by their text with the numbers taken out; for each number of a
 paired line the median over the rounds (``--stat min`` or ``max``: the best of
 each tree, for figures where a process that lands on a slower core only adds
 noise) is printed for old and new, with the ratio new/old. Whether higher is
-better depends on the figure (a rate or a time): the line says what it measures. Lines only one side prints are listed apart.
+better depends on the figure (a rate or a time): the line says what it measures.
+Lines only one side prints are listed apart.
 """
 
 from __future__ import annotations
