@@ -345,11 +345,6 @@ class BrokerApp:
         # a query or a refusal, and no commit waiting before it: answered in this loop
         # turn, without the store (such a batch schedules no timer either: every rule
         # that schedules one also persists what it scheduled)
-        if len(effects) == 1:
-            only = effects[0]
-            if type(only) is Reply and only.conn == conn:  # the usual answer: its own slot
-                self._carry_out(only, {id(only): slot})
-                return
         slots: dict[int, Slot] = {}
         self._link_reply(effects, conn, slot, slots)
         for effect in effects:
