@@ -342,20 +342,26 @@ class BusEvent(Struct, frozen=True):
 MAX_HISTORY_LIMIT: Final = 1000
 
 
-class HistorySince(Struct, tag="since", tag_field="op", frozen=True):
+class HistorySince(Struct, tag="since", tag_field="op", frozen=True, forbid_unknown_fields=True):
     seq: Annotated[int, Meta(ge=0)] = 0
     limit: Annotated[int, Meta(ge=1)] = MAX_HISTORY_LIMIT
 
 
-class HistorySnapshot(Struct, tag="snapshot", tag_field="op", frozen=True):
+class HistorySnapshot(
+    Struct, tag="snapshot", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     pass
 
 
-class HistoryAccounts(Struct, tag="accounts", tag_field="op", frozen=True):
+class HistoryAccounts(
+    Struct, tag="accounts", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     """Every vehicle's statement (for reconciliation)."""
 
 
-class HistorySetAvailability(Struct, tag="set_availability", tag_field="op", frozen=True):
+class HistorySetAvailability(
+    Struct, tag="set_availability", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     """An operator takes a point out of service or back (rules.md "Out of service").
 
     The fields are checked by the history edge, which words each refusal.
