@@ -127,6 +127,16 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    metered_time_scale: Annotated[
+        str,
+        _opt(
+            "EV_METERED_TIME_SCALE",
+            "How much faster than real time metered (OCPP) chargers run: their energy is "
+            "bounded by power x wall time x this + 10 %. 1 for real chargers; more only "
+            "for simulators.",
+            "FACTOR",
+        ),
+    ] = "1",
     retain_events: Annotated[
         str,
         _opt(
@@ -277,6 +287,13 @@ def serve(
                     "a percentage 0-100",
                 ),
                 max_points=points_cap,
+                metered_time_scale=_parse(
+                    "metered-time-scale",
+                    metered_time_scale,
+                    float,
+                    lambda v: 1 <= v <= 10_000,
+                    "a number 1-10000",
+                ),
             ),
             retain_events_s=_retention(retain_events),
             vehicle_auth=_parse(

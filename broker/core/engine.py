@@ -35,6 +35,8 @@ from broker.core.sessions import (
     NO_CONNECTION,
     PendingStart,
     Session,
+    bounded_energy,
+    energy_bound_kwh,
     pending_key,
     session_cost,
     to_decimal,
@@ -123,6 +125,8 @@ class Engine:
             "acks_unknown": 0,
             "points_refused": 0,
             "sessions_out_of_bounds": 0,
+            "sessions_energy_bounded": 0,
+            "energy_excess_wh": 0,
         }
 
     # --- reading --------------------------------------------------------------------
@@ -675,8 +679,40 @@ class Engine:
         energy: Decimal,
         nivel_final: float,
         reason: str,
+        *,
+        realtime_power_kw: float | None = None,
     ) -> None:
-        """Close ``s``, record it in the account and tell everybody (exactly once)."""
+        """Close ``s``, record it in the account and tell everybody (exactly once).
+
+        Whatever path brought ``energy`` (a completion, a fault, a reboot, a silent
+        station), it is cut at the session's bound: the battery's room from its start,
+        and for a real-time charger (``realtime_power_kw``) also power x wall time
+        + 10 %. What is cut is counted and never billed.
+        """
+        bound = energy_bound_kwh(
+            s.nivel_inicial,
+            s.capacidade_kwh,
+            power_kw=realtime_power_kw,
+            wall_s=None
+            if realtime_power_kw is None
+            else (now - s.started_at) * self.config.metered_time_scale,
+        )
+        energy, excess = bounded_energy(energy, bound)
+        if excess > 0:
+            self._counters["sessions_energy_bounded"] += 1
+            self._counters["energy_excess_wh"] += int(excess * 1000)
+            fx.append(
+                Rejected(
+                    "stations",
+                    "energy_above_bound",
+                    f"session {s.id} at {s.point_id!r}: {kwh3(energy + excess)} kWh reported, "
+                    f"{kwh3(energy)} kWh billed",
+                )
+            )
+            if nivel_final > s.nivel_inicial:
+                cap = to_decimal(s.capacidade_kwh)
+                gained = float(energy / cap * 100) if cap > 0 else 0.0
+                nivel_final = round(min(nivel_final, s.nivel_inicial + gained), 3)
         s.ended_at = now
         s.energy = energy
         s.cost = session_cost(energy, s.price_kwh)
