@@ -127,6 +127,14 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    max_reservations_per_address: Annotated[
+        str,
+        _opt(
+            "EV_MAX_RESERVATIONS_PER_ADDRESS",
+            "Live reservations the vehicles of one network address may hold; past it rate_limited.",
+            "N",
+        ),
+    ] = "8",
     metered_time_scale: Annotated[
         str,
         _opt(
@@ -173,6 +181,14 @@ def serve(
             "open|required",
         ),
     ] = "open",
+    max_registrations_per_address: Annotated[
+        str,
+        _opt(
+            "EV_MAX_REGISTRATIONS_PER_ADDRESS",
+            "registrar requests one network address may make a minute; past it rate_limited.",
+            "N",
+        ),
+    ] = "10",
     max_vehicle_connections: Annotated[
         str, _opt("EV_MAX_VEHICLE_CONNECTIONS", "Open vehicle connections at most.", "N")
     ] = str(LIMITS.max_vehicle_connections),
@@ -287,6 +303,13 @@ def serve(
                     "a percentage 0-100",
                 ),
                 max_points=points_cap,
+                max_reservations_per_address=_parse(
+                    "max-reservations-per-address",
+                    max_reservations_per_address,
+                    int,
+                    lambda v: 1 <= v <= 1_000_000,
+                    "an integer 1-1000000",
+                ),
                 metered_time_scale=_parse(
                     "metered-time-scale",
                     metered_time_scale,
@@ -298,6 +321,9 @@ def serve(
             retain_events_s=_retention(retain_events),
             vehicle_auth=_parse(
                 "vehicle-auth", vehicle_auth, AuthMode, lambda _: True, "open or required"
+            ),
+            registrations_per_address=_count(
+                "max-registrations-per-address", max_registrations_per_address
             ),
             limits=Limits(
                 max_vehicle_connections=_count("max-vehicle-connections", max_vehicle_connections),

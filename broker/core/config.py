@@ -20,7 +20,8 @@ class CoreConfig:
     point ids past this many known points are dropped and counted.
     ``metered_time_scale``: how much faster than real time metered (OCPP) chargers
     run; their energy is bounded by power x wall time x this (1 for real chargers,
-    more only for simulators).
+    more only for simulators). ``max_reservations_per_address``: live reservations
+    the connections of one network address may hold; past it ``rate_limited``.
     """
 
     queue_capacity: int = 5
@@ -33,3 +34,4 @@ class CoreConfig:
     max_points: int = 1_000_000
     low_battery_rearm: float = 25.0
     metered_time_scale: float = 1.0
+    max_reservations_per_address: int = 8

@@ -113,6 +113,8 @@ class Engine:
         self._pending: dict[str, PendingStart] = {}
         self._abandoned: dict[str, tuple[str, str]] = {}
         self._accounts = Accounts()
+        # live reservations per network address (``--max-reservations-per-address``)
+        self._res_by_address: dict[str, int] = {}
         self._timers = TimerHeap()
         self._seq = 0
         self._order = 0
@@ -127,6 +129,7 @@ class Engine:
             "sessions_out_of_bounds": 0,
             "sessions_energy_bounded": 0,
             "energy_excess_wh": 0,
+            "reservations_rate_limited": 0,
         }
 
     # --- reading --------------------------------------------------------------------
@@ -419,8 +422,36 @@ class Engine:
         self._hold(fx, p, head)
         self._timers.schedule(head.deadline, "expire", head.id, head.deadline)
 
+    def has_history(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a reservation, a session or a bill."""
+        return (
+            vehicle_id in self._res_by_vehicle
+            or vehicle_id in self._session_by_vehicle
+            or self._accounts.has(vehicle_id)
+        )
+
+    def reservations_of_address(self, address: str) -> int:
+        """How many live reservations connections from ``address`` made."""
+        return self._res_by_address.get(address, 0)
+
+    def _count_address(self, r: Reservation, step: int) -> None:
+        address = r.address
+        if address is None:
+            return
+        n = self._res_by_address.get(address, 0) + step
+        if n > 0:
+            self._res_by_address[address] = n
+        else:
+            self._res_by_address.pop(address, None)
+
     def new_reservation(
-        self, p: PointState, vehicle_id: str, eta_s: float, now: float, fx: list[Effect]
+        self,
+        p: PointState,
+        vehicle_id: str,
+        eta_s: float,
+        now: float,
+        fx: list[Effect],
+        address: str | None = None,
     ) -> Reservation:
         """Queue a new reservation at ``p`` (the caller checked capacity)."""
         self._order += 1
@@ -431,7 +462,9 @@ class Engine:
             created_at=now,
             eta_s=eta_s,
             order=self._order,
+            address=address,
         )
+        self._count_address(r, 1)
         p.queue.append(r)
         self._res_by_vehicle[r.vehicle_id] = r
         self._res_by_id[r.id] = r
@@ -440,6 +473,7 @@ class Engine:
 
     def _forget_reservation(self, p: PointState, r: Reservation, fx: list[Effect]) -> None:
         p.queue.remove(r)
+        self._count_address(r, -1)
         if self._res_by_vehicle.get(r.vehicle_id) is r:
             del self._res_by_vehicle[r.vehicle_id]
         self._res_by_id.pop(r.id, None)
@@ -809,6 +843,7 @@ class Engine:
         if p is None or r.vehicle_id in self._res_by_vehicle:
             return
         p.queue.append(r)
+        self._count_address(r, 1)
         self._res_by_vehicle[r.vehicle_id] = r
         self._res_by_id[r.id] = r
         self._order = max(self._order, r.order)
