@@ -68,6 +68,8 @@ class Engine:
         # the owners' rules, under the names the dispatchers call them by
         self.publish = self._log.publish
         self.may_register = self.points.may_register
+        self.register_point = self.points.add
+        self.window = self.points.window
         self.heard = self.points.heard
         self.arm_offline = self.points.arm_offline
         self.nearest = self.points.nearest
@@ -85,6 +87,7 @@ class Engine:
         self.session_complete = self.sessions.session_complete
         self.station_unreachable = self.sessions.station_unreachable
         self.send_stop = self.sessions.send_stop
+        self.persist_session = self.sessions.persist
         self.bill = self.sessions.bill
         self.bill_fault = self.sessions.bill_fault
         self.restore_point = self.points.restore
