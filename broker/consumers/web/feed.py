@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from broker.consumers.billing.ledger import Bill, Ledger
-from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, _decode_events
+from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, decode_events
 from broker.consumers.web.state import LATEST_EVENTS, ConsoleState
 from common.errors import EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
@@ -238,7 +238,7 @@ class ConsoleFeed:
             reply = await self.requests.request_once(
                 {"op": "since", "seq": seq, "limit": MAX_HISTORY_LIMIT}
             )
-            events = _decode_events(reply.get("events"), self.live.stats)
+            events = decode_events(reply.get("events"), self.live.stats)
             for ev in events:
                 if ev.seq > upto:
                     return
@@ -279,7 +279,7 @@ class ConsoleFeed:
         except TransportError as exc:
             log.info("latest events: %s", exc)
             return
-        events = _decode_events(reply.get("events"), self.live.stats)
+        events = decode_events(reply.get("events"), self.live.stats)
         self.state.add_past([ev for ev in events if ev.seq <= upto])
 
     async def _refresh_energy(self) -> None:
