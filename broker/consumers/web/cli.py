@@ -71,7 +71,7 @@ def web(
     endpoint = bus_endpoint(broker, events_port, history_port, credentials)
     given = bool(token and token.strip())  # an empty EV_WEB_TOKEN means: make one
     secret = token.strip() if token and given else new_token()
-    setup_text_logging(logging.WARNING)
+    setup_text_logging(logging.INFO)  # the retries while the broker is unreachable
     cfg = WebConfig(endpoint, host=host, port=port, token=secret, tiles=tiles)
 
     def ready(bound: int) -> None:

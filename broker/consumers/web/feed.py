@@ -111,9 +111,15 @@ class ConsoleFeed:
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self.live.run(), name="web-live"),
-            asyncio.create_task(self.bills.run(), name="web-bills"),
+            asyncio.create_task(self._run_bills(), name="web-bills"),
             asyncio.create_task(self._refresh_energy(), name="web-energy"),
         ]
+
+    async def _run_bills(self) -> None:
+        """The bills subscriber starts once the live one has caught up: while the broker
+        is unreachable one subscriber retries (and logs each retry), not two."""
+        await self.live.ready.wait()
+        await self.bills.run()
 
     @property
     def ready(self) -> bool:
