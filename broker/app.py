@@ -75,6 +75,14 @@ from broker.store import Store
 from common.errors import StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
 from common.oslimits import raise_nofile_limit
+from common.ports import (
+    EVENTS_PORT,
+    HISTORY_PORT,
+    HTTP_PORT,
+    STATION_PORT,
+    STATUS_PORT,
+    VEHICLE_PORT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +95,12 @@ class AppConfig:
 
     host: str = "0.0.0.0"
     internal_host: str = "127.0.0.1"
-    vehicle_port: int = 8081
-    status_port: int = 8082
-    station_port: int = 5555
-    events_port: int = 5556
-    history_port: int = 5557
-    http_port: int = 8090
+    vehicle_port: int = VEHICLE_PORT
+    status_port: int = STATUS_PORT
+    station_port: int = STATION_PORT
+    events_port: int = EVENTS_PORT
+    history_port: int = HISTORY_PORT
+    http_port: int = HTTP_PORT
     db: str = "./var/broker.db"
     core: CoreConfig = field(default_factory=CoreConfig)
     retain_events_s: float | None = None  # None: keep the event log forever

@@ -51,6 +51,7 @@ from common.codec import decode_event, pack, unpack
 from common.credentials import Credential, curve_client
 from common.errors import EventsPruned, EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
+from common.ports import EVENTS_PORT, HISTORY_PORT
 from common.zmq_nowait import recv_nowait
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,8 @@ class Endpoint:
     """Where the broker's bus and history are, and the credential to show them (if any)."""
 
     host: str = "127.0.0.1"
-    events_port: int = 5556
-    history_port: int = 5557
+    events_port: int = EVENTS_PORT
+    history_port: int = HISTORY_PORT
     credential: Credential | None = None
 
     @property
