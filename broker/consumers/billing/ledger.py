@@ -27,6 +27,7 @@ from typing import Any, Final, Self
 
 from common.errors import BusProtocolError, ConfigError, StoreError
 from common.events import ChargingCompleted, decode_data
+from common.private_files import private_file
 from common.timeutil import format_timestamp, parse_timestamp
 
 CENT: Final = Decimal("0.01")
@@ -298,9 +299,9 @@ class Ledger(LedgerBase):
             if not create and not p.exists():
                 raise ConfigError(f"no ledger at {self.path}")
             try:
-                p.parent.mkdir(parents=True, exist_ok=True)
+                private_file(p)  # every bill: 0600 (and its -wal/-shm) in a 0700 folder
             except OSError as exc:
-                raise ConfigError(f"cannot create the folder of {self.path}: {exc}") from exc
+                raise ConfigError(f"cannot create {self.path}: {exc}") from exc
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
             self._db.execute("PRAGMA journal_mode=WAL")
