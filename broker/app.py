@@ -72,7 +72,7 @@ from broker.edges.vehicles_tcp import VehicleServer
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
-from common.errors import StoreError
+from common.errors import InternalError, StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
 from common.oslimits import raise_nofile_limit
 from common.ports import (
@@ -324,11 +324,12 @@ class BrokerApp:
             self._schedule_flush()
         return effects
 
-    def set_availability(
-        self, point_id: str, available: bool, reason: str, by: str
-    ) -> dict[str, Any]:
-        """An operator's out-of-service change; the reply is made after the commit."""
-        reply, effects = self.core.set_availability(point_id, available, reason, by, time.time())
+    def set_availability(self, point_id: str, available: bool, reason: str, by: str) -> int:
+        """An operator's out-of-service change: the seq after it, once committed.
+
+        Raises the core's refusal (EVError), or InternalError when the commit fails.
+        """
+        seq, effects = self.core.set_availability(point_id, available, reason, by, time.time())
         if effects:
             self._pending.extend(effects)
             try:
@@ -336,7 +337,7 @@ class BrokerApp:
             except StoreError as exc:
                 log.critical("cannot commit, stopping: %s", exc.message)
                 self.request_stop(1)
-                return {"error": "internal: the change could not be committed"}
+                raise InternalError("internal: the change could not be committed") from exc
             log.info(
                 "point %s %s by %s%s",
                 point_id,
@@ -344,7 +345,7 @@ class BrokerApp:
                 by,
                 f": {reason}" if not available else "",
             )
-        return reply
+        return seq
 
     def vehicle_request(
         self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
