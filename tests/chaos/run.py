@@ -101,8 +101,13 @@ def bring_up(project: str, base: str) -> Stack:
 
 def services(stack: Stack) -> dict[str, str]:
     """Every long-running service of the stack -> its container id."""
-    names = stack.compose("ps", "--services").stdout.split()
-    return {s: stack.container(s) for s in names if s not in ONE_SHOT}
+    fmt = '{{.ID}} {{.Label "com.docker.compose.service"}}'
+    out = stack.docker(
+        "ps", "--filter", f"label=com.docker.compose.project={stack.project}",
+        "--filter", "label=com.docker.compose.oneoff=False", "--format", fmt,
+    )  # fmt: skip
+    pairs = (line.split() for line in out.splitlines() if line.strip())
+    return {service: cid for cid, service in pairs if service not in ONE_SHOT}
 
 
 def container_states(stack: Stack, containers: dict[str, str]) -> dict[str, str]:
@@ -142,12 +147,30 @@ def start_workload(stack: Stack, run: Run) -> tuple[subprocess.Popen[str], threa
     return proc, reader
 
 
-def collect(stack: Stack) -> dict[str, Any]:
-    regions = json.dumps(REGIONS)
-    proc = stack.compose(
-        "exec", "-T", "billing-regions", "python3", "-c", COLLECT_SCRIPT, regions, STREAM,
-        "nats://nats:4222", timeout=180,
-    )  # fmt: skip
+class Reader:
+    """A container of its own with the billing worker's volumes and credentials, from which
+    the checker reads the stack (so a crashed billing worker does not blind it)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        out = stack.compose(
+            "run", "-d", "--no-deps", "--entrypoint", "sleep", "billing-regions", "86400"
+        ).stdout.strip()
+        self.name = out.splitlines()[-1]
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "exec", self.name, *args],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+
+
+def collect(reader: Reader) -> dict[str, Any]:
+    proc = reader.run("python3", "-c", COLLECT_SCRIPT, json.dumps(REGIONS), STREAM,
+                      "nats://nats:4222")  # fmt: skip
+    if proc.returncode != 0:
+        raise StackError(f"collect exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -161,12 +184,12 @@ def settled(data: dict[str, Any]) -> bool:
     return True
 
 
-def settle(stack: Stack, run: Run, timeout: float = 180) -> dict[str, Any]:
+def settle(reader: Reader, run: Run, timeout: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            data = collect(stack)
-        except (AssertionError, subprocess.TimeoutExpired, ValueError) as exc:
+            data = collect(reader)
+        except (StackError, subprocess.TimeoutExpired, ValueError) as exc:
             run.say(f"collect failed ({exc}); again")
             data = {}
         if data and (settled(data) or time.monotonic() > deadline):
@@ -176,22 +199,19 @@ def settle(stack: Stack, run: Run, timeout: float = 180) -> dict[str, Any]:
         time.sleep(5)
 
 
-def ledger_sessions(stack: Stack) -> list[str]:
-    proc = stack.compose(
-        "exec", "-T", "billing-regions", "ev-broker", "billing", "report", "--format", "json",
-        timeout=120,
-    )  # fmt: skip
+def ledger_sessions(reader: Reader) -> list[str]:
+    """Session ids of the ledger's rows (the reader has the worker's EV_LEDGER)."""
+    proc = reader.run("ev-broker", "billing", "report", "--format", "json")
+    if proc.returncode != 0:
+        raise StackError(f"billing report exited {proc.returncode}: {proc.stderr.strip()}")
     accounts = json.loads(proc.stdout)["accounts"]
     return [s["session_id"] for a in accounts.values() for s in a.get("sessoes", [])]
 
 
-def reconcile(stack: Stack, timeout: float = 90) -> int:
+def reconcile(reader: Reader, timeout: float = 90) -> int:
     deadline = time.monotonic() + timeout
     while True:
-        proc = stack.compose(
-            "exec", "-T", "billing-regions", "ev-broker", "billing", "reconcile", *BROKERS,
-            timeout=120, check=False,
-        )  # fmt: skip
+        proc = reader.run("ev-broker", "billing", "reconcile", *BROKERS)
         if proc.returncode == 0 or time.monotonic() > deadline:
             return proc.returncode
         time.sleep(3)
@@ -228,7 +248,8 @@ def execute(run: Run, stack: Stack) -> checker.Report:
         proc.kill()
         proc.wait()
     reader.join(timeout=10)
-    data = settle(stack, run)
+    checker_box = Reader(stack)
+    data = settle(checker_box, run)
     facts = checker.Facts(
         seed=run.seed,
         journal=sorted(run.journal, key=lambda line: float(line.get("t", 0))),
@@ -241,8 +262,8 @@ def execute(run: Run, stack: Stack) -> checker.Report:
             )
             for name, r in data["regions"].items()
         },
-        ledger_sessions=ledger_sessions(stack),
-        reconcile_rc=reconcile(stack),
+        ledger_sessions=ledger_sessions(checker_box),
+        reconcile_rc=reconcile(checker_box),
         containers=container_states(stack, containers),
         expected=sorted(containers),
     )
