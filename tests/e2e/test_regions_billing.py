@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from broker.consumers.billing.backends import open_ledger
 from broker.consumers.billing.jetstream import JetStreamBilling
-from broker.consumers.billing.ledger import open_ledger
 from tests.e2e.test_bridge_jetstream import start_bridge
 from tests.e2e.test_consumers_billing import FakeStation, charge, cli
 from tests.support.jetstream_bills import publish_bills
