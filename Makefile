@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check bench soak lint format clean venv lock
+.PHONY: run test check bench soak chaos lint format clean venv lock
 
 venv: $(STAMP)
 
@@ -48,6 +48,14 @@ bench: $(STAMP)
 SOAK_MINUTES ?= 30
 soak: $(STAMP)
 	$(BIN)/python -m tests.hostile.soak --minutes $(SOAK_MINUTES)
+
+# The whole stack (regions profile) under random faults, then an invariant check
+# (docs/reliability.md; not part of `make test`, which runs a 3-minute one);
+# CHAOS_MINUTES=5 for a shorter run, CHAOS_SEED=N to replay a run.
+CHAOS_MINUTES ?= 20
+CHAOS_SEED ?=
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --minutes $(CHAOS_MINUTES) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED))
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -238,3 +238,32 @@ def test_kill_9_mid_batch_on_a_backlog_bills_each_session_once(
         assert worker.stop() == 0
     finally:
         worker.stop()
+
+
+def test_a_postgresql_restart_under_the_worker_loses_no_bill_and_no_worker(
+    servers: tuple[NatsServer, Postgres],
+) -> None:
+    """PostgreSQL stops while bills wait in the stream and starts again: the worker keeps
+    running (it used to exit on the broken connection) and bills every session once."""
+    ns, pg = servers
+    ledger = pg.create_database("restarted")
+
+    def billed() -> list[str]:
+        with open_ledger(ledger) as led:
+            return sorted(b.session_id for b in led.bills())
+
+    worker = start_worker(ns.url, ledger)
+    try:
+        asyncio.run(publish_bills(ns.url, "pgr", 50, "PG", "V", 5))
+        wait_for(lambda: len(billed()) == 50, timeout=60, what="the first 50 bills")
+        pg.stop_server()
+        asyncio.run(publish_bills(ns.url, "pgr2", 50, "PH", "V", 5))
+        worker.read_until("ledger write failed", timeout=30)  # it noticed, and kept running
+        assert worker.popen.poll() is None
+        pg.start_server()
+        want = sorted([f"PG{i}" for i in range(1, 51)] + [f"PH{i}" for i in range(1, 51)])
+        wait_for(lambda: billed() == want, timeout=60, what="every bill after the restart")
+        assert worker.stop() == 0
+        assert "Traceback" not in worker.drain()
+    finally:
+        worker.stop()

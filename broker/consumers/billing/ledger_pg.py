@@ -29,7 +29,7 @@ from broker.consumers.billing.ledger import (
     bill_from_row,
     entry_row,
 )
-from common.errors import StoreError
+from common.errors import LedgerUnavailable, StoreError
 
 MIGRATION_LOCK: Final = 0x65766368  # advisory lock key while migrating ("evch")
 POOL_MAX: Final = 4
@@ -119,7 +119,9 @@ class PgLedger(LedgerBase):
                         "SET value = GREATEST(meta.value::bigint, excluded.value::bigint)::text",
                         (str(applied_seq),),
                     )
-        except (PoolTimeout, psycopg.Error) as exc:
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise LedgerUnavailable(f"ledger write failed: {exc}") from exc
+        except psycopg.Error as exc:
             raise StoreError(f"ledger write failed: {exc}") from exc
         return added
 
