@@ -35,6 +35,7 @@ from station.host import HostConfig
 from station.links import DealerLink, Link, MultiLink
 from station.ocpp.chargers_file import load_chargers
 from station.ocpp.gateway import Gateway, GatewayConfig
+from station.ocpp.guard import IdTags
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
 from station.ocpp.state import GatewayState
@@ -109,6 +110,7 @@ def ocpp_gateway(
         raise typer.BadParameter("give both --cert and --key (or neither)")
     try:
         specs = load_chargers(chargers)
+        id_tags = IdTags.load(chargers)  # the idTags that may start walk-ins
         st = GatewayState(state or chargers.with_suffix(".state.json"))
         st.load()
         ssl_ctx = None
@@ -127,6 +129,7 @@ def ocpp_gateway(
         ssl_context=ssl_ctx,
         vehicle_port=vehicle_port,
         walkin_capacity_kwh=walkin_capacity,
+        id_tags=id_tags,
     )
     credential = station_credential(credentials, [s.id for s in specs])
     host_config = HostConfig(
