@@ -278,6 +278,16 @@ CORE_COUNTERS: Final = (
         "evcharge_station_sessions_unknown_total",
         "session_complete messages for unknown sessions",
     ),
+    (
+        "sessions_energy_bounded",
+        "evcharge_sessions_energy_bounded_total",
+        "Sessions billed less than their station reported (battery or power x time bound)",
+    ),
+    (
+        "energy_excess_wh",
+        "evcharge_energy_unbilled_wh_total",
+        "Energy stations reported above a session's bound, never billed (Wh)",
+    ),
 )
 
 

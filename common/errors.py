@@ -230,6 +230,13 @@ class FiguresOutOfBounds(StationInputRefused):
     code = "figures"
 
 
+class EnergyAboveBound(StationInputRefused):
+    """A session's reported energy above its bound (the battery, or power x time): the
+    excess is not billed; the session is billed up to the bound."""
+
+    code = "energy_above_bound"
+
+
 class BadBrokerFrame(StationProtocolError):
     """A broker frame a station cannot use; ``cmd_id`` is set when one could be read,
     so that the command can still be refused with ``ack ok=false``."""

@@ -99,10 +99,19 @@ class Core:
     # --- inputs ---------------------------------------------------------------------
 
     def handle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, now: float
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        now: float,
+        address: str | None = None,
     ) -> list[Effect]:
-        """A validated vehicle request from connection ``conn``."""
-        return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now)
+        """A validated vehicle request from connection ``conn`` at network ``address``.
+
+        The address is what the per-address caps count (``max_reservations_per_address``),
+        so that they hold across every edge or gateway that passes it in.
+        """
+        return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now, address)
 
     def handle_datagram(
         self, datagram: StatusDatagram, now: float, signed_ts: float | None = None
@@ -175,6 +184,10 @@ class Core:
         estimates are computed for ``now``.
         """
         return self._eng.snapshot(now)
+
+    def has_history(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a reservation, a session or a bill (vehicle identity)."""
+        return self._eng.has_history(vehicle_id)
 
     def accounts(self) -> dict[str, Any]:
         """Every account, as ``{vehicle_id: extrato data}`` (plain data)."""
