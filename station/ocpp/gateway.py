@@ -83,7 +83,7 @@ class GatewayConfig:
     walkin_capacity_kwh: float = 100.0
 
 
-# type: ignore below: the ocpp library's ChargePoint is untyped (Any base class)
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class ChargerConnection(ChargePoint):  # type: ignore[misc]
     """One connected charger: OCPP handlers that hand validated payloads to its point."""
 
@@ -196,7 +196,7 @@ class Gateway:
         )
         self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in)
         self.host = Host(
-            # type: ignore below: OcppPoint is a Charger by duck typing (Host reads the same attributes), not by inheritance
+            # (ignored below) OcppPoint is a Charger by duck typing, not by inheritance
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
             link_factory,
@@ -365,7 +365,7 @@ class Gateway:
             self._serve_charger,
             cfg.host,
             cfg.port,
-            # type: ignore below: websockets types subprotocols as Subprotocol (a NewType of str)
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._authorize,
             ssl=cfg.ssl_context,
