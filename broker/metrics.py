@@ -320,8 +320,10 @@ def add_state_metrics(registry: Registry, source: StateSource) -> None:
 
     r.gauge("evcharge_points", "Charging points by state (estado)", by_state, ("state",))
     for key, name, help_text in CORE_GAUGES:
+        # (ignored below) mypy cannot type a lambda with a default argument
         r.gauge(name, help_text, lambda key=key: _one(source.core_stats().get(key)))  # type: ignore[misc]
     for key, name, help_text in CORE_COUNTERS:
+        # (ignored below) mypy cannot type a lambda with a default argument
         r.counter_func(name, help_text, lambda key=key: _one(source.core_stats().get(key)))  # type: ignore[misc]
 
     def queues() -> dict[LabelValues, float]:

@@ -294,5 +294,6 @@ def error_for_code(code: str, message: str = "", field: str | None = None) -> EV
     cls: type[EVError] = _WIRE_ERRORS.get(code) or _REFUSALS.get(code) or RequestRefused
     err = cls(message, field=field)
     if cls is RequestRefused:
+        # (ignored below) code is a ClassVar; an unknown refusal code is kept on the instance
         err.code = code  # type: ignore[misc]
     return err

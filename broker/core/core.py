@@ -191,6 +191,7 @@ class Core:
 
     def accounts(self) -> dict[str, Any]:
         """Every account, as ``{vehicle_id: extrato data}`` (plain data)."""
+        # (ignored below) msgspec types to_builtins as Any; a dict of statements gives a dict
         return msgspec.to_builtins(self._eng.all_statements())  # type: ignore[no-any-return]
 
     @property
