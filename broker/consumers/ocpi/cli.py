@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from broker.consumers_cli import (
+from broker.consumers.cli import (
     EXIT_USAGE,
     CredentialsOpt,
     EventsPortOpt,

@@ -9,7 +9,7 @@ before their last ``-`` (``FSA-01``, ``FSA-02``) are EVSEs of one Location
 ``FSA``; any other point is a Location of its own, with the point's id.
 
 :class:`LocationsView` keeps the points with the web console's own projection
-(:class:`broker.web.state.ConsoleState`: snapshot, then every bus event in
+(:class:`broker.consumers.web.state.ConsoleState`: snapshot, then every bus event in
 seq order) and, per EVSE, the OCPI object and its ``last_updated`` (the bus
 time of the event that last changed what OCPI shows). :meth:`apply` returns
 the :class:`Change` each event makes, which the server turns into pushes.
@@ -46,7 +46,7 @@ from broker.consumers.ocpi.models import (
     TariffElement,
 )
 from broker.consumers.ocpi.wire import evse_id, ocpi_id
-from broker.web.state import ConsoleState, Point, Running
+from broker.consumers.web.state import ConsoleState, Point, Running
 from common.messages import BusEvent
 from common.timeutil import format_timestamp, parse_timestamp
 

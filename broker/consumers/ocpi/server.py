@@ -12,7 +12,7 @@ import uvicorn
 
 from broker.consumers.ocpi.app import build
 from broker.consumers.ocpi.service import OcpiConfig, OcpiService
-from broker.web.server import _Server
+from broker.consumers.web.server import _Server
 
 MAX_CONNECTIONS: Final = 256
 SHUTDOWN_S: Final = 1

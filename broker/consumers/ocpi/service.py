@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Two :class:`broker.subscriber.Subscriber` instances run here:
+Two :class:`broker.consumers.subscriber.Subscriber` instances run here:
 
 * **locations** starts from a snapshot (Clone pattern) and applies every later
   event to :class:`LocationsView`; each change of an EVSE becomes one push per
@@ -54,8 +54,8 @@ from broker.consumers.ocpi.wire import (
     next_link,
     token_hash,
 )
-from broker.subscriber import Endpoint as BusEndpoint
-from broker.subscriber import Subscriber
+from broker.consumers.subscriber import Endpoint as BusEndpoint
+from broker.consumers.subscriber import Subscriber
 from common.messages import BusEvent
 
 log = logging.getLogger(__name__)
