@@ -8,9 +8,11 @@ checked against JSON Schemas written from the specification's tables
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 from tests.support.emsp_peer import CC, PARTY, EmspPeer, OcpiClient, token_obj
 from tests.support.ocpi_schemas import check
 from tests.support.procs import BrokerPorts, Proc, broker_ports, free_port, start, start_broker
-from tests.support.raw_clients import wait_for
+from tests.support.raw_clients import Vehicle, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -183,3 +185,205 @@ def test_handshake_and_bad_input(registered: Roaming) -> None:
     # partners list shows it registered, never a token
     listed = [json.loads(line) for line in r.cli("list", "--json").splitlines()]
     assert listed[0]["state"] == "registered" and listed[0]["party"] == f"{CC}-{PARTY}"
+
+
+def start_cmd(peer: EmspPeer, ref: str, uid: str, lid: str, evse: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "response_url": f"{peer.url}/ocpi/{V}/commands/{ref}",
+        "token": token_obj(uid), "location_id": lid,
+    }  # fmt: skip
+    if evse:
+        body["evse_uid"] = evse
+    return body
+
+
+def test_locations_pull_paginated_and_validated(registered: Roaming) -> None:
+    r = registered
+    wait_for(lambda: r.cpo.call("GET", f"/{V}/locations/RMB")[0] == 200, 30, "RMB listed")
+    status, headers, doc = r.cpo.call("GET", f"/{V}/locations?limit=1")
+    assert status == 200 and headers["x-total-count"] == "2" and headers["x-limit"] == "1"
+    seen = [loc["id"] for loc in doc["data"]]
+    nxt = headers["link"].split(";")[0].strip("<>")
+    status, headers, doc = r.cpo.call("GET", nxt)
+    seen += [loc["id"] for loc in doc["data"]]
+    assert "link" not in headers and seen == ["RMA", "RMB"]
+    status, _, doc = r.cpo.call("GET", f"/{V}/locations/RMA")
+    check("Location", doc["data"])
+    assert [e["uid"] for e in doc["data"]["evses"]] == ["RMA-1", "RMA-2"]
+    assert doc["data"]["country_code"] == "BR" and doc["data"]["party_id"] == "EVC"
+    status, _, doc = r.cpo.call("GET", f"/{V}/locations?date_from=2999-01-01T00:00:00Z")
+    assert doc["data"] == []
+    status, _, doc = r.cpo.call("GET", f"/{V}/locations?limit=x")
+    assert status == 400 and doc["status_code"] == 2001
+    status, _, doc = r.cpo.call("GET", f"/{V}/tariffs")
+    assert status == 200 and doc["data"]
+    for t in doc["data"]:
+        check("Tariff", t)
+
+
+def test_start_session_charges_and_ends_with_one_cdr_billed(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+    billing_db = r.tmp / "billing.db"
+    billing = start(
+        [
+            "python", "-m", "broker", "billing", "--events-port", str(r.ports.events),
+            "--history-port", str(r.ports.history), "--db", str(billing_db),
+            *r.ports.cred_args(),
+        ]
+    )  # fmt: skip
+    try:
+        billing.read_until("billing ready", timeout=30)
+        resp = r.command("START_SESSION", start_cmd(peer, "start1", "TOK1", "RMA", "RMA-2"))
+        assert resp["result"] == "ACCEPTED"
+        assert r.result("start1")["result"] == "ACCEPTED"
+        cdr = peer.wait(lambda x: x.path.endswith("/cdrs"), 30, "the CDR").body
+        assert cdr["cdr_token"]["uid"] == "TOK1" and cdr["cdr_location"]["evse_uid"] == "RMA-2"
+        assert cdr["total_energy"] == 60.0 and cdr["total_cost"]["incl_vat"] == 120.0
+        sessions = peer.got(lambda x: x.path.endswith(f"/sessions/BR/EVC/{cdr['session_id']}"))
+        assert [s.body["status"] for s in sessions] == ["ACTIVE", "COMPLETED"]
+        # the status went through CHARGING as PATCHes of that EVSE
+        patches = peer.got(lambda x: x.method == "PATCH" and x.path.endswith("/RMA/RMA-2"))
+        assert "CHARGING" in [p.body["status"] for p in patches]
+        # the CPO serves the CDR too, and the ledger billed the session once
+        _, headers, doc = r.cpo.call("GET", f"/{V}/cdrs")
+        assert [c["id"] for c in doc["data"]] == [cdr["id"]] and headers["x-total-count"] == "1"
+
+        def billed() -> list[dict[str, Any]]:
+            out = subprocess.run(
+                [sys.executable, "-m", "broker", "billing", "report", "--db", str(billing_db),
+                 "--format", "json"], capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            acc = json.loads(out.stdout)["accounts"].get("ocpi.NLEMS.TOK1", {})
+            return list(acc.get("sessoes", []))
+
+        wait_for(lambda: len(billed()) == 1, 30, "the roaming session billed")
+        assert billed()[0]["session_id"] == cdr["session_id"] and billed()[0]["cost"] == 120.0
+        assert len(peer.got(lambda x: x.path.endswith("/cdrs"))) == 1
+        assert not peer.invalid, peer.invalid
+    finally:
+        billing.stop()
+
+
+def test_reserve_now_holds_the_queue_then_start(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+    body = {
+        "response_url": f"{peer.url}/ocpi/{V}/commands/res1", "token": token_obj("TOK2"),
+        "expiry_date": soon, "reservation_id": "R1", "location_id": "RMB",
+    }  # fmt: skip
+    assert r.command("RESERVE_NOW", body)["result"] == "ACCEPTED"
+    assert r.result("res1")["result"] == "ACCEPTED"
+    r.wait_status("RMB", "RMB", "RESERVED")
+    # a walk-in driver cannot take the point the roaming driver holds
+    with contextlib.closing(Vehicle(r.ports.vehicle, "WALKIN1")) as v:
+        reply = v.ask(
+            "chegada", id_ponto_recarga="RMB", nivel_bateria=20, nivel_carregar=60,
+            metodo_pagamento="Pix",
+        )  # fmt: skip
+    assert reply["data"]["code"] == "no_reservation", reply
+    assert (
+        r.command("START_SESSION", start_cmd(peer, "start2", "TOK2", "RMB", None))["result"]
+        == "ACCEPTED"
+    )
+    assert r.result("start2")["result"] == "ACCEPTED"
+    peer.wait(lambda x: x.path.endswith("/cdrs") and x.body["cdr_token"]["uid"] == "TOK2", 30)
+    # a reservation cancelled through OCPI
+    body.update(reservation_id="R2", location_id="RMA", evse_uid="RMA-1")
+    body["response_url"] = f"{peer.url}/ocpi/{V}/commands/res2"
+    assert r.command("RESERVE_NOW", body)["result"] == "ACCEPTED"
+    assert r.result("res2")["result"] == "ACCEPTED"
+    cancel = {"response_url": f"{peer.url}/ocpi/{V}/commands/can2", "reservation_id": "R2"}
+    assert r.command("CANCEL_RESERVATION", cancel)["result"] == "ACCEPTED"
+    assert r.result("can2")["result"] == "ACCEPTED"
+    assert not peer.invalid, peer.invalid
+
+
+def test_commands_refused_for_unknown_offline_evse_and_bad_tokens(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+    resp = r.command("START_SESSION", start_cmd(peer, "x1", "TOK1", "RMA", "NOPE"))
+    assert resp["result"] == "REJECTED"
+    resp = r.command("STOP_SESSION", {"response_url": f"{peer.url}/x", "session_id": "nope"})
+    assert resp["result"] == "UNKNOWN_SESSION"
+    # tokens are pulled from the eMSP: BAD is cached as invalid, whatever a command claims
+    wait_for(
+        lambda: r.cpo.call("GET", f"/{V}/tokens/NL/EMS/BAD?type=APP_USER")[0] == 200,
+        30, "the eMSP's tokens pulled",
+    )  # fmt: skip
+    resp = r.command("START_SESSION", start_cmd(peer, "x2", "BAD", "RMA", "RMA-1"))
+    assert resp["result"] == "REJECTED"
+    claimed = start_cmd(peer, "x3", "NEW", "RMA", "RMA-1")
+    claimed["token"]["valid"] = False
+    assert r.command("START_SESSION", claimed)["result"] == "REJECTED"
+    # an offline EVSE: accepted by the CPO, refused by the point
+    r.add_station("RMC", -12.4, -38.8, *FAST)
+    wait_for(lambda: r.cpo.call("GET", f"/{V}/locations/RMC")[0] == 200, 30, "RMC listed")
+    r.stations.pop("RMC").stop()
+    r.wait_status("RMC", "RMC", "UNKNOWN")
+    assert (
+        r.command("START_SESSION", start_cmd(peer, "x4", "TOK1", "RMC", None))["result"]
+        == "ACCEPTED"
+    )
+    assert r.result("x4")["result"] == "EVSE_INOPERATIVE"
+
+
+def test_emsp_down_then_every_push_delivered_in_order(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+    before = len(peer.received)
+    peer.down()
+    try:
+        assert (
+            r.command("START_SESSION", start_cmd(peer, "out1", "TOK1", "RMA", "RMA-2"))["result"]
+            == "ACCEPTED"
+        )
+        wait_for(
+            lambda: json.loads(r.cli("list", "--json").splitlines()[0])["pending"] >= 3,
+            30, "pushes waiting in the outbox",
+        )  # fmt: skip
+        time.sleep(OUTAGE_S)  # the outage itself: the eMSP is unreachable this long
+    finally:
+        peer.up()
+    cdr = peer.wait(
+        lambda x: x.path.endswith("/cdrs") and x.at > 0 and x in peer.received[before:], 30
+    )
+    after = peer.received[before:]
+    kinds = [
+        "result" if x.path.endswith("/out1") else "session" if "/sessions/" in x.path
+        else "cdr" if x.path.endswith("/cdrs") else "location"
+        for x in after
+    ]  # fmt: skip
+    assert kinds.index("result") < kinds.index("session") < kinds.index("cdr"), kinds
+    sessions = [x.body["status"] for x in after if "/sessions/" in x.path]
+    assert sessions == ["ACTIVE", "COMPLETED"] and cdr.body["total_energy"] == 60.0
+    wait_for(
+        lambda: json.loads(r.cli("list", "--json").splitlines()[0])["pending"] == 0,
+        30, "the outbox drained",
+    )  # fmt: skip
+    assert r.evse("RMA", "RMA-2")["status"] == "AVAILABLE"
+    last = [x.body["status"] for x in after if x.method == "PATCH" and x.path.endswith("/RMA-2")]
+    assert last[-1] == "AVAILABLE"
+    assert not peer.invalid, peer.invalid
+
+
+def test_cpo_registers_with_an_emsp(roaming: Roaming) -> None:
+    r = roaming
+    other = EmspPeer(free_port(), accept_token_a="token-a-given-to-us")
+    other.up()
+    try:
+        r.cli("add", "other", "--url", other.versions_url, "--token", "token-a-given-to-us")
+        other.wait(lambda x: x.path.endswith("/credentials"), 30, "our credentials")
+        assert other.cpo_token  # the token B we gave it
+
+        def state() -> str:
+            rows = [json.loads(x) for x in r.cli("list", "--json").splitlines()]
+            return str(next(x for x in rows if x["name"] == "other")["state"])
+
+        wait_for(lambda: state() == "registered", 30, "registered with the eMSP")
+        # it calls us with the token B we gave it
+        status, _, doc = OcpiClient(r.base, other.cpo_token).call("GET", f"/{V}/locations")
+        assert status == 200 and doc["status_code"] == 1000
+        assert not other.invalid, other.invalid
+        r.cli("remove", "other")
+        status, _, _ = OcpiClient(r.base, other.cpo_token).call("GET", f"/{V}/locations")
+        assert status == 401
+    finally:
+        other.down()

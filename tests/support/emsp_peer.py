@@ -12,8 +12,10 @@ checked against :mod:`tests.support.ocpi_schemas` (problems kept in
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
+import socket
 import threading
 import time
 import urllib.error
@@ -64,6 +66,7 @@ class EmspPeer:
     accept_token_a: str | None = None  # when the CPO registers with us, it presents this
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _conns: set[socket.socket] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -84,10 +87,16 @@ class EmspPeer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def down(self) -> None:
+        """Stop listening and cut every open connection (kept-alive ones too)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
 
     # --- what arrived ---------------------------------------------------------------
 
@@ -121,6 +130,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
+
+    def setup(self) -> None:
+        super().setup()
+        with self.owner._lock:
+            self.owner._conns.add(self.connection)
 
     def _send(
         self,
