@@ -130,6 +130,16 @@ def ocpi(
             help="Longest retry delay of a failed push, seconds.",
         ),
     ] = 60.0,
+    pipeline: Annotated[
+        int,
+        typer.Option(
+            "--push-pipeline",
+            envvar="EV_OCPI_PUSH_PIPELINE",
+            min=1,
+            max=256,
+            help="Pushes written ahead of their answers on one connection (1: no pipelining).",
+        ),
+    ] = 32,
     token_pull: Annotated[
         float,
         typer.Option(
@@ -160,7 +170,7 @@ def ocpi(
     cfg = OcpiConfig(
         endpoint, str(db), public_url.rstrip("/"), site, vehicle_host=broker,
         vehicle_port=vehicle_port, backoff_initial=backoff, backoff_max=backoff_max,
-        token_pull_s=token_pull,
+        token_pull_s=token_pull, pipeline=pipeline,
     )  # fmt: skip
     _setup_logging(logging.WARNING)
 

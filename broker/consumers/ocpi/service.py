@@ -76,6 +76,7 @@ class OcpiConfig:
     backoff_max: float = 60.0
     token_pull_s: float = 300.0
     capacity_kwh: float = 60.0
+    pipeline: int = 32
 
     @property
     def versions_url(self) -> str:
@@ -105,7 +106,10 @@ class OcpiService:
         self.store = OcpiStore(cfg.db)
         self.view = LocationsView(cfg.site)
         self.outbox = Outbox(
-            self.store, backoff_initial=cfg.backoff_initial, backoff_max=cfg.backoff_max
+            self.store,
+            backoff_initial=cfg.backoff_initial,
+            backoff_max=cfg.backoff_max,
+            pipeline=cfg.pipeline,
         )
         self.commander = Commander(
             self.store, self.view, host=cfg.vehicle_host, port=cfg.vehicle_port,
