@@ -188,22 +188,22 @@ class OcpiStore:
             self.db.execute("DELETE FROM outbox WHERE partner = ?", (name,))
         return cur.rowcount > 0
 
+    _PARTNER: Final = (
+        "SELECT name, state, token_in, token_out, versions_url, endpoints, country_code,"
+        " party_id, last_error FROM partners"
+    )
+
     def partners(self) -> list[Partner]:
-        rows = self.db.execute(
-            "SELECT name, state, token_in, token_out, versions_url, endpoints, country_code,"
-            " party_id, last_error FROM partners ORDER BY name"
-        ).fetchall()
-        return [
-            Partner(r[0], r[1], r[2], r[3], r[4], json.loads(r[5] or "{}"), r[6], r[7], r[8])
-            for r in rows
-        ]
+        rows = self.db.execute(self._PARTNER + " ORDER BY name").fetchall()
+        return [_partner(r) for r in rows]
 
     def partner_by_token(self, tokens: Iterable[str]) -> Partner | None:
+        """The partner presenting one of ``tokens`` (looked up by hash, never compared)."""
         for tok in tokens:
-            h = token_hash(tok)
-            for p in self.partners():
-                if p.token_in == h:
-                    return p
+            r = self.db.execute(self._PARTNER + " WHERE token_in = ?", (token_hash(tok),))
+            row = r.fetchone()
+            if row is not None:
+                return _partner(row)
         return None
 
     def update_partner(self, name: str, **fields: Any) -> None:
@@ -373,3 +373,7 @@ class OcpiStore:
             (*args, limit, offset),
         ).fetchall()
         return int(total), [r[0] for r in rows]
+
+
+def _partner(r: Sequence[Any]) -> Partner:
+    return Partner(r[0], r[1], r[2], r[3], r[4], json.loads(r[5] or "{}"), r[6], r[7], r[8])
