@@ -54,6 +54,13 @@ class Roaming:
         )  # fmt: skip
         return out.stdout
 
+    def tokens(self, *args: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", "ocpi", "tokens", *args, "--db", str(self.db)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return out.stdout.split()
+
     def add_station(self, point_id: str, lat: float, lon: float, *extra: str) -> None:
         self.stations[point_id] = start(
             [
@@ -70,9 +77,11 @@ class Roaming:
         return dict(doc["data"])
 
     def wait_status(self, lid: str, uid: str, want: str, timeout: float = 30) -> None:
-        wait_for(
-            lambda: self.evse(lid, uid)["status"] == want, timeout, f"{uid} {want}", interval=0.1
-        )
+        def now() -> str | None:
+            status, _, doc = self.cpo.call("GET", f"/{V}/locations/{lid}/{uid}")
+            return str(doc["data"]["status"]) if status == 200 else None
+
+        wait_for(lambda: now() == want, timeout, f"{uid} {want}", interval=0.1)
 
     def command(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         status, _, doc = self.cpo.call("POST", f"/{V}/commands/{name}", body)
@@ -96,7 +105,8 @@ def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
         ports, str(tmp / "broker.db"), "--offline-after", "1", "--offline-grace", "3"
     )
     peer = EmspPeer(free_port())
-    peer.tokens = [token_obj("TOK1"), token_obj("TOK2"), token_obj("BAD", valid=False)]
+    rfid = {**token_obj("RFID042"), "type": "RFID"}
+    peer.tokens = [token_obj("TOK1"), token_obj("TOK2"), token_obj("BAD", valid=False), rfid]
     peer.up()
     ocpi: Proc | None = None
     r: Roaming | None = None
@@ -113,6 +123,7 @@ def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
                 "--history-port", str(ports.history), "--vehicle-port", str(ports.vehicle),
                 "--port", str(ocpi_port), "--db", str(r.db), "--party", "BR-EVC",
                 "--retry-initial", "0.2", "--retry-max", "1", "--token-pull", "1",
+                "--session-refresh", "0.3",
                 *ports.cred_args("consumer"),
             ]
         )  # fmt: skip
@@ -239,7 +250,9 @@ def test_start_session_charges_and_ends_with_one_cdr_billed(registered: Roaming)
         cdr = peer.wait(lambda x: x.path.endswith("/cdrs"), 30, "the CDR").body
         assert cdr["cdr_token"]["uid"] == "TOK1" and cdr["cdr_location"]["evse_uid"] == "RMA-2"
         assert cdr["total_energy"] == 60.0 and cdr["total_cost"]["incl_vat"] == 120.0
-        sessions = peer.got(lambda x: x.path.endswith(f"/sessions/BR/EVC/{cdr['session_id']}"))
+        sessions = peer.got(
+            lambda x: x.method == "PUT" and x.path.endswith(f"/sessions/BR/EVC/{cdr['session_id']}")
+        )
         assert [s.body["status"] for s in sessions] == ["ACTIVE", "COMPLETED"]
         # the status went through CHARGING as PATCHes of that EVSE
         patches = peer.got(lambda x: x.method == "PATCH" and x.path.endswith("/RMA/RMA-2"))
@@ -351,8 +364,8 @@ def test_emsp_down_then_every_push_delivered_in_order(registered: Roaming) -> No
         else "cdr" if x.path.endswith("/cdrs") else "location"
         for x in after
     ]  # fmt: skip
-    assert kinds.index("result") < kinds.index("session") < kinds.index("cdr"), kinds
-    sessions = [x.body["status"] for x in after if "/sessions/" in x.path]
+    assert "result" in kinds and kinds.index("session") < kinds.index("cdr"), kinds
+    sessions = [x.body["status"] for x in after if x.method == "PUT" and "/sessions/" in x.path]
     assert sessions == ["ACTIVE", "COMPLETED"] and cdr.body["total_energy"] == 60.0
     wait_for(
         lambda: json.loads(r.cli("list", "--json").splitlines()[0])["pending"] == 0,
@@ -387,3 +400,72 @@ def test_cpo_registers_with_an_emsp(roaming: Roaming) -> None:
         assert status == 401
     finally:
         other.down()
+
+
+def test_stop_session_ends_a_running_session_with_its_kwh_pushed(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+    assert (
+        r.command("START_SESSION", start_cmd(peer, "run1", "TOK2", "RMA", "RMA-1"))["result"]
+        == "ACCEPTED"
+    )
+    assert r.result("run1")["result"] == "ACCEPTED"
+    active = peer.wait(
+        lambda x: x.method == "PUT" and "/sessions/" in x.path
+        and x.body.get("status") == "ACTIVE" and x.body["evse_uid"] == "RMA-1",
+        30, "the ACTIVE session",
+    ).body  # fmt: skip
+    sid = active["id"]
+    peer.wait(
+        lambda x: x.method == "PATCH" and x.path.endswith(f"/sessions/BR/EVC/{sid}")
+        and x.body["kwh"] > 0, 30, "the kWh so far",
+    )  # fmt: skip
+    _, _, doc = r.cpo.call("GET", f"/{V}/sessions")
+    assert [s["id"] for s in doc["data"]] == [sid]
+    check("Session", doc["data"][0])
+    stop = {"response_url": f"{peer.url}/ocpi/{V}/commands/stop1", "session_id": sid}
+    assert r.command("STOP_SESSION", stop)["result"] == "ACCEPTED"
+    assert r.result("stop1")["result"] == "ACCEPTED"
+    cdr = peer.wait(lambda x: x.path.endswith("/cdrs") and x.body["session_id"] == sid, 30).body
+    assert 0 < cdr["total_energy"] < 60
+    assert not peer.invalid, peer.invalid
+
+
+def test_an_ocpp_walk_in_with_an_emsp_token_is_that_emsps_session(registered: Roaming) -> None:
+    from tests.support.ocpp_sims import sim_loop, write_chargers
+
+    r, peer = registered, registered.peer
+    wait_for(
+        lambda: "RFID042" in r.tokens("--authorized"), 30, "the RFID token pulled and authorized"
+    )
+    assert "BAD" not in r.tokens("--authorized")
+    chargers = write_chargers(r.tmp / "chargers.toml", ["RMO-1"], lat=-12.5, lon=-38.5)
+    ws_port = free_port()
+    gw = start(
+        [
+            "python", "-m", "station", "ocpp", "--chargers", str(chargers), "--host",
+            "127.0.0.1", "--port", str(ws_port), "--interval", "0.5",
+            "--status-port", str(r.ports.status), "--station-port", str(r.ports.station),
+            "--vehicle-port", str(r.ports.vehicle), *r.ports.cred_args("station"),
+        ]
+    )  # fmt: skip
+    try:
+        gw.read_until("ocpp gateway ready", timeout=30)
+        with sim_loop() as sims:
+            sim = sims.add(f"ws://127.0.0.1:{ws_port}/ocpp", "RMO-1", speed=100, meter_every_s=0.1)
+            r.wait_status("RMO", "RMO-1", "AVAILABLE")
+            assert sims.run(sim.local_start("RFID042")) == "Accepted"
+            active = peer.wait(
+                lambda x: x.method == "PUT" and "/sessions/" in x.path
+                and x.body["cdr_token"]["uid"] == "RFID042",
+                30, "the walk-in's session",
+            ).body  # fmt: skip
+            assert active["auth_method"] == "WHITELIST" and active["cdr_token"]["type"] == "RFID"
+            wait_for(lambda: sim.meter_wh > 500, 30, "some energy metered")
+            sims.run(sim.end("Local"))
+        cdr = peer.wait(
+            lambda x: x.path.endswith("/cdrs") and x.body["session_id"] == active["id"], 30
+        ).body
+        assert cdr["auth_method"] == "WHITELIST" and cdr["cdr_location"]["evse_uid"] == "RMO-1"
+        assert not peer.invalid, peer.invalid
+    finally:
+        gw.stop()

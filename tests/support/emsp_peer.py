@@ -245,10 +245,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         body, path = self._body(), self.path
-        if not path.startswith(f"/ocpi/{V}/locations/"):
+        if path.startswith(f"/ocpi/{V}/locations/"):
+            kind = "EvseStatusPatch"
+        elif path.startswith(f"/ocpi/{V}/sessions/"):
+            kind = "SessionPatch"
+        else:
             self._send(None, 2000, 404)
             return
-        self.owner._record("PATCH", path, body, "EvseStatusPatch")
+        self.owner._record("PATCH", path, body, kind)
         self._send()
 
 

@@ -136,6 +136,7 @@ SESSION: Final = obj(
         "charging_periods": arr(PERIOD), "total_cost": PRICE,
     },
 )  # fmt: skip
+SESSION_PATCH: Final = obj({"kwh": NUMBER, "last_updated": DATETIME})
 CDR_LOCATION: Final = obj(
     {
         "id": s(36), "address": s(45), "city": s(45), "country": s(3), "coordinates": GEO,
@@ -214,7 +215,8 @@ ENVELOPE: Final = obj(
 SCHEMAS: Final = {
     "Location": LOCATION, "EVSE": EVSE, "Connector": CONNECTOR,
     "EvseStatusPatch": EVSE_STATUS_PATCH,
-    "Session": SESSION, "CDR": CDR, "CommandResponse": COMMAND_RESPONSE,
+    "Session": SESSION, "SessionPatch": SESSION_PATCH, "CDR": CDR,
+    "CommandResponse": COMMAND_RESPONSE,
     "CommandResult": COMMAND_RESULT, "Tariff": TARIFF, "Credentials": CREDENTIALS,
     "Envelope": ENVELOPE,
 }  # fmt: skip

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -140,6 +140,15 @@ def ocpi(
             help="Pushes written ahead of their answers on one connection (1: no pipelining).",
         ),
     ] = 32,
+    session_refresh: Annotated[
+        float,
+        typer.Option(
+            "--session-refresh",
+            envvar="EV_OCPI_SESSION_REFRESH",
+            min=0.1,
+            help="How often running roaming sessions' kWh are sent to their eMSP, seconds.",
+        ),
+    ] = 10.0,
     token_pull: Annotated[
         float,
         typer.Option(
@@ -170,7 +179,7 @@ def ocpi(
     cfg = OcpiConfig(
         endpoint, str(db), public_url.rstrip("/"), site, vehicle_host=broker,
         vehicle_port=vehicle_port, backoff_initial=backoff, backoff_max=backoff_max,
-        token_pull_s=token_pull, pipeline=pipeline,
+        token_pull_s=token_pull, pipeline=pipeline, session_refresh_s=session_refresh,
     )  # fmt: skip
     _setup_logging(logging.WARNING)
 
@@ -189,9 +198,14 @@ def ocpi(
 
 
 def _store(ctx: typer.Context, db: Path | None) -> object:
+    return _store_of(ctx.parent.parent if ctx.parent else None, db)
+
+
+def _store_of(ocpi_ctx: Any, db: Path | None) -> object:
+    """``--db`` of the subcommand, else the one given to ``ocpi`` itself, else the default."""
     from broker.consumers.ocpi.store import OcpiStore
 
-    path = db or (ctx.parent.parent.params.get("db") if ctx.parent and ctx.parent.parent else None)
+    path = db or (ocpi_ctx.params.get("db") if ocpi_ctx else None)
     try:
         return OcpiStore(str(path or DEFAULT_DB))
     except StoreError as exc:
@@ -210,10 +224,17 @@ def partners_add(
     name: Annotated[str, typer.Argument(help="A name for the eMSP.")],
     url: Annotated[
         str | None,
-        typer.Option("--url", help="Their versions URL: we register with them (needs --token)."),
+        typer.Option(
+            "--url",
+            envvar="EV_OCPI_PARTNER_URL",
+            help="Their versions URL: we register with them (needs --token).",
+        ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", help="The token A they gave us (with --url).")
+        str | None,
+        typer.Option(
+            "--token", envvar="EV_OCPI_PARTNER_TOKEN", help="The token A they gave us (with --url)."
+        ),
     ] = None,
     db: PartnerDbOpt = None,
 ) -> None:
@@ -243,7 +264,9 @@ def partners_add(
 @partners_app.command("list")
 def partners_list(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="EV_OCPI_JSON", help="JSON lines.")
+    ] = False,
     db: PartnerDbOpt = None,
 ) -> None:
     """Partners, their state and their undelivered pushes (never a token)."""
@@ -287,6 +310,45 @@ def partners_remove(
         if not store.remove_partner(name):
             raise _fail(f"no partner {name!r}", 1)
         typer.echo(f"partner {name} removed")
+    finally:
+        store.close()
+
+
+@ocpi_app.command("tokens")
+def tokens_list(
+    ctx: typer.Context,
+    authorized: Annotated[
+        bool,
+        typer.Option(
+            "--authorized",
+            envvar="EV_OCPI_AUTHORIZED",
+            help="Only the uids a charger may start with (valid, whitelist not NEVER), one a "
+            "line: the idTags to authorize at a charger gateway.",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar="EV_OCPI_JSON", help="JSON lines.")
+    ] = False,
+    db: PartnerDbOpt = None,
+) -> None:
+    """The eMSP tokens pulled and cached (or pushed by the eMSPs)."""
+    from broker.consumers.ocpi.store import OcpiStore
+
+    store = _store_of(ctx.parent, db)
+    assert isinstance(store, OcpiStore)
+    try:
+        for t in store.tokens():
+            ok = bool(t.get("valid")) and t.get("whitelist") != "NEVER"
+            if authorized:
+                if ok:
+                    typer.echo(t["uid"])
+            elif as_json:
+                typer.echo(json.dumps(t))
+            else:
+                typer.echo(
+                    f"{t['country_code']}-{t['party_id']}\t{t['uid']}\t{t['type']}\t"
+                    f"{'valid' if t.get('valid') else 'invalid'}\t{t.get('whitelist')}"
+                )
     finally:
         store.close()
 

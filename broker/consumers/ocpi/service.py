@@ -34,7 +34,14 @@ import msgspec
 import zmq.asyncio
 
 from broker.consumers.ocpi.commands import Commander
-from broker.consumers.ocpi.mapping import Change, LocationsView, Site, cdr_of, session_of
+from broker.consumers.ocpi.mapping import (
+    Change,
+    Driver,
+    LocationsView,
+    Site,
+    cdr_of,
+    session_of,
+)
 from broker.consumers.ocpi.models import (
     VERSION,
     BusinessDetails,
@@ -55,8 +62,10 @@ from broker.consumers.ocpi.wire import (
     token_hash,
 )
 from broker.consumers.subscriber import Endpoint as BusEndpoint
-from broker.consumers.subscriber import Subscriber
+from broker.consumers.subscriber import HistoryClient, Subscriber
+from common.errors import TransportError
 from common.messages import BusEvent
+from common.timeutil import format_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,7 @@ class OcpiConfig:
     token_pull_s: float = 300.0
     capacity_kwh: float = 60.0
     pipeline: int = 32
+    session_refresh_s: float = 10.0
 
     @property
     def versions_url(self) -> str:
@@ -125,6 +135,7 @@ class OcpiService:
             start_seq=self.store.applied_seq(),
             ctx=self.ctx,
         )
+        self.requests = HistoryClient(self.ctx, cfg.bus.history_url, credential=cfg.bus.credential)
         self.partners: list[Partner] = []
         self.http = httpx.AsyncClient(timeout=HANDSHAKE_TIMEOUT_S)
         self._tasks: list[asyncio.Task[None]] = []
@@ -138,6 +149,7 @@ class OcpiService:
             asyncio.create_task(self.live.run(), name="ocpi-locations"),
             asyncio.create_task(self.sessions.run(), name="ocpi-sessions"),
             asyncio.create_task(self._ticker(), name="ocpi-partners"),
+            asyncio.create_task(self._session_energy(), name="ocpi-energy"),
         ]
 
     async def wait_ready(self) -> None:
@@ -155,6 +167,7 @@ class OcpiService:
         await self.http.aclose()
         self.live.close()
         self.sessions.close()
+        self.requests.close()
         self.store.close()
         if self._own_ctx:
             self.ctx.destroy(linger=0)
@@ -229,6 +242,8 @@ class OcpiService:
         for ev in events:
             vid = ev.data.get("vehicle_id")
             d = self.store.driver(vid) if isinstance(vid, str) else None
+            if d is None and isinstance(vid, str) and ev.topic == "charging.started":
+                d = self._walk_in(vid)
             p = by_name.get(d.partner) if d else None
             if d is None or p is None:
                 continue
@@ -251,6 +266,58 @@ class OcpiService:
         for name in {x.partner for x in pushes}:
             self.outbox.kick(name)
         del now
+
+    def _walk_in(self, vehicle_id: str) -> Driver | None:
+        """A session started at a charger by an eMSP token (an OCPP walk-in's idTag is
+        the vehicle id): that eMSP's driver, authorized by its cached token."""
+        found = self.store.walk_in_token(vehicle_id)
+        if found is None:
+            return None
+        partner, t = found
+        d = Driver(
+            vehicle_id=vehicle_id, partner=partner, country_code=t["country_code"],
+            party_id=t["party_id"], uid=t["uid"], type=t["type"],
+            contract_id=t["contract_id"], auth_method="WHITELIST",
+        )  # fmt: skip
+        self.store.put_driver(d)
+        return d
+
+    async def _session_energy(self) -> None:
+        """Running roaming sessions' kWh so far (only snapshots carry it), PATCHed."""
+        await self.live.ready.wait()
+        while True:
+            await asyncio.sleep(self.cfg.session_refresh_s)
+            try:
+                await self.refresh_sessions()
+            except TransportError as exc:
+                log.info("session energy: %s", exc)
+
+    async def refresh_sessions(self) -> None:
+        by_name = {p.name: p for p in self.registered() if "sessions" in p.endpoints}
+        ours = {
+            sid: (d, by_name[d.partner])
+            for sid, r in self.view.state.running.items()
+            if (d := self.store.driver(r.vehicle_id)) is not None and d.partner in by_name
+        }
+        if not ours:
+            return
+        snap = await self.requests.request_once({"op": "snapshot"})
+        pushes: list[Push] = []
+        s = self.site
+        for out in self.view.state.refresh_energy(snap):
+            found = ours.get(out.session_id)
+            if found is None or self.store.has_cdr(out.session_id):
+                continue
+            d, p = found
+            body = encode({"kwh": out.energy_kwh, "last_updated": format_timestamp(time.time())})
+            url = f"{p.endpoints['sessions'].rstrip('/')}/{s.country_code}/{s.party_id}/"
+            pushes.append(
+                Push(p.name, "PATCH", url + out.session_id, body, f"kwh:{out.session_id}")
+            )
+        if pushes:
+            self.store.enqueue(pushes)
+            for name in {x.partner for x in pushes}:
+                self.outbox.kick(name)
 
     # --- credentials ----------------------------------------------------------------
 

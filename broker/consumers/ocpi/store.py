@@ -359,8 +359,22 @@ class OcpiStore:
         ).fetchone()
         return dict(json.loads(r[0])) if r else None
 
+    def walk_in_token(self, uid: str) -> tuple[str, dict[str, Any]] | None:
+        """(partner, token) of a valid cached token a charger may start with by ``uid``
+        (its whitelist allows it without asking the eMSP), else None."""
+        for partner, body in self.db.execute(
+            "SELECT partner, body FROM tokens WHERE uid = ? AND valid = 1"
+            " AND whitelist != 'NEVER' ORDER BY type",
+            (uid,),
+        ):
+            return str(partner), dict(json.loads(body))
+        return None
+
     def tokens(self) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in self.db.execute("SELECT body FROM tokens ORDER BY uid")]
+
+    def has_cdr(self, cdr_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM cdrs WHERE id = ?", (cdr_id,)).fetchone() is not None
 
     def cdr_page(
         self, partner: str, offset: int, limit: int, date_from: float | None, date_to: float | None
