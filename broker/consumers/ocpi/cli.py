@@ -16,15 +16,15 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.consumers.cli import (
+from broker.consumers.plumbing import (
     EXIT_USAGE,
     CredentialsOpt,
     EventsPortOpt,
     HistoryPortOpt,
-    _endpoint,
-    _fail,
-    _run,
-    _setup_logging,
+    bus_endpoint,
+    fail,
+    run_until_signal,
+    setup_text_logging,
 )
 from common.cli import CONTEXT, BrokerOpt
 from common.errors import StoreError
@@ -171,17 +171,17 @@ def ocpi(
     try:
         cc, pid = parse_party(party)
     except ValueError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from None
+        raise fail(str(exc), EXIT_USAGE) from None
     if len(country) != 3 or not country.isalpha():
-        raise _fail(f"--country {country!r}: expected ISO 3166 alpha-3, e.g. BRA", EXIT_USAGE)
-    endpoint = _endpoint(broker, events_port, history_port, credentials)
+        raise fail(f"--country {country!r}: expected ISO 3166 alpha-3, e.g. BRA", EXIT_USAGE)
+    endpoint = bus_endpoint(broker, events_port, history_port, credentials)
     site = Site(cc, pid, country.upper(), city, _local_zone(), operator_name)
     cfg = OcpiConfig(
         endpoint, str(db), public_url.rstrip("/"), site, vehicle_host=broker,
         vehicle_port=vehicle_port, backoff_initial=backoff, backoff_max=backoff_max,
         token_pull_s=token_pull, pipeline=pipeline, session_refresh_s=session_refresh,
     )  # fmt: skip
-    _setup_logging(logging.WARNING)
+    setup_text_logging(logging.WARNING)
 
     def ready(bound: int) -> None:
         typer.echo(f"ocpi ready: http://{host}:{bound}/ocpi/versions as {cc}-{pid}")
@@ -190,11 +190,11 @@ def ocpi(
         await serve(cfg, host, port, stop, ready)
 
     try:
-        _run(main)
+        run_until_signal(main)
     except StoreError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
     except OSError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from exc
+        raise fail(str(exc), EXIT_USAGE) from exc
 
 
 def _store(ctx: typer.Context, db: Path | None) -> object:
@@ -209,7 +209,7 @@ def _store_of(ocpi_ctx: Any, db: Path | None) -> object:
     try:
         return OcpiStore(str(path or DEFAULT_DB))
     except StoreError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
 
 
 PartnerDbOpt = Annotated[
@@ -244,7 +244,7 @@ def partners_add(
     from broker.consumers.ocpi.wire import new_token
 
     if bool(url) != bool(token):
-        raise _fail("--url and --token go together", EXIT_USAGE)
+        raise fail("--url and --token go together", EXIT_USAGE)
     store = _store(ctx, db)
     assert isinstance(store, OcpiStore)
     try:
@@ -256,7 +256,7 @@ def partners_add(
             store.add_partner(name, token_a=token_a)
             typer.echo(f"partner {name} added; token A (shown once): {token_a}")
     except StoreError as exc:
-        raise _fail(exc.message, 1) from None
+        raise fail(exc.message, 1) from None
     finally:
         store.close()
 
@@ -308,7 +308,7 @@ def partners_remove(
     assert isinstance(store, OcpiStore)
     try:
         if not store.remove_partner(name):
-            raise _fail(f"no partner {name!r}", 1)
+            raise fail(f"no partner {name!r}", 1)
         typer.echo(f"partner {name} removed")
     finally:
         store.close()

@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Final
 
 import uvicorn
 
 from broker.consumers.ocpi.app import build
 from broker.consumers.ocpi.service import OcpiConfig, OcpiService
-from broker.consumers.web.server import _Server
 
 MAX_CONNECTIONS: Final = 256
 SHUTDOWN_S: Final = 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers (the command owns SIGINT/SIGTERM)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 async def serve(
