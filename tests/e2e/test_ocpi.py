@@ -42,6 +42,21 @@ class Roaming:
     db: Path
     stations: dict[str, Proc]
     cpo: OcpiClient
+    ocpi: Proc | None = None
+
+    def start_ocpi(self) -> None:
+        """``ev-broker ocpi`` on its port and store (again, after a kill), once ready."""
+        self.ocpi = start(
+            [
+                "python", "-m", "broker", "ocpi", "--events-port", str(self.ports.events),
+                "--history-port", str(self.ports.history), "--vehicle-port",
+                str(self.ports.vehicle), "--port", str(self.ocpi_port), "--db", str(self.db),
+                "--party", "BR-EVC", "--retry-initial", "0.2", "--retry-max", "1",
+                "--token-pull", "1", "--session-refresh", "0.3",
+                *self.ports.cred_args("consumer"),
+            ]
+        )  # fmt: skip
+        self.ocpi.read_until("ocpi ready", timeout=30)
 
     @property
     def base(self) -> str:
@@ -108,7 +123,6 @@ def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
     rfid = {**token_obj("RFID042"), "type": "RFID"}
     peer.tokens = [token_obj("TOK1"), token_obj("TOK2"), token_obj("BAD", valid=False), rfid]
     peer.up()
-    ocpi: Proc | None = None
     r: Roaming | None = None
     try:
         ocpi_port = free_port()
@@ -117,24 +131,14 @@ def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
         r.add_station("RMA-1", -12.27, -38.97, *SLOW)
         r.add_station("RMA-2", -12.2702, -38.9702, *FAST)
         r.add_station("RMB", -12.30, -38.90, *FAST)
-        ocpi = start(
-            [
-                "python", "-m", "broker", "ocpi", "--events-port", str(ports.events),
-                "--history-port", str(ports.history), "--vehicle-port", str(ports.vehicle),
-                "--port", str(ocpi_port), "--db", str(r.db), "--party", "BR-EVC",
-                "--retry-initial", "0.2", "--retry-max", "1", "--token-pull", "1",
-                "--session-refresh", "0.3",
-                *ports.cred_args("consumer"),
-            ]
-        )  # fmt: skip
-        ocpi.read_until("ocpi ready", timeout=30)
+        r.start_ocpi()
         yield r
     finally:
         if r is not None:
             for proc in r.stations.values():
                 proc.stop()
-        if ocpi is not None:
-            ocpi.stop()
+            if r.ocpi is not None:
+                r.ocpi.stop()
         peer.down()
         broker.stop()
 
@@ -469,3 +473,35 @@ def test_an_ocpp_walk_in_with_an_emsp_token_is_that_emsps_session(registered: Ro
         assert not peer.invalid, peer.invalid
     finally:
         gw.stop()
+
+
+def test_queued_pushes_survive_a_kill9_and_the_cdr_is_sent_once(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+
+    def cdrs_of(uid: str) -> list[dict[str, Any]]:
+        _, _, doc = r.cpo.call("GET", f"/{V}/cdrs?limit=1000")
+        return [c for c in doc["data"] if c["cdr_token"]["uid"] == uid]
+
+    before = {c["id"] for c in cdrs_of("TOK1")}
+    peer.down()
+    try:
+        assert (
+            r.command("START_SESSION", start_cmd(peer, "k1", "TOK1", "RMA", "RMA-2"))["result"]
+            == "ACCEPTED"
+        )
+        wait_for(lambda: len(cdrs_of("TOK1")) > len(before), 30, "the CDR made and queued")
+        (new,) = [c for c in cdrs_of("TOK1") if c["id"] not in before]
+        assert r.ocpi is not None
+        r.ocpi.kill9()
+        r.ocpi.stop()  # closes its pipe
+        r.start_ocpi()
+    finally:
+        peer.up()
+    peer.wait(lambda x: x.path.endswith("/cdrs") and x.body["id"] == new["id"], 30, "the CDR")
+    peer.wait(lambda x: x.path.endswith("/commands/k1"), 30, "the command result")
+    wait_for(
+        lambda: json.loads(r.cli("list", "--json").splitlines()[0])["pending"] == 0,
+        30, "the outbox drained",
+    )  # fmt: skip
+    sent = peer.got(lambda x: x.path.endswith("/cdrs") and x.body["id"] == new["id"])
+    assert len(sent) == 1 and len([c for c in cdrs_of("TOK1") if c["id"] == new["id"]]) == 1
