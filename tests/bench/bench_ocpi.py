@@ -31,7 +31,7 @@ from typing import Any
 from common.timeutil import parse_timestamp
 from tests.support.emsp_peer import OcpiClient
 from tests.support.fake_bus import FakeBus
-from tests.support.procs import free_port, free_ports, start
+from tests.support.procs import Proc, free_port, free_ports, start
 from tests.support.raw_clients import wait_for
 
 POINTS = 10_000
@@ -40,6 +40,7 @@ EMSPS = 10
 RATE_HZ = 1000
 SECONDS = float(os.environ.get("OCPI_BENCH_SECONDS", "10"))
 TICKS = os.sysconf("SC_CLK_TCK")
+PIPELINE = 32  # ev-broker ocpi's default --push-pipeline
 
 
 def cpu_s(pid: int) -> float:
@@ -101,6 +102,9 @@ class Sinks:
                     where = f"{base}/2.2.1/locations"
                     ends = [{"identifier": "locations", "role": "RECEIVER", "url": where}]
                     out = envelope({"version": "2.2.1", "endpoints": ends})
+                elif path == "/reset":
+                    self.count, self.latency, self.last = 0, [], {}
+                    out = envelope(None)
                 elif path == "/stats":
                     last = {str(k): v for k, v in self.last.items()}
                     out = json.dumps(
@@ -136,8 +140,8 @@ def envelope(data: Any) -> bytes:
     ).encode()
 
 
-def stats(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=30) as resp:
+def stats(port: int, path: str = "/stats") -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as resp:
         return dict(json.loads(resp.read()))
 
 
@@ -158,6 +162,81 @@ def get_all(client: OcpiClient, limit: int) -> tuple[float, int, int]:
     return time.perf_counter() - t0, evses, pages
 
 
+def start_ocpi(bus: FakeBus, sink_ports: list[int], tmp: Path, pipeline: int) -> tuple[Proc, str]:
+    """A fresh ``ev-broker ocpi`` with every sink registered; (process, token C)."""
+    port = free_port()
+    db = tmp / f"ocpi-{pipeline}.db"
+    ocpi = start(
+        [
+            "python", "-m", "broker", "ocpi", "--events-port", str(bus.events_port),
+            "--history-port", str(bus.history_port), "--port", str(port), "--db", str(db),
+            "--retry-initial", "0.2", "--retry-max", "1", "--push-pipeline", str(pipeline),
+        ]
+    )  # fmt: skip
+    ocpi.read_until("ocpi ready", timeout=60)
+    base = f"http://127.0.0.1:{port}/ocpi"
+    token_c = ""
+    for i, sp in enumerate(sink_ports):
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", "ocpi", "partners", "add", f"emsp{i}",
+             "--db", str(db)], capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        token_a = out.strip().rsplit(" ", 1)[-1]
+        creds = {
+            "token": f"sink{i}", "url": f"http://127.0.0.1:{sp}/ocpi/versions",
+            "roles": [{"role": "EMSP", "business_details": {"name": "sink"}, "party_id": "SNK",
+                       "country_code": "NL"}],
+        }  # fmt: skip
+        status, _, doc = OcpiClient(base, token_a).call("POST", "/2.2.1/credentials", creds)
+        assert status == 200, doc
+        token_c = doc["data"]["token"]
+    return ocpi, f"{base}|{token_c}"
+
+
+def fan_out(bus: FakeBus, ocpi: Proc, sink_ports: list[int], label: str, seed: int) -> None:
+    """RATE_HZ status changes a second for SECONDS; waits until every eMSP has the end."""
+    stats(sink_ports[0], "/reset")
+    rnd = random.Random(seed)
+    final: dict[str, str] = {}
+    total = int(RATE_HZ * SECONDS)
+    c0 = cpu_s(ocpi.pid)
+    t0 = time.perf_counter()
+    for n in range(total):
+        pid = point_id(rnd.randrange(POINTS))
+        estado = "carregando" if final.get(pid, "AVAILABLE") == "AVAILABLE" else "disponivel"
+        final[pid] = "CHARGING" if estado == "carregando" else "AVAILABLE"
+        data = {"point_id": pid, "estado": estado, "queue_size": 0}
+        bus.publish("point.status", {**data, "available": estado == "disponivel"})
+        ahead = (n + 1) / RATE_HZ - (time.perf_counter() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    fed = time.perf_counter() - t0
+    c_fed = cpu_s(ocpi.pid)
+
+    def converged() -> bool:
+        last = stats(sink_ports[0])["last"]
+        return all(
+            last.get(str(i), {}).get(pid) == want
+            for i in range(EMSPS)
+            for pid, want in final.items()
+        )
+
+    wait_for(converged, 900, "every eMSP at the final status of every EVSE", interval=0.5)
+    drained = time.perf_counter() - t0 - fed
+    c1 = cpu_s(ocpi.pid)
+    s = stats(sink_ports[0])
+    lat = s["latency"]
+    rate = total / fed
+    print(f"  fan-out, {label}: {total} status changes in {fed:.1f} s ({rate:.0f}/s) x {EMSPS}")
+    print(f"    pushes delivered {s['count']} of {total * EMSPS} made (an undelivered status"
+          " PATCH takes the newer status of its EVSE)")  # fmt: skip
+    p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+    print(f"    every eMSP at the final state {drained:.1f} s after the last change;"
+          f" latency p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
+    print(f"    OCPI process CPU {(c_fed - c0) / fed:.2f} s/s while fed,"
+          f" {c1 - c0:.1f} s in all, RSS {rss_mib(ocpi.pid):.0f} MiB")  # fmt: skip
+
+
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ocpi-bench-"))
     bus = FakeBus()
@@ -165,89 +244,32 @@ def main() -> None:
     bus.publish("broker.started", {"points": POINTS, "reservations": 0})
     sink_ports = free_ports(EMSPS)
     sinks = start(["python", "-m", "tests.bench.bench_ocpi", "sinks", *map(str, sink_ports)])
-    port = free_port()
-    db = tmp / "ocpi.db"
-    ocpi = start(
-        [
-            "python", "-m", "broker", "ocpi", "--events-port", str(bus.events_port),
-            "--history-port", str(bus.history_port), "--port", str(port), "--db", str(db),
-            "--retry-initial", "0.2", "--retry-max", "1",
-        ]
-    )  # fmt: skip
+    procs: list[Proc] = [sinks]
     try:
         sinks.read_until("sinks ready", timeout=30)
-        ocpi.read_until("ocpi ready", timeout=60)
-        base = f"http://127.0.0.1:{port}/ocpi"
-        for i, sp in enumerate(sink_ports):
-            out = subprocess.run(
-                [sys.executable, "-m", "broker", "ocpi", "partners", "add", f"emsp{i}",
-                 "--db", str(db)], capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
-            token_a = out.strip().rsplit(" ", 1)[-1]
-            creds = {
-                "token": f"sink{i}", "url": f"http://127.0.0.1:{sp}/ocpi/versions",
-                "roles": [{"role": "EMSP", "business_details": {"name": "sink"}, "party_id": "SNK",
-                           "country_code": "NL"}],
-            }  # fmt: skip
-            status, _, doc = OcpiClient(base, token_a).call("POST", "/2.2.1/credentials", creds)
-            assert status == 200, doc
-            token_c = doc["data"]["token"]
-        client = OcpiClient(base, token_c)
         print(f"OCPI bench ({POINTS} EVSEs in {POINTS // PER_LOCATION} Locations, {EMSPS} eMSPs;"
               " shared 2-core machine, loaded by others: absolute figures vary)")  # fmt: skip
-        rss0 = rss_mib(ocpi.pid)
-        for limit in (100, 1000):
-            c0 = cpu_s(ocpi.pid)
-            took, evses, pages = get_all(client, limit)
-            c1 = cpu_s(ocpi.pid)
-            assert evses == POINTS, evses
-            print(f"  GET all Locations, limit {limit:4d}: {pages:3d} pages, {took:.2f} s wall,"
-                  f" {c1 - c0:.2f} s CPU of the OCPI process, RSS {rss_mib(ocpi.pid):.0f} MiB"
-                  f" (idle {rss0:.0f} MiB)")  # fmt: skip
-
-        # fan-out: RATE_HZ status changes a second
-        rnd = random.Random(11)
-        final: dict[str, str] = {}
-        total = int(RATE_HZ * SECONDS)
-        c0 = cpu_s(ocpi.pid)
-        t0 = time.perf_counter()
-        for n in range(total):
-            pid = point_id(rnd.randrange(POINTS))
-            estado = "carregando" if final.get(pid, "AVAILABLE") == "AVAILABLE" else "disponivel"
-            final[pid] = "CHARGING" if estado == "carregando" else "AVAILABLE"
-            data = {"point_id": pid, "estado": estado, "queue_size": 0}
-            bus.publish("point.status", {**data, "available": estado == "disponivel"})
-            ahead = (n + 1) / RATE_HZ - (time.perf_counter() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-        fed = time.perf_counter() - t0
-        c_fed = cpu_s(ocpi.pid)
-
-        def converged() -> bool:
-            last = stats(sink_ports[0])["last"]
-            return all(
-                last.get(str(i), {}).get(pid) == want
-                for i in range(EMSPS)
-                for pid, want in final.items()
-            )
-
-        wait_for(converged, 600, "every eMSP at the final status of every EVSE", interval=0.5)
-        drained = time.perf_counter() - t0 - fed
-        c1 = cpu_s(ocpi.pid)
-        s = stats(sink_ports[0])
-        lat = s["latency"]
-        rate = total / fed
-        print(f"  fan-out: {total} status changes in {fed:.1f} s ({rate:.0f}/s) x {EMSPS} eMSPs")
-        print(f"    pushes delivered {s['count']} (of {total * EMSPS} made; an undelivered status"
-              " PATCH takes the newer status of its EVSE)")  # fmt: skip
-        p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
-        print(f"    all eMSPs at the final state {drained:.1f} s after the last change;"
-              f" latency p50 {p50:.0f} ms, p99 {p99:.0f} ms")  # fmt: skip
-        print(f"    OCPI process CPU {(c_fed - c0) / fed:.2f} s/s while fed,"
-              f" {c1 - c0:.1f} s in all, RSS {rss_mib(ocpi.pid):.0f} MiB")  # fmt: skip
+        for n, pipeline in enumerate((PIPELINE, 1)):
+            ocpi, where = start_ocpi(bus, sink_ports, tmp, pipeline)
+            procs.append(ocpi)
+            if n == 0:
+                base, token = where.split("|")
+                client = OcpiClient(base, token)
+                rss0 = rss_mib(ocpi.pid)
+                for limit in (100, 1000):
+                    c0 = cpu_s(ocpi.pid)
+                    took, evses, pages = get_all(client, limit)
+                    c1 = cpu_s(ocpi.pid)
+                    assert evses == POINTS, evses
+                    print(f"  GET every Location, limit {limit:4d}: {pages:3d} pages,"
+                          f" {took:.2f} s wall, {c1 - c0:.2f} s CPU of the OCPI process,"
+                          f" RSS {rss_mib(ocpi.pid):.0f} MiB (idle {rss0:.0f} MiB)")  # fmt: skip
+            label = "pipelined" if pipeline > 1 else "one push at a time"
+            fan_out(bus, ocpi, sink_ports, f"{label} (--push-pipeline {pipeline})", 11)
+            ocpi.stop()
     finally:
-        ocpi.stop()
-        sinks.stop()
+        for proc in procs:
+            proc.stop()
         bus.close()
 
 
