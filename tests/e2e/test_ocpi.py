@@ -197,6 +197,24 @@ def test_handshake_and_bad_input(registered: Roaming) -> None:
     assert status == 404 and doc["status_code"] == 2003
     status, _, doc = r.cpo.call("GET", f"/{V}/locations/RMA/NOPE")
     assert status == 404 and doc["status_code"] == 2003
+    # tokens pushed by the eMSP (our Tokens receiver), then patched
+    pushed = {**token_obj("PUSHED"), "type": "RFID"}
+    status, _, doc = r.cpo.call("PUT", f"/{V}/tokens/{CC}/{PARTY}/PUSHED?type=RFID", pushed)
+    assert status == 200 and doc["status_code"] == 1000, doc
+    change = {"valid": False, "last_updated": pushed["last_updated"]}
+    status, _, doc = r.cpo.call("PATCH", f"/{V}/tokens/{CC}/{PARTY}/PUSHED?type=RFID", change)
+    assert status == 200, doc
+    status, _, doc = r.cpo.call("GET", f"/{V}/tokens/{CC}/{PARTY}/PUSHED?type=RFID")
+    assert doc["data"]["valid"] is False
+    status, _, doc = r.cpo.call("PUT", f"/{V}/tokens/{CC}/{PARTY}/OTHER", pushed)
+    assert status == 400 and doc["status_code"] == 2001
+    status, _, doc = r.cpo.call("GET", f"/{V}/tokens/{CC}/{PARTY}/NONE")
+    assert status == 404 and doc["status_code"] == 2004
+    # a command this CPO does not support, and one OCPI does not know
+    status, _, doc = r.cpo.call("POST", f"/{V}/commands/UNLOCK_CONNECTOR", {})
+    assert doc["data"]["result"] == "NOT_SUPPORTED"
+    status, _, doc = r.cpo.call("POST", f"/{V}/commands/SELF_DESTRUCT", {})
+    assert status == 404 and doc["status_code"] == 2001
     # partners list shows it registered, never a token
     listed = [json.loads(line) for line in r.cli("list", "--json").splitlines()]
     assert listed[0]["state"] == "registered" and listed[0]["party"] == f"{CC}-{PARTY}"
@@ -399,9 +417,26 @@ def test_cpo_registers_with_an_emsp(roaming: Roaming) -> None:
         status, _, doc = OcpiClient(r.base, other.cpo_token).call("GET", f"/{V}/locations")
         assert status == 200 and doc["status_code"] == 1000
         assert not other.invalid, other.invalid
-        r.cli("remove", "other")
+        # it updates its credentials (PUT: a new token for us to present, a new one for it)
+        mine = {
+            "token": other.token_b, "url": other.versions_url,
+            "roles": [{"role": "EMSP", "business_details": {"name": "Other"}, "party_id": "OTH",
+                       "country_code": "DE"}],
+        }  # fmt: skip
+        status, _, doc = OcpiClient(r.base, other.cpo_token).call("PUT", f"/{V}/credentials", mine)
+        assert status == 200 and doc["status_code"] == 1000, doc
+        newer = doc["data"]["token"]
+        assert newer != other.cpo_token
         status, _, _ = OcpiClient(r.base, other.cpo_token).call("GET", f"/{V}/locations")
         assert status == 401
+        wait_for(lambda: "DE-OTH" in r.cli("list"), 10, "the new party listed")
+        # and unregisters (DELETE): its token stops working
+        status, _, doc = OcpiClient(r.base, newer).call("DELETE", f"/{V}/credentials")
+        assert status == 200 and doc["status_code"] == 1000
+        status, _, _ = OcpiClient(r.base, newer).call("GET", f"/{V}/locations")
+        assert status == 401
+        r.cli("remove", "other")
+        assert "other" not in r.cli("list")
     finally:
         other.down()
 

@@ -18,10 +18,12 @@ import msgspec
 from litestar import Litestar, Request, Response, delete, get, patch, post, put
 from litestar.exceptions import HTTPException
 
+from broker.consumers.ocpi.commands import COMMAND_TIMEOUT_S
 from broker.consumers.ocpi.mapping import session_of
 from broker.consumers.ocpi.models import (
     COMMANDS,
     VERSION,
+    CommandResponse,
     Credentials,
     Token,
     Version,
@@ -251,6 +253,9 @@ async def sessions(request: Req) -> Response[bytes]:
 @post(f"/ocpi/{VERSION}/commands/{{command:str}}", status_code=200)
 async def command(request: Req, command: str) -> Response[bytes]:
     p = _partner(request)
+    if command == "UNLOCK_CONNECTOR":  # no charger here can be unlocked remotely
+        response = CommandResponse(result="NOT_SUPPORTED", timeout=COMMAND_TIMEOUT_S)
+        return _ok(request, response)
     kind = COMMANDS.get(command)
     if kind is None:
         raise OcpiError(Status.INVALID_PARAMETERS, f"unknown command {command}", 404)
