@@ -124,8 +124,13 @@ def test_points_grouped_into_locations_by_prefix() -> None:
     assert loc is not None and [e.uid for e in loc.evses or []] == ["FSA-01", "FSA-02"]
     check("Location", builtins(loc))
     check("Location", builtins(v.location("CP0001")))
-    assert v.point_of("FSA", None) is None  # two EVSEs: the EVSE must be named
     assert v.point_of("CP0001", None) is not None and v.evse("FSA", "CP0001") is None
+    # no EVSE named at a Location of several: its first available one
+    assert v.point_of("FSA", None).id == "FSA-01"  # type: ignore[union-attr]
+    status(v, 11, "FSA-01", "carregando")
+    assert v.point_of("FSA", None).id == "FSA-02"  # type: ignore[union-attr]
+    status(v, 12, "FSA-02", "reservado")
+    assert v.point_of("FSA", None) is None
 
 
 def test_status_changes_are_reported_once_with_their_time() -> None:

@@ -258,12 +258,17 @@ class LocationsView:
         return self.evses.get(pid)
 
     def point_of(self, lid: str, uid: str | None) -> Point | None:
-        """The point of an EVSE (the Location's only one when ``uid`` is None)."""
+        """The point of an EVSE; when ``uid`` is None, the Location's only EVSE, or
+        its first AVAILABLE one (None when it has several and none is available)."""
         members = self.members.get(lid)
         if not members:
             return None
         if uid is None:
-            return self.state.points[members[0]] if len(members) == 1 else None
+            if len(members) == 1:
+                return self.state.points[members[0]]
+            free = (m for m in members if self.evses[m].status == "AVAILABLE")
+            first = next(free, None)
+            return None if first is None else self.state.points[first]
         pid = self.uid_to_point.get(uid)
         return self.state.points.get(pid) if pid in members else None
 

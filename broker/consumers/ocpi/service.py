@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 TICK_S: Final = 1.0
 HANDSHAKE_TIMEOUT_S: Final = 10.0
+REGISTER_RETRY_S: Final = 10.0  # a registration with an eMSP that failed is tried again
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class OcpiService:
         self.http = httpx.AsyncClient(timeout=HANDSHAKE_TIMEOUT_S)
         self._tasks: list[asyncio.Task[None]] = []
         self._pulled: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -185,7 +187,8 @@ class OcpiService:
         self.outbox.sync(self.partners)
         now = time.time()
         for p in self.partners:
-            if p.state == "register":
+            if p.state == "register" and now >= self._retry_at.get(p.name, 0.0):
+                self._retry_at[p.name] = now + REGISTER_RETRY_S  # until it succeeds
                 await self._register_with(p)
             elif self._pull_due(p, now):
                 self._pulled[p.name] = now
@@ -457,11 +460,19 @@ class OcpiService:
                     url, headers={"Authorization": auth_header(p.token_out or "")}
                 )
                 doc = resp.json()
-                tokens = msgspec.convert(doc.get("data") or [], list[Token])
-            except (httpx.HTTPError, ValueError, msgspec.ValidationError, AttributeError) as exc:
+                items = doc.get("data") or []
+                if not isinstance(items, list):
+                    raise ValueError("data is not a list")
+            except (httpx.HTTPError, ValueError, AttributeError) as exc:
                 log.info("token pull from %s: %s", p.name, exc)
                 raise OcpiError(Status.CLIENT_API_UNUSABLE, str(exc)) from exc
-            self.store.put_tokens(p.name, [msgspec.to_builtins(t) for t in tokens])
+            tokens = []
+            for item in items:
+                try:
+                    tokens.append(msgspec.to_builtins(msgspec.convert(item, Token)))
+                except msgspec.ValidationError as exc:  # one bad token spoils no other
+                    log.info("token from %s skipped: %s", p.name, exc)
+            self.store.put_tokens(p.name, tokens)
             got += len(tokens)
             url = next_link(resp.headers.get("link"))
         return got
