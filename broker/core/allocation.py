@@ -125,7 +125,6 @@ class Slot:
     pending: list[tuple[str, int]] = field(default_factory=list)  # (cmd_id, watts), sent order
 
 
-
 @dataclass(slots=True)
 class LimitOrder:
     """Send ``limit {session_id, kw}`` with ``cmd_id`` to the station of ``point_id``."""
