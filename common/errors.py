@@ -114,6 +114,12 @@ class ConfigError(EVError):
     code = "config"
 
 
+class SiteRefused(EVError):
+    """A site definition the broker does not take (energy.md): nothing is stored."""
+
+    code = "site_refused"
+
+
 class StoreError(EVError):
     """The database cannot be used: corrupt, locked by another broker, newer schema."""
 

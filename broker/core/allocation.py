@@ -178,6 +178,10 @@ class SiteAllocator:
 
     # --- inputs ---------------------------------------------------------------------
 
+    def touch(self) -> None:
+        """Re-run the rule at the next :meth:`reconcile` even if no input changed."""
+        self._dirty = True
+
     def set_limit(self, limit_w: int, min_w: int) -> None:
         self.limit_w, self.min_w = limit_w, min_w
         for s in self._slots.values():

@@ -39,6 +39,7 @@ from broker.core.sessions import (
     session_cost,
     to_decimal,
 )
+from broker.core.sites import Sites
 from broker.core.timers import TimerHeap
 from common.errors import PointUnreachable
 from common.events import (
@@ -63,6 +64,7 @@ from common.replies import (
     PointView,
     ReservaCancelada,
     ReservaExpirada,
+    SessionView,
     Started,
     Statement,
     SuaVez,
@@ -112,6 +114,8 @@ class Engine:
         self._abandoned: dict[str, tuple[str, str]] = {}
         self._accounts = Accounts()
         self._timers = TimerHeap()
+        #: the owner of sites and their power (energy.md); see :mod:`broker.core.sites`
+        self.sites = Sites(new_id, self.publish)
         self._seq = 0
         self._order = 0
         self._points_online = 0
@@ -158,6 +162,22 @@ class Engine:
 
         hits = self._index.nearest(latitude, longitude, k, max_km, accept)
         return [(d, points[pid]) for d, pid in hits]
+
+    def points(self) -> list[PointState]:
+        return list(self._points.values())
+
+    def live_sessions(self) -> list[tuple[str, str, str, float, float]]:
+        """Every running or starting session as ``(session_id, vehicle_id, point_id,
+        started_at, potencia_kw)`` (for sites that change)."""
+        out = [
+            (s.id, s.vehicle_id, s.point_id, s.started_at, self._points[s.point_id].potencia_kw)
+            for s in self._sessions.values()
+            if s.point_id in self._points
+        ]
+        for pend in self._pending.values():
+            p = self._points[pend.point_id]
+            out.append((pend.session_id, pend.vehicle_id, p.id, pend.deadline, p.potencia_kw))
+        return out
 
     def running_session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
@@ -333,13 +353,22 @@ class Engine:
         power = p.potencia_kw if p.potencia_kw > 0 else 1.0
         t = now
         if s is not None:
-            target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
-            t += max(0.0, target - s.energy_reported) / power * 3600.0
+            t += self.remaining_s(s, power)
         elif p.pending is not None:
             t += TYPICAL_SESSION_KWH / power * 3600.0
         for r in p.queue:
             t = max(t, r.created_at + r.eta_s) + TYPICAL_SESSION_KWH / power * 3600.0
         return max(0, math.ceil((t - now) / 60.0 - 1e-9))
+
+    def remaining_s(self, s: Session, nominal_kw: float) -> float:
+        """Seconds until ``s`` reaches its target at the power it may draw (its site's
+        allocation, else ``nominal_kw``; a paused session counts its minimum)."""
+        power = nominal_kw if nominal_kw > 0 else 1.0
+        allowed = self.sites.allowed_kw(s.id) if self.sites else None
+        if allowed is not None:
+            power = allowed if allowed > 0 else self.sites.resume_kw(s.id)
+        target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
+        return max(0.0, target - s.energy_reported) / max(power, 0.1) * 3600.0
 
     # --- vehicles -------------------------------------------------------------------
 
@@ -499,6 +528,9 @@ class Engine:
     ) -> None:
         """Ask the station to start; the vehicle's reply waits for its ``ack``."""
         session_id = self._new_id("ses")
+        kw = None
+        if self.sites:
+            kw = self.sites.start(session_id, vehicle_id, p.id, p.potencia_kw, now, fx)
         start = Start(
             cmd_id=self._new_id("cmd"),
             session_id=session_id,
@@ -506,6 +538,7 @@ class Engine:
             nivel_bateria=data.nivel_bateria,
             nivel_carregar=data.nivel_carregar,
             capacidade_kwh=data.capacidade_kwh,
+            kw=kw,
         )
         fx.append(SendStation(p.id, start))
         pend = PendingStart(
@@ -544,8 +577,10 @@ class Engine:
         """The station answered a command: a pending start begins or fails.
 
         Only the point the command went to may answer it; another point's ack is
-        refused (``Rejected``) and changes nothing.
+        refused (``Rejected``) and changes nothing. An ack of a ``limit`` goes to the sites.
         """
+        if self.sites.acked(cmd_id, ok, now, fx):
+            return
         pend = self._pending.get(cmd_id)
         owner = pend.point_id if pend is not None else self._abandoned.get(cmd_id, (None,))[0]
         if owner is not None and owner != point_id:
@@ -623,6 +658,7 @@ class Engine:
     def fail_start(self, pend: PendingStart, now: float, fx: list[Effect], why: str) -> None:
         """``start`` was refused, not acked in time, or unroutable: ``point_unreachable``."""
         p = self._retire_start(pend, fx)
+        self.sites.end(pend.session_id, now, fx)
         if len(self._abandoned) >= MAX_ABANDONED:
             self._abandoned.clear()
         self._abandoned[pend.cmd_id] = (pend.point_id, pend.session_id)
@@ -688,6 +724,7 @@ class Engine:
         p = self._points.get(s.point_id)
         if p is not None and p.session is s:
             p.session = None
+        self.sites.end(s.id, now, fx)
         e = kwh3(energy)
         cost = float(s.cost)
         self.publish(
@@ -790,6 +827,7 @@ class Engine:
         self._sessions[s.id] = s
         self._session_by_vehicle[s.vehicle_id] = s
         p.session = s
+        self.sites.adopt(s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw)
 
     def restore_start(self, pend: PendingStart) -> None:
         """A start sent before a crash whose ack never came back (see Core.restore)."""
@@ -799,6 +837,7 @@ class Engine:
         if pend.session_id in self._sessions or pend.session_id in self._accounts.billed:
             return
         self._track_start(p, pend)
+        self.sites.adopt(pend.session_id, pend.vehicle_id, p.id, pend.deadline, p.potencia_kw)
 
     def restore_graces(self, now: float) -> None:
         """Every restored point with a queue or a session starts its grace period."""
@@ -809,12 +848,13 @@ class Engine:
     # --- timers ---------------------------------------------------------------------
 
     def next_due(self) -> float | None:
+        due = self.sites.next_due() if self.sites else None
         while True:
             top = self._timers.peek()
             if top is None:
-                return None
+                return due
             if self._live(top[2], top[3], top[4]):
-                return top[0]
+                return top[0] if due is None else min(due, top[0])
             self._timers.discard_top()
 
     def _live(self, kind: str, key: str, token: float) -> bool:
@@ -843,6 +883,8 @@ class Engine:
                 pend = self._pending.get(key)
                 if pend is not None:
                     self.fail_start(pend, now, fx, "timeout")
+        if self.sites:
+            self.sites.tick(now, fx)
         return fx
 
     def _fire_offline(self, point_id: str, now: float, fx: list[Effect]) -> None:
@@ -909,9 +951,27 @@ class Engine:
             if p.queue
         }
         running = sorted(self._sessions.values(), key=lambda s: (s.started_at, s.id))
-        sessions = [s.view() for s in running]
+        sessions = [self.session_view(s, now) for s in running]
         snap = {"seq": self._seq, "points": points, "queues": queues, "sessions": sessions}
+        if self.sites:
+            snap["sites"] = self.sites.view()
         return msgspec.to_builtins(snap)  # type: ignore[no-any-return]
+
+    def session_view(self, s: Session, now: float) -> SessionView:
+        """``s`` as ``status`` shows it: on a site with its allowed power and ETA
+        (``aguardando_energia`` while paused)."""
+        view = s.view()
+        allowed = self.sites.allowed_kw(s.id) if self.sites else None
+        if allowed is None:
+            return view
+        p = self._points.get(s.point_id)
+        eta = math.ceil(self.remaining_s(s, p.potencia_kw if p else 0.0) / 60.0 - 1e-9)
+        return msgspec.structs.replace(
+            view,
+            estado="aguardando_energia" if allowed <= 0 else "carregando",
+            potencia_kw=allowed,
+            eta_min=max(0, eta),
+        )
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -69,6 +69,9 @@ def handle_datagram(
         s = p.session
         if s is not None and (d.session_id is None or d.session_id == s.id):
             s.energy_reported = energy
+    drawn = d.potencia_atual_kw
+    if drawn is not None and p.session is not None and eng.sites.tracks(p.session.id):
+        return _drawn(eng, p, d, drawn, now)
     if (
         p.online
         and d.available is p.rep_available
@@ -84,6 +87,17 @@ def handle_datagram(
             eng.arm_offline(p, now)
         return []
     return _slow_datagram(eng, p, d, now)
+
+
+def _drawn(eng: Engine, p: PointState, d: StatusDatagram, drawn: float, now: float) -> list[Effect]:
+    """A datagram of a session on a site: its power goes to the site first."""
+    s = p.session
+    assert s is not None
+    fx: list[Effect] = []
+    if d.session_id is None or d.session_id == s.id:
+        eng.sites.drawn(s.id, drawn, now, fx)
+    fx.extend(_slow_datagram(eng, p, d, now))
+    return fx
 
 
 def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) -> list[Effect]:
@@ -234,12 +248,17 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 fx,
             )
             p.boot_id = msg.boot_id or None
+            p.limites = msg.limites
+            if p.limites:
+                fx.append(Persist("point", p.id, p.static_record()))
         else:
             if msg.boot_id:
                 _note_boot(eng, p, msg.boot_id, now, fx)
-            if _update_static(
+            changed = _update_static(
                 eng, p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s
-            ):
+            )
+            if changed or msg.limites != p.limites:
+                p.limites = msg.limites
                 fx.append(Persist("point", p.id, p.static_record()))
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
