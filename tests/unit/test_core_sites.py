@@ -135,7 +135,7 @@ def test_a_station_that_keeps_overdrawing_is_held_at_zero() -> None:
     define(h, limit_kw=10)
     sid, kw, _ = start(h, "V0", "S-0")
     assert kw == 10.0
-    for n in range(OVERDRAW_STRIKES):
+    for _n in range(OVERDRAW_STRIKES):
         fx = h.dgram(
             "S-0", boot_id="b0", estado="carregando", session_id=sid, potencia_atual_kw=20.0
         )
