@@ -305,7 +305,8 @@ class Charger:
             step.changed = True
         else:
             s.sim_elapsed = sim
-            s.soc = min(s.target, soc_after(s.seg_soc, sim, s.power_kw, s.capacity_kwh))
+            if s.power_kw > 0:  # paused (limit 0): the level stays
+                s.soc = min(s.target, soc_after(s.seg_soc, sim, s.power_kw, s.capacity_kwh))
         return step
 
     def fault(self, now: float) -> Step:
