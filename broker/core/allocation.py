@@ -143,6 +143,7 @@ class Plan:
     paused: list[str]
     resumed: list[str]
     changed: bool  # some target changed: publish ``site.allocation``
+    powers: list[tuple[str, int]]  # (session_id, watts) of every changed target
 
 
 class SiteAllocator:
@@ -154,6 +155,7 @@ class SiteAllocator:
         self._slots: dict[str, Slot] = {}
         self._paused: list[str] = []  # first-paused-first
         self._dirty = True
+        self._powers: list[tuple[str, int]] = []
 
     # --- reading --------------------------------------------------------------------
 
@@ -302,10 +304,10 @@ class SiteAllocator:
         shares = allocate(self.limit_w, [s.min_w for s in live], [s.demand_w for s in live])
         paused: list[str] = []
         resumed: list[str] = []
-        changed = False
+        powers = self._powers = []
         for s, w in zip(live, shares, strict=True):
             if w != s.target_w:
-                changed = True
+                powers.append((s.session_id, w))
                 s.target_w = w
             if w > 0 and s.state is not SlotState.RUNNING:
                 if s.state is SlotState.PAUSED:
@@ -318,9 +320,9 @@ class SiteAllocator:
                 paused.append(s.session_id)
         for s in order[len(live) :]:
             if s.target_w != 0:
-                changed = True
+                powers.append((s.session_id, 0))
                 s.target_w = 0
-        return paused, resumed, changed
+        return paused, resumed, bool(powers)
 
     def _send(self, s: Slot, w: int, now: float, new_id: Callable[[str], str]) -> LimitOrder:
         order = LimitOrder(new_id("cmd"), s.point_id, s.session_id, w)
@@ -336,6 +338,7 @@ class SiteAllocator:
         paused: list[str] = []
         resumed: list[str] = []
         changed = False
+        self._powers = []
         if self._dirty:
             self._dirty = False
             paused, resumed, changed = self._retarget()
@@ -350,7 +353,7 @@ class SiteAllocator:
             for s in self._priority():
                 if s.sent_w != s.target_w:
                     orders.append(self._send(s, s.target_w, now, new_id))
-        return Plan(orders, paused, resumed, changed)
+        return Plan(orders, paused, resumed, changed, self._powers)
 
 
 def fair(limit_w: int, entries: Iterable[tuple[int, int, int]]) -> bool:

@@ -985,4 +985,5 @@ class Engine:
             "timers": len(self._timers),
             "last_seq": self._seq,
             **self._counters,
+            "sites": self.sites.figures() if self.sites else {},
         }

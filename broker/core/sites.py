@@ -50,6 +50,9 @@ OVERDRAW_STRIKES: Final = 3  # consecutive overdraw reports before the session i
 DEMAND_STEP_W: Final = 1000  # a demand change smaller than this is not worth a reallocation
 
 Publisher = Callable[[list[Effect], EventData, float], None]
+#: (session_id, allocated kW, now): the power a session may draw changed (charging
+#: periods of a tariffed session split there)
+PowerHook = Callable[[str, float, float], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +175,12 @@ class _Member:
 class Sites:
     """Every site, its allocator, and the sessions running on it."""
 
-    def __init__(self, new_id: Callable[[str], str], publish: Publisher) -> None:
+    def __init__(
+        self, new_id: Callable[[str], str], publish: Publisher, on_power: PowerHook | None = None
+    ) -> None:
         self._new_id = new_id
         self._publish = publish
+        self._on_power = on_power
         self._defs: dict[str, SiteDef] = {}
         self._alloc: dict[str, SiteAllocator] = {}
         self._point_site: dict[str, str | None] = {}  # cache of site_of, cleared on changes
@@ -232,6 +238,21 @@ class Sites:
             return False
         slot = self._alloc[m.site].slot(session_id)
         return slot is not None and slot.state is not SlotState.RUNNING
+
+    def figures(self) -> dict[str, dict[str, float]]:
+        """Per site: ``limit_kw``, ``allocated_kw``, ``drawn_kw``, ``overdraws`` (metrics)."""
+        drawn: dict[str, float] = {}
+        for m in self._members.values():
+            drawn[m.site] = drawn.get(m.site, 0.0) + m.drawn_kw
+        return {
+            name: {
+                "limit_kw": d.limit_kw,
+                "allocated_kw": w_to_kw(self._alloc[name].allocated_total()),
+                "drawn_kw": round(drawn.get(name, 0.0), 3),
+                "overdraws": float(self.overdraws.get(name, 0)),
+            }
+            for name, d in self._defs.items()
+        }
 
     def view(self) -> list[dict[str, Any]]:
         """Every site with its figures and sessions, as plain data (sorted by name)."""
@@ -528,6 +549,9 @@ class Sites:
                 ),
                 now,
             )
+        if self._on_power is not None:
+            for sid, watts in plan.powers:
+                self._on_power(sid, w_to_kw(watts), now)
         if plan.changed:
             d = self._defs[site]
             self._publish(

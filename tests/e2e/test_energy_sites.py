@@ -19,7 +19,7 @@ import zmq
 
 from common.codec import pack, unpack
 from tests.support.procs import BrokerPorts, Proc, running
-from tests.support.raw_clients import Vehicle, wait_for
+from tests.support.raw_clients import Vehicle, http_get, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -164,6 +164,12 @@ def test_four_vehicles_share_a_fifty_kw_site(broker: tuple[Proc, BrokerPorts]) -
             assert {s["kw"] for s in sessions(ask).values()} == {12.5}
             status = cars[0].ask("status")["data"]["sessao"]
             assert status["potencia_kw"] == 12.5 and status["estado"] == "carregando"
+            code, text = http_get(ports.http, "/metrics")
+            assert code == 200
+            assert metric(text, 'evcharge_site_limit_kw{site="depot"}') == 50.0
+            assert metric(text, 'evcharge_site_allocated_kw{site="depot"}') == 50.0
+            assert 49.9 <= metric(text, 'evcharge_site_drawn_kw{site="depot"}') <= 50.0
+            assert 'evcharge_site_overdraw_total{site="depot"} 0' in text
 
             # the limit lowered to 10 kW: the first two at 5 kW, the last two paused
             assert ask({"op": "set_site", "name": "depot", "limit_kw": 10, "points": ["S*"]})["ok"]
