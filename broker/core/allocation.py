@@ -39,6 +39,9 @@ from enum import StrEnum
 from typing import Final
 
 DEFAULT_MIN_W: Final = 4200  # 6 A on three phases
+#: Equal shares are whole multiples of this (0.1 kW): a charger cannot regulate finer,
+#: and a session's small change then moves nobody else's limit (no command storm).
+STEP_W: Final = 100
 RESEND_S: Final = 2.0  # an unacknowledged lowering is sent again after this long
 
 
@@ -51,12 +54,12 @@ def w_to_kw(w: int) -> float:
     return w / 1000.0
 
 
-def water_fill(limit_w: int, demands: Sequence[int]) -> list[int]:
+def water_fill(limit_w: int, demands: Sequence[int], step_w: int = STEP_W) -> list[int]:
     """Max-min fair shares of ``limit_w`` for ``demands``, in the same order.
 
     Sessions whose demand is below an equal share get their demand; the rest
-    split what remains equally (whole watts; the few watts an equal split cannot
-    divide stay unallocated).
+    split what remains equally, in whole ``step_w`` (what an equal split in such
+    steps cannot divide, less than ``step_w`` per session, stays unallocated).
     """
     n = len(demands)
     if n == 0:
@@ -67,7 +70,7 @@ def water_fill(limit_w: int, demands: Sequence[int]) -> list[int]:
     out = [0] * n
     remaining, left = limit_w, n
     for pos, i in enumerate(order):
-        share = remaining // left
+        share = remaining // left // step_w * step_w
         d = demands[i]
         if d > share:
             for j in order[pos:]:
@@ -79,20 +82,24 @@ def water_fill(limit_w: int, demands: Sequence[int]) -> list[int]:
     return out
 
 
-def allocate(limit_w: int, mins: Sequence[int], demands: Sequence[int]) -> list[int]:
+def allocate(
+    limit_w: int, mins: Sequence[int], demands: Sequence[int], step_w: int = STEP_W
+) -> list[int]:
     """The allowed power of each session given in priority order (0: paused).
 
     ``mins[i]`` is session i's minimum (``min_kw``, or its point's power when
     lower), ``demands[i]`` what it would take. The longest prefix whose minimums
     fit runs; each of those gets at least its minimum.
     """
+    mins = [-(-m // step_w) * step_w for m in mins]  # whole steps, rounded up
     running, used = 0, 0
     for m in mins:
         if used + m > limit_w:
             break
         used += m
         running += 1
-    shares = water_fill(limit_w, [max(d, m) for d, m in zip(demands[:running], mins, strict=False)])
+    wants = [max(d, m) for d, m in zip(demands[:running], mins, strict=False)]
+    shares = water_fill(limit_w, wants, step_w)
     return shares + [0] * (len(mins) - running)
 
 
@@ -156,6 +163,9 @@ class SiteAllocator:
         self._paused: list[str] = []  # first-paused-first
         self._dirty = True
         self._powers: list[tuple[str, int]] = []
+        self._order: list[Slot] | None = None  # priority order, until a slot comes, goes or moves
+        self._new = 0  # slots in state NEW
+        self._blocked = 0  # slots in state BLOCKED
 
     # --- reading --------------------------------------------------------------------
 
@@ -164,7 +174,7 @@ class SiteAllocator:
 
     def slots(self) -> list[Slot]:
         """Every slot in priority order."""
-        return self._priority()
+        return list(self._priority())
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -200,7 +210,7 @@ class SiteAllocator:
     ) -> None:
         """A session joins the site; ``granted_w``: what its station may draw already
         (0 for a start not yet sent; the point's power for a session already running)."""
-        self._slots[session_id] = Slot(
+        slot = self._slots[session_id] = Slot(
             session_id=session_id,
             point_id=point_id,
             started_at=started_at,
@@ -211,6 +221,15 @@ class SiteAllocator:
             sent_w=granted_w,
         )
         self._dirty = True
+        self._new += 1
+        order = self._order
+        if order is not None and (not order or _start_order(order[-1]) < _start_order(slot)):
+            if order and order[-1].state is SlotState.BLOCKED:
+                self._order = None
+            else:
+                order.append(slot)  # the latest start goes last: the order holds
+        else:
+            self._order = None
 
     def start(
         self,
@@ -241,7 +260,13 @@ class SiteAllocator:
             return False
         if s.state is SlotState.PAUSED:
             self._paused.remove(session_id)
+        elif s.state is SlotState.NEW:
+            self._new -= 1
+        elif s.state is SlotState.BLOCKED:
+            self._blocked -= 1
         self._dirty = True
+        if self._order is not None:
+            self._order.remove(s)
         return True
 
     def report_demand(self, session_id: str, demand_w: int) -> bool:
@@ -263,8 +288,12 @@ class SiteAllocator:
             return False
         if s.state is SlotState.PAUSED:
             self._paused.remove(session_id)
+        elif s.state is SlotState.NEW:
+            self._new -= 1
+        self._blocked += 1
         s.state = SlotState.BLOCKED
         self._dirty = True
+        self._order = None
         return True
 
     def acked(self, session_id: str, cmd_id: str) -> bool:
@@ -282,6 +311,8 @@ class SiteAllocator:
     # --- the rule -------------------------------------------------------------------
 
     def _priority(self) -> list[Slot]:
+        if self._order is not None:
+            return self._order
         running: list[Slot] = []
         new: list[Slot] = []
         blocked: list[Slot] = []
@@ -296,11 +327,16 @@ class SiteAllocator:
         new.sort(key=_start_order)
         blocked.sort(key=_start_order)
         paused = [self._slots[sid] for sid in self._paused]
-        return running + paused + new + blocked
+        self._order = running + paused + new + blocked
+        return self._order
 
     def _retarget(self) -> tuple[list[str], list[str], bool]:
         order = self._priority()
-        live = [s for s in order if s.state is not SlotState.BLOCKED]
+        live = (
+            order if not self._blocked else [s for s in order if s.state is not SlotState.BLOCKED]
+        )
+        had_new = self._new > 0
+        self._new = 0
         shares = allocate(self.limit_w, [s.min_w for s in live], [s.demand_w for s in live])
         paused: list[str] = []
         resumed: list[str] = []
@@ -322,6 +358,8 @@ class SiteAllocator:
             if s.target_w != 0:
                 powers.append((s.session_id, 0))
                 s.target_w = 0
+        if paused or resumed or (had_new and self._paused):
+            self._order = None  # (a new session that runs stays last: the order holds)
         return paused, resumed, bool(powers)
 
     def _send(self, s: Slot, w: int, now: float, new_id: Callable[[str], str]) -> LimitOrder:
@@ -356,12 +394,12 @@ class SiteAllocator:
         return Plan(orders, paused, resumed, changed, self._powers)
 
 
-def fair(limit_w: int, entries: Iterable[tuple[int, int, int]]) -> bool:
+def fair(limit_w: int, entries: Iterable[tuple[int, int, int]], step_w: int = STEP_W) -> bool:
     """Whether ``(allocated, demand, minimum)`` triples of running sessions are
     max-min fair under ``limit_w``: every session short of its demand (at least its
     minimum) has the same, largest share, and no more than a few watts are left
     unallocated while one is short (for tests and checks)."""
-    rows = [(a, max(d, m)) for a, d, m in entries]
+    rows = [(a, max(d, -(-m // step_w) * step_w)) for a, d, m in entries]
     short = [a for a, want in rows if a < want]
     if any(a > want for a, want in rows):
         return False
@@ -370,4 +408,4 @@ def fair(limit_w: int, entries: Iterable[tuple[int, int, int]]) -> bool:
     level = short[0]
     if any(a != level for a in short) or any(want > level for a, want in rows if a == want):
         return False
-    return 0 <= limit_w - sum(a for a, _w in rows) < len(short)
+    return 0 <= limit_w - sum(a for a, _w in rows) < step_w * len(short)

@@ -43,7 +43,8 @@ def test_water_fill_gives_small_demands_their_demand_and_splits_the_rest() -> No
     assert water_fill(40_000, [5_000, 22_000, 22_000]) == [5_000, 17_500, 17_500]
     assert water_fill(100_000, [22_000, 11_000]) == [22_000, 11_000]
     assert water_fill(10_000, [3_000, 3_000, 3_000]) == [3_000] * 3
-    assert water_fill(10, [7, 7, 7]) == [3, 3, 3]
+    assert water_fill(10, [7, 7, 7], step_w=1) == [3, 3, 3]
+    assert water_fill(50_000, [22_000] * 3) == [16_600] * 3  # steps of 0.1 kW
     assert water_fill(5, []) == []
 
 
@@ -72,13 +73,13 @@ def test_a_new_session_on_a_full_site_starts_at_zero_then_rises_after_the_loweri
     assert (w0, w1) == (22_000, 22_000)
     w2, plan = site.start("c", "P2", 2.0, 22_000, 2.0, new_id)
     assert w2 == 0  # a and b must come down first
-    assert sorted((o.session_id, o.watts) for o in plan.orders) == [("a", 16_666), ("b", 16_666)]
+    assert sorted((o.session_id, o.watts) for o in plan.orders) == [("a", 16_600), ("b", 16_600)]
     assert site.granted_total() == 44_000
     site.acked("a", plan.orders[0].cmd_id)
     assert site.reconcile(3.0, new_id).orders == []
     site.acked("b", plan.orders[1].cmd_id)
     raise_ = site.reconcile(3.0, new_id)
-    assert [(o.session_id, o.watts) for o in raise_.orders] == [("c", 16_666)]
+    assert [(o.session_id, o.watts) for o in raise_.orders] == [("c", 16_600)]
     assert site.granted_total() <= 50_000
 
 
@@ -92,7 +93,7 @@ def test_a_lost_ack_keeps_the_higher_limit_in_force_and_is_sent_again() -> None:
     ack_all(site, [o for o in plan.orders if o.session_id == "b"])
     assert site.reconcile(2.5, new_id).orders == []
     again = site.reconcile(2.0 + RESEND_S, new_id)
-    assert [(o.session_id, o.watts) for o in again.orders] == [("a", 16_666)]
+    assert [(o.session_id, o.watts) for o in again.orders] == [("a", 16_600)]
     assert again.orders[0].cmd_id != lower_a.cmd_id
     # the ack of the resent command settles the first one too
     assert site.acked("a", again.orders[0].cmd_id)

@@ -95,10 +95,10 @@ def test_four_sessions_share_fifty_kw_and_the_next_waits_for_the_lowerings() -> 
     (st,) = h.commands(fx, Start)
     assert st.kw == 0.0  # raised only once S-0 and S-1 acked their lowering
     lowered = {m.session_id: m.kw for m in h.commands(fx, Limit)}
-    assert lowered == {sid0: 16.666, sid1: 16.666}
+    assert lowered == {sid0: 16.6, sid1: 16.6}
     h.ack("S-2", st.cmd_id)
     raised = ack_all(h, fx)
-    assert [(m.session_id, m.kw) for m in raised[-1:]] == [(st.session_id, 16.666)]
+    assert [(m.session_id, m.kw) for m in raised[-1:]] == [(st.session_id, 16.6)]
     fx = h.arrive("V3", "S-3")
     (st3,) = h.commands(fx, Start)
     h.ack("S-3", st3.cmd_id)
