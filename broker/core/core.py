@@ -177,7 +177,7 @@ class Core:
                 points,
                 min_kw,
                 eng.sites.definitions(),
-                {p.id: p.limites for p in eng.points()},
+                {p.id: p.limites for p in eng.points},
             )
         except SiteRefused as exc:
             return {"error": exc.message}, fx
