@@ -19,7 +19,7 @@ from broker.consumers.subscriber import Endpoint, HistoryClient
 from broker.core import Core, CoreConfig
 from broker.core.effects import Persist, Publish
 from broker.store import Store
-from common.errors import SiteRefused, TransportError
+from common.errors import HistoryRefused, SiteRefused
 
 TIMEOUT_S: Final = 5.0
 
@@ -44,10 +44,8 @@ def online(endpoint: Endpoint, request: dict[str, Any]) -> dict[str, Any]:
     """
     try:
         return asyncio.run(_ask(endpoint, request))
-    except TransportError as exc:
-        if "history refused" in exc.message:
-            raise SiteRefused(exc.message.split(": ", 1)[-1]) from None
-        raise
+    except HistoryRefused as exc:
+        raise SiteRefused(exc.reason) from None
 
 
 def offline(db: str, request: dict[str, Any], by: str = "ev-broker sites") -> dict[str, Any]:
@@ -72,8 +70,6 @@ def offline(db: str, request: dict[str, Any], by: str = "ev-broker sites") -> di
             )
         else:
             reply, fx = core.remove_site(request.get("name"), by, now)
-        if "error" in reply:
-            raise SiteRefused(str(reply["error"]))
         store.write(
             [e for e in fx if isinstance(e, Persist)],
             [e.event for e in fx if isinstance(e, Publish)],

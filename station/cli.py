@@ -20,6 +20,7 @@ from common.cli import run as run_cli
 from common.credentials import load_optional
 from common.errors import ConfigError, SiteRefused, TransportError
 from common.geo import parse_center
+from common.ports import STATION_PORT, STATUS_PORT
 from station.cli_options import (
     Broker,
     BrokerSilence,
@@ -104,8 +105,8 @@ def run(
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
@@ -170,8 +171,8 @@ def fleet(
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,

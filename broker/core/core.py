@@ -20,7 +20,7 @@ from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from broker.core.sites import SITE_PREFIX, SiteDef, check_site
-from common.errors import SiteRefused, StoreError
+from common.errors import InvalidRequest, SiteRefused, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
 
@@ -114,7 +114,7 @@ class Core:
 
         ``signed_ts``: the datagram's ``ts`` when the status edge checked its signature.
         An out-of-order datagram is refused with the single effect ``Rejected("status",
-        "stale" | "replayed", ...)`` (see :func:`broker.core.stations.handle_datagram`).
+        StaleDatagram | ReplayedDatagram)`` (see :func:`broker.core.stations.handle_datagram`).
         """
         self._datagrams += 1
         return stations.handle_datagram(self._eng, datagram, now, signed_ts)
@@ -139,24 +139,25 @@ class Core:
 
     def set_availability(
         self, point_id: str, available: bool, reason: str, by: str, now: float
-    ) -> tuple[dict[str, Any], list[Effect]]:
+    ) -> tuple[int, list[Effect]]:
         """The history op ``set_availability`` from an operator credential ``by``.
 
-        Returns the reply (``{"ok": True, "seq": S}``, S the seq after every event
-        of the change, or ``{"error": ...}``) and the effects; the reply may go out
-        only once the effects are committed.
+        Returns the seq after every event of the change and the effects; the reply
+        may go out only once the effects are committed. Raises
+        :class:`common.errors.UnknownPoint` or :class:`common.errors.InvalidRequest`
+        (``field="reason"``), changing nothing.
         """
         fx: list[Effect] = []
         p = self._eng.point(point_id)
         if p is None:
-            return {"error": f"unknown point {point_id!r}"}, fx
+            raise UnknownPoint(f"unknown point {point_id!r}")
         reason = reason.strip()
         if not available and not reason:
-            return {"error": "reason: required to take a point out of service"}, fx
+            raise InvalidRequest("reason: required to take a point out of service", field="reason")
         if len(reason) > MAX_REASON:
-            return {"error": f"reason: at most {MAX_REASON} characters"}, fx
+            raise InvalidRequest(f"reason: at most {MAX_REASON} characters", field="reason")
         self._eng.set_availability(p, available, reason, by, now, fx)
-        return {"ok": True, "seq": self._eng.seq}, fx
+        return self._eng.seq, fx
 
     # --- sites (energy.md) ----------------------------------------------------------
 
@@ -165,22 +166,20 @@ class Core:
     ) -> tuple[dict[str, Any], list[Effect]]:
         """The history op ``set_site``: define or change a site (operator ``by``).
 
-        Returns the reply (``{"ok": True, "seq": S, "site": {...}}`` or ``{"error":
-        ...}``, nothing stored) and the effects, to commit before replying.
+        Returns the reply (``{"ok": True, "seq": S, "site": {...}}``) and the effects,
+        to commit before replying. Raises :class:`common.errors.SiteRefused` naming the
+        problem, changing nothing.
         """
         fx: list[Effect] = []
         eng = self._eng
-        try:
-            d = check_site(
-                name,
-                limit_kw,
-                points,
-                min_kw,
-                eng.sites.definitions(),
-                {p.id: p.limites for p in eng.points},
-            )
-        except SiteRefused as exc:
-            return {"error": exc.message}, fx
+        d = check_site(
+            name,
+            limit_kw,
+            points,
+            min_kw,
+            eng.sites.definitions(),
+            {p.id: p.limites for p in eng.points},
+        )
         running = [
             (sid, vid, pid, started, power) for sid, vid, pid, started, power in eng.live_sessions()
         ]
@@ -188,10 +187,11 @@ class Core:
         return {"ok": True, "seq": eng.seq, "site": d.record()}, fx
 
     def remove_site(self, name: Any, by: str, now: float) -> tuple[dict[str, Any], list[Effect]]:
-        """The history op ``remove_site``: its points are unlimited again."""
+        """The history op ``remove_site``: its points are unlimited again (SiteRefused
+        for a site that does not exist)."""
         fx: list[Effect] = []
         if not isinstance(name, str) or self._eng.sites.definition(name) is None:
-            return {"error": f"unknown site {name!r}"}, fx
+            raise SiteRefused(f"unknown site {name!r}")
         self._eng.sites.remove(name, by, now, fx)
         return {"ok": True, "seq": self._eng.seq}, fx
 

@@ -28,7 +28,7 @@ from broker.core.allocation import (
 )
 from broker.core.effects import Effect, Persist, Rejected, SendStation
 from common.credentials import check_pattern, point_matches
-from common.errors import ConfigError, SiteRefused
+from common.errors import ConfigError, LimitRefused, Overdraw, SiteRefused
 from common.events import (
     ChargingPaused,
     ChargingResumed,
@@ -425,7 +425,7 @@ class Sites:
         if sid is None:
             return False
         if not ok:
-            fx.append(Rejected("energy", "limit_refused", f"session {sid} refused {cmd_id}"))
+            fx.append(Rejected("energy", LimitRefused(f"session {sid} refused {cmd_id}")))
             return True
         del self._cmds[cmd_id]
         m = self._members.get(sid)
@@ -450,8 +450,10 @@ class Sites:
             fx.append(
                 Rejected(
                     "energy",
-                    "overdraw",
-                    f"{m.point_id!r} session {session_id} draws {kw:g} kW, limit {in_force:g} kW",
+                    Overdraw(
+                        f"{m.point_id!r} session {session_id} draws {kw:g} kW, "
+                        f"limit {in_force:g} kW"
+                    ),
                 )
             )
             if m.strikes >= OVERDRAW_STRIKES and alloc.block(session_id):

@@ -48,7 +48,7 @@ def region(endpoint, cred_file):
         if not reply["more"]:
             break
     snapshot = ask(s, {"op": "snapshot"})
-    accounts = ask(s, {"op": "accounts"})
+    accounts = ask(s, {"op": "accounts"})["accounts"]
     s.close()
     return {"events": events, "snapshot": snapshot, "accounts": accounts}
 

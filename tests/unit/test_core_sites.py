@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from broker.core.sites import OVERDRAW_STRIKES, patterns_overlap
+from common.errors import SiteRefused
 from common.messages import Limit, Start
 from tests.support.core_harness import Harness
 
@@ -21,9 +22,12 @@ def site_points(h: Harness, n: int = 4, power: float = 22.0, limites: bool = Tru
 def define(h: Harness, **kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"name": "depot", "limit_kw": 50, "points": ["S-*"], "min_kw": None}
     args.update(kw)
-    reply, fx = h.core.set_site(
-        args["name"], args["limit_kw"], args["points"], args["min_kw"], "op", h.now
-    )
+    try:
+        reply, fx = h.core.set_site(
+            args["name"], args["limit_kw"], args["points"], args["min_kw"], "op", h.now
+        )
+    except SiteRefused as exc:
+        return {"error": exc.message}
     h.apply(fx)
     return reply
 
