@@ -91,16 +91,27 @@ def allocate(
     lower), ``demands[i]`` what it would take. The longest prefix whose minimums
     fit runs; each of those gets at least its minimum.
     """
-    mins = [-(-m // step_w) * step_w for m in mins]  # whole steps, rounded up
+    mins = [round_up(m, step_w) for m in mins]
+    wants = [max(d, m) for d, m in zip(demands, mins, strict=True)]
+    return _share(limit_w, mins, wants, step_w)
+
+
+def round_up(w: int, step_w: int = STEP_W) -> int:
+    """``w`` up to whole steps."""
+    return -(-w // step_w) * step_w
+
+
+def _share(limit_w: int, mins: Sequence[int], wants: Sequence[int], step_w: int) -> list[int]:
+    """:func:`allocate` with minimums in whole steps and wants ``max(demand, min)``."""
     running, used = 0, 0
     for m in mins:
         if used + m > limit_w:
             break
         used += m
         running += 1
-    wants = [max(d, m) for d, m in zip(demands[:running], mins, strict=False)]
-    shares = water_fill(limit_w, wants, step_w)
-    return shares + [0] * (len(mins) - running)
+    if running == len(wants):
+        return water_fill(limit_w, wants, step_w)
+    return water_fill(limit_w, wants[:running], step_w) + [0] * (len(mins) - running)
 
 
 def _start_order(s: Slot) -> tuple[float, str]:
@@ -128,6 +139,8 @@ class Slot:
     sent_w: int
     state: SlotState = SlotState.NEW
     target_w: int = 0
+    min_q: int = 0  # min_w in whole steps (what the rule uses)
+    want_w: int = 0  # max(demand_w, min_q)
     sent_at: float = 0.0
     pending: list[tuple[str, int]] = field(default_factory=list)  # (cmd_id, watts), sent order
 
@@ -165,6 +178,9 @@ class SiteAllocator:
         self._powers: list[tuple[str, int]] = []
         self._order: list[Slot] | None = None  # priority order, until a slot comes, goes or moves
         self._new = 0  # slots in state NEW
+        #: slots whose limit in force or last sent differs from their target: the only
+        #: ones reconcile looks at (insertion-ordered, for determinism)
+        self._unsettled: dict[str, None] = {}
         self._blocked = 0  # slots in state BLOCKED
 
     # --- reading --------------------------------------------------------------------
@@ -186,7 +202,18 @@ class SiteAllocator:
         return sum(s.target_w for s in self._slots.values())
 
     def lowering_pending(self) -> bool:
-        return any(s.granted_w > s.target_w for s in self._slots.values())
+        slots = self._slots
+        return any(slots[sid].granted_w > slots[sid].target_w for sid in self._unsettled)
+
+    def _mark(self, s: Slot) -> None:
+        if s.granted_w != s.target_w or s.sent_w != s.target_w:
+            self._unsettled[s.session_id] = None
+        else:
+            self._unsettled.pop(s.session_id, None)
+
+    def _wants(self, s: Slot) -> None:
+        s.min_q = round_up(s.min_w)
+        s.want_w = max(s.demand_w, s.min_q)
 
     # --- inputs ---------------------------------------------------------------------
 
@@ -198,6 +225,7 @@ class SiteAllocator:
         self.limit_w, self.min_w = limit_w, min_w
         for s in self._slots.values():
             s.min_w = min(min_w, s.nominal_w)
+            self._wants(s)
         self._dirty = True
 
     def admit(
@@ -220,6 +248,8 @@ class SiteAllocator:
             granted_w=granted_w,
             sent_w=granted_w,
         )
+        self._wants(slot)
+        self._mark(slot)
         self._dirty = True
         self._new += 1
         order = self._order
@@ -258,6 +288,7 @@ class SiteAllocator:
         s = self._slots.pop(session_id, None)
         if s is None:
             return False
+        self._unsettled.pop(session_id, None)
         if s.state is SlotState.PAUSED:
             self._paused.remove(session_id)
         elif s.state is SlotState.NEW:
@@ -278,6 +309,7 @@ class SiteAllocator:
         if demand_w == s.demand_w:
             return False
         s.demand_w = demand_w
+        self._wants(s)
         self._dirty = True
         return True
 
@@ -305,6 +337,7 @@ class SiteAllocator:
             if cid == cmd_id:
                 del s.pending[: i + 1]
                 s.granted_w = max([w] + [pw for _c, pw in s.pending])
+                self._mark(s)
                 return True
         return False
 
@@ -337,7 +370,7 @@ class SiteAllocator:
         )
         had_new = self._new > 0
         self._new = 0
-        shares = allocate(self.limit_w, [s.min_w for s in live], [s.demand_w for s in live])
+        shares = _share(self.limit_w, [s.min_q for s in live], [s.want_w for s in live], STEP_W)
         paused: list[str] = []
         resumed: list[str] = []
         powers = self._powers = []
@@ -345,6 +378,7 @@ class SiteAllocator:
             if w != s.target_w:
                 powers.append((s.session_id, w))
                 s.target_w = w
+                self._mark(s)
             if w > 0 and s.state is not SlotState.RUNNING:
                 if s.state is SlotState.PAUSED:
                     self._paused.remove(s.session_id)
@@ -358,6 +392,7 @@ class SiteAllocator:
             if s.target_w != 0:
                 powers.append((s.session_id, 0))
                 s.target_w = 0
+                self._mark(s)
         if paused or resumed or (had_new and self._paused):
             self._order = None  # (a new session that runs stays last: the order holds)
         return paused, resumed, bool(powers)
@@ -369,6 +404,7 @@ class SiteAllocator:
         s.sent_at = now
         if w > s.granted_w:
             s.granted_w = w
+        self._mark(s)
         return order
 
     def reconcile(self, now: float, new_id: Callable[[str], str]) -> Plan:
@@ -382,13 +418,18 @@ class SiteAllocator:
             paused, resumed, changed = self._retarget()
         orders: list[LimitOrder] = []
         lowering = False
-        for s in self._slots.values():
+        slots = self._slots
+        for sid in list(self._unsettled):
+            s = slots[sid]
             if s.granted_w > s.target_w:
                 lowering = True
                 if s.sent_w != s.target_w or now - s.sent_at >= RESEND_S:
                     orders.append(self._send(s, s.target_w, now, new_id))
-        if not lowering:
-            for s in self._priority():
+        if not lowering and self._unsettled:
+            # every one left wants a raise, and only running sessions have a target
+            # above 0: their priority order is their start order
+            raises = sorted((slots[sid] for sid in self._unsettled), key=_start_order)
+            for s in raises:
                 if s.sent_w != s.target_w:
                     orders.append(self._send(s, s.target_w, now, new_id))
         return Plan(orders, paused, resumed, changed, self._powers)
