@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ocpp.v16 import call
+from ocpp.v201 import call as call201
 
 PROFILE_ID_BASE: Final = 1000  # profile ids: base + transaction id (one profile per transaction)
 ACCEPTED: Final = "Accepted"
@@ -54,6 +55,26 @@ def set_profile_16(limit: PowerLimit) -> call.SetChargingProfile:
         },
     }
     return call.SetChargingProfile(connector_id=limit.connector_id, cs_charging_profiles=profile)
+
+
+def set_profile_201(limit: PowerLimit, transaction_id: str) -> call201.SetChargingProfile:
+    """The OCPP 2.0.1 ``SetChargingProfile``: a ``TxProfile`` for the transaction (its
+    string id) on the EVSE ``limit.connector_id``, unit W."""
+    profile: dict[str, Any] = {
+        "id": limit.profile_id,
+        "stack_level": 0,
+        "charging_profile_purpose": "TxProfile",
+        "charging_profile_kind": "Relative",
+        "transaction_id": transaction_id,
+        "charging_schedule": [
+            {
+                "id": limit.profile_id,
+                "charging_rate_unit": "W",
+                "charging_schedule_period": [{"start_period": 0, "limit": float(limit.watts)}],
+            }
+        ],
+    }
+    return call201.SetChargingProfile(evse_id=limit.connector_id, charging_profile=profile)
 
 
 def refusal(status: Any) -> str | None:
