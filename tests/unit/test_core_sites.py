@@ -176,3 +176,20 @@ def test_removing_a_site_lifts_the_limit() -> None:
     assert [(m.session_id, m.kw) for m in h.commands(fx, Limit)] == [(sid, 22.0)]
     assert h.core.sites()["sites"] == []
     assert ("meta", "site:depot") not in h.store
+
+
+def test_waits_count_the_allocated_power() -> None:
+    h = Harness()
+    site_points(h, n=2)
+    define(h)
+    start(h, "V0", "S-0")  # 20 % -> 80 % of 60 kWh: 36 kWh to go
+
+    def wait(pid: str) -> int:
+        snap = h.core.snapshot(h.now)
+        return int(next(p for p in snap["points"] if p["id"] == pid)["espera_estimada_min"])
+
+    assert wait("S-0") == 36 * 60 // 22 + 1  # alone: its point's 22 kW (99 min)
+    define(h, limit_kw=6)
+    assert wait("S-0") == 36 * 60 // 6  # 6 kW now: 360 min
+    status = h.reply(h.request("V0", "status")).data["sessao"]
+    assert status["potencia_kw"] == 6.0 and status["eta_min"] == 360
