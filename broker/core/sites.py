@@ -471,7 +471,12 @@ class Sites:
                 self._reconcile(m.site, now, fx)
             return
         m.strikes = 0
-        if slot.state is not SlotState.RUNNING or slot.pending or slot.target_w <= 0:
+        if (
+            slot.state is not SlotState.RUNNING
+            or slot.pending
+            or slot.target_w <= 0
+            or slot.sent_w != slot.target_w
+        ):
             return  # not settled: the report says nothing about what the vehicle takes
         drawn_w = kw_to_w(kw)
         if drawn_w * 100 >= slot.target_w * 98:

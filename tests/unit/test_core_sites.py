@@ -193,3 +193,27 @@ def test_waits_count_the_allocated_power() -> None:
     assert wait("S-0") == 36 * 60 // 6  # 6 kW now: 360 min
     status = h.reply(h.request("V0", "status")).data["sessao"]
     assert status["potencia_kw"] == 6.0 and status["eta_min"] == 360
+
+
+def test_demand_follows_what_a_settled_session_draws_only() -> None:
+    h = Harness()
+    site_points(h, n=3)
+    define(h, limit_kw=30)
+    sid0, _kw, _ = start(h, "V0", "S-0")
+    sid1, _kw, _ = start(h, "V1", "S-1")
+    fx = h.arrive("V2", "S-2")
+    (st,) = h.commands(fx, Start)
+    assert st.kw == 0.0  # waits for the two lowerings
+    h.ack("S-2", st.cmd_id)
+    # it draws nothing yet: that says nothing about its vehicle (not settled)
+    h.dgram("S-2", boot_id="b2", estado="carregando", session_id=st.session_id,
+            potencia_atual_kw=0.0)  # fmt: skip
+    ack_all(h, fx)
+    kws = {s["session_id"]: s["kw"] for s in h.core.sites()["sites"][0]["sessions"]}
+    assert kws == {sid0: 10.0, sid1: 10.0, st.session_id: 10.0}
+    # settled and drawing 4 kW: its vehicle takes less, the others get the rest
+    fx = h.dgram("S-2", boot_id="b2", estado="carregando", session_id=st.session_id,
+                 potencia_atual_kw=4.0)  # fmt: skip
+    ack_all(h, fx)
+    kws = {s["session_id"]: s["kw"] for s in h.core.sites()["sites"][0]["sessions"]}
+    assert kws[st.session_id] == 4.9 and kws[sid0] == kws[sid1] == 12.5
