@@ -114,6 +114,12 @@ class ConfigError(EVError):
     code = "config"
 
 
+class SiteRefused(EVError):
+    """A site definition the broker does not take (energy.md): nothing is stored."""
+
+    code = "site_refused"
+
+
 class StoreError(EVError):
     """The database cannot be used: corrupt, locked by another broker, newer schema."""
 
@@ -235,6 +241,18 @@ class EnergyAboveBound(StationInputRefused):
     excess is not billed; the session is billed up to the bound."""
 
     code = "energy_above_bound"
+
+
+class LimitRefused(StationInputRefused):
+    """A station refused a ``limit`` command (energy.md): the higher limit stays in force."""
+
+    code = "limit_refused"
+
+
+class Overdraw(StationInputRefused):
+    """A session drew more than its limit in force + 5 % (energy.md)."""
+
+    code = "overdraw"
 
 
 class BadBrokerFrame(StationProtocolError):
