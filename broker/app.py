@@ -73,7 +73,15 @@ from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import InternalError, StoreError
-from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+from common.messages import (
+    BusEvent,
+    HistoryRemoveSite,
+    HistorySetSite,
+    HistorySites,
+    StationToBroker,
+    StatusDatagram,
+    VehicleRequest,
+)
 from common.oslimits import raise_nofile_limit
 from common.ports import (
     EVENTS_PORT,
@@ -235,6 +243,7 @@ class BrokerApp:
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
             set_availability=self.set_availability,
+            sites=self.sites_op,
         )
         await self.bus.start()
         await self.history.start()
@@ -352,6 +361,33 @@ class BrokerApp:
                 f": {reason}" if not available else "",
             )
         return seq
+
+    def sites_op(
+        self, request: HistorySites | HistorySetSite | HistoryRemoveSite, by: str
+    ) -> dict[str, Any]:
+        """The history ops on sites (energy.md); a change is answered after its commit.
+
+        Raises the core's refusal (SiteRefused), or InternalError when the commit fails.
+        """
+        now = time.time()
+        if isinstance(request, HistorySites):
+            return self.core.sites()
+        if isinstance(request, HistorySetSite):
+            reply, effects = self.core.set_site(
+                request.name, request.limit_kw, request.points, request.min_kw, by, now
+            )
+        else:
+            reply, effects = self.core.remove_site(request.name, by, now)
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                raise InternalError("internal: the change could not be committed") from exc
+            log.info("site %s %s by %s", request.name, "set" if "site" in reply else "removed", by)
+        return reply
 
     def vehicle_request(
         self,

@@ -34,6 +34,7 @@ from broker.core.sessions import (
     to_decimal,
 )
 from broker.core.shared import Shared
+from broker.core.sites import Sites
 from broker.core.timers import AckTimeout
 from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
@@ -61,8 +62,10 @@ class SessionTable:
         reservations: ReservationTable,
         accounts: Accounts,
         refresh: Refresh,
+        sites: Sites,
     ) -> None:
         self._s = shared
+        self._sites = sites  # the power of sessions on sites (energy.md)
         self._points = points
         self._reservations = reservations
         self._accounts = accounts
@@ -116,6 +119,9 @@ class SessionTable:
     ) -> None:
         """Ask the station to start; the vehicle's reply waits for its ``ack``."""
         session_id = self._s.new_id("ses")
+        kw = None
+        if self._sites:
+            kw = self._sites.start(session_id, vehicle_id, p.id, p.potencia_kw, now, fx)
         start = Start(
             cmd_id=self._s.new_id("cmd"),
             session_id=session_id,
@@ -123,6 +129,7 @@ class SessionTable:
             nivel_bateria=data.nivel_bateria,
             nivel_carregar=data.nivel_carregar,
             capacidade_kwh=data.capacidade_kwh,
+            kw=kw,
         )
         fx.append(SendStation(p.id, start))
         pend = PendingStart(
@@ -161,8 +168,10 @@ class SessionTable:
         """The station answered a command: a pending start begins or fails.
 
         Only the point the command went to may answer it; another point's ack is
-        refused (``Rejected``) and changes nothing.
+        refused (``Rejected``) and changes nothing. An ack of a ``limit`` goes to the sites.
         """
+        if self._sites.acked(cmd_id, ok, now, fx):
+            return
         pend = self._pending.get(cmd_id)
         owner = pend.point_id if pend is not None else self._abandoned.get(cmd_id, (None,))[0]
         if owner is not None and owner != point_id:
@@ -201,6 +210,7 @@ class SessionTable:
             reservation_id=pend.reservation_id,
             boot_id=p.boot_id,
         )
+        s.allowed_kw = self._sites.allowed_kw(s.id) if self._sites else None
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s
@@ -234,6 +244,7 @@ class SessionTable:
     def fail_start(self, pend: PendingStart, now: float, fx: list[Effect], why: str) -> None:
         """``start`` was refused, not acked in time, or unroutable: ``point_unreachable``."""
         p = self._retire(pend, fx)
+        self._sites.end(pend.session_id, now, fx)
         if len(self._abandoned) >= MAX_ABANDONED:
             self._abandoned.clear()
         self._abandoned[pend.cmd_id] = (pend.point_id, pend.session_id)
@@ -338,6 +349,7 @@ class SessionTable:
         p = self._points.get(s.point_id)
         if p is not None and p.session is s:
             p.session = None
+        self._sites.end(s.id, now, fx)
         e = kwh3(energy)
         cost = float(s.cost)
         self._s.log.publish(
@@ -421,6 +433,7 @@ class SessionTable:
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s
+        self._sites.adopt(s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw)
 
     def restore_start(self, pend: PendingStart) -> None:
         """A start sent before a crash whose ack never came back (see Core.restore)."""
@@ -430,3 +443,4 @@ class SessionTable:
         if pend.session_id in self._running or pend.session_id in self._accounts.billed:
             return
         self._track(p, pend)
+        self._sites.adopt(pend.session_id, pend.vehicle_id, p.id, pend.deadline, p.potencia_kw)

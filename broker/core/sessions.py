@@ -166,6 +166,8 @@ class Session:
     reservation_id: str | None
     boot_id: str | None
     energy_reported: float = 0.0
+    #: on a site: the power the rule gives it now (kW, 0 paused; never persisted)
+    allowed_kw: float | None = None
     # filled when billed
     ended_at: float | None = None
     nivel_final: float | None = None

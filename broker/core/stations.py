@@ -52,10 +52,25 @@ def handle_datagram(
         return _register_by_datagram(eng, d, now, signed_ts)
     heard = eng.points.take_datagram(p, d, now, signed_ts)
     if heard is Heard.SAME:
+        if d.potencia_atual_kw is not None and p.session is not None:
+            return _drawn(eng, p, d, d.potencia_atual_kw, now, [])
         return []
     if heard is Heard.OUT_OF_ORDER:
         return _out_of_order(eng, d, signed_ts)
-    return _slow_datagram(eng, p, d, now)
+    fx = _slow_datagram(eng, p, d, now)
+    if d.potencia_atual_kw is not None and p.session is not None:
+        return _drawn(eng, p, d, d.potencia_atual_kw, now, fx)
+    return fx
+
+
+def _drawn(
+    eng: Engine, p: PointState, d: StatusDatagram, drawn: float, now: float, fx: list[Effect]
+) -> list[Effect]:
+    """The power a session on a site reports drawing goes to its site."""
+    s = p.session
+    if s is not None and eng.sites.tracks(s.id) and (d.session_id in (None, s.id)):
+        eng.sites.drawn(s.id, drawn, now, fx)
+    return fx
 
 
 def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) -> list[Effect]:
@@ -123,12 +138,14 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 fx,
             )
             eng.points.set_boot(p, msg.boot_id or None, None)
+            eng.points.set_limites(p, msg.limites, fx)
         else:
             if msg.boot_id:
                 _note_boot(eng, p, msg.boot_id, now, fx)
             eng.points.update_static(
                 p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s, fx
             )
+            eng.points.set_limites(p, msg.limites, fx)
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)

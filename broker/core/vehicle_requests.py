@@ -120,7 +120,7 @@ def handle(
     elif isinstance(data, Custos) and req.type == "custos":
         reply(eng.statement(vehicle_id))
     elif isinstance(data, StatusQuery) and req.type == "status":
-        reply(_status(eng, vehicle_id))
+        reply(_status(eng, vehicle_id, now))
     else:
         reply(error_data(InvalidRequest(f"Data does not match type {req.type!r}")), "erro")
     return fx
@@ -156,14 +156,14 @@ def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
     return Raw(eng.encoded_points(hits, now)), truncated
 
 
-def _status(eng: Engine, vehicle_id: str) -> VehicleStatus:
+def _status(eng: Engine, vehicle_id: str, now: float) -> VehicleStatus:
     r = eng.reservation_of(vehicle_id)
     reserva = None
     if r is not None:
         p = eng.point(r.point_id)
         reserva = r.view(position_of(p.queue, vehicle_id) if p is not None else 0)
     s = eng.session_of(vehicle_id)
-    sessao = s.view() if s is not None else None
+    sessao = eng.session_view(s, now) if s is not None else None
     if sessao is None:
         pend = eng.pending_of(vehicle_id)
         if pend is not None:

@@ -85,6 +85,7 @@ class GatewayConfig:
     id_tags: IdTags = field(default_factory=IdTags)  # the idTags that may walk in
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class ChargerConnection(ChargePoint):  # type: ignore[misc]
     """One connected charger: OCPP handlers that hand validated payloads to its point."""
 
@@ -198,6 +199,7 @@ class Gateway:
         self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in, config.id_tags)
         self.login_guard = LoginGuard(_iterations(specs))
         self.host = Host(
+            # (ignored below) OcppPoint is a Charger by duck typing, not by inheritance
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
             link_factory,
@@ -390,6 +392,7 @@ class Gateway:
             self._serve_charger,
             cfg.host,
             cfg.port,
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._authorize,
             ssl=cfg.ssl_context,

@@ -172,6 +172,7 @@ def _connect_status(url: str, user: str, password: str, protocols: list[str]) ->
         try:
             async with connect(
                 f"{url}/{user}",
+                # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
                 subprotocols=protocols,  # type: ignore[arg-type]
                 additional_headers={"Authorization": f"Basic {auth}"},
                 open_timeout=10,
