@@ -294,6 +294,7 @@ class SessionTable:
         reason: str,
     ) -> None:
         """Close ``s``, record it in the account and tell everybody (exactly once)."""
+        s.state = "billed"
         s.ended_at = now
         s.energy = energy
         s.cost = session_cost(energy, s.price_kwh)
