@@ -114,6 +114,12 @@ class ConfigError(EVError):
     code = "config"
 
 
+class SiteRefused(EVError):
+    """A site definition the broker does not take (energy.md): nothing is stored."""
+
+    code = "site_refused"
+
+
 class StoreError(EVError):
     """The database cannot be used: corrupt, locked by another broker, newer schema."""
 
@@ -228,6 +234,25 @@ class FiguresOutOfBounds(StationInputRefused):
     """A completion whose figures are impossible for its session."""
 
     code = "figures"
+
+
+class EnergyAboveBound(StationInputRefused):
+    """A session's reported energy above its bound (the battery, or power x time): the
+    excess is not billed; the session is billed up to the bound."""
+
+    code = "energy_above_bound"
+
+
+class LimitRefused(StationInputRefused):
+    """A station refused a ``limit`` command (energy.md): the higher limit stays in force."""
+
+    code = "limit_refused"
+
+
+class Overdraw(StationInputRefused):
+    """A session drew more than its limit in force + 5 % (energy.md)."""
+
+    code = "overdraw"
 
 
 class BadBrokerFrame(StationProtocolError):

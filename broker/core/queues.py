@@ -6,6 +6,8 @@ holds the reservation record, its persisted form and the deadline formula.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import msgspec
 
 from broker.core.records import Record
@@ -16,6 +18,8 @@ from common.timeutil import format_timestamp
 class Reservation(Record, eq=False):
     """One vehicle waiting at (or holding the turn of) one point; persisted as it is."""
 
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"address"})
+
     id: str = msgspec.field(name="reservation_id")
     vehicle_id: str
     point_id: str
@@ -24,6 +28,8 @@ class Reservation(Record, eq=False):
     order: int
     turn_started_at: float | None = None
     deadline: float | None = None
+    #: the network address of the connection that made it (per-address cap), if known
+    address: str | None = None
 
     def view(self, position: int) -> ReservationView:
         """The reservation as shown in snapshots and ``status_veiculo``."""

@@ -21,7 +21,7 @@ def busy_harness() -> tuple[Harness, str]:
     sid = h.start_charging("CAR9", "CP02")
     h.reserve("CAR4", "CP02", eta=1)
     done = h.start_charging("CAR1", "CP01")
-    h.complete("CP01", done, "CAR1", 10, 55)
+    h.complete("CP01", done, "CAR1", 20, 55)
     return h, sid
 
 
