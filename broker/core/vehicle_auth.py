@@ -264,19 +264,23 @@ class VehicleAuth:
                 count="unauthenticated",
             )
         if owner is None:
-            self._owners[vid] = state.conn
-            state.speak_for(vid)
-            state.owns = True
-            holder = self._holders.get(vid)
-            if holder is None and not self._has_history(vid):
-                self._holders[vid] = state.conn
-            state.sealed = self._holders.get(vid) != state.conn
-            if state.sealed and rtype in HISTORY_READS:
-                return self._sealed(vid)
-            return Verdict(vid, bind=True)
+            return self._bind(state, vid, rtype)
         if state.sealed and rtype in HISTORY_READS:
             return self._sealed(vid)
         return Verdict(vid)
+
+    def _bind(self, state: ConnAuth, vid: str, rtype: str) -> Verdict:
+        """An unowned, unregistered id: this connection owns it from now on."""
+        self._owners[vid] = state.conn
+        state.speak_for(vid)
+        state.owns = True
+        holder = self._holders.get(vid)
+        if holder is None and not self._has_history(vid):
+            self._holders[vid] = state.conn
+        state.sealed = self._holders.get(vid) != state.conn
+        if state.sealed and rtype in HISTORY_READS:
+            return self._sealed(vid)
+        return Verdict(vid, bind=True)
 
     def _sealed(self, vid: str) -> Verdict:
         return self._refuse(

@@ -341,6 +341,7 @@ class OcpiService:
 
     def endpoints(self) -> list[Endpoint]:
         return [
+            # (ignored below) module identifiers and roles come from the OCPI literal tables
             Endpoint(identifier=i, role=r, url=f"{self.cfg.base}/{i}")  # type: ignore[arg-type]
             for i, r in CPO_MODULES
         ]
