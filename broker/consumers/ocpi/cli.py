@@ -28,6 +28,7 @@ from broker.consumers.plumbing import (
 )
 from common.cli import CONTEXT, BrokerOpt
 from common.errors import StoreError
+from common.ports import EVENTS_PORT, HISTORY_PORT, VEHICLE_PORT
 
 DEFAULT_DB = Path("var/ocpi.db")
 
@@ -166,8 +167,8 @@ OcpiTokenPullOpt = Annotated[
 def ocpi(
     ctx: typer.Context,
     broker: BrokerOpt = "127.0.0.1",
-    events_port: EventsPortOpt = 5556,
-    history_port: HistoryPortOpt = 5557,
+    events_port: EventsPortOpt = EVENTS_PORT,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     credentials: CredentialsOpt = None,
     db: DbOpt = DEFAULT_DB,
     host: OcpiHostOpt = "127.0.0.1",
@@ -177,7 +178,7 @@ def ocpi(
     country: OcpiCountryOpt = "BRA",
     city: OcpiCityOpt = "-",
     operator_name: OcpiOperatorNameOpt = "evcharge",
-    vehicle_port: OcpiVehiclePortOpt = 8081,
+    vehicle_port: OcpiVehiclePortOpt = VEHICLE_PORT,
     backoff: OcpiBackoffOpt = 1.0,
     backoff_max: OcpiBackoffMaxOpt = 60.0,
     pipeline: OcpiPipelineOpt = 32,
