@@ -25,10 +25,9 @@ import msgspec
 from broker.core.accounts import Accounts
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Rejected, Reply, SendStation
-from broker.core.geoindex import GeoIndex
-from broker.core.point_views import PointViews, point_view
 from broker.core.points import PointState, derive_estado, holds_turn, is_available, is_faulted
 from broker.core.queues import Reservation, turn_deadline
+from broker.core.read_path import PointReads, wait_minutes
 from broker.core.sessions import (
     CURRENCY,
     MILLI,
@@ -70,7 +69,6 @@ from common.replies import (
 )
 from common.timeutil import format_timestamp
 
-TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a session not yet started
 MAX_ABANDONED: Final = 1024
 
 
@@ -98,8 +96,9 @@ class Engine:
         #: the point with this id, or None (the table's own lookup: no call overhead
         #: on the datagram hot path)
         self.point: Callable[[str], PointState | None] = self._points.get
-        self._index = GeoIndex()
-        self._views = PointViews(config.queue_capacity)
+        #: the read path over this table (shared with the vehicle gateways' replicas)
+        self.reads = PointReads(self._points, config.queue_capacity)
+        self._index = self.reads.index
         self._low_battery: set[str] = set()  # vehicles told about; see battery_report
         self._res_by_vehicle: dict[str, Reservation] = {}
         self._res_by_id: dict[str, Reservation] = {}
@@ -148,16 +147,7 @@ class Engine:
         usable_only: bool,
     ) -> list[tuple[float, PointState]]:
         """Up to ``k`` ``(distance_km, point)`` pairs, nearest first."""
-        points = self._points
-        accept: Callable[[str], bool] | None = None
-        if usable_only:
-
-            def accept(pid: str) -> bool:
-                p = points[pid]
-                return p.usable and not p.out_of_service
-
-        hits = self._index.nearest(latitude, longitude, k, max_km, accept)
-        return [(d, points[pid]) for d, pid in hits]
+        return self.reads.nearest(latitude, longitude, k, max_km, usable_only)
 
     def running_session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
@@ -310,36 +300,15 @@ class Engine:
 
     def point_view(self, p: PointState, distance: float | None, now: float) -> PointView:
         """The protocol's Point object (``distance`` omitted when None)."""
-        return point_view(p, self._cfg.queue_capacity, distance, self.wait_minutes(p, now))
+        return self.reads.point_view(p, distance, now)
 
     def encoded_points(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
         """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
-
-        def wait(p: PointState) -> int:
-            return self.wait_minutes(p, now)
-
-        return self._views.encode_list(hits, wait)
+        return self.reads.encoded_points(hits, now)
 
     def wait_minutes(self, p: PointState, now: float) -> int:
-        """Estimated minutes until a reservation made now would get the turn.
-
-        The running session needs the energy it still lacks at the point's power;
-        every queued reservation starts no earlier than its ETA and then charges a
-        typical session (:data:`TYPICAL_SESSION_KWH`).
-        """
-        s = p.session
-        if s is None and p.pending is None and not p.queue:
-            return 0  # the common case on the hot path of bateria/consulta
-        power = p.potencia_kw if p.potencia_kw > 0 else 1.0
-        t = now
-        if s is not None:
-            target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
-            t += max(0.0, target - s.energy_reported) / power * 3600.0
-        elif p.pending is not None:
-            t += TYPICAL_SESSION_KWH / power * 3600.0
-        for r in p.queue:
-            t = max(t, r.created_at + r.eta_s) + TYPICAL_SESSION_KWH / power * 3600.0
-        return max(0, math.ceil((t - now) / 60.0 - 1e-9))
+        """Estimated minutes until a reservation made now would get the turn."""
+        return wait_minutes(p, now)
 
     # --- vehicles -------------------------------------------------------------------
 
