@@ -79,12 +79,12 @@ class Replica:
             points[p.id] = p
             reads.index.put(p.id, p.latitude, p.longitude)
         for pid, queue in (snapshot.get("queues") or {}).items():
-            p = points.get(pid)
-            if p is None:
+            queued = points.get(pid)
+            if queued is None:
                 continue
             for view in queue:
                 try:
-                    p.queue.append(self._reservation_from_view(view))
+                    queued.queue.append(self._reservation_from_view(view))
                 except (KeyError, TypeError, ValueError):
                     self.malformed += 1
         for view in snapshot.get("sessions") or ():
@@ -93,9 +93,9 @@ class Replica:
             except (KeyError, TypeError, ValueError):
                 self.malformed += 1
                 continue
-            p = points.get(s.point_id)
-            if p is not None:
-                p.session = s
+            charging = points.get(s.point_id)
+            if charging is not None:
+                charging.session = s
         self.reads = reads
         self.applied_seq = int(snapshot.get("seq", 0))
         self._notify()
