@@ -7,6 +7,7 @@ from typing import Annotated, Final
 from broker.bridge_cli import register as register_bridge
 from broker.consumers_cli import register as register_consumers
 from broker.credentials_cli import register as register_credentials
+from broker.gateway.cli import register as register_gateway
 from broker.serve_cli import register as register_serve
 from broker.web_cli import register as register_web
 from common.cli import (
@@ -38,6 +39,7 @@ def main_options(
 
 
 register_serve(app)
+register_gateway(app)
 register_consumers(app)
 register_credentials(app)
 register_bridge(app)

@@ -68,6 +68,14 @@ def _count(name: str, text: str) -> int:
     return _parse(name, text, int, lambda v: v >= 1, "a positive integer")
 
 
+def _gateways(text: str) -> int:
+    from broker.gateway.supervisor import auto_gateways
+
+    if text.strip().lower() == "auto":
+        return auto_gateways()
+    return _parse("gateways", text, int, lambda v: 0 <= v <= 64, "auto or an integer 0-64")
+
+
 def _host(text: str, name: str = "host") -> str:
     host = text.strip()
     if not host:
@@ -110,6 +118,32 @@ def serve(
     http_port: Annotated[
         str, _opt("EV_HTTP_PORT", "HTTP port for /metrics and /healthz.", "PORT")
     ] = "8090",
+    gateways: Annotated[
+        str,
+        _opt(
+            "EV_GATEWAYS",
+            "Local vehicle gateway processes holding the vehicle port; 0: this process "
+            "holds it; auto: what suits this machine's cores (docs/performance.md).",
+            "N|auto",
+        ),
+    ] = "auto",
+    gateway_port: Annotated[
+        str,
+        _opt(
+            "EV_GATEWAY_PORT",
+            "ZeroMQ ROUTER for vehicle gateways, on the internal address (default 5558 "
+            "with gateways; with --gateways 0 only when given).",
+            "PORT",
+        ),
+    ] = "",
+    core_wait: Annotated[
+        str,
+        _opt(
+            "EV_CORE_WAIT",
+            "Seconds local gateways hold requests while the core is away.",
+            "SECONDS",
+        ),
+    ] = "10",
     db: Annotated[
         str, _opt("EV_DB", 'SQLite file, or ":memory:" for none.', "PATH")
     ] = "./var/broker.db",
@@ -244,6 +278,12 @@ def serve(
         if not db.strip():
             raise ConfigError("invalid value for --db: empty")
         points_cap = _count("max-points", max_points)  # enforced by the core
+        n_gateways = _gateways(gateways)
+        gw_port: int | None = None
+        if gateway_port.strip():
+            gw_port = _port("gateway-port", gateway_port)
+        elif n_gateways:
+            gw_port = 5558
         config = AppConfig(
             host=_host(host),
             internal_host=_host(internal_host, "internal-host"),
@@ -255,6 +295,9 @@ def serve(
             events_port=_port("events-port", events_port),
             history_port=_port("history-port", history_port),
             http_port=_port("http-port", http_port),
+            gateway_port=gw_port,
+            gateways=n_gateways,
+            core_wait_s=_seconds("core-wait", core_wait),
             db=db.strip(),
             core=CoreConfig(
                 queue_capacity=_parse(
