@@ -124,6 +124,9 @@ class Peer:
     name: str
     last_heard: float
     conns: dict[int, RemoteConn] = field(default_factory=dict)
+    #: requests refused because a connection of this gateway holds their id: decided
+    #: again once this gateway is heard from (it may have closed it) or found dead
+    parked: list[tuple[RemoteConn, int, VehicleRequest]] = field(default_factory=list)
 
 
 class RemoteConn:
@@ -298,6 +301,8 @@ class GatewaysEdge:
                 )
             case Bye():
                 self._drop_peer(peer)
+        if peer.parked:  # heard from after what it sent before (a Closed among it)
+            self._unpark(peer)
 
     def _welcome_now(self) -> Welcome:
         return msgspec.structs.replace(self._welcome, seq=self.host.last_seq)
@@ -341,6 +346,21 @@ class GatewaysEdge:
         for remote in list(peer.conns.values()):
             self._release(remote)
         peer.conns.clear()
+        self._unpark(peer)
+
+    def _unpark(self, peer: Peer) -> None:
+        parked, peer.parked = peer.parked, []
+        for remote, rid, request in parked:
+            if remote.conn_id in self.remotes:
+                self._handle(remote, rid, request, park=False)
+
+    def _holder(self, vehicle_id: str, remote: RemoteConn) -> Peer | None:
+        """Another gateway whose connection holds ``vehicle_id`` (None: none, or this one)."""
+        owner = self.host.auth.owner_of(vehicle_id)
+        holder = self.remotes.get(owner) if owner is not None else None
+        if holder is None or holder.peer is remote.peer:
+            return None
+        return holder.peer
 
     # --- requests -----------------------------------------------------------------------
 
@@ -356,7 +376,9 @@ class GatewaysEdge:
             return
         if remote is None:
             remote = self._new_remote(peer, fwd.conn, fwd.address, fwd.default_id)
-        elif any(w.rid == fwd.rid for w in remote.waiting.values()):
+        elif any(w.rid == fwd.rid for w in remote.waiting.values()) or any(
+            p[0] is remote and p[1] == fwd.rid for peer in self.peers.values() for p in peer.parked
+        ):
             return  # already in hand: its reply is on the way
         remote.auth.address = fwd.address
         try:
@@ -366,10 +388,22 @@ class GatewaysEdge:
             return
         self._handle(remote, fwd.rid, request)
 
-    def _handle(self, remote: RemoteConn, rid: int, request: VehicleRequest) -> None:
-        """The vehicle edge's request path (vehicles_tcp) for a gateway's connection."""
+    def _handle(
+        self, remote: RemoteConn, rid: int, request: VehicleRequest, *, park: bool = True
+    ) -> None:
+        """The vehicle edge's request path (vehicles_tcp) for a gateway's connection.
+
+        An id held by a connection of another gateway is not refused at once: that
+        gateway may have died with it (a vehicle reconnecting through another one),
+        so the request waits until that gateway is heard from or found dead.
+        """
         host = self.host
         verdict = host.auth.admit(remote.auth, request.type, request.data, time.time())
+        if verdict.error is not None and park and verdict.error.code == "forbidden":
+            holder = self._holder(verdict.vehicle_id, remote)
+            if holder is not None:
+                holder.parked.append((remote, rid, request))
+                return
         if verdict.error is not None:
             host.reject("vehicles", verdict.error.code)
             self._answer_error(remote, rid, verdict.error, request.id)

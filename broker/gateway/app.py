@@ -17,12 +17,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Final
 
 import zmq.asyncio
 
+from broker.consumers.subscriber import Endpoint, Subscriber
 from broker.core.effects import Persist, Reply
 from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from broker.edges.reply_order import Slot
@@ -31,7 +33,6 @@ from broker.gateway.replica import Replica
 from broker.gateway.server import GatewayServer
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics
-from broker.subscriber import Endpoint, Subscriber
 from common.credentials import Credential
 from common.messages import VehicleRequest
 from common.oslimits import raise_nofile_limit
@@ -39,6 +40,7 @@ from common.oslimits import raise_nofile_limit
 log = logging.getLogger(__name__)
 
 PARENT_CHECK_S: Final = 1.0
+READY_WAIT_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,11 @@ class GatewayApp:
         self.server.setup(self.link, self.replica)
         await self.link.start(self.server)
         await self.server.start(cfg.host, cfg.vehicle_port, reuse_port=True)
+        # ready once the core greeted it and the replica holds a snapshot (a gateway
+        # started before its core is ready without them, after READY_WAIT_S)
+        deadline = time.monotonic() + READY_WAIT_S
+        while time.monotonic() < deadline and not (self.link.boot and self.replica.ready):
+            await asyncio.sleep(0.02)
         if cfg.parent_pid is not None:
             self._tasks.append(asyncio.create_task(self._watch_parent(cfg.parent_pid)))
 

@@ -207,6 +207,6 @@ class CoreLink:
             return
         up = self.core_up
         deadline = now - self.core_wait_s
-        for conn, rid, entry in server.outstanding():
+        for conn, rid, entry in server.outstanding(held=True):
             if entry[2] < deadline and (not up or entry[3] != self.boot):
                 server.unavailable(conn, rid)

@@ -1,6 +1,6 @@
 """The gateway's replica of the points: a snapshot, then every event, gap-free by seq.
 
-Sans-IO: :class:`Replica` is a :class:`broker.subscriber.Sink`; the subscriber
+Sans-IO: :class:`Replica` is a :class:`broker.consumers.subscriber.Sink`; the subscriber
 does the ordering (snapshot, then events above its seq, gaps refilled from
 history) and this module only applies what it is handed to a
 :class:`broker.core.read_path.PointReads`, the structure the core answers

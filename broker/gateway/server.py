@@ -38,6 +38,8 @@ from common.replies import PONG
 log = logging.getLogger(__name__)
 
 READS: Final = frozenset({"ping", "bateria", "consulta"})
+#: the core boot of a request held behind a read (not sent yet)
+HELD: Final = "held"
 MAX_LOW_BATTERY: Final = 100_000  # vehicles remembered as told about their low battery
 _ENVELOPE: Final = msgspec.json.Decoder()
 
@@ -52,8 +54,10 @@ class GatewayConnection(VehicleConnection):
         self.rid = 0  # forwarded requests so far (the id of the last one)
         # forwarded, unanswered: rid -> (slot, request JSON, when, core boot it was sent to)
         self.outstanding: dict[int, list[Any]] | None = None
-        # reads waiting for earlier replies or the replica: (slot, request, vehicle, rid before)
-        self.deferred: deque[tuple[Slot, VehicleRequest, str, int]] | None = None
+        # in arrival order: reads waiting for earlier replies or the replica
+        # ``(slot, request, vehicle, rid before)``, and requests held behind such a
+        # read ``(None, None, "", rid)`` (forwarded once the read is answered)
+        self.deferred: deque[tuple[Slot | None, VehicleRequest | None, str, int]] | None = None
 
     def attach(self) -> Attach | None:
         if self.bound is None or not (self.bound.proven or self.bound.owns):
@@ -157,6 +161,10 @@ class GatewayServer(VehicleServer):
         entry: list[Any] = [slot, msgspec.json.encode(request), time.monotonic(), None]
         conn.outstanding[conn.rid] = entry
         self._busy.add(conn)
+        if conn.deferred:  # a read before it waits: it must not see this request's change
+            entry[3] = HELD
+            conn.deferred.append((None, None, "", conn.rid))
+            return
         self.link.forward(conn, conn.rid, entry)
 
     # --- answers from the core ----------------------------------------------------------
@@ -211,6 +219,14 @@ class GatewayServer(VehicleServer):
         applied = self.replica.applied_seq
         while deferred:
             slot, request, vid, before = deferred[0]
+            if slot is None:  # a request held behind the reads answered now
+                deferred.popleft()
+                entry = conn.outstanding.get(before) if conn.outstanding else None
+                if entry is not None:
+                    entry[3] = None
+                    self.link.forward(conn, before, entry)
+                continue
+            assert request is not None
             if conn.outstanding and min(conn.outstanding) <= before:
                 break  # an earlier request is still unanswered
             if applied < conn.need_seq:
@@ -247,9 +263,14 @@ class GatewayServer(VehicleServer):
                     out.append(a)
         return out
 
-    def outstanding(self) -> list[tuple[GatewayConnection, int, list[Any]]]:
+    def outstanding(self, held: bool = False) -> list[tuple[GatewayConnection, int, list[Any]]]:
+        """Forwarded requests not answered yet (``held``: those held behind a read too)."""
         out: list[tuple[GatewayConnection, int, list[Any]]] = []
         for conn in self._busy:
             if conn.outstanding:
-                out.extend((conn, rid, entry) for rid, entry in conn.outstanding.items())
+                out.extend(
+                    (conn, rid, entry)
+                    for rid, entry in conn.outstanding.items()
+                    if held or entry[3] != HELD
+                )
         return out
