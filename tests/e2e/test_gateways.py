@@ -24,11 +24,13 @@ from tests.support.procs import broker_ports, free_port, start, start_broker
 from tests.support.raw_clients import (
     LAT,
     LON,
+    keepalive,
     send_status,
     vehicle,
     wait_for,
     zmq_ctx,
 )
+from vehicle.client import VehicleClient
 
 pytestmark = pytest.mark.e2e
 
@@ -240,3 +242,56 @@ def test_core_kill9_during_trips_every_request_answered_once_nothing_lost(
         assert {s["session_id"] for s in starts} >= set(started.values())
         bills = [e["data"]["session_id"] for e in events if e["topic"] == "charging.completed"]
         assert len(bills) == len(set(bills)), "a session billed twice"
+
+
+# --- kill -9 of a gateway ------------------------------------------------------------------
+
+DRIVERS = 30
+
+
+def test_gateway_kill9_its_vehicles_reconnect_to_the_others_never_forbidden(
+    tmp_path: Path,
+) -> None:
+    points = [f"KP{i:02d}" for i in range(DRIVERS)]
+    with gateway_stack(tmp_path, 3) as st, keepalive(st.ports.status, *points):
+        for p in points:
+            send_status(st.ports.status, p)
+        _sees(st.vehicle_port, DRIVERS, "KP")
+
+        async def drive() -> None:
+            # half registered (autenticar with their token again), half open ids
+            clients = [
+                VehicleClient(
+                    "127.0.0.1",
+                    st.vehicle_port,
+                    f"K{i:02d}",
+                    register=i % 2 == 0,
+                    backoff_initial=0.05,
+                    backoff_max=0.2,
+                )
+                for i in range(DRIVERS)
+            ]
+            try:
+                reservations = {}
+                for c, p in zip(clients, points, strict=True):
+                    await c.connect()
+                    reservations[c.vehicle_id] = (await c.reserva(p))["reservation_id"]
+                st.gateways[0].kill9()
+                st.gateways[0].stop()
+                killed = time.monotonic()
+                while all(c.connected for c in clients) and time.monotonic() - killed < 2:
+                    await asyncio.sleep(0.005)  # until the vehicles hear of it
+                while not all(c.connected for c in clients) and time.monotonic() - killed < 5:
+                    await asyncio.sleep(0.01)
+                back = time.monotonic() - killed
+                dropped = [c for c in clients if c.reconnects]
+                assert dropped, "no vehicle was on the gateway killed"
+                assert back <= 2.0, f"reconnected after {back:.2f} s"
+                for c in clients:  # never forbidden; every reservation still there
+                    status = await c.status()
+                    assert status["reserva"]["reservation_id"] == reservations[c.vehicle_id]
+            finally:
+                for c in clients:
+                    await c.close()
+
+        asyncio.run(asyncio.wait_for(drive(), 60))
