@@ -73,6 +73,7 @@ from broker.gateway.wire import (
 from common.codec import encode_reply
 from common.errors import EVError, InternalError
 from common.messages import VehicleRequest
+from common.replies import outcome_code
 from common.request_codec import decode_request
 from common.zmq_nowait import send_nowait
 
@@ -190,7 +191,7 @@ class GatewaysEdge:
         self.peers: dict[bytes, Peer] = {}
         self.remotes: dict[int, RemoteConn] = {}
         self._next_conn = REMOTE_BASE
-        self._resolved: dict[int, tuple[RemoteConn, int, bytes]] = {}
+        self._resolved: dict[int, tuple[RemoteConn, int, bytes, str]] = {}
         self._started = time.monotonic()
         self._held: deque[tuple[float, Push]] = deque()
         self.stats: dict[str, int] = {
@@ -435,9 +436,8 @@ class GatewaysEdge:
 
     def _answer_error(self, remote: RemoteConn, rid: int, exc: EVError, request_id: Any) -> None:
         payload = encode_reply("erro", exc.to_wire(), request_id)
-        self.send(
-            remote.peer, Answer(remote.gconn, rid, payload, self.host.last_seq, remote.bound())
-        )
+        answer = Answer(remote.gconn, rid, payload, self.host.last_seq, remote.bound(), exc.code)
+        self.send(remote.peer, answer)
 
     # --- replies ------------------------------------------------------------------------
 
@@ -463,7 +463,8 @@ class GatewaysEdge:
             payload = _line(effect)
             key = reply_key(remote.peer.name, remote.gconn, waiting.rid)
             self.committed[key] = (payload, now)
-            self._resolved[id(effect)] = (remote, waiting.rid, payload)
+            outcome = outcome_code(effect.type, effect.data)
+            self._resolved[id(effect)] = (remote, waiting.rid, payload, outcome)
             out.append(Persist(REPLY_TABLE, key, {"line": payload.decode(), "at": now}))
         return out
 
@@ -478,11 +479,10 @@ class GatewaysEdge:
             if waiting is None:
                 log.warning("reply %s to a gateway connection matches no request", reply.type)
                 return
-            resolved = (remote, waiting.rid, _line(reply))
-        remote, rid, payload = resolved
-        self.send(
-            remote.peer, Answer(remote.gconn, rid, payload, self.host.last_seq, remote.bound())
-        )
+            resolved = (remote, waiting.rid, _line(reply), outcome_code(reply.type, reply.data))
+        remote, rid, payload, outcome = resolved
+        seq = self.host.last_seq
+        self.send(remote.peer, Answer(remote.gconn, rid, payload, seq, remote.bound(), outcome))
 
     def hold_push(self, push: Push) -> None:
         """A push for a vehicle not bound anywhere: held while the gateways re-attach."""

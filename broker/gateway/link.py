@@ -82,6 +82,8 @@ class CoreLink:
         self.core_seq = 0
         self.last_welcome = 0.0
         self.on_welcome: list[Any] = []
+        #: some request may not have reached the current core (checked by _expire)
+        self.unsent = False
         self.stats = {"sent": 0, "send_failed": 0, "resent": 0, "core_restarts": 0}
 
     @property
@@ -133,10 +135,13 @@ class CoreLink:
     def forward(self, conn: GatewayConnection, rid: int, entry: list[Any]) -> None:
         """Send a request (``entry``: slot, request JSON, since, boot it was sent to)."""
         if self.boot is None:
+            self.unsent = True
             return  # sent once a core greets this gateway
         fwd = Forward(conn.conn_id, rid, conn.auth.address, conn.auth.default_id, entry[1])
         if self.send(fwd):
             entry[3] = self.boot
+        else:
+            self.unsent = True
 
     def closed(self, conn_id: int) -> None:
         self.send(Closed(conn_id))
@@ -156,7 +161,12 @@ class CoreLink:
             match message:
                 case Answer():
                     server.answered(
-                        message.conn, message.rid, message.payload, message.seq, message.bound
+                        message.conn,
+                        message.rid,
+                        message.payload,
+                        message.seq,
+                        message.bound,
+                        message.outcome,
                     )
                 case PushTo():
                     server.push(message.conn, message.payload)
@@ -206,7 +216,13 @@ class CoreLink:
         if server is None:
             return
         up = self.core_up
+        if up and not self.unsent:
+            return  # every request reached the core that is there: it answers them
         deadline = now - self.core_wait_s
+        unsent = False
         for conn, rid, entry in server.outstanding(held=True):
+            if entry[3] != self.boot:
+                unsent = True
             if entry[2] < deadline and (not up or entry[3] != self.boot):
                 server.unavailable(conn, rid)
+        self.unsent = unsent

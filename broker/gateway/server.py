@@ -41,7 +41,6 @@ READS: Final = frozenset({"ping", "bateria", "consulta"})
 #: the core boot of a request held behind a read (not sent yet)
 HELD: Final = "held"
 MAX_LOW_BATTERY: Final = 100_000  # vehicles remembered as told about their low battery
-_ENVELOPE: Final = msgspec.json.Decoder()
 
 
 class GatewayConnection(VehicleConnection):
@@ -163,6 +162,7 @@ class GatewayServer(VehicleServer):
         self._busy.add(conn)
         if conn.deferred:  # a read before it waits: it must not see this request's change
             entry[3] = HELD
+            self.link.unsent = True
             conn.deferred.append((None, None, "", conn.rid))
             return
         self.link.forward(conn, conn.rid, entry)
@@ -170,7 +170,13 @@ class GatewayServer(VehicleServer):
     # --- answers from the core ----------------------------------------------------------
 
     def answered(
-        self, conn_id: int, rid: int, payload: bytes, seq: int, bound: Bound | None
+        self,
+        conn_id: int,
+        rid: int,
+        payload: bytes,
+        seq: int,
+        bound: Bound | None,
+        outcome: str = "ok",
     ) -> None:
         conn = self.conns.get(conn_id)
         if not isinstance(conn, GatewayConnection) or not conn.outstanding:
@@ -184,12 +190,11 @@ class GatewayServer(VehicleServer):
             conn.bound = bound
         if seq > conn.need_seq:
             conn.need_seq = seq
-        try:
-            envelope = _ENVELOPE.decode(payload)
-            rtype, data = envelope.get("type", ""), envelope.get("data")
-        except (msgspec.DecodeError, AttributeError):
-            rtype, data = "", None
-        conn.fill(entry[0], payload, rtype, data)
+        # the core's outcome stands for the reply's type and data in the metrics
+        if outcome == "ok":
+            conn.fill(entry[0], payload, "", None)
+        else:
+            conn.fill(entry[0], payload, "erro", {"code": outcome})
         if conn.deferred:
             self._release(conn)
 

@@ -97,6 +97,7 @@ class Answer(msgspec.Struct, tag="answer", array_like=True, frozen=True):
     payload: bytes  # the reply line, as the vehicle reads it
     seq: int  # a read after this request waits until the replica applied this seq
     bound: Bound | None
+    outcome: str = "ok"  # ``ok`` or the reply's error/refusal code (the gateway's metrics)
 
 
 class PushTo(msgspec.Struct, tag="push", array_like=True, frozen=True):

@@ -69,7 +69,7 @@ print("done", flush=True)
 def stack(image: str) -> Any:
     with running_stack(
         image,
-        ("broker", "fleet", "gateway"),
+        ("broker", "fleet", "gateway", "billing"),
         EV_PUBLISH_GATEWAY="0",
         EV_CORE_WAIT="90",
         EV_SPEED="10",
