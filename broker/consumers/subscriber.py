@@ -49,8 +49,9 @@ import zmq.asyncio
 
 from common.codec import decode_event, pack, unpack
 from common.credentials import Credential, curve_client
-from common.errors import EventsPruned, EVError, TransportError
+from common.errors import EventsPruned, EVError, HistoryRefused, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
+from common.ports import EVENTS_PORT, HISTORY_PORT
 from common.zmq_nowait import recv_nowait
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,8 @@ class Endpoint:
     """Where the broker's bus and history are, and the credential to show them (if any)."""
 
     host: str = "127.0.0.1"
-    events_port: int = 5556
-    history_port: int = 5557
+    events_port: int = EVENTS_PORT
+    history_port: int = HISTORY_PORT
     credential: Credential | None = None
 
     @property
@@ -275,7 +276,7 @@ class HistoryClient:
         if reply.get("error") == "pruned" and isinstance(reply.get("first_seq"), int):
             raise EventsPruned(reply["first_seq"])
         if "error" in reply:
-            raise TransportError(f"history refused {request.get('op')!r}: {reply['error']}")
+            raise HistoryRefused(request.get("op"), str(reply["error"]))
         return reply
 
     async def request(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +289,7 @@ class HistoryClient:
                 await asyncio.sleep(0.05)
 
 
-def _decode_events(raw: Any, stats: SubscriberStats) -> list[BusEvent]:
+def decode_events(raw: Any, stats: SubscriberStats) -> list[BusEvent]:
     out: list[BusEvent] = []
     for item in raw if isinstance(raw, list) else []:
         try:
@@ -381,7 +382,7 @@ class Subscriber:
             except EventsPruned as exc:
                 await self._pruned(exc.first_seq)
                 continue
-            events = _decode_events(reply.get("events"), self.stats)
+            events = decode_events(reply.get("events"), self.stats)
             last_seq = _int_or_none(reply.get("last_seq"))
             if last_seq is not None:
                 self.stats.newest_seq = max(self.stats.newest_seq, last_seq)

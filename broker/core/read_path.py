@@ -73,9 +73,9 @@ class PointReads:
 def wait_minutes(p: PointState, now: float) -> int:
     """Estimated minutes until a reservation made now would get the turn.
 
-    The running session needs the energy it still lacks at the point's power;
-    every queued reservation starts no earlier than its ETA and then charges a
-    typical session (:data:`TYPICAL_SESSION_KWH`).
+    The running session needs the energy it still lacks at the point's power (on a site,
+    the power allocated to it); every queued reservation starts no earlier than its ETA
+    and then charges a typical session (:data:`TYPICAL_SESSION_KWH`).
     """
     s = p.session
     if s is None and p.pending is None and not p.queue:
@@ -84,7 +84,9 @@ def wait_minutes(p: PointState, now: float) -> int:
     t = now
     if s is not None:
         target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
-        t += max(0.0, target - s.energy_reported) / power * 3600.0
+        allowed = s.allowed_kw  # on a site: what it may draw (paused: its minimum, 4.2 kW)
+        drawing = power if allowed is None else (allowed if allowed > 0 else min(power, 4.2))
+        t += max(0.0, target - s.energy_reported) / drawing * 3600.0
     elif p.pending is not None:
         t += TYPICAL_SESSION_KWH / power * 3600.0
     for r in p.queue:

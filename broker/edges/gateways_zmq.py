@@ -99,7 +99,12 @@ class Host(Protocol):
     @property
     def last_seq(self) -> int: ...
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None: ...
     def vehicle_record_reply(self, persist: Persist, reply: Reply, slot: Slot) -> None: ...
     def bind(self, vehicle_id: str, conn: Any) -> None: ...
@@ -425,7 +430,10 @@ class GatewaysEdge:
                 self.deliver_reply(reply, slot)
             return
         try:
-            host.vehicle_request(remote.conn_id, vehicle_id, request, slot)
+            # the vehicle's own address: the core's per-address caps hold across gateways
+            host.vehicle_request(
+                remote.conn_id, vehicle_id, request, slot, remote.auth.address or None
+            )
         except EVError as exc:
             remote.waiting.pop(id(slot), None)
             self._answer_error(remote, rid, exc, request.id)

@@ -62,7 +62,12 @@ class _NoCore:
     """The vehicle edge's sink, never called in a gateway (requests go to the link)."""
 
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None:
         raise RuntimeError("a gateway forwards requests to the core")
 

@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from broker.limits import Limits
-from broker.serve_cli import USAGE_EXIT, _count, _host, _opt, _port, _seconds
+from broker.serve_cli import _opt
+from broker.serve_options import count, port, seconds
+from broker.serve_options import host as read_host
+from common.cli import EXIT_USAGE
 from common.errors import ConfigError, EVError
 from common.logging_setup import FORMATS, LEVELS, setup_logging
 
@@ -79,24 +82,24 @@ def gateway(
         if cred is not None and cred.role != "gateway":
             raise ConfigError(f"credentials {credentials}: role {cred.role}, not gateway")
         config = GatewayConfig(
-            core=_host(core, "core"),
-            host=_host(host),
-            vehicle_port=_port("vehicle-port", vehicle_port),
-            events_port=_port("events-port", events_port),
-            history_port=_port("history-port", history_port),
-            gateway_port=_port("gateway-port", gateway_port),
-            core_wait_s=_seconds("core-wait", core_wait),
+            core=read_host("core", core),
+            host=read_host("host", host),
+            vehicle_port=port("vehicle-port", vehicle_port),
+            events_port=port("events-port", events_port),
+            history_port=port("history-port", history_port),
+            gateway_port=port("gateway-port", gateway_port),
+            core_wait_s=seconds("core-wait", core_wait),
             credential=cred,
             limits=Limits(
-                max_vehicle_connections=_count("max-vehicle-connections", max_vehicle_connections),
-                idle_timeout_s=_seconds("idle-timeout", idle_timeout),
+                max_vehicle_connections=count("max-vehicle-connections", max_vehicle_connections),
+                idle_timeout_s=seconds("idle-timeout", idle_timeout),
             ),
             parent_pid=int(parent_pid) if parent_pid else None,
         )
     except (ConfigError, ValueError) as exc:
         message = exc.message if isinstance(exc, EVError) else str(exc)
         typer.echo(f"ev-broker gateway: {message}", err=True)
-        raise typer.Exit(USAGE_EXIT) from None
+        raise typer.Exit(EXIT_USAGE) from None
     setup_logging(fmt, level)
     raise typer.Exit(run(config))
 

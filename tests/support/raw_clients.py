@@ -56,9 +56,12 @@ class Vehicle:
     the request, fills in ``id_veiculo`` and returns the reply with that ``id``.
     """
 
-    def __init__(self, port: int, vehicle_id: str | None = None) -> None:
+    def __init__(self, port: int, vehicle_id: str | None = None, source: str = "") -> None:
         self.vehicle_id = vehicle_id
-        self.sock = socket.create_connection((HOST, port), timeout=WAIT_S)
+        # ``source``: another loopback address (127.0.0.2...) to stand for another client
+        self.sock = socket.create_connection(
+            (HOST, port), timeout=WAIT_S, source_address=(source, 0) if source else None
+        )
         self.buf = b""
         self.next_id = 0
         self.pushes: list[dict[str, Any]] = []
@@ -223,6 +226,7 @@ class FakeStation:
         lon: float = LON,
         price_kwh: float = 2.0,
         credential: Credential | None = None,
+        routing_id: bytes | None = None,
     ) -> None:
         self.point_id = point_id
         self.status_port = status_port
@@ -233,7 +237,8 @@ class FakeStation:
         self.credential = credential
         self.dealer: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.setsockopt(zmq.ROUTING_ID, point_id.encode())
+        # the first protocol's routing id (the point id) unless told otherwise
+        self.dealer.setsockopt(zmq.ROUTING_ID, routing_id or point_id.encode())
         curve_client(self.dealer, credential)
         self.dealer.connect(f"tcp://{HOST}:{station_port}")
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

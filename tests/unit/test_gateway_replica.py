@@ -51,7 +51,7 @@ def test_replica_from_events_answers_as_the_core() -> None:
     _scene(h)
     replica = _replica_of(h)
     assert replica.applied_seq == h.core.last_seq
-    assert _answers(replica.reads, h.now) == _answers(h.core._eng.reads, h.now)
+    assert _answers(replica.reads, h.now) == _answers(h.core._eng.points.reads, h.now)
 
 
 def test_replica_from_a_snapshot_then_events_answers_as_the_core() -> None:
@@ -65,7 +65,7 @@ def test_replica_from_a_snapshot_then_events_answers_as_the_core() -> None:
     _scene(h)
     h.request("Z", "cancelar", id_ponto_recarga="CP09")
     replica.on_batch([e for e in h.events if e.seq > before], h.core.last_seq)
-    assert _answers(replica.reads, h.now + 60) == _answers(h.core._eng.reads, h.now + 60)
+    assert _answers(replica.reads, h.now + 60) == _answers(h.core._eng.points.reads, h.now + 60)
 
 
 def test_a_session_leaves_the_queue_and_its_end_frees_the_point() -> None:
@@ -80,7 +80,7 @@ def test_a_session_leaves_the_queue_and_its_end_frees_the_point() -> None:
     h.point("CP01")
     replica.on_batch([e for e in h.events if e.seq > replica.applied_seq], h.core.last_seq)
     assert replica.reads.points["CP01"].session is None
-    assert _answers(replica.reads, h.now) == _answers(h.core._eng.reads, h.now)
+    assert _answers(replica.reads, h.now) == _answers(h.core._eng.points.reads, h.now)
 
 
 def test_malformed_events_are_counted_and_skipped() -> None:

@@ -44,9 +44,14 @@ class Host:
         return self.core.last_seq
 
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None:
-        fx: list[Effect] = self.core.handle_request(conn, vehicle_id, request, T0)
+        fx: list[Effect] = self.core.handle_request(conn, vehicle_id, request, T0, address)
         slots = {id(e): slot for e in fx if isinstance(e, Reply) and e.conn == conn}
         assert self.edge is not None
         if needs_commit(fx):  # as the app's flush: only a batch that changes something

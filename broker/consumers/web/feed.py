@@ -38,9 +38,9 @@ import zmq
 import zmq.asyncio
 
 from broker.consumers.billing.ledger import Bill, Ledger
-from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, _decode_events
+from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, decode_events
 from broker.consumers.web.state import LATEST_EVENTS, ConsoleState
-from common.errors import EVError, TransportError
+from common.errors import EVError, HistoryRefused, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,11 @@ class Rendered:
 class Refused(EVError):
     """The broker refused an operator request (``message`` is its reason)."""
 
-    code = "forbidden"
+    code = "refused"
+
+    def __init__(self, reason: str, *, forbidden: bool) -> None:
+        super().__init__(reason)
+        self.forbidden = forbidden  # the console's credential is not an operator's
 
 
 class _Cut:
@@ -111,9 +115,15 @@ class ConsoleFeed:
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self.live.run(), name="web-live"),
-            asyncio.create_task(self.bills.run(), name="web-bills"),
+            asyncio.create_task(self._run_bills(), name="web-bills"),
             asyncio.create_task(self._refresh_energy(), name="web-energy"),
         ]
+
+    async def _run_bills(self) -> None:
+        """The bills subscriber starts once the live one has caught up: while the broker
+        is unreachable one subscriber retries (and logs each retry), not two."""
+        await self.live.ready.wait()
+        await self.bills.run()
 
     @property
     def ready(self) -> bool:
@@ -238,7 +248,7 @@ class ConsoleFeed:
             reply = await self.requests.request_once(
                 {"op": "since", "seq": seq, "limit": MAX_HISTORY_LIMIT}
             )
-            events = _decode_events(reply.get("events"), self.live.stats)
+            events = decode_events(reply.get("events"), self.live.stats)
             for ev in events:
                 if ev.seq > upto:
                     return
@@ -259,10 +269,8 @@ class ConsoleFeed:
         }
         try:
             reply = await self.requests.request_once(request)
-        except TransportError as exc:
-            if "refused" in exc.message:
-                raise Refused(exc.message.split(": ", 1)[-1]) from exc
-            raise
+        except HistoryRefused as exc:
+            raise Refused(exc.reason, forbidden=exc.forbidden) from exc
         seq = int(reply.get("seq") or 0)
         await self.wait_applied(seq)
         return seq
@@ -279,7 +287,7 @@ class ConsoleFeed:
         except TransportError as exc:
             log.info("latest events: %s", exc)
             return
-        events = _decode_events(reply.get("events"), self.live.stats)
+        events = decode_events(reply.get("events"), self.live.stats)
         self.state.add_past([ev for ev in events if ev.seq <= upto])
 
     async def _refresh_energy(self) -> None:
