@@ -215,6 +215,7 @@ class BrokerApp:
         self.bus: BusPublisher | None = None
         self.history: HistoryServer | None = None
         self.gateways: GatewaysEdge | None = None
+        self._snapshot_cache: tuple[int, float, dict[str, Any]] | None = None
         self.serving = False
         self._pruner: asyncio.Task[None] | None = None
         self._add_gauges()
@@ -252,7 +253,7 @@ class BrokerApp:
             self.ctx,
             f"tcp://{ihost}:{cfg.history_port}",
             events_since=self.store.events_since,
-            snapshot=lambda: self.core.snapshot(time.time()),
+            snapshot=self._snapshot,
             accounts=self.core.accounts,
             security=security,
             max_events=cfg.limits.history_max_events,
@@ -372,6 +373,16 @@ class BrokerApp:
             self._pending.extend(effects)
             self._schedule_flush()
         return effects
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The core's snapshot; gateways starting together share one per seq and second."""
+        now = time.time()
+        cached = self._snapshot_cache
+        if cached is not None and cached[0] == self.core.last_seq and now - cached[1] < 1.0:
+            return cached[2]
+        snap = self.core.snapshot(now)
+        self._snapshot_cache = (self.core.last_seq, now, snap)
+        return snap
 
     def set_availability(self, point_id: str, available: bool, reason: str, by: str) -> int:
         """An operator's out-of-service change: the seq after it, once committed.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -120,6 +121,7 @@ class GatewayApp:
         deadline = time.monotonic() + READY_WAIT_S
         while time.monotonic() < deadline and not (self.link.boot and self.replica.ready):
             await asyncio.sleep(0.02)
+        gc.freeze()  # the replica lives as long as the process: out of GC passes
         if cfg.parent_pid is not None:
             self._tasks.append(asyncio.create_task(self._watch_parent(cfg.parent_pid)))
 

@@ -33,7 +33,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from tests.bench.bench_broker import register_points
 from tests.bench.loadgen import closed_loop
@@ -186,10 +186,32 @@ def _config(gateways: int, tmp: str) -> dict[str, Any]:
 # --- idle connections over 5 gateways ------------------------------------------------------
 
 
-def _idle(tmp: str) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+PER_HOLDER: Final = 15_000  # connections one holder process opens (below its open-file limit)
+
+
+def _hold(first: int, count: int, port: int, ready: Any, done: Any) -> None:
+    """Open ``count`` idle connections (source addresses spread over 127.0.x.y) and hold them."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    target = min(IDLE_TARGET, hard - 1000)
+    socks = []
+    error = ""
+    for i in range(first, first + count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind((f"127.0.{1 + i // 25000}.{1 + (i // 250) % 100}", 0))
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError as exc:
+            s.close()
+            error = str(exc)
+            break
+        socks.append(s)
+    ready.put((len(socks), error))
+    done.wait()
+    for s in socks:
+        s.close()
+
+
+def _idle(tmp: str) -> None:
     ports = broker_ports()
     proc = start_broker(
         ports,
@@ -197,38 +219,40 @@ def _idle(tmp: str) -> None:
         "--insecure", "--log-level", "warning", "--gateways", "5",
         "--gateway-port", str(free_port()), "--max-vehicle-connections", "100000",
     )  # fmt: skip
-    socks: list[socket.socket] = []
+    ctx = mp.get_context("spawn")
+    ready, done = ctx.Queue(), ctx.Event()
+    holders = []
     try:
-        pids = _tree(proc.pid)
-        gw = pids[1:]
+        gw = _tree(proc.pid)[1:]
         time.sleep(1.0)
         before = _rss_kib(gw)
         t0 = time.perf_counter()
-        failed = ""
-        for i in range(target):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((f"127.0.{1 + i // 25000}.{1 + (i // 250) % 100}", 0))
-            try:
-                s.connect(("127.0.0.1", ports.vehicle))
-            except OSError as exc:
-                s.close()
-                failed = f" (stopped at {i}: {exc})"
-                break
-            socks.append(s)
-        opened = time.perf_counter() - t0
+        for first in range(0, IDLE_TARGET, PER_HOLDER):
+            count = min(PER_HOLDER, IDLE_TARGET - first)
+            h = ctx.Process(target=_hold, args=(first, count, ports.vehicle, ready, done))
+            h.start()
+            holders.append(h)
+        opened, errors = 0, []
+        for _ in holders:
+            n, error = ready.get(timeout=600)
+            opened += n
+            if error:
+                errors.append(error)
+        elapsed = time.perf_counter() - t0
         time.sleep(2.0)  # every accept done
         after = _rss_kib(gw)
-        per = (after - before) * 1024 / max(1, len(socks))
+        per = (after - before) * 1024 / max(1, opened)
+        note = f" (a holder stopped: {errors[0]})" if errors else ""
         print(
-            f"idle: {len(socks)} connections over 5 gateways{failed}, opened in "
-            f"{opened:.1f} s; gateways' RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, "
+            f"idle: {opened} connections over 5 gateways{note}, opened in {elapsed:.1f} s; "
+            f"gateways' RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, "
             f"{per:.0f} bytes/connection [<= 3072]"
         )
     finally:
-        for s in socks:
-            s.close()
+        done.set()
+        for h in holders:
+            h.join(timeout=60)
         proc.stop()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --- resync at 100,000 points ---------------------------------------------------------------
