@@ -136,6 +136,14 @@ class Core:
         """The ROUTER could not deliver to ``point_id``."""
         return stations.station_unreachable(self._eng, point_id, now)
 
+    def battery_report(
+        self, vehicle_id: str, level: float, latitude: float, longitude: float, now: float
+    ) -> list[Effect]:
+        """A ``bateria`` answered by a vehicle gateway reported ``level`` (low-battery rule)."""
+        fx: list[Effect] = []
+        self._eng.battery_report(vehicle_id, level, latitude, longitude, now, fx)
+        return fx
+
     def vehicle_connected(self, vehicle_id: str, now: float) -> list[Effect]:
         fx: list[Effect] = []
         self._eng.publish(fx, VehicleConnected(vehicle_id=vehicle_id), now)
