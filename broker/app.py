@@ -55,7 +55,7 @@ from broker.core.effects import (
     SendStation,
     needs_commit,
 )
-from broker.core.vehicle_auth import AuthMode, VehicleAuth
+from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode, VehicleAuth
 from broker.credentials import (
     CredentialTable,
     broker_keys,
@@ -73,7 +73,15 @@ from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import InternalError, StoreError
-from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+from common.messages import (
+    BusEvent,
+    HistoryRemoveSite,
+    HistorySetSite,
+    HistorySites,
+    StationToBroker,
+    StatusDatagram,
+    VehicleRequest,
+)
 from common.oslimits import raise_nofile_limit
 from common.ports import (
     EVENTS_PORT,
@@ -105,6 +113,7 @@ class AppConfig:
     core: CoreConfig = field(default_factory=CoreConfig)
     retain_events_s: float | None = None  # None: keep the event log forever
     vehicle_auth: AuthMode = AuthMode.OPEN
+    registrations_per_address: int = MAX_REGISTRATIONS  # registrar a minute per address
     limits: Limits = field(default_factory=Limits)
     insecure: bool = False
     keys: str | None = None
@@ -153,7 +162,12 @@ class BrokerApp:
             self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
-            self.auth = VehicleAuth(config.vehicle_auth, new_token)
+            self.auth = VehicleAuth(
+                config.vehicle_auth,
+                new_token,
+                has_history=self.core.has_history,
+                max_registrations=config.registrations_per_address,
+            )
             self.auth.restore(records)
         except BaseException:
             if self.security is not None:
@@ -229,6 +243,7 @@ class BrokerApp:
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
             set_availability=self.set_availability,
+            sites=self.sites_op,
         )
         await self.bus.start()
         await self.history.start()
@@ -347,10 +362,44 @@ class BrokerApp:
             )
         return seq
 
+    def sites_op(
+        self, request: HistorySites | HistorySetSite | HistoryRemoveSite, by: str
+    ) -> dict[str, Any]:
+        """The history ops on sites (energy.md); a change is answered after its commit.
+
+        Raises the core's refusal (SiteRefused), or InternalError when the commit fails.
+        """
+        now = time.time()
+        if isinstance(request, HistorySites):
+            return self.core.sites()
+        if isinstance(request, HistorySetSite):
+            reply, effects = self.core.set_site(
+                request.name, request.limit_kw, request.points, request.min_kw, by, now
+            )
+        else:
+            reply, effects = self.core.remove_site(request.name, by, now)
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                raise InternalError("internal: the change could not be committed") from exc
+            log.info("site %s %s by %s", request.name, "set" if "site" in reply else "removed", by)
+        return reply
+
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None:
-        effects: list[Effect] = self.core.handle_request(conn, vehicle_id, request, time.time())
+        effects: list[Effect] = self.core.handle_request(
+            conn, vehicle_id, request, time.time(), address
+        )
         if self._pending or needs_commit(effects):
             self._pending.extend(effects)
             self._schedule_flush()

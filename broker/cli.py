@@ -10,6 +10,7 @@ from broker.consumers.ocpi.cli import register as register_ocpi
 from broker.consumers.web.cli import register as register_web
 from broker.credentials_cli import register as register_credentials
 from broker.serve_cli import register as register_serve
+from broker.sites_cli import register as register_sites
 from common.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -44,6 +45,7 @@ register_credentials(app)
 register_bridge(app)
 register_web(app)
 register_ocpi(app)
+register_sites(app)
 
 
 def main() -> None:

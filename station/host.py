@@ -28,7 +28,7 @@ from common import runner
 from common.codec import decode_broker_message, encode_datagram, pack
 from common.credentials import Credential, sign_datagram
 from common.errors import BadBrokerFrame, StationProtocolError
-from common.messages import Heartbeat, Hold, Release, SessionAck, Start, Stop, Welcome
+from common.messages import Heartbeat, Hold, Limit, Release, SessionAck, Start, Stop, Welcome
 from common.ports import STATION_PORT, STATUS_PORT
 from station.links import Link
 from station.sim import Charger, Step
@@ -265,7 +265,7 @@ class Host:
                 c.handle(msg, now)
                 if not c.pending:
                     self._pending.discard(i)
-            case Hold() | Release() | Start() | Stop():
+            case Hold() | Release() | Start() | Limit() | Stop():
                 if self.config.mute_commands:
                     self.counters.muted += 1
                     log.info(

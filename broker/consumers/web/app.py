@@ -34,6 +34,7 @@ from broker.consumers.web.schemas import (
     ConsoleView,
     PointOut,
     SessionOut,
+    SiteOut,
     Stats,
 )
 from common.errors import TransportError
@@ -93,7 +94,13 @@ async def console(request: Request[Any, Any, Any]) -> ConsoleView:
         stats=st.stats(time.time()),
         latest=list(st.latest),
         tiles=request.app.state.tiles,
+        sites=st.site_rows(),
     )
+
+
+@get("/api/sites", summary="Every site: limit, power allocated and drawn, each session's kW")
+async def sites(request: Request[Any, Any, Any]) -> list[SiteOut]:
+    return _feed(request).state.site_rows()
 
 
 # --- points ---------------------------------------------------------------------------
@@ -275,6 +282,7 @@ def create_app(feed: ConsoleFeed, *, tiles: str = DEFAULT_TILES) -> Litestar:
             point,
             availability,
             sessions,
+            sites,
             bills,
             stats,
             events,
