@@ -78,6 +78,8 @@ FAILURE_WINDOW_S: Final = 60.0
 HISTORY_READS: Final = frozenset({"custos", "status"})
 #: The original client's ids (``CAR<its port>``): never registrable.
 DEFAULT_ID_PATTERN: Final = re.compile(r"CAR[0-9]{1,5}")
+#: The OCPP gateway's walk-in accounts (``idtag.<tag>``): never a vehicle's to register.
+WALK_IN_PREFIX: Final = "idtag."
 BLOCK_S: Final = 60.0
 #: Addresses remembered by the rate limiter before stale ones are swept.
 MAX_TRACKED_ADDRESSES: Final = 10_000
@@ -330,7 +332,7 @@ class VehicleAuth:
                 ),
                 count="rate_limited",
             )
-        if DEFAULT_ID_PATTERN.fullmatch(vid):
+        if DEFAULT_ID_PATTERN.fullmatch(vid) or vid.startswith(WALK_IN_PREFIX):
             return self._refuse(
                 vid=vid,
                 error=Forbidden(
