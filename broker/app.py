@@ -55,7 +55,7 @@ from broker.core.effects import (
     SendStation,
     needs_commit,
 )
-from broker.core.vehicle_auth import AuthMode, VehicleAuth
+from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode, VehicleAuth
 from broker.credentials import (
     CredentialTable,
     broker_keys,
@@ -113,6 +113,7 @@ class AppConfig:
     core: CoreConfig = field(default_factory=CoreConfig)
     retain_events_s: float | None = None  # None: keep the event log forever
     vehicle_auth: AuthMode = AuthMode.OPEN
+    registrations_per_address: int = MAX_REGISTRATIONS  # registrar a minute per address
     limits: Limits = field(default_factory=Limits)
     insecure: bool = False
     keys: str | None = None
@@ -161,7 +162,12 @@ class BrokerApp:
             self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
-            self.auth = VehicleAuth(config.vehicle_auth, new_token)
+            self.auth = VehicleAuth(
+                config.vehicle_auth,
+                new_token,
+                has_history=self.core.has_history,
+                max_registrations=config.registrations_per_address,
+            )
             self.auth.restore(records)
         except BaseException:
             if self.security is not None:
@@ -384,9 +390,16 @@ class BrokerApp:
         return reply
 
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None:
-        effects: list[Effect] = self.core.handle_request(conn, vehicle_id, request, time.time())
+        effects: list[Effect] = self.core.handle_request(
+            conn, vehicle_id, request, time.time(), address
+        )
         if self._pending or needs_commit(effects):
             self._pending.extend(effects)
             self._schedule_flush()

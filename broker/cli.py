@@ -6,6 +6,7 @@ from typing import Annotated, Final
 
 from broker.consumers.bridge.cli import register as register_bridge
 from broker.consumers.cli import register as register_consumers
+from broker.consumers.ocpi.cli import register as register_ocpi
 from broker.consumers.web.cli import register as register_web
 from broker.credentials_cli import register as register_credentials
 from broker.serve_cli import register as register_serve
@@ -43,6 +44,7 @@ register_consumers(app)
 register_credentials(app)
 register_bridge(app)
 register_web(app)
+register_ocpi(app)
 register_sites(app)
 
 

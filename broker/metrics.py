@@ -278,6 +278,16 @@ CORE_COUNTERS: Final = (
         "evcharge_station_sessions_unknown_total",
         "session_complete messages for unknown sessions",
     ),
+    (
+        "sessions_energy_bounded",
+        "evcharge_sessions_energy_bounded_total",
+        "Sessions billed less than their station reported (battery or power x time bound)",
+    ),
+    (
+        "energy_excess_wh",
+        "evcharge_energy_unbilled_wh_total",
+        "Energy stations reported above a session's bound, never billed (Wh)",
+    ),
 )
 
 
@@ -318,8 +328,10 @@ def add_state_metrics(registry: Registry, source: StateSource) -> None:
 
     r.gauge("evcharge_points", "Charging points by state (estado)", by_state, ("state",))
     for key, name, help_text in CORE_GAUGES:
+        # (ignored below) mypy cannot type a lambda with a default argument
         r.gauge(name, help_text, lambda key=key: _one(source.core_stats().get(key)))  # type: ignore[misc]
     for key, name, help_text in CORE_COUNTERS:
+        # (ignored below) mypy cannot type a lambda with a default argument
         r.counter_func(name, help_text, lambda key=key: _one(source.core_stats().get(key)))  # type: ignore[misc]
 
     def queues() -> dict[LabelValues, float]:

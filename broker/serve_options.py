@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from broker.core.config import CoreConfig
-from broker.core.vehicle_auth import AuthMode
+from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode
 from broker.limits import Limits
 from common.errors import ConfigError
 from common.logging_setup import FORMATS, LEVELS
@@ -126,6 +126,10 @@ def percent(name: str, text: str) -> float:
     return parse(name, text, float, lambda v: 0 <= v <= 100, "a percentage 0-100")
 
 
+def time_scale(name: str, text: str) -> float:
+    return parse(name, text, float, lambda v: 1 <= v <= 10_000, "a number 1-10000")
+
+
 def auth_mode(name: str, text: str) -> AuthMode:
     return parse(name, text, AuthMode, lambda _: True, "open or required")
 
@@ -207,6 +211,22 @@ OPTIONS: Final[dict[str, Option[Any]]] = {
         f"{CORE.offline_grace_s:g}",
         seconds,
     ),
+    "max_reservations_per_address": Option(
+        "EV_MAX_RESERVATIONS_PER_ADDRESS",
+        "Live reservations the vehicles of one network address may hold; past it rate_limited.",
+        "N",
+        str(CORE.max_reservations_per_address),
+        count,
+    ),
+    "metered_time_scale": Option(
+        "EV_METERED_TIME_SCALE",
+        "How much faster than real time metered (OCPP) chargers run: their energy is "
+        "bounded by power x wall time x this + 10 %. 1 for real chargers; more only "
+        "for simulators.",
+        "FACTOR",
+        f"{CORE.metered_time_scale:g}",
+        time_scale,
+    ),
     "retain_events": Option(
         "EV_RETAIN_EVENTS",
         "Delete bus events older than this many days (fractions ok; 0 keeps all). "
@@ -243,6 +263,13 @@ OPTIONS: Final[dict[str, Option[Any]]] = {
         "open|required",
         AuthMode.OPEN.value,
         auth_mode,
+    ),
+    "max_registrations_per_address": Option(
+        "EV_MAX_REGISTRATIONS_PER_ADDRESS",
+        "registrar requests one network address may make a minute; past it rate_limited.",
+        "N",
+        str(MAX_REGISTRATIONS),
+        count,
     ),
     "max_vehicle_connections": Option(
         "EV_MAX_VEHICLE_CONNECTIONS",
@@ -369,9 +396,12 @@ def app_config(v: Mapping[str, Any], *, insecure: bool, keys: str | None) -> App
             heartbeat_s=v["heartbeat"],
             low_battery=v["low_battery"],
             max_points=v["max_points"],
+            max_reservations_per_address=v["max_reservations_per_address"],
+            metered_time_scale=v["metered_time_scale"],
         ),
         retain_events_s=v["retain_events"],
         vehicle_auth=v["vehicle_auth"],
+        registrations_per_address=v["max_registrations_per_address"],
         limits=Limits(
             stalled_close_s=v["stalled_close"], idle_timeout_s=v["idle_timeout"], **limits
         ),

@@ -236,6 +236,13 @@ class FiguresOutOfBounds(StationInputRefused):
     code = "figures"
 
 
+class EnergyAboveBound(StationInputRefused):
+    """A session's reported energy above its bound (the battery, or power x time): the
+    excess is not billed; the session is billed up to the bound."""
+
+    code = "energy_above_bound"
+
+
 class LimitRefused(StationInputRefused):
     """A station refused a ``limit`` command (energy.md): the higher limit stays in force."""
 
@@ -305,5 +312,6 @@ def error_for_code(code: str, message: str = "", field: str | None = None) -> EV
     cls: type[EVError] = _WIRE_ERRORS.get(code) or _REFUSALS.get(code) or RequestRefused
     err = cls(message, field=field)
     if cls is RequestRefused:
+        # (ignored below) code is a ClassVar; an unknown refusal code is kept on the instance
         err.code = code  # type: ignore[misc]
     return err

@@ -102,10 +102,19 @@ class Core:
     # --- inputs ---------------------------------------------------------------------
 
     def handle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, now: float
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        now: float,
+        address: str | None = None,
     ) -> list[Effect]:
-        """A validated vehicle request from connection ``conn``."""
-        return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now)
+        """A validated vehicle request from connection ``conn`` at network ``address``.
+
+        The address is what the per-address caps count (``max_reservations_per_address``),
+        so that they hold across every edge or gateway that passes it in.
+        """
+        return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now, address)
 
     def handle_datagram(
         self, datagram: StatusDatagram, now: float, signed_ts: float | None = None
@@ -219,8 +228,13 @@ class Core:
         """
         return self._eng.snapshot(now)
 
+    def has_history(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a reservation, a session or a bill (vehicle identity)."""
+        return self._eng.has_history(vehicle_id)
+
     def accounts(self) -> dict[str, Any]:
         """Every account, as ``{vehicle_id: extrato data}`` (plain data)."""
+        # (ignored below) msgspec types to_builtins as Any; a dict of statements gives a dict
         return msgspec.to_builtins(self._eng.all_statements())  # type: ignore[no-any-return]
 
     @property

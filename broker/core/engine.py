@@ -80,6 +80,7 @@ class Engine:
         self.point_view = self.points.view
         self.encoded_points = self.points.encoded
         self.new_reservation = self.reservations.new
+        self.reservations_of_address = self.reservations.of_address
         self.cancel = self.reservations.cancel
         self.resend_hold = self.reservations.resend_hold
         self.running_session = self.sessions.running
@@ -116,6 +117,14 @@ class Engine:
 
     def statement(self, vehicle_id: str) -> Statement:
         return self._accounts.statement(vehicle_id)
+
+    def has_history(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a reservation, a session or a bill."""
+        return (
+            self.reservation_of(vehicle_id) is not None
+            or self.session_of(vehicle_id) is not None
+            or self._accounts.has(vehicle_id)
+        )
 
     def all_statements(self) -> dict[str, Statement]:
         return self._accounts.all_statements()

@@ -27,6 +27,8 @@ from broker.core.sessions import (
     NO_CONNECTION,
     PendingStart,
     Session,
+    bounded_energy,
+    energy_bound_kwh,
     pending_key,
     session_cost,
     to_decimal,
@@ -34,7 +36,7 @@ from broker.core.sessions import (
 from broker.core.shared import Shared
 from broker.core.sites import Sites
 from broker.core.timers import AckTimeout
-from common.errors import NotCommandOwner, PointUnreachable
+from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop
 from common.replies import CustoFinal, Encerramento, Started, refusal
@@ -303,8 +305,39 @@ class SessionTable:
         energy: Decimal,
         nivel_final: float,
         reason: str,
+        *,
+        realtime_power_kw: float | None = None,
     ) -> None:
-        """Close ``s``, record it in the account and tell everybody (exactly once)."""
+        """Close ``s``, record it in the account and tell everybody (exactly once).
+
+        Whatever path brought ``energy`` (a completion, a fault, a reboot, a silent
+        station), it is cut at the session's bound: the battery's room from its start,
+        and for a real-time charger (``realtime_power_kw``) also power x wall time
+        (x ``metered_time_scale``) + 10 %. What is cut is counted and never billed.
+        """
+        wall_s = None
+        if realtime_power_kw is not None:
+            wall_s = (now - s.started_at) * self._s.cfg.metered_time_scale
+        bound = energy_bound_kwh(
+            s.nivel_inicial, s.capacidade_kwh, power_kw=realtime_power_kw, wall_s=wall_s
+        )
+        energy, excess = bounded_energy(energy, bound)
+        if excess > 0:
+            self._s.counters["sessions_energy_bounded"] += 1
+            self._s.counters["energy_excess_wh"] += int(excess * 1000)
+            fx.append(
+                Rejected(
+                    "stations",
+                    EnergyAboveBound(
+                        f"session {s.id} at {s.point_id!r}: {kwh3(energy + excess)} kWh "
+                        f"reported, {kwh3(energy)} kWh billed"
+                    ),
+                )
+            )
+            if nivel_final > s.nivel_inicial:
+                cap = to_decimal(s.capacidade_kwh)
+                gained = float(energy / cap * 100) if cap > 0 else 0.0
+                nivel_final = round(min(nivel_final, s.nivel_inicial + gained), 3)
         s.ended_at = now
         s.energy = energy
         s.cost = session_cost(energy, s.price_kwh)

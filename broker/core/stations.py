@@ -14,7 +14,7 @@ from broker.core.effects import Effect, Rejected
 from broker.core.engine import Engine
 from broker.core.point_table import Heard
 from broker.core.points import PointState
-from broker.core.sessions import energy_kwh, to_decimal
+from broker.core.sessions import LEVEL_TOLERANCE, energy_kwh, to_decimal
 from common.errors import (
     FiguresOutOfBounds,
     NotSessionOwner,
@@ -183,7 +183,10 @@ def _session_complete(
         # the level the metered energy implies (the charger does not know the battery)
         gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
         nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
-        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
+        # a metered charger is a real-time one: its energy fits its power x wall time too
+        p = eng.point(point_id)
+        power = p.potencia_kw if p is not None else None
+        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason, realtime_power_kw=power)
     elif s is not None:
         energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
         if (
@@ -202,10 +205,13 @@ def completion_refusal(
 ) -> str | None:
     """Why a completion's figures are out of bounds for its session, or None.
 
-    Every figure is finite (the schema bounds them); the final level is not below
-    the initial one (the reported one, nor the session's), and no energy figure
-    exceeds the session's capacity.
+    Every figure is finite (the schema bounds them); the reported initial level is
+    the session's own (within rounding); the final level is not below the initial
+    one (the reported one, nor the session's), and no energy figure exceeds the
+    session's capacity. (Energy is also cut at the battery's room when billed.)
     """
+    if not abs(msg.nivel_inicial - nivel_inicial) <= LEVEL_TOLERANCE:  # NaN too
+        return f"nivel_inicial {msg.nivel_inicial} is not the session's {nivel_inicial}"
     if msg.nivel_final < max(msg.nivel_inicial, nivel_inicial):
         return (
             f"nivel_final {msg.nivel_final} below nivel_inicial "

@@ -83,6 +83,7 @@ class GatewayConfig:
     walkin_capacity_kwh: float = 100.0
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class ChargerConnection(ChargePoint):  # type: ignore[misc]
     """One connected charger: OCPP handlers that hand validated payloads to its point."""
 
@@ -195,6 +196,7 @@ class Gateway:
         )
         self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in)
         self.host = Host(
+            # (ignored below) OcppPoint is a Charger by duck typing, not by inheritance
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
             link_factory,
@@ -363,6 +365,7 @@ class Gateway:
             self._serve_charger,
             cfg.host,
             cfg.port,
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._authorize,
             ssl=cfg.ssl_context,

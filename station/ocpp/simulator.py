@@ -55,6 +55,7 @@ class SimOptions:
     connector: int = 1
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class _Protocol(ChargePoint):  # type: ignore[misc]
     """The ``ocpp`` ChargePoint of one connection; handlers forward to the SimCharger."""
 
@@ -167,6 +168,7 @@ class SimCharger:
         auth = base64.b64encode(f"{self.charger_id}:{self.password}".encode()).decode()
         async with connect(
             f"{self.url}/{self.charger_id}",
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=["ocpp1.6"],  # type: ignore[list-item]
             additional_headers={"Authorization": f"Basic {auth}"},
             ssl=self.ssl,
