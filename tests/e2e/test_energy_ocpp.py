@@ -71,6 +71,12 @@ def test_an_ocpp_charger_in_a_site_gets_its_profile_and_is_billed_by_the_meter(
             assert schedule["charging_rate_unit"] == "W"
             assert schedule["charging_schedule_period"][0]["limit"] == 11_000
             assert sim.limit_w == 11_000
+            # its MeterValues carry the power drawn: the broker sees 11 kW on the site
+            wait_for(
+                lambda: ask({"op": "sites"})["sites"][0]["drawn_kw"] == 11.0,
+                timeout=15,
+                what="the charger's power in the site's figures",
+            )
             bill = car.push("custo_final", timeout=60)["data"]
             metered_kwh = sim.completed[0]["meter_stop"] / 1000.0
             assert metered_kwh >= 36.0
