@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_energy_sites import history
-from tests.e2e.test_ocpp_gateway import (  # noqa: F401 (the broker fixture: fast meters)
-    arrive,
-    broker,
-    gateway_args,
-    wait_estado,
-)
+from tests.e2e.test_ocpp_gateway import arrive, gateway_args, wait_estado
 from tests.support.ocpp_sims import SimLoop, sim_loop, write_chargers
 from tests.support.procs import BrokerPorts, Proc, free_port, running, start_broker_on_free_ports
 from tests.support.raw_clients import Vehicle, wait_for
@@ -46,9 +41,7 @@ def sims() -> Iterator[SimLoop]:
 
 
 def test_an_ocpp_charger_in_a_site_gets_its_profile_and_is_billed_by_the_meter(
-    broker: tuple[Proc, BrokerPorts],  # noqa: F811
-    tmp_path: Path,
-    sims: SimLoop,
+    broker: tuple[Proc, BrokerPorts], tmp_path: Path, sims: SimLoop
 ) -> None:
     _, ports = broker
     chargers = write_chargers(tmp_path / "chargers.toml", ["OE01", "OE02"], price_kwh=PRICE)
