@@ -73,7 +73,13 @@ from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import StoreError
-from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+from common.messages import (
+    BusEvent,
+    HistoryTariffs,
+    StationToBroker,
+    StatusDatagram,
+    VehicleRequest,
+)
 from common.oslimits import raise_nofile_limit
 
 log = logging.getLogger(__name__)
@@ -216,6 +222,7 @@ class BrokerApp:
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
             set_availability=self.set_availability,
+            tariffs=self.tariffs,
         )
         await self.bus.start()
         await self.history.start()
@@ -331,6 +338,22 @@ class BrokerApp:
                 by,
                 f": {reason}" if not available else "",
             )
+        return reply
+
+    def tariffs(self, request: HistoryTariffs, by: str) -> dict[str, Any]:
+        """An operator's tariff request; the reply is made after the commit."""
+        reply, effects = self.core.tariffs(
+            request.action, request.tariffs, request.tariff_id, request.points, by, time.time()
+        )
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                return {"error": "internal: the change could not be committed"}
+            log.info("tariffs %s %s by %s", request.action, request.tariff_id or "", by)
         return reply
 
     def vehicle_request(

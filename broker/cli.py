@@ -9,6 +9,7 @@ from broker.consumers.cli import register as register_consumers
 from broker.consumers.web.cli import register as register_web
 from broker.credentials_cli import register as register_credentials
 from broker.serve_cli import register as register_serve
+from broker.tariffs_cli import register as register_tariffs
 from common.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -42,6 +43,7 @@ register_consumers(app)
 register_credentials(app)
 register_bridge(app)
 register_web(app)
+register_tariffs(app)
 
 
 def main() -> None:

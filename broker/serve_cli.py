@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from datetime import tzinfo
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -19,6 +20,7 @@ import typer
 from broker.limits import Limits
 from common.errors import ConfigError, EVError, StoreError
 from common.logging_setup import FORMATS, LEVELS, setup_logging
+from common.timeutil import site_zone
 
 log = logging.getLogger("broker")
 T = TypeVar("T")
@@ -41,6 +43,13 @@ def _parse(
     if not check(value):
         raise ConfigError(f"invalid value for --{name}: {text!r} ({rule})")
     return value
+
+
+def _zone(text: str) -> tzinfo:
+    try:
+        return site_zone(text.strip() or None)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--timezone") from None
 
 
 def _port(name: str, text: str) -> int:
@@ -127,6 +136,23 @@ def serve(
         str,
         _opt("EV_OFFLINE_GRACE", "Seconds an offline/faulted point keeps its queue.", "SECONDS"),
     ] = "120",
+    timezone: Annotated[
+        str,
+        _opt(
+            "EV_TIMEZONE",
+            "The site's time zone for tariff time-of-day, date and weekday restrictions "
+            "(IANA name, e.g. America/Sao_Paulo; default: the machine's local zone).",
+            "ZONE",
+        ),
+    ] = "",
+    max_parking: Annotated[
+        str,
+        _opt(
+            "EV_MAX_PARKING",
+            "Hours of parking (plugged in after charging) billed at most (fractions ok).",
+            "HOURS",
+        ),
+    ] = "12",
     retain_events: Annotated[
         str,
         _opt(
@@ -277,6 +303,8 @@ def serve(
                     "a percentage 0-100",
                 ),
                 max_points=points_cap,
+                tz=_zone(timezone),
+                max_parking_s=_seconds("max-parking", max_parking) * 3600.0,
             ),
             retain_events_s=_retention(retain_events),
             vehicle_auth=_parse(

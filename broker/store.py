@@ -34,7 +34,7 @@ from common.errors import EventsPruned, StoreError
 from common.messages import BusEvent
 
 SCHEMA_VERSION: Final = 1
-RECORD_TABLES: Final = ("point", "reservation", "session", "meta", "vehicle")
+RECORD_TABLES: Final = ("point", "reservation", "session", "meta", "vehicle", "tariff")
 MEMORY: Final = ":memory:"
 #: How long a write waits for another process's short write (credentials) to finish.
 BUSY_TIMEOUT_MS: Final = 2000

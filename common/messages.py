@@ -219,6 +219,9 @@ class StatusDatagram(Struct, kw_only=True, frozen=True):
     seq: int | None = None
     interval_s: IntervalS | None = None
     ts: float | str | None = None
+    #: false while a vehicle is still plugged in after charging (parking time);
+    #: absent from stations that do not tell (the connector counts as free)
+    conector_livre: bool | None = None
 
 
 # --- station <-> broker over ZeroMQ (msgpack maps with a ``type`` key) ------------------
@@ -314,6 +317,7 @@ TOPICS: Final = (
     "vehicle.connected",
     "vehicle.disconnected",
     "vehicle.low_battery",
+    "tariff.updated",
 )
 
 
@@ -353,8 +357,21 @@ class HistorySetAvailability(Struct, tag="set_availability", tag_field="op", fro
     reason: Any = ""
 
 
-HistoryRequest = HistorySince | HistorySnapshot | HistoryAccounts | HistorySetAvailability
-HISTORY_OPS: Final = ("since", "snapshot", "accounts", "set_availability")
+class HistoryTariffs(Struct, tag="tariffs", tag_field="op", frozen=True):
+    """An operator manages tariffs (docs/tariffs.md): ``action`` ``set`` (``tariffs``: a
+    list of OCPI Tariff objects), ``assign`` (``tariff_id``, ``points`` pattern),
+    ``remove`` (``tariff_id``) or ``list``. The core checks the fields."""
+
+    action: Any = None
+    tariffs: Any = None
+    tariff_id: Any = None
+    points: Any = None
+
+
+HistoryRequest = (
+    HistorySince | HistorySnapshot | HistoryAccounts | HistorySetAvailability | HistoryTariffs
+)
+HISTORY_OPS: Final = ("since", "snapshot", "accounts", "set_availability", "tariffs")
 
 
 def to_builtins(obj: Any) -> Any:

@@ -282,6 +282,8 @@ class CustoFinal(Payload, kw_only=True, frozen=True):
     nivel_inicial: float
     nivel_final: float
     duracao_s: float
+    #: the OCPI CDR (docs/tariffs.md) when the point's tariff priced the session
+    cdr: dict[str, Any] | UnsetType = UNSET
 
 
 class Encerramento(Payload, kw_only=True, frozen=True):

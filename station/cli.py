@@ -72,6 +72,15 @@ Interval = Annotated[
         envvar=_env("INTERVAL"), min=0.05, max=3600.0, help="Seconds between status datagrams."
     ),
 ]
+Dwell = Annotated[
+    float,
+    typer.Option(
+        envvar=_env("DWELL"),
+        min=0.0,
+        max=86400.0,
+        help="Seconds the vehicle stays plugged in after charging ends (parking time).",
+    ),
+]
 Speed = Annotated[
     float,
     typer.Option(
@@ -222,6 +231,7 @@ def run(
     station_port: StationPort = 5555,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
+    dwell: Dwell = 0.0,
     heartbeat: Heartbeat = 1.0,
     broker_silence: BrokerSilence = 5.0,
     fault_after: FaultAfter = None,
@@ -235,7 +245,9 @@ def run(
         raise typer.BadParameter("must be 1-64 characters, no spaces", param_hint="--id")
     _setup_logging(log_level)
     credential = station_credential(credentials, [id])
-    charger = Charger(id, lat, lon, power_kw=power_kw, price_kwh=price_kwh, speed=speed)
+    charger = Charger(
+        id, lat, lon, power_kw=power_kw, price_kwh=price_kwh, speed=speed, dwell_s=dwell
+    )
     config = HostConfig(
         broker=broker,
         status_port=status_port,
@@ -288,6 +300,7 @@ def fleet(
     station_port: StationPort = 5555,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
+    dwell: Dwell = 0.0,
     heartbeat: Heartbeat = 1.0,
     broker_silence: BrokerSilence = 5.0,
     report_every: Annotated[
@@ -309,6 +322,8 @@ def fleet(
         raise typer.BadParameter(exc.message, param_hint="--replica") from None
     _setup_logging(log_level)
     chargers = make_fleet(count, where, radius_km, prefix, seed, power_kw, price_kwh, speed)
+    for c in chargers:
+        c.dwell_s = dwell
     credential = station_credential(credentials, [c.point_id for c in chargers])
     config = HostConfig(
         broker=broker,

@@ -30,7 +30,14 @@ from typing import Final, Literal
 
 import msgspec
 
-from broker.core.tariffs import DAYS, PriceComponent, Tariff, TariffRestrictions, format_datetime
+from broker.core.tariffs import (
+    DAYS,
+    PriceComponent,
+    Tariff,
+    TariffRestrictions,
+    format_datetime,
+    parse_datetime,
+)
 
 CENT: Final = Decimal("0.01")
 VOLUME: Final = Decimal("0.0001")
@@ -562,3 +569,65 @@ def coverage_gaps(t: Tariff) -> list[str]:
 def _only_clock(r: TariffRestrictions) -> bool:
     clock = msgspec.structs.replace(r, start_time=None, end_time=None, day_of_week=None)
     return clock == TariffRestrictions()
+
+
+# --- prices a driver sees -------------------------------------------------------------
+
+
+def _incl(c: PriceComponent | None) -> Decimal:
+    if c is None:
+        return ZERO
+    return c.price if c.vat is None else c.price * (ONE + c.vat / HUNDRED)
+
+
+@dataclass(frozen=True, slots=True)
+class PricesNow:
+    """The prices in force at an instant, VAT included (per kWh, minute, session)."""
+
+    energy_kwh: Decimal
+    per_minute: Decimal
+    parking_per_minute: Decimal
+    flat: Decimal
+    valid_until: float | None
+
+
+def prices_at(ct: CompiledTariff, now: float, power_kw: float | None = None) -> PricesNow:
+    """What a session starting at ``now`` pays at first, and when that next changes
+    (the next time-of-day, midnight or ``end_date_time`` boundary; None: never)."""
+    m = _Moment(
+        local=datetime.fromtimestamp(now, ct.tz),
+        kwh=ZERO,
+        duration=ZERO,
+        power=None if power_kw is None else dec(power_kw),
+        current=None,
+    )
+    parked = _Moment(m.local, ZERO, ZERO, ZERO, ZERO)
+    until: float | None = None
+    a = dec(now)
+    cuts = ct.time_cuts(a, a + 8 * 86400)
+    if cuts:
+        until = float(cuts[0])
+    end = ct.tariff.end_date_time
+    if end is not None:
+        e = parse_datetime(end)
+        until = e if until is None else min(until, e)
+    return PricesNow(
+        energy_kwh=_incl(ct.in_force("ENERGY", m)),
+        per_minute=_incl(ct.in_force("TIME", m)) / 60,
+        parking_per_minute=_incl(ct.in_force("PARKING_TIME", parked)) / 60,
+        flat=_incl(ct.in_force("FLAT", m)),
+        valid_until=until,
+    )
+
+
+def energy_price_now(ct: CompiledTariff, now: float) -> Decimal:
+    """The ENERGY price in force at ``now``, VAT included (a session's ``price_kwh``)."""
+    return prices_at(ct, now).energy_kwh.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def estimate(ct: CompiledTariff, start: float, energy_kwh: Decimal, power_kw: float) -> Decimal:
+    """The cost (VAT included, cents) of charging ``energy_kwh`` at ``power_kw`` from
+    ``start`` on, no parking: what ``custo_estimado`` shows."""
+    seconds = float(energy_kwh) / power_kw * 3600.0 if power_kw > 0 else 0.0
+    usage = Usage(start, start + seconds, energy_kwh, True, dec(power_kw))
+    return price_compiled(ct, (usage,), start).cost

@@ -82,7 +82,7 @@ class Rejected:
     detail: str
 
 
-PersistTable = Literal["point", "reservation", "session", "meta", "vehicle"]
+PersistTable = Literal["point", "reservation", "session", "meta", "vehicle", "tariff"]
 
 
 @dataclass(slots=True)

@@ -21,8 +21,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from broker.core.accounts import Accounts
+from broker.core.cdr import cdr_to_builtins, energy_price_now, price_compiled
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist, Publish, Push, Rejected, Reply, SendStation
 from broker.core.geoindex import GeoIndex
@@ -39,6 +41,7 @@ from broker.core.sessions import (
     session_cost,
     to_decimal,
 )
+from broker.core.tariff_book import TariffBook
 from broker.core.timers import TimerHeap
 from common.errors import PointUnreachable
 from common.events import (
@@ -123,7 +126,9 @@ class Engine:
             "acks_unknown": 0,
             "points_refused": 0,
             "sessions_out_of_bounds": 0,
+            "parking_capped": 0,
         }
+        self.tariffs = TariffBook(config.tz)
 
     # --- reading --------------------------------------------------------------------
 
@@ -158,6 +163,17 @@ class Engine:
 
         hits = self._index.nearest(latitude, longitude, k, max_km, accept)
         return [(d, points[pid]) for d, pid in hits]
+
+    def point_ids(self) -> list[str]:
+        return list(self._points)
+
+    def set_session_power(self, session_id: str, power_kw: float, now: float) -> bool:
+        """The power allocated to a running session changed: its charging periods split
+        there (only tariffed sessions keep the record; False when nothing changed)."""
+        s = self._sessions.get(session_id)
+        if s is None or s.tariff is None:
+            return False
+        return s.set_power(power_kw, now)
 
     def running_session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
@@ -584,6 +600,11 @@ class Engine:
             reservation_id=pend.reservation_id,
             boot_id=p.boot_id,
         )
+        tariff = self.tariffs.tariff_for(p.id, now)
+        if tariff is not None:
+            s.tariff = tariff
+            s.powers = [(now, p.potencia_kw)]
+            s.price_kwh = energy_price_now(self.tariffs.compiled(tariff), now)
         self._sessions[s.id] = s
         self._session_by_vehicle[s.vehicle_id] = s
         p.session = s
@@ -675,11 +696,67 @@ class Engine:
         energy: Decimal,
         nivel_final: float,
         reason: str,
+        *,
+        may_park: bool = True,
+    ) -> None:
+        """Charging of ``s`` ended: bill it now, or (its tariff prices PARKING_TIME and
+        the vehicle may still be plugged in) from the unplug on (:meth:`unplug`)."""
+        if s.charged_at is not None:  # parked already: a repeated completion
+            self._counters["session_duplicates"] += 1
+            return
+        if may_park and s.parks:
+            s.charged_at = now
+            s.energy = energy
+            s.nivel_final = nivel_final
+            s.reason = reason
+            self.persist_session(fx, s)
+            self._timers.schedule(now + self._cfg.max_parking_s, "parking", s.id, now)
+            return
+        self._close(s, now, fx, energy, nivel_final, reason, now)
+
+    def unplug(self, s: Session, now: float, fx: list[Effect], capped: bool = False) -> None:
+        """The vehicle of parked session ``s`` left (or parking reached its cap): bill it."""
+        if s.charged_at is None or s.energy is None or s.nivel_final is None:
+            return
+        end = now
+        if capped:
+            end = s.charged_at + self._cfg.max_parking_s
+            self._counters["parking_capped"] += 1
+        self._close(s, end, fx, s.energy, s.nivel_final, s.reason or "", s.charged_at)
+
+    def _close(
+        self,
+        s: Session,
+        now: float,
+        fx: list[Effect],
+        energy: Decimal,
+        nivel_final: float,
+        reason: str,
+        charge_end: float,
     ) -> None:
         """Close ``s``, record it in the account and tell everybody (exactly once)."""
         s.ended_at = now
         s.energy = energy
-        s.cost = session_cost(energy, s.price_kwh)
+        cdr: dict[str, Any] | UnsetType = UNSET
+        if s.tariff is None:
+            s.cost = session_cost(energy, s.price_kwh)
+        else:
+            bill = price_compiled(
+                self.tariffs.compiled(s.tariff), s.usages(energy, charge_end, now), s.started_at
+            )
+            s.cost = bill.cost
+            s.cdr = cdr = cdr_to_builtins(
+                bill.cdr(
+                    cdr_id=s.id,
+                    tariff=s.tariff,
+                    start=s.started_at,
+                    end=now,
+                    now=now,
+                    session_id=s.id,
+                    token=s.vehicle_id,
+                    remark=reason,
+                )
+            )
         s.nivel_final = nivel_final
         s.reason = reason
         self._sessions.pop(s.id, None)
@@ -704,6 +781,7 @@ class Engine:
                 currency=CURRENCY,
                 payment_method=s.payment_method,
                 reason=reason,
+                cdr=cdr,
             ),
             now,
         )
@@ -725,6 +803,7 @@ class Engine:
                     nivel_inicial=s.nivel_inicial,
                     nivel_final=nivel_final,
                     duracao_s=round(now - s.started_at, 3),
+                    cdr=cdr,
                 ),
             )
         )
@@ -745,13 +824,17 @@ class Engine:
             self.refresh(p, now, fx)
 
     def bill_fault(self, s: Session, now: float, fx: list[Effect]) -> None:
-        """Close a session the station can no longer report: the energy last reported."""
+        """Close a session the station can no longer report: the energy last reported
+        (a parked session: what it charged, parking until now)."""
+        if s.charged_at is not None:
+            self.unplug(s, now, fx)
+            return
         reported = s.energy_reported if math.isfinite(s.energy_reported) else 0.0
         energy = to_decimal(reported)
         cap = to_decimal(s.capacidade_kwh)
         gained = float(energy / cap * 100) if cap > 0 else 0.0
         nivel_final = min(100.0, s.nivel_inicial + gained)
-        self.bill(s, now, fx, energy, round(nivel_final, 3), "fault")
+        self.bill(s, now, fx, energy, round(nivel_final, 3), "fault", may_park=False)
 
     # --- restoring from the store ---------------------------------------------------
 
@@ -790,6 +873,10 @@ class Engine:
         self._sessions[s.id] = s
         self._session_by_vehicle[s.vehicle_id] = s
         p.session = s
+        if s.charged_at is not None:
+            self._timers.schedule(
+                s.charged_at + self._cfg.max_parking_s, "parking", s.id, s.charged_at
+            )
 
     def restore_start(self, pend: PendingStart) -> None:
         """A start sent before a crash whose ack never came back (see Core.restore)."""
@@ -827,6 +914,9 @@ class Engine:
         if kind == "grace":
             p = self._points.get(key)
             return p is not None and p.unusable_since == token and not p.usable
+        if kind == "parking":
+            s = self._sessions.get(key)
+            return s is not None and s.charged_at == token
         return key in self._pending
 
     def tick(self, now: float) -> list[Effect]:
@@ -839,6 +929,10 @@ class Engine:
                 self._fire_expire(key, token, now, fx)
             elif kind == "grace":
                 self._fire_grace(key, token, now, fx)
+            elif kind == "parking":
+                s = self._sessions.get(key)
+                if s is not None and s.charged_at == token:
+                    self.unplug(s, now, fx, capped=True)
             else:
                 pend = self._pending.get(key)
                 if pend is not None:

@@ -8,12 +8,14 @@ numbers with two decimals).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
 from msgspec import UNSET, UnsetType
 
+from broker.core.cdr import Usage
+from broker.core.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
 from common.messages import Scalar
 from common.replies import SessionView, StatementLine
 from common.timeutil import format_timestamp
@@ -122,7 +124,15 @@ class Session:
     reservation_id: str | None
     boot_id: str | None
     energy_reported: float = 0.0
-    # filled when billed
+    #: the tariff the session started with (None: the flat ``price_kwh``)
+    tariff: Tariff | None = None
+    #: (from, kW): the power allocated from each instant on (tariffed sessions)
+    powers: list[tuple[float, float]] = field(default_factory=list)
+    #: charging ended at this instant and the vehicle is still plugged in (parking)
+    charged_at: float | None = None
+    #: the CDR of a billed tariffed session (plain JSON types)
+    cdr: dict[str, Any] | None = None
+    # filled when billed (energy, nivel_final and reason already when parked)
     ended_at: float | None = None
     nivel_final: float | None = None
     energy: Decimal | None = None
@@ -152,7 +162,74 @@ class Session:
             "cost": None if self.cost is None else str(self.cost),
             "reason": self.reason,
             "billed_seq": self.billed_seq,
+            **self._tariff_record(),
         }
+
+    def _tariff_record(self) -> dict[str, Any]:
+        if self.tariff is None:
+            return {}
+        return {
+            "tariff": tariff_to_builtins(self.tariff),
+            "powers": [list(p) for p in self.powers],
+            "charged_at": self.charged_at,
+            "cdr": self.cdr,
+            "parked": None
+            if self.charged_at is None or self.ended_at is not None
+            else {
+                "energy_kwh": str(self.energy),
+                "nivel_final": self.nivel_final,
+                "reason": self.reason,
+            },
+        }
+
+    @property
+    def parks(self) -> bool:
+        """True when its tariff prices PARKING_TIME: the bill waits for the unplug."""
+        return self.tariff is not None and "PARKING_TIME" in self.tariff.dimensions()
+
+    def set_power(self, power_kw: float, now: float) -> bool:
+        """Record that the allocated power is ``power_kw`` from ``now`` on (charging
+        periods split there); False when nothing changed or charging already ended."""
+        if self.charged_at is not None or self.ended_at is not None:
+            return False
+        if self.powers and self.powers[-1][1] == power_kw:
+            return False
+        if self.powers and self.powers[-1][0] >= now:
+            self.powers[-1] = (self.powers[-1][0], power_kw)
+        else:
+            self.powers.append((now, power_kw))
+        return True
+
+    def usages(self, energy: Decimal, charge_end: float, unplugged: float) -> list[Usage]:
+        """The session as stretches for the tariff engine: charging split where the
+        power changed (energy shared in proportion to power x time), then parking."""
+        marks = [(t, kw) for t, kw in self.powers if t < charge_end] or [(self.started_at, 0.0)]
+        stretches = []
+        for i, (t, kw) in enumerate(marks):
+            a = max(t, self.started_at) if i else self.started_at
+            b = marks[i + 1][0] if i + 1 < len(marks) else charge_end
+            if b > a:
+                stretches.append((a, b, kw))
+        if not stretches:
+            stretches = [(self.started_at, max(charge_end, self.started_at), marks[-1][1])]
+        weights = [Decimal(repr((b - a) * kw)) for a, b, kw in stretches]
+        total = sum(weights, Decimal(0))
+        if total <= 0:
+            weights = [Decimal(repr(b - a)) for a, b, _ in stretches]
+            total = sum(weights, Decimal(0))
+        out: list[Usage] = []
+        given = Decimal(0)
+        for i, ((a, b, kw), w) in enumerate(zip(stretches, weights, strict=True)):
+            share = (
+                energy - given
+                if i == len(stretches) - 1
+                else (energy * w / total if total > 0 else Decimal(0))
+            )
+            given += share
+            out.append(Usage(a, b, share, True, Decimal(repr(kw))))
+        if unplugged > charge_end:
+            out.append(Usage(charge_end, unplugged, Decimal(0), False))
+        return out
 
     @classmethod
     def from_record(cls, v: dict[str, Any]) -> Session:
@@ -170,6 +247,17 @@ class Session:
             boot_id=None if v.get("boot_id") is None else str(v["boot_id"]),
             energy_reported=float(v.get("energy_reported") or 0.0),
         )
+        if v.get("tariff") is not None:
+            s.tariff = tariff_from_builtins(v["tariff"])
+            s.powers = [(float(t), float(kw)) for t, kw in v.get("powers") or []]
+            charged = v.get("charged_at")
+            s.charged_at = None if charged is None else float(charged)
+            s.cdr = v.get("cdr")
+            parked = v.get("parked")
+            if parked is not None:
+                s.energy = Decimal(str(parked["energy_kwh"]))
+                s.nivel_final = float(parked["nivel_final"])
+                s.reason = str(parked["reason"])
         if v.get("state") == "billed":
             s.ended_at = float(v["ended_at"])
             s.nivel_final = float(v["nivel_final"])

@@ -63,6 +63,13 @@ def handle_datagram(
     if signed_ts is not None:
         p.dgram_ts = signed_ts
     p.last_heard = now
+    s = p.session
+    if s is not None and s.charged_at is not None and d.conector_livre is not False:
+        # the vehicle left a parked session: its bill, parking included, goes out now
+        fx: list[Effect] = []
+        eng.unplug(s, now, fx)
+        fx.extend(_slow_datagram(eng, p, d, now))
+        return fx
     energy = d.energia_kwh
     if energy is not None:
         p.rep_energy = energy

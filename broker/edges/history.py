@@ -60,6 +60,7 @@ from common.messages import (
     HistorySetAvailability,
     HistorySince,
     HistorySnapshot,
+    HistoryTariffs,
 )
 from common.zmq_nowait import send_nowait
 
@@ -74,15 +75,18 @@ ACCOUNTS_OP: Final = "accounts"
 #: The operator op (rules.md "Out of service"); the ROUTER's credential check admits
 #: only ``operator`` credentials to it when security is on.
 SET_AVAILABILITY_OP: Final = "set_availability"
+TARIFFS_OP: Final = "tariffs"
 KNOWN_OPS: Final = HISTORY_OPS
 MAX_POINT_ID: Final = 64
 ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 #: Ops only an ``operator`` credential may ask for.
-OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP})
+OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP, TARIFFS_OP})
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 #: (point_id, available, reason, by) -> the reply map, once the change is committed
 SetAvailability = Callable[[str, bool, str, str], dict[str, Any]]
+#: (request, by) -> the reply map, once the change is committed
+Tariffs = Callable[[HistoryTariffs, str], dict[str, Any]]
 
 
 class HistoryServer:
@@ -100,8 +104,10 @@ class HistoryServer:
         max_bytes: int = 4 * 1024 * 1024,
         security: Security | None = None,
         set_availability: SetAvailability | None = None,
+        tariffs: Tariffs | None = None,
     ) -> None:
         self._set_availability = set_availability
+        self._tariffs = tariffs
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._ctx = ctx
@@ -212,6 +218,10 @@ class HistoryServer:
                 return {"accounts": self._accounts()}
             if isinstance(request, HistorySetAvailability):
                 return self._availability(request, user or ANONYMOUS)
+            if isinstance(request, HistoryTariffs):
+                if self._tariffs is None:
+                    return {"error": f"{TARIFFS_OP} is not served here"}
+                return self._tariffs(request, user or ANONYMOUS)
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)

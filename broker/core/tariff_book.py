@@ -1,0 +1,120 @@
+"""The operator's tariffs and which points they price (pure, no I/O).
+
+Tariffs are kept by id; assignments are ``(pattern, tariff_id)`` rules in the
+order they were made, a point's tariff being the tariff of the LAST rule whose
+shell-style pattern matches its id (so a later, narrower ``assign`` overrides
+an earlier, wider one). A point no rule matches, or whose tariff is not valid
+now (``start_date_time`` / ``end_date_time``), is priced by its station's
+``preco_kwh`` as today. Lookups are cached per point and the cache is dropped
+on every change; prepared (compiled) tariffs are cached per tariff.
+"""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from fnmatch import fnmatchcase
+from typing import Any, Final
+
+from broker.core.cdr import CompiledTariff
+from broker.core.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
+
+ASSIGNMENTS_KEY: Final = "tariff_assignments"
+MAX_TARIFFS: Final = 10_000
+MAX_RULES: Final = 10_000
+
+
+class TariffBook:
+    __slots__ = ("_by_point", "_compiled", "_rules", "_tariffs", "tz")
+
+    def __init__(self, tz: tzinfo) -> None:
+        self.tz = tz
+        self._tariffs: dict[str, Tariff] = {}
+        self._rules: list[tuple[str, str]] = []
+        self._by_point: dict[str, str | None] = {}
+        self._compiled: dict[str, CompiledTariff] = {}
+
+    def __len__(self) -> int:
+        return len(self._tariffs)
+
+    @property
+    def empty(self) -> bool:
+        return not self._rules
+
+    def get(self, tariff_id: str) -> Tariff | None:
+        return self._tariffs.get(tariff_id)
+
+    def tariffs(self) -> list[Tariff]:
+        return [self._tariffs[k] for k in sorted(self._tariffs)]
+
+    def rules(self) -> list[tuple[str, str]]:
+        return list(self._rules)
+
+    # --- changes ------------------------------------------------------------------------
+
+    def put(self, t: Tariff) -> None:
+        self._tariffs[t.id] = t
+        self._compiled.pop(t.id, None)
+        self._by_point.clear()
+
+    def remove(self, tariff_id: str) -> bool:
+        if self._tariffs.pop(tariff_id, None) is None:
+            return False
+        self._compiled.pop(tariff_id, None)
+        self._rules = [r for r in self._rules if r[1] != tariff_id]
+        self._by_point.clear()
+        return True
+
+    def assign(self, pattern: str, tariff_id: str) -> None:
+        self._rules = [r for r in self._rules if r[0] != pattern]
+        self._rules.append((pattern, tariff_id))
+        self._by_point.clear()
+
+    def assignments_record(self) -> dict[str, Any]:
+        return {"rules": [list(r) for r in self._rules]}
+
+    def restore_assignments(self, value: dict[str, Any]) -> None:
+        self._rules = [(str(p), str(t)) for p, t in value.get("rules", [])]
+        self._by_point.clear()
+
+    def restore_tariff(self, value: dict[str, Any]) -> None:
+        self.put(tariff_from_builtins(value))
+
+    @staticmethod
+    def record(t: Tariff) -> dict[str, Any]:
+        return tariff_to_builtins(t)
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def tariff_id_of(self, point_id: str) -> str | None:
+        """The id of the tariff assigned to ``point_id`` (validity not checked)."""
+        try:
+            return self._by_point[point_id]
+        except KeyError:
+            pass
+        found: str | None = None
+        for pattern, tid in reversed(self._rules):
+            if fnmatchcase(point_id, pattern):
+                found = tid
+                break
+        if len(self._by_point) > 100_000:
+            self._by_point.clear()
+        self._by_point[point_id] = found
+        return found
+
+    def tariff_for(self, point_id: str, now: float) -> Tariff | None:
+        """The tariff pricing a session starting now at ``point_id``, or None (flat)."""
+        if not self._rules:
+            return None
+        tid = self.tariff_id_of(point_id)
+        if tid is None:
+            return None
+        t = self._tariffs.get(tid)
+        if t is None or not t.valid_at(now):
+            return None
+        return t
+
+    def compiled(self, t: Tariff) -> CompiledTariff:
+        c = self._compiled.get(t.id)
+        if c is None or c.tariff is not t:
+            c = self._compiled[t.id] = CompiledTariff(t, self.tz)
+        return c
