@@ -226,6 +226,8 @@ class StatementLine(Payload, kw_only=True, frozen=True):
     energia_kwh: float
     cost: float
     payment_method: str
+    #: the CDR totals (docs/tariffs.md) of a session a tariff priced
+    cdr: dict[str, Any] | UnsetType = UNSET
 
 
 class Statement(Payload, kw_only=True, frozen=True):

@@ -82,6 +82,7 @@ class ReportFormat(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
+    ocpi = "ocpi"
 
 
 class OutputFormat(StrEnum):

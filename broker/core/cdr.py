@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, localcontext
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -131,6 +131,25 @@ CDR_ENCODER: Final = msgspec.json.Encoder(decimal_format="number")
 def cdr_to_builtins(c: Cdr) -> dict[str, object]:
     out: dict[str, object] = msgspec.json.decode(CDR_ENCODER.encode(c))
     return out
+
+
+TOTALS: Final = (
+    "tariff_id",
+    "currency",
+    "total_energy",
+    "total_time",
+    "total_parking_time",
+    "total_fixed_cost",
+    "total_energy_cost",
+    "total_time_cost",
+    "total_parking_cost",
+    "total_cost",
+)
+
+
+def cdr_totals(cdr: dict[str, Any]) -> dict[str, Any]:
+    """The totals of a CDR (what ``custos`` lists per session)."""
+    return {k: cdr[k] for k in TOTALS if k in cdr}
 
 
 def cdr_from_builtins(value: object) -> Cdr:

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from msgspec import UNSET, UnsetType
 
-from broker.core.cdr import Usage
+from broker.core.cdr import Usage, cdr_totals
 from broker.core.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
 from common.messages import Scalar
 from common.replies import SessionView, StatementLine
@@ -294,4 +294,5 @@ class Session:
             energia_kwh=float(self.energy.quantize(MILLI, rounding=ROUND_HALF_UP)),
             cost=float(self.cost),
             payment_method=self.payment_method,
+            cdr=UNSET if self.cdr is None else cdr_totals(self.cdr),
         )

@@ -15,16 +15,19 @@ their schema is versioned: :data:`MIGRATIONS` lists each version's steps.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Self
 
+from broker.core.cdr import CdrPrice, Usage, cdr_to_builtins, cdr_totals, price_session
+from broker.core.tariffs import flat_tariff
 from common.errors import BusProtocolError, ConfigError, StoreError
 from common.events import ChargingCompleted, decode_data
 from common.timeutil import format_timestamp, parse_timestamp
@@ -78,6 +81,8 @@ class Bill:
     currency: str
     payment_method: str
     reason: str
+    #: the OCPI CDR as JSON text when a tariff priced the session (docs/tariffs.md)
+    cdr: str | None = None
 
     @classmethod
     def from_event(cls, data: ChargingCompleted | Mapping[str, Any]) -> Bill:
@@ -105,16 +110,44 @@ class Bill:
             cost = to_money(data.cost)
         except ValueError as exc:
             raise ValueError(f"cost: {exc}") from exc
+        cdr = None
+        if isinstance(data.cdr, dict):
+            cdr = json.dumps(data.cdr, separators=(",", ":"), ensure_ascii=False)
         return cls(
             session_id=data.session_id,
             vehicle_id=data.vehicle_id,
             point_id=data.point_id,
+            cdr=cdr,
             cost=cost,
             currency=data.currency or "BRL",
             payment_method=data.payment_method,
             reason=data.reason,
             **fields,
         )
+
+    def ocpi_cdr(self) -> dict[str, Any]:
+        """The session as an OCPI CDR: the one the broker sent, or (a flat bill) the
+        CDR of one ENERGY component at ``price_kwh``, VAT included, whose total is
+        ``cost``."""
+        if self.cdr is not None:
+            out: dict[str, Any] = json.loads(self.cdr)
+            return out
+        start, end = parse_timestamp(self.started_at), parse_timestamp(self.ended_at)
+        tariff = flat_tariff(self.price_kwh, self.currency)
+        bill = price_session(tariff, [Usage(start, end, self.energy_kwh)], start, UTC)
+        cdr = bill.cdr(
+            cdr_id=self.session_id,
+            tariff=tariff,
+            start=start,
+            end=end,
+            now=end,
+            session_id=self.session_id,
+            token=self.vehicle_id,
+            remark=self.reason or None,
+        )
+        cdr.tariff_id = None
+        cdr.total_cost = CdrPrice(excl_vat=self.cost, incl_vat=self.cost)
+        return cdr_to_builtins(cdr)
 
     def as_json(self) -> dict[str, Any]:
         """The account-statement shape (``sessoes`` entry of the protocol)."""
@@ -126,6 +159,7 @@ class Bill:
             "energia_kwh": float(self.energy_kwh.quantize(MILLI, rounding=ROUND_HALF_UP)),
             "cost": float(self.cost),
             "payment_method": self.payment_method,
+            **({} if self.cdr is None else {"cdr": cdr_totals(json.loads(self.cdr))}),
         }
 
 
@@ -193,16 +227,21 @@ MIGRATIONS: Final[dict[int, dict[str, tuple[str, ...]]]] = {
             "CREATE UNIQUE INDEX sessions_event ON sessions (region, seq)",
         ),
     },
+    3: {  # tariffs: the OCPI CDR of a tariffed session (JSON text)
+        "sqlite": ("ALTER TABLE sessions ADD COLUMN cdr TEXT",),
+        "postgresql": ("ALTER TABLE sessions ADD COLUMN cdr TEXT",),
+    },
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
 _COLUMNS: Final = (
     "session_id, seq, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
-    "cost_cents, currency, payment_method, reason, region, published_at, recorded_at"
+    "cost_cents, currency, payment_method, reason, region, published_at, recorded_at, cdr"
 )
+N_COLUMNS: Final = 16
 _SELECT: Final = (
     "SELECT session_id, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
-    "cost_cents, currency, payment_method, reason FROM sessions"
+    "cost_cents, currency, payment_method, reason, cdr FROM sessions"
 )
 _ORDER: Final = " ORDER BY vehicle_id, ended_at, session_id"
 
@@ -213,7 +252,7 @@ def entry_row(e: Entry, recorded_at: float) -> tuple[Any, ...]:
     return (
         b.session_id, e.seq, b.vehicle_id, b.point_id, b.started_at, b.ended_at,
         str(b.energy_kwh), str(b.price_kwh), int(b.cost / CENT), b.currency,
-        b.payment_method, b.reason, e.region, e.published_at, recorded_at,
+        b.payment_method, b.reason, e.region, e.published_at, recorded_at, b.cdr,
     )  # fmt: skip
 
 
@@ -231,6 +270,7 @@ def bill_from_row(r: Sequence[Any]) -> Bill:
         currency=r[8],
         payment_method=r[9],
         reason=r[10],
+        cdr=r[11],
     )
 
 
@@ -357,7 +397,7 @@ class Ledger(LedgerBase):
         added = 0
         now = time.time()
         sql = (
-            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({','.join('?' * 15)}) "
+            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({','.join('?' * N_COLUMNS)}) "
             "ON CONFLICT DO NOTHING"
         )
         try:

@@ -22,6 +22,7 @@ from broker.consumers.billing.ledger import (
     _ORDER,
     _SELECT,
     MIGRATIONS,
+    N_COLUMNS,
     SCHEMA_VERSION,
     Bill,
     Entry,
@@ -104,7 +105,7 @@ class PgLedger(LedgerBase):
     def write(self, entries: Sequence[Entry], applied_seq: int | None = None) -> int:
         now = time.time()
         sql = (
-            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({','.join(['%s'] * 15)}) "
+            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({','.join(['%s'] * N_COLUMNS)}) "
             "ON CONFLICT DO NOTHING"
         )
         added = 0
