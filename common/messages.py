@@ -62,6 +62,9 @@ class Envelope(Struct):
 # --- vehicle requests (``data`` of each request type) ------------------------------
 
 
+Ordenar = Literal["distancia", "custo"]
+
+
 class Bateria(Struct, kw_only=True, frozen=True):
     id_veiculo: VehicleId | None = None
     nivel_bateria: Percent
@@ -69,6 +72,10 @@ class Bateria(Struct, kw_only=True, frozen=True):
     timestamp: str | None = None
     distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
     limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    #: with both, each point gets ``custo_estimado`` (docs/tariffs.md)
+    capacidade_kwh: Annotated[float, Meta(gt=0.0, le=1000.0)] | None = None
+    nivel_carregar: Percent | None = None
+    ordenar: Ordenar = "distancia"
 
 
 class Consulta(Struct, kw_only=True, frozen=True):
@@ -77,6 +84,11 @@ class Consulta(Struct, kw_only=True, frozen=True):
     timestamp: str | None = None
     distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
     limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] | None = None
+    #: with all three, each point gets ``custo_estimado`` (docs/tariffs.md)
+    nivel_bateria: Percent | None = None
+    capacidade_kwh: Annotated[float, Meta(gt=0.0, le=1000.0)] | None = None
+    nivel_carregar: Percent | None = None
+    ordenar: Ordenar = "distancia"
 
 
 class Reserva(Struct, kw_only=True, frozen=True):

@@ -22,6 +22,7 @@ Only then is each total rounded half-up to cents; volumes keep 4 decimals
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
@@ -333,11 +334,30 @@ def holds(r: TariffRestrictions | None, m: _Moment) -> bool:
 class CompiledTariff:
     """A tariff prepared for pricing: its cut points and elements per dimension."""
 
-    __slots__ = ("_by_dim", "_durations", "_kwhs", "_midnight", "_times", "tariff", "tz")
+    __slots__ = (
+        "_by_dim",
+        "_durations",
+        "_kwhs",
+        "_midnight",
+        "_times",
+        "estimates",
+        "tariff",
+        "tz",
+        "valid_from",
+        "valid_to",
+        "views",
+    )
 
     def __init__(self, tariff: Tariff, tz: tzinfo) -> None:
         self.tariff = tariff
         self.tz = tz
+        start, end = tariff.start_date_time, tariff.end_date_time
+        self.valid_from = -math.inf if start is None else parse_datetime(start)
+        self.valid_to = math.inf if end is None else parse_datetime(end)
+        #: power -> (computed at, valid until, the driver's view): see TariffBook.view
+        self.views: dict[float, tuple[float, float, object]] = {}
+        #: (power, kWh, start minute) -> estimated cost (bounded)
+        self.estimates: dict[tuple[float, float, int], float] = {}
         times: set[int] = set()
         durations: set[int] = set()
         kwhs: set[Decimal] = set()

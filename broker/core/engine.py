@@ -69,6 +69,7 @@ from common.replies import (
     Started,
     Statement,
     SuaVez,
+    TariffView,
     refusal,
 )
 from common.timeutil import format_timestamp
@@ -328,13 +329,41 @@ class Engine:
         """The protocol's Point object (``distance`` omitted when None)."""
         return point_view(p, self._cfg.queue_capacity, distance, self.wait_minutes(p, now))
 
-    def encoded_points(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
-        """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
+    def encoded_points(
+        self, hits: list[tuple[float, PointState]], now: float, costs: list[float] | None = None
+    ) -> bytes:
+        """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views;
+        ``costs`` (one per hit) become ``custo_estimado``."""
 
         def wait(p: PointState) -> int:
             return self.wait_minutes(p, now)
 
-        return self._views.encode_list(hits, wait)
+        book = self.tariffs
+        if book.empty:
+            return self._views.encode_list(hits, wait, None, costs)
+
+        def tariff_of(p: PointState) -> TariffView | None:
+            return book.view(p.id, p.potencia_kw, now)
+
+        return self._views.encode_list(hits, wait, tariff_of, costs)
+
+    def estimates(
+        self,
+        hits: list[tuple[float, PointState]],
+        now: float,
+        level: float,
+        target: float,
+        capacity_kwh: float,
+    ) -> list[float]:
+        """``custo_estimado`` per hit: from ``level`` to ``target`` % of ``capacity_kwh``
+        at the point's power, starting after its estimated wait, under its tariff then."""
+        energy = max(0.0, target - level) / 100.0 * capacity_kwh
+        estimate = self.tariffs.estimate
+        out = []
+        for _d, p in hits:
+            start = now + self.wait_minutes(p, now) * 60.0
+            out.append(estimate(p.id, p.potencia_kw, start, energy, p.preco_kwh))
+        return out
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn.

@@ -11,14 +11,20 @@ on every change; prepared (compiled) tariffs are cached per tariff.
 
 from __future__ import annotations
 
+import math
 from datetime import tzinfo
+from decimal import ROUND_HALF_UP, Decimal
 from fnmatch import fnmatchcase
 from typing import Any, Final
 
-from broker.core.cdr import CompiledTariff
+from broker.core.cdr import CompiledTariff, estimate, prices_at
+from broker.core.sessions import session_cost, to_decimal
 from broker.core.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
+from common.replies import TariffView
+from common.timeutil import format_timestamp
 
 ASSIGNMENTS_KEY: Final = "tariff_assignments"
+PRICE: Final = Decimal("0.0001")
 MAX_TARIFFS: Final = 10_000
 MAX_RULES: Final = 10_000
 
@@ -109,12 +115,66 @@ class TariffBook:
         if tid is None:
             return None
         t = self._tariffs.get(tid)
-        if t is None or not t.valid_at(now):
+        if t is None:
             return None
-        return t
+        ct = self.compiled(t)
+        return t if ct.valid_from <= now < ct.valid_to else None
 
     def compiled(self, t: Tariff) -> CompiledTariff:
         c = self._compiled.get(t.id)
         if c is None or c.tariff is not t:
             c = self._compiled[t.id] = CompiledTariff(t, self.tz)
         return c
+
+    # --- what drivers see -------------------------------------------------------------
+
+    def view(self, point_id: str, power_kw: float, now: float) -> TariffView | None:
+        """``tarifa`` of a point now (the same object while its prices hold), or None."""
+        if not self._rules:
+            return None
+        tid = self.tariff_id_of(point_id)
+        if tid is None:
+            return None
+        t = self._tariffs.get(tid)
+        if t is None:
+            return None
+        ct = self.compiled(t)
+        if not ct.valid_from <= now < ct.valid_to:
+            return None
+        hit = ct.views.get(power_kw)
+        if hit is not None and hit[0] <= now < hit[1]:
+            return hit[2]  # type: ignore[return-value]
+        prices = prices_at(ct, now, power_kw)
+        until = math.inf if prices.valid_until is None else prices.valid_until
+        view = TariffView(
+            id=t.id,
+            currency=t.currency,
+            energy_kwh=float(prices.energy_kwh.quantize(PRICE, ROUND_HALF_UP)),
+            per_minute=float(prices.per_minute.quantize(PRICE, ROUND_HALF_UP)),
+            parking_per_minute=float(prices.parking_per_minute.quantize(PRICE, ROUND_HALF_UP)),
+            flat=float(prices.flat.quantize(PRICE, ROUND_HALF_UP)),
+            valid_until=None if prices.valid_until is None else format_timestamp(until),
+        )
+        if len(ct.views) > 1000:
+            ct.views.clear()
+        ct.views[power_kw] = (now, until, view)
+        return view
+
+    def estimate(
+        self, point_id: str, power_kw: float, start: float, energy: float, price_kwh: float
+    ) -> float:
+        """``custo_estimado``: charging ``energy`` kWh at ``power_kw`` from ``start`` on,
+        under the point's tariff then, or its flat ``price_kwh``; VAT included, cents."""
+        t = self.tariff_for(point_id, start)
+        if t is None:
+            return float(session_cost(to_decimal(energy), to_decimal(price_kwh)))
+        ct = self.compiled(t)
+        key = (power_kw, energy, int(start // 60))
+        cost = ct.estimates.get(key)
+        if cost is None:
+            if len(ct.estimates) > 10_000:
+                ct.estimates.clear()
+            cost = ct.estimates[key] = float(
+                estimate(ct, float(key[2] * 60), to_decimal(energy), power_kw)
+            )
+        return cost

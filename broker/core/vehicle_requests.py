@@ -116,7 +116,29 @@ def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[E
     eng.battery_report(vehicle_id, data.nivel_bateria, loc.latitude, loc.longitude, now, fx)
     max_km = data.distancia_max or None
     hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=True)
-    return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
+    if data.capacidade_kwh is None or data.nivel_carregar is None:
+        return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
+    hits, costs = _priced(eng, hits, now, data.nivel_bateria, data, data.ordenar)
+    return Raw(b'{"pontos":' + eng.encoded_points(hits, now, costs) + b"}")
+
+
+def _priced(
+    eng: Engine,
+    hits: list[tuple[float, PointState]],
+    now: float,
+    level: float,
+    data: Bateria | Consulta,
+    ordenar: str,
+) -> tuple[list[tuple[float, PointState]], list[float]]:
+    """The hits with their ``custo_estimado``, cheapest first when ``ordenar`` is custo
+    (ties by distance)."""
+    assert data.capacidade_kwh is not None and data.nivel_carregar is not None
+    costs = eng.estimates(hits, now, level, data.nivel_carregar, data.capacidade_kwh)
+    if ordenar == "custo":
+        order = sorted(range(len(hits)), key=lambda i: (costs[i], hits[i][0]))
+        hits = [hits[i] for i in order]
+        costs = [costs[i] for i in order]
+    return hits, costs
 
 
 def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
@@ -134,7 +156,10 @@ def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
             hits, truncated = hits[:MAX_LIMIT], True
     else:
         hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=False)
-    return Raw(eng.encoded_points(hits, now)), truncated
+    if data.capacidade_kwh is None or data.nivel_carregar is None or data.nivel_bateria is None:
+        return Raw(eng.encoded_points(hits, now)), truncated
+    hits, costs = _priced(eng, hits, now, data.nivel_bateria, data, data.ordenar)
+    return Raw(eng.encoded_points(hits, now, costs)), truncated
 
 
 def _status(eng: Engine, vehicle_id: str) -> VehicleStatus:

@@ -241,3 +241,73 @@ def test_tariff_records_are_plain_json() -> None:
     setup(h, TOU)
     persisted = [v for (t, _k), v in h.store.items() if t == "tariff"]
     assert json.loads(json.dumps(persisted)) == persisted
+
+
+# --- what drivers see -----------------------------------------------------------------
+
+EVENING = {
+    "id": "eve",
+    "currency": "BRL",
+    "elements": [
+        {
+            "price_components": [{"type": "ENERGY", "price": 3.00, "vat": 10, "step_size": 1}],
+            "restrictions": {"start_time": "22:30", "end_time": "23:00"},
+        },
+        {
+            "price_components": [
+                {"type": "ENERGY", "price": 1.00, "vat": 10, "step_size": 1},
+                {"type": "PARKING_TIME", "price": 6.00, "step_size": 1},
+            ]
+        },
+    ],
+}
+HERE = {"latitude": -12.26, "longitude": -38.96}
+
+
+def points(h: Harness, **kw: Any) -> list[dict[str, Any]]:
+    reply = Harness.reply(h.request("CAR9", "bateria", nivel_bateria=20, localizacao=HERE, **kw))
+    out: list[dict[str, Any]] = wire(reply.data)["pontos"]
+    return out
+
+
+def test_point_views_show_the_tariff_in_force_and_when_it_changes() -> None:
+    h = Harness(tz=UTC)  # 22:13:20 UTC
+    h.point("CP01", preco_kwh=2.0)
+    h.point("XX01", preco_kwh=2.0, lat=-12.27)
+    before = points(h)
+    assert all("tarifa" not in p for p in before)
+    setup(h, EVENING, "CP*")
+    cp, xx = points(h)
+    assert "tarifa" not in xx and xx["preco_kwh"] == 2.0
+    assert cp["tarifa"] == {
+        "id": "eve",
+        "currency": "BRL",
+        "energy_kwh": 1.1,
+        "per_minute": 0.0,
+        "parking_per_minute": 0.1,
+        "flat": 0.0,
+        "valid_until": "2023-11-14T22:30:00.000Z",
+    }
+    assert cp["preco_kwh"] == 1.1
+    assert list(cp)[-2:] == ["tarifa", "espera_estimada_min"]
+    h.at(17 * 60)  # 22:30:20: the evening price, cached view replaced
+    cp, _ = points(h)
+    assert cp["tarifa"]["energy_kwh"] == 3.3 and cp["preco_kwh"] == 3.3
+
+
+def test_estimated_cost_and_ordering_by_cost() -> None:
+    h = Harness(tz=UTC)
+    h.point("CP01", preco_kwh=2.0, potencia_kw=60.0)  # nearest
+    h.point("XX01", preco_kwh=0.5, potencia_kw=60.0, lat=-12.27)
+    setup(h, EVENING, "CP*")
+    near = points(h, capacidade_kwh=60, nivel_carregar=80)
+    # 36 kWh in 36 min at 60 kW from 22:13 (estimates start on the minute):
+    # 17 kWh at 1.10 before 22:30, 19 kWh at 3.30 after
+    assert [p["id"] for p in near] == ["CP01", "XX01"]
+    assert near[1]["custo_estimado"] == 18.0
+    assert near[0]["custo_estimado"] == 81.40
+    assert list(near[0])[-1] == "custo_estimado"
+    cheap = points(h, capacidade_kwh=60, nivel_carregar=80, ordenar="custo")
+    assert [p["id"] for p in cheap] == ["XX01", "CP01"]
+    plain = Harness.reply(h.request("CAR9", "consulta", localizacao=HERE)).data
+    assert all("custo_estimado" not in p for p in wire(plain))
