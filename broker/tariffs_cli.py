@@ -24,7 +24,7 @@ import typer
 import zmq
 import zmq.asyncio
 
-from broker.consumers.cli import CredentialsOpt, HistoryPortOpt, _endpoint
+from broker.consumers.plumbing import CredentialsOpt, HistoryPortOpt, bus_endpoint
 from broker.consumers.subscriber import HistoryClient
 from broker.core import Core, CoreConfig
 from broker.core.effects import Persist, Publish
@@ -91,7 +91,7 @@ def _offline(db: str, request: dict[str, Any]) -> dict[str, Any]:
 def _online(
     broker: str, history_port: int, credentials: str | None, request: dict[str, Any]
 ) -> dict[str, Any]:
-    endpoint = _endpoint(broker, 5556, history_port, credentials)
+    endpoint = bus_endpoint(broker, 5556, history_port, credentials)
 
     async def ask() -> dict[str, Any]:
         ctx = zmq.asyncio.Context()

@@ -54,7 +54,7 @@ from station.ocpp.point import (
     transaction_record,
 )
 from station.ocpp.state import GatewayState
-from station.ocpp.walkin import WalkIns
+from station.ocpp.walkin import WalkIns, WalkInSettings
 from station.sim import Step
 
 log = logging.getLogger("station.ocpp")
@@ -189,7 +189,10 @@ class Gateway:
         self.config = config
         self.state = state
         self.points = {spec.id: OcppPoint(spec, self) for spec in specs}
-        self.walk_ins = WalkIns(self, host_config.broker, config)
+        walk_in = WalkInSettings(
+            config.vehicle_port, config.walkin_payment, config.walkin_capacity_kwh
+        )
+        self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in)
         self.host = Host(
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from broker.consumers.billing.ledger import open_ledger
+from broker.consumers.billing.backends import open_ledger
 from tests.support.procs import (
     BrokerPorts,
     Proc,
