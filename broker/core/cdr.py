@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import date, datetime, tzinfo
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Any, Final, Literal
 
@@ -166,13 +166,29 @@ class Money:
     incl: Decimal = ZERO
 
     def add(self, volume: Decimal, c: PriceComponent) -> None:
-        with localcontext(EXACT):
-            cost = volume * c.price
-            self.excl += cost
-            self.incl += cost if c.vat is None else cost * (ONE + c.vat / HUNDRED)
+        ctx = EXACT
+        cost = ctx.multiply(volume, c.price)
+        self.excl = ctx.add(self.excl, cost)
+        vat = c.vat
+        if vat is not None:
+            cost = ctx.multiply(cost, _vat_factor(vat))
+        self.incl = ctx.add(self.incl, cost)
 
     def price(self) -> CdrPrice:
         return CdrPrice(excl_vat=cents(self.excl), incl_vat=cents(self.incl))
+
+
+_VAT: dict[Decimal, Decimal] = {}
+
+
+def _vat_factor(vat: Decimal) -> Decimal:
+    """``1 + vat / 100`` (exact; a few VAT rates exist, so they are kept)."""
+    f = _VAT.get(vat)
+    if f is None:
+        if len(_VAT) > 1000:
+            _VAT.clear()
+        f = _VAT[vat] = EXACT.add(ONE, EXACT.divide(vat, HUNDRED))
+    return f
 
 
 FINE: Final = Decimal("1e-20")
@@ -180,8 +196,7 @@ FINE: Final = Decimal("1e-20")
 
 def cents(x: Decimal) -> Decimal:
     """Half-up to cents, after dropping the noise of 60-digit interpolation."""
-    with localcontext(EXACT):
-        return x.quantize(FINE).quantize(CENT, rounding=ROUND_HALF_UP)
+    return x.quantize(FINE, context=EXACT).quantize(CENT, ROUND_HALF_UP, EXACT)
 
 
 def volume(x: Decimal) -> Decimal:
@@ -265,6 +280,9 @@ class Bill:
 # --- restrictions ---------------------------------------------------------------------
 
 
+_NO_CLOCK: Final = datetime(2000, 1, 1)  # a tariff with no clock restriction never reads it
+
+
 def _seconds_of_day(text: str) -> int:
     return int(text[:2]) * 3600 + int(text[3:]) * 60
 
@@ -336,10 +354,12 @@ class CompiledTariff:
 
     __slots__ = (
         "_by_dim",
+        "_days",
         "_durations",
         "_kwhs",
         "_midnight",
         "_times",
+        "clock",
         "estimates",
         "tariff",
         "tz",
@@ -358,6 +378,7 @@ class CompiledTariff:
         self.views: dict[float, tuple[float, float, object]] = {}
         #: (power, kWh, start minute) -> estimated cost (bounded)
         self.estimates: dict[tuple[float, float, int], float] = {}
+        self._days: dict[int, tuple[Decimal, ...]] = {}
         times: set[int] = set()
         durations: set[int] = set()
         kwhs: set[Decimal] = set()
@@ -379,6 +400,8 @@ class CompiledTariff:
                     kwhs.add(k)
         if midnight:
             times.add(0)
+        #: some restriction reads the local clock (time of day, date, weekday)
+        self.clock = bool(times) or midnight
         self._times = sorted(times)
         self._midnight = midnight
         self._durations = sorted(durations)
@@ -402,18 +425,33 @@ class CompiledTariff:
         if not self._times:
             return []
         out: list[Decimal] = []
-        day = datetime.fromtimestamp(float(a), self.tz).date() - timedelta(days=1)
-        last = datetime.fromtimestamp(float(b), self.tz).date() + timedelta(days=1)
-        while day <= last:
-            for s in self._times:
-                local = datetime(
-                    day.year, day.month, day.day, s // 3600, s % 3600 // 60, tzinfo=self.tz
-                )
-                t = Decimal(int(local.timestamp()))
+        first = datetime.fromtimestamp(float(a), self.tz).date().toordinal() - 1
+        last = datetime.fromtimestamp(float(b), self.tz).date().toordinal() + 1
+        for day in range(first, last + 1):
+            for t in self._day_cuts(day):
                 if a < t < b:
                     out.append(t)
-            day += timedelta(days=1)
         return out
+
+    def _day_cuts(self, ordinal: int) -> tuple[Decimal, ...]:
+        """The epoch instants of the tariff's times of day on one local day (cached)."""
+        cuts = self._days.get(ordinal)
+        if cuts is None:
+            d = date.fromordinal(ordinal)
+            cuts = tuple(
+                Decimal(
+                    int(
+                        datetime(
+                            d.year, d.month, d.day, s // 3600, s % 3600 // 60, tzinfo=self.tz
+                        ).timestamp()
+                    )
+                )
+                for s in self._times
+            )
+            if len(self._days) > 4096:
+                self._days.clear()
+            self._days[ordinal] = cuts
+        return cuts
 
 
 def _cuts(
@@ -477,7 +515,7 @@ def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: f
                 secs = pb - pa
                 energy = eb - ea
                 m = _Moment(
-                    local=datetime.fromtimestamp(float(pa), ct.tz),
+                    local=datetime.fromtimestamp(float(pa), ct.tz) if ct.clock else _NO_CLOCK,
                     kwh=kwh,
                     duration=pa - t0,
                     power=u.power_kw if u.charging else ZERO,

@@ -207,7 +207,12 @@ class SessionTable:
         if tariff is not None:
             s.tariff = tariff
             s.powers = [(now, p.potencia_kw)]
-            s.price_kwh = energy_price_now(book.compiled(tariff), now)
+            view = book.view(p.id, p.potencia_kw, now)
+            s.price_kwh = (
+                to_decimal(view.energy_kwh)
+                if view is not None
+                else energy_price_now(book.compiled(tariff), now)
+            )
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s

@@ -132,6 +132,7 @@ class Session:
     charged_at: float | None = None
     #: the CDR of a billed tariffed session (plain JSON types)
     cdr: dict[str, Any] | None = None
+    _tariff_rec: dict[str, Any] | None = None  # the tariff as persisted, made once
     # filled when billed (energy, nivel_final and reason already when parked)
     ended_at: float | None = None
     nivel_final: float | None = None
@@ -168,8 +169,10 @@ class Session:
     def _tariff_record(self) -> dict[str, Any]:
         if self.tariff is None:
             return {}
+        if self._tariff_rec is None:
+            self._tariff_rec = tariff_to_builtins(self.tariff)
         return {
-            "tariff": tariff_to_builtins(self.tariff),
+            "tariff": self._tariff_rec,
             "powers": [list(p) for p in self.powers],
             "charged_at": self.charged_at,
             "cdr": self.cdr,

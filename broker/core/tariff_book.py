@@ -30,7 +30,7 @@ MAX_RULES: Final = 10_000
 
 
 class TariffBook:
-    __slots__ = ("_by_point", "_compiled", "_rules", "_tariffs", "tz")
+    __slots__ = ("_by_point", "_compiled", "_flat", "_rules", "_tariffs", "tz")
 
     def __init__(self, tz: tzinfo) -> None:
         self.tz = tz
@@ -38,6 +38,7 @@ class TariffBook:
         self._rules: list[tuple[str, str]] = []
         self._by_point: dict[str, str | None] = {}
         self._compiled: dict[str, CompiledTariff] = {}
+        self._flat: dict[tuple[float, float], float] = {}  # flat estimates, memoised
 
     def __len__(self) -> int:
         return len(self._tariffs)
@@ -165,9 +166,15 @@ class TariffBook:
     ) -> float:
         """``custo_estimado``: charging ``energy`` kWh at ``power_kw`` from ``start`` on,
         under the point's tariff then, or its flat ``price_kwh``; VAT included, cents."""
-        t = self.tariff_for(point_id, start)
+        t = self.tariff_for(point_id, start) if self._rules else None
         if t is None:
-            return float(session_cost(to_decimal(energy), to_decimal(price_kwh)))
+            flat = self._flat.get((energy, price_kwh))
+            if flat is None:
+                if len(self._flat) > 10_000:
+                    self._flat.clear()
+                flat = float(session_cost(to_decimal(energy), to_decimal(price_kwh)))
+                self._flat[(energy, price_kwh)] = flat
+            return flat
         ct = self.compiled(t)
         key = (power_kw, energy, int(start // 60))
         cost = ct.estimates.get(key)
