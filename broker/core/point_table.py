@@ -152,10 +152,14 @@ class PointTable:
         at the point's power, starting after its estimated wait, under its tariff then."""
         energy = max(0.0, target - level) / 100.0 * capacity_kwh
         estimate = self._s.tariffs.estimate
-        out = []
+        out: list[float] = []
+        add = out.append
         for _d, p in hits:
-            start = now + wait_minutes(p, now) * 60.0
-            out.append(estimate(p.id, p.potencia_kw, start, energy, p.preco_kwh))
+            if p.session is None and p.pending is None and not p.queue:
+                start = now  # an idle point: no wait (the common case)
+            else:
+                start = now + wait_minutes(p, now) * 60.0
+            add(estimate(p.id, p.potencia_kw, start, energy, p.preco_kwh))
         return out
 
     def ids(self) -> list[str]:

@@ -145,9 +145,12 @@ class PointViews:
             add(_ENCODE(int(distance * 1000.0 + 0.5) / 1000.0))  # km3, inlined
             add(hit[2])
             if costs is not None:
-                wait = 0 if p.session is None and p.pending is None and not queue else None
-                add(b"%d" % (wait_minutes(p) if wait is None else 0))
-                add(b',"custo_estimado":' + _ENCODE(costs[i]) + b"},")
+                if p.session is None and p.pending is None and not queue:
+                    add(b'0,"custo_estimado":')
+                else:
+                    add(b'%d,"custo_estimado":' % wait_minutes(p))
+                add(_ENCODE(costs[i]))
+                add(b"},")
             elif p.session is None and p.pending is None and not queue:
                 add(b"0},")
             else:

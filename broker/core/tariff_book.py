@@ -36,7 +36,7 @@ class TariffBook:
         self.tz = tz
         self._tariffs: dict[str, Tariff] = {}
         self._rules: list[tuple[str, str]] = []
-        self._by_point: dict[str, str | None] = {}
+        self._by_point: dict[str, CompiledTariff | None] = {}
         self._compiled: dict[str, CompiledTariff] = {}
         self._flat: dict[tuple[float, float], float] = {}  # flat estimates, memoised
 
@@ -94,14 +94,20 @@ class TariffBook:
 
     def tariff_id_of(self, point_id: str) -> str | None:
         """The id of the tariff assigned to ``point_id`` (validity not checked)."""
+        ct = self._compiled_of(point_id)
+        return None if ct is None else ct.tariff.id
+
+    def _compiled_of(self, point_id: str) -> CompiledTariff | None:
+        """The prepared tariff assigned to ``point_id`` (cached per point until a change)."""
         try:
             return self._by_point[point_id]
         except KeyError:
             pass
-        found: str | None = None
+        found: CompiledTariff | None = None
         for pattern, tid in reversed(self._rules):
             if fnmatchcase(point_id, pattern):
-                found = tid
+                t = self._tariffs.get(tid)
+                found = None if t is None else self.compiled(t)
                 break
         if len(self._by_point) > 100_000:
             self._by_point.clear()
@@ -112,14 +118,10 @@ class TariffBook:
         """The tariff pricing a session starting now at ``point_id``, or None (flat)."""
         if not self._rules:
             return None
-        tid = self.tariff_id_of(point_id)
-        if tid is None:
+        ct = self._compiled_of(point_id)
+        if ct is None or not ct.valid_from <= now < ct.valid_to:
             return None
-        t = self._tariffs.get(tid)
-        if t is None:
-            return None
-        ct = self.compiled(t)
-        return t if ct.valid_from <= now < ct.valid_to else None
+        return ct.tariff
 
     def compiled(self, t: Tariff) -> CompiledTariff:
         c = self._compiled.get(t.id)
@@ -133,15 +135,10 @@ class TariffBook:
         """``tarifa`` of a point now (the same object while its prices hold), or None."""
         if not self._rules:
             return None
-        tid = self.tariff_id_of(point_id)
-        if tid is None:
+        ct = self._by_point.get(point_id) or self._compiled_of(point_id)
+        if ct is None or not ct.valid_from <= now < ct.valid_to:
             return None
-        t = self._tariffs.get(tid)
-        if t is None:
-            return None
-        ct = self.compiled(t)
-        if not ct.valid_from <= now < ct.valid_to:
-            return None
+        t = ct.tariff
         hit = ct.views.get(power_kw)
         if hit is not None and hit[0] <= now < hit[1]:
             return hit[2]  # type: ignore[return-value]
@@ -166,8 +163,8 @@ class TariffBook:
     ) -> float:
         """``custo_estimado``: charging ``energy`` kWh at ``power_kw`` from ``start`` on,
         under the point's tariff then, or its flat ``price_kwh``; VAT included, cents."""
-        t = self.tariff_for(point_id, start) if self._rules else None
-        if t is None:
+        ct = (self._by_point.get(point_id) or self._compiled_of(point_id)) if self._rules else None
+        if ct is None or not ct.valid_from <= start < ct.valid_to:
             flat = self._flat.get((energy, price_kwh))
             if flat is None:
                 if len(self._flat) > 10_000:
@@ -175,7 +172,6 @@ class TariffBook:
                 flat = float(session_cost(to_decimal(energy), to_decimal(price_kwh)))
                 self._flat[(energy, price_kwh)] = flat
             return flat
-        ct = self.compiled(t)
         key = (power_kw, energy, int(start // 60))
         cost = ct.estimates.get(key)
         if cost is None:
