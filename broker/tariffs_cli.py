@@ -63,27 +63,32 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+def apply_offline(db: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``request`` to the database of a stopped broker, through the core; raises
+    :class:`common.errors.StoreError` when the database cannot be used."""
+    with Store(db) as store:
+        records, last_seq = store.load()
+        core = Core(CoreConfig(), lambda prefix: f"{prefix}-{uuid.uuid4().hex[:12]}")
+        now = time.time()
+        core.restore(records, last_seq, now)
+        reply, effects = core.tariffs(
+            request["action"],
+            request.get("tariffs"),
+            request.get("tariff_id"),
+            request.get("points"),
+            "local",
+            now,
+        )
+        persists = [e for e in effects if isinstance(e, Persist)]
+        events = [e.event for e in effects if isinstance(e, Publish)]
+        if persists or events:
+            store.write(persists, events)
+        return reply
+
+
 def _offline(db: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Apply ``request`` to the database of a stopped broker, through the core."""
     try:
-        with Store(db) as store:
-            records, last_seq = store.load()
-            core = Core(CoreConfig(), lambda prefix: f"{prefix}-{uuid.uuid4().hex[:12]}")
-            now = time.time()
-            core.restore(records, last_seq, now)
-            reply, effects = core.tariffs(
-                request["action"],
-                request.get("tariffs"),
-                request.get("tariff_id"),
-                request.get("points"),
-                "local",
-                now,
-            )
-            persists = [e for e in effects if isinstance(e, Persist)]
-            events = [e.event for e in effects if isinstance(e, Publish)]
-            if persists or events:
-                store.write(persists, events)
-            return reply
+        return apply_offline(db, request)
     except StoreError as exc:
         raise _fail(exc.message, EXIT_USAGE) from None
 

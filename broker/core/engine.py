@@ -320,7 +320,11 @@ class Engine:
         queues = {
             p.id: [r.view(i + 1) for i, r in enumerate(p.queue)] for p in self.points if p.queue
         }
-        sessions = [s.view() for s in self.sessions.running_sorted()]
+        sessions = []
+        for s in self.sessions.running_sorted():
+            view = msgspec.to_builtins(s.view())
+            view["custo_parcial"] = self.sessions.running_cost(s, now)  # cost so far
+            sessions.append(view)
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
         # to_builtins of a dict of builtins is a dict; msgspec types it Any
         return msgspec.to_builtins(snap)  # type: ignore[no-any-return]

@@ -120,7 +120,8 @@ class PointTable:
 
     def view(self, p: PointState, distance: float | None, now: float) -> PointView:
         """The protocol's Point object (``distance`` omitted when None)."""
-        return point_view(p, self._s.cfg.queue_capacity, distance, wait_minutes(p, now))
+        tarifa = self._s.tariffs.view(p.id, p.potencia_kw, now)
+        return point_view(p, self._s.cfg.queue_capacity, distance, wait_minutes(p, now), tarifa)
 
     def encoded(
         self, hits: list[tuple[float, PointState]], now: float, costs: list[float] | None = None

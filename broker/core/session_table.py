@@ -306,6 +306,18 @@ class SessionTable:
             return False
         return s.set_power(power_kw, now)
 
+    def running_cost(self, s: Session, now: float) -> float:
+        """What a running session costs so far (VAT included): the energy last reported
+        at its price, or under its tariff up to ``now`` (parking included)."""
+        if s.tariff is None:
+            return float(session_cost(to_decimal(max(0.0, s.energy_reported)), s.price_kwh))
+        if s.charged_at is not None and s.energy is not None:
+            energy, charge_end = s.energy, s.charged_at
+        else:
+            energy, charge_end = to_decimal(max(0.0, s.energy_reported)), now
+        usages = s.usages(energy, charge_end, now)
+        return float(price_compiled(self._s.tariffs.compiled(s.tariff), usages, s.started_at).cost)
+
     def bill(
         self,
         s: Session,

@@ -311,3 +311,19 @@ def test_estimated_cost_and_ordering_by_cost() -> None:
     assert [p["id"] for p in cheap] == ["XX01", "CP01"]
     plain = Harness.reply(h.request("CAR9", "consulta", localizacao=HERE)).data
     assert all("custo_estimado" not in p for p in wire(plain))
+
+
+def test_snapshots_show_tariffs_and_the_running_cost() -> None:
+    h = Harness(tz=UTC)
+    h.point("CP01", potencia_kw=22.0)
+    h.point("XX01", preco_kwh=2.0)
+    setup(h, PER_MINUTE, "CP*")
+    sid = h.start_charging("CAR1")
+    flat = h.start_charging("CAR2", "XX01")
+    h.at(120)
+    h.dgram("XX01", estado="carregando", session_id=flat, energia_kwh=3.0)
+    snap = h.core.snapshot(h.now)
+    views = {p["id"]: p for p in snap["points"]}
+    assert views["CP01"]["tarifa"]["id"] == "minute" and "tarifa" not in views["XX01"]
+    costs = {s["session_id"]: s["custo_parcial"] for s in snap["sessions"]}
+    assert costs == {sid: 2.90, flat: 6.0}  # 2.50 + 2 min at 0.20; 3 kWh at 2.00
