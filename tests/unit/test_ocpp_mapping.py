@@ -144,3 +144,12 @@ def test_chargers_file_unreadable_or_not_toml(tmp_path: Path) -> None:
     bad.write_text("[[charger]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_chargers(bad)
+
+
+def test_the_connector_is_free_once_the_vehicle_left() -> None:
+    from station.ocpp.mapping import connector_free
+
+    assert [
+        s for s in ("Preparing", "Charging", "Finishing", "SuspendedEV") if connector_free(s)
+    ] == []
+    assert all(connector_free(s) for s in ("Available", "Reserved", "Unavailable", "Faulted"))
