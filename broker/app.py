@@ -55,7 +55,7 @@ from broker.core.effects import (
     SendStation,
     needs_commit,
 )
-from broker.core.vehicle_auth import AuthMode, VehicleAuth
+from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode, VehicleAuth
 from broker.credentials import (
     CredentialTable,
     broker_keys,
@@ -72,15 +72,26 @@ from broker.edges.vehicles_tcp import VehicleServer
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
-from common.errors import StoreError
+from common.errors import InternalError, StoreError
 from common.messages import (
     BusEvent,
+    HistoryRemoveSite,
+    HistorySetSite,
+    HistorySites,
     HistoryTariffs,
     StationToBroker,
     StatusDatagram,
     VehicleRequest,
 )
 from common.oslimits import raise_nofile_limit
+from common.ports import (
+    EVENTS_PORT,
+    HISTORY_PORT,
+    HTTP_PORT,
+    STATION_PORT,
+    STATUS_PORT,
+    VEHICLE_PORT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +104,17 @@ class AppConfig:
 
     host: str = "0.0.0.0"
     internal_host: str = "127.0.0.1"
-    vehicle_port: int = 8081
-    status_port: int = 8082
-    station_port: int = 5555
-    events_port: int = 5556
-    history_port: int = 5557
-    http_port: int = 8090
+    vehicle_port: int = VEHICLE_PORT
+    status_port: int = STATUS_PORT
+    station_port: int = STATION_PORT
+    events_port: int = EVENTS_PORT
+    history_port: int = HISTORY_PORT
+    http_port: int = HTTP_PORT
     db: str = "./var/broker.db"
     core: CoreConfig = field(default_factory=CoreConfig)
     retain_events_s: float | None = None  # None: keep the event log forever
     vehicle_auth: AuthMode = AuthMode.OPEN
+    registrations_per_address: int = MAX_REGISTRATIONS  # registrar a minute per address
     limits: Limits = field(default_factory=Limits)
     insecure: bool = False
     keys: str | None = None
@@ -151,7 +163,12 @@ class BrokerApp:
             self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
-            self.auth = VehicleAuth(config.vehicle_auth, new_token)
+            self.auth = VehicleAuth(
+                config.vehicle_auth,
+                new_token,
+                has_history=self.core.has_history,
+                max_registrations=config.registrations_per_address,
+            )
             self.auth.restore(records)
         except BaseException:
             if self.security is not None:
@@ -228,6 +245,7 @@ class BrokerApp:
             max_bytes=cfg.limits.history_max_bytes,
             set_availability=self.set_availability,
             tariffs=self.tariffs,
+            sites=self.sites_op,
         )
         await self.bus.start()
         await self.history.start()
@@ -323,11 +341,12 @@ class BrokerApp:
             self._schedule_flush()
         return effects
 
-    def set_availability(
-        self, point_id: str, available: bool, reason: str, by: str
-    ) -> dict[str, Any]:
-        """An operator's out-of-service change; the reply is made after the commit."""
-        reply, effects = self.core.set_availability(point_id, available, reason, by, time.time())
+    def set_availability(self, point_id: str, available: bool, reason: str, by: str) -> int:
+        """An operator's out-of-service change: the seq after it, once committed.
+
+        Raises the core's refusal (EVError), or InternalError when the commit fails.
+        """
+        seq, effects = self.core.set_availability(point_id, available, reason, by, time.time())
         if effects:
             self._pending.extend(effects)
             try:
@@ -335,7 +354,7 @@ class BrokerApp:
             except StoreError as exc:
                 log.critical("cannot commit, stopping: %s", exc.message)
                 self.request_stop(1)
-                return {"error": "internal: the change could not be committed"}
+                raise InternalError("internal: the change could not be committed") from exc
             log.info(
                 "point %s %s by %s%s",
                 point_id,
@@ -343,6 +362,33 @@ class BrokerApp:
                 by,
                 f": {reason}" if not available else "",
             )
+        return seq
+
+    def sites_op(
+        self, request: HistorySites | HistorySetSite | HistoryRemoveSite, by: str
+    ) -> dict[str, Any]:
+        """The history ops on sites (energy.md); a change is answered after its commit.
+
+        Raises the core's refusal (SiteRefused), or InternalError when the commit fails.
+        """
+        now = time.time()
+        if isinstance(request, HistorySites):
+            return self.core.sites()
+        if isinstance(request, HistorySetSite):
+            reply, effects = self.core.set_site(
+                request.name, request.limit_kw, request.points, request.min_kw, by, now
+            )
+        else:
+            reply, effects = self.core.remove_site(request.name, by, now)
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                raise InternalError("internal: the change could not be committed") from exc
+            log.info("site %s %s by %s", request.name, "set" if "site" in reply else "removed", by)
         return reply
 
     def tariffs(self, request: HistoryTariffs, by: str) -> dict[str, Any]:
@@ -362,9 +408,16 @@ class BrokerApp:
         return reply
 
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None:
-        effects: list[Effect] = self.core.handle_request(conn, vehicle_id, request, time.time())
+        effects: list[Effect] = self.core.handle_request(
+            conn, vehicle_id, request, time.time(), address
+        )
         if self._pending or needs_commit(effects):
             self._pending.extend(effects)
             self._schedule_flush()

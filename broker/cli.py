@@ -6,9 +6,11 @@ from typing import Annotated, Final
 
 from broker.consumers.bridge.cli import register as register_bridge
 from broker.consumers.cli import register as register_consumers
+from broker.consumers.ocpi.cli import register as register_ocpi
 from broker.consumers.web.cli import register as register_web
 from broker.credentials_cli import register as register_credentials
 from broker.serve_cli import register as register_serve
+from broker.sites_cli import register as register_sites
 from broker.tariffs_cli import register as register_tariffs
 from common.cli import (
     EXIT_FAILED,
@@ -44,6 +46,8 @@ register_credentials(app)
 register_bridge(app)
 register_web(app)
 register_tariffs(app)
+register_ocpi(app)
+register_sites(app)
 
 
 def main() -> None:

@@ -43,6 +43,8 @@ PowerKw = Annotated[float, Meta(gt=0.0, le=1000.0)]
 PriceKwh = Annotated[float, Meta(ge=0.0, le=100.0)]
 EnergyKwh = Annotated[float, Meta(ge=0.0, le=MAX_CAPACITY_KWH)]
 IntervalS = Annotated[float, Meta(gt=0.0, le=3600.0)]
+#: What a station draws now, or the most it may draw (energy.md): 0 pauses.
+DrawnKw = Annotated[float, Meta(ge=0.0, le=1000.0)]
 EpochOrText = Annotated[float, Meta(ge=0.0, le=1e11)] | str
 
 
@@ -234,6 +236,7 @@ class StatusDatagram(Struct, kw_only=True, frozen=True):
     #: false while a vehicle is still plugged in after charging (parking time);
     #: absent from stations that do not tell (the connector counts as free)
     conector_livre: bool | None = None
+    potencia_atual_kw: DrawnKw | None = None  # what the session draws now (energy.md)
 
 
 # --- station <-> broker over ZeroMQ (msgpack maps with a ``type`` key) ------------------
@@ -247,6 +250,7 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     preco_kwh: PriceKwh = 2.0
     boot_id: str = ""
     interval_s: IntervalS = 2.0
+    limites: bool = False  # the station obeys ``limit`` commands (energy.md)
 
 
 #: The point a message is about, on a connection that carries several points (or whose
@@ -308,6 +312,16 @@ class Start(Struct, tag="start", tag_field="type", kw_only=True, frozen=True):
     nivel_bateria: float
     nivel_carregar: float
     capacidade_kwh: float
+    kw: DrawnKw | None = None  # the session's first limit on a site (None: unlimited)
+    id: RoutedPoint = UNSET
+
+
+class Limit(Struct, tag="limit", tag_field="type", kw_only=True, frozen=True):
+    """The most the session may draw from now on (energy.md); ``kw`` 0 pauses it."""
+
+    cmd_id: str
+    session_id: str
+    kw: DrawnKw
     id: RoutedPoint = UNSET
 
 
@@ -322,7 +336,7 @@ class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, froz
     id: RoutedPoint = UNSET
 
 
-BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck
+BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Limit | Stop | SessionAck
 
 # --- event bus and history ------------------------------------------------------------
 
@@ -343,6 +357,11 @@ TOPICS: Final = (
     "vehicle.disconnected",
     "vehicle.low_battery",
     "tariff.updated",
+    "site.updated",
+    "site.allocation",
+    "site.overdraw",
+    "charging.paused",
+    "charging.resumed",
 )
 
 
@@ -401,10 +420,47 @@ class HistoryTariffs(
     points: Any = None
 
 
+class HistorySites(Struct, tag="sites", tag_field="op", frozen=True, forbid_unknown_fields=True):
+    """Every site with its limit, points and current allocation (energy.md)."""
+
+
+class HistorySetSite(
+    Struct, tag="set_site", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    """An operator defines or changes a site; checked by the core, which words refusals."""
+
+    name: Any = None
+    limit_kw: Any = None
+    points: Any = None
+    min_kw: Any = None
+
+
+class HistoryRemoveSite(
+    Struct, tag="remove_site", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    name: Any = None
+
+
 HistoryRequest = (
-    HistorySince | HistorySnapshot | HistoryAccounts | HistorySetAvailability | HistoryTariffs
+    HistorySince
+    | HistorySnapshot
+    | HistoryAccounts
+    | HistorySetAvailability
+    | HistorySites
+    | HistorySetSite
+    | HistoryRemoveSite
+    | HistoryTariffs
 )
-HISTORY_OPS: Final = ("since", "snapshot", "accounts", "set_availability", "tariffs")
+HISTORY_OPS: Final = (
+    "since",
+    "snapshot",
+    "accounts",
+    "set_availability",
+    "sites",
+    "set_site",
+    "remove_site",
+    "tariffs",
+)
 
 
 def to_builtins(obj: Any) -> Any:

@@ -17,8 +17,10 @@ import zmq
 
 from common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LogLevel, new_app, version_option
 from common.cli import run as run_cli
-from common.errors import ConfigError
+from common.credentials import load_optional
+from common.errors import ConfigError, SiteRefused, TransportError
 from common.geo import parse_center
+from common.ports import STATION_PORT, STATUS_PORT
 from station.cli_options import (
     Broker,
     BrokerSilence,
@@ -47,6 +49,7 @@ from station.links import DealerLink, Link, MultiLink
 from station.ocpp.cli import register as register_ocpp
 from station.replica import replica_prefix
 from station.sim import Charger
+from station.site_setup import set_site
 
 POINT_ID_RE: Final = re.compile(r"^[^\s\x00-\x1f]{1,64}$")
 PREFIX_RE: Final = re.compile(r"^[^\s\x00-\x1f]{0,56}$")
@@ -103,8 +106,8 @@ def run(
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     dwell: Dwell = 0.0,
@@ -172,8 +175,8 @@ def fleet(
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     dwell: Dwell = 0.0,
@@ -186,6 +189,32 @@ def fleet(
         ),
     ] = 5.0,
     credentials: Credentials = None,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            envvar=fleet_env("SITE"),
+            help="Put every station in this site (PREFIX*), asking the broker's history port.",
+        ),
+    ] = None,
+    site_limit_kw: Annotated[
+        float,
+        typer.Option(
+            envvar=fleet_env("SITE_LIMIT_KW"), min=0.001, max=100_000.0, help="The site's limit."
+        ),
+    ] = 50.0,
+    site_history_port: Annotated[
+        int,
+        typer.Option(
+            envvar=fleet_env("SITE_HISTORY_PORT"), min=1, max=65535, help="Broker history port."
+        ),
+    ] = 5557,
+    site_credentials: Annotated[
+        str | None,
+        typer.Option(
+            envvar=fleet_env("SITE_CREDENTIALS"),
+            help="An operator .cred file for --site (unless the broker runs --insecure).",
+        ),
+    ] = None,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Run N simulated stations in one process (ids PREFIX0001..), deterministic with --seed."""
@@ -201,6 +230,22 @@ def fleet(
     for c in chargers:
         c.dwell_s = dwell
     credential = station_credential(credentials, [c.point_id for c in chargers])
+    if site is not None:
+        try:
+            set_site(
+                broker,
+                site_history_port,
+                site,
+                site_limit_kw,
+                f"{prefix}*",
+                load_optional(site_credentials),
+            )
+        except (SiteRefused, ConfigError) as exc:
+            raise typer.BadParameter(exc.message, param_hint="--site") from None
+        except TransportError as exc:
+            typer.echo(f"ev-station fleet: {exc.message}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        print(f"site {site}: {site_limit_kw:g} kW over {prefix}*", flush=True)
     config = HostConfig(
         broker=broker,
         status_port=status_port,

@@ -28,7 +28,8 @@ from common import runner
 from common.codec import decode_broker_message, encode_datagram, pack
 from common.credentials import Credential, sign_datagram
 from common.errors import BadBrokerFrame, StationProtocolError
-from common.messages import Heartbeat, Hold, Release, SessionAck, Start, Stop, Welcome
+from common.messages import Heartbeat, Hold, Limit, Release, SessionAck, Start, Stop, Welcome
+from common.ports import STATION_PORT, STATUS_PORT
 from station.links import Link
 from station.sim import Charger, Step
 
@@ -45,8 +46,8 @@ HOUSEKEEPING_S: Final = 0.25
 @dataclass
 class HostConfig:
     broker: str = "127.0.0.1"
-    status_port: int = 8082
-    station_port: int = 5555
+    status_port: int = STATUS_PORT
+    station_port: int = STATION_PORT
     interval_s: float = 2.0
     heartbeat_s: float = 1.0
     silence_s: float = 5.0
@@ -264,7 +265,7 @@ class Host:
                 c.handle(msg, now)
                 if not c.pending:
                     self._pending.discard(i)
-            case Hold() | Release() | Start() | Stop():
+            case Hold() | Release() | Start() | Limit() | Stop():
                 if self.config.mute_commands:
                     self.counters.muted += 1
                     log.info(

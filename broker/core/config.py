@@ -21,6 +21,10 @@ class CoreConfig:
     point ids past this many known points are dropped and counted. ``tz``: the
     site's zone for tariff restrictions. ``max_parking_s``: a vehicle still plugged
     in this long after charging is billed as if it left then (counted).
+    ``metered_time_scale``: how much faster than real time metered (OCPP) chargers
+    run; their energy is bounded by power x wall time x this (1 for real chargers,
+    more only for simulators). ``max_reservations_per_address``: live reservations
+    the connections of one network address may hold; past it ``rate_limited``.
     """
 
     queue_capacity: int = 5
@@ -36,3 +40,5 @@ class CoreConfig:
     tz: tzinfo = UTC
     #: parking (a vehicle plugged in after charging) is billed at most this long
     max_parking_s: float = 12 * 3600.0
+    metered_time_scale: float = 1.0
+    max_reservations_per_address: int = 8

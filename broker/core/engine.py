@@ -21,6 +21,7 @@ and the point table's report methods).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final, assert_never
@@ -37,6 +38,7 @@ from broker.core.reservation_table import ReservationTable
 from broker.core.session_table import SessionTable
 from broker.core.sessions import Session
 from broker.core.shared import Shared
+from broker.core.sites import Sites
 from broker.core.timers import (
     AckTimeout,
     GraceEnd,
@@ -47,7 +49,7 @@ from broker.core.timers import (
 )
 from common.events import PointStatus, VehicleLowBattery
 from common.messages import BrokerToStation
-from common.replies import Statement
+from common.replies import SessionView, Statement
 from common.timeutil import format_timestamp
 
 
@@ -63,8 +65,10 @@ class Engine:
         self.points = PointTable(shared)
         self.reservations = ReservationTable(shared, self.points)
         self._accounts = Accounts()
+        #: the owner of sites and their power (energy.md); see :mod:`broker.core.sites`
+        self.sites = Sites(new_id, self._log.publish, self._power_changed)
         self.sessions = SessionTable(
-            shared, self.points, self.reservations, self._accounts, self.refresh
+            shared, self.points, self.reservations, self._accounts, self.refresh, self.sites
         )
         self._low_battery: set[str] = set()  # vehicles told about; see battery_report
         # lookups as the tables' own bound methods (no call overhead on the request path)
@@ -88,6 +92,7 @@ class Engine:
         self.set_session_power = self.sessions.set_power
         self.unplug = self.sessions.unplug
         self.new_reservation = self.reservations.new
+        self.reservations_of_address = self.reservations.of_address
         self.cancel = self.reservations.cancel
         self.resend_hold = self.reservations.resend_hold
         self.running_session = self.sessions.running
@@ -125,12 +130,59 @@ class Engine:
     def statement(self, vehicle_id: str) -> Statement:
         return self._accounts.statement(vehicle_id)
 
+    def has_history(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a reservation, a session or a bill."""
+        return (
+            self.reservation_of(vehicle_id) is not None
+            or self.session_of(vehicle_id) is not None
+            or self._accounts.has(vehicle_id)
+        )
+
     def all_statements(self) -> dict[str, Statement]:
         return self._accounts.all_statements()
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn."""
         return wait_minutes(p, now)
+
+    def live_sessions(self) -> list[tuple[str, str, str, float, float]]:
+        """Every running or starting session as ``(session_id, vehicle_id, point_id,
+        started_at, potencia_kw)`` (for sites that change)."""
+        out = []
+        for s in self.sessions.running_sorted():
+            p = self.points.get(s.point_id)
+            if p is not None and s.charged_at is None:  # a parked session draws nothing
+                out.append((s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw))
+        for p in self.points:
+            pend = p.pending
+            if pend is not None:
+                out.append((pend.session_id, pend.vehicle_id, p.id, pend.deadline, p.potencia_kw))
+        return out
+
+    def _power_changed(self, session_id: str, kw: float, now: float) -> None:
+        """The power a session on a site may draw changed (estimates use it)."""
+        s = self.sessions.running(session_id)
+        if s is not None:
+            s.allowed_kw = kw
+            if s.tariff is not None:
+                s.set_power(kw, now)  # its charging periods split here (docs/tariffs.md)
+
+    def session_view(self, s: Session, now: float) -> SessionView:
+        """``s`` as ``status`` shows it: on a site with its allowed power and the
+        minutes to its target (``aguardando_energia`` while paused)."""
+        view = s.view()
+        allowed = self.sites.allowed_kw(s.id) if self.sites else None
+        if allowed is None:
+            return view
+        power = allowed if allowed > 0 else self.sites.resume_kw(s.id)
+        target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
+        left_s = max(0.0, target - s.energy_reported) / max(power, 0.1) * 3600.0
+        return msgspec.structs.replace(
+            view,
+            estado="aguardando_energia" if allowed <= 0 else "carregando",
+            potencia_kw=allowed,
+            eta_min=max(0, math.ceil(left_s / 60.0 - 1e-9)),
+        )
 
     def send(self, fx: list[Effect], point_id: str, message: BrokerToStation) -> None:
         fx.append(SendStation(point_id, message))
@@ -221,12 +273,13 @@ class Engine:
     # --- timers ---------------------------------------------------------------------
 
     def next_due(self) -> float | None:
+        due = self.sites.next_due() if self.sites else None
         while True:
             top = self._timers.peek()
             if top is None:
-                return None
+                return due
             if self._live(top[2]):
-                return top[0]
+                return top[0] if due is None else min(due, top[0])
             self._timers.discard_top()
 
     def _live(self, timer: Timer) -> bool:
@@ -266,6 +319,8 @@ class Engine:
                     self.sessions.parking_end(session_id, since, now, fx)
                 case _:
                     assert_never(timer)
+        if self.sites:
+            self.sites.tick(now, fx)
         return fx
 
     def _fire_offline(self, point_id: str, now: float, fx: list[Effect]) -> None:
@@ -322,10 +377,12 @@ class Engine:
         }
         sessions = []
         for s in self.sessions.running_sorted():
-            view = msgspec.to_builtins(s.view())
+            view = msgspec.to_builtins(self.session_view(s, now))
             view["custo_parcial"] = self.sessions.running_cost(s, now)  # cost so far
             sessions.append(view)
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
+        if self.sites:
+            snap["sites"] = self.sites.view()
         # to_builtins of a dict of builtins is a dict; msgspec types it Any
         return msgspec.to_builtins(snap)  # type: ignore[no-any-return]
 
@@ -341,4 +398,5 @@ class Engine:
             "timers": len(self._timers),
             "last_seq": self._log.seq,
             **self._counters,
+            "sites": self.sites.figures() if self.sites else {},
         }

@@ -45,7 +45,8 @@ def sane(value: float | None) -> float | None:
 def wait_minutes(p: PointState, now: float) -> int:
     """Estimated minutes until a reservation made now would get the turn.
 
-    The running session needs the energy it still lacks at the point's power;
+    The running session needs the energy it still lacks at the point's power (on a site,
+    the power allocated to it);
     every queued reservation starts no earlier than its ETA and then charges a
     typical session (:data:`TYPICAL_SESSION_KWH`).
     """
@@ -56,7 +57,9 @@ def wait_minutes(p: PointState, now: float) -> int:
     t = now
     if s is not None:
         target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
-        t += max(0.0, target - s.energy_reported) / power * 3600.0
+        allowed = s.allowed_kw  # on a site: what it may draw (paused: its minimum, 4.2 kW)
+        drawing = power if allowed is None else (allowed if allowed > 0 else min(power, 4.2))
+        t += max(0.0, target - s.energy_reported) / drawing * 3600.0
     elif p.pending is not None:
         t += TYPICAL_SESSION_KWH / power * 3600.0
     for r in p.queue:
@@ -305,6 +308,12 @@ class PointTable:
     def set_boot(self, p: PointState, boot_id: str | None, seq: int | None) -> None:
         p.boot_id = boot_id
         p.dgram_seq = seq
+
+    def set_limites(self, p: PointState, limites: bool, fx: list[Effect]) -> None:
+        """What the station's hello says about ``limit`` commands (persisted when it changes)."""
+        if p.limites != limites:
+            p.limites = limites
+            fx.append(Persist("point", p.id, p.static_record()))
 
     def set_seq(self, p: PointState, seq: int) -> None:
         p.dgram_seq = seq

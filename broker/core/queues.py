@@ -25,10 +25,12 @@ class Reservation:
     order: int
     turn_started_at: float | None = None
     deadline: float | None = None
+    #: the network address of the connection that made it (per-address cap), if known
+    address: str | None = None
 
     def record(self) -> dict[str, Any]:
         """Persisted form; :meth:`from_record` reads it back."""
-        return {
+        out = {
             "reservation_id": self.id,
             "vehicle_id": self.vehicle_id,
             "point_id": self.point_id,
@@ -38,6 +40,9 @@ class Reservation:
             "turn_started_at": self.turn_started_at,
             "deadline": self.deadline,
         }
+        if self.address is not None:
+            out["address"] = self.address
+        return out
 
     @classmethod
     def from_record(cls, value: dict[str, Any]) -> Reservation:
@@ -50,6 +55,7 @@ class Reservation:
             order=int(value["order"]),
             turn_started_at=_opt_float(value.get("turn_started_at")),
             deadline=_opt_float(value.get("deadline")),
+            address=None if value.get("address") is None else str(value["address"]),
         )
 
     def view(self, position: int) -> ReservationView:

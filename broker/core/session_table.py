@@ -30,13 +30,16 @@ from broker.core.sessions import (
     NO_CONNECTION,
     PendingStart,
     Session,
+    bounded_energy,
+    energy_bound_kwh,
     pending_key,
     session_cost,
     to_decimal,
 )
 from broker.core.shared import Shared
+from broker.core.sites import Sites
 from broker.core.timers import AckTimeout, ParkingEnd
-from common.errors import PointUnreachable
+from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop
 from common.replies import CustoFinal, Encerramento, Started, refusal
@@ -62,8 +65,10 @@ class SessionTable:
         reservations: ReservationTable,
         accounts: Accounts,
         refresh: Refresh,
+        sites: Sites,
     ) -> None:
         self._s = shared
+        self._sites = sites  # the power of sessions on sites (energy.md)
         self._points = points
         self._reservations = reservations
         self._accounts = accounts
@@ -117,6 +122,9 @@ class SessionTable:
     ) -> None:
         """Ask the station to start; the vehicle's reply waits for its ``ack``."""
         session_id = self._s.new_id("ses")
+        kw = None
+        if self._sites:
+            kw = self._sites.start(session_id, vehicle_id, p.id, p.potencia_kw, now, fx)
         start = Start(
             cmd_id=self._s.new_id("cmd"),
             session_id=session_id,
@@ -124,6 +132,7 @@ class SessionTable:
             nivel_bateria=data.nivel_bateria,
             nivel_carregar=data.nivel_carregar,
             capacidade_kwh=data.capacidade_kwh,
+            kw=kw,
         )
         fx.append(SendStation(p.id, start))
         pend = PendingStart(
@@ -162,12 +171,14 @@ class SessionTable:
         """The station answered a command: a pending start begins or fails.
 
         Only the point the command went to may answer it; another point's ack is
-        refused (``Rejected``) and changes nothing.
+        refused (``Rejected``) and changes nothing. An ack of a ``limit`` goes to the sites.
         """
+        if self._sites.acked(cmd_id, ok, now, fx):
+            return
         pend = self._pending.get(cmd_id)
         owner = pend.point_id if pend is not None else self._abandoned.get(cmd_id, (None,))[0]
         if owner is not None and owner != point_id:
-            fx.append(Rejected("stations", "not_command_owner", f"{point_id!r} acked {cmd_id}"))
+            fx.append(Rejected("stations", NotCommandOwner(f"{point_id!r} acked {cmd_id}")))
             return
         if pend is None:
             late = self._abandoned.pop(cmd_id, None)
@@ -202,11 +213,12 @@ class SessionTable:
             reservation_id=pend.reservation_id,
             boot_id=p.boot_id,
         )
+        s.allowed_kw = self._sites.allowed_kw(s.id) if self._sites else None
         book = self._s.tariffs
         tariff = book.tariff_for(p.id, now)
         if tariff is not None:
             s.tariff = tariff
-            s.powers = [(now, p.potencia_kw)]
+            s.powers = [(now, p.potencia_kw if s.allowed_kw is None else s.allowed_kw)]
             view = book.view(p.id, p.potencia_kw, now)
             s.price_kwh = (
                 to_decimal(view.energy_kwh)
@@ -246,6 +258,7 @@ class SessionTable:
     def fail_start(self, pend: PendingStart, now: float, fx: list[Effect], why: str) -> None:
         """``start`` was refused, not acked in time, or unroutable: ``point_unreachable``."""
         p = self._retire(pend, fx)
+        self._sites.end(pend.session_id, now, fx)
         if len(self._abandoned) >= MAX_ABANDONED:
             self._abandoned.clear()
         self._abandoned[pend.cmd_id] = (pend.point_id, pend.session_id)
@@ -298,26 +311,6 @@ class SessionTable:
             self._s.counters["sessions_unknown"] += 1
         return s
 
-    def set_power(self, session_id: str, power_kw: float, now: float) -> bool:
-        """The power allocated to a running session changed: its charging periods split
-        there (only tariffed sessions keep the record; False when nothing changed)."""
-        s = self._running.get(session_id)
-        if s is None or s.tariff is None:
-            return False
-        return s.set_power(power_kw, now)
-
-    def running_cost(self, s: Session, now: float) -> float:
-        """What a running session costs so far (VAT included): the energy last reported
-        at its price, or under its tariff up to ``now`` (parking included)."""
-        if s.tariff is None:
-            return float(session_cost(to_decimal(max(0.0, s.energy_reported)), s.price_kwh))
-        if s.charged_at is not None and s.energy is not None:
-            energy, charge_end = s.energy, s.charged_at
-        else:
-            energy, charge_end = to_decimal(max(0.0, s.energy_reported)), now
-        usages = s.usages(energy, charge_end, now)
-        return float(price_compiled(self._s.tariffs.compiled(s.tariff), usages, s.started_at).cost)
-
     def bill(
         self,
         s: Session,
@@ -327,18 +320,49 @@ class SessionTable:
         nivel_final: float,
         reason: str,
         *,
+        realtime_power_kw: float | None = None,
         may_park: bool = True,
     ) -> None:
         """Charging of ``s`` ended: bill it now, or (its tariff prices PARKING_TIME and
-        the vehicle may still be plugged in) from the unplug on (:meth:`unplug`)."""
+        the vehicle may still be plugged in) from the unplug on (:meth:`unplug`).
+
+        Whatever path brought ``energy`` (a completion, a fault, a reboot, a silent
+        station), it is cut at the session's bound: the battery's room from its start,
+        and for a real-time charger (``realtime_power_kw``) also power x wall time
+        (x ``metered_time_scale``) + 10 %. What is cut is counted and never billed.
+        """
         if s.charged_at is not None:  # parked already: a repeated completion
             self._s.counters["session_duplicates"] += 1
             return
+        wall_s = None
+        if realtime_power_kw is not None:
+            wall_s = (now - s.started_at) * self._s.cfg.metered_time_scale
+        bound = energy_bound_kwh(
+            s.nivel_inicial, s.capacidade_kwh, power_kw=realtime_power_kw, wall_s=wall_s
+        )
+        energy, excess = bounded_energy(energy, bound)
+        if excess > 0:
+            self._s.counters["sessions_energy_bounded"] += 1
+            self._s.counters["energy_excess_wh"] += int(excess * 1000)
+            fx.append(
+                Rejected(
+                    "stations",
+                    EnergyAboveBound(
+                        f"session {s.id} at {s.point_id!r}: {kwh3(energy + excess)} kWh "
+                        f"reported, {kwh3(energy)} kWh billed"
+                    ),
+                )
+            )
+            if nivel_final > s.nivel_inicial:
+                cap = to_decimal(s.capacidade_kwh)
+                gained = float(energy / cap * 100) if cap > 0 else 0.0
+                nivel_final = round(min(nivel_final, s.nivel_inicial + gained), 3)
         if may_park and s.parks:
             s.charged_at = now
             s.energy = energy
             s.nivel_final = nivel_final
             s.reason = reason
+            self._sites.end(s.id, now, fx)  # charging ended: its power is free again
             self.persist(fx, s)
             self._s.timers.schedule(now + self._s.cfg.max_parking_s, ParkingEnd(s.id, now))
             return
@@ -363,6 +387,26 @@ class SessionTable:
     def parked_since(self, session_id: str, since: float) -> bool:
         s = self._running.get(session_id)
         return s is not None and s.charged_at == since
+
+    def set_power(self, session_id: str, power_kw: float, now: float) -> bool:
+        """The power allocated to a running session changed: its charging periods split
+        there (only tariffed sessions keep the record; False when nothing changed)."""
+        s = self._running.get(session_id)
+        if s is None or s.tariff is None:
+            return False
+        return s.set_power(power_kw, now)
+
+    def running_cost(self, s: Session, now: float) -> float:
+        """What a running session costs so far (VAT included): the energy last reported
+        at its price, or under its tariff up to ``now`` (parking included)."""
+        if s.tariff is None:
+            return float(session_cost(to_decimal(max(0.0, s.energy_reported)), s.price_kwh))
+        if s.charged_at is not None and s.energy is not None:
+            energy, charge_end = s.energy, s.charged_at
+        else:
+            energy, charge_end = to_decimal(max(0.0, s.energy_reported)), now
+        usages = s.usages(energy, charge_end, now)
+        return float(price_compiled(self._s.tariffs.compiled(s.tariff), usages, s.started_at).cost)
 
     def _close(
         self,
@@ -405,6 +449,7 @@ class SessionTable:
         p = self._points.get(s.point_id)
         if p is not None and p.session is s:
             p.session = None
+        self._sites.end(s.id, now, fx)
         e = kwh3(energy)
         cost = float(s.cost)
         self._s.log.publish(
@@ -502,9 +547,11 @@ class SessionTable:
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s
-        if s.charged_at is not None:
+        if s.charged_at is not None:  # parked: no power to share, a cap to keep
             due = s.charged_at + self._s.cfg.max_parking_s
             self._s.timers.schedule(due, ParkingEnd(s.id, s.charged_at))
+            return
+        self._sites.adopt(s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw)
 
     def restore_start(self, pend: PendingStart) -> None:
         """A start sent before a crash whose ack never came back (see Core.restore)."""
@@ -514,3 +561,4 @@ class SessionTable:
         if pend.session_id in self._running or pend.session_id in self._accounts.billed:
             return
         self._track(p, pend)
+        self._sites.adopt(pend.session_id, pend.vehicle_id, p.id, pend.deadline, p.potencia_kw)

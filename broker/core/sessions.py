@@ -47,6 +47,50 @@ def energy_kwh(nivel_inicial: float, nivel_final: float, capacidade_kwh: float) 
     return delta / 100 * to_decimal(capacidade_kwh)
 
 
+#: Real-time chargers (metered, OCPP) may report this much above power x wall time.
+REALTIME_MARGIN: Final = Decimal("1.10")
+#: A completion's ``nivel_inicial`` may differ from the session's by rounding only.
+LEVEL_TOLERANCE: Final = 0.01
+
+
+def battery_room_kwh(nivel_inicial: float, capacidade_kwh: float) -> Decimal:
+    """``capacidade_kwh * (100 - nivel_inicial) / 100``: the most a session can take."""
+    if not (math.isfinite(nivel_inicial) and math.isfinite(capacidade_kwh)):
+        return Decimal(0)
+    level = min(100.0, max(0.0, nivel_inicial))
+    return max(Decimal(0), (100 - to_decimal(level)) / 100 * to_decimal(capacidade_kwh))
+
+
+def energy_bound_kwh(
+    nivel_inicial: float,
+    capacidade_kwh: float,
+    *,
+    power_kw: float | None = None,
+    wall_s: float | None = None,
+) -> Decimal:
+    """The most energy a session may be billed for (security contract, second round).
+
+    Always the battery's room from the session's start; for a real-time charger
+    (``power_kw`` and ``wall_s`` given) also the charger's power times the session's
+    wall-clock time, plus :data:`REALTIME_MARGIN`.
+    """
+    bound = battery_room_kwh(nivel_inicial, capacidade_kwh)
+    if power_kw is not None and wall_s is not None:
+        if math.isfinite(power_kw) and math.isfinite(wall_s):
+            hours = to_decimal(max(0.0, power_kw)) * to_decimal(max(0.0, wall_s)) / 3600
+            bound = min(bound, hours * REALTIME_MARGIN)
+        else:
+            bound = Decimal(0)
+    return bound
+
+
+def bounded_energy(energy: Decimal, bound: Decimal) -> tuple[Decimal, Decimal]:
+    """``(billed, excess)``: ``energy`` cut at ``bound``, and what was cut (never billed)."""
+    if energy <= bound:
+        return energy, Decimal(0)
+    return bound, energy - bound
+
+
 def session_cost(energy: Decimal, price_kwh: Decimal) -> Decimal:
     """``energy * price`` rounded half-up to cents."""
     return (energy * price_kwh).quantize(CENT, rounding=ROUND_HALF_UP)
@@ -133,6 +177,8 @@ class Session:
     #: the CDR of a billed tariffed session (plain JSON types)
     cdr: dict[str, Any] | None = None
     _tariff_rec: dict[str, Any] | None = None  # the tariff as persisted, made once
+    #: on a site: the power the rule gives it now (kW, 0 paused; never persisted)
+    allowed_kw: float | None = None
     # filled when billed (energy, nivel_final and reason already when parked)
     ended_at: float | None = None
     nivel_final: float | None = None

@@ -28,6 +28,9 @@ COUNTERS = (
     "points_refused",
     "sessions_out_of_bounds",
     "parking_capped",
+    "sessions_energy_bounded",
+    "energy_excess_wh",
+    "reservations_rate_limited",
 )
 
 

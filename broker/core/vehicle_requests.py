@@ -27,6 +27,7 @@ from common.errors import (
     PointOffline,
     PointUnavailable,
     QueueFull,
+    RateLimited,
     RefusedInvalid,
     RequestRefused,
     UnknownPoint,
@@ -67,9 +68,17 @@ MSG_QUEUE_FULL: Final = "Queue full"
 
 
 def handle(
-    eng: Engine, conn: int, vehicle_id: str, req: VehicleRequest, now: float
+    eng: Engine,
+    conn: int,
+    vehicle_id: str,
+    req: VehicleRequest,
+    now: float,
+    address: str | None = None,
 ) -> list[Effect]:
-    """Dispatch one request; unknown types or mismatched data get ``erro invalid``."""
+    """Dispatch one request; unknown types or mismatched data get ``erro invalid``.
+
+    ``address``: the network address the request came from (the per-address caps).
+    """
     fx: list[Effect] = []
     data = req.data
     rtype = REPLY_TYPES.get(req.type)
@@ -87,9 +96,19 @@ def handle(
         points, truncated = _consulta(eng, data, now)
         reply(points, truncated=truncated)
     elif isinstance(data, Reserva) and req.type == "reserva":
-        answer, after = _reserva(eng, vehicle_id, data, now, fx)
-        reply(answer)
-        fx.extend(after)
+        cap = eng.config.max_reservations_per_address
+        if (
+            address is not None
+            and eng.reservations_of_address(address) >= cap
+            and eng.reservation_of(vehicle_id) is None  # else its own refusal, as before
+        ):
+            eng.count("reservations_rate_limited")
+            msg = f"{address} already holds {cap} live reservations"
+            reply(error_data(RateLimited(msg)), "erro")
+        else:
+            answer, after = _reserva(eng, vehicle_id, data, now, fx, address)
+            reply(answer)
+            fx.extend(after)
     elif isinstance(data, Cancelar) and req.type == "cancelar":
         reply(_cancelar(eng, vehicle_id, data, now, fx))
     elif isinstance(data, Chegada) and req.type == "chegada":
@@ -101,7 +120,7 @@ def handle(
     elif isinstance(data, Custos) and req.type == "custos":
         reply(eng.statement(vehicle_id))
     elif isinstance(data, StatusQuery) and req.type == "status":
-        reply(_status(eng, vehicle_id))
+        reply(_status(eng, vehicle_id, now))
     else:
         reply(error_data(InvalidRequest(f"Data does not match type {req.type!r}")), "erro")
     return fx
@@ -162,14 +181,14 @@ def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
     return Raw(eng.encoded_points(hits, now, costs)), truncated
 
 
-def _status(eng: Engine, vehicle_id: str) -> VehicleStatus:
+def _status(eng: Engine, vehicle_id: str, now: float) -> VehicleStatus:
     r = eng.reservation_of(vehicle_id)
     reserva = None
     if r is not None:
         p = eng.point(r.point_id)
         reserva = r.view(position_of(p.queue, vehicle_id) if p is not None else 0)
     s = eng.session_of(vehicle_id)
-    sessao = s.view() if s is not None else None
+    sessao = eng.session_view(s, now) if s is not None else None
     if sessao is None:
         pend = eng.pending_of(vehicle_id)
         if pend is not None:
@@ -200,7 +219,12 @@ def _usable_point(eng: Engine, pid: str) -> PointState | RequestRefused:
 
 
 def _reserva(
-    eng: Engine, vehicle_id: str, data: Reserva, now: float, fx: list[Effect]
+    eng: Engine,
+    vehicle_id: str,
+    data: Reserva,
+    now: float,
+    fx: list[Effect],
+    address: str | None = None,
 ) -> tuple[Reserved | Refusal, list[Effect]]:
     """The reply data, and the effects that must follow the reply (the turn, if granted)."""
     pid = data.id_ponto_recarga
@@ -215,7 +239,7 @@ def _reserva(
         return refusal(err, vehicle_id, pid), []
     if len(p.queue) >= eng.config.queue_capacity:
         return refusal(QueueFull(MSG_QUEUE_FULL), vehicle_id, pid), []
-    r = eng.new_reservation(p, vehicle_id, float(data.tempo_estimado) * 60.0, now, fx)
+    r = eng.new_reservation(p, vehicle_id, float(data.tempo_estimado) * 60.0, now, fx, address)
     eng.publish(
         fx,
         ReservationCreated(

@@ -72,7 +72,12 @@ class RequestSink(Protocol):
     """What the edge needs from the app."""
 
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None: ...
     def vehicle_record_reply(self, persist: Persist, reply: Reply, slot: Slot) -> None: ...
     def vehicle_connected(self, vehicle_id: str) -> None: ...
@@ -284,7 +289,9 @@ class VehicleConnection(asyncio.Protocol):
                 self.fill(slot, encode_reply(rtype, data, request.id), rtype, data)
             return
         try:
-            self.server.sink.vehicle_request(self.conn_id, vehicle_id, request, slot)
+            self.server.sink.vehicle_request(
+                self.conn_id, vehicle_id, request, slot, self.auth.address or None
+            )
         except ProtocolError as exc:
             self.fill(slot, encode_reply("erro", exc.to_wire(), request.id), "erro", exc.to_wire())
         except Exception:

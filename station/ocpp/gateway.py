@@ -42,6 +42,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from common.ports import OCPP_PORT, VEHICLE_PORT
 from common.timeutil import format_timestamp
 from station.host import Host, HostConfig
 from station.links import Link
@@ -74,14 +75,15 @@ SWEEP_S: Final = 1.0
 @dataclass
 class GatewayConfig:
     host: str = "0.0.0.0"
-    port: int = 9000
+    port: int = OCPP_PORT
     heartbeat_interval_s: int = 60  # told to chargers in BootNotification
     ssl_context: ssl.SSLContext | None = None
-    vehicle_port: int = 8081  # walk-in sessions arrive at the broker as vehicles
+    vehicle_port: int = VEHICLE_PORT  # walk-in sessions arrive at the broker as vehicles
     walkin_payment: str = "Débito em conta"
     walkin_capacity_kwh: float = 100.0
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class ChargerConnection(ChargePoint):  # type: ignore[misc]
     """One connected charger: OCPP handlers that hand validated payloads to its point."""
 
@@ -194,6 +196,7 @@ class Gateway:
         )
         self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in)
         self.host = Host(
+            # (ignored below) OcppPoint is a Charger by duck typing, not by inheritance
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
             link_factory,
@@ -362,6 +365,7 @@ class Gateway:
             self._serve_charger,
             cfg.host,
             cfg.port,
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._authorize,
             ssl=cfg.ssl_context,

@@ -25,9 +25,9 @@ from typing import Any, Final, Protocol
 
 from ocpp.v16 import call
 
-from common.messages import Hold, Release, SessionAck, Start, Stop
+from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
-from station.ocpp import mapping
+from station.ocpp import mapping, profiles
 from station.ocpp.chargers_file import ChargerSpec
 from station.sim import (
     RESEND_S,
@@ -124,6 +124,15 @@ class OcppPoint:
         self._acks: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._in_flight: set[str] = set()
         self.refused = 0
+        #: the broker's last limit for the running session (kW; None: unlimited), the
+        #: input of every protocol version's charging profile (see station.ocpp.profiles)
+        self.limit_kw: float | None = None
+        self.profiles_rejected = False
+
+    @property
+    def takes_limits(self) -> bool:
+        """Says ``"limites"`` in its hello: until the charger rejected a profile."""
+        return not self.profiles_rejected
 
     # --- what the host reads ----------------------------------------------------------
 
@@ -184,7 +193,7 @@ class OcppPoint:
 
     # --- commands from the broker -----------------------------------------------------
 
-    def handle(self, cmd: Hold | Release | Start | Stop | SessionAck, now: float) -> Step:
+    def handle(self, cmd: Hold | Release | Start | Limit | Stop | SessionAck, now: float) -> Step:
         if isinstance(cmd, SessionAck):
             if self.pending.pop(cmd.session_id, None) is not None:
                 self._resend_at.pop(cmd.session_id, None)
@@ -203,7 +212,10 @@ class OcppPoint:
             case Hold():
                 return self._hold(cmd)
             case Start():
+                self.limit_kw = cmd.kw
                 return self._start(cmd, now)
+            case Limit():
+                return self._limit(cmd)
             case Stop():
                 return self._stop(cmd)
         return Step()  # pragma: no cover - the match is exhaustive
@@ -319,6 +331,36 @@ class OcppPoint:
         else:
             tx.stop_sent = False
             self._answer(cmd.cmd_id, f"point_unreachable: RemoteStopTransaction answered {status}")
+
+    def _limit(self, cmd: Limit) -> Step:
+        tx = self.session
+        if tx is None or tx.session_id != cmd.session_id:
+            if cmd.session_id in self.pending:
+                return Step(messages=[self._ack(cmd.cmd_id, None)])  # ended: draws nothing
+            return self._refused(cmd.cmd_id, f"unknown_session: no session {cmd.session_id} here")
+        self.limit_kw = cmd.kw
+        self._ask(cmd.cmd_id, self._set_profile(cmd.cmd_id, tx))
+        return Step()
+
+    def _power_limit(self, tx: Transaction) -> profiles.PowerLimit | None:
+        if self.limit_kw is None:
+            return None
+        watts = profiles.limit_watts(self.limit_kw)
+        return profiles.PowerLimit(tx.session_id, tx.transaction_id, self.spec.connector, watts)
+
+    async def _set_profile(self, cmd_id: str | None, tx: Transaction) -> None:
+        """Tell the charger the limit of ``tx``; ack ``cmd_id`` with its answer."""
+        limit = self._power_limit(tx)
+        if limit is None:
+            return
+        result = await self.gw.call(self, profiles.set_profile_16(limit))
+        error = profiles.refusal(getattr(result, "status", None))
+        if error is not None and result is not None:
+            self.profiles_rejected = True
+        if cmd_id is not None:
+            self._answer(cmd_id, error)
+        elif error is not None:
+            log.warning("%s: %s", self.point_id, error)
 
     # --- acks -------------------------------------------------------------------------
 
@@ -436,6 +478,9 @@ class OcppPoint:
         self.session = tx
         self.hold = self.hold_ocpp_id = None
         self.gw.save_transaction(tx, tx.transaction_id, self.point_id)
+        if self.limit_kw is not None and self.online:
+            # the start carried the session's first limit on a site
+            self.gw.spawn(self._set_profile(None, tx))
 
     def on_stop_transaction(
         self, transaction_id: int, meter_stop: int, timestamp: str, reason: str | None, now: float

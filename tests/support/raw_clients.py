@@ -56,9 +56,12 @@ class Vehicle:
     the request, fills in ``id_veiculo`` and returns the reply with that ``id``.
     """
 
-    def __init__(self, port: int, vehicle_id: str | None = None) -> None:
+    def __init__(self, port: int, vehicle_id: str | None = None, source: str = "") -> None:
         self.vehicle_id = vehicle_id
-        self.sock = socket.create_connection((HOST, port), timeout=WAIT_S)
+        # ``source``: another loopback address (127.0.0.2...) to stand for another client
+        self.sock = socket.create_connection(
+            (HOST, port), timeout=WAIT_S, source_address=(source, 0) if source else None
+        )
         self.buf = b""
         self.next_id = 0
         self.pushes: list[dict[str, Any]] = []

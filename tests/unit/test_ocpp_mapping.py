@@ -153,3 +153,32 @@ def test_the_connector_is_free_once_the_vehicle_left() -> None:
         s for s in ("Preparing", "Charging", "Finishing", "SuspendedEV") if connector_free(s)
     ] == []
     assert all(connector_free(s) for s in ("Available", "Reserved", "Unavailable", "Faulted"))
+
+
+def test_a_limit_becomes_a_tx_profile_in_watts_for_both_versions() -> None:
+    from station.ocpp.profiles import (
+        PowerLimit,
+        limit_watts,
+        refusal,
+        set_profile_16,
+        set_profile_201,
+    )
+
+    assert limit_watts(12.5) == 12_500 and limit_watts(16.6) == 16_600 and limit_watts(0.0) == 0
+    limit = PowerLimit("ses-1", 42, 1, limit_watts(11.0))
+    p16 = set_profile_16(limit)
+    assert p16.connector_id == 1
+    prof = p16.cs_charging_profiles
+    assert prof["transaction_id"] == 42 and prof["charging_profile_purpose"] == "TxProfile"
+    assert prof["charging_schedule"]["charging_rate_unit"] == "W"
+    assert prof["charging_schedule"]["charging_schedule_period"] == [
+        {"start_period": 0, "limit": 11_000.0}
+    ]
+    p201 = set_profile_201(limit, "tx-42")
+    assert p201.evse_id == 1
+    prof201 = p201.charging_profile
+    assert prof201["transaction_id"] == "tx-42"
+    assert prof201["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 11_000.0
+    assert refusal("Accepted") is None
+    assert refusal("NotSupported") == "limits_refused: SetChargingProfile answered NotSupported"
+    assert refusal(None) is not None  # no answer: not taken

@@ -183,3 +183,17 @@ def test_the_demo_tariff_prices_half_the_fleet(tmp_path: Path) -> None:
     assert listed["assignments"] == [{"points": DEMO_TARIFF_POINTS, "tariff_id": "demo-tou-idle"}]
     dims = {c["type"] for e in listed["tariffs"][0]["elements"] for c in e["price_components"]}
     assert dims == {"FLAT", "ENERGY", "PARKING_TIME"}
+
+
+def test_the_demo_fleet_is_split_into_two_sites_whose_limits_bind(tmp_path: Path) -> None:
+    from ops.run_local import site_commands
+
+    s = Settings(var_dir=tmp_path, python="py", stations=8)
+    north, south = site_commands(s)
+    assert north[:6] == ["py", "-m", "broker", "sites", "set", "north"]
+    assert north[north.index("--limit-kw") + 1] == "40"  # 4 points of 50 kW: it binds
+    points = [north[i + 1] for i, a in enumerate(north) if a == "--points"]
+    assert points == ["CP0001", "CP0002", "CP0003", "CP0004"]
+    assert south[south.index("--points") + 1] == "CP0005"
+    assert str(tmp_path / "credentials" / "run-sites.cred") in north
+    assert len(site_commands(Settings(var_dir=tmp_path, python="py", stations=1))) == 1

@@ -34,6 +34,7 @@ from broker.consumers.web.schemas import (
     ConsoleView,
     PointOut,
     SessionOut,
+    SiteOut,
     Stats,
 )
 from common.errors import TransportError
@@ -93,7 +94,13 @@ async def console(request: Request[Any, Any, Any]) -> ConsoleView:
         stats=st.stats(time.time()),
         latest=list(st.latest),
         tiles=request.app.state.tiles,
+        sites=st.site_rows(),
     )
+
+
+@get("/api/sites", summary="Every site: limit, power allocated and drawn, each session's kW")
+async def sites(request: Request[Any, Any, Any]) -> list[SiteOut]:
+    return _feed(request).state.site_rows()
 
 
 # --- points ---------------------------------------------------------------------------
@@ -128,7 +135,7 @@ async def availability(
     try:
         seq = await feed.set_availability(point_id, data.available, data.reason.strip())
     except Refused as exc:  # 403 when this console's credential is not an operator's
-        code = 403 if exc.message.startswith("forbidden") else 409
+        code = 403 if exc.forbidden else 409
         raise HTTPException(status_code=code, detail=exc.message) from exc
     except TransportError as exc:
         raise HTTPException(status_code=503, detail=f"broker unreachable: {exc.message}") from exc
@@ -275,6 +282,7 @@ def create_app(feed: ConsoleFeed, *, tiles: str = DEFAULT_TILES) -> Litestar:
             point,
             availability,
             sessions,
+            sites,
             bills,
             stats,
             events,
