@@ -419,6 +419,7 @@ class SessionTable:
         charge_end: float,
     ) -> None:
         """Close ``s``, record it in the account and tell everybody (exactly once)."""
+        s.state = "billed"
         s.ended_at = now
         s.energy = energy
         cdr: dict[str, Any] | UnsetType = UNSET

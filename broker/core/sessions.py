@@ -8,14 +8,16 @@ numbers with two decimals).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Literal
 
+import msgspec
 from msgspec import UNSET, UnsetType
 
 from broker.core.cdr import Usage, cdr_totals
-from broker.core.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
+from broker.core.records import Record
+from broker.core.tariffs import Tariff
 from common.messages import Scalar
 from common.replies import SessionView, StatementLine
 from common.timeutil import format_timestamp
@@ -152,11 +154,17 @@ def pending_key(session_id: str) -> str:
     return PENDING_PREFIX + session_id
 
 
-@dataclass(slots=True, eq=False)
-class Session:
-    """A running (``ended_at is None``) or billed session."""
+class Session(Record, eq=False):
+    """A running (``state`` running) or billed session; persisted as it is (decimals
+    as text)."""
 
-    id: str
+    NOT_PERSISTED: ClassVar[frozenset[str]] = frozenset({"allowed_kw"})
+    #: a session without tariff is persisted exactly as before tariffs existed
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset(
+        {"tariff", "powers", "charged_at", "cdr"}
+    )
+
+    id: str = msgspec.field(name="session_id")
     vehicle_id: str
     point_id: str
     started_at: float
@@ -168,68 +176,25 @@ class Session:
     reservation_id: str | None
     boot_id: str | None
     energy_reported: float = 0.0
-    #: the tariff the session started with (None: the flat ``price_kwh``)
-    tariff: Tariff | None = None
-    #: (from, kW): the power allocated from each instant on (tariffed sessions)
-    powers: list[tuple[float, float]] = field(default_factory=list)
-    #: charging ended at this instant and the vehicle is still plugged in (parking)
-    charged_at: float | None = None
-    #: the CDR of a billed tariffed session (plain JSON types)
-    cdr: dict[str, Any] | None = None
-    _tariff_rec: dict[str, Any] | None = None  # the tariff as persisted, made once
+    state: Literal["running", "billed"] = "running"
     #: on a site: the power the rule gives it now (kW, 0 paused; never persisted)
     allowed_kw: float | None = None
-    # filled when billed (energy, nivel_final and reason already when parked)
+    # filled when billed
     ended_at: float | None = None
     nivel_final: float | None = None
-    energy: Decimal | None = None
+    energy: Decimal | None = msgspec.field(default=None, name="energy_kwh")
     cost: Decimal | None = None
     reason: str | None = None
     billed_seq: int = 0  # seq of its charging.completed event: the account's order
-
-    def record(self) -> dict[str, Any]:
-        """Persisted form (decimals as strings); :meth:`from_record` reads it back."""
-        return {
-            "session_id": self.id,
-            "vehicle_id": self.vehicle_id,
-            "point_id": self.point_id,
-            "started_at": self.started_at,
-            "nivel_inicial": self.nivel_inicial,
-            "nivel_carregar": self.nivel_carregar,
-            "capacidade_kwh": self.capacidade_kwh,
-            "payment_method": self.payment_method,
-            "price_kwh": str(self.price_kwh),
-            "reservation_id": self.reservation_id,
-            "boot_id": self.boot_id,
-            "energy_reported": self.energy_reported,
-            "state": "running" if self.ended_at is None else "billed",
-            "ended_at": self.ended_at,
-            "nivel_final": self.nivel_final,
-            "energy_kwh": None if self.energy is None else str(self.energy),
-            "cost": None if self.cost is None else str(self.cost),
-            "reason": self.reason,
-            "billed_seq": self.billed_seq,
-            **self._tariff_record(),
-        }
-
-    def _tariff_record(self) -> dict[str, Any]:
-        if self.tariff is None:
-            return {}
-        if self._tariff_rec is None:
-            self._tariff_rec = tariff_to_builtins(self.tariff)
-        return {
-            "tariff": self._tariff_rec,
-            "powers": [list(p) for p in self.powers],
-            "charged_at": self.charged_at,
-            "cdr": self.cdr,
-            "parked": None
-            if self.charged_at is None or self.ended_at is not None
-            else {
-                "energy_kwh": str(self.energy),
-                "nivel_final": self.nivel_final,
-                "reason": self.reason,
-            },
-        }
+    #: the tariff the session started with (None: the flat ``price_kwh``)
+    tariff: Tariff | None = None
+    #: (from, kW): the power allocated from each instant on (tariffed sessions)
+    powers: list[tuple[float, float]] | None = None
+    #: charging ended at this instant and the vehicle is still plugged in (parking);
+    #: ``energy_kwh``, ``nivel_final`` and ``reason`` are then already set
+    charged_at: float | None = None
+    #: the CDR of a billed tariffed session (plain JSON types)
+    cdr: dict[str, Any] | None = None
 
     @property
     def parks(self) -> bool:
@@ -241,18 +206,21 @@ class Session:
         periods split there); False when nothing changed or charging already ended."""
         if self.charged_at is not None or self.ended_at is not None:
             return False
-        if self.powers and self.powers[-1][1] == power_kw:
+        powers = self.powers if self.powers is not None else []
+        if powers and powers[-1][1] == power_kw:
             return False
-        if self.powers and self.powers[-1][0] >= now:
-            self.powers[-1] = (self.powers[-1][0], power_kw)
+        if powers and powers[-1][0] >= now:
+            powers[-1] = (powers[-1][0], power_kw)
         else:
-            self.powers.append((now, power_kw))
+            powers.append((now, power_kw))
+        self.powers = powers
         return True
 
     def usages(self, energy: Decimal, charge_end: float, unplugged: float) -> list[Usage]:
         """The session as stretches for the tariff engine: charging split where the
         power changed (energy shared in proportion to power x time), then parking."""
-        marks = [(t, kw) for t, kw in self.powers if t < charge_end] or [(self.started_at, 0.0)]
+        marks = [(t, kw) for t, kw in self.powers or () if t < charge_end]
+        marks = marks or [(self.started_at, 0.0)]
         stretches = []
         for i, (t, kw) in enumerate(marks):
             a = max(t, self.started_at) if i else self.started_at
@@ -279,42 +247,6 @@ class Session:
         if unplugged > charge_end:
             out.append(Usage(charge_end, unplugged, Decimal(0), False))
         return out
-
-    @classmethod
-    def from_record(cls, v: dict[str, Any]) -> Session:
-        s = cls(
-            id=str(v["session_id"]),
-            vehicle_id=str(v["vehicle_id"]),
-            point_id=str(v["point_id"]),
-            started_at=float(v["started_at"]),
-            nivel_inicial=float(v["nivel_inicial"]),
-            nivel_carregar=float(v["nivel_carregar"]),
-            capacidade_kwh=float(v["capacidade_kwh"]),
-            payment_method=str(v["payment_method"]),
-            price_kwh=Decimal(str(v["price_kwh"])),
-            reservation_id=None if v.get("reservation_id") is None else str(v["reservation_id"]),
-            boot_id=None if v.get("boot_id") is None else str(v["boot_id"]),
-            energy_reported=float(v.get("energy_reported") or 0.0),
-        )
-        if v.get("tariff") is not None:
-            s.tariff = tariff_from_builtins(v["tariff"])
-            s.powers = [(float(t), float(kw)) for t, kw in v.get("powers") or []]
-            charged = v.get("charged_at")
-            s.charged_at = None if charged is None else float(charged)
-            s.cdr = v.get("cdr")
-            parked = v.get("parked")
-            if parked is not None:
-                s.energy = Decimal(str(parked["energy_kwh"]))
-                s.nivel_final = float(parked["nivel_final"])
-                s.reason = str(parked["reason"])
-        if v.get("state") == "billed":
-            s.ended_at = float(v["ended_at"])
-            s.nivel_final = float(v["nivel_final"])
-            s.energy = Decimal(str(v["energy_kwh"]))
-            s.cost = Decimal(str(v["cost"]))
-            s.reason = str(v["reason"])
-            s.billed_seq = int(v.get("billed_seq") or 0)
-        return s
 
     def view(self) -> SessionView:
         """A running session as shown in snapshots and ``status_veiculo``."""
