@@ -9,6 +9,7 @@ from broker.consumers.cli import register as register_consumers
 from broker.consumers.ocpi.cli import register as register_ocpi
 from broker.consumers.web.cli import register as register_web
 from broker.credentials_cli import register as register_credentials
+from broker.gateway.cli import register as register_gateway
 from broker.serve_cli import register as register_serve
 from broker.sites_cli import register as register_sites
 from common.cli import (
@@ -40,6 +41,7 @@ def main_options(
 
 
 register_serve(app)
+register_gateway(app)
 register_consumers(app)
 register_credentials(app)
 register_bridge(app)

@@ -22,6 +22,7 @@ from common.errors import ConfigError
 from common.logging_setup import FORMATS, LEVELS
 from common.ports import (
     EVENTS_PORT,
+    GATEWAY_PORT,
     HISTORY_PORT,
     HTTP_PORT,
     STATION_PORT,
@@ -60,6 +61,20 @@ def seconds(name: str, text: str) -> float:
     return parse(
         name, text, float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds"
     )
+
+
+def optional_port(name: str, text: str) -> int | None:
+    """A port, or None for an empty text."""
+    return port(name, text) if text.strip() else None
+
+
+def gateways(name: str, text: str) -> int:
+    """``auto`` (what suits this machine) or a number of local gateways 0-64."""
+    from broker.gateway.supervisor import auto_gateways
+
+    if text.strip().lower() == "auto":
+        return auto_gateways()
+    return parse(name, text, int, lambda v: 0 <= v <= 64, "auto or an integer 0-64")
 
 
 def count(name: str, text: str) -> int:
@@ -181,6 +196,29 @@ OPTIONS: Final[dict[str, Option[Any]]] = {
     ),
     "http_port": Option(
         "EV_HTTP_PORT", "HTTP port for /metrics and /healthz.", "PORT", str(HTTP_PORT), port
+    ),
+    "gateways": Option(
+        "EV_GATEWAYS",
+        "Local vehicle gateway processes holding the vehicle port; 0: this process "
+        "holds it; auto: what suits this machine's cores (docs/performance.md).",
+        "N|auto",
+        "auto",
+        gateways,
+    ),
+    "gateway_port": Option(
+        "EV_GATEWAY_PORT",
+        f"ZeroMQ ROUTER for vehicle gateways, on the internal address (default "
+        f"{GATEWAY_PORT} with gateways; with --gateways 0 only when given).",
+        "PORT",
+        "",
+        optional_port,
+    ),
+    "core_wait": Option(
+        "EV_CORE_WAIT",
+        "Seconds local gateways hold requests while the core is away.",
+        "SECONDS",
+        "10",
+        seconds,
     ),
     "db": Option("EV_DB", 'SQLite file, or ":memory:" for none.', "PATH", DEFAULT_DB, db_path),
     "queue_capacity": Option(
@@ -386,6 +424,13 @@ def app_config(v: Mapping[str, Any], *, insecure: bool, keys: str | None) -> App
         events_port=v["events_port"],
         history_port=v["history_port"],
         http_port=v["http_port"],
+        gateway_port=(
+            v["gateway_port"]
+            if v["gateway_port"] is not None or not v["gateways"]
+            else GATEWAY_PORT
+        ),
+        gateways=v["gateways"],
+        core_wait_s=v["core_wait"],
         db=v["db"],
         core=CoreConfig(
             queue_capacity=v["queue_capacity"],

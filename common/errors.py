@@ -71,6 +71,12 @@ class Unauthenticated(ProtocolError):
     code = "unauthenticated"
 
 
+class Unavailable(ProtocolError):
+    """A vehicle gateway could not reach the core within its ``--core-wait``."""
+
+    code = "unavailable"
+
+
 class RateLimited(ProtocolError):
     """Too many failed attempts from one address: refused for a while."""
 

@@ -19,7 +19,7 @@ from broker.core.engine import Engine
 from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
-from broker.core.sites import SITE_PREFIX, SiteDef, check_site
+from broker.core.site_defs import SITE_PREFIX, SiteDef, check_site
 from common.errors import InvalidRequest, SiteRefused, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
@@ -135,6 +135,14 @@ class Core:
     def station_unreachable(self, point_id: str, now: float) -> list[Effect]:
         """The ROUTER could not deliver to ``point_id``."""
         return stations.station_unreachable(self._eng, point_id, now)
+
+    def battery_report(
+        self, vehicle_id: str, level: float, latitude: float, longitude: float, now: float
+    ) -> list[Effect]:
+        """A ``bateria`` answered by a vehicle gateway reported ``level`` (low-battery rule)."""
+        fx: list[Effect] = []
+        self._eng.battery_report(vehicle_id, level, latitude, longitude, now, fx)
+        return fx
 
     def vehicle_connected(self, vehicle_id: str, now: float) -> list[Effect]:
         fx: list[Effect] = []

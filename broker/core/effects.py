@@ -97,7 +97,7 @@ class Rejected:
         return self.error.message
 
 
-PersistTable = Literal["point", "reservation", "session", "meta", "vehicle"]
+PersistTable = Literal["point", "reservation", "session", "meta", "vehicle", "reply"]
 
 
 @dataclass(slots=True)

@@ -31,9 +31,10 @@ import msgspec
 from broker.core.accounts import Accounts
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, SendStation
-from broker.core.point_table import PointTable, wait_minutes
+from broker.core.point_table import PointTable
 from broker.core.points import PointState, derive_estado, is_available, is_faulted
 from broker.core.queues import Reservation
+from broker.core.read_path import wait_minutes
 from broker.core.reservation_table import ReservationTable
 from broker.core.session_table import SessionTable
 from broker.core.sessions import Session

@@ -38,7 +38,7 @@ insert, move or removal drops the cache.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from common.geo import EARTH_RADIUS_KM, haversine_km
@@ -231,6 +231,23 @@ class GeoIndex:
         self._cells.setdefault(key, []).append(entry)
         n = len(self._entries)
         if n >= _MIN_REBUILD and (n >= 2 * self._n_built or 4 * n < self._n_built):
+            self._rebuild()
+
+    def load(self, points: Iterable[tuple[str, float, float]]) -> None:
+        """Insert many new points at once (a replica's snapshot): one rebuild at the end."""
+        for point_id, latitude, longitude in points:
+            if point_id in self._entries:
+                self.put(point_id, latitude, longitude)
+                continue
+            x, y, z = _unit(latitude, longitude)
+            entry: _Entry = (x, y, z, point_id, latitude, longitude)
+            p = math.radians(latitude)
+            self._trig[point_id] = (p, math.cos(p), longitude)
+            key = self._key(latitude, longitude)
+            self._entries[point_id] = (key, entry)
+            self._cells.setdefault(key, []).append(entry)
+        self._clear_cache()
+        if len(self._entries) >= _MIN_REBUILD:
             self._rebuild()
 
     def remove(self, point_id: str) -> None:

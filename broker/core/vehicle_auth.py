@@ -78,6 +78,8 @@ FAILURE_WINDOW_S: Final = 60.0
 HISTORY_READS: Final = frozenset({"custos", "status"})
 #: The original client's ids (``CAR<its port>``): never registrable.
 DEFAULT_ID_PATTERN: Final = re.compile(r"CAR[0-9]{1,5}")
+#: The OCPP gateway's walk-in accounts (``idtag.<tag>``): never a vehicle's to register.
+WALK_IN_PREFIX: Final = "idtag."
 BLOCK_S: Final = 60.0
 #: Addresses remembered by the rate limiter before stale ones are swept.
 MAX_TRACKED_ADDRESSES: Final = 10_000
@@ -184,6 +186,22 @@ class VehicleAuth:
 
     def owner_of(self, vehicle_id: str) -> int | None:
         return self._owners.get(vehicle_id)
+
+    def adopt(self, state: ConnAuth, vehicle_id: str, *, proven: bool, owns: bool) -> bool:
+        """A connection a gateway held across a core restart speaks for ``vehicle_id`` again.
+
+        ``proven`` is kept for a registered id; an unregistered id is owned again unless
+        another connection took it meanwhile. True when the connection gets its pushes.
+        """
+        state.speak_for(vehicle_id)
+        state.proven = proven and vehicle_id in self._digests
+        state.owns = False
+        if owns and vehicle_id not in self._digests:
+            owner = self._owners.get(vehicle_id)
+            if owner is None or owner == state.conn:
+                self._owners[vehicle_id] = state.conn
+                state.owns = True
+        return state.proven or state.owns
 
     def closed(self, state: ConnAuth) -> None:
         """The connection ended: an unregistered id it held is free again."""
@@ -314,7 +332,7 @@ class VehicleAuth:
                 ),
                 count="rate_limited",
             )
-        if DEFAULT_ID_PATTERN.fullmatch(vid):
+        if DEFAULT_ID_PATTERN.fullmatch(vid) or vid.startswith(WALK_IN_PREFIX):
             return self._refuse(
                 vid=vid,
                 error=Forbidden(

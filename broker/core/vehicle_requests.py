@@ -16,6 +16,8 @@ from broker.core.effects import Effect, Reply
 from broker.core.engine import Engine
 from broker.core.points import PointState, holds_turn
 from broker.core.queues import position_of
+from broker.core.read_path import bateria_points, consulta_points
+from broker.core.sessions import NO_CONNECTION
 from common.errors import (
     AlreadyQueued,
     AlreadyReserved,
@@ -35,7 +37,6 @@ from common.errors import (
 )
 from common.events import ReservationCreated
 from common.messages import (
-    MAX_LIMIT,
     REPLY_TYPES,
     Bateria,
     Cancelar,
@@ -130,30 +131,15 @@ def handle(
 
 
 def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]) -> Raw:
-    """``{"pontos": [...]}``, already encoded (cached point views, see point_views)."""
+    """``{"pontos": [...]}``, already encoded (the read path, see read_path)."""
     loc = data.localizacao
     eng.battery_report(vehicle_id, data.nivel_bateria, loc.latitude, loc.longitude, now, fx)
-    max_km = data.distancia_max or None
-    hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=True)
-    return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
+    return bateria_points(eng.points.reads, data, now)
 
 
 def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
-    """``[Point, ...]`` already encoded, and whether the list was cut at MAX_LIMIT.
-
-    Without ``limite`` at most MAX_LIMIT points are returned; when more were in range
-    the reply says ``"truncated": true`` (docs/protocol.md).
-    """
-    loc = data.localizacao
-    max_km = data.distancia_max or None
-    truncated = False
-    if data.limite is None:
-        hits = eng.nearest(loc.latitude, loc.longitude, MAX_LIMIT + 1, max_km, usable_only=False)
-        if len(hits) > MAX_LIMIT:
-            hits, truncated = hits[:MAX_LIMIT], True
-    else:
-        hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=False)
-    return Raw(eng.encoded_points(hits, now)), truncated
+    """``[Point, ...]`` already encoded, and whether the list was cut at MAX_LIMIT."""
+    return consulta_points(eng.points.reads, data, now)
 
 
 def _status(eng: Engine, vehicle_id: str, now: float) -> VehicleStatus:
@@ -281,7 +267,13 @@ def _chegada(
     if own is not None:
         err = PointBusy(f"Vehicle is already charging at {own.point_id}")
         return refusal(err, vehicle_id, pid)
-    if eng.pending_of(vehicle_id) is not None:
+    pend = eng.pending_of(vehicle_id)
+    if pend is not None:
+        if pend.conn == NO_CONNECTION and pend.point_id == pid:
+            # a start restored after a restart has lost its requester: the vehicle
+            # asking again (a gateway resending its request) gets the ack's reply
+            pend.conn, pend.request_id = conn, req.id
+            return None
         err = PointBusy("A start for this vehicle is already in progress")
         return refusal(err, vehicle_id, pid)
     pos = position_of(p.queue, vehicle_id)

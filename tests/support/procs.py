@@ -266,6 +266,8 @@ def start_broker(ports: BrokerPorts, db: str, *extra: str, standard_legacy: bool
         cleanup.append(lambda: unregister(*ports.all()))
     else:
         ports.creds = None
+    if "--gateways" not in args:  # the same process layout on every machine (auto
+        args += ["--gateways", "0"]  # depends on the cores); gateway tests ask for theirs
     proc = start(["python", "-m", "broker", "serve", *ports.cli_args(), "--db", db, *args])
     proc.after_stop.extend(cleanup)
     try:
