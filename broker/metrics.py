@@ -348,6 +348,7 @@ def add_state_metrics(registry: Registry, source: StateSource) -> None:
         return {(str(name),): float(f[key]) for name, f in sites.items()}
 
     for key, name, help_text in SITE_GAUGES:
+        # (ignored below) mypy cannot type a lambda with a default argument
         r.gauge(name, help_text, lambda key=key: per_site(key), ("site",))  # type: ignore[misc]
     r.counter_func(
         "evcharge_site_overdraw_total",

@@ -15,25 +15,16 @@ import typer
 
 from broker import sites_admin
 from broker.consumers.subscriber import Endpoint
-from common.cli import BrokerOpt
+from common.cli import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, BrokerOpt, HistoryPortOpt
 from common.credentials import load_optional
 from common.errors import ConfigError, SiteRefused, StoreError, TransportError
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+from common.ports import HISTORY_PORT
 
 sites_app = typer.Typer(
     help="Sites: points sharing one grid connection, with a power limit.",
     no_args_is_help=True,
 )
 
-HistoryPortOpt = Annotated[
-    int,
-    typer.Option(
-        "--history-port", envvar="EV_HISTORY_PORT", min=1, max=65535, help="History port."
-    ),
-]
 CredentialsOpt = Annotated[
     str | None,
     typer.Option(
@@ -105,7 +96,7 @@ def set_(
         ),
     ] = None,
     broker: BrokerOpt = "127.0.0.1",
-    history_port: HistoryPortOpt = 5557,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     credentials: CredentialsOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -132,7 +123,7 @@ def list_(
         bool, typer.Option("--json", envvar="EV_SITES_JSON", help="One JSON document.")
     ] = False,
     broker: BrokerOpt = "127.0.0.1",
-    history_port: HistoryPortOpt = 5557,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     credentials: CredentialsOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -150,7 +141,7 @@ def list_(
 def remove(
     name: Annotated[str, typer.Argument(help="Site name.")],
     broker: BrokerOpt = "127.0.0.1",
-    history_port: HistoryPortOpt = 5557,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     credentials: CredentialsOpt = None,
     db: DbOpt = None,
 ) -> None:

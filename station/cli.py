@@ -145,29 +145,79 @@ def center_option(text: str) -> tuple[float, float]:
         raise typer.BadParameter(exc.message, param_hint="--center") from None
 
 
+FleetCountOpt = Annotated[
+    int,
+    typer.Option(envvar=fleet_env("COUNT"), min=1, max=100_000, help="Number of stations."),
+]
+
+FleetCenterOpt = Annotated[
+    str, typer.Option(envvar=fleet_env("CENTER"), help="LAT,LON of the fleet's center.")
+]
+
+FleetRadiusKmOpt = Annotated[
+    float,
+    typer.Option(envvar=fleet_env("RADIUS_KM"), min=0.0, max=2000.0, help="Placement radius."),
+]
+
+FleetPrefixOpt = Annotated[str, typer.Option(envvar=fleet_env("PREFIX"), help="Id prefix.")]
+
+FleetSeedOpt = Annotated[int, typer.Option(envvar=fleet_env("SEED"), help="Placement seed.")]
+
+FleetReplicaOpt = Annotated[
+    str,
+    typer.Option(
+        envvar=fleet_env("REPLICA"),
+        help="none | auto | N: put a replica number in the ids (PREFIX<N>-0001..); "
+        "auto takes it from the compose container name, so scaled fleets differ.",
+    ),
+]
+
+FleetReportEveryOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=fleet_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
+    ),
+]
+
+FleetSiteOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=fleet_env("SITE"),
+        help="Put every station in this site (PREFIX*), asking the broker's history port.",
+    ),
+]
+
+FleetSiteLimitKwOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=fleet_env("SITE_LIMIT_KW"), min=0.001, max=100_000.0, help="The site's limit."
+    ),
+]
+
+FleetSiteHistoryPortOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=fleet_env("SITE_HISTORY_PORT"), min=1, max=65535, help="Broker history port."
+    ),
+]
+
+FleetSiteCredentialsOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=fleet_env("SITE_CREDENTIALS"),
+        help="An operator .cred file for --site (unless the broker runs --insecure).",
+    ),
+]
+
+
 @app.command()
 def fleet(
-    count: Annotated[
-        int,
-        typer.Option(envvar=fleet_env("COUNT"), min=1, max=100_000, help="Number of stations."),
-    ],
-    center: Annotated[
-        str, typer.Option(envvar=fleet_env("CENTER"), help="LAT,LON of the fleet's center.")
-    ] = "-12.2664,-38.9663",
-    radius_km: Annotated[
-        float,
-        typer.Option(envvar=fleet_env("RADIUS_KM"), min=0.0, max=2000.0, help="Placement radius."),
-    ] = 10.0,
-    prefix: Annotated[str, typer.Option(envvar=fleet_env("PREFIX"), help="Id prefix.")] = "CP",
-    seed: Annotated[int, typer.Option(envvar=fleet_env("SEED"), help="Placement seed.")] = 1,
-    replica: Annotated[
-        str,
-        typer.Option(
-            envvar=fleet_env("REPLICA"),
-            help="none | auto | N: put a replica number in the ids (PREFIX<N>-0001..); "
-            "auto takes it from the compose container name, so scaled fleets differ.",
-        ),
-    ] = "none",
+    count: FleetCountOpt,
+    center: FleetCenterOpt = "-12.2664,-38.9663",
+    radius_km: FleetRadiusKmOpt = 10.0,
+    prefix: FleetPrefixOpt = "CP",
+    seed: FleetSeedOpt = 1,
+    replica: FleetReplicaOpt = "none",
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
@@ -177,39 +227,12 @@ def fleet(
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
     broker_silence: BrokerSilence = 5.0,
-    report_every: Annotated[
-        float,
-        typer.Option(
-            envvar=fleet_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
-        ),
-    ] = 5.0,
+    report_every: FleetReportEveryOpt = 5.0,
     credentials: Credentials = None,
-    site: Annotated[
-        str | None,
-        typer.Option(
-            envvar=fleet_env("SITE"),
-            help="Put every station in this site (PREFIX*), asking the broker's history port.",
-        ),
-    ] = None,
-    site_limit_kw: Annotated[
-        float,
-        typer.Option(
-            envvar=fleet_env("SITE_LIMIT_KW"), min=0.001, max=100_000.0, help="The site's limit."
-        ),
-    ] = 50.0,
-    site_history_port: Annotated[
-        int,
-        typer.Option(
-            envvar=fleet_env("SITE_HISTORY_PORT"), min=1, max=65535, help="Broker history port."
-        ),
-    ] = 5557,
-    site_credentials: Annotated[
-        str | None,
-        typer.Option(
-            envvar=fleet_env("SITE_CREDENTIALS"),
-            help="An operator .cred file for --site (unless the broker runs --insecure).",
-        ),
-    ] = None,
+    site: FleetSiteOpt = None,
+    site_limit_kw: FleetSiteLimitKwOpt = 50.0,
+    site_history_port: FleetSiteHistoryPortOpt = 5557,
+    site_credentials: FleetSiteCredentialsOpt = None,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Run N simulated stations in one process (ids PREFIX0001..), deterministic with --seed."""

@@ -19,7 +19,7 @@ from broker.core.engine import Engine
 from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
-from broker.core.sites import SITE_PREFIX, SiteDef, check_site
+from broker.core.site_defs import SITE_PREFIX, SiteDef, check_site
 from common.errors import InvalidRequest, SiteRefused, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest

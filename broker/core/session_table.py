@@ -338,6 +338,7 @@ class SessionTable:
                 cap = to_decimal(s.capacidade_kwh)
                 gained = float(energy / cap * 100) if cap > 0 else 0.0
                 nivel_final = round(min(nivel_final, s.nivel_inicial + gained), 3)
+        s.state = "billed"
         s.ended_at = now
         s.energy = energy
         s.cost = session_cost(energy, s.price_kwh)

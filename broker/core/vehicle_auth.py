@@ -78,6 +78,8 @@ FAILURE_WINDOW_S: Final = 60.0
 HISTORY_READS: Final = frozenset({"custos", "status"})
 #: The original client's ids (``CAR<its port>``): never registrable.
 DEFAULT_ID_PATTERN: Final = re.compile(r"CAR[0-9]{1,5}")
+#: The OCPP gateway's walk-in accounts (``idtag.<tag>``): never a vehicle's to register.
+WALK_IN_PREFIX: Final = "idtag."
 BLOCK_S: Final = 60.0
 #: Addresses remembered by the rate limiter before stale ones are swept.
 MAX_TRACKED_ADDRESSES: Final = 10_000
@@ -280,19 +282,23 @@ class VehicleAuth:
                 count="unauthenticated",
             )
         if owner is None:
-            self._owners[vid] = state.conn
-            state.speak_for(vid)
-            state.owns = True
-            holder = self._holders.get(vid)
-            if holder is None and not self._has_history(vid):
-                self._holders[vid] = state.conn
-            state.sealed = self._holders.get(vid) != state.conn
-            if state.sealed and rtype in HISTORY_READS:
-                return self._sealed(vid)
-            return Verdict(vid, bind=True)
+            return self._bind(state, vid, rtype)
         if state.sealed and rtype in HISTORY_READS:
             return self._sealed(vid)
         return Verdict(vid)
+
+    def _bind(self, state: ConnAuth, vid: str, rtype: str) -> Verdict:
+        """An unowned, unregistered id: this connection owns it from now on."""
+        self._owners[vid] = state.conn
+        state.speak_for(vid)
+        state.owns = True
+        holder = self._holders.get(vid)
+        if holder is None and not self._has_history(vid):
+            self._holders[vid] = state.conn
+        state.sealed = self._holders.get(vid) != state.conn
+        if state.sealed and rtype in HISTORY_READS:
+            return self._sealed(vid)
+        return Verdict(vid, bind=True)
 
     def _sealed(self, vid: str) -> Verdict:
         return self._refuse(
@@ -326,7 +332,7 @@ class VehicleAuth:
                 ),
                 count="rate_limited",
             )
-        if DEFAULT_ID_PATTERN.fullmatch(vid):
+        if DEFAULT_ID_PATTERN.fullmatch(vid) or vid.startswith(WALK_IN_PREFIX):
             return self._refuse(
                 vid=vid,
                 error=Forbidden(

@@ -35,6 +35,7 @@ from station.host import HostConfig
 from station.links import DealerLink, Link, MultiLink
 from station.ocpp.chargers_file import ChargerSpec, load_chargers
 from station.ocpp.gateway import Gateway, GatewayConfig
+from station.ocpp.guard import IdTags
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
 from station.ocpp.state import GatewayState
@@ -123,6 +124,10 @@ def ocpp_gateway(
     setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every message at INFO
     specs, st, ssl_ctx = _load(chargers, state, cert, key)
+    try:
+        id_tags = IdTags.load(chargers)  # the idTags that may start walk-ins
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--chargers") from None
     config = GatewayConfig(
         host=host,
         port=port,
@@ -130,6 +135,7 @@ def ocpp_gateway(
         ssl_context=ssl_ctx,
         vehicle_port=vehicle_port,
         walkin_capacity_kwh=walkin_capacity,
+        id_tags=id_tags,
     )
     credential = station_credential(credentials, [s.id for s in specs])
     host_config = HostConfig(

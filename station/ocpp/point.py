@@ -88,6 +88,7 @@ class Transaction:
     meter_last: int
     soc: float | None = None
     stop_sent: bool = False
+    power_kw: float | None = None  # the last Power.Active.Import reported (sites)
 
     @property
     def energy_wh(self) -> int:
@@ -167,6 +168,8 @@ class OcppPoint:
             d["vehicle_id"] = tx.vehicle_id
             d["session_id"] = tx.session_id
             d["energia_kwh"] = min(tx.energy_wh / 1000.0, tx.capacidade_kwh)
+            if tx.power_kw is not None:
+                d["potencia_atual_kw"] = round(min(tx.power_kw, 1000.0), 3)
             d["battery"] = (
                 tx.soc
                 if tx.soc is not None
@@ -424,6 +427,9 @@ class OcppPoint:
             tx.meter_last = wh
         if soc is not None:
             tx.soc = soc
+        power = profiles.power_reading(meter_value)
+        if power is not None:
+            tx.power_kw = power
         if tx.energy_wh >= tx.target_wh and not tx.stop_sent and self.online:
             # the vehicle's target is reached: end the session, as our own stations do
             tx.stop_sent = True

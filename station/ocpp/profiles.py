@@ -12,6 +12,7 @@ in force and the point should not be in a site).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -75,6 +76,31 @@ def set_profile_201(limit: PowerLimit, transaction_id: str) -> call201.SetChargi
         ],
     }
     return call201.SetChargingProfile(evse_id=limit.connector_id, charging_profile=profile)
+
+
+POWER_MEASURAND: Final = "Power.Active.Import"
+
+
+def power_reading(meter_value: Any) -> float | None:
+    """The latest ``Power.Active.Import`` (without a phase) of a MeterValues list, in
+    kW (units ``W``, the default, or ``kW``); None when there is none. It becomes the
+    datagram's ``potencia_atual_kw``, so the broker sees what a charger in a site draws."""
+    kw: float | None = None
+    for mv in meter_value if isinstance(meter_value, list) else []:
+        samples = mv.get("sampled_value") if isinstance(mv, dict) else None
+        for sv in samples if isinstance(samples, list) else []:
+            if not isinstance(sv, dict) or sv.get("measurand") != POWER_MEASURAND:
+                continue
+            if sv.get("phase"):
+                continue
+            try:
+                value = float(sv.get("value"))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                continue
+            unit = sv.get("unit") or "W"
+            if math.isfinite(value) and value >= 0 and unit in ("W", "kW"):
+                kw = value / 1000.0 if unit == "W" else value
+    return kw
 
 
 def refusal(status: Any) -> str | None:

@@ -301,7 +301,12 @@ class SimCharger:
                                             "value": str(round(self.meter_wh)),
                                             "measurand": "Energy.Active.Import.Register",
                                             "unit": "Wh",
-                                        }
+                                        },
+                                        {
+                                            "value": str(round(power_w)),
+                                            "measurand": "Power.Active.Import",
+                                            "unit": "W",
+                                        },
                                     ],
                                 }
                             ],

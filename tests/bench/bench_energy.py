@@ -27,7 +27,7 @@ import zmq
 
 from broker.core.allocation import STEP_W, LimitOrder, SiteAllocator, allocate
 from common.codec import pack, unpack
-from tests.bench.bench_broker import _run_clients, metric, metrics_text, register_points
+from tests.bench.bench_broker import metric, metrics_text, register_points, run_clients
 from tests.support.credentials import curve_client_for
 from tests.support.procs import BrokerPorts, broker_ports, start_broker
 
@@ -208,7 +208,7 @@ def reservations(tmp: str, sites: bool, base: int) -> tuple[float, float]:
         register_points(ports, 0, 10_000)
         assert metric(metrics_text(ports), "evcharge_points_known") == 10_000
         cpu0 = _cpu_s(pid)
-        res = _run_clients(
+        res = run_clients(
             [
                 ("reserva", ports.vehicle, {"vehicles": RESERVING, "base": base + k * 10**6})
                 for k in range(2)

@@ -12,12 +12,26 @@ import pytest
 from tests.e2e.test_energy_sites import history
 from tests.e2e.test_ocpp_gateway import arrive, gateway_args, wait_estado
 from tests.support.ocpp_sims import SimLoop, sim_loop, write_chargers
-from tests.support.procs import BrokerPorts, Proc, free_port, running
+from tests.support.procs import BrokerPorts, Proc, free_port, running, start_broker_on_free_ports
 from tests.support.raw_clients import Vehicle, wait_for
 
 pytestmark = pytest.mark.e2e
 
 PRICE = 2.0
+#: The simulated charger runs 5000 times faster than real time: the broker's bound on
+#: metered energy (power x wall time) is scaled for it, with room.
+SPEED = 5000
+
+
+@pytest.fixture
+def broker(tmp_path: Path, ports: BrokerPorts) -> Iterator[tuple[Proc, BrokerPorts]]:
+    proc = start_broker_on_free_ports(
+        ports, str(tmp_path / "broker.db"), "--metered-time-scale", str(2 * SPEED)
+    )
+    try:
+        yield proc, ports
+    finally:
+        proc.stop()
 
 
 @pytest.fixture
@@ -39,7 +53,7 @@ def test_an_ocpp_charger_in_a_site_gets_its_profile_and_is_billed_by_the_meter(
             history(ports) as ask,
         ):
             url = f"ws://127.0.0.1:{ws_port}/ocpp"
-            sim = sims.add(url, "OE01", speed=5000, meter_every_s=0.1)
+            sim = sims.add(url, "OE01", speed=SPEED, meter_every_s=0.1)
             wait_estado(car, "OE01", "disponivel")
             reply = ask({"op": "set_site", "name": "yard", "limit_kw": 11, "points": ["OE01"]})
             assert reply.get("ok"), reply
@@ -57,6 +71,12 @@ def test_an_ocpp_charger_in_a_site_gets_its_profile_and_is_billed_by_the_meter(
             assert schedule["charging_rate_unit"] == "W"
             assert schedule["charging_schedule_period"][0]["limit"] == 11_000
             assert sim.limit_w == 11_000
+            # its MeterValues carry the power drawn: the broker sees 11 kW on the site
+            wait_for(
+                lambda: ask({"op": "sites"})["sites"][0]["drawn_kw"] == 11.0,
+                timeout=15,
+                what="the charger's power in the site's figures",
+            )
             bill = car.push("custo_final", timeout=60)["data"]
             metered_kwh = sim.completed[0]["meter_stop"] / 1000.0
             assert metered_kwh >= 36.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -76,6 +77,12 @@ class Roaming:
         )  # fmt: skip
         return out.stdout.split()
 
+    def tokens_of_vehicles(self) -> list[str]:
+        """Roaming driver ids whose vehicle token the OCPI store keeps."""
+        with contextlib.closing(sqlite3.connect(self.db)) as db:
+            rows = db.execute("SELECT vehicle_id FROM drivers WHERE vehicle_token IS NOT NULL")
+            return [r[0] for r in rows]
+
     def add_station(self, point_id: str, lat: float, lon: float, *extra: str) -> None:
         self.stations[point_id] = start(
             [
@@ -112,13 +119,15 @@ class Roaming:
         return dict(got.body)
 
 
-@pytest.fixture(scope="module")
-def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
-    tmp = tmp_path_factory.mktemp("ocpi")
+@contextlib.contextmanager
+def roaming_stack(tmp: Path, stations: dict[str, tuple[float, float, tuple[str, ...]]],
+                  *broker_extra: str) -> Iterator[Roaming]:  # fmt: skip
+    """Broker, ``stations``, ``ev-broker ocpi`` and an eMSP peer (not yet registered)."""
     ports = broker_ports()
     broker = start_broker(
-        ports, str(tmp / "broker.db"), "--offline-after", "1", "--offline-grace", "3"
-    )
+        ports, str(tmp / "broker.db"), "--offline-after", "1", "--offline-grace", "3",
+        *broker_extra,
+    )  # fmt: skip
     peer = EmspPeer(free_port())
     rfid = {**token_obj("RFID042"), "type": "RFID"}
     peer.tokens = [token_obj("TOK1"), token_obj("TOK2"), token_obj("BAD", valid=False), rfid]
@@ -128,9 +137,8 @@ def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
         ocpi_port = free_port()
         r = Roaming(ports, tmp, ocpi_port, peer, tmp / "ocpi.db", {}, OcpiClient("", None))
         r.cpo = OcpiClient(r.base, None)
-        r.add_station("RMA-1", -12.27, -38.97, *SLOW)
-        r.add_station("RMA-2", -12.2702, -38.9702, *FAST)
-        r.add_station("RMB", -12.30, -38.90, *FAST)
+        for pid, (lat, lon, extra) in stations.items():
+            r.add_station(pid, lat, lon, *extra)
         r.start_ocpi()
         yield r
     finally:
@@ -144,7 +152,22 @@ def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
 
 
 @pytest.fixture(scope="module")
+def roaming(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Roaming]:
+    stations = {
+        "RMA-1": (-12.27, -38.97, SLOW),
+        "RMA-2": (-12.2702, -38.9702, FAST),
+        "RMB": (-12.30, -38.90, FAST),
+    }
+    with roaming_stack(tmp_path_factory.mktemp("ocpi"), stations) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
 def registered(roaming: Roaming) -> Roaming:
+    return register(roaming)
+
+
+def register(roaming: Roaming) -> Roaming:
     """The eMSP registered with the CPO: token A -> its token B -> our token C."""
     out = roaming.cli("add", "peer")
     token_a = out.strip().rsplit(" ", 1)[-1]
@@ -540,3 +563,21 @@ def test_queued_pushes_survive_a_kill9_and_the_cdr_is_sent_once(registered: Roam
     )  # fmt: skip
     sent = peer.got(lambda x: x.path.endswith("/cdrs") and x.body["id"] == new["id"])
     assert len(sent) == 1 and len([c for c in cdrs_of("TOK1") if c["id"] == new["id"]]) == 1
+
+
+def test_roaming_drivers_register_when_the_broker_requires_it(tmp_path: Path) -> None:
+    stations = {"RQA": (-12.27, -38.97, FAST)}
+    with roaming_stack(tmp_path, stations, "--vehicle-auth", "required") as r:
+        register(r)
+        wait_for(lambda: r.cpo.call("GET", f"/{V}/locations/RQA")[0] == 200, 30, "RQA listed")
+        r.wait_status("RQA", "RQA", "AVAILABLE")
+
+        def cdrs() -> int:
+            return len(r.peer.got(lambda x: x.path.endswith("/cdrs")))
+
+        for n, ref in enumerate(("q1", "q2"), 1):  # registered once, then authenticated
+            body = start_cmd(r.peer, ref, "TOK1", "RQA", None)
+            assert r.command("START_SESSION", body)["result"] == "ACCEPTED"
+            assert r.result(ref)["result"] == "ACCEPTED"
+            wait_for(lambda n=n: cdrs() >= n, 30, f"CDR {n}")  # type: ignore[misc]
+        assert "ocpi.NLEMS.TOK1" in r.tokens_of_vehicles()

@@ -28,7 +28,7 @@ from tests.support.procs import (
     start_broker,
     start_broker_on_free_ports,
 )
-from tests.support.raw_clients import Vehicle, http_get, metric, wait_for
+from tests.support.raw_clients import Vehicle, http_get, kept_accounts, metric, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -260,7 +260,9 @@ def test_a_local_rfid_start_is_a_walk_in_session_billed_to_the_id_tag(
     try:
 
         def billed() -> list[dict[str, Any]]:
-            return list(driver.ask("custos")["data"]["sessoes"])
+            # the idTag's own account (never a vehicle's), as the broker keeps it
+            account = kept_accounts(broker[1]).get("idtag.RFID042") or {}
+            return list(account.get("sessoes") or [])
 
         wait_for(lambda: billed(), timeout=15, what="the walk-in session billed")
         (session,) = billed()
@@ -268,6 +270,7 @@ def test_a_local_rfid_start_is_a_walk_in_session_billed_to_the_id_tag(
         assert session["id_ponto_recarga"] == "OC02"
         assert session["energia_kwh"] == pytest.approx(metered_kwh, abs=1e-9)
         assert session["cost"] == pytest.approx(round(metered_kwh * PRICE, 2), abs=1e-9)
+        assert driver.ask("custos")["data"]["sessoes"] == []  # no vehicle id is billed
     finally:
         driver.close()
 

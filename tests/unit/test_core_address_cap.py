@@ -13,10 +13,12 @@ from common.messages import REQUEST_TYPES, VehicleRequest
 from tests.support.core_harness import Harness, wire
 
 
+# (ignored below) the reply is plain decoded JSON
 def reserve_from(h: Harness, vid: str, pid: str, address: str, conn: int = 7) -> dict:  # type: ignore[type-arg]
     data = msgspec.convert({"id_veiculo": vid, "id_ponto_recarga": pid}, REQUEST_TYPES["reserva"])
     fx = h.apply(h.core.handle_request(conn, vid, VehicleRequest("reserva", data), h.now, address))
     (reply,) = [e for e in fx if type(e).__name__ == "Reply"]
+    # (ignored below) reply data is a struct here; the test reads its wire form
     return {"type": reply.type, **wire(reply.data)}  # type: ignore[attr-defined]
 
 

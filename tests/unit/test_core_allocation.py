@@ -144,6 +144,7 @@ def test_a_blocked_session_is_held_at_zero() -> None:
     assert site.block("a")
     plan = site.reconcile(1.0, new_id)
     assert [(o.session_id, o.watts) for o in plan.orders] == [("a", 0)]
+    # (ignored below) the slot exists: the test just created it
     assert site.slot("a").state is SlotState.BLOCKED  # type: ignore[union-attr]
 
 
@@ -267,13 +268,16 @@ class AllocatorMachine(RuleBasedStateMachine):
         for kind, arg in self.log:
             t += 0.5
             if kind == "start":
+                # (ignored below) Hypothesis draws a tuple for this step kind
                 sid, nominal = arg  # type: ignore[misc]
                 replay.start(sid, "P" + sid, t, nominal, t, new_id)
             elif kind == "end":
                 replay.remove(arg)
             elif kind == "limit":
+                # (ignored below) Hypothesis draws an int for this step kind
                 replay.set_limit(int(arg) * 1000, 4200)  # type: ignore[call-overload]
             else:
+                # (ignored below) Hypothesis draws a tuple for this step kind
                 sid, fraction = arg  # type: ignore[misc]
                 slot = replay.slot(sid)
                 assert slot is not None

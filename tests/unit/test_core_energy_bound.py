@@ -21,6 +21,7 @@ def charging(h: Harness, vid: str = "CAR1") -> str:
     return h.start_charging(vid, battery=20, target=80, capacidade_kwh=60.0)
 
 
+# (ignored below) a list of effects of any kind
 def billed(h: Harness, fx: list) -> float:  # type: ignore[type-arg]
     (done,) = h.published(fx, "charging.completed")
     return float(done["energy_kwh"])
@@ -54,6 +55,7 @@ def test_a_station_silent_past_the_grace_is_billed_at_most_the_battery() -> None
     h = Harness()
     sid = charging(h)
     h.dgram("CP01", estado="carregando", session_id=sid, vehicle_id="CAR1", energia_kwh=700.0)
+    # (ignored below) a list of effects of any kind
     fx: list = []  # type: ignore[type-arg]
     for _ in range(400):  # the offline window, then the grace
         fx = h.tick(1.0)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from broker.core.sites import OVERDRAW_STRIKES, patterns_overlap
+from broker.core.site_defs import patterns_overlap
+from broker.core.sites import OVERDRAW_STRIKES
 from common.errors import SiteRefused
 from common.messages import Limit, Start
 from tests.support.core_harness import Harness

@@ -22,6 +22,7 @@ def store(tmp_path: Path) -> Iterator[OcpiStore]:
 def test_tokens_are_stored_hashed(store: OcpiStore, tmp_path: Path) -> None:
     store.add_partner("a", token_a="token-a-secret")
     assert b"token-a-secret" not in (tmp_path / "ocpi.db").read_bytes()
+    # (ignored below) the partner exists: the test just stored it
     assert store.partner_by_token(["nope", "token-a-secret"]).name == "a"  # type: ignore[union-attr]
     assert store.partners()[0].token_in == token_hash("token-a-secret")
     with pytest.raises(StoreError):

@@ -173,3 +173,23 @@ def test_a_limit_becomes_a_tx_profile_in_watts_for_both_versions() -> None:
     assert refusal("Accepted") is None
     assert refusal("NotSupported") == "limits_refused: SetChargingProfile answered NotSupported"
     assert refusal(None) is not None  # no answer: not taken
+
+
+def test_the_power_drawn_is_read_from_meter_values() -> None:
+    from station.ocpp.profiles import power_reading
+
+    def mv(*samples: dict[str, str]) -> list[dict[str, object]]:
+        return [{"timestamp": "2026-01-01T00:00:00Z", "sampled_value": list(samples)}]
+
+    assert power_reading(mv({"value": "11000", "measurand": "Power.Active.Import"})) == 11.0
+    assert (
+        power_reading(mv({"value": "7.4", "measurand": "Power.Active.Import", "unit": "kW"})) == 7.4
+    )
+    assert power_reading(mv({"value": "100", "measurand": "Energy.Active.Import.Register"})) is None
+    assert (
+        power_reading(mv({"value": "3000", "measurand": "Power.Active.Import", "phase": "L1"}))
+        is None
+    )
+    assert power_reading(mv({"value": "nan", "measurand": "Power.Active.Import"})) is None
+    assert power_reading(mv({"value": "-5", "measurand": "Power.Active.Import"})) is None
+    assert power_reading("junk") is None

@@ -28,6 +28,7 @@ from broker.consumers.plumbing import (
 )
 from common.cli import CONTEXT, BrokerOpt
 from common.errors import StoreError
+from common.ports import EVENTS_PORT, HISTORY_PORT, VEHICLE_PORT
 
 DEFAULT_DB = Path("var/ocpi.db")
 
@@ -62,102 +63,127 @@ def _local_zone() -> str:
     return target.split("zoneinfo/", 1)[-1] if "zoneinfo/" in target else "UTC"
 
 
+OcpiHostOpt = Annotated[
+    str, typer.Option("--host", envvar="EV_OCPI_HOST", help="Address to listen on.")
+]
+
+OcpiPortOpt = Annotated[
+    int, typer.Option("--port", envvar="EV_OCPI_PORT", min=0, max=65535, help="HTTP port.")
+]
+
+OcpiPublicUrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--public-url",
+        envvar="EV_OCPI_PUBLIC_URL",
+        help="Base URL partners reach this server at (default http://HOST:PORT).",
+    ),
+]
+
+OcpiPartyOpt = Annotated[
+    str,
+    typer.Option("--party", envvar="EV_OCPI_PARTY", help="This CPO's country code and party id."),
+]
+
+OcpiCountryOpt = Annotated[
+    str,
+    typer.Option(
+        "--country", envvar="EV_OCPI_COUNTRY", help="ISO 3166 alpha-3 country of Locations."
+    ),
+]
+
+OcpiCityOpt = Annotated[
+    str, typer.Option("--city", envvar="EV_OCPI_CITY", help="City shown on Locations.")
+]
+
+OcpiOperatorNameOpt = Annotated[
+    str, typer.Option("--operator-name", envvar="EV_OCPI_OPERATOR", help="Operator name.")
+]
+
+OcpiVehiclePortOpt = Annotated[
+    int,
+    typer.Option(
+        "--vehicle-port",
+        envvar="EV_VEHICLE_PORT",
+        min=1,
+        max=65535,
+        help="The broker's vehicle port (commands are carried out as vehicles).",
+    ),
+]
+
+OcpiBackoffOpt = Annotated[
+    float,
+    typer.Option(
+        "--retry-initial",
+        envvar="EV_OCPI_RETRY_INITIAL",
+        min=0.01,
+        help="First retry delay of a failed push, seconds (doubles each time).",
+    ),
+]
+
+OcpiBackoffMaxOpt = Annotated[
+    float,
+    typer.Option(
+        "--retry-max",
+        envvar="EV_OCPI_RETRY_MAX",
+        min=0.01,
+        help="Longest retry delay of a failed push, seconds.",
+    ),
+]
+
+OcpiPipelineOpt = Annotated[
+    int,
+    typer.Option(
+        "--push-pipeline",
+        envvar="EV_OCPI_PUSH_PIPELINE",
+        min=1,
+        max=256,
+        help="Pushes written ahead of their answers on one connection (1: no pipelining).",
+    ),
+]
+
+OcpiSessionRefreshOpt = Annotated[
+    float,
+    typer.Option(
+        "--session-refresh",
+        envvar="EV_OCPI_SESSION_REFRESH",
+        min=0.1,
+        help="How often running roaming sessions' kWh are sent to their eMSP, seconds.",
+    ),
+]
+
+OcpiTokenPullOpt = Annotated[
+    float,
+    typer.Option(
+        "--token-pull",
+        envvar="EV_OCPI_TOKEN_PULL",
+        min=0.1,
+        help="How often eMSP tokens are pulled, seconds.",
+    ),
+]
+
+
 @ocpi_app.callback()
 def ocpi(
     ctx: typer.Context,
     broker: BrokerOpt = "127.0.0.1",
-    events_port: EventsPortOpt = 5556,
-    history_port: HistoryPortOpt = 5557,
+    events_port: EventsPortOpt = EVENTS_PORT,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     credentials: CredentialsOpt = None,
     db: DbOpt = DEFAULT_DB,
-    host: Annotated[
-        str, typer.Option("--host", envvar="EV_OCPI_HOST", help="Address to listen on.")
-    ] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option("--port", envvar="EV_OCPI_PORT", min=0, max=65535, help="HTTP port.")
-    ] = 8095,
-    public_url: Annotated[
-        str,
-        typer.Option(
-            "--public-url",
-            envvar="EV_OCPI_PUBLIC_URL",
-            help="Base URL partners reach this server at (default http://HOST:PORT).",
-        ),
-    ] = "",
-    party: Annotated[
-        str,
-        typer.Option(
-            "--party", envvar="EV_OCPI_PARTY", help="This CPO's country code and party id."
-        ),
-    ] = "BR-EVC",
-    country: Annotated[
-        str,
-        typer.Option(
-            "--country", envvar="EV_OCPI_COUNTRY", help="ISO 3166 alpha-3 country of Locations."
-        ),
-    ] = "BRA",
-    city: Annotated[
-        str, typer.Option("--city", envvar="EV_OCPI_CITY", help="City shown on Locations.")
-    ] = "-",
-    operator_name: Annotated[
-        str, typer.Option("--operator-name", envvar="EV_OCPI_OPERATOR", help="Operator name.")
-    ] = "evcharge",
-    vehicle_port: Annotated[
-        int,
-        typer.Option(
-            "--vehicle-port",
-            envvar="EV_VEHICLE_PORT",
-            min=1,
-            max=65535,
-            help="The broker's vehicle port (commands are carried out as vehicles).",
-        ),
-    ] = 8081,
-    backoff: Annotated[
-        float,
-        typer.Option(
-            "--retry-initial",
-            envvar="EV_OCPI_RETRY_INITIAL",
-            min=0.01,
-            help="First retry delay of a failed push, seconds (doubles each time).",
-        ),
-    ] = 1.0,
-    backoff_max: Annotated[
-        float,
-        typer.Option(
-            "--retry-max",
-            envvar="EV_OCPI_RETRY_MAX",
-            min=0.01,
-            help="Longest retry delay of a failed push, seconds.",
-        ),
-    ] = 60.0,
-    pipeline: Annotated[
-        int,
-        typer.Option(
-            "--push-pipeline",
-            envvar="EV_OCPI_PUSH_PIPELINE",
-            min=1,
-            max=256,
-            help="Pushes written ahead of their answers on one connection (1: no pipelining).",
-        ),
-    ] = 32,
-    session_refresh: Annotated[
-        float,
-        typer.Option(
-            "--session-refresh",
-            envvar="EV_OCPI_SESSION_REFRESH",
-            min=0.1,
-            help="How often running roaming sessions' kWh are sent to their eMSP, seconds.",
-        ),
-    ] = 10.0,
-    token_pull: Annotated[
-        float,
-        typer.Option(
-            "--token-pull",
-            envvar="EV_OCPI_TOKEN_PULL",
-            min=0.1,
-            help="How often eMSP tokens are pulled, seconds.",
-        ),
-    ] = 300.0,
+    host: OcpiHostOpt = "127.0.0.1",
+    port: OcpiPortOpt = 8095,
+    public_url: OcpiPublicUrlOpt = "",
+    party: OcpiPartyOpt = "BR-EVC",
+    country: OcpiCountryOpt = "BRA",
+    city: OcpiCityOpt = "-",
+    operator_name: OcpiOperatorNameOpt = "evcharge",
+    vehicle_port: OcpiVehiclePortOpt = VEHICLE_PORT,
+    backoff: OcpiBackoffOpt = 1.0,
+    backoff_max: OcpiBackoffMaxOpt = 60.0,
+    pipeline: OcpiPipelineOpt = 32,
+    session_refresh: OcpiSessionRefreshOpt = 10.0,
+    token_pull: OcpiTokenPullOpt = 300.0,
 ) -> None:
     """Serve OCPI 2.2.1 as a CPO: versions, credentials, locations, tariffs, sessions,
     cdrs, commands, tokens (see docs/ocpi.md)."""

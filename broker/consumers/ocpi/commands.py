@@ -190,6 +190,7 @@ class Commander:
         except Exception as exc:  # the eMSP still gets an answer
             log.exception("command %s failed", type(cmd).__name__)
             result, msg = "FAILED", type(exc).__name__
+        # (ignored below) the result text is one of the OCPI literals, checked above
         body = encode(CommandResult(result=result, message=_text(msg) if msg else None))  # type: ignore[arg-type]
         self.store.enqueue([Push(partner.name, "POST", cmd.response_url, body)])
         self.kick(partner.name)

@@ -165,4 +165,6 @@ class Client:
     async def close(self) -> None:
         for conn in self._conns.values():
             conn.close()
+            with contextlib.suppress(Exception):
+                await conn.writer.wait_closed()
         self._conns.clear()

@@ -319,6 +319,7 @@ class Driver:
             country_code=self.country_code,
             party_id=self.party_id,
             uid=self.uid,
+            # (ignored below) the token type is validated on decode; the struct field is a Literal
             type=self.type,  # type: ignore[arg-type]
             contract_id=self.contract_id,
         )
@@ -343,6 +344,7 @@ def session_of(
         end_date_time=format_timestamp(_epoch(data.get("ended_at"), now)) if completed else None,
         kwh=round(kwh, 3),
         cdr_token=d.cdr_token(),
+        # (ignored below) the auth method is one of the OCPI literals (set by the mapping)
         auth_method=d.auth_method,  # type: ignore[arg-type]
         authorization_reference=d.authorization_reference,
         location_id=location_id_of(pid),
@@ -408,6 +410,7 @@ def cdr_of(
         end_date_time=format_timestamp(ended),
         session_id=ocpi_id(str(data.get("session_id"))),
         cdr_token=d.cdr_token(),
+        # (ignored below) the auth method is one of the OCPI literals (set by the mapping)
         auth_method=d.auth_method,  # type: ignore[arg-type]
         authorization_reference=d.authorization_reference,
         cdr_location=location,

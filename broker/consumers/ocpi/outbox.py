@@ -98,6 +98,16 @@ class Outbox:
         await self.client.close()
 
     async def _drain(self, partner: str) -> None:
+        while True:
+            try:
+                await self._drain_some(partner)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop this partner's pushes for good
+                log.exception("outbox of %s", partner)
+                await asyncio.sleep(self.backoff_max)
+
+    async def _drain_some(self, partner: str) -> None:
         wake = self._wake[partner]
         while True:
             wake.clear()

@@ -65,6 +65,7 @@ from broker.consumers.subscriber import Endpoint as BusEndpoint
 from broker.consumers.subscriber import HistoryClient, Subscriber
 from common.errors import TransportError
 from common.messages import BusEvent
+from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class OcpiConfig:
     public_url: str  # e.g. http://127.0.0.1:8095 (no trailing slash)
     site: Site = field(default_factory=Site)
     vehicle_host: str = "127.0.0.1"
-    vehicle_port: int = 8081
+    vehicle_port: int = VEHICLE_PORT
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     token_pull_s: float = 300.0
@@ -341,6 +342,7 @@ class OcpiService:
 
     def endpoints(self) -> list[Endpoint]:
         return [
+            # (ignored below) module identifiers and roles come from the OCPI literal tables
             Endpoint(identifier=i, role=r, url=f"{self.cfg.base}/{i}")  # type: ignore[arg-type]
             for i, r in CPO_MODULES
         ]

@@ -27,6 +27,7 @@ from broker.consumers.billing.ledger import Account, Bill
 from broker.consumers.billing.worker import report_csv
 from broker.consumers.web.auth import ASGIApp, TokenGate
 from broker.consumers.web.feed import ConsoleFeed, Refused
+from broker.consumers.web.guard import BrowserRules, ConnectionGuard
 from broker.consumers.web.schemas import (
     AvailabilityIn,
     AvailabilityOut,
@@ -304,6 +305,18 @@ def create_app(feed: ConsoleFeed, *, tiles: str = DEFAULT_TILES) -> Litestar:
     return app
 
 
-def build(feed: ConsoleFeed, token: str, *, tiles: str = DEFAULT_TILES) -> ASGIApp:
-    """The application behind its token gate, ready for uvicorn."""
-    return TokenGate(create_app(feed, tiles=tiles), token)
+def build(
+    feed: ConsoleFeed,
+    token: str,
+    *,
+    tiles: str = DEFAULT_TILES,
+    allowed_origins: tuple[str, ...] = (),
+    guard: ConnectionGuard | None = None,
+) -> ASGIApp:
+    """The application behind its token gate and the browser rules, ready for uvicorn."""
+    gate = TokenGate(
+        create_app(feed, tiles=tiles),
+        token,
+        on_authenticated=guard.authenticated if guard is not None else None,
+    )
+    return BrowserRules(gate, allowed_origins)
