@@ -237,9 +237,9 @@ def test_core_kill9_during_trips_every_request_answered_once_nothing_lost(
         assert len(by_vehicle) == len(set(by_vehicle)), "a reservation applied twice"
         assert {c["reservation_id"] for c in created} >= set(reserved.values())
         starts = [e["data"] for e in events if e["topic"] == "charging.started"]
-        # (a start restored after the crash and finished by the station before the
-        # vehicle's resend is not recognised by that resend: docs/architecture.md)
         assert {s["session_id"] for s in starts} >= set(started.values())
+        by_starter = [s["vehicle_id"] for s in starts]
+        assert len(by_starter) == len(set(by_starter)), "a start applied twice"
         bills = [e["data"]["session_id"] for e in events if e["topic"] == "charging.completed"]
         assert len(bills) == len(set(bills)), "a session billed twice"
 
