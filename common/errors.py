@@ -71,6 +71,12 @@ class Unauthenticated(ProtocolError):
     code = "unauthenticated"
 
 
+class Unavailable(ProtocolError):
+    """A vehicle gateway could not reach the core within its ``--core-wait``."""
+
+    code = "unavailable"
+
+
 class RateLimited(ProtocolError):
     """Too many failed attempts from one address: refused for a while."""
 
@@ -114,10 +120,21 @@ class ConfigError(EVError):
     code = "config"
 
 
+class SiteRefused(EVError):
+    """A site definition the broker does not take (energy.md): nothing is stored."""
+
+    code = "site_refused"
+
+
 class StoreError(EVError):
     """The database cannot be used: corrupt, locked by another broker, newer schema."""
 
     code = "store"
+
+
+class LedgerUnavailable(StoreError):
+    """The ledger's database server cannot be reached now (restarting, cut off): the
+    write did not happen and may be tried again once it is back."""
 
 
 class TransportError(EVError):
@@ -147,10 +164,101 @@ class RequestTimeout(TransportError):
     code = "timeout"
 
 
+class HistoryRefused(TransportError):
+    """The history ROUTER answered ``{"error": reason}`` (protocol.md, history)."""
+
+    code = "history_refused"
+
+    def __init__(self, op: object, reason: str) -> None:
+        super().__init__(f"history refused {op!r}: {reason}")
+        self.reason = reason
+
+    @property
+    def forbidden(self) -> bool:
+        """An access refusal: the wire gives those as ``forbidden: ...``."""
+        return self.reason.startswith("forbidden")
+
+
 class StationProtocolError(EVError):
     """A malformed or unexpected station message (ZeroMQ or UDP)."""
 
     code = "station_protocol"
+
+
+class MalformedMessage(StationProtocolError):
+    """A station message or datagram that is not JSON / msgpack at all."""
+
+    code = "malformed"
+
+
+class InvalidMessage(StationProtocolError):
+    """A station message or datagram that decodes but breaks its schema; ``field`` says where."""
+
+    code = "invalid"
+
+
+class OversizedMessage(StationProtocolError):
+    """A datagram larger than the protocol allows."""
+
+    code = "oversized"
+
+
+# --- station input the core refuses (``Rejected`` effects; metrics label ``reason``) ---
+
+
+class StationInputRefused(StationProtocolError):
+    """A well-formed station message the core refuses; ``code`` is the metrics reason."""
+
+    code = "refused"
+
+
+class StaleDatagram(StationInputRefused):
+    """A datagram not newer (boot, seq) than what its point already sent."""
+
+    code = "stale"
+
+
+class ReplayedDatagram(StationInputRefused):
+    """A signed datagram not newer than the last accepted signed one of its point."""
+
+    code = "replayed"
+
+
+class NotSessionOwner(StationInputRefused):
+    """A point completing a session another point runs."""
+
+    code = "not_session_owner"
+
+
+class NotCommandOwner(StationInputRefused):
+    """A point acking a command sent to another point."""
+
+    code = "not_command_owner"
+
+
+class FiguresOutOfBounds(StationInputRefused):
+    """A completion whose figures are impossible for its session."""
+
+    code = "figures"
+
+
+class EnergyAboveBound(StationInputRefused):
+    """A session's reported energy above its bound (the battery, or power x time): the
+    excess is not billed; the session is billed up to the bound."""
+
+    code = "energy_above_bound"
+
+
+class LimitRefused(StationInputRefused):
+    """A station refused a ``limit`` command (energy.md): the higher limit stays in force."""
+
+    code = "limit_refused"
+
+
+class Overdraw(StationInputRefused):
+    """A session drew more than its limit in force + 5 % (energy.md)."""
+
+    code = "overdraw"
 
 
 class BadBrokerFrame(StationProtocolError):
@@ -210,5 +318,6 @@ def error_for_code(code: str, message: str = "", field: str | None = None) -> EV
     cls: type[EVError] = _WIRE_ERRORS.get(code) or _REFUSALS.get(code) or RequestRefused
     err = cls(message, field=field)
     if cls is RequestRefused:
+        # (ignored below) code is a ClassVar; an unknown refusal code is kept on the instance
         err.code = code  # type: ignore[misc]
     return err

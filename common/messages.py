@@ -43,6 +43,8 @@ PowerKw = Annotated[float, Meta(gt=0.0, le=1000.0)]
 PriceKwh = Annotated[float, Meta(ge=0.0, le=100.0)]
 EnergyKwh = Annotated[float, Meta(ge=0.0, le=MAX_CAPACITY_KWH)]
 IntervalS = Annotated[float, Meta(gt=0.0, le=3600.0)]
+#: What a station draws now, or the most it may draw (energy.md): 0 pauses.
+DrawnKw = Annotated[float, Meta(ge=0.0, le=1000.0)]
 EpochOrText = Annotated[float, Meta(ge=0.0, le=1e11)] | str
 
 
@@ -219,6 +221,7 @@ class StatusDatagram(Struct, kw_only=True, frozen=True):
     seq: int | None = None
     interval_s: IntervalS | None = None
     ts: float | str | None = None
+    potencia_atual_kw: DrawnKw | None = None  # what the session draws now (energy.md)
 
 
 # --- station <-> broker over ZeroMQ (msgpack maps with a ``type`` key) ------------------
@@ -232,16 +235,23 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     preco_kwh: PriceKwh = 2.0
     boot_id: str = ""
     interval_s: IntervalS = 2.0
+    limites: bool = False  # the station obeys ``limit`` commands (energy.md)
 
 
-class Heartbeat(Struct, tag="heartbeat", tag_field="type", frozen=True):
-    pass
+#: The point a message is about, on a connection that carries several points (or whose
+#: routing id is not the point id): docs/station.md "Routing". Omitted on the wire when unset.
+RoutedPoint = PointId | UnsetType
+
+
+class Heartbeat(Struct, tag="heartbeat", tag_field="type", kw_only=True, frozen=True):
+    id: RoutedPoint = UNSET
 
 
 class Ack(Struct, tag="ack", tag_field="type", kw_only=True, frozen=True):
     cmd_id: str
     ok: bool
     error: str | None = None
+    id: RoutedPoint = UNSET
 
 
 class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=True, frozen=True):
@@ -255,6 +265,7 @@ class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=
     reason: Literal["target_reached", "stopped", "fault"] = "target_reached"
     # energy read from the charger's meter (OCPP gateway): billed instead of the levels
     energia_medida_kwh: EnergyKwh | None = None
+    id: RoutedPoint = UNSET
 
 
 StationToBroker = Hello | Heartbeat | Ack | SessionComplete
@@ -262,6 +273,7 @@ StationToBroker = Hello | Heartbeat | Ack | SessionComplete
 
 class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True, frozen=True):
     heartbeat_s: float = 1.0
+    id: RoutedPoint = UNSET
 
 
 class Hold(Struct, tag="hold", tag_field="type", kw_only=True, frozen=True):
@@ -269,11 +281,13 @@ class Hold(Struct, tag="hold", tag_field="type", kw_only=True, frozen=True):
     reservation_id: str
     vehicle_id: str
     until: float
+    id: RoutedPoint = UNSET
 
 
 class Release(Struct, tag="release", tag_field="type", kw_only=True, frozen=True):
     cmd_id: str
     reservation_id: str
+    id: RoutedPoint = UNSET
 
 
 class Start(Struct, tag="start", tag_field="type", kw_only=True, frozen=True):
@@ -283,18 +297,31 @@ class Start(Struct, tag="start", tag_field="type", kw_only=True, frozen=True):
     nivel_bateria: float
     nivel_carregar: float
     capacidade_kwh: float
+    kw: DrawnKw | None = None  # the session's first limit on a site (None: unlimited)
+    id: RoutedPoint = UNSET
+
+
+class Limit(Struct, tag="limit", tag_field="type", kw_only=True, frozen=True):
+    """The most the session may draw from now on (energy.md); ``kw`` 0 pauses it."""
+
+    cmd_id: str
+    session_id: str
+    kw: DrawnKw
+    id: RoutedPoint = UNSET
 
 
 class Stop(Struct, tag="stop", tag_field="type", kw_only=True, frozen=True):
     cmd_id: str
     session_id: str
+    id: RoutedPoint = UNSET
 
 
 class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, frozen=True):
     session_id: str
+    id: RoutedPoint = UNSET
 
 
-BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck
+BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Limit | Stop | SessionAck
 
 # --- event bus and history ------------------------------------------------------------
 
@@ -314,6 +341,11 @@ TOPICS: Final = (
     "vehicle.connected",
     "vehicle.disconnected",
     "vehicle.low_battery",
+    "site.updated",
+    "site.allocation",
+    "site.overdraw",
+    "charging.paused",
+    "charging.resumed",
 )
 
 
@@ -329,20 +361,26 @@ class BusEvent(Struct, frozen=True):
 MAX_HISTORY_LIMIT: Final = 1000
 
 
-class HistorySince(Struct, tag="since", tag_field="op", frozen=True):
+class HistorySince(Struct, tag="since", tag_field="op", frozen=True, forbid_unknown_fields=True):
     seq: Annotated[int, Meta(ge=0)] = 0
     limit: Annotated[int, Meta(ge=1)] = MAX_HISTORY_LIMIT
 
 
-class HistorySnapshot(Struct, tag="snapshot", tag_field="op", frozen=True):
+class HistorySnapshot(
+    Struct, tag="snapshot", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     pass
 
 
-class HistoryAccounts(Struct, tag="accounts", tag_field="op", frozen=True):
+class HistoryAccounts(
+    Struct, tag="accounts", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     """Every vehicle's statement (for reconciliation)."""
 
 
-class HistorySetAvailability(Struct, tag="set_availability", tag_field="op", frozen=True):
+class HistorySetAvailability(
+    Struct, tag="set_availability", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     """An operator takes a point out of service or back (rules.md "Out of service").
 
     The fields are checked by the history edge, which words each refusal.
@@ -353,8 +391,45 @@ class HistorySetAvailability(Struct, tag="set_availability", tag_field="op", fro
     reason: Any = ""
 
 
-HistoryRequest = HistorySince | HistorySnapshot | HistoryAccounts | HistorySetAvailability
-HISTORY_OPS: Final = ("since", "snapshot", "accounts", "set_availability")
+class HistorySites(Struct, tag="sites", tag_field="op", frozen=True, forbid_unknown_fields=True):
+    """Every site with its limit, points and current allocation (energy.md)."""
+
+
+class HistorySetSite(
+    Struct, tag="set_site", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    """An operator defines or changes a site; checked by the core, which words refusals."""
+
+    name: Any = None
+    limit_kw: Any = None
+    points: Any = None
+    min_kw: Any = None
+
+
+class HistoryRemoveSite(
+    Struct, tag="remove_site", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    name: Any = None
+
+
+HistoryRequest = (
+    HistorySince
+    | HistorySnapshot
+    | HistoryAccounts
+    | HistorySetAvailability
+    | HistorySites
+    | HistorySetSite
+    | HistoryRemoveSite
+)
+HISTORY_OPS: Final = (
+    "since",
+    "snapshot",
+    "accounts",
+    "set_availability",
+    "sites",
+    "set_site",
+    "remove_site",
+)
 
 
 def to_builtins(obj: Any) -> Any:

@@ -21,6 +21,11 @@ runner issues the credentials its own processes need (once; later runs reuse
 them) into ``./var/credentials`` (:func:`provision_credentials`): a station
 credential for the fleet's ``CP*`` points and consumer credentials for the
 billing worker, the tail and the monitor.
+
+Once the broker is ready the fleet is split into two sites, ``north`` and
+``south`` (:func:`site_commands`, docs/energy.md), each limited to 10 kW per
+point, below the points' 50 kW: every session is limited, and sessions on the
+same site visibly share its power in the console.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ from types import FrameType
 from typing import IO, Final
 
 from common.geo import DEMO_CENTER
+from common.ports import (
+    EVENTS_PORT,
+    HISTORY_PORT,
+    HTTP_PORT,
+    STATION_PORT,
+    STATUS_PORT,
+    VEHICLE_PORT,
+    WEB_PORT,
+)
+from station.fleet import station_id
 
 CENTER: Final = DEMO_CENTER  # Feira de Santana, Bahia
 BIND_HOST: Final = "127.0.0.1"
@@ -51,12 +66,12 @@ READY_TIMEOUT_S: Final = 30.0
 POLL_S: Final = 0.2
 
 PORT_DEFAULTS: Final = {
-    "vehicle": ("EV_VEHICLE_PORT", 8081),
-    "status": ("EV_STATUS_PORT", 8082),
-    "station": ("EV_STATION_PORT", 5555),
-    "events": ("EV_EVENTS_PORT", 5556),
-    "history": ("EV_HISTORY_PORT", 5557),
-    "http": ("EV_HTTP_PORT", 8090),
+    "vehicle": ("EV_VEHICLE_PORT", VEHICLE_PORT),
+    "status": ("EV_STATUS_PORT", STATUS_PORT),
+    "station": ("EV_STATION_PORT", STATION_PORT),
+    "events": ("EV_EVENTS_PORT", EVENTS_PORT),
+    "history": ("EV_HISTORY_PORT", HISTORY_PORT),
+    "http": ("EV_HTTP_PORT", HTTP_PORT),
 }
 
 
@@ -68,12 +83,12 @@ class ConfigError(ValueError):
 class Ports:
     """The broker's six ports."""
 
-    vehicle: int = 8081
-    status: int = 8082
-    station: int = 5555
-    events: int = 5556
-    history: int = 5557
-    http: int = 8090
+    vehicle: int = VEHICLE_PORT
+    status: int = STATUS_PORT
+    station: int = STATION_PORT
+    events: int = EVENTS_PORT
+    history: int = HISTORY_PORT
+    http: int = HTTP_PORT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
@@ -110,7 +125,7 @@ class Settings:
     speed: float = 60.0
     seed: int = 1
     python: str = sys.executable
-    web_port: int = 8088
+    web_port: int = WEB_PORT
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,13 @@ CREDENTIALS: Final = {
     "run-tail": ("consumer", None),
     "run-monitor": ("consumer", None),
     "run-web": ("operator", None),
+    "run-sites": ("operator", None),
 }
+
+#: The demo's two sites (docs/energy.md): each takes half the fleet and a limit of
+#: this many kW per point, below the points' 50 kW, so that sessions share power.
+SITE_KW_PER_POINT: Final = 10.0
+SITE_NAMES: Final = ("north", "south")
 
 
 def credential_path(s: Settings, name: str) -> Path:
@@ -211,6 +232,27 @@ def service_specs(s: Settings) -> list[Spec]:
     ]  # fmt: skip
 
 
+def site_commands(s: Settings) -> list[list[str]]:
+    """``ev-broker sites set`` for the demo's two sites: the fleet's first half of
+    points in one, the rest in the other (one site when the fleet has one station)."""
+    ids = [station_id("CP", n) for n in range(1, s.stations + 1)]
+    half = max(1, (len(ids) + 1) // 2)
+    groups = [g for g in (ids[:half], ids[half:]) if g]
+    p = s.ports
+    commands = []
+    for name, group in zip(SITE_NAMES, groups, strict=False):
+        points = [arg for pid in group for arg in ("--points", pid)]
+        limit = max(SITE_KW_PER_POINT * len(group), 5.0)
+        commands.append(
+            [
+                s.python, "-m", "broker", "sites", "set", name, "--limit-kw", f"{limit:g}",
+                *points, "--broker", BIND_HOST, "--history-port", str(p.history),
+                "--credentials", str(credential_path(s, "run-sites")),
+            ]
+        )  # fmt: skip
+    return commands
+
+
 def vehicle_spec(s: Settings, index: int, trip: int, rng: random.Random) -> Spec:
     """Vehicle ``index`` (1-based) on its ``trip``-th drive: a random start near the center."""
     lat = CENTER[0] + rng.uniform(-0.04, 0.04)
@@ -236,10 +278,10 @@ def hints(s: Settings) -> list[str]:
         "--credentials",
         str(credential_path(s, "run-monitor")),
     ]
-    if (p.events, p.history) != (5556, 5557):
+    if (p.events, p.history) != (EVENTS_PORT, HISTORY_PORT):
         mon += ["--events-port", str(p.events), "--history-port", str(p.history)]
     veh = [str(bin_dir / "ev-vehicle"), "--id", "ME"]
-    if p.vehicle != 8081:
+    if p.vehicle != VEHICLE_PORT:
         veh += ["--port", str(p.vehicle)]
     return [
         f"live view of all points:   {' '.join(mon)}",
@@ -411,6 +453,7 @@ class Runner:
                     self.say(line)
                 if spec.name == "broker":
                     start_seq = last_seq(line)
+                    self._define_sites()
         now = time.monotonic()
         for i in range(1, self.s.vehicles + 1):
             self.next_trip[i] = (now + self.s.stagger_s * i, 1)
@@ -425,6 +468,17 @@ class Runner:
             self._drive_vehicles(time.monotonic())
             time.sleep(POLL_S)
         return 0
+
+    def _define_sites(self) -> None:
+        """Put the demo fleet in two sites whose limits bind (docs/energy.md)."""
+        for argv in site_commands(self.s):
+            done = subprocess.run(
+                argv, env=dict(self.env), capture_output=True, text=True, timeout=60, check=False
+            )
+            said = (done.stdout or done.stderr).strip()
+            if done.returncode != 0:
+                raise RuntimeError(f"defining a demo site failed: {said}")
+            self.say(said)
 
     def _drive_vehicles(self, now: float) -> None:
         for i, child in list(self.vehicles.items()):
@@ -484,7 +538,7 @@ def settings_from(argv: list[str] | None, env: Mapping[str, str]) -> Settings:
             raise ConfigError("--vehicles must be 0-1000")
         vehicles = args.vehicles
     var_dir = args.var or Path(env.get("EV_RUN_VAR", "").strip() or "var")
-    web_port = _env_int(env, "EV_WEB_PORT", 8088, 1, 65535)
+    web_port = _env_int(env, "EV_WEB_PORT", WEB_PORT, 1, 65535)
     return Settings(
         ports=Ports.from_env(env),
         var_dir=var_dir,

@@ -28,7 +28,8 @@ from common import runner
 from common.codec import decode_broker_message, encode_datagram, pack
 from common.credentials import Credential, sign_datagram
 from common.errors import BadBrokerFrame, StationProtocolError
-from common.messages import Heartbeat, Hold, Release, SessionAck, Start, Stop, Welcome
+from common.messages import Heartbeat, Hold, Limit, Release, SessionAck, Start, Stop, Welcome
+from common.ports import STATION_PORT, STATUS_PORT
 from station.links import Link
 from station.sim import Charger, Step
 
@@ -45,8 +46,8 @@ HOUSEKEEPING_S: Final = 0.25
 @dataclass
 class HostConfig:
     broker: str = "127.0.0.1"
-    status_port: int = 8082
-    station_port: int = 5555
+    status_port: int = STATUS_PORT
+    station_port: int = STATION_PORT
     interval_s: float = 2.0
     heartbeat_s: float = 1.0
     silence_s: float = 5.0
@@ -191,11 +192,21 @@ class Host:
             self._apply(i, step, now)
 
     def rehello(self, point_id: str, now: float) -> None:
-        """Say ``hello`` for this station again soon (it came back online)."""
+        """Say ``hello`` for this station again now (it came back online).
+
+        At once rather than at the next housekeeping: the broker routes a point's
+        commands only to a connection that said hello for it, and the datagram saying
+        the point is free goes out at once too.
+        """
         i = self._index.get(point_id)
         if i is not None:
             self._hello_due[i] = now
             self._last_heard[i] = now
+            if self._link is not None and self.chargers[i].online:
+                sent = self._send(
+                    i, self.chargers[i].hello(self.boot_id, self.config.interval_s), now
+                )
+                self._hello_due[i] = now + (self.config.silence_s if sent else HELLO_RETRY_S)
 
     # --- one turn of the loop ---------------------------------------------------------
 
@@ -254,7 +265,7 @@ class Host:
                 c.handle(msg, now)
                 if not c.pending:
                     self._pending.discard(i)
-            case Hold() | Release() | Start() | Stop():
+            case Hold() | Release() | Start() | Limit() | Stop():
                 if self.config.mute_commands:
                     self.counters.muted += 1
                     log.info(

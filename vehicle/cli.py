@@ -20,7 +20,16 @@ import typer
 from rich.console import Console
 
 from common import runner
-from common.cli import BrokerOpt, new_app, run, version_option
+from common.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    BrokerOpt,
+    new_app,
+    run,
+    version_option,
+)
 from common.errors import (
     ConfigError,
     EVError,
@@ -30,16 +39,14 @@ from common.errors import (
     TransportError,
 )
 from common.geo import DEMO_CENTER
+from common.ports import VEHICLE_PORT
 from common.runner import Interrupted
 from vehicle import render
 from vehicle.client import VehicleClient
 from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
 from vehicle.settings import Settings
 
-EXIT_OK: Final = 0
-EXIT_REFUSED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_UNREACHABLE: Final = 3
+EXIT_REFUSED: Final = EXIT_FAILED  # the broker refused the request
 PROG: Final = "ev-vehicle"
 EXIT_CODES: Final = (
     (EXIT_OK, "success"),
@@ -170,7 +177,7 @@ def main_options(
             max=65535,
             help="The broker's vehicle TCP port (ev-broker serve --vehicle-port).",
         ),
-    ] = 8081,
+    ] = VEHICLE_PORT,
     vehicle_id: Annotated[
         str | None,
         typer.Option("--id", envvar=_env("ID"), help="Vehicle id (default: a stored stable id)."),
@@ -512,58 +519,73 @@ def drive(
     execute(ctx, work, lambda con, data: con.print(render.bill_table(data)))
 
 
+SwarmCountOpt = Annotated[
+    int,
+    typer.Option("--count", envvar="EV_SWARM_COUNT", min=1, max=100000, help="Simulated vehicles."),
+]
+
+SwarmDurationOpt = Annotated[
+    float,
+    typer.Option("--duration", envvar="EV_SWARM_DURATION", min=0.1, help="Seconds to run."),
+]
+
+SwarmRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rate", envvar="EV_SWARM_RATE", min=0.1, help="Fixed total requests per second."
+    ),
+]
+
+SwarmCenterOpt = Annotated[
+    str, typer.Option("--center", envvar="EV_SWARM_CENTER", help="LAT,LON of the swarm.")
+]
+
+SwarmRadiusKmOpt = Annotated[
+    float,
+    typer.Option(
+        "--radius-km", envvar="EV_SWARM_RADIUS_KM", min=0.0, help="Spread of the vehicles."
+    ),
+]
+
+SwarmPipelineOpt = Annotated[
+    int,
+    typer.Option(
+        "--pipeline",
+        envvar="EV_SWARM_PIPELINE",
+        min=1,
+        max=1000,
+        help="Requests in flight per vehicle.",
+    ),
+]
+
+SwarmMixOpt = Annotated[Mix, typer.Option("--mix", envvar="EV_SWARM_MIX", help="Request mix.")]
+
+SwarmSeedOpt = Annotated[
+    int | None, typer.Option("--seed", envvar="EV_SWARM_SEED", help="Random seed.")
+]
+
+SwarmRegisterIdsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--register",
+        envvar="EV_SWARM_REGISTER",
+        help="Each vehicle registers its id first (figures include auth).",
+    ),
+]
+
+
 @app.command()
 def swarm(
     ctx: typer.Context,
-    count: Annotated[
-        int,
-        typer.Option(
-            "--count", envvar="EV_SWARM_COUNT", min=1, max=100000, help="Simulated vehicles."
-        ),
-    ],
-    duration: Annotated[
-        float,
-        typer.Option("--duration", envvar="EV_SWARM_DURATION", min=0.1, help="Seconds to run."),
-    ],
-    rate: Annotated[
-        float | None,
-        typer.Option(
-            "--rate", envvar="EV_SWARM_RATE", min=0.1, help="Fixed total requests per second."
-        ),
-    ] = None,
-    center: Annotated[
-        str, typer.Option("--center", envvar="EV_SWARM_CENTER", help="LAT,LON of the swarm.")
-    ] = f"{DEFAULT_LAT},{DEFAULT_LON}",
-    radius_km: Annotated[
-        float,
-        typer.Option(
-            "--radius-km", envvar="EV_SWARM_RADIUS_KM", min=0.0, help="Spread of the vehicles."
-        ),
-    ] = 10.0,
-    pipeline: Annotated[
-        int,
-        typer.Option(
-            "--pipeline",
-            envvar="EV_SWARM_PIPELINE",
-            min=1,
-            max=1000,
-            help="Requests in flight per vehicle.",
-        ),
-    ] = 1,
-    mix: Annotated[
-        Mix, typer.Option("--mix", envvar="EV_SWARM_MIX", help="Request mix.")
-    ] = Mix.realistic,
-    seed: Annotated[
-        int | None, typer.Option("--seed", envvar="EV_SWARM_SEED", help="Random seed.")
-    ] = None,
-    register_ids: Annotated[
-        bool,
-        typer.Option(
-            "--register",
-            envvar="EV_SWARM_REGISTER",
-            help="Each vehicle registers its id first (figures include auth).",
-        ),
-    ] = False,
+    count: SwarmCountOpt,
+    duration: SwarmDurationOpt,
+    rate: SwarmRateOpt = None,
+    center: SwarmCenterOpt = f"{DEFAULT_LAT},{DEFAULT_LON}",
+    radius_km: SwarmRadiusKmOpt = 10.0,
+    pipeline: SwarmPipelineOpt = 1,
+    mix: SwarmMixOpt = Mix.realistic,
+    seed: SwarmSeedOpt = None,
+    register_ids: SwarmRegisterIdsOpt = False,
 ) -> None:
     """N concurrent simulated vehicles: throughput, latency percentiles, errors by code."""
     from common.geo import parse_center

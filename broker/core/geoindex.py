@@ -44,7 +44,7 @@ process that keeps a copy of the points).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from common.geo import EARTH_RADIUS_KM
@@ -58,6 +58,7 @@ _DOT_MARGIN: Final = 1e-12
 _MARGIN_KM: Final = 1e-6  # 1 mm, against rounding in the block bounds
 _FEW_MORE: Final = 8  # up to k + this many points, a plain scan is cheapest
 _DEG: Final = math.pi / 180.0  # math.radians(x) is exactly x * _DEG
+_KM_PER_DEG: Final = EARTH_RADIUS_KM * _DEG  # km per degree of latitude
 
 # (x, y, z on the unit sphere, point_id, radians(latitude), its cosine, longitude, latitude)
 _Entry = tuple[float, float, float, str, float, float, float, float]
@@ -175,6 +176,107 @@ def _haversines(
     ]
 
 
+class _Block:
+    """The block of grid cells a ring search has visited: rows ``ilo..ihi`` x columns
+    ``jlo..jhi`` (columns wrap around), with the distance in km from the query to each
+    of its four sides (inf where a side is a pole)."""
+
+    __slots__ = (
+        "c1",
+        "cs_lat",
+        "cs_lon",
+        "east",
+        "ihi",
+        "ilo",
+        "jhi",
+        "jlo",
+        "latitude",
+        "longitude",
+        "ncols",
+        "north",
+        "nrows",
+        "south",
+        "west",
+    )
+
+    def __init__(
+        self,
+        latitude: float,
+        longitude: float,
+        c1: float,
+        i0: int,
+        j0: int,
+        cs_lat: float,
+        cs_lon: float,
+        nrows: int,
+        ncols: int,
+    ) -> None:
+        self.latitude, self.longitude, self.c1 = latitude, longitude, c1
+        self.cs_lat, self.cs_lon, self.nrows, self.ncols = cs_lat, cs_lon, nrows, ncols
+        self.ilo, self.ihi = max(i0 - 1, 0), min(i0 + 1, nrows - 1)
+        self.jlo, self.jhi = j0 - 1, j0 + 1
+        self.south = self._south()
+        self.north = self._north()
+        self.west = self._lon_km(longitude - (self.jlo * cs_lon - 180.0))
+        self.east = self._lon_km((self.jhi + 1) * cs_lon - 180.0 - longitude)
+
+    def _lon_km(self, gap_deg: float) -> float:
+        # cross-track distance to a meridian gap_deg away (>= 90 deg: to the pole)
+        return EARTH_RADIUS_KM * math.asin(self.c1 * math.sin(min(gap_deg, 90.0) * _DEG))
+
+    def _south(self) -> float:
+        if self.ilo <= 0:
+            return math.inf
+        return (self.latitude - (self.ilo * self.cs_lat - 90.0)) * _KM_PER_DEG
+
+    def _north(self) -> float:
+        if self.ihi + 1 >= self.nrows:
+            return math.inf
+        return ((self.ihi + 1) * self.cs_lat - 90.0 - self.latitude) * _KM_PER_DEG
+
+    def first_keys(self) -> list[int]:
+        ncols = self.ncols
+        return [
+            i * ncols + (j % ncols)
+            for i in range(self.ilo, self.ihi + 1)
+            for j in range(self.jlo, self.jhi + 1)
+        ]
+
+    def bound(self) -> float:
+        """Every point outside the block is at least this many km from the query."""
+        return min(self.south, self.north, self.west, self.east)
+
+    def too_wide(self, max_cells: int) -> bool:
+        """Growing once more would span half the globe or more than ``max_cells`` cells."""
+        width = self.jhi - self.jlo + 1
+        return (width + 1) * self.cs_lon >= 180.0 or (self.ihi - self.ilo + 2) * (
+            width + 1
+        ) > max_cells
+
+    def grow(self, bound: float) -> list[int]:
+        """Add the side at distance ``bound`` (the nearest); returns its new cells' keys."""
+        ncols = self.ncols
+        if bound == self.south:
+            self.ilo -= 1
+            base = self.ilo * ncols
+            self.south = self._south()
+            return [base + (j % ncols) for j in range(self.jlo, self.jhi + 1)]
+        if bound == self.north:
+            self.ihi += 1
+            base = self.ihi * ncols
+            self.north = self._north()
+            return [base + (j % ncols) for j in range(self.jlo, self.jhi + 1)]
+        if bound == self.west:
+            self.jlo -= 1
+            col = self.jlo % ncols
+            self.west = self._lon_km(self.longitude - (self.jlo * self.cs_lon - 180.0))
+            return [i * ncols + col for i in range(self.ilo, self.ihi + 1)]
+        self.jhi += 1
+        col = self.jhi % ncols
+        self.east = self._lon_km((self.jhi + 1) * self.cs_lon - 180.0 - self.longitude)
+        return [i * ncols + col for i in range(self.ilo, self.ihi + 1)]
+
+
 class GeoIndex:
     """Exact k-nearest-neighbour queries by haversine distance over a mutable point set."""
 
@@ -208,6 +310,19 @@ class GeoIndex:
         self._cells.setdefault(key, []).append(entry)
         n = len(self._entries)
         if n >= _MIN_REBUILD and (n >= 2 * self._n_built or 4 * n < self._n_built):
+            self._rebuild()
+
+    def load(self, points: Iterable[tuple[str, float, float]]) -> None:
+        """Insert many new points at once (a replica's snapshot): one rebuild at the end."""
+        for point_id, latitude, longitude in points:
+            if point_id in self._entries:
+                self.put(point_id, latitude, longitude)
+                continue
+            entry = _entry(point_id, latitude, longitude)
+            key = self._key(latitude, longitude)
+            self._entries[point_id] = (key, entry)
+            self._cells.setdefault(key, []).append(entry)
+        if len(self._entries) >= _MIN_REBUILD:
             self._rebuild()
 
     def remove(self, point_id: str) -> None:
@@ -299,26 +414,12 @@ class GeoIndex:
         get = self._cells.get
         total = len(self._entries)
         max_cells = 4 * len(self._cells) + 64
-        sin, asin = math.sin, math.asin
         inf = math.inf
-        kpd = EARTH_RADIUS_KM * _DEG
         none = ()
-
-        def lon_km(gap_deg: float) -> float:
-            # cross-track distance to a meridian gap_deg away (>= 90 deg: to the pole)
-            return EARTH_RADIUS_KM * asin(c1 * sin(min(gap_deg, 90.0) * _DEG))
-
-        # the visited block is rows ilo..ihi x columns jlo..jhi: first the 3 x 3 cells
-        # around the query, then one side at a time, always the side nearest to the
-        # query, so that the block's edges stay about equidistant from it
-        ilo, ihi, jlo, jhi = max(i0 - 1, 0), min(i0 + 1, nrows - 1), j0 - 1, j0 + 1
-        keys: list[int] = [
-            i * ncols + (j % ncols) for i in range(ilo, ihi + 1) for j in range(jlo, jhi + 1)
-        ]
-        south = (latitude - (ilo * cs_lat - 90.0)) * kpd if ilo > 0 else inf
-        north = ((ihi + 1) * cs_lat - 90.0 - latitude) * kpd if ihi + 1 < nrows else inf
-        west = lon_km(longitude - (jlo * cs_lon - 180.0))
-        east = lon_km((jhi + 1) * cs_lon - 180.0 - longitude)
+        # the visited block: first the 3 x 3 cells around the query, then one side at a
+        # time, always the side nearest to the query (see _Block)
+        block = _Block(latitude, longitude, c1, i0, j0, cs_lat, cs_lon, nrows, ncols)
+        keys = block.first_keys()
         # every point visited, with its dot product (no point is filtered out here)
         found = [(e[0] * x0 + e[1] * y0 + e[2] * z0, e) for key in keys for e in get(key, none)]
         # the search stops once the cosine of the bound is below `target`: set from the
@@ -329,7 +430,7 @@ class GeoIndex:
         check_at = k
         while len(found) < total:
             # every unvisited point is at least `bound` km away
-            bound = min(south, north, west, east)
+            bound = block.bound()
             if bound > limit_hi:
                 break
             if target == -inf and len(found) >= check_at:
@@ -346,31 +447,11 @@ class GeoIndex:
                         return _ranked(picked, latitude, longitude, k, limit)
             elif _cos_of_km(bound - _MARGIN_KM) < target:
                 break
-            width = jhi - jlo + 1
-            if (width + 1) * cs_lon >= 180.0 or (ihi - ilo + 2) * (width + 1) > max_cells:
+            if block.too_wide(max_cells):
                 # far from the data: growing the block would cost more than every point
                 found, floor = self._scan_all(x0, y0, z0), -inf
                 break
-            if bound == south:
-                ilo -= 1
-                base = ilo * ncols
-                keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
-                south = (latitude - (ilo * cs_lat - 90.0)) * kpd if ilo > 0 else inf
-            elif bound == north:
-                ihi += 1
-                base = ihi * ncols
-                keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
-                north = ((ihi + 1) * cs_lat - 90.0 - latitude) * kpd if ihi + 1 < nrows else inf
-            elif bound == west:
-                jlo -= 1
-                col = jlo % ncols
-                keys = [i * ncols + col for i in range(ilo, ihi + 1)]
-                west = lon_km(longitude - (jlo * cs_lon - 180.0))
-            else:
-                jhi += 1
-                col = jhi % ncols
-                keys = [i * ncols + col for i in range(ilo, ihi + 1)]
-                east = lon_km((jhi + 1) * cs_lon - 180.0 - longitude)
+            keys = block.grow(bound)
             found += [
                 (e[0] * x0 + e[1] * y0 + e[2] * z0, e) for key in keys for e in get(key, none)
             ]

@@ -3,17 +3,24 @@
 An unchanged datagram from an online point costs a dict lookup, a few
 comparisons and two attribute stores (three when signed): no allocation
 besides the empty effect list, no timer push (the offline timer re-arms itself
-lazily, see :meth:`broker.core.engine.Engine._fire_offline`).
+lazily, see :meth:`broker.core.point_table.PointTable.offline_check`).
 """
 
 from __future__ import annotations
 
 import math
 
-from broker.core.effects import Effect, Persist, Rejected
+from broker.core.effects import Effect, Rejected
 from broker.core.engine import Engine
-from broker.core.points import DEFAULT_INTERVAL_S, PointState
-from broker.core.sessions import energy_kwh, to_decimal
+from broker.core.point_table import Heard
+from broker.core.points import PointState
+from broker.core.sessions import LEVEL_TOLERANCE, energy_kwh, to_decimal
+from common.errors import (
+    FiguresOutOfBounds,
+    NotSessionOwner,
+    ReplayedDatagram,
+    StaleDatagram,
+)
 from common.messages import (
     Ack,
     Heartbeat,
@@ -36,54 +43,34 @@ def handle_datagram(
     datagram whose signature the status edge has checked: such a datagram is refused
     as ``replayed`` instead, and a new boot of it is taken only when ``signed_ts`` is
     later than the last accepted signed datagram's. A refusal is the single effect
-    ``Rejected("status", "stale" | "replayed", ...)`` and changes nothing.
+    ``Rejected("status", StaleDatagram | ReplayedDatagram)`` and changes nothing.
     """
     p = eng.point(d.id)
     if p is None:
         if not eng.may_register():
             return []
         return _register_by_datagram(eng, d, now, signed_ts)
-    seq = d.seq
-    if seq is not None:
-        boot = d.boot_id
-        if boot == p.boot_id:
-            last = p.dgram_seq
-            if last is not None and seq <= last:
-                return _out_of_order(eng, d, signed_ts)
-            p.dgram_seq = seq
-        elif signed_ts is not None and signed_ts <= p.dgram_ts:
-            return _out_of_order(eng, d, signed_ts)
-        elif boot is not None:
-            if p.session is not None:
-                if signed_ts is not None:
-                    p.dgram_ts = signed_ts
-                return _slow_datagram(eng, p, d, now)
-            p.boot_id = boot
-            p.dgram_seq = seq
-    if signed_ts is not None:
-        p.dgram_ts = signed_ts
-    p.last_heard = now
-    energy = d.energia_kwh
-    if energy is not None:
-        p.rep_energy = energy
-        s = p.session
-        if s is not None and (d.session_id is None or d.session_id == s.id):
-            s.energy_reported = energy
-    if (
-        p.online
-        and d.available is p.rep_available
-        and d.estado == p.rep_estado
-        and d.vehicle_id == p.rep_vehicle
-        and d.latitude == p.latitude
-        and d.longitude == p.longitude
-        and (d.potencia_kw is None or d.potencia_kw == p.potencia_kw)
-        and (d.preco_kwh is None or d.preco_kwh == p.preco_kwh)
-        and (d.interval_s is None or d.interval_s == p.interval_s)
-    ):
-        if p.offline_timer_at is None:
-            eng.arm_offline(p, now)
+    heard = eng.points.take_datagram(p, d, now, signed_ts)
+    if heard is Heard.SAME:
+        if d.potencia_atual_kw is not None and p.session is not None:
+            return _drawn(eng, p, d, d.potencia_atual_kw, now, [])
         return []
-    return _slow_datagram(eng, p, d, now)
+    if heard is Heard.OUT_OF_ORDER:
+        return _out_of_order(eng, d, signed_ts)
+    fx = _slow_datagram(eng, p, d, now)
+    if d.potencia_atual_kw is not None and p.session is not None:
+        return _drawn(eng, p, d, d.potencia_atual_kw, now, fx)
+    return fx
+
+
+def _drawn(
+    eng: Engine, p: PointState, d: StatusDatagram, drawn: float, now: float, fx: list[Effect]
+) -> list[Effect]:
+    """The power a session on a site reports drawing goes to its site."""
+    s = p.session
+    if s is not None and eng.sites.tracks(s.id) and (d.session_id in (None, s.id)):
+        eng.sites.drawn(s.id, drawn, now, fx)
+    return fx
 
 
 def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) -> list[Effect]:
@@ -91,15 +78,11 @@ def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) ->
     if d.boot_id is not None:
         _note_boot(eng, p, d.boot_id, now, fx)
         if d.seq is not None:
-            p.dgram_seq = d.seq
-    changed = _update_static(
-        eng, p, d.latitude, d.longitude, d.potencia_kw, d.preco_kwh, d.interval_s
+            eng.points.set_seq(p, d.seq)
+    eng.points.update_static(
+        p, d.latitude, d.longitude, d.potencia_kw, d.preco_kwh, d.interval_s, fx
     )
-    p.rep_available = d.available
-    p.rep_estado = d.estado
-    p.rep_vehicle = d.vehicle_id
-    if changed:
-        fx.append(Persist("point", p.id, p.static_record()))
+    eng.points.set_reported(p, d)
     eng.heard(p, now, fx)
     eng.refresh(p, now, fx)
     return fx
@@ -107,106 +90,28 @@ def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) ->
 
 def _out_of_order(eng: Engine, d: StatusDatagram, signed_ts: float | None) -> list[Effect]:
     """The refusal of a datagram that is not newer than what the point already sent."""
-    reason = "stale" if signed_ts is None else "replayed"
-    eng.count(f"datagrams_{reason}")
-    return [Rejected("status", reason, f"{d.id!r} boot {d.boot_id!r} seq {d.seq}")]
+    kind = StaleDatagram if signed_ts is None else ReplayedDatagram
+    eng.count(f"datagrams_{kind.code}")
+    return [Rejected("status", kind(f"{d.id!r} boot {d.boot_id!r} seq {d.seq}"))]
 
 
 def _register_by_datagram(
     eng: Engine, d: StatusDatagram, now: float, signed_ts: float | None
 ) -> list[Effect]:
     fx: list[Effect] = []
-    p = _register(
-        eng,
-        d.id,
-        d.latitude,
-        d.longitude,
-        d.potencia_kw,
-        d.preco_kwh,
-        d.interval_s,
-        now,
-        fx,
+    p = eng.points.register(
+        d.id, d.latitude, d.longitude, d.potencia_kw, d.preco_kwh, d.interval_s, now, fx
     )
-    p.boot_id = d.boot_id
-    p.dgram_seq = d.seq
-    if signed_ts is not None:
-        p.dgram_ts = signed_ts
-    p.rep_available = d.available
-    p.rep_estado = d.estado
-    p.rep_vehicle = d.vehicle_id
-    p.rep_energy = d.energia_kwh
+    eng.points.first_report(p, d, signed_ts)
     eng.heard(p, now, fx)
     eng.refresh(p, now, fx)
     return fx
 
 
-def _register(
-    eng: Engine,
-    point_id: str,
-    latitude: float,
-    longitude: float,
-    potencia_kw: float | None,
-    preco_kwh: float | None,
-    interval_s: float | None,
-    now: float,
-    fx: list[Effect],
-) -> PointState:
-    p = PointState(id=point_id, latitude=latitude, longitude=longitude)
-    potencia_kw, preco_kwh, interval_s = _sane(potencia_kw), _sane(preco_kwh), _sane(interval_s)
-    if interval_s == 0:
-        interval_s = None
-    if potencia_kw is not None:
-        p.potencia_kw = potencia_kw
-    if preco_kwh is not None:
-        p.preco_kwh = preco_kwh
-    p.interval_s = interval_s if interval_s is not None else DEFAULT_INTERVAL_S
-    eng.register_point(p, now, fx)
-    return p
-
-
-def _sane(value: float | None) -> float | None:
-    """A reported power or price, or None when it is not a finite non-negative number."""
-    if value is None or not math.isfinite(value) or value < 0:
-        return None
-    return value
-
-
-def _update_static(
-    eng: Engine,
-    p: PointState,
-    latitude: float,
-    longitude: float,
-    potencia_kw: float | None,
-    preco_kwh: float | None,
-    interval_s: float | None,
-) -> bool:
-    """Static facts follow the latest report; True when something changed."""
-    potencia_kw, preco_kwh, interval_s = _sane(potencia_kw), _sane(preco_kwh), _sane(interval_s)
-    if interval_s == 0:
-        interval_s = None
-    changed = False
-    if latitude != p.latitude or longitude != p.longitude:
-        eng.move_point(p, latitude, longitude)
-        changed = True
-    if potencia_kw is not None and potencia_kw != p.potencia_kw:
-        p.potencia_kw = potencia_kw
-        changed = True
-    if preco_kwh is not None and preco_kwh != p.preco_kwh:
-        p.preco_kwh = preco_kwh
-        changed = True
-    if interval_s is not None and interval_s != p.interval_s:
-        p.interval_s = interval_s
-        p.window_s = eng.window(interval_s)
-        changed = True
-    return changed
-
-
 def _note_boot(eng: Engine, p: PointState, boot_id: str, now: float, fx: list[Effect]) -> None:
     """A new ``boot_id``: reset the stale filter; a session the old process ran is lost."""
-    if not boot_id or boot_id == p.boot_id:
+    if not eng.points.new_boot(p, boot_id):
         return
-    p.boot_id = boot_id
-    p.dgram_seq = None
     s = p.session
     if s is not None and s.boot_id is not None and s.boot_id != boot_id:
         eng.bill_fault(s, now, fx)
@@ -222,8 +127,7 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
         if p is None:
             if not eng.may_register():
                 return fx
-            p = _register(
-                eng,
+            p = eng.points.register(
                 point_id,
                 msg.latitude,
                 msg.longitude,
@@ -233,14 +137,15 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 now,
                 fx,
             )
-            p.boot_id = msg.boot_id or None
+            eng.points.set_boot(p, msg.boot_id or None, None)
+            eng.points.set_limites(p, msg.limites, fx)
         else:
             if msg.boot_id:
                 _note_boot(eng, p, msg.boot_id, now, fx)
-            if _update_static(
-                eng, p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s
-            ):
-                fx.append(Persist("point", p.id, p.static_record()))
+            eng.points.update_static(
+                p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s, fx
+            )
+            eng.points.set_limites(p, msg.limites, fx)
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)
@@ -264,22 +169,24 @@ def _session_complete(
     running = eng.running_session(msg.session_id)
     if running is not None and running.point_id != point_id:
         # only the point that runs the session may complete it
-        fx.append(
-            Rejected("stations", "not_session_owner", f"{point_id!r} completed {msg.session_id}")
-        )
+        fx.append(Rejected("stations", NotSessionOwner(f"{point_id!r} completed {msg.session_id}")))
         return
     s = eng.session_complete(point_id, msg.session_id, now, fx)
     if s is not None and (refusal := completion_refusal(msg, s.nivel_inicial, s.capacidade_kwh)):
         # out of the bounds a station may report: dropped, counted, not acked
         eng.count("sessions_out_of_bounds")
-        fx.append(Rejected("stations", "figures", f"{point_id!r} {msg.session_id}: {refusal}"))
+        error = FiguresOutOfBounds(f"{point_id!r} {msg.session_id}: {refusal}")
+        fx.append(Rejected("stations", error))
         return
     if s is not None and msg.energia_medida_kwh is not None:
         measured = msg.energia_medida_kwh
         # the level the metered energy implies (the charger does not know the battery)
         gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
         nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
-        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
+        # a metered charger is a real-time one: its energy fits its power x wall time too
+        p = eng.point(point_id)
+        power = p.potencia_kw if p is not None else None
+        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason, realtime_power_kw=power)
     elif s is not None:
         energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
         if (
@@ -298,10 +205,13 @@ def completion_refusal(
 ) -> str | None:
     """Why a completion's figures are out of bounds for its session, or None.
 
-    Every figure is finite (the schema bounds them); the final level is not below
-    the initial one (the reported one, nor the session's), and no energy figure
-    exceeds the session's capacity.
+    Every figure is finite (the schema bounds them); the reported initial level is
+    the session's own (within rounding); the final level is not below the initial
+    one (the reported one, nor the session's), and no energy figure exceeds the
+    session's capacity. (Energy is also cut at the battery's room when billed.)
     """
+    if not abs(msg.nivel_inicial - nivel_inicial) <= LEVEL_TOLERANCE:  # NaN too
+        return f"nivel_inicial {msg.nivel_inicial} is not the session's {nivel_inicial}"
     if msg.nivel_final < max(msg.nivel_inicial, nivel_inicial):
         return (
             f"nivel_final {msg.nivel_final} below nivel_inicial "

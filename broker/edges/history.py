@@ -17,6 +17,12 @@ Requests and replies are one msgpack frame each (protocol section 5):
 * ``{"op": "set_availability", "point_id": P, "available": bool, "reason": R}``
   -> ``{"ok": true, "seq": S}`` once the change is committed, or ``{"error"}``
   (rules.md "Out of service"; operator credentials only).
+* ``{"op": "sites"}`` -> ``{"sites": [...], "seq": S}``: every site with its
+  limit, points and allocation (energy.md).
+* ``{"op": "set_site", "name": N, "limit_kw": KW, "points": [PATTERN...],
+  "min_kw": KW?}`` and ``{"op": "remove_site", "name": N}`` -> ``{"ok": true,
+  "seq": S}`` once committed, or ``{"error"}`` naming the problem (operator
+  credentials only).
 * anything else -> ``{"error": "..."}``.
 
 Both DEALER and REQ clients work: a REQ envelope ``[id, b"", request]`` is
@@ -51,14 +57,18 @@ from broker.edges.zmq_sockets import (
     user_id_of,
 )
 from common.codec import decode_history_request, pack, unpack
-from common.errors import EventsPruned, EVError, InvalidRequest
+from common.errors import EventsPruned, EVError, Forbidden, InternalError, InvalidRequest
 from common.messages import (
     HISTORY_OPS,
     MAX_HISTORY_LIMIT,
     BusEvent,
     HistoryAccounts,
+    HistoryRemoveSite,
+    HistoryRequest,
     HistorySetAvailability,
+    HistorySetSite,
     HistorySince,
+    HistorySites,
     HistorySnapshot,
 )
 from common.zmq_nowait import send_nowait
@@ -78,11 +88,16 @@ KNOWN_OPS: Final = HISTORY_OPS
 MAX_POINT_ID: Final = 64
 ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 #: Ops only an ``operator`` credential may ask for.
-OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP})
+OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP, "set_site", "remove_site"})
+#: The decoded requests only an ``operator`` credential may make (the check's input).
+OPERATOR_REQUESTS: Final = (HistorySetAvailability, HistorySetSite, HistoryRemoveSite)
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 #: (point_id, available, reason, by) -> the reply map, once the change is committed
-SetAvailability = Callable[[str, bool, str, str], dict[str, Any]]
+SetAvailability = Callable[[str, bool, str, str], int]  # the seq after it; raises EVError
+#: (sites request, by) -> the reply map, once a change is committed (energy.md); raises
+#: EVError (a refusal names the problem)
+SitesOp = Callable[[HistorySites | HistorySetSite | HistoryRemoveSite, str], dict[str, Any]]
 
 
 class HistoryServer:
@@ -100,8 +115,10 @@ class HistoryServer:
         max_bytes: int = 4 * 1024 * 1024,
         security: Security | None = None,
         set_availability: SetAvailability | None = None,
+        sites: SitesOp | None = None,
     ) -> None:
         self._set_availability = set_availability
+        self._sites = sites
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._ctx = ctx
@@ -175,43 +192,67 @@ class HistoryServer:
         """Answer one request ``frames`` from credential ``user`` (``checked``: secured)."""
         envelope, body = split_envelope(frames)
         if len(body) != 1:
-            reply: dict[str, Any] = {
-                "error": f"expected one request frame, got {len(body)}",
-            }
+            reply = error_reply(InvalidRequest(f"expected one request frame, got {len(body)}"))
         else:
-            refusal = self._refusal(user, body[0]) if checked else None
-            reply = {"error": refusal} if refusal else self.answer(body[0], user)
+            reply = self._checked_answer(body[0], user) if checked else self.answer(body[0], user)
         self.stats["requests"] += 1
         if "error" in reply:
             self.stats["errors"] += 1
         self._send(sock, [*envelope, pack(reply)])
 
-    def _refusal(self, user: str | None, frame: bytes) -> str | None:
-        """Why the credential ``user`` may not ask ``frame``, or None when it may."""
+    def _checked_answer(self, frame: bytes, user: str | None) -> dict[str, Any]:
+        """The reply to ``frame`` from credential ``user`` on a secured ROUTER.
+
+        The frame is decoded once, into its typed request, and the role check runs on
+        that request: a frame that does not decode (unknown or extra fields, a bad
+        msgpack extension) is refused before anything runs, whatever its ``op`` says.
+        """
         assert self._security is not None
-        cred = self._security.keyring.consumer(user)
-        if cred is None:
-            self.stats["rejected"] += 1
-            self._security.reject("history", "credential_revoked", repr(user))
-            return "forbidden: credential revoked"
-        op = _op_of(frame)
-        if op in OPERATOR_OPS and cred.role != "operator":
-            self.stats["rejected"] += 1
-            self._security.reject("history", "not_operator", f"{cred.name!r} asked {op!r}")
-            return f"forbidden: {op} needs an operator credential"
-        return None
+        try:
+            cred = self._security.keyring.consumer(user)
+            if cred is None:
+                self.stats["rejected"] += 1
+                self._security.reject("history", "credential_revoked", repr(user))
+                raise Forbidden("forbidden: credential revoked")
+            request = self._decode(frame)
+            if isinstance(request, OPERATOR_REQUESTS) and cred.role != "operator":
+                self.stats["rejected"] += 1
+                op = SET_AVAILABILITY_OP
+                self._security.reject("history", "not_operator", f"{cred.name!r} asked {op!r}")
+                raise Forbidden(f"forbidden: {op} needs an operator credential")
+        except EVError as exc:
+            return error_reply(exc)
+        return self.answer_request(request, user)
+
+    def _decode(self, frame: bytes) -> HistoryRequest:
+        """The typed request; InvalidRequest (or InternalError) when ``frame`` does not decode."""
+        try:
+            return decode_history_request(frame)
+        except InvalidRequest as exc:
+            raise InvalidRequest(_describe(exc, _op_of(frame))) from None  # op for wording only
+        except Exception as exc:  # a decoder bug must not become an open door
+            log.exception("history request could not be decoded")
+            raise InternalError(f"internal error: {type(exc).__name__}") from None
 
     def answer(self, frame: bytes, user: str | None = None) -> dict[str, Any]:
         """The reply map for one request frame from credential ``user`` (never raises)."""
         try:
-            try:
-                request = decode_history_request(frame)
-            except InvalidRequest as exc:
-                return {"error": _describe(exc, _op_of(frame))}
+            request = self._decode(frame)
+        except EVError as exc:
+            return error_reply(exc)
+        return self.answer_request(request, user)
+
+    def answer_request(self, request: HistoryRequest, user: str | None = None) -> dict[str, Any]:
+        """The reply map for one decoded request (never raises)."""
+        try:
             if isinstance(request, HistoryAccounts):
                 return {"accounts": self._accounts()}
             if isinstance(request, HistorySetAvailability):
-                return self._availability(request, user or ANONYMOUS)
+                return {"ok": True, "seq": self._availability(request, user or ANONYMOUS)}
+            if isinstance(request, HistorySites | HistorySetSite | HistoryRemoveSite):
+                if self._sites is None:
+                    raise InvalidRequest("sites are not served here")
+                return self._sites(request, user or ANONYMOUS)
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)
@@ -219,26 +260,26 @@ class HistoryServer:
                 return {"events": encoded, "last_seq": last_seq, "more": more or cut}
             if isinstance(request, HistorySnapshot):
                 return self._snapshot()
-            return {"error": f"unsupported request {type(request).__name__}"}
-        except EventsPruned as exc:
-            return {"error": exc.code, "first_seq": exc.first_seq}
+            raise InvalidRequest(f"unsupported request {type(request).__name__}")
         except EVError as exc:
-            return {"error": exc.message}
+            return error_reply(exc)
         except Exception as exc:
             log.exception("history request failed")
-            return {"error": f"internal error: {type(exc).__name__}"}
+            return error_reply(InternalError(f"internal error: {type(exc).__name__}"))
 
-    def _availability(self, request: HistorySetAvailability, by: str) -> dict[str, Any]:
+    def _availability(self, request: HistorySetAvailability, by: str) -> int:
         """``{"op":"set_availability","point_id":P,"available":bool,"reason":str}``."""
         if self._set_availability is None:
-            return {"error": f"{SET_AVAILABILITY_OP} is not served here"}
+            raise InvalidRequest(f"{SET_AVAILABILITY_OP} is not served here")
         point_id, available, reason = request.point_id, request.available, request.reason
         if not isinstance(point_id, str) or not 1 <= len(point_id) <= MAX_POINT_ID:
-            return {"error": f"point_id: a string of 1-{MAX_POINT_ID} characters is required"}
+            raise InvalidRequest(
+                f"point_id: a string of 1-{MAX_POINT_ID} characters is required", field="point_id"
+            )
         if not isinstance(available, bool):
-            return {"error": "available: true or false is required"}
+            raise InvalidRequest("available: true or false is required", field="available")
         if not isinstance(reason, str):
-            return {"error": "reason: must be a string"}
+            raise InvalidRequest("reason: must be a string", field="reason")
         return self._set_availability(point_id, available, reason, by)
 
     def _within_bytes(self, events: list[BusEvent]) -> tuple[list[msgspec.Raw], bool]:
@@ -261,6 +302,14 @@ class HistoryServer:
         if exc is not None:
             self.stats["dropped"] += 1
             log.warning("history reply dropped: %r", exc)
+
+
+def error_reply(exc: EVError) -> dict[str, Any]:
+    """The one wire form of a refused history request: ``{"error": message}``, or
+    ``{"error": "pruned", "first_seq": F}`` for :class:`common.errors.EventsPruned`."""
+    if isinstance(exc, EventsPruned):
+        return {"error": exc.code, "first_seq": exc.first_seq}
+    return {"error": exc.message}
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

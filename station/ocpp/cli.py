@@ -17,7 +17,8 @@ from common import runner
 from common.cli import LogLevel
 from common.errors import ConfigError
 from common.oslimits import raise_nofile_limit
-from station.cli import (
+from common.ports import OCPP_PORT, STATION_PORT, STATUS_PORT, VEHICLE_PORT
+from station.cli_options import (
     Broker,
     Credentials,
     Heartbeat,
@@ -25,16 +26,16 @@ from station.cli import (
     LogLevelOpt,
     StationPort,
     StatusPort,
-    _env,
-    _setup_logging,
-    _terminate,
-    app,
+    env,
+    setup_text_logging,
     station_credential,
+    terminate_context,
 )
 from station.host import HostConfig
 from station.links import DealerLink, Link, MultiLink
-from station.ocpp.chargers_file import load_chargers
+from station.ocpp.chargers_file import ChargerSpec, load_chargers
 from station.ocpp.gateway import Gateway, GatewayConfig
+from station.ocpp.guard import IdTags
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
 from station.ocpp.state import GatewayState
@@ -42,85 +43,91 @@ from station.ocpp.state import GatewayState
 FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
 
 
-@app.command("ocpp")
+ChargersOpt = Annotated[
+    Path, typer.Option(envvar=env("CHARGERS"), help="TOML file listing the chargers.")
+]
+
+OcppHostOpt = Annotated[
+    str, typer.Option(envvar=env("OCPP_HOST"), help="WebSocket listen address.")
+]
+
+OcppPortOpt = Annotated[
+    int,
+    typer.Option(envvar=env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
+]
+
+StateFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=env("OCPP_STATE"),
+        help="State file (open transactions, boot id); default: next to --chargers.",
+    ),
+]
+
+CertOpt = Annotated[
+    Path | None,
+    typer.Option(envvar=env("OCPP_CERT"), help="TLS certificate (Security Profile 2)."),
+]
+
+KeyOpt = Annotated[Path | None, typer.Option(envvar=env("OCPP_KEY"), help="TLS private key.")]
+
+OcppHeartbeatOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=env("OCPP_HEARTBEAT"),
+        min=1,
+        max=86400,
+        help="Heartbeat interval told to chargers in BootNotification, seconds.",
+    ),
+]
+
+VehiclePortOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=env("VEHICLE_PORT"),
+        min=1,
+        max=65535,
+        help="Broker vehicle port (walk-in sessions arrive as vehicles).",
+    ),
+]
+
+WalkinCapacityOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=env("WALKIN_CAPACITY"),
+        min=1.0,
+        max=1000.0,
+        help="capacidade_kwh of a walk-in session (bounds its metered energy).",
+    ),
+]
+
+
 def ocpp_gateway(
-    chargers: Annotated[
-        Path, typer.Option(envvar=_env("CHARGERS"), help="TOML file listing the chargers.")
-    ],
-    host: Annotated[
-        str, typer.Option(envvar=_env("OCPP_HOST"), help="WebSocket listen address.")
-    ] = "0.0.0.0",
-    port: Annotated[
-        int,
-        typer.Option(envvar=_env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
-    ] = 9000,
-    state: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=_env("OCPP_STATE"),
-            help="State file (open transactions, boot id); default: next to --chargers.",
-        ),
-    ] = None,
-    cert: Annotated[
-        Path | None,
-        typer.Option(envvar=_env("OCPP_CERT"), help="TLS certificate (Security Profile 2)."),
-    ] = None,
-    key: Annotated[
-        Path | None, typer.Option(envvar=_env("OCPP_KEY"), help="TLS private key.")
-    ] = None,
-    ocpp_heartbeat: Annotated[
-        int,
-        typer.Option(
-            envvar=_env("OCPP_HEARTBEAT"),
-            min=1,
-            max=86400,
-            help="Heartbeat interval told to chargers in BootNotification, seconds.",
-        ),
-    ] = 60,
-    vehicle_port: Annotated[
-        int,
-        typer.Option(
-            envvar=_env("VEHICLE_PORT"),
-            min=1,
-            max=65535,
-            help="Broker vehicle port (walk-in sessions arrive as vehicles).",
-        ),
-    ] = 8081,
-    walkin_capacity: Annotated[
-        float,
-        typer.Option(
-            envvar=_env("WALKIN_CAPACITY"),
-            min=1.0,
-            max=1000.0,
-            help="capacidade_kwh of a walk-in session (bounds its metered energy).",
-        ),
-    ] = 100.0,
+    chargers: ChargersOpt,
+    host: OcppHostOpt = "0.0.0.0",
+    port: OcppPortOpt = OCPP_PORT,
+    state: StateFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    ocpp_heartbeat: OcppHeartbeatOpt = 60,
+    vehicle_port: VehiclePortOpt = VEHICLE_PORT,
+    walkin_capacity: WalkinCapacityOpt = 100.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     heartbeat: Heartbeat = 1.0,
     credentials: Credentials = None,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """OCPP 1.6J gateway: chargers connect over WebSocket and join as stations."""
-    _setup_logging(log_level)
+    setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every message at INFO
-    if (cert is None) != (key is None):
-        raise typer.BadParameter("give both --cert and --key (or neither)")
+    specs, st, ssl_ctx = _load(chargers, state, cert, key)
     try:
-        specs = load_chargers(chargers)
-        st = GatewayState(state or chargers.with_suffix(".state.json"))
-        st.load()
-        ssl_ctx = None
-        if cert is not None and key is not None:
-            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ssl_ctx.load_cert_chain(cert, key)
+        id_tags = IdTags.load(chargers)  # the idTags that may start walk-ins
     except ConfigError as exc:
         raise typer.BadParameter(exc.message, param_hint="--chargers") from None
-    except (OSError, ssl.SSLError) as exc:
-        raise typer.BadParameter(f"cannot load the TLS files: {exc}") from None
     config = GatewayConfig(
         host=host,
         port=port,
@@ -128,6 +135,7 @@ def ocpp_gateway(
         ssl_context=ssl_ctx,
         vehicle_port=vehicle_port,
         walkin_capacity_kwh=walkin_capacity,
+        id_tags=id_tags,
     )
     credential = station_credential(credentials, [s.id for s in specs])
     host_config = HostConfig(
@@ -146,16 +154,52 @@ def ocpp_gateway(
             return DealerLink(ctx, endpoint, ids[0], credential)
         return MultiLink(ctx, endpoint, ids, credential)
 
+    _check_fd_limit(len(specs))
+    gateway = Gateway(specs, config, host_config, st, link_factory)
+    try:
+        _run_gateway(gateway, host, port)
+    finally:
+        terminate_context(ctx)
+    print("stopped: ocpp gateway", flush=True)
+
+
+def _load(
+    chargers: Path, state: Path | None, cert: Path | None, key: Path | None
+) -> tuple[list[ChargerSpec], GatewayState, ssl.SSLContext | None]:
+    """The chargers file, the state file and the TLS context; BadParameter when unusable."""
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("give both --cert and --key (or neither)")
+    try:
+        specs = load_chargers(chargers)
+        st = GatewayState(state or chargers.with_suffix(".state.json"))
+        st.load()
+        ssl_ctx = None
+        if cert is not None and key is not None:
+            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ssl_ctx.load_cert_chain(cert, key)
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--chargers") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise typer.BadParameter(f"cannot load the TLS files: {exc}") from None
+    return specs, st, ssl_ctx
+
+
+def _check_fd_limit(chargers: int) -> None:
+    """Raise the open-files limit; warn when it still cannot hold every charger."""
     limit = raise_nofile_limit()
-    if limit < 2 * len(specs) + FD_RESERVE:
+    if limit < 2 * chargers + FD_RESERVE:
         logging.getLogger("station.ocpp").warning(
             "open-files limit %d holds about %d connected chargers (each needs two sockets: "
             "its WebSocket and its ZeroMQ connection); raise the limit for %d",
             limit,
             max(0, (limit - FD_RESERVE) // 2),
-            len(specs),
+            chargers,
         )
-    gateway = Gateway(specs, config, host_config, st, link_factory)
+
+
+def _run_gateway(gateway: Gateway, host: str, port: int) -> None:
+    """Run ``gateway`` until SIGINT/SIGTERM; exit 1 when it cannot listen."""
 
     async def main(_stop: asyncio.Event) -> None:
         try:
@@ -164,19 +208,14 @@ def ocpp_gateway(
             print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
             raise SystemExit(1) from None
 
-    try:
-        runner.run(main, on_stop=gateway.request_stop)
-    finally:
-        _terminate(ctx)
-    print("stopped: ocpp gateway", flush=True)
+    runner.run(main, on_stop=gateway.request_stop)
 
 
-@app.command("ocpp-password")
 def ocpp_password(
     iterations: Annotated[
         int,
         typer.Option(
-            envvar=_env("OCPP_ITERATIONS"), min=1, max=1_000_000, help="PBKDF2 iterations."
+            envvar=env("OCPP_ITERATIONS"), min=1, max=1_000_000, help="PBKDF2 iterations."
         ),
     ] = DEFAULT_ITERATIONS,
 ) -> None:
@@ -188,28 +227,27 @@ def ocpp_password(
         raise typer.BadParameter(exc.message) from None
 
 
-@app.command("ocpp-charger")
 def ocpp_charger(
     url: Annotated[
-        str, typer.Option(envvar=_env("OCPP_URL"), help="Gateway URL, e.g. ws://host:9000/ocpp")
+        str, typer.Option(envvar=env("OCPP_URL"), help="Gateway URL, e.g. ws://host:9000/ocpp")
     ],
     id: Annotated[
-        list[str], typer.Option("--id", envvar=_env("OCPP_IDS"), help="Charger id (repeat).")
+        list[str], typer.Option("--id", envvar=env("OCPP_IDS"), help="Charger id (repeat).")
     ],
     password: Annotated[
-        str, typer.Option(envvar=_env("OCPP_PASSWORD"), help="Password of every charger.")
+        str, typer.Option(envvar=env("OCPP_PASSWORD"), help="Password of every charger.")
     ],
     power_kw: Annotated[
-        float, typer.Option(envvar=_env("POWER_KW"), min=0.1, max=1000.0, help="Rated power.")
+        float, typer.Option(envvar=env("POWER_KW"), min=0.1, max=1000.0, help="Rated power.")
     ] = 22.0,
     speed: Annotated[
         float,
-        typer.Option(envvar=_env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
+        typer.Option(envvar=env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
     ] = 60.0,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Simulated OCPP 1.6J chargers (one connection each) that answer the gateway."""
-    _setup_logging(log_level)
+    setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     ids = [i for item in id for i in item.replace(",", " ").split() if i]
 
@@ -228,3 +266,10 @@ def ocpp_charger(
 
     runner.run(main, fast_loop=False)
     print("stopped: ocpp chargers", flush=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ocpp``, ``ocpp-password`` and ``ocpp-charger`` to ``app``."""
+    app.command("ocpp")(ocpp_gateway)
+    app.command("ocpp-password")(ocpp_password)
+    app.command("ocpp-charger")(ocpp_charger)

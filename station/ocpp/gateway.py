@@ -28,7 +28,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -42,11 +42,13 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from common.ports import OCPP_PORT, VEHICLE_PORT
 from common.timeutil import format_timestamp
 from station.host import Host, HostConfig
 from station.links import Link
 from station.ocpp.chargers_file import ChargerSpec
-from station.ocpp.passwords import verify_password
+from station.ocpp.guard import IdTags, LoginGuard
+from station.ocpp.passwords import DEFAULT_ITERATIONS, verify_password
 from station.ocpp.point import (
     OcppPoint,
     Transaction,
@@ -54,7 +56,7 @@ from station.ocpp.point import (
     transaction_record,
 )
 from station.ocpp.state import GatewayState
-from station.ocpp.walkin import WalkIns
+from station.ocpp.walkin import WalkIns, WalkInSettings
 from station.sim import Step
 
 log = logging.getLogger("station.ocpp")
@@ -74,14 +76,16 @@ SWEEP_S: Final = 1.0
 @dataclass
 class GatewayConfig:
     host: str = "0.0.0.0"
-    port: int = 9000
+    port: int = OCPP_PORT
     heartbeat_interval_s: int = 60  # told to chargers in BootNotification
     ssl_context: ssl.SSLContext | None = None
-    vehicle_port: int = 8081  # walk-in sessions arrive at the broker as vehicles
+    vehicle_port: int = VEHICLE_PORT  # walk-in sessions arrive at the broker as vehicles
     walkin_payment: str = "Débito em conta"
     walkin_capacity_kwh: float = 100.0
+    id_tags: IdTags = field(default_factory=IdTags)  # the idTags that may walk in
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class ChargerConnection(ChargePoint):  # type: ignore[misc]
     """One connected charger: OCPP handlers that hand validated payloads to its point."""
 
@@ -189,8 +193,13 @@ class Gateway:
         self.config = config
         self.state = state
         self.points = {spec.id: OcppPoint(spec, self) for spec in specs}
-        self.walk_ins = WalkIns(self, host_config.broker, config)
+        walk_in = WalkInSettings(
+            config.vehicle_port, config.walkin_payment, config.walkin_capacity_kwh
+        )
+        self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in, config.id_tags)
+        self.login_guard = LoginGuard(_iterations(specs))
         self.host = Host(
+            # (ignored below) OcppPoint is a Charger by duck typing, not by inheritance
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
             link_factory,
@@ -300,18 +309,42 @@ class Gateway:
         if not path.startswith(PATH_PREFIX):
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/<chargePointId>\n")
         charger_id = path[len(PATH_PREFIX) :]
+        refused = await self._login_refused(connection, request, charger_id)
+        if refused is not None:
+            return refused
+        offered = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
+        if SUBPROTOCOL not in [p.strip() for p in offered.split(",")]:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "subprotocol ocpp1.6 required\n")
+        return None
+
+    async def _login_refused(
+        self, connection: ServerConnection, request: Request, charger_id: str
+    ) -> Response | None:
+        """None when the charger's id and password are right; else the refusal (401, or 429
+        for an address past its failed logins). See :mod:`station.ocpp.guard`."""
+        guard = self.login_guard
+        address = _address(connection)
+        if guard.blocked(address):
+            guard.log_refusal(f"charger login from {address} refused: too many failures")
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many failed logins\n")
         point = self.points.get(charger_id)
         password = _basic_password(request.headers, charger_id)
-        if point is None or password is None or not await self._check(point, password):
-            log.warning("charger %r refused: unknown id or wrong password", charger_id[:64])
+        if password is None:
+            ok = False
+        elif point is None:
+            ok = await guard.dummy_check(password)  # the cost of a real check
+        else:
+            ok = await self._check(point, password)
+        if not ok:
+            guard.failed(address)
+            guard.log_refusal(
+                f"charger {charger_id[:64]!r} from {address} refused: unknown id or wrong password"
+            )
             response = connection.respond(
                 HTTPStatus.UNAUTHORIZED, "unknown charger or bad password\n"
             )
             response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
             return response
-        offered = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
-        if SUBPROTOCOL not in [p.strip() for p in offered.split(",")]:
-            return connection.respond(HTTPStatus.BAD_REQUEST, "subprotocol ocpp1.6 required\n")
         return None
 
     async def _check(self, point: OcppPoint, password: str) -> bool:
@@ -359,6 +392,7 @@ class Gateway:
             self._serve_charger,
             cfg.host,
             cfg.port,
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             process_request=self._authorize,
             ssl=cfg.ssl_context,
@@ -387,6 +421,22 @@ class Gateway:
 
     def request_stop(self) -> None:
         self.host.request_stop()
+
+
+def _address(connection: ServerConnection) -> str:
+    """The peer's IP address (the key of the failed-login count)."""
+    peer = connection.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
+def _iterations(specs: list[ChargerSpec]) -> int:
+    """The PBKDF2 cost of the chargers' hashes (the dummy check costs the same)."""
+    for spec in specs:
+        try:
+            return int(spec.password_hash.split("$")[1])
+        except (IndexError, ValueError):
+            continue
+    return DEFAULT_ITERATIONS
 
 
 def _basic_password(headers: Headers, charger_id: str) -> str | None:

@@ -25,9 +25,9 @@ from typing import Any, Final, Protocol
 
 from ocpp.v16 import call
 
-from common.messages import Hold, Release, SessionAck, Start, Stop
+from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
-from station.ocpp import mapping
+from station.ocpp import mapping, profiles
 from station.ocpp.chargers_file import ChargerSpec
 from station.sim import (
     RESEND_S,
@@ -88,6 +88,7 @@ class Transaction:
     meter_last: int
     soc: float | None = None
     stop_sent: bool = False
+    power_kw: float | None = None  # the last Power.Active.Import reported (sites)
 
     @property
     def energy_wh(self) -> int:
@@ -124,6 +125,15 @@ class OcppPoint:
         self._acks: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._in_flight: set[str] = set()
         self.refused = 0
+        #: the broker's last limit for the running session (kW; None: unlimited), the
+        #: input of every protocol version's charging profile (see station.ocpp.profiles)
+        self.limit_kw: float | None = None
+        self.profiles_rejected = False
+
+    @property
+    def takes_limits(self) -> bool:
+        """Says ``"limites"`` in its hello: until the charger rejected a profile."""
+        return not self.profiles_rejected
 
     # --- what the host reads ----------------------------------------------------------
 
@@ -158,6 +168,8 @@ class OcppPoint:
             d["vehicle_id"] = tx.vehicle_id
             d["session_id"] = tx.session_id
             d["energia_kwh"] = min(tx.energy_wh / 1000.0, tx.capacidade_kwh)
+            if tx.power_kw is not None:
+                d["potencia_atual_kw"] = round(min(tx.power_kw, 1000.0), 3)
             d["battery"] = (
                 tx.soc
                 if tx.soc is not None
@@ -183,7 +195,7 @@ class OcppPoint:
 
     # --- commands from the broker -----------------------------------------------------
 
-    def handle(self, cmd: Hold | Release | Start | Stop | SessionAck, now: float) -> Step:
+    def handle(self, cmd: Hold | Release | Start | Limit | Stop | SessionAck, now: float) -> Step:
         if isinstance(cmd, SessionAck):
             if self.pending.pop(cmd.session_id, None) is not None:
                 self._resend_at.pop(cmd.session_id, None)
@@ -202,7 +214,10 @@ class OcppPoint:
             case Hold():
                 return self._hold(cmd)
             case Start():
+                self.limit_kw = cmd.kw
                 return self._start(cmd, now)
+            case Limit():
+                return self._limit(cmd)
             case Stop():
                 return self._stop(cmd)
         return Step()  # pragma: no cover - the match is exhaustive
@@ -319,6 +334,36 @@ class OcppPoint:
             tx.stop_sent = False
             self._answer(cmd.cmd_id, f"point_unreachable: RemoteStopTransaction answered {status}")
 
+    def _limit(self, cmd: Limit) -> Step:
+        tx = self.session
+        if tx is None or tx.session_id != cmd.session_id:
+            if cmd.session_id in self.pending:
+                return Step(messages=[self._ack(cmd.cmd_id, None)])  # ended: draws nothing
+            return self._refused(cmd.cmd_id, f"unknown_session: no session {cmd.session_id} here")
+        self.limit_kw = cmd.kw
+        self._ask(cmd.cmd_id, self._set_profile(cmd.cmd_id, tx))
+        return Step()
+
+    def _power_limit(self, tx: Transaction) -> profiles.PowerLimit | None:
+        if self.limit_kw is None:
+            return None
+        watts = profiles.limit_watts(self.limit_kw)
+        return profiles.PowerLimit(tx.session_id, tx.transaction_id, self.spec.connector, watts)
+
+    async def _set_profile(self, cmd_id: str | None, tx: Transaction) -> None:
+        """Tell the charger the limit of ``tx``; ack ``cmd_id`` with its answer."""
+        limit = self._power_limit(tx)
+        if limit is None:
+            return
+        result = await self.gw.call(self, profiles.set_profile_16(limit))
+        error = profiles.refusal(getattr(result, "status", None))
+        if error is not None and result is not None:
+            self.profiles_rejected = True
+        if cmd_id is not None:
+            self._answer(cmd_id, error)
+        elif error is not None:
+            log.warning("%s: %s", self.point_id, error)
+
     # --- acks -------------------------------------------------------------------------
 
     def _ask(self, cmd_id: str, coro: Coroutine[Any, Any, None]) -> None:
@@ -382,6 +427,9 @@ class OcppPoint:
             tx.meter_last = wh
         if soc is not None:
             tx.soc = soc
+        power = profiles.power_reading(meter_value)
+        if power is not None:
+            tx.power_kw = power
         if tx.energy_wh >= tx.target_wh and not tx.stop_sent and self.online:
             # the vehicle's target is reached: end the session, as our own stations do
             tx.stop_sent = True
@@ -411,7 +459,7 @@ class OcppPoint:
                 nivel_carregar=cmd.nivel_carregar,
                 capacidade_kwh=cmd.capacidade_kwh,
                 meter_start=meter_start,
-                started_at=_epoch(timestamp, now),
+                started_at=epoch_or(timestamp, now),
                 meter_last=meter_start,
             )
         )
@@ -435,6 +483,9 @@ class OcppPoint:
         self.session = tx
         self.hold = self.hold_ocpp_id = None
         self.gw.save_transaction(tx, tx.transaction_id, self.point_id)
+        if self.limit_kw is not None and self.online:
+            # the start carried the session's first limit on a site
+            self.gw.spawn(self._set_profile(None, tx))
 
     def on_stop_transaction(
         self, transaction_id: int, meter_stop: int, timestamp: str, reason: str | None, now: float
@@ -456,7 +507,7 @@ class OcppPoint:
             "nivel_inicial": tx.nivel_bateria,
             "nivel_final": mapping.final_level(tx.nivel_bateria, energy_wh, tx.capacidade_kwh),
             "started_at": format_timestamp(tx.started_at),
-            "ended_at": format_timestamp(_epoch(timestamp, now)),
+            "ended_at": format_timestamp(epoch_or(timestamp, now)),
             "reason": mapping.stop_reason(reason, energy_wh, tx.target_wh),
         }
         self.session = None
@@ -481,7 +532,7 @@ def transaction_from_record(rec: dict[str, Any]) -> Transaction:
     return Transaction(**fields)
 
 
-def _epoch(timestamp: str, fallback: float) -> float:
+def epoch_or(timestamp: str, fallback: float) -> float:
     try:
         return parse_timestamp(timestamp)
     except (ValueError, OverflowError):

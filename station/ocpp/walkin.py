@@ -3,49 +3,66 @@ reservation, no ``chegada`` of ours).
 
 The broker's core knows one way for a session to begin: a vehicle's ``chegada``.
 So the gateway says it for the driver: it connects to the broker's vehicle port
-as the vehicle named by the idTag and sends ``chegada`` for the charger's point
+as the idTag's account and sends ``chegada`` for the charger's point
 (``nivel_bateria`` 0, ``nivel_carregar`` 100, ``capacidade_kwh`` the walk-in
 capacity, the walk-in payment method). The broker then applies its ordinary
 rules (a point whose turn belongs to another reservation refuses) and sends
 ``start``; the point acknowledges it at once, because the charger has already
 started, and the transaction becomes that session. The session is billed to the
-idTag's account from the meter, like every OCPP session.
+idTag's account (``idtag.<tag>``, never a vehicle's id) from the meter, like every
+OCPP session; only idTags the operator listed (``[[idtag]]``) may walk in.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 from common.errors import EVError
-from station.ocpp import mapping
-from station.ocpp.point import OcppPoint, Transaction, _epoch
+from station.ocpp.guard import IdTags
+from station.ocpp.point import OcppPoint, Transaction, epoch_or
 from vehicle.client import VehicleClient
-
-if TYPE_CHECKING:
-    from station.ocpp.gateway import Gateway, GatewayConfig
 
 log = logging.getLogger("station.ocpp")
 
 CHEGADA_TIMEOUT_S: Final = 15.0
 
 
+@dataclass(frozen=True, slots=True)
+class WalkInSettings:
+    """How a walk-in reaches the broker and what it asks for."""
+
+    vehicle_port: int  # walk-in sessions arrive at the broker as vehicles
+    payment: str
+    capacity_kwh: float
+
+
 class WalkIns:
-    def __init__(self, gateway: Gateway, broker: str, config: GatewayConfig) -> None:
-        self._gw = gateway
+    def __init__(
+        self,
+        new_id: Callable[[], int],
+        broker: str,
+        settings: WalkInSettings,
+        id_tags: IdTags | None = None,
+    ) -> None:
+        self._new_id = new_id
         self._broker = broker
-        self._config = config
+        self._config = settings
+        self._tags = id_tags if id_tags is not None else IdTags()
 
     def authorize(self, point: OcppPoint, id_tag: str) -> str:
-        """``Authorize``: Accepted for an idTag that can name a vehicle account."""
-        return "Accepted" if mapping.vehicle_for_tag(id_tag) is not None else "Invalid"
+        """``Authorize``: Accepted for an idTag the operator authorized (``[[idtag]]``)."""
+        return "Accepted" if self._tags.account_for(id_tag) is not None else "Invalid"
 
     async def start(
         self, point: OcppPoint, id_tag: str, meter_start: int, timestamp: str
     ) -> tuple[int, str]:
         """A transaction the broker did not ask for: (transactionId, idTagInfo status)."""
-        tx_id = self._gw.new_id()
-        vehicle = mapping.vehicle_for_tag(id_tag)
+        tx_id = self._new_id()
+        # billed to the idTag's own account, never to a vehicle id; unknown tags: Invalid
+        vehicle = self._tags.account_for(id_tag)
         if vehicle is None or point.session is not None:
             return tx_id, "Invalid"
         cfg = self._config
@@ -56,9 +73,9 @@ class WalkIns:
                 vehicle_id=vehicle,
                 nivel_bateria=0.0,
                 nivel_carregar=100.0,
-                capacidade_kwh=cfg.walkin_capacity_kwh,
+                capacidade_kwh=cfg.capacity_kwh,
                 meter_start=meter_start,
-                started_at=_epoch(timestamp, 0.0),
+                started_at=epoch_or(timestamp, 0.0),
                 meter_last=meter_start,
             )
         )
@@ -71,8 +88,8 @@ class WalkIns:
                 point.point_id,
                 0.0,
                 100.0,
-                cfg.walkin_payment,
-                capacidade_kwh=cfg.walkin_capacity_kwh,
+                cfg.payment,
+                capacidade_kwh=cfg.capacity_kwh,
             )
         except EVError as exc:
             log.warning("%s: walk-in of %s refused: %s", point.point_id, vehicle, exc)

@@ -35,14 +35,14 @@ POINTS = "evcharge_points_known"
 OK = 'evcharge_datagrams_total{outcome="ok"}'
 
 
-def _position(i: int) -> tuple[float, float]:
+def bench_position(i: int) -> tuple[float, float]:
     """Point ``i``'s fixed position (stations do not move between datagrams)."""
     rng = random.Random(i)
     return CENTER[0] + rng.uniform(-0.5, 0.5), CENTER[1] + rng.uniform(-0.5, 0.5)
 
 
-def _point(i: int, **extra: Any) -> bytes:
-    lat, lon = _position(i)
+def bench_point(i: int, **extra: Any) -> bytes:
+    lat, lon = bench_position(i)
     body = {
         "id": f"BP{i:06d}",
         "latitude": lat,
@@ -64,7 +64,7 @@ def register_points(ports: BrokerPorts, start: int, count: int) -> float:
         for first in range(start, start + count, chunk):
             last = min(start + count, first + chunk)
             for i in range(first, last):
-                s.sendto(_point(i), ("127.0.0.1", ports.status))
+                s.sendto(bench_point(i), ("127.0.0.1", ports.status))
             deadline = time.monotonic() + 30
             while metric(metrics_text(ports), POINTS) < last and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -127,7 +127,7 @@ async def _closed_loop(
     return {"done": done, "ok": ok}
 
 
-async def _reservations(port: int, vehicles: int, base: int) -> dict[str, Any]:
+async def bench_reservations(port: int, vehicles: int, base: int) -> dict[str, Any]:
     """One connection per vehicle, opened first; then every vehicle reserves at once."""
     conns = []
     for _i in range(vehicles):
@@ -204,7 +204,7 @@ def _client(job: tuple[str, int, dict[str, Any]], out: Any) -> None:
     if kind == "reserva":
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        out.put(uvloop.run(_reservations(port, args["vehicles"], args["base"])))
+        out.put(uvloop.run(bench_reservations(port, args["vehicles"], args["base"])))
     elif kind == "open":
         out.put(uvloop.run(_open_loop(port, args["conns"], args["rate"], args["seconds"])))
     else:
@@ -217,7 +217,9 @@ def _client(job: tuple[str, int, dict[str, Any]], out: Any) -> None:
 
 def _udp_client(port: int, rate: float, seconds: float, first: int, out: Any) -> None:
     total = int(rate * seconds)
-    payloads = [_point(first + i % 500, boot_id=f"bench{rate}", seq=i + 1) for i in range(total)]
+    payloads = [
+        bench_point(first + i % 500, boot_id=f"bench{rate}", seq=i + 1) for i in range(total)
+    ]
     sent = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         sendto = s.sendto
@@ -234,7 +236,7 @@ def _udp_client(port: int, rate: float, seconds: float, first: int, out: Any) ->
         out.put((sent, time.perf_counter() - t0))
 
 
-def _run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
+def run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_client, args=(job, q)) for job in jobs]
@@ -246,7 +248,7 @@ def _run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
     return results
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -279,7 +281,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
     seconds = 3.0
 
     for kind in ("ping", "bateria"):
-        res = _run_clients(
+        res = run_clients(
             [(kind, ports.vehicle, {"conns": per, "seconds": seconds})] * CLIENT_PROCS
         )
         total = sum(r["done"] for r in res)
@@ -287,7 +289,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
 
     for rate in (1000.0, 5000.0):
         args = {"conns": per, "rate": rate / CLIENT_PROCS, "seconds": seconds}
-        lat_lists = _run_clients([("open", ports.vehicle, args)] * CLIENT_PROCS)
+        lat_lists = run_clients([("open", ports.vehicle, args)] * CLIENT_PROCS)
         lat = [x for lst in lat_lists for x in lst]
         print(
             f"bateria @ {rate:,.0f} req/s offered: answered {len(lat) / seconds:,.0f}/s, "
@@ -320,7 +322,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
         )
 
     vehicles = 2000
-    res = _run_clients(
+    res = run_clients(
         [("reserva", ports.vehicle, {"vehicles": vehicles, "base": k * 10**6}) for k in range(2)]
     )
     ok = sum(r["ok"] for r in res)
@@ -344,7 +346,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
         time.sleep(1.0)
         points = metric(metrics_text(ports), POINTS)
         print(
-            f"memory: {_rss_mib(pid):,.0f} MiB RSS with {points:,.0f} points, "
+            f"memory: {rss_mib(pid):,.0f} MiB RSS with {points:,.0f} points, "
             f"{len(idle):,} idle connections"
         )
     finally:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from broker.billing_jetstream import JetStreamBilling
-from broker.ledger import open_ledger
+from broker.consumers.billing.backends import open_ledger
+from broker.consumers.billing.jetstream import JetStreamBilling
 from tests.e2e.test_bridge_jetstream import start_bridge
 from tests.e2e.test_consumers_billing import FakeStation, charge, cli
 from tests.support.jetstream_bills import publish_bills
@@ -50,6 +50,7 @@ def servers() -> Iterator[tuple[NatsServer, Postgres]]:
 
 
 @pytest.fixture
+# (ignored below) pytest's tmp_path fixture, untyped here like the other fixtures of the file
 def regions(servers: tuple[NatsServer, Postgres], tmp_path) -> Iterator[list[Region]]:  # type: ignore[no-untyped-def]
     ns, _ = servers
     out: list[Region] = []
@@ -80,6 +81,7 @@ def start_worker(url: str, ledger: str, *extra: str) -> Proc:
     return proc
 
 
+# (ignored below) the reconciliation is plain decoded JSON
 def reconcile(ledger: str, regions: list[Region]) -> tuple[int, dict]:  # type: ignore[type-arg]
     brokers = [
         a
@@ -91,6 +93,7 @@ def reconcile(ledger: str, regions: list[Region]) -> tuple[int, dict]:  # type: 
     return res.returncode, json.loads(res.stdout)
 
 
+# (ignored below) the reconciliation is plain decoded JSON
 def reconcile_until_equal(ledger: str, regions: list[Region], timeout: float = 60) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     while True:
@@ -167,7 +170,7 @@ def test_a_batch_committed_but_not_acknowledged_is_not_billed_twice(
     async def commit_without_ack() -> int:
         with open_ledger(ledger) as led:
             worker = JetStreamBilling(ns.url, led)
-            from broker import jetstream
+            from broker.consumers.bridge import jetstream
 
             nc = await jetstream.connect(ns.url, name="t", reconnect=False)
             try:
@@ -236,5 +239,34 @@ def test_kill_9_mid_batch_on_a_backlog_bills_each_session_once(
         assert sorted(sessions) == sorted(f"BL{i}" for i in range(1, n + 1))
         assert kills >= 1
         assert worker.stop() == 0
+    finally:
+        worker.stop()
+
+
+def test_a_postgresql_restart_under_the_worker_loses_no_bill_and_no_worker(
+    servers: tuple[NatsServer, Postgres],
+) -> None:
+    """PostgreSQL stops while bills wait in the stream and starts again: the worker keeps
+    running (it used to exit on the broken connection) and bills every session once."""
+    ns, pg = servers
+    ledger = pg.create_database("restarted")
+
+    def billed() -> list[str]:
+        with open_ledger(ledger) as led:
+            return sorted(b.session_id for b in led.bills())
+
+    worker = start_worker(ns.url, ledger)
+    try:
+        asyncio.run(publish_bills(ns.url, "pgr", 50, "PG", "V", 5))
+        wait_for(lambda: len(billed()) == 50, timeout=60, what="the first 50 bills")
+        pg.stop_server()
+        asyncio.run(publish_bills(ns.url, "pgr2", 50, "PH", "V", 5))
+        worker.read_until("ledger write failed", timeout=30)  # it noticed, and kept running
+        assert worker.popen.poll() is None
+        pg.start_server()
+        want = sorted([f"PG{i}" for i in range(1, 51)] + [f"PH{i}" for i in range(1, 51)])
+        wait_for(lambda: billed() == want, timeout=60, what="every bill after the restart")
+        assert worker.stop() == 0
+        assert "Traceback" not in worker.drain()
     finally:
         worker.stop()

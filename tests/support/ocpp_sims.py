@@ -86,8 +86,10 @@ def write_chargers(
     password: str = PASSWORD,
     lat: float = -12.2664,
     lon: float = -38.9663,
+    id_tags: tuple[str, ...] = ("RFID042",),
 ) -> Path:
-    """A chargers file for ``ids`` (all with ``password``), spread a little around lat/lon."""
+    """A chargers file for ``ids`` (all with ``password``), spread a little around lat/lon,
+    with ``id_tags`` authorized for walk-ins."""
     pw_hash = hash_password(password, FAST_HASH_ITERATIONS)
     parts = []
     for n, cid in enumerate(ids):
@@ -98,5 +100,6 @@ def write_chargers(
             f"price_kwh = {price_kwh}\npower_kw = {power_kw}\nconnector = 1\n"
             f'password_hash = "{pw_hash}"\n'
         )
+    parts += [f'[[idtag]]\nid = "{tag}"\n' for tag in id_tags]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -316,3 +316,17 @@ def test_same_answers_as_the_index_before_over_a_moving_fleet() -> None:
         assert bits(new.nearest(lat, lon, k, max_km, filt)) == bits(
             old.nearest(lat, lon, k, max_km, filt)
         )
+
+
+@settings(max_examples=50, deadline=None)
+@given(scenes(), st.integers(min_value=1, max_value=20))
+def test_load_answers_as_puts_do(
+    scene: tuple[dict[str, tuple[float, float]], float, float], k: int
+) -> None:
+    """A snapshot loaded at once (one rebuild) answers exactly as point-by-point inserts."""
+    pts, qlat, qlon = scene
+    loaded = GeoIndex()
+    loaded.load((pid, lat, lon) for pid, (lat, lon) in pts.items())
+    assert len(loaded) == len(pts)
+    assert bits(loaded.nearest(qlat, qlon, k)) == bits(indexed(pts).nearest(qlat, qlon, k))
+    assert bits(loaded.nearest(qlat, qlon, k)) == bits(brute(pts, qlat, qlon, k, None))

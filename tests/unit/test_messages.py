@@ -101,6 +101,7 @@ def test_extended_datagram_round_trip() -> None:
         "ts": 1744020009.5,
         "vehicle_id": "CAR9",
         "battery": 55.5,
+        "potencia_atual_kw": 11.0,
         "future_field": {"ignored": True},
     }
     raw = encode_datagram(fields)
@@ -329,7 +330,9 @@ def test_history_requests() -> None:
     assert decode_history_request(pack({"op": "since"})) == HistorySince(
         seq=0, limit=MAX_HISTORY_LIMIT
     )
-    assert decode_history_request(pack({"op": "snapshot", "extra": 1})) == HistorySnapshot()
+    assert decode_history_request(pack({"op": "snapshot"})) == HistorySnapshot()
+    with pytest.raises(InvalidRequest):  # one decoding: an unknown field is refused
+        decode_history_request(pack({"op": "snapshot", "extra": 1}))
     assert decode_history_request(pack({"op": "accounts"})) == HistoryAccounts()
     request = {"op": "set_availability", "point_id": "CP1", "available": False, "reason": "r"}
     assert decode_history_request(pack(request)) == HistorySetAvailability(
@@ -383,7 +386,7 @@ def test_pack_unpack_round_trip_and_interop() -> None:
 def test_request_and_reply_tables_agree() -> None:
     assert set(REQUEST_TYPES) == set(REPLY_TYPES)
     assert not set(REPLY_TYPES.values()) & set(PUSH_TYPES)
-    assert len(set(TOPICS)) == len(TOPICS) == 15
+    assert len(set(TOPICS)) == len(TOPICS) == 20
     assert json.loads(json.dumps(list(REQUEST_TYPES))) == [
         "bateria",
         "consulta",
