@@ -91,9 +91,11 @@ def _edge(
     committed: dict[str, tuple[bytes, float]] | None = None,
 ) -> tuple[Host, GatewaysEdge, list[Any]]:
     host = Host()
+    # (ignored below) no socket: the edge is driven by hand
     edge = GatewaysEdge(None, "tcp://x", host, WELCOME, committed or {})  # type: ignore[arg-type]
     host.edge = edge
     sent: list[Any] = []
+    # (ignored below) the send is replaced to capture what would go out
     edge._send_raw = lambda rid, msg: sent.append(msg)  # type: ignore[method-assign]
     return host, edge, sent
 
