@@ -21,7 +21,9 @@ def _answers(reads: object, now: float) -> tuple[bytes, bytes]:
     bat = msgspec.convert({"nivel_bateria": 50, "localizacao": WHERE, "limite": 10}, Bateria)
     con = msgspec.convert({"localizacao": WHERE}, Consulta)
     return (
+        # (ignored below) the encoded points are a Raw (bytes-like) here
         bytes(bateria_points(reads, bat, now)),  # type: ignore[arg-type]
+        # (ignored below) the encoded points are a Raw (bytes-like) here
         bytes(consulta_points(reads, con, now)[0]),  # type: ignore[arg-type]
     )
 
