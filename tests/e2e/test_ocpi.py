@@ -501,6 +501,12 @@ def test_an_ocpp_walk_in_with_an_emsp_token_is_that_emsps_session(registered: Ro
     )
     assert "BAD" not in r.tokens("--authorized")
     chargers = write_chargers(r.tmp / "chargers.toml", ["RMO-1"], lat=-12.5, lon=-38.5)
+    idtags = subprocess.run(
+        [sys.executable, "-m", "broker", "ocpi", "tokens", "--authorized", "--idtags",
+         "--db", str(r.db)], capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert 'id = "RFID042"' in idtags and "BAD" not in idtags
+    chargers.write_text(chargers.read_text() + "\n" + idtags)  # the cards the eMSP validated
     ws_port = free_port()
     gw = start(
         [
@@ -515,6 +521,7 @@ def test_an_ocpp_walk_in_with_an_emsp_token_is_that_emsps_session(registered: Ro
         with sim_loop() as sims:
             sim = sims.add(f"ws://127.0.0.1:{ws_port}/ocpp", "RMO-1", speed=100, meter_every_s=0.1)
             r.wait_status("RMO", "RMO-1", "AVAILABLE")
+            assert sims.run(sim.local_start("BAD")) == "Invalid"  # not valid at its eMSP
             assert sims.run(sim.local_start("RFID042")) == "Accepted"
             active = peer.wait(
                 lambda x: x.method == "PUT" and "/sessions/" in x.path

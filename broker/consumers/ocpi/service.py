@@ -67,6 +67,7 @@ from common.errors import TransportError
 from common.messages import BusEvent
 from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
+from station.ocpp.guard import WALK_IN_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +273,11 @@ class OcpiService:
         del now
 
     def _walk_in(self, vehicle_id: str) -> Driver | None:
-        """A session started at a charger by an eMSP token (an OCPP walk-in's idTag is
-        the vehicle id): that eMSP's driver, authorized by its cached token."""
-        found = self.store.walk_in_token(vehicle_id)
+        """A session started at a charger with an eMSP's card (an OCPP walk-in, billed to
+        the account ``idtag.<uid>``): that eMSP's driver, when its cached token is valid."""
+        if not vehicle_id.startswith(WALK_IN_PREFIX):
+            return None
+        found = self.store.walk_in_token(vehicle_id.removeprefix(WALK_IN_PREFIX))
         if found is None:
             return None
         partner, t = found
