@@ -85,6 +85,7 @@ from common.messages import (
     HistoryRemoveSite,
     HistorySetSite,
     HistorySites,
+    HistoryTariffs,
     StationToBroker,
     StatusDatagram,
     VehicleRequest,
@@ -259,6 +260,7 @@ class BrokerApp:
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
             set_availability=self.set_availability,
+            tariffs=self.tariffs,
             sites=self.sites_op,
         )
         await self.bus.start()
@@ -432,6 +434,22 @@ class BrokerApp:
                 self.request_stop(1)
                 raise InternalError("internal: the change could not be committed") from exc
             log.info("site %s %s by %s", request.name, "set" if "site" in reply else "removed", by)
+        return reply
+
+    def tariffs(self, request: HistoryTariffs, by: str) -> dict[str, Any]:
+        """An operator's tariff request; the reply is made after the commit."""
+        reply, effects = self.core.tariffs(
+            request.action, request.tariffs, request.tariff_id, request.points, by, time.time()
+        )
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                return {"error": "internal: the change could not be committed"}
+            log.info("tariffs %s %s by %s", request.action, request.tariff_id or "", by)
         return reply
 
     def vehicle_request(
