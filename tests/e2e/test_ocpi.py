@@ -588,3 +588,44 @@ def test_roaming_drivers_register_when_the_broker_requires_it(tmp_path: Path) ->
             assert r.result(ref)["result"] == "ACCEPTED"
             wait_for(lambda n=n: cdrs() >= n, 30, f"CDR {n}")  # type: ignore[misc]
         assert "ocpi.NLEMS.TOK1" in r.tokens_of_vehicles()
+
+
+def test_operator_tariffs_are_served_pushed_and_priced_into_the_cdr(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+    tariff = {
+        "id": "TOU1", "currency": "BRL",
+        "elements": [{"price_components": [
+            {"type": "FLAT", "price": 1.5, "step_size": 1},
+            {"type": "ENERGY", "price": 1.0, "step_size": 1},
+        ]}],
+    }  # fmt: skip
+    path = r.tmp / "tou1.json"
+    path.write_text(json.dumps(tariff))
+    ops = ["--history-port", str(r.ports.history), *r.ports.cred_args("operator")]
+    for args in (["set", str(path)], ["assign", "TOU1", "--points", "RMA-2"]):
+        subprocess.run([sys.executable, "-m", "broker", "tariffs", *args, *ops],
+                       capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    pushed = peer.wait(lambda x: x.method == "PUT" and x.path.endswith("/tariffs/BR/EVC/TOU1"))
+    assert pushed.body["elements"] == tariff["elements"]
+    peer.wait(
+        lambda x: x.method == "PUT" and x.path.endswith("/RMA/RMA-2")
+        and x.body["connectors"][0]["tariff_ids"] == ["TOU1"], 30, "the EVSE's new tariff",
+    )  # fmt: skip
+    _, _, doc = r.cpo.call("GET", f"/{V}/tariffs")
+    served = {t["id"]: t for t in doc["data"]}
+    assert served["TOU1"]["party_id"] == "EVC" and "KWH-2" in served
+    for t in doc["data"]:
+        check("Tariff", t)
+    assert r.evse("RMA", "RMA-1")["connectors"][0]["tariff_ids"] == ["KWH-2"]
+    assert (
+        r.command("START_SESSION", start_cmd(peer, "tou", "TOK2", "RMA", "RMA-2"))["result"]
+        == "ACCEPTED"
+    )
+    assert r.result("tou")["result"] == "ACCEPTED"
+    cdr = peer.wait(
+        lambda x: x.path.endswith("/cdrs") and x.body["cdr_location"]["evse_uid"] == "RMA-2"
+        and x.body.get("tariffs"), 30, "the tariffed CDR",
+    ).body  # fmt: skip
+    assert cdr["tariffs"][0]["id"] == "TOU1" and cdr["total_energy"] == 60.0
+    assert cdr["total_cost"]["excl_vat"] == 61.5 and cdr["total_fixed_cost"]["excl_vat"] == 1.5
+    assert not peer.invalid, peer.invalid
