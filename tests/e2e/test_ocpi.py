@@ -316,6 +316,14 @@ def test_start_session_charges_and_ends_with_one_cdr_billed(registered: Roaming)
 
         wait_for(lambda: len(billed()) == 1, 30, "the roaming session billed")
         assert billed()[0]["session_id"] == cdr["session_id"] and billed()[0]["cost"] == 120.0
+        # the CDR the eMSP got is the ledger's CDR of that bill
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", "billing", "report", "--db", str(billing_db),
+             "--format", "ocpi"], capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        (ledger,) = [c for c in json.loads(out.stdout) if c["id"] == cdr["session_id"]]
+        for name in ("total_cost", "total_energy", "total_energy_cost", "charging_periods"):
+            assert cdr[name] == ledger[name], name
         assert len(peer.got(lambda x: x.path.endswith("/cdrs"))) == 1
         assert not peer.invalid, peer.invalid
     finally:

@@ -33,6 +33,7 @@ import httpx
 import msgspec
 import zmq.asyncio
 
+from broker.consumers.billing.ledger import Bill
 from broker.consumers.ocpi.commands import Commander
 from broker.consumers.ocpi.mapping import (
     Change,
@@ -64,8 +65,8 @@ from broker.consumers.ocpi.wire import (
 )
 from broker.consumers.subscriber import Endpoint as BusEndpoint
 from broker.consumers.subscriber import HistoryClient, Subscriber, decode_events
-from broker.core.cdr import cdr_from_builtins, cdr_to_builtins
-from common.errors import EventsPruned, TransportError
+from broker.core.cdr import Cdr, cdr_from_builtins, cdr_to_builtins
+from common.errors import EventsPruned, EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
@@ -336,9 +337,8 @@ class OcpiService:
             if completed:
                 point = self.view.state.points.get(str(ev.data.get("point_id")))
                 data = dict(ev.data)
-                engine_cdr = None
-                if isinstance(data.get("cdr"), dict):
-                    engine_cdr = cdr_from_builtins(data["cdr"])
+                engine_cdr = self._ledger_cdr(ev)
+                if engine_cdr is not None:
                     data["cdr"] = cdr_to_builtins(engine_cdr)
                 cdr = cdr_of(s, d, data, point, now=ev.ts)
                 tariff = (
@@ -356,6 +356,17 @@ class OcpiService:
         for name in {x.partner for x in pushes}:
             self.outbox.kick(name)
         del now
+
+    @staticmethod
+    def _ledger_cdr(ev: BusEvent) -> Cdr | None:
+        """The CDR the billing ledger keeps for this bill (``billing report --format
+        ocpi``): the tariff engine's, or for a flat bill the engine's CDR of one ENERGY
+        component at the point's price. None for a bill the ledger would refuse."""
+        try:
+            return cdr_from_builtins(Bill.from_event(ev.data).ocpi_cdr())
+        except (ValueError, EVError) as exc:
+            log.error("seq %d: charging.completed not billable: %s", ev.seq, exc)
+            return None
 
     def _walk_in(self, vehicle_id: str) -> Driver | None:
         """A session started at a charger with an eMSP's card (an OCPP walk-in, billed to
