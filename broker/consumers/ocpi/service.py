@@ -66,11 +66,11 @@ from broker.consumers.ocpi.wire import (
 from broker.consumers.subscriber import Endpoint as BusEndpoint
 from broker.consumers.subscriber import HistoryClient, Subscriber, decode_events
 from broker.core.cdr import Cdr, cdr_from_builtins, cdr_to_builtins
+from broker.core.vehicle_auth import WALK_IN_PREFIX
 from common.errors import EventsPruned, EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
-from station.ocpp.guard import WALK_IN_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,8 @@ class OcpiService:
 
     def _walk_in(self, vehicle_id: str) -> Driver | None:
         """A session started at a charger with an eMSP's card (an OCPP walk-in, billed to
-        the account ``idtag.<uid>``): that eMSP's driver, when its cached token is valid."""
+        its idTag's account ``idtag.<uid>``): that eMSP's driver, when its cached token
+        is valid."""
         if not vehicle_id.startswith(WALK_IN_PREFIX):
             return None
         found = self.store.walk_in_token(vehicle_id.removeprefix(WALK_IN_PREFIX))
