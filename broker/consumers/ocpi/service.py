@@ -65,10 +65,9 @@ from broker.consumers.ocpi.wire import (
 )
 from broker.consumers.subscriber import Endpoint as BusEndpoint
 from broker.consumers.subscriber import HistoryClient, Subscriber, decode_events
-from broker.core.cdr import Cdr, cdr_from_builtins, cdr_to_builtins
-from broker.core.vehicle_auth import WALK_IN_PREFIX
+from common.cdr import Cdr, cdr_from_builtins, cdr_to_builtins
 from common.errors import EventsPruned, EVError, TransportError
-from common.messages import MAX_HISTORY_LIMIT, BusEvent
+from common.messages import MAX_HISTORY_LIMIT, WALK_IN_PREFIX, BusEvent
 from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
 

@@ -6,7 +6,7 @@ keeps the tariff engine's :class:`~broker.core.tariff_book.TariffBook`, fed
 with those events in seq order (set -> ``put``, assign -> ``assign``, remove ->
 ``remove``), so a point's tariff here is the one the broker prices it by, by
 the broker's own rule. A point no valid tariff prices is priced by its
-announced ``preco_kwh`` (the engine's :func:`~broker.core.tariffs.flat_tariff`),
+announced ``preco_kwh`` (the engine's :func:`~common.tariffs.flat_tariff`),
 served as a tariff of its own per price. Nothing is priced here.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from broker.consumers.ocpi.mapping import Site, tariff_id_for_price
 from broker.core.tariff_book import TariffBook
-from broker.core.tariffs import (
+from common.tariffs import (
     Tariff,
     TariffInvalid,
     flat_tariff,
