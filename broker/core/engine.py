@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
@@ -40,7 +41,7 @@ from broker.core.sessions import (
     to_decimal,
 )
 from broker.core.timers import TimerHeap
-from common.errors import PointUnreachable
+from common.errors import EVError, PointBusy, PointUnavailable, PointUnreachable
 from common.events import (
     ChargingCompleted,
     ChargingStarted,
@@ -63,6 +64,7 @@ from common.replies import (
     PointView,
     ReservaCancelada,
     ReservaExpirada,
+    Reserved,
     Started,
     Statement,
     SuaVez,
@@ -87,6 +89,29 @@ def kwh3(value: Decimal) -> float:
     return float(value.quantize(MILLI, rounding=ROUND_HALF_UP))
 
 
+@dataclass(slots=True)
+class HoldWait:
+    """A ``hold`` sent and not yet acked; ``conn``/``request_id``/``answer`` are the
+    ``reserva`` reply that waits for it (None when the turn came later)."""
+
+    point_id: str
+    reservation_id: str
+    conn: int | None = None
+    request_id: Any = None
+    answer: Reserved | None = None
+    after: list[Effect] = field(default_factory=list)
+
+
+def hold_refusal(error: str | None) -> EVError:
+    """What a station's refusal of ``hold`` means for the driver: ``point_busy`` when the
+    station says so (the error's code, before ``:``), else ``point_unavailable``."""
+    text = error or "refused"
+    message = f"The station refused to hold the point ({text.strip()[:200]})"
+    if text.partition(":")[0].strip() == "point_busy":
+        return PointBusy(message)
+    return PointUnavailable(message)
+
+
 class Engine:
     """All state of the broker core; see :mod:`broker.core` for the theory of operation."""
 
@@ -109,6 +134,7 @@ class Engine:
         self.reservation_of: Callable[[str], Reservation | None] = self._res_by_vehicle.get
         self.session_of: Callable[[str], Session | None] = self._session_by_vehicle.get
         self._pending: dict[str, PendingStart] = {}
+        self._holds: dict[str, HoldWait] = {}  # hold cmd_id -> what its ack decides
         self._abandoned: dict[str, tuple[str, str]] = {}
         self._accounts = Accounts()
         self._timers = TimerHeap()
@@ -123,6 +149,7 @@ class Engine:
             "acks_unknown": 0,
             "points_refused": 0,
             "sessions_out_of_bounds": 0,
+            "holds_refused": 0,
         }
 
     # --- reading --------------------------------------------------------------------
@@ -185,7 +212,7 @@ class Engine:
     def send(self, fx: list[Effect], point_id: str, message: BrokerToStation) -> None:
         fx.append(SendStation(point_id, message))
 
-    def _hold(self, fx: list[Effect], p: PointState, head: Reservation) -> None:
+    def _hold(self, fx: list[Effect], p: PointState, head: Reservation, now: float) -> None:
         assert head.deadline is not None
         cmd = Hold(
             cmd_id=self._new_id("cmd"),
@@ -194,6 +221,65 @@ class Engine:
             until=head.deadline,
         )
         fx.append(SendStation(p.id, cmd))
+        if p.commands:
+            # its ack decides: a station that refuses to hold the turn ends the
+            # reservation (an entry leaves on the ack, or after ack_timeout_s)
+            self._holds[cmd.cmd_id] = HoldWait(p.id, head.id)
+            self._timers.schedule(now + self._cfg.ack_timeout_s, "hold", cmd.cmd_id)
+
+    def wait_hold(
+        self, r: Reservation, conn: int, request_id: Any, answer: Reserved, after: list[Effect]
+    ) -> bool:
+        """Let the ``reserva`` reply that gave ``r`` the turn wait for the hold's ack.
+
+        True when a hold of ``r`` is awaiting its ack: the caller then replies nothing
+        now; the ack (or its timeout) replies ``answer`` followed by ``after`` (the
+        ``sua_vez`` push), or the station's refusal alone.
+        """
+        for wait in reversed(self._holds.values()):
+            if wait.reservation_id == r.id and wait.answer is None:
+                wait.conn, wait.request_id = conn, request_id
+                wait.answer, wait.after = answer, after
+                return True
+        return False
+
+    def _hold_answered(
+        self, cmd_id: str, ok: bool, error: str | None, now: float, fx: list[Effect]
+    ) -> None:
+        """The station acked a hold (``ok``), refused it, or did not answer in time
+        (taken as ``ok``: the broker's queue is the truth for a silent station)."""
+        wait = self._holds.pop(cmd_id)
+        r = self._res_by_id.get(wait.reservation_id)
+        p = self._points.get(wait.point_id)
+        if ok or r is None or p is None or not p.queue or p.queue[0] is not r:
+            # held, or the reservation already ended some other way (cancelled, expired,
+            # started): the driver hears what it was told then
+            if wait.answer is not None:
+                fx.append(Reply(wait.conn or 0, wait.request_id, "reserva_response", wait.answer))
+                fx.extend(wait.after)
+            return
+        err = hold_refusal(error)
+        self._counters["holds_refused"] += 1
+        self._forget_reservation(p, r, fx)  # nothing is held: no release to send
+        self.publish(
+            fx,
+            ReservationCancelled(
+                reservation_id=r.id, vehicle_id=r.vehicle_id, point_id=p.id, motivo=err.code
+            ),
+            now,
+        )
+        if wait.answer is not None:
+            no = refusal(err, r.vehicle_id, p.id)
+            fx.append(Reply(wait.conn or 0, wait.request_id, "reserva_response", no))
+        else:
+            fx.append(
+                Push(
+                    r.vehicle_id,
+                    "reserva_cancelada",
+                    ReservaCancelada(id_ponto_recarga=p.id, reservation_id=r.id, motivo=err.code),
+                )
+            )
+        self.refresh(p, now, fx)
 
     def send_stop(self, fx: list[Effect], point_id: str, session_id: str) -> None:
         fx.append(SendStation(point_id, Stop(cmd_id=self._new_id("cmd"), session_id=session_id)))
@@ -303,10 +389,10 @@ class Engine:
                 self.cancel(r, now, fx, "point_disabled", push=True)
         self.refresh(p, now, fx)
 
-    def resend_hold(self, p: PointState, fx: list[Effect]) -> None:
+    def resend_hold(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """Tell a (re)connected station about the turn it holds, if any."""
         if holds_turn(p) and p.queue[0].deadline is not None:
-            self._hold(fx, p, p.queue[0])
+            self._hold(fx, p, p.queue[0], now)
 
     def point_view(self, p: PointState, distance: float | None, now: float) -> PointView:
         """The protocol's Point object (``distance`` omitted when None)."""
@@ -412,7 +498,7 @@ class Engine:
             ),
             now,
         )
-        self._hold(fx, p, head)
+        self._hold(fx, p, head, now)
         self._timers.schedule(head.deadline, "expire", head.id, head.deadline)
 
     def new_reservation(
@@ -546,6 +632,13 @@ class Engine:
         Only the point the command went to may answer it; another point's ack is
         refused (``Rejected``) and changes nothing.
         """
+        wait = self._holds.get(cmd_id)
+        if wait is not None:
+            if wait.point_id != point_id:
+                fx.append(Rejected("stations", "not_command_owner", f"{point_id!r} acked {cmd_id}"))
+            else:
+                self._hold_answered(cmd_id, ok, error, now, fx)
+            return
         pend = self._pending.get(cmd_id)
         owner = pend.point_id if pend is not None else self._abandoned.get(cmd_id, (None,))[0]
         if owner is not None and owner != point_id:
@@ -666,6 +759,11 @@ class Engine:
         p = self._points.get(point_id)
         if p is not None and p.pending is not None:
             self.fail_start(p.pending, now, fx, "station unreachable")
+        if p is not None and p.commands:
+            # no command connection: its holds are taken as held (the queue is the truth)
+            p.commands = False
+            for cmd_id in [c for c, w in self._holds.items() if w.point_id == point_id]:
+                self._hold_answered(cmd_id, True, None, now, fx)
 
     def bill(
         self,
@@ -827,6 +925,8 @@ class Engine:
         if kind == "grace":
             p = self._points.get(key)
             return p is not None and p.unusable_since == token and not p.usable
+        if kind == "hold":
+            return key in self._holds
         return key in self._pending
 
     def tick(self, now: float) -> list[Effect]:
@@ -839,6 +939,9 @@ class Engine:
                 self._fire_expire(key, token, now, fx)
             elif kind == "grace":
                 self._fire_grace(key, token, now, fx)
+            elif kind == "hold":
+                if key in self._holds:  # no answer in time: taken as held
+                    self._hold_answered(key, True, None, now, fx)
             else:
                 pend = self._pending.get(key)
                 if pend is not None:

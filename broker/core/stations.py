@@ -241,10 +241,11 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 eng, p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s
             ):
                 fx.append(Persist("point", p.id, p.static_record()))
+        p.commands = True
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)
-        eng.resend_hold(p, fx)
+        eng.resend_hold(p, now, fx)
         return fx
     if p is not None:
         eng.heard(p, now, fx)

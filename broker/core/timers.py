@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from typing import Literal
 
-TimerKind = Literal["offline", "expire", "grace", "ack"]
+TimerKind = Literal["offline", "expire", "grace", "ack", "hold"]
 TimerEntry = tuple[float, int, TimerKind, str, float]
 
 
