@@ -232,6 +232,9 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     preco_kwh: PriceKwh = 2.0
     boot_id: str = ""
     interval_s: IntervalS = 2.0
+    # the station's ack of ``hold`` decides the reservation: the ``reserva`` reply waits
+    # for it (a gateway whose chargers may refuse to hold, docs/protocol.md)
+    confirms_holds: bool = False
 
 
 class Heartbeat(Struct, tag="heartbeat", tag_field="type", frozen=True):

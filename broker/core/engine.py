@@ -761,7 +761,7 @@ class Engine:
             self.fail_start(p.pending, now, fx, "station unreachable")
         if p is not None and p.commands:
             # no command connection: its holds are taken as held (the queue is the truth)
-            p.commands = False
+            p.commands = p.confirms_holds = False
             for cmd_id in [c for c, w in self._holds.items() if w.point_id == point_id]:
                 self._hold_answered(cmd_id, True, None, now, fx)
 

@@ -44,6 +44,8 @@ class PointState:
     boot_id: str | None = None
     # the station said ``hello`` and answers commands (a datagram-only station does not)
     commands: bool = False
+    # its ack of ``hold`` confirms a reservation (``hello`` said ``confirms_holds``)
+    confirms_holds: bool = False
     dgram_seq: int | None = None  # the last seq seen in ``boot_id`` (None: none yet)
     dgram_ts: float = -math.inf  # the ts of the last accepted signed datagram
     # the station's latest report

@@ -242,6 +242,7 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
             ):
                 fx.append(Persist("point", p.id, p.static_record()))
         p.commands = True
+        p.confirms_holds = msg.confirms_holds
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)

@@ -219,10 +219,12 @@ def _reserva(
 def _wait_hold(
     eng: Engine, conn: int, request_id: Any, answer: Reserved, after: list[Effect]
 ) -> bool:
-    """A reservation that got the turn at once is confirmed only once the station holds
-    it: the reply and the ``sua_vez`` push (taken out of ``after``) wait for the hold's
-    ack. True when they wait; the rest of ``after`` goes out now."""
-    if answer.expira_em is UNSET:
+    """A reservation that got the turn at once at a point whose station confirms holds
+    is confirmed only once the station holds it: the reply and the ``sua_vez`` push
+    (taken out of ``after``) wait for the hold's ack. True when they wait; the rest of
+    ``after`` goes out now."""
+    p = eng.point(answer.id_ponto_recarga)
+    if answer.expira_em is UNSET or p is None or not p.confirms_holds:
         return False
     r = eng.reservation_of(answer.vehicle_id)
     if r is None:

@@ -10,10 +10,11 @@ from tests.support.core_harness import Harness
 
 
 def commanded() -> Harness:
-    """CP01 registered by datagram and greeted by hello: it answers commands."""
+    """CP01 registered by datagram and greeted by a hello that says its hold acks
+    confirm reservations (the OCPP gateway)."""
     h = Harness()
     h.point("CP01")
-    h.hello("CP01")
+    h.hello("CP01", confirms_holds=True)
     return h
 
 
@@ -67,11 +68,18 @@ def test_an_unroutable_station_is_taken_as_holding_at_once() -> None:
     assert h.reply(fx).data["code"] == "reserved"
 
 
-def test_a_datagram_only_station_is_answered_at_once() -> None:
+def test_other_stations_are_answered_at_once_and_their_refusal_cancels_by_push() -> None:
     h = Harness()
     h.point("CP01")
-    fx = h.request("CAR1", "reserva", id_ponto_recarga="CP01")
+    fx = h.request("CAR1", "reserva", id_ponto_recarga="CP01")  # a datagram-only point
     assert h.reply(fx).data["code"] == "reserved" and h.commands(fx, Hold)
+    h.point("CP02")
+    h.hello("CP02")  # answers commands, does not confirm holds
+    fx = h.request("CAR2", "reserva", id_ponto_recarga="CP02")
+    assert h.reply(fx).data["code"] == "reserved" and h.pushes(fx, "sua_vez")
+    fx = h.ack("CP02", h.commands(fx, Hold)[0].cmd_id, ok=False, error="point_unavailable: x")
+    (push,) = h.pushes(fx, "reserva_cancelada")
+    assert push.vehicle_id == "CAR2" and push.data["motivo"] == "point_unavailable"
 
 
 def test_a_turn_passed_later_and_refused_is_cancelled_by_push_and_passes_on() -> None:
@@ -90,7 +98,7 @@ def test_a_turn_passed_later_and_refused_is_cancelled_by_push_and_passes_on() ->
 def test_a_hold_acked_by_another_point_is_rejected_and_changes_nothing() -> None:
     h = commanded()
     h.point("CP02")
-    h.hello("CP02")
+    h.hello("CP02", confirms_holds=True)
     fx, hold = reserva(h, "CAR1")
     fx = h.ack("CP02", hold.cmd_id, ok=False, error="point_busy")
     assert not h.replies(fx)
