@@ -235,6 +235,8 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     # the station's ack of ``hold`` decides the reservation: the ``reserva`` reply waits
     # for it (a gateway whose chargers may refuse to hold, docs/protocol.md)
     confirms_holds: bool = False
+    # tell the station when an operator takes its point out of service (``availability``)
+    availability: bool = False
 
 
 class Heartbeat(Struct, tag="heartbeat", tag_field="type", frozen=True):
@@ -297,7 +299,15 @@ class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, froz
     session_id: str
 
 
-BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck
+class Availability(Struct, tag="availability", tag_field="type", kw_only=True, frozen=True):
+    """A notice, not a command (no ack): an operator took the point out of service
+    (``available`` false) or put it back; sent to stations whose hello asked for it."""
+
+    available: bool
+    reason: str = ""
+
+
+BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck | Availability
 
 # --- event bus and history ------------------------------------------------------------
 

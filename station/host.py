@@ -28,7 +28,16 @@ from common import runner
 from common.codec import decode_broker_message, encode_datagram, pack
 from common.credentials import Credential, sign_datagram
 from common.errors import BadBrokerFrame, StationProtocolError
-from common.messages import Heartbeat, Hold, Release, SessionAck, Start, Stop, Welcome
+from common.messages import (
+    Availability,
+    Heartbeat,
+    Hold,
+    Release,
+    SessionAck,
+    Start,
+    Stop,
+    Welcome,
+)
 from station.links import Link
 from station.sim import Charger, Step
 
@@ -57,6 +66,9 @@ class HostConfig:
     mute_commands: bool = False
     #: Signs every status datagram (``EVS1``) when set; the links use its CURVE keys.
     credential: Credential | None = None
+    #: No datagram for a station not yet welcomed (the OCPP gateway: the broker must
+    #: know from the hello that the point confirms holds before a driver can reserve it)
+    quiet_until_welcome: bool = False
 
 
 @dataclass
@@ -246,6 +258,10 @@ class Host:
                     log.info("%s: welcomed by the broker", c.point_id)
             case Heartbeat():
                 pass
+            case Availability():
+                notice = getattr(c, "availability", None)  # stations that asked for it
+                if notice is not None:
+                    notice(msg.available, msg.reason)
             case SessionAck():
                 if msg.session_id in c.pending:
                     log.info(
@@ -386,6 +402,8 @@ class Host:
 
     def _send_datagram(self, i: int, now: float) -> None:
         if not self.chargers[i].online:  # an OCPP charger that is not connected: silence
+            return
+        if self.config.quiet_until_welcome and i in self._hello_due:
             return
         if self._addr is None or self._udp is None:
             self._resolve()

@@ -57,7 +57,16 @@ from common.events import (
     VehicleLowBattery,
     event_fields,
 )
-from common.messages import BrokerToStation, BusEvent, Chegada, Hold, Release, Start, Stop
+from common.messages import (
+    Availability,
+    BrokerToStation,
+    BusEvent,
+    Chegada,
+    Hold,
+    Release,
+    Start,
+    Stop,
+)
 from common.replies import (
     CustoFinal,
     Encerramento,
@@ -387,7 +396,14 @@ class Engine:
         if out:
             for r in list(p.queue):
                 self.cancel(r, now, fx, "point_disabled", push=True)
+        self.notify_availability(p, fx)
         self.refresh(p, now, fx)
+
+    def notify_availability(self, p: PointState, fx: list[Effect]) -> None:
+        """Tell a station that asked for it whether its point is in service."""
+        if p.availability_notices:
+            notice = Availability(available=not p.out_of_service, reason=p.oos_reason)
+            fx.append(SendStation(p.id, notice))
 
     def resend_hold(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """Tell a (re)connected station about the turn it holds, if any."""

@@ -46,6 +46,7 @@ class PointState:
     commands: bool = False
     # its ack of ``hold`` confirms a reservation (``hello`` said ``confirms_holds``)
     confirms_holds: bool = False
+    availability_notices: bool = False  # ``hello`` asked for ``availability`` notices
     dgram_seq: int | None = None  # the last seq seen in ``boot_id`` (None: none yet)
     dgram_ts: float = -math.inf  # the ts of the last accepted signed datagram
     # the station's latest report

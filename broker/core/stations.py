@@ -243,10 +243,13 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 fx.append(Persist("point", p.id, p.static_record()))
         p.commands = True
         p.confirms_holds = msg.confirms_holds
+        p.availability_notices = msg.availability
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)
         eng.resend_hold(p, now, fx)
+        if p.out_of_service:
+            eng.notify_availability(p, fx)
         return fx
     if p is not None:
         eng.heard(p, now, fx)

@@ -77,6 +77,15 @@ def ocpp_gateway(
             help="Heartbeat interval told to chargers in BootNotification, seconds.",
         ),
     ] = 60,
+    meter_interval: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("METER_INTERVAL"),
+            min=1,
+            max=3600,
+            help="MeterValueSampleInterval set on every charger at boot, seconds.",
+        ),
+    ] = 10,
     vehicle_port: Annotated[
         int,
         typer.Option(
@@ -125,6 +134,7 @@ def ocpp_gateway(
         host=host,
         port=port,
         heartbeat_interval_s=ocpp_heartbeat,
+        meter_interval_s=meter_interval,
         ssl_context=ssl_ctx,
         vehicle_port=vehicle_port,
         walkin_capacity_kwh=walkin_capacity,

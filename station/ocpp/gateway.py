@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -34,8 +35,8 @@ from typing import Any, Final
 
 import ocpp.messages
 from ocpp.exceptions import OCPPError
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint, call_result
+from ocpp.routing import after, on
+from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action, RegistrationStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -45,7 +46,9 @@ from websockets.http11 import Request, Response
 from common.timeutil import format_timestamp
 from station.host import Host, HostConfig
 from station.links import Link
+from station.ocpp import frames, mapping
 from station.ocpp.chargers_file import ChargerSpec
+from station.ocpp.logs import warn
 from station.ocpp.passwords import verify_password
 from station.ocpp.point import (
     OcppPoint,
@@ -76,6 +79,7 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 9000
     heartbeat_interval_s: int = 60  # told to chargers in BootNotification
+    meter_interval_s: int = 10  # MeterValueSampleInterval set at boot
     ssl_context: ssl.SSLContext | None = None
     vehicle_port: int = 8081  # walk-in sessions arrive at the broker as vehicles
     walkin_payment: str = "Débito em conta"
@@ -93,7 +97,7 @@ class ChargerConnection(ChargePoint):  # type: ignore[misc]
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         self.point.heard(time.time())  # every message is a sign of life
-        await super().route_message(raw_msg)
+        await route_checked(self, raw_msg, "1.6")
 
     @on(Action.boot_notification)
     def on_boot_notification(self, **_: Any) -> call_result.BootNotification:
@@ -103,6 +107,10 @@ class ChargerConnection(ChargePoint):  # type: ignore[misc]
             interval=self.gateway.config.heartbeat_interval_s,
             status=RegistrationStatus.accepted,
         )
+
+    @after(Action.boot_notification)
+    def after_boot_notification(self, **_: Any) -> None:
+        self.gateway.spawn(self.gateway.configure(self.point))
 
     @on(Action.heartbeat)
     def on_heartbeat(self, **_: Any) -> call_result.Heartbeat:
@@ -153,11 +161,9 @@ class ChargerConnection(ChargePoint):  # type: ignore[misc]
         if not self.point.on_stop_transaction(
             transaction_id, meter_stop, timestamp, reason, time.time()
         ):
-            log.warning(
-                "%s: StopTransaction for unknown transaction %s accepted and ignored",
-                self.point.point_id,
-                transaction_id,
-            )
+            pid = self.point.point_id
+            warn(pid, "stop", "%s: StopTransaction for unknown transaction %s accepted and ignored",
+                 pid, transaction_id)  # fmt: skip
         await self.gateway.durable()  # answered once the completion survives a crash
         info = {"status": "Accepted"} if id_tag is not None else None
         return call_result.StopTransaction(id_tag_info=info)
@@ -190,6 +196,7 @@ class Gateway:
         self.state = state
         self.points = {spec.id: OcppPoint(spec, self) for spec in specs}
         self.walk_ins = WalkIns(self, host_config.broker, config)
+        host_config = dataclasses.replace(host_config, quiet_until_welcome=True)
         self.host = Host(
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
@@ -231,8 +238,18 @@ class Gateway:
         try:
             return await conn.call(payload)
         except (TimeoutError, ConnectionClosed, OCPPError) as exc:
-            log.warning("%s: %s failed: %s", point.point_id, type(payload).__name__, exc)
+            name = type(payload).__name__
+            warn(point.point_id, "call", "%s: %s failed: %s", point.point_id, name, exc)
             return None
+
+    async def configure(self, point: OcppPoint) -> None:
+        """Set what the mapping needs of a charger that booted (docs/ocpp.md)."""
+        for key, value in mapping.configuration(self.config.meter_interval_s):
+            result = await self.call(point, call.ChangeConfiguration(key=key, value=value))
+            status = getattr(result, "status", None)
+            if status not in ("Accepted", "RebootRequired"):
+                pid = point.point_id
+                warn(pid, "config", "%s: ChangeConfiguration %s answered %s", pid, key, status)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -303,7 +320,8 @@ class Gateway:
         point = self.points.get(charger_id)
         password = _basic_password(request.headers, charger_id)
         if point is None or password is None or not await self._check(point, password):
-            log.warning("charger %r refused: unknown id or wrong password", charger_id[:64])
+            warn(charger_id[:64], "auth", "charger %r refused: unknown id or wrong password",
+                 charger_id[:64])  # fmt: skip
             response = connection.respond(
                 HTTPStatus.UNAUTHORIZED, "unknown charger or bad password\n"
             )
@@ -350,7 +368,8 @@ class Gateway:
             for point in self.points.values():
                 conn = point.conn
                 if conn is not None and point.spoke and now - point.heard_at > limit:
-                    log.warning("%s: silent for %.0f s, closing", point.point_id, limit)
+                    warn(point.point_id, "silent", "%s: silent for %.0f s, closing",
+                         point.point_id, limit)  # fmt: skip
                     self.spawn(conn.ws.close(1001, "silent"))
 
     async def run(self, ready: Callable[[str], None]) -> None:
@@ -387,6 +406,31 @@ class Gateway:
 
     def request_stop(self) -> None:
         self.host.request_stop()
+
+
+async def route_checked(cp: Any, raw: str | bytes, version: frames.Version) -> None:
+    """The ``ocpp`` package's routing, with every invalid frame answered as OCPP-J asks
+    (:mod:`station.ocpp.frames`) and one throttled log line instead of a traceback."""
+    charger = cp.id
+    bad = frames.check(raw, version)
+    if bad is not None:
+        warn(charger, "frame", "%s: invalid frame (%s): %.80r", charger, bad.reason, raw)
+        if bad.unique_id is None:
+            await cp._connection.close(frames.CLOSE_PROTOCOL_ERROR, bad.reason[:120])
+        else:
+            await cp._send(bad.call_error())
+        return
+    msg = ocpp.messages.unpack(raw)
+    if msg.message_type_id != frames.CALL:
+        cp._response_queue.put_nowait(msg)
+        return
+    try:
+        await cp._handle_call(msg)
+    except OCPPError as error:
+        warn(charger, "frame", "%s: %s refused: %s", charger, msg.action, error)
+        answer = msg.create_call_error(error)
+        answer.error_code = frames.error_code(answer.error_code, version)
+        await cp._send(answer.to_json())
 
 
 def _basic_password(headers: Headers, charger_id: str) -> str | None:

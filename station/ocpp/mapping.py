@@ -118,3 +118,24 @@ def id_tag_for(vehicle_id: str) -> str:
 def vehicle_for_tag(id_tag: str) -> str | None:
     """The vehicle id a walk-in idTag is billed to, or None when it cannot be one."""
     return id_tag if _VEHICLE_ID_RE.match(id_tag) else None
+
+
+def reserve_refusal(status: str | None) -> str | None:
+    """The ``ack`` error for a ReserveNow answer (None: held). ``Occupied`` means the
+    charger is in use (``point_busy``); ``Faulted``, ``Unavailable``, ``Rejected`` or no
+    answer mean it cannot hold (``point_unavailable``). The broker refuses the driver's
+    ``reserva`` with the code before the colon."""
+    if status == "Accepted":
+        return None
+    if status == "Occupied":
+        return "point_busy: the charger is occupied"
+    return f"point_unavailable: ReserveNow answered {status or 'nothing'}"
+
+
+def configuration(meter_interval_s: int) -> list[tuple[str, str]]:
+    """The 1.6 configuration keys the gateway sets at every BootNotification: periodic
+    meter values of the energy register (target stops and fault bills depend on them)."""
+    return [
+        ("MeterValueSampleInterval", str(meter_interval_s)),
+        ("MeterValuesSampledData", ENERGY_MEASURAND),
+    ]

@@ -29,6 +29,7 @@ from common.messages import Hold, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
 from station.ocpp import mapping
 from station.ocpp.chargers_file import ChargerSpec
+from station.ocpp.logs import warn
 from station.sim import (
     RESEND_S,
     State,
@@ -115,6 +116,8 @@ class OcppPoint:
         self.charger_status: str | None = None
         self.hold: Hold | None = None
         self.hold_ocpp_id: int | None = None
+        # the ReserveNow being asked: ((reservation_id, until), repeats of that hold)
+        self._holding: tuple[tuple[str, float], list[str]] | None = None
         self.session: Transaction | None = None
         self.starting: tuple[Start, float] | None = None
         self.late_start: tuple[Start, float] | None = None
@@ -124,6 +127,7 @@ class OcppPoint:
         self._acks: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._in_flight: set[str] = set()
         self.refused = 0
+        self.operative = True  # what the gateway last asked of the connector
 
     # --- what the host reads ----------------------------------------------------------
 
@@ -142,7 +146,10 @@ class OcppPoint:
         return State.RESERVADO if self.hold is not None else State.DISPONIVEL
 
     def hello(self, boot_id: str, interval_s: float) -> dict[str, Any]:
-        return hello_message(self, boot_id, interval_s)
+        # a charger may refuse ReserveNow: the broker waits for our ack of ``hold``
+        # ... and out of service from the console becomes ChangeAvailability Inoperative
+        hello = hello_message(self, boot_id, interval_s)
+        return {**hello, "confirms_holds": True, "availability": True}
 
     def datagram(self, boot_id: str, seq: int, interval_s: float, now: float) -> dict[str, Any]:
         estado, available = mapping.station_state(self.connector_status, self.charger_status)
@@ -210,8 +217,21 @@ class OcppPoint:
     def _hold(self, cmd: Hold) -> Step:
         if self.session is not None:
             return self._refused(cmd.cmd_id, f"point_busy: session {self.session.session_id}")
+        held = self.hold
+        if held is not None and (held.reservation_id, held.until) == (
+            cmd.reservation_id,
+            cmd.until,
+        ):
+            # the broker says hold again (a hello of ours crossed its turn): already held
+            return Step(messages=[self._ack(cmd.cmd_id, None)])
+        asking = self._holding
+        if asking is not None and asking[0] == (cmd.reservation_id, cmd.until):
+            asking[1].append(cmd.cmd_id)  # answered with the ReserveNow already asked
+            self._in_flight.add(cmd.cmd_id)
+            return Step()
         ocpp_id = self.hold_ocpp_id if self.hold is not None else None
         ocpp_id = ocpp_id if ocpp_id is not None else self.gw.new_id()
+        self._holding = ((cmd.reservation_id, cmd.until), [])
         payload = call.ReserveNow(
             connector_id=self.spec.connector,
             expiry_date=format_timestamp(cmd.until),
@@ -224,13 +244,13 @@ class OcppPoint:
     async def _reserve(self, cmd: Hold, payload: call.ReserveNow) -> None:
         result = await self.gw.call(self, payload)
         status = getattr(result, "status", None)
-        if status == "Accepted":
+        asking, self._holding = self._holding, None
+        repeats = asking[1] if asking is not None else []
+        error = mapping.reserve_refusal(status)
+        if error is None:
             self.hold, self.hold_ocpp_id = cmd, payload.reservation_id
-            self._answer(cmd.cmd_id, None, changed=True)
-        elif status == "Occupied":
-            self._answer(cmd.cmd_id, "point_busy: the charger is occupied")
-        else:
-            self._answer(cmd.cmd_id, f"point_unavailable: ReserveNow answered {status}")
+        for cmd_id in [cmd.cmd_id, *repeats]:
+            self._answer(cmd_id, error, changed=error is None)
 
     def _release(self, cmd: Release) -> Step:
         if self.hold is None or self.hold.reservation_id != cmd.reservation_id:
@@ -319,6 +339,22 @@ class OcppPoint:
             tx.stop_sent = False
             self._answer(cmd.cmd_id, f"point_unreachable: RemoteStopTransaction answered {status}")
 
+    def availability(self, available: bool, reason: str) -> None:
+        """The operator took the point out of service (or put it back): the connector
+        becomes Inoperative (Operative). Sent again on every hello while out of service."""
+        if self.online and available != self.operative:
+            self.operative = available
+            self.gw.spawn(self._change_availability(available, reason))
+
+    async def _change_availability(self, available: bool, reason: str) -> None:
+        kind = "Operative" if available else "Inoperative"
+        payload = call.ChangeAvailability(connector_id=self.spec.connector, type=kind)
+        status = getattr(await self.gw.call(self, payload), "status", None)
+        if status not in ("Accepted", "Scheduled"):
+            self.operative = not available  # try again on the next notice
+            warn(self.point_id, "availability", "%s: ChangeAvailability %s (%s) answered %s",
+                 self.point_id, kind, reason, status)  # fmt: skip
+
     # --- acks -------------------------------------------------------------------------
 
     def _ask(self, cmd_id: str, coro: Coroutine[Any, Any, None]) -> None:
@@ -329,11 +365,11 @@ class OcppPoint:
         self._in_flight.discard(cmd_id)
         if error is not None:
             self.refused += 1
-            log.warning("%s: refused %s: %s", self.point_id, cmd_id, error)
+            warn(self.point_id, "refused", "%s: refused %s: %s", self.point_id, cmd_id, error)
         self.gw.emit(self, Step(messages=[self._ack(cmd_id, error)], changed=changed))
 
     def _refused(self, cmd_id: str, error: str) -> Step:
-        log.warning("%s: refused %s: %s", self.point_id, cmd_id, error)
+        # the host logs the refusal it sends
         return Step(messages=[self.refuse(cmd_id, error)])
 
     def _ack(self, cmd_id: str, error: str | None) -> dict[str, Any]:
@@ -357,7 +393,10 @@ class OcppPoint:
             self.gw.came_online(self)
 
     def on_boot(self) -> None:
+        """A charger that boots has forgotten its reservations: the broker's ``hold``,
+        resent on our next hello, makes a new ReserveNow."""
         self.booted = True
+        self.hold = self.hold_ocpp_id = None
 
     def on_status(self, connector_id: int, status: str) -> None:
         before = self.state, mapping.station_state(self.connector_status, self.charger_status)

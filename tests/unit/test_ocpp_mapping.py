@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.errors import ConfigError
-from station.ocpp import mapping
+from station.ocpp import frames, mapping
 from station.ocpp.chargers_file import load_chargers, parse_chargers
 from station.ocpp.passwords import hash_password, verify_password
 
@@ -144,3 +145,70 @@ def test_chargers_file_unreadable_or_not_toml(tmp_path: Path) -> None:
     bad.write_text("[[charger]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_chargers(bad)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        ("Accepted", None),
+        ("Occupied", "point_busy"),
+        ("Faulted", "point_unavailable"),
+        ("Unavailable", "point_unavailable"),
+        ("Rejected", "point_unavailable"),
+        (None, "point_unavailable"),
+    ],
+)
+def test_reserve_refusal_codes(status: str | None, code: str | None) -> None:
+    error = mapping.reserve_refusal(status)
+    assert (error.partition(":")[0] if error else None) == code
+
+
+def test_configuration_at_boot_asks_for_periodic_energy_readings() -> None:
+    assert mapping.configuration(10) == [
+        ("MeterValueSampleInterval", "10"),
+        ("MeterValuesSampledData", "Energy.Active.Import.Register"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "answer"),
+    [
+        ('[2,"a","Heartbeat",{}]', None),
+        ('[3,"a",{}]', None),
+        ('[4,"a","GenericError","x",{}]', None),
+        ('[2,"a","Heartbeat"]', ("a", "FormationViolation")),
+        ('[2,"a",5,{}]', ("a", "FormationViolation")),
+        ('[9,"a"]', ("a", "NotSupported")),
+        ("nope", "close"),
+        (b"[]", "close"),
+        ("{}", "close"),
+        ("[2]", "close"),
+        ('[2,"' + "x" * 37 + '","Heartbeat",{}]', "close"),
+        ('[3,"a"]', "close"),
+        ('[4,"a","GenericError"]', "close"),
+    ],
+)
+def test_frames_are_answered_or_closed(raw: str | bytes, answer: object) -> None:
+    bad = frames.check(raw, "1.6")
+    if answer is None:
+        assert bad is None
+    elif answer == "close":
+        assert bad is not None and bad.unique_id is None
+    else:
+        assert bad is not None and (bad.unique_id, bad.code) == answer
+        assert json.loads(bad.call_error())[:3] == [4, *answer]
+
+
+def test_frames_speak_each_version() -> None:
+    bad = frames.check('[2,"a","Heartbeat"]', "2.0.1")
+    assert bad is not None and bad.code == "FormatViolation"
+    assert frames.error_code("FormatViolation", "1.6") == "FormationViolation"
+    assert frames.error_code("FormatViolation", "2.0.1") == "FormatViolation"
+
+
+def test_throttle_allows_one_line_per_period_and_counts_the_rest() -> None:
+    t = frames.Throttle(period_s=10.0)
+    assert t.allow("k", 0.0) == 0
+    assert t.allow("k", 1.0) is None and t.allow("k", 2.0) is None
+    assert t.allow("other", 2.0) == 0
+    assert t.allow("k", 10.0) == 2
