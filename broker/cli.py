@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Final
 
-from broker.bridge_cli import register as register_bridge
-from broker.consumers_cli import register as register_consumers
+from broker.consumers.bridge.cli import register as register_bridge
+from broker.consumers.cli import register as register_consumers
+from broker.consumers.web.cli import register as register_web
 from broker.credentials_cli import register as register_credentials
 from broker.serve_cli import register as register_serve
-from broker.web_cli import register as register_web
 from common.cli import (
     EXIT_FAILED,
     EXIT_OK,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from broker.billing import BillingSink
-from broker.ledger import Ledger
-from broker.monitor_view import MonitorView
-from broker.subscriber import Subscriber
+from broker.consumers.billing.ledger import Ledger
+from broker.consumers.billing.worker import BillingSink
+from broker.consumers.monitor.view import MonitorView
+from broker.consumers.subscriber import Subscriber
 from common.events import ChargingCompleted, ChargingStarted, EventData, event_fields
 from common.messages import BusEvent
 from tests.support.fake_bus import Collect, FakeBus, status

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker.billing_jetstream import JetStreamBilling
-from broker.bridge import Bridge, BridgeConfig
-from broker.ledger import LedgerBase, open_ledger
-from broker.subscriber import Subscriber
+from broker.consumers.billing.jetstream import JetStreamBilling
+from broker.consumers.billing.ledger import LedgerBase, open_ledger
+from broker.consumers.bridge.worker import Bridge, BridgeConfig
+from broker.consumers.subscriber import Subscriber
 from tests.support.fake_bus import Collect, FakeBus, status
 from tests.support.jetstream_bills import publish_bills
 from tests.support.procs import Proc, broker_ports, start, start_broker

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import nats
 import pytest
 
-from broker.jetstream import DEFAULT_STREAM, MSG_ID, parse_msg_id, region_filter
+from broker.consumers.bridge.jetstream import DEFAULT_STREAM, MSG_ID, parse_msg_id, region_filter
 from common.codec import decode_event
 from tests.support.credentials import curve_client_for
 from tests.support.procs import BrokerPorts, Proc, start

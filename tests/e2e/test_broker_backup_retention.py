@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import zmq
 
-from broker.subscriber import Endpoint, Subscriber
+from broker.consumers.subscriber import Endpoint, Subscriber
 from common.messages import BusEvent
 from tests.e2e.test_broker_vehicles import online_point, reserve
 from tests.e2e.test_broker_zmq import History

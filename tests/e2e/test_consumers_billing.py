@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import zmq
 
-from broker.ledger import Ledger
+from broker.consumers.billing.ledger import Ledger
 from common.codec import pack, unpack
 from tests.support.credentials import curve_client_for
 from tests.support.procs import BrokerPorts, Proc, start, start_broker

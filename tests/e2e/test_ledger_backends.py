@@ -14,8 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.billing import merge_accounts, reconcile
-from broker.ledger import SCHEMA_VERSION, Bill, Entry, Ledger, LedgerBase, open_ledger
+from broker.consumers.billing.ledger import (
+    SCHEMA_VERSION,
+    Bill,
+    Entry,
+    Ledger,
+    LedgerBase,
+    open_ledger,
+)
+from broker.consumers.billing.worker import merge_accounts, reconcile
 from common.errors import StoreError
 from tests.support.servers import Postgres, need_servers, postgres
 from tests.unit.test_ledger import completed
@@ -87,7 +94,7 @@ def test_reconcile_merges_one_broker_per_region(target: str) -> None:
 def test_sqlite_ledger_of_version_1_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     with sqlite3.connect(path) as db:
-        from broker.ledger import MIGRATIONS
+        from broker.consumers.billing.ledger import MIGRATIONS
 
         for stmt in MIGRATIONS[1]["sqlite"]:
             db.execute(stmt)
@@ -105,7 +112,7 @@ def test_sqlite_ledger_of_version_1_is_migrated(tmp_path: Path) -> None:
 
 
 def test_unreachable_postgresql_is_a_clear_store_error() -> None:
-    from broker.ledger_pg import PgLedger
+    from broker.consumers.billing.ledger_pg import PgLedger
 
     with pytest.raises(StoreError, match="cannot reach ledger"):
         PgLedger("postgresql://nobody@127.0.0.1:1/none", connect_timeout_s=1.0)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from broker.billing_jetstream import JetStreamBilling
-from broker.ledger import open_ledger
+from broker.consumers.billing.jetstream import JetStreamBilling
+from broker.consumers.billing.ledger import open_ledger
 from tests.e2e.test_bridge_jetstream import start_bridge
 from tests.e2e.test_consumers_billing import FakeStation, charge, cli
 from tests.support.jetstream_bills import publish_bills
@@ -167,7 +167,7 @@ def test_a_batch_committed_but_not_acknowledged_is_not_billed_twice(
     async def commit_without_ack() -> int:
         with open_ledger(ledger) as led:
             worker = JetStreamBilling(ns.url, led)
-            from broker import jetstream
+            from broker.consumers.bridge import jetstream
 
             nc = await jetstream.connect(ns.url, name="t", reconnect=False)
             try:

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.subscriber import Sequencer, Subscriber, SubscriberStats, topic_matcher
+from broker.consumers.subscriber import Sequencer, Subscriber, SubscriberStats, topic_matcher
 from common.codec import pack
 from common.messages import BusEvent
 from tests.support.fake_bus import Collect, FakeBus, status

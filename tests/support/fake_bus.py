@@ -9,7 +9,7 @@ from typing import Any
 
 import zmq
 
-from broker.subscriber import Endpoint
+from broker.consumers.subscriber import Endpoint
 from common.codec import encode_event, pack, unpack
 from common.messages import BusEvent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from broker import jetstream
+from broker.consumers.bridge import jetstream
 from common.codec import encode_event
 from common.messages import BusEvent
 from tests.unit.test_ledger import completed

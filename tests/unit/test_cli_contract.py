@@ -20,7 +20,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from broker import cli as broker_cli
-from broker.ledger import Ledger
+from broker.consumers.billing.ledger import Ledger
 from common.cli import NOT_CONFIGURATION, finish, version, walk
 from station import cli as station_cli
 from vehicle import cli as vehicle_cli

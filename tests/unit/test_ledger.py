@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from broker.billing import (
+from broker.consumers.billing.ledger import Bill, Ledger, to_money
+from broker.consumers.billing.worker import (
     BillingSink,
     reconcile,
     render_reconciliation,
@@ -24,7 +25,6 @@ from broker.billing import (
     report_csv,
     report_json,
 )
-from broker.ledger import Bill, Ledger, to_money
 from common.errors import ConfigError, StoreError
 from common.messages import BusEvent
 

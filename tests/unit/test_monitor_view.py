@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
-from broker.monitor_view import STATES, MonitorView
+from broker.consumers.monitor.view import STATES, MonitorView
 from common.events import EVENT_TYPES
 from common.messages import BusEvent
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from broker.ledger import Bill
-from broker.web.auth import COOKIE, UNAUTHORIZED, TokenGate, token_of
-from broker.web.state import ConsoleState, local_midnight
+from broker.consumers.billing.ledger import Bill
+from broker.consumers.web.auth import COOKIE, UNAUTHORIZED, TokenGate, token_of
+from broker.consumers.web.state import ConsoleState, local_midnight
 from common.messages import BusEvent
 from common.timeutil import format_timestamp
 

@@ -7,12 +7,12 @@ sessions as of event ``seq``) and then takes every later bus event in seq
 order (:meth:`ConsoleState.apply`). Each event changes at most one point;
 ``apply`` returns that point's new row, so the live page can replace one
 table row and one marker instead of reloading anything. Billed sessions
-arrive as :class:`broker.ledger.Bill` objects (:meth:`ConsoleState.add_bill`)
+arrive as :class:`broker.consumers.billing.ledger.Bill` objects (:meth:`ConsoleState.add_bill`)
 and keep the totals (kWh, revenue, sessions by end reason, charging time per
 point) for today and for all time, updated incrementally.
 
 No sockets, clock or framework here: ``now`` is passed in, and the rows are
-the msgspec structs of :mod:`broker.web.schemas`, so the HTTP layer encodes
+the msgspec structs of :mod:`broker.consumers.web.schemas`, so the HTTP layer encodes
 them without another conversion.
 """
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from broker import event_fields as fields
-from broker.ledger import Bill
-from broker.web.schemas import (
+from broker.consumers import event_fields as fields
+from broker.consumers.billing.ledger import Bill
+from broker.consumers.web.schemas import (
     EventOut,
     PointOut,
     SessionOut,

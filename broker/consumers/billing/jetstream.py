@@ -27,8 +27,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from broker import jetstream
-from broker.ledger import Bill, Entry, LedgerBase
+from broker.consumers.billing.ledger import Bill, Entry, LedgerBase
+from broker.consumers.bridge import jetstream
 from common.codec import decode_event
 from common.errors import ConfigError, EVError, TransportError
 

@@ -18,7 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from broker import event_fields as fields
+from broker.consumers import event_fields as fields
 from common.errors import BusProtocolError
 from common.events import (
     ChargingCompleted,

@@ -1,7 +1,7 @@
 """Reading snapshot entries and bus event data as the consumers' views need them.
 
-The monitor (:mod:`broker.monitor_view`) and the web console
-(:mod:`broker.web.state`) read the same loosely typed maps: a point's id may be
+The monitor (:mod:`broker.consumers.monitor.view`) and the web console
+(:mod:`broker.consumers.web.state`) read the same loosely typed maps: a point's id may be
 under ``point_id``, ``id_ponto_recarga`` or ``id``, a queue entry is a vehicle
 id or a map holding one, a figure must be a number (never a bool) and a time
 is epoch seconds or ISO-8601 text. Each reader answers None for what is

@@ -16,9 +16,9 @@ from typing import Final
 
 import uvicorn
 
-from broker.subscriber import Endpoint
-from broker.web.app import DEFAULT_TILES, build
-from broker.web.feed import ConsoleFeed
+from broker.consumers.subscriber import Endpoint
+from broker.consumers.web.app import DEFAULT_TILES, build
+from broker.consumers.web.feed import ConsoleFeed
 
 log = logging.getLogger(__name__)
 

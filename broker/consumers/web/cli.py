@@ -1,7 +1,7 @@
 """Command line of the operator web console: ``ev-broker web``.
 
 Only option parsing and process plumbing live here; the work is done by
-:mod:`broker.web`. The broker options read ``EV_BROKER``, ``EV_EVENTS_PORT``
+:mod:`broker.consumers.web`. The broker options read ``EV_BROKER``, ``EV_EVENTS_PORT``
 and ``EV_HISTORY_PORT`` like every consumer; the console's own options read
 ``EV_WEB_<OPTION>`` (``EV_WEB_HOST``, ``EV_WEB_PORT``, ``EV_WEB_TOKEN``,
 ``EV_WEB_TILES``), so they never collide with another program's ``EV_PORT``.
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from broker.consumers_cli import (
+from broker.consumers.cli import (
     EXIT_USAGE,
     CredentialsOpt,
     EventsPortOpt,
@@ -65,8 +65,8 @@ def web(
     """
     # imported here: the web stack takes half a second to import, which every
     # other ev-broker command (tail, billing, serve) would otherwise pay at start
-    from broker.web.auth import new_token
-    from broker.web.server import WebConfig, console_url, serve
+    from broker.consumers.web.auth import new_token
+    from broker.consumers.web.server import WebConfig, console_url, serve
 
     endpoint = _endpoint(broker, events_port, history_port, credentials)
     given = bool(token and token.strip())  # an empty EV_WEB_TOKEN means: make one

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from broker.subjects import (
+from broker.consumers.bridge.subjects import (
     DEFAULT_STREAM,
     MSG_ID,
     SUBJECT_ROOT,

@@ -1,7 +1,7 @@
 """``ev-broker monitor``: the live terminal view (rich.live) over the bus.
 
 The view is built from a snapshot then events (Clone pattern, through the
-shared :class:`broker.subscriber.Subscriber`), so it is right from the first
+shared :class:`broker.consumers.subscriber.Subscriber`), so it is right from the first
 frame. Keys (when stdin is a terminal): ``n``/space next page, ``p`` previous,
 ``g``/``G`` first/last page, ``q`` quit.
 """
@@ -22,8 +22,8 @@ import zmq.asyncio
 from rich.console import Console
 from rich.live import Live
 
-from broker.monitor_view import MonitorView
-from broker.subscriber import Endpoint, HistoryClient, Subscriber
+from broker.consumers.monitor.view import MonitorView
+from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber
 from common.errors import EVError
 from common.messages import BusEvent
 

@@ -7,7 +7,7 @@ in the SAME transaction as the rows, so a crash at any instant neither loses
 nor doubles a bill: after a restart the worker resumes from the stored seq (or
 its JetStream consumer redelivers) and a replayed event is ignored.
 
-:class:`Ledger` is the embedded SQLite store; :mod:`broker.ledger_pg` holds
+:class:`Ledger` is the embedded SQLite store; :mod:`broker.consumers.billing.ledger_pg` holds
 the same tables in PostgreSQL. Both share :class:`LedgerBase` (reports) and
 their schema is versioned: :data:`MIGRATIONS` lists each version's steps.
 """
@@ -392,7 +392,7 @@ def open_ledger(target: str | Path, *, create: bool = True) -> LedgerBase:
     """A ``postgresql://`` URL opens a PostgreSQL ledger; anything else is a SQLite file."""
     text = str(target)
     if text.startswith(("postgresql://", "postgres://")):
-        from broker.ledger_pg import PgLedger
+        from broker.consumers.billing.ledger_pg import PgLedger
 
         return PgLedger(text)
     return Ledger(text, create=create)

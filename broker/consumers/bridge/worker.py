@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The bridge is a bus consumer (:class:`broker.subscriber.Subscriber`) of every
+The bridge is a bus consumer (:class:`broker.consumers.subscriber.Subscriber`) of every
 topic. Each batch it receives is published to ``evcharge.<region>.<topic>``
 with ``Nats-Msg-Id: <region>:<seq>``, pipelined, and the batch is done only
 when JetStream has acknowledged every message of it; only then does the
@@ -32,8 +32,8 @@ from typing import Any, Final
 
 from nats.js import JetStreamContext
 
-from broker import jetstream
-from broker.subscriber import Endpoint, Subscriber
+from broker.consumers.bridge import jetstream
+from broker.consumers.subscriber import Endpoint, Subscriber
 from common.codec import encode_event
 from common.errors import TransportError
 from common.messages import BusEvent

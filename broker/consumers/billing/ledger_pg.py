@@ -17,7 +17,7 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from broker.ledger import (
+from broker.consumers.billing.ledger import (
     _COLUMNS,
     _ORDER,
     _SELECT,

@@ -1,8 +1,9 @@
 """Command line of the bus consumers: ``billing`` (+ report, reconcile), ``tail``, ``monitor``.
 
 Only option parsing and process plumbing live here (signals, exit codes,
-logging); the work is done by :mod:`broker.billing`, :mod:`broker.tail` and
-:mod:`broker.monitor`. Every option also reads ``EV_<OPTION_NAME>``.
+logging); the work is done by :mod:`broker.consumers.billing.worker`,
+:mod:`broker.consumers.tail` and :mod:`broker.consumers.monitor.live`.
+Every option also reads ``EV_<OPTION_NAME>``.
 SIGINT/SIGTERM stop a long-running command within 2 s with exit code 0.
 Environment names are prefixed with the command where a plain one would
 mean something else elsewhere (``EV_BILLING_DB``, ``EV_TAIL_JSON``...).
@@ -25,11 +26,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from broker import billing, subjects
-from broker.ledger import LedgerBase, open_ledger
-from broker.monitor import run_monitor
-from broker.subscriber import Endpoint, HistoryClient, Subscriber
-from broker.tail import PipeClosed, TailSink, pipe_closed
+from broker.consumers.billing import worker as billing
+from broker.consumers.billing.ledger import LedgerBase, open_ledger
+from broker.consumers.bridge import subjects
+from broker.consumers.monitor.live import run_monitor
+from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber
+from broker.consumers.tail import PipeClosed, TailSink, pipe_closed
 from common.cli import CONTEXT, BrokerOpt
 from common.credentials import load_optional
 from common.errors import ConfigError, EVError, StoreError, TransportError
@@ -264,7 +266,7 @@ def _billing_from_jetstream(
         subjects.check_stream(stream)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
-    from broker.billing_jetstream import JetStreamBilling  # nats-py only when used
+    from broker.consumers.billing.jetstream import JetStreamBilling  # nats-py only when used
 
     _setup_logging(logging.INFO)
     ledger = _open_ledger(db, create=True, ledger=ledger_target)

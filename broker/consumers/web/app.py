@@ -1,9 +1,9 @@
 """The web console's HTTP application (Litestar): the page, the JSON API, the event stream.
 
-Handlers only read :class:`broker.web.feed.ConsoleFeed` (state, ledger,
+Handlers only read :class:`broker.consumers.web.feed.ConsoleFeed` (state, ledger,
 streams) or forward an operator request to it; they run on the event loop,
 like the feed, so nothing here needs a lock. The token gate
-(:mod:`broker.web.auth`) wraps the whole application, see :func:`build`.
+(:mod:`broker.consumers.web.auth`) wraps the whole application, see :func:`build`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 from litestar.static_files import create_static_files_router
 
-from broker.billing import report_csv
-from broker.ledger import Account, Bill
-from broker.web.auth import ASGIApp, TokenGate
-from broker.web.feed import ConsoleFeed, Refused
-from broker.web.schemas import (
+from broker.consumers.billing.ledger import Account, Bill
+from broker.consumers.billing.worker import report_csv
+from broker.consumers.web.auth import ASGIApp, TokenGate
+from broker.consumers.web.feed import ConsoleFeed, Refused
+from broker.consumers.web.schemas import (
     AvailabilityIn,
     AvailabilityOut,
     BillOut,

@@ -1,6 +1,6 @@
 """The billing worker, its report and the reconciliation with the broker's accounts.
 
-The worker is a :class:`broker.subscriber.Sink` for ``charging.completed``:
+The worker is a :class:`broker.consumers.subscriber.Sink` for ``charging.completed``:
 each batch of bills and the applied seq go to the :class:`Ledger` in one
 transaction. It starts from the ledger's stored seq, so after a crash or a
 long stop it catches up from history and ends with exactly the sessions the
@@ -22,8 +22,8 @@ from typing import Any, Final
 from rich.console import Console, Group
 from rich.table import Table
 
-from broker.ledger import Account, Bill, Entry, LedgerBase, to_iso, to_money
-from broker.subscriber import Endpoint, HistoryClient
+from broker.consumers.billing.ledger import Account, Bill, Entry, LedgerBase, to_iso, to_money
+from broker.consumers.subscriber import Endpoint, HistoryClient
 from common.errors import BusProtocolError, TransportError
 from common.events import ChargingCompleted, decode_data
 from common.messages import BusEvent

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Two :class:`broker.subscriber.Subscriber` instances run in the web process:
+Two :class:`broker.consumers.subscriber.Subscriber` instances run in the web process:
 
 * the **live** one starts from a snapshot (the Clone pattern) and feeds every
   later event, in seq order and without gaps, to :class:`ConsoleState`; each
@@ -10,7 +10,7 @@ Two :class:`broker.subscriber.Subscriber` instances run in the web process:
   the changed point's new row) into a ring buffer and handed to every open
   ``/api/events`` stream;
 * the **bills** one replays ``charging.completed`` from the start of history
-  into an in-memory :class:`broker.ledger.Ledger` (the billing worker's own
+  into an in-memory :class:`broker.consumers.billing.ledger.Ledger` (the billing worker's own
   store), so ``/api/bills`` is the billing ledger, CSV included.
 
 A stream that resumes (``Last-Event-ID``) is served from the ring buffer, or
@@ -37,9 +37,9 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from broker.ledger import Bill, Ledger
-from broker.subscriber import Endpoint, HistoryClient, Subscriber, _decode_events
-from broker.web.state import LATEST_EVENTS, ConsoleState
+from broker.consumers.billing.ledger import Bill, Ledger
+from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, _decode_events
+from broker.consumers.web.state import LATEST_EVENTS, ConsoleState
 from common.errors import EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from broker import subjects
-from broker.consumers_cli import (
+from broker.consumers.bridge import subjects
+from broker.consumers.cli import (
     EXIT_USAGE,
     CredentialsOpt,
     EventsPortOpt,
@@ -55,7 +55,7 @@ def bridge(
         subjects.check_stream(stream)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_USAGE) from exc
-    from broker.bridge import Bridge, BridgeConfig  # nats-py only when used
+    from broker.consumers.bridge.worker import Bridge, BridgeConfig  # nats-py only when used
 
     _setup_logging(logging.INFO)
     endpoint = _endpoint(broker, events_port, history_port, credentials)
