@@ -28,25 +28,21 @@ import hmac
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
 
 import ocpp.messages
 from ocpp.exceptions import OCPPError
-from ocpp.routing import after, on
-from ocpp.v16 import ChargePoint, call, call_result
-from ocpp.v16.enums import Action, RegistrationStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from common.timeutil import format_timestamp
 from station.host import Host, HostConfig
 from station.links import Link
-from station.ocpp import frames, mapping
+from station.ocpp import mapping, mapping201
 from station.ocpp.chargers_file import ChargerSpec
 from station.ocpp.logs import warn
 from station.ocpp.passwords import verify_password
@@ -57,6 +53,8 @@ from station.ocpp.point import (
     transaction_record,
 )
 from station.ocpp.state import GatewayState
+from station.ocpp.v16 import Charger16
+from station.ocpp.v201 import Charger201
 from station.ocpp.walkin import WalkIns
 from station.sim import Step
 
@@ -67,7 +65,7 @@ log = logging.getLogger("station.ocpp")
 # keeps the loop's order; measured in tests/bench/bench_ocpp.py (docs/ocpp.md).
 ocpp.messages.ASYNC_VALIDATION = False
 
-SUBPROTOCOL: Final = "ocpp1.6"
+SUBPROTOCOLS: Final = (mapping201.SUBPROTOCOL, mapping.SUBPROTOCOL)  # preferred first
 PATH_PREFIX: Final = "/ocpp/"
 CALL_TIMEOUT_S: Final = 10.0  # an OCPP call the charger does not answer in time fails
 MAX_MESSAGE: Final = 64 * 1024  # OCPP 1.6 messages are small; anything bigger is hostile
@@ -86,101 +84,6 @@ class GatewayConfig:
     walkin_capacity_kwh: float = 100.0
 
 
-class ChargerConnection(ChargePoint):  # type: ignore[misc]
-    """One connected charger: OCPP handlers that hand validated payloads to its point."""
-
-    def __init__(self, point: OcppPoint, gateway: Gateway, ws: ServerConnection) -> None:
-        super().__init__(point.point_id, ws, response_timeout=CALL_TIMEOUT_S)
-        self.point = point
-        self.gateway = gateway
-        self.ws = ws
-
-    async def route_message(self, raw_msg: str | bytes) -> None:
-        self.point.heard(time.time())  # every message is a sign of life
-        await route_checked(self, raw_msg, "1.6")
-
-    @on(Action.boot_notification)
-    def on_boot_notification(self, **_: Any) -> call_result.BootNotification:
-        self.point.on_boot()
-        return call_result.BootNotification(
-            current_time=_now_iso(),
-            interval=self.gateway.config.heartbeat_interval_s,
-            status=RegistrationStatus.accepted,
-        )
-
-    @after(Action.boot_notification)
-    def after_boot_notification(self, **_: Any) -> None:
-        self.gateway.spawn(self.gateway.configure(self.point))
-
-    @on(Action.heartbeat)
-    def on_heartbeat(self, **_: Any) -> call_result.Heartbeat:
-        return call_result.Heartbeat(current_time=_now_iso())
-
-    @on(Action.status_notification)
-    def on_status_notification(
-        self, connector_id: int, status: str, **_: Any
-    ) -> call_result.StatusNotification:
-        self.point.on_status(connector_id, status)
-        return call_result.StatusNotification()
-
-    @on(Action.meter_values)
-    def on_meter_values(
-        self, connector_id: int, meter_value: Any, transaction_id: int | None = None, **_: Any
-    ) -> call_result.MeterValues:
-        self.point.on_meter_values(transaction_id, meter_value)
-        return call_result.MeterValues()
-
-    @on(Action.authorize)
-    def on_authorize(self, id_tag: str, **_: Any) -> call_result.Authorize:
-        status = self.gateway.walk_ins.authorize(self.point, id_tag)
-        return call_result.Authorize(id_tag_info={"status": status})
-
-    @on(Action.start_transaction)
-    async def on_start_transaction(
-        self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any
-    ) -> call_result.StartTransaction:
-        now = time.time()
-        tx_id = self.point.on_start_transaction(connector_id, id_tag, meter_start, timestamp, now)
-        status = "Accepted"
-        if tx_id is None:
-            tx_id, status = await self.gateway.walk_ins.start(
-                self.point, id_tag, meter_start, timestamp
-            )
-        return call_result.StartTransaction(transaction_id=tx_id, id_tag_info={"status": status})
-
-    @on(Action.stop_transaction)
-    async def on_stop_transaction(
-        self,
-        meter_stop: int,
-        timestamp: str,
-        transaction_id: int,
-        reason: str | None = None,
-        id_tag: str | None = None,
-        **_: Any,
-    ) -> call_result.StopTransaction:
-        if not self.point.on_stop_transaction(
-            transaction_id, meter_stop, timestamp, reason, time.time()
-        ):
-            pid = self.point.point_id
-            warn(pid, "stop", "%s: StopTransaction for unknown transaction %s accepted and ignored",
-                 pid, transaction_id)  # fmt: skip
-        await self.gateway.durable()  # answered once the completion survives a crash
-        info = {"status": "Accepted"} if id_tag is not None else None
-        return call_result.StopTransaction(id_tag_info=info)
-
-    @on(Action.data_transfer)
-    def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:
-        return call_result.DataTransfer(status="UnknownVendorId")
-
-    @on(Action.firmware_status_notification)
-    def on_firmware_status(self, **_: Any) -> call_result.FirmwareStatusNotification:
-        return call_result.FirmwareStatusNotification()
-
-    @on(Action.diagnostics_status_notification)
-    def on_diagnostics_status(self, **_: Any) -> call_result.DiagnosticsStatusNotification:
-        return call_result.DiagnosticsStatusNotification()
-
-
 class Gateway:
     """Chargers on one side, the broker on the other (see module doc)."""
 
@@ -195,6 +98,9 @@ class Gateway:
         self.config = config
         self.state = state
         self.points = {spec.id: OcppPoint(spec, self) for spec in specs}
+        self.chargers: dict[str, list[OcppPoint]] = {}  # chargePointId -> its points
+        for point in self.points.values():
+            self.chargers.setdefault(point.spec.charger, []).append(point)
         self.walk_ins = WalkIns(self, host_config.broker, config)
         host_config = dataclasses.replace(host_config, quiet_until_welcome=True)
         self.host = Host(
@@ -214,10 +120,14 @@ class Gateway:
         self._restore(time.time())
 
     def _restore(self, now: float) -> None:
-        for rec in self.state.transactions.values():
+        records = list(self.state.transactions.values())
+        self.state.transactions = {}  # keyed again as today (files of 1.6-only gateways)
+        for rec in records:
             point = self.points.get(str(rec.get("point_id")))
             if point is not None:
                 point.session = transaction_from_record(rec)
+                key = _tx_key(point.point_id, point.session.transaction_id)
+                self.state.transactions[key] = rec
         for msg in self.state.completions.values():
             point = self.points.get(str(msg.get("point_id")))
             if point is not None:
@@ -244,12 +154,13 @@ class Gateway:
 
     async def configure(self, point: OcppPoint) -> None:
         """Set what the mapping needs of a charger that booted (docs/ocpp.md)."""
-        for key, value in mapping.configuration(self.config.meter_interval_s):
-            result = await self.call(point, call.ChangeConfiguration(key=key, value=value))
-            status = getattr(result, "status", None)
-            if status not in ("Accepted", "RebootRequired"):
-                pid = point.point_id
-                warn(pid, "config", "%s: ChangeConfiguration %s answered %s", pid, key, status)
+        dialect = point.dialect
+        for payload in dialect.configuration_calls(self.config.meter_interval_s):
+            refused = dialect.configuration_refusals(await self.call(point, payload))
+            if refused:
+                cid = point.spec.charger
+                name = type(payload).__name__
+                warn(cid, "config", "%s: %s refused: %s", cid, name, "; ".join(refused))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -262,11 +173,11 @@ class Gateway:
     def new_id(self) -> int:
         return self.state.new_id()
 
-    def save_transaction(self, tx: Transaction | None, tx_id: int, point_id: str) -> None:
+    def save_transaction(self, tx: Transaction | None, tx_id: int | str, point_id: str) -> None:
         if tx is None:
-            self.state.transactions.pop(tx_id, None)
+            self.state.transactions.pop(_tx_key(point_id, tx_id), None)
         else:
-            self.state.transactions[tx_id] = transaction_record(tx, point_id)
+            self.state.transactions[_tx_key(point_id, tx_id)] = transaction_record(tx, point_id)
         self.persist()
 
     def save_completion(self, session_id: str, msg: dict[str, Any] | None, point_id: str) -> None:
@@ -312,52 +223,82 @@ class Gateway:
 
     # --- the WebSocket side -----------------------------------------------------------
 
+    def _charger_of(self, request: Request) -> list[OcppPoint] | None:
+        path = request.path.split("?", 1)[0]
+        return self.chargers.get(path[len(PATH_PREFIX) :]) if path.startswith(PATH_PREFIX) else None
+
     async def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if not path.startswith(PATH_PREFIX):
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/<chargePointId>\n")
         charger_id = path[len(PATH_PREFIX) :]
-        point = self.points.get(charger_id)
-        password = _basic_password(request.headers, charger_id)
-        if point is None or password is None or not await self._check(point, password):
-            warn(charger_id[:64], "auth", "charger %r refused: unknown id or wrong password",
+        points = self.chargers.get(charger_id)
+        spec = points[0].spec if points else None
+        if spec is None or not await self._authenticated(spec, connection, request):
+            warn(charger_id[:64], "auth", "charger %r refused: unknown id or wrong credentials",
                  charger_id[:64])  # fmt: skip
             response = connection.respond(
-                HTTPStatus.UNAUTHORIZED, "unknown charger or bad password\n"
+                HTTPStatus.UNAUTHORIZED, "unknown charger or bad credentials\n"
             )
-            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+            if spec is None or spec.security_profile != 3:
+                response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
             return response
-        offered = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
-        if SUBPROTOCOL not in [p.strip() for p in offered.split(",")]:
-            return connection.respond(HTTPStatus.BAD_REQUEST, "subprotocol ocpp1.6 required\n")
+        offered = [
+            p.strip()
+            for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")
+        ]
+        if _subprotocol(spec.ocpp, offered) is None:
+            wanted = {"auto": "ocpp2.0.1 or ocpp1.6", "1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+            text = f"subprotocol {wanted[spec.ocpp]} required\n"
+            return connection.respond(HTTPStatus.BAD_REQUEST, text)
         return None
 
-    async def _check(self, point: OcppPoint, password: str) -> bool:
+    async def _authenticated(
+        self, spec: ChargerSpec, connection: ServerConnection, request: Request
+    ) -> bool:
+        """Security profile 3: a verified client certificate whose CN is the charger id
+        (the TLS handshake checked it against ``--client-ca``); else HTTP Basic."""
+        cert = _peer_cert(connection)
+        if spec.security_profile == 3 or cert is not None:
+            return cert is not None and _common_name(cert) == spec.charger
+        password = _basic_password(request.headers, spec.charger)
+        return password is not None and await self._check(spec, password)
+
+    async def _check(self, spec: ChargerSpec, password: str) -> bool:
+        if spec.password_hash is None:
+            return False
         quick = hashlib.sha256(password.encode("utf-8")).digest()
-        known = self._verified.get(point.point_id)
+        known = self._verified.get(spec.charger)
         if known is not None and hmac.compare_digest(known, quick):
             return True
         # PBKDF2 releases the GIL: check on a worker thread, keep the loop serving
-        ok = await asyncio.to_thread(verify_password, password, point.spec.password_hash)
+        ok = await asyncio.to_thread(verify_password, password, spec.password_hash)
         if ok:
-            self._verified[point.point_id] = quick
+            self._verified[spec.charger] = quick
         return ok
 
+    def _select(self, connection: ServerConnection, offered: Sequence[str]) -> Any:
+        points = self._charger_of(connection.request) if connection.request else None
+        return _subprotocol(points[0].spec.ocpp if points else "auto", list(offered))
+
     async def _serve_charger(self, ws: ServerConnection) -> None:
-        charger_id = ws.request.path.split("?", 1)[0][len(PATH_PREFIX) :] if ws.request else ""
-        point = self.points[charger_id]
-        old = point.conn
-        conn = ChargerConnection(point, self, ws)
-        point.connected(conn)
+        points = self._charger_of(ws.request) if ws.request else None
+        assert points is not None  # _authorize let only known chargers through
+        kind = Charger201 if ws.subprotocol == mapping201.SUBPROTOCOL else Charger16
+        conn = kind(points, self, ws, CALL_TIMEOUT_S)
+        old = points[0].conn
+        for p in points:
+            p.connected(conn)
         if old is not None:
-            log.info("%s: a new connection replaces the old one", point.point_id)
+            log.info("%s: a new connection replaces the old one", conn.id)
             self.spawn(old.ws.close(1000, "replaced by a new connection"))
         try:
             await conn.start()
         except ConnectionClosed:
             pass
         finally:
-            point.disconnected(conn)
+            for p in points:
+                p.disconnected(conn)
 
     async def _sweep(self) -> None:
         """Close connections of chargers silent for three heartbeat intervals."""
@@ -365,11 +306,11 @@ class Gateway:
         while True:
             await asyncio.sleep(SWEEP_S)
             now = time.time()
-            for point in self.points.values():
+            for points in self.chargers.values():
+                point = points[0]
                 conn = point.conn
                 if conn is not None and point.spoke and now - point.heard_at > limit:
-                    warn(point.point_id, "silent", "%s: silent for %.0f s, closing",
-                         point.point_id, limit)  # fmt: skip
+                    warn(conn.id, "silent", "%s: silent for %.0f s, closing", conn.id, limit)
                     self.spawn(conn.ws.close(1001, "silent"))
 
     async def run(self, ready: Callable[[str], None]) -> None:
@@ -378,7 +319,8 @@ class Gateway:
             self._serve_charger,
             cfg.host,
             cfg.port,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            select_subprotocol=self._select,
             process_request=self._authorize,
             ssl=cfg.ssl_context,
             max_size=MAX_MESSAGE,
@@ -408,29 +350,32 @@ class Gateway:
         self.host.request_stop()
 
 
-async def route_checked(cp: Any, raw: str | bytes, version: frames.Version) -> None:
-    """The ``ocpp`` package's routing, with every invalid frame answered as OCPP-J asks
-    (:mod:`station.ocpp.frames`) and one throttled log line instead of a traceback."""
-    charger = cp.id
-    bad = frames.check(raw, version)
-    if bad is not None:
-        warn(charger, "frame", "%s: invalid frame (%s): %.80r", charger, bad.reason, raw)
-        if bad.unique_id is None:
-            await cp._connection.close(frames.CLOSE_PROTOCOL_ERROR, bad.reason[:120])
-        else:
-            await cp._send(bad.call_error())
-        return
-    msg = ocpp.messages.unpack(raw)
-    if msg.message_type_id != frames.CALL:
-        cp._response_queue.put_nowait(msg)
-        return
-    try:
-        await cp._handle_call(msg)
-    except OCPPError as error:
-        warn(charger, "frame", "%s: %s refused: %s", charger, msg.action, error)
-        answer = msg.create_call_error(error)
-        answer.error_code = frames.error_code(answer.error_code, version)
-        await cp._send(answer.to_json())
+def _subprotocol(version: str, offered: list[str]) -> str | None:
+    """The subprotocol for a charger configured as ``version`` that offers ``offered``:
+    its own, or with ``auto`` the newest offered."""
+    if version == "auto":
+        return next((p for p in SUBPROTOCOLS if p in offered), None)
+    wanted = mapping201.SUBPROTOCOL if version == mapping201.VERSION else mapping.SUBPROTOCOL
+    return wanted if wanted in offered else None
+
+
+def _peer_cert(connection: ServerConnection) -> dict[str, Any] | None:
+    """The client certificate the TLS handshake verified, if any."""
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    return cert or None
+
+
+def _common_name(cert: dict[str, Any]) -> str | None:
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _tx_key(point_id: str, tx_id: int | str) -> str:
+    return f"{point_id}/{tx_id}"
 
 
 def _basic_password(headers: Headers, charger_id: str) -> str | None:
@@ -445,7 +390,3 @@ def _basic_password(headers: Headers, charger_id: str) -> str | None:
     if not sep or user != charger_id:
         return None
     return password
-
-
-def _now_iso() -> str:
-    return format_timestamp(time.time())

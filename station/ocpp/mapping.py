@@ -10,7 +10,12 @@ import math
 import re
 from typing import Any, Final, Literal
 
+from ocpp.v16 import call
+
 from common.messages import VEHICLE_ID_PATTERN
+
+VERSION: Final = "1.6"
+SUBPROTOCOL: Final = "ocpp1.6"
 
 StationState = Literal["disponivel", "carregando", "indisponivel"]
 Reason = Literal["target_reached", "stopped", "fault"]
@@ -139,3 +144,40 @@ def configuration(meter_interval_s: int) -> list[tuple[str, str]]:
         ("MeterValueSampleInterval", str(meter_interval_s)),
         ("MeterValuesSampledData", ENERGY_MEASURAND),
     ]
+
+
+# --- the calls the gateway makes (same names and meaning in mapping201) ------------------
+
+
+def reserve_now(connector: int, expiry: str, tag: str, reservation_id: int) -> call.ReserveNow:
+    return call.ReserveNow(
+        connector_id=connector, expiry_date=expiry, id_tag=tag, reservation_id=reservation_id
+    )
+
+
+def cancel_reservation(reservation_id: int) -> call.CancelReservation:
+    return call.CancelReservation(reservation_id=reservation_id)
+
+
+def remote_start(tag: str, connector: int, remote_start_id: int) -> call.RemoteStartTransaction:
+    del remote_start_id  # 1.6 matches the StartTransaction by idTag alone
+    return call.RemoteStartTransaction(id_tag=tag, connector_id=connector)
+
+
+def remote_stop(transaction_id: int | str) -> call.RemoteStopTransaction:
+    return call.RemoteStopTransaction(transaction_id=int(transaction_id))
+
+
+def change_availability(connector: int, operative: bool) -> call.ChangeAvailability:
+    kind = "Operative" if operative else "Inoperative"
+    return call.ChangeAvailability(connector_id=connector, type=kind)
+
+
+def configuration_calls(meter_interval_s: int) -> list[Any]:
+    return [call.ChangeConfiguration(key=k, value=v) for k, v in configuration(meter_interval_s)]
+
+
+def configuration_refusals(result: Any) -> list[str]:
+    """What a ChangeConfiguration answer refused (empty: set)."""
+    status = getattr(result, "status", None)
+    return [] if status in ("Accepted", "RebootRequired") else [str(status)]

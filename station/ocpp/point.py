@@ -23,8 +23,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
-from ocpp.v16 import call
-
 from common.messages import Hold, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
 from station.ocpp import mapping
@@ -61,7 +59,7 @@ class GatewayServices(Protocol):
 
     def new_id(self) -> int: ...
 
-    def save_transaction(self, tx: Transaction | None, tx_id: int, point_id: str) -> None: ...
+    def save_transaction(self, tx: Transaction | None, tx_id: int | str, point_id: str) -> None: ...
 
     def save_completion(
         self, session_id: str, msg: dict[str, Any] | None, point_id: str
@@ -78,7 +76,7 @@ class GatewayServices(Protocol):
 class Transaction:
     """An OCPP transaction that is one broker session."""
 
-    transaction_id: int
+    transaction_id: int | str  # 1.6: ours (an integer); 2.0.1: the charger's (a string)
     session_id: str
     vehicle_id: str
     nivel_bateria: float
@@ -89,10 +87,12 @@ class Transaction:
     meter_last: int
     soc: float | None = None
     stop_sent: bool = False
+    seq: int = -1  # 2.0.1: the last TransactionEvent seqNo applied
 
     @property
     def energy_wh(self) -> int:
-        return max(0, self.meter_last - self.meter_start)
+        # meter_start -1: no reading yet (a 2.0.1 Started event without meter values)
+        return max(0, self.meter_last - self.meter_start) if self.meter_start >= 0 else 0
 
     @property
     def target_wh(self) -> int:
@@ -128,6 +128,12 @@ class OcppPoint:
         self._in_flight: set[str] = set()
         self.refused = 0
         self.operative = True  # what the gateway last asked of the connector
+
+    @property
+    def dialect(self) -> Any:
+        """The mapping module of the connected charger's OCPP version (the calls to it)."""
+        conn = self.conn
+        return conn.dialect if conn is not None else mapping
 
     # --- what the host reads ----------------------------------------------------------
 
@@ -232,23 +238,23 @@ class OcppPoint:
         ocpp_id = self.hold_ocpp_id if self.hold is not None else None
         ocpp_id = ocpp_id if ocpp_id is not None else self.gw.new_id()
         self._holding = ((cmd.reservation_id, cmd.until), [])
-        payload = call.ReserveNow(
-            connector_id=self.spec.connector,
-            expiry_date=format_timestamp(cmd.until),
-            id_tag=mapping.id_tag_for(cmd.vehicle_id),
-            reservation_id=ocpp_id,
+        payload = self.dialect.reserve_now(
+            self.spec.connector,
+            format_timestamp(cmd.until),
+            mapping.id_tag_for(cmd.vehicle_id),
+            ocpp_id,
         )
-        self._ask(cmd.cmd_id, self._reserve(cmd, payload))
+        self._ask(cmd.cmd_id, self._reserve(cmd, payload, ocpp_id))
         return Step()
 
-    async def _reserve(self, cmd: Hold, payload: call.ReserveNow) -> None:
+    async def _reserve(self, cmd: Hold, payload: Any, ocpp_id: int) -> None:
         result = await self.gw.call(self, payload)
         status = getattr(result, "status", None)
         asking, self._holding = self._holding, None
         repeats = asking[1] if asking is not None else []
         error = mapping.reserve_refusal(status)
         if error is None:
-            self.hold, self.hold_ocpp_id = cmd, payload.reservation_id
+            self.hold, self.hold_ocpp_id = cmd, ocpp_id
         for cmd_id in [cmd.cmd_id, *repeats]:
             self._answer(cmd_id, error, changed=error is None)
 
@@ -265,7 +271,7 @@ class OcppPoint:
         return Step(changed=True)
 
     async def _cancel(self, cmd: Release, ocpp_id: int) -> None:
-        await self.gw.call(self, call.CancelReservation(reservation_id=ocpp_id))
+        await self.gw.call(self, self.dialect.cancel_reservation(ocpp_id))
         # Accepted, or Rejected (the charger no longer has it): released either way
         self._answer(cmd.cmd_id, None)
 
@@ -299,9 +305,8 @@ class OcppPoint:
         return Step()
 
     async def _remote_start(self, cmd: Start) -> None:
-        payload = call.RemoteStartTransaction(
-            id_tag=mapping.id_tag_for(cmd.vehicle_id), connector_id=self.spec.connector
-        )
+        tag = mapping.id_tag_for(cmd.vehicle_id)
+        payload = self.dialect.remote_start(tag, self.spec.connector, self.gw.new_id())
         result = await self.gw.call(self, payload)
         status = getattr(result, "status", None)
         if status != "Accepted":
@@ -331,7 +336,7 @@ class OcppPoint:
 
     async def _remote_stop(self, cmd: Stop, tx: Transaction) -> None:
         tx.stop_sent = True
-        result = await self.gw.call(self, call.RemoteStopTransaction(tx.transaction_id))
+        result = await self.gw.call(self, self.dialect.remote_stop(tx.transaction_id))
         status = getattr(result, "status", None)
         if status == "Accepted" or self.session is not tx:
             self._answer(cmd.cmd_id, None)
@@ -348,7 +353,7 @@ class OcppPoint:
 
     async def _change_availability(self, available: bool, reason: str) -> None:
         kind = "Operative" if available else "Inoperative"
-        payload = call.ChangeAvailability(connector_id=self.spec.connector, type=kind)
+        payload = self.dialect.change_availability(self.spec.connector, available)
         status = getattr(await self.gw.call(self, payload), "status", None)
         if status not in ("Accepted", "Scheduled"):
             self.operative = not available  # try again on the next notice
@@ -412,35 +417,49 @@ class OcppPoint:
         if after != before:
             self.gw.emit(self, Step(changed=True))
 
-    def on_meter_values(self, transaction_id: int | None, meter_value: Any) -> None:
+    def on_meter_values(self, transaction_id: int | str | None, meter_value: Any) -> None:
         tx = self.session
         if tx is None or (transaction_id is not None and transaction_id != tx.transaction_id):
             return
-        wh, soc = mapping.meter_reading(meter_value)
+        self.on_reading(tx, *self.dialect.meter_reading(meter_value))
+        self.check_target(tx)
+
+    def on_reading(self, tx: Transaction, wh: int | None, soc: float | None) -> None:
+        """A meter reading of the running transaction ``tx``."""
+        if wh is not None and tx.meter_start < 0:
+            tx.meter_start = wh  # the transaction's first reading is its start
         if wh is not None and wh >= tx.meter_start:
             tx.meter_last = wh
         if soc is not None:
             tx.soc = soc
+
+    def check_target(self, tx: Transaction) -> None:
         if tx.energy_wh >= tx.target_wh and not tx.stop_sent and self.online:
             # the vehicle's target is reached: end the session, as our own stations do
             tx.stop_sent = True
             self.gw.spawn(self._stop_at_target(tx))
 
     async def _stop_at_target(self, tx: Transaction) -> None:
-        result = await self.gw.call(self, call.RemoteStopTransaction(tx.transaction_id))
+        result = await self.gw.call(self, self.dialect.remote_stop(tx.transaction_id))
         if getattr(result, "status", None) != "Accepted" and self.session is tx:
             tx.stop_sent = False
 
     def on_start_transaction(
-        self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, now: float
-    ) -> int | None:
-        """A transaction started on the charger; its transactionId, or None when it is not
-        one the broker asked for (the caller then treats it as a walk-in)."""
+        self,
+        id_tag: str,
+        meter_start: int,
+        timestamp: str,
+        now: float,
+        transaction_id: int | str | None = None,
+    ) -> int | str | None:
+        """A transaction started on the charger; its transactionId (``transaction_id`` when
+        the charger chose it, 2.0.1), or None when it is not one the broker asked for (the
+        caller then treats it as a walk-in). ``meter_start`` -1: not read yet."""
         match = self._starting_for(id_tag)
         if match is None:
             return None
         cmd, late = match
-        tx_id = self.gw.new_id()
+        tx_id = transaction_id if transaction_id is not None else self.gw.new_id()
         self.begin(
             Transaction(
                 transaction_id=tx_id,
@@ -476,14 +495,20 @@ class OcppPoint:
         self.gw.save_transaction(tx, tx.transaction_id, self.point_id)
 
     def on_stop_transaction(
-        self, transaction_id: int, meter_stop: int, timestamp: str, reason: str | None, now: float
+        self,
+        transaction_id: int | str,
+        meter_stop: int | None,
+        timestamp: str,
+        reason: str | None,
+        now: float,
     ) -> bool:
-        """The charger ended a transaction; False when it is not one of ours."""
+        """The charger ended a transaction; False when it is not one of ours.
+        ``meter_stop`` None: the last reading is the end (2.0.1 without meter values)."""
         tx = self.session
         if tx is None or tx.transaction_id != transaction_id:
             return False
-        if meter_stop >= tx.meter_start:
-            tx.meter_last = meter_stop
+        if meter_stop is not None:
+            self.on_reading(tx, meter_stop, None)
         energy_wh = min(tx.energy_wh, round(tx.capacidade_kwh * 1000))
         kwh = energy_wh / 1000.0
         msg: dict[str, Any] = {

@@ -269,7 +269,7 @@ def test_wrong_password_and_unknown_id_get_401_before_the_upgrade(
     _, url = gateway
     assert _connect_status(url, "OC01", "wrong-password-0123456789", ["ocpp1.6"]) == 401
     assert _connect_status(url, "NOPE", PASSWORD, ["ocpp1.6"]) == 401
-    assert _connect_status(url, "OC01", PASSWORD, ["ocpp2.0.1"]) == 400
+    assert _connect_status(url, "OC01", PASSWORD, ["ocpp2.0"]) == 400  # not one of ours
     assert _connect_status(url, "OC01", PASSWORD, ["ocpp1.6"]) is None
 
 
