@@ -68,6 +68,13 @@ def ocpp_gateway(
     key: Annotated[
         Path | None, typer.Option(envvar=_env("OCPP_KEY"), help="TLS private key.")
     ] = None,
+    client_ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_env("OCPP_CLIENT_CA"),
+            help="CA of charger certificates (Security Profile 3: mutual TLS).",
+        ),
+    ] = None,
     ocpp_heartbeat: Annotated[
         int,
         typer.Option(
@@ -112,13 +119,17 @@ def ocpp_gateway(
     credentials: Credentials = None,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
-    """OCPP 1.6J gateway: chargers connect over WebSocket and join as stations."""
+    """OCPP 1.6J / 2.0.1 gateway: chargers connect over WebSocket and join as stations."""
     _setup_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every message at INFO
     if (cert is None) != (key is None):
         raise typer.BadParameter("give both --cert and --key (or neither)")
+    if client_ca is not None and cert is None:
+        raise typer.BadParameter("--client-ca needs --cert and --key (mutual TLS)")
     try:
         specs = load_chargers(chargers)
+        if client_ca is None and any(s.security_profile == 3 for s in specs):
+            raise ConfigError("security_profile 3 chargers need --client-ca (mutual TLS)")
         st = GatewayState(state or chargers.with_suffix(".state.json"))
         st.load()
         ssl_ctx = None
@@ -126,6 +137,9 @@ def ocpp_gateway(
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_ctx.load_cert_chain(cert, key)
+            if client_ca is not None:  # profile 3 chargers present one; profile 2 ones none
+                ssl_ctx.verify_mode = ssl.CERT_OPTIONAL
+                ssl_ctx.load_verify_locations(client_ca)
     except ConfigError as exc:
         raise typer.BadParameter(exc.message, param_hint="--chargers") from None
     except (OSError, ssl.SSLError) as exc:

@@ -41,10 +41,19 @@ class Charger201(ChargePoint, Connectors):  # type: ignore[misc]
         Connectors.__init__(self, points)
         self.gateway = gateway
         self.ws = ws
+        self._first = True
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         self.heard(time.time())  # every message is a sign of life
+        first, self._first = self._first, False
         await route_checked(self, raw_msg, "2.0.1")
+        if first and '"BootNotification"' not in str(raw_msg)[:64]:
+            # connected again without a boot: what do its EVSEs say now?
+            for p in self.points:
+                self.gateway.spawn(self._trigger(p))
+
+    async def _trigger(self, p: OcppPoint) -> None:
+        await self.gateway.call(p, mapping201.trigger_status(p.spec.connector))
 
     @on(Action.boot_notification)
     def on_boot_notification(self, **_: Any) -> call_result.BootNotification:
