@@ -130,6 +130,11 @@ class BrokerApp:
         self.metrics = BrokerMetrics()
         self.reject = Rejections(self.metrics.rejected)
         self.store = Store(config.db)
+        if self.store.tightened:
+            log.warning(
+                "database files were readable by other users; made them 0600: %s",
+                ", ".join(str(p) for p in self.store.tightened),
+            )
         self.security: Security | None = None
         try:
             if not config.insecure:

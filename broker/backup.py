@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from common.errors import ConfigError, StoreError
+from common.private_files import private_file
 
 # One step: the whole copy is made inside one read transaction. In WAL mode the
 # broker keeps committing meanwhile; copied in several steps instead, every
@@ -54,7 +55,7 @@ def backup(db: Path, dest: Path, *, overwrite: bool = False) -> BackupResult:
         raise StoreError(f"cannot open {db}: {exc}") from None
     try:
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            private_file(partial)  # a copy of every secret: 0600 in a 0700 folder
             target = sqlite3.connect(partial)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"cannot write {partial}: {exc}") from None

@@ -38,6 +38,7 @@ from common.credentials import (
     point_matches,
 )
 from common.errors import ConfigError, StoreError
+from common.private_files import private_file
 
 BROKER_KEY_FILE: Final = "broker.key"
 MEMORY_CREDENTIALS_DB: Final = "credentials.db"
@@ -173,7 +174,8 @@ class CredentialTable:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path != ":memory:":
+                private_file(Path(path))  # the broker's database: 0600 in a 0700 folder
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._db.execute(SCHEMA)

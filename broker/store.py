@@ -32,6 +32,7 @@ import msgspec
 from broker.core.effects import Persist
 from common.errors import EventsPruned, StoreError
 from common.messages import BusEvent
+from common.private_files import private_dir, private_file, tighten_database
 
 SCHEMA_VERSION: Final = 1
 RECORD_TABLES: Final = ("point", "reservation", "session", "meta", "vehicle")
@@ -63,6 +64,8 @@ class Store:
         self.path = path
         self._lock_fd: int | None = None
         self._db: sqlite3.Connection | None = None
+        #: files of an existing database that others could read, made 0600 on opening
+        self.tightened: list[Path] = []
         try:
             self._open(synchronous)
         except BaseException:
@@ -75,9 +78,13 @@ class Store:
         if self.path != MEMORY:
             file = Path(self.path)
             try:
-                file.parent.mkdir(parents=True, exist_ok=True)
+                # secrets at rest (credentials' HMAC keys): 0600 files in 0700 folders;
+                # SQLite gives the -wal and -shm files the database file's mode
+                private_dir(file.parent)
+                self.tightened = tighten_database(file)
+                private_file(file)
             except OSError as exc:
-                raise StoreError(f"cannot create the folder of {self.path}: {exc}") from None
+                raise StoreError(f"cannot create {self.path} privately: {exc}") from None
             self._take_lock(file)
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -112,7 +119,7 @@ class Store:
     def _take_lock(self, file: Path) -> None:
         lock_path = str(file) + ".lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"cannot open lock file {lock_path}: {exc}") from None
         try:

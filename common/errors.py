@@ -120,6 +120,11 @@ class StoreError(EVError):
     code = "store"
 
 
+class LedgerUnavailable(StoreError):
+    """The ledger's database server cannot be reached now (restarting, cut off): the
+    write did not happen and may be tried again once it is back."""
+
+
 class TransportError(EVError):
     """A peer could not be reached or the connection broke."""
 

@@ -239,14 +239,20 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     availability: bool = False
 
 
-class Heartbeat(Struct, tag="heartbeat", tag_field="type", frozen=True):
-    pass
+#: The point a message is about, on a connection that carries several points (or whose
+#: routing id is not the point id): docs/station.md "Routing". Omitted on the wire when unset.
+RoutedPoint = PointId | UnsetType
+
+
+class Heartbeat(Struct, tag="heartbeat", tag_field="type", kw_only=True, frozen=True):
+    id: RoutedPoint = UNSET
 
 
 class Ack(Struct, tag="ack", tag_field="type", kw_only=True, frozen=True):
     cmd_id: str
     ok: bool
     error: str | None = None
+    id: RoutedPoint = UNSET
 
 
 class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=True, frozen=True):
@@ -260,6 +266,7 @@ class SessionComplete(Struct, tag="session_complete", tag_field="type", kw_only=
     reason: Literal["target_reached", "stopped", "fault"] = "target_reached"
     # energy read from the charger's meter (OCPP gateway): billed instead of the levels
     energia_medida_kwh: EnergyKwh | None = None
+    id: RoutedPoint = UNSET
 
 
 StationToBroker = Hello | Heartbeat | Ack | SessionComplete
@@ -267,6 +274,7 @@ StationToBroker = Hello | Heartbeat | Ack | SessionComplete
 
 class Welcome(Struct, tag="welcome", tag_field="type", kw_only=True, frozen=True):
     heartbeat_s: float = 1.0
+    id: RoutedPoint = UNSET
 
 
 class Hold(Struct, tag="hold", tag_field="type", kw_only=True, frozen=True):
@@ -274,11 +282,13 @@ class Hold(Struct, tag="hold", tag_field="type", kw_only=True, frozen=True):
     reservation_id: str
     vehicle_id: str
     until: float
+    id: RoutedPoint = UNSET
 
 
 class Release(Struct, tag="release", tag_field="type", kw_only=True, frozen=True):
     cmd_id: str
     reservation_id: str
+    id: RoutedPoint = UNSET
 
 
 class Start(Struct, tag="start", tag_field="type", kw_only=True, frozen=True):
@@ -288,15 +298,18 @@ class Start(Struct, tag="start", tag_field="type", kw_only=True, frozen=True):
     nivel_bateria: float
     nivel_carregar: float
     capacidade_kwh: float
+    id: RoutedPoint = UNSET
 
 
 class Stop(Struct, tag="stop", tag_field="type", kw_only=True, frozen=True):
     cmd_id: str
     session_id: str
+    id: RoutedPoint = UNSET
 
 
 class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, frozen=True):
     session_id: str
+    id: RoutedPoint = UNSET
 
 
 class Availability(Struct, tag="availability", tag_field="type", kw_only=True, frozen=True):
@@ -305,6 +318,7 @@ class Availability(Struct, tag="availability", tag_field="type", kw_only=True, f
 
     available: bool
     reason: str = ""
+    id: RoutedPoint = UNSET
 
 
 BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck | Availability
@@ -342,20 +356,26 @@ class BusEvent(Struct, frozen=True):
 MAX_HISTORY_LIMIT: Final = 1000
 
 
-class HistorySince(Struct, tag="since", tag_field="op", frozen=True):
+class HistorySince(Struct, tag="since", tag_field="op", frozen=True, forbid_unknown_fields=True):
     seq: Annotated[int, Meta(ge=0)] = 0
     limit: Annotated[int, Meta(ge=1)] = MAX_HISTORY_LIMIT
 
 
-class HistorySnapshot(Struct, tag="snapshot", tag_field="op", frozen=True):
+class HistorySnapshot(
+    Struct, tag="snapshot", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     pass
 
 
-class HistoryAccounts(Struct, tag="accounts", tag_field="op", frozen=True):
+class HistoryAccounts(
+    Struct, tag="accounts", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     """Every vehicle's statement (for reconciliation)."""
 
 
-class HistorySetAvailability(Struct, tag="set_availability", tag_field="op", frozen=True):
+class HistorySetAvailability(
+    Struct, tag="set_availability", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
     """An operator takes a point out of service or back (rules.md "Out of service").
 
     The fields are checked by the history edge, which words each refusal.

@@ -38,11 +38,13 @@ rm -f "$DEST"/*.whl   # a fresh, consistent set each time
 log "building the project wheel"
 "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$DEST" "$work/src" >&2
 
-# 2. Every dependency, as binary wheels for the target interpreter and platform.
+# 2. Every dependency, as binary wheels for the target interpreter and platform, at
+#    the versions pinned in constraints.txt (`make lock` regenerates it).
 platform_args=()
 for p in $PLATFORMS; do platform_args+=(--platform "$p"); done
 log "downloading dependency wheels for CPython $PYVER"
 "$PYTHON" -m pip download --quiet --dest "$DEST" --only-binary=:all: \
+    --constraint "$ROOT/constraints.txt" \
     --python-version "$PYVER" --implementation cp "${platform_args[@]}" \
     "$DEST"/evcharge-*.whl >&2
 

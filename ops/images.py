@@ -62,6 +62,7 @@ IMAGE_FILES = (
     "ops/regions.toml",
     ".dockerignore",
     "pyproject.toml",
+    "constraints.txt",
     "README.md",
 )
 PULL_TIMEOUT_S = 120.0

@@ -203,11 +203,21 @@ class Host:
             self._apply(i, step, now)
 
     def rehello(self, point_id: str, now: float) -> None:
-        """Say ``hello`` for this station again soon (it came back online)."""
+        """Say ``hello`` for this station again now (it came back online).
+
+        At once rather than at the next housekeeping: the broker routes a point's
+        commands only to a connection that said hello for it, and the datagram saying
+        the point is free goes out at once too.
+        """
         i = self._index.get(point_id)
         if i is not None:
             self._hello_due[i] = now
             self._last_heard[i] = now
+            if self._link is not None and self.chargers[i].online:
+                sent = self._send(
+                    i, self.chargers[i].hello(self.boot_id, self.config.interval_s), now
+                )
+                self._hello_due[i] = now + (self.config.silence_s if sent else HELLO_RETRY_S)
 
     # --- one turn of the loop ---------------------------------------------------------
 

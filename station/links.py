@@ -2,14 +2,14 @@
 
 Two shapes, one interface (:class:`Link`):
 
-* :class:`DealerLink` - one DEALER per station, routing id = point id, LINGER 0.
-  Used by ``ev-station run``.
+* :class:`DealerLink` - one DEALER per station, LINGER 0, with a fresh random
+  routing id per socket (:func:`routing_id`). Used by ``ev-station run``.
 * :class:`MultiLink` - for a fleet: ONE local ROUTER socket that connects to the
   broker once per station. Before each ``connect`` it sets ``ZMQ_ROUTING_ID`` (the
-  identity the broker sees on that connection: the point id) and
-  ``ZMQ_CONNECT_ROUTING_ID`` (the local name of that connection: the point id too).
-  The broker therefore sees exactly what N DEALERs would show it - one peer per
-  point id - while the fleet process keeps two file descriptors per station less
+  identity the broker sees on that connection: a fresh random one) and
+  ``ZMQ_CONNECT_ROUTING_ID`` (the local name of that connection: the point id).
+  The broker therefore sees what N DEALERs would show it - one peer per
+  station - while the fleet process keeps two file descriptors per station less
   and drives every station from one socket: a frame arriving on the connection of
   point P is received locally as ``[P, frame]``, and ``[P, frame]`` goes out on
   P's connection. ``ROUTER_MANDATORY`` reports a connection that is not up yet,
@@ -24,6 +24,7 @@ Two shapes, one interface (:class:`Link`):
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterable
 from typing import Final, Protocol
 
@@ -33,6 +34,18 @@ from common.credentials import Credential, curve_client
 from common.zmq_nowait import recv_nowait, send_nowait
 
 HWM: Final = 10_000
+
+
+def routing_id(point_id: str) -> bytes:
+    """A routing id no one else can guess or hold: the point id and 64 random bits.
+
+    The broker routes by the point a connection said ``hello`` for, never by the
+    routing id (docs/station.md, "Routing"), so a routing id only has to be unique:
+    a peer that took the point id itself as its routing id cannot keep this station
+    out. The point id in front only makes the broker's logs readable.
+    """
+    label = point_id.encode("utf-8").lstrip(b"\0")[:200]  # at most 255 bytes in all
+    return label + b"~" + secrets.token_hex(8).encode()
 
 
 class Link(Protocol):
@@ -101,7 +114,7 @@ class DealerLink:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
         _base_options(sock)
         curve_client(sock, self._credential)
-        sock.setsockopt(zmq.ROUTING_ID, self._point_id.encode("utf-8"))
+        sock.setsockopt(zmq.ROUTING_ID, routing_id(self._point_id))
         sock.connect(self._endpoint)
         return sock
 
@@ -164,7 +177,7 @@ class MultiLink:
         sock = self._sock
         end = min(len(self._ids), self._connected + max(0, budget))
         for ident in self._ids[self._connected : end]:
-            sock.setsockopt(zmq.ROUTING_ID, ident)
+            sock.setsockopt(zmq.ROUTING_ID, routing_id(ident.decode("utf-8")))
             sock.setsockopt(zmq.CONNECT_ROUTING_ID, ident)
             sock.connect(self._endpoint)
             self._opened.add(ident)

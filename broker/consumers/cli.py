@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,42 +26,29 @@ import typer
 from rich.console import Console
 
 from broker.consumers.billing import worker as billing
-from broker.consumers.billing.ledger import LedgerBase, open_ledger
+from broker.consumers.billing.backends import open_ledger
+from broker.consumers.billing.ledger import LedgerBase
 from broker.consumers.bridge import subjects
 from broker.consumers.monitor.live import run_monitor
+from broker.consumers.plumbing import (
+    EXIT_DIFFERENT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CredentialsOpt,
+    EventsPortOpt,
+    HistoryPortOpt,
+    StreamOpt,
+    bus_endpoint,
+    fail,
+    log_figures,
+    run_until_signal,
+    setup_text_logging,
+)
 from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber
 from broker.consumers.tail import PipeClosed, TailSink, pipe_closed
 from common.cli import CONTEXT, BrokerOpt
-from common.credentials import load_optional
 from common.errors import ConfigError, EVError, StoreError, TransportError
-from common.logging_setup import setup_logging
-from common.runner import run
 
-EXIT_DIFFERENT = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-
-EventsPortOpt = Annotated[
-    int,
-    typer.Option("--events-port", envvar="EV_EVENTS_PORT", min=1, max=65535, help="Bus PUB port."),
-]
-HistoryPortOpt = Annotated[
-    int,
-    typer.Option(
-        "--history-port", envvar="EV_HISTORY_PORT", min=1, max=65535, help="History port."
-    ),
-]
-CredentialsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--credentials",
-        envvar="EV_CREDENTIALS",
-        help="A consumer or operator .cred file (needed unless the broker runs --insecure).",
-    ),
-]
-StreamOpt = Annotated[
-    str, typer.Option("--stream", envvar="EV_STREAM", help="JetStream stream name.")
-]
 DbOpt = Annotated[
     Path, typer.Option("--db", envvar="EV_BILLING_DB", help="Billing ledger (SQLite file).")
 ]
@@ -75,7 +61,6 @@ LedgerOpt = Annotated[
     ),
 ]
 DEFAULT_DB = Path("var/billing.db")
-FIGURES_S = 10.0  # how often the billing worker and the bridge log their figures
 
 
 class ReportFormat(StrEnum):
@@ -87,20 +72,6 @@ class ReportFormat(StrEnum):
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _setup_logging(level: int) -> None:
-    setup_logging("text", level)
-
-
-def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` (asyncio's own loop) with SIGINT/SIGTERM setting ``stop``."""
-    run(main, fast_loop=False)
 
 
 async def _until_stopped(sub: Subscriber, stop: asyncio.Event) -> None:
@@ -116,46 +87,11 @@ async def _until_stopped(sub: Subscriber, stop: asyncio.Event) -> None:
             await task
 
 
-async def log_figures(
-    log: logging.Logger, line: str, figures: Callable[[], tuple[int, ...]]
-) -> None:
-    """Every FIGURES_S, log ``line % figures()`` when the figures changed (until cancelled)."""
-    shown: tuple[int, ...] = ()
-    while True:
-        await asyncio.sleep(FIGURES_S)
-        now = figures()
-        if now != shown:
-            log.info(line, *now)
-            shown = now
-
-
-def _endpoint(
-    broker: str, events_port: int, history_port: int, credentials: str | None
-) -> Endpoint:
-    if not broker or any(c.isspace() for c in broker):
-        raise _fail(f"invalid --broker host {broker!r}", EXIT_USAGE)
-    try:
-        credential = load_optional(credentials)
-    except ConfigError as exc:
-        raise _fail(exc.message, EXIT_USAGE) from None
-    if credential is not None and credential.role not in ("consumer", "operator"):
-        raise _fail(
-            f"--credentials {credentials}: a {credential.role} credential cannot read the bus; "
-            "issue one with --role consumer",
-            EXIT_USAGE,
-        )
-    if credential is None:
-        logging.getLogger("broker").warning(
-            "no --credentials: only a broker started with --insecure will answer"
-        )
-    return Endpoint(broker, events_port, history_port, credential)
-
-
 def _open_ledger(db: Path, create: bool, ledger: str | None = None) -> LedgerBase:
     try:
         return open_ledger(ledger or db, create=create)
     except (ConfigError, StoreError) as exc:
-        raise _fail(str(exc), EXIT_USAGE) from exc
+        raise fail(str(exc), EXIT_USAGE) from exc
 
 
 # --- billing ------------------------------------------------------------------------
@@ -205,9 +141,9 @@ def billing_worker(
         _billing_from_jetstream(db, ledger_target, source, regions, stream)
         return
     if regions is not None:
-        raise _fail("--regions needs --source nats://...", EXIT_USAGE)
-    _setup_logging(logging.INFO)
-    endpoint = _endpoint(broker, events_port, history_port, credentials)
+        raise fail("--regions needs --source nats://...", EXIT_USAGE)
+    setup_text_logging(logging.INFO)
+    endpoint = bus_endpoint(broker, events_port, history_port, credentials)
     ledger = _open_ledger(db, create=True, ledger=ledger_target)
     sink = billing.BillingSink(ledger)
     sub = Subscriber(endpoint, sink, topics=(billing.TOPIC,), start_seq=ledger.last_seq)
@@ -236,9 +172,9 @@ def billing_worker(
             note.cancel()
 
     try:
-        _run(main)
+        run_until_signal(main)
     except StoreError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
     finally:
         with contextlib.suppress(EVError):
             sink.flush()
@@ -265,10 +201,10 @@ def _billing_from_jetstream(
         region_list = subjects.parse_regions(regions)
         subjects.check_stream(stream)
     except ConfigError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from exc
+        raise fail(str(exc), EXIT_USAGE) from exc
     from broker.consumers.billing.jetstream import JetStreamBilling  # nats-py only when used
 
-    _setup_logging(logging.INFO)
+    setup_text_logging(logging.INFO)
     ledger = _open_ledger(db, create=True, ledger=ledger_target)
     worker = JetStreamBilling(url, ledger, stream=stream, regions=region_list)
     log = logging.getLogger("broker.billing")
@@ -294,11 +230,11 @@ def _billing_from_jetstream(
             task.cancel()
 
     try:
-        _run(main)
+        run_until_signal(main)
     except ConfigError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from exc
+        raise fail(str(exc), EXIT_USAGE) from exc
     except StoreError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
     finally:
         ledger.close()
     typer.echo(f"billing stopped ({worker.stats.billed} new sessions)")
@@ -359,7 +295,7 @@ def billing_reconcile(
     hosts = brokers or ["127.0.0.1"]
     creds = list(credentials or [])
     if len(creds) not in (0, 1, len(hosts)):
-        raise _fail("give one --credentials, or one per --broker (in the same order)", EXIT_USAGE)
+        raise fail("give one --credentials, or one per --broker (in the same order)", EXIT_USAGE)
     paired: list[str | None] = [*creds] * len(hosts) if len(creds) == 1 else [*creds]
     if not paired:
         paired = [None] * len(hosts)
@@ -389,7 +325,7 @@ def billing_reconcile(
     try:
         theirs = billing.merge_accounts(asyncio.run(fetch()))
     except TransportError as exc:
-        raise _fail(str(exc), EXIT_UNREACHABLE) from exc
+        raise fail(str(exc), EXIT_UNREACHABLE) from exc
     rec = billing.reconcile(mine, theirs)
     billing.render_reconciliation(rec, fmt.value, Console(soft_wrap=True))
     if not rec.equal:
@@ -400,10 +336,10 @@ def _history_endpoint(text: str, default_port: int, credentials: str | None) -> 
     """``HOST`` or ``HOST:PORT`` (the history port) as an endpoint."""
     host, sep, port = text.rpartition(":")
     if not sep:
-        return _endpoint(text, 5556, default_port, credentials)
+        return bus_endpoint(text, 5556, default_port, credentials)
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _fail(f"invalid --broker {text!r}: expected HOST or HOST:PORT", EXIT_USAGE)
-    return _endpoint(host, 5556, int(port), credentials)
+        raise fail(f"invalid --broker {text!r}: expected HOST or HOST:PORT", EXIT_USAGE)
+    return bus_endpoint(host, 5556, int(port), credentials)
 
 
 # --- tail ---------------------------------------------------------------------------
@@ -429,8 +365,8 @@ def tail(
     credentials: CredentialsOpt = None,
 ) -> None:
     """Print bus events as they arrive (history first with --since)."""
-    _setup_logging(logging.WARNING)
-    endpoint = _endpoint(broker, events_port, history_port, credentials)
+    setup_text_logging(logging.WARNING)
+    endpoint = bus_endpoint(broker, events_port, history_port, credentials)
     sink = TailSink(sys.stdout, as_json=as_json)
     sub = Subscriber(endpoint, sink, topics=tuple(topic or ()), start_seq=since)
 
@@ -448,7 +384,7 @@ def tail(
             watcher.cancel()
 
     with contextlib.suppress(PipeClosed):
-        _run(main)
+        run_until_signal(main)
     if pipe_closed(sys.stdout) or sys.stdout.closed:
         # nothing more can be written: keep interpreter shutdown from complaining
         with contextlib.suppress(OSError, ValueError):
@@ -471,16 +407,16 @@ def monitor(
     credentials: CredentialsOpt = None,
 ) -> None:
     """A live terminal view of all points, built from snapshot + events."""
-    _setup_logging(logging.WARNING)
-    endpoint = _endpoint(broker, events_port, history_port, credentials)
+    setup_text_logging(logging.WARNING)
+    endpoint = bus_endpoint(broker, events_port, history_port, credentials)
 
     async def main(stop: asyncio.Event) -> None:
         await run_monitor(endpoint, stop, page_size)
 
     try:
-        _run(main)
+        run_until_signal(main)
     except EVError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
 
 
 def register(app: typer.Typer) -> None:

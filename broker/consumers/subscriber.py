@@ -288,7 +288,7 @@ class HistoryClient:
                 await asyncio.sleep(0.05)
 
 
-def _decode_events(raw: Any, stats: SubscriberStats) -> list[BusEvent]:
+def decode_events(raw: Any, stats: SubscriberStats) -> list[BusEvent]:
     out: list[BusEvent] = []
     for item in raw if isinstance(raw, list) else []:
         try:
@@ -381,7 +381,7 @@ class Subscriber:
             except EventsPruned as exc:
                 await self._pruned(exc.first_seq)
                 continue
-            events = _decode_events(reply.get("events"), self.stats)
+            events = decode_events(reply.get("events"), self.stats)
             last_seq = _int_or_none(reply.get("last_seq"))
             if last_seq is not None:
                 self.stats.newest_seq = max(self.stats.newest_seq, last_seq)

@@ -3,16 +3,17 @@
 An unchanged datagram from an online point costs a dict lookup, a few
 comparisons and two attribute stores (three when signed): no allocation
 besides the empty effect list, no timer push (the offline timer re-arms itself
-lazily, see :meth:`broker.core.engine.Engine._fire_offline`).
+lazily, see :meth:`broker.core.point_table.PointTable.offline_check`).
 """
 
 from __future__ import annotations
 
 import math
 
-from broker.core.effects import Effect, Persist, Rejected
+from broker.core.effects import Effect, Rejected
 from broker.core.engine import Engine
-from broker.core.points import DEFAULT_INTERVAL_S, PointState
+from broker.core.point_table import Heard
+from broker.core.points import PointState
 from broker.core.sessions import energy_kwh, to_decimal
 from common.messages import (
     Ack,
@@ -43,46 +44,11 @@ def handle_datagram(
         if not eng.may_register():
             return []
         return _register_by_datagram(eng, d, now, signed_ts)
-    seq = d.seq
-    if seq is not None:
-        boot = d.boot_id
-        if boot == p.boot_id:
-            last = p.dgram_seq
-            if last is not None and seq <= last:
-                return _out_of_order(eng, d, signed_ts)
-            p.dgram_seq = seq
-        elif signed_ts is not None and signed_ts <= p.dgram_ts:
-            return _out_of_order(eng, d, signed_ts)
-        elif boot is not None:
-            if p.session is not None:
-                if signed_ts is not None:
-                    p.dgram_ts = signed_ts
-                return _slow_datagram(eng, p, d, now)
-            p.boot_id = boot
-            p.dgram_seq = seq
-    if signed_ts is not None:
-        p.dgram_ts = signed_ts
-    p.last_heard = now
-    energy = d.energia_kwh
-    if energy is not None:
-        p.rep_energy = energy
-        s = p.session
-        if s is not None and (d.session_id is None or d.session_id == s.id):
-            s.energy_reported = energy
-    if (
-        p.online
-        and d.available is p.rep_available
-        and d.estado == p.rep_estado
-        and d.vehicle_id == p.rep_vehicle
-        and d.latitude == p.latitude
-        and d.longitude == p.longitude
-        and (d.potencia_kw is None or d.potencia_kw == p.potencia_kw)
-        and (d.preco_kwh is None or d.preco_kwh == p.preco_kwh)
-        and (d.interval_s is None or d.interval_s == p.interval_s)
-    ):
-        if p.offline_timer_at is None:
-            eng.arm_offline(p, now)
+    heard = eng.points.take_datagram(p, d, now, signed_ts)
+    if heard is Heard.SAME:
         return []
+    if heard is Heard.OUT_OF_ORDER:
+        return _out_of_order(eng, d, signed_ts)
     return _slow_datagram(eng, p, d, now)
 
 
@@ -91,15 +57,11 @@ def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) ->
     if d.boot_id is not None:
         _note_boot(eng, p, d.boot_id, now, fx)
         if d.seq is not None:
-            p.dgram_seq = d.seq
-    changed = _update_static(
-        eng, p, d.latitude, d.longitude, d.potencia_kw, d.preco_kwh, d.interval_s
+            eng.points.set_seq(p, d.seq)
+    eng.points.update_static(
+        p, d.latitude, d.longitude, d.potencia_kw, d.preco_kwh, d.interval_s, fx
     )
-    p.rep_available = d.available
-    p.rep_estado = d.estado
-    p.rep_vehicle = d.vehicle_id
-    if changed:
-        fx.append(Persist("point", p.id, p.static_record()))
+    eng.points.set_reported(p, d)
     eng.heard(p, now, fx)
     eng.refresh(p, now, fx)
     return fx
@@ -116,97 +78,19 @@ def _register_by_datagram(
     eng: Engine, d: StatusDatagram, now: float, signed_ts: float | None
 ) -> list[Effect]:
     fx: list[Effect] = []
-    p = _register(
-        eng,
-        d.id,
-        d.latitude,
-        d.longitude,
-        d.potencia_kw,
-        d.preco_kwh,
-        d.interval_s,
-        now,
-        fx,
+    p = eng.points.register(
+        d.id, d.latitude, d.longitude, d.potencia_kw, d.preco_kwh, d.interval_s, now, fx
     )
-    p.boot_id = d.boot_id
-    p.dgram_seq = d.seq
-    if signed_ts is not None:
-        p.dgram_ts = signed_ts
-    p.rep_available = d.available
-    p.rep_estado = d.estado
-    p.rep_vehicle = d.vehicle_id
-    p.rep_energy = d.energia_kwh
+    eng.points.first_report(p, d, signed_ts)
     eng.heard(p, now, fx)
     eng.refresh(p, now, fx)
     return fx
 
 
-def _register(
-    eng: Engine,
-    point_id: str,
-    latitude: float,
-    longitude: float,
-    potencia_kw: float | None,
-    preco_kwh: float | None,
-    interval_s: float | None,
-    now: float,
-    fx: list[Effect],
-) -> PointState:
-    p = PointState(id=point_id, latitude=latitude, longitude=longitude)
-    potencia_kw, preco_kwh, interval_s = _sane(potencia_kw), _sane(preco_kwh), _sane(interval_s)
-    if interval_s == 0:
-        interval_s = None
-    if potencia_kw is not None:
-        p.potencia_kw = potencia_kw
-    if preco_kwh is not None:
-        p.preco_kwh = preco_kwh
-    p.interval_s = interval_s if interval_s is not None else DEFAULT_INTERVAL_S
-    eng.register_point(p, now, fx)
-    return p
-
-
-def _sane(value: float | None) -> float | None:
-    """A reported power or price, or None when it is not a finite non-negative number."""
-    if value is None or not math.isfinite(value) or value < 0:
-        return None
-    return value
-
-
-def _update_static(
-    eng: Engine,
-    p: PointState,
-    latitude: float,
-    longitude: float,
-    potencia_kw: float | None,
-    preco_kwh: float | None,
-    interval_s: float | None,
-) -> bool:
-    """Static facts follow the latest report; True when something changed."""
-    potencia_kw, preco_kwh, interval_s = _sane(potencia_kw), _sane(preco_kwh), _sane(interval_s)
-    if interval_s == 0:
-        interval_s = None
-    changed = False
-    if latitude != p.latitude or longitude != p.longitude:
-        eng.move_point(p, latitude, longitude)
-        changed = True
-    if potencia_kw is not None and potencia_kw != p.potencia_kw:
-        p.potencia_kw = potencia_kw
-        changed = True
-    if preco_kwh is not None and preco_kwh != p.preco_kwh:
-        p.preco_kwh = preco_kwh
-        changed = True
-    if interval_s is not None and interval_s != p.interval_s:
-        p.interval_s = interval_s
-        p.window_s = eng.window(interval_s)
-        changed = True
-    return changed
-
-
 def _note_boot(eng: Engine, p: PointState, boot_id: str, now: float, fx: list[Effect]) -> None:
     """A new ``boot_id``: reset the stale filter; a session the old process ran is lost."""
-    if not boot_id or boot_id == p.boot_id:
+    if not eng.points.new_boot(p, boot_id):
         return
-    p.boot_id = boot_id
-    p.dgram_seq = None
     s = p.session
     if s is not None and s.boot_id is not None and s.boot_id != boot_id:
         eng.bill_fault(s, now, fx)
@@ -222,8 +106,7 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
         if p is None:
             if not eng.may_register():
                 return fx
-            p = _register(
-                eng,
+            p = eng.points.register(
                 point_id,
                 msg.latitude,
                 msg.longitude,
@@ -233,17 +116,14 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 now,
                 fx,
             )
-            p.boot_id = msg.boot_id or None
+            eng.points.set_boot(p, msg.boot_id or None, None)
         else:
             if msg.boot_id:
                 _note_boot(eng, p, msg.boot_id, now, fx)
-            if _update_static(
-                eng, p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s
-            ):
-                fx.append(Persist("point", p.id, p.static_record()))
-        p.commands = True
-        p.confirms_holds = msg.confirms_holds
-        p.availability_notices = msg.availability
+            eng.points.update_static(
+                p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s, fx
+            )
+        eng.points.greeted(p, msg.confirms_holds, msg.availability)
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)

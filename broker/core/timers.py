@@ -1,23 +1,68 @@
-"""A timer heap with lazy invalidation.
+"""Typed timers and a heap with lazy invalidation.
 
-Entries are ``(due, order, kind, key, token)``. Nothing is ever removed from
-the middle of the heap: the owner checks, when an entry pops, whether it still
-means something (its ``token`` still matches the object's current state) and
-simply drops it otherwise. Scheduling is O(log n), popping is amortised
-O(log n), and nothing scans every object on a tick.
+A timer says what is due and carries what its owner needs to recognise a stale
+entry: :class:`OfflineCheck` (a point's liveness window), :class:`TurnDeadline`
+(the deadline a reservation had when it was armed), :class:`GraceEnd` (the
+instant a point became unusable), :class:`AckTimeout` (a start command) and
+:class:`HoldTimeout` (a hold whose ack decides a reservation).
+:data:`Timer` is their union; the engine dispatches on it with an exhaustive
+``match`` (``assert_never``), so a new kind cannot be forgotten silently.
+
+Heap entries are ``(due, order, timer)``. Nothing is ever removed from the
+middle of the heap: the owner checks, when an entry pops, whether it still
+means something and simply drops it otherwise. Scheduling is O(log n), popping
+is amortised O(log n), and nothing scans every object on a tick.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Literal
+from dataclasses import dataclass
 
-TimerKind = Literal["offline", "expire", "grace", "ack", "hold"]
-TimerEntry = tuple[float, int, TimerKind, str, float]
+
+@dataclass(frozen=True, slots=True)
+class OfflineCheck:
+    """Is ``point_id`` still heard within its window?"""
+
+    point_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDeadline:
+    """The turn of ``reservation_id`` ends, if its deadline is still ``deadline``."""
+
+    reservation_id: str
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class GraceEnd:
+    """The grace period of ``point_id`` ends, if it has been unusable since ``since``."""
+
+    point_id: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class AckTimeout:
+    """The station did not ack start command ``cmd_id`` in time (if still pending)."""
+
+    cmd_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldTimeout:
+    """The station did not ack hold command ``cmd_id`` in time (if still awaited)."""
+
+    cmd_id: str
+
+
+Timer = OfflineCheck | TurnDeadline | GraceEnd | AckTimeout | HoldTimeout
+TimerEntry = tuple[float, int, Timer]
 
 
 class TimerHeap:
-    """Earliest-first timers keyed by ``(kind, key)``; validity is decided by the caller."""
+    """Earliest-first timers; validity is decided by the caller when an entry pops."""
 
     __slots__ = ("_heap", "_order")
 
@@ -28,10 +73,10 @@ class TimerHeap:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def schedule(self, due: float, kind: TimerKind, key: str, token: float = 0.0) -> None:
-        """Add a timer; ``token`` lets the owner recognise a stale entry later."""
+    def schedule(self, due: float, timer: Timer) -> None:
+        """Add ``timer`` due at ``due`` (ties keep scheduling order)."""
         self._order += 1
-        heapq.heappush(self._heap, (due, self._order, kind, key, token))
+        heapq.heappush(self._heap, (due, self._order, timer))
 
     def peek(self) -> TimerEntry | None:
         """The earliest entry (possibly stale) or None."""

@@ -57,6 +57,7 @@ from common.messages import (
     MAX_HISTORY_LIMIT,
     BusEvent,
     HistoryAccounts,
+    HistoryRequest,
     HistorySetAvailability,
     HistorySince,
     HistorySnapshot,
@@ -79,6 +80,8 @@ MAX_POINT_ID: Final = 64
 ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 #: Ops only an ``operator`` credential may ask for.
 OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP})
+#: The decoded requests only an ``operator`` credential may make (the check's input).
+OPERATOR_REQUESTS: Final = (HistorySetAvailability,)
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 #: (point_id, available, reason, by) -> the reply map, once the change is committed
@@ -179,35 +182,55 @@ class HistoryServer:
                 "error": f"expected one request frame, got {len(body)}",
             }
         else:
-            refusal = self._refusal(user, body[0]) if checked else None
-            reply = {"error": refusal} if refusal else self.answer(body[0], user)
+            reply = self._checked_answer(body[0], user) if checked else self.answer(body[0], user)
         self.stats["requests"] += 1
         if "error" in reply:
             self.stats["errors"] += 1
         self._send(sock, [*envelope, pack(reply)])
 
-    def _refusal(self, user: str | None, frame: bytes) -> str | None:
-        """Why the credential ``user`` may not ask ``frame``, or None when it may."""
+    def _checked_answer(self, frame: bytes, user: str | None) -> dict[str, Any]:
+        """The reply to ``frame`` from credential ``user`` on a secured ROUTER.
+
+        The frame is decoded once, into its typed request, and the role check runs on
+        that request: a frame that does not decode (unknown or extra fields, a bad
+        msgpack extension) is refused before anything runs, whatever its ``op`` says.
+        """
         assert self._security is not None
         cred = self._security.keyring.consumer(user)
         if cred is None:
             self.stats["rejected"] += 1
             self._security.reject("history", "credential_revoked", repr(user))
-            return "forbidden: credential revoked"
-        op = _op_of(frame)
-        if op in OPERATOR_OPS and cred.role != "operator":
+            return {"error": "forbidden: credential revoked"}
+        request = self._decode(frame)
+        if isinstance(request, dict):
+            return request
+        if isinstance(request, OPERATOR_REQUESTS) and cred.role != "operator":
             self.stats["rejected"] += 1
+            op = SET_AVAILABILITY_OP
             self._security.reject("history", "not_operator", f"{cred.name!r} asked {op!r}")
-            return f"forbidden: {op} needs an operator credential"
-        return None
+            return {"error": f"forbidden: {op} needs an operator credential"}
+        return self.answer_request(request, user)
+
+    def _decode(self, frame: bytes) -> HistoryRequest | dict[str, Any]:
+        """The typed request, or the error reply when ``frame`` does not decode."""
+        try:
+            return decode_history_request(frame)
+        except InvalidRequest as exc:
+            return {"error": _describe(exc, _op_of(frame))}  # the op read for wording only
+        except Exception as exc:  # a decoder bug must not become an open door
+            log.exception("history request could not be decoded")
+            return {"error": f"internal error: {type(exc).__name__}"}
 
     def answer(self, frame: bytes, user: str | None = None) -> dict[str, Any]:
         """The reply map for one request frame from credential ``user`` (never raises)."""
+        request = self._decode(frame)
+        if isinstance(request, dict):
+            return request
+        return self.answer_request(request, user)
+
+    def answer_request(self, request: HistoryRequest, user: str | None = None) -> dict[str, Any]:
+        """The reply map for one decoded request (never raises)."""
         try:
-            try:
-                request = decode_history_request(frame)
-            except InvalidRequest as exc:
-                return {"error": _describe(exc, _op_of(frame))}
             if isinstance(request, HistoryAccounts):
                 return {"accounts": self._accounts()}
             if isinstance(request, HistorySetAvailability):

@@ -1,22 +1,27 @@
 """The stations edge: a ZeroMQ ROUTER that talks to every station's DEALER.
 
-Each station's DEALER sets its routing id to its point id (UTF-8), so the
-routing id *is* the point id. Every message, both ways, is ONE frame holding a
-msgpack map with a ``type`` key (``common.messages``: ``Hello``, ``Heartbeat``,
-``Ack``, ``SessionComplete`` in; ``Welcome``, ``Heartbeat``, ``Hold``, ...
-out).
+A connection says ``hello`` for a point, and the point's commands go to that
+connection only (docs/station.md, "Routing"): the routing id names the
+connection, never the point. A message names its point in ``id``, or is about
+the one point its connection said hello for, or (the first protocol, routing id
+= point id) about its routing id. One connection may carry many points (a
+gateway); the broker names the point in every message to a connection whose
+routing id is not that point id. Every message, both ways, is ONE frame holding
+a msgpack map with a ``type`` key (``common.messages``: ``Hello``,
+``Heartbeat``, ``Ack``, ``SessionComplete`` in; ``Welcome``, ``Heartbeat``,
+``Hold``, ... out).
 
 Theory of operation
 -------------------
 * A receive task reads ``[routing_id, frame]`` pairs, decodes the frame with
   :func:`common.codec.decode_station_message` and hands valid messages to
   ``on_message(point_id, message)``. Anything else (several frames, a routing
-  id that is not UTF-8, bytes that are not msgpack, an unknown ``type``, bad
-  fields, a ``hello`` whose ``id`` is not the routing id) is counted in
+  message naming no point that its connection cannot name either, bytes that
+  are not msgpack, an unknown ``type``, bad fields) is counted in
   ``stats["malformed"]``, logged (rate limited) and dropped. A callback that
   raises is logged; the loop goes on.
 * A heartbeat task sends ``{"type": "heartbeat"}`` every ``heartbeat_s`` to
-  every station heard from within the live window, so a connected station
+  every routed connection heard from within the live window, so a connected station
   always hears from the broker well within its 5 s reconnect timer. The
   stations are spread over ten slices of the period (by a hash of the id) so
   that a large fleet does not stall the loop in one burst.
@@ -29,13 +34,14 @@ Theory of operation
 * With ``security`` (the broker's default) the ROUTER is a CURVE server whose
   ZAP handler admits only live ``station`` credentials, and every message is
   checked against the credential its connection authenticated with (the
-  ``User-Id`` property): the routing id must match the credential's point
-  pattern, and the credential must still be live. Anything else is dropped and
-  counted (``evcharge_rejected_total{edge="stations"}``). ``ROUTER_HANDOVER``
-  is then off: libzmq cannot tell which credential a new connection belongs to
-  before it takes over, so a live routing id is never handed to another peer;
-  ZMTP heartbeats drop a dead connection within :data:`PEER_TIMEOUT_MS`, after
-  which the station's new connection gets its id.
+  ``User-Id`` property): the point must match the credential's point pattern
+  (a hello that does not binds no route), and the credential must still be
+  live (also when a command is sent). Anything else is dropped and counted
+  (``evcharge_rejected_total{edge="stations"}``). ``ROUTER_HANDOVER`` is then
+  off: libzmq cannot tell which credential a new connection belongs to before
+  it takes over, so a live routing id is never handed to another peer; a peer
+  squatting a point id as its routing id gains nothing, as routes are made by
+  covered hellos and ``ev-station`` uses random routing ids.
 * Without ``security`` (``--insecure``) ``ROUTER_HANDOVER`` is on: a station
   that re-creates its socket with the same routing id takes over the old
   connection instead of being refused.
@@ -52,6 +58,7 @@ import zlib
 from collections.abc import Callable
 from typing import Final
 
+import msgspec
 import zmq
 import zmq.asyncio
 
@@ -121,8 +128,13 @@ class StationsEdge:
         self._reject = reject
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # point id -> when last heard (monotonic), spread over buckets by a hash of the id
-        self._buckets: list[dict[str, float]] = [{} for _ in range(HEARTBEAT_SLICES)]
+        # routing id of a bound connection -> when last heard (monotonic), spread over
+        # buckets by a hash of the routing id
+        self._buckets: list[dict[bytes, float]] = [{} for _ in range(HEARTBEAT_SLICES)]
+        # point id -> (routing id, credential name) of the connection that said hello for it
+        self._routes: dict[str, tuple[bytes, str | None]] = {}
+        # routing id -> the point ids routed to that connection
+        self._points_of: dict[bytes, set[str]] = {}
         self._malformed_log = LogThrottle(LOG_EVERY_S)
         self._full_log = LogThrottle(LOG_EVERY_S)
         self.stats: dict[str, int] = {
@@ -141,10 +153,21 @@ class StationsEdge:
 
     @property
     def live_stations(self) -> list[str]:
-        """Point ids heard within the live window (the ones that get heartbeats)."""
+        """Point ids of the connections heard within the live window (they get heartbeats)."""
         now = time.monotonic()
         window = self._live_window_s
-        return sorted(p for b in self._buckets for p, t in b.items() if now - t <= window)
+        return sorted(
+            p
+            for b in self._buckets
+            for rid, t in b.items()
+            if now - t <= window
+            for p in self._points_of.get(rid, ())
+        )
+
+    def route_of(self, point_id: str) -> bytes | None:
+        """The routing id of the connection commands for ``point_id`` go to, if any."""
+        route = self._routes.get(point_id)
+        return route[0] if route is not None else None
 
     async def start(self) -> None:
         """Bind the ROUTER and start the receive and heartbeat tasks.
@@ -197,24 +220,47 @@ class StationsEdge:
     # --- sending ------------------------------------------------------------------------
 
     def send(self, point_id: str, message: BrokerToStation) -> None:
-        """Send one msgpack frame to the station ``point_id``; never blocks.
+        """Send one msgpack frame to the connection routed for ``point_id``; never blocks.
 
-        Not connected (EHOSTUNREACH) -> ``on_unroutable(point_id)``; queue full
-        (EAGAIN) -> dropped and counted.
+        Only a connection that said hello for the point (with a credential covering it,
+        when secured) is ever routed; none (or its credential revoked since) ->
+        ``on_unroutable(point_id)``; queue full (EAGAIN) -> dropped and counted. A
+        connection whose routing id is not the point id gets the point named in ``id``.
         """
-        self._send_frame(point_id, pack(message))
-
-    def _send_frame(self, point_id: str, frame: bytes) -> bool:
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             log.warning("send to %s before start or after close: dropped", point_id)
             self.stats["dropped"] += 1
+            return
+        route = self._routes.get(point_id)
+        if route is None or not self._still_covered(point_id, route[1]):
+            if route is not None:
+                self._unbind(point_id)
+            self._unroutable(point_id)
+            return
+        rid = route[0]
+        named: object = message
+        if rid != point_id.encode("utf-8", "replace"):
+            named = (
+                {**message, "id": point_id}
+                if isinstance(message, dict)
+                else msgspec.structs.replace(message, id=point_id)
+            )
+        self._send_frame(rid, pack(named), point_id)
+
+    def _still_covered(self, point_id: str, user: str | None) -> bool:
+        security = self._security
+        if security is None:
+            return True
+        cred = security.keyring.station(user)
+        return cred is not None and cred.covers(point_id)
+
+    def _send_frame(self, rid: bytes, frame: bytes, about: str) -> bool:
+        sock = self._sock
+        if sock is None:
+            log.warning("send to %s before start or after close: dropped", about)
+            self.stats["dropped"] += 1
             return False
-        try:
-            routing_id = point_id.encode("utf-8")
-        except UnicodeEncodeError:  # no DEALER can have this id
-            routing_id = b""
-        exc = send_nowait(sock, [routing_id, frame])
+        exc = send_nowait(sock, [rid, frame])
         if exc is None:
             self.stats["sent"] += 1
             return True
@@ -225,25 +271,47 @@ class StationsEdge:
                 log.warning(
                     "station %s is not reading (queue full): message dropped "
                     "(%d dropped since last report)",
-                    point_id,
+                    about,
                     count,
                 )
             return False
         if exc.errno == errno.EHOSTUNREACH:
-            self.stats["unroutable"] += 1
-            self._bucket(point_id).pop(point_id, None)
-            log.info("station %s is not connected: unroutable", point_id)
-            self._call_unroutable(point_id)
+            self._bucket(rid).pop(rid, None)
+            points = self._points_of.pop(rid, set())
+            for point_id in sorted(points):
+                self._routes.pop(point_id, None)
+            log.info("station connection %r (%s) is not connected", rid[:64], about)
+            for point_id in sorted(points):
+                self._unroutable(point_id)
             return False
         self.stats["dropped"] += 1
-        log.error("send to station %s failed: %r", point_id, exc)
+        log.error("send to station %s failed: %r", about, exc)
         return False
 
-    def _call_unroutable(self, point_id: str) -> None:
+    def _unroutable(self, point_id: str) -> None:
+        self.stats["unroutable"] += 1
         try:
             self._on_unroutable(point_id)
         except Exception:
             log.exception("on_unroutable(%s) failed", point_id)
+
+    def _bind(self, point_id: str, rid: bytes, user: str | None) -> None:
+        old = self._routes.get(point_id)
+        if old is not None and old[0] != rid:
+            self._unbind(point_id)
+        self._routes[point_id] = (rid, user)
+        self._points_of.setdefault(rid, set()).add(point_id)
+
+    def _unbind(self, point_id: str) -> None:
+        route = self._routes.pop(point_id, None)
+        if route is None:
+            return
+        points = self._points_of.get(route[0])
+        if points is not None:
+            points.discard(point_id)
+            if not points:
+                del self._points_of[route[0]]
+                self._bucket(route[0]).pop(route[0], None)
 
     # --- receiving ----------------------------------------------------------------------
 
@@ -264,16 +332,22 @@ class StationsEdge:
         """Process one received multipart message ``[routing_id, frame]`` (never raises).
 
         ``user`` is the name of the credential the sender's connection authenticated
-        with (None on an unsecured ROUTER).
+        with (None on an unsecured ROUTER). The point a message is about is its ``id``
+        (a hello's, or the optional one of the others), else the one point its
+        connection said hello for, else (the first protocol) the routing id itself.
         """
         if len(frames) != 2:
             self._malformed(frames[0] if frames else b"", f"{len(frames) - 1} frames, expected 1")
             return
-        raw_id, frame = frames
+        rid, frame = frames
         try:
-            point_id = raw_id.decode("utf-8")
-        except UnicodeDecodeError:
-            self._malformed(raw_id, "routing id is not UTF-8")
+            message = decode_station_message(frame)
+        except StationProtocolError as exc:
+            self._malformed(rid, exc.message)
+            return
+        point_id = self._point_of(rid, message)
+        if point_id is None:
+            self._malformed(rid, "the message names no point and its connection said no hello")
             return
         security = self._security
         if security is not None:
@@ -288,20 +362,34 @@ class StationsEdge:
                     "stations", "point_not_covered", f"{cred.name!r} spoke as {point_id!r}"
                 )
                 return
-        try:
-            message = decode_station_message(frame)
-        except StationProtocolError as exc:
-            self._malformed(raw_id, exc.message)
-            return
-        if isinstance(message, Hello) and message.id != point_id:
-            self._malformed(raw_id, f"hello id {message.id!r} differs from the routing id")
-            return
+        route = self._routes.get(point_id)
+        if isinstance(message, Hello) or (
+            route is None and rid == point_id.encode("utf-8", "replace")
+        ):
+            self._bind(point_id, rid, user)
+        # otherwise a covered message from a connection not routed for the point (a
+        # station's new connection that has not said hello yet) is heard, not routed
         self.stats["received"] += 1
-        self._bucket(point_id)[point_id] = time.monotonic()
+        if rid in self._points_of:
+            self._bucket(rid)[rid] = time.monotonic()
         try:
             self._on_message(point_id, message)
         except Exception:
             log.exception("on_message(%s, %s) failed", point_id, type(message).__name__)
+
+    def _point_of(self, rid: bytes, message: StationToBroker) -> str | None:
+        named = message.id
+        if isinstance(named, str):
+            return named
+        points = self._points_of.get(rid)
+        if points:
+            if len(points) == 1:
+                return next(iter(points))
+            return None
+        try:
+            return rid.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
     def _malformed(self, raw_id: bytes, reason: str) -> None:
         self.stats["malformed"] += 1
@@ -346,15 +434,15 @@ class StationsEdge:
         bucket = self._buckets[index]
         now = time.monotonic()
         sent = 0
-        for point_id, heard in list(bucket.items()):
+        for rid, heard in list(bucket.items()):
             if now - heard > self._live_window_s:
-                del bucket[point_id]
-            elif self._send_frame(point_id, HEARTBEAT_FRAME):
+                del bucket[rid]
+            elif self._send_frame(rid, HEARTBEAT_FRAME, repr(rid[:64])):
                 sent += 1
         return sent
 
-    def _bucket(self, point_id: str) -> dict[str, float]:
-        return self._buckets[zlib.crc32(point_id.encode("utf-8", "replace")) % HEARTBEAT_SLICES]
+    def _bucket(self, rid: bytes) -> dict[bytes, float]:
+        return self._buckets[zlib.crc32(rid) % HEARTBEAT_SLICES]
 
 
 class LogThrottle:

@@ -17,7 +17,7 @@ from common import runner
 from common.cli import LogLevel
 from common.errors import ConfigError
 from common.oslimits import raise_nofile_limit
-from station.cli import (
+from station.cli_options import (
     Broker,
     Credentials,
     Heartbeat,
@@ -25,11 +25,10 @@ from station.cli import (
     LogLevelOpt,
     StationPort,
     StatusPort,
-    _env,
-    _setup_logging,
-    _terminate,
-    app,
+    env,
+    setup_text_logging,
     station_credential,
+    terminate_context,
 )
 from station.host import HostConfig
 from station.links import DealerLink, Link, MultiLink
@@ -42,43 +41,42 @@ from station.ocpp.state import GatewayState
 FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
 
 
-@app.command("ocpp")
 def ocpp_gateway(
     chargers: Annotated[
-        Path, typer.Option(envvar=_env("CHARGERS"), help="TOML file listing the chargers.")
+        Path, typer.Option(envvar=env("CHARGERS"), help="TOML file listing the chargers.")
     ],
     host: Annotated[
-        str, typer.Option(envvar=_env("OCPP_HOST"), help="WebSocket listen address.")
+        str, typer.Option(envvar=env("OCPP_HOST"), help="WebSocket listen address.")
     ] = "0.0.0.0",
     port: Annotated[
         int,
-        typer.Option(envvar=_env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
+        typer.Option(envvar=env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
     ] = 9000,
     state: Annotated[
         Path | None,
         typer.Option(
-            envvar=_env("OCPP_STATE"),
+            envvar=env("OCPP_STATE"),
             help="State file (open transactions, boot id); default: next to --chargers.",
         ),
     ] = None,
     cert: Annotated[
         Path | None,
-        typer.Option(envvar=_env("OCPP_CERT"), help="TLS certificate (Security Profile 2)."),
+        typer.Option(envvar=env("OCPP_CERT"), help="TLS certificate (Security Profile 2)."),
     ] = None,
     key: Annotated[
-        Path | None, typer.Option(envvar=_env("OCPP_KEY"), help="TLS private key.")
+        Path | None, typer.Option(envvar=env("OCPP_KEY"), help="TLS private key.")
     ] = None,
     client_ca: Annotated[
         Path | None,
         typer.Option(
-            envvar=_env("OCPP_CLIENT_CA"),
+            envvar=env("OCPP_CLIENT_CA"),
             help="CA of charger certificates (Security Profile 3: mutual TLS).",
         ),
     ] = None,
     ocpp_heartbeat: Annotated[
         int,
         typer.Option(
-            envvar=_env("OCPP_HEARTBEAT"),
+            envvar=env("OCPP_HEARTBEAT"),
             min=1,
             max=86400,
             help="Heartbeat interval told to chargers in BootNotification, seconds.",
@@ -87,7 +85,7 @@ def ocpp_gateway(
     meter_interval: Annotated[
         int,
         typer.Option(
-            envvar=_env("METER_INTERVAL"),
+            envvar=env("METER_INTERVAL"),
             min=1,
             max=3600,
             help="MeterValueSampleInterval set on every charger at boot, seconds.",
@@ -96,7 +94,7 @@ def ocpp_gateway(
     vehicle_port: Annotated[
         int,
         typer.Option(
-            envvar=_env("VEHICLE_PORT"),
+            envvar=env("VEHICLE_PORT"),
             min=1,
             max=65535,
             help="Broker vehicle port (walk-in sessions arrive as vehicles).",
@@ -105,7 +103,7 @@ def ocpp_gateway(
     walkin_capacity: Annotated[
         float,
         typer.Option(
-            envvar=_env("WALKIN_CAPACITY"),
+            envvar=env("WALKIN_CAPACITY"),
             min=1.0,
             max=1000.0,
             help="capacidade_kwh of a walk-in session (bounds its metered energy).",
@@ -120,7 +118,7 @@ def ocpp_gateway(
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """OCPP 1.6J / 2.0.1 gateway: chargers connect over WebSocket and join as stations."""
-    _setup_logging(log_level)
+    setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every message at INFO
     if (cert is None) != (key is None):
         raise typer.BadParameter("give both --cert and --key (or neither)")
@@ -191,16 +189,15 @@ def ocpp_gateway(
     try:
         runner.run(main, on_stop=gateway.request_stop)
     finally:
-        _terminate(ctx)
+        terminate_context(ctx)
     print("stopped: ocpp gateway", flush=True)
 
 
-@app.command("ocpp-password")
 def ocpp_password(
     iterations: Annotated[
         int,
         typer.Option(
-            envvar=_env("OCPP_ITERATIONS"), min=1, max=1_000_000, help="PBKDF2 iterations."
+            envvar=env("OCPP_ITERATIONS"), min=1, max=1_000_000, help="PBKDF2 iterations."
         ),
     ] = DEFAULT_ITERATIONS,
 ) -> None:
@@ -212,28 +209,27 @@ def ocpp_password(
         raise typer.BadParameter(exc.message) from None
 
 
-@app.command("ocpp-charger")
 def ocpp_charger(
     url: Annotated[
-        str, typer.Option(envvar=_env("OCPP_URL"), help="Gateway URL, e.g. ws://host:9000/ocpp")
+        str, typer.Option(envvar=env("OCPP_URL"), help="Gateway URL, e.g. ws://host:9000/ocpp")
     ],
     id: Annotated[
-        list[str], typer.Option("--id", envvar=_env("OCPP_IDS"), help="Charger id (repeat).")
+        list[str], typer.Option("--id", envvar=env("OCPP_IDS"), help="Charger id (repeat).")
     ],
     password: Annotated[
-        str, typer.Option(envvar=_env("OCPP_PASSWORD"), help="Password of every charger.")
+        str, typer.Option(envvar=env("OCPP_PASSWORD"), help="Password of every charger.")
     ],
     power_kw: Annotated[
-        float, typer.Option(envvar=_env("POWER_KW"), min=0.1, max=1000.0, help="Rated power.")
+        float, typer.Option(envvar=env("POWER_KW"), min=0.1, max=1000.0, help="Rated power.")
     ] = 22.0,
     speed: Annotated[
         float,
-        typer.Option(envvar=_env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
+        typer.Option(envvar=env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
     ] = 60.0,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Simulated OCPP 1.6J chargers (one connection each) that answer the gateway."""
-    _setup_logging(log_level)
+    setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     ids = [i for item in id for i in item.replace(",", " ").split() if i]
 
@@ -252,3 +248,10 @@ def ocpp_charger(
 
     runner.run(main, fast_loop=False)
     print("stopped: ocpp chargers", flush=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ocpp``, ``ocpp-password`` and ``ocpp-charger`` to ``app``."""
+    app.command("ocpp")(ocpp_gateway)
+    app.command("ocpp-password")(ocpp_password)
+    app.command("ocpp-charger")(ocpp_charger)

@@ -55,7 +55,7 @@ from station.ocpp.point import (
 from station.ocpp.state import GatewayState
 from station.ocpp.v16 import Charger16
 from station.ocpp.v201 import Charger201
-from station.ocpp.walkin import WalkIns
+from station.ocpp.walkin import WalkIns, WalkInSettings
 from station.sim import Step
 
 log = logging.getLogger("station.ocpp")
@@ -101,7 +101,10 @@ class Gateway:
         self.chargers: dict[str, list[OcppPoint]] = {}  # chargePointId -> its points
         for point in self.points.values():
             self.chargers.setdefault(point.spec.charger, []).append(point)
-        self.walk_ins = WalkIns(self, host_config.broker, config)
+        walk_in = WalkInSettings(
+            config.vehicle_port, config.walkin_payment, config.walkin_capacity_kwh
+        )
+        self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in)
         host_config = dataclasses.replace(host_config, quiet_until_welcome=True)
         self.host = Host(
             list(self.points.values()),  # type: ignore[arg-type]

@@ -469,7 +469,7 @@ class OcppPoint:
                 nivel_carregar=cmd.nivel_carregar,
                 capacidade_kwh=cmd.capacidade_kwh,
                 meter_start=meter_start,
-                started_at=_epoch(timestamp, now),
+                started_at=epoch_or(timestamp, now),
                 meter_last=meter_start,
             )
         )
@@ -520,7 +520,7 @@ class OcppPoint:
             "nivel_inicial": tx.nivel_bateria,
             "nivel_final": mapping.final_level(tx.nivel_bateria, energy_wh, tx.capacidade_kwh),
             "started_at": format_timestamp(tx.started_at),
-            "ended_at": format_timestamp(_epoch(timestamp, now)),
+            "ended_at": format_timestamp(epoch_or(timestamp, now)),
             "reason": mapping.stop_reason(reason, energy_wh, tx.target_wh),
         }
         self.session = None
@@ -545,7 +545,7 @@ def transaction_from_record(rec: dict[str, Any]) -> Transaction:
     return Transaction(**fields)
 
 
-def _epoch(timestamp: str, fallback: float) -> float:
+def epoch_or(timestamp: str, fallback: float) -> float:
     try:
         return parse_timestamp(timestamp)
     except (ValueError, OverflowError):

@@ -15,26 +15,34 @@ idTag's account from the meter, like every OCPP session.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 from common.errors import EVError
 from station.ocpp import mapping
-from station.ocpp.point import OcppPoint, Transaction, _epoch
+from station.ocpp.point import OcppPoint, Transaction, epoch_or
 from vehicle.client import VehicleClient
-
-if TYPE_CHECKING:
-    from station.ocpp.gateway import Gateway, GatewayConfig
 
 log = logging.getLogger("station.ocpp")
 
 CHEGADA_TIMEOUT_S: Final = 15.0
 
 
+@dataclass(frozen=True, slots=True)
+class WalkInSettings:
+    """How a walk-in reaches the broker and what it asks for."""
+
+    vehicle_port: int  # walk-in sessions arrive at the broker as vehicles
+    payment: str
+    capacity_kwh: float
+
+
 class WalkIns:
-    def __init__(self, gateway: Gateway, broker: str, config: GatewayConfig) -> None:
-        self._gw = gateway
+    def __init__(self, new_id: Callable[[], int], broker: str, settings: WalkInSettings) -> None:
+        self._new_id = new_id
         self._broker = broker
-        self._config = config
+        self._config = settings
 
     def authorize(self, point: OcppPoint, id_tag: str) -> str:
         """``Authorize``: Accepted for an idTag that can name a vehicle account."""
@@ -50,7 +58,7 @@ class WalkIns:
     ) -> tuple[int | str, str]:
         """A transaction the broker did not ask for: (transactionId, idTagInfo status).
         ``transaction_id``: the charger's own (2.0.1); else a new one of ours (1.6)."""
-        tx_id = transaction_id if transaction_id is not None else self._gw.new_id()
+        tx_id = transaction_id if transaction_id is not None else self._new_id()
         vehicle = mapping.vehicle_for_tag(id_tag)
         if vehicle is None or point.session is not None:
             return tx_id, "Invalid"
@@ -62,9 +70,9 @@ class WalkIns:
                 vehicle_id=vehicle,
                 nivel_bateria=0.0,
                 nivel_carregar=100.0,
-                capacidade_kwh=cfg.walkin_capacity_kwh,
+                capacidade_kwh=cfg.capacity_kwh,
                 meter_start=meter_start,
-                started_at=_epoch(timestamp, 0.0),
+                started_at=epoch_or(timestamp, 0.0),
                 meter_last=meter_start,
             )
         )
@@ -77,8 +85,8 @@ class WalkIns:
                 point.point_id,
                 0.0,
                 100.0,
-                cfg.walkin_payment,
-                capacidade_kwh=cfg.walkin_capacity_kwh,
+                cfg.payment,
+                capacidade_kwh=cfg.capacity_kwh,
             )
         except EVError as exc:
             log.warning("%s: walk-in of %s refused: %s", point.point_id, vehicle, exc)

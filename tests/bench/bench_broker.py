@@ -35,14 +35,14 @@ POINTS = "evcharge_points_known"
 OK = 'evcharge_datagrams_total{outcome="ok"}'
 
 
-def _position(i: int) -> tuple[float, float]:
+def bench_position(i: int) -> tuple[float, float]:
     """Point ``i``'s fixed position (stations do not move between datagrams)."""
     rng = random.Random(i)
     return CENTER[0] + rng.uniform(-0.5, 0.5), CENTER[1] + rng.uniform(-0.5, 0.5)
 
 
-def _point(i: int, **extra: Any) -> bytes:
-    lat, lon = _position(i)
+def bench_point(i: int, **extra: Any) -> bytes:
+    lat, lon = bench_position(i)
     body = {
         "id": f"BP{i:06d}",
         "latitude": lat,
@@ -64,7 +64,7 @@ def register_points(ports: BrokerPorts, start: int, count: int) -> float:
         for first in range(start, start + count, chunk):
             last = min(start + count, first + chunk)
             for i in range(first, last):
-                s.sendto(_point(i), ("127.0.0.1", ports.status))
+                s.sendto(bench_point(i), ("127.0.0.1", ports.status))
             deadline = time.monotonic() + 30
             while metric(metrics_text(ports), POINTS) < last and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -127,7 +127,7 @@ async def _closed_loop(
     return {"done": done, "ok": ok}
 
 
-async def _reservations(port: int, vehicles: int, base: int) -> dict[str, Any]:
+async def bench_reservations(port: int, vehicles: int, base: int) -> dict[str, Any]:
     """One connection per vehicle, opened first; then every vehicle reserves at once."""
     conns = []
     for _i in range(vehicles):
@@ -204,7 +204,7 @@ def _client(job: tuple[str, int, dict[str, Any]], out: Any) -> None:
     if kind == "reserva":
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        out.put(uvloop.run(_reservations(port, args["vehicles"], args["base"])))
+        out.put(uvloop.run(bench_reservations(port, args["vehicles"], args["base"])))
     elif kind == "open":
         out.put(uvloop.run(_open_loop(port, args["conns"], args["rate"], args["seconds"])))
     else:
@@ -217,7 +217,9 @@ def _client(job: tuple[str, int, dict[str, Any]], out: Any) -> None:
 
 def _udp_client(port: int, rate: float, seconds: float, first: int, out: Any) -> None:
     total = int(rate * seconds)
-    payloads = [_point(first + i % 500, boot_id=f"bench{rate}", seq=i + 1) for i in range(total)]
+    payloads = [
+        bench_point(first + i % 500, boot_id=f"bench{rate}", seq=i + 1) for i in range(total)
+    ]
     sent = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         sendto = s.sendto
@@ -246,7 +248,7 @@ def _run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
     return results
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -344,7 +346,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
         time.sleep(1.0)
         points = metric(metrics_text(ports), POINTS)
         print(
-            f"memory: {_rss_mib(pid):,.0f} MiB RSS with {points:,.0f} points, "
+            f"memory: {rss_mib(pid):,.0f} MiB RSS with {points:,.0f} points, "
             f"{len(idle):,} idle connections"
         )
     finally:

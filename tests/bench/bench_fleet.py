@@ -33,12 +33,12 @@ from tests.support.procs import start
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -127,12 +127,12 @@ def main() -> None:
     try:
         proc.read_until("fleet ready", timeout=60)
         ready_s = time.time() - t0
-        cpu0, d0, w0 = _cpu_s(proc.pid), udp.datagrams, time.monotonic()
+        cpu0, d0, w0 = cpu_s(proc.pid), udp.datagrams, time.monotonic()
         time.sleep(seconds)
         wall = time.monotonic() - w0
-        cpu = _cpu_s(proc.pid) - cpu0
+        cpu = cpu_s(proc.pid) - cpu0
         dgs = udp.datagrams - d0
-        rss = _rss_mb(proc.pid)
+        rss = rss_mb(proc.pid)
         own = proc.read_until("fleet:", timeout=6)
     finally:
         t_stop = time.monotonic()

@@ -33,7 +33,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-from tests.bench.bench_fleet import _cpu_s, _rss_mb
+from tests.bench.bench_fleet import cpu_s, rss_mb
 from tests.support.ocpp_sims import PASSWORD, write_chargers
 from tests.support.procs import Proc, broker_ports, free_port, start, start_broker
 from tests.support.raw_clients import http_get, metric
@@ -195,7 +195,7 @@ def main() -> None:
             procs.append(gw)
             gw.read_until("ocpp gateway ready", timeout=120)
             time.sleep(2.0)
-            rss_idle = _rss_mb(gw.pid)
+            rss_idle = rss_mb(gw.pid)
             fleet = start(
                 ["python", "-m", "station", "fleet", "--count", str(fleet_n), "--prefix", "FS",
                  "--status-port", str(ports.status), "--station-port", str(ports.station),
@@ -217,10 +217,10 @@ def main() -> None:
             all_online_s = time.monotonic() - t0
             online = int(_online(ports.http))
             time.sleep(3.0)
-            rss_full = _rss_mb(gw.pid)
-            cpu0, w0 = _cpu_s(gw.pid), time.monotonic()
+            rss_full = rss_mb(gw.pid)
+            cpu0, w0 = cpu_s(gw.pid), time.monotonic()
             time.sleep(steady)
-            cpu_share = (_cpu_s(gw.pid) - cpu0) / (time.monotonic() - w0)
+            cpu_share = (cpu_s(gw.pid) - cpu0) / (time.monotonic() - w0)
             gen: dict[str, int] = {}
             with contextlib.suppress(Exception):
                 while True:

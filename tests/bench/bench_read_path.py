@@ -46,12 +46,12 @@ from tests.bench import core_cost, loadgen
 from tests.bench.bench_broker import (
     OK,
     POINTS,
-    _point,
-    _position,
-    _reservations,
-    _rss_mib,
+    bench_point,
+    bench_position,
+    bench_reservations,
     metric,
     metrics_text,
+    rss_mib,
 )
 from tests.support.procs import ROOT, BrokerPorts, Proc, broker_ports, start
 
@@ -61,7 +61,7 @@ ROUNDS = int(os.environ.get("EV_BENCH_ROUNDS", "3"))
 PHASES = os.environ.get("EV_BENCH_PHASES", "core,read,other,memory").split(",")
 CONNS = 32
 #: query positions: inside the cloud of points (bench_broker's square of 1 degree)
-QUERIES = [_position(10_000_000 + i) for i in range(97)]
+QUERIES = [bench_position(10_000_000 + i) for i in range(97)]
 
 
 # --- the two brokers ------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def register(brokers: list[Broker], upto: int) -> None:
             for lo in range(first, upto, 1000):
                 hi = min(upto, lo + 1000)
                 for i in range(lo, hi):
-                    s.sendto(_point(i), ("127.0.0.1", b.ports.status))
+                    s.sendto(bench_point(i), ("127.0.0.1", b.ports.status))
                 deadline = time.monotonic() + 60
                 while b.points() < hi and time.monotonic() < deadline:
                     time.sleep(0.02)
@@ -214,7 +214,7 @@ def _reserve(port: int, vehicles: int, base: int) -> dict[str, Any]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     cpu0 = sum(os.times()[:2])
-    r: dict[str, Any] = uvloop.run(_reservations(port, vehicles, base))
+    r: dict[str, Any] = uvloop.run(bench_reservations(port, vehicles, base))
     r["cpu"] = sum(os.times()[:2]) - cpu0
     return r
 
@@ -244,7 +244,7 @@ def reservations(brokers: list[Broker]) -> None:
 
 def _udp_send(port: int, rate: float, seconds: float, boot: str) -> dict[str, Any]:
     total = int(rate * seconds)
-    payloads = [_point(i % 500, boot_id=boot, seq=i + 1) for i in range(total)]
+    payloads = [bench_point(i % 500, boot_id=boot, seq=i + 1) for i in range(total)]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         t0 = time.perf_counter()
         sent = 0
@@ -299,7 +299,7 @@ def memory(brokers: list[Broker]) -> None:
                 for s in idle:  # every connection answered: the broker holds all of them
                     s.settimeout(10)
                     s.recv(4096)
-                rss[b.name] = _rss_mib(b.proc.pid)
+                rss[b.name] = rss_mib(b.proc.pid)
                 print(f"  memory {b.name:<3}: {rss[b.name]:,.0f} MiB RSS, {len(idle):,} idle conns")
             finally:
                 for s in idle:

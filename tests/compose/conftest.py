@@ -354,7 +354,7 @@ print(json.dumps([{"seq": e["seq"], "topic": e["topic"], "data": e["data"]} for 
 """
 
 
-def _stack_env(image_ref: str, extra: Mapping[str, str]) -> dict[str, str]:
+def stack_env(image_ref: str, extra: Mapping[str, str]) -> dict[str, str]:
     """The host environment without EV_* (so nothing leaks in), plus the stack's settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EV_", "COMPOSE_"))}
     env |= {"EV_IMAGE": image_ref, **STACK_ENV, **extra}
@@ -365,7 +365,7 @@ def _stack_env(image_ref: str, extra: Mapping[str, str]) -> dict[str, str]:
 def running_stack(image_ref: str, services: Sequence[str] = (), **extra: str) -> Iterator[Stack]:
     """A stack under a unique project name, up and healthy; always torn down."""
     project = f"evtest{uuid.uuid4().hex[:10]}"
-    stack = Stack(project, _stack_env(image_ref, extra))
+    stack = Stack(project, stack_env(image_ref, extra))
     try:
         stack.compose("up", "-d", *services, timeout=240)
         stack.wait_healthy("broker")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ops import images
-from tests.compose.conftest import Stack, _stack_env
+from tests.compose.conftest import Stack, stack_env
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
@@ -54,7 +54,7 @@ def regions(image: str, server_images: dict[str, str]) -> Iterator[Stack]:
         "EV_SSA_FLEET_COUNT": "2",
         "EV_PUBLISH_SSA_VEHICLE": "0",
     }
-    stack = Stack(project, _stack_env(image, extra))
+    stack = Stack(project, stack_env(image, extra))
     try:
         stack.compose("up", "-d", timeout=300)
         for service in ("broker", "broker-ssa", "nats", "postgres"):

@@ -24,6 +24,9 @@ class BrokerDouble:
         self.udp.bind(("127.0.0.1", status_port))
         self.status_port = int(self.udp.getsockname()[1])
         self.frames: list[tuple[str, dict[str, Any]]] = []
+        # point id -> routing id of the connection that said hello for it (as the broker)
+        self.routes: dict[str, bytes] = {}
+        self.points_of: dict[bytes, str] = {}
 
     def bind_router(self) -> None:
         sock: zmq.Socket[bytes] = self.ctx.socket(zmq.ROUTER)
@@ -48,12 +51,18 @@ class BrokerDouble:
         return ["--status-port", str(self.status_port), "--station-port", str(self.station_port)]
 
     def send(self, ident: str, message: dict[str, Any]) -> None:
-        assert self.router is not None
-        self.router.send_multipart([ident.encode(), msgpack.packb(message)])
+        """Send to the connection routed for point ``ident`` (the point named in ``id``)."""
+        rid = self._route(ident)
+        if rid != ident.encode():
+            message = {**message, "id": ident}
+        self.send_raw(ident, msgpack.packb(message))
 
     def send_raw(self, ident: str, frame: bytes) -> None:
         assert self.router is not None
-        self.router.send_multipart([ident.encode(), frame])
+        self.router.send_multipart([self._route(ident), frame])
+
+    def _route(self, point_id: str) -> bytes:
+        return self.routes.get(point_id, point_id.encode())
 
     def recv(
         self,
@@ -68,7 +77,11 @@ class BrokerDouble:
             if not self.router.poll(max(1, int((deadline - time.monotonic()) * 1000))):
                 continue
             ident_b, frame = self.router.recv_multipart()
-            ident, msg = ident_b.decode(), msgpack.unpackb(frame)
+            msg = msgpack.unpackb(frame)
+            if msg.get("type") == "hello":  # the point is named; the routing id is opaque
+                self.routes[msg["id"]] = ident_b
+                self.points_of[ident_b] = msg["id"]
+            ident = msg.get("id") or self.points_of.get(ident_b) or ident_b.decode()
             self.frames.append((ident, msg))
             if answer_hello and msg.get("type") == "hello":
                 self.send(ident, {"type": "welcome", "heartbeat_s": 1.0})

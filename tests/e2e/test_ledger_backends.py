@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from broker.consumers.billing.backends import open_ledger
 from broker.consumers.billing.ledger import (
     SCHEMA_VERSION,
     Bill,
     Entry,
     Ledger,
     LedgerBase,
-    open_ledger,
 )
 from broker.consumers.billing.worker import merge_accounts, reconcile
 from common.errors import StoreError

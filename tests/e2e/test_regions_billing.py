@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from broker.consumers.billing.backends import open_ledger
 from broker.consumers.billing.jetstream import JetStreamBilling
-from broker.consumers.billing.ledger import open_ledger
 from tests.e2e.test_bridge_jetstream import start_bridge
 from tests.e2e.test_consumers_billing import FakeStation, charge, cli
 from tests.support.jetstream_bills import publish_bills
@@ -236,5 +236,34 @@ def test_kill_9_mid_batch_on_a_backlog_bills_each_session_once(
         assert sorted(sessions) == sorted(f"BL{i}" for i in range(1, n + 1))
         assert kills >= 1
         assert worker.stop() == 0
+    finally:
+        worker.stop()
+
+
+def test_a_postgresql_restart_under_the_worker_loses_no_bill_and_no_worker(
+    servers: tuple[NatsServer, Postgres],
+) -> None:
+    """PostgreSQL stops while bills wait in the stream and starts again: the worker keeps
+    running (it used to exit on the broken connection) and bills every session once."""
+    ns, pg = servers
+    ledger = pg.create_database("restarted")
+
+    def billed() -> list[str]:
+        with open_ledger(ledger) as led:
+            return sorted(b.session_id for b in led.bills())
+
+    worker = start_worker(ns.url, ledger)
+    try:
+        asyncio.run(publish_bills(ns.url, "pgr", 50, "PG", "V", 5))
+        wait_for(lambda: len(billed()) == 50, timeout=60, what="the first 50 bills")
+        pg.stop_server()
+        asyncio.run(publish_bills(ns.url, "pgr2", 50, "PH", "V", 5))
+        worker.read_until("ledger write failed", timeout=30)  # it noticed, and kept running
+        assert worker.popen.poll() is None
+        pg.start_server()
+        want = sorted([f"PG{i}" for i in range(1, 51)] + [f"PH{i}" for i in range(1, 51)])
+        wait_for(lambda: billed() == want, timeout=60, what="every bill after the restart")
+        assert worker.stop() == 0
+        assert "Traceback" not in worker.drain()
     finally:
         worker.stop()

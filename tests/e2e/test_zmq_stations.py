@@ -16,7 +16,7 @@ from zmq.asyncio import Context
 
 from broker.edges.stations_zmq import StationsEdge
 from common.errors import ConfigError
-from common.messages import Ack, Heartbeat, Hello, SessionComplete
+from common.messages import Ack, Heartbeat, Hello, Hold, SessionComplete, Welcome
 from tests.support.zmq_edges import (
     Recorder,
     dealer,
@@ -82,7 +82,6 @@ def test_malformed_messages_are_counted_and_dropped() -> None:
         [msgpack.packb({"type": "ack", "cmd_id": 5, "ok": "yes"})],
         [msgpack.packb([1, 2, 3])],
         [msgpack.packb({"type": "heartbeat"}), msgpack.packb({"type": "heartbeat"})],
-        [msgpack.packb(hello("CP99"))],  # hello naming another point than the routing id
         [b""],
     ]
 
@@ -100,6 +99,44 @@ def test_malformed_messages_are_counted_and_dropped() -> None:
         assert edge.stats["malformed"] == len(bad_frames)
 
     run_with_stations_edge(body)
+
+
+@stations_edge_test()
+async def test_one_connection_carries_many_points_named_in_the_messages(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    gw = dealer(ctx, edge.endpoint, b"gateway-7f3a")  # a routing id that is no point id
+    for point_id in ("GW-1", "GW-2"):
+        await gw.send(msgpack.packb(hello(point_id)))
+    await until(lambda: len(rec.messages) == 2)
+    assert edge.route_of("GW-1") == edge.route_of("GW-2") == b"gateway-7f3a"
+    # commands name their point; the first protocol's bytes are kept otherwise
+    edge.send("GW-2", Hold(cmd_id="c1", reservation_id="R-1", vehicle_id="CAR1", until=5.0))
+    assert await recv_map(gw) == {
+        "type": "hold", "cmd_id": "c1", "reservation_id": "R-1", "vehicle_id": "CAR1",
+        "until": 5.0, "id": "GW-2",
+    }  # fmt: skip
+    await gw.send(msgpack.packb({"type": "ack", "cmd_id": "c1", "ok": True, "id": "GW-2"}))
+    await until(lambda: len(rec.messages) == 3)
+    assert rec.messages[-1] == ("GW-2", Ack(cmd_id="c1", ok=True, id="GW-2"))
+    # without a point named, a message of a many-point connection is ambiguous: dropped
+    await gw.send(msgpack.packb({"type": "ack", "cmd_id": "c2", "ok": True}))
+    await until(lambda: edge.stats["malformed"] == 1)
+    assert len(rec.messages) == 3
+    # a point said hello for on a new connection moves there
+    other = dealer(ctx, edge.endpoint, b"gateway-9b1c")
+    await other.send(msgpack.packb(hello("GW-1")))
+    await until(lambda: edge.route_of("GW-1") == b"gateway-9b1c")
+    assert edge.route_of("GW-2") == b"gateway-7f3a"
+
+
+@stations_edge_test()
+async def test_a_legacy_station_gets_the_original_bytes(
+    ctx: Context, rec: Recorder, edge: StationsEdge
+) -> None:
+    st_sock = await greeted(ctx, edge, rec, "CP11")
+    edge.send("CP11", Welcome(heartbeat_s=1.0))
+    assert await recv_map(st_sock) == {"type": "welcome", "heartbeat_s": 1.0}
 
 
 @stations_edge_test()

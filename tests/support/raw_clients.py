@@ -223,6 +223,7 @@ class FakeStation:
         lon: float = LON,
         price_kwh: float = 2.0,
         credential: Credential | None = None,
+        routing_id: bytes | None = None,
     ) -> None:
         self.point_id = point_id
         self.status_port = status_port
@@ -233,7 +234,8 @@ class FakeStation:
         self.credential = credential
         self.dealer: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.setsockopt(zmq.ROUTING_ID, point_id.encode())
+        # the first protocol's routing id (the point id) unless told otherwise
+        self.dealer.setsockopt(zmq.ROUTING_ID, routing_id or point_id.encode())
         curve_client(self.dealer, credential)
         self.dealer.connect(f"tcp://{HOST}:{station_port}")
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -140,6 +140,19 @@ class Postgres:
     folder: Path
     port: int
     proc: Proc | None = None
+    argv: list[str] | None = None  # how the server was started (to start it again)
+    user: str | None = None
+
+    def stop_server(self) -> None:
+        """Stop the server (by its pid); its data stays for :meth:`start_server`."""
+        if self.proc is not None:
+            self.proc.stop(timeout=20)
+            self.proc = None
+
+    def start_server(self) -> None:
+        assert self.argv is not None and self.proc is None
+        self.proc = _popen(self.argv, self.user)
+        self.proc.read_until("ready to accept connections", timeout=60)
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
@@ -175,13 +188,13 @@ def postgres(fsync: bool = False) -> Iterator[Postgres]:
         rc = init.popen.wait(timeout=120)
         assert rc == 0, f"initdb failed:\n{init.drain()}"
         init.stop()
-        server.proc = _popen(
-            [str(bindir / "postgres"), "-D", str(data), "-p", str(server.port),
-             "-k", str(sock), "-c", "listen_addresses=127.0.0.1",
-             "-c", f"fsync={'on' if fsync else 'off'}", "-c", "max_connections=50"],
-            user,
-        )  # fmt: skip
-        server.proc.read_until("ready to accept connections", timeout=60)
+        server.argv = [
+            str(bindir / "postgres"), "-D", str(data), "-p", str(server.port),
+            "-k", str(sock), "-c", "listen_addresses=127.0.0.1",
+            "-c", f"fsync={'on' if fsync else 'off'}", "-c", "max_connections=50",
+        ]  # fmt: skip
+        server.user = user
+        server.start_server()
         yield server
     finally:
         if server.proc is not None:

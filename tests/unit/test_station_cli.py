@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from station.cli import _parse_center, app
+from station.cli import app, center_option
 
 runner = CliRunner()
 
@@ -47,4 +47,4 @@ def test_help_documents_fault_injection() -> None:
 
 
 def test_parse_center() -> None:
-    assert _parse_center("-12.5, -38.25") == (-12.5, -38.25)
+    assert center_option("-12.5, -38.25") == (-12.5, -38.25)

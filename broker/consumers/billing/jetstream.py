@@ -6,6 +6,10 @@ A worker killed between the commit and the acks gets the batch again, and
 the ledger ignores it: its rows are keyed by ``(region, seq)`` (and
 ``session_id``). A message that cannot be billed (bad id, bad payload, bad
 bill) is logged, counted and acknowledged, so it cannot block the consumer.
+When the ledger's server cannot be reached (PostgreSQL restarting or cut
+off), the batch is given back (negative acks) and the session starts again
+after the usual retry wait: the worker keeps running and bills the batch once
+the server is back.
 
 Without ``regions`` one durable consumer (``billing``) takes every region;
 with ``regions`` each listed region has its own durable consumer
@@ -15,6 +19,7 @@ with ``regions`` each listed region has its own durable consumer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from broker.consumers.billing.ledger import Bill, Entry, LedgerBase
 from broker.consumers.bridge import jetstream
 from common.codec import decode_event
-from common.errors import ConfigError, EVError, TransportError
+from common.errors import ConfigError, EVError, LedgerUnavailable, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +115,13 @@ class JetStreamBilling:
         if self.on_billed is not None:
             self.on_billed(entries)
 
+    async def _give_back(self, msgs: Sequence[Msg]) -> None:
+        """Negative acks: JetStream hands the batch out again at once, not after the ack
+        wait, so the bills are written as soon as the ledger is back."""
+        with contextlib.suppress(*jetstream.NATS_ERRORS):
+            for m in msgs:
+                await m.nak()
+
     async def _subscribe(self, js: JetStreamContext) -> list[JetStreamContext.PullSubscription]:
         subs = []
         for durable, subject in self.consumers:
@@ -146,7 +158,11 @@ class JetStreamBilling:
                     except (nats.errors.TimeoutError, TimeoutError):
                         continue
                     idle = False
-                    self.handle(msgs)  # the commit ...
+                    try:
+                        self.handle(msgs)  # the commit ...
+                    except LedgerUnavailable as exc:
+                        await self._give_back(msgs)
+                        raise TransportError(str(exc)) from exc
                     for m in msgs:  # ... then the acks
                         await m.ack()
                     await nc.flush(timeout=int(ACK_WAIT_S / 3))

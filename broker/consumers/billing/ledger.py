@@ -27,6 +27,7 @@ from typing import Any, Final, Self
 
 from common.errors import BusProtocolError, ConfigError, StoreError
 from common.events import ChargingCompleted, decode_data
+from common.private_files import private_file
 from common.timeutil import format_timestamp, parse_timestamp
 
 CENT: Final = Decimal("0.01")
@@ -196,19 +197,19 @@ MIGRATIONS: Final[dict[int, dict[str, tuple[str, ...]]]] = {
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
-_COLUMNS: Final = (
+COLUMNS: Final = (
     "session_id, seq, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
     "cost_cents, currency, payment_method, reason, region, published_at, recorded_at"
 )
-_SELECT: Final = (
+SELECT: Final = (
     "SELECT session_id, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
     "cost_cents, currency, payment_method, reason FROM sessions"
 )
-_ORDER: Final = " ORDER BY vehicle_id, ended_at, session_id"
+ORDER_BY: Final = " ORDER BY vehicle_id, ended_at, session_id"
 
 
 def entry_row(e: Entry, recorded_at: float) -> tuple[Any, ...]:
-    """The ``sessions`` row of an entry, in :data:`_COLUMNS` order."""
+    """The ``sessions`` row of an entry, in :data:`COLUMNS` order."""
     b = e.bill
     return (
         b.session_id, e.seq, b.vehicle_id, b.point_id, b.started_at, b.ended_at,
@@ -218,7 +219,7 @@ def entry_row(e: Entry, recorded_at: float) -> tuple[Any, ...]:
 
 
 def bill_from_row(r: Sequence[Any]) -> Bill:
-    """A :class:`Bill` from a :data:`_SELECT` row."""
+    """A :class:`Bill` from a :data:`SELECT` row."""
     return Bill(
         session_id=r[0],
         vehicle_id=r[1],
@@ -298,9 +299,9 @@ class Ledger(LedgerBase):
             if not create and not p.exists():
                 raise ConfigError(f"no ledger at {self.path}")
             try:
-                p.parent.mkdir(parents=True, exist_ok=True)
+                private_file(p)  # every bill: 0600 (and its -wal/-shm) in a 0700 folder
             except OSError as exc:
-                raise ConfigError(f"cannot create the folder of {self.path}: {exc}") from exc
+                raise ConfigError(f"cannot create {self.path}: {exc}") from exc
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -357,8 +358,7 @@ class Ledger(LedgerBase):
         added = 0
         now = time.time()
         sql = (
-            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({','.join('?' * 15)}) "
-            "ON CONFLICT DO NOTHING"
+            f"INSERT INTO sessions ({COLUMNS}) VALUES ({','.join('?' * 15)}) ON CONFLICT DO NOTHING"
         )
         try:
             with self._tx() as db:
@@ -376,9 +376,9 @@ class Ledger(LedgerBase):
 
     def bills(self, vehicle_id: str | None = None) -> list[Bill]:
         if vehicle_id is None:
-            rows = self._db.execute(_SELECT + _ORDER)
+            rows = self._db.execute(SELECT + ORDER_BY)
         else:
-            rows = self._db.execute(_SELECT + " WHERE vehicle_id = ?" + _ORDER, (vehicle_id,))
+            rows = self._db.execute(SELECT + " WHERE vehicle_id = ?" + ORDER_BY, (vehicle_id,))
         return [bill_from_row(r) for r in rows]
 
     def delays(self) -> list[float]:
@@ -386,13 +386,3 @@ class Ledger(LedgerBase):
             "SELECT recorded_at - published_at FROM sessions WHERE published_at IS NOT NULL"
         )
         return [float(r[0]) for r in rows]
-
-
-def open_ledger(target: str | Path, *, create: bool = True) -> LedgerBase:
-    """A ``postgresql://`` URL opens a PostgreSQL ledger; anything else is a SQLite file."""
-    text = str(target)
-    if text.startswith(("postgresql://", "postgres://")):
-        from broker.consumers.billing.ledger_pg import PgLedger
-
-        return PgLedger(text)
-    return Ledger(text, create=create)

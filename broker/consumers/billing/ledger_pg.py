@@ -18,18 +18,18 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from broker.consumers.billing.ledger import (
-    _COLUMNS,
-    _ORDER,
-    _SELECT,
+    COLUMNS,
     MIGRATIONS,
+    ORDER_BY,
     SCHEMA_VERSION,
+    SELECT,
     Bill,
     Entry,
     LedgerBase,
     bill_from_row,
     entry_row,
 )
-from common.errors import StoreError
+from common.errors import LedgerUnavailable, StoreError
 
 MIGRATION_LOCK: Final = 0x65766368  # advisory lock key while migrating ("evch")
 POOL_MAX: Final = 4
@@ -104,7 +104,7 @@ class PgLedger(LedgerBase):
     def write(self, entries: Sequence[Entry], applied_seq: int | None = None) -> int:
         now = time.time()
         sql = (
-            f"INSERT INTO sessions ({_COLUMNS}) VALUES ({','.join(['%s'] * 15)}) "
+            f"INSERT INTO sessions ({COLUMNS}) VALUES ({','.join(['%s'] * 15)}) "
             "ON CONFLICT DO NOTHING"
         )
         added = 0
@@ -119,15 +119,17 @@ class PgLedger(LedgerBase):
                         "SET value = GREATEST(meta.value::bigint, excluded.value::bigint)::text",
                         (str(applied_seq),),
                     )
-        except (PoolTimeout, psycopg.Error) as exc:
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            raise LedgerUnavailable(f"ledger write failed: {exc}") from exc
+        except psycopg.Error as exc:
             raise StoreError(f"ledger write failed: {exc}") from exc
         return added
 
     def bills(self, vehicle_id: str | None = None) -> list[Bill]:
         if vehicle_id is None:
-            rows = self._query(_SELECT + _ORDER)
+            rows = self._query(SELECT + ORDER_BY)
         else:
-            rows = self._query(_SELECT + " WHERE vehicle_id = %s" + _ORDER, (vehicle_id,))
+            rows = self._query(SELECT + " WHERE vehicle_id = %s" + ORDER_BY, (vehicle_id,))
         return [bill_from_row(r) for r in rows]
 
     def delays(self) -> list[float]:

@@ -13,17 +13,17 @@ from typing import Annotated
 import typer
 
 from broker.consumers.bridge import subjects
-from broker.consumers.cli import (
+from broker.consumers.plumbing import (
     EXIT_USAGE,
     CredentialsOpt,
     EventsPortOpt,
     HistoryPortOpt,
     StreamOpt,
-    _endpoint,
-    _fail,
-    _run,
-    _setup_logging,
+    bus_endpoint,
+    fail,
     log_figures,
+    run_until_signal,
+    setup_text_logging,
 )
 from common.cli import BrokerOpt
 from common.errors import ConfigError
@@ -54,11 +54,11 @@ def bridge(
         subjects.check_region(region)
         subjects.check_stream(stream)
     except ConfigError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from exc
+        raise fail(str(exc), EXIT_USAGE) from exc
     from broker.consumers.bridge.worker import Bridge, BridgeConfig  # nats-py only when used
 
-    _setup_logging(logging.INFO)
-    endpoint = _endpoint(broker, events_port, history_port, credentials)
+    setup_text_logging(logging.INFO)
+    endpoint = bus_endpoint(broker, events_port, history_port, credentials)
     log = logging.getLogger("broker.bridge")
     worker = Bridge(BridgeConfig(endpoint, nats_url, region, stream, replicas))
 
@@ -80,11 +80,11 @@ def bridge(
         try:
             await worker.run(stop)
         except ConfigError as exc:
-            raise _fail(str(exc), EXIT_USAGE) from exc
+            raise fail(str(exc), EXIT_USAGE) from exc
         finally:
             task.cancel()
 
-    _run(main)
+    run_until_signal(main)
     typer.echo(f"bridge stopped at seq {worker.stats.last_seq}")
 
 

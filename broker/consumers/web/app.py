@@ -287,6 +287,9 @@ def create_app(feed: ConsoleFeed, *, tiles: str = DEFAULT_TILES) -> Litestar:
             render_plugins=[JsonRenderPlugin()],
         ),
         debug=False,
+        # the process's logging is the command's (one line per record, our format):
+        # Litestar's default config would add its own handlers and print every line twice
+        logging_config=None,
     )
     app.state.feed = feed
     app.state.tiles = tiles

@@ -16,15 +16,15 @@ from typing import Annotated
 
 import typer
 
-from broker.consumers.cli import (
+from broker.consumers.plumbing import (
     EXIT_USAGE,
     CredentialsOpt,
     EventsPortOpt,
     HistoryPortOpt,
-    _endpoint,
-    _fail,
-    _run,
-    _setup_logging,
+    bus_endpoint,
+    fail,
+    run_until_signal,
+    setup_text_logging,
 )
 from common.cli import BrokerOpt
 
@@ -68,10 +68,10 @@ def web(
     from broker.consumers.web.auth import new_token
     from broker.consumers.web.server import WebConfig, console_url, serve
 
-    endpoint = _endpoint(broker, events_port, history_port, credentials)
+    endpoint = bus_endpoint(broker, events_port, history_port, credentials)
     given = bool(token and token.strip())  # an empty EV_WEB_TOKEN means: make one
     secret = token.strip() if token and given else new_token()
-    _setup_logging(logging.WARNING)
+    setup_text_logging(logging.INFO)  # the retries while the broker is unreachable
     cfg = WebConfig(endpoint, host=host, port=port, token=secret, tiles=tiles)
 
     def ready(bound: int) -> None:
@@ -83,9 +83,9 @@ def web(
         await serve(cfg, stop, ready)
 
     try:
-        _run(main)
+        run_until_signal(main)
     except OSError as exc:
-        raise _fail(str(exc), EXIT_USAGE) from exc
+        raise fail(str(exc), EXIT_USAGE) from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from broker.consumers.billing.ledger import Bill, Ledger
-from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, _decode_events
+from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, decode_events
 from broker.consumers.web.state import LATEST_EVENTS, ConsoleState
 from common.errors import EVError, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
@@ -111,9 +111,15 @@ class ConsoleFeed:
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self.live.run(), name="web-live"),
-            asyncio.create_task(self.bills.run(), name="web-bills"),
+            asyncio.create_task(self._run_bills(), name="web-bills"),
             asyncio.create_task(self._refresh_energy(), name="web-energy"),
         ]
+
+    async def _run_bills(self) -> None:
+        """The bills subscriber starts once the live one has caught up: while the broker
+        is unreachable one subscriber retries (and logs each retry), not two."""
+        await self.live.ready.wait()
+        await self.bills.run()
 
     @property
     def ready(self) -> bool:
@@ -238,7 +244,7 @@ class ConsoleFeed:
             reply = await self.requests.request_once(
                 {"op": "since", "seq": seq, "limit": MAX_HISTORY_LIMIT}
             )
-            events = _decode_events(reply.get("events"), self.live.stats)
+            events = decode_events(reply.get("events"), self.live.stats)
             for ev in events:
                 if ev.seq > upto:
                     return
@@ -279,7 +285,7 @@ class ConsoleFeed:
         except TransportError as exc:
             log.info("latest events: %s", exc)
             return
-        events = _decode_events(reply.get("events"), self.live.stats)
+        events = decode_events(reply.get("events"), self.live.stats)
         self.state.add_past([ev for ev in events if ev.seq <= upto])
 
     async def _refresh_energy(self) -> None:

@@ -73,20 +73,27 @@ async def serve(
     )
     await feed.start()
     task = asyncio.create_task(server.serve(), name="web-http")
+    waiter = asyncio.create_task(stop.wait())
     try:
         while not server.started:
             if task.done():
                 with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
                     await task
                 raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+            if stop.is_set():
+                return
             await asyncio.sleep(0.02)
-        await feed.wait_ready()
+        # caught up with the broker, or stopped while it is unreachable (the feed retries)
+        ready = asyncio.create_task(feed.wait_ready())
+        await asyncio.wait({ready, waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            return
         port = server.servers[0].sockets[0].getsockname()[1] if server.servers else cfg.port
         on_ready(int(port))
-        waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
     finally:
+        waiter.cancel()
         server.should_exit = True
         await feed.close()  # ends open event streams
         with contextlib.suppress(asyncio.CancelledError, Exception):
