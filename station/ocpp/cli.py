@@ -31,7 +31,7 @@ from station.cli_options import (
     terminate_context,
 )
 from station.host import HostConfig
-from station.links import DealerLink, Link, MultiLink
+from station.links import Link, SharedLink
 from station.ocpp.chargers_file import load_chargers
 from station.ocpp.gateway import Gateway, GatewayConfig
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
@@ -164,18 +164,18 @@ def ocpp_gateway(
     endpoint = f"tcp://{broker}:{station_port}"
 
     def link_factory(ids: list[str]) -> Link:
-        if len(ids) == 1:
-            return DealerLink(ctx, endpoint, ids[0], credential)
-        return MultiLink(ctx, endpoint, ids, credential)
+        # every point of the gateway on ONE connection to the broker (docs/station.md)
+        return SharedLink(ctx, endpoint, "ocpp-gateway", len(ids), credential)
 
-    limit = raise_nofile_limit()
-    if limit < 2 * len(specs) + FD_RESERVE:
+    limit = raise_nofile_limit()  # soft to hard: each connected charger is one socket
+    chargers_n = len({s.charger for s in specs})
+    if limit < chargers_n + FD_RESERVE:
         logging.getLogger("station.ocpp").warning(
-            "open-files limit %d holds about %d connected chargers (each needs two sockets: "
-            "its WebSocket and its ZeroMQ connection); raise the limit for %d",
+            "open-files limit %d holds about %d connected chargers (each needs one socket, "
+            "its WebSocket); raise the limit for %d",
             limit,
-            max(0, (limit - FD_RESERVE) // 2),
-            len(specs),
+            max(0, limit - FD_RESERVE),
+            chargers_n,
         )
     gateway = Gateway(specs, config, host_config, st, link_factory)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -388,7 +389,7 @@ def test_one_gateway_holds_a_thousand_chargers(
     chargers = write_chargers(tmp_path / "many.toml", ids, price_kwh=PRICE)
     ws_port = free_port()
     args = gateway_args(ports, chargers, ws_port, level="warning")
-    with running(args, ready="ocpp gateway ready", timeout=60):
+    with running(args, ready="ocpp gateway ready", timeout=60) as gw:
         url = f"ws://127.0.0.1:{ws_port}/ocpp"
         many = [sims.add(url, cid, speed=1000, meter_every_s=0.1) for cid in ids]
 
@@ -398,6 +399,9 @@ def test_one_gateway_holds_a_thousand_chargers(
 
         wait_for(lambda: online() == 1000, timeout=180, what="1000 chargers online", interval=1)
         assert all(s.booted.is_set() for s in many)
+        # one descriptor per charger (its WebSocket): the points share ONE broker connection
+        fds = len(os.listdir(f"/proc/{gw.pid}/fd"))
+        assert 1000 <= fds < 1000 + 100, fds
         # the gateway still serves a whole session while it holds them all
         car = Vehicle(ports.vehicle, "CARMANY")
         try:
