@@ -8,7 +8,7 @@ import logging
 import ssl
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import zmq
@@ -36,6 +36,7 @@ from station.ocpp.chargers_file import load_chargers
 from station.ocpp.gateway import Gateway, GatewayConfig
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
+from station.ocpp.simulator201 import SimCharger201
 from station.ocpp.state import GatewayState
 
 FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
@@ -226,16 +227,25 @@ def ocpp_charger(
         float,
         typer.Option(envvar=env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
     ] = 60.0,
+    ocpp: Annotated[
+        str,
+        typer.Option(
+            envvar=env("OCPP_VERSION"), help="OCPP version the chargers speak: 1.6 or 2.0.1."
+        ),
+    ] = "1.6",
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
-    """Simulated OCPP 1.6J chargers (one connection each) that answer the gateway."""
+    """Simulated OCPP 1.6J or 2.0.1 chargers (one connection each) that answer the gateway."""
+    if ocpp not in ("1.6", "2.0.1"):
+        raise typer.BadParameter("--ocpp must be 1.6 or 2.0.1", param_hint="--ocpp")
+    kind: Any = SimCharger201 if ocpp == "2.0.1" else SimCharger
     setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     ids = [i for item in id for i in item.replace(",", " ").split() if i]
 
     async def main(stop: asyncio.Event) -> None:
         sims = [
-            SimCharger(url.rstrip("/"), cid, password, SimOptions(power_kw=power_kw, speed=speed))
+            kind(url.rstrip("/"), cid, password, SimOptions(power_kw=power_kw, speed=speed))
             for cid in ids
         ]
         tasks = [asyncio.create_task(s.run()) for s in sims]

@@ -3,18 +3,23 @@
 
 Theory of operation
 -------------------
-Every charger of the chargers file is an :class:`~station.ocpp.point.OcppPoint`, and
-all of them are hosted by one :class:`~station.host.Host`, exactly as ``ev-station
-fleet`` hosts many simulated stations: one ZeroMQ link (one connection per point id),
-one UDP socket, the host's heartbeats, completion resends and reconnects. A point is
-silent towards the broker (no hello, datagram or heartbeat) while its charger is not
-connected, so the broker sees it go offline and applies its own rules.
+Every point of the chargers file (a charger, or one connector of a multi-connector
+charger) is an :class:`~station.ocpp.point.OcppPoint`, and all of them are hosted by
+one :class:`~station.host.Host`, as ``ev-station fleet`` hosts many simulated
+stations, but on ONE ZeroMQ connection for every point (``SharedLink``: a hello per
+point, the point named in every message), one UDP socket, the host's completion
+resends and reconnects. A point is silent towards the broker (no hello, datagram)
+while its charger is not connected, so the broker sees it go offline and applies its
+own rules.
 
-Chargers connect to ``/ocpp/<chargePointId>`` with subprotocol ``ocpp1.6``. The HTTP
-upgrade is checked first (:meth:`Gateway._authorize`): unknown id or wrong password
--> 401, no ``ocpp1.6`` subprotocol offered -> 400. Each accepted connection gets a
-:class:`ChargerConnection` (the ``ocpp`` package's ChargePoint, which validates every
-payload against the OCPP 1.6 JSON schemas, both ways). One loop runs everything.
+Chargers connect to ``/ocpp/<chargePointId>`` with subprotocol ``ocpp2.0.1`` or
+``ocpp1.6`` (per charger, or the newest offered). The HTTP upgrade is checked first
+(:meth:`Gateway._authorize`): unknown id, wrong password or (profile 3) a client
+certificate whose CN is not the id -> 401, no allowed subprotocol offered -> 400.
+Each accepted connection gets a :class:`~station.ocpp.v16.Charger16` or
+:class:`~station.ocpp.v201.Charger201` (the ``ocpp`` package's ChargePoint, which
+validates every payload against the version's JSON schemas, both ways), carrying
+the points of the charger's connectors. One loop runs everything.
 """
 
 from __future__ import annotations
