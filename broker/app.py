@@ -72,9 +72,17 @@ from broker.edges.vehicles_tcp import VehicleServer
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
-from common.errors import StoreError
+from common.errors import InternalError, StoreError
 from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
 from common.oslimits import raise_nofile_limit
+from common.ports import (
+    EVENTS_PORT,
+    HISTORY_PORT,
+    HTTP_PORT,
+    STATION_PORT,
+    STATUS_PORT,
+    VEHICLE_PORT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +95,12 @@ class AppConfig:
 
     host: str = "0.0.0.0"
     internal_host: str = "127.0.0.1"
-    vehicle_port: int = 8081
-    status_port: int = 8082
-    station_port: int = 5555
-    events_port: int = 5556
-    history_port: int = 5557
-    http_port: int = 8090
+    vehicle_port: int = VEHICLE_PORT
+    status_port: int = STATUS_PORT
+    station_port: int = STATION_PORT
+    events_port: int = EVENTS_PORT
+    history_port: int = HISTORY_PORT
+    http_port: int = HTTP_PORT
     db: str = "./var/broker.db"
     core: CoreConfig = field(default_factory=CoreConfig)
     retain_events_s: float | None = None  # None: keep the event log forever
@@ -316,11 +324,12 @@ class BrokerApp:
             self._schedule_flush()
         return effects
 
-    def set_availability(
-        self, point_id: str, available: bool, reason: str, by: str
-    ) -> dict[str, Any]:
-        """An operator's out-of-service change; the reply is made after the commit."""
-        reply, effects = self.core.set_availability(point_id, available, reason, by, time.time())
+    def set_availability(self, point_id: str, available: bool, reason: str, by: str) -> int:
+        """An operator's out-of-service change: the seq after it, once committed.
+
+        Raises the core's refusal (EVError), or InternalError when the commit fails.
+        """
+        seq, effects = self.core.set_availability(point_id, available, reason, by, time.time())
         if effects:
             self._pending.extend(effects)
             try:
@@ -328,7 +337,7 @@ class BrokerApp:
             except StoreError as exc:
                 log.critical("cannot commit, stopping: %s", exc.message)
                 self.request_stop(1)
-                return {"error": "internal: the change could not be committed"}
+                raise InternalError("internal: the change could not be committed") from exc
             log.info(
                 "point %s %s by %s%s",
                 point_id,
@@ -336,7 +345,7 @@ class BrokerApp:
                 by,
                 f": {reason}" if not available else "",
             )
-        return reply
+        return seq
 
     def vehicle_request(
         self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot

@@ -31,11 +31,9 @@ from broker.credentials import (
     issue,
     keys_dir_for,
 )
+from common.cli import EXIT_FAILED, EXIT_USAGE
 from common.credentials import ROLES
 from common.errors import ConfigError, StoreError
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 credentials_app = typer.Typer(
     help="Credentials of stations and consumers (written to the broker's database).",

@@ -32,8 +32,6 @@ class Limits:
     max_http_head: int = 8 * 1024
     #: an HTTP connection silent (or not reading) this long is closed
     http_idle_s: float = 30.0
-    #: known charging points; datagrams or hellos for new ids past it are dropped
-    max_points: int = 1_000_000
     #: events in one history reply
     history_max_events: int = 1000
     #: bytes of one history reply (events beyond it wait for the next ``since``)

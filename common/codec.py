@@ -19,7 +19,10 @@ from common.errors import (
     BadJson,
     BusProtocolError,
     EVError,
+    InvalidMessage,
     InvalidRequest,
+    MalformedMessage,
+    OversizedMessage,
     StationProtocolError,
 )
 from common.messages import (
@@ -134,23 +137,23 @@ _DATAGRAM_DECODER: Final = msgspec.json.Decoder(StatusDatagram)
 def decode_datagram(data: bytes) -> StatusDatagram:
     """One status datagram; raises StationProtocolError when oversized, not JSON or invalid."""
     if len(data) > MAX_DATAGRAM_BYTES:
-        raise StationProtocolError(f"datagram larger than {MAX_DATAGRAM_BYTES} bytes")
+        raise OversizedMessage(f"datagram larger than {MAX_DATAGRAM_BYTES} bytes")
     try:
         return _DATAGRAM_DECODER.decode(data)
     except msgspec.ValidationError as exc:
         field, detail = field_path(str(exc))
-        raise StationProtocolError(
+        raise InvalidMessage(
             f"invalid datagram: {field or 'datagram'}: {detail}", field=field or None
         ) from None
     except NOT_DECODABLE as exc:
-        raise StationProtocolError(f"datagram is not JSON: {bad_json_message(exc)}") from None
+        raise MalformedMessage(f"datagram is not JSON: {bad_json_message(exc)}") from None
 
 
 def encode_datagram(fields: dict[str, Any]) -> bytes:
     """A status datagram (compact JSON, no newline)."""
     body = _JSON_ENCODER.encode(fields)
     if len(body) > MAX_DATAGRAM_BYTES:
-        raise StationProtocolError(f"datagram larger than {MAX_DATAGRAM_BYTES} bytes")
+        raise OversizedMessage(f"datagram larger than {MAX_DATAGRAM_BYTES} bytes")
     return body
 
 
@@ -183,11 +186,11 @@ def _station_message(decoder: msgspec.msgpack.Decoder[Any], frame: bytes) -> Any
         return decoder.decode(frame)
     except msgspec.ValidationError as exc:
         field, detail = field_path(str(exc))
-        raise StationProtocolError(
+        raise InvalidMessage(
             f"invalid station message: {field or 'message'}: {detail}", field=field or None
         ) from None
     except NOT_DECODABLE as exc:
-        raise StationProtocolError(f"station message is not msgpack: {exc}") from None
+        raise MalformedMessage(f"station message is not msgpack: {exc}") from None
 
 
 def decode_station_message(frame: bytes) -> StationToBroker:

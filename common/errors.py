@@ -152,10 +152,82 @@ class RequestTimeout(TransportError):
     code = "timeout"
 
 
+class HistoryRefused(TransportError):
+    """The history ROUTER answered ``{"error": reason}`` (protocol.md, history)."""
+
+    code = "history_refused"
+
+    def __init__(self, op: object, reason: str) -> None:
+        super().__init__(f"history refused {op!r}: {reason}")
+        self.reason = reason
+
+    @property
+    def forbidden(self) -> bool:
+        """An access refusal: the wire gives those as ``forbidden: ...``."""
+        return self.reason.startswith("forbidden")
+
+
 class StationProtocolError(EVError):
     """A malformed or unexpected station message (ZeroMQ or UDP)."""
 
     code = "station_protocol"
+
+
+class MalformedMessage(StationProtocolError):
+    """A station message or datagram that is not JSON / msgpack at all."""
+
+    code = "malformed"
+
+
+class InvalidMessage(StationProtocolError):
+    """A station message or datagram that decodes but breaks its schema; ``field`` says where."""
+
+    code = "invalid"
+
+
+class OversizedMessage(StationProtocolError):
+    """A datagram larger than the protocol allows."""
+
+    code = "oversized"
+
+
+# --- station input the core refuses (``Rejected`` effects; metrics label ``reason``) ---
+
+
+class StationInputRefused(StationProtocolError):
+    """A well-formed station message the core refuses; ``code`` is the metrics reason."""
+
+    code = "refused"
+
+
+class StaleDatagram(StationInputRefused):
+    """A datagram not newer (boot, seq) than what its point already sent."""
+
+    code = "stale"
+
+
+class ReplayedDatagram(StationInputRefused):
+    """A signed datagram not newer than the last accepted signed one of its point."""
+
+    code = "replayed"
+
+
+class NotSessionOwner(StationInputRefused):
+    """A point completing a session another point runs."""
+
+    code = "not_session_owner"
+
+
+class NotCommandOwner(StationInputRefused):
+    """A point acking a command sent to another point."""
+
+    code = "not_command_owner"
+
+
+class FiguresOutOfBounds(StationInputRefused):
+    """A completion whose figures are impossible for its session."""
+
+    code = "figures"
 
 
 class BadBrokerFrame(StationProtocolError):

@@ -43,6 +43,15 @@ from types import FrameType
 from typing import IO, Final
 
 from common.geo import DEMO_CENTER
+from common.ports import (
+    EVENTS_PORT,
+    HISTORY_PORT,
+    HTTP_PORT,
+    STATION_PORT,
+    STATUS_PORT,
+    VEHICLE_PORT,
+    WEB_PORT,
+)
 
 CENTER: Final = DEMO_CENTER  # Feira de Santana, Bahia
 BIND_HOST: Final = "127.0.0.1"
@@ -51,12 +60,12 @@ READY_TIMEOUT_S: Final = 30.0
 POLL_S: Final = 0.2
 
 PORT_DEFAULTS: Final = {
-    "vehicle": ("EV_VEHICLE_PORT", 8081),
-    "status": ("EV_STATUS_PORT", 8082),
-    "station": ("EV_STATION_PORT", 5555),
-    "events": ("EV_EVENTS_PORT", 5556),
-    "history": ("EV_HISTORY_PORT", 5557),
-    "http": ("EV_HTTP_PORT", 8090),
+    "vehicle": ("EV_VEHICLE_PORT", VEHICLE_PORT),
+    "status": ("EV_STATUS_PORT", STATUS_PORT),
+    "station": ("EV_STATION_PORT", STATION_PORT),
+    "events": ("EV_EVENTS_PORT", EVENTS_PORT),
+    "history": ("EV_HISTORY_PORT", HISTORY_PORT),
+    "http": ("EV_HTTP_PORT", HTTP_PORT),
 }
 
 
@@ -68,12 +77,12 @@ class ConfigError(ValueError):
 class Ports:
     """The broker's six ports."""
 
-    vehicle: int = 8081
-    status: int = 8082
-    station: int = 5555
-    events: int = 5556
-    history: int = 5557
-    http: int = 8090
+    vehicle: int = VEHICLE_PORT
+    status: int = STATUS_PORT
+    station: int = STATION_PORT
+    events: int = EVENTS_PORT
+    history: int = HISTORY_PORT
+    http: int = HTTP_PORT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
@@ -110,7 +119,7 @@ class Settings:
     speed: float = 60.0
     seed: int = 1
     python: str = sys.executable
-    web_port: int = 8088
+    web_port: int = WEB_PORT
 
 
 @dataclass(frozen=True)
@@ -236,10 +245,10 @@ def hints(s: Settings) -> list[str]:
         "--credentials",
         str(credential_path(s, "run-monitor")),
     ]
-    if (p.events, p.history) != (5556, 5557):
+    if (p.events, p.history) != (EVENTS_PORT, HISTORY_PORT):
         mon += ["--events-port", str(p.events), "--history-port", str(p.history)]
     veh = [str(bin_dir / "ev-vehicle"), "--id", "ME"]
-    if p.vehicle != 8081:
+    if p.vehicle != VEHICLE_PORT:
         veh += ["--port", str(p.vehicle)]
     return [
         f"live view of all points:   {' '.join(mon)}",
@@ -484,7 +493,7 @@ def settings_from(argv: list[str] | None, env: Mapping[str, str]) -> Settings:
             raise ConfigError("--vehicles must be 0-1000")
         vehicles = args.vehicles
     var_dir = args.var or Path(env.get("EV_RUN_VAR", "").strip() or "var")
-    web_port = _env_int(env, "EV_WEB_PORT", 8088, 1, 65535)
+    web_port = _env_int(env, "EV_WEB_PORT", WEB_PORT, 1, 65535)
     return Settings(
         ports=Ports.from_env(env),
         var_dir=var_dir,

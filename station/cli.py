@@ -19,6 +19,7 @@ from common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LogLevel, new_app, vers
 from common.cli import run as run_cli
 from common.errors import ConfigError
 from common.geo import parse_center
+from common.ports import STATION_PORT, STATUS_PORT
 from station.cli_options import (
     Broker,
     BrokerSilence,
@@ -102,8 +103,8 @@ def run(
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
@@ -168,8 +169,8 @@ def fleet(
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,

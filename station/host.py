@@ -38,6 +38,7 @@ from common.messages import (
     Stop,
     Welcome,
 )
+from common.ports import STATION_PORT, STATUS_PORT
 from station.links import Link
 from station.sim import Charger, Step
 
@@ -54,8 +55,8 @@ HOUSEKEEPING_S: Final = 0.25
 @dataclass
 class HostConfig:
     broker: str = "127.0.0.1"
-    status_port: int = 8082
-    station_port: int = 5555
+    status_port: int = STATUS_PORT
+    station_port: int = STATION_PORT
     interval_s: float = 2.0
     heartbeat_s: float = 1.0
     silence_s: float = 5.0

@@ -20,7 +20,16 @@ import typer
 from rich.console import Console
 
 from common import runner
-from common.cli import BrokerOpt, new_app, run, version_option
+from common.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    BrokerOpt,
+    new_app,
+    run,
+    version_option,
+)
 from common.errors import (
     ConfigError,
     EVError,
@@ -30,16 +39,14 @@ from common.errors import (
     TransportError,
 )
 from common.geo import DEMO_CENTER
+from common.ports import VEHICLE_PORT
 from common.runner import Interrupted
 from vehicle import render
 from vehicle.client import VehicleClient
 from vehicle.config import payment_wire_name, resolve_vehicle_id, stored_token, token_file
 from vehicle.settings import Settings
 
-EXIT_OK: Final = 0
-EXIT_REFUSED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_UNREACHABLE: Final = 3
+EXIT_REFUSED: Final = EXIT_FAILED  # the broker refused the request
 PROG: Final = "ev-vehicle"
 EXIT_CODES: Final = (
     (EXIT_OK, "success"),
@@ -170,7 +177,7 @@ def main_options(
             max=65535,
             help="The broker's vehicle TCP port (ev-broker serve --vehicle-port).",
         ),
-    ] = 8081,
+    ] = VEHICLE_PORT,
     vehicle_id: Annotated[
         str | None,
         typer.Option("--id", envvar=_env("ID"), help="Vehicle id (default: a stored stable id)."),

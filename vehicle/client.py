@@ -57,6 +57,7 @@ from common.errors import (
     error_for_code,
 )
 from common.messages import PUSH_TYPES
+from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
 from vehicle.pushes import STREAM_CAPACITY, Push, PushCallback, PushStream
 
@@ -142,7 +143,7 @@ class VehicleClient:
     def __init__(
         self,
         host: str = "127.0.0.1",
-        port: int = 8081,
+        port: int = VEHICLE_PORT,
         vehicle_id: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,

@@ -22,8 +22,9 @@ from typing import Any, Final
 
 from common.errors import ConfigError
 from common.geo import haversine_km
+from common.ports import VEHICLE_PORT
 
-DEFAULT_PORT: Final = 8081
+DEFAULT_PORT: Final = VEHICLE_PORT
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

@@ -40,6 +40,7 @@ from common.errors import (
     TransportError,
 )
 from common.geo import DEMO_CENTER, random_position
+from common.ports import VEHICLE_PORT
 from vehicle.client import VehicleClient
 
 CONNECT_CONCURRENCY: Final = 100
@@ -66,7 +67,7 @@ MIXES: Final[dict[str, tuple[tuple[str, int], ...]]] = {
 @dataclass(frozen=True)
 class SwarmConfig:
     host: str = "127.0.0.1"
-    port: int = 8081
+    port: int = VEHICLE_PORT
     count: int = 10
     duration: float = 5.0
     rate: float | None = None

@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from common.errors import RequestTimeout
+from common.ports import VEHICLE_PORT
 from vehicle.client import Push, Reply, VehicleClient
 
 T = TypeVar("T")
@@ -30,7 +31,11 @@ class SyncVehicleClient:
     """Blocking facade: same constructor arguments and methods as VehicleClient."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 8081, vehicle_id: str | None = None, **kw: Any
+        self,
+        host: str = "127.0.0.1",
+        port: int = VEHICLE_PORT,
+        vehicle_id: str | None = None,
+        **kw: Any,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -48,6 +48,7 @@ from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber
 from broker.consumers.tail import PipeClosed, TailSink, pipe_closed
 from common.cli import CONTEXT, BrokerOpt
 from common.errors import ConfigError, EVError, StoreError, TransportError
+from common.ports import EVENTS_PORT, HISTORY_PORT
 
 DbOpt = Annotated[
     Path, typer.Option("--db", envvar="EV_BILLING_DB", help="Billing ledger (SQLite file).")
@@ -109,8 +110,8 @@ billing_app = typer.Typer(
 def billing_worker(
     ctx: typer.Context,
     broker: BrokerOpt = "127.0.0.1",
-    events_port: EventsPortOpt = 5556,
-    history_port: HistoryPortOpt = 5557,
+    events_port: EventsPortOpt = EVENTS_PORT,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     db: DbOpt = DEFAULT_DB,
     credentials: CredentialsOpt = None,
     ledger_target: LedgerOpt = None,
@@ -271,7 +272,7 @@ def billing_reconcile(
             help="Broker HOST or HOST:PORT (history port); repeat for one broker per region.",
         ),
     ] = None,
-    history_port: HistoryPortOpt = 5557,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     db: DbOpt = DEFAULT_DB,
     ledger_target: LedgerOpt = None,
     fmt: Annotated[
@@ -336,10 +337,10 @@ def _history_endpoint(text: str, default_port: int, credentials: str | None) -> 
     """``HOST`` or ``HOST:PORT`` (the history port) as an endpoint."""
     host, sep, port = text.rpartition(":")
     if not sep:
-        return bus_endpoint(text, 5556, default_port, credentials)
+        return bus_endpoint(text, EVENTS_PORT, default_port, credentials)
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise fail(f"invalid --broker {text!r}: expected HOST or HOST:PORT", EXIT_USAGE)
-    return bus_endpoint(host, 5556, int(port), credentials)
+    return bus_endpoint(host, EVENTS_PORT, int(port), credentials)
 
 
 # --- tail ---------------------------------------------------------------------------
@@ -347,8 +348,8 @@ def _history_endpoint(text: str, default_port: int, credentials: str | None) -> 
 
 def tail(
     broker: BrokerOpt = "127.0.0.1",
-    events_port: EventsPortOpt = 5556,
-    history_port: HistoryPortOpt = 5557,
+    events_port: EventsPortOpt = EVENTS_PORT,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     topic: Annotated[
         list[str] | None,
         typer.Option("--topic", envvar="EV_TAIL_TOPIC", help="Topic prefix (repeatable)."),
@@ -396,8 +397,8 @@ def tail(
 
 def monitor(
     broker: BrokerOpt = "127.0.0.1",
-    events_port: EventsPortOpt = 5556,
-    history_port: HistoryPortOpt = 5557,
+    events_port: EventsPortOpt = EVENTS_PORT,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     page_size: Annotated[
         int,
         typer.Option(

@@ -49,8 +49,9 @@ import zmq.asyncio
 
 from common.codec import decode_event, pack, unpack
 from common.credentials import Credential, curve_client
-from common.errors import EventsPruned, EVError, TransportError
+from common.errors import EventsPruned, EVError, HistoryRefused, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
+from common.ports import EVENTS_PORT, HISTORY_PORT
 from common.zmq_nowait import recv_nowait
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,8 @@ class Endpoint:
     """Where the broker's bus and history are, and the credential to show them (if any)."""
 
     host: str = "127.0.0.1"
-    events_port: int = 5556
-    history_port: int = 5557
+    events_port: int = EVENTS_PORT
+    history_port: int = HISTORY_PORT
     credential: Credential | None = None
 
     @property
@@ -275,7 +276,7 @@ class HistoryClient:
         if reply.get("error") == "pruned" and isinstance(reply.get("first_seq"), int):
             raise EventsPruned(reply["first_seq"])
         if "error" in reply:
-            raise TransportError(f"history refused {request.get('op')!r}: {reply['error']}")
+            raise HistoryRefused(request.get("op"), str(reply["error"]))
         return reply
 
     async def request(self, request: dict[str, Any]) -> dict[str, Any]:

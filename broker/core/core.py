@@ -19,7 +19,7 @@ from broker.core.engine import Engine
 from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
-from common.errors import StoreError
+from common.errors import InvalidRequest, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
 
@@ -111,7 +111,7 @@ class Core:
 
         ``signed_ts``: the datagram's ``ts`` when the status edge checked its signature.
         An out-of-order datagram is refused with the single effect ``Rejected("status",
-        "stale" | "replayed", ...)`` (see :func:`broker.core.stations.handle_datagram`).
+        StaleDatagram | ReplayedDatagram)`` (see :func:`broker.core.stations.handle_datagram`).
         """
         self._datagrams += 1
         return stations.handle_datagram(self._eng, datagram, now, signed_ts)
@@ -136,24 +136,25 @@ class Core:
 
     def set_availability(
         self, point_id: str, available: bool, reason: str, by: str, now: float
-    ) -> tuple[dict[str, Any], list[Effect]]:
+    ) -> tuple[int, list[Effect]]:
         """The history op ``set_availability`` from an operator credential ``by``.
 
-        Returns the reply (``{"ok": True, "seq": S}``, S the seq after every event
-        of the change, or ``{"error": ...}``) and the effects; the reply may go out
-        only once the effects are committed.
+        Returns the seq after every event of the change and the effects; the reply
+        may go out only once the effects are committed. Raises
+        :class:`common.errors.UnknownPoint` or :class:`common.errors.InvalidRequest`
+        (``field="reason"``), changing nothing.
         """
         fx: list[Effect] = []
         p = self._eng.point(point_id)
         if p is None:
-            return {"error": f"unknown point {point_id!r}"}, fx
+            raise UnknownPoint(f"unknown point {point_id!r}")
         reason = reason.strip()
         if not available and not reason:
-            return {"error": "reason: required to take a point out of service"}, fx
+            raise InvalidRequest("reason: required to take a point out of service", field="reason")
         if len(reason) > MAX_REASON:
-            return {"error": f"reason: at most {MAX_REASON} characters"}, fx
+            raise InvalidRequest(f"reason: at most {MAX_REASON} characters", field="reason")
         self._eng.set_availability(p, available, reason, by, now, fx)
-        return {"ok": True, "seq": self._eng.seq}, fx
+        return self._eng.seq, fx
 
     # --- timers ---------------------------------------------------------------------
 

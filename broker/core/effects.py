@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from msgspec import UnsetType
 
+from common.errors import StationInputRefused
 from common.messages import BrokerToStation, BusEvent, Scalar
 from common.replies import PushData, ReplyData
 
@@ -69,17 +70,29 @@ class SendStation:
     message: BrokerToStation
 
 
+RejectingEdge = Literal["stations", "status"]
+
+
 @dataclass(slots=True)
 class Rejected:
     """Input the core refused (dropped, never persisted): counted and logged by the service.
 
-    ``edge`` is where it came from (``stations``, ``status``), ``reason`` a short
-    token for ``evcharge_rejected_total{edge,reason}``, ``detail`` a human line.
+    ``edge`` is where it came from; ``error`` says why, as an error of the
+    :class:`common.errors.StationInputRefused` family: its ``code`` is the
+    ``reason`` of ``evcharge_rejected_total{edge,reason}``, its message the
+    ``detail`` logged.
     """
 
-    edge: str
-    reason: str
-    detail: str
+    edge: RejectingEdge
+    error: StationInputRefused
+
+    @property
+    def reason(self) -> str:
+        return self.error.code
+
+    @property
+    def detail(self) -> str:
+        return self.error.message
 
 
 PersistTable = Literal["point", "reservation", "session", "meta", "vehicle"]

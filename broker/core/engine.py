@@ -45,6 +45,7 @@ from broker.core.timers import (
     Timer,
     TurnDeadline,
 )
+from common.errors import NotCommandOwner
 from common.events import PointStatus, VehicleLowBattery
 from common.messages import Availability, BrokerToStation
 from common.replies import Statement
@@ -195,7 +196,7 @@ class Engine:
         if wait is None:
             self.sessions.station_ack(point_id, cmd_id, ok, error, now, fx)
         elif wait.point_id != point_id:
-            fx.append(Rejected("stations", "not_command_owner", f"{point_id!r} acked {cmd_id}"))
+            fx.append(Rejected("stations", NotCommandOwner(f"{point_id!r} acked {cmd_id}")))
         else:
             self._hold_answered(cmd_id, ok, error, now, fx)
 

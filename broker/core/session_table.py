@@ -33,7 +33,7 @@ from broker.core.sessions import (
 )
 from broker.core.shared import Shared
 from broker.core.timers import AckTimeout
-from common.errors import PointUnreachable
+from common.errors import NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop
 from common.replies import CustoFinal, Encerramento, Started, refusal
@@ -164,7 +164,7 @@ class SessionTable:
         pend = self._pending.get(cmd_id)
         owner = pend.point_id if pend is not None else self._abandoned.get(cmd_id, (None,))[0]
         if owner is not None and owner != point_id:
-            fx.append(Rejected("stations", "not_command_owner", f"{point_id!r} acked {cmd_id}"))
+            fx.append(Rejected("stations", NotCommandOwner(f"{point_id!r} acked {cmd_id}")))
             return
         if pend is None:
             late = self._abandoned.pop(cmd_id, None)

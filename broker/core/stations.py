@@ -15,6 +15,12 @@ from broker.core.engine import Engine
 from broker.core.point_table import Heard
 from broker.core.points import PointState
 from broker.core.sessions import energy_kwh, to_decimal
+from common.errors import (
+    FiguresOutOfBounds,
+    NotSessionOwner,
+    ReplayedDatagram,
+    StaleDatagram,
+)
 from common.messages import (
     Ack,
     Heartbeat,
@@ -37,7 +43,7 @@ def handle_datagram(
     datagram whose signature the status edge has checked: such a datagram is refused
     as ``replayed`` instead, and a new boot of it is taken only when ``signed_ts`` is
     later than the last accepted signed datagram's. A refusal is the single effect
-    ``Rejected("status", "stale" | "replayed", ...)`` and changes nothing.
+    ``Rejected("status", StaleDatagram | ReplayedDatagram)`` and changes nothing.
     """
     p = eng.point(d.id)
     if p is None:
@@ -69,9 +75,9 @@ def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) ->
 
 def _out_of_order(eng: Engine, d: StatusDatagram, signed_ts: float | None) -> list[Effect]:
     """The refusal of a datagram that is not newer than what the point already sent."""
-    reason = "stale" if signed_ts is None else "replayed"
-    eng.count(f"datagrams_{reason}")
-    return [Rejected("status", reason, f"{d.id!r} boot {d.boot_id!r} seq {d.seq}")]
+    kind = StaleDatagram if signed_ts is None else ReplayedDatagram
+    eng.count(f"datagrams_{kind.code}")
+    return [Rejected("status", kind(f"{d.id!r} boot {d.boot_id!r} seq {d.seq}"))]
 
 
 def _register_by_datagram(
@@ -149,15 +155,14 @@ def _session_complete(
     running = eng.running_session(msg.session_id)
     if running is not None and running.point_id != point_id:
         # only the point that runs the session may complete it
-        fx.append(
-            Rejected("stations", "not_session_owner", f"{point_id!r} completed {msg.session_id}")
-        )
+        fx.append(Rejected("stations", NotSessionOwner(f"{point_id!r} completed {msg.session_id}")))
         return
     s = eng.session_complete(point_id, msg.session_id, now, fx)
     if s is not None and (refusal := completion_refusal(msg, s.nivel_inicial, s.capacidade_kwh)):
         # out of the bounds a station may report: dropped, counted, not acked
         eng.count("sessions_out_of_bounds")
-        fx.append(Rejected("stations", "figures", f"{point_id!r} {msg.session_id}: {refusal}"))
+        error = FiguresOutOfBounds(f"{point_id!r} {msg.session_id}: {refusal}")
+        fx.append(Rejected("stations", error))
         return
     if s is not None and msg.energia_medida_kwh is not None:
         measured = msg.energia_medida_kwh

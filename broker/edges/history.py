@@ -51,7 +51,7 @@ from broker.edges.zmq_sockets import (
     user_id_of,
 )
 from common.codec import decode_history_request, pack, unpack
-from common.errors import EventsPruned, EVError, InvalidRequest
+from common.errors import EventsPruned, EVError, Forbidden, InternalError, InvalidRequest
 from common.messages import (
     HISTORY_OPS,
     MAX_HISTORY_LIMIT,
@@ -85,7 +85,7 @@ OPERATOR_REQUESTS: Final = (HistorySetAvailability,)
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 #: (point_id, available, reason, by) -> the reply map, once the change is committed
-SetAvailability = Callable[[str, bool, str, str], dict[str, Any]]
+SetAvailability = Callable[[str, bool, str, str], int]  # the seq after it; raises EVError
 
 
 class HistoryServer:
@@ -178,9 +178,7 @@ class HistoryServer:
         """Answer one request ``frames`` from credential ``user`` (``checked``: secured)."""
         envelope, body = split_envelope(frames)
         if len(body) != 1:
-            reply: dict[str, Any] = {
-                "error": f"expected one request frame, got {len(body)}",
-            }
+            reply = error_reply(InvalidRequest(f"expected one request frame, got {len(body)}"))
         else:
             reply = self._checked_answer(body[0], user) if checked else self.answer(body[0], user)
         self.stats["requests"] += 1
@@ -196,36 +194,38 @@ class HistoryServer:
         msgpack extension) is refused before anything runs, whatever its ``op`` says.
         """
         assert self._security is not None
-        cred = self._security.keyring.consumer(user)
-        if cred is None:
-            self.stats["rejected"] += 1
-            self._security.reject("history", "credential_revoked", repr(user))
-            return {"error": "forbidden: credential revoked"}
-        request = self._decode(frame)
-        if isinstance(request, dict):
-            return request
-        if isinstance(request, OPERATOR_REQUESTS) and cred.role != "operator":
-            self.stats["rejected"] += 1
-            op = SET_AVAILABILITY_OP
-            self._security.reject("history", "not_operator", f"{cred.name!r} asked {op!r}")
-            return {"error": f"forbidden: {op} needs an operator credential"}
+        try:
+            cred = self._security.keyring.consumer(user)
+            if cred is None:
+                self.stats["rejected"] += 1
+                self._security.reject("history", "credential_revoked", repr(user))
+                raise Forbidden("forbidden: credential revoked")
+            request = self._decode(frame)
+            if isinstance(request, OPERATOR_REQUESTS) and cred.role != "operator":
+                self.stats["rejected"] += 1
+                op = SET_AVAILABILITY_OP
+                self._security.reject("history", "not_operator", f"{cred.name!r} asked {op!r}")
+                raise Forbidden(f"forbidden: {op} needs an operator credential")
+        except EVError as exc:
+            return error_reply(exc)
         return self.answer_request(request, user)
 
-    def _decode(self, frame: bytes) -> HistoryRequest | dict[str, Any]:
-        """The typed request, or the error reply when ``frame`` does not decode."""
+    def _decode(self, frame: bytes) -> HistoryRequest:
+        """The typed request; InvalidRequest (or InternalError) when ``frame`` does not decode."""
         try:
             return decode_history_request(frame)
         except InvalidRequest as exc:
-            return {"error": _describe(exc, _op_of(frame))}  # the op read for wording only
+            raise InvalidRequest(_describe(exc, _op_of(frame))) from None  # op for wording only
         except Exception as exc:  # a decoder bug must not become an open door
             log.exception("history request could not be decoded")
-            return {"error": f"internal error: {type(exc).__name__}"}
+            raise InternalError(f"internal error: {type(exc).__name__}") from None
 
     def answer(self, frame: bytes, user: str | None = None) -> dict[str, Any]:
         """The reply map for one request frame from credential ``user`` (never raises)."""
-        request = self._decode(frame)
-        if isinstance(request, dict):
-            return request
+        try:
+            request = self._decode(frame)
+        except EVError as exc:
+            return error_reply(exc)
         return self.answer_request(request, user)
 
     def answer_request(self, request: HistoryRequest, user: str | None = None) -> dict[str, Any]:
@@ -234,7 +234,7 @@ class HistoryServer:
             if isinstance(request, HistoryAccounts):
                 return {"accounts": self._accounts()}
             if isinstance(request, HistorySetAvailability):
-                return self._availability(request, user or ANONYMOUS)
+                return {"ok": True, "seq": self._availability(request, user or ANONYMOUS)}
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)
@@ -242,26 +242,26 @@ class HistoryServer:
                 return {"events": encoded, "last_seq": last_seq, "more": more or cut}
             if isinstance(request, HistorySnapshot):
                 return self._snapshot()
-            return {"error": f"unsupported request {type(request).__name__}"}
-        except EventsPruned as exc:
-            return {"error": exc.code, "first_seq": exc.first_seq}
+            raise InvalidRequest(f"unsupported request {type(request).__name__}")
         except EVError as exc:
-            return {"error": exc.message}
+            return error_reply(exc)
         except Exception as exc:
             log.exception("history request failed")
-            return {"error": f"internal error: {type(exc).__name__}"}
+            return error_reply(InternalError(f"internal error: {type(exc).__name__}"))
 
-    def _availability(self, request: HistorySetAvailability, by: str) -> dict[str, Any]:
+    def _availability(self, request: HistorySetAvailability, by: str) -> int:
         """``{"op":"set_availability","point_id":P,"available":bool,"reason":str}``."""
         if self._set_availability is None:
-            return {"error": f"{SET_AVAILABILITY_OP} is not served here"}
+            raise InvalidRequest(f"{SET_AVAILABILITY_OP} is not served here")
         point_id, available, reason = request.point_id, request.available, request.reason
         if not isinstance(point_id, str) or not 1 <= len(point_id) <= MAX_POINT_ID:
-            return {"error": f"point_id: a string of 1-{MAX_POINT_ID} characters is required"}
+            raise InvalidRequest(
+                f"point_id: a string of 1-{MAX_POINT_ID} characters is required", field="point_id"
+            )
         if not isinstance(available, bool):
-            return {"error": "available: true or false is required"}
+            raise InvalidRequest("available: true or false is required", field="available")
         if not isinstance(reason, str):
-            return {"error": "reason: must be a string"}
+            raise InvalidRequest("reason: must be a string", field="reason")
         return self._set_availability(point_id, available, reason, by)
 
     def _within_bytes(self, events: list[BusEvent]) -> tuple[list[msgspec.Raw], bool]:
@@ -284,6 +284,14 @@ class HistoryServer:
         if exc is not None:
             self.stats["dropped"] += 1
             log.warning("history reply dropped: %r", exc)
+
+
+def error_reply(exc: EVError) -> dict[str, Any]:
+    """The one wire form of a refused history request: ``{"error": message}``, or
+    ``{"error": "pruned", "first_seq": F}`` for :class:`common.errors.EventsPruned`."""
+    if isinstance(exc, EventsPruned):
+        return {"error": exc.code, "first_seq": exc.first_seq}
+    return {"error": exc.message}
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

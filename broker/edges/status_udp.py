@@ -69,13 +69,8 @@ UNREADABLE: Final = frozenset({"malformed", "invalid", "oversized"})
 
 
 def _outcome_of(error: EVError) -> str:
-    """``malformed`` / ``invalid`` / ``oversized`` from the decoder's error."""
-    text = error.message.lower()
-    if text.startswith("invalid"):
-        return "invalid"
-    if "larger than" in text:
-        return "oversized"
-    return "malformed"
+    """``malformed`` / ``invalid`` / ``oversized``: the decoder's error code."""
+    return error.code if error.code in UNREADABLE else "malformed"
 
 
 def _grow_rcvbuf(sock: socket.socket) -> None:

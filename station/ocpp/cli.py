@@ -17,6 +17,7 @@ from common import runner
 from common.cli import LogLevel
 from common.errors import ConfigError
 from common.oslimits import raise_nofile_limit
+from common.ports import OCPP_PORT, STATION_PORT, STATUS_PORT, VEHICLE_PORT
 from station.cli_options import (
     Broker,
     Credentials,
@@ -52,7 +53,7 @@ def ocpp_gateway(
     port: Annotated[
         int,
         typer.Option(envvar=env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
-    ] = 9000,
+    ] = OCPP_PORT,
     state: Annotated[
         Path | None,
         typer.Option(
@@ -100,7 +101,7 @@ def ocpp_gateway(
             max=65535,
             help="Broker vehicle port (walk-in sessions arrive as vehicles).",
         ),
-    ] = 8081,
+    ] = VEHICLE_PORT,
     walkin_capacity: Annotated[
         float,
         typer.Option(
@@ -111,8 +112,8 @@ def ocpp_gateway(
         ),
     ] = 100.0,
     broker: Broker = "127.0.0.1",
-    status_port: StatusPort = 8082,
-    station_port: StationPort = 5555,
+    status_port: StatusPort = STATUS_PORT,
+    station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     heartbeat: Heartbeat = 1.0,
     credentials: Credentials = None,

@@ -45,6 +45,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from common.ports import OCPP_PORT, VEHICLE_PORT
 from station.host import Host, HostConfig
 from station.links import Link
 from station.ocpp import mapping, mapping201
@@ -80,11 +81,11 @@ SWEEP_S: Final = 1.0
 @dataclass
 class GatewayConfig:
     host: str = "0.0.0.0"
-    port: int = 9000
+    port: int = OCPP_PORT
     heartbeat_interval_s: int = 60  # told to chargers in BootNotification
     meter_interval_s: int = 10  # MeterValueSampleInterval set at boot
     ssl_context: ssl.SSLContext | None = None
-    vehicle_port: int = 8081  # walk-in sessions arrive at the broker as vehicles
+    vehicle_port: int = VEHICLE_PORT  # walk-in sessions arrive at the broker as vehicles
     walkin_payment: str = "Débito em conta"
     walkin_capacity_kwh: float = 100.0
 

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from broker.consumers.billing.backends import open_ledger
 from broker.consumers.billing.jetstream import JetStreamBilling
-from broker.consumers.billing.ledger import LedgerBase, open_ledger
+from broker.consumers.billing.ledger import LedgerBase
 from broker.consumers.bridge.worker import Bridge, BridgeConfig
 from broker.consumers.subscriber import Subscriber
 from tests.support.fake_bus import Collect, FakeBus, status

@@ -34,7 +34,7 @@ from typing import Any
 from ops import images
 from tests.chaos import checker, faults
 from tests.chaos.collect import COLLECT_SCRIPT, REGIONS
-from tests.compose.conftest import Stack, _stack_env
+from tests.compose.conftest import Stack, stack_env
 
 WORKLOAD = Path(__file__).with_name("workload.py")
 STREAM = "EVCHARGE"
@@ -87,7 +87,7 @@ def bring_up(project: str, base: str) -> Stack:
     except images.ImageBuildError as exc:
         raise StackError(f"image build failed: {exc}") from exc
     extra = {**servers, **CHAOS_ENV, "EV_POSTGRES_PASSWORD": uuid.uuid4().hex}
-    stack = Stack(project, _stack_env(image, extra))
+    stack = Stack(project, stack_env(image, extra))
     try:
         stack.compose("up", "-d", timeout=300)
         for service in ("broker", "broker-ssa", "nats", "postgres", "web"):

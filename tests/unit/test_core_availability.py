@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from broker.core.effects import Effect
+from common.errors import InvalidRequest, UnknownPoint
 from common.messages import Release
 from tests.unit.test_core_harness import Harness
 
 
 def disable(h: Harness, pid: str = "CP01", reason: str = "cable damaged") -> list[Effect]:
-    reply, fx = h.core.set_availability(pid, False, reason, "ops-team", h.now)
-    assert reply == {"ok": True, "seq": h.core.last_seq}, reply
+    seq, fx = h.core.set_availability(pid, False, reason, "ops-team", h.now)
+    assert seq == h.core.last_seq
     return h.apply(fx)
 
 
 def enable(h: Harness, pid: str = "CP01") -> list[Effect]:
-    reply, fx = h.core.set_availability(pid, True, "", "ops-team", h.now)
-    assert reply["ok"] is True
+    seq, fx = h.core.set_availability(pid, True, "", "ops-team", h.now)
+    assert seq == h.core.last_seq
     return h.apply(fx)
 
 
@@ -95,7 +98,7 @@ def test_it_survives_a_restart_and_repeats_change_nothing() -> None:
     h.point("CP02", lat=-12.3)
     disable(h, "CP02", "inspection")
     again, fx = h.core.set_availability("CP02", False, "inspection", "ops-team", h.now)
-    assert again == {"ok": True, "seq": h.core.last_seq} and h.apply(fx) == []
+    assert again == h.core.last_seq and h.apply(fx) == []
     core = h.restored(5.0)
     p = next(p for p in core.snapshot(h.now + 5)["points"] if p["id"] == "CP02")
     assert (p["estado"], p["fora_de_servico"], p["reason"]) == ("indisponivel", True, "inspection")
@@ -108,9 +111,12 @@ def test_bad_requests_get_an_error_and_change_nothing() -> None:
     h = Harness()
     h.point("CP01")
     seq = h.core.last_seq
-    assert "unknown point" in h.core.set_availability("NOPE", False, "x", "o", h.now)[0]["error"]
-    assert "reason" in h.core.set_availability("CP01", False, "  ", "o", h.now)[0]["error"]
-    assert "reason" in h.core.set_availability("CP01", False, "x" * 201, "o", h.now)[0]["error"]
+    with pytest.raises(UnknownPoint, match="unknown point 'NOPE'"):
+        h.core.set_availability("NOPE", False, "x", "o", h.now)
+    for reason in ("  ", "x" * 201):
+        with pytest.raises(InvalidRequest, match=r"^reason: ") as err:
+            h.core.set_availability("CP01", False, reason, "o", h.now)
+        assert err.value.field == "reason"
     assert h.core.last_seq == seq and "fora_de_servico" not in view(h)
 
 

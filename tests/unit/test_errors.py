@@ -128,3 +128,27 @@ def test_every_error_class_derives_from_everror() -> None:
     ]
     assert len(found) >= 25
     assert all(issubclass(obj, EVError) for obj in found)
+
+
+def test_datagram_decode_errors_carry_their_outcome_code() -> None:
+    from common.codec import MAX_DATAGRAM_BYTES, decode_datagram
+    from common.errors import InvalidMessage, MalformedMessage, OversizedMessage
+
+    cases = [
+        (b"x" * (MAX_DATAGRAM_BYTES + 1), OversizedMessage, "oversized"),
+        (b"{not json", MalformedMessage, "malformed"),
+        (b'{"id": 5}', InvalidMessage, "invalid"),
+    ]
+    for body, cls, code in cases:
+        with pytest.raises(cls) as err:
+            decode_datagram(body)
+        assert err.value.code == code and isinstance(err.value, StationProtocolError)
+
+
+def test_history_refusals_say_whether_access_was_refused() -> None:
+    from common.errors import HistoryRefused, TransportError
+
+    denied = HistoryRefused("set_availability", "forbidden: credential revoked")
+    other = HistoryRefused("set_availability", "unknown point 'X'")
+    assert isinstance(denied, TransportError) and denied.forbidden and not other.forbidden
+    assert denied.message == "history refused 'set_availability': forbidden: credential revoked"

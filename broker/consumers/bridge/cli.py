@@ -27,6 +27,7 @@ from broker.consumers.plumbing import (
 )
 from common.cli import BrokerOpt
 from common.errors import ConfigError
+from common.ports import EVENTS_PORT, HISTORY_PORT
 
 
 def bridge(
@@ -44,8 +45,8 @@ def bridge(
         ),
     ] = 1,
     broker: BrokerOpt = "127.0.0.1",
-    events_port: EventsPortOpt = 5556,
-    history_port: HistoryPortOpt = 5557,
+    events_port: EventsPortOpt = EVENTS_PORT,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     credentials: CredentialsOpt = None,
 ) -> None:
     """Publish every bus event of this region to JetStream, exactly once and in order."""

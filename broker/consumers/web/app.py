@@ -128,7 +128,7 @@ async def availability(
     try:
         seq = await feed.set_availability(point_id, data.available, data.reason.strip())
     except Refused as exc:  # 403 when this console's credential is not an operator's
-        code = 403 if exc.message.startswith("forbidden") else 409
+        code = 403 if exc.forbidden else 409
         raise HTTPException(status_code=code, detail=exc.message) from exc
     except TransportError as exc:
         raise HTTPException(status_code=503, detail=f"broker unreachable: {exc.message}") from exc

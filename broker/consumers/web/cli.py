@@ -27,18 +27,19 @@ from broker.consumers.plumbing import (
     setup_text_logging,
 )
 from common.cli import BrokerOpt
+from common.ports import EVENTS_PORT, HISTORY_PORT, WEB_PORT
 
 
 def web(
     broker: BrokerOpt = "127.0.0.1",
-    events_port: EventsPortOpt = 5556,
-    history_port: HistoryPortOpt = 5557,
+    events_port: EventsPortOpt = EVENTS_PORT,
+    history_port: HistoryPortOpt = HISTORY_PORT,
     host: Annotated[
         str, typer.Option("--host", envvar="EV_WEB_HOST", help="Address the console listens on.")
     ] = "127.0.0.1",
     port: Annotated[
         int, typer.Option("--port", envvar="EV_WEB_PORT", min=0, max=65535, help="HTTP port.")
-    ] = 8088,
+    ] = WEB_PORT,
     token: Annotated[
         str | None,
         typer.Option(

@@ -40,7 +40,7 @@ import zmq.asyncio
 from broker.consumers.billing.ledger import Bill, Ledger
 from broker.consumers.subscriber import Endpoint, HistoryClient, Subscriber, decode_events
 from broker.consumers.web.state import LATEST_EVENTS, ConsoleState
-from common.errors import EVError, TransportError
+from common.errors import EVError, HistoryRefused, TransportError
 from common.messages import MAX_HISTORY_LIMIT, BusEvent
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,11 @@ class Rendered:
 class Refused(EVError):
     """The broker refused an operator request (``message`` is its reason)."""
 
-    code = "forbidden"
+    code = "refused"
+
+    def __init__(self, reason: str, *, forbidden: bool) -> None:
+        super().__init__(reason)
+        self.forbidden = forbidden  # the console's credential is not an operator's
 
 
 class _Cut:
@@ -265,10 +269,8 @@ class ConsoleFeed:
         }
         try:
             reply = await self.requests.request_once(request)
-        except TransportError as exc:
-            if "refused" in exc.message:
-                raise Refused(exc.message.split(": ", 1)[-1]) from exc
-            raise
+        except HistoryRefused as exc:
+            raise Refused(exc.reason, forbidden=exc.forbidden) from exc
         seq = int(reply.get("seq") or 0)
         await self.wait_applied(seq)
         return seq

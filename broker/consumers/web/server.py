@@ -19,6 +19,7 @@ import uvicorn
 from broker.consumers.subscriber import Endpoint
 from broker.consumers.web.app import DEFAULT_TILES, build
 from broker.consumers.web.feed import ConsoleFeed
+from common.ports import WEB_PORT
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ SHUTDOWN_S: Final = 1
 class WebConfig:
     endpoint: Endpoint
     host: str = "127.0.0.1"
-    port: int = 8088
+    port: int = WEB_PORT
     token: str = ""
     tiles: str = DEFAULT_TILES
 
