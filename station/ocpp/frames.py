@@ -84,20 +84,24 @@ def check(raw: str | bytes, version: Version) -> Refusal | None:
 
 
 class Throttle:
-    """At most one log line per key every ``period_s``; how many were held back."""
+    """At most ``burst`` log lines per key every ``period_s``; how many were held back."""
 
-    def __init__(self, period_s: float = 10.0, max_keys: int = 10_000) -> None:
+    def __init__(self, period_s: float = 10.0, max_keys: int = 10_000, burst: int = 1) -> None:
         self.period_s = period_s
         self.max_keys = max_keys
-        self._next: dict[str, tuple[float, int]] = {}
+        self.burst = burst
+        self._window: dict[str, tuple[float, int, int]] = {}  # key -> (end, lines, held)
 
     def allow(self, key: str, now: float) -> int | None:
         """None: stay silent; else the number of lines held back since the last one."""
-        due, held = self._next.get(key, (0.0, 0))
-        if now < due:
-            self._next[key] = (due, held + 1)
+        end, lines, held = self._window.get(key, (0.0, 0, 0))
+        if now >= end:
+            if len(self._window) >= self.max_keys:
+                self._window.clear()
+            self._window[key] = (now + self.period_s, 1, 0)
+            return held
+        if lines >= self.burst:
+            self._window[key] = (end, lines, held + 1)
             return None
-        if len(self._next) >= self.max_keys:
-            self._next.clear()
-        self._next[key] = (now + self.period_s, 0)
+        self._window[key] = (end, lines + 1, 0)
         return held

@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import tempfile
+import threading
 import time
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
@@ -205,6 +206,17 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000.0
 
 
+def _drain(proc: Proc, stop: Event) -> None:
+    """Keep reading the process's output (kept in ``proc.lines``) until ``stop``."""
+    while not stop.is_set():
+        try:
+            proc.read_until("\0never", timeout=1.0)
+        except TimeoutError:
+            continue
+        except (OSError, ValueError):
+            return
+
+
 def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -248,6 +260,8 @@ def main() -> None:
             )  # fmt: skip
             procs.append(gw)
             gw.read_until("ocpp gateway ready", timeout=120)
+            drain = threading.Thread(target=_drain, args=(gw, stop), daemon=True)
+            drain.start()  # a full output pipe would block the gateway
             time.sleep(2.0)
             rss_idle = rss_mb(gw.pid)
             fds_idle = _fds(gw.pid)
@@ -289,12 +303,15 @@ def main() -> None:
             via_fleet = asyncio.run(_latencies(ports.vehicle, fleet_points, "VF"))
         finally:
             stop.set()
+            gw_tail = "\n".join(gw.lines[-15:]) if procs else ""
             for p in reversed(procs):
                 p.stop()
             if child is not None:
                 child.join(timeout=10)
                 if child.is_alive():
                     child.kill()
+    if os.environ.get("BENCH_OCPP_VERBOSE"):
+        print(f"gateway output (tail):\n{gw_tail}")
     per_charger_kb = (rss_full - rss_idle) * 1024 / max(1, count)
     print(f"OCPP gateway holding {count} chargers (heartbeat {hb_s:.0f} s), fleet of {fleet_n}")
     print(f"  open-files hard limit:     {hard} (1 per charger: at most {fits} chargers)")

@@ -212,6 +212,9 @@ def test_throttle_allows_one_line_per_period_and_counts_the_rest() -> None:
     assert t.allow("k", 1.0) is None and t.allow("k", 2.0) is None
     assert t.allow("other", 2.0) == 0
     assert t.allow("k", 10.0) == 2
+    burst = frames.Throttle(period_s=10.0, burst=2)
+    assert [burst.allow("k", n) for n in (0.0, 1.0, 2.0, 3.0)] == [0, 0, None, None]
+    assert burst.allow("k", 10.0) == 2
 
 
 def test_201_meter_readings_units_multipliers_phases_and_soc() -> None:
