@@ -150,12 +150,12 @@ class Gateway:
 
     # --- services for the points ------------------------------------------------------
 
-    async def call(self, point: OcppPoint, payload: Any) -> Any:
+    async def call(self, point: OcppPoint, payload: Any, timeout: float | None = None) -> Any:
         conn = point.conn
         if conn is None:
             return None
         try:
-            return await conn.call(payload)
+            return await asyncio.wait_for(conn.call(payload), timeout)
         except (TimeoutError, ConnectionClosed, OCPPError) as exc:
             name = type(payload).__name__
             warn(point.point_id, "call", "%s: %s failed: %s", point.point_id, name, exc)
@@ -165,8 +165,9 @@ class Gateway:
         """Set what the mapping needs of a charger that booted (docs/ocpp.md)."""
         dialect = point.dialect
         for payload in dialect.configuration_calls(self.config.meter_interval_s):
-            refused = dialect.configuration_refusals(await self.call(point, payload))
-            if refused:
+            result = await self.call(point, payload)
+            refused = dialect.configuration_refusals(result) if result is not None else []
+            if refused:  # (no answer: the failed call was logged)
                 cid = point.spec.charger
                 name = type(payload).__name__
                 warn(cid, "config", "%s: %s refused: %s", cid, name, "; ".join(refused))

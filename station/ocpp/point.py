@@ -40,6 +40,7 @@ from station.sim import (
 
 log = logging.getLogger("station.ocpp")
 
+RESERVE_WAIT_S: Final = 4.0  # ReserveNow unanswered this long: point_unavailable
 START_WAIT_S: Final = 60.0  # after RemoteStart Accepted: how long StartTransaction may take
 LATE_START_KEEP_S: Final = 120.0  # a start we gave up on is still matched this long
 
@@ -47,8 +48,9 @@ LATE_START_KEEP_S: Final = 120.0  # a start we gave up on is still matched this 
 class GatewayServices(Protocol):
     """What a point needs from the gateway around it."""
 
-    def call(self, point: OcppPoint, payload: Any) -> Awaitable[Any]:
-        """Send an OCPP call to the point's charger; the result, or None on error/timeout."""
+    def call(self, point: OcppPoint, payload: Any, timeout: float | None = None) -> Awaitable[Any]:
+        """Send an OCPP call to the point's charger; the result, or None on error/timeout
+        (``timeout``: sooner than the connection's own call timeout)."""
         ...
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
@@ -248,7 +250,9 @@ class OcppPoint:
         return Step()
 
     async def _reserve(self, cmd: Hold, payload: Any, ocpp_id: int) -> None:
-        result = await self.gw.call(self, payload)
+        # answered within the broker's ack timeout (5 s): a late refusal would come
+        # after the broker took the hold as given
+        result = await self.gw.call(self, payload, RESERVE_WAIT_S)
         status = getattr(result, "status", None)
         asking, self._holding = self._holding, None
         repeats = asking[1] if asking is not None else []
