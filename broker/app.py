@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
+import os
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -55,25 +58,37 @@ from broker.core.effects import (
     SendStation,
     needs_commit,
 )
-from broker.core.vehicle_auth import AuthMode, VehicleAuth
+from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode, VehicleAuth
 from broker.credentials import (
     CredentialTable,
     broker_keys,
     credentials_db_for,
+    ensure,
     keys_dir_for,
 )
 from broker.edges.bus_pub import BusPublisher
+from broker.edges.gateways_zmq import REMOTE_BASE, GatewaysEdge, load_committed
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
 from broker.edges.reply_order import Slot
 from broker.edges.stations_zmq import StationsEdge
 from broker.edges.status_udp import StatusServer
-from broker.edges.vehicles_tcp import VehicleServer
+from broker.edges.vehicles_tcp import PushTarget, VehicleServer
+from broker.gateway.supervisor import Supervisor, reserve_port
+from broker.gateway.wire import Welcome
 from broker.limits import Limits
 from broker.metrics import BrokerMetrics, add_state_metrics
 from broker.store import Store
 from common.errors import InternalError, StoreError
-from common.messages import BusEvent, StationToBroker, StatusDatagram, VehicleRequest
+from common.messages import (
+    BusEvent,
+    HistoryRemoveSite,
+    HistorySetSite,
+    HistorySites,
+    StationToBroker,
+    StatusDatagram,
+    VehicleRequest,
+)
 from common.oslimits import raise_nofile_limit
 from common.ports import (
     EVENTS_PORT,
@@ -101,10 +116,17 @@ class AppConfig:
     events_port: int = EVENTS_PORT
     history_port: int = HISTORY_PORT
     http_port: int = HTTP_PORT
+    #: the ROUTER vehicle gateways connect to (on ``internal_host``); None: none
+    gateway_port: int | None = None
+    #: local gateway processes (``--gateways``): the core then has no vehicle port
+    gateways: int = 0
+    #: how long gateways hold requests while the core is away
+    core_wait_s: float = 10.0
     db: str = "./var/broker.db"
     core: CoreConfig = field(default_factory=CoreConfig)
     retain_events_s: float | None = None  # None: keep the event log forever
     vehicle_auth: AuthMode = AuthMode.OPEN
+    registrations_per_address: int = MAX_REGISTRATIONS  # registrar a minute per address
     limits: Limits = field(default_factory=Limits)
     insecure: bool = False
     keys: str | None = None
@@ -153,8 +175,14 @@ class BrokerApp:
             self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
-            self.auth = VehicleAuth(config.vehicle_auth, new_token)
+            self.auth = VehicleAuth(
+                config.vehicle_auth,
+                new_token,
+                has_history=self.core.has_history,
+                max_registrations=config.registrations_per_address,
+            )
             self.auth.restore(records)
+            self._committed = load_committed(records)
         except BaseException:
             if self.security is not None:
                 self.security.keyring.table.close()
@@ -186,6 +214,8 @@ class BrokerApp:
         self.stations: StationsEdge | None = None
         self.bus: BusPublisher | None = None
         self.history: HistoryServer | None = None
+        self.gateways: GatewaysEdge | None = None
+        self._snapshot_cache: tuple[int, float, dict[str, Any]] | None = None
         self.serving = False
         self._pruner: asyncio.Task[None] | None = None
         self._add_gauges()
@@ -223,18 +253,38 @@ class BrokerApp:
             self.ctx,
             f"tcp://{ihost}:{cfg.history_port}",
             events_since=self.store.events_since,
-            snapshot=lambda: self.core.snapshot(time.time()),
+            snapshot=self._snapshot,
             accounts=self.core.accounts,
             security=security,
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
             set_availability=self.set_availability,
+            sites=self.sites_op,
         )
         await self.bus.start()
         await self.history.start()
+        if cfg.gateway_port is not None:
+            core = cfg.core
+            welcome = Welcome(
+                GatewaysEdge.boot_id(),
+                self.core.last_seq,
+                core.queue_capacity,
+                core.low_battery,
+                core.low_battery_rearm,
+            )
+            self.gateways = GatewaysEdge(
+                self.ctx,
+                f"tcp://{ihost}:{cfg.gateway_port}",
+                self,
+                welcome,
+                self._committed,
+                security,
+            )
+            await self.gateways.start()
         await self.stations.start()
         self.status.start(cfg.host, cfg.status_port)
-        await self.vehicles.start(cfg.host, cfg.vehicle_port)
+        if not cfg.gateways:
+            await self.vehicles.start(cfg.host, cfg.vehicle_port)
         await self.http.start(cfg.internal_host, cfg.http_port)
         self._call(self.core.start)
         self.flush()
@@ -263,7 +313,7 @@ class BrokerApp:
             log.exception("final commit failed")
         if self._timer is not None:
             self._timer.cancel()
-        for edge in (self.stations, self.history, self.bus):
+        for edge in (self.gateways, self.stations, self.history, self.bus):
             if edge is not None:
                 await edge.close()
         if self._insecure_task is not None:
@@ -324,6 +374,16 @@ class BrokerApp:
             self._schedule_flush()
         return effects
 
+    def _snapshot(self) -> dict[str, Any]:
+        """The core's snapshot; gateways starting together share one per seq and second."""
+        now = time.time()
+        cached = self._snapshot_cache
+        if cached is not None and cached[0] == self.core.last_seq and now - cached[1] < 1.0:
+            return cached[2]
+        snap = self.core.snapshot(now)
+        self._snapshot_cache = (self.core.last_seq, now, snap)
+        return snap
+
     def set_availability(self, point_id: str, available: bool, reason: str, by: str) -> int:
         """An operator's out-of-service change: the seq after it, once committed.
 
@@ -347,10 +407,44 @@ class BrokerApp:
             )
         return seq
 
+    def sites_op(
+        self, request: HistorySites | HistorySetSite | HistoryRemoveSite, by: str
+    ) -> dict[str, Any]:
+        """The history ops on sites (energy.md); a change is answered after its commit.
+
+        Raises the core's refusal (SiteRefused), or InternalError when the commit fails.
+        """
+        now = time.time()
+        if isinstance(request, HistorySites):
+            return self.core.sites()
+        if isinstance(request, HistorySetSite):
+            reply, effects = self.core.set_site(
+                request.name, request.limit_kw, request.points, request.min_kw, by, now
+            )
+        else:
+            reply, effects = self.core.remove_site(request.name, by, now)
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                raise InternalError("internal: the change could not be committed") from exc
+            log.info("site %s %s by %s", request.name, "set" if "site" in reply else "removed", by)
+        return reply
+
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None:
-        effects: list[Effect] = self.core.handle_request(conn, vehicle_id, request, time.time())
+        effects: list[Effect] = self.core.handle_request(
+            conn, vehicle_id, request, time.time(), address
+        )
         if self._pending or needs_commit(effects):
             self._pending.extend(effects)
             self._schedule_flush()
@@ -378,6 +472,26 @@ class BrokerApp:
         self._pending.append(persist)
         self._pending.append(reply)
         self._reply_slots[id(reply)] = slot
+        self._schedule_flush()
+
+    # --- what the gateways edge needs (broker.edges.gateways_zmq.Host) ----------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self.core.last_seq
+
+    def bind(self, vehicle_id: str, conn: PushTarget) -> None:
+        self.vehicles.bind(vehicle_id, conn)
+
+    def unbind(self, vehicle_id: str, conn: PushTarget) -> None:
+        self.vehicles.unbind(vehicle_id, conn)
+
+    def battery(self, vehicle_id: str, level: float, latitude: float, longitude: float) -> None:
+        self._call(self.core.battery_report, vehicle_id, level, latitude, longitude)
+
+    def persist(self, records: list[Persist]) -> None:
+        """Records to commit with the next batch (committed replies pruned)."""
+        self._pending.extend(records)
         self._schedule_flush()
 
     def vehicle_connected(self, vehicle_id: str) -> None:
@@ -440,6 +554,9 @@ class BrokerApp:
             slots, self._reply_slots = self._reply_slots, {}
             records = [e for e in effects if isinstance(e, Persist)]
             events = [e.event for e in effects if isinstance(e, Publish)]
+            if (records or events) and self.gateways is not None:
+                # a gateway's request is answered exactly once: its reply commits with it
+                records += self.gateways.commit_replies(effects, slots, time.time())
             if records or events:
                 self.store.write(records, events)
                 self.metrics.commits.inc()
@@ -450,9 +567,13 @@ class BrokerApp:
     def _carry_out(self, effect: Effect, slots: dict[int, Slot]) -> None:
         try:
             if isinstance(effect, Reply):
-                self.vehicles.deliver_reply(effect, slots.get(id(effect)))
+                if effect.conn >= REMOTE_BASE and self.gateways is not None:
+                    self.gateways.deliver_reply(effect, slots.get(id(effect)))
+                else:
+                    self.vehicles.deliver_reply(effect, slots.get(id(effect)))
             elif isinstance(effect, Push):
-                self.vehicles.deliver_push(effect)
+                if not self.vehicles.deliver_push(effect) and self.gateways is not None:
+                    self.gateways.hold_push(effect)
             elif isinstance(effect, Publish):
                 self._publish(effect.event)
             elif isinstance(effect, SendStation) and self.stations is not None:
@@ -505,7 +626,12 @@ class BrokerApp:
         return self.core.stats()
 
     def zmq_stats(self) -> dict[str, dict[str, int]]:
-        edges = (("stations", self.stations), ("bus", self.bus), ("history", self.history))
+        edges = (
+            ("stations", self.stations),
+            ("bus", self.bus),
+            ("history", self.history),
+            ("gateways", self.gateways),
+        )
         return {name: dict(edge.stats) for name, edge in edges if edge is not None}
 
     def vehicles_connected(self) -> int:
@@ -516,10 +642,15 @@ class BrokerApp:
 
     def describe(self) -> str:
         c = self.config
+        vehicles = (
+            self.vehicles.port if not c.gateways else f"{c.vehicle_port} ({c.gateways} gateways)"
+        )
         return (
-            f"vehicles tcp {c.host}:{self.vehicles.port}, status udp {c.host}:{self.status.port}, "
+            f"vehicles tcp {c.host}:{vehicles}, status udp {c.host}:{self.status.port}, "
             f"stations zmq {c.station_port}, events zmq {c.internal_host}:{c.events_port}, "
-            f"history zmq {c.internal_host}:{c.history_port}, http {c.http_port}, db {c.db}, "
+            f"history zmq {c.internal_host}:{c.history_port}, "
+            f"gateways zmq {self.gateways.endpoint if self.gateways else 'off'}, "
+            f"http {c.http_port}, db {c.db}, "
             f"auth {'OFF (--insecure)' if self.security is None else 'on'}, "
             f"last seq {self.core.last_seq}"
         )
@@ -534,11 +665,61 @@ async def serve(
 ) -> int:
     """Run the broker until ``stop`` is set (SIGINT/SIGTERM, see common.runner) or
     ``request_stop``; returns the exit code."""
+    if config.gateways:
+        local_gateway_credential(config)  # live before the broker reads its credentials
     app = BrokerApp(config, stop)
+    supervisor = None
+    held = None
     try:
         await app.start()
+        if config.gateways:
+            held, port = reserve_port(config.host, config.vehicle_port)
+            config = dataclasses.replace(config, vehicle_port=port)
+            app.config = config
+            supervisor = Supervisor(config.gateways, lambda: gateway_argv(config))
+            await supervisor.start()
         on_ready(app.describe())
         await app.stop_requested.wait()
     finally:
+        if supervisor is not None:
+            await supervisor.close()
+        if held is not None:
+            held.close()
         await app.close()
     return app.exit_code
+
+
+LOCAL_GATEWAY: Final = "local-gateway"
+
+
+def local_gateway_credential(config: AppConfig) -> str | None:
+    """The ``gateway`` credential file of local gateways (issued when missing), or None."""
+    if config.insecure:
+        return None
+    keys_dir = keys_dir_for(config.db, config.keys)
+    keys = broker_keys(keys_dir)
+    with CredentialTable(credentials_db_for(config.db, keys_dir)) as table:
+        ensure(table, keys, LOCAL_GATEWAY, "gateway", None, None, keys_dir)
+    return str(keys_dir / f"{LOCAL_GATEWAY}.cred")
+
+
+def gateway_argv(config: AppConfig) -> list[str]:
+    """The command line of one local gateway of ``config``."""
+    core = config.internal_host if config.internal_host not in ("0.0.0.0", "") else "127.0.0.1"
+    argv = [
+        sys.executable, "-m", "broker", "gateway",
+        "--core", core,
+        "--host", config.host,
+        "--vehicle-port", str(config.vehicle_port),
+        "--gateway-port", str(config.gateway_port),
+        "--events-port", str(config.events_port),
+        "--history-port", str(config.history_port),
+        "--core-wait", f"{config.core_wait_s:g}",
+        "--max-vehicle-connections", str(config.limits.max_vehicle_connections),
+        "--idle-timeout", f"{config.limits.idle_timeout_s:g}",
+        "--parent-pid", str(os.getpid()),
+    ]  # fmt: skip
+    cred = local_gateway_credential(config)
+    if cred is not None:
+        argv += ["--credentials", cred]
+    return argv

@@ -37,11 +37,18 @@ log = logging.getLogger(__name__)
 
 STATIONS_DOMAIN: Final = "stations"
 CONSUMERS_DOMAIN: Final = "consumers"
+GATEWAYS_DOMAIN: Final = "gateways"
+#: a vehicle gateway reads the bus and history (its replica) like a consumer
 DOMAIN_ROLES: Final = {
     STATIONS_DOMAIN: ("station",),
-    CONSUMERS_DOMAIN: ("consumer", "operator"),
+    CONSUMERS_DOMAIN: ("consumer", "operator", "gateway"),
+    GATEWAYS_DOMAIN: ("gateway",),
 }
-DOMAIN_EDGE: Final = {STATIONS_DOMAIN: "stations", CONSUMERS_DOMAIN: "consumers"}
+DOMAIN_EDGE: Final = {
+    STATIONS_DOMAIN: "stations",
+    CONSUMERS_DOMAIN: "consumers",
+    GATEWAYS_DOMAIN: "gateways",
+}
 REFRESH_S: Final = 1.0
 LOG_EVERY_S: Final = 1.0
 
@@ -110,9 +117,14 @@ class Keyring:
         return rec if rec is not None and rec.role == "station" else None
 
     def consumer(self, name: str | None) -> CredentialRecord | None:
-        """The live ``consumer`` or ``operator`` credential called ``name``."""
+        """The live ``consumer``, ``operator`` or ``gateway`` credential called ``name``."""
         rec = self.by_name.get(name) if name else None
-        return rec if rec is not None and rec.role in ("consumer", "operator") else None
+        return rec if rec is not None and rec.role in DOMAIN_ROLES[CONSUMERS_DOMAIN] else None
+
+    def gateway(self, name: str | None) -> CredentialRecord | None:
+        """The live ``gateway`` credential called ``name``."""
+        rec = self.by_name.get(name) if name else None
+        return rec if rec is not None and rec.role == "gateway" else None
 
     def legacy_covers(self, point_id: str, source: str) -> bool:
         """Whether a live ``legacy-station`` credential covers ``point_id`` from ``source``."""

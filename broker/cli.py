@@ -6,9 +6,12 @@ from typing import Annotated, Final
 
 from broker.consumers.bridge.cli import register as register_bridge
 from broker.consumers.cli import register as register_consumers
+from broker.consumers.ocpi.cli import register as register_ocpi
 from broker.consumers.web.cli import register as register_web
 from broker.credentials_cli import register as register_credentials
+from broker.gateway.cli import register as register_gateway
 from broker.serve_cli import register as register_serve
+from broker.sites_cli import register as register_sites
 from common.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -38,10 +41,13 @@ def main_options(
 
 
 register_serve(app)
+register_gateway(app)
 register_consumers(app)
 register_credentials(app)
 register_bridge(app)
 register_web(app)
+register_ocpi(app)
+register_sites(app)
 
 
 def main() -> None:

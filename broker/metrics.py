@@ -278,6 +278,24 @@ CORE_COUNTERS: Final = (
         "evcharge_station_sessions_unknown_total",
         "session_complete messages for unknown sessions",
     ),
+    (
+        "sessions_energy_bounded",
+        "evcharge_sessions_energy_bounded_total",
+        "Sessions billed less than their station reported (battery or power x time bound)",
+    ),
+    (
+        "energy_excess_wh",
+        "evcharge_energy_unbilled_wh_total",
+        "Energy stations reported above a session's bound, never billed (Wh)",
+    ),
+)
+
+
+# per-site gauges (energy.md): figures key -> metric name
+SITE_GAUGES: Final = (
+    ("limit_kw", "evcharge_site_limit_kw", "The site's power limit, kW"),
+    ("allocated_kw", "evcharge_site_allocated_kw", "Power allocated to the site's sessions, kW"),
+    ("drawn_kw", "evcharge_site_drawn_kw", "Power the site's sessions last reported drawing, kW"),
 )
 
 
@@ -310,8 +328,10 @@ def add_state_metrics(registry: Registry, source: StateSource) -> None:
 
     r.gauge("evcharge_points", "Charging points by state (estado)", by_state, ("state",))
     for key, name, help_text in CORE_GAUGES:
+        # (ignored below) mypy cannot type a lambda with a default argument
         r.gauge(name, help_text, lambda key=key: _one(source.core_stats().get(key)))  # type: ignore[misc]
     for key, name, help_text in CORE_COUNTERS:
+        # (ignored below) mypy cannot type a lambda with a default argument
         r.counter_func(name, help_text, lambda key=key: _one(source.core_stats().get(key)))  # type: ignore[misc]
 
     def queues() -> dict[LabelValues, float]:
@@ -322,6 +342,20 @@ def add_state_metrics(registry: Registry, source: StateSource) -> None:
         "evcharge_queue_length", "Reservations queued per point (points with a queue)",
         queues, ("point",),
     )  # fmt: skip
+
+    def per_site(key: str) -> dict[LabelValues, float]:
+        sites = source.core_stats().get("sites") or {}
+        return {(str(name),): float(f[key]) for name, f in sites.items()}
+
+    for key, name, help_text in SITE_GAUGES:
+        # (ignored below) mypy cannot type a lambda with a default argument
+        r.gauge(name, help_text, lambda key=key: per_site(key), ("site",))  # type: ignore[misc]
+    r.counter_func(
+        "evcharge_site_overdraw_total",
+        "Status reports of a session drawing more than its limit (+5 %), per site",
+        lambda: per_site("overdraws"),
+        ("site",),
+    )
 
     def zmq() -> dict[LabelValues, float]:
         return {

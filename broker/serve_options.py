@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from broker.core.config import CoreConfig
-from broker.core.vehicle_auth import AuthMode
+from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode
 from broker.limits import Limits
 from common.errors import ConfigError
 from common.logging_setup import FORMATS, LEVELS
 from common.ports import (
     EVENTS_PORT,
+    GATEWAY_PORT,
     HISTORY_PORT,
     HTTP_PORT,
     STATION_PORT,
@@ -60,6 +61,20 @@ def seconds(name: str, text: str) -> float:
     return parse(
         name, text, float, lambda v: math.isfinite(v) and v > 0, "a positive number of seconds"
     )
+
+
+def optional_port(name: str, text: str) -> int | None:
+    """A port, or None for an empty text."""
+    return port(name, text) if text.strip() else None
+
+
+def gateways(name: str, text: str) -> int:
+    """``auto`` (what suits this machine) or a number of local gateways 0-64."""
+    from broker.gateway.supervisor import auto_gateways
+
+    if text.strip().lower() == "auto":
+        return auto_gateways()
+    return parse(name, text, int, lambda v: 0 <= v <= 64, "auto or an integer 0-64")
 
 
 def count(name: str, text: str) -> int:
@@ -126,6 +141,10 @@ def percent(name: str, text: str) -> float:
     return parse(name, text, float, lambda v: 0 <= v <= 100, "a percentage 0-100")
 
 
+def time_scale(name: str, text: str) -> float:
+    return parse(name, text, float, lambda v: 1 <= v <= 10_000, "a number 1-10000")
+
+
 def auth_mode(name: str, text: str) -> AuthMode:
     return parse(name, text, AuthMode, lambda _: True, "open or required")
 
@@ -178,6 +197,29 @@ OPTIONS: Final[dict[str, Option[Any]]] = {
     "http_port": Option(
         "EV_HTTP_PORT", "HTTP port for /metrics and /healthz.", "PORT", str(HTTP_PORT), port
     ),
+    "gateways": Option(
+        "EV_GATEWAYS",
+        "Local vehicle gateway processes holding the vehicle port; 0: this process "
+        "holds it; auto: what suits this machine's cores (docs/performance.md).",
+        "N|auto",
+        "auto",
+        gateways,
+    ),
+    "gateway_port": Option(
+        "EV_GATEWAY_PORT",
+        f"ZeroMQ ROUTER for vehicle gateways, on the internal address (default "
+        f"{GATEWAY_PORT} with gateways; with --gateways 0 only when given).",
+        "PORT",
+        "",
+        optional_port,
+    ),
+    "core_wait": Option(
+        "EV_CORE_WAIT",
+        "Seconds local gateways hold requests while the core is away.",
+        "SECONDS",
+        "10",
+        seconds,
+    ),
     "db": Option("EV_DB", 'SQLite file, or ":memory:" for none.', "PATH", DEFAULT_DB, db_path),
     "queue_capacity": Option(
         "EV_QUEUE_CAPACITY",
@@ -206,6 +248,22 @@ OPTIONS: Final[dict[str, Option[Any]]] = {
         "SECONDS",
         f"{CORE.offline_grace_s:g}",
         seconds,
+    ),
+    "max_reservations_per_address": Option(
+        "EV_MAX_RESERVATIONS_PER_ADDRESS",
+        "Live reservations the vehicles of one network address may hold; past it rate_limited.",
+        "N",
+        str(CORE.max_reservations_per_address),
+        count,
+    ),
+    "metered_time_scale": Option(
+        "EV_METERED_TIME_SCALE",
+        "How much faster than real time metered (OCPP) chargers run: their energy is "
+        "bounded by power x wall time x this + 10 %. 1 for real chargers; more only "
+        "for simulators.",
+        "FACTOR",
+        f"{CORE.metered_time_scale:g}",
+        time_scale,
     ),
     "retain_events": Option(
         "EV_RETAIN_EVENTS",
@@ -243,6 +301,13 @@ OPTIONS: Final[dict[str, Option[Any]]] = {
         "open|required",
         AuthMode.OPEN.value,
         auth_mode,
+    ),
+    "max_registrations_per_address": Option(
+        "EV_MAX_REGISTRATIONS_PER_ADDRESS",
+        "registrar requests one network address may make a minute; past it rate_limited.",
+        "N",
+        str(MAX_REGISTRATIONS),
+        count,
     ),
     "max_vehicle_connections": Option(
         "EV_MAX_VEHICLE_CONNECTIONS",
@@ -359,6 +424,13 @@ def app_config(v: Mapping[str, Any], *, insecure: bool, keys: str | None) -> App
         events_port=v["events_port"],
         history_port=v["history_port"],
         http_port=v["http_port"],
+        gateway_port=(
+            v["gateway_port"]
+            if v["gateway_port"] is not None or not v["gateways"]
+            else GATEWAY_PORT
+        ),
+        gateways=v["gateways"],
+        core_wait_s=v["core_wait"],
         db=v["db"],
         core=CoreConfig(
             queue_capacity=v["queue_capacity"],
@@ -369,9 +441,12 @@ def app_config(v: Mapping[str, Any], *, insecure: bool, keys: str | None) -> App
             heartbeat_s=v["heartbeat"],
             low_battery=v["low_battery"],
             max_points=v["max_points"],
+            max_reservations_per_address=v["max_reservations_per_address"],
+            metered_time_scale=v["metered_time_scale"],
         ),
         retain_events_s=v["retain_events"],
         vehicle_auth=v["vehicle_auth"],
+        registrations_per_address=v["max_registrations_per_address"],
         limits=Limits(
             stalled_close_s=v["stalled_close"], idle_timeout_s=v["idle_timeout"], **limits
         ),

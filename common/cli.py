@@ -41,6 +41,17 @@ CONTEXT: Final[dict[str, Any]] = {
 BrokerOpt = Annotated[
     str, typer.Option("--broker", envvar="EV_BROKER", help="Broker host.", show_default=True)
 ]
+#: the broker's bus (PUB) and history (ROUTER) ports, for every program that reads them
+EventsPortOpt = Annotated[
+    int,
+    typer.Option("--events-port", envvar="EV_EVENTS_PORT", min=1, max=65535, help="Bus PUB port."),
+]
+HistoryPortOpt = Annotated[
+    int,
+    typer.Option(
+        "--history-port", envvar="EV_HISTORY_PORT", min=1, max=65535, help="History port."
+    ),
+]
 
 
 class LogLevel(StrEnum):

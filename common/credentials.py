@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from common.errors import ConfigError
 
-ROLES: Final = ("station", "legacy-station", "consumer", "operator")
+ROLES: Final = ("station", "legacy-station", "consumer", "operator", "gateway")
 #: Roles whose credential names the points it may speak for.
 POINT_ROLES: Final = ("station", "legacy-station")
 #: The prefix of a signed status datagram.

@@ -71,6 +71,12 @@ class Unauthenticated(ProtocolError):
     code = "unauthenticated"
 
 
+class Unavailable(ProtocolError):
+    """A vehicle gateway could not reach the core within its ``--core-wait``."""
+
+    code = "unavailable"
+
+
 class RateLimited(ProtocolError):
     """Too many failed attempts from one address: refused for a while."""
 
@@ -112,6 +118,12 @@ class ConfigError(EVError):
     """Bad command-line option or environment value."""
 
     code = "config"
+
+
+class SiteRefused(EVError):
+    """A site definition the broker does not take (energy.md): nothing is stored."""
+
+    code = "site_refused"
 
 
 class StoreError(EVError):
@@ -230,6 +242,25 @@ class FiguresOutOfBounds(StationInputRefused):
     code = "figures"
 
 
+class EnergyAboveBound(StationInputRefused):
+    """A session's reported energy above its bound (the battery, or power x time): the
+    excess is not billed; the session is billed up to the bound."""
+
+    code = "energy_above_bound"
+
+
+class LimitRefused(StationInputRefused):
+    """A station refused a ``limit`` command (energy.md): the higher limit stays in force."""
+
+    code = "limit_refused"
+
+
+class Overdraw(StationInputRefused):
+    """A session drew more than its limit in force + 5 % (energy.md)."""
+
+    code = "overdraw"
+
+
 class BadBrokerFrame(StationProtocolError):
     """A broker frame a station cannot use; ``cmd_id`` is set when one could be read,
     so that the command can still be refused with ``ack ok=false``."""
@@ -287,5 +318,6 @@ def error_for_code(code: str, message: str = "", field: str | None = None) -> EV
     cls: type[EVError] = _WIRE_ERRORS.get(code) or _REFUSALS.get(code) or RequestRefused
     err = cls(message, field=field)
     if cls is RequestRefused:
+        # (ignored below) code is a ClassVar; an unknown refusal code is kept on the instance
         err.code = code  # type: ignore[misc]
     return err

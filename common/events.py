@@ -153,6 +153,58 @@ class VehicleLowBattery(EventData, kw_only=True, frozen=True):
     longitude: float
 
 
+class SiteUpdated(EventData, kw_only=True, frozen=True):
+    """An operator defined, changed (``removed`` false) or removed a site."""
+
+    TOPIC: ClassVar[str] = "site.updated"
+    site: str
+    limit_kw: float
+    min_kw: float
+    points: list[str]
+    removed: bool = False
+    by: str = ""
+
+
+class SiteAllocation(EventData, kw_only=True, frozen=True):
+    """The power each session of a site may draw (on every change)."""
+
+    TOPIC: ClassVar[str] = "site.allocation"
+    site: str
+    limit_kw: float
+    allocated_kw: float
+    sessions: list[dict[str, Any]]  # [{session_id, point_id, kw}]
+
+
+class SiteOverdraw(EventData, kw_only=True, frozen=True):
+    """A session drew more than its limit in 3 reports running: held at 0 kW."""
+
+    TOPIC: ClassVar[str] = "site.overdraw"
+    site: str
+    session_id: str
+    point_id: str
+    limit_kw: float
+    drawn_kw: float
+
+
+class ChargingPaused(EventData, kw_only=True, frozen=True):
+    """A session waits for power on its site (``aguardando_energia``)."""
+
+    TOPIC: ClassVar[str] = "charging.paused"
+    session_id: str
+    vehicle_id: str
+    point_id: str
+    site: str
+
+
+class ChargingResumed(EventData, kw_only=True, frozen=True):
+    TOPIC: ClassVar[str] = "charging.resumed"
+    session_id: str
+    vehicle_id: str
+    point_id: str
+    site: str
+    kw: float
+
+
 EVENT_TYPES: Final[dict[str, type[EventData]]] = {
     cls.TOPIC: cls
     for cls in (
@@ -171,6 +223,11 @@ EVENT_TYPES: Final[dict[str, type[EventData]]] = {
         VehicleConnected,
         VehicleDisconnected,
         VehicleLowBattery,
+        SiteUpdated,
+        SiteAllocation,
+        SiteOverdraw,
+        ChargingPaused,
+        ChargingResumed,
     )
 }
 

@@ -43,6 +43,8 @@ PowerKw = Annotated[float, Meta(gt=0.0, le=1000.0)]
 PriceKwh = Annotated[float, Meta(ge=0.0, le=100.0)]
 EnergyKwh = Annotated[float, Meta(ge=0.0, le=MAX_CAPACITY_KWH)]
 IntervalS = Annotated[float, Meta(gt=0.0, le=3600.0)]
+#: What a station draws now, or the most it may draw (energy.md): 0 pauses.
+DrawnKw = Annotated[float, Meta(ge=0.0, le=1000.0)]
 EpochOrText = Annotated[float, Meta(ge=0.0, le=1e11)] | str
 
 
@@ -219,6 +221,7 @@ class StatusDatagram(Struct, kw_only=True, frozen=True):
     seq: int | None = None
     interval_s: IntervalS | None = None
     ts: float | str | None = None
+    potencia_atual_kw: DrawnKw | None = None  # what the session draws now (energy.md)
 
 
 # --- station <-> broker over ZeroMQ (msgpack maps with a ``type`` key) ------------------
@@ -237,6 +240,7 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     confirms_holds: bool = False
     # tell the station when an operator takes its point out of service (``availability``)
     availability: bool = False
+    limites: bool = False  # the station obeys ``limit`` commands (energy.md)
 
 
 #: The point a message is about, on a connection that carries several points (or whose
@@ -298,6 +302,16 @@ class Start(Struct, tag="start", tag_field="type", kw_only=True, frozen=True):
     nivel_bateria: float
     nivel_carregar: float
     capacidade_kwh: float
+    kw: DrawnKw | None = None  # the session's first limit on a site (None: unlimited)
+    id: RoutedPoint = UNSET
+
+
+class Limit(Struct, tag="limit", tag_field="type", kw_only=True, frozen=True):
+    """The most the session may draw from now on (energy.md); ``kw`` 0 pauses it."""
+
+    cmd_id: str
+    session_id: str
+    kw: DrawnKw
     id: RoutedPoint = UNSET
 
 
@@ -321,7 +335,9 @@ class Availability(Struct, tag="availability", tag_field="type", kw_only=True, f
     id: RoutedPoint = UNSET
 
 
-BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Stop | SessionAck | Availability
+BrokerToStation = (
+    Welcome | Heartbeat | Hold | Release | Start | Limit | Stop | SessionAck | Availability
+)
 
 # --- event bus and history ------------------------------------------------------------
 
@@ -341,6 +357,11 @@ TOPICS: Final = (
     "vehicle.connected",
     "vehicle.disconnected",
     "vehicle.low_battery",
+    "site.updated",
+    "site.allocation",
+    "site.overdraw",
+    "charging.paused",
+    "charging.resumed",
 )
 
 
@@ -386,8 +407,45 @@ class HistorySetAvailability(
     reason: Any = ""
 
 
-HistoryRequest = HistorySince | HistorySnapshot | HistoryAccounts | HistorySetAvailability
-HISTORY_OPS: Final = ("since", "snapshot", "accounts", "set_availability")
+class HistorySites(Struct, tag="sites", tag_field="op", frozen=True, forbid_unknown_fields=True):
+    """Every site with its limit, points and current allocation (energy.md)."""
+
+
+class HistorySetSite(
+    Struct, tag="set_site", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    """An operator defines or changes a site; checked by the core, which words refusals."""
+
+    name: Any = None
+    limit_kw: Any = None
+    points: Any = None
+    min_kw: Any = None
+
+
+class HistoryRemoveSite(
+    Struct, tag="remove_site", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    name: Any = None
+
+
+HistoryRequest = (
+    HistorySince
+    | HistorySnapshot
+    | HistoryAccounts
+    | HistorySetAvailability
+    | HistorySites
+    | HistorySetSite
+    | HistoryRemoveSite
+)
+HISTORY_OPS: Final = (
+    "since",
+    "snapshot",
+    "accounts",
+    "set_availability",
+    "sites",
+    "set_site",
+    "remove_site",
+)
 
 
 def to_builtins(obj: Any) -> Any:

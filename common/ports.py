@@ -15,5 +15,6 @@ STATION_PORT: Final = 5555
 EVENTS_PORT: Final = 5556
 HISTORY_PORT: Final = 5557
 HTTP_PORT: Final = 8090
+GATEWAY_PORT: Final = 5558  # the core's ROUTER for vehicle gateways
 WEB_PORT: Final = 8088
 OCPP_PORT: Final = 9000

@@ -193,7 +193,9 @@ class SessionView(Payload, kw_only=True, frozen=True):
 
     ``estado`` ``carregando``: a running session, every field present.
     ``iniciando``: the station was asked to start and has not acked yet; only
-    the ids and ``estado``.
+    the ids and ``estado``. ``aguardando_energia``: running on a site that has
+    no power for it now (energy.md). On a site, ``potencia_kw`` and ``eta_min``
+    say what it may draw and when it should reach its target.
     """
 
     session_id: str
@@ -206,7 +208,10 @@ class SessionView(Payload, kw_only=True, frozen=True):
     preco_kwh: float | UnsetType = UNSET
     payment_method: str | UnsetType = UNSET
     energia_kwh: float | UnsetType = UNSET
-    estado: Literal["carregando", "iniciando"]
+    estado: Literal["carregando", "iniciando", "aguardando_energia"]
+    # on a site (energy.md): the power it may draw now and the minutes to its target
+    potencia_kw: float | UnsetType = UNSET
+    eta_min: int | UnsetType = UNSET
 
 
 class VehicleStatus(Payload, kw_only=True, frozen=True):

@@ -6,6 +6,8 @@
   connection to the broker's station port (``EV_STATION_PORT``, 5555);
   ``ev-station ocpp-charger`` while it holds one to the OCPP gateway
   (the port of ``EV_OCPP_URL``, 9000).
+* ``ev-broker gateway`` is healthy while it holds a connection to the core's
+  gateway port (``EV_GATEWAY_PORT``, 5558).
 * ``ev-broker billing|tail|monitor|web|bridge`` is healthy while it holds an
   established connection to the broker's events port (``EV_EVENTS_PORT``,
   5556); ``billing`` from JetStream (``EV_SOURCE=nats://...``) while it holds
@@ -92,6 +94,8 @@ def main() -> int:
         # billing from JetStream: its connection is to NATS, not to a broker
         port = urllib.parse.urlsplit(os.environ["EV_SOURCE"]).port
         return connected_to(port or 4222, "ev-broker billing", "NATS")
+    if prog == "ev-broker" and command == "gateway":
+        return connected("EV_GATEWAY_PORT", 5558, "ev-broker gateway")
     if prog == "ev-broker" and command in ("billing", "tail", "monitor", "web", "bridge"):
         return connected("EV_EVENTS_PORT", 5556, f"ev-broker {command}")
     return 0

@@ -21,6 +21,11 @@ runner issues the credentials its own processes need (once; later runs reuse
 them) into ``./var/credentials`` (:func:`provision_credentials`): a station
 credential for the fleet's ``CP*`` points and consumer credentials for the
 billing worker, the tail and the monitor.
+
+Once the broker is ready the fleet is split into two sites, ``north`` and
+``south`` (:func:`site_commands`, docs/energy.md), each limited to 10 kW per
+point, below the points' 50 kW: every session is limited, and sessions on the
+same site visibly share its power in the console.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from common.ports import (
     VEHICLE_PORT,
     WEB_PORT,
 )
+from station.fleet import station_id
 
 CENTER: Final = DEMO_CENTER  # Feira de Santana, Bahia
 BIND_HOST: Final = "127.0.0.1"
@@ -143,7 +149,13 @@ CREDENTIALS: Final = {
     "run-tail": ("consumer", None),
     "run-monitor": ("consumer", None),
     "run-web": ("operator", None),
+    "run-sites": ("operator", None),
 }
+
+#: The demo's two sites (docs/energy.md): each takes half the fleet and a limit of
+#: this many kW per point, below the points' 50 kW, so that sessions share power.
+SITE_KW_PER_POINT: Final = 10.0
+SITE_NAMES: Final = ("north", "south")
 
 
 def credential_path(s: Settings, name: str) -> Path:
@@ -218,6 +230,27 @@ def service_specs(s: Settings) -> list[Spec]:
             logs / "stations.log",
         ),
     ]  # fmt: skip
+
+
+def site_commands(s: Settings) -> list[list[str]]:
+    """``ev-broker sites set`` for the demo's two sites: the fleet's first half of
+    points in one, the rest in the other (one site when the fleet has one station)."""
+    ids = [station_id("CP", n) for n in range(1, s.stations + 1)]
+    half = max(1, (len(ids) + 1) // 2)
+    groups = [g for g in (ids[:half], ids[half:]) if g]
+    p = s.ports
+    commands = []
+    for name, group in zip(SITE_NAMES, groups, strict=False):
+        points = [arg for pid in group for arg in ("--points", pid)]
+        limit = max(SITE_KW_PER_POINT * len(group), 5.0)
+        commands.append(
+            [
+                s.python, "-m", "broker", "sites", "set", name, "--limit-kw", f"{limit:g}",
+                *points, "--broker", BIND_HOST, "--history-port", str(p.history),
+                "--credentials", str(credential_path(s, "run-sites")),
+            ]
+        )  # fmt: skip
+    return commands
 
 
 def vehicle_spec(s: Settings, index: int, trip: int, rng: random.Random) -> Spec:
@@ -420,6 +453,7 @@ class Runner:
                     self.say(line)
                 if spec.name == "broker":
                     start_seq = last_seq(line)
+                    self._define_sites()
         now = time.monotonic()
         for i in range(1, self.s.vehicles + 1):
             self.next_trip[i] = (now + self.s.stagger_s * i, 1)
@@ -434,6 +468,17 @@ class Runner:
             self._drive_vehicles(time.monotonic())
             time.sleep(POLL_S)
         return 0
+
+    def _define_sites(self) -> None:
+        """Put the demo fleet in two sites whose limits bind (docs/energy.md)."""
+        for argv in site_commands(self.s):
+            done = subprocess.run(
+                argv, env=dict(self.env), capture_output=True, text=True, timeout=60, check=False
+            )
+            said = (done.stdout or done.stderr).strip()
+            if done.returncode != 0:
+                raise RuntimeError(f"defining a demo site failed: {said}")
+            self.say(said)
 
     def _drive_vehicles(self, now: float) -> None:
         for i, child in list(self.vehicles.items()):

@@ -17,7 +17,8 @@ import zmq
 
 from common.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, LogLevel, new_app, version_option
 from common.cli import run as run_cli
-from common.errors import ConfigError
+from common.credentials import load_optional
+from common.errors import ConfigError, SiteRefused, TransportError
 from common.geo import parse_center
 from common.ports import STATION_PORT, STATUS_PORT
 from station.cli_options import (
@@ -47,6 +48,7 @@ from station.links import DealerLink, Link, MultiLink
 from station.ocpp.cli import register as register_ocpp
 from station.replica import replica_prefix
 from station.sim import Charger
+from station.site_setup import set_site
 
 POINT_ID_RE: Final = re.compile(r"^[^\s\x00-\x1f]{1,64}$")
 PREFIX_RE: Final = re.compile(r"^[^\s\x00-\x1f]{0,56}$")
@@ -143,29 +145,79 @@ def center_option(text: str) -> tuple[float, float]:
         raise typer.BadParameter(exc.message, param_hint="--center") from None
 
 
+FleetCountOpt = Annotated[
+    int,
+    typer.Option(envvar=fleet_env("COUNT"), min=1, max=100_000, help="Number of stations."),
+]
+
+FleetCenterOpt = Annotated[
+    str, typer.Option(envvar=fleet_env("CENTER"), help="LAT,LON of the fleet's center.")
+]
+
+FleetRadiusKmOpt = Annotated[
+    float,
+    typer.Option(envvar=fleet_env("RADIUS_KM"), min=0.0, max=2000.0, help="Placement radius."),
+]
+
+FleetPrefixOpt = Annotated[str, typer.Option(envvar=fleet_env("PREFIX"), help="Id prefix.")]
+
+FleetSeedOpt = Annotated[int, typer.Option(envvar=fleet_env("SEED"), help="Placement seed.")]
+
+FleetReplicaOpt = Annotated[
+    str,
+    typer.Option(
+        envvar=fleet_env("REPLICA"),
+        help="none | auto | N: put a replica number in the ids (PREFIX<N>-0001..); "
+        "auto takes it from the compose container name, so scaled fleets differ.",
+    ),
+]
+
+FleetReportEveryOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=fleet_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
+    ),
+]
+
+FleetSiteOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=fleet_env("SITE"),
+        help="Put every station in this site (PREFIX*), asking the broker's history port.",
+    ),
+]
+
+FleetSiteLimitKwOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=fleet_env("SITE_LIMIT_KW"), min=0.001, max=100_000.0, help="The site's limit."
+    ),
+]
+
+FleetSiteHistoryPortOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=fleet_env("SITE_HISTORY_PORT"), min=1, max=65535, help="Broker history port."
+    ),
+]
+
+FleetSiteCredentialsOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=fleet_env("SITE_CREDENTIALS"),
+        help="An operator .cred file for --site (unless the broker runs --insecure).",
+    ),
+]
+
+
 @app.command()
 def fleet(
-    count: Annotated[
-        int,
-        typer.Option(envvar=fleet_env("COUNT"), min=1, max=100_000, help="Number of stations."),
-    ],
-    center: Annotated[
-        str, typer.Option(envvar=fleet_env("CENTER"), help="LAT,LON of the fleet's center.")
-    ] = "-12.2664,-38.9663",
-    radius_km: Annotated[
-        float,
-        typer.Option(envvar=fleet_env("RADIUS_KM"), min=0.0, max=2000.0, help="Placement radius."),
-    ] = 10.0,
-    prefix: Annotated[str, typer.Option(envvar=fleet_env("PREFIX"), help="Id prefix.")] = "CP",
-    seed: Annotated[int, typer.Option(envvar=fleet_env("SEED"), help="Placement seed.")] = 1,
-    replica: Annotated[
-        str,
-        typer.Option(
-            envvar=fleet_env("REPLICA"),
-            help="none | auto | N: put a replica number in the ids (PREFIX<N>-0001..); "
-            "auto takes it from the compose container name, so scaled fleets differ.",
-        ),
-    ] = "none",
+    count: FleetCountOpt,
+    center: FleetCenterOpt = "-12.2664,-38.9663",
+    radius_km: FleetRadiusKmOpt = 10.0,
+    prefix: FleetPrefixOpt = "CP",
+    seed: FleetSeedOpt = 1,
+    replica: FleetReplicaOpt = "none",
     power_kw: PowerKw = 50.0,
     price_kwh: PriceKwh = 2.0,
     broker: Broker = "127.0.0.1",
@@ -175,13 +227,12 @@ def fleet(
     speed: Speed = 60.0,
     heartbeat: Heartbeat = 1.0,
     broker_silence: BrokerSilence = 5.0,
-    report_every: Annotated[
-        float,
-        typer.Option(
-            envvar=fleet_env("REPORT_EVERY"), min=0.1, max=3600.0, help="Seconds between figures."
-        ),
-    ] = 5.0,
+    report_every: FleetReportEveryOpt = 5.0,
     credentials: Credentials = None,
+    site: FleetSiteOpt = None,
+    site_limit_kw: FleetSiteLimitKwOpt = 50.0,
+    site_history_port: FleetSiteHistoryPortOpt = 5557,
+    site_credentials: FleetSiteCredentialsOpt = None,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
     """Run N simulated stations in one process (ids PREFIX0001..), deterministic with --seed."""
@@ -195,6 +246,22 @@ def fleet(
     setup_text_logging(log_level)
     chargers = make_fleet(count, where, radius_km, prefix, seed, power_kw, price_kwh, speed)
     credential = station_credential(credentials, [c.point_id for c in chargers])
+    if site is not None:
+        try:
+            set_site(
+                broker,
+                site_history_port,
+                site,
+                site_limit_kw,
+                f"{prefix}*",
+                load_optional(site_credentials),
+            )
+        except (SiteRefused, ConfigError) as exc:
+            raise typer.BadParameter(exc.message, param_hint="--site") from None
+        except TransportError as exc:
+            typer.echo(f"ev-station fleet: {exc.message}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+        print(f"site {site}: {site_limit_kw:g} kW over {prefix}*", flush=True)
     config = HostConfig(
         broker=broker,
         status_port=status_port,

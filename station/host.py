@@ -32,6 +32,7 @@ from common.messages import (
     Availability,
     Heartbeat,
     Hold,
+    Limit,
     Release,
     SessionAck,
     Start,
@@ -289,7 +290,7 @@ class Host:
                 c.handle(msg, now)
                 if not c.pending:
                     self._pending.discard(i)
-            case Hold() | Release() | Start() | Stop():
+            case Hold() | Release() | Start() | Limit() | Stop():
                 if self.config.mute_commands:
                     self.counters.muted += 1
                     log.info(

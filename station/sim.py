@@ -22,6 +22,12 @@ state of charge is computed in closed form from the session's total simulated
 time (linear below 80 %, exponential above), so there is no step-size error,
 whatever the caller's tick. Energy is kept as integer Wh.
 
+On a site the broker limits what a session may draw (``limit``, energy.md): the
+session then charges at ``min(potencia_kw, limit)`` (0: paused). Each limit
+change starts a new segment of the same closed form from the state of charge
+reached, so the charge curve follows the allowed power; the datagram reports
+the power drawn now as ``potencia_atual_kw``.
+
 Completed sessions stay in :attr:`Charger.pending` until the broker answers
 ``session_ack``; :meth:`Charger.due_completions` returns those to resend.
 """
@@ -34,7 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from common.messages import Hold, Release, SessionAck, Start, Stop
+from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp
 
 TAPER_START_SOC: Final = 80.0
@@ -111,9 +117,26 @@ class Session:
     target: float
     capacity_kwh: float
     started_at: float
-    duration_s: float  # simulated seconds needed to reach the target
-    sim_elapsed: float = 0.0
+    duration_s: float  # simulated seconds of the current segment needed to reach the target
+    sim_elapsed: float = 0.0  # simulated seconds in the current segment
     soc: float = 0.0
+    power_kw: float = 0.0  # what it may draw now: the point's power or the limit, if lower
+    seg_soc: float = 0.0  # state of charge when the current segment began
+
+    def drawing_kw(self) -> float:
+        """The power drawn now (the taper above 80 % included)."""
+        return power_at(self.soc, self.power_kw) if self.power_kw > 0 else 0.0
+
+    def rebase(self, power_kw: float) -> None:
+        """From now on charge at ``power_kw``: a new segment from the level reached."""
+        self.seg_soc = self.soc
+        self.sim_elapsed = 0.0
+        self.power_kw = power_kw
+        self.duration_s = (
+            seconds_to_reach(self.soc, self.target, power_kw, self.capacity_kwh)
+            if power_kw > 0
+            else math.inf
+        )
 
     @property
     def energy_wh(self) -> int:
@@ -138,6 +161,7 @@ class Charger:
     power_kw: float = 50.0
     price_kwh: float = 2.0
     speed: float = 60.0
+    takes_limits: bool = True  # says ``"limites": true`` and obeys ``limit`` (energy.md)
     state: State = State.DISPONIVEL
     hold: Hold | None = None
     session: Session | None = None
@@ -154,7 +178,7 @@ class Charger:
 
     # --- commands from the broker -----------------------------------------------------
 
-    def handle(self, cmd: Hold | Release | Start | Stop | SessionAck, now: float) -> Step:
+    def handle(self, cmd: Hold | Release | Start | Limit | Stop | SessionAck, now: float) -> Step:
         """Apply one broker message; every command gets exactly one ``ack``."""
         if isinstance(cmd, SessionAck):
             self.pending.pop(cmd.session_id, None)
@@ -171,6 +195,8 @@ class Charger:
                 error = self._release(cmd)
             case Start():
                 error = self._start(cmd, now)
+            case Limit():
+                error = self._limit(cmd)
             case Stop():
                 error = self._stop(cmd, now, step)
         if error is None:
@@ -220,6 +246,7 @@ class Charger:
         if not (0.0 < cmd.capacidade_kwh <= 1000.0):
             return "invalid: capacidade_kwh must be in (0, 1000]"
         self.hold = None
+        power = self.power_kw if cmd.kw is None else min(self.power_kw, cmd.kw)
         self.session = Session(
             session_id=cmd.session_id,
             vehicle_id=cmd.vehicle_id,
@@ -227,12 +254,20 @@ class Charger:
             target=cmd.nivel_carregar,
             capacity_kwh=cmd.capacidade_kwh,
             started_at=now,
-            duration_s=seconds_to_reach(
-                cmd.nivel_bateria, cmd.nivel_carregar, self.power_kw, cmd.capacidade_kwh
-            ),
+            duration_s=0.0,
             soc=cmd.nivel_bateria,
         )
+        self.session.rebase(power)
         self.state = State.CARREGANDO
+        return None
+
+    def _limit(self, cmd: Limit) -> str | None:
+        s = self.session
+        if s is None or s.session_id != cmd.session_id:
+            if cmd.session_id in self.pending:
+                return None  # it already ended: it draws nothing
+            return f"unknown_session: no session {cmd.session_id} here"
+        s.rebase(min(self.power_kw, cmd.kw))
         return None
 
     def _stop(self, cmd: Stop, now: float, step: Step) -> str | None:
@@ -270,7 +305,8 @@ class Charger:
             step.changed = True
         else:
             s.sim_elapsed = sim
-            s.soc = min(s.target, soc_after(s.soc0, sim, self.power_kw, s.capacity_kwh))
+            if s.power_kw > 0:  # paused (limit 0): the level stays
+                s.soc = min(s.target, soc_after(s.seg_soc, sim, s.power_kw, s.capacity_kwh))
         return step
 
     def fault(self, now: float) -> Step:
@@ -340,6 +376,7 @@ class Charger:
             d["battery"] = round(s.soc, 2)
             d["session_id"] = s.session_id
             d["energia_kwh"] = s.energy_wh / 1000.0
+            d["potencia_atual_kw"] = round(min(self.power_kw, s.drawing_kw()), 3)
         return d
 
 
@@ -353,6 +390,9 @@ class Placed(Protocol):
     power_kw: float
     price_kwh: float
 
+    @property
+    def takes_limits(self) -> bool: ...
+
 
 def hello_message(station: Placed, boot_id: str, interval_s: float) -> dict[str, Any]:
     """The ``hello`` a station says to the broker."""
@@ -365,6 +405,7 @@ def hello_message(station: Placed, boot_id: str, interval_s: float) -> dict[str,
         "preco_kwh": station.price_kwh,
         "boot_id": boot_id,
         "interval_s": interval_s,
+        "limites": station.takes_limits,
     }
 
 

@@ -519,58 +519,73 @@ def drive(
     execute(ctx, work, lambda con, data: con.print(render.bill_table(data)))
 
 
+SwarmCountOpt = Annotated[
+    int,
+    typer.Option("--count", envvar="EV_SWARM_COUNT", min=1, max=100000, help="Simulated vehicles."),
+]
+
+SwarmDurationOpt = Annotated[
+    float,
+    typer.Option("--duration", envvar="EV_SWARM_DURATION", min=0.1, help="Seconds to run."),
+]
+
+SwarmRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rate", envvar="EV_SWARM_RATE", min=0.1, help="Fixed total requests per second."
+    ),
+]
+
+SwarmCenterOpt = Annotated[
+    str, typer.Option("--center", envvar="EV_SWARM_CENTER", help="LAT,LON of the swarm.")
+]
+
+SwarmRadiusKmOpt = Annotated[
+    float,
+    typer.Option(
+        "--radius-km", envvar="EV_SWARM_RADIUS_KM", min=0.0, help="Spread of the vehicles."
+    ),
+]
+
+SwarmPipelineOpt = Annotated[
+    int,
+    typer.Option(
+        "--pipeline",
+        envvar="EV_SWARM_PIPELINE",
+        min=1,
+        max=1000,
+        help="Requests in flight per vehicle.",
+    ),
+]
+
+SwarmMixOpt = Annotated[Mix, typer.Option("--mix", envvar="EV_SWARM_MIX", help="Request mix.")]
+
+SwarmSeedOpt = Annotated[
+    int | None, typer.Option("--seed", envvar="EV_SWARM_SEED", help="Random seed.")
+]
+
+SwarmRegisterIdsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--register",
+        envvar="EV_SWARM_REGISTER",
+        help="Each vehicle registers its id first (figures include auth).",
+    ),
+]
+
+
 @app.command()
 def swarm(
     ctx: typer.Context,
-    count: Annotated[
-        int,
-        typer.Option(
-            "--count", envvar="EV_SWARM_COUNT", min=1, max=100000, help="Simulated vehicles."
-        ),
-    ],
-    duration: Annotated[
-        float,
-        typer.Option("--duration", envvar="EV_SWARM_DURATION", min=0.1, help="Seconds to run."),
-    ],
-    rate: Annotated[
-        float | None,
-        typer.Option(
-            "--rate", envvar="EV_SWARM_RATE", min=0.1, help="Fixed total requests per second."
-        ),
-    ] = None,
-    center: Annotated[
-        str, typer.Option("--center", envvar="EV_SWARM_CENTER", help="LAT,LON of the swarm.")
-    ] = f"{DEFAULT_LAT},{DEFAULT_LON}",
-    radius_km: Annotated[
-        float,
-        typer.Option(
-            "--radius-km", envvar="EV_SWARM_RADIUS_KM", min=0.0, help="Spread of the vehicles."
-        ),
-    ] = 10.0,
-    pipeline: Annotated[
-        int,
-        typer.Option(
-            "--pipeline",
-            envvar="EV_SWARM_PIPELINE",
-            min=1,
-            max=1000,
-            help="Requests in flight per vehicle.",
-        ),
-    ] = 1,
-    mix: Annotated[
-        Mix, typer.Option("--mix", envvar="EV_SWARM_MIX", help="Request mix.")
-    ] = Mix.realistic,
-    seed: Annotated[
-        int | None, typer.Option("--seed", envvar="EV_SWARM_SEED", help="Random seed.")
-    ] = None,
-    register_ids: Annotated[
-        bool,
-        typer.Option(
-            "--register",
-            envvar="EV_SWARM_REGISTER",
-            help="Each vehicle registers its id first (figures include auth).",
-        ),
-    ] = False,
+    count: SwarmCountOpt,
+    duration: SwarmDurationOpt,
+    rate: SwarmRateOpt = None,
+    center: SwarmCenterOpt = f"{DEFAULT_LAT},{DEFAULT_LON}",
+    radius_km: SwarmRadiusKmOpt = 10.0,
+    pipeline: SwarmPipelineOpt = 1,
+    mix: SwarmMixOpt = Mix.realistic,
+    seed: SwarmSeedOpt = None,
+    register_ids: SwarmRegisterIdsOpt = False,
 ) -> None:
     """N concurrent simulated vehicles: throughput, latency percentiles, errors by code."""
     from common.geo import parse_center

@@ -1,0 +1,1 @@
+"""Processes fed by the broker's bus (subscriber + one typed projection each)."""

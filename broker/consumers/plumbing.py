@@ -14,27 +14,29 @@ from typing import Annotated, Final
 import typer
 
 from broker.consumers.subscriber import Endpoint
-from common.cli import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+from common.cli import (
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    EventsPortOpt,
+    HistoryPortOpt,
+)
 from common.credentials import load_optional
 from common.errors import ConfigError
 from common.logging_setup import setup_logging
 from common.runner import run
 
-__all__ = ["EXIT_DIFFERENT", "EXIT_UNREACHABLE", "EXIT_USAGE"]
+__all__ = [
+    "EXIT_DIFFERENT",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "EventsPortOpt",
+    "HistoryPortOpt",
+]
 
 EXIT_DIFFERENT: Final = EXIT_FAILED  # reconcile: the ledger differs from the broker
 FIGURES_S: Final = 10.0  # how often the billing worker and the bridge log their figures
 
-EventsPortOpt = Annotated[
-    int,
-    typer.Option("--events-port", envvar="EV_EVENTS_PORT", min=1, max=65535, help="Bus PUB port."),
-]
-HistoryPortOpt = Annotated[
-    int,
-    typer.Option(
-        "--history-port", envvar="EV_HISTORY_PORT", min=1, max=65535, help="History port."
-    ),
-]
 CredentialsOpt = Annotated[
     str | None,
     typer.Option(

@@ -52,6 +52,10 @@ class Accounts:
         acc.add(session)
         return True
 
+    def has(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a billed session."""
+        return vehicle_id in self._accounts
+
     def statement(self, vehicle_id: str) -> Statement:
         acc = self._accounts.get(vehicle_id)
         return (acc or Account(vehicle_id)).statement()

@@ -18,6 +18,10 @@ class CoreConfig:
     report below this level publishes ``vehicle.low_battery``, once: not again for
     that vehicle until it reports ``low_battery_rearm`` or more. ``max_points``: new
     point ids past this many known points are dropped and counted.
+    ``metered_time_scale``: how much faster than real time metered (OCPP) chargers
+    run; their energy is bounded by power x wall time x this (1 for real chargers,
+    more only for simulators). ``max_reservations_per_address``: live reservations
+    the connections of one network address may hold; past it ``rate_limited``.
     """
 
     queue_capacity: int = 5
@@ -29,3 +33,5 @@ class CoreConfig:
     low_battery: float = 20.0
     max_points: int = 1_000_000
     low_battery_rearm: float = 25.0
+    metered_time_scale: float = 1.0
+    max_reservations_per_address: int = 8

@@ -19,7 +19,8 @@ from broker.core.engine import Engine
 from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
-from common.errors import InvalidRequest, StoreError, UnknownPoint
+from broker.core.site_defs import SITE_PREFIX, SiteDef, check_site
+from common.errors import InvalidRequest, SiteRefused, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
 
@@ -70,6 +71,8 @@ class Core:
                     sessions.append(Session.from_record(value))
                 elif table == "meta" and key.startswith(PENDING_PREFIX):
                     starts.append(value)
+                elif table == "meta" and key.startswith(SITE_PREFIX):
+                    eng.sites.restore(SiteDef.from_record(value), now)
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             raise StoreError(f"unreadable record in the store: {exc!r}") from exc
         for r in sorted(reservations, key=lambda r: r.order):
@@ -99,10 +102,19 @@ class Core:
     # --- inputs ---------------------------------------------------------------------
 
     def handle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, now: float
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        now: float,
+        address: str | None = None,
     ) -> list[Effect]:
-        """A validated vehicle request from connection ``conn``."""
-        return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now)
+        """A validated vehicle request from connection ``conn`` at network ``address``.
+
+        The address is what the per-address caps count (``max_reservations_per_address``),
+        so that they hold across every edge or gateway that passes it in.
+        """
+        return vehicle_requests.handle(self._eng, conn, vehicle_id, request, now, address)
 
     def handle_datagram(
         self, datagram: StatusDatagram, now: float, signed_ts: float | None = None
@@ -123,6 +135,14 @@ class Core:
     def station_unreachable(self, point_id: str, now: float) -> list[Effect]:
         """The ROUTER could not deliver to ``point_id``."""
         return stations.station_unreachable(self._eng, point_id, now)
+
+    def battery_report(
+        self, vehicle_id: str, level: float, latitude: float, longitude: float, now: float
+    ) -> list[Effect]:
+        """A ``bateria`` answered by a vehicle gateway reported ``level`` (low-battery rule)."""
+        fx: list[Effect] = []
+        self._eng.battery_report(vehicle_id, level, latitude, longitude, now, fx)
+        return fx
 
     def vehicle_connected(self, vehicle_id: str, now: float) -> list[Effect]:
         fx: list[Effect] = []
@@ -156,6 +176,46 @@ class Core:
         self._eng.set_availability(p, available, reason, by, now, fx)
         return self._eng.seq, fx
 
+    # --- sites (energy.md) ----------------------------------------------------------
+
+    def set_site(
+        self, name: Any, limit_kw: Any, points: Any, min_kw: Any, by: str, now: float
+    ) -> tuple[dict[str, Any], list[Effect]]:
+        """The history op ``set_site``: define or change a site (operator ``by``).
+
+        Returns the reply (``{"ok": True, "seq": S, "site": {...}}``) and the effects,
+        to commit before replying. Raises :class:`common.errors.SiteRefused` naming the
+        problem, changing nothing.
+        """
+        fx: list[Effect] = []
+        eng = self._eng
+        d = check_site(
+            name,
+            limit_kw,
+            points,
+            min_kw,
+            eng.sites.definitions(),
+            {p.id: p.limites for p in eng.points},
+        )
+        running = [
+            (sid, vid, pid, started, power) for sid, vid, pid, started, power in eng.live_sessions()
+        ]
+        eng.sites.define(d, by, running, now, fx)
+        return {"ok": True, "seq": eng.seq, "site": d.record()}, fx
+
+    def remove_site(self, name: Any, by: str, now: float) -> tuple[dict[str, Any], list[Effect]]:
+        """The history op ``remove_site``: its points are unlimited again (SiteRefused
+        for a site that does not exist)."""
+        fx: list[Effect] = []
+        if not isinstance(name, str) or self._eng.sites.definition(name) is None:
+            raise SiteRefused(f"unknown site {name!r}")
+        self._eng.sites.remove(name, by, now, fx)
+        return {"ok": True, "seq": self._eng.seq}, fx
+
+    def sites(self) -> dict[str, Any]:
+        """The history op ``sites``: every site with its figures and sessions."""
+        return {"sites": self._eng.sites.view(), "seq": self._eng.seq}
+
     # --- timers ---------------------------------------------------------------------
 
     def next_due(self) -> float | None:
@@ -176,8 +236,13 @@ class Core:
         """
         return self._eng.snapshot(now)
 
+    def has_history(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a reservation, a session or a bill (vehicle identity)."""
+        return self._eng.has_history(vehicle_id)
+
     def accounts(self) -> dict[str, Any]:
         """Every account, as ``{vehicle_id: extrato data}`` (plain data)."""
+        # (ignored below) msgspec types to_builtins as Any; a dict of statements gives a dict
         return msgspec.to_builtins(self._eng.all_statements())  # type: ignore[no-any-return]
 
     @property
@@ -202,4 +267,5 @@ def _point_from_record(v: dict[str, Any]) -> PointState:
         out_of_service=v.get("out_of_service") is True,
         oos_reason=str(v.get("reason") or ""),
         oos_by=str(v.get("by") or ""),
+        limites=v.get("limites") is True,
     )

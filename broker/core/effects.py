@@ -70,7 +70,9 @@ class SendStation:
     message: BrokerToStation
 
 
-RejectingEdge = Literal["stations", "status"]
+#: ``energy``: what the sites make of station reports (docs/energy.md), never a refusal
+#: of the datagram itself
+RejectingEdge = Literal["stations", "status", "energy"]
 
 
 @dataclass(slots=True)
@@ -95,7 +97,7 @@ class Rejected:
         return self.error.message
 
 
-PersistTable = Literal["point", "reservation", "session", "meta", "vehicle"]
+PersistTable = Literal["point", "reservation", "session", "meta", "vehicle", "reply"]
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ and the point table's report methods).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final, assert_never
@@ -30,13 +31,15 @@ import msgspec
 from broker.core.accounts import Accounts
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Rejected, SendStation
-from broker.core.point_table import PointTable, wait_minutes
+from broker.core.point_table import PointTable
 from broker.core.points import PointState, derive_estado, is_available, is_faulted
 from broker.core.queues import Reservation
+from broker.core.read_path import wait_minutes
 from broker.core.reservation_table import ReservationTable
 from broker.core.session_table import SessionTable
 from broker.core.sessions import Session
 from broker.core.shared import Shared
+from broker.core.sites import Sites
 from broker.core.timers import (
     AckTimeout,
     GraceEnd,
@@ -48,7 +51,7 @@ from broker.core.timers import (
 from common.errors import NotCommandOwner
 from common.events import PointStatus, VehicleLowBattery
 from common.messages import Availability, BrokerToStation
-from common.replies import Statement
+from common.replies import SessionView, Statement
 from common.timeutil import format_timestamp
 
 
@@ -64,8 +67,10 @@ class Engine:
         self.points = PointTable(shared)
         self.reservations = ReservationTable(shared, self.points)
         self._accounts = Accounts()
+        #: the owner of sites and their power (energy.md); see :mod:`broker.core.sites`
+        self.sites = Sites(new_id, self._log.publish, self._power_changed)
         self.sessions = SessionTable(
-            shared, self.points, self.reservations, self._accounts, self.refresh
+            shared, self.points, self.reservations, self._accounts, self.refresh, self.sites
         )
         self._low_battery: set[str] = set()  # vehicles told about; see battery_report
         # lookups as the tables' own bound methods (no call overhead on the request path)
@@ -84,6 +89,7 @@ class Engine:
         self.point_view = self.points.view
         self.encoded_points = self.points.encoded
         self.new_reservation = self.reservations.new
+        self.reservations_of_address = self.reservations.of_address
         self.cancel = self.reservations.cancel
         self.resend_hold = self.reservations.resend_hold
         self.running_session = self.sessions.running
@@ -120,12 +126,57 @@ class Engine:
     def statement(self, vehicle_id: str) -> Statement:
         return self._accounts.statement(vehicle_id)
 
+    def has_history(self, vehicle_id: str) -> bool:
+        """Whether ``vehicle_id`` has a reservation, a session or a bill."""
+        return (
+            self.reservation_of(vehicle_id) is not None
+            or self.session_of(vehicle_id) is not None
+            or self._accounts.has(vehicle_id)
+        )
+
     def all_statements(self) -> dict[str, Statement]:
         return self._accounts.all_statements()
 
     def wait_minutes(self, p: PointState, now: float) -> int:
         """Estimated minutes until a reservation made now would get the turn."""
         return wait_minutes(p, now)
+
+    def live_sessions(self) -> list[tuple[str, str, str, float, float]]:
+        """Every running or starting session as ``(session_id, vehicle_id, point_id,
+        started_at, potencia_kw)`` (for sites that change)."""
+        out = []
+        for s in self.sessions.running_sorted():
+            p = self.points.get(s.point_id)
+            if p is not None:
+                out.append((s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw))
+        for p in self.points:
+            pend = p.pending
+            if pend is not None:
+                out.append((pend.session_id, pend.vehicle_id, p.id, pend.deadline, p.potencia_kw))
+        return out
+
+    def _power_changed(self, session_id: str, kw: float, now: float) -> None:
+        """The power a session on a site may draw changed (estimates use it)."""
+        s = self.sessions.running(session_id)
+        if s is not None:
+            s.allowed_kw = kw
+
+    def session_view(self, s: Session, now: float) -> SessionView:
+        """``s`` as ``status`` shows it: on a site with its allowed power and the
+        minutes to its target (``aguardando_energia`` while paused)."""
+        view = s.view()
+        allowed = self.sites.allowed_kw(s.id) if self.sites else None
+        if allowed is None:
+            return view
+        power = allowed if allowed > 0 else self.sites.resume_kw(s.id)
+        target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
+        left_s = max(0.0, target - s.energy_reported) / max(power, 0.1) * 3600.0
+        return msgspec.structs.replace(
+            view,
+            estado="aguardando_energia" if allowed <= 0 else "carregando",
+            potencia_kw=allowed,
+            eta_min=max(0, math.ceil(left_s / 60.0 - 1e-9)),
+        )
 
     def send(self, fx: list[Effect], point_id: str, message: BrokerToStation) -> None:
         fx.append(SendStation(point_id, message))
@@ -255,12 +306,13 @@ class Engine:
     # --- timers ---------------------------------------------------------------------
 
     def next_due(self) -> float | None:
+        due = self.sites.next_due() if self.sites else None
         while True:
             top = self._timers.peek()
             if top is None:
-                return None
+                return due
             if self._live(top[2]):
-                return top[0]
+                return top[0] if due is None else min(due, top[0])
             self._timers.discard_top()
 
     def _live(self, timer: Timer) -> bool:
@@ -301,6 +353,8 @@ class Engine:
                         self._hold_answered(cmd_id, True, None, now, fx)
                 case _:
                     assert_never(timer)
+        if self.sites:
+            self.sites.tick(now, fx)
         return fx
 
     def _fire_offline(self, point_id: str, now: float, fx: list[Effect]) -> None:
@@ -355,8 +409,10 @@ class Engine:
         queues = {
             p.id: [r.view(i + 1) for i, r in enumerate(p.queue)] for p in self.points if p.queue
         }
-        sessions = [s.view() for s in self.sessions.running_sorted()]
+        sessions = [self.session_view(s, now) for s in self.sessions.running_sorted()]
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
+        if self.sites:
+            snap["sites"] = self.sites.view()
         # to_builtins of a dict of builtins is a dict; msgspec types it Any
         return msgspec.to_builtins(snap)  # type: ignore[no-any-return]
 
@@ -372,4 +428,5 @@ class Engine:
             "timers": len(self._timers),
             "last_seq": self._log.seq,
             **self._counters,
+            "sites": self.sites.figures() if self.sites else {},
         }

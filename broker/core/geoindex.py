@@ -38,7 +38,7 @@ insert, move or removal drops the cache.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from common.geo import EARTH_RADIUS_KM, haversine_km
@@ -50,6 +50,7 @@ _MAX_CELL_DEG: Final = 10.0
 _MARGIN_REL: Final = 1e-6  # on squared chords; covers every rounding difference
 _MARGIN_ABS: Final = 1e-20
 _MARGIN_KM: Final = 1e-6  # 1 mm, against rounding in the block bounds
+_KM_PER_DEG: Final = EARTH_RADIUS_KM * math.pi / 180.0  # km per degree of latitude
 _CACHED_CELLS: Final = 4096  # (cell, k) candidate lists kept (up to ~14 MiB); dropped when full
 _FEW_MORE: Final = 8  # up to k + this many points, a plain scan is cheapest
 _FINE: Final = 3  # candidate cells are grid cells split 3 x 3: fewer candidates each
@@ -73,6 +74,107 @@ def _chord2(km: float) -> float:
     if km >= math.pi * EARTH_RADIUS_KM:
         return 4.0
     return (2.0 * math.sin(km / EARTH_RADIUS_KM / 2.0)) ** 2
+
+
+class _Block:
+    """The block of grid cells a ring search has visited: rows ``ilo..ihi`` x columns
+    ``jlo..jhi`` (columns wrap around), with the distance in km from the query to each
+    of its four sides (inf where a side is a pole)."""
+
+    __slots__ = (
+        "c1",
+        "cs_lat",
+        "cs_lon",
+        "east",
+        "ihi",
+        "ilo",
+        "jhi",
+        "jlo",
+        "latitude",
+        "longitude",
+        "ncols",
+        "north",
+        "nrows",
+        "south",
+        "west",
+    )
+
+    def __init__(
+        self,
+        latitude: float,
+        longitude: float,
+        c1: float,
+        i0: int,
+        j0: int,
+        cs_lat: float,
+        cs_lon: float,
+        nrows: int,
+        ncols: int,
+    ) -> None:
+        self.latitude, self.longitude, self.c1 = latitude, longitude, c1
+        self.cs_lat, self.cs_lon, self.nrows, self.ncols = cs_lat, cs_lon, nrows, ncols
+        self.ilo, self.ihi = max(i0 - 1, 0), min(i0 + 1, nrows - 1)
+        self.jlo, self.jhi = j0 - 1, j0 + 1
+        self.south = self._south()
+        self.north = self._north()
+        self.west = self._lon_km(longitude - (self.jlo * cs_lon - 180.0))
+        self.east = self._lon_km((self.jhi + 1) * cs_lon - 180.0 - longitude)
+
+    def _lon_km(self, gap_deg: float) -> float:
+        # cross-track distance to a meridian gap_deg away (>= 90 deg: to the pole)
+        return EARTH_RADIUS_KM * math.asin(self.c1 * math.sin(math.radians(min(gap_deg, 90.0))))
+
+    def _south(self) -> float:
+        if self.ilo <= 0:
+            return math.inf
+        return (self.latitude - (self.ilo * self.cs_lat - 90.0)) * _KM_PER_DEG
+
+    def _north(self) -> float:
+        if self.ihi + 1 >= self.nrows:
+            return math.inf
+        return ((self.ihi + 1) * self.cs_lat - 90.0 - self.latitude) * _KM_PER_DEG
+
+    def first_keys(self) -> list[int]:
+        ncols = self.ncols
+        return [
+            i * ncols + (j % ncols)
+            for i in range(self.ilo, self.ihi + 1)
+            for j in range(self.jlo, self.jhi + 1)
+        ]
+
+    def bound(self) -> float:
+        """Every point outside the block is at least this many km from the query."""
+        return min(self.south, self.north, self.west, self.east)
+
+    def too_wide(self, max_cells: int) -> bool:
+        """Growing once more would span half the globe or more than ``max_cells`` cells."""
+        width = self.jhi - self.jlo + 1
+        return (width + 1) * self.cs_lon >= 180.0 or (self.ihi - self.ilo + 2) * (
+            width + 1
+        ) > max_cells
+
+    def grow(self, bound: float) -> list[int]:
+        """Add the side at distance ``bound`` (the nearest); returns its new cells' keys."""
+        ncols = self.ncols
+        if bound == self.south:
+            self.ilo -= 1
+            base = self.ilo * ncols
+            self.south = self._south()
+            return [base + (j % ncols) for j in range(self.jlo, self.jhi + 1)]
+        if bound == self.north:
+            self.ihi += 1
+            base = self.ihi * ncols
+            self.north = self._north()
+            return [base + (j % ncols) for j in range(self.jlo, self.jhi + 1)]
+        if bound == self.west:
+            self.jlo -= 1
+            col = self.jlo % ncols
+            self.west = self._lon_km(self.longitude - (self.jlo * self.cs_lon - 180.0))
+            return [i * ncols + col for i in range(self.ilo, self.ihi + 1)]
+        self.jhi += 1
+        col = self.jhi % ncols
+        self.east = self._lon_km((self.jhi + 1) * self.cs_lon - 180.0 - self.longitude)
+        return [i * ncols + col for i in range(self.ilo, self.ihi + 1)]
 
 
 class GeoIndex:
@@ -129,6 +231,23 @@ class GeoIndex:
         self._cells.setdefault(key, []).append(entry)
         n = len(self._entries)
         if n >= _MIN_REBUILD and (n >= 2 * self._n_built or 4 * n < self._n_built):
+            self._rebuild()
+
+    def load(self, points: Iterable[tuple[str, float, float]]) -> None:
+        """Insert many new points at once (a replica's snapshot): one rebuild at the end."""
+        for point_id, latitude, longitude in points:
+            if point_id in self._entries:
+                self.put(point_id, latitude, longitude)
+                continue
+            x, y, z = _unit(latitude, longitude)
+            entry: _Entry = (x, y, z, point_id, latitude, longitude)
+            p = math.radians(latitude)
+            self._trig[point_id] = (p, math.cos(p), longitude)
+            key = self._key(latitude, longitude)
+            self._entries[point_id] = (key, entry)
+            self._cells.setdefault(key, []).append(entry)
+        self._clear_cache()
+        if len(self._entries) >= _MIN_REBUILD:
             self._rebuild()
 
     def remove(self, point_id: str) -> None:
@@ -267,26 +386,14 @@ class GeoIndex:
         max_cells = 4 * len(cells) + 64
         found: list[tuple[float, str]] = []
         append = found.append
-        sin, asin, radians, sqrt = math.sin, math.asin, math.radians, math.sqrt
+        asin, sqrt = math.asin, math.sqrt
         inf = math.inf
         two_r = 2.0 * EARTH_RADIUS_KM
-        kpd = EARTH_RADIUS_KM * math.pi / 180.0
 
-        def lon_km(gap_deg: float) -> float:
-            # cross-track distance to a meridian gap_deg away (>= 90 deg: to the pole)
-            return EARTH_RADIUS_KM * asin(c1 * sin(radians(min(gap_deg, 90.0))))
-
-        # the visited block is rows ilo..ihi x columns jlo..jhi: first the 3 x 3 cells
-        # around the query, then one side at a time, always the side nearest to the
-        # query, so that the block's edges stay about equidistant from it
-        ilo, ihi, jlo, jhi = max(i0 - 1, 0), min(i0 + 1, nrows - 1), j0 - 1, j0 + 1
-        keys: list[int] = [
-            i * ncols + (j % ncols) for i in range(ilo, ihi + 1) for j in range(jlo, jhi + 1)
-        ]
-        south = (latitude - (ilo * cs_lat - 90.0)) * kpd if ilo > 0 else inf
-        north = ((ihi + 1) * cs_lat - 90.0 - latitude) * kpd if ihi + 1 < nrows else inf
-        west = lon_km(longitude - (jlo * cs_lon - 180.0))
-        east = lon_km((jhi + 1) * cs_lon - 180.0 - longitude)
+        # the visited block: first the 3 x 3 cells around the query, then one side at a
+        # time, always the side nearest to the query (see _Block)
+        block = _Block(latitude, longitude, c1, i0, j0, cs_lat, cs_lon, nrows, ncols)
+        keys = block.first_keys()
         seen = 0
         kth = inf
         dirty = False
@@ -307,7 +414,7 @@ class GeoIndex:
             if seen >= total:
                 break
             # every unvisited point is at least `bound` km away
-            bound = min(south, north, west, east)
+            bound = block.bound()
             if bound > limit_hi:
                 break
             if len(found) >= k:
@@ -317,30 +424,10 @@ class GeoIndex:
                     dirty = False
                 if kth * (1.0 + _MARGIN_REL) + _MARGIN_KM < bound:
                     break
-            width = jhi - jlo + 1
-            if (width + 1) * cs_lon >= 180.0 or (ihi - ilo + 2) * (width + 1) > max_cells:
+            if block.too_wide(max_cells):
                 # far from the data: growing the block would cost more than every point
                 return self._brute(latitude, longitude, k, limit, accept)
-            if bound == south:
-                ilo -= 1
-                base = ilo * ncols
-                keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
-                south = (latitude - (ilo * cs_lat - 90.0)) * kpd if ilo > 0 else inf
-            elif bound == north:
-                ihi += 1
-                base = ihi * ncols
-                keys = [base + (j % ncols) for j in range(jlo, jhi + 1)]
-                north = ((ihi + 1) * cs_lat - 90.0 - latitude) * kpd if ihi + 1 < nrows else inf
-            elif bound == west:
-                jlo -= 1
-                col = jlo % ncols
-                keys = [i * ncols + col for i in range(ilo, ihi + 1)]
-                west = lon_km(longitude - (jlo * cs_lon - 180.0))
-            else:
-                jhi += 1
-                col = jhi % ncols
-                keys = [i * ncols + col for i in range(ilo, ihi + 1)]
-                east = lon_km((jhi + 1) * cs_lon - 180.0 - longitude)
+            keys = block.grow(bound)
         if dirty:
             found.sort()
         return self._finish(found, latitude, longitude, k, limit)

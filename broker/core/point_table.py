@@ -16,9 +16,8 @@ from enum import Enum
 from typing import Final
 
 from broker.core.effects import Effect, Persist
-from broker.core.geoindex import GeoIndex
-from broker.core.point_views import PointViews, point_view
 from broker.core.points import DEFAULT_INTERVAL_S, PointState, derive_estado
+from broker.core.read_path import PointReads
 from broker.core.shared import Shared
 from broker.core.timers import OfflineCheck
 from common.events import PointAvailability, PointOffline, PointOnline, PointRegistered
@@ -26,7 +25,6 @@ from common.messages import StatusDatagram
 from common.replies import PointView
 from common.timeutil import format_timestamp
 
-TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a session not yet started
 OFFLINE_SLOT_S: Final = 0.25
 
 
@@ -40,28 +38,6 @@ def sane(value: float | None) -> float | None:
     if value is None or not math.isfinite(value) or value < 0:
         return None
     return value
-
-
-def wait_minutes(p: PointState, now: float) -> int:
-    """Estimated minutes until a reservation made now would get the turn.
-
-    The running session needs the energy it still lacks at the point's power;
-    every queued reservation starts no earlier than its ETA and then charges a
-    typical session (:data:`TYPICAL_SESSION_KWH`).
-    """
-    s = p.session
-    if s is None and p.pending is None and not p.queue:
-        return 0  # the common case on the hot path of bateria/consulta
-    power = p.potencia_kw if p.potencia_kw > 0 else 1.0
-    t = now
-    if s is not None:
-        target = (s.nivel_carregar - s.nivel_inicial) / 100.0 * s.capacidade_kwh
-        t += max(0.0, target - s.energy_reported) / power * 3600.0
-    elif p.pending is not None:
-        t += TYPICAL_SESSION_KWH / power * 3600.0
-    for r in p.queue:
-        t = max(t, r.created_at + r.eta_s) + TYPICAL_SESSION_KWH / power * 3600.0
-    return max(0, math.ceil((t - now) / 60.0 - 1e-9))
 
 
 class Heard(Enum):
@@ -81,8 +57,9 @@ class PointTable:
         #: the point with this id, or None (the table's own lookup: no call overhead
         #: on the datagram hot path)
         self.get: Callable[[str], PointState | None] = self._rows.get
-        self._index = GeoIndex()
-        self._views = PointViews(shared.cfg.queue_capacity)
+        #: the read path over this table (the vehicle gateways' replicas have their own)
+        self.reads = PointReads(self._rows, shared.cfg.queue_capacity)
+        self._index = self.reads.index
         self.online = 0  # points online now
 
     def __len__(self) -> int:
@@ -106,28 +83,15 @@ class PointTable:
         self, latitude: float, longitude: float, k: int, max_km: float | None, usable_only: bool
     ) -> list[tuple[float, PointState]]:
         """Up to ``k`` ``(distance_km, point)`` pairs, nearest first."""
-        points = self._rows
-        accept: Callable[[str], bool] | None = None
-        if usable_only:
-
-            def accept(pid: str) -> bool:
-                p = points[pid]
-                return p.usable and not p.out_of_service
-
-        hits = self._index.nearest(latitude, longitude, k, max_km, accept)
-        return [(d, points[pid]) for d, pid in hits]
+        return self.reads.nearest(latitude, longitude, k, max_km, usable_only)
 
     def view(self, p: PointState, distance: float | None, now: float) -> PointView:
         """The protocol's Point object (``distance`` omitted when None)."""
-        return point_view(p, self._s.cfg.queue_capacity, distance, wait_minutes(p, now))
+        return self.reads.point_view(p, distance, now)
 
     def encoded(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
         """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
-
-        def wait(p: PointState) -> int:
-            return wait_minutes(p, now)
-
-        return self._views.encode_list(hits, wait)
+        return self.reads.encoded_points(hits, now)
 
     # --- registering ----------------------------------------------------------------
 
@@ -275,6 +239,12 @@ class PointTable:
     def set_boot(self, p: PointState, boot_id: str | None, seq: int | None) -> None:
         p.boot_id = boot_id
         p.dgram_seq = seq
+
+    def set_limites(self, p: PointState, limites: bool, fx: list[Effect]) -> None:
+        """What the station's hello says about ``limit`` commands (persisted when it changes)."""
+        if p.limites != limites:
+            p.limites = limites
+            fx.append(Persist("point", p.id, p.static_record()))
 
     def set_seq(self, p: PointState, seq: int) -> None:
         p.dgram_seq = seq

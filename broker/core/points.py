@@ -58,6 +58,7 @@ class PointState:
     out_of_service: bool = False
     oos_reason: str = ""
     oos_by: str = ""
+    limites: bool = False  # its station obeys ``limit`` commands (hello, energy.md)
     # broker-owned state
     estado: Estado = "offline"
     queue: list[Reservation] = field(default_factory=list)
@@ -76,6 +77,7 @@ class PointState:
             "out_of_service": self.out_of_service,
             "reason": self.oos_reason,
             "by": self.oos_by,
+            "limites": self.limites,
         }
 
 

@@ -6,18 +6,21 @@ holds the reservation record, its persisted form and the deadline formula.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
+import msgspec
+
+from broker.core.records import Record
 from common.replies import ReservationView
 from common.timeutil import format_timestamp
 
 
-@dataclass(slots=True, eq=False)
-class Reservation:
-    """One vehicle waiting at (or holding the turn of) one point."""
+class Reservation(Record, eq=False):
+    """One vehicle waiting at (or holding the turn of) one point; persisted as it is."""
 
-    id: str
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"address"})
+
+    id: str = msgspec.field(name="reservation_id")
     vehicle_id: str
     point_id: str
     created_at: float
@@ -25,32 +28,8 @@ class Reservation:
     order: int
     turn_started_at: float | None = None
     deadline: float | None = None
-
-    def record(self) -> dict[str, Any]:
-        """Persisted form; :meth:`from_record` reads it back."""
-        return {
-            "reservation_id": self.id,
-            "vehicle_id": self.vehicle_id,
-            "point_id": self.point_id,
-            "created_at": self.created_at,
-            "eta_s": self.eta_s,
-            "order": self.order,
-            "turn_started_at": self.turn_started_at,
-            "deadline": self.deadline,
-        }
-
-    @classmethod
-    def from_record(cls, value: dict[str, Any]) -> Reservation:
-        return cls(
-            id=str(value["reservation_id"]),
-            vehicle_id=str(value["vehicle_id"]),
-            point_id=str(value["point_id"]),
-            created_at=float(value["created_at"]),
-            eta_s=float(value["eta_s"]),
-            order=int(value["order"]),
-            turn_started_at=_opt_float(value.get("turn_started_at")),
-            deadline=_opt_float(value.get("deadline")),
-        )
+    #: the network address of the connection that made it (per-address cap), if known
+    address: str | None = None
 
     def view(self, position: int) -> ReservationView:
         """The reservation as shown in snapshots and ``status_veiculo``."""
@@ -77,7 +56,3 @@ def position_of(queue: list[Reservation], vehicle_id: str) -> int:
         if r.vehicle_id == vehicle_id:
             return i + 1
     return 0
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)

@@ -59,6 +59,8 @@ class ReservationTable:
         self._by_id: dict[str, Reservation] = {}
         self._order = 0
         self._holds: dict[str, HoldWait] = {}  # hold cmd_id -> what its ack decides
+        # live reservations per network address (``max_reservations_per_address``)
+        self._by_address: dict[str, int] = {}
         #: the reservation of this vehicle, or None (the table's own bound method)
         self.of: Callable[[str], Reservation | None] = self._by_vehicle.get
         #: the reservation with this id, or None
@@ -67,10 +69,33 @@ class ReservationTable:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def of_address(self, address: str) -> int:
+        """How many live reservations connections from ``address`` made."""
+        return self._by_address.get(address, 0)
+
+    def _count_address(self, r: Reservation, step: int) -> None:
+        address = r.address
+        if address is None:
+            return
+        n = self._by_address.get(address, 0) + step
+        if n > 0:
+            self._by_address[address] = n
+        else:
+            self._by_address.pop(address, None)
+
     def new(
-        self, p: PointState, vehicle_id: str, eta_s: float, now: float, fx: list[Effect]
+        self,
+        p: PointState,
+        vehicle_id: str,
+        eta_s: float,
+        now: float,
+        fx: list[Effect],
+        address: str | None = None,
     ) -> Reservation:
-        """Queue a new reservation at ``p`` (the caller checked capacity)."""
+        """Queue a new reservation at ``p`` (the caller checked capacity).
+
+        ``address``: the network address of the connection that asked (counted).
+        """
         self._order += 1
         r = Reservation(
             id=self._s.new_id("res"),
@@ -79,7 +104,9 @@ class ReservationTable:
             created_at=now,
             eta_s=eta_s,
             order=self._order,
+            address=address,
         )
+        self._count_address(r, 1)
         p.queue.append(r)
         self._by_vehicle[r.vehicle_id] = r
         self._by_id[r.id] = r
@@ -92,6 +119,7 @@ class ReservationTable:
         if p is None or r.vehicle_id in self._by_vehicle:
             return
         p.queue.append(r)
+        self._count_address(r, 1)
         self._by_vehicle[r.vehicle_id] = r
         self._by_id[r.id] = r
         self._order = max(self._order, r.order)
@@ -231,6 +259,7 @@ class ReservationTable:
     def forget(self, p: PointState, r: Reservation, fx: list[Effect]) -> None:
         """Take ``r`` out of the queue and the tables (its session started, or it ended)."""
         p.queue.remove(r)
+        self._count_address(r, -1)
         if self._by_vehicle.get(r.vehicle_id) is r:
             del self._by_vehicle[r.vehicle_id]
         self._by_id.pop(r.id, None)

@@ -27,13 +27,16 @@ from broker.core.sessions import (
     NO_CONNECTION,
     PendingStart,
     Session,
+    bounded_energy,
+    energy_bound_kwh,
     pending_key,
     session_cost,
     to_decimal,
 )
 from broker.core.shared import Shared
+from broker.core.sites import Sites
 from broker.core.timers import AckTimeout
-from common.errors import NotCommandOwner, PointUnreachable
+from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop
 from common.replies import CustoFinal, Encerramento, Started, refusal
@@ -59,8 +62,10 @@ class SessionTable:
         reservations: ReservationTable,
         accounts: Accounts,
         refresh: Refresh,
+        sites: Sites,
     ) -> None:
         self._s = shared
+        self._sites = sites  # the power of sessions on sites (energy.md)
         self._points = points
         self._reservations = reservations
         self._accounts = accounts
@@ -114,6 +119,9 @@ class SessionTable:
     ) -> None:
         """Ask the station to start; the vehicle's reply waits for its ``ack``."""
         session_id = self._s.new_id("ses")
+        kw = None
+        if self._sites:
+            kw = self._sites.start(session_id, vehicle_id, p.id, p.potencia_kw, now, fx)
         start = Start(
             cmd_id=self._s.new_id("cmd"),
             session_id=session_id,
@@ -121,6 +129,7 @@ class SessionTable:
             nivel_bateria=data.nivel_bateria,
             nivel_carregar=data.nivel_carregar,
             capacidade_kwh=data.capacidade_kwh,
+            kw=kw,
         )
         fx.append(SendStation(p.id, start))
         pend = PendingStart(
@@ -159,8 +168,10 @@ class SessionTable:
         """The station answered a command: a pending start begins or fails.
 
         Only the point the command went to may answer it; another point's ack is
-        refused (``Rejected``) and changes nothing.
+        refused (``Rejected``) and changes nothing. An ack of a ``limit`` goes to the sites.
         """
+        if self._sites.acked(cmd_id, ok, now, fx):
+            return
         pend = self._pending.get(cmd_id)
         owner = pend.point_id if pend is not None else self._abandoned.get(cmd_id, (None,))[0]
         if owner is not None and owner != point_id:
@@ -199,6 +210,7 @@ class SessionTable:
             reservation_id=pend.reservation_id,
             boot_id=p.boot_id,
         )
+        s.allowed_kw = self._sites.allowed_kw(s.id) if self._sites else None
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s
@@ -232,6 +244,7 @@ class SessionTable:
     def fail_start(self, pend: PendingStart, now: float, fx: list[Effect], why: str) -> None:
         """``start`` was refused, not acked in time, or unroutable: ``point_unreachable``."""
         p = self._retire(pend, fx)
+        self._sites.end(pend.session_id, now, fx)
         if len(self._abandoned) >= MAX_ABANDONED:
             self._abandoned.clear()
         self._abandoned[pend.cmd_id] = (pend.point_id, pend.session_id)
@@ -292,8 +305,40 @@ class SessionTable:
         energy: Decimal,
         nivel_final: float,
         reason: str,
+        *,
+        realtime_power_kw: float | None = None,
     ) -> None:
-        """Close ``s``, record it in the account and tell everybody (exactly once)."""
+        """Close ``s``, record it in the account and tell everybody (exactly once).
+
+        Whatever path brought ``energy`` (a completion, a fault, a reboot, a silent
+        station), it is cut at the session's bound: the battery's room from its start,
+        and for a real-time charger (``realtime_power_kw``) also power x wall time
+        (x ``metered_time_scale``) + 10 %. What is cut is counted and never billed.
+        """
+        wall_s = None
+        if realtime_power_kw is not None:
+            wall_s = (now - s.started_at) * self._s.cfg.metered_time_scale
+        bound = energy_bound_kwh(
+            s.nivel_inicial, s.capacidade_kwh, power_kw=realtime_power_kw, wall_s=wall_s
+        )
+        energy, excess = bounded_energy(energy, bound)
+        if excess > 0:
+            self._s.counters["sessions_energy_bounded"] += 1
+            self._s.counters["energy_excess_wh"] += int(excess * 1000)
+            fx.append(
+                Rejected(
+                    "stations",
+                    EnergyAboveBound(
+                        f"session {s.id} at {s.point_id!r}: {kwh3(energy + excess)} kWh "
+                        f"reported, {kwh3(energy)} kWh billed"
+                    ),
+                )
+            )
+            if nivel_final > s.nivel_inicial:
+                cap = to_decimal(s.capacidade_kwh)
+                gained = float(energy / cap * 100) if cap > 0 else 0.0
+                nivel_final = round(min(nivel_final, s.nivel_inicial + gained), 3)
+        s.state = "billed"
         s.ended_at = now
         s.energy = energy
         s.cost = session_cost(energy, s.price_kwh)
@@ -305,6 +350,7 @@ class SessionTable:
         p = self._points.get(s.point_id)
         if p is not None and p.session is s:
             p.session = None
+        self._sites.end(s.id, now, fx)
         e = kwh3(energy)
         cost = float(s.cost)
         self._s.log.publish(
@@ -388,6 +434,7 @@ class SessionTable:
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s
+        self._sites.adopt(s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw)
 
     def restore_start(self, pend: PendingStart) -> None:
         """A start sent before a crash whose ack never came back (see Core.restore)."""
@@ -397,3 +444,4 @@ class SessionTable:
         if pend.session_id in self._running or pend.session_id in self._accounts.billed:
             return
         self._track(p, pend)
+        self._sites.adopt(pend.session_id, pend.vehicle_id, p.id, pend.deadline, p.potencia_kw)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Literal
 
+import msgspec
 from msgspec import UNSET, UnsetType
 
+from broker.core.records import Record
 from common.messages import Scalar
 from common.replies import SessionView, StatementLine
 from common.timeutil import format_timestamp
@@ -43,6 +45,50 @@ def energy_kwh(nivel_inicial: float, nivel_final: float, capacidade_kwh: float) 
     if delta <= 0:
         return Decimal(0)
     return delta / 100 * to_decimal(capacidade_kwh)
+
+
+#: Real-time chargers (metered, OCPP) may report this much above power x wall time.
+REALTIME_MARGIN: Final = Decimal("1.10")
+#: A completion's ``nivel_inicial`` may differ from the session's by rounding only.
+LEVEL_TOLERANCE: Final = 0.01
+
+
+def battery_room_kwh(nivel_inicial: float, capacidade_kwh: float) -> Decimal:
+    """``capacidade_kwh * (100 - nivel_inicial) / 100``: the most a session can take."""
+    if not (math.isfinite(nivel_inicial) and math.isfinite(capacidade_kwh)):
+        return Decimal(0)
+    level = min(100.0, max(0.0, nivel_inicial))
+    return max(Decimal(0), (100 - to_decimal(level)) / 100 * to_decimal(capacidade_kwh))
+
+
+def energy_bound_kwh(
+    nivel_inicial: float,
+    capacidade_kwh: float,
+    *,
+    power_kw: float | None = None,
+    wall_s: float | None = None,
+) -> Decimal:
+    """The most energy a session may be billed for (security contract, second round).
+
+    Always the battery's room from the session's start; for a real-time charger
+    (``power_kw`` and ``wall_s`` given) also the charger's power times the session's
+    wall-clock time, plus :data:`REALTIME_MARGIN`.
+    """
+    bound = battery_room_kwh(nivel_inicial, capacidade_kwh)
+    if power_kw is not None and wall_s is not None:
+        if math.isfinite(power_kw) and math.isfinite(wall_s):
+            hours = to_decimal(max(0.0, power_kw)) * to_decimal(max(0.0, wall_s)) / 3600
+            bound = min(bound, hours * REALTIME_MARGIN)
+        else:
+            bound = Decimal(0)
+    return bound
+
+
+def bounded_energy(energy: Decimal, bound: Decimal) -> tuple[Decimal, Decimal]:
+    """``(billed, excess)``: ``energy`` cut at ``bound``, and what was cut (never billed)."""
+    if energy <= bound:
+        return energy, Decimal(0)
+    return bound, energy - bound
 
 
 def session_cost(energy: Decimal, price_kwh: Decimal) -> Decimal:
@@ -106,11 +152,13 @@ def pending_key(session_id: str) -> str:
     return PENDING_PREFIX + session_id
 
 
-@dataclass(slots=True, eq=False)
-class Session:
-    """A running (``ended_at is None``) or billed session."""
+class Session(Record, eq=False):
+    """A running (``state`` running) or billed session; persisted as it is (decimals
+    as text)."""
 
-    id: str
+    NOT_PERSISTED: ClassVar[frozenset[str]] = frozenset({"allowed_kw"})
+
+    id: str = msgspec.field(name="session_id")
     vehicle_id: str
     point_id: str
     started_at: float
@@ -122,62 +170,16 @@ class Session:
     reservation_id: str | None
     boot_id: str | None
     energy_reported: float = 0.0
+    state: Literal["running", "billed"] = "running"
+    #: on a site: the power the rule gives it now (kW, 0 paused; never persisted)
+    allowed_kw: float | None = None
     # filled when billed
     ended_at: float | None = None
     nivel_final: float | None = None
-    energy: Decimal | None = None
+    energy: Decimal | None = msgspec.field(default=None, name="energy_kwh")
     cost: Decimal | None = None
     reason: str | None = None
     billed_seq: int = 0  # seq of its charging.completed event: the account's order
-
-    def record(self) -> dict[str, Any]:
-        """Persisted form (decimals as strings); :meth:`from_record` reads it back."""
-        return {
-            "session_id": self.id,
-            "vehicle_id": self.vehicle_id,
-            "point_id": self.point_id,
-            "started_at": self.started_at,
-            "nivel_inicial": self.nivel_inicial,
-            "nivel_carregar": self.nivel_carregar,
-            "capacidade_kwh": self.capacidade_kwh,
-            "payment_method": self.payment_method,
-            "price_kwh": str(self.price_kwh),
-            "reservation_id": self.reservation_id,
-            "boot_id": self.boot_id,
-            "energy_reported": self.energy_reported,
-            "state": "running" if self.ended_at is None else "billed",
-            "ended_at": self.ended_at,
-            "nivel_final": self.nivel_final,
-            "energy_kwh": None if self.energy is None else str(self.energy),
-            "cost": None if self.cost is None else str(self.cost),
-            "reason": self.reason,
-            "billed_seq": self.billed_seq,
-        }
-
-    @classmethod
-    def from_record(cls, v: dict[str, Any]) -> Session:
-        s = cls(
-            id=str(v["session_id"]),
-            vehicle_id=str(v["vehicle_id"]),
-            point_id=str(v["point_id"]),
-            started_at=float(v["started_at"]),
-            nivel_inicial=float(v["nivel_inicial"]),
-            nivel_carregar=float(v["nivel_carregar"]),
-            capacidade_kwh=float(v["capacidade_kwh"]),
-            payment_method=str(v["payment_method"]),
-            price_kwh=Decimal(str(v["price_kwh"])),
-            reservation_id=None if v.get("reservation_id") is None else str(v["reservation_id"]),
-            boot_id=None if v.get("boot_id") is None else str(v["boot_id"]),
-            energy_reported=float(v.get("energy_reported") or 0.0),
-        )
-        if v.get("state") == "billed":
-            s.ended_at = float(v["ended_at"])
-            s.nivel_final = float(v["nivel_final"])
-            s.energy = Decimal(str(v["energy_kwh"]))
-            s.cost = Decimal(str(v["cost"]))
-            s.reason = str(v["reason"])
-            s.billed_seq = int(v.get("billed_seq") or 0)
-        return s
 
     def view(self) -> SessionView:
         """A running session as shown in snapshots and ``status_veiculo``."""

@@ -26,6 +26,9 @@ COUNTERS = (
     "acks_unknown",
     "points_refused",
     "sessions_out_of_bounds",
+    "sessions_energy_bounded",
+    "energy_excess_wh",
+    "reservations_rate_limited",
     "holds_refused",
 )
 

@@ -14,7 +14,7 @@ from broker.core.effects import Effect, Rejected
 from broker.core.engine import Engine
 from broker.core.point_table import Heard
 from broker.core.points import PointState
-from broker.core.sessions import energy_kwh, to_decimal
+from broker.core.sessions import LEVEL_TOLERANCE, energy_kwh, to_decimal
 from common.errors import (
     FiguresOutOfBounds,
     NotSessionOwner,
@@ -52,10 +52,25 @@ def handle_datagram(
         return _register_by_datagram(eng, d, now, signed_ts)
     heard = eng.points.take_datagram(p, d, now, signed_ts)
     if heard is Heard.SAME:
+        if d.potencia_atual_kw is not None and p.session is not None:
+            return _drawn(eng, p, d, d.potencia_atual_kw, now, [])
         return []
     if heard is Heard.OUT_OF_ORDER:
         return _out_of_order(eng, d, signed_ts)
-    return _slow_datagram(eng, p, d, now)
+    fx = _slow_datagram(eng, p, d, now)
+    if d.potencia_atual_kw is not None and p.session is not None:
+        return _drawn(eng, p, d, d.potencia_atual_kw, now, fx)
+    return fx
+
+
+def _drawn(
+    eng: Engine, p: PointState, d: StatusDatagram, drawn: float, now: float, fx: list[Effect]
+) -> list[Effect]:
+    """The power a session on a site reports drawing goes to its site."""
+    s = p.session
+    if s is not None and eng.sites.tracks(s.id) and (d.session_id in (None, s.id)):
+        eng.sites.drawn(s.id, drawn, now, fx)
+    return fx
 
 
 def _slow_datagram(eng: Engine, p: PointState, d: StatusDatagram, now: float) -> list[Effect]:
@@ -123,12 +138,14 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 fx,
             )
             eng.points.set_boot(p, msg.boot_id or None, None)
+            eng.points.set_limites(p, msg.limites, fx)
         else:
             if msg.boot_id:
                 _note_boot(eng, p, msg.boot_id, now, fx)
             eng.points.update_static(
                 p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s, fx
             )
+            eng.points.set_limites(p, msg.limites, fx)
         eng.points.greeted(p, msg.confirms_holds, msg.availability)
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
@@ -169,7 +186,10 @@ def _session_complete(
         # the level the metered energy implies (the charger does not know the battery)
         gained = measured / s.capacidade_kwh * 100.0 if s.capacidade_kwh > 0 else 0.0
         nivel_final = round(min(100.0, s.nivel_inicial + gained), 3)
-        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason)
+        # a metered charger is a real-time one: its energy fits its power x wall time too
+        p = eng.point(point_id)
+        power = p.potencia_kw if p is not None else None
+        eng.bill(s, now, fx, to_decimal(measured), nivel_final, msg.reason, realtime_power_kw=power)
     elif s is not None:
         energy = energy_kwh(msg.nivel_inicial, msg.nivel_final, s.capacidade_kwh)
         if (
@@ -188,10 +208,13 @@ def completion_refusal(
 ) -> str | None:
     """Why a completion's figures are out of bounds for its session, or None.
 
-    Every figure is finite (the schema bounds them); the final level is not below
-    the initial one (the reported one, nor the session's), and no energy figure
-    exceeds the session's capacity.
+    Every figure is finite (the schema bounds them); the reported initial level is
+    the session's own (within rounding); the final level is not below the initial
+    one (the reported one, nor the session's), and no energy figure exceeds the
+    session's capacity. (Energy is also cut at the battery's room when billed.)
     """
+    if not abs(msg.nivel_inicial - nivel_inicial) <= LEVEL_TOLERANCE:  # NaN too
+        return f"nivel_inicial {msg.nivel_inicial} is not the session's {nivel_inicial}"
     if msg.nivel_final < max(msg.nivel_inicial, nivel_inicial):
         return (
             f"nivel_final {msg.nivel_final} below nivel_inicial "

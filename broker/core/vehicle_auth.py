@@ -23,9 +23,21 @@ Rules, in the order they are applied:
 * ``required`` mode: every request outside :data:`OPEN_TYPES` needs a
   registered, authenticated id.
 * ``autenticar``: a wrong token (or an unknown id) is ``forbidden`` and counts
-  as a failure of the source address; after :data:`MAX_FAILURES` failures
-  within :data:`FAILURE_WINDOW_S`, every ``autenticar`` from that address gets
-  ``rate_limited`` for :data:`BLOCK_S`.
+  as a failure of the (address, id) pair and of the address; after
+  :data:`MAX_FAILURES` failures of a pair, or :data:`MAX_ADDRESS_FAILURES` of
+  an address, within :data:`FAILURE_WINDOW_S`, every ``autenticar`` for that
+  pair (or from that address) gets ``rate_limited`` for :data:`BLOCK_S`. One
+  attacker behind a NAT address thus cannot lock out the other drivers there.
+* History (second round): an id's reservations, sessions and bills are read
+  (``custos``, ``status``) only by the connection bound to it that holds that
+  history: for an unregistered id, the connection that owned it when it had
+  none (``history_holder``); a later connection naming it is *sealed* and gets
+  ``forbidden`` for those reads and for ``registrar``. ``registrar`` for an id
+  with history succeeds only on a connection bound to it now (its holder).
+  ``CAR<port>`` ids (the original client's) cannot be registered. At most
+  :data:`MAX_REGISTRATIONS` ``registrar`` a :data:`FAILURE_WINDOW_S` per address.
+* The address is passed in (``ConnAuth.address``), so these limits hold for every
+  edge or gateway that forwards requests to this one piece.
 
 Tokens are 32 random bytes, base64url without padding (43 characters), shown
 once; only their SHA-256 is kept (and persisted through the returned
@@ -37,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,8 +70,16 @@ from common.replies import Authenticated, Registered, RegistrationRefused, Reply
 #: Requests an unproven connection may make for a registered id.
 OPEN_TYPES: Final = frozenset({"bateria", "consulta", "ping", "registrar", "autenticar"})
 AUTH_TYPES: Final = frozenset({"registrar", "autenticar"})
-MAX_FAILURES: Final = 5
+MAX_FAILURES: Final = 5  # wrong tokens per (address, id) a window
+MAX_ADDRESS_FAILURES: Final = 50  # wrong tokens per address a window
+MAX_REGISTRATIONS: Final = 10  # registrar per address a window
 FAILURE_WINDOW_S: Final = 60.0
+#: Requests that read an id's history.
+HISTORY_READS: Final = frozenset({"custos", "status"})
+#: The original client's ids (``CAR<its port>``): never registrable.
+DEFAULT_ID_PATTERN: Final = re.compile(r"CAR[0-9]{1,5}")
+#: The OCPP gateway's walk-in accounts (``idtag.<tag>``): never a vehicle's to register.
+WALK_IN_PREFIX: Final = "idtag."
 BLOCK_S: Final = 60.0
 #: Addresses remembered by the rate limiter before stale ones are swept.
 MAX_TRACKED_ADDRESSES: Final = 10_000
@@ -87,6 +108,7 @@ class ConnAuth:
     vehicle_id: str | None = None  # the id this connection speaks for
     proven: bool = False  # proved ``vehicle_id`` by registrar or autenticar
     owns: bool = False  # holds ``vehicle_id`` as an unregistered id
+    sealed: bool = False  # owns it, but its history is an earlier connection's
     admitted: Verdict | None = None  # ``Verdict(vehicle_id)``, made once (the hot path)
 
     def speak_for(self, vehicle_id: str) -> None:
@@ -120,12 +142,23 @@ class _Failures:
 class VehicleAuth:
     """Registered tokens, owners of unregistered ids, and the failure counts."""
 
-    def __init__(self, mode: AuthMode, new_token: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        mode: AuthMode,
+        new_token: Callable[[], str],
+        has_history: Callable[[str], bool] = lambda _vid: False,
+        max_registrations: int = MAX_REGISTRATIONS,
+    ) -> None:
         self.mode = mode
+        self.max_registrations = max_registrations
         self._new_token = new_token
+        self._has_history = has_history
         self._digests: dict[str, bytes] = {}
         self._owners: dict[str, int] = {}
+        # unregistered id -> the connection whose history it is (kept after it closes)
+        self._holders: dict[str, int] = {}
         self._failures: dict[str, _Failures] = {}
+        self._registrations: dict[str, _Failures] = {}
         self.counters: dict[str, int] = {
             "registered": 0,
             "authenticated": 0,
@@ -154,11 +187,29 @@ class VehicleAuth:
     def owner_of(self, vehicle_id: str) -> int | None:
         return self._owners.get(vehicle_id)
 
+    def adopt(self, state: ConnAuth, vehicle_id: str, *, proven: bool, owns: bool) -> bool:
+        """A connection a gateway held across a core restart speaks for ``vehicle_id`` again.
+
+        ``proven`` is kept for a registered id; an unregistered id is owned again unless
+        another connection took it meanwhile. True when the connection gets its pushes.
+        """
+        state.speak_for(vehicle_id)
+        state.proven = proven and vehicle_id in self._digests
+        state.owns = False
+        if owns and vehicle_id not in self._digests:
+            owner = self._owners.get(vehicle_id)
+            if owner is None or owner == state.conn:
+                self._owners[vehicle_id] = state.conn
+                state.owns = True
+        return state.proven or state.owns
+
     def closed(self, state: ConnAuth) -> None:
         """The connection ended: an unregistered id it held is free again."""
         vid = state.vehicle_id
         if state.owns and vid is not None and self._owners.get(vid) == state.conn:
             del self._owners[vid]
+            if self._holders.get(vid) == state.conn and not self._has_history(vid):
+                del self._holders[vid]  # nothing to keep for it
         state.owns = False
 
     # --- the gate ------------------------------------------------------------------------
@@ -173,7 +224,12 @@ class VehicleAuth:
             and (named is None or named == bound)
             and rtype not in AUTH_TYPES
             and (
-                state.proven or (state.owns and (self.mode is AuthMode.OPEN or rtype in OPEN_TYPES))
+                state.proven
+                or (
+                    state.owns
+                    and not state.sealed
+                    and (self.mode is AuthMode.OPEN or rtype in OPEN_TYPES)
+                )
             )
         ):
             return admitted  # the hot path: a few comparisons, no allocation
@@ -226,11 +282,33 @@ class VehicleAuth:
                 count="unauthenticated",
             )
         if owner is None:
-            self._owners[vid] = state.conn
-            state.speak_for(vid)
-            state.owns = True
-            return Verdict(vid, bind=True)
+            return self._bind(state, vid, rtype)
+        if state.sealed and rtype in HISTORY_READS:
+            return self._sealed(vid)
         return Verdict(vid)
+
+    def _bind(self, state: ConnAuth, vid: str, rtype: str) -> Verdict:
+        """An unowned, unregistered id: this connection owns it from now on."""
+        self._owners[vid] = state.conn
+        state.speak_for(vid)
+        state.owns = True
+        holder = self._holders.get(vid)
+        if holder is None and not self._has_history(vid):
+            self._holders[vid] = state.conn
+        state.sealed = self._holders.get(vid) != state.conn
+        if state.sealed and rtype in HISTORY_READS:
+            return self._sealed(vid)
+        return Verdict(vid, bind=True)
+
+    def _sealed(self, vid: str) -> Verdict:
+        return self._refuse(
+            vid=vid,
+            error=Forbidden(
+                f"the history of {vid} belongs to the connection that made it "
+                "(register an id to keep its history across connections)",
+                field="id_veiculo",
+            ),
+        )
 
     def _refuse(self, *, vid: str, error: ProtocolError, count: str = "forbidden") -> Verdict:
         self.counters[count] += 1
@@ -246,6 +324,39 @@ class VehicleAuth:
         return Verdict(vid, error=Forbidden(f"data does not match {rtype}"))
 
     def _register(self, state: ConnAuth, vid: str, now: float) -> Verdict:
+        if not self._count_registration(state.address, now):
+            return self._refuse(
+                vid=vid,
+                error=RateLimited(
+                    f"too many registrar from {state.address}; at most {MAX_REGISTRATIONS} a minute"
+                ),
+                count="rate_limited",
+            )
+        if DEFAULT_ID_PATTERN.fullmatch(vid) or vid.startswith(WALK_IN_PREFIX):
+            return self._refuse(
+                vid=vid,
+                error=Forbidden(
+                    f"{vid} is an original client's connection id; choose an id of your own",
+                    field="id_veiculo",
+                ),
+            )
+        if vid not in self._digests and self._has_history(vid):
+            holder = self._holders.get(vid)
+            bound_now = (
+                state.vehicle_id == vid
+                and state.owns
+                and not state.sealed
+                and holder == state.conn
+                and self._owners.get(vid) == state.conn
+            )
+            if not bound_now:
+                return self._refuse(
+                    vid=vid,
+                    error=Forbidden(
+                        f"vehicle {vid} has history: only the connection using it may register it",
+                        field="id_veiculo",
+                    ),
+                )
         if vid in self._digests:
             return Verdict(
                 vid,
@@ -260,11 +371,12 @@ class VehicleAuth:
         token = self._new_token()
         digest = token_digest(token)
         self._digests[vid] = digest
+        self._holders.pop(vid, None)
         if self._owners.get(vid) == state.conn:
             del self._owners[vid]
         bind = not (state.vehicle_id == vid and (state.owns or state.proven))
         state.speak_for(vid)
-        state.proven, state.owns = True, False
+        state.proven, state.owns, state.sealed = True, False, False
         self.counters["registered"] += 1
         return Verdict(
             vid,
@@ -280,25 +392,29 @@ class VehicleAuth:
         )
 
     def _authenticate(self, state: ConnAuth, vid: str, token: str, now: float) -> Verdict:
-        record = self._failures.get(state.address)
-        if record is not None and record.blocked_until > now:
-            return self._refuse(
-                vid=vid,
-                error=RateLimited(
-                    f"too many wrong tokens from {state.address}; try again in "
-                    f"{record.blocked_until - now:.0f} s"
-                ),
-                count="rate_limited",
-            )
+        pair = f"{state.address}\x00{vid}"
+        for key, what in ((state.address, "from"), (pair, f"for {vid} from")):
+            record = self._failures.get(key)
+            if record is not None and record.blocked_until > now:
+                return self._refuse(
+                    vid=vid,
+                    error=RateLimited(
+                        f"too many wrong tokens {what} {state.address}; try again in "
+                        f"{record.blocked_until - now:.0f} s"
+                    ),
+                    count="rate_limited",
+                )
         digest = self._digests.get(vid)
         if digest is None or not hmac.compare_digest(digest, token_digest(token)):
-            self._fail(state.address, now)
+            self._fail(pair, now, MAX_FAILURES)
+            self._fail(state.address, now, MAX_ADDRESS_FAILURES)
             return self._refuse(
                 vid=vid, error=Forbidden(f"wrong token for vehicle {vid}", field="token")
             )
         bind = not (state.vehicle_id == vid and state.proven)
         state.speak_for(vid)
         state.proven = True
+        state.sealed = False
         self.counters["authenticated"] += 1
         return Verdict(
             vid,
@@ -306,26 +422,43 @@ class VehicleAuth:
             reply=("autenticado", Authenticated(message="Authenticated")),
         )
 
-    def _fail(self, address: str, now: float) -> None:
-        record = self._failures.get(address)
+    def _fail(self, key: str, now: float, limit: int) -> None:
+        """Count a wrong token for ``key`` (an address, or an address and an id)."""
+        record = self._failures.get(key)
         if record is None:
             if len(self._failures) >= MAX_TRACKED_ADDRESSES:
-                self._sweep(now)
-            record = self._failures[address] = _Failures()
+                _sweep(self._failures, now)
+            record = self._failures[key] = _Failures()
         times = record.times
         times.append(now)
         while times and times[0] <= now - FAILURE_WINDOW_S:
             times.popleft()
-        if len(times) >= MAX_FAILURES:
+        if len(times) >= limit:
             record.blocked_until = now + BLOCK_S
             times.clear()
 
-    def _sweep(self, now: float) -> None:
-        """Forget addresses with no recent failure and no block (bounded memory)."""
-        stale = [
-            a
-            for a, r in self._failures.items()
-            if r.blocked_until <= now and (not r.times or r.times[-1] <= now - FAILURE_WINDOW_S)
-        ]
-        for address in stale:
-            del self._failures[address]
+    def _count_registration(self, address: str, now: float) -> bool:
+        """Count one ``registrar`` from ``address``; False when past the limit."""
+        record = self._registrations.get(address)
+        if record is None:
+            if len(self._registrations) >= MAX_TRACKED_ADDRESSES:
+                _sweep(self._registrations, now)
+            record = self._registrations[address] = _Failures()
+        times = record.times
+        while times and times[0] <= now - FAILURE_WINDOW_S:
+            times.popleft()
+        if len(times) >= self.max_registrations:
+            return False
+        times.append(now)
+        return True
+
+
+def _sweep(records: dict[str, _Failures], now: float) -> None:
+    """Forget keys with no recent event and no block (bounded memory)."""
+    stale = [
+        a
+        for a, r in records.items()
+        if r.blocked_until <= now and (not r.times or r.times[-1] <= now - FAILURE_WINDOW_S)
+    ]
+    for key in stale:
+        del records[key]

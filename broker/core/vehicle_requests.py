@@ -16,6 +16,8 @@ from broker.core.effects import Effect, Push, Reply
 from broker.core.engine import Engine
 from broker.core.points import PointState, holds_turn
 from broker.core.queues import position_of
+from broker.core.read_path import bateria_points, consulta_points
+from broker.core.sessions import NO_CONNECTION
 from common.errors import (
     AlreadyQueued,
     AlreadyReserved,
@@ -27,6 +29,7 @@ from common.errors import (
     PointOffline,
     PointUnavailable,
     QueueFull,
+    RateLimited,
     RefusedInvalid,
     RequestRefused,
     UnknownPoint,
@@ -34,7 +37,6 @@ from common.errors import (
 )
 from common.events import ReservationCreated
 from common.messages import (
-    MAX_LIMIT,
     REPLY_TYPES,
     Bateria,
     Cancelar,
@@ -67,9 +69,17 @@ MSG_QUEUE_FULL: Final = "Queue full"
 
 
 def handle(
-    eng: Engine, conn: int, vehicle_id: str, req: VehicleRequest, now: float
+    eng: Engine,
+    conn: int,
+    vehicle_id: str,
+    req: VehicleRequest,
+    now: float,
+    address: str | None = None,
 ) -> list[Effect]:
-    """Dispatch one request; unknown types or mismatched data get ``erro invalid``."""
+    """Dispatch one request; unknown types or mismatched data get ``erro invalid``.
+
+    ``address``: the network address the request came from (the per-address caps).
+    """
     fx: list[Effect] = []
     data = req.data
     rtype = REPLY_TYPES.get(req.type)
@@ -87,10 +97,20 @@ def handle(
         points, truncated = _consulta(eng, data, now)
         reply(points, truncated=truncated)
     elif isinstance(data, Reserva) and req.type == "reserva":
-        answer, after = _reserva(eng, vehicle_id, data, now, fx)
-        if not (isinstance(answer, Reserved) and _wait_hold(eng, conn, req.id, answer, after)):
-            reply(answer)
-        fx.extend(after)
+        cap = eng.config.max_reservations_per_address
+        if (
+            address is not None
+            and eng.reservations_of_address(address) >= cap
+            and eng.reservation_of(vehicle_id) is None  # else its own refusal, as before
+        ):
+            eng.count("reservations_rate_limited")
+            msg = f"{address} already holds {cap} live reservations"
+            reply(error_data(RateLimited(msg)), "erro")
+        else:
+            answer, after = _reserva(eng, vehicle_id, data, now, fx, address)
+            if not (isinstance(answer, Reserved) and _wait_hold(eng, conn, req.id, answer, after)):
+                reply(answer)
+            fx.extend(after)
     elif isinstance(data, Cancelar) and req.type == "cancelar":
         reply(_cancelar(eng, vehicle_id, data, now, fx))
     elif isinstance(data, Chegada) and req.type == "chegada":
@@ -102,7 +122,7 @@ def handle(
     elif isinstance(data, Custos) and req.type == "custos":
         reply(eng.statement(vehicle_id))
     elif isinstance(data, StatusQuery) and req.type == "status":
-        reply(_status(eng, vehicle_id))
+        reply(_status(eng, vehicle_id, now))
     else:
         reply(error_data(InvalidRequest(f"Data does not match type {req.type!r}")), "erro")
     return fx
@@ -112,40 +132,25 @@ def handle(
 
 
 def _bateria(eng: Engine, vehicle_id: str, data: Bateria, now: float, fx: list[Effect]) -> Raw:
-    """``{"pontos": [...]}``, already encoded (cached point views, see point_views)."""
+    """``{"pontos": [...]}``, already encoded (the read path, see read_path)."""
     loc = data.localizacao
     eng.battery_report(vehicle_id, data.nivel_bateria, loc.latitude, loc.longitude, now, fx)
-    max_km = data.distancia_max or None
-    hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=True)
-    return Raw(b'{"pontos":' + eng.encoded_points(hits, now) + b"}")
+    return bateria_points(eng.points.reads, data, now)
 
 
 def _consulta(eng: Engine, data: Consulta, now: float) -> tuple[Raw, bool]:
-    """``[Point, ...]`` already encoded, and whether the list was cut at MAX_LIMIT.
-
-    Without ``limite`` at most MAX_LIMIT points are returned; when more were in range
-    the reply says ``"truncated": true`` (docs/protocol.md).
-    """
-    loc = data.localizacao
-    max_km = data.distancia_max or None
-    truncated = False
-    if data.limite is None:
-        hits = eng.nearest(loc.latitude, loc.longitude, MAX_LIMIT + 1, max_km, usable_only=False)
-        if len(hits) > MAX_LIMIT:
-            hits, truncated = hits[:MAX_LIMIT], True
-    else:
-        hits = eng.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=False)
-    return Raw(eng.encoded_points(hits, now)), truncated
+    """``[Point, ...]`` already encoded, and whether the list was cut at MAX_LIMIT."""
+    return consulta_points(eng.points.reads, data, now)
 
 
-def _status(eng: Engine, vehicle_id: str) -> VehicleStatus:
+def _status(eng: Engine, vehicle_id: str, now: float) -> VehicleStatus:
     r = eng.reservation_of(vehicle_id)
     reserva = None
     if r is not None:
         p = eng.point(r.point_id)
         reserva = r.view(position_of(p.queue, vehicle_id) if p is not None else 0)
     s = eng.session_of(vehicle_id)
-    sessao = s.view() if s is not None else None
+    sessao = eng.session_view(s, now) if s is not None else None
     if sessao is None:
         pend = eng.pending_of(vehicle_id)
         if pend is not None:
@@ -176,7 +181,12 @@ def _usable_point(eng: Engine, pid: str) -> PointState | RequestRefused:
 
 
 def _reserva(
-    eng: Engine, vehicle_id: str, data: Reserva, now: float, fx: list[Effect]
+    eng: Engine,
+    vehicle_id: str,
+    data: Reserva,
+    now: float,
+    fx: list[Effect],
+    address: str | None = None,
 ) -> tuple[Reserved | Refusal, list[Effect]]:
     """The reply data, and the effects that must follow the reply (the turn, if granted)."""
     pid = data.id_ponto_recarga
@@ -191,7 +201,7 @@ def _reserva(
         return refusal(err, vehicle_id, pid), []
     if len(p.queue) >= eng.config.queue_capacity:
         return refusal(QueueFull(MSG_QUEUE_FULL), vehicle_id, pid), []
-    r = eng.new_reservation(p, vehicle_id, float(data.tempo_estimado) * 60.0, now, fx)
+    r = eng.new_reservation(p, vehicle_id, float(data.tempo_estimado) * 60.0, now, fx, address)
     eng.publish(
         fx,
         ReservationCreated(
@@ -278,7 +288,13 @@ def _chegada(
     if own is not None:
         err = PointBusy(f"Vehicle is already charging at {own.point_id}")
         return refusal(err, vehicle_id, pid)
-    if eng.pending_of(vehicle_id) is not None:
+    pend = eng.pending_of(vehicle_id)
+    if pend is not None:
+        if pend.conn == NO_CONNECTION and pend.point_id == pid:
+            # a start restored after a restart has lost its requester: the vehicle
+            # asking again (a gateway resending its request) gets the ack's reply
+            pend.conn, pend.request_id = conn, req.id
+            return None
         err = PointBusy("A start for this vehicle is already in progress")
         return refusal(err, vehicle_id, pid)
     pos = position_of(p.queue, vehicle_id)

@@ -17,6 +17,12 @@ Requests and replies are one msgpack frame each (protocol section 5):
 * ``{"op": "set_availability", "point_id": P, "available": bool, "reason": R}``
   -> ``{"ok": true, "seq": S}`` once the change is committed, or ``{"error"}``
   (rules.md "Out of service"; operator credentials only).
+* ``{"op": "sites"}`` -> ``{"sites": [...], "seq": S}``: every site with its
+  limit, points and allocation (energy.md).
+* ``{"op": "set_site", "name": N, "limit_kw": KW, "points": [PATTERN...],
+  "min_kw": KW?}`` and ``{"op": "remove_site", "name": N}`` -> ``{"ok": true,
+  "seq": S}`` once committed, or ``{"error"}`` naming the problem (operator
+  credentials only).
 * anything else -> ``{"error": "..."}``.
 
 Both DEALER and REQ clients work: a REQ envelope ``[id, b"", request]`` is
@@ -57,9 +63,12 @@ from common.messages import (
     MAX_HISTORY_LIMIT,
     BusEvent,
     HistoryAccounts,
+    HistoryRemoveSite,
     HistoryRequest,
     HistorySetAvailability,
+    HistorySetSite,
     HistorySince,
+    HistorySites,
     HistorySnapshot,
 )
 from common.zmq_nowait import send_nowait
@@ -79,13 +88,16 @@ KNOWN_OPS: Final = HISTORY_OPS
 MAX_POINT_ID: Final = 64
 ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 #: Ops only an ``operator`` credential may ask for.
-OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP})
+OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP, "set_site", "remove_site"})
 #: The decoded requests only an ``operator`` credential may make (the check's input).
-OPERATOR_REQUESTS: Final = (HistorySetAvailability,)
+OPERATOR_REQUESTS: Final = (HistorySetAvailability, HistorySetSite, HistoryRemoveSite)
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 #: (point_id, available, reason, by) -> the reply map, once the change is committed
 SetAvailability = Callable[[str, bool, str, str], int]  # the seq after it; raises EVError
+#: (sites request, by) -> the reply map, once a change is committed (energy.md); raises
+#: EVError (a refusal names the problem)
+SitesOp = Callable[[HistorySites | HistorySetSite | HistoryRemoveSite, str], dict[str, Any]]
 
 
 class HistoryServer:
@@ -103,8 +115,10 @@ class HistoryServer:
         max_bytes: int = 4 * 1024 * 1024,
         security: Security | None = None,
         set_availability: SetAvailability | None = None,
+        sites: SitesOp | None = None,
     ) -> None:
         self._set_availability = set_availability
+        self._sites = sites
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._ctx = ctx
@@ -235,6 +249,10 @@ class HistoryServer:
                 return {"accounts": self._accounts()}
             if isinstance(request, HistorySetAvailability):
                 return {"ok": True, "seq": self._availability(request, user or ANONYMOUS)}
+            if isinstance(request, HistorySites | HistorySetSite | HistoryRemoveSite):
+                if self._sites is None:
+                    raise InvalidRequest("sites are not served here")
+                return self._sites(request, user or ANONYMOUS)
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)

@@ -72,16 +72,29 @@ class RequestSink(Protocol):
     """What the edge needs from the app."""
 
     def vehicle_request(
-        self, conn: int, vehicle_id: str, request: VehicleRequest, slot: Slot
+        self,
+        conn: int,
+        vehicle_id: str,
+        request: VehicleRequest,
+        slot: Slot,
+        address: str | None = None,
     ) -> None: ...
     def vehicle_record_reply(self, persist: Persist, reply: Reply, slot: Slot) -> None: ...
     def vehicle_connected(self, vehicle_id: str) -> None: ...
     def vehicle_disconnected(self, vehicle_id: str) -> None: ...
 
 
+class PushTarget(Protocol):
+    """What a binding holds: a connection that takes pushes (local, or held by a gateway)."""
+
+    vehicle_id: str | None
+
+    def push(self, payload: bytes) -> None: ...
+
+
 @dataclass(slots=True)
 class _Binding:
-    conns: list[VehicleConnection] = field(default_factory=list)
+    conns: list[PushTarget] = field(default_factory=list)
 
 
 class VehicleConnection(asyncio.Protocol):
@@ -139,9 +152,7 @@ class VehicleConnection(asyncio.Protocol):
         self.inbox = bytearray()
         if self.server.conns.pop(self.conn_id, None) is None:
             return
-        self.server.auth.closed(self.auth)
-        if self.vehicle_id is not None:
-            self.server.unbind(self.vehicle_id, self)
+        self.server.connection_closed(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -263,6 +274,10 @@ class VehicleConnection(asyncio.Protocol):
         self._local_reply("unparsed", item.request_id, item.error, close=close)
 
     def _on_request(self, request: VehicleRequest) -> None:
+        self.server.handle_request(self, request)
+
+    def answer_here(self, request: VehicleRequest) -> None:
+        """The core's own path: the gate, then the core (through the app)."""
         server = self.server
         verdict = server.auth.admit(self.auth, request.type, request.data, time.time())
         if verdict.error is not None:
@@ -284,13 +299,21 @@ class VehicleConnection(asyncio.Protocol):
                 self.fill(slot, encode_reply(rtype, data, request.id), rtype, data)
             return
         try:
-            self.server.sink.vehicle_request(self.conn_id, vehicle_id, request, slot)
+            self.server.sink.vehicle_request(
+                self.conn_id, vehicle_id, request, slot, self.auth.address or None
+            )
         except ProtocolError as exc:
             self.fill(slot, encode_reply("erro", exc.to_wire(), request.id), "erro", exc.to_wire())
         except Exception:
             log.exception("request %s from %s failed", request.type, vehicle_id)
             wire = InternalError("internal error").to_wire()
             self.fill(slot, encode_reply("erro", wire, request.id), "erro", wire)
+
+    def local_reply(
+        self, request_type: str, request_id: RequestId, error: EVError, *, close: bool = False
+    ) -> None:
+        """Answer ``error`` in the next slot (the request never reaches the core)."""
+        self._local_reply(request_type, request_id, error, close=close)
 
     def _local_reply(
         self, request_type: str, request_id: RequestId, error: EVError, *, close: bool = False
@@ -441,10 +464,21 @@ class VehicleServer:
         self._next_conn += 1
         return VehicleConnection(self, self._next_conn)
 
-    async def start(self, host: str, port: int) -> None:
+    def handle_request(self, conn: VehicleConnection, request: VehicleRequest) -> None:
+        """One decoded request of ``conn`` (a vehicle gateway answers it otherwise)."""
+        conn.answer_here(request)
+
+    def connection_closed(self, conn: VehicleConnection) -> None:
+        """``conn`` ended: the id it held is free, its vehicle gets no more pushes there."""
+        self.auth.closed(conn.auth)
+        if conn.vehicle_id is not None:
+            self.unbind(conn.vehicle_id, conn)
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen on ``host:port``; ``reuse_port``: several processes share the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._factory, host, port, reuse_address=True, backlog=4096
+            self._factory, host, port, reuse_address=True, reuse_port=reuse_port, backlog=4096
         )
         self._sweeper = loop.call_later(self.sweep_interval, self._sweep)
 
@@ -468,7 +502,7 @@ class VehicleServer:
 
     # --- bindings --------------------------------------------------------------------------
 
-    def bind(self, vehicle_id: str, conn: VehicleConnection) -> None:
+    def bind(self, vehicle_id: str, conn: PushTarget) -> None:
         conn.vehicle_id = vehicle_id
         binding = self.bindings.get(vehicle_id)
         if binding is None:
@@ -478,7 +512,7 @@ class VehicleServer:
         else:
             binding.conns.append(conn)
 
-    def unbind(self, vehicle_id: str, conn: VehicleConnection) -> None:
+    def unbind(self, vehicle_id: str, conn: PushTarget) -> None:
         binding = self.bindings.get(vehicle_id)
         if binding is None:
             return

@@ -33,8 +33,9 @@ from station.cli_options import (
 )
 from station.host import HostConfig
 from station.links import Link, SharedLink
-from station.ocpp.chargers_file import load_chargers
+from station.ocpp.chargers_file import ChargerSpec, load_chargers
 from station.ocpp.gateway import Gateway, GatewayConfig
+from station.ocpp.guard import IdTags
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
 from station.ocpp.simulator201 import SimCharger201
@@ -43,74 +44,95 @@ from station.ocpp.state import GatewayState
 FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
 
 
+ChargersOpt = Annotated[
+    Path, typer.Option(envvar=env("CHARGERS"), help="TOML file listing the chargers.")
+]
+
+OcppHostOpt = Annotated[
+    str, typer.Option(envvar=env("OCPP_HOST"), help="WebSocket listen address.")
+]
+
+OcppPortOpt = Annotated[
+    int,
+    typer.Option(envvar=env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
+]
+
+StateFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=env("OCPP_STATE"),
+        help="State file (open transactions, boot id); default: next to --chargers.",
+    ),
+]
+
+CertOpt = Annotated[
+    Path | None,
+    typer.Option(envvar=env("OCPP_CERT"), help="TLS certificate (Security Profile 2)."),
+]
+
+KeyOpt = Annotated[Path | None, typer.Option(envvar=env("OCPP_KEY"), help="TLS private key.")]
+
+ClientCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=env("OCPP_CLIENT_CA"),
+        help="CA of charger certificates (Security Profile 3: mutual TLS).",
+    ),
+]
+
+MeterIntervalOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=env("METER_INTERVAL"),
+        min=1,
+        max=3600,
+        help="Meter sampling interval set on every charger at boot, seconds.",
+    ),
+]
+
+OcppHeartbeatOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=env("OCPP_HEARTBEAT"),
+        min=1,
+        max=86400,
+        help="Heartbeat interval told to chargers in BootNotification, seconds.",
+    ),
+]
+
+VehiclePortOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=env("VEHICLE_PORT"),
+        min=1,
+        max=65535,
+        help="Broker vehicle port (walk-in sessions arrive as vehicles).",
+    ),
+]
+
+WalkinCapacityOpt = Annotated[
+    float,
+    typer.Option(
+        envvar=env("WALKIN_CAPACITY"),
+        min=1.0,
+        max=1000.0,
+        help="capacidade_kwh of a walk-in session (bounds its metered energy).",
+    ),
+]
+
+
 def ocpp_gateway(
-    chargers: Annotated[
-        Path, typer.Option(envvar=env("CHARGERS"), help="TOML file listing the chargers.")
-    ],
-    host: Annotated[
-        str, typer.Option(envvar=env("OCPP_HOST"), help="WebSocket listen address.")
-    ] = "0.0.0.0",
-    port: Annotated[
-        int,
-        typer.Option(envvar=env("OCPP_PORT"), min=0, max=65535, help="WebSocket port."),
-    ] = OCPP_PORT,
-    state: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=env("OCPP_STATE"),
-            help="State file (open transactions, boot id); default: next to --chargers.",
-        ),
-    ] = None,
-    cert: Annotated[
-        Path | None,
-        typer.Option(envvar=env("OCPP_CERT"), help="TLS certificate (Security Profile 2)."),
-    ] = None,
-    key: Annotated[
-        Path | None, typer.Option(envvar=env("OCPP_KEY"), help="TLS private key.")
-    ] = None,
-    client_ca: Annotated[
-        Path | None,
-        typer.Option(
-            envvar=env("OCPP_CLIENT_CA"),
-            help="CA of charger certificates (Security Profile 3: mutual TLS).",
-        ),
-    ] = None,
-    ocpp_heartbeat: Annotated[
-        int,
-        typer.Option(
-            envvar=env("OCPP_HEARTBEAT"),
-            min=1,
-            max=86400,
-            help="Heartbeat interval told to chargers in BootNotification, seconds.",
-        ),
-    ] = 60,
-    meter_interval: Annotated[
-        int,
-        typer.Option(
-            envvar=env("METER_INTERVAL"),
-            min=1,
-            max=3600,
-            help="MeterValueSampleInterval set on every charger at boot, seconds.",
-        ),
-    ] = 10,
-    vehicle_port: Annotated[
-        int,
-        typer.Option(
-            envvar=env("VEHICLE_PORT"),
-            min=1,
-            max=65535,
-            help="Broker vehicle port (walk-in sessions arrive as vehicles).",
-        ),
-    ] = VEHICLE_PORT,
-    walkin_capacity: Annotated[
-        float,
-        typer.Option(
-            envvar=env("WALKIN_CAPACITY"),
-            min=1.0,
-            max=1000.0,
-            help="capacidade_kwh of a walk-in session (bounds its metered energy).",
-        ),
-    ] = 100.0,
+    chargers: ChargersOpt,
+    host: OcppHostOpt = "0.0.0.0",
+    port: OcppPortOpt = OCPP_PORT,
+    state: StateFileOpt = None,
+    cert: CertOpt = None,
+    key: KeyOpt = None,
+    client_ca: ClientCaOpt = None,
+    ocpp_heartbeat: OcppHeartbeatOpt = 60,
+    meter_interval: MeterIntervalOpt = 10,
+    vehicle_port: VehiclePortOpt = VEHICLE_PORT,
+    walkin_capacity: WalkinCapacityOpt = 100.0,
     broker: Broker = "127.0.0.1",
     status_port: StatusPort = STATUS_PORT,
     station_port: StationPort = STATION_PORT,
@@ -122,6 +144,54 @@ def ocpp_gateway(
     """OCPP 1.6J / 2.0.1 gateway: chargers connect over WebSocket and join as stations."""
     setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every message at INFO
+    specs, st, ssl_ctx = _load(chargers, state, cert, key, client_ca)
+    try:
+        id_tags = IdTags.load(chargers)  # the idTags that may start walk-ins
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--chargers") from None
+    config = GatewayConfig(
+        host=host,
+        port=port,
+        heartbeat_interval_s=ocpp_heartbeat,
+        meter_interval_s=meter_interval,
+        ssl_context=ssl_ctx,
+        vehicle_port=vehicle_port,
+        walkin_capacity_kwh=walkin_capacity,
+        id_tags=id_tags,
+    )
+    credential = station_credential(credentials, [s.id for s in specs])
+    host_config = HostConfig(
+        broker=broker,
+        status_port=status_port,
+        station_port=station_port,
+        interval_s=interval,
+        heartbeat_s=heartbeat,
+        credential=credential,
+    )
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1 if len(specs) == 1 else 2)
+    endpoint = f"tcp://{broker}:{station_port}"
+
+    def link_factory(ids: list[str]) -> Link:
+        # every point of the gateway on ONE connection to the broker (docs/station.md)
+        return SharedLink(ctx, endpoint, "ocpp-gateway", len(ids), credential)
+
+    _check_fd_limit(len({s.charger for s in specs}))
+    gateway = Gateway(specs, config, host_config, st, link_factory)
+    try:
+        _run_gateway(gateway, host, port)
+    finally:
+        terminate_context(ctx)
+    print("stopped: ocpp gateway", flush=True)
+
+
+def _load(
+    chargers: Path,
+    state: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None = None,
+) -> tuple[list[ChargerSpec], GatewayState, ssl.SSLContext | None]:
+    """The chargers file, the state file and the TLS context; BadParameter when unusable."""
     if (cert is None) != (key is None):
         raise typer.BadParameter("give both --cert and --key (or neither)")
     if client_ca is not None and cert is None:
@@ -144,42 +214,24 @@ def ocpp_gateway(
         raise typer.BadParameter(exc.message, param_hint="--chargers") from None
     except (OSError, ssl.SSLError) as exc:
         raise typer.BadParameter(f"cannot load the TLS files: {exc}") from None
-    config = GatewayConfig(
-        host=host,
-        port=port,
-        heartbeat_interval_s=ocpp_heartbeat,
-        meter_interval_s=meter_interval,
-        ssl_context=ssl_ctx,
-        vehicle_port=vehicle_port,
-        walkin_capacity_kwh=walkin_capacity,
-    )
-    credential = station_credential(credentials, [s.id for s in specs])
-    host_config = HostConfig(
-        broker=broker,
-        status_port=status_port,
-        station_port=station_port,
-        interval_s=interval,
-        heartbeat_s=heartbeat,
-        credential=credential,
-    )
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1 if len(specs) == 1 else 2)
-    endpoint = f"tcp://{broker}:{station_port}"
+    return specs, st, ssl_ctx
 
-    def link_factory(ids: list[str]) -> Link:
-        # every point of the gateway on ONE connection to the broker (docs/station.md)
-        return SharedLink(ctx, endpoint, "ocpp-gateway", len(ids), credential)
 
+def _check_fd_limit(chargers: int) -> None:
+    """Raise the open-files limit; warn when it still cannot hold every charger."""
     limit = raise_nofile_limit()  # soft to hard: each connected charger is one socket
-    chargers_n = len({s.charger for s in specs})
-    if limit < chargers_n + FD_RESERVE:
+    if limit < chargers + FD_RESERVE:
         logging.getLogger("station.ocpp").warning(
             "open-files limit %d holds about %d connected chargers (each needs one socket, "
-            "its WebSocket); raise the limit for %d",
+            "its WebSocket: every point shares one broker connection); raise the limit for %d",
             limit,
             max(0, limit - FD_RESERVE),
-            chargers_n,
+            chargers,
         )
-    gateway = Gateway(specs, config, host_config, st, link_factory)
+
+
+def _run_gateway(gateway: Gateway, host: str, port: int) -> None:
+    """Run ``gateway`` until SIGINT/SIGTERM; exit 1 when it cannot listen."""
 
     async def main(_stop: asyncio.Event) -> None:
         try:
@@ -188,11 +240,7 @@ def ocpp_gateway(
             print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
             raise SystemExit(1) from None
 
-    try:
-        runner.run(main, on_stop=gateway.request_stop)
-    finally:
-        terminate_context(ctx)
-    print("stopped: ocpp gateway", flush=True)
+    runner.run(main, on_stop=gateway.request_stop)
 
 
 def ocpp_password(

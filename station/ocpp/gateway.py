@@ -34,7 +34,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -50,8 +50,9 @@ from station.host import Host, HostConfig
 from station.links import Link
 from station.ocpp import mapping, mapping201
 from station.ocpp.chargers_file import ChargerSpec
+from station.ocpp.guard import IdTags, LoginGuard
 from station.ocpp.logs import warn
-from station.ocpp.passwords import verify_password
+from station.ocpp.passwords import DEFAULT_ITERATIONS, verify_password
 from station.ocpp.point import (
     OcppPoint,
     Transaction,
@@ -88,6 +89,7 @@ class GatewayConfig:
     vehicle_port: int = VEHICLE_PORT  # walk-in sessions arrive at the broker as vehicles
     walkin_payment: str = "Débito em conta"
     walkin_capacity_kwh: float = 100.0
+    id_tags: IdTags = field(default_factory=IdTags)  # the idTags that may walk in
 
 
 class Gateway:
@@ -110,7 +112,8 @@ class Gateway:
         walk_in = WalkInSettings(
             config.vehicle_port, config.walkin_payment, config.walkin_capacity_kwh
         )
-        self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in)
+        self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in, config.id_tags)
+        self.login_guard = LoginGuard(_iterations(specs))
         host_config = dataclasses.replace(host_config, quiet_until_welcome=True)
         self.host = Host(
             list(self.points.values()),  # type: ignore[arg-type]
@@ -244,9 +247,21 @@ class Gateway:
         charger_id = path[len(PATH_PREFIX) :]
         points = self.chargers.get(charger_id)
         spec = points[0].spec if points else None
+        guard = self.login_guard
+        address = _address(connection)
+        if guard.blocked(address):
+            guard.log_refusal(f"charger login from {address} refused: too many failures")
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many failed logins\n")
+        if spec is None:
+            password = _basic_password(request.headers, charger_id)
+            if password is not None:
+                await guard.dummy_check(password)  # an unknown id costs what a real check does
         if spec is None or not await self._authenticated(spec, connection, request):
-            warn(charger_id[:64], "auth", "charger %r refused: unknown id or wrong credentials",
-                 charger_id[:64])  # fmt: skip
+            guard.failed(address)
+            guard.log_refusal(
+                f"charger {charger_id[:64]!r} from {address} refused: unknown id or wrong "
+                "credentials"
+            )
             response = connection.respond(
                 HTTPStatus.UNAUTHORIZED, "unknown charger or bad credentials\n"
             )
@@ -358,6 +373,22 @@ class Gateway:
 
     def request_stop(self) -> None:
         self.host.request_stop()
+
+
+def _address(connection: ServerConnection) -> str:
+    """The peer's IP address (the key of the failed-login count)."""
+    peer = connection.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
+
+def _iterations(specs: list[ChargerSpec]) -> int:
+    """The PBKDF2 cost of the chargers' hashes (the dummy check costs the same)."""
+    for spec in specs:
+        try:
+            return int((spec.password_hash or "").split("$")[1])
+        except (IndexError, ValueError):
+            continue
+    return DEFAULT_ITERATIONS
 
 
 def _subprotocol(version: str, offered: list[str]) -> str | None:

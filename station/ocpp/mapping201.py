@@ -5,7 +5,8 @@ instead of a connector id, idTokens, TransactionEvent instead of Start/Stop
 transactions, device-model variables instead of configuration keys. Each function
 of the version-neutral set (``reserve_now``, ``cancel_reservation``,
 ``remote_start``, ``remote_stop``, ``change_availability``, ``configuration_calls``,
-``configuration_refusals``) has the same name and meaning in :mod:`station.ocpp.mapping`.
+``configuration_refusals``) has the same name and meaning in
+:mod:`station.ocpp.mapping`; power limits are :mod:`station.ocpp.profiles`.
 Every rule is stated in docs/ocpp.md.
 """
 
@@ -121,26 +122,6 @@ def trigger_status(evse: int) -> call.TriggerMessage:
     return call.TriggerMessage(
         requested_message="StatusNotification", evse={"id": evse, "connector_id": CONNECTOR}
     )
-
-
-def set_profile(evse: int, transaction_id: int | str, profile_id: int, watts: int) -> Any:
-    """A power limit (energy.md) as 2.0.1's SetChargingProfile: a TxProfile for the
-    transaction, unit W, one period from its start (1.6J: ``mapping``'s TxProfile)."""
-    profile = {
-        "id": profile_id,
-        "stack_level": 0,
-        "charging_profile_purpose": "TxProfile",
-        "charging_profile_kind": "Relative",
-        "transaction_id": str(transaction_id),
-        "charging_schedule": [
-            {
-                "id": profile_id,
-                "charging_rate_unit": "W",
-                "charging_schedule_period": [{"start_period": 0, "limit": float(watts)}],
-            }
-        ],
-    }
-    return call.SetChargingProfile(evse_id=evse, charging_profile=profile)
 
 
 def meter_reading(meter_value: Any) -> tuple[int | None, float | None]:

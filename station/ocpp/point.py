@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
-from common.messages import Hold, Release, SessionAck, Start, Stop
+from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
-from station.ocpp import mapping
+from station.ocpp import mapping, profiles
 from station.ocpp.chargers_file import ChargerSpec
 from station.ocpp.logs import warn
 from station.sim import (
@@ -90,6 +90,7 @@ class Transaction:
     soc: float | None = None
     stop_sent: bool = False
     seq: int = -1  # 2.0.1: the last TransactionEvent seqNo applied
+    power_kw: float | None = None  # the last Power.Active.Import reported (sites)
 
     @property
     def energy_wh(self) -> int:
@@ -130,6 +131,15 @@ class OcppPoint:
         self._in_flight: set[str] = set()
         self.refused = 0
         self.operative = True  # what the gateway last asked of the connector
+        #: the broker's last limit for the running session (kW; None: unlimited), the
+        #: input of every protocol version's charging profile (see station.ocpp.profiles)
+        self.limit_kw: float | None = None
+        self.profiles_rejected = False
+
+    @property
+    def takes_limits(self) -> bool:
+        """Says ``"limites"`` in its hello: until the charger rejected a profile."""
+        return not self.profiles_rejected
 
     @property
     def dialect(self) -> Any:
@@ -173,6 +183,8 @@ class OcppPoint:
             d["vehicle_id"] = tx.vehicle_id
             d["session_id"] = tx.session_id
             d["energia_kwh"] = min(tx.energy_wh / 1000.0, tx.capacidade_kwh)
+            if tx.power_kw is not None:
+                d["potencia_atual_kw"] = round(min(tx.power_kw, 1000.0), 3)
             d["battery"] = (
                 tx.soc
                 if tx.soc is not None
@@ -198,7 +210,7 @@ class OcppPoint:
 
     # --- commands from the broker -----------------------------------------------------
 
-    def handle(self, cmd: Hold | Release | Start | Stop | SessionAck, now: float) -> Step:
+    def handle(self, cmd: Hold | Release | Start | Limit | Stop | SessionAck, now: float) -> Step:
         if isinstance(cmd, SessionAck):
             if self.pending.pop(cmd.session_id, None) is not None:
                 self._resend_at.pop(cmd.session_id, None)
@@ -217,7 +229,10 @@ class OcppPoint:
             case Hold():
                 return self._hold(cmd)
             case Start():
+                self.limit_kw = cmd.kw
                 return self._start(cmd, now)
+            case Limit():
+                return self._limit(cmd)
             case Stop():
                 return self._stop(cmd)
         return Step()  # pragma: no cover - the match is exhaustive
@@ -364,6 +379,41 @@ class OcppPoint:
             warn(self.point_id, "availability", "%s: ChangeAvailability %s (%s) answered %s",
                  self.point_id, kind, reason, status)  # fmt: skip
 
+    def _limit(self, cmd: Limit) -> Step:
+        tx = self.session
+        if tx is None or tx.session_id != cmd.session_id:
+            if cmd.session_id in self.pending:
+                return Step(messages=[self._ack(cmd.cmd_id, None)])  # ended: draws nothing
+            return self._refused(cmd.cmd_id, f"unknown_session: no session {cmd.session_id} here")
+        self.limit_kw = cmd.kw
+        self._ask(cmd.cmd_id, self._set_profile(cmd.cmd_id, tx))
+        return Step()
+
+    def _power_limit(self, tx: Transaction) -> profiles.PowerLimit | None:
+        if self.limit_kw is None:
+            return None
+        watts = profiles.limit_watts(self.limit_kw)
+        tx_id = tx.transaction_id if isinstance(tx.transaction_id, int) else 0  # 2.0.1: below
+        return profiles.PowerLimit(tx.session_id, tx_id, self.spec.connector, watts)
+
+    async def _set_profile(self, cmd_id: str | None, tx: Transaction) -> None:
+        """Tell the charger the limit of ``tx``; ack ``cmd_id`` with its answer."""
+        limit = self._power_limit(tx)
+        if limit is None:
+            return
+        if self.dialect is mapping:
+            payload: Any = profiles.set_profile_16(limit)
+        else:  # the same limit as 2.0.1's TxProfile of the charger's (string) transaction id
+            payload = profiles.set_profile_201(limit, str(tx.transaction_id))
+        result = await self.gw.call(self, payload)
+        error = profiles.refusal(getattr(result, "status", None))
+        if error is not None and result is not None:
+            self.profiles_rejected = True
+        if cmd_id is not None:
+            self._answer(cmd_id, error)
+        elif error is not None:
+            log.warning("%s: %s", self.point_id, error)
+
     # --- acks -------------------------------------------------------------------------
 
     def _ask(self, cmd_id: str, coro: Coroutine[Any, Any, None]) -> None:
@@ -426,6 +476,9 @@ class OcppPoint:
         if tx is None or (transaction_id is not None and transaction_id != tx.transaction_id):
             return
         self.on_reading(tx, *self.dialect.meter_reading(meter_value))
+        power = profiles.power_reading(meter_value) if self.dialect is mapping else None
+        if power is not None:
+            tx.power_kw = power
         self.check_target(tx)
 
     def on_reading(self, tx: Transaction, wh: int | None, soc: float | None) -> None:
@@ -497,6 +550,9 @@ class OcppPoint:
         self.session = tx
         self.hold = self.hold_ocpp_id = None
         self.gw.save_transaction(tx, tx.transaction_id, self.point_id)
+        if self.limit_kw is not None and self.online:
+            # the start carried the session's first limit on a site
+            self.gw.spawn(self._set_profile(None, tx))
 
     def on_stop_transaction(
         self,

@@ -53,17 +53,32 @@ class SimOptions:
     speed: float = 60.0  # simulated seconds per real second
     meter_every_s: float = 0.5
     reject_starts: bool = False
+    reject_profiles: bool = False  # answer SetChargingProfile NotSupported
     reconnect: bool = True
     connector: int = 1
     reserve_answer: str = "Accepted"  # what ReserveNow answers when free (Rejected, Faulted...)
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class _Protocol(ChargePoint):  # type: ignore[misc]
     """The ``ocpp`` ChargePoint of one connection; handlers forward to the SimCharger."""
 
     def __init__(self, sim: SimCharger, ws: ClientConnection) -> None:
         super().__init__(sim.charger_id, ws, response_timeout=10)
         self.sim = sim
+
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(
+        self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
+    ) -> call_result.SetChargingProfile:
+        self.sim.received.append(("SetChargingProfile", cs_charging_profiles))
+        if self.sim.options.reject_profiles:
+            return call_result.SetChargingProfile(status="NotSupported")
+        schedule = cs_charging_profiles.get("charging_schedule") or {}
+        periods = schedule.get("charging_schedule_period") or []
+        if schedule.get("charging_rate_unit") == "W" and periods:
+            self.sim.limit_w = float(periods[0]["limit"])
+        return call_result.SetChargingProfile(status="Accepted")
 
     @on(Action.reserve_now)
     def on_reserve_now(self, reservation_id: int, **_: Any) -> call_result.ReserveNow:
@@ -145,6 +160,7 @@ class SimCharger:
     options: SimOptions = field(default_factory=SimOptions)
     ssl: Any = None
     meter_wh: float = 0.0
+    limit_w: float | None = None  # the last TxProfile's limit (SetChargingProfile, W)
     transaction: int | None = None
     reservation: int | None = None
     heartbeat_s: float = 60.0
@@ -176,6 +192,7 @@ class SimCharger:
         auth = base64.b64encode(f"{self.charger_id}:{self.password}".encode()).decode()
         async with connect(
             f"{self.url}/{self.charger_id}",
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=["ocpp1.6"],  # type: ignore[list-item]
             additional_headers={"Authorization": f"Basic {auth}"},
             ssl=self.ssl,
@@ -261,6 +278,7 @@ class SimCharger:
     async def begin(self, id_tag: str) -> str:
         cp = self._cp
         assert cp is not None, "not connected"
+        self.limit_w = None  # a new transaction: no profile yet
         await self.status("Preparing")
         conf = await cp.call(
             call.StartTransaction(
@@ -288,7 +306,10 @@ class SimCharger:
         while self.transaction == transaction_id:
             await asyncio.sleep(opts.meter_every_s)
             now = time.monotonic()
-            self.meter_wh += opts.power_kw * 1000.0 / 3600.0 * (now - last) * opts.speed
+            power_w = opts.power_kw * 1000.0
+            if self.limit_w is not None:
+                power_w = min(power_w, self.limit_w)  # the charger obeys its profile
+            self.meter_wh += power_w / 3600.0 * (now - last) * opts.speed
             last = now
             if self._cp is not None and self.transaction == transaction_id:
                 with contextlib.suppress(ConnectionClosed, TimeoutError):
@@ -304,7 +325,12 @@ class SimCharger:
                                             "value": str(round(self.meter_wh)),
                                             "measurand": "Energy.Active.Import.Register",
                                             "unit": "Wh",
-                                        }
+                                        },
+                                        {
+                                            "value": str(round(power_w)),
+                                            "measurand": "Power.Active.Import",
+                                            "unit": "W",
+                                        },
                                     ],
                                 }
                             ],

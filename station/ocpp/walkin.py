@@ -3,13 +3,14 @@ reservation, no ``chegada`` of ours).
 
 The broker's core knows one way for a session to begin: a vehicle's ``chegada``.
 So the gateway says it for the driver: it connects to the broker's vehicle port
-as the vehicle named by the idTag and sends ``chegada`` for the charger's point
+as the idTag's account and sends ``chegada`` for the charger's point
 (``nivel_bateria`` 0, ``nivel_carregar`` 100, ``capacidade_kwh`` the walk-in
 capacity, the walk-in payment method). The broker then applies its ordinary
 rules (a point whose turn belongs to another reservation refuses) and sends
 ``start``; the point acknowledges it at once, because the charger has already
 started, and the transaction becomes that session. The session is billed to the
-idTag's account from the meter, like every OCPP session.
+idTag's account (``idtag.<tag>``, never a vehicle's id) from the meter, like every
+OCPP session; only idTags the operator listed (``[[idtag]]``) may walk in.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from common.errors import EVError
-from station.ocpp import mapping
+from station.ocpp.guard import IdTags
 from station.ocpp.point import OcppPoint, Transaction, epoch_or
 from vehicle.client import VehicleClient
 
@@ -39,14 +40,21 @@ class WalkInSettings:
 
 
 class WalkIns:
-    def __init__(self, new_id: Callable[[], int], broker: str, settings: WalkInSettings) -> None:
+    def __init__(
+        self,
+        new_id: Callable[[], int],
+        broker: str,
+        settings: WalkInSettings,
+        id_tags: IdTags | None = None,
+    ) -> None:
         self._new_id = new_id
         self._broker = broker
         self._config = settings
+        self._tags = id_tags if id_tags is not None else IdTags()
 
     def authorize(self, point: OcppPoint, id_tag: str) -> str:
-        """``Authorize``: Accepted for an idTag that can name a vehicle account."""
-        return "Accepted" if mapping.vehicle_for_tag(id_tag) is not None else "Invalid"
+        """``Authorize``: Accepted for an idTag the operator authorized (``[[idtag]]``)."""
+        return "Accepted" if self._tags.account_for(id_tag) is not None else "Invalid"
 
     async def start(
         self,
@@ -59,7 +67,8 @@ class WalkIns:
         """A transaction the broker did not ask for: (transactionId, idTagInfo status).
         ``transaction_id``: the charger's own (2.0.1); else a new one of ours (1.6)."""
         tx_id = transaction_id if transaction_id is not None else self._new_id()
-        vehicle = mapping.vehicle_for_tag(id_tag)
+        # billed to the idTag's own account, never to a vehicle id; unknown tags: Invalid
+        vehicle = self._tags.account_for(id_tag)
         if vehicle is None or point.session is not None:
             return tx_id, "Invalid"
         cfg = self._config

@@ -236,7 +236,7 @@ def _udp_client(port: int, rate: float, seconds: float, first: int, out: Any) ->
         out.put((sent, time.perf_counter() - t0))
 
 
-def _run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
+def run_clients(jobs: list[tuple[str, int, dict[str, Any]]]) -> list[Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [ctx.Process(target=_client, args=(job, q)) for job in jobs]
@@ -281,7 +281,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
     seconds = 3.0
 
     for kind in ("ping", "bateria"):
-        res = _run_clients(
+        res = run_clients(
             [(kind, ports.vehicle, {"conns": per, "seconds": seconds})] * CLIENT_PROCS
         )
         total = sum(r["done"] for r in res)
@@ -289,7 +289,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
 
     for rate in (1000.0, 5000.0):
         args = {"conns": per, "rate": rate / CLIENT_PROCS, "seconds": seconds}
-        lat_lists = _run_clients([("open", ports.vehicle, args)] * CLIENT_PROCS)
+        lat_lists = run_clients([("open", ports.vehicle, args)] * CLIENT_PROCS)
         lat = [x for lst in lat_lists for x in lst]
         print(
             f"bateria @ {rate:,.0f} req/s offered: answered {len(lat) / seconds:,.0f}/s, "
@@ -322,7 +322,7 @@ def _bench(ports: BrokerPorts, pid: int) -> None:
         )
 
     vehicles = 2000
-    res = _run_clients(
+    res = run_clients(
         [("reserva", ports.vehicle, {"vehicles": vehicles, "base": k * 10**6}) for k in range(2)]
     )
     ok = sum(r["ok"] for r in res)

@@ -98,6 +98,7 @@ async def _charger(
     async with gate:  # a bounded number of chargers connect and boot at once
         ws = await connect(
             f"{url}/{cid}",
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=["ocpp2.0.1" if v201 else "ocpp1.6"],  # type: ignore[list-item]
             additional_headers={"Authorization": f"Basic {auth}"},
             open_timeout=120,

@@ -52,6 +52,7 @@ def _bill(core: Any, vehicle: str, pid: str, now: float) -> None:
     from common.messages import Ack, SessionComplete
 
     arrive = {"id_ponto_recarga": pid, "nivel_bateria": 20, "nivel_carregar": 80}
+    # (ignored below) the request TypedDict narrows metodo_pagamento to the wire literals
     arrive["metodo_pagamento"] = "Pix"  # type: ignore[assignment]
     fx = core.handle_request(1, vehicle, decode_request(_request("chegada", arrive)), now)
     (start,) = [e.message for e in _effects_of(fx, "SendStation")]

@@ -10,7 +10,8 @@ the exit code of ``billing reconcile`` and the containers' states. Checks:
    id), cancelled (by the driver or a rule) or expired by the rule;
 2. every session started was completed, and every completed session is billed
    exactly once: one ``charging.completed``, once in the broker's accounts, once
-   in the ledger, and (where its driver stayed connected) one ``custo_final``;
+   in the ledger, never two ``custo_final``, and one ``custo_final`` where the
+   driver's connection is proved to have carried what the broker wrote then;
 3. ``billing reconcile`` over both regions exits 0;
 4. each region's event history and its JetStream stream hold seq 1..N, no gap,
    no repeat;
@@ -113,18 +114,31 @@ def check_reservations(facts: Facts, report: Report) -> None:
     report.figures["reservations_confirmed"] = len(told)
 
 
-def _connected_at(journal: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-    """Per driver, the time spans its connection was open."""
+def _delivered(journal: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """Per driver, the spans ``(opened, proved)`` of its connections: everything the broker
+    wrote on that connection from ``opened`` to ``proved`` reached the driver.
+
+    A connection is proved up to time ``s`` by a reply that came back on it to a request
+    sent at ``s``: the broker wrote that reply after whatever it wrote before reading the
+    request, and TCP delivers in order. A connection that looked open but was dead (its
+    peer cut off the network) proves nothing, however long it stayed "open".
+    """
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     opened: dict[str, float] = {}
+    proved: dict[str, float] = {}
+    sent: dict[tuple[str, Any], float] = {}
     for line in journal:
-        who, kind = line.get("who", ""), line.get("kind")
+        who, kind, t = line.get("who", ""), line.get("kind"), float(line.get("t", 0))
         if kind == "connected":
-            opened[who] = float(line["t"])
+            opened[who], proved[who] = t, t
+        elif kind == "send":
+            sent[(who, line.get("req"))] = t
+        elif kind == "reply" and who in opened:
+            proved[who] = max(proved[who], sent.get((who, line.get("req")), opened[who]))
         elif kind in ("disconnected", "done") and who in opened:
-            spans[who].append((opened.pop(who), float(line["t"])))
+            spans[who].append((opened.pop(who), proved.pop(who)))
     for who, t in opened.items():
-        spans[who].append((t, float("inf")))
+        spans[who].append((t, proved[who]))
     return spans
 
 
@@ -134,7 +148,7 @@ def check_bills(facts: Facts, report: Report, margin_s: float = 3.0) -> None:
         for line in facts.journal
         if line.get("kind") == "push" and line.get("type") == "custo_final"
     )
-    spans = _connected_at(facts.journal)
+    spans = _delivered(facts.journal)
     ledger = Counter(facts.ledger_sessions)
     sessions = completed_total = 0
     for name, region in facts.regions.items():
@@ -180,8 +194,8 @@ def check_bills(facts: Facts, report: Report, margin_s: float = 3.0) -> None:
             at = float(ev.get("ts") or 0)
             held = any(a <= at - margin_s and at + margin_s <= b for a, b in spans.get(vehicle, []))
             if held and final[sid] == 0:
-                report.anomalies.append(Anomaly("bill", f"{sid}: {vehicle} stayed connected "
-                                                "and got no custo_final", keys))  # fmt: skip
+                why = f"{sid}: {vehicle}'s connection carried a later reply but no custo_final"
+                report.anomalies.append(Anomaly("bill", why, keys))
     report.figures["sessions_started"] = sessions
     report.figures["bills"] = completed_total
     report.figures["custo_final_pushes"] = sum(final.values())

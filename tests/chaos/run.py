@@ -12,8 +12,9 @@ down, the stack settles (no session running, no reservation queued, both
 streams caught up), and the checker (checker.py) reads what was collected.
 The run prints its seed and figures, writes ``report.json`` and
 ``journal.jsonl`` to ``--out``, and exits 0 when no anomaly was found, 1 when
-one was (each printed with the shortest history that shows it), 2 when the
-stack could not be brought up. ``--seed`` replays a run's faults and choices.
+one was (each printed with the shortest history that shows it; every
+service's log is then kept in ``--out``/logs), 2 when the stack could not be
+brought up. ``--seed`` replays a run's faults and choices.
 """
 
 from __future__ import annotations
@@ -269,7 +270,18 @@ def execute(run: Run, stack: Stack) -> checker.Report:
     )
     report = checker.check(facts)
     write(run, report, facts)
+    if not report.ok:
+        keep_logs(stack, containers, run.out / "logs")
     return report
+
+
+def keep_logs(stack: Stack, containers: dict[str, str], folder: Path) -> None:
+    """Every service's log, for the anomalies' post-mortem (``<service>.log``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for service, cid in containers.items():
+        proc = subprocess.run(["docker", "logs", "--timestamps", cid], capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+        (folder / f"{service}.log").write_text(proc.stdout + proc.stderr)
 
 
 def write(run: Run, report: checker.Report, facts: checker.Facts) -> None:

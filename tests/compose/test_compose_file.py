@@ -20,6 +20,7 @@ pytestmark = pytest.mark.compose
 SERVICES = [
     "credentials",
     "broker",
+    "gateway",
     "billing",
     "station1",
     "station2",
@@ -142,6 +143,7 @@ def test_every_station_and_consumer_has_its_own_credential() -> None:
         ("monitor", "consumer"),
         ("web", "operator"),
         ("ocpp-gateway", 'station --points "OC*"'),
+        ("gateway", "gateway"),
     ]:
         assert f"ensure {name} --role {role}" in init
         block = service_block(text, name)

@@ -33,6 +33,7 @@ from tests.support.procs import (
     start,
     start_broker,
 )
+from tests.support.raw_clients import history_request
 
 pytestmark = pytest.mark.e2e
 
@@ -111,12 +112,11 @@ def test_kill9_and_restart_keeps_everything(tmp_path: Path) -> None:
         assert seqs == list(range(1, len(seqs) + 1))  # no gap, no duplicate
         assert after[: len(before)] == before
         assert [e["topic"] for e in after].count("broker.started") == 2
-        with vehicle(ports.vehicle) as v:
-            status = v.request("status", {"id_veiculo": "CARR"})["data"]
-            assert status["reserva"] is not None
-            assert reservation_id in str(status["reserva"])
-        with vehicle(ports.vehicle) as v:
-            assert v.request("status", {"id_veiculo": "CARS"})["data"]["sessao"] is not None
+        # kept: the reservation and the session (read as the operator does: a new vehicle
+        # connection may not read an unregistered id's history)
+        snap = history_request(ports, {"op": "snapshot"})
+        assert reservation_id in str(snap["queues"])
+        assert "CARS" in str(snap["sessions"])
         with vehicle(ports.vehicle) as v:
             points = v.request(
                 "consulta",

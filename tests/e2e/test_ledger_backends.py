@@ -66,6 +66,7 @@ def test_writes_are_idempotent_by_event_and_by_session(target: str) -> None:
 def test_a_failed_batch_writes_nothing(target: str) -> None:
     with open_ledger(target) as led:
         bad = Entry("fsa", 2, Bill.from_event(completed("S2")))
+        # (ignored below) a bill with a missing vehicle id on purpose (the ledger must refuse it)
         bad = Entry(bad.region, bad.seq, Bill(**{**bad.bill.__dict__, "vehicle_id": None}))  # type: ignore[arg-type]
         with pytest.raises(StoreError):
             led.write([entry("fsa", 1, "S1"), bad], applied_seq=9)

@@ -16,13 +16,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.e2e.test_broker_availability import history
-from tests.e2e.test_ocpp_gateway import PRICE, arrive, gateway_args, sims, wait_estado
+from tests.e2e.test_ocpp_gateway import PRICE, arrive, broker, gateway_args, sims, wait_estado
 from tests.support.ocpp_sims import SimLoop, write_chargers
 from tests.support.procs import BrokerPorts, Proc, free_port, running
-from tests.support.raw_clients import Vehicle, wait_for
+from tests.support.raw_clients import Vehicle, kept_accounts, wait_for
 
 pytestmark = pytest.mark.e2e
-__all__ = ["sims"]  # the fixture, imported
+__all__ = ["broker", "sims"]  # fixtures, imported (broker: for fast metered chargers)
 
 V201 = 'ocpp = "2.0.1"\nconnector = 1\n'
 
@@ -123,11 +123,12 @@ def test_201_walk_in_security_event_and_out_of_service(
     assert sims.run(sim.local_start("RFID201")) == "Accepted"
     wait_estado(car, "N01", "carregando")
     sims.run(sim.end("Local"))
-    driver = Vehicle(broker[1].vehicle, "RFID201")
-    try:
-        wait_for(lambda: driver.ask("custos")["data"]["sessoes"], what="walk-in billed")
-    finally:
-        driver.close()
+
+    # billed to the idTag's own account
+    def billed() -> list[Any]:
+        return list((kept_accounts(broker[1]).get("idtag.RFID201") or {}).get("sessoes") or [])
+
+    wait_for(billed, timeout=15, what="walk-in billed")
     with history(broker[1]) as ask:
         req = {"op": "set_availability", "point_id": "N01", "available": False, "reason": "x"}
         assert ask(req)["ok"] is True

@@ -50,6 +50,7 @@ def servers() -> Iterator[tuple[NatsServer, Postgres]]:
 
 
 @pytest.fixture
+# (ignored below) pytest's tmp_path fixture, untyped here like the other fixtures of the file
 def regions(servers: tuple[NatsServer, Postgres], tmp_path) -> Iterator[list[Region]]:  # type: ignore[no-untyped-def]
     ns, _ = servers
     out: list[Region] = []
@@ -80,6 +81,7 @@ def start_worker(url: str, ledger: str, *extra: str) -> Proc:
     return proc
 
 
+# (ignored below) the reconciliation is plain decoded JSON
 def reconcile(ledger: str, regions: list[Region]) -> tuple[int, dict]:  # type: ignore[type-arg]
     brokers = [
         a
@@ -91,6 +93,7 @@ def reconcile(ledger: str, regions: list[Region]) -> tuple[int, dict]:  # type: 
     return res.returncode, json.loads(res.stdout)
 
 
+# (ignored below) the reconciliation is plain decoded JSON
 def reconcile_until_equal(ledger: str, regions: list[Region], timeout: float = 60) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     while True:

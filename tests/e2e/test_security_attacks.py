@@ -136,12 +136,10 @@ def raw_dealer(scene: Scene, routing_id: str, cred: Credential | None) -> zmq.So
 
 
 def statement(scene: Scene, vehicle_id: str) -> dict[str, Any]:
-    """The vehicle's statement, asked on a new connection (none other may be open for it)."""
-    car = Vehicle(scene.ports.vehicle, vehicle_id)
-    try:
-        return dict(car.ask("custos")["data"])
-    finally:
-        car.close()
+    """The vehicle's statement as the broker keeps it (the history socket's ``accounts``:
+    a new vehicle connection may not read an unregistered id's history)."""
+    accounts = history_reply(scene, {"op": "accounts"}, "consumer")["accounts"]
+    return dict(accounts.get(vehicle_id) or {"total": 0.0, "sessoes": []})
 
 
 def finish_legitimately(scene: Scene, st: FakeStation, car: Vehicle, sid: str) -> None:
@@ -237,7 +235,7 @@ def test_figures_out_of_bounds_are_dropped_and_the_broker_still_restarts(scene: 
         try:
             st.send(completion(sid, "VICTIM4"))
             assert st.expect("session_ack")["session_id"] == sid
-            wait_for(lambda: len(car2.ask("custos")["data"]["sessoes"]) == 1, what="billed")
+            wait_for(lambda: len(statement(scene, "VICTIM4")["sessoes"]) == 1, what="billed")
         finally:
             car2.close()
             st.close()

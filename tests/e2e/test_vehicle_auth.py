@@ -116,9 +116,11 @@ def test_go_client_ids_cannot_be_taken_over(broker: tuple[Proc, BrokerPorts]) ->
             assert attacker.pushes == []
             bill = victim.request("custos", {"id_veiculo": vid})
             assert bill["type"] == "extrato" and len(bill["data"]["sessoes"]) == 1
-        # the owner is gone: the id is free again (the original system's behaviour)
+        # the owner is gone: the id may be used again (the original system's behaviour),
+        # but its history stays with the connection that made it (second round)
         with vehicle(ports.vehicle) as later:
-            assert later.request("custos", {"id_veiculo": vid})["type"] == "extrato"
+            assert code_of(later.request("custos", {"id_veiculo": vid})) == "forbidden"
+            assert code_of(reserve(later, vid)) == "reserved"
     _, text = http_get(ports.http, "/metrics")
     assert metric(text, 'evcharge_rejected_total{edge="vehicles",reason="forbidden"}') >= 7
 

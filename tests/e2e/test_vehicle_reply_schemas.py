@@ -87,6 +87,7 @@ def test_every_reply_and_push_of_a_real_broker_fits_its_schema(tmp_path: Path) -
             cancel = {"id_veiculo": "CARB", "id_ponto_recarga": "CP02"}
             assert b.request("cancelar", cancel)["data"]["code"] == "no_reservation"
             arrive = {"id_ponto_recarga": "CP01", "nivel_bateria": 20, "nivel_carregar": 80}
+            # (ignored below) the request TypedDict narrows metodo_pagamento to the wire literals
             arrive["metodo_pagamento"] = "Pix"  # type: ignore[assignment]
             b.send({"type": "chegada", "data": {"id_veiculo": "CARB", **arrive}})
             assert b.reply()["data"]["code"] == "not_your_turn"

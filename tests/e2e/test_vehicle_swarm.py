@@ -47,6 +47,7 @@ def test_closed_loop_swarm_counts_requests_and_refusals() -> None:
         assert result.latency_ms["p50"] <= result.latency_ms["p99"] <= result.latency_ms["max"]
         assert result.by_type["bateria"] > result.by_type.get("chegada", 0)
         assert not result.errors
+        # (ignored below) the console writes to a StringIO here (typed as IO[str])
         assert "rps=" in out.file.getvalue()  # type: ignore[attr-defined]
         assert server.connections == 5
 

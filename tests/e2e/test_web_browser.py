@@ -189,6 +189,41 @@ def test_out_of_service_toggle_refuses_the_next_reservation(
         assert v.ask("reserva", id_ponto_recarga="BRW-2")["data"]["code"] == "reserved"
 
 
+def test_a_site_bar_shows_allocated_power_against_the_limit(
+    page: webdriver.Chrome, stack: WebStack
+) -> None:
+    from tests.e2e.test_energy_sites import history
+
+    with history(stack.ports) as ask:
+        reply = ask({"op": "set_site", "name": "lot", "limit_kw": 11, "points": ["BRW-4"]})
+        assert reply.get("ok"), reply
+    session = stack.charge("BRWCAR4", "BRW-4", battery=10, target=95)
+
+    def site_text() -> str:
+        return str(
+            js(
+                page,
+                "var e = document.querySelector('#sites .site[data-site=\"lot\"]');"
+                " return e ? e.textContent : '';",
+            )
+        )
+
+    wait_for(lambda: "11 kW limit" in site_text(), WAIT_S, "the site's bar")
+    wait_for(lambda: "11.0 kW allocated" in site_text(), WAIT_S, "the session's allocation")
+    assert "BRW-4 11.0 kW" in site_text()
+    bar = '#sites .site[data-site="lot"] .alloc'
+    width = js(page, f"return document.querySelector('{bar}').style.width")
+    assert width == "100%"
+    wait_for(
+        lambda: (
+            "11.0"
+            in page.find_element(By.CSS_SELECTOR, f'#sessions tr[data-session="{session}"]').text
+        ),
+        WAIT_S,
+        "the session's allowed kW",
+    )
+
+
 def test_the_page_has_no_console_errors(page: webdriver.Chrome) -> None:
     assert console_errors(page) == []
     assert js(page, "return window.evConsole.errors") == []

@@ -214,6 +214,8 @@ class LiveBroker:
             register(self.ports.creds, *self.ports.all())
         args = [sys.executable, "-m", "broker", "serve", *self.ports.cli_args(),
                 "--db", self.db, *self.options]  # fmt: skip
+        if "--max-reservations-per-address" not in args:  # every client is 127.0.0.1
+            args += ["--max-reservations-per-address", "1000000"]
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(

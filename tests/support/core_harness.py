@@ -102,6 +102,7 @@ class Harness:
     def commands(fx: list[Effect], kind: type[M] | None = None) -> list[M]:
         """The station messages of ``fx`` (of struct ``kind`` only, when given)."""
         return [
+            # (ignored below) the expression is evaluated for its error only
             e.message  # type: ignore[misc]
             for e in fx
             if isinstance(e, SendStation) and (kind is None or isinstance(e.message, kind))
@@ -201,6 +202,7 @@ class Harness:
             nivel_final=end,
             started_at=0.0,
             ended_at=1.0,
+            # (ignored below) a free-text reason on purpose (out-of-contract input)
             reason=reason,  # type: ignore[arg-type]
         )
         return self.station(pid, msg)

@@ -90,10 +90,12 @@ def write_chargers(
     password: str = PASSWORD,
     lat: float = -12.2664,
     lon: float = -38.9663,
+    id_tags: tuple[str, ...] = ("RFID042", "RFID201"),
     extra: dict[str, str] | None = None,
 ) -> Path:
-    """A chargers file for ``ids`` (all with ``password``), spread a little around lat/lon;
-    ``extra``: more TOML lines for some ids (``ocpp = "2.0.1"``, ``connectors = [1, 2]``)."""
+    """A chargers file for ``ids`` (all with ``password``), spread a little around lat/lon,
+    with ``id_tags`` authorized for walk-ins; ``extra``: more TOML lines for some ids
+    (``ocpp = "2.0.1"``, ``connectors = [1, 2]``)."""
     pw_hash = hash_password(password, FAST_HASH_ITERATIONS)
     parts = []
     for n, cid in enumerate(ids):
@@ -104,5 +106,6 @@ def write_chargers(
             f"price_kwh = {price_kwh}\npower_kw = {power_kw}\n"
             f'password_hash = "{pw_hash}"\n' + (extra or {}).get(cid, "connector = 1\n")
         )
+    parts += [f'[[idtag]]\nid = "{tag}"\n' for tag in id_tags]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -56,9 +56,12 @@ class Vehicle:
     the request, fills in ``id_veiculo`` and returns the reply with that ``id``.
     """
 
-    def __init__(self, port: int, vehicle_id: str | None = None) -> None:
+    def __init__(self, port: int, vehicle_id: str | None = None, source: str = "") -> None:
         self.vehicle_id = vehicle_id
-        self.sock = socket.create_connection((HOST, port), timeout=WAIT_S)
+        # ``source``: another loopback address (127.0.0.2...) to stand for another client
+        self.sock = socket.create_connection(
+            (HOST, port), timeout=WAIT_S, source_address=(source, 0) if source else None
+        )
         self.buf = b""
         self.next_id = 0
         self.pushes: list[dict[str, Any]] = []
@@ -384,3 +387,28 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def history_request(ports: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """One request on the history socket with the test consumer credential."""
+    from tests.support.credentials import curve_client_for
+
+    with zmq_ctx() as ctx:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        curve_client_for(sock, ports.history, "consumer")
+        sock.connect(f"tcp://{HOST}:{ports.history}")
+        try:
+            sock.send(msgpack.packb(request))
+            if not sock.poll(5000):
+                raise TimeoutError(f"no reply to {request}")
+            reply: dict[str, Any] = msgpack.unpackb(sock.recv())
+        finally:
+            sock.close(linger=0)
+    return reply
+
+
+def kept_accounts(ports: Any) -> dict[str, Any]:
+    """Every account as the broker keeps it: the history socket's ``accounts`` op (a new
+    vehicle connection may not read an unregistered id's history)."""
+    return dict(history_request(ports, {"op": "accounts"})["accounts"])

@@ -161,6 +161,7 @@ class Postgres:
         import psycopg
 
         with psycopg.connect(self.url(), autocommit=True) as conn:
+            # (ignored below) psycopg wants a LiteralString; the database name is generated here
             conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
         return self.url(name)
 

@@ -251,6 +251,7 @@ def test_the_machine_reaches_billing_and_turns() -> None:
     Derandomized, so this guard is deterministic.
     """
 
+    # (ignored below) Hypothesis creates TestCase on the state machine class at run time
     class Guard(CoreMachine.TestCase):  # type: ignore[name-defined,misc]
         settings = settings(
             max_examples=100, stateful_step_count=40, deadline=None, derandomize=True, database=None

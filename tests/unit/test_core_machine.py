@@ -21,7 +21,7 @@ def busy_harness() -> tuple[Harness, str]:
     sid = h.start_charging("CAR9", "CP02")
     h.reserve("CAR4", "CP02", eta=1)
     done = h.start_charging("CAR1", "CP01")
-    h.complete("CP01", done, "CAR1", 10, 55)
+    h.complete("CP01", done, "CAR1", 20, 55)
     return h, sid
 
 
@@ -30,6 +30,7 @@ def test_core_config_defaults() -> None:
     assert (c.queue_capacity, c.hold_s, c.offline_after_s, c.offline_grace_s) == (5, 600, 6, 120)
     assert (c.ack_timeout_s, c.heartbeat_s, c.low_battery) == (5.0, 1.0, 20.0)
     with pytest.raises(AttributeError):
+        # (ignored below) a frozen config changed on purpose to test a shorter hold
         c.hold_s = 1.0  # type: ignore[misc]
 
 

@@ -28,7 +28,8 @@ def test_measured_energy_is_billed_instead_of_the_levels() -> None:
     h = Harness()
     h.point("CP01", preco_kwh=2.0)
     sid = h.start_charging("CAR1", capacidade_kwh=60.0)
-    # the levels would say 79 % of 60 kWh; the meter says 12.345 kWh
+    # the levels would say 79 % of 60 kWh; the meter says 12.345 kWh (in an hour at 50 kW)
+    h.at(3600.0)
     fx = h.station("CP01", measured(sid, "CAR1", 12.345))
     done = h.published(fx, "charging.completed")[0]
     assert done["energy_kwh"] == 12.345 and done["cost"] == 24.69
@@ -48,5 +49,6 @@ def test_measured_energy_out_of_bounds_is_dropped_and_counted(bad: float) -> Non
     assert not h.pushes(fx) and not h.commands(fx, SessionAck)
     assert h.core.stats()["sessions_out_of_bounds"] == 1
     # a correct completion afterwards still bills once
-    fx = h.station("CP01", measured(sid, "CAR1", 60.0))
-    assert h.published(fx, "charging.completed")[0]["energy_kwh"] == 60.0
+    h.at(3600.0)
+    fx = h.station("CP01", measured(sid, "CAR1", 40.0))
+    assert h.published(fx, "charging.completed")[0]["energy_kwh"] == 40.0

@@ -23,6 +23,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 
 def _point(pid: str, lat: float, lon: float, estado: str, queued: int, kw: float, price: float):
     p = PointState(id=pid, latitude=lat, longitude=lon, potencia_kw=kw, preco_kwh=price)
+    # (ignored below) an estado outside the Literal on purpose
     p.estado = estado  # type: ignore[assignment]
     p.queue = [Reservation(f"r{i}", f"V{i}", pid, 0.0, 0.0, i) for i in range(queued)]
     return p

@@ -56,4 +56,5 @@ def test_static_record_has_no_liveness() -> None:
         "out_of_service": False,
         "reason": "",
         "by": "",
+        "limites": False,
     }

@@ -239,7 +239,7 @@ def test_costs_are_decimal_in_the_store() -> None:
     h = Harness()
     h.point("CP01", preco_kwh=0.1)
     sid = h.start_charging("CAR1", capacidade_kwh=1.0)
-    h.complete("CP01", sid, "CAR1", 0.0, 50.0, energy=0.5)  # 0.5 kWh * 0.1 = 0.05
+    h.complete("CP01", sid, "CAR1", 20.0, 70.0, energy=0.5)  # 0.5 kWh * 0.1 = 0.05
     rec = h.store[("session", sid)]
     assert Decimal(rec["cost"]) == Decimal("0.05") and rec["state"] == "billed"
 
@@ -264,10 +264,10 @@ def test_hostile_station_numbers_never_break_billing() -> None:
     snap = h.core.snapshot(h.now)["points"][0]
     assert (snap["potencia_kw"], snap["preco_kwh"]) == (50.0, 2.0)
     sid = h.start_charging("CAR1")
-    fx = h.complete("CP01", sid, "CAR1", start=float("nan"), end=float("inf"), energy=1.0)
-    done = h.published(fx, "charging.completed")[0]
-    assert done["energy_kwh"] == 0.0 and done["cost"] == 0.0
-    sid = h.start_charging("CAR2")
-    fx = h.complete("CP01", sid, "CAR2", start=-50.0, end=150.0)  # clamped to 0-100
-    assert h.published(fx, "charging.completed")[0]["energy_kwh"] == 60.0
-    assert h.core.accounts()["CAR2"]["total"] == 120.0
+    for start in (float("nan"), -50.0, 0.0):  # not the session's initial level: refused
+        fx = h.complete("CP01", sid, "CAR1", start=start, end=float("inf"), energy=1.0)
+        assert not h.published(fx, "charging.completed")
+    assert h.core.stats()["sessions_out_of_bounds"] == 3
+    fx = h.complete("CP01", sid, "CAR1", start=20.0, end=150.0)  # clamped to 100
+    assert h.published(fx, "charging.completed")[0]["energy_kwh"] == 48.0  # the battery's room
+    assert h.core.accounts()["CAR1"]["total"] == 96.0

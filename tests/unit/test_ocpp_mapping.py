@@ -246,9 +246,6 @@ def test_201_statuses_reasons_and_calls() -> None:
     assert mapping.stop_reason(mapping201.stop_reason_as_16("EVDisconnected"), 0, 10) == "stopped"
     assert mapping201.remote_stop(12).transaction_id == "12"
     assert mapping201.change_availability(2, False).evse == {"id": 2}
-    profile = mapping201.set_profile(1, "tx9", 1009, 7400).charging_profile
-    assert profile["transaction_id"] == "tx9"
-    assert profile["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 7400.0
     ok = [{"attribute_status": "Accepted", "variable": {"name": "A"}}]
     bad = [{"attribute_status": "Rejected", "variable": {"name": "B"}}]
 
@@ -296,3 +293,52 @@ def test_chargers_file_connectors_versions_and_profile_3() -> None:
     ]
     with pytest.raises(ConfigError, match="twice"):
         parse_chargers({"charger": clash})
+
+
+def test_a_limit_becomes_a_tx_profile_in_watts_for_both_versions() -> None:
+    from station.ocpp.profiles import (
+        PowerLimit,
+        limit_watts,
+        refusal,
+        set_profile_16,
+        set_profile_201,
+    )
+
+    assert limit_watts(12.5) == 12_500 and limit_watts(16.6) == 16_600 and limit_watts(0.0) == 0
+    limit = PowerLimit("ses-1", 42, 1, limit_watts(11.0))
+    p16 = set_profile_16(limit)
+    assert p16.connector_id == 1
+    prof = p16.cs_charging_profiles
+    assert prof["transaction_id"] == 42 and prof["charging_profile_purpose"] == "TxProfile"
+    assert prof["charging_schedule"]["charging_rate_unit"] == "W"
+    assert prof["charging_schedule"]["charging_schedule_period"] == [
+        {"start_period": 0, "limit": 11_000.0}
+    ]
+    p201 = set_profile_201(limit, "tx-42")
+    assert p201.evse_id == 1
+    prof201 = p201.charging_profile
+    assert prof201["transaction_id"] == "tx-42"
+    assert prof201["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 11_000.0
+    assert refusal("Accepted") is None
+    assert refusal("NotSupported") == "limits_refused: SetChargingProfile answered NotSupported"
+    assert refusal(None) is not None  # no answer: not taken
+
+
+def test_the_power_drawn_is_read_from_meter_values() -> None:
+    from station.ocpp.profiles import power_reading
+
+    def mv(*samples: dict[str, str]) -> list[dict[str, object]]:
+        return [{"timestamp": "2026-01-01T00:00:00Z", "sampled_value": list(samples)}]
+
+    assert power_reading(mv({"value": "11000", "measurand": "Power.Active.Import"})) == 11.0
+    assert (
+        power_reading(mv({"value": "7.4", "measurand": "Power.Active.Import", "unit": "kW"})) == 7.4
+    )
+    assert power_reading(mv({"value": "100", "measurand": "Energy.Active.Import.Register"})) is None
+    assert (
+        power_reading(mv({"value": "3000", "measurand": "Power.Active.Import", "phase": "L1"}))
+        is None
+    )
+    assert power_reading(mv({"value": "nan", "measurand": "Power.Active.Import"})) is None
+    assert power_reading(mv({"value": "-5", "measurand": "Power.Active.Import"})) is None
+    assert power_reading("junk") is None

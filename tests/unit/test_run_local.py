@@ -168,3 +168,17 @@ def test_credentials_are_issued_once_and_cover_the_fleet(tmp_path: Path) -> None
     assert (tmp_path / "broker.key").stat().st_mode & 0o777 == 0o600
     (tmp_path / "credentials" / "run-tail.cred").unlink()  # lost: issued again
     assert provision_credentials(s) == ["run-tail"]
+
+
+def test_the_demo_fleet_is_split_into_two_sites_whose_limits_bind(tmp_path: Path) -> None:
+    from ops.run_local import site_commands
+
+    s = Settings(var_dir=tmp_path, python="py", stations=8)
+    north, south = site_commands(s)
+    assert north[:6] == ["py", "-m", "broker", "sites", "set", "north"]
+    assert north[north.index("--limit-kw") + 1] == "40"  # 4 points of 50 kW: it binds
+    points = [north[i + 1] for i, a in enumerate(north) if a == "--points"]
+    assert points == ["CP0001", "CP0002", "CP0003", "CP0004"]
+    assert south[south.index("--points") + 1] == "CP0005"
+    assert str(tmp_path / "credentials" / "run-sites.cred") in north
+    assert len(site_commands(Settings(var_dir=tmp_path, python="py", stations=1))) == 1

@@ -123,6 +123,7 @@ def test_no_station_input_stops_a_restart(tmp_path_factory: Any, data: st.DataOb
     path = Path(tmp_path_factory.mktemp("store")) / "b.db"
     with Store(str(path)) as store:
         store.write(
+            # (ignored below) the store's table names are plain str here
             [Persist(t, k, v) for (t, k), v in h.store.items()],  # type: ignore[arg-type]
             h.events,
         )

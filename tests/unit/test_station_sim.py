@@ -13,6 +13,7 @@ from common.codec import encode_datagram
 from common.messages import (
     MAX_DATAGRAM_BYTES,
     Hold,
+    Limit,
     Release,
     SessionAck,
     Start,
@@ -312,3 +313,33 @@ def test_any_command_sequence_keeps_the_invariants(script: list[tuple[object, fl
         assert len(encode_datagram(d)) <= MAX_DATAGRAM_BYTES
         msgspec.convert(d, StatusDatagram)
     msgspec.convert(c.hello("boot", 2.0), StationToBroker)
+
+
+def test_a_limited_session_charges_at_its_limit_and_pauses_at_zero() -> None:
+    c = Charger("L1", 0.0, 0.0, power_kw=22.0, speed=3600.0)
+    t = 1000.0
+    c.handle(
+        Start(
+            cmd_id="c1",
+            session_id="s1",
+            vehicle_id="V",
+            nivel_bateria=10.0,
+            nivel_carregar=80.0,
+            capacidade_kwh=100.0,
+            kw=11.0,
+        ),
+        t,
+    )
+    assert c.datagram("b", 1, 2.0, t)["potencia_atual_kw"] == 11.0
+    c.advance(t + 1.0)  # one simulated hour at 11 kW
+    assert c.session is not None and abs(c.session.energy_wh - 11_000) <= 1
+    step = c.handle(Limit(cmd_id="c2", session_id="s1", kw=0.0), t + 1.0)
+    assert step.messages[0]["ok"] and step.changed
+    c.advance(t + 2.0)  # paused: nothing more
+    assert abs(c.session.energy_wh - 11_000) <= 1
+    assert c.datagram("b", 2, 2.0, t + 2.0)["potencia_atual_kw"] == 0.0
+    c.handle(Limit(cmd_id="c3", session_id="s1", kw=50.0), t + 2.0)  # capped at the point's power
+    assert c.datagram("b", 3, 2.0, t + 2.0)["potencia_atual_kw"] == 22.0
+    c.advance(t + 2.5)
+    assert abs(c.session.energy_wh - 22_000) <= 1
+    assert not c.handle(Limit(cmd_id="c4", session_id="zz", kw=1.0), t + 3.0).messages[0]["ok"]

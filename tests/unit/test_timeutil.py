@@ -47,8 +47,10 @@ def test_parse_timestamp_refuses_non_timestamps(text: str) -> None:
 
 def test_parse_timestamp_refuses_non_strings() -> None:
     with pytest.raises(ValueError):
+        # (ignored below) a wrong argument type on purpose
         parse_timestamp(1744020009)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
+        # (ignored below) a wrong argument type on purpose
         parse_timestamp(None)  # type: ignore[arg-type]
 
 

@@ -248,11 +248,11 @@ def test_a_connection_speaks_for_one_vehicle() -> None:
 def test_owner_may_register_its_id_then_others_must_authenticate() -> None:
     g = gate()
     c = conn(1)
-    assert admit(g, c, "reserva", "CAR1").bind
-    v = admit(g, c, "registrar", "CAR1")
+    assert admit(g, c, "reserva", "EV1").bind
+    v = admit(g, c, "registrar", "EV1")
     assert code(v) == "registered" and not v.bind  # already gets its pushes
-    assert g.owner_of("CAR1") is None
-    assert code(admit(g, conn(2), "cancelar", "CAR1")) == "unauthenticated"
+    assert g.owner_of("EV1") is None
+    assert code(admit(g, conn(2), "cancelar", "EV1")) == "unauthenticated"
 
 
 # --- required mode --------------------------------------------------------------------------
@@ -268,10 +268,10 @@ def test_required_mode_refuses_unregistered_ids(rtype: str) -> None:
 def test_required_mode_allows_reads_and_registered_vehicles() -> None:
     g = gate(AuthMode.REQUIRED)
     c = conn(1)
-    assert code(admit(g, c, "bateria", "CAR1")) == "ok"
-    assert code(admit(g, c, "consulta", "CAR1")) == "ok"
-    register(g, c, "CAR1")
-    assert code(admit(g, c, "reserva", "CAR1")) == "ok"
+    assert code(admit(g, c, "bateria", "EV1")) == "ok"
+    assert code(admit(g, c, "consulta", "EV1")) == "ok"
+    register(g, c, "EV1")
+    assert code(admit(g, c, "reserva", "EV1")) == "ok"
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -312,3 +312,92 @@ def test_nobody_acts_for_a_vehicle_it_has_not_proved_or_first_claimed(
                 assert owner in (None, c.conn)
         if v.bind:
             assert c.vehicle_id == vid and (c.proven or g.owner_of(vid) == c.conn)
+
+
+# --- second round: history, registrar and autenticar limits ---------------------------------
+
+
+def history_gate() -> tuple[VehicleAuth, set[str]]:
+    made: set[str] = set()
+    return VehicleAuth(AuthMode.OPEN, fake_token, has_history=made.__contains__), made
+
+
+def test_an_ids_history_is_read_only_by_the_connection_that_made_it() -> None:
+    g, made = history_gate()
+    driver = conn(1)
+    assert admit(g, driver, "reserva", "bob").bind
+    made.add("bob")  # the core now holds a reservation, then a bill, for bob
+    assert code(admit(g, driver, "custos", "bob")) == "ok"
+    g.closed(driver)
+    thief = conn(2, "10.9.9.9")
+    assert admit(g, thief, "reserva", "bob").bind  # the id may be used again (open mode)
+    assert code(admit(g, thief, "custos", "bob")) == "forbidden"
+    assert code(admit(g, thief, "status", "bob")) == "forbidden"
+    assert code(admit(g, thief, "registrar", "bob")) == "forbidden"
+    assert not g.is_registered("bob")
+
+
+def test_the_holder_may_register_its_id_with_history() -> None:
+    g, made = history_gate()
+    driver = conn(1)
+    assert admit(g, driver, "reserva", "carol").bind
+    made.add("carol")
+    token = register(g, driver, "carol")
+    g.closed(driver)
+    again = conn(3)
+    assert code(admit(g, again, "custos", "carol")) == "unauthenticated"
+    assert code(admit(g, again, "autenticar", "carol", token=token)) == "authenticated"
+    assert code(admit(g, again, "custos", "carol")) == "ok"
+
+
+def test_restored_history_belongs_to_no_new_connection() -> None:
+    g, made = history_gate()
+    made.add("dave")  # billed before a restart
+    c = conn(1)
+    assert code(admit(g, c, "custos", "dave")) == "forbidden"
+    assert code(admit(g, c, "registrar", "dave")) == "forbidden"
+
+
+@pytest.mark.parametrize("vid", ["CAR1", "CAR40001", "CAR65535"])
+def test_original_client_ids_cannot_be_registered(vid: str) -> None:
+    g = gate()
+    assert code(admit(g, conn(1), "registrar", vid)) == "forbidden"
+    assert not g.is_registered(vid)
+
+
+def test_registrar_is_limited_per_address() -> None:
+    g = gate()
+    for i in range(10):
+        register(g, conn(i, "10.0.0.7"), f"new{i}")
+    assert code(admit(g, conn(20, "10.0.0.7"), "registrar", "new10")) == "rate_limited"
+    register(g, conn(21, "10.0.0.8"), "new11")  # another address
+    later = g.admit(conn(22, "10.0.0.7"), "registrar", request("registrar", "new12"), 1061.0)
+    assert code(later) == "registered"
+
+
+def test_wrong_tokens_lock_one_id_from_one_address_not_the_others() -> None:
+    g = gate()
+    tokens = {vid: register(g, conn(i, "10.0.1.1"), vid) for i, vid in enumerate(["ann", "ben"])}
+    nat = "192.0.2.1"
+    for _ in range(5):
+        assert code(admit(g, conn(30, nat), "autenticar", "ann", token="x" * 43)) == "forbidden"
+    assert code(admit(g, conn(31, nat), "autenticar", "ann", token=tokens["ann"])) == (
+        "rate_limited"
+    )
+    # another driver behind the same address is not locked out
+    assert code(admit(g, conn(32, nat), "autenticar", "ben", token=tokens["ben"])) == (
+        "authenticated"
+    )
+    # ann from her own address still gets in
+    assert code(admit(g, conn(33, "10.0.1.1"), "autenticar", "ann", token=tokens["ann"])) == (
+        "authenticated"
+    )
+
+
+def test_fifty_wrong_tokens_block_the_address() -> None:
+    g = gate()
+    token = register(g, conn(1, "10.0.1.1"), "eve")
+    for i in range(50):
+        admit(g, conn(40, "198.51.100.1"), "autenticar", f"guess{i}", token="y" * 43)
+    v = admit(g, conn(41, "198.51.100.1"), "autenticar", "eve", token=token)
+    assert code(v) == "rate_limited"

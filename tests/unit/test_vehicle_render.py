@@ -13,6 +13,7 @@ from vehicle import render
 def text(renderable: RenderableType | str) -> str:
     console = Console(file=io.StringIO(), width=160, color_system=None)
     console.print(renderable)
+    # (ignored below) the console writes to a StringIO here (typed as IO[str])
     out = console.file.getvalue()  # type: ignore[attr-defined]
     assert isinstance(out, str)
     return out

@@ -192,3 +192,28 @@ def test_a_point_out_of_service_stays_indisponivel_and_shows_its_liveness(
     row = state.apply(ev(14, "point.online", point_id="P1"))
     assert row is not None and row.online and row.estado == "indisponivel"
     assert state.stats(NOW).points_online == 2  # P1 and P2 (P3 is offline)
+
+
+def test_sites_follow_snapshots_and_site_events(state: ConsoleState) -> None:
+    snap = dict(SNAPSHOT)
+    snap["sites"] = [
+        {"name": "depot", "limit_kw": 50.0, "min_kw": 4.2, "points": ["P*"],
+         "allocated_kw": 22.0, "drawn_kw": 21.5,
+         "sessions": [{"session_id": "S1", "point_id": "P1", "kw": 22.0, "drawn_kw": 21.5}]},
+    ]  # fmt: skip
+    state.load_snapshot(snap, NOW)
+    (site,) = state.site_rows()
+    assert (site.limit_kw, site.allocated_kw, site.drawn_kw) == (50.0, 22.0, 21.5)
+    assert state.sessions()[0].potencia_kw == 22.0
+    state.apply(ev(11, "site.updated", site="depot", limit_kw=10.0, min_kw=4.2, points=["P*"]))
+    state.apply(
+        ev(12, "site.allocation", site="depot", limit_kw=10.0, allocated_kw=0.0,
+           sessions=[{"session_id": "S1", "point_id": "P1", "kw": 0.0}])
+    )  # fmt: skip
+    (site,) = state.site_rows()
+    assert site.limit_kw == 10.0 and site.sessions[0].kw == 0.0
+    (running,) = state.sessions()
+    assert running.aguardando_energia and running.potencia_kw == 0.0
+    state.apply(ev(13, "site.updated", site="depot", limit_kw=10.0, min_kw=4.2, points=[],
+                   removed=True))  # fmt: skip
+    assert state.site_rows() == []

@@ -42,7 +42,11 @@ log = logging.getLogger(__name__)
 TOPIC: Final = "charging.completed"
 FETCH_BATCH: Final = 256
 FETCH_WAIT_S: Final = 1.0
-ACK_WAIT_S: Final = 30.0
+#: A batch a worker fetched and never acknowledged (it was killed) is handed out again
+#: this long after, so a restarted worker bills it within seconds. The worker commits
+#: a batch in milliseconds; a batch taking longer is redelivered and ignored by the
+#: ledger (its rows are keyed), never billed twice.
+ACK_WAIT_S: Final = 3.0
 
 
 @dataclass
@@ -134,6 +138,8 @@ class JetStreamBilling:
                 max_ack_pending=max(4 * self.batch, 1024),
             )
             try:
+                # create or update: a durable made with an older (longer) ack wait gets this one
+                await js.add_consumer(self.stream, config)
                 sub = await js.pull_subscribe(
                     subject, durable=durable, stream=self.stream, config=config
                 )
@@ -165,7 +171,7 @@ class JetStreamBilling:
                         raise TransportError(str(exc)) from exc
                     for m in msgs:  # ... then the acks
                         await m.ack()
-                    await nc.flush(timeout=int(ACK_WAIT_S / 3))
+                    await nc.flush(timeout=max(1, int(ACK_WAIT_S / 3)))
                 if idle:
                     await asyncio.sleep(0)
 

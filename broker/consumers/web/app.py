@@ -27,6 +27,7 @@ from broker.consumers.billing.ledger import Account, Bill
 from broker.consumers.billing.worker import report_csv
 from broker.consumers.web.auth import ASGIApp, TokenGate
 from broker.consumers.web.feed import ConsoleFeed, Refused
+from broker.consumers.web.guard import BrowserRules, ConnectionGuard
 from broker.consumers.web.schemas import (
     AvailabilityIn,
     AvailabilityOut,
@@ -34,6 +35,7 @@ from broker.consumers.web.schemas import (
     ConsoleView,
     PointOut,
     SessionOut,
+    SiteOut,
     Stats,
 )
 from common.errors import TransportError
@@ -93,7 +95,13 @@ async def console(request: Request[Any, Any, Any]) -> ConsoleView:
         stats=st.stats(time.time()),
         latest=list(st.latest),
         tiles=request.app.state.tiles,
+        sites=st.site_rows(),
     )
+
+
+@get("/api/sites", summary="Every site: limit, power allocated and drawn, each session's kW")
+async def sites(request: Request[Any, Any, Any]) -> list[SiteOut]:
+    return _feed(request).state.site_rows()
 
 
 # --- points ---------------------------------------------------------------------------
@@ -275,6 +283,7 @@ def create_app(feed: ConsoleFeed, *, tiles: str = DEFAULT_TILES) -> Litestar:
             point,
             availability,
             sessions,
+            sites,
             bills,
             stats,
             events,
@@ -296,6 +305,18 @@ def create_app(feed: ConsoleFeed, *, tiles: str = DEFAULT_TILES) -> Litestar:
     return app
 
 
-def build(feed: ConsoleFeed, token: str, *, tiles: str = DEFAULT_TILES) -> ASGIApp:
-    """The application behind its token gate, ready for uvicorn."""
-    return TokenGate(create_app(feed, tiles=tiles), token)
+def build(
+    feed: ConsoleFeed,
+    token: str,
+    *,
+    tiles: str = DEFAULT_TILES,
+    allowed_origins: tuple[str, ...] = (),
+    guard: ConnectionGuard | None = None,
+) -> ASGIApp:
+    """The application behind its token gate and the browser rules, ready for uvicorn."""
+    gate = TokenGate(
+        create_app(feed, tiles=tiles),
+        token,
+        on_authenticated=guard.authenticated if guard is not None else None,
+    )
+    return BrowserRules(gate, allowed_origins)

@@ -65,11 +65,18 @@ def token_of(scope: Scope) -> str | None:
 class TokenGate:
     """Wraps an ASGI app; only requests with the token reach it."""
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        token: str,
+        on_authenticated: Callable[[tuple[str, int] | None], None] | None = None,
+    ) -> None:
         if not token:
             raise ValueError("the web console needs a non-empty token")
         self.app: ASGIApp = app
         self.token = token
+        #: told the ``client`` of each connection that shows the token (the guard)
+        self.on_authenticated = on_authenticated
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -86,7 +93,9 @@ class TokenGate:
                 await _deny(send)
                 return
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            await _redirect(send, path + (f"?{rest}" if rest else ""), self.token)
+            self._authenticated(scope)
+            secure = scope.get("scheme") in ("https", "wss")
+            await _redirect(send, path + (f"?{rest}" if rest else ""), self.token, secure)
             return
         given = token_of(scope)
         if given is None or not _same(given, self.token):
@@ -95,7 +104,13 @@ class TokenGate:
             else:
                 await _deny(send)
             return
+        self._authenticated(scope)
         await self.app(scope, receive, send)
+
+    def _authenticated(self, scope: Scope) -> None:
+        if self.on_authenticated is not None:
+            client = scope.get("client")
+            self.on_authenticated(tuple(client) if client else None)
 
 
 async def _deny(send: Send) -> None:
@@ -114,8 +129,9 @@ async def _deny(send: Send) -> None:
     await send({"type": "http.response.body", "body": UNAUTHORIZED})
 
 
-async def _redirect(send: Send, location: str, token: str) -> None:
-    cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+async def _redirect(send: Send, location: str, token: str, secure: bool = False) -> None:
+    # Secure when the console is served over TLS: the cookie then never goes in clear
+    cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
     await send(
         {
             "type": "http.response.start",

@@ -57,6 +57,16 @@ def web(
             help="Map tile URL template ({z}/{x}/{y}); empty: markers only, works offline.",
         ),
     ] = "",
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-origin",
+            envvar="EV_WEB_ALLOWED_ORIGIN",
+            help="An origin (scheme://host:port) besides the console's own that may make "
+            "state-changing requests (e.g. a reverse proxy's public address); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
     credentials: CredentialsOpt = None,
 ) -> None:
     """The operator web console: live map and tables, JSON API, out-of-service toggle.
@@ -73,7 +83,14 @@ def web(
     given = bool(token and token.strip())  # an empty EV_WEB_TOKEN means: make one
     secret = token.strip() if token and given else new_token()
     setup_text_logging(logging.INFO)  # the retries while the broker is unreachable
-    cfg = WebConfig(endpoint, host=host, port=port, token=secret, tiles=tiles)
+    cfg = WebConfig(
+        endpoint,
+        host=host,
+        port=port,
+        token=secret,
+        tiles=tiles,
+        allowed_origins=tuple(allowed_origin or ()),
+    )
 
     def ready(bound: int) -> None:
         url = console_url(host, bound, None if given else secret)

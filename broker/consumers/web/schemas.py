@@ -47,6 +47,9 @@ class SessionOut(Struct, kw_only=True):
     cost: float | None = None
     currency: str | None = None
     reason: str | None = None
+    # on a site (docs/energy.md): the power it may draw now; paused when 0
+    potencia_kw: float | None = None
+    aguardando_energia: bool = False
 
 
 class BillOut(Struct, kw_only=True):
@@ -99,6 +102,25 @@ class EventOut(Struct, kw_only=True):
     data: dict[str, Any]
 
 
+class SiteSessionOut(Struct, kw_only=True):
+    session_id: str
+    point_id: str
+    kw: float
+    drawn_kw: float | None = None
+
+
+class SiteOut(Struct, kw_only=True):
+    """A site: its limit, the power allocated to its sessions and what they draw."""
+
+    name: str
+    limit_kw: float
+    min_kw: float
+    points: list[str]
+    allocated_kw: float
+    drawn_kw: float | None
+    sessions: list[SiteSessionOut]
+
+
 class ConsoleView(Struct, kw_only=True):
     """Everything the page needs at load, consistent as of ``seq``."""
 
@@ -108,6 +130,7 @@ class ConsoleView(Struct, kw_only=True):
     stats: Stats
     latest: list[EventOut]
     tiles: str
+    sites: list[SiteOut] = []
 
 
 class AvailabilityIn(Struct, kw_only=True, forbid_unknown_fields=False):

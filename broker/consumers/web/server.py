@@ -19,6 +19,7 @@ import uvicorn
 from broker.consumers.subscriber import Endpoint
 from broker.consumers.web.app import DEFAULT_TILES, build
 from broker.consumers.web.feed import ConsoleFeed
+from broker.consumers.web.guard import ConnectionGuard, guarded_protocol
 from common.ports import WEB_PORT
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class WebConfig:
     port: int = WEB_PORT
     token: str = ""
     tiles: str = DEFAULT_TILES
+    #: origins besides the console's own allowed to make state-changing requests
+    allowed_origins: tuple[str, ...] = ()
 
 
 class _Server(uvicorn.Server):
@@ -59,9 +62,13 @@ async def serve(
 ) -> None:
     """Serve until ``stop`` is set; ``on_ready(port)`` once listening and caught up."""
     feed = feed or ConsoleFeed(cfg.endpoint)
+    guard = ConnectionGuard()
     server = _Server(
         uvicorn.Config(
-            build(feed, cfg.token, tiles=cfg.tiles),
+            build(
+                feed, cfg.token, tiles=cfg.tiles, allowed_origins=cfg.allowed_origins, guard=guard
+            ),
+            http=guarded_protocol(guard),
             host=cfg.host,
             port=cfg.port,
             lifespan="off",

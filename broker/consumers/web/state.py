@@ -31,6 +31,8 @@ from broker.consumers.web.schemas import (
     EventOut,
     PointOut,
     SessionOut,
+    SiteOut,
+    SiteSessionOut,
     Stats,
     StatsPeriod,
     Utilisation,
@@ -96,6 +98,7 @@ class Running:
     price_kwh: float | None = None
     payment_method: str | None = None
     energy_kwh: float = 0.0
+    kw: float | None = None  # allowed on its site (None: not on a site)
 
     def out(self) -> SessionOut:
         return SessionOut(
@@ -107,6 +110,36 @@ class Running:
             energy_kwh=round(self.energy_kwh, 3),
             price_kwh=self.price_kwh,
             payment_method=self.payment_method,
+            potencia_kw=self.kw,
+            aguardando_energia=self.kw == 0.0,
+        )
+
+
+@dataclass(slots=True)
+class Site:
+    """A site as the console knows it (site.updated, site.allocation, snapshots)."""
+
+    name: str
+    limit_kw: float = 0.0
+    min_kw: float = 0.0
+    points: list[str] = field(default_factory=list)
+    allocated_kw: float = 0.0
+    drawn_kw: float | None = None  # only snapshots carry it
+    kws: dict[str, tuple[str, float]] = field(default_factory=dict)  # session -> (point, kW)
+    drawn: dict[str, float] = field(default_factory=dict)  # session -> kW drawn
+
+    def out(self) -> SiteOut:
+        return SiteOut(
+            name=self.name,
+            limit_kw=self.limit_kw,
+            min_kw=self.min_kw,
+            points=list(self.points),
+            allocated_kw=self.allocated_kw,
+            drawn_kw=self.drawn_kw,
+            sessions=[
+                SiteSessionOut(session_id=sid, point_id=pid, kw=kw, drawn_kw=self.drawn.get(sid))
+                for sid, (pid, kw) in self.kws.items()
+            ],
         )
 
 
@@ -135,6 +168,7 @@ class ConsoleState:
     def __init__(self) -> None:
         self.points: dict[str, Point] = {}
         self.running: dict[str, Running] = {}
+        self.sites: dict[str, Site] = {}
         self.seq = 0
         self.latest: deque[EventOut] = deque(maxlen=LATEST_EVENTS)
         self.billed: set[str] = set()
@@ -183,6 +217,39 @@ class ConsoleState:
             self.running[sid] = r
             p = self._point(pid)
             p.vehicle_id, p.session_id = vid, sid
+        self.sites.clear()
+        self._load_sites(snap)
+
+    def _load_sites(self, snap: Mapping[str, Any]) -> None:
+        for raw in snap.get("sites") or []:
+            if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+                continue
+            site = self.sites[raw["name"]] = Site(raw["name"])
+            self._site_static(site, raw)
+            site.allocated_kw = fields.number(raw.get("allocated_kw")) or 0.0
+            site.drawn_kw = fields.number(raw.get("drawn_kw"))
+            self._site_sessions(site, raw.get("sessions"))
+            for s in raw.get("sessions") or []:
+                drawn = fields.number(s.get("drawn_kw")) if isinstance(s, Mapping) else None
+                if drawn is not None:
+                    site.drawn[str(s.get("session_id"))] = drawn
+
+    def _site_static(self, site: Site, d: Mapping[str, Any]) -> None:
+        site.limit_kw = fields.number(d.get("limit_kw")) or 0.0
+        site.min_kw = fields.number(d.get("min_kw")) or 0.0
+        points = d.get("points")
+        site.points = [str(x) for x in points] if isinstance(points, list) else []
+
+    def _site_sessions(self, site: Site, sessions: Any) -> None:
+        site.kws = {}
+        for s in sessions if isinstance(sessions, list) else []:
+            if not isinstance(s, Mapping) or (pid := fields.point_id(s)) is None:
+                continue
+            sid, kw = str(s.get("session_id")), fields.number(s.get("kw")) or 0.0
+            site.kws[sid] = (pid, kw)
+            r = self.running.get(sid)
+            if r is not None:
+                r.kw = kw
 
     def refresh_energy(self, snap: Mapping[str, Any]) -> list[SessionOut]:
         """Take the energy so far of running sessions from a newer snapshot."""
@@ -195,6 +262,9 @@ class ConsoleState:
             if r is not None and energy is not None and energy != r.energy_kwh:
                 r.energy_kwh = energy
                 changed.append(r.out())
+        if snap.get("sites") is not None or self.sites:
+            self.sites.clear()
+            self._load_sites(snap)
         return changed
 
     def apply(self, ev: BusEvent) -> PointOut | None:
@@ -203,6 +273,9 @@ class ConsoleState:
             return None
         self.seq = ev.seq
         self.latest.appendleft(event_out(ev))
+        if ev.topic.startswith("site."):
+            self._apply_site(ev)
+            return None
         pid = fields.point_id(ev.data)
         if pid is None:
             return None
@@ -250,6 +323,25 @@ class ConsoleState:
             self.running.pop(str(d.get("session_id")), None)
             if p.session_id is None or p.session_id == d.get("session_id"):
                 p.vehicle_id = p.session_id = None
+
+    def _apply_site(self, ev: BusEvent) -> None:
+        d = ev.data
+        name = d.get("site")
+        if not isinstance(name, str):
+            return
+        if ev.topic == "site.updated":
+            if d.get("removed") is True:
+                self.sites.pop(name, None)
+                return
+            self._site_static(self.sites.setdefault(name, Site(name)), d)
+        elif ev.topic == "site.allocation":
+            site = self.sites.setdefault(name, Site(name))
+            site.limit_kw = fields.number(d.get("limit_kw")) or site.limit_kw
+            site.allocated_kw = fields.number(d.get("allocated_kw")) or 0.0
+            self._site_sessions(site, d.get("sessions"))
+
+    def site_rows(self) -> list[SiteOut]:
+        return [self.sites[name].out() for name in sorted(self.sites)]
 
     def _static(self, p: Point, d: Mapping[str, Any]) -> None:
         for name in ("latitude", "longitude"):

@@ -236,11 +236,63 @@
       var tr = document.createElement("tr");
       tr.dataset.session = s.session_id;
       [text("td", s.session_id), text("td", s.vehicle_id), text("td", s.point_id),
-       text("td", ago(s.started_at), "muted"), text("td", Number(s.energy_kwh).toFixed(3), "num")]
+       text("td", ago(s.started_at), "muted"), text("td", Number(s.energy_kwh).toFixed(3), "num"),
+       text("td", s.potencia_kw == null ? "" : (s.aguardando_energia ? "paused" : Number(s.potencia_kw).toFixed(1)),
+         s.aguardando_energia ? "num paused" : "num")]
         .forEach(function (td) { tr.appendChild(td); });
       rows.appendChild(tr);
     });
     body.replaceChildren(rows);
+  }
+
+  // --- sites: allocated and drawn power against the limit ---------------------------
+
+  function renderSites(list) {
+    var box = $("sites");
+    var items = document.createDocumentFragment();
+    (list || []).forEach(function (site) {
+      var div = document.createElement("div");
+      div.className = "site";
+      div.dataset.site = site.name;
+      var limit = site.limit_kw > 0 ? site.limit_kw : 1;
+      var head = document.createElement("div");
+      head.className = "site-head";
+      head.appendChild(text("b", site.name));
+      head.appendChild(text("span", Number(site.allocated_kw).toFixed(1) + " kW allocated" +
+        (site.drawn_kw == null ? "" : ", " + Number(site.drawn_kw).toFixed(1) + " drawn") +
+        " / " + site.limit_kw + " kW limit", "num"));
+      var bar = document.createElement("div");
+      bar.className = "site-bar";
+      bar.title = "allocated (light) and drawn (dark) against the limit (full width)";
+      var alloc = document.createElement("div");
+      alloc.className = "alloc";
+      alloc.style.width = Math.min(100, 100 * site.allocated_kw / limit) + "%";
+      bar.appendChild(alloc);
+      if (site.drawn_kw != null) {
+        var drawn = document.createElement("div");
+        drawn.className = "drawn";
+        drawn.style.width = Math.min(100, 100 * site.drawn_kw / limit) + "%";
+        bar.appendChild(drawn);
+      }
+      div.appendChild(head);
+      div.appendChild(bar);
+      div.appendChild(text("div", site.sessions.map(function (x) {
+        return x.point_id + " " + (x.kw > 0 ? Number(x.kw).toFixed(1) + " kW" : "paused");
+      }).join(" \u00b7 "), "site-sessions"));
+      items.appendChild(div);
+    });
+    box.replaceChildren(items);
+  }
+
+  var sitesTimer = null;
+
+  function pollSites() {
+    if (sitesTimer) clearInterval(sitesTimer);
+    sitesTimer = setInterval(function () {
+      api("/api/sites").then(renderSites).catch(function () {});
+      api("/api/sessions?active=true").then(function (list) { sessions = list; renderSessions(); })
+        .catch(function () {});
+    }, 2000);
   }
 
   var online = 0, outOfService = 0;
@@ -301,6 +353,8 @@
       resort();
       performance.mark("ev-table-drawn");
       renderSessions();
+      renderSites(view.sites);
+      pollSites();
       renderFigures(view.stats);
       stats.points = points.size;
       stats.loadedAt = performance.now();

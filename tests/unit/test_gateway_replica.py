@@ -1,0 +1,104 @@
+"""The gateway's replica answers queries as the core does (broker/gateway/replica.py).
+
+A core is driven through the harness; a replica is fed its snapshot at one
+point and every event after it; the encoded ``bateria``/``consulta`` answers of
+both, through the one read path, must be the same bytes.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from broker.core.read_path import bateria_points, consulta_points
+from broker.gateway.replica import Replica
+from common.messages import Bateria, Consulta
+from tests.support.core_harness import Harness
+
+WHERE = {"latitude": -12.26, "longitude": -38.96}
+
+
+def _answers(reads: object, now: float) -> tuple[bytes, bytes]:
+    bat = msgspec.convert({"nivel_bateria": 50, "localizacao": WHERE, "limite": 10}, Bateria)
+    con = msgspec.convert({"localizacao": WHERE}, Consulta)
+    return (
+        bytes(bateria_points(reads, bat, now)),  # type: ignore[arg-type]
+        bytes(consulta_points(reads, con, now)[0]),  # type: ignore[arg-type]
+    )
+
+
+def _replica_of(h: Harness, since: int = 0) -> Replica:
+    replica = Replica(h.config.queue_capacity)
+    if since == 0:
+        replica.on_snapshot({"seq": 0, "points": [], "queues": {}, "sessions": []})
+    else:
+        replica.on_snapshot(h.core.snapshot(h.now))
+    replica.on_batch([e for e in h.events if e.seq > replica.applied_seq], h.core.last_seq)
+    return replica
+
+
+def _scene(h: Harness) -> None:
+    for i in range(6):
+        h.point(f"CP0{i}", lat=-12.26 + i * 0.01, potencia_kw=22 + i)
+    h.reserve("A", "CP01", eta=5)
+    h.reserve("B", "CP01", eta=10)
+    h.reserve("C", "CP02")
+    h.point("CP03", lat=-12.23, estado="indisponivel")
+    h.apply(h.core.set_availability("CP04", False, "maintenance", "op", h.now)[1])
+
+
+def test_replica_from_events_answers_as_the_core() -> None:
+    h = Harness()
+    _scene(h)
+    replica = _replica_of(h)
+    assert replica.applied_seq == h.core.last_seq
+    assert _answers(replica.reads, h.now) == _answers(h.core._eng.points.reads, h.now)
+
+
+def test_replica_from_a_snapshot_then_events_answers_as_the_core() -> None:
+    h = Harness()
+    h.point("CP09")
+    h.reserve("Z", "CP09", eta=3)
+    h.at(30)
+    replica = Replica(h.config.queue_capacity)
+    replica.on_snapshot(h.core.snapshot(h.now))
+    before = replica.applied_seq
+    _scene(h)
+    h.request("Z", "cancelar", id_ponto_recarga="CP09")
+    replica.on_batch([e for e in h.events if e.seq > before], h.core.last_seq)
+    assert _answers(replica.reads, h.now + 60) == _answers(h.core._eng.points.reads, h.now + 60)
+
+
+def test_a_session_leaves_the_queue_and_its_end_frees_the_point() -> None:
+    h = Harness()
+    h.point("CP01")
+    h.reserve("A", "CP01")
+    session = h.start_charging("A", "CP01")
+    replica = _replica_of(h)
+    p = replica.reads.points["CP01"]
+    assert p.queue == [] and p.session is not None and p.session.id == session
+    h.complete("CP01", session, "A")
+    h.point("CP01")
+    replica.on_batch([e for e in h.events if e.seq > replica.applied_seq], h.core.last_seq)
+    assert replica.reads.points["CP01"].session is None
+    assert _answers(replica.reads, h.now) == _answers(h.core._eng.points.reads, h.now)
+
+
+def test_malformed_events_are_counted_and_skipped() -> None:
+    h = Harness()
+    h.point("CP01")
+    replica = _replica_of(h)
+    bad = msgspec.structs.replace(h.events[-1], topic="point.status", data={"point_id": "CP01"})
+    replica.on_batch([bad], bad.seq)
+    assert replica.malformed == 1 and replica.applied_seq == bad.seq
+
+
+def test_waiters_hear_every_applied_seq() -> None:
+    h = Harness()
+    h.point("CP01")
+    replica = Replica()
+    heard: list[int] = []
+    replica.on_applied(heard.append)
+    replica.on_snapshot(h.core.snapshot(h.now))
+    h.reserve("A", "CP01")
+    replica.on_batch([e for e in h.events if e.seq > replica.applied_seq], h.core.last_seq)
+    assert heard == [heard[0], h.core.last_seq] and heard[0] < h.core.last_seq
