@@ -1,6 +1,6 @@
 """ZeroMQ links from stations to the broker's ROUTER (thin I/O, no protocol logic).
 
-Two shapes, one interface (:class:`Link`):
+Three shapes, one interface (:class:`Link`):
 
 * :class:`DealerLink` - one DEALER per station, LINGER 0, with a fresh random
   routing id per socket (:func:`routing_id`). Used by ``ev-station run``.
@@ -19,6 +19,9 @@ Two shapes, one interface (:class:`Link`):
   broker's listen backlog, and the kernel's SYN back-off then strands stations for
   minutes). A send for a station whose connection was not opened yet fails at once,
   without a ZeroMQ call (a refused send costs an exception).
+* :class:`SharedLink` - for a gateway (``ev-station ocpp``): ONE DEALER connection
+  for every point; the host names the point in each message and the broker names it
+  in each of its own (docs/station.md, "Routing"). One descriptor in all.
 """
 
 from __future__ import annotations
