@@ -64,6 +64,9 @@ class Envelope(Struct):
 # --- vehicle requests (``data`` of each request type) ------------------------------
 
 
+Ordenar = Literal["distancia", "custo"]
+
+
 class Bateria(Struct, kw_only=True, frozen=True):
     id_veiculo: VehicleId | None = None
     nivel_bateria: Percent
@@ -71,6 +74,10 @@ class Bateria(Struct, kw_only=True, frozen=True):
     timestamp: str | None = None
     distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
     limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    #: with both, each point gets ``custo_estimado`` (docs/tariffs.md)
+    capacidade_kwh: Annotated[float, Meta(gt=0.0, le=1000.0)] | None = None
+    nivel_carregar: Percent | None = None
+    ordenar: Ordenar = "distancia"
 
 
 class Consulta(Struct, kw_only=True, frozen=True):
@@ -79,6 +86,11 @@ class Consulta(Struct, kw_only=True, frozen=True):
     timestamp: str | None = None
     distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
     limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] | None = None
+    #: with all three, each point gets ``custo_estimado`` (docs/tariffs.md)
+    nivel_bateria: Percent | None = None
+    capacidade_kwh: Annotated[float, Meta(gt=0.0, le=1000.0)] | None = None
+    nivel_carregar: Percent | None = None
+    ordenar: Ordenar = "distancia"
 
 
 class Reserva(Struct, kw_only=True, frozen=True):
@@ -221,6 +233,9 @@ class StatusDatagram(Struct, kw_only=True, frozen=True):
     seq: int | None = None
     interval_s: IntervalS | None = None
     ts: float | str | None = None
+    #: false while a vehicle is still plugged in after charging (parking time);
+    #: absent from stations that do not tell (the connector counts as free)
+    conector_livre: bool | None = None
     potencia_atual_kw: DrawnKw | None = None  # what the session draws now (energy.md)
 
 
@@ -357,6 +372,7 @@ TOPICS: Final = (
     "vehicle.connected",
     "vehicle.disconnected",
     "vehicle.low_battery",
+    "tariff.updated",
     "site.updated",
     "site.allocation",
     "site.overdraw",
@@ -407,6 +423,19 @@ class HistorySetAvailability(
     reason: Any = ""
 
 
+class HistoryTariffs(
+    Struct, tag="tariffs", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    """An operator manages tariffs (docs/tariffs.md): ``action`` ``set`` (``tariffs``: a
+    list of OCPI Tariff objects), ``assign`` (``tariff_id``, ``points`` pattern),
+    ``remove`` (``tariff_id``) or ``list``. The core checks the fields."""
+
+    action: Any = None
+    tariffs: Any = None
+    tariff_id: Any = None
+    points: Any = None
+
+
 class HistorySites(Struct, tag="sites", tag_field="op", frozen=True, forbid_unknown_fields=True):
     """Every site with its limit, points and current allocation (energy.md)."""
 
@@ -436,6 +465,7 @@ HistoryRequest = (
     | HistorySites
     | HistorySetSite
     | HistoryRemoveSite
+    | HistoryTariffs
 )
 HISTORY_OPS: Final = (
     "since",
@@ -445,6 +475,7 @@ HISTORY_OPS: Final = (
     "sites",
     "set_site",
     "remove_site",
+    "tariffs",
 )
 
 

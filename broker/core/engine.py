@@ -45,6 +45,7 @@ from broker.core.timers import (
     GraceEnd,
     HoldTimeout,
     OfflineCheck,
+    ParkingEnd,
     Timer,
     TurnDeadline,
 )
@@ -88,6 +89,11 @@ class Engine:
         self.nearest = self.points.nearest
         self.point_view = self.points.view
         self.encoded_points = self.points.encoded
+        self.estimates = self.points.reads.estimates
+        self.point_ids = self.points.ids
+        self.tariffs = shared.tariffs
+        self.set_session_power = self.sessions.set_power
+        self.unplug = self.sessions.unplug
         self.new_reservation = self.reservations.new
         self.reservations_of_address = self.reservations.of_address
         self.cancel = self.reservations.cancel
@@ -147,7 +153,7 @@ class Engine:
         out = []
         for s in self.sessions.running_sorted():
             p = self.points.get(s.point_id)
-            if p is not None:
+            if p is not None and s.charged_at is None:  # a parked session draws nothing
                 out.append((s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw))
         for p in self.points:
             pend = p.pending
@@ -160,6 +166,8 @@ class Engine:
         s = self.sessions.running(session_id)
         if s is not None:
             s.allowed_kw = kw
+            if s.tariff is not None:
+                s.set_power(kw, now)  # its charging periods split here (docs/tariffs.md)
 
     def session_view(self, s: Session, now: float) -> SessionView:
         """``s`` as ``status`` shows it: on a site with its allowed power and the
@@ -331,6 +339,8 @@ class Engine:
                 return self.sessions.pending(cmd_id) is not None
             case HoldTimeout(cmd_id):
                 return self.reservations.hold_of(cmd_id) is not None
+            case ParkingEnd(session_id, since):
+                return self.sessions.parked_since(session_id, since)
             case _:
                 assert_never(timer)
 
@@ -351,6 +361,8 @@ class Engine:
                 case HoldTimeout(cmd_id):
                     if self.reservations.hold_of(cmd_id) is not None:  # taken as held
                         self._hold_answered(cmd_id, True, None, now, fx)
+                case ParkingEnd(session_id, since):
+                    self.sessions.parking_end(session_id, since, now, fx)
                 case _:
                     assert_never(timer)
         if self.sites:
@@ -409,7 +421,11 @@ class Engine:
         queues = {
             p.id: [r.view(i + 1) for i, r in enumerate(p.queue)] for p in self.points if p.queue
         }
-        sessions = [self.session_view(s, now) for s in self.sessions.running_sorted()]
+        sessions = []
+        for s in self.sessions.running_sorted():
+            view = msgspec.to_builtins(self.session_view(s, now))
+            view["custo_parcial"] = self.sessions.running_cost(s, now)  # cost so far
+            sessions.append(view)
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
         if self.sites:
             snap["sites"] = self.sites.view()

@@ -46,6 +46,7 @@ class Heard(Enum):
     SAME = "same"  # nothing but liveness (and energy) changed: the hot path
     CHANGED = "changed"  # something else changed: the slow path applies it
     OUT_OF_ORDER = "out_of_order"  # not newer than what the point already sent
+    UNPLUGGED = "unplugged"  # the vehicle of a parked session left: bill it (and go slow)
 
 
 class PointTable:
@@ -59,6 +60,7 @@ class PointTable:
         self.get: Callable[[str], PointState | None] = self._rows.get
         #: the read path over this table (the vehicle gateways' replicas have their own)
         self.reads = PointReads(self._rows, shared.cfg.queue_capacity)
+        self.reads.tariffs = shared.tariffs  # views show tariffs, queries estimate costs
         self._index = self.reads.index
         self.online = 0  # points online now
 
@@ -92,6 +94,9 @@ class PointTable:
     def encoded(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
         """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
         return self.reads.encoded_points(hits, now)
+
+    def ids(self) -> list[str]:
+        return list(self._rows)
 
     # --- registering ----------------------------------------------------------------
 
@@ -196,6 +201,9 @@ class PointTable:
         if signed_ts is not None:
             p.dgram_ts = signed_ts
         p.last_heard = now
+        parked = p.session
+        if parked is not None and parked.charged_at is not None and d.conector_livre is not False:
+            return Heard.UNPLUGGED
         energy = d.energia_kwh
         if energy is not None:
             p.rep_energy = energy

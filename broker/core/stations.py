@@ -57,7 +57,11 @@ def handle_datagram(
         return []
     if heard is Heard.OUT_OF_ORDER:
         return _out_of_order(eng, d, signed_ts)
-    fx = _slow_datagram(eng, p, d, now)
+    fx: list[Effect] = []
+    if heard is Heard.UNPLUGGED and p.session is not None:
+        # the vehicle left a parked session: its bill, parking included, goes out now
+        eng.sessions.unplug(p.session, now, fx)
+    fx.extend(_slow_datagram(eng, p, d, now))
     if d.potencia_atual_kw is not None and p.session is not None:
         return _drawn(eng, p, d, d.potencia_atual_kw, now, fx)
     return fx

@@ -57,7 +57,15 @@ class HoldTimeout:
     cmd_id: str
 
 
-Timer = OfflineCheck | TurnDeadline | GraceEnd | AckTimeout | HoldTimeout
+@dataclass(frozen=True, slots=True)
+class ParkingEnd:
+    """Parking of ``session_id`` reaches its cap, if it has been parked since ``since``."""
+
+    session_id: str
+    since: float
+
+
+Timer = OfflineCheck | TurnDeadline | GraceEnd | AckTimeout | HoldTimeout | ParkingEnd
 TimerEntry = tuple[float, int, Timer]
 
 
