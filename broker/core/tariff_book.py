@@ -17,10 +17,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from fnmatch import fnmatchcase
 from typing import Any, Final
 
-from broker.core.cdr import CompiledTariff, estimate, prices_at
 from broker.core.sessions import session_cost, to_decimal
-from broker.core.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
+from common.cdr import CompiledTariff, estimate, prices_at
 from common.replies import TariffView
+from common.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
 from common.timeutil import format_timestamp
 
 ASSIGNMENTS_KEY: Final = "tariff_assignments"
@@ -141,6 +141,7 @@ class TariffBook:
         t = ct.tariff
         hit = ct.views.get(power_kw)
         if hit is not None and hit[0] <= now < hit[1]:
+            # the cache holds only TariffViews (typed object in common.cdr, below the core)
             return hit[2]  # type: ignore[return-value]
         prices = prices_at(ct, now, power_kw)
         until = math.inf if prices.valid_until is None else prices.valid_until

@@ -190,7 +190,7 @@ class VehicleConnection(asyncio.Protocol):
         Answered right here, its reply written at once (no turn, nothing to gather);
         a connection with more input waiting takes the fair, budgeted :meth:`_turn`.
         """
-        item = self.backlog.pop(0)  # a list (see __init__): one item here
+        item = self.backlog.pop(0)
         if isinstance(item, DecodedRequest):
             self.last_active = time.monotonic()
             self._on_request(item.request)

@@ -116,6 +116,7 @@ class Gateway:
         self.login_guard = LoginGuard(_iterations(specs))
         host_config = dataclasses.replace(host_config, quiet_until_welcome=True)
         self.host = Host(
+            # (ignored below) OcppPoint is a Charger by duck typing, not by inheritance
             list(self.points.values()),  # type: ignore[arg-type]
             host_config,
             link_factory,
@@ -344,6 +345,7 @@ class Gateway:
             self._serve_charger,
             cfg.host,
             cfg.port,
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             select_subprotocol=self._select,
             process_request=self._authorize,

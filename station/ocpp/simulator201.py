@@ -38,6 +38,7 @@ def _now() -> str:
     return format_timestamp(time.time())
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class _Protocol(ChargePoint):  # type: ignore[misc]
     def __init__(self, sim: SimCharger201, ws: ClientConnection) -> None:
         super().__init__(sim.charger_id, ws, response_timeout=10)
@@ -210,6 +211,7 @@ class SimCharger201:
             headers["Authorization"] = f"Basic {auth}"
         async with connect(
             f"{self.url}/{self.charger_id}",
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
             additional_headers=headers,
             ssl=self.ssl,

@@ -5,7 +5,7 @@ holds every rule)."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint, call_result
@@ -16,17 +16,15 @@ from station.ocpp.logs import warn
 from station.ocpp.point import OcppPoint
 from station.ocpp.routing import Connectors, now_iso, route_checked
 
-if TYPE_CHECKING:
-    from station.ocpp.gateway import Gateway
 
-
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class Charger16(ChargePoint, Connectors):  # type: ignore[misc]
     """One connected OCPP 1.6J charger and the points of its connectors."""
 
     version = mapping.VERSION
     dialect = mapping
 
-    def __init__(self, points: list[OcppPoint], gateway: Gateway, ws: Any, timeout: float) -> None:
+    def __init__(self, points: list[OcppPoint], gateway: Any, ws: Any, timeout: float) -> None:
         ChargePoint.__init__(self, points[0].spec.charger, ws, response_timeout=timeout)
         Connectors.__init__(self, points)
         self.gateway = gateway

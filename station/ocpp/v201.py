@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint, call_result
@@ -22,21 +22,19 @@ from station.ocpp.logs import warn
 from station.ocpp.point import OcppPoint
 from station.ocpp.routing import Connectors, now_iso, route_checked
 
-if TYPE_CHECKING:
-    from station.ocpp.gateway import Gateway
-
 log = logging.getLogger("station.ocpp")
 
 ACCEPTED = {"status": "Accepted"}
 
 
+# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
 class Charger201(ChargePoint, Connectors):  # type: ignore[misc]
     """One connected OCPP 2.0.1 charger and the points of its EVSEs."""
 
     version = mapping201.VERSION
     dialect = mapping201
 
-    def __init__(self, points: list[OcppPoint], gateway: Gateway, ws: Any, timeout: float) -> None:
+    def __init__(self, points: list[OcppPoint], gateway: Any, ws: Any, timeout: float) -> None:
         ChargePoint.__init__(self, points[0].spec.charger, ws, response_timeout=timeout)
         Connectors.__init__(self, points)
         self.gateway = gateway

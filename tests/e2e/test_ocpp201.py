@@ -204,6 +204,7 @@ def _status(url: str, ctx: ssl.SSLContext) -> int | None:
 
     async def attempt() -> int | None:
         try:
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             async with connect(url, subprotocols=["ocpp2.0.1"], ssl=ctx, open_timeout=10):  # type: ignore[list-item]
                 return None
         except InvalidStatus as exc:

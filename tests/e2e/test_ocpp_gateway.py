@@ -197,6 +197,7 @@ def _raw_exchange(url: str, frames: list[str]) -> tuple[list[Any], int | None]:
         answers: list[Any] = []
         async with connect(
             f"{url}/OC01",
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
             subprotocols=["ocpp1.6"],  # type: ignore[list-item]
             additional_headers={"Authorization": f"Basic {auth}"},
             open_timeout=10,

@@ -63,9 +63,8 @@ from broker.consumers.ocpi.wire import (
 )
 from broker.consumers.subscriber import Endpoint as BusEndpoint
 from broker.consumers.subscriber import HistoryClient, Subscriber
-from broker.core.vehicle_auth import WALK_IN_PREFIX
 from common.errors import TransportError
-from common.messages import BusEvent
+from common.messages import WALK_IN_PREFIX, BusEvent
 from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
 

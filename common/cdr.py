@@ -31,7 +31,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from broker.core.tariffs import (
+from common.tariffs import (
     DAYS,
     PriceComponent,
     Tariff,
@@ -559,26 +559,42 @@ def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: f
                         (pa, u.charging, energy, secs, u.power_kw if u.charging else None, priced)
                     )
                     prev_key = key
-        # step sizes: once for ENERGY, once for TIME and PARKING_TIME together
-        if last_energy is not None and last_energy.step_size > 0:
-            wh = energy_billable * 1000
-            step = Decimal(last_energy.step_size)
-            extra = (wh / step).to_integral_value(ROUND_CEILING) * step - wh
-            if extra > 0:
-                bill.energy.add(extra / 1000, last_energy)
-        if last_time is not None and last_time[1].step_size > 0:
-            dim, comp = last_time
-            secs = time_billable[dim]
-            step = Decimal(comp.step_size)
-            extra = (secs / step).to_integral_value(ROUND_CEILING) * step - secs
-            if extra > 0:
-                (bill.time if dim == "TIME" else bill.parking).add(extra / HOUR, comp)
-        total = bill.total
-        for part in (bill.fixed, bill.energy, bill.time, bill.parking):
-            total.excl += part.excl
-            total.incl += part.incl
-        _bound(ct.tariff, total)
+        _apply_steps(bill, last_energy, energy_billable, last_time, time_billable)
+        _close(bill, ct.tariff)
     return bill
+
+
+def _apply_steps(
+    bill: Bill,
+    last_energy: PriceComponent | None,
+    energy_billable: Decimal,
+    last_time: tuple[str, PriceComponent] | None,
+    time_billable: dict[str, Decimal],
+) -> None:
+    """Step sizes (OCPI): once for ENERGY, once for TIME and PARKING_TIME together, by the
+    step of the last component of that dimension that billed something."""
+    if last_energy is not None and last_energy.step_size > 0:
+        wh = energy_billable * 1000
+        step = Decimal(last_energy.step_size)
+        extra = (wh / step).to_integral_value(ROUND_CEILING) * step - wh
+        if extra > 0:
+            bill.energy.add(extra / 1000, last_energy)
+    if last_time is not None and last_time[1].step_size > 0:
+        dim, comp = last_time
+        secs = time_billable[dim]
+        step = Decimal(comp.step_size)
+        extra = (secs / step).to_integral_value(ROUND_CEILING) * step - secs
+        if extra > 0:
+            (bill.time if dim == "TIME" else bill.parking).add(extra / HOUR, comp)
+
+
+def _close(bill: Bill, tariff: Tariff) -> None:
+    """The total of the parts, bounded by the tariff's min/max price."""
+    total = bill.total
+    for part in (bill.fixed, bill.energy, bill.time, bill.parking):
+        total.excl += part.excl
+        total.incl += part.incl
+    _bound(tariff, total)
 
 
 def _bound(t: Tariff, total: Money) -> None:
