@@ -31,6 +31,7 @@ COUNTERS = (
     "sessions_energy_bounded",
     "energy_excess_wh",
     "reservations_rate_limited",
+    "holds_refused",
 )
 
 
