@@ -177,6 +177,18 @@ class Money:
     def price(self) -> CdrPrice:
         return CdrPrice(excl_vat=cents(self.excl), incl_vat=cents(self.incl))
 
+    def price_builtins(self) -> dict[str, Any]:
+        """``price()`` as plain JSON types (what a CDR's JSON decodes to)."""
+        return {"excl_vat": _number(cents(self.excl)), "incl_vat": _number(cents(self.incl))}
+
+
+def _number(d: Decimal) -> float:
+    """A rounded amount or volume as its JSON number decodes. :func:`cents` and
+    :func:`volume` always leave 2 or 4 decimals, so the number is written with a
+    point and decodes to a float; ``float`` of a Decimal is correctly rounded from
+    its text, as JSON decoding is."""
+    return float(d)
+
 
 _VAT: dict[Decimal, Decimal] = {}
 
@@ -223,6 +235,74 @@ class Bill:
     def cost(self) -> Decimal:
         """Total incl. VAT rounded to cents: the ``cost`` every bill carries."""
         return cents(self.total.incl)
+
+    def cdr_builtins(
+        self,
+        *,
+        cdr_id: str,
+        tariff: Tariff,
+        start: float,
+        end: float,
+        now: float,
+        session_id: str | None = None,
+        token: str | None = None,
+        remark: str | None = None,
+    ) -> dict[str, Any]:
+        """``cdr_to_builtins(self.cdr(...))`` built directly (the same dict, key for
+        key and type for type, at a third of the cost): what the core publishes."""
+        tid = tariff.id
+        periods: list[dict[str, Any]] = []
+        for t0, charging, energy, seconds, power, priced in self.periods:
+            if charging:
+                dims = [
+                    {"type": "ENERGY", "volume": _number(volume(energy))},
+                    {"type": "TIME", "volume": _number(volume(seconds / HOUR))},
+                ]
+                if power is not None:
+                    dims.append({"type": "MAX_POWER", "volume": _number(volume(power))})
+            else:
+                dims = [{"type": "PARKING_TIME", "volume": _number(volume(seconds / HOUR))}]
+            period: dict[str, Any] = {"start_date_time": format_datetime(float(t0))}
+            period["dimensions"] = dims
+            if priced:
+                period["tariff_id"] = tid
+            periods.append(period)
+        end_text = format_datetime(end)
+        out: dict[str, Any] = {
+            "id": cdr_id,
+            "start_date_time": format_datetime(start),
+            "end_date_time": end_text,
+            "currency": tariff.currency,
+            "charging_periods": periods,
+            "total_cost": self.total.price_builtins(),
+            "total_fixed_cost": self.fixed.price_builtins(),
+            "total_energy": _number(volume(self.total_energy)),
+            "total_energy_cost": self.energy.price_builtins(),
+            "total_time": _number(volume(self.total_seconds / HOUR)),
+            "total_time_cost": self.time.price_builtins(),
+            "total_parking_time": _number(volume(self.parking_seconds / HOUR)),
+            "total_parking_cost": self.parking.price_builtins(),
+            "last_updated": end_text if now == end else format_datetime(now),
+        }
+        if tid is not None:
+            out["tariff_id"] = tid
+        if tariff.country_code != "BR":
+            out["country_code"] = tariff.country_code
+        if tariff.party_id != "EVB":
+            out["party_id"] = tariff.party_id
+        if session_id is not None:
+            out["session_id"] = session_id
+        if token is not None:
+            out["cdr_token"] = {
+                "uid": token,
+                "contract_id": token,
+                "country_code": "BR",
+                "party_id": "EVB",
+                "type": "APP_USER",
+            }
+        if remark is not None:
+            out["remark"] = remark
+        return out
 
     def cdr(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Final
 from msgspec import UNSET, UnsetType
 
 from broker.core.accounts import Accounts
-from broker.core.cdr import cdr_to_builtins, energy_price_now, price_compiled
+from broker.core.cdr import energy_price_now, price_compiled
 from broker.core.effects import Effect, Persist, Push, Rejected, Reply, SendStation
 from broker.core.point_table import PointTable
 from broker.core.points import PointState
@@ -430,17 +430,15 @@ class SessionTable:
             usages = s.usages(energy, charge_end, now)
             bill = price_compiled(book.compiled(s.tariff), usages, s.started_at)
             s.cost = bill.cost
-            s.cdr = cdr = cdr_to_builtins(
-                bill.cdr(
-                    cdr_id=s.id,
-                    tariff=s.tariff,
-                    start=s.started_at,
-                    end=now,
-                    now=now,
-                    session_id=s.id,
-                    token=s.vehicle_id,
-                    remark=reason,
-                )
+            s.cdr = cdr = bill.cdr_builtins(
+                cdr_id=s.id,
+                tariff=s.tariff,
+                start=s.started_at,
+                end=now,
+                now=now,
+                session_id=s.id,
+                token=s.vehicle_id,
+                remark=reason,
             )
         s.nivel_final = nivel_final
         s.reason = reason

@@ -313,3 +313,33 @@ def test_one_energy_component_is_the_flat_bill(energy: Decimal, price: Decimal, 
     b = price_session(flat_tariff(price, "BRL"), [Usage(BASE, BASE + secs, energy)], BASE, TZ)
     assert b.cost == session_cost(energy, price)
     assert b.total.price().excl_vat == session_cost(energy, price)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sessions(),
+    st.sampled_from([None, "ses-1"]),
+    st.sampled_from([None, "CAR1"]),
+    st.sampled_from([("BR", "EVB"), ("NL", "ABC")]),
+)
+def test_the_cdr_built_as_builtins_is_the_encoded_cdr(
+    usages: list[Usage], session_id: str | None, token: str | None, party: tuple[str, str]
+) -> None:
+    """The core publishes ``Bill.cdr_builtins``: the same dict, value for value and
+    type for type (so the same JSON bytes), as the CDR struct encoded and decoded."""
+    import json
+
+    import msgspec
+
+    tariff = msgspec.structs.replace(TOU, country_code=party[0], party_id=party[1])
+    bill = price_session(tariff, usages, usages[0].start, TZ)
+    end = usages[-1].end
+    for now in (end, end + 7.5):
+        args: dict[str, object] = dict(
+            cdr_id="cdr-1", tariff=tariff, start=usages[0].start, end=end, now=now
+        )
+        args.update(session_id=session_id, token=token, remark=None if token else "unplugged")
+        direct = bill.cdr_builtins(**args)  # type: ignore[arg-type]
+        encoded = cdr_to_builtins(bill.cdr(**args))  # type: ignore[arg-type]
+        assert json.dumps(direct) == json.dumps(encoded)
+        assert direct == encoded
