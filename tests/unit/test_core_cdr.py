@@ -5,7 +5,7 @@ changes its price, and one ENERGY component is today's flat bill."""
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -281,10 +281,12 @@ def split(usages: list[Usage], index: int, frac: float) -> list[Usage]:
         / (Decimal(repr(u.end)) - Decimal(repr(u.start)))
     )
     i = usages.index(u)
+    with localcontext(Context(prec=60)):  # the two parts add up to the whole exactly
+        rest = u.energy_kwh - first_energy
     return [
         *usages[:i],
         Usage(u.start, cut, first_energy, u.charging, u.power_kw),
-        Usage(cut, u.end, u.energy_kwh - first_energy, u.charging, u.power_kw),
+        Usage(cut, u.end, rest, u.charging, u.power_kw),
         *usages[i + 1 :],
     ]
 
