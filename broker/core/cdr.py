@@ -436,10 +436,12 @@ class CompiledTariff:
         "_by_dim",
         "_days",
         "_durations",
+        "_first",
         "_kwhs",
         "_midnight",
         "_times",
         "clock",
+        "cutless",
         "estimates",
         "tariff",
         "tz",
@@ -493,9 +495,32 @@ class CompiledTariff:
                 if c.type not in seen:  # one component per dimension in an element
                     seen.add(c.type)
                     self._by_dim.setdefault(c.type, []).append((e.restrictions, c))
+        #: fast path: nothing can change inside a stretch (no time of day, date,
+        #: weekday, duration or kWh restriction), so a stretch is one piece
+        self.cutless = not (self.clock or self._durations or self._kwhs)
+        #: fast path: a dimension whose first element is unrestricted is always priced
+        #: by it (the first element that holds is the one in force)
+        self._first: dict[str, PriceComponent | None] = {
+            dim: entries[0][1] if entries[0][0] is None else None
+            for dim, entries in self._by_dim.items()
+        }
 
     def in_force(self, dim: str, m: _Moment) -> PriceComponent | None:
         for r, c in self._by_dim.get(dim, ()):
+            if holds(r, m):
+                return c
+        return None
+
+    def in_force_fast(self, dim: str, m: _Moment) -> PriceComponent | None:
+        """:meth:`in_force`, without looking at ``m`` when the answer cannot depend
+        on it (no element prices ``dim``, or its first element is unrestricted)."""
+        entries = self._by_dim.get(dim)
+        if entries is None:
+            return None
+        first = self._first[dim]
+        if first is not None:
+            return first
+        for r, c in entries:
             if holds(r, m):
                 return c
         return None
@@ -545,14 +570,16 @@ def _cuts(
         t = t0 + d
         if a < t < b:
             times.add(t)
+    if not times and (e <= 0 or not ct._kwhs):
+        return []
     cuts: dict[Decimal, Decimal] = {}
-    with localcontext(EXACT):
-        for t in times:
-            cuts[t] = e * (t - a) / (b - a) if e > 0 else ZERO
-        if e > 0:
-            for k in ct._kwhs:
-                if kwh0 < k < kwh0 + e:
-                    cuts[a + (k - kwh0) / e * (b - a)] = k - kwh0
+    # the caller (price_compiled) already computes in the EXACT context
+    for t in times:
+        cuts[t] = e * (t - a) / (b - a) if e > 0 else ZERO
+    if e > 0:
+        for k in ct._kwhs:
+            if kwh0 < k < kwh0 + e:
+                cuts[a + (k - kwh0) / e * (b - a)] = k - kwh0
     return sorted(cuts.items())
 
 
@@ -563,8 +590,17 @@ def price_session(
     return price_compiled(CompiledTariff(tariff, tz), usages, session_start)
 
 
-def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: float) -> Bill:
+def price_compiled(
+    ct: CompiledTariff, usages: Iterable[Usage], session_start: float, *, fast: bool = True
+) -> Bill:
+    """Price ``usages`` under a prepared tariff. ``fast`` (the default) skips the
+    cut search of a tariff with nothing to cut at (:attr:`CompiledTariff.cutless`)
+    and the restriction checks of dimensions priced unconditionally; ``fast=False``
+    is the general path (the same bill, which a property test checks)."""
     bill = Bill()
+    in_force = ct.in_force_fast if fast else ct.in_force
+    cutless = fast and ct.cutless
+    clock = ct.clock
     t0 = dec(session_start)
     kwh = ZERO
     flat_done = False
@@ -585,23 +621,26 @@ def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: f
             if not u.charging:
                 bill.parking_seconds += b - a
             bill.total_energy += u.energy_kwh
-            edges = [
-                (a, ZERO),
-                *_cuts(ct, u, a, b, t0, kwh),
-                (b, u.energy_kwh if u.charging else ZERO),
-            ]
+            if cutless:
+                edges = [(a, ZERO), (b, u.energy_kwh if u.charging else ZERO)]
+            else:
+                edges = [
+                    (a, ZERO),
+                    *_cuts(ct, u, a, b, t0, kwh),
+                    (b, u.energy_kwh if u.charging else ZERO),
+                ]
             for i in range(len(edges) - 1):
                 (pa, ea), (pb, eb) = edges[i], edges[i + 1]
                 secs = pb - pa
                 energy = eb - ea
                 m = _Moment(
-                    local=datetime.fromtimestamp(float(pa), ct.tz) if ct.clock else _NO_CLOCK,
+                    local=datetime.fromtimestamp(float(pa), ct.tz) if clock else _NO_CLOCK,
                     kwh=kwh,
                     duration=pa - t0,
                     power=u.power_kw if u.charging else ZERO,
                     current=u.current_a if u.charging else ZERO,
                 )
-                flat = None if flat_done else ct.in_force("FLAT", m)
+                flat = None if flat_done else in_force("FLAT", m)
                 if flat is not None:
                     bill.fixed.add(ONE, flat)
                     flat_done = True
@@ -609,20 +648,20 @@ def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: f
                 ce: PriceComponent | None = None
                 ctime: PriceComponent | None = None
                 if u.charging:
-                    ce = ct.in_force("ENERGY", m)
+                    ce = in_force("ENERGY", m)
                     if ce is not None:
                         bill.energy.add(energy, ce)
                         energy_billable += energy
                         if energy > 0:
                             last_energy = ce
-                    ctime = ct.in_force("TIME", m)
+                    ctime = in_force("TIME", m)
                     if ctime is not None:
                         bill.time.add(secs / HOUR, ctime)
                         time_billable["TIME"] += secs
                         if secs > 0:
                             last_time = ("TIME", ctime)
                 else:
-                    ctime = ct.in_force("PARKING_TIME", m)
+                    ctime = in_force("PARKING_TIME", m)
                     if ctime is not None:
                         bill.parking.add(secs / HOUR, ctime)
                         time_billable["PARKING_TIME"] += secs
