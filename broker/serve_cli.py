@@ -14,7 +14,15 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.serve_options import DEFAULT_DB, LOG_OPTIONS, OPTIONS, Option, app_config, read_all
+from broker.serve_options import (
+    DEFAULT_DB,
+    LOG_OPTIONS,
+    OPTIONS,
+    Option,
+    app_config,
+    option_info,
+    read_all,
+)
 from common.cli import EXIT_FAILED, EXIT_USAGE
 from common.errors import ConfigError, EVError, StoreError
 from common.logging_setup import setup_logging
@@ -22,17 +30,12 @@ from common.logging_setup import setup_logging
 log = logging.getLogger("broker")
 
 
-def _opt(env: str, help_text: str, metavar: str) -> typer.models.OptionInfo:
-    # typer.Option is typed as returning Any (it is used as a parameter default)
-    return typer.Option(envvar=env, help=help_text, show_envvar=True, metavar=metavar)  # type: ignore[no-any-return]
-
-
 def _param(name: str, option: Option[Any]) -> inspect.Parameter:
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=option.default,
-        annotation=Annotated[str, _opt(option.env, option.help, option.metavar)],
+        annotation=Annotated[str, option_info(option.env, option.help, option.metavar)],
     )
 
 
@@ -42,7 +45,7 @@ KEYS = inspect.Parameter(
     default=None,
     annotation=Annotated[
         str | None,
-        _opt("EV_KEYS", "Folder of broker.key (default: the database's folder).", "DIR"),
+        option_info("EV_KEYS", "Folder of broker.key (default: the database's folder).", "DIR"),
     ],
 )
 INSECURE = inspect.Parameter(
@@ -120,7 +123,8 @@ def run(config: object) -> int:
 def backup(
     file: Annotated[Path, typer.Argument(help="Where to write the copy.", metavar="FILE")],
     db: Annotated[
-        Path, _opt("EV_DB", "The running broker's SQLite file (ev-broker serve --db).", "PATH")
+        Path,
+        option_info("EV_DB", "The running broker's SQLite file (ev-broker serve --db).", "PATH"),
     ] = Path(DEFAULT_DB),
     force: Annotated[
         bool,

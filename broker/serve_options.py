@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
+import typer
+
 from broker.core.config import CoreConfig
 from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode
 from broker.limits import Limits
@@ -161,6 +163,12 @@ def hours(name: str, text: str) -> float:
 
 def auth_mode(name: str, text: str) -> AuthMode:
     return parse(name, text, AuthMode, lambda _: True, "open or required")
+
+
+def option_info(env: str, help_text: str, metavar: str) -> typer.models.OptionInfo:
+    """A text option read from ``env`` too (shown in --help), for a value read by hand."""
+    # typer.Option is typed as returning Any (it is used as a parameter default)
+    return typer.Option(envvar=env, help=help_text, show_envvar=True, metavar=metavar)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,10 @@ from broker.consumers.plumbing import CredentialsOpt, HistoryPortOpt, bus_endpoi
 from broker.consumers.subscriber import HistoryClient
 from broker.core import Core, CoreConfig
 from broker.core.effects import Persist, Publish
-from broker.core.tariffs import TariffInvalid, decode_tariffs
 from broker.store import Store
 from common.cli import CONTEXT, BrokerOpt
 from common.errors import StoreError, TransportError
+from common.tariffs import TariffInvalid, decode_tariffs
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2

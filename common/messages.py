@@ -22,6 +22,9 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 VEHICLE_ID_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
 VehicleId = Annotated[str, Meta(pattern=VEHICLE_ID_PATTERN)]
+#: the vehicle id under which a charger's walk-in (local start) is billed: this prefix
+#: and the authorized idTag (docs/ocpp.md); never registrable as a driver's own id
+WALK_IN_PREFIX: Final = "idtag."
 PointId = Annotated[str, Meta(min_length=1, max_length=64)]
 Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]

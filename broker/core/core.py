@@ -141,6 +141,19 @@ class Core:
         """The ROUTER could not deliver to ``point_id``."""
         return stations.station_unreachable(self._eng, point_id, now)
 
+    def start_in_progress(self, vehicle_id: str) -> tuple[str, str] | None:
+        """``(session_id, point_id)`` of the start sent for ``vehicle_id``, not acked yet."""
+        pend = self._eng.sessions.pending_of(vehicle_id)
+        return None if pend is None else (pend.session_id, pend.point_id)
+
+    def session_started(self, vehicle_id: str, session_id: str) -> bool:
+        """Whether session ``session_id`` of ``vehicle_id`` started (running or billed)."""
+        if self._eng.running_session(session_id) is not None:
+            return True
+        return any(
+            line.session_id == session_id for line in self._eng.statement(vehicle_id).sessoes
+        )
+
     def battery_report(
         self, vehicle_id: str, level: float, latitude: float, longitude: float, now: float
     ) -> list[Effect]:

@@ -19,7 +19,6 @@ from typing import Any, Final
 from msgspec import UNSET, UnsetType
 
 from broker.core.accounts import Accounts
-from broker.core.cdr import energy_price_now, price_compiled
 from broker.core.effects import Effect, Persist, Push, Rejected, Reply, SendStation
 from broker.core.point_table import PointTable
 from broker.core.points import PointState
@@ -39,6 +38,7 @@ from broker.core.sessions import (
 from broker.core.shared import Shared
 from broker.core.sites import Sites
 from broker.core.timers import AckTimeout, ParkingEnd
+from common.cdr import energy_price_now, price_compiled
 from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop

@@ -15,11 +15,11 @@ from typing import Any, ClassVar, Final, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from broker.core.cdr import Usage, cdr_totals
 from broker.core.records import Record
-from broker.core.tariffs import Tariff
+from common.cdr import Usage, cdr_totals
 from common.messages import Scalar
 from common.replies import SessionView, StatementLine
+from common.tariffs import Tariff
 from common.timeutil import format_timestamp
 
 CENT: Final = Decimal("0.01")

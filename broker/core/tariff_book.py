@@ -18,10 +18,10 @@ from fnmatch import fnmatchcase
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from broker.core.cdr import CompiledTariff, estimate, prices_at
 from broker.core.sessions import session_cost, to_decimal
-from broker.core.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
+from common.cdr import CompiledTariff, estimate, prices_at
 from common.replies import TariffView
+from common.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
 from common.timeutil import format_timestamp, site_zone
 
 ASSIGNMENTS_KEY: Final = "tariff_assignments"
@@ -115,7 +115,7 @@ class TariffBook:
     @classmethod
     def from_snapshot(cls, value: dict[str, Any]) -> TariffBook:
         """The book of a snapshot's ``tariffs`` (raises ValueError/TypeError/KeyError
-        or :class:`~broker.core.tariffs.TariffInvalid` when it does not fit)."""
+        or :class:`~common.tariffs.TariffInvalid` when it does not fit)."""
         book = cls(tz_of(str(value["tz"])))
         for t in value.get("tariffs") or ():
             book.restore_tariff(t)
@@ -180,6 +180,7 @@ class TariffBook:
         t = ct.tariff
         hit = ct.views.get(power_kw)
         if hit is not None and hit[0] <= now < hit[1]:
+            # the cache holds only TariffViews (typed object in common.cdr, below the core)
             return hit[2]  # type: ignore[return-value]
         prices = prices_at(ct, now, power_kw)
         until = math.inf if prices.valid_until is None else prices.valid_until

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from broker.core.cdr import coverage_gaps
 from broker.core.effects import Effect, Persist
 from broker.core.engine import Engine
 from broker.core.tariff_book import ASSIGNMENTS_KEY, MAX_RULES, MAX_TARIFFS
-from broker.core.tariffs import (
+from common.cdr import coverage_gaps
+from common.events import TariffUpdated
+from common.tariffs import (
     TariffInvalid,
     decode_tariffs,
     format_datetime,
     tariff_to_builtins,
 )
-from common.events import TariffUpdated
 
 MAX_PATTERN: Final = 200
 ACTIONS: Final = ("set", "assign", "remove", "list")

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from broker.limits import Limits
-from broker.serve_cli import _opt
 from broker.serve_options import count, port, seconds
 from broker.serve_options import host as read_host
+from broker.serve_options import option_info as opt
 from common.cli import EXIT_USAGE
 from common.errors import ConfigError, EVError
 from common.logging_setup import FORMATS, LEVELS, setup_logging
@@ -18,56 +18,81 @@ from common.logging_setup import FORMATS, LEVELS, setup_logging
 LIMITS = Limits()
 
 
+GatewayCoreOpt = Annotated[
+    str,
+    opt("EV_CORE", "Host of the broker core (its gateway, events and history ports).", "HOST"),
+]
+
+GatewayCredentialsOpt = Annotated[
+    str | None,
+    opt("EV_CREDENTIALS", "A `gateway` credential file (none: no CURVE).", "FILE"),
+]
+
+GatewayHostOpt = Annotated[str, opt("EV_HOST", "Address of the vehicle port.", "HOST")]
+
+GatewayVehiclePortOpt = Annotated[
+    str, opt("EV_VEHICLE_PORT", "TCP port for vehicles (shared: SO_REUSEPORT).", "PORT")
+]
+
+GatewayGatewayPortOpt = Annotated[
+    str, opt("EV_GATEWAY_PORT", "The core's ZeroMQ port for gateways.", "PORT")
+]
+
+GatewayEventsPortOpt = Annotated[
+    str, opt("EV_EVENTS_PORT", "The core's ZeroMQ PUB for bus events.", "PORT")
+]
+
+GatewayHistoryPortOpt = Annotated[
+    str, opt("EV_HISTORY_PORT", "The core's ZeroMQ ROUTER for history.", "PORT")
+]
+
+GatewayCoreWaitOpt = Annotated[
+    str,
+    opt(
+        "EV_CORE_WAIT",
+        "Seconds a request waits for an absent core before `erro unavailable`.",
+        "SECONDS",
+    ),
+]
+
+GatewayMaxVehicleConnectionsOpt = Annotated[
+    str, opt("EV_MAX_VEHICLE_CONNECTIONS", "Open vehicle connections at most.", "N")
+]
+
+GatewayIdleTimeoutOpt = Annotated[
+    str,
+    opt("EV_IDLE_TIMEOUT", "Seconds without a request before a vehicle is closed.", "SECONDS"),
+]
+
+GatewayParentPidOpt = Annotated[
+    str | None,
+    opt(
+        "EV_PARENT_PID",
+        "Set by `serve --gateways N`: once that process is gone, take no new "
+        "connections and exit after the last one closes.",
+        "PID",
+    ),
+]
+
+GatewayLogFormatOpt = Annotated[str, opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")]
+
+GatewayLogLevelOpt = Annotated[str, opt("EV_LOG_LEVEL", "Log level.", "|".join(LEVELS))]
+
+
 def gateway(
-    core: Annotated[
-        str,
-        _opt("EV_CORE", "Host of the broker core (its gateway, events and history ports).", "HOST"),
-    ],
-    credentials: Annotated[
-        str | None,
-        _opt("EV_CREDENTIALS", "A `gateway` credential file (none: no CURVE).", "FILE"),
-    ] = None,
-    host: Annotated[str, _opt("EV_HOST", "Address of the vehicle port.", "HOST")] = "0.0.0.0",
-    vehicle_port: Annotated[
-        str, _opt("EV_VEHICLE_PORT", "TCP port for vehicles (shared: SO_REUSEPORT).", "PORT")
-    ] = "8081",
-    gateway_port: Annotated[
-        str, _opt("EV_GATEWAY_PORT", "The core's ZeroMQ port for gateways.", "PORT")
-    ] = "5558",
-    events_port: Annotated[
-        str, _opt("EV_EVENTS_PORT", "The core's ZeroMQ PUB for bus events.", "PORT")
-    ] = "5556",
-    history_port: Annotated[
-        str, _opt("EV_HISTORY_PORT", "The core's ZeroMQ ROUTER for history.", "PORT")
-    ] = "5557",
-    core_wait: Annotated[
-        str,
-        _opt(
-            "EV_CORE_WAIT",
-            "Seconds a request waits for an absent core before `erro unavailable`.",
-            "SECONDS",
-        ),
-    ] = "10",
-    max_vehicle_connections: Annotated[
-        str, _opt("EV_MAX_VEHICLE_CONNECTIONS", "Open vehicle connections at most.", "N")
-    ] = str(LIMITS.max_vehicle_connections),
-    idle_timeout: Annotated[
-        str,
-        _opt("EV_IDLE_TIMEOUT", "Seconds without a request before a vehicle is closed.", "SECONDS"),
-    ] = f"{LIMITS.idle_timeout_s:g}",
-    parent_pid: Annotated[
-        str | None,
-        _opt(
-            "EV_PARENT_PID",
-            "Set by `serve --gateways N`: once that process is gone, take no new "
-            "connections and exit after the last one closes.",
-            "PID",
-        ),
-    ] = None,
-    log_format: Annotated[
-        str, _opt("EV_LOG_FORMAT", "Log format: text or json.", "text|json")
-    ] = "text",
-    log_level: Annotated[str, _opt("EV_LOG_LEVEL", "Log level.", "|".join(LEVELS))] = "info",
+    core: GatewayCoreOpt,
+    credentials: GatewayCredentialsOpt = None,
+    host: GatewayHostOpt = "0.0.0.0",
+    vehicle_port: GatewayVehiclePortOpt = "8081",
+    gateway_port: GatewayGatewayPortOpt = "5558",
+    events_port: GatewayEventsPortOpt = "5556",
+    history_port: GatewayHistoryPortOpt = "5557",
+    core_wait: GatewayCoreWaitOpt = "10",
+    max_vehicle_connections: GatewayMaxVehicleConnectionsOpt = str(LIMITS.max_vehicle_connections),
+    idle_timeout: GatewayIdleTimeoutOpt = f"{LIMITS.idle_timeout_s:g}",
+    parent_pid: GatewayParentPidOpt = None,
+    log_format: GatewayLogFormatOpt = "text",
+    log_level: GatewayLogLevelOpt = "info",
 ) -> None:
     """Run a vehicle gateway for the core at --core until SIGINT or SIGTERM."""
     from broker.gateway.app import GatewayConfig

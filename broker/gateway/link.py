@@ -25,18 +25,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
 
 import msgspec
 import zmq
 import zmq.asyncio
 
+from broker.core.vehicle_auth import ConnAuth
 from broker.edges.zmq_sockets import receive_loop
+from broker.gateway.replica import Replica
 from broker.gateway.wire import (
     BEAT_S,
     CORE_SILENT_S,
     Answer,
+    Attach,
     Beat,
+    Bound,
     Bye,
     Closed,
     Forward,
@@ -50,8 +55,41 @@ from broker.gateway.wire import (
 from common.credentials import Credential, curve_client
 from common.zmq_nowait import send_nowait
 
-if TYPE_CHECKING:
-    from broker.gateway.server import GatewayConnection, GatewayServer
+
+class LinkedConnection(Protocol):
+    """What the link reads of a vehicle connection of the gateway."""
+
+    conn_id: int
+    auth: ConnAuth
+
+
+class LinkServer(Protocol):
+    """What the link needs of the gateway's vehicle server (broker.gateway.server), named
+    here so that the link does not import the server that imports it."""
+
+    low_battery: float
+    low_battery_rearm: float
+    replica: Replica
+
+    def answered(
+        self,
+        conn_id: int,
+        rid: int,
+        payload: bytes,
+        seq: int,
+        bound: Bound | None,
+        outcome: str = "ok",
+    ) -> None: ...
+
+    def push(self, conn_id: int, payload: bytes) -> None: ...
+
+    def attachments(self) -> list[Attach]: ...
+
+    # the connections are the server's own type (Any: it only passes them back)
+    def outstanding(self, held: bool = False) -> Sequence[tuple[Any, int, list[Any]]]: ...
+
+    def unavailable(self, conn: Any, rid: int) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +115,7 @@ class CoreLink:
         self._credential = credential
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.server: GatewayServer | None = None
+        self.server: LinkServer | None = None
         self.boot: str | None = None  # the core greeted last
         self.core_seq = 0
         self.last_welcome = 0.0
@@ -90,7 +128,7 @@ class CoreLink:
     def core_up(self) -> bool:
         return self.boot is not None and time.monotonic() - self.last_welcome < CORE_SILENT_S
 
-    async def start(self, server: GatewayServer) -> None:
+    async def start(self, server: LinkServer) -> None:
         self.server = server
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -132,7 +170,7 @@ class CoreLink:
         self.stats["send_failed"] += 1
         return False
 
-    def forward(self, conn: GatewayConnection, rid: int, entry: list[Any]) -> None:
+    def forward(self, conn: LinkedConnection, rid: int, entry: list[Any]) -> None:
         """Send a request (``entry``: slot, request JSON, since, boot it was sent to)."""
         if self.boot is None:
             self.unsent = True

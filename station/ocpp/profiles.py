@@ -94,6 +94,7 @@ def power_reading(meter_value: Any) -> float | None:
             if sv.get("phase"):
                 continue
             try:
+                # (ignored below) a charger's value may be anything; a bad one is caught below
                 value = float(sv.get("value"))  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 continue

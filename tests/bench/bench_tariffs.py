@@ -102,8 +102,8 @@ def bills(tariffed: bool, rounds: int) -> float:
             pid = pids[n % len(pids)]
             vehicle = f"V{n}"
             n += 1
-            arrive = {"id_ponto_recarga": pid, "nivel_bateria": 20, "nivel_carregar": 80}
-            arrive["metodo_pagamento"] = "Pix"  # type: ignore[assignment]
+            arrive: dict[str, object] = {"id_ponto_recarga": pid, "nivel_bateria": 20}
+            arrive |= {"nivel_carregar": 80, "metodo_pagamento": "Pix"}
             fx = core.handle_request(1, vehicle, decode_request(_request("chegada", arrive)), now)
             (start,) = [e.message for e in fx if type(e).__name__ == "SendStation"]
             core.handle_station(pid, Ack(cmd_id=start.cmd_id, ok=True), now)

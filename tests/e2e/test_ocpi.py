@@ -579,5 +579,6 @@ def test_roaming_drivers_register_when_the_broker_requires_it(tmp_path: Path) ->
             body = start_cmd(r.peer, ref, "TOK1", "RQA", None)
             assert r.command("START_SESSION", body)["result"] == "ACCEPTED"
             assert r.result(ref)["result"] == "ACCEPTED"
+            # (ignored below) mypy cannot type a lambda with a default argument
             wait_for(lambda n=n: cdrs() >= n, 30, f"CDR {n}")  # type: ignore[misc]
         assert "ocpi.NLEMS.TOK1" in r.tokens_of_vehicles()

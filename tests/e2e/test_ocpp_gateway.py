@@ -48,9 +48,9 @@ def gateway_args(
     ]  # fmt: skip
 
 
-#: The simulated chargers run up to 1000 times faster than real time (speed), so the
+#: The simulated chargers run up to 5000 times faster than real time (speed), so the
 #: broker's bound on metered energy (power x wall time) is scaled for them, with room.
-BROKER_OPTS = ("--offline-after", "1.5", "--offline-grace", "3", "--metered-time-scale", "2000")
+BROKER_OPTS = ("--offline-after", "1.5", "--offline-grace", "3", "--metered-time-scale", "10000")
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_a_rejected_remote_start_is_point_unreachable(
     assert sim.transaction is None
 
 
-def _connect_status(url: str, user: str, password: str, protocols: list[str]) -> int | None:
+def connect_status(url: str, user: str, password: str, protocols: list[str]) -> int | None:
     """HTTP status of a refused upgrade, or None when the WebSocket opened."""
 
     async def attempt() -> int | None:
@@ -188,10 +188,10 @@ def test_wrong_password_and_unknown_id_get_401_before_the_upgrade(
     gateway: tuple[Proc, str],
 ) -> None:
     _, url = gateway
-    assert _connect_status(url, "OC01", "wrong-password-0123456789", ["ocpp1.6"]) == 401
-    assert _connect_status(url, "NOPE", PASSWORD, ["ocpp1.6"]) == 401
-    assert _connect_status(url, "OC01", PASSWORD, ["ocpp2.0.1"]) == 400
-    assert _connect_status(url, "OC01", PASSWORD, ["ocpp1.6"]) is None
+    assert connect_status(url, "OC01", "wrong-password-0123456789", ["ocpp1.6"]) == 401
+    assert connect_status(url, "NOPE", PASSWORD, ["ocpp1.6"]) == 401
+    assert connect_status(url, "OC01", PASSWORD, ["ocpp2.0.1"]) == 400
+    assert connect_status(url, "OC01", PASSWORD, ["ocpp1.6"]) is None
 
 
 def test_a_charger_that_disconnects_mid_session_is_offline_then_billed_by_the_grace_rule(

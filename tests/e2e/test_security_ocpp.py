@@ -15,9 +15,9 @@ import pytest
 
 from station.ocpp.guard import IdTags, LoginGuard
 from tests.e2e.test_ocpp_gateway import (  # noqa: F401 (fixtures)
-    _connect_status,
     broker,
     chargers,
+    connect_status,
     gateway,
     sims,
     wait_estado,
@@ -33,11 +33,11 @@ def test_ten_failures_from_an_address_get_429_for_a_minute(
     gateway: tuple[Proc, str],  # noqa: F811
 ) -> None:
     proc, url = gateway
-    codes = [_connect_status(url, "OC01", f"wrong-{i}", ["ocpp1.6"]) for i in range(10)]
+    codes = [connect_status(url, "OC01", f"wrong-{i}", ["ocpp1.6"]) for i in range(10)]
     assert codes == [401] * 10
     # blocked: even the right password is refused, without a check
-    assert _connect_status(url, "OC01", PASSWORD, ["ocpp1.6"]) == 429
-    assert _connect_status(url, "NOPE", "x", ["ocpp1.6"]) == 429
+    assert connect_status(url, "OC01", PASSWORD, ["ocpp1.6"]) == 429
+    assert connect_status(url, "NOPE", "x", ["ocpp1.6"]) == 429
     time.sleep(1.5)  # the refusal log line of this second
     refusals = [line for line in proc.lines if "refused" in line]
     assert len(refusals) <= 4, refusals  # throttled: not one line per attempt
@@ -53,6 +53,7 @@ def test_an_unknown_id_costs_the_same_as_a_wrong_password() -> None:
 
     def timed(check: object) -> float:
         t0 = time.perf_counter()
+        # (ignored below) the coroutine is built by the helper above
         asyncio.run(check)  # type: ignore[arg-type]
         return time.perf_counter() - t0
 
@@ -79,6 +80,7 @@ def test_an_unlisted_id_tag_cannot_start_a_walk_in(
     sims: SimLoop,  # noqa: F811
 ) -> None:
     _, url = gateway
+    # (ignored below) the fixture's tuple is untyped here
     car = Vehicle(broker[1].vehicle, "VICTIM9")  # type: ignore[attr-defined]
     try:
         sim = sims.add(url, "OC01", speed=100, meter_every_s=0.1)

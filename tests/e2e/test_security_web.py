@@ -133,6 +133,7 @@ def test_the_cookie_is_secure_under_tls() -> None:
 
         scope = {"type": "http", "scheme": scheme, "path": "/", "method": "GET",
                  "query_string": f"token={TOKEN}".encode(), "headers": []}  # fmt: skip
+        # (ignored below) a bare ASGI call with a minimal receive
         await TokenGate(app, TOKEN)(scope, lambda: None, send)  # type: ignore[arg-type]
         headers = dict(sent[0]["headers"])
         return headers[b"set-cookie"].decode()

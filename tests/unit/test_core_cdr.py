@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.core.cdr import Bill, CdrPrice, Usage, cdr_to_builtins, coverage_gaps, price_session
 from broker.core.sessions import session_cost
-from broker.core.tariffs import Tariff, decode_tariffs, flat_tariff
+from common.cdr import Bill, CdrPrice, Usage, cdr_to_builtins, coverage_gaps, price_session
+from common.tariffs import Tariff, decode_tariffs, flat_tariff
 
 DATA = Path(__file__).parent / "data" / "ocpi"
 TZ = ZoneInfo("Europe/Amsterdam")
@@ -337,12 +337,17 @@ def test_the_cdr_built_as_builtins_is_the_encoded_cdr(
     bill = price_session(tariff, usages, usages[0].start, TZ)
     end = usages[-1].end
     for now in (end, end + 7.5):
-        args: dict[str, object] = dict(
-            cdr_id="cdr-1", tariff=tariff, start=usages[0].start, end=end, now=now
-        )
-        args.update(session_id=session_id, token=token, remark=None if token else "unplugged")
-        direct = bill.cdr_builtins(**args)  # type: ignore[arg-type]
-        encoded = cdr_to_builtins(bill.cdr(**args))  # type: ignore[arg-type]
+        remark = None if token else "unplugged"
+        direct = bill.cdr_builtins(
+            cdr_id="cdr-1", tariff=tariff, start=usages[0].start, end=end, now=now,
+            session_id=session_id, token=token, remark=remark,
+        )  # fmt: skip
+        encoded = cdr_to_builtins(
+            bill.cdr(
+                cdr_id="cdr-1", tariff=tariff, start=usages[0].start, end=end, now=now,
+                session_id=session_id, token=token, remark=remark,
+            )
+        )  # fmt: skip
         assert json.dumps(direct) == json.dumps(encoded)
         assert direct == encoded
 
@@ -404,7 +409,7 @@ def test_the_fast_path_prices_as_the_general_path(tariff: Tariff, usages: list[U
     """A tariff without clock, duration or kWh restrictions is priced one piece per
     stretch, and a dimension whose first element is unrestricted without checking
     restrictions: the bill (every amount, every period) is the general path's."""
-    from broker.core.cdr import CompiledTariff, price_compiled
+    from common.cdr import CompiledTariff, price_compiled
 
     ct = CompiledTariff(tariff, TZ)
     fast = price_compiled(ct, usages, usages[0].start)

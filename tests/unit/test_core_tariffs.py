@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.core.tariffs import (
+from common.tariffs import (
     TariffInvalid,
     decode_tariffs,
     encode_tariff,
@@ -75,6 +75,7 @@ def test_a_list_of_tariffs() -> None:
         ),
         (restricted(start_time="25:00"), "start_time"),
         (restricted(min_kwh=10, max_kwh=5), "max_kwh"),
+        # GOOD is a plain JSON mapping (object values): its elements list is indexed here
         (bad(elements=[GOOD["elements"][0]] * 101), "elements"),  # type: ignore[index]
         (bad(elements=[]), "elements"),
         (bad(id=""), "id"),

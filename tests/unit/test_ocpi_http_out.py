@@ -20,6 +20,7 @@ def answering(seen: list[bytes], close_after: int | None = None, chunked: bool =
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        # (ignored below) the handler set holds tasks of any result
         HANDLERS.add(task)  # type: ignore[arg-type]
         served = 0
         try:

@@ -26,11 +26,11 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Self
 
-from broker.core.cdr import CdrPrice, Usage, cdr_to_builtins, cdr_totals, price_session
-from broker.core.tariffs import flat_tariff
+from common.cdr import CdrPrice, Usage, cdr_to_builtins, cdr_totals, price_session
 from common.errors import BusProtocolError, ConfigError, StoreError
 from common.events import ChargingCompleted, decode_data
 from common.private_files import private_file
+from common.tariffs import flat_tariff
 from common.timeutil import format_timestamp, parse_timestamp
 
 CENT: Final = Decimal("0.01")

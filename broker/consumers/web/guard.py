@@ -171,6 +171,7 @@ def guarded_protocol(guard: ConnectionGuard) -> type[H11Protocol]:
         _peer: tuple[str, int] | None = None
         _armed_for: object = None  # the request cycle current when the timer was armed
 
+        # (ignored below) asyncio types it BaseTransport; this protocol runs on TCP only
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             peer = transport.get_extra_info("peername")

@@ -31,7 +31,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from broker.core.tariffs import (
+from common.tariffs import (
     DAYS,
     PriceComponent,
     Tariff,
@@ -599,8 +599,7 @@ def price_compiled(
     is the general path (the same bill, which a property test checks)."""
     bill = Bill()
     in_force = ct.in_force_fast if fast else ct.in_force
-    cutless = fast and ct.cutless
-    clock = ct.clock
+    cutless, clock = fast and ct.cutless, ct.clock
     t0 = dec(session_start)
     kwh = ZERO
     flat_done = False
@@ -621,14 +620,10 @@ def price_compiled(
             if not u.charging:
                 bill.parking_seconds += b - a
             bill.total_energy += u.energy_kwh
-            if cutless:
-                edges = [(a, ZERO), (b, u.energy_kwh if u.charging else ZERO)]
-            else:
-                edges = [
-                    (a, ZERO),
-                    *_cuts(ct, u, a, b, t0, kwh),
-                    (b, u.energy_kwh if u.charging else ZERO),
-                ]
+            last = (b, u.energy_kwh if u.charging else ZERO)
+            edges = (
+                [(a, ZERO), last] if cutless else [(a, ZERO), *_cuts(ct, u, a, b, t0, kwh), last]
+            )
             for i in range(len(edges) - 1):
                 (pa, ea), (pb, eb) = edges[i], edges[i + 1]
                 secs = pb - pa
@@ -670,34 +665,62 @@ def price_compiled(
                 priced = priced or ce is not None or ctime is not None
                 kwh += energy
                 key = (u.charging, id(ce), id(ctime), u.power_kw, priced)
-                if merged and key == prev_key:
-                    s0, ch, e0, sec0, pw, pr = merged[-1]
-                    merged[-1] = (s0, ch, e0 + energy, sec0 + secs, pw, pr)
-                else:
-                    merged.append(
-                        (pa, u.charging, energy, secs, u.power_kw if u.charging else None, priced)
-                    )
-                    prev_key = key
-        # step sizes: once for ENERGY, once for TIME and PARKING_TIME together
-        if last_energy is not None and last_energy.step_size > 0:
-            wh = energy_billable * 1000
-            step = Decimal(last_energy.step_size)
-            extra = (wh / step).to_integral_value(ROUND_CEILING) * step - wh
-            if extra > 0:
-                bill.energy.add(extra / 1000, last_energy)
-        if last_time is not None and last_time[1].step_size > 0:
-            dim, comp = last_time
-            secs = time_billable[dim]
-            step = Decimal(comp.step_size)
-            extra = (secs / step).to_integral_value(ROUND_CEILING) * step - secs
-            if extra > 0:
-                (bill.time if dim == "TIME" else bill.parking).add(extra / HOUR, comp)
-        total = bill.total
-        for part in (bill.fixed, bill.energy, bill.time, bill.parking):
-            total.excl += part.excl
-            total.incl += part.incl
-        _bound(ct.tariff, total)
+                _merge(merged, key == prev_key, pa, u, energy, secs, priced)
+                prev_key = key
+        _apply_steps(bill, last_energy, energy_billable, last_time, time_billable)
+        _close(bill, ct.tariff)
     return bill
+
+
+def _merge(
+    merged: list[tuple[Decimal, bool, Decimal, Decimal, Decimal | None, bool]],
+    same: bool,
+    start: Decimal,
+    u: Usage,
+    energy: Decimal,
+    secs: Decimal,
+    priced: bool,
+) -> None:
+    """Add a piece to the CDR's periods: to the last one when the same components
+    (and power) are in force, else as a new period."""
+    if merged and same:
+        s0, ch, e0, sec0, pw, pr = merged[-1]
+        merged[-1] = (s0, ch, e0 + energy, sec0 + secs, pw, pr)
+    else:
+        merged.append((start, u.charging, energy, secs, u.power_kw if u.charging else None, priced))
+
+
+def _apply_steps(
+    bill: Bill,
+    last_energy: PriceComponent | None,
+    energy_billable: Decimal,
+    last_time: tuple[str, PriceComponent] | None,
+    time_billable: dict[str, Decimal],
+) -> None:
+    """Step sizes (OCPI): once for ENERGY, once for TIME and PARKING_TIME together, by the
+    step of the last component of that dimension that billed something."""
+    if last_energy is not None and last_energy.step_size > 0:
+        wh = energy_billable * 1000
+        step = Decimal(last_energy.step_size)
+        extra = (wh / step).to_integral_value(ROUND_CEILING) * step - wh
+        if extra > 0:
+            bill.energy.add(extra / 1000, last_energy)
+    if last_time is not None and last_time[1].step_size > 0:
+        dim, comp = last_time
+        secs = time_billable[dim]
+        step = Decimal(comp.step_size)
+        extra = (secs / step).to_integral_value(ROUND_CEILING) * step - secs
+        if extra > 0:
+            (bill.time if dim == "TIME" else bill.parking).add(extra / HOUR, comp)
+
+
+def _close(bill: Bill, tariff: Tariff) -> None:
+    """The total of the parts, bounded by the tariff's min/max price."""
+    total = bill.total
+    for part in (bill.fixed, bill.energy, bill.time, bill.parking):
+        total.excl += part.excl
+        total.incl += part.incl
+    _bound(tariff, total)
 
 
 def _bound(t: Tariff, total: Money) -> None:

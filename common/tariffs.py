@@ -4,7 +4,7 @@ A tariff is exactly the OCPI 2.2.1 ``Tariff`` object (module Tariffs), so the
 same struct is read from an operator's file, stored, published and served to
 roaming partners. Amounts are :class:`~decimal.Decimal` (JSON numbers on the
 wire, never floats inside). Pricing a session under a tariff lives in
-:mod:`broker.core.cdr`; this module only holds and checks the model.
+:mod:`common.cdr`; this module only holds and checks the model.
 
 Validation raises :class:`TariffInvalid` with one message naming the field
 (its JSON path): unknown type or day, negative price, end before start,
