@@ -429,6 +429,8 @@ class Engine:
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
         if self.sites:
             snap["sites"] = self.sites.view()
+        if len(self.tariffs):  # what a gateway's replica prices with (docs/tariffs.md)
+            snap["tariffs"] = self.tariffs.snapshot()
         # to_builtins of a dict of builtins is a dict; msgspec types it Any
         return msgspec.to_builtins(snap)  # type: ignore[no-any-return]
 
