@@ -20,11 +20,11 @@ from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from broker.core.site_defs import SITE_PREFIX, SiteDef, check_site
-from broker.core.tariff_book import ASSIGNMENTS_KEY
 from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from common.errors import EVError, InvalidRequest, SiteRefused, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
+from common.tariff_book import ASSIGNMENTS_KEY
 
 MAX_REASON: Final = 200  # characters of an out-of-service reason
 

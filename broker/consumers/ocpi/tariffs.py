@@ -2,7 +2,7 @@
 
 The operator's tariffs and their assignments to points live in the broker
 (docs/tariffs.md); every change is a ``tariff.updated`` bus event. This module
-keeps the tariff engine's :class:`~broker.core.tariff_book.TariffBook`, fed
+keeps the tariff engine's :class:`~common.tariff_book.TariffBook`, fed
 with those events in seq order (set -> ``put``, assign -> ``assign``, remove ->
 ``remove``), so a point's tariff here is the one the broker prices it by, by
 the broker's own rule. A point no valid tariff prices is priced by its
@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from broker.consumers.ocpi.mapping import Site, tariff_id_for_price
-from broker.core.tariff_book import TariffBook
+from common.tariff_book import TariffBook
 from common.tariffs import (
     Tariff,
     TariffInvalid,
