@@ -18,7 +18,6 @@ from fnmatch import fnmatchcase
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from broker.core.sessions import session_cost, to_decimal
 from common.cdr import CompiledTariff, estimate, prices_at
 from common.replies import TariffView
 from common.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
@@ -209,7 +208,7 @@ class TariffBook:
             if flat is None:
                 if len(self._flat) > 10_000:
                     self._flat.clear()
-                flat = float(session_cost(to_decimal(energy), to_decimal(price_kwh)))
+                flat = _flat_cost(energy, price_kwh)
                 self._flat[(energy, price_kwh)] = flat
             return flat
         key = (power_kw, energy, int(start // 60))
@@ -218,6 +217,23 @@ class TariffBook:
             if len(ct.estimates) > 10_000:
                 ct.estimates.clear()
             cost = ct.estimates[key] = float(
-                estimate(ct, float(key[2] * 60), to_decimal(energy), power_kw)
+                estimate(ct, float(key[2] * 60), _decimal(energy), power_kw)
             )
         return cost
+
+
+# The core's money rules, imported when first needed (on a cache miss): broker.core
+# imports this module, so importing the core at the top would be a cycle for a reader
+# that imports this module first (the OCPI consumer, the gateway replica).
+
+
+def _decimal(value: float) -> Decimal:
+    from broker.core.sessions import to_decimal
+
+    return to_decimal(value)
+
+
+def _flat_cost(energy: float, price_kwh: float) -> float:
+    from broker.core.sessions import session_cost, to_decimal
+
+    return float(session_cost(to_decimal(energy), to_decimal(price_kwh)))
