@@ -418,6 +418,12 @@
     for (var i = 0; i < batch.length; i++) {
       var ev = batch[i];
       if (ev.seq <= seq) continue;
+      (ev.points || []).forEach(function (p) { // tariff.updated: new tarifa views
+        count(points.get(p.id), -1);
+        count(p, 1);
+        points.set(p.id, p);
+        changed.set(p.id, p);
+      });
       if (!ev.point && ev.data && (ev.data.point_id || ev.data.id)) {
         reload(); // resumed from history without the console's view: take a fresh state
         return;
