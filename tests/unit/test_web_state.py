@@ -273,3 +273,45 @@ def test_a_points_tarifa_follows_tariff_updated_events() -> None:
     rows = op("remove", tariff_id="tou")
     assert [r.id for r in rows] == ["CP01"] and st.points["CP01"].tarifa is None
     assert core_tarifa("CP01") is None
+
+
+def test_a_parked_session_shows_as_parked_to_the_operator() -> None:
+    """Charging ended under a tariff with parking, the vehicle still plugged in: the
+    snapshot says since when it is parked and the console's session shows it."""
+    import json
+    from datetime import UTC
+
+    from tests.support.core_harness import Harness
+
+    idle = {
+        "id": "idle",
+        "currency": "BRL",
+        "elements": [
+            {
+                "price_components": [
+                    {"type": "ENERGY", "price": 2.0, "step_size": 1},
+                    {"type": "PARKING_TIME", "price": 6.0, "step_size": 60},
+                ]
+            }
+        ],
+    }
+    h = Harness(tz=UTC)
+    h.point("CP01")
+    for action, body, tid, pattern in (("set", json.dumps(idle), None, None),
+                                       ("assign", None, "idle", "CP01")):  # fmt: skip
+        reply, fx = h.core.tariffs(action, body, tid, pattern, "op", h.now)
+        assert reply["ok"] is True
+        h.apply(fx)
+    sid = h.start_charging("CAR1")
+    st = ConsoleState()
+    st.load_snapshot(h.core.snapshot(h.now), h.now)
+    assert st.sessions()[0].parked_since is None
+    h.at(600)
+    h.complete("CP01", sid, "CAR1", energy=10.0)
+    ended = h.now
+    h.at(30)
+    changed = st.refresh_energy(h.core.snapshot(h.now))
+    assert [s.session_id for s in changed] == [sid]
+    assert changed[0].parked_since == format_timestamp(ended) and changed[0].active
+    st.load_snapshot(h.core.snapshot(h.now), h.now)
+    assert st.sessions()[0].parked_since == format_timestamp(ended)

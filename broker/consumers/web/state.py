@@ -108,6 +108,7 @@ class Running:
     energy_kwh: float = 0.0
     kw: float | None = None  # allowed on its site (None: not on a site)
     cost: float | None = None  # so far (the broker's custo_parcial)
+    parked_since: float | None = None  # charging ended, still plugged in
 
     def out(self) -> SessionOut:
         return SessionOut(
@@ -122,6 +123,7 @@ class Running:
             cost=self.cost,
             potencia_kw=self.kw,
             aguardando_energia=self.kw == 0.0,
+            parked_since=None if self.parked_since is None else format_timestamp(self.parked_since),
         )
 
 
@@ -232,6 +234,7 @@ class ConsoleState:
             r.payment_method = s.get("payment_method")
             r.energy_kwh = fields.number(s.get("energia_kwh")) or 0.0
             r.cost = fields.number(s.get("custo_parcial"))
+            r.parked_since = fields.epoch(s.get("parked_since"))
             self.running[sid] = r
             p = self._point(pid)
             p.vehicle_id, p.session_id = vid, sid
@@ -320,8 +323,13 @@ class ConsoleState:
             r = self.running.get(str(s.get("session_id")))
             energy = fields.number(s.get("energia_kwh"))
             cost = fields.number(s.get("custo_parcial"))
-            if r is not None and energy is not None and (energy, cost) != (r.energy_kwh, r.cost):
-                r.energy_kwh, r.cost = energy, cost
+            parked = fields.epoch(s.get("parked_since"))
+            if (
+                r is not None
+                and energy is not None
+                and (energy, cost, parked) != (r.energy_kwh, r.cost, r.parked_since)
+            ):
+                r.energy_kwh, r.cost, r.parked_since = energy, cost, parked
                 changed.append(r.out())
         if snap.get("sites") is not None or self.sites:
             self.sites.clear()
