@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from common.timeutil import parse_timestamp
 from tests.e2e.test_broker_recovery import all_events
 from tests.e2e.test_broker_vehicles import (
     keepalive,
@@ -24,6 +25,7 @@ from tests.e2e.test_broker_vehicles import (
     zmq_ctx,
 )
 from tests.support.procs import BrokerPorts, broker_ports, start_broker
+from tests.support.raw_clients import history_request
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +60,11 @@ def bills(ports: BrokerPorts) -> list[dict[str, Any]]:
     return [e["data"] for e in events if e["topic"] == "charging.completed"]
 
 
+def heard_since(ports: BrokerPorts, since: float) -> bool:
+    (point,) = history_request(ports, {"op": "snapshot"})["points"]
+    return point["last_heard"] is not None and parse_timestamp(point["last_heard"]) >= since - 0.01
+
+
 def test_kill9_while_parked_then_unplug_bills_once(tmp_path: Path) -> None:
     ports = broker_ports()
     db = str(tmp_path / "b.db")
@@ -77,23 +84,30 @@ def test_kill9_while_parked_then_unplug_bills_once(tmp_path: Path) -> None:
                 start_cmd = st.recv_type("start")
                 st.send({"type": "ack", "cmd_id": start_cmd["cmd_id"], "ok": True})
                 assert v.recv_type("chegada_response")["data"]["code"] == "started"
-                now = time.time()
-                st.send(
-                    {
-                        "type": "session_complete",
-                        "session_id": start_cmd["session_id"],
-                        "vehicle_id": "CARK",
-                        "energia_kwh": 16.0,
-                        "nivel_inicial": 10.0,
-                        "nivel_final": 50.0,
-                        "started_at": now - 1.0,
-                        "ended_at": now,
-                    }
-                )
-                # an operator op answered after its commit: the completion (sent
-                # long before) is committed too; the session is parked, not billed
-                tariffs(ports, "set", str(tmp_path / "idle.json"))
-                assert bills(ports) == []
+            # from now on the station says the vehicle is still plugged in (a datagram
+            # without conector_livre would mean it left: docs/tariffs.md); datagrams
+            # are read in order, so once this one is heard the keepalives are too
+            sent = time.time()
+            send_status(ports.status, "CP01", conector_livre=False)
+            wait_for(lambda: heard_since(ports, sent), timeout=20, what="the plugged datagram")
+            now = time.time()
+            st.send(
+                {
+                    "type": "session_complete",
+                    "session_id": start_cmd["session_id"],
+                    "vehicle_id": "CARK",
+                    "energia_kwh": 16.0,
+                    "nivel_inicial": 10.0,
+                    "nivel_final": 50.0,
+                    "started_at": now - 1.0,
+                    "ended_at": now,
+                }
+            )
+            # an operator op answered after its commit: the completion (sent
+            # long before) is committed too; the session is parked, not billed
+            send_status(ports.status, "CP01", conector_livre=False)
+            tariffs(ports, "set", str(tmp_path / "idle.json"))
+            assert bills(ports) == []
         proc.kill9()
         proc.stop()
 
