@@ -425,6 +425,8 @@ class Engine:
         for s in self.sessions.running_sorted():
             view = msgspec.to_builtins(self.session_view(s, now))
             view["custo_parcial"] = self.sessions.running_cost(s, now)  # cost so far
+            if s.charged_at is not None:  # charging ended, still plugged in (operators only)
+                view["parked_since"] = format_timestamp(s.charged_at)
             sessions.append(view)
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
         if self.sites:

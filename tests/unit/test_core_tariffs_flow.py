@@ -327,3 +327,40 @@ def test_snapshots_show_tariffs_and_the_running_cost() -> None:
     assert views["CP01"]["tarifa"]["id"] == "minute" and "tarifa" not in views["XX01"]
     costs = {s["session_id"]: s["custo_parcial"] for s in snap["sessions"]}
     assert costs == {sid: 2.90, flat: 6.0}  # 2.50 + 2 min at 0.20; 3 kWh at 2.00
+
+
+def test_a_crash_before_or_after_the_bills_commit_leaves_exactly_one_bill() -> None:
+    """The broker dies between the unplug and the commit of its effects (the store
+    and the bus never saw the bill), or right after the commit: after the restart
+    there is exactly one ``charging.completed``, with the same CDR either way."""
+    h = Harness(tz=UTC)
+    h.point("CP01")
+    setup(h, TOU)
+    sid = h.start_charging("CAR1")
+    h.at(600)
+    h.complete("CP01", sid, "CAR1", energy=12.0)
+    h.at(90)
+    store, events = dict(h.store), list(h.events)  # committed: parked, not billed
+    h.dgram("CP01", estado="disponivel", conector_livre=False)
+    fx = h.dgram("CP01", estado="disponivel", conector_livre=True)
+    first = final(fx)["cdr"]
+    committed = [e.data["cdr"] for e in h.events if e.topic == "charging.completed"]
+    assert committed == [first]
+
+    # 1. killed before the commit: the restarted core still has the parked session
+    h.store, h.events = dict(store), list(events)
+    h.core = h.restored()
+    h.dgram("CP01", estado="disponivel", conector_livre=False)
+    again = final(h.dgram("CP01", estado="disponivel", conector_livre=True))["cdr"]
+    assert again == first
+    bills = [e.data["cdr"] for e in h.events if e.topic == "charging.completed"]
+    assert bills == [first]
+
+    # 2. killed after the commit: the restarted core has the bill; the connector
+    # reported free again (or a late completion) bills nothing more
+    h.core = h.restored(5.0)
+    h.at(5)
+    assert h.pushes(h.dgram("CP01", estado="disponivel", conector_livre=True)) == []
+    assert h.pushes(h.complete("CP01", sid, "CAR1", energy=12.0), "custo_final") == []
+    bills = [e.data["cdr"] for e in h.events if e.topic == "charging.completed"]
+    assert bills == [first]

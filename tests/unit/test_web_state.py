@@ -217,3 +217,101 @@ def test_sites_follow_snapshots_and_site_events(state: ConsoleState) -> None:
     state.apply(ev(13, "site.updated", site="depot", limit_kw=10.0, min_kw=4.2, points=[],
                    removed=True))  # fmt: skip
     assert state.site_rows() == []
+
+
+def test_a_points_tarifa_follows_tariff_updated_events() -> None:
+    """The console's ``tarifa`` of a point changes with ``tariff.updated`` (set,
+    assign, remove) as the core's does, not only at its next snapshot."""
+    import json
+    from datetime import UTC
+
+    from tests.support.core_harness import Harness
+
+    tou = {
+        "id": "tou",
+        "currency": "BRL",
+        "elements": [
+            {"price_components": [{"type": "FLAT", "price": 1.50, "vat": 12, "step_size": 1}]},
+            {"price_components": [{"type": "ENERGY", "price": 1.80, "step_size": 1}]},
+        ],
+    }
+    h = Harness(tz=UTC)
+    h.point("CP01")
+    h.point("CP02", lat=-12.27)
+    st = ConsoleState()
+    st.load_snapshot(h.core.snapshot(h.now), h.now)
+    assert st.tariffs is None and st.points["CP01"].tarifa is None
+    seen = h.core.last_seq
+
+    def op(action: str, **kw: Any) -> list[Any]:
+        nonlocal seen
+        body = json.dumps(kw.pop("tariff")) if "tariff" in kw else None
+        reply, fx = h.core.tariffs(action, body, kw.get("tariff_id"), kw.get("points"), "op", h.now)
+        assert reply.get("ok") is True, reply
+        h.apply(fx)
+        rows = []
+        for e in h.events:
+            if e.seq > seen:
+                assert st.apply(e) is None
+                rows.extend(st.retariffed)
+        seen = h.core.last_seq
+        return rows
+
+    def core_tarifa(pid: str) -> Any:
+        (view,) = [p for p in h.core.snapshot(h.now)["points"] if p["id"] == pid]
+        return view.get("tarifa")
+
+    assert op("set", tariff=tou) == []  # not assigned yet: nothing changes
+    rows = op("assign", tariff_id="tou", points="CP01")
+    assert [r.id for r in rows] == ["CP01"]
+    assert st.points["CP01"].tarifa == core_tarifa("CP01") is not None
+    assert st.points["CP02"].tarifa is None
+    cheaper = {**tou, "elements": tou["elements"][1:]}
+    rows = op("set", tariff=cheaper)
+    assert [r.id for r in rows] == ["CP01"] and rows[0].tarifa == core_tarifa("CP01")
+    assert st.points["CP01"].tarifa["flat"] == 0.0
+    rows = op("remove", tariff_id="tou")
+    assert [r.id for r in rows] == ["CP01"] and st.points["CP01"].tarifa is None
+    assert core_tarifa("CP01") is None
+
+
+def test_a_parked_session_shows_as_parked_to_the_operator() -> None:
+    """Charging ended under a tariff with parking, the vehicle still plugged in: the
+    snapshot says since when it is parked and the console's session shows it."""
+    import json
+    from datetime import UTC
+
+    from tests.support.core_harness import Harness
+
+    idle = {
+        "id": "idle",
+        "currency": "BRL",
+        "elements": [
+            {
+                "price_components": [
+                    {"type": "ENERGY", "price": 2.0, "step_size": 1},
+                    {"type": "PARKING_TIME", "price": 6.0, "step_size": 60},
+                ]
+            }
+        ],
+    }
+    h = Harness(tz=UTC)
+    h.point("CP01")
+    for action, body, tid, pattern in (("set", json.dumps(idle), None, None),
+                                       ("assign", None, "idle", "CP01")):  # fmt: skip
+        reply, fx = h.core.tariffs(action, body, tid, pattern, "op", h.now)
+        assert reply["ok"] is True
+        h.apply(fx)
+    sid = h.start_charging("CAR1")
+    st = ConsoleState()
+    st.load_snapshot(h.core.snapshot(h.now), h.now)
+    assert st.sessions()[0].parked_since is None
+    h.at(600)
+    h.complete("CP01", sid, "CAR1", energy=10.0)
+    ended = h.now
+    h.at(30)
+    changed = st.refresh_energy(h.core.snapshot(h.now))
+    assert [s.session_id for s in changed] == [sid]
+    assert changed[0].parked_since == format_timestamp(ended) and changed[0].active
+    st.load_snapshot(h.core.snapshot(h.now), h.now)
+    assert st.sessions()[0].parked_since == format_timestamp(ended)

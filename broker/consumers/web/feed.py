@@ -163,6 +163,8 @@ class ConsoleFeed:
             extra: dict[str, Any] = {}
             if row is not None:
                 extra["point"] = row
+            if self.state.retariffed:  # tariff.updated: the points whose tarifa changed
+                extra["points"] = list(self.state.retariffed)
             if ev.topic.startswith("charging."):
                 if ev.topic == "charging.completed":
                     self._bill(ev, now)

@@ -52,6 +52,8 @@ class SessionOut(Struct, kw_only=True):
     # on a site (docs/energy.md): the power it may draw now; paused when 0
     potencia_kw: float | None = None
     aguardando_energia: bool = False
+    #: charging ended and the vehicle is still plugged in (parking, docs/tariffs.md)
+    parked_since: str | None = None
 
 
 class BillOut(Struct, kw_only=True):

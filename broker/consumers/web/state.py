@@ -23,7 +23,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
 
 from broker.consumers import event_fields as fields
 from broker.consumers.billing.ledger import Bill
@@ -38,7 +40,11 @@ from broker.consumers.web.schemas import (
     Utilisation,
 )
 from common.messages import BusEvent
-from common.timeutil import format_timestamp, parse_timestamp
+from common.tariffs import TariffInvalid, tariff_from_builtins
+from common.timeutil import format_timestamp, parse_timestamp, site_zone
+
+if TYPE_CHECKING:  # common.tariff_book imports the core, which this module must not load
+    from common.tariff_book import TariffBook
 
 LATEST_EVENTS: Final = 50
 ZERO: Final = Decimal("0")
@@ -102,6 +108,7 @@ class Running:
     energy_kwh: float = 0.0
     kw: float | None = None  # allowed on its site (None: not on a site)
     cost: float | None = None  # so far (the broker's custo_parcial)
+    parked_since: float | None = None  # charging ended, still plugged in
 
     def out(self) -> SessionOut:
         return SessionOut(
@@ -116,6 +123,7 @@ class Running:
             cost=self.cost,
             potencia_kw=self.kw,
             aguardando_energia=self.kw == 0.0,
+            parked_since=None if self.parked_since is None else format_timestamp(self.parked_since),
         )
 
 
@@ -173,6 +181,11 @@ class ConsoleState:
         self.points: dict[str, Point] = {}
         self.running: dict[str, Running] = {}
         self.sites: dict[str, Site] = {}
+        #: the core's tariffs (from snapshots and ``tariff.updated``): a point's
+        #: ``tarifa`` changes when its tariff does, not only at the next snapshot
+        self.tariffs: TariffBook | None = None
+        #: the rows of the points whose ``tarifa`` the last applied event changed
+        self.retariffed: list[PointOut] = []
         self.seq = 0
         self.latest: deque[EventOut] = deque(maxlen=LATEST_EVENTS)
         self.billed: set[str] = set()
@@ -221,11 +234,50 @@ class ConsoleState:
             r.payment_method = s.get("payment_method")
             r.energy_kwh = fields.number(s.get("energia_kwh")) or 0.0
             r.cost = fields.number(s.get("custo_parcial"))
+            r.parked_since = fields.epoch(s.get("parked_since"))
             self.running[sid] = r
             p = self._point(pid)
             p.vehicle_id, p.session_id = vid, sid
         self.sites.clear()
         self._load_sites(snap)
+        self._load_tariffs(snap)
+
+    def _load_tariffs(self, snap: Mapping[str, Any]) -> None:
+        raw = snap.get("tariffs")
+        if not isinstance(raw, Mapping):
+            self.tariffs = None
+            return
+        from common.tariff_book import TariffBook
+
+        try:
+            self.tariffs = TariffBook.from_snapshot(dict(raw))
+        except (KeyError, TypeError, ValueError, TariffInvalid):
+            self.tariffs = None  # the snapshot's own tarifa views stay
+
+    def _tariff_updated(self, d: Mapping[str, Any], ts: float) -> None:
+        """``tariff.updated``: the book changes as the core's did and every point's
+        ``tarifa`` is computed again as of the event (rows of those that changed)."""
+        from common.tariff_book import TariffBook
+
+        book = self.tariffs
+        if book is None:
+            book = self.tariffs = TariffBook(site_zone(None))
+        action, tariff_id = d.get("action"), str(d.get("tariff_id"))
+        try:
+            if action == "set":
+                book.put(tariff_from_builtins(d.get("tariff")))
+            elif action == "assign" and isinstance(d.get("points"), str):
+                book.assign(d["points"], tariff_id)
+            elif action == "remove":
+                book.remove(tariff_id)
+        except TariffInvalid:
+            return
+        for p in self.points.values():
+            view = book.view(p.id, p.potencia_kw or 0.0, ts)
+            tarifa = None if view is None else msgspec.to_builtins(view)
+            if tarifa != p.tarifa:
+                p.tarifa = tarifa
+                self.retariffed.append(p.row())
 
     def _load_sites(self, snap: Mapping[str, Any]) -> None:
         for raw in snap.get("sites") or []:
@@ -271,8 +323,13 @@ class ConsoleState:
             r = self.running.get(str(s.get("session_id")))
             energy = fields.number(s.get("energia_kwh"))
             cost = fields.number(s.get("custo_parcial"))
-            if r is not None and energy is not None and (energy, cost) != (r.energy_kwh, r.cost):
-                r.energy_kwh, r.cost = energy, cost
+            parked = fields.epoch(s.get("parked_since"))
+            if (
+                r is not None
+                and energy is not None
+                and (energy, cost, parked) != (r.energy_kwh, r.cost, r.parked_since)
+            ):
+                r.energy_kwh, r.cost, r.parked_since = energy, cost, parked
                 changed.append(r.out())
         if snap.get("sites") is not None or self.sites:
             self.sites.clear()
@@ -285,6 +342,10 @@ class ConsoleState:
             return None
         self.seq = ev.seq
         self.latest.appendleft(event_out(ev))
+        self.retariffed = []
+        if ev.topic == "tariff.updated":
+            self._tariff_updated(ev.data, ev.ts)
+            return None
         if ev.topic.startswith("site."):
             self._apply_site(ev)
             return None

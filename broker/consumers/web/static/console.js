@@ -251,6 +251,7 @@
       tr.dataset.session = s.session_id;
       [text("td", s.session_id), text("td", s.vehicle_id), text("td", s.point_id),
        text("td", ago(s.started_at), "muted"), text("td", Number(s.energy_kwh).toFixed(3), "num"),
+       s.parked_since ? text("td", "parked", "num paused") :  // charged, still plugged in
        text("td", s.potencia_kw == null ? "" : (s.aguardando_energia ? "paused" : Number(s.potencia_kw).toFixed(1)),
          s.aguardando_energia ? "num paused" : "num"),
        text("td", s.cost == null ? "" : Number(s.cost).toFixed(2), "num")]
@@ -418,6 +419,12 @@
     for (var i = 0; i < batch.length; i++) {
       var ev = batch[i];
       if (ev.seq <= seq) continue;
+      (ev.points || []).forEach(function (p) { // tariff.updated: new tarifa views
+        count(points.get(p.id), -1);
+        count(p, 1);
+        points.set(p.id, p);
+        changed.set(p.id, p);
+      });
       if (!ev.point && ev.data && (ev.data.point_id || ev.data.id)) {
         reload(); // resumed from history without the console's view: take a fresh state
         return;
