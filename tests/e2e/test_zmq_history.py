@@ -105,7 +105,8 @@ def test_history_since_snapshot_accounts_and_errors(kind: str) -> None:
                     assert isinstance(r["error"], str) and r["error"]
                 r = await ask(sock, {"op": "explode"})
                 assert r["error"] == (
-                    "unknown op 'explode'; known ops: since, snapshot, accounts, set_availability"
+                    "unknown op 'explode'; known ops: since, snapshot, accounts, "
+                    "set_availability, sites, set_site, remove_site, tariffs"
                 )
                 r = await ask(sock, {"op": "since", "seq": -1})
                 assert r["error"].startswith("seq: ")
