@@ -19,6 +19,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.cdr import CompiledTariff, estimate, prices_at
+from common.money import session_cost, to_decimal
 from common.replies import TariffView
 from common.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
 from common.timeutil import format_timestamp, site_zone
@@ -222,18 +223,9 @@ class TariffBook:
         return cost
 
 
-# The core's money rules, imported when first needed (on a cache miss): broker.core
-# imports this module, so importing the core at the top would be a cycle for a reader
-# that imports this module first (the OCPI consumer, the gateway replica).
-
-
 def _decimal(value: float) -> Decimal:
-    from broker.core.sessions import to_decimal
-
     return to_decimal(value)
 
 
 def _flat_cost(energy: float, price_kwh: float) -> float:
-    from broker.core.sessions import session_cost, to_decimal
-
     return float(session_cost(to_decimal(energy), to_decimal(price_kwh)))

@@ -20,8 +20,8 @@ from msgspec import Raw
 from broker.core.geoindex import GeoIndex
 from broker.core.point_views import PointViews, point_view
 from broker.core.points import PointState
-from broker.core.sessions import session_cost, to_decimal
 from common.messages import MAX_LIMIT, Bateria, Consulta
+from common.money import session_cost, to_decimal
 from common.replies import PointView, TariffView
 from common.tariff_book import TariffBook
 

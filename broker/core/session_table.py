@@ -32,8 +32,6 @@ from broker.core.sessions import (
     bounded_energy,
     energy_bound_kwh,
     pending_key,
-    session_cost,
-    to_decimal,
 )
 from broker.core.shared import Shared
 from broker.core.sites import Sites
@@ -42,6 +40,7 @@ from common.cdr import energy_price_now, price_compiled
 from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop
+from common.money import session_cost, to_decimal
 from common.replies import CustoFinal, Encerramento, Started, refusal
 from common.timeutil import format_timestamp
 

@@ -18,20 +18,15 @@ from msgspec import UNSET, UnsetType
 from broker.core.records import Record
 from common.cdr import Usage, cdr_totals
 from common.messages import Scalar
+from common.money import to_decimal
 from common.replies import SessionView, StatementLine
 from common.tariffs import Tariff
 from common.timeutil import format_timestamp
 
-CENT: Final = Decimal("0.01")
 MILLI: Final = Decimal("0.001")
 CURRENCY: Final = "BRL"
 PENDING_PREFIX: Final = "start:"
 NO_CONNECTION: Final = -1  # requester of a start restored after a crash
-
-
-def to_decimal(value: float) -> Decimal:
-    """The decimal a human reads in ``value`` (``repr``), not its binary expansion."""
-    return Decimal(repr(float(value)))
 
 
 def energy_kwh(nivel_inicial: float, nivel_final: float, capacidade_kwh: float) -> Decimal:
@@ -91,11 +86,6 @@ def bounded_energy(energy: Decimal, bound: Decimal) -> tuple[Decimal, Decimal]:
     if energy <= bound:
         return energy, Decimal(0)
     return bound, energy - bound
-
-
-def session_cost(energy: Decimal, price_kwh: Decimal) -> Decimal:
-    """``energy * price`` rounded half-up to cents."""
-    return (energy * price_kwh).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 @dataclass(slots=True, eq=False)

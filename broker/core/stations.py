@@ -14,7 +14,7 @@ from broker.core.effects import Effect, Rejected
 from broker.core.engine import Engine
 from broker.core.point_table import Heard
 from broker.core.points import PointState
-from broker.core.sessions import LEVEL_TOLERANCE, energy_kwh, to_decimal
+from broker.core.sessions import LEVEL_TOLERANCE, energy_kwh
 from common.errors import (
     FiguresOutOfBounds,
     NotSessionOwner,
@@ -31,6 +31,7 @@ from common.messages import (
     StatusDatagram,
     Welcome,
 )
+from common.money import to_decimal
 
 
 def handle_datagram(

@@ -32,8 +32,9 @@ from typing import Any
 from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.read_path import PointReads
-from broker.core.sessions import Session, to_decimal
+from broker.core.sessions import Session
 from common.messages import BusEvent
+from common.money import to_decimal
 from common.tariff_book import TariffBook
 from common.tariffs import TariffInvalid, tariff_from_builtins
 from common.timeutil import parse_timestamp, site_zone

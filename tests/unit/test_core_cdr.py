@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.core.sessions import session_cost
 from common.cdr import Bill, CdrPrice, Usage, cdr_to_builtins, coverage_gaps, price_session
+from common.money import session_cost
 from common.tariffs import Tariff, decode_tariffs, flat_tariff
 
 DATA = Path(__file__).parent / "data" / "ocpi"

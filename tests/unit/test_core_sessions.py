@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from broker.core.sessions import Session, energy_kwh, session_cost, to_decimal
+from broker.core.sessions import Session, energy_kwh
+from common.money import session_cost, to_decimal
 
 
 def test_energy_formula_and_never_negative() -> None:
