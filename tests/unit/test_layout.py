@@ -121,6 +121,19 @@ def test_the_core_imports_only_itself_and_common() -> None:
     assert bad == []
 
 
+def test_common_imports_only_itself() -> None:
+    """``common`` is below every process: it imports no broker, station or vehicle module
+    (not even inside a function)."""
+    bad = [
+        f"{n} imports {m}"
+        for n, (_p, t) in sources().items()
+        if n == "common" or n.startswith("common.")
+        for m, _ in imports(n, t)
+        if not (m == "common" or m.startswith("common."))
+    ]
+    assert bad == []
+
+
 def test_the_service_and_the_consumers_do_not_import_each_other() -> None:
     bad = []
     for n, (_p, t) in sources().items():
