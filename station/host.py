@@ -28,7 +28,7 @@ from common import runner
 from common.codec import decode_broker_message, encode_datagram, pack
 from common.credentials import Credential, sign_datagram
 from common.errors import BadBrokerFrame, StationProtocolError
-from common.messages import Heartbeat, Hold, Limit, Release, SessionAck, Start, Stop, Welcome
+from common.messages import Heartbeat, Hello, Hold, Limit, Release, SessionAck, Start, Stop, Welcome
 from common.ports import STATION_PORT, STATUS_PORT
 from station.links import Link
 from station.sim import Charger, Step
@@ -383,7 +383,7 @@ class Host:
 
     # --- output -----------------------------------------------------------------------
 
-    def _send(self, i: int, message: dict[str, Any], now: float) -> bool:
+    def _send(self, i: int, message: dict[str, Any] | Hello, now: float) -> bool:
         return self._send_raw(i, pack(message), now)
 
     def _send_raw(self, i: int, frame: bytes, now: float) -> bool:

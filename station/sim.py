@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
+from common.messages import Hello, Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp
 
 TAPER_START_SOC: Final = 80.0
@@ -353,7 +353,7 @@ class Charger:
 
     # --- what the station tells the world ---------------------------------------------
 
-    def hello(self, boot_id: str, interval_s: float) -> dict[str, Any]:
+    def hello(self, boot_id: str, interval_s: float) -> Hello:
         return hello_message(self, boot_id, interval_s)
 
     def datagram(self, boot_id: str, seq: int, interval_s: float, now: float) -> dict[str, Any]:
@@ -394,19 +394,18 @@ class Placed(Protocol):
     def takes_limits(self) -> bool: ...
 
 
-def hello_message(station: Placed, boot_id: str, interval_s: float) -> dict[str, Any]:
+def hello_message(station: Placed, boot_id: str, interval_s: float) -> Hello:
     """The ``hello`` a station says to the broker."""
-    return {
-        "type": "hello",
-        "id": station.point_id,
-        "latitude": station.latitude,
-        "longitude": station.longitude,
-        "potencia_kw": station.power_kw,
-        "preco_kwh": station.price_kwh,
-        "boot_id": boot_id,
-        "interval_s": interval_s,
-        "limites": station.takes_limits,
-    }
+    return Hello(
+        id=station.point_id,
+        latitude=station.latitude,
+        longitude=station.longitude,
+        potencia_kw=station.power_kw,
+        preco_kwh=station.price_kwh,
+        boot_id=boot_id,
+        interval_s=interval_s,
+        limites=station.takes_limits,
+    )
 
 
 def datagram_fields(

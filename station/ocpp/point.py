@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol
 
 from ocpp.v16 import call
 
-from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
+from common.messages import Hello, Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
 from station.ocpp import mapping, profiles
 from station.ocpp.chargers_file import ChargerSpec
@@ -151,7 +151,7 @@ class OcppPoint:
             return State.INDISPONIVEL
         return State.RESERVADO if self.hold is not None else State.DISPONIVEL
 
-    def hello(self, boot_id: str, interval_s: float) -> dict[str, Any]:
+    def hello(self, boot_id: str, interval_s: float) -> Hello:
         return hello_message(self, boot_id, interval_s)
 
     def datagram(self, boot_id: str, seq: int, interval_s: float, now: float) -> dict[str, Any]:
