@@ -67,7 +67,7 @@ from broker.credentials import (
     keys_dir_for,
 )
 from broker.edges.bus_pub import BusPublisher
-from broker.edges.gateways_zmq import REMOTE_BASE, GatewaysEdge, load_committed
+from broker.edges.gateways_zmq import REMOTE_BASE, GatewaysEdge, load_committed, load_starts
 from broker.edges.history import HistoryServer
 from broker.edges.http import HttpServer
 from broker.edges.reply_order import Slot
@@ -85,6 +85,7 @@ from common.messages import (
     HistoryRemoveSite,
     HistorySetSite,
     HistorySites,
+    HistoryTariffs,
     StationToBroker,
     StatusDatagram,
     VehicleRequest,
@@ -183,6 +184,7 @@ class BrokerApp:
             )
             self.auth.restore(records)
             self._committed = load_committed(records)
+            self._starts = load_starts(records)
         except BaseException:
             if self.security is not None:
                 self.security.keyring.table.close()
@@ -259,6 +261,7 @@ class BrokerApp:
             max_events=cfg.limits.history_max_events,
             max_bytes=cfg.limits.history_max_bytes,
             set_availability=self.set_availability,
+            tariffs=self.tariffs,
             sites=self.sites_op,
         )
         await self.bus.start()
@@ -280,6 +283,7 @@ class BrokerApp:
                 self._committed,
                 security,
             )
+            self.gateways.starts = self._starts
             await self.gateways.start()
         await self.stations.start()
         self.status.start(cfg.host, cfg.status_port)
@@ -434,6 +438,22 @@ class BrokerApp:
             log.info("site %s %s by %s", request.name, "set" if "site" in reply else "removed", by)
         return reply
 
+    def tariffs(self, request: HistoryTariffs, by: str) -> dict[str, Any]:
+        """An operator's tariff request; the reply is made after the commit."""
+        reply, effects = self.core.tariffs(
+            request.action, request.tariffs, request.tariff_id, request.points, by, time.time()
+        )
+        if effects:
+            self._pending.extend(effects)
+            try:
+                self.flush()
+            except StoreError as exc:
+                log.critical("cannot commit, stopping: %s", exc.message)
+                self.request_stop(1)
+                return {"error": "internal: the change could not be committed"}
+            log.info("tariffs %s %s by %s", request.action, request.tariff_id or "", by)
+        return reply
+
     def vehicle_request(
         self,
         conn: int,
@@ -485,6 +505,12 @@ class BrokerApp:
 
     def unbind(self, vehicle_id: str, conn: PushTarget) -> None:
         self.vehicles.unbind(vehicle_id, conn)
+
+    def start_in_progress(self, vehicle_id: str) -> tuple[str, str] | None:
+        return self.core.start_in_progress(vehicle_id)
+
+    def session_started(self, vehicle_id: str, session_id: str) -> bool:
+        return self.core.session_started(vehicle_id, session_id)
 
     def battery(self, vehicle_id: str, level: float, latitude: float, longitude: float) -> None:
         self._call(self.core.battery_report, vehicle_id, level, latitude, longitude)

@@ -12,6 +12,7 @@ from broker.credentials_cli import register as register_credentials
 from broker.gateway.cli import register as register_gateway
 from broker.serve_cli import register as register_serve
 from broker.sites_cli import register as register_sites
+from broker.tariffs_cli import register as register_tariffs
 from common.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -46,6 +47,7 @@ register_consumers(app)
 register_credentials(app)
 register_bridge(app)
 register_web(app)
+register_tariffs(app)
 register_ocpi(app)
 register_sites(app)
 

@@ -13,6 +13,7 @@ import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import typer
@@ -31,6 +32,7 @@ from common.ports import (
     STATUS_PORT,
     VEHICLE_PORT,
 )
+from common.timeutil import site_zone
 
 if TYPE_CHECKING:
     from broker.app import AppConfig
@@ -147,6 +149,18 @@ def time_scale(name: str, text: str) -> float:
     return parse(name, text, float, lambda v: 1 <= v <= 10_000, "a number 1-10000")
 
 
+def zone(name: str, text: str) -> tzinfo:
+    """The site's time zone (IANA name); empty: the machine's local zone."""
+    try:
+        return site_zone(text.strip() or None)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid value for --{name}: {exc.message}") from None
+
+
+def hours(name: str, text: str) -> float:
+    return seconds(name, text) * 3600.0
+
+
 def auth_mode(name: str, text: str) -> AuthMode:
     return parse(name, text, AuthMode, lambda _: True, "open or required")
 
@@ -256,6 +270,21 @@ OPTIONS: Final[dict[str, Option[Any]]] = {
         "SECONDS",
         f"{CORE.offline_grace_s:g}",
         seconds,
+    ),
+    "timezone": Option(
+        "EV_TIMEZONE",
+        "The site's time zone for tariff time-of-day, date and weekday restrictions "
+        "(IANA name, e.g. America/Sao_Paulo; default: the machine's local zone).",
+        "ZONE",
+        "",
+        zone,
+    ),
+    "max_parking": Option(
+        "EV_MAX_PARKING",
+        "Hours of parking (plugged in after charging) billed at most (fractions ok).",
+        "HOURS",
+        f"{CORE.max_parking_s / 3600:g}",
+        hours,
     ),
     "max_reservations_per_address": Option(
         "EV_MAX_RESERVATIONS_PER_ADDRESS",
@@ -451,6 +480,8 @@ def app_config(v: Mapping[str, Any], *, insecure: bool, keys: str | None) -> App
             max_points=v["max_points"],
             max_reservations_per_address=v["max_reservations_per_address"],
             metered_time_scale=v["metered_time_scale"],
+            tz=v["timezone"],
+            max_parking_s=v["max_parking"],
         ),
         retain_events_s=v["retain_events"],
         vehicle_auth=v["vehicle_auth"],

@@ -35,7 +35,7 @@ from common.messages import BusEvent
 from common.private_files import private_dir, private_file, tighten_database
 
 SCHEMA_VERSION: Final = 1
-RECORD_TABLES: Final = ("point", "reservation", "session", "meta", "vehicle", "reply")
+RECORD_TABLES: Final = ("point", "reservation", "session", "meta", "vehicle", "reply", "tariff")
 MEMORY: Final = ":memory:"
 #: How long a write waits for another process's short write (credentials) to finish.
 BUSY_TIMEOUT_MS: Final = 2000

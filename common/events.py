@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Final, TypeVar
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct, UnsetType
 
 from common.errors import BusProtocolError
 from common.messages import BusEvent
@@ -133,6 +133,22 @@ class ChargingCompleted(EventData, kw_only=True, frozen=True):
     currency: str = "BRL"
     payment_method: str = ""
     reason: str = ""
+    #: the OCPI CDR (docs/tariffs.md) of a session priced by a tariff; absent otherwise
+    cdr: dict[str, Any] | UnsetType = UNSET
+
+
+class TariffUpdated(EventData, kw_only=True, frozen=True):
+    """An operator set, assigned or removed a tariff (docs/tariffs.md).
+
+    ``action`` ``set``: ``tariff`` is the OCPI Tariff object; ``assign``: ``points``
+    is the pattern of point ids it now prices; ``remove``: the tariff is gone."""
+
+    TOPIC: ClassVar[str] = "tariff.updated"
+    tariff_id: str
+    action: str
+    by: str = ""
+    tariff: dict[str, Any] | None = None
+    points: str | None = None
 
 
 class VehicleConnected(EventData, kw_only=True, frozen=True):
@@ -220,6 +236,7 @@ EVENT_TYPES: Final[dict[str, type[EventData]]] = {
         ReservationExpired,
         ChargingStarted,
         ChargingCompleted,
+        TariffUpdated,
         VehicleConnected,
         VehicleDisconnected,
         VehicleLowBattery,
@@ -235,6 +252,8 @@ EVENT_TYPES: Final[dict[str, type[EventData]]] = {
 def event_fields(data: EventData) -> dict[str, Any]:
     """The wire map of ``data`` (what travels as ``BusEvent.data``)."""
     fields: dict[str, Any] = msgspec.structs.asdict(data)
+    if fields.get("cdr") is UNSET:  # an untariffed bill: as it always was
+        del fields["cdr"]
     return fields
 
 

@@ -22,6 +22,9 @@ from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 VEHICLE_ID_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,64}$"
 VehicleId = Annotated[str, Meta(pattern=VEHICLE_ID_PATTERN)]
+#: the vehicle id under which a charger's walk-in (local start) is billed: this prefix
+#: and the authorized idTag (docs/ocpp.md); never registrable as a driver's own id
+WALK_IN_PREFIX: Final = "idtag."
 PointId = Annotated[str, Meta(min_length=1, max_length=64)]
 Latitude = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Meta(ge=-180.0, le=180.0)]
@@ -64,6 +67,9 @@ class Envelope(Struct):
 # --- vehicle requests (``data`` of each request type) ------------------------------
 
 
+Ordenar = Literal["distancia", "custo"]
+
+
 class Bateria(Struct, kw_only=True, frozen=True):
     id_veiculo: VehicleId | None = None
     nivel_bateria: Percent
@@ -71,6 +77,10 @@ class Bateria(Struct, kw_only=True, frozen=True):
     timestamp: str | None = None
     distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
     limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT
+    #: with both, each point gets ``custo_estimado`` (docs/tariffs.md)
+    capacidade_kwh: Annotated[float, Meta(gt=0.0, le=1000.0)] | None = None
+    nivel_carregar: Percent | None = None
+    ordenar: Ordenar = "distancia"
 
 
 class Consulta(Struct, kw_only=True, frozen=True):
@@ -79,6 +89,11 @@ class Consulta(Struct, kw_only=True, frozen=True):
     timestamp: str | None = None
     distancia_max: Annotated[float, Meta(ge=0.0)] | None = None
     limite: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] | None = None
+    #: with all three, each point gets ``custo_estimado`` (docs/tariffs.md)
+    nivel_bateria: Percent | None = None
+    capacidade_kwh: Annotated[float, Meta(gt=0.0, le=1000.0)] | None = None
+    nivel_carregar: Percent | None = None
+    ordenar: Ordenar = "distancia"
 
 
 class Reserva(Struct, kw_only=True, frozen=True):
@@ -221,6 +236,9 @@ class StatusDatagram(Struct, kw_only=True, frozen=True):
     seq: int | None = None
     interval_s: IntervalS | None = None
     ts: float | str | None = None
+    #: false while a vehicle is still plugged in after charging (parking time);
+    #: absent from stations that do not tell (the connector counts as free)
+    conector_livre: bool | None = None
     potencia_atual_kw: DrawnKw | None = None  # what the session draws now (energy.md)
 
 
@@ -341,6 +359,7 @@ TOPICS: Final = (
     "vehicle.connected",
     "vehicle.disconnected",
     "vehicle.low_battery",
+    "tariff.updated",
     "site.updated",
     "site.allocation",
     "site.overdraw",
@@ -391,6 +410,19 @@ class HistorySetAvailability(
     reason: Any = ""
 
 
+class HistoryTariffs(
+    Struct, tag="tariffs", tag_field="op", frozen=True, forbid_unknown_fields=True
+):
+    """An operator manages tariffs (docs/tariffs.md): ``action`` ``set`` (``tariffs``: a
+    list of OCPI Tariff objects), ``assign`` (``tariff_id``, ``points`` pattern),
+    ``remove`` (``tariff_id``) or ``list``. The core checks the fields."""
+
+    action: Any = None
+    tariffs: Any = None
+    tariff_id: Any = None
+    points: Any = None
+
+
 class HistorySites(Struct, tag="sites", tag_field="op", frozen=True, forbid_unknown_fields=True):
     """Every site with its limit, points and current allocation (energy.md)."""
 
@@ -420,6 +452,7 @@ HistoryRequest = (
     | HistorySites
     | HistorySetSite
     | HistoryRemoveSite
+    | HistoryTariffs
 )
 HISTORY_OPS: Final = (
     "since",
@@ -429,6 +462,7 @@ HISTORY_OPS: Final = (
     "sites",
     "set_site",
     "remove_site",
+    "tariffs",
 )
 
 

@@ -147,6 +147,19 @@ class Authenticated(Outcome, kw_only=True, frozen=True):
 # --- queries ----------------------------------------------------------------------------------
 
 
+class TariffView(Payload, kw_only=True, frozen=True):
+    """``tarifa`` of a point priced by a tariff: the prices in force now, VAT
+    included, and when they next change (docs/tariffs.md)."""
+
+    id: str
+    currency: str
+    energy_kwh: float
+    per_minute: float
+    parking_per_minute: float
+    flat: float
+    valid_until: str | None
+
+
 class PointView(Payload, kw_only=True, frozen=True):
     """The Point object of ``bateria`` and ``consulta`` replies.
 
@@ -166,7 +179,10 @@ class PointView(Payload, kw_only=True, frozen=True):
     distance: float | UnsetType = UNSET
     potencia_kw: float
     preco_kwh: float
+    tarifa: TariffView | UnsetType = UNSET
     espera_estimada_min: int
+    #: when the request carried capacidade_kwh and nivel_carregar (docs/tariffs.md)
+    custo_estimado: float | UnsetType = UNSET
 
 
 class Points(Payload, kw_only=True, frozen=True):
@@ -231,6 +247,8 @@ class StatementLine(Payload, kw_only=True, frozen=True):
     energia_kwh: float
     cost: float
     payment_method: str
+    #: the CDR totals (docs/tariffs.md) of a session a tariff priced
+    cdr: dict[str, Any] | UnsetType = UNSET
 
 
 class Statement(Payload, kw_only=True, frozen=True):
@@ -287,6 +305,8 @@ class CustoFinal(Payload, kw_only=True, frozen=True):
     nivel_inicial: float
     nivel_final: float
     duracao_s: float
+    #: the OCPI CDR (docs/tariffs.md) when the point's tariff priced the session
+    cdr: dict[str, Any] | UnsetType = UNSET
 
 
 class Encerramento(Payload, kw_only=True, frozen=True):

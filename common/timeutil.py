@@ -7,7 +7,12 @@ The broker writes ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
+import os
+from datetime import UTC, datetime, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from common.errors import ConfigError
 
 
 def parse_timestamp(text: str) -> float:
@@ -33,3 +38,24 @@ def format_timestamp(epoch: float) -> str:
     except (OverflowError, OSError) as exc:
         raise ValueError(f"timestamp out of range: {epoch!r}") from exc
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def site_zone(name: str | None) -> tzinfo:
+    """The zone named ``name`` (IANA), or the machine's local zone when None.
+
+    Raises :class:`common.errors.ConfigError` for an unknown name.
+    """
+    if name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"unknown time zone {name!r} (an IANA name is expected)") from None
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env:
+        with contextlib.suppress(ZoneInfoNotFoundError, ValueError, OSError):
+            return ZoneInfo(env)
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return ZoneInfo.from_file(f, key="localtime")
+    except (OSError, ValueError):
+        return UTC

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import json
 import os
 import random
 import re
@@ -179,6 +180,33 @@ def provision_credentials(s: Settings) -> list[str]:
         ]
 
 
+#: the demo's time-of-use tariff with an idle fee, and the fleet points it prices
+DEMO_TARIFF: Final = Path(__file__).resolve().parent / "demo_tariff.json"
+DEMO_TARIFF_POINTS: Final = "CP000[1-4]"
+#: seconds a demo vehicle stays plugged in after charging (the idle fee shows)
+DEMO_DWELL_S: Final = 20
+
+
+def assign_demo_tariff(s: Settings) -> str:
+    """Set the demo tariff on the (stopped) broker's database and assign it to half of
+    the fleet; the line to print. Re-running replaces it (same id)."""
+    from broker.tariffs_cli import apply_offline
+
+    db = str(s.var_dir / "broker.db")
+    tariffs = DEMO_TARIFF.read_text(encoding="utf-8")
+    apply_offline(db, {"action": "set", "tariffs": tariffs})
+    tariff_id = json.loads(tariffs)["id"]
+    reply = apply_offline(
+        db, {"action": "assign", "tariff_id": tariff_id, "points": DEMO_TARIFF_POINTS}
+    )
+    if "error" in reply:
+        raise RuntimeError(f"demo tariff: {reply['error']}")
+    return (
+        f"tariff {tariff_id} (start fee, evening peak, idle fee) prices points "
+        f"{DEMO_TARIFF_POINTS}; the others bill their preco_kwh"
+    )
+
+
 def service_specs(s: Settings) -> list[Spec]:
     """The long-running processes, in start order (the tail, in the foreground, before the
     stations so that it shows them registering)."""
@@ -224,7 +252,8 @@ def service_specs(s: Settings) -> list[Spec]:
             [
                 py, "-m", "station", "fleet", "--count", str(s.stations),
                 f"--center={CENTER[0]},{CENTER[1]}", "--radius-km", "8", "--prefix", "CP",
-                "--seed", str(s.seed), "--speed", str(s.speed), *broker_addr, *station_ports,
+                "--seed", str(s.seed), "--speed", str(s.speed), "--dwell", str(DEMO_DWELL_S),
+                *broker_addr, *station_ports,
                 *cred("run-fleet"),
             ],
             logs / "stations.log",
@@ -432,6 +461,7 @@ class Runner:
         made = provision_credentials(self.s)
         if made:
             self.say(f"issued credentials {', '.join(made)} in {self.s.var_dir / 'credentials'}/")
+        self.say(assign_demo_tariff(self.s))
         start_seq = 0
         for spec in service_specs(self.s):
             if self.stopping[0]:

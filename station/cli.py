@@ -25,6 +25,7 @@ from station.cli_options import (
     Broker,
     BrokerSilence,
     Credentials,
+    Dwell,
     FaultAfter,
     FaultFor,
     Heartbeat,
@@ -109,6 +110,7 @@ def run(
     station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
+    dwell: Dwell = 0.0,
     heartbeat: Heartbeat = 1.0,
     broker_silence: BrokerSilence = 5.0,
     fault_after: FaultAfter = None,
@@ -122,7 +124,9 @@ def run(
         raise typer.BadParameter("must be 1-64 characters, no spaces", param_hint="--id")
     setup_text_logging(log_level)
     credential = station_credential(credentials, [id])
-    charger = Charger(id, lat, lon, power_kw=power_kw, price_kwh=price_kwh, speed=speed)
+    charger = Charger(
+        id, lat, lon, power_kw=power_kw, price_kwh=price_kwh, speed=speed, dwell_s=dwell
+    )
     config = HostConfig(
         broker=broker,
         status_port=status_port,
@@ -225,6 +229,7 @@ def fleet(
     station_port: StationPort = STATION_PORT,
     interval: Interval = 2.0,
     speed: Speed = 60.0,
+    dwell: Dwell = 0.0,
     heartbeat: Heartbeat = 1.0,
     broker_silence: BrokerSilence = 5.0,
     report_every: FleetReportEveryOpt = 5.0,
@@ -245,6 +250,8 @@ def fleet(
         raise typer.BadParameter(exc.message, param_hint="--replica") from None
     setup_text_logging(log_level)
     chargers = make_fleet(count, where, radius_km, prefix, seed, power_kw, price_kwh, speed)
+    for c in chargers:
+        c.dwell_s = dwell
     credential = station_credential(credentials, [c.point_id for c in chargers])
     if site is not None:
         try:

@@ -45,6 +45,15 @@ Interval = Annotated[
         envvar=env("INTERVAL"), min=0.05, max=3600.0, help="Seconds between status datagrams."
     ),
 ]
+Dwell = Annotated[
+    float,
+    typer.Option(
+        envvar=env("DWELL"),
+        min=0.0,
+        max=86400.0,
+        help="Seconds the vehicle stays plugged in after charging ends (parking time).",
+    ),
+]
 Speed = Annotated[
     float,
     typer.Option(

@@ -293,7 +293,7 @@ class Host:
         if step.changed:
             log.info("%s: state %s", c.point_id, c.state.value)
             self._send_datagram(i, now)
-        if c.session is not None or c.hold is not None:
+        if c.session is not None or c.hold is not None or getattr(c, "plugged_until", None):
             self._active.add(i)
         else:
             self._active.discard(i)

@@ -161,6 +161,7 @@ class Charger:
     power_kw: float = 50.0
     price_kwh: float = 2.0
     speed: float = 60.0
+    dwell_s: float = 0.0  # the vehicle stays plugged this long (real seconds) after charging
     takes_limits: bool = True  # says ``"limites": true`` and obeys ``limit`` (energy.md)
     state: State = State.DISPONIVEL
     hold: Hold | None = None
@@ -169,6 +170,7 @@ class Charger:
     _resend_at: dict[str, float] = field(default_factory=dict)
     _acks: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     _last_now: float | None = None
+    plugged_until: float | None = None
     refused: int = 0
 
     @property
@@ -246,6 +248,7 @@ class Charger:
         if not (0.0 < cmd.capacidade_kwh <= 1000.0):
             return "invalid: capacidade_kwh must be in (0, 1000]"
         self.hold = None
+        self.plugged_until = None
         power = self.power_kw if cmd.kw is None else min(self.power_kw, cmd.kw)
         self.session = Session(
             session_id=cmd.session_id,
@@ -291,6 +294,9 @@ class Charger:
         if hold is not None and self.state is State.RESERVADO and now > hold.until + HOLD_GRACE_S:
             self.hold = None
             self.state = State.DISPONIVEL
+            step.changed = True
+        if self.plugged_until is not None and now >= self.plugged_until:
+            self.plugged_until = None  # the vehicle left: tell the broker at once
             step.changed = True
         s = self.session
         if s is None:
@@ -345,6 +351,8 @@ class Charger:
         }
         self.pending[s.session_id] = msg
         self._resend_at[s.session_id] = ended_at + RESEND_S
+        if self.dwell_s > 0:
+            self.plugged_until = ended_at + self.dwell_s
         return msg
 
     def due_completions(self, now: float) -> list[dict[str, Any]]:
@@ -371,6 +379,7 @@ class Charger:
             self.hold is not None,
             (boot_id, seq, interval_s, now),
         )
+        d["conector_livre"] = s is None and self.plugged_until is None
         if s is not None:
             d["vehicle_id"] = s.vehicle_id
             d["battery"] = round(s.soc, 2)

@@ -252,6 +252,13 @@ PaymentOpt = Annotated[
         help="Payment method (any case).",
     ),
 ]
+
+
+class SortBy(StrEnum):
+    distance = "distance"
+    cost = "cost"
+
+
 CapacityKwh = Annotated[
     float,
     typer.Option(
@@ -281,12 +288,37 @@ def nearby(
         int,
         typer.Option("--limit", envvar=_env("LIMIT"), min=1, max=100, help="At most this many."),
     ] = 10,
+    target: Annotated[
+        float | None,
+        typer.Option(
+            "--target",
+            envvar=_env("TARGET"),
+            min=0.0,
+            max=100.0,
+            help="Target %: with it each point shows the estimated cost (custo_estimado).",
+        ),
+    ] = None,
+    capacity_kwh: CapacityKwh = 60.0,
+    sort: Annotated[
+        SortBy,
+        typer.Option("--sort", envvar=_env("SORT"), help="distance, or cost (needs --target)."),
+    ] = SortBy.distance,
 ) -> None:
-    """Battery notification: the nearest points (pontos_disponiveis)."""
+    """Battery notification: the nearest points (pontos_disponiveis), with their tariffs."""
+    ordenar = "custo" if sort is SortBy.cost else None
 
     async def work(s: Settings) -> list[dict[str, Any]]:
         async with s.client(near=(lat, lon), reconnect=False) as c:
-            return await c.bateria(battery, lat, lon, distancia_max=max_km, limite=limit)
+            return await c.bateria(
+                battery,
+                lat,
+                lon,
+                distancia_max=max_km,
+                limite=limit,
+                capacidade_kwh=capacity_kwh if target is not None else None,
+                nivel_carregar=target,
+                ordenar=ordenar,
+            )
 
     execute(ctx, work, _print_points)
 

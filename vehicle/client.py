@@ -517,15 +517,40 @@ class VehicleClient:
         *,
         distancia_max: float | None = None,
         limite: int | None = None,
+        capacidade_kwh: float | None = None,
+        nivel_carregar: float | None = None,
+        ordenar: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Battery notification: the points nearest first (``pontos_disponiveis``)."""
+        """Battery notification: the points nearest first (``pontos_disponiveis``); with
+        ``capacidade_kwh`` and ``nivel_carregar`` each has ``custo_estimado``, and
+        ``ordenar="custo"`` lists them cheapest first."""
         data = self._base()
         data["nivel_bateria"] = nivel_bateria
         _add_search(data, latitude, longitude, distancia_max, limite)
+        _add_estimate(data, capacidade_kwh, nivel_carregar, ordenar)
         reply = await self.request("bateria", data)
         body = reply.data if isinstance(reply.data, dict) else {}
         points = body.get("pontos", [])
         return list(points) if isinstance(points, list) else []
+
+    async def consulta_priced(
+        self,
+        latitude: float,
+        longitude: float,
+        nivel_bateria: float,
+        capacidade_kwh: float,
+        nivel_carregar: float,
+        *,
+        distancia_max: float | None = None,
+        ordenar: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """``consulta`` with ``custo_estimado`` per point (docs/tariffs.md)."""
+        data = self._base()
+        _add_search(data, latitude, longitude, distancia_max, None)
+        data["nivel_bateria"] = nivel_bateria
+        _add_estimate(data, capacidade_kwh, nivel_carregar, ordenar)
+        reply = await self.request("consulta", data)
+        return list(reply.data) if isinstance(reply.data, list) else []
 
     async def consulta(
         self,
@@ -604,6 +629,19 @@ class VehicleClient:
         with self.pushes() as stream:
             async for push in stream:
                 yield push
+
+
+def _add_estimate(
+    data: dict[str, Any],
+    capacidade_kwh: float | None,
+    nivel_carregar: float | None,
+    ordenar: str | None,
+) -> None:
+    if capacidade_kwh is not None and nivel_carregar is not None:
+        data["capacidade_kwh"] = capacidade_kwh
+        data["nivel_carregar"] = nivel_carregar
+    if ordenar is not None:
+        data["ordenar"] = ordenar
 
 
 def _add_search(

@@ -52,9 +52,21 @@ def points_table(points: Iterable[Mapping[str, Any]], title: str = "Charging poi
     table.add_column("wait min", justify="right")
     table.add_column("power kW", justify="right")
     table.add_column("price R$/kWh", justify="right")
+    points = list(points)
+    priced = any(isinstance(p.get("tarifa"), Mapping) for p in points)
+    estimated = any(p.get("custo_estimado") is not None for p in points)
+    if priced:
+        table.add_column("tariff")
+    if estimated:
+        table.add_column("est. cost", justify="right")
     count = 0
     for p in points:
         count += 1
+        extra = []
+        if priced:
+            extra.append(tariff_cell(p))
+        if estimated:
+            extra.append(money(p.get("custo_estimado")))
         state = str(p.get("estado") or ("disponivel" if p.get("available") else "?"))
         queue = f"{p.get('queue_size', '-')}/{p.get('queue_capacity', '-')}"
         table.add_row(
@@ -65,6 +77,7 @@ def points_table(points: Iterable[Mapping[str, Any]], title: str = "Charging poi
             _num(p.get("espera_estimada_min"), ".0f"),
             _num(p.get("potencia_kw"), ".1f"),
             _num(p.get("preco_kwh"), ".2f"),
+            *extra,
         )
     if count == 0:
         table.caption = "no points found"
@@ -109,9 +122,55 @@ def bill_table(data: Mapping[str, Any]) -> Table:
         ("payment", str(data.get("payment_method", "-"))),
         ("cost", money(data.get("cost"), currency)),
     ]
+    cdr = data.get("cdr")
+    if isinstance(cdr, Mapping):
+        rows.insert(-1, ("tariff", str(cdr.get("tariff_id", "-"))))
+        rows.insert(-1, ("breakdown", breakdown(cdr, currency)))
+        if cdr.get("total_parking_time"):
+            minutes = float(cdr["total_parking_time"]) * 60
+            rows.insert(-1, ("parking", f"{minutes:.1f} min"))
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def breakdown(cdr: Mapping[str, Any], currency: str = "BRL") -> str:
+    """``fixed R$ 1.10, energy R$ 72.00, parking R$ 0.05``: a CDR's costs incl. VAT."""
+    parts = []
+    for name, key in (
+        ("fixed", "total_fixed_cost"),
+        ("energy", "total_energy_cost"),
+        ("time", "total_time_cost"),
+        ("parking", "total_parking_cost"),
+    ):
+        price = cdr.get(key)
+        if isinstance(price, Mapping) and price.get("incl_vat"):
+            parts.append(f"{name} {money(price.get('incl_vat'), currency)}")
+    total = cdr.get("total_cost")
+    if isinstance(total, Mapping) and total.get("excl_vat") != total.get("incl_vat"):
+        parts.append(f"excl. VAT {money(total.get('excl_vat'), currency)}")
+    return ", ".join(parts) or "-"
+
+
+def tariff_cell(p: Mapping[str, Any]) -> str:
+    """A point's tariff in a few words: ``tou: R$ 2.20/kWh + R$ 0.10/min parked``."""
+    t = p.get("tarifa")
+    if not isinstance(t, Mapping):
+        return "-"
+    currency = str(t.get("currency", "BRL"))
+    parts = []
+    if t.get("flat"):
+        parts.append(f"{money(t['flat'], currency)} start")
+    if t.get("energy_kwh"):
+        parts.append(f"{money(t['energy_kwh'], currency)}/kWh")
+    if t.get("per_minute"):
+        parts.append(f"{money(t['per_minute'], currency)}/min")
+    if t.get("parking_per_minute"):
+        parts.append(f"{money(t['parking_per_minute'], currency)}/min parked")
+    text = f"{t.get('id', '?')}: " + (" + ".join(parts) or "free")
+    if t.get("valid_until"):
+        text += f" until {str(t['valid_until'])[11:16]}"
+    return text
 
 
 def statement_table(data: Mapping[str, Any]) -> Table:
@@ -130,8 +189,11 @@ def statement_table(data: Mapping[str, Any]) -> Table:
     table.add_column("cost", justify="right", footer=money(data.get("total", 0), currency))
     table.add_column("payment")
     sessions = data.get("sessoes") or []
+    tariffed = any(isinstance(s.get("cdr"), Mapping) for s in sessions)
+    if tariffed:
+        table.add_column("tariff breakdown")
     for s in sessions:
-        table.add_row(
+        cells = [
             str(s.get("session_id", "-")),
             str(s.get("id_ponto_recarga", "-")),
             str(s.get("inicio", "-")),
@@ -139,7 +201,15 @@ def statement_table(data: Mapping[str, Any]) -> Table:
             _num(s.get("energia_kwh"), ".3f"),
             money(s.get("cost"), currency),
             str(s.get("payment_method", "-")),
-        )
+        ]
+        if tariffed:
+            cdr = s.get("cdr")
+            cells.append(
+                f"{cdr.get('tariff_id', '?')}: {breakdown(cdr, currency)}"
+                if isinstance(cdr, Mapping)
+                else "preco_kwh"
+            )
+        table.add_row(*cells)
     if not sessions:
         table.caption = "no sessions yet"
     return table

@@ -68,6 +68,7 @@ class ReportFormat(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
+    ocpi = "ocpi"
 
 
 class OutputFormat(StrEnum):

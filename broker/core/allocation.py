@@ -178,6 +178,7 @@ class SiteAllocator:
         self._powers: list[tuple[str, int]] = []
         self._order: list[Slot] | None = None  # priority order, until a slot comes, goes or moves
         self._new = 0  # slots in state NEW
+        self._joined_or_left = False  # the site's sessions changed: its allocation did
         #: slots whose limit in force or last sent differs from their target: the only
         #: ones reconcile looks at (insertion-ordered, for determinism)
         self._unsettled: dict[str, None] = {}
@@ -251,6 +252,7 @@ class SiteAllocator:
         self._wants(slot)
         self._mark(slot)
         self._dirty = True
+        self._joined_or_left = True
         self._new += 1
         order = self._order
         if order is not None and (not order or _start_order(order[-1]) < _start_order(slot)):
@@ -289,6 +291,7 @@ class SiteAllocator:
         if s is None:
             return False
         self._unsettled.pop(session_id, None)
+        self._joined_or_left = True
         if s.state is SlotState.PAUSED:
             self._paused.remove(session_id)
         elif s.state is SlotState.NEW:
@@ -416,6 +419,8 @@ class SiteAllocator:
         if self._dirty:
             self._dirty = False
             paused, resumed, changed = self._retarget()
+        changed = changed or self._joined_or_left
+        self._joined_or_left = False
         orders: list[LimitOrder] = []
         lowering = False
         slots = self._slots

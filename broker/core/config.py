@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +18,9 @@ class CoreConfig:
     ``heartbeat_s``: told to stations in ``welcome``. ``low_battery``: a ``bateria``
     report below this level publishes ``vehicle.low_battery``, once: not again for
     that vehicle until it reports ``low_battery_rearm`` or more. ``max_points``: new
-    point ids past this many known points are dropped and counted.
+    point ids past this many known points are dropped and counted. ``tz``: the
+    site's zone for tariff restrictions. ``max_parking_s``: a vehicle still plugged
+    in this long after charging is billed as if it left then (counted).
     ``metered_time_scale``: how much faster than real time metered (OCPP) chargers
     run; their energy is bounded by power x wall time x this (1 for real chargers,
     more only for simulators). ``max_reservations_per_address``: live reservations
@@ -33,5 +36,9 @@ class CoreConfig:
     low_battery: float = 20.0
     max_points: int = 1_000_000
     low_battery_rearm: float = 25.0
+    #: the site's time zone: tariff time-of-day, date and weekday restrictions
+    tz: tzinfo = UTC
+    #: parking (a vehicle plugged in after charging) is billed at most this long
+    max_parking_s: float = 12 * 3600.0
     metered_time_scale: float = 1.0
     max_reservations_per_address: int = 8

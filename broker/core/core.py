@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import msgspec
 
-from broker.core import stations, vehicle_requests
+from broker.core import stations, tariff_ops, vehicle_requests
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Persist
 from broker.core.engine import Engine
@@ -20,7 +20,8 @@ from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from broker.core.site_defs import SITE_PREFIX, SiteDef, check_site
-from common.errors import InvalidRequest, SiteRefused, StoreError, UnknownPoint
+from broker.core.tariff_book import ASSIGNMENTS_KEY
+from common.errors import EVError, InvalidRequest, SiteRefused, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
 
@@ -71,9 +72,13 @@ class Core:
                     sessions.append(Session.from_record(value))
                 elif table == "meta" and key.startswith(PENDING_PREFIX):
                     starts.append(value)
+                elif table == "tariff":
+                    eng.tariffs.restore_tariff(value)
+                elif table == "meta" and key == ASSIGNMENTS_KEY:
+                    eng.tariffs.restore_assignments(value)
                 elif table == "meta" and key.startswith(SITE_PREFIX):
                     eng.sites.restore(SiteDef.from_record(value), now)
-        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        except (KeyError, TypeError, ValueError, ArithmeticError, EVError) as exc:
             raise StoreError(f"unreadable record in the store: {exc!r}") from exc
         for r in sorted(reservations, key=lambda r: r.order):
             eng.restore_reservation(r)
@@ -135,6 +140,19 @@ class Core:
     def station_unreachable(self, point_id: str, now: float) -> list[Effect]:
         """The ROUTER could not deliver to ``point_id``."""
         return stations.station_unreachable(self._eng, point_id, now)
+
+    def start_in_progress(self, vehicle_id: str) -> tuple[str, str] | None:
+        """``(session_id, point_id)`` of the start sent for ``vehicle_id``, not acked yet."""
+        pend = self._eng.sessions.pending_of(vehicle_id)
+        return None if pend is None else (pend.session_id, pend.point_id)
+
+    def session_started(self, vehicle_id: str, session_id: str) -> bool:
+        """Whether session ``session_id`` of ``vehicle_id`` started (running or billed)."""
+        if self._eng.running_session(session_id) is not None:
+            return True
+        return any(
+            line.session_id == session_id for line in self._eng.statement(vehicle_id).sessoes
+        )
 
     def battery_report(
         self, vehicle_id: str, level: float, latitude: float, longitude: float, now: float
@@ -211,6 +229,25 @@ class Core:
             raise SiteRefused(f"unknown site {name!r}")
         self._eng.sites.remove(name, by, now, fx)
         return {"ok": True, "seq": self._eng.seq}, fx
+
+    def tariffs(
+        self,
+        action: Any,
+        tariffs_json: Any,
+        tariff_id: Any,
+        points: Any,
+        by: str,
+        now: float,
+    ) -> tuple[dict[str, Any], list[Effect]]:
+        """The history op ``tariffs`` from operator ``by`` (docs/tariffs.md): set, assign,
+        remove or list. Like :meth:`set_availability`, the reply may go out only once
+        the effects are committed."""
+        return tariff_ops.handle(self._eng, action, tariffs_json, tariff_id, points, by, now)
+
+    def set_session_power(self, session_id: str, power_kw: float, now: float) -> bool:
+        """Record that a running session's allocated power is ``power_kw`` from ``now``
+        on: its charging periods (and the tariff's power restrictions) split there."""
+        return self._eng.set_session_power(session_id, power_kw, now)
 
     def sites(self) -> dict[str, Any]:
         """The history op ``sites``: every site with its figures and sessions."""

@@ -97,7 +97,7 @@ class Rejected:
         return self.error.message
 
 
-PersistTable = Literal["point", "reservation", "session", "meta", "vehicle", "reply"]
+PersistTable = Literal["point", "reservation", "session", "meta", "vehicle", "reply", "tariff"]
 
 
 @dataclass(slots=True)

@@ -40,7 +40,14 @@ from broker.core.session_table import SessionTable
 from broker.core.sessions import Session
 from broker.core.shared import Shared
 from broker.core.sites import Sites
-from broker.core.timers import AckTimeout, GraceEnd, OfflineCheck, Timer, TurnDeadline
+from broker.core.timers import (
+    AckTimeout,
+    GraceEnd,
+    OfflineCheck,
+    ParkingEnd,
+    Timer,
+    TurnDeadline,
+)
 from common.events import PointStatus, VehicleLowBattery
 from common.messages import BrokerToStation
 from common.replies import SessionView, Statement
@@ -80,6 +87,11 @@ class Engine:
         self.nearest = self.points.nearest
         self.point_view = self.points.view
         self.encoded_points = self.points.encoded
+        self.estimates = self.points.reads.estimates
+        self.point_ids = self.points.ids
+        self.tariffs = shared.tariffs
+        self.set_session_power = self.sessions.set_power
+        self.unplug = self.sessions.unplug
         self.new_reservation = self.reservations.new
         self.reservations_of_address = self.reservations.of_address
         self.cancel = self.reservations.cancel
@@ -140,7 +152,7 @@ class Engine:
         out = []
         for s in self.sessions.running_sorted():
             p = self.points.get(s.point_id)
-            if p is not None:
+            if p is not None and s.charged_at is None:  # a parked session draws nothing
                 out.append((s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw))
         for p in self.points:
             pend = p.pending
@@ -153,6 +165,8 @@ class Engine:
         s = self.sessions.running(session_id)
         if s is not None:
             s.allowed_kw = kw
+            if s.tariff is not None:
+                s.set_power(kw, now)  # its charging periods split here (docs/tariffs.md)
 
     def session_view(self, s: Session, now: float) -> SessionView:
         """``s`` as ``status`` shows it: on a site with its allowed power and the
@@ -283,6 +297,8 @@ class Engine:
                 return p is not None and p.unusable_since == since and not p.usable
             case AckTimeout(cmd_id):
                 return self.sessions.pending(cmd_id) is not None
+            case ParkingEnd(session_id, since):
+                return self.sessions.parked_since(session_id, since)
             case _:
                 assert_never(timer)
 
@@ -300,6 +316,8 @@ class Engine:
                     self._fire_grace(point_id, since, now, fx)
                 case AckTimeout(cmd_id):
                     self.sessions.ack_timeout(cmd_id, now, fx)
+                case ParkingEnd(session_id, since):
+                    self.sessions.parking_end(session_id, since, now, fx)
                 case _:
                     assert_never(timer)
         if self.sites:
@@ -358,7 +376,11 @@ class Engine:
         queues = {
             p.id: [r.view(i + 1) for i, r in enumerate(p.queue)] for p in self.points if p.queue
         }
-        sessions = [self.session_view(s, now) for s in self.sessions.running_sorted()]
+        sessions = []
+        for s in self.sessions.running_sorted():
+            view = msgspec.to_builtins(self.session_view(s, now))
+            view["custo_parcial"] = self.sessions.running_cost(s, now)  # cost so far
+            sessions.append(view)
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
         if self.sites:
             snap["sites"] = self.sites.view()

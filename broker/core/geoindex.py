@@ -5,34 +5,40 @@ Points live in a lat/lon grid whose cells are roughly square in kilometres
 and sized so that a cell holds about :data:`TARGET_PER_CELL` points; the grid
 is rebuilt when the number of points has doubled or shrunk to a quarter.
 
-A query visits rings of cells around the query's cell (ring r: the cells at
-Chebyshev distance r). After ring r every unvisited point lies outside the
-visited block, so its great-circle distance is at least
+Every point is kept as a unit vector too. On the sphere the nearest points by
+great-circle distance are those whose vectors have the largest dot product with
+the query's (the cosine of the central angle): three multiplications and two
+additions per point, no trigonometry. Only the winners get the exact haversine,
+computed with exactly the arithmetic of :func:`common.geo.haversine_km`, so the
+distances and the order (by distance, then id) are bit for bit those of a
+brute-force sort.
+
+Rounding: a dot product near 1 is exact to a few units of 2^-53 (absolute),
+haversine distances to a few units relative, so two points whose haversine
+distances compare one way cannot have dot products that compare the other way
+by more than :data:`_DOT_MARGIN` (1e-12, thousands of times those errors). So the
+winners are the accepted points up to the k-th largest dot product, plus every
+point within that margin below it (a tie within about a metre at worst); the
+exact distances then order them.
+
+A query visits the 3 x 3 cells around the query's cell, then grows the visited
+block one side at a time, always the side nearest to the query. After that
+every unvisited point lies outside the block, so its great-circle distance is
+at least
 
 * the latitude gap to the block's north or south edge (``R * dphi``), or
 * the cross-track distance to the block's east or west meridian:
   ``R * asin(cos(phi0) * sin(min(dlambda, 90 deg)))``.
 
-The search stops when ``k`` candidates are strictly closer than that bound
-(minus a safety margin for rounding) or when the bound exceeds the radius.
-Distances are computed with exactly the arithmetic of
-:func:`common.geo.haversine_km`, so results (sorted by distance, then id) are
-identical to a brute-force sort. Far from any data (or when the block would
-span half the globe) the query falls back to a brute-force scan.
+The search stops when the k-th accepted dot product is larger, by twice the
+margin, than the cosine of that bound (less 1 mm against rounding in the bound),
+or when the bound exceeds the radius asked. Far from any data (or when the block
+would span half the globe) the query scans every point.
 
-Candidates per cell (the fast path, measured in tests/bench/bench_read_path.py:
-about 3x cheaper than the ring search at 10,000 points): vehicles ask from the
-same places again and again, so for a grid cell and a ``k`` the index keeps every
-point within ``radius`` of the cell's centre, where ``radius`` is the centre's
-k-th nearest distance plus twice the cell's half-diagonal. A query at distance
-``e`` from that centre then sees, among those candidates, every point within
-``radius - e`` of itself (triangle inequality on the sphere), so its answer is
-exact when its k-th accepted distance (or its ``max_km``) is within that; else,
-rarely (many points filtered out, a huge ``k``), the ring search answers.
-Candidate cells are grid cells split 3 x 3 (a smaller half-diagonal, fewer
-candidates). A cell gets its candidates on its second query (building them
-costs about three ring searches, so one-off queries keep the ring search). Any
-insert, move or removal drops the cache.
+There is no cache of answers or candidates: vehicles move, so no two queries
+come from the same place, and the index costs the same for every query.
+The structure holds no state of any caller (pure, synchronous, reusable by any
+process that keeps a copy of the points).
 """
 
 from __future__ import annotations
@@ -41,25 +47,23 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from common.geo import EARTH_RADIUS_KM, haversine_km
+from common.geo import EARTH_RADIUS_KM
 
-TARGET_PER_CELL: Final = 1.0
+TARGET_PER_CELL: Final = 2.0
 _MIN_REBUILD: Final = 64
 _MIN_CELL_DEG: Final = 1e-4
 _MAX_CELL_DEG: Final = 10.0
-_MARGIN_REL: Final = 1e-6  # on squared chords; covers every rounding difference
-_MARGIN_ABS: Final = 1e-20
+#: dot products this close are ordered by the exact distances (see the module docstring)
+_DOT_MARGIN: Final = 1e-12
 _MARGIN_KM: Final = 1e-6  # 1 mm, against rounding in the block bounds
-_KM_PER_DEG: Final = EARTH_RADIUS_KM * math.pi / 180.0  # km per degree of latitude
-_CACHED_CELLS: Final = 4096  # (cell, k) candidate lists kept (up to ~14 MiB); dropped when full
 _FEW_MORE: Final = 8  # up to k + this many points, a plain scan is cheapest
-_FINE: Final = 3  # candidate cells are grid cells split 3 x 3: fewer candidates each
-_MAX_CANDIDATES: Final = 1024  # a cell with more candidates than this is not cached
+_DEG: Final = math.pi / 180.0  # math.radians(x) is exactly x * _DEG
+_KM_PER_DEG: Final = EARTH_RADIUS_KM * _DEG  # km per degree of latitude
 
-# (x, y, z on the unit sphere, point_id, latitude, longitude)
-_Entry = tuple[float, float, float, str, float, float]
-# a cell's cached candidates: (centre latitude, centre longitude, radius km, entries)
-_Candidates = tuple[float, float, float, list[_Entry]]
+# (x, y, z on the unit sphere, point_id, radians(latitude), its cosine, longitude, latitude)
+_Entry = tuple[float, float, float, str, float, float, float, float]
+# (dot product with the query's vector, entry)
+_Hit = tuple[float, _Entry]
 
 
 def _unit(latitude: float, longitude: float) -> tuple[float, float, float]:
@@ -69,11 +73,107 @@ def _unit(latitude: float, longitude: float) -> tuple[float, float, float]:
     return c * math.cos(lam), c * math.sin(lam), math.sin(p)
 
 
-def _chord2(km: float) -> float:
-    """Squared chord (unit sphere) of a great-circle distance; 4.0 beyond the antipode."""
+def _cos_of_km(km: float) -> float:
+    """Cosine of the central angle of a great-circle distance (-1.0 beyond the antipode)."""
     if km >= math.pi * EARTH_RADIUS_KM:
-        return 4.0
-    return (2.0 * math.sin(km / EARTH_RADIUS_KM / 2.0)) ** 2
+        return -1.0
+    return math.cos(max(km, 0.0) / EARTH_RADIUS_KM)
+
+
+def _entry(point_id: str, latitude: float, longitude: float) -> _Entry:
+    x, y, z = _unit(latitude, longitude)
+    p = latitude * _DEG  # radians(latitude), as common.geo.haversine_km computes it
+    return (x, y, z, point_id, p, math.cos(p), longitude, latitude)
+
+
+def _walk(
+    found: list[_Hit],
+    start: int,
+    k: int,
+    cut: float,
+    picked: list[_Entry],
+    accept: Callable[[str], bool] | None,
+) -> tuple[int, list[_Entry]]:
+    """Accepted entries of ``found`` (sorted, nearest first) from ``start`` into ``picked``.
+
+    Stops at the end, at a dot product below ``cut``, or once ``picked`` holds ``k``;
+    returns the index reached (of the k-th entry when it was reached) and ``picked``.
+    """
+    add = picked.append
+    i = start
+    for i in range(start, len(found)):
+        dot, e = found[i]
+        if dot < cut:
+            break
+        if accept is None or accept(e[3]):
+            add(e)
+            if len(picked) >= k:
+                break
+    return i, picked
+
+
+def _finish(
+    found: list[_Hit],
+    floor: float,
+    latitude: float,
+    longitude: float,
+    k: int,
+    limit: float,
+    accept: Callable[[str], bool] | None,
+) -> list[tuple[float, str]]:
+    """The first k by exact distance among the accepted points of ``found`` that may rank."""
+    if limit < math.inf:
+        floor = max(floor, _cos_of_km(limit) - _DOT_MARGIN)
+    if floor > -math.inf:
+        found = [h for h in found if h[0] >= floor]
+    found.sort(reverse=True)
+    at, picked = _walk(found, 0, k, -math.inf, [], accept)
+    if len(picked) == k:  # and every accepted point within the margin of the k-th
+        _walk(found, at + 1, len(found), found[at][0] - _DOT_MARGIN, picked, accept)
+    return _ranked(picked, latitude, longitude, k, limit)
+
+
+def _ranked(
+    picked: list[_Entry], latitude: float, longitude: float, k: int, limit: float
+) -> list[tuple[float, str]]:
+    """The first k of ``picked`` by exact distance (then id), at most ``limit`` away."""
+    exact = _haversines(picked, latitude, longitude)
+    if limit < math.inf:
+        exact = [h for h in exact if h[0] <= limit]
+    exact.sort()
+    return exact[:k]
+
+
+def _haversines(
+    entries: list[_Entry], latitude: float, longitude: float
+) -> list[tuple[float, str]]:
+    """``(haversine_km(latitude, longitude, lat, lon), id)`` of each entry, bit for bit.
+
+    The arithmetic of :func:`common.geo.haversine_km`, inlined: ``radians(x)`` is
+    ``x * (pi / 180)`` in CPython, and ``min(1.0, s)`` is ``s if s < 1.0 else 1.0``.
+    """
+    sin, asin, sqrt = math.sin, math.asin, math.sqrt
+    p1 = latitude * _DEG
+    cp1 = math.cos(p1)
+    two_r = 2 * EARTH_RADIUS_KM
+    return [
+        (
+            two_r
+            * asin(
+                s
+                if (
+                    s := sqrt(
+                        sin((e[4] - p1) / 2) ** 2
+                        + cp1 * e[5] * sin((e[6] - longitude) * _DEG / 2) ** 2
+                    )
+                )
+                < 1.0
+                else 1.0
+            ),
+            e[3],
+        )
+        for e in entries
+    ]
 
 
 class _Block:
@@ -122,7 +222,7 @@ class _Block:
 
     def _lon_km(self, gap_deg: float) -> float:
         # cross-track distance to a meridian gap_deg away (>= 90 deg: to the pole)
-        return EARTH_RADIUS_KM * math.asin(self.c1 * math.sin(math.radians(min(gap_deg, 90.0))))
+        return EARTH_RADIUS_KM * math.asin(self.c1 * math.sin(min(gap_deg, 90.0) * _DEG))
 
     def _south(self) -> float:
         if self.ilo <= 0:
@@ -180,27 +280,12 @@ class _Block:
 class GeoIndex:
     """Exact k-nearest-neighbour queries by haversine distance over a mutable point set."""
 
-    __slots__ = (
-        "_asked",
-        "_cells",
-        "_cs_lat",
-        "_cs_lon",
-        "_entries",
-        "_n_built",
-        "_ncols",
-        "_near",
-        "_nrows",
-        "_trig",
-    )
+    __slots__ = ("_cells", "_cs_lat", "_cs_lon", "_entries", "_n_built", "_ncols", "_nrows")
 
     def __init__(self) -> None:
+        # point id -> (cell key, entry)
         self._entries: dict[str, tuple[int, _Entry]] = {}
-        # per point: radians(latitude), its cosine, longitude (for the exact haversine)
-        self._trig: dict[str, tuple[float, float, float]] = {}
         self._cells: dict[int, list[_Entry]] = {}
-        # (cell key, k) -> candidates, or None where caching does not pay
-        self._near: dict[tuple[int, int], _Candidates | None] = {}
-        self._asked: set[tuple[int, int]] = set()  # asked from once, no candidates yet
         self._n_built = 0
         self._configure(10.0, 10.0)
 
@@ -216,16 +301,10 @@ class GeoIndex:
         """Insert ``point_id`` or move it to a new position."""
         old = self._entries.get(point_id)
         if old is not None:
-            if old[1][4] == latitude and old[1][5] == longitude:
+            if old[1][7] == latitude and old[1][6] == longitude:
                 return
-            self._cells[old[0]].remove(old[1])
-            if not self._cells[old[0]]:
-                del self._cells[old[0]]
-        self._clear_cache()
-        x, y, z = _unit(latitude, longitude)
-        entry: _Entry = (x, y, z, point_id, latitude, longitude)
-        p = math.radians(latitude)
-        self._trig[point_id] = (p, math.cos(p), longitude)
+            self._unlink(old)
+        entry = _entry(point_id, latitude, longitude)
         key = self._key(latitude, longitude)
         self._entries[point_id] = (key, entry)
         self._cells.setdefault(key, []).append(entry)
@@ -239,26 +318,23 @@ class GeoIndex:
             if point_id in self._entries:
                 self.put(point_id, latitude, longitude)
                 continue
-            x, y, z = _unit(latitude, longitude)
-            entry: _Entry = (x, y, z, point_id, latitude, longitude)
-            p = math.radians(latitude)
-            self._trig[point_id] = (p, math.cos(p), longitude)
+            entry = _entry(point_id, latitude, longitude)
             key = self._key(latitude, longitude)
             self._entries[point_id] = (key, entry)
             self._cells.setdefault(key, []).append(entry)
-        self._clear_cache()
         if len(self._entries) >= _MIN_REBUILD:
             self._rebuild()
 
     def remove(self, point_id: str) -> None:
         """Forget ``point_id`` (no error when absent)."""
         old = self._entries.pop(point_id, None)
-        if old is None:
-            return
-        del self._trig[point_id]
-        self._clear_cache()
-        self._cells[old[0]].remove(old[1])
-        if not self._cells[old[0]]:
+        if old is not None:
+            self._unlink(old)
+
+    def _unlink(self, old: tuple[int, _Entry]) -> None:
+        cell = self._cells[old[0]]
+        cell.remove(old[1])
+        if not cell:
             del self._cells[old[0]]
 
     # --- queries --------------------------------------------------------------------
@@ -279,188 +355,13 @@ class GeoIndex:
         if k <= 0 or not self._entries:
             return []
         limit = math.inf if max_km is None else max_km
-        if 3 * self._cs_lon >= 180.0 or len(self._entries) <= k + _FEW_MORE:
+        if len(self._entries) <= k + _FEW_MORE:
             return self._brute(latitude, longitude, k, limit, accept)
-        cached = self._from_candidates(latitude, longitude, k, limit, accept)
-        if cached is not None:
-            return cached
-        return self._search(latitude, longitude, k, limit, accept)
-
-    def _from_candidates(
-        self,
-        latitude: float,
-        longitude: float,
-        k: int,
-        limit: float,
-        accept: Callable[[str], bool] | None,
-    ) -> list[tuple[float, str]] | None:
-        """The answer from the cell's cached candidates, or None when they cannot prove it."""
-        key = (self._fine_key(latitude, longitude), k)
-        if key in self._near:
-            hit = self._near[key]
-        elif key in self._asked:
-            # asked from here before: worth the candidates (a build costs ~3 searches)
-            if len(self._near) >= _CACHED_CELLS:
-                self._clear_cache()
-            hit = self._near[key] = self._candidates(key[0], k)
-        else:
-            if len(self._asked) >= _CACHED_CELLS:
-                self._clear_cache()
-            self._asked.add(key)
-            return None
-        if hit is None:
-            return None
-        c_lat, c_lon, radius, entries = hit
-        covered = radius - haversine_km(latitude, longitude, c_lat, c_lon) - _MARGIN_KM
-        if covered <= 0.0:
-            return None
-        lim2 = _chord2(limit) * (1.0 + _MARGIN_REL) + _MARGIN_ABS
         x0, y0, z0 = _unit(latitude, longitude)
-        found: list[tuple[float, str]] = []
-        append = found.append
-        for x, y, z, pid, _lat, _lon in entries:
-            dx = x - x0
-            dy = y - y0
-            dz = z - z0
-            d2 = dx * dx + dy * dy + dz * dz
-            if d2 <= lim2:
-                append((d2, pid))
-        found.sort()
-        if accept is not None:
-            # filter nearest first: only the points that can rank are asked about
-            kept: list[tuple[float, str]] = []
-            cut = math.inf
-            for d2, pid in found:
-                if d2 > cut:
-                    break
-                if accept(pid):
-                    kept.append((d2, pid))
-                    if len(kept) == k:
-                        cut = d2 * (1.0 + _MARGIN_REL) + _MARGIN_ABS
-            found = kept
-        exact = self._finish(found, latitude, longitude, k, limit)
-        if (len(exact) == k and exact[-1][0] <= covered) or limit <= covered:
-            return exact
-        return None
-
-    def _candidates(self, key: int, k: int) -> _Candidates | None:
-        """Every point within (k-th nearest + 2 x half-diagonal) of cell ``key``'s centre."""
-        i, j = divmod(key, self._ncols * _FINE)
-        fine_lat, fine_lon = self._cs_lat / _FINE, self._cs_lon / _FINE
-        lat0 = i * fine_lat - 90.0
-        lat1 = min(90.0, lat0 + fine_lat)
-        lon0 = j * fine_lon - 180.0
-        lon1 = lon0 + fine_lon
-        c_lat, c_lon = (lat0 + lat1) / 2.0, (lon0 + lon1) / 2.0
-        half = max(haversine_km(c_lat, c_lon, a, b) for a in (lat0, lat1) for b in (lon0, lon1))
-        kth = self._search(c_lat, c_lon, k, math.inf, None)
-        radius = kth[-1][0] + 2.0 * half + _MARGIN_KM if len(kth) == k else math.inf
-        within = self._search(c_lat, c_lon, len(self._entries), radius, None)
-        if len(within) > _MAX_CANDIDATES:
-            return None
-        # fresh tuples and floats allocated together: the query reads neighbouring memory
-        entries = [
-            (x + 0.0, y + 0.0, z + 0.0, pid, lat, lon)
-            for x, y, z, pid, lat, lon in (self._entries[pid][1] for _d, pid in within)
-        ]
-        return c_lat, c_lon, radius, entries
-
-    def _search(
-        self,
-        latitude: float,
-        longitude: float,
-        k: int,
-        limit: float,
-        accept: Callable[[str], bool] | None,
-    ) -> list[tuple[float, str]]:
-        """The ring search (see the module docstring)."""
-        lim2 = _chord2(limit) * (1.0 + _MARGIN_REL) + _MARGIN_ABS
-        limit_hi = limit * (1.0 + _MARGIN_REL) + _MARGIN_KM
-        cs_lat, cs_lon, nrows, ncols = self._cs_lat, self._cs_lon, self._nrows, self._ncols
-        x0, y0, z0 = _unit(latitude, longitude)
-        c1 = max(0.0, math.cos(math.radians(latitude)))
-        i0 = min(int((latitude + 90.0) / cs_lat), nrows - 1)
-        j0 = min(int((longitude + 180.0) / cs_lon), ncols - 1)
-        cells = self._cells
-        total = len(self._entries)
-        max_cells = 4 * len(cells) + 64
-        found: list[tuple[float, str]] = []
-        append = found.append
-        asin, sqrt = math.asin, math.sqrt
-        inf = math.inf
-        two_r = 2.0 * EARTH_RADIUS_KM
-
-        # the visited block: first the 3 x 3 cells around the query, then one side at a
-        # time, always the side nearest to the query (see _Block)
-        block = _Block(latitude, longitude, c1, i0, j0, cs_lat, cs_lon, nrows, ncols)
-        keys = block.first_keys()
-        seen = 0
-        kth = inf
-        dirty = False
-        while True:
-            for key in keys:
-                cell = cells.get(key)
-                if cell is None:
-                    continue
-                seen += len(cell)
-                for x, y, z, pid, _lat, _lon in cell:
-                    dx = x - x0
-                    dy = y - y0
-                    dz = z - z0
-                    d2 = dx * dx + dy * dy + dz * dz
-                    if d2 <= lim2 and (accept is None or accept(pid)):
-                        append((d2, pid))
-                        dirty = True
-            if seen >= total:
-                break
-            # every unvisited point is at least `bound` km away
-            bound = block.bound()
-            if bound > limit_hi:
-                break
-            if len(found) >= k:
-                if dirty:
-                    found.sort()
-                    kth = two_r * asin(min(1.0, sqrt(found[k - 1][0]) / 2.0))
-                    dirty = False
-                if kth * (1.0 + _MARGIN_REL) + _MARGIN_KM < bound:
-                    break
-            if block.too_wide(max_cells):
-                # far from the data: growing the block would cost more than every point
-                return self._brute(latitude, longitude, k, limit, accept)
-            keys = block.grow(bound)
-        if dirty:
-            found.sort()
-        return self._finish(found, latitude, longitude, k, limit)
-
-    def _finish(
-        self,
-        found: list[tuple[float, str]],
-        latitude: float,
-        longitude: float,
-        k: int,
-        limit: float,
-    ) -> list[tuple[float, str]]:
-        """Exact haversine for every candidate (sorted by chord) that may rank in the first k."""
-        if not found:
-            return []
-        cut = found[min(k, len(found)) - 1][0] * (1.0 + _MARGIN_REL) + _MARGIN_ABS
-        trig = self._trig
-        exact: list[tuple[float, str]] = []
-        sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
-        # the arithmetic of common.geo.haversine_km, inlined (bit-identical results)
-        p1 = radians(latitude)
-        cp1 = math.cos(p1)
-        two_r = 2 * EARTH_RADIUS_KM
-        for d2, pid in found:
-            if d2 > cut:
-                break
-            p2, cp2, lon2 = trig[pid]
-            a = sin((p2 - p1) / 2) ** 2 + cp1 * cp2 * sin(radians(lon2 - longitude) / 2) ** 2
-            d = two_r * asin(min(1.0, sqrt(a)))
-            if d <= limit:
-                exact.append((d, pid))
-        exact.sort()
-        return exact[:k]
+        if 3 * self._cs_lon >= 180.0:
+            found = self._scan_all(x0, y0, z0)
+            return _finish(found, -math.inf, latitude, longitude, k, limit, accept)
+        return self._search(latitude, longitude, x0, y0, z0, k, limit, accept)
 
     def within(
         self, latitude: float, longitude: float, max_km: float | None = None
@@ -471,6 +372,11 @@ class GeoIndex:
 
     # --- internals ------------------------------------------------------------------
 
+    def _scan_all(self, x0: float, y0: float, z0: float) -> list[_Hit]:
+        return [
+            (e[0] * x0 + e[1] * y0 + e[2] * z0, e) for cell in self._cells.values() for e in cell
+        ]
+
     def _brute(
         self,
         latitude: float,
@@ -479,30 +385,77 @@ class GeoIndex:
         limit: float,
         accept: Callable[[str], bool] | None,
     ) -> list[tuple[float, str]]:
-        found: list[tuple[float, str]] = []
-        sin, asin, sqrt, radians = math.sin, math.asin, math.sqrt, math.radians
-        # the arithmetic of common.geo.haversine_km, inlined as in _finish (bit-identical)
-        p1 = radians(latitude)
-        cp1 = math.cos(p1)
-        two_r = 2 * EARTH_RADIUS_KM
-        for pid, (p2, cp2, lon2) in self._trig.items():
-            a = sin((p2 - p1) / 2) ** 2 + cp1 * cp2 * sin(radians(lon2 - longitude) / 2) ** 2
-            d = two_r * asin(min(1.0, sqrt(a)))
-            if d <= limit and (accept is None or accept(pid)):
-                found.append((d, pid))
+        """Exact haversine for every point (few points: every one of them ranks anyway)."""
+        found = _haversines([e for _key, e in self._entries.values()], latitude, longitude)
+        if limit < math.inf:
+            found = [h for h in found if h[0] <= limit]
+        if accept is not None:
+            found = [h for h in found if accept(h[1])]
         found.sort()
         return found[:k]
 
-    def _clear_cache(self) -> None:
-        self._near.clear()
-        self._asked.clear()
-
-    def _fine_key(self, latitude: float, longitude: float) -> int:
-        """The cell of the candidate cache: a grid cell split _FINE x _FINE."""
-        ncols = self._ncols * _FINE
-        i = min(int((latitude + 90.0) / self._cs_lat * _FINE), self._nrows * _FINE - 1)
-        j = min(int((longitude + 180.0) / self._cs_lon * _FINE), ncols - 1)
-        return i * ncols + j
+    def _search(
+        self,
+        latitude: float,
+        longitude: float,
+        x0: float,
+        y0: float,
+        z0: float,
+        k: int,
+        limit: float,
+        accept: Callable[[str], bool] | None,
+    ) -> list[tuple[float, str]]:
+        """The ring search (see the module docstring)."""
+        limit_hi = limit * (1.0 + 1e-6) + _MARGIN_KM
+        cs_lat, cs_lon, nrows, ncols = self._cs_lat, self._cs_lon, self._nrows, self._ncols
+        c1 = max(0.0, math.cos(latitude * _DEG))
+        i0 = min(int((latitude + 90.0) / cs_lat), nrows - 1)
+        j0 = min(int((longitude + 180.0) / cs_lon), ncols - 1)
+        get = self._cells.get
+        total = len(self._entries)
+        max_cells = 4 * len(self._cells) + 64
+        inf = math.inf
+        none = ()
+        # the visited block: first the 3 x 3 cells around the query, then one side at a
+        # time, always the side nearest to the query (see _Block)
+        block = _Block(latitude, longitude, c1, i0, j0, cs_lat, cs_lon, nrows, ncols)
+        keys = block.first_keys()
+        # every point visited, with its dot product (no point is filtered out here)
+        found = [(e[0] * x0 + e[1] * y0 + e[2] * z0, e) for key in keys for e in get(key, none)]
+        # the search stops once the cosine of the bound is below `target`: set from the
+        # first k-th dot product found; more points can only raise the k-th dot product,
+        # so the block grows into it without sorting again
+        target = -inf
+        floor = -inf  # no point with a smaller dot product can rank
+        check_at = k
+        while len(found) < total:
+            # every unvisited point is at least `bound` km away
+            bound = block.bound()
+            if bound > limit_hi:
+                break
+            if target == -inf and len(found) >= check_at:
+                found.sort(reverse=True)
+                at, picked = _walk(found, 0, k, -inf, [], accept)
+                if len(picked) < k:  # look again once enough new points could be
+                    check_at = len(found) + k - len(picked)
+                else:
+                    target = found[at][0] - 2.0 * _DOT_MARGIN
+                    floor = found[at][0] - _DOT_MARGIN
+                    if _cos_of_km(bound - _MARGIN_KM) < target:
+                        # the common case: the first k were enough (their verdicts kept)
+                        _walk(found, at + 1, len(found), floor, picked, accept)
+                        return _ranked(picked, latitude, longitude, k, limit)
+            elif _cos_of_km(bound - _MARGIN_KM) < target:
+                break
+            if block.too_wide(max_cells):
+                # far from the data: growing the block would cost more than every point
+                found, floor = self._scan_all(x0, y0, z0), -inf
+                break
+            keys = block.grow(bound)
+            found += [
+                (e[0] * x0 + e[1] * y0 + e[2] * z0, e) for key in keys for e in get(key, none)
+            ]
+        return _finish(found, floor, latitude, longitude, k, limit, accept)
 
     def _key(self, latitude: float, longitude: float) -> int:
         i = min(int((latitude + 90.0) / self._cs_lat), self._nrows - 1)
@@ -518,8 +471,8 @@ class GeoIndex:
     def _rebuild(self) -> None:
         entries = [e for _k, e in self._entries.values()]
         n = len(entries)
-        lats = [e[4] for e in entries]
-        lons = [e[5] for e in entries]
+        lats = [e[7] for e in entries]
+        lons = [e[6] for e in entries]
         lat_span = max(max(lats) - min(lats), _MIN_CELL_DEG)
         lon_span = max(max(lons) - min(lons), _MIN_CELL_DEG)
         mid = math.radians((max(lats) + min(lats)) / 2)
@@ -530,11 +483,10 @@ class GeoIndex:
         self._configure(cs_lat, cs_lon)
         self._cells = {}
         self._entries = {}
-        self._clear_cache()
         # fresh objects allocated cell by cell: a query then reads neighbouring memory
-        keyed = sorted(((self._key(e[4], e[5]), e) for e in entries), key=lambda ke: ke[0])
-        for key, (x, y, z, pid, lat, lon) in keyed:
-            e = (x + 0.0, y + 0.0, z + 0.0, pid, lat, lon)
+        keyed = sorted(((self._key(e[7], e[6]), e) for e in entries), key=lambda ke: ke[0])
+        for key, (x, y, z, pid, p, cp, lon, lat) in keyed:
+            e = (x + 0.0, y + 0.0, z + 0.0, pid, p + 0.0, cp + 0.0, lon, lat)
             self._entries[pid] = (key, e)
             self._cells.setdefault(key, []).append(e)
         self._n_built = n

@@ -41,10 +41,11 @@ def sane(value: float | None) -> float | None:
 
 # What a status datagram from a known point amounts to (plain ints: this is the hot
 # path, and an enum member costs a class attribute lookup per datagram).
-Heard = Literal[0, 1, 2]
+Heard = Literal[0, 1, 2, 3]
 SAME: Final = 0  # nothing but liveness (and energy) changed: the hot path
 CHANGED: Final = 1  # something else changed: the slow path applies it
 OUT_OF_ORDER: Final = 2  # not newer than what the point already sent
+UNPLUGGED: Final = 3  # the vehicle of a parked session left: bill it (and go slow)
 
 
 class PointTable:
@@ -58,6 +59,7 @@ class PointTable:
         self.get: Callable[[str], PointState | None] = self._rows.get
         #: the read path over this table (the vehicle gateways' replicas have their own)
         self.reads = PointReads(self._rows, shared.cfg.queue_capacity)
+        self.reads.tariffs = shared.tariffs  # views show tariffs, queries estimate costs
         self._index = self.reads.index
         self.online = 0  # points online now
 
@@ -91,6 +93,9 @@ class PointTable:
     def encoded(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
         """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
         return self.reads.encoded_points(hits, now)
+
+    def ids(self) -> list[str]:
+        return list(self._rows)
 
     # --- registering ----------------------------------------------------------------
 
@@ -195,6 +200,9 @@ class PointTable:
         if signed_ts is not None:
             p.dgram_ts = signed_ts
         p.last_heard = now
+        parked = p.session
+        if parked is not None and parked.charged_at is not None and d.conector_livre is not False:
+            return UNPLUGGED
         energy = d.energia_kwh
         if energy is not None:
             p.rep_energy = energy

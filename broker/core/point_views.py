@@ -29,7 +29,7 @@ import msgspec
 from msgspec import UNSET
 
 from broker.core.points import PointState, is_available
-from common.replies import PointView
+from common.replies import PointView, TariffView
 
 _ENCODE: Final = msgspec.json.Encoder().encode
 _DISTANCE_MARK: Final = -1.0  # placeholder encoded where the per-request distance goes
@@ -39,7 +39,8 @@ MAX_CACHED_VIEWS: Final = 32_768
 
 # every field of the cached pieces that can change: estado, queue size, position, figures,
 # the out-of-service reason (empty unless out of service, where it is required)
-_Key = tuple[str, int, float, float, float, float, str]
+# and the point's tariff view (the same object while its prices hold)
+_Key = tuple[str, int, float, float, float, float, str, TariffView | None]
 
 
 def km3(distance: float) -> float:
@@ -52,8 +53,15 @@ def km3(distance: float) -> float:
     return int(distance * 1000.0 + 0.5) / 1000.0
 
 
-def point_view(p: PointState, queue_capacity: int, distance: float | None, wait: int) -> PointView:
-    """The protocol's Point object (``distance`` omitted when None)."""
+def point_view(
+    p: PointState,
+    queue_capacity: int,
+    distance: float | None,
+    wait: int,
+    tarifa: TariffView | None = None,
+) -> PointView:
+    """The protocol's Point object (``distance`` omitted when None); a point priced by
+    a tariff shows it, and its ``preco_kwh`` is the tariff's energy price now."""
     out = p.out_of_service  # only while out of service: the usual object stays as it was
     return PointView(
         id=p.id,
@@ -67,7 +75,8 @@ def point_view(p: PointState, queue_capacity: int, distance: float | None, wait:
         reason=p.oos_reason if out else UNSET,
         distance=UNSET if distance is None else km3(distance),
         potencia_kw=p.potencia_kw,
-        preco_kwh=p.preco_kwh,
+        preco_kwh=p.preco_kwh if tarifa is None else tarifa.energy_kwh,
+        tarifa=UNSET if tarifa is None else tarifa,
         espera_estimada_min=wait,
     )
 
@@ -88,8 +97,8 @@ class PointViews:
     def forget(self, point_id: str) -> None:
         self._cache.pop(point_id, None)
 
-    def _encode(self, p: PointState) -> tuple[bytes, bytes]:
-        view = point_view(p, self._capacity, None, _WAIT_MARK)
+    def _encode(self, p: PointState, tarifa: TariffView | None) -> tuple[bytes, bytes]:
+        view = point_view(p, self._capacity, None, _WAIT_MARK, tarifa)
         whole = _ENCODE(msgspec.structs.replace(view, distance=_DISTANCE_MARK))
         dist_at = whole.rindex(b'"distance":-1.0,') + len(b'"distance":')
         wait_at = whole.rindex(b'"espera_estimada_min":-1}') + len(b'"espera_estimada_min":')
@@ -99,19 +108,24 @@ class PointViews:
         self,
         hits: list[tuple[float, PointState]],
         wait_minutes: Callable[[PointState], int],
+        tariff_of: Callable[[PointState], TariffView | None] | None = None,
+        costs: list[float] | None = None,
     ) -> bytes:
         """``[Point, ...]`` for ``(distance_km, point)`` hits, in their order.
 
         ``wait_minutes`` is asked only about points with a queue, a session or a
-        start in progress (an idle point waits 0 minutes). The loop is written out
-        (no helper calls per point): it runs for every point of every query reply.
+        start in progress (an idle point waits 0 minutes). ``tariff_of`` (None when
+        no tariff is assigned anywhere) gives a point's ``tarifa``; ``costs``, one
+        per hit, are written as ``custo_estimado``. The loop is written out (no
+        helper calls per point): it runs for every point of every query reply.
         """
         parts: list[bytes] = []
         add = parts.append
         cache = self._cache
-        for distance, p in hits:
+        for i, (distance, p) in enumerate(hits):
             pid = p.id
             queue = p.queue
+            tv = None if tariff_of is None else tariff_of(p)
             key = (
                 p.estado,
                 len(queue),
@@ -120,16 +134,24 @@ class PointViews:
                 p.potencia_kw,
                 p.preco_kwh,
                 p.oos_reason,
+                tv,
             )
             hit = cache.get(pid)
             if hit is None or hit[0] != key:
                 if len(cache) >= MAX_CACHED_VIEWS:
                     cache.clear()  # bounded memory; the points asked about come back
-                hit = cache[pid] = (key, *self._encode(p))
+                hit = cache[pid] = (key, *self._encode(p, tv))
             add(hit[1])
             add(_ENCODE(int(distance * 1000.0 + 0.5) / 1000.0))  # km3, inlined
             add(hit[2])
-            if p.session is None and p.pending is None and not queue:
+            if costs is not None:
+                if p.session is None and p.pending is None and not queue:
+                    add(b'0,"custo_estimado":')
+                else:
+                    add(b'%d,"custo_estimado":' % wait_minutes(p))
+                add(_ENCODE(costs[i]))
+                add(b"},")
+            elif p.session is None and p.pending is None and not queue:
                 add(b"0},")
             else:
                 add(b"%d}," % wait_minutes(p))

@@ -20,8 +20,10 @@ from msgspec import Raw
 from broker.core.geoindex import GeoIndex
 from broker.core.point_views import PointViews, point_view
 from broker.core.points import PointState
+from broker.core.sessions import session_cost, to_decimal
+from broker.core.tariff_book import TariffBook
 from common.messages import MAX_LIMIT, Bateria, Consulta
-from common.replies import PointView
+from common.replies import PointView, TariffView
 
 TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a session not yet started
 
@@ -29,13 +31,16 @@ TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a sessio
 class PointReads:
     """Points by id, their geo index and their cached views: what a query reads."""
 
-    __slots__ = ("index", "points", "queue_capacity", "views")
+    __slots__ = ("index", "points", "queue_capacity", "tariffs", "views")
 
     def __init__(self, points: dict[str, PointState], queue_capacity: int) -> None:
         self.points = points
         self.queue_capacity = queue_capacity
         self.index = GeoIndex()
         self.views = PointViews(queue_capacity)
+        #: the core's tariffs (docs/tariffs.md); None where they are not known (a
+        #: gateway's replica): points then show no ``tarifa`` and estimate flat prices
+        self.tariffs: TariffBook | None = None
 
     def nearest(
         self,
@@ -59,15 +64,70 @@ class PointReads:
 
     def point_view(self, p: PointState, distance: float | None, now: float) -> PointView:
         """The protocol's Point object (``distance`` omitted when None)."""
-        return point_view(p, self.queue_capacity, distance, wait_minutes(p, now))
+        book = self.tariffs
+        tarifa = None if book is None else book.view(p.id, p.potencia_kw, now)
+        return point_view(p, self.queue_capacity, distance, wait_minutes(p, now), tarifa)
 
-    def encoded_points(self, hits: list[tuple[float, PointState]], now: float) -> bytes:
-        """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views."""
+    def encoded_points(
+        self, hits: list[tuple[float, PointState]], now: float, costs: list[float] | None = None
+    ) -> bytes:
+        """``[Point, ...]`` as JSON for ``(distance_km, point)`` hits, from cached views;
+        ``costs`` (one per hit) become ``custo_estimado``."""
 
         def wait(p: PointState) -> int:
             return wait_minutes(p, now)
 
-        return self.views.encode_list(hits, wait)
+        book = self.tariffs
+        if book is None or book.empty:
+            return self.views.encode_list(hits, wait, None, costs)
+
+        def tariff_of(p: PointState) -> TariffView | None:
+            return book.view(p.id, p.potencia_kw, now)
+
+        return self.views.encode_list(hits, wait, tariff_of, costs)
+
+    def estimates(
+        self,
+        hits: list[tuple[float, PointState]],
+        now: float,
+        level: float,
+        target: float,
+        capacity_kwh: float,
+    ) -> list[float]:
+        """``custo_estimado`` per hit: from ``level`` to ``target`` % of ``capacity_kwh``
+        at the point's power, starting after its estimated wait, under its tariff then."""
+        energy = max(0.0, target - level) / 100.0 * capacity_kwh
+        book = self.tariffs
+        out: list[float] = []
+        add = out.append
+        for _d, p in hits:
+            if p.session is None and p.pending is None and not p.queue:
+                start = now  # an idle point: no wait (the common case)
+            else:
+                start = now + wait_minutes(p, now) * 60.0
+            if book is None:
+                add(float(session_cost(to_decimal(energy), to_decimal(p.preco_kwh))))
+            else:
+                add(book.estimate(p.id, p.potencia_kw, start, energy, p.preco_kwh))
+        return out
+
+
+def _priced(
+    reads: PointReads,
+    hits: list[tuple[float, PointState]],
+    now: float,
+    level: float,
+    data: Bateria | Consulta,
+) -> tuple[list[tuple[float, PointState]], list[float]]:
+    """The hits with their ``custo_estimado``, cheapest first when ``ordenar`` is custo
+    (ties by distance)."""
+    assert data.capacidade_kwh is not None and data.nivel_carregar is not None
+    costs = reads.estimates(hits, now, level, data.nivel_carregar, data.capacidade_kwh)
+    if data.ordenar == "custo":
+        order = sorted(range(len(hits)), key=lambda i: (costs[i], hits[i][0]))
+        hits = [hits[i] for i in order]
+        costs = [costs[i] for i in order]
+    return hits, costs
 
 
 def wait_minutes(p: PointState, now: float) -> int:
@@ -99,7 +159,10 @@ def bateria_points(reads: PointReads, data: Bateria, now: float) -> Raw:
     loc = data.localizacao
     max_km = data.distancia_max or None
     hits = reads.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=True)
-    return Raw(b'{"pontos":' + reads.encoded_points(hits, now) + b"}")
+    if data.capacidade_kwh is None or data.nivel_carregar is None:
+        return Raw(b'{"pontos":' + reads.encoded_points(hits, now) + b"}")
+    hits, costs = _priced(reads, hits, now, data.nivel_bateria, data)
+    return Raw(b'{"pontos":' + reads.encoded_points(hits, now, costs) + b"}")
 
 
 def consulta_points(reads: PointReads, data: Consulta, now: float) -> tuple[Raw, bool]:
@@ -117,4 +180,7 @@ def consulta_points(reads: PointReads, data: Consulta, now: float) -> tuple[Raw,
             hits, truncated = hits[:MAX_LIMIT], True
     else:
         hits = reads.nearest(loc.latitude, loc.longitude, data.limite, max_km, usable_only=False)
-    return Raw(reads.encoded_points(hits, now)), truncated
+    if data.capacidade_kwh is None or data.nivel_carregar is None or data.nivel_bateria is None:
+        return Raw(reads.encoded_points(hits, now)), truncated
+    hits, costs = _priced(reads, hits, now, data.nivel_bateria, data)
+    return Raw(reads.encoded_points(hits, now, costs)), truncated

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
 
+from msgspec import UNSET, UnsetType
+
 from broker.core.accounts import Accounts
 from broker.core.effects import Effect, Persist, Push, Rejected, Reply, SendStation
 from broker.core.point_table import PointTable
@@ -35,7 +37,8 @@ from broker.core.sessions import (
 )
 from broker.core.shared import Shared
 from broker.core.sites import Sites
-from broker.core.timers import AckTimeout
+from broker.core.timers import AckTimeout, ParkingEnd
+from common.cdr import cdr_to_builtins, energy_price_now, price_compiled
 from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop
@@ -211,6 +214,17 @@ class SessionTable:
             boot_id=p.boot_id,
         )
         s.allowed_kw = self._sites.allowed_kw(s.id) if self._sites else None
+        book = self._s.tariffs
+        tariff = book.tariff_for(p.id, now)
+        if tariff is not None:
+            s.tariff = tariff
+            s.powers = [(now, p.potencia_kw if s.allowed_kw is None else s.allowed_kw)]
+            view = book.view(p.id, p.potencia_kw, now)
+            s.price_kwh = (
+                to_decimal(view.energy_kwh)
+                if view is not None
+                else energy_price_now(book.compiled(tariff), now)
+            )
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s
@@ -307,14 +321,19 @@ class SessionTable:
         reason: str,
         *,
         realtime_power_kw: float | None = None,
+        may_park: bool = True,
     ) -> None:
-        """Close ``s``, record it in the account and tell everybody (exactly once).
+        """Charging of ``s`` ended: bill it now, or (its tariff prices PARKING_TIME and
+        the vehicle may still be plugged in) from the unplug on (:meth:`unplug`).
 
         Whatever path brought ``energy`` (a completion, a fault, a reboot, a silent
         station), it is cut at the session's bound: the battery's room from its start,
         and for a real-time charger (``realtime_power_kw``) also power x wall time
         (x ``metered_time_scale``) + 10 %. What is cut is counted and never billed.
         """
+        if s.charged_at is not None:  # parked already: a repeated completion
+            self._s.counters["session_duplicates"] += 1
+            return
         wall_s = None
         if realtime_power_kw is not None:
             wall_s = (now - s.started_at) * self._s.cfg.metered_time_scale
@@ -338,10 +357,91 @@ class SessionTable:
                 cap = to_decimal(s.capacidade_kwh)
                 gained = float(energy / cap * 100) if cap > 0 else 0.0
                 nivel_final = round(min(nivel_final, s.nivel_inicial + gained), 3)
+        if may_park and s.parks:
+            s.charged_at = now
+            s.energy = energy
+            s.nivel_final = nivel_final
+            s.reason = reason
+            self._sites.end(s.id, now, fx)  # charging ended: its power is free again
+            self.persist(fx, s)
+            self._s.timers.schedule(now + self._s.cfg.max_parking_s, ParkingEnd(s.id, now))
+            return
+        self._close(s, now, fx, energy, nivel_final, reason, now)
+
+    def unplug(self, s: Session, now: float, fx: list[Effect], capped: bool = False) -> None:
+        """The vehicle of parked session ``s`` left (or parking reached its cap): bill it."""
+        if s.charged_at is None or s.energy is None or s.nivel_final is None:
+            return
+        end = now
+        if capped:
+            end = s.charged_at + self._s.cfg.max_parking_s
+            self._s.counters["parking_capped"] += 1
+        self._close(s, end, fx, s.energy, s.nivel_final, s.reason or "", s.charged_at)
+
+    def parking_end(self, session_id: str, since: float, now: float, fx: list[Effect]) -> None:
+        """The parking cap of ``session_id`` (parked since ``since``) is reached."""
+        s = self._running.get(session_id)
+        if s is not None and s.charged_at == since:
+            self.unplug(s, now, fx, capped=True)
+
+    def parked_since(self, session_id: str, since: float) -> bool:
+        s = self._running.get(session_id)
+        return s is not None and s.charged_at == since
+
+    def set_power(self, session_id: str, power_kw: float, now: float) -> bool:
+        """The power allocated to a running session changed: its charging periods split
+        there (only tariffed sessions keep the record; False when nothing changed)."""
+        s = self._running.get(session_id)
+        if s is None or s.tariff is None:
+            return False
+        return s.set_power(power_kw, now)
+
+    def running_cost(self, s: Session, now: float) -> float:
+        """What a running session costs so far (VAT included): the energy last reported
+        at its price, or under its tariff up to ``now`` (parking included)."""
+        if s.tariff is None:
+            return float(session_cost(to_decimal(max(0.0, s.energy_reported)), s.price_kwh))
+        if s.charged_at is not None and s.energy is not None:
+            energy, charge_end = s.energy, s.charged_at
+        else:
+            energy, charge_end = to_decimal(max(0.0, s.energy_reported)), now
+        usages = s.usages(energy, charge_end, now)
+        return float(price_compiled(self._s.tariffs.compiled(s.tariff), usages, s.started_at).cost)
+
+    def _close(
+        self,
+        s: Session,
+        now: float,
+        fx: list[Effect],
+        energy: Decimal,
+        nivel_final: float,
+        reason: str,
+        charge_end: float,
+    ) -> None:
+        """Close ``s``, record it in the account and tell everybody (exactly once)."""
         s.state = "billed"
         s.ended_at = now
         s.energy = energy
-        s.cost = session_cost(energy, s.price_kwh)
+        cdr: dict[str, Any] | UnsetType = UNSET
+        if s.tariff is None:
+            s.cost = session_cost(energy, s.price_kwh)
+        else:
+            book = self._s.tariffs
+            usages = s.usages(energy, charge_end, now)
+            bill = price_compiled(book.compiled(s.tariff), usages, s.started_at)
+            s.cost = bill.cost
+            s.cdr = cdr = cdr_to_builtins(
+                bill.cdr(
+                    cdr_id=s.id,
+                    tariff=s.tariff,
+                    start=s.started_at,
+                    end=now,
+                    now=now,
+                    session_id=s.id,
+                    token=s.vehicle_id,
+                    remark=reason,
+                )
+            )
         s.nivel_final = nivel_final
         s.reason = reason
         self._running.pop(s.id, None)
@@ -367,17 +467,26 @@ class SessionTable:
                 currency=CURRENCY,
                 payment_method=s.payment_method,
                 reason=reason,
+                cdr=cdr,
             ),
             now,
         )
         s.billed_seq = self._s.log.seq
         self._accounts.record(s)
         self.persist(fx, s)
-        self._push_bill(s, now, fx, e, cost)
+        self._push_bill(s, now, fx, e, cost, cdr)
         if p is not None:
             self._refresh(p, now, fx)
 
-    def _push_bill(self, s: Session, now: float, fx: list[Effect], e: float, cost: float) -> None:
+    def _push_bill(
+        self,
+        s: Session,
+        now: float,
+        fx: list[Effect],
+        e: float,
+        cost: float,
+        cdr: dict[str, Any] | UnsetType,
+    ) -> None:
         """``custo_final`` then ``encerramento`` to the vehicle of a billed session."""
         assert s.nivel_final is not None
         fx.append(
@@ -395,6 +504,7 @@ class SessionTable:
                     nivel_inicial=s.nivel_inicial,
                     nivel_final=s.nivel_final,
                     duracao_s=round(now - s.started_at, 3),
+                    cdr=cdr,
                 ),
             )
         )
@@ -413,13 +523,17 @@ class SessionTable:
         )
 
     def bill_fault(self, s: Session, now: float, fx: list[Effect]) -> None:
-        """Close a session the station can no longer report: the energy last reported."""
+        """Close a session the station can no longer report: the energy last reported
+        (a parked session: what it charged, parking until now)."""
+        if s.charged_at is not None:
+            self.unplug(s, now, fx)
+            return
         reported = s.energy_reported if math.isfinite(s.energy_reported) else 0.0
         energy = to_decimal(reported)
         cap = to_decimal(s.capacidade_kwh)
         gained = float(energy / cap * 100) if cap > 0 else 0.0
         nivel_final = min(100.0, s.nivel_inicial + gained)
-        self.bill(s, now, fx, energy, round(nivel_final, 3), "fault")
+        self.bill(s, now, fx, energy, round(nivel_final, 3), "fault", may_park=False)
 
     # --- restoring from the store ---------------------------------------------------
 
@@ -434,6 +548,10 @@ class SessionTable:
         self._running[s.id] = s
         self._by_vehicle[s.vehicle_id] = s
         p.session = s
+        if s.charged_at is not None:  # parked: no power to share, a cap to keep
+            due = s.charged_at + self._s.cfg.max_parking_s
+            self._s.timers.schedule(due, ParkingEnd(s.id, s.charged_at))
+            return
         self._sites.adopt(s.id, s.vehicle_id, p.id, s.started_at, p.potencia_kw)
 
     def restore_start(self, pend: PendingStart) -> None:

@@ -16,8 +16,10 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from broker.core.records import Record
+from common.cdr import Usage, cdr_totals
 from common.messages import Scalar
 from common.replies import SessionView, StatementLine
+from common.tariffs import Tariff
 from common.timeutil import format_timestamp
 
 CENT: Final = Decimal("0.01")
@@ -157,6 +159,10 @@ class Session(Record, eq=False):
     as text)."""
 
     NOT_PERSISTED: ClassVar[frozenset[str]] = frozenset({"allowed_kw"})
+    #: a session without tariff is persisted exactly as before tariffs existed
+    OMITTED_WHEN_NONE: ClassVar[frozenset[str]] = frozenset(
+        {"tariff", "powers", "charged_at", "cdr"}
+    )
 
     id: str = msgspec.field(name="session_id")
     vehicle_id: str
@@ -180,6 +186,67 @@ class Session(Record, eq=False):
     cost: Decimal | None = None
     reason: str | None = None
     billed_seq: int = 0  # seq of its charging.completed event: the account's order
+    #: the tariff the session started with (None: the flat ``price_kwh``)
+    tariff: Tariff | None = None
+    #: (from, kW): the power allocated from each instant on (tariffed sessions)
+    powers: list[tuple[float, float]] | None = None
+    #: charging ended at this instant and the vehicle is still plugged in (parking);
+    #: ``energy_kwh``, ``nivel_final`` and ``reason`` are then already set
+    charged_at: float | None = None
+    #: the CDR of a billed tariffed session (plain JSON types)
+    cdr: dict[str, Any] | None = None
+
+    @property
+    def parks(self) -> bool:
+        """True when its tariff prices PARKING_TIME: the bill waits for the unplug."""
+        return self.tariff is not None and "PARKING_TIME" in self.tariff.dimensions()
+
+    def set_power(self, power_kw: float, now: float) -> bool:
+        """Record that the allocated power is ``power_kw`` from ``now`` on (charging
+        periods split there); False when nothing changed or charging already ended."""
+        if self.charged_at is not None or self.ended_at is not None:
+            return False
+        powers = self.powers if self.powers is not None else []
+        if powers and powers[-1][1] == power_kw:
+            return False
+        if powers and powers[-1][0] >= now:
+            powers[-1] = (powers[-1][0], power_kw)
+        else:
+            powers.append((now, power_kw))
+        self.powers = powers
+        return True
+
+    def usages(self, energy: Decimal, charge_end: float, unplugged: float) -> list[Usage]:
+        """The session as stretches for the tariff engine: charging split where the
+        power changed (energy shared in proportion to power x time), then parking."""
+        marks = [(t, kw) for t, kw in self.powers or () if t < charge_end]
+        marks = marks or [(self.started_at, 0.0)]
+        stretches = []
+        for i, (t, kw) in enumerate(marks):
+            a = max(t, self.started_at) if i else self.started_at
+            b = marks[i + 1][0] if i + 1 < len(marks) else charge_end
+            if b > a:
+                stretches.append((a, b, kw))
+        if not stretches:
+            stretches = [(self.started_at, max(charge_end, self.started_at), marks[-1][1])]
+        weights = [Decimal(repr((b - a) * kw)) for a, b, kw in stretches]
+        total = sum(weights, Decimal(0))
+        if total <= 0:
+            weights = [Decimal(repr(b - a)) for a, b, _ in stretches]
+            total = sum(weights, Decimal(0))
+        out: list[Usage] = []
+        given = Decimal(0)
+        for i, ((a, b, kw), w) in enumerate(zip(stretches, weights, strict=True)):
+            share = (
+                energy - given
+                if i == len(stretches) - 1
+                else (energy * w / total if total > 0 else Decimal(0))
+            )
+            given += share
+            out.append(Usage(a, b, share, True, Decimal(repr(kw))))
+        if unplugged > charge_end:
+            out.append(Usage(charge_end, unplugged, Decimal(0), False))
+        return out
 
     def view(self) -> SessionView:
         """A running session as shown in snapshots and ``status_veiculo``."""
@@ -208,4 +275,5 @@ class Session(Record, eq=False):
             energia_kwh=float(self.energy.quantize(MILLI, rounding=ROUND_HALF_UP)),
             cost=float(self.cost),
             payment_method=self.payment_method,
+            cdr=UNSET if self.cdr is None else cdr_totals(self.cdr),
         )

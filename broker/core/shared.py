@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Publish
+from broker.core.tariff_book import TariffBook
 from broker.core.timers import TimerHeap
 from common.events import EventData, event_fields
 from common.messages import BusEvent
@@ -26,6 +27,7 @@ COUNTERS = (
     "acks_unknown",
     "points_refused",
     "sessions_out_of_bounds",
+    "parking_capped",
     "sessions_energy_bounded",
     "energy_excess_wh",
     "reservations_rate_limited",
@@ -58,3 +60,8 @@ class Shared:
     log: EventLog = field(default_factory=EventLog)
     timers: TimerHeap = field(default_factory=TimerHeap)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    #: the operator's tariffs and their assignments (docs/tariffs.md)
+    tariffs: TariffBook = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tariffs = TariffBook(self.cfg.tz)

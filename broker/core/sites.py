@@ -305,7 +305,8 @@ class Sites:
                     m.point_id, Limit(cmd_id=self._new_id("cmd"), session_id=session_id, kw=kw)
                 )
             )
-        self._reconcile(m.site, now, fx)
+        if m.site in self._defs:  # (a removed site has nobody left to share with)
+            self._reconcile(m.site, now, fx)
 
     def acked(self, cmd_id: str, ok: bool, now: float, fx: list[Effect]) -> bool:
         """An ack of a ``limit`` command (False: not one of ours). A refusal settles

@@ -12,7 +12,7 @@ import math
 
 from broker.core.effects import Effect, Rejected
 from broker.core.engine import Engine
-from broker.core.point_table import OUT_OF_ORDER, SAME
+from broker.core.point_table import OUT_OF_ORDER, SAME, UNPLUGGED
 from broker.core.points import PointState
 from broker.core.sessions import LEVEL_TOLERANCE, energy_kwh, to_decimal
 from common.errors import (
@@ -57,7 +57,11 @@ def handle_datagram(
         return []
     if heard == OUT_OF_ORDER:
         return _out_of_order(eng, d, signed_ts)
-    fx = _slow_datagram(eng, p, d, now)
+    fx: list[Effect] = []
+    if heard == UNPLUGGED and p.session is not None:
+        # the vehicle left a parked session: its bill, parking included, goes out now
+        eng.sessions.unplug(p.session, now, fx)
+    fx.extend(_slow_datagram(eng, p, d, now))
     if d.potencia_atual_kw is not None and p.session is not None:
         return _drawn(eng, p, d, d.potencia_atual_kw, now, fx)
     return fx

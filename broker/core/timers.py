@@ -49,7 +49,15 @@ class AckTimeout:
     cmd_id: str
 
 
-Timer = OfflineCheck | TurnDeadline | GraceEnd | AckTimeout
+@dataclass(frozen=True, slots=True)
+class ParkingEnd:
+    """Parking of ``session_id`` reaches its cap, if it has been parked since ``since``."""
+
+    session_id: str
+    since: float
+
+
+Timer = OfflineCheck | TurnDeadline | GraceEnd | AckTimeout | ParkingEnd
 TimerEntry = tuple[float, int, Timer]
 
 

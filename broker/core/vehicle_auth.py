@@ -64,7 +64,7 @@ from common.errors import (
     RateLimited,
     Unauthenticated,
 )
-from common.messages import Autenticar, Registrar
+from common.messages import WALK_IN_PREFIX, Autenticar, Registrar
 from common.replies import Authenticated, Registered, RegistrationRefused, ReplyData
 
 #: Requests an unproven connection may make for a registered id.
@@ -79,7 +79,6 @@ HISTORY_READS: Final = frozenset({"custos", "status"})
 #: The original client's ids (``CAR<its port>``): never registrable.
 DEFAULT_ID_PATTERN: Final = re.compile(r"CAR[0-9]{1,5}")
 #: The OCPP gateway's walk-in accounts (``idtag.<tag>``): never a vehicle's to register.
-WALK_IN_PREFIX: Final = "idtag."
 BLOCK_S: Final = 60.0
 #: Addresses remembered by the rate limiter before stale ones are swept.
 MAX_TRACKED_ADDRESSES: Final = 10_000

@@ -71,9 +71,9 @@ from broker.gateway.wire import (
     encode,
 )
 from common.codec import encode_reply
-from common.errors import EVError, InternalError
+from common.errors import EVError, InternalError, PointUnreachable
 from common.messages import VehicleRequest
-from common.replies import outcome_code
+from common.replies import Started, outcome_code, refusal
 from common.request_codec import decode_request
 from common.zmq_nowait import send_nowait
 
@@ -110,6 +110,8 @@ class Host(Protocol):
     def bind(self, vehicle_id: str, conn: Any) -> None: ...
     def unbind(self, vehicle_id: str, conn: Any) -> None: ...
     def battery(self, vehicle_id: str, level: float, latitude: float, longitude: float) -> None: ...
+    def start_in_progress(self, vehicle_id: str) -> tuple[str, str] | None: ...
+    def session_started(self, vehicle_id: str, session_id: str) -> bool: ...
     def persist(self, records: list[Persist]) -> None: ...
     def reject(self, edge: str, reason: str, detail: str = "") -> None: ...
 
@@ -190,6 +192,9 @@ class GatewaysEdge:
         self.host = host
         self._welcome = welcome
         self.committed = committed  # key -> (reply line, when committed)
+        #: key -> (session id, point id, vehicle id, when) of a ``chegada`` whose start
+        #: was sent and whose reply waits for the station's ack (persisted with the start)
+        self.starts: dict[str, tuple[str, str, str, float]] = {}
         self._security = security
         self._sock: zmq.asyncio.Socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -380,6 +385,10 @@ class GatewaysEdge:
             bound = remote.bound() if remote is not None else None
             self.send(peer, Answer(fwd.conn, fwd.rid, done[0], self.host.last_seq, bound))
             return
+        start = self.starts.get(key)
+        if start is not None and self.host.start_in_progress(start[2]) is None:
+            self._start_resolved(peer, remote, fwd, key, start)
+            return
         if remote is None:
             remote = self._new_remote(peer, fwd.conn, fwd.address, fwd.default_id)
         elif any(w.rid == fwd.rid for w in remote.waiting.values()) or any(
@@ -434,6 +443,8 @@ class GatewaysEdge:
             host.vehicle_request(
                 remote.conn_id, vehicle_id, request, slot, remote.auth.address or None
             )
+            if request.type == "chegada" and id(slot) in remote.waiting:
+                self._start_sent(remote, rid, vehicle_id)
         except EVError as exc:
             remote.waiting.pop(id(slot), None)
             self._answer_error(remote, rid, exc, request.id)
@@ -441,6 +452,59 @@ class GatewaysEdge:
             log.exception("request %s from %s failed", request.type, vehicle_id)
             remote.waiting.pop(id(slot), None)
             self._answer_error(remote, rid, InternalError("internal error"), request.id)
+
+    def _start_sent(self, remote: RemoteConn, rid: int, vehicle_id: str) -> None:
+        """A ``chegada`` whose reply waits for the station: remember it with the start.
+
+        Should the core restart before the ack and the station finish that session
+        before the gateway resends the request, the resend is answered from this
+        record (the session started, or the start failed) instead of starting again.
+        """
+        start = self.host.start_in_progress(vehicle_id)
+        if start is None:
+            return
+        key = reply_key(remote.peer.name, remote.gconn, rid)
+        now = time.time()
+        session_id, point_id = start
+        self.starts[key] = (session_id, point_id, vehicle_id, now)
+        record = {"start": session_id, "point": point_id, "vehicle": vehicle_id, "at": now}
+        self.host.persist([Persist(REPLY_TABLE, key, record)])
+
+    def _start_resolved(
+        self,
+        peer: Peer,
+        remote: RemoteConn | None,
+        fwd: Forward,
+        key: str,
+        start: tuple[str, str, str, float],
+    ) -> None:
+        """A resent ``chegada`` whose start the core resolved without it (after a restart)."""
+        session_id, point_id, vehicle_id, _at = start
+        try:
+            request_id = decode_request(fwd.request).id
+        except EVError:
+            request_id = msgspec.UNSET
+        data: Any
+        if self.host.session_started(vehicle_id, session_id):
+            data, outcome = (
+                Started(
+                    message="Charging started",
+                    vehicle_id=vehicle_id,
+                    id_ponto_recarga=point_id,
+                    session_id=session_id,
+                ),
+                "ok",
+            )
+        else:
+            err = PointUnreachable("Station did not confirm the start; reservation kept")
+            data, outcome = refusal(err, vehicle_id, point_id), err.code
+        payload = encode_reply("chegada_response", data, request_id)
+        now = time.time()
+        del self.starts[key]
+        self.committed[key] = (payload, now)
+        self.host.persist([Persist(REPLY_TABLE, key, {"line": payload.decode(), "at": now})])
+        bound = remote.bound() if remote is not None else None
+        self.send(peer, Answer(fwd.conn, fwd.rid, payload, self.host.last_seq, bound, outcome))
 
     def _answer_error(self, remote: RemoteConn, rid: int, exc: EVError, request_id: Any) -> None:
         payload = encode_reply("erro", exc.to_wire(), request_id)
@@ -471,6 +535,7 @@ class GatewaysEdge:
             payload = _line(effect)
             key = reply_key(remote.peer.name, remote.gconn, waiting.rid)
             self.committed[key] = (payload, now)
+            self.starts.pop(key, None)
             outcome = outcome_code(effect.type, effect.data)
             self._resolved[id(effect)] = (remote, waiting.rid, payload, outcome)
             out.append(Persist(REPLY_TABLE, key, {"line": payload.decode(), "at": now}))
@@ -561,6 +626,10 @@ class GatewaysEdge:
             gone.extend(k for _at, k in young[:over])
         for key in gone:
             committed.pop(key, None)
+        old = [k for k, start in self.starts.items() if now - start[3] > KEEP_REPLIES_S]
+        for key in old:
+            del self.starts[key]
+        gone.extend(old)
         return [Persist(REPLY_TABLE, key, None) for key in gone]
 
 
@@ -580,4 +649,18 @@ def load_committed(records: Iterable[tuple[str, str, Any]]) -> dict[str, tuple[b
             line, at = value.get("line"), value.get("at")
             if isinstance(line, str) and isinstance(at, int | float):
                 out[key] = (line.encode(), float(at))
+    return out
+
+
+def load_starts(
+    records: Iterable[tuple[str, str, Any]],
+) -> dict[str, tuple[str, str, str, float]]:
+    """The ``chegada`` requests whose start was sent and not answered, among the records."""
+    out: dict[str, tuple[str, str, str, float]] = {}
+    for table, key, v in records:
+        if table == REPLY_TABLE and isinstance(v, dict) and "start" in v:
+            try:
+                out[key] = (str(v["start"]), str(v["point"]), str(v["vehicle"]), float(v["at"]))
+            except (KeyError, TypeError, ValueError):
+                continue
     return out

@@ -70,6 +70,7 @@ from common.messages import (
     HistorySince,
     HistorySites,
     HistorySnapshot,
+    HistoryTariffs,
 )
 from common.zmq_nowait import send_nowait
 
@@ -84,13 +85,19 @@ ACCOUNTS_OP: Final = "accounts"
 #: The operator op (rules.md "Out of service"); the ROUTER's credential check admits
 #: only ``operator`` credentials to it when security is on.
 SET_AVAILABILITY_OP: Final = "set_availability"
+TARIFFS_OP: Final = "tariffs"
 KNOWN_OPS: Final = HISTORY_OPS
 MAX_POINT_ID: Final = 64
 ANONYMOUS: Final = "anonymous"  # who changed availability when no credential is in use
 #: Ops only an ``operator`` credential may ask for.
-OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP, "set_site", "remove_site"})
+OPERATOR_OPS: Final = frozenset({SET_AVAILABILITY_OP, "set_site", "remove_site", TARIFFS_OP})
 #: The decoded requests only an ``operator`` credential may make (the check's input).
-OPERATOR_REQUESTS: Final = (HistorySetAvailability, HistorySetSite, HistoryRemoveSite)
+OPERATOR_REQUESTS: Final = (
+    HistorySetAvailability,
+    HistorySetSite,
+    HistoryRemoveSite,
+    HistoryTariffs,
+)
 
 EventsSince = Callable[[int, int], tuple[list[BusEvent], int, bool]]
 #: (point_id, available, reason, by) -> the reply map, once the change is committed
@@ -98,6 +105,8 @@ SetAvailability = Callable[[str, bool, str, str], int]  # the seq after it; rais
 #: (sites request, by) -> the reply map, once a change is committed (energy.md); raises
 #: EVError (a refusal names the problem)
 SitesOp = Callable[[HistorySites | HistorySetSite | HistoryRemoveSite, str], dict[str, Any]]
+#: (tariffs request, by) -> the reply map, once a change is committed (docs/tariffs.md)
+Tariffs = Callable[[HistoryTariffs, str], dict[str, Any]]
 
 
 class HistoryServer:
@@ -116,9 +125,11 @@ class HistoryServer:
         security: Security | None = None,
         set_availability: SetAvailability | None = None,
         sites: SitesOp | None = None,
+        tariffs: Tariffs | None = None,
     ) -> None:
         self._set_availability = set_availability
         self._sites = sites
+        self._tariffs = tariffs
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._ctx = ctx
@@ -217,7 +228,7 @@ class HistoryServer:
             request = self._decode(frame)
             if isinstance(request, OPERATOR_REQUESTS) and cred.role != "operator":
                 self.stats["rejected"] += 1
-                op = SET_AVAILABILITY_OP
+                op = TARIFFS_OP if isinstance(request, HistoryTariffs) else SET_AVAILABILITY_OP
                 self._security.reject("history", "not_operator", f"{cred.name!r} asked {op!r}")
                 raise Forbidden(f"forbidden: {op} needs an operator credential")
         except EVError as exc:
@@ -253,6 +264,10 @@ class HistoryServer:
                 if self._sites is None:
                     raise InvalidRequest("sites are not served here")
                 return self._sites(request, user or ANONYMOUS)
+            if isinstance(request, HistoryTariffs):
+                if self._tariffs is None:
+                    raise InvalidRequest(f"{TARIFFS_OP} is not served here")
+                return self._tariffs(request, user or ANONYMOUS)
             if isinstance(request, HistorySince):
                 limit = min(request.limit, MAX_HISTORY_LIMIT, self.max_events)
                 events, last_seq, more = self._events_since(request.seq, limit)

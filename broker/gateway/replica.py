@@ -50,6 +50,9 @@ class Replica:
         self.malformed = 0
         self._order = 0
         self._on_applied: list[Callable[[int], None]] = []
+        #: session -> kW its site gives it, and each site's sessions (site.allocation)
+        self._allowed: dict[str, float] = {}
+        self._site_sessions: dict[str, set[str]] = {}
 
     @property
     def ready(self) -> bool:
@@ -143,6 +146,9 @@ class Replica:
             p.potencia_kw, p.preco_kwh = _number(d["potencia_kw"]), _number(d["preco_kwh"])
             self.reads.index.put(pid, lat, lon)
             return
+        if topic == "site.allocation":
+            self._allocation(d)
+            return
         p = points.get(str(d.get("point_id", "")))
         if p is None:
             return
@@ -190,6 +196,7 @@ class Replica:
                 price_kwh=to_decimal(float(d["price_kwh"])),
                 reservation_id=d.get("reservation_id"),
                 boot_id=None,
+                allowed_kw=self._allowed.get(str(d["session_id"])),
             )
         elif (
             topic == "charging.completed"
@@ -197,6 +204,23 @@ class Replica:
             and p.session.id == d["session_id"]
         ):
             p.session = None
+        if topic == "charging.completed":
+            self._allowed.pop(str(d.get("session_id")), None)
+
+    def _allocation(self, d: dict[str, Any]) -> None:
+        """``site.allocation``: the power each running session may draw (the wait
+        estimates count it, as the core's do; docs/energy.md)."""
+        listed = {str(e.get("session_id")) for e in d.get("sessions") or ()}
+        for gone in self._site_sessions.get(str(d.get("site")), set()) - listed:
+            self._allowed.pop(gone, None)  # ended, never started, or left the site
+        self._site_sessions[str(d.get("site"))] = listed
+        for entry in d.get("sessions") or ():
+            sid, kw = str(entry.get("session_id")), _number(entry.get("kw"))
+            self._allowed[sid] = kw  # a start's allocation comes before charging.started
+            p = self.reads.points.get(str(entry.get("point_id", "")))
+            s = p.session if p is not None else None
+            if s is not None and s.id == sid:
+                s.allowed_kw = kw
 
     def _reservation_from_view(self, v: dict[str, Any]) -> Reservation:
         self._order += 1
@@ -254,4 +278,5 @@ def _session_from_view(v: dict[str, Any]) -> Session:
         reservation_id=None,
         boot_id=None,
         energy_reported=float(v.get("energia_kwh") or 0.0),
+        allowed_kw=None if v.get("potencia_kw") is None else float(v["potencia_kw"]),
     )

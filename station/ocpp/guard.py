@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from common.errors import ConfigError
+from common.messages import WALK_IN_PREFIX
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password, verify_password
 
 log = logging.getLogger("station.ocpp")
@@ -38,7 +39,6 @@ BLOCK_S: Final = 60.0
 MAX_TRACKED: Final = 10_000
 LOG_EVERY_S: Final = 1.0
 #: The account prefix of walk-in sessions: no vehicle may register an id with it.
-WALK_IN_PREFIX: Final = "idtag."
 IDTAG_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")  # OCPP 1.6 idToken: CiString20
 
 

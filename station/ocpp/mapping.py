@@ -33,6 +33,16 @@ STATUS_MAP: Final[dict[str, tuple[StationState, bool]]] = {
     "Faulted": ("indisponivel", False),
 }
 
+# OCPP ChargePointStatus values while a vehicle is plugged in (Finishing: charged, still in)
+PLUGGED: Final = frozenset({"Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing"})
+
+
+def connector_free(connector_status: str) -> bool:
+    """``conector_livre`` on our wire: the vehicle left (StatusNotification Available, or
+    any status without a plug in, after Finishing); parking time ends there."""
+    return connector_status not in PLUGGED
+
+
 # OCPP StopTransaction reasons that mean the charger, not a person, ended the session
 FAULT_REASONS: Final = frozenset({"EmergencyStop", "HardReset", "SoftReset", "PowerLoss", "Reboot"})
 

@@ -164,6 +164,7 @@ class OcppPoint:
         d = datagram_fields(
             self, estado, available, self.hold is not None, (boot_id, seq, interval_s, now)
         )
+        d["conector_livre"] = tx is None and mapping.connector_free(self.connector_status)
         if tx is not None:
             d["vehicle_id"] = tx.vehicle_id
             d["session_id"] = tx.session_id

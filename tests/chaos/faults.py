@@ -129,8 +129,10 @@ class Injector:
         network: str,
         record: Callable[[dict[str, Any]], None],
         docker: Docker = docker_cli,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
-        self.containers = containers  # service -> container id
+        self.containers = containers  # target (service, or service-N of a replica) -> id
+        self.aliases = aliases or {}  # target -> its service name on the network
         self.network = network
         self.record = record
         self.docker = docker
@@ -164,7 +166,7 @@ class Injector:
             case Kind.PAUSE:
                 self.docker(["unpause", cid])
             case Kind.CUT:
-                alias = ["--alias", fault.service]
+                alias = ["--alias", self.aliases.get(fault.service, fault.service)]
                 self.docker(["network", "connect", *alias, self.network, cid])
             case Kind.RESTART:
                 pass

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from tests.compose.conftest import Stack, stack_env
 
 WORKLOAD = Path(__file__).with_name("workload.py")
 STREAM = "EVCHARGE"
+GATEWAYS = 3  # vehicle gateway replicas in front of Feira de Santana's core
 ONE_SHOT = ("credentials", "credentials-ssa", "vehicle", "monitor")
 BROKERS = (
     "--broker", "broker:5557", "--credentials", "/data/credentials/billing-regions.cred",
@@ -70,9 +70,13 @@ class Run:
     seconds: float
     out: Path
     drivers: int = 3
-    say: Callable[[str], None] = lambda msg: print(f"chaos: {msg}", file=sys.stderr, flush=True)
+    began: float = field(default_factory=time.monotonic)
     journal: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def say(self, msg: str) -> None:
+        took = time.monotonic() - self.began
+        print(f"chaos [{took:6.1f} s]: {msg}", file=sys.stderr, flush=True)
 
     def record(self, line: dict[str, Any]) -> None:
         line.setdefault("t", round(time.time(), 4))
@@ -90,7 +94,7 @@ def bring_up(project: str, base: str) -> Stack:
     extra = {**servers, **CHAOS_ENV, "EV_POSTGRES_PASSWORD": uuid.uuid4().hex}
     stack = Stack(project, stack_env(image, extra))
     try:
-        stack.compose("up", "-d", timeout=300)
+        stack.compose("up", "-d", "--scale", f"gateway={GATEWAYS}", timeout=300)
         for service in ("broker", "broker-ssa", "nats", "postgres", "web"):
             stack.wait_healthy(service, timeout=180)
         stack.start_probe()
@@ -101,14 +105,26 @@ def bring_up(project: str, base: str) -> Stack:
 
 
 def services(stack: Stack) -> dict[str, str]:
-    """Every long-running service of the stack -> its container id."""
-    fmt = '{{.ID}} {{.Label "com.docker.compose.service"}}'
+    """Every long-running container of the stack: its target name (the service, or
+    ``service-N`` for the N-th replica of a scaled one) -> its container id."""
+    label = '{{.Label "com.docker.compose.%s"}}'
+    fmt = f"{{{{.ID}}}} {label % 'service'} {label % 'container-number'}"
     out = stack.docker(
         "ps", "--filter", f"label=com.docker.compose.project={stack.project}",
         "--filter", "label=com.docker.compose.oneoff=False", "--format", fmt,
     )  # fmt: skip
-    pairs = (line.split() for line in out.splitlines() if line.strip())
-    return {service: cid for cid, service in pairs if service not in ONE_SHOT}
+    targets = {}
+    for line in out.splitlines():
+        cid, service, number = [*line.split(), "", "", ""][:3]
+        if service and service not in ONE_SHOT:
+            targets[service if number in ("", "1") else f"{service}-{number}"] = cid
+    return targets
+
+
+def alias_of(target: str, containers: dict[str, str]) -> str:
+    """The service name of a target (``gateway-2`` -> ``gateway``)."""
+    service, _, number = target.rpartition("-")
+    return service if number.isdigit() and service in containers else target
 
 
 def container_states(stack: Stack, containers: dict[str, str]) -> dict[str, str]:
@@ -125,7 +141,7 @@ def container_states(stack: Stack, containers: dict[str, str]) -> dict[str, str]
 def start_workload(stack: Stack, run: Run) -> tuple[subprocess.Popen[str], threading.Thread]:
     token = stack.env.get("EV_WEB_TOKEN", "")
     argv = ["docker", "exec", "-i", stack.probe_name, "python3", "-",
-            "--seed", str(run.seed), "--seconds", str(run.seconds),
+            "--seed", str(run.seed), "--seconds", str(run.seconds), "--fsa", "gateway:8081",
             "--drivers", str(run.drivers), "--web", "web:8088", "--web-token", token]  # fmt: skip
     with WORKLOAD.open("rb") as script:
         proc = subprocess.Popen(
@@ -233,7 +249,8 @@ def execute(run: Run, stack: Stack) -> checker.Report:
     plan = faults.plan(run.seed, run.seconds, list(containers))
     run.say(f"seed {run.seed}: {len(plan)} faults over {run.seconds:.0f} s on "
             f"{', '.join(sorted(containers))}")  # fmt: skip
-    injector = faults.Injector(containers, network, run.record)
+    aliases = {t: alias_of(t, containers) for t in containers}
+    injector = faults.Injector(containers, network, run.record, aliases=aliases)
     proc, reader = start_workload(stack, run)
     started = time.monotonic()
     try:
@@ -249,8 +266,10 @@ def execute(run: Run, stack: Stack) -> checker.Report:
         proc.kill()
         proc.wait()
     reader.join(timeout=10)
+    run.say("drivers done; waiting for the stack to settle")
     checker_box = Reader(stack)
     data = settle(checker_box, run)
+    run.say("settled; checking")
     facts = checker.Facts(
         seed=run.seed,
         journal=sorted(run.journal, key=lambda line: float(line.get("t", 0))),
@@ -306,6 +325,7 @@ def main(minutes: float, seed: int | None, out: Path, keep: bool, drivers: int) 
     project = f"evchaos{uuid.uuid4().hex[:8]}"
     try:
         stack = bring_up(project, os.environ.get("EV_BASE_IMAGE", "auto"))
+        run.say("stack up")
     except StackError as exc:
         run.say(str(exc))
         return 2

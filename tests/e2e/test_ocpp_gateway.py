@@ -48,9 +48,9 @@ def gateway_args(
     ]  # fmt: skip
 
 
-#: The simulated chargers run up to 1000 times faster than real time (speed), so the
+#: The simulated chargers run up to 5000 times faster than real time (speed), so the
 #: broker's bound on metered energy (power x wall time) is scaled for them, with room.
-BROKER_OPTS = ("--offline-after", "1.5", "--offline-grace", "3", "--metered-time-scale", "2000")
+BROKER_OPTS = ("--offline-after", "1.5", "--offline-grace", "3", "--metered-time-scale", "10000")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ nothing a station sends changes that.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from typing import Any
@@ -27,6 +28,26 @@ POINTS = ("CP01", "CP02", "CP03")
 VEHICLES = ("V1", "V2", "V3", "V4", "V5", "V6")
 CAPACITY = 2
 
+TARIFFS = {
+    "idle": {
+        "id": "idle",
+        "currency": "BRL",
+        "elements": [
+            {
+                "price_components": [
+                    {"type": "FLAT", "price": 1.5, "vat": 12, "step_size": 1},
+                    {"type": "ENERGY", "price": 1.8, "vat": 12, "step_size": 1},
+                    {"type": "PARKING_TIME", "price": 12, "step_size": 60},
+                ]
+            }
+        ],
+    },
+    "minute": {
+        "id": "minute",
+        "currency": "BRL",
+        "elements": [{"price_components": [{"type": "TIME", "price": 6, "step_size": 60}]}],
+    },
+}
 points_s = st.sampled_from(POINTS)
 vehicles_s = st.sampled_from(VEHICLES)
 
@@ -44,6 +65,11 @@ class CoreMachine(RuleBasedStateMachine):
         self.signed_ts: dict[str, float] = {}  # the ts of the last signed datagram taken
         for i, pid in enumerate(POINTS):
             self.h.point(pid, lat=-12.0 - i * 0.01)
+        # CP02 bills per minute, CP03 with an idle fee (parking until the connector is free)
+        for tariff, pid in (("minute", "CP02"), ("idle", "CP03")):
+            fx = self.h.core.tariffs("set", json.dumps(TARIFFS[tariff]), None, None, "o", 0.0)[1]
+            self.h.apply(fx)
+            self.h.apply(self.h.core.tariffs("assign", None, tariff, pid, "o", self.h.now)[1])
 
     def _collect(self, fx: list[Any]) -> None:
         for e in fx:
@@ -190,6 +216,33 @@ class CoreMachine(RuleBasedStateMachine):
     def wait(self, dt: float) -> None:
         self._collect(self.h.tick(dt))
 
+    @rule(
+        pattern=st.sampled_from(["CP01", "CP0[12]", "*"]),
+        tariff=st.sampled_from(["idle", "minute", None]),
+    )
+    def tariffs(self, pattern: str, tariff: str | None) -> None:
+        """An operator sets and assigns a tariff (with or without an idle fee), or
+        removes one: sessions starting afterwards are priced by it."""
+        h = self.h
+        if tariff is None:
+            reply, fx = h.core.tariffs("remove", None, "idle", None, "ops", h.now)
+        else:
+            reply, fx = h.core.tariffs("set", json.dumps(TARIFFS[tariff]), None, None, "ops", h.now)
+            assert reply.get("ok") is True, reply
+            h.apply(fx)
+            reply, fx = h.core.tariffs("assign", None, tariff, pattern, "ops", h.now)
+            assert reply.get("ok") is True, reply
+        h.apply(fx)
+
+    @rule(pid=points_s, free=st.booleans())
+    def connector(self, pid: str, free: bool) -> None:
+        """The station says whether a vehicle is still plugged in (parking ends when free)."""
+        i = POINTS.index(pid)
+        self._collect(
+            self.h.dgram(pid, lat=-12.0 - i * 0.01, estado="disponivel", conector_livre=free)
+        )
+        self.datagram_boot.add(pid)
+
     @rule(pid=points_s)
     def unreachable(self, pid: str) -> None:
         self._collect(self.h.apply(self.h.core.station_unreachable(pid, self.h.now)))
@@ -229,6 +282,10 @@ class CoreMachine(RuleBasedStateMachine):
             line["session_id"] for acc in self.h.core.accounts().values() for line in acc["sessoes"]
         ]
         assert sorted(lines) == sorted(done)
+        for e in self.h.events:  # a tariffed bill's cost is its CDR's total incl. VAT
+            if e.topic == "charging.completed" and "cdr" in e.data:
+                assert e.data["cdr"]["total_cost"]["incl_vat"] == e.data["cost"], e.data
+                STATS["cdrs"] = max(STATS["cdrs"], 1)
         STATS["billed"] = max(STATS["billed"], len(done))
         STATS["turns"] = max(
             STATS["turns"], sum(e.topic == "reservation.turn" for e in self.h.events)
@@ -260,3 +317,4 @@ def test_the_machine_reaches_billing_and_turns() -> None:
     STATS.clear()
     Guard().runTest()
     assert STATS["billed"] >= 1 and STATS["turns"] >= 2 and STATS["disabled"] >= 1, STATS
+    assert STATS["cdrs"] >= 1, STATS  # tariffed sessions are billed too

@@ -104,3 +104,26 @@ def test_waiters_hear_every_applied_seq() -> None:
     h.reserve("A", "CP01")
     replica.on_batch([e for e in h.events if e.seq > replica.applied_seq], h.core.last_seq)
     assert heard == [heard[0], h.core.last_seq] and heard[0] < h.core.last_seq
+
+
+def test_a_session_on_a_site_waits_at_its_allocated_power_in_the_replica_too() -> None:
+    from common.messages import Hello
+
+    h = Harness()
+    for pid in ("SX1", "SX2"):
+        h.station(pid, Hello(id=pid, latitude=-12.26, longitude=-38.96, potencia_kw=22.0,
+                             boot_id="b", limites=True))  # fmt: skip
+        h.point(pid, potencia_kw=22.0, boot_id="b")
+    reply, fx = h.core.set_site("lot", 8, ["SX*"], None, "op", h.now)
+    h.apply(fx)
+    assert reply["ok"]
+    before = h.core.last_seq
+    snap = h.core.snapshot(h.now)
+    h.start_charging("V1", "SX1")
+    h.start_charging("V2", "SX2")  # both at 4.2 kW: the waits are long
+    from_events = _replica_of(h)
+    assert _answers(from_events.reads, h.now) == _answers(h.core._eng.points.reads, h.now)
+    from_snapshot = Replica(h.config.queue_capacity)
+    from_snapshot.on_snapshot(h.core.snapshot(h.now))
+    assert _answers(from_snapshot.reads, h.now) == _answers(h.core._eng.points.reads, h.now)
+    assert snap["seq"] == before

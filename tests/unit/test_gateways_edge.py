@@ -18,11 +18,12 @@ from broker.edges.gateways_zmq import (
     REPLY_TABLE,
     GatewaysEdge,
     load_committed,
+    load_starts,
     reply_key,
 )
 from broker.edges.reply_order import Slot
 from broker.gateway import wire
-from common.messages import VehicleRequest
+from common.messages import StatusDatagram, VehicleRequest
 from tests.support.core_harness import T0
 
 WELCOME = wire.Welcome("boot-1", 0, 5, 20.0, 25.0)
@@ -72,6 +73,12 @@ class Host:
 
     def battery(self, vehicle_id: str, level: float, latitude: float, longitude: float) -> None:
         pass
+
+    def start_in_progress(self, vehicle_id: str) -> tuple[str, str] | None:
+        return self.core.start_in_progress(vehicle_id)
+
+    def session_started(self, vehicle_id: str, session_id: str) -> bool:
+        return self.core.session_started(vehicle_id, session_id)
 
     def persist(self, records: list[Persist]) -> None:
         self.persisted += records
@@ -166,3 +173,30 @@ def test_a_parked_request_is_refused_when_the_holder_is_alive_and_keeps_the_id()
     edge.handle_frames(_frames(wire.Beat()))  # gw-a is alive and did not close it
     answer = [m for m in sent if isinstance(m, wire.Answer)][-1]
     assert answer.outcome == "forbidden" and b"forbidden" in answer.payload
+
+
+def test_a_resent_chegada_whose_start_the_core_resolved_meanwhile_is_not_started_again() -> None:
+    host, edge, sent = _edge()
+    fx = host.core.handle_datagram(StatusDatagram(id="CP1", latitude=0.0, longitude=0.0), T0)
+    assert fx
+    edge.handle_frames(_frames(wire.Hello("gw-a", [])))
+    arrive = {
+        "id_veiculo": "V1",
+        "id_ponto_recarga": "CP1",
+        "nivel_bateria": 20,
+        "nivel_carregar": 40,
+        "metodo_pagamento": "Pix",
+    }
+    edge.handle_frames(_frames(_forward(1, "chegada", arrive)))
+    assert not [m for m in sent if isinstance(m, wire.Answer)]  # waits for the station
+    (marker,) = [p for p in host.persisted if p.key == reply_key("gw-a", 1, 1)]
+    assert marker.value is not None and marker.value["vehicle"] == "V1"
+    # the core restarts; its start is gone (failed meanwhile): the resend is answered
+    records = [(p.table, p.key, p.value) for p in host.persisted]
+    host2, edge2, sent2 = _edge(load_committed(records))
+    edge2.starts = load_starts(records)
+    edge2.handle_frames(_frames(wire.Hello("gw-a", [])))
+    edge2.handle_frames(_frames(_forward(1, "chegada", arrive)))
+    (answer,) = [m for m in sent2 if isinstance(m, wire.Answer)]
+    assert answer.outcome == "point_unreachable" and b"chegada_response" in answer.payload
+    assert host2.core.start_in_progress("V1") is None  # not started a second time

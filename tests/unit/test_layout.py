@@ -20,7 +20,9 @@ PACKAGES = ("common", "broker", "station", "vehicle", "ops")
 MAX_FUNCTION_LINES = 80
 #: command-line tools under broker/ that are clients of a running broker as well (they
 #: ask its history socket through the consumers' history client) or register both sides
-CLIENT_TOOLS = frozenset({"broker.cli", "broker.sites_cli", "broker.sites_admin"})
+CLIENT_TOOLS = frozenset(
+    {"broker.cli", "broker.sites_cli", "broker.sites_admin", "broker.tariffs_cli"}
+)
 #: processes of the service's own that follow the bus through the consumers' subscriber
 BUS_FOLLOWERS = ("broker.gateway",)
 IGNORE = re.compile(r"#\s*type:\s*ignore(\[[^\]]*\])?(?P<rest>.*)$")

@@ -101,6 +101,7 @@ def test_extended_datagram_round_trip() -> None:
         "ts": 1744020009.5,
         "vehicle_id": "CAR9",
         "battery": 55.5,
+        "conector_livre": False,
         "potencia_atual_kw": 11.0,
         "future_field": {"ignored": True},
     }
@@ -386,7 +387,7 @@ def test_pack_unpack_round_trip_and_interop() -> None:
 def test_request_and_reply_tables_agree() -> None:
     assert set(REQUEST_TYPES) == set(REPLY_TYPES)
     assert not set(REPLY_TYPES.values()) & set(PUSH_TYPES)
-    assert len(set(TOPICS)) == len(TOPICS) == 20
+    assert len(set(TOPICS)) == len(TOPICS) == 21
     assert json.loads(json.dumps(list(REQUEST_TYPES))) == [
         "bateria",
         "consulta",

@@ -29,7 +29,11 @@ def row_of(text: str, point_id: str) -> str:
 def complete(topic: str, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with every other field of the topic's struct at a blank value, as published."""
     blank: dict[Any, Any] = {str: "", float: 0.0, int: 0, bool: False}
-    full = {f.name: blank.get(f.type, "") for f in msgspec.structs.fields(EVENT_TYPES[topic])}
+    full = {
+        f.name: blank.get(f.type, "")
+        for f in msgspec.structs.fields(EVENT_TYPES[topic])
+        if f.default is not msgspec.UNSET  # optional extras (a bill's cdr) stay absent
+    }
     return {**full, **data}
 
 

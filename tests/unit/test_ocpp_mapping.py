@@ -146,6 +146,15 @@ def test_chargers_file_unreadable_or_not_toml(tmp_path: Path) -> None:
         load_chargers(bad)
 
 
+def test_the_connector_is_free_once_the_vehicle_left() -> None:
+    from station.ocpp.mapping import connector_free
+
+    assert [
+        s for s in ("Preparing", "Charging", "Finishing", "SuspendedEV") if connector_free(s)
+    ] == []
+    assert all(connector_free(s) for s in ("Available", "Reserved", "Unavailable", "Faulted"))
+
+
 def test_a_limit_becomes_a_tx_profile_in_watts_for_both_versions() -> None:
     from station.ocpp.profiles import (
         PowerLimit,

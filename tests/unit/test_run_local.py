@@ -170,6 +170,21 @@ def test_credentials_are_issued_once_and_cover_the_fleet(tmp_path: Path) -> None
     assert provision_credentials(s) == ["run-tail"]
 
 
+def test_the_demo_tariff_prices_half_the_fleet(tmp_path: Path) -> None:
+    from broker.tariffs_cli import apply_offline
+    from ops.run_local import DEMO_TARIFF_POINTS, assign_demo_tariff
+
+    s = Settings(var_dir=tmp_path, python="py")
+    line = assign_demo_tariff(s)
+    assert "demo-tou-idle" in line
+    assign_demo_tariff(s)  # a second run replaces it
+    listed = apply_offline(str(tmp_path / "broker.db"), {"action": "list"})
+    assert [t["id"] for t in listed["tariffs"]] == ["demo-tou-idle"]
+    assert listed["assignments"] == [{"points": DEMO_TARIFF_POINTS, "tariff_id": "demo-tou-idle"}]
+    dims = {c["type"] for e in listed["tariffs"][0]["elements"] for c in e["price_components"]}
+    assert dims == {"FLAT", "ENERGY", "PARKING_TIME"}
+
+
 def test_the_demo_fleet_is_split_into_two_sites_whose_limits_bind(tmp_path: Path) -> None:
     from ops.run_local import site_commands
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC
+
 import pytest
 from typer.testing import CliRunner
 
@@ -12,6 +15,7 @@ from broker.core.vehicle_auth import AuthMode
 from broker.limits import Limits
 from broker.serve_options import LOG_OPTIONS, OPTIONS, app_config, read_all
 from common.errors import ConfigError
+from common.timeutil import site_zone
 
 DEFAULTS = {name: o.default for name, o in {**OPTIONS, **LOG_OPTIONS}.items()}
 
@@ -19,6 +23,9 @@ DEFAULTS = {name: o.default for name, o in {**OPTIONS, **LOG_OPTIONS}.items()}
 def test_the_option_defaults_are_the_configs_defaults() -> None:
     values = read_all(DEFAULTS)
     config = app_config(values, insecure=False, keys=None)
+    # the site's zone defaults to the machine's (read at the edge; the core's default is UTC)
+    assert str(config.core.tz) == str(site_zone(None))
+    config = dataclasses.replace(config, core=dataclasses.replace(config.core, tz=UTC))
     assert config == AppConfig()
     assert config.core == CoreConfig() and config.limits == Limits()
     assert (values["log_format"], values["log_level"]) == ("text", "info")

@@ -15,19 +15,22 @@ their schema is versioned: :data:`MIGRATIONS` lists each version's steps.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final, Self
 
+from common.cdr import CdrPrice, Usage, cdr_to_builtins, cdr_totals, price_session
 from common.errors import BusProtocolError, ConfigError, StoreError
 from common.events import ChargingCompleted, decode_data
 from common.private_files import private_file
+from common.tariffs import flat_tariff
 from common.timeutil import format_timestamp, parse_timestamp
 
 CENT: Final = Decimal("0.01")
@@ -79,6 +82,8 @@ class Bill:
     currency: str
     payment_method: str
     reason: str
+    #: the OCPI CDR as JSON text when a tariff priced the session (docs/tariffs.md)
+    cdr: str | None = None
 
     @classmethod
     def from_event(cls, data: ChargingCompleted | Mapping[str, Any]) -> Bill:
@@ -106,16 +111,44 @@ class Bill:
             cost = to_money(data.cost)
         except ValueError as exc:
             raise ValueError(f"cost: {exc}") from exc
+        cdr = None
+        if isinstance(data.cdr, dict):
+            cdr = json.dumps(data.cdr, separators=(",", ":"), ensure_ascii=False)
         return cls(
             session_id=data.session_id,
             vehicle_id=data.vehicle_id,
             point_id=data.point_id,
+            cdr=cdr,
             cost=cost,
             currency=data.currency or "BRL",
             payment_method=data.payment_method,
             reason=data.reason,
             **fields,
         )
+
+    def ocpi_cdr(self) -> dict[str, Any]:
+        """The session as an OCPI CDR: the one the broker sent, or (a flat bill) the
+        CDR of one ENERGY component at ``price_kwh``, VAT included, whose total is
+        ``cost``."""
+        if self.cdr is not None:
+            out: dict[str, Any] = json.loads(self.cdr)
+            return out
+        start, end = parse_timestamp(self.started_at), parse_timestamp(self.ended_at)
+        tariff = flat_tariff(self.price_kwh, self.currency)
+        bill = price_session(tariff, [Usage(start, end, self.energy_kwh)], start, UTC)
+        cdr = bill.cdr(
+            cdr_id=self.session_id,
+            tariff=tariff,
+            start=start,
+            end=end,
+            now=end,
+            session_id=self.session_id,
+            token=self.vehicle_id,
+            remark=self.reason or None,
+        )
+        cdr.tariff_id = None
+        cdr.total_cost = CdrPrice(excl_vat=self.cost, incl_vat=self.cost)
+        return cdr_to_builtins(cdr)
 
     def as_json(self) -> dict[str, Any]:
         """The account-statement shape (``sessoes`` entry of the protocol)."""
@@ -127,6 +160,7 @@ class Bill:
             "energia_kwh": float(self.energy_kwh.quantize(MILLI, rounding=ROUND_HALF_UP)),
             "cost": float(self.cost),
             "payment_method": self.payment_method,
+            **({} if self.cdr is None else {"cdr": cdr_totals(json.loads(self.cdr))}),
         }
 
 
@@ -194,16 +228,21 @@ MIGRATIONS: Final[dict[int, dict[str, tuple[str, ...]]]] = {
             "CREATE UNIQUE INDEX sessions_event ON sessions (region, seq)",
         ),
     },
+    3: {  # tariffs: the OCPI CDR of a tariffed session (JSON text)
+        "sqlite": ("ALTER TABLE sessions ADD COLUMN cdr TEXT",),
+        "postgresql": ("ALTER TABLE sessions ADD COLUMN cdr TEXT",),
+    },
 }
 SCHEMA_VERSION: Final = max(MIGRATIONS)
 
 COLUMNS: Final = (
     "session_id, seq, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
-    "cost_cents, currency, payment_method, reason, region, published_at, recorded_at"
+    "cost_cents, currency, payment_method, reason, region, published_at, recorded_at, cdr"
 )
+N_COLUMNS: Final = 16
 SELECT: Final = (
     "SELECT session_id, vehicle_id, point_id, started_at, ended_at, energy_kwh, price_kwh, "
-    "cost_cents, currency, payment_method, reason FROM sessions"
+    "cost_cents, currency, payment_method, reason, cdr FROM sessions"
 )
 ORDER_BY: Final = " ORDER BY vehicle_id, ended_at, session_id"
 
@@ -214,7 +253,7 @@ def entry_row(e: Entry, recorded_at: float) -> tuple[Any, ...]:
     return (
         b.session_id, e.seq, b.vehicle_id, b.point_id, b.started_at, b.ended_at,
         str(b.energy_kwh), str(b.price_kwh), int(b.cost / CENT), b.currency,
-        b.payment_method, b.reason, e.region, e.published_at, recorded_at,
+        b.payment_method, b.reason, e.region, e.published_at, recorded_at, b.cdr,
     )  # fmt: skip
 
 
@@ -232,6 +271,7 @@ def bill_from_row(r: Sequence[Any]) -> Bill:
         currency=r[8],
         payment_method=r[9],
         reason=r[10],
+        cdr=r[11],
     )
 
 
@@ -358,7 +398,8 @@ class Ledger(LedgerBase):
         added = 0
         now = time.time()
         sql = (
-            f"INSERT INTO sessions ({COLUMNS}) VALUES ({','.join('?' * 15)}) ON CONFLICT DO NOTHING"
+            f"INSERT INTO sessions ({COLUMNS}) VALUES ({','.join('?' * N_COLUMNS)}) "
+            "ON CONFLICT DO NOTHING"
         )
         try:
             with self._tx() as db:

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from broker.consumers.billing.ledger import (
     COLUMNS,
     MIGRATIONS,
+    N_COLUMNS,
     ORDER_BY,
     SCHEMA_VERSION,
     SELECT,
@@ -104,7 +105,7 @@ class PgLedger(LedgerBase):
     def write(self, entries: Sequence[Entry], applied_seq: int | None = None) -> int:
         now = time.time()
         sql = (
-            f"INSERT INTO sessions ({COLUMNS}) VALUES ({','.join(['%s'] * 15)}) "
+            f"INSERT INTO sessions ({COLUMNS}) VALUES ({','.join(['%s'] * N_COLUMNS)}) "
             "ON CONFLICT DO NOTHING"
         )
         added = 0

@@ -128,8 +128,16 @@ def report_table(accounts: dict[str, Account]) -> Group:
     return Group(*parts)
 
 
+def report_ocpi(accounts: dict[str, Account]) -> str:
+    """Every session as an OCPI 2.2.1 CDR (a JSON list, by vehicle then end time)."""
+    cdrs = [b.ocpi_cdr() for vid in sorted(accounts) for b in accounts[vid].sessions]
+    return json.dumps(cdrs, ensure_ascii=False, indent=2)
+
+
 def render_report(accounts: dict[str, Account], fmt: str, console: Console) -> None:
-    if fmt == "json":
+    if fmt == "ocpi":
+        console.file.write(report_ocpi(accounts) + "\n")
+    elif fmt == "json":
         console.file.write(report_json(accounts) + "\n")
     elif fmt == "csv":
         console.file.write(report_csv(accounts))

@@ -64,7 +64,7 @@ from broker.consumers.ocpi.wire import (
 from broker.consumers.subscriber import Endpoint as BusEndpoint
 from broker.consumers.subscriber import HistoryClient, Subscriber
 from common.errors import TransportError
-from common.messages import BusEvent
+from common.messages import WALK_IN_PREFIX, BusEvent
 from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
 
@@ -272,9 +272,11 @@ class OcpiService:
         del now
 
     def _walk_in(self, vehicle_id: str) -> Driver | None:
-        """A session started at a charger by an eMSP token (an OCPP walk-in's idTag is
-        the vehicle id): that eMSP's driver, authorized by its cached token."""
-        found = self.store.walk_in_token(vehicle_id)
+        """A session started at a charger by an eMSP token (an OCPP walk-in is billed to
+        its idTag's account ``idtag.<uid>``): that eMSP's driver, authorized by its cached
+        token."""
+        uid = vehicle_id.removeprefix(WALK_IN_PREFIX)
+        found = self.store.walk_in_token(uid)
         if found is None:
             return None
         partner, t = found

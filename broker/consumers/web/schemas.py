@@ -30,6 +30,8 @@ class PointOut(Struct, kw_only=True):
     potencia_kw: float | None
     preco_kwh: float | None
     last_heard: str | None
+    #: the point's tariff view (docs/tariffs.md), None when priced by preco_kwh
+    tarifa: dict[str, Any] | None = None
 
 
 class SessionOut(Struct, kw_only=True):

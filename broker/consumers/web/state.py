@@ -67,6 +67,7 @@ class Point:
     out_of_service: bool = False
     reason: str | None = None
     last_heard: float | None = None
+    tarifa: dict[str, Any] | None = None
 
     def row(self) -> PointOut:
         return PointOut(
@@ -84,6 +85,7 @@ class Point:
             potencia_kw=self.potencia_kw,
             preco_kwh=self.preco_kwh,
             last_heard=None if self.last_heard is None else format_timestamp(self.last_heard),
+            tarifa=self.tarifa,
         )
 
 
@@ -99,6 +101,7 @@ class Running:
     payment_method: str | None = None
     energy_kwh: float = 0.0
     kw: float | None = None  # allowed on its site (None: not on a site)
+    cost: float | None = None  # so far (the broker's custo_parcial)
 
     def out(self) -> SessionOut:
         return SessionOut(
@@ -110,6 +113,7 @@ class Running:
             energy_kwh=round(self.energy_kwh, 3),
             price_kwh=self.price_kwh,
             payment_method=self.payment_method,
+            cost=self.cost,
             potencia_kw=self.kw,
             aguardando_energia=self.kw == 0.0,
         )
@@ -198,6 +202,8 @@ class ConsoleState:
             reason = raw.get("reason", raw.get("motivo"))
             p.reason = reason if isinstance(reason, str) and p.out_of_service else None
             p.last_heard = fields.epoch(raw.get("last_heard"))
+            tarifa = raw.get("tarifa")
+            p.tarifa = dict(tarifa) if isinstance(tarifa, Mapping) else None
         queues = snap.get("queues") or {}
         if isinstance(queues, Mapping):
             for pid, entries in queues.items():
@@ -214,6 +220,7 @@ class ConsoleState:
             r = Running(sid, vid, pid, started, fields.number(s.get("preco_kwh")))
             r.payment_method = s.get("payment_method")
             r.energy_kwh = fields.number(s.get("energia_kwh")) or 0.0
+            r.cost = fields.number(s.get("custo_parcial"))
             self.running[sid] = r
             p = self._point(pid)
             p.vehicle_id, p.session_id = vid, sid
@@ -254,13 +261,18 @@ class ConsoleState:
     def refresh_energy(self, snap: Mapping[str, Any]) -> list[SessionOut]:
         """Take the energy so far of running sessions from a newer snapshot."""
         changed = []
+        for raw in snap.get("points") or []:  # tariffs in force change with the clock too
+            if isinstance(raw, Mapping) and (p := self.points.get(str(raw.get("id")))):
+                tarifa = raw.get("tarifa")
+                p.tarifa = dict(tarifa) if isinstance(tarifa, Mapping) else None
         for s in snap.get("sessions") or []:
             if not isinstance(s, Mapping):
                 continue
             r = self.running.get(str(s.get("session_id")))
             energy = fields.number(s.get("energia_kwh"))
-            if r is not None and energy is not None and energy != r.energy_kwh:
-                r.energy_kwh = energy
+            cost = fields.number(s.get("custo_parcial"))
+            if r is not None and energy is not None and (energy, cost) != (r.energy_kwh, r.cost):
+                r.energy_kwh, r.cost = energy, cost
                 changed.append(r.out())
         if snap.get("sites") is not None or self.sites:
             self.sites.clear()

@@ -179,6 +179,19 @@
     return tr;
   }
 
+  function tariffText(p) {
+    // the point's OCPI tariff in force now (VAT included), or its flat price
+    var t = p.tarifa;
+    if (!t) return p.preco_kwh == null ? "" : Number(p.preco_kwh).toFixed(2) + "/kWh";
+    var parts = [];
+    if (t.flat) parts.push(Number(t.flat).toFixed(2) + " start");
+    if (t.energy_kwh) parts.push(Number(t.energy_kwh).toFixed(2) + "/kWh");
+    if (t.per_minute) parts.push(Number(t.per_minute).toFixed(2) + "/min");
+    if (t.parking_per_minute) parts.push(Number(t.parking_per_minute).toFixed(2) + "/min parked");
+    return t.id + ": " + (parts.join(" + ") || "free") +
+      (t.valid_until ? " until " + String(t.valid_until).slice(11, 16) : "");
+  }
+
   function fillRow(tr, p) {
     var state = text("span", p.estado, "st st-" + p.estado);
     var cells = [
@@ -188,7 +201,8 @@
       text("td", (p.queue || []).join(", ")),
       text("td", p.vehicle_id || ""),
       text("td", ago(p.last_heard), "muted"),
-      document.createElement("td")
+      document.createElement("td"),
+      text("td", tariffText(p), "muted")
     ];
     cells[1].className = "estado";
     cells[1].appendChild(state);
@@ -238,7 +252,8 @@
       [text("td", s.session_id), text("td", s.vehicle_id), text("td", s.point_id),
        text("td", ago(s.started_at), "muted"), text("td", Number(s.energy_kwh).toFixed(3), "num"),
        text("td", s.potencia_kw == null ? "" : (s.aguardando_energia ? "paused" : Number(s.potencia_kw).toFixed(1)),
-         s.aguardando_energia ? "num paused" : "num")]
+         s.aguardando_energia ? "num paused" : "num"),
+       text("td", s.cost == null ? "" : Number(s.cost).toFixed(2), "num")]
         .forEach(function (td) { tr.appendChild(td); });
       rows.appendChild(tr);
     });
