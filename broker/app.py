@@ -58,7 +58,7 @@ from broker.core.effects import (
     SendStation,
     needs_commit,
 )
-from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode, VehicleAuth
+from broker.core.vehicle_auth import MAX_REGISTRATIONS, AuthMode
 from broker.credentials import (
     CredentialTable,
     broker_keys,
@@ -176,11 +176,8 @@ class BrokerApp:
             self.core = Core(config.core, new_id=new_id)
             records, last_seq = self.store.load()
             self.core.restore(records, last_seq, time.time())
-            self.auth = VehicleAuth(
-                config.vehicle_auth,
-                new_token,
-                has_history=self.core.has_history,
-                max_registrations=config.registrations_per_address,
+            self.auth = self.core.vehicle_auth(
+                config.vehicle_auth, new_token, config.registrations_per_address
             )
             self.auth.restore(records)
             self._committed = load_committed(records)

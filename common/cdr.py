@@ -177,6 +177,18 @@ class Money:
     def price(self) -> CdrPrice:
         return CdrPrice(excl_vat=cents(self.excl), incl_vat=cents(self.incl))
 
+    def price_builtins(self) -> dict[str, Any]:
+        """``price()`` as plain JSON types (what a CDR's JSON decodes to)."""
+        return {"excl_vat": _number(cents(self.excl)), "incl_vat": _number(cents(self.incl))}
+
+
+def _number(d: Decimal) -> float:
+    """A rounded amount or volume as its JSON number decodes. :func:`cents` and
+    :func:`volume` always leave 2 or 4 decimals, so the number is written with a
+    point and decodes to a float; ``float`` of a Decimal is correctly rounded from
+    its text, as JSON decoding is."""
+    return float(d)
+
 
 _VAT: dict[Decimal, Decimal] = {}
 
@@ -223,6 +235,74 @@ class Bill:
     def cost(self) -> Decimal:
         """Total incl. VAT rounded to cents: the ``cost`` every bill carries."""
         return cents(self.total.incl)
+
+    def cdr_builtins(
+        self,
+        *,
+        cdr_id: str,
+        tariff: Tariff,
+        start: float,
+        end: float,
+        now: float,
+        session_id: str | None = None,
+        token: str | None = None,
+        remark: str | None = None,
+    ) -> dict[str, Any]:
+        """``cdr_to_builtins(self.cdr(...))`` built directly (the same dict, key for
+        key and type for type, at a third of the cost): what the core publishes."""
+        tid = tariff.id
+        periods: list[dict[str, Any]] = []
+        for t0, charging, energy, seconds, power, priced in self.periods:
+            if charging:
+                dims = [
+                    {"type": "ENERGY", "volume": _number(volume(energy))},
+                    {"type": "TIME", "volume": _number(volume(seconds / HOUR))},
+                ]
+                if power is not None:
+                    dims.append({"type": "MAX_POWER", "volume": _number(volume(power))})
+            else:
+                dims = [{"type": "PARKING_TIME", "volume": _number(volume(seconds / HOUR))}]
+            period: dict[str, Any] = {"start_date_time": format_datetime(float(t0))}
+            period["dimensions"] = dims
+            if priced:
+                period["tariff_id"] = tid
+            periods.append(period)
+        end_text = format_datetime(end)
+        out: dict[str, Any] = {
+            "id": cdr_id,
+            "start_date_time": format_datetime(start),
+            "end_date_time": end_text,
+            "currency": tariff.currency,
+            "charging_periods": periods,
+            "total_cost": self.total.price_builtins(),
+            "total_fixed_cost": self.fixed.price_builtins(),
+            "total_energy": _number(volume(self.total_energy)),
+            "total_energy_cost": self.energy.price_builtins(),
+            "total_time": _number(volume(self.total_seconds / HOUR)),
+            "total_time_cost": self.time.price_builtins(),
+            "total_parking_time": _number(volume(self.parking_seconds / HOUR)),
+            "total_parking_cost": self.parking.price_builtins(),
+            "last_updated": end_text if now == end else format_datetime(now),
+        }
+        if tid is not None:
+            out["tariff_id"] = tid
+        if tariff.country_code != "BR":
+            out["country_code"] = tariff.country_code
+        if tariff.party_id != "EVB":
+            out["party_id"] = tariff.party_id
+        if session_id is not None:
+            out["session_id"] = session_id
+        if token is not None:
+            out["cdr_token"] = {
+                "uid": token,
+                "contract_id": token,
+                "country_code": "BR",
+                "party_id": "EVB",
+                "type": "APP_USER",
+            }
+        if remark is not None:
+            out["remark"] = remark
+        return out
 
     def cdr(
         self,
@@ -356,10 +436,12 @@ class CompiledTariff:
         "_by_dim",
         "_days",
         "_durations",
+        "_first",
         "_kwhs",
         "_midnight",
         "_times",
         "clock",
+        "cutless",
         "estimates",
         "tariff",
         "tz",
@@ -413,9 +495,32 @@ class CompiledTariff:
                 if c.type not in seen:  # one component per dimension in an element
                     seen.add(c.type)
                     self._by_dim.setdefault(c.type, []).append((e.restrictions, c))
+        #: fast path: nothing can change inside a stretch (no time of day, date,
+        #: weekday, duration or kWh restriction), so a stretch is one piece
+        self.cutless = not (self.clock or self._durations or self._kwhs)
+        #: fast path: a dimension whose first element is unrestricted is always priced
+        #: by it (the first element that holds is the one in force)
+        self._first: dict[str, PriceComponent | None] = {
+            dim: entries[0][1] if entries[0][0] is None else None
+            for dim, entries in self._by_dim.items()
+        }
 
     def in_force(self, dim: str, m: _Moment) -> PriceComponent | None:
         for r, c in self._by_dim.get(dim, ()):
+            if holds(r, m):
+                return c
+        return None
+
+    def in_force_fast(self, dim: str, m: _Moment) -> PriceComponent | None:
+        """:meth:`in_force`, without looking at ``m`` when the answer cannot depend
+        on it (no element prices ``dim``, or its first element is unrestricted)."""
+        entries = self._by_dim.get(dim)
+        if entries is None:
+            return None
+        first = self._first[dim]
+        if first is not None:
+            return first
+        for r, c in entries:
             if holds(r, m):
                 return c
         return None
@@ -465,14 +570,16 @@ def _cuts(
         t = t0 + d
         if a < t < b:
             times.add(t)
+    if not times and (e <= 0 or not ct._kwhs):
+        return []
     cuts: dict[Decimal, Decimal] = {}
-    with localcontext(EXACT):
-        for t in times:
-            cuts[t] = e * (t - a) / (b - a) if e > 0 else ZERO
-        if e > 0:
-            for k in ct._kwhs:
-                if kwh0 < k < kwh0 + e:
-                    cuts[a + (k - kwh0) / e * (b - a)] = k - kwh0
+    # the caller (price_compiled) already computes in the EXACT context
+    for t in times:
+        cuts[t] = e * (t - a) / (b - a) if e > 0 else ZERO
+    if e > 0:
+        for k in ct._kwhs:
+            if kwh0 < k < kwh0 + e:
+                cuts[a + (k - kwh0) / e * (b - a)] = k - kwh0
     return sorted(cuts.items())
 
 
@@ -483,8 +590,16 @@ def price_session(
     return price_compiled(CompiledTariff(tariff, tz), usages, session_start)
 
 
-def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: float) -> Bill:
+def price_compiled(
+    ct: CompiledTariff, usages: Iterable[Usage], session_start: float, *, fast: bool = True
+) -> Bill:
+    """Price ``usages`` under a prepared tariff. ``fast`` (the default) skips the
+    cut search of a tariff with nothing to cut at (:attr:`CompiledTariff.cutless`)
+    and the restriction checks of dimensions priced unconditionally; ``fast=False``
+    is the general path (the same bill, which a property test checks)."""
     bill = Bill()
+    in_force = ct.in_force_fast if fast else ct.in_force
+    cutless, clock = fast and ct.cutless, ct.clock
     t0 = dec(session_start)
     kwh = ZERO
     flat_done = False
@@ -505,23 +620,22 @@ def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: f
             if not u.charging:
                 bill.parking_seconds += b - a
             bill.total_energy += u.energy_kwh
-            edges = [
-                (a, ZERO),
-                *_cuts(ct, u, a, b, t0, kwh),
-                (b, u.energy_kwh if u.charging else ZERO),
-            ]
+            last = (b, u.energy_kwh if u.charging else ZERO)
+            edges = (
+                [(a, ZERO), last] if cutless else [(a, ZERO), *_cuts(ct, u, a, b, t0, kwh), last]
+            )
             for i in range(len(edges) - 1):
                 (pa, ea), (pb, eb) = edges[i], edges[i + 1]
                 secs = pb - pa
                 energy = eb - ea
                 m = _Moment(
-                    local=datetime.fromtimestamp(float(pa), ct.tz) if ct.clock else _NO_CLOCK,
+                    local=datetime.fromtimestamp(float(pa), ct.tz) if clock else _NO_CLOCK,
                     kwh=kwh,
                     duration=pa - t0,
                     power=u.power_kw if u.charging else ZERO,
                     current=u.current_a if u.charging else ZERO,
                 )
-                flat = None if flat_done else ct.in_force("FLAT", m)
+                flat = None if flat_done else in_force("FLAT", m)
                 if flat is not None:
                     bill.fixed.add(ONE, flat)
                     flat_done = True
@@ -529,20 +643,20 @@ def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: f
                 ce: PriceComponent | None = None
                 ctime: PriceComponent | None = None
                 if u.charging:
-                    ce = ct.in_force("ENERGY", m)
+                    ce = in_force("ENERGY", m)
                     if ce is not None:
                         bill.energy.add(energy, ce)
                         energy_billable += energy
                         if energy > 0:
                             last_energy = ce
-                    ctime = ct.in_force("TIME", m)
+                    ctime = in_force("TIME", m)
                     if ctime is not None:
                         bill.time.add(secs / HOUR, ctime)
                         time_billable["TIME"] += secs
                         if secs > 0:
                             last_time = ("TIME", ctime)
                 else:
-                    ctime = ct.in_force("PARKING_TIME", m)
+                    ctime = in_force("PARKING_TIME", m)
                     if ctime is not None:
                         bill.parking.add(secs / HOUR, ctime)
                         time_billable["PARKING_TIME"] += secs
@@ -551,17 +665,29 @@ def price_compiled(ct: CompiledTariff, usages: Iterable[Usage], session_start: f
                 priced = priced or ce is not None or ctime is not None
                 kwh += energy
                 key = (u.charging, id(ce), id(ctime), u.power_kw, priced)
-                if merged and key == prev_key:
-                    s0, ch, e0, sec0, pw, pr = merged[-1]
-                    merged[-1] = (s0, ch, e0 + energy, sec0 + secs, pw, pr)
-                else:
-                    merged.append(
-                        (pa, u.charging, energy, secs, u.power_kw if u.charging else None, priced)
-                    )
-                    prev_key = key
+                _merge(merged, key == prev_key, pa, u, energy, secs, priced)
+                prev_key = key
         _apply_steps(bill, last_energy, energy_billable, last_time, time_billable)
         _close(bill, ct.tariff)
     return bill
+
+
+def _merge(
+    merged: list[tuple[Decimal, bool, Decimal, Decimal, Decimal | None, bool]],
+    same: bool,
+    start: Decimal,
+    u: Usage,
+    energy: Decimal,
+    secs: Decimal,
+    priced: bool,
+) -> None:
+    """Add a piece to the CDR's periods: to the last one when the same components
+    (and power) are in force, else as a new period."""
+    if merged and same:
+        s0, ch, e0, sec0, pw, pr = merged[-1]
+        merged[-1] = (s0, ch, e0 + energy, sec0 + secs, pw, pr)
+    else:
+        merged.append((start, u.charging, energy, secs, u.power_kw if u.charging else None, priced))
 
 
 def _apply_steps(

@@ -253,6 +253,11 @@ class Hello(Struct, tag="hello", tag_field="type", kw_only=True, frozen=True):
     preco_kwh: PriceKwh = 2.0
     boot_id: str = ""
     interval_s: IntervalS = 2.0
+    # the station's ack of ``hold`` decides the reservation: the ``reserva`` reply waits
+    # for it (a gateway whose chargers may refuse to hold, docs/protocol.md)
+    confirms_holds: bool = False
+    # tell the station when an operator takes its point out of service (``availability``)
+    availability: bool = False
     limites: bool = False  # the station obeys ``limit`` commands (energy.md)
 
 
@@ -339,7 +344,18 @@ class SessionAck(Struct, tag="session_ack", tag_field="type", kw_only=True, froz
     id: RoutedPoint = UNSET
 
 
-BrokerToStation = Welcome | Heartbeat | Hold | Release | Start | Limit | Stop | SessionAck
+class Availability(Struct, tag="availability", tag_field="type", kw_only=True, frozen=True):
+    """A notice, not a command (no ack): an operator took the point out of service
+    (``available`` false) or put it back; sent to stations whose hello asked for it."""
+
+    available: bool
+    reason: str = ""
+    id: RoutedPoint = UNSET
+
+
+BrokerToStation = (
+    Welcome | Heartbeat | Hold | Release | Start | Limit | Stop | SessionAck | Availability
+)
 
 # --- event bus and history ------------------------------------------------------------
 

@@ -13,6 +13,7 @@ currency not three letters, more than :data:`MAX_ELEMENTS` elements.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
@@ -70,7 +71,14 @@ def parse_datetime(text: str) -> float:
 
 def format_datetime(epoch: float) -> str:
     """OCPI DateTime in UTC with whole seconds: ``2015-06-29T20:39:09Z``."""
-    return datetime.fromtimestamp(int(epoch // 1), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = int(epoch // 1)
+    if 0 <= second < _YEAR_10000:  # the usual case, twice as fast as strftime
+        y, mo, d, h, mi, s, *_ = time.gmtime(second)
+        return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}Z"
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_YEAR_10000: Final = 253402300800  # 10000-01-01T00:00:00Z
 
 
 class Price(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):

@@ -28,7 +28,17 @@ from common import runner
 from common.codec import decode_broker_message, encode_datagram, pack
 from common.credentials import Credential, sign_datagram
 from common.errors import BadBrokerFrame, StationProtocolError
-from common.messages import Heartbeat, Hello, Hold, Limit, Release, SessionAck, Start, Stop, Welcome
+from common.messages import (
+    Availability,
+    Heartbeat,
+    Hold,
+    Limit,
+    Release,
+    SessionAck,
+    Start,
+    Stop,
+    Welcome,
+)
 from common.ports import STATION_PORT, STATUS_PORT
 from station.links import Link
 from station.sim import Charger, Step
@@ -58,6 +68,9 @@ class HostConfig:
     mute_commands: bool = False
     #: Signs every status datagram (``EVS1``) when set; the links use its CURVE keys.
     credential: Credential | None = None
+    #: No datagram for a station not yet welcomed (the OCPP gateway: the broker must
+    #: know from the hello that the point confirms holds before a driver can reserve it)
+    quiet_until_welcome: bool = False
 
 
 @dataclass
@@ -110,6 +123,8 @@ class Host:
         self._addr: Any = None
         self._udp: socket.socket | None = None
         self._stopping = False
+        self._shared = False
+        self._next_link_hb = 0.0
         self._started = 0.0
         self._faulted = False
         self._recovered = False
@@ -140,6 +155,8 @@ class Host:
         self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         self._resolve()
         self._link = self._link_factory([c.point_id for c in self.chargers])
+        # one connection for all points: every message names its point (SharedLink)
+        self._shared = bool(getattr(self._link, "shared", False))
         self._link.pump(CONNECT_WINDOW)
         self._started = self._link_heard = now
         n = len(self.chargers)
@@ -233,6 +250,10 @@ class Host:
         assert self._link is not None
         for point_id, frame in self._link.receive(RECEIVE_BATCH):
             i = self._index.get(point_id)
+            if i is None and self._shared and not point_id:
+                self.counters.frames_in += 1  # the broker's heartbeat of the shared connection
+                self._link_heard = now
+                continue
             if i is None:
                 log.warning("frame for unknown station %r dropped", point_id)
                 continue
@@ -257,6 +278,10 @@ class Host:
                     log.info("%s: welcomed by the broker", c.point_id)
             case Heartbeat():
                 pass
+            case Availability():
+                notice = getattr(c, "availability", None)  # stations that asked for it
+                if notice is not None:
+                    notice(msg.available, msg.reason)
             case SessionAck():
                 if msg.session_id in c.pending:
                     log.info(
@@ -332,6 +357,9 @@ class Host:
             self._send_datagram(i, now)
 
     def _heartbeats(self, now: float) -> None:
+        if self._shared:
+            self._link_heartbeat(now)
+            return
         heap = self._hb_heap
         hb = self.config.heartbeat_s
         frame = pack(Heartbeat())
@@ -348,6 +376,18 @@ class Host:
                 last = now
             heapq.heapreplace(heap, (max(last + hb, now + 0.01), i))
 
+    def _link_heartbeat(self, now: float) -> None:
+        """A shared connection: one heartbeat per period for the connection (naming one
+        welcomed point, as a message on it must), not one per point; the broker hears
+        each point through its datagrams."""
+        if now < self._next_link_hb:
+            return
+        self._next_link_hb = now + self.config.heartbeat_s
+        for i, c in enumerate(self.chargers):
+            if c.online and i not in self._hello_due:
+                self._send(i, {"type": "heartbeat"}, now)
+                return
+
     def _housekeeping(self, now: float) -> None:
         for i in list(self._pending):
             for m in self.chargers[i].due_completions(now):
@@ -363,7 +403,7 @@ class Host:
             for i in range(len(self.chargers)):
                 self._last_heard[i] = now
                 self._hello_due[i] = now
-        elif now >= self._next_scan:  # one station unheard while others are: hello again
+        elif now >= self._next_scan and not self._shared:  # one station unheard: hello again
             self._next_scan = now + 1.0
             for i, heard in enumerate(self._last_heard):
                 if now - heard > silence and i not in self._hello_due:
@@ -383,7 +423,9 @@ class Host:
 
     # --- output -----------------------------------------------------------------------
 
-    def _send(self, i: int, message: dict[str, Any] | Hello, now: float) -> bool:
+    def _send(self, i: int, message: dict[str, Any], now: float) -> bool:
+        if self._shared:
+            message = {**message, "id": self.chargers[i].point_id}
         return self._send_raw(i, pack(message), now)
 
     def _send_raw(self, i: int, frame: bytes, now: float) -> bool:
@@ -397,6 +439,8 @@ class Host:
 
     def _send_datagram(self, i: int, now: float) -> None:
         if not self.chargers[i].online:  # an OCPP charger that is not connected: silence
+            return
+        if self.config.quiet_until_welcome and i in self._hello_due:
             return
         if self._addr is None or self._udp is None:
             self._resolve()

@@ -1,6 +1,6 @@
 """ZeroMQ links from stations to the broker's ROUTER (thin I/O, no protocol logic).
 
-Two shapes, one interface (:class:`Link`):
+Three shapes, one interface (:class:`Link`):
 
 * :class:`DealerLink` - one DEALER per station, LINGER 0, with a fresh random
   routing id per socket (:func:`routing_id`). Used by ``ev-station run``.
@@ -19,6 +19,9 @@ Two shapes, one interface (:class:`Link`):
   broker's listen backlog, and the kernel's SYN back-off then strands stations for
   minutes). A send for a station whose connection was not opened yet fails at once,
   without a ZeroMQ call (a refused send costs an exception).
+* :class:`SharedLink` - for a gateway (``ev-station ocpp``): ONE DEALER connection
+  for every point; the host names the point in each message and the broker names it
+  in each of its own (docs/station.md, "Routing"). One descriptor in all.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Final, Protocol
 
+import msgspec
 import zmq
 
 from common.credentials import Credential, curve_client
@@ -201,6 +205,82 @@ class MultiLink:
     def reset(self) -> None:
         self._sock.close(linger=0)
         self._sock = self._open()
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class _Named(msgspec.Struct):
+    """Only the point a broker message names (docs/station.md, "Routing")."""
+
+    id: str | None = None
+
+
+_NAMED = msgspec.msgpack.Decoder(_Named)
+
+
+class SharedLink:
+    """ONE DEALER connection for every point of a gateway (docs/station.md, "Routing").
+
+    The host says ``hello`` for each point on it and names the point in every message
+    (``shared``); the broker names the point in each of its messages, which
+    :meth:`receive` reads to hand the frame to that point. Frames that name no point
+    (the broker's heartbeat of the connection) come as ``("", frame)``. One descriptor
+    and one TCP connection for 10,000 chargers instead of 10,000 of each.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        label: str,
+        point_count: int,
+        credential: Credential | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self._endpoint = endpoint
+        self._label = label
+        self._count = point_count
+        self._credential = credential
+        self._sock = self._open()
+
+    def _open(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        _base_options(sock)
+        # a gateway's hellos, acks and completions for all its points share the queues
+        sock.setsockopt(zmq.SNDHWM, max(HWM, 4 * self._count))
+        sock.setsockopt(zmq.RCVHWM, max(HWM, 4 * self._count))
+        curve_client(sock, self._credential)
+        sock.setsockopt(zmq.ROUTING_ID, routing_id(self._label))
+        sock.connect(self._endpoint)
+        return sock
+
+    def send(self, point_id: str, frame: bytes) -> bool:
+        return _sent(self._sock, [frame])
+
+    def receive(self, limit: int) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        while len(out) < limit and (frames := recv_nowait(self._sock)) is not None:
+            frame = frames[-1]
+            try:
+                named = _NAMED.decode(frame).id or ""
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                named = ""  # the host counts it as a bad frame of the connection
+            out.append((named, frame))
+        return out
+
+    def reset(self) -> None:
+        self._sock.close(linger=0)
+        self._sock = self._open()
+
+    @property
+    def opened(self) -> int:
+        return self._count  # one connection carries them all
+
+    def pump(self, budget: int) -> bool:
+        return False
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
-from common.messages import Hello, Hold, Limit, Release, SessionAck, Start, Stop
+from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp
 
 TAPER_START_SOC: Final = 80.0
@@ -361,7 +361,7 @@ class Charger:
 
     # --- what the station tells the world ---------------------------------------------
 
-    def hello(self, boot_id: str, interval_s: float) -> Hello:
+    def hello(self, boot_id: str, interval_s: float) -> dict[str, Any]:
         return hello_message(self, boot_id, interval_s)
 
     def datagram(self, boot_id: str, seq: int, interval_s: float, now: float) -> dict[str, Any]:
@@ -403,18 +403,19 @@ class Placed(Protocol):
     def takes_limits(self) -> bool: ...
 
 
-def hello_message(station: Placed, boot_id: str, interval_s: float) -> Hello:
+def hello_message(station: Placed, boot_id: str, interval_s: float) -> dict[str, Any]:
     """The ``hello`` a station says to the broker."""
-    return Hello(
-        id=station.point_id,
-        latitude=station.latitude,
-        longitude=station.longitude,
-        potencia_kw=station.power_kw,
-        preco_kwh=station.price_kwh,
-        boot_id=boot_id,
-        interval_s=interval_s,
-        limites=station.takes_limits,
-    )
+    return {
+        "type": "hello",
+        "id": station.point_id,
+        "latitude": station.latitude,
+        "longitude": station.longitude,
+        "potencia_kw": station.power_kw,
+        "preco_kwh": station.price_kwh,
+        "boot_id": boot_id,
+        "interval_s": interval_s,
+        "limites": station.takes_limits,
+    }
 
 
 def datagram_fields(

@@ -20,10 +20,11 @@ from broker.core.points import PointState
 from broker.core.queues import Reservation
 from broker.core.sessions import PENDING_PREFIX, PendingStart, Session
 from broker.core.site_defs import SITE_PREFIX, SiteDef, check_site
-from broker.core.tariff_book import ASSIGNMENTS_KEY
+from broker.core.vehicle_auth import AuthMode, VehicleAuth
 from common.errors import EVError, InvalidRequest, SiteRefused, StoreError, UnknownPoint
 from common.events import BrokerStarted, VehicleConnected, VehicleDisconnected
 from common.messages import StationToBroker, StatusDatagram, VehicleRequest
+from common.tariff_book import ASSIGNMENTS_KEY
 
 MAX_REASON: Final = 200  # characters of an out-of-service reason
 
@@ -31,11 +32,12 @@ MAX_REASON: Final = 200  # characters of an out-of-service reason
 class Core:
     """The broker's pure, synchronous state machine."""
 
-    __slots__ = ("_datagrams", "_eng")
+    __slots__ = ("_datagrams", "_eng", "_vehicle_auth")
 
     def __init__(self, config: CoreConfig, new_id: Callable[[str], str]) -> None:
         self._eng = Engine(config, new_id)
         self._datagrams = 0
+        self._vehicle_auth: VehicleAuth | None = None
 
     @property
     def config(self) -> CoreConfig:
@@ -272,6 +274,21 @@ class Core:
         estimates are computed for ``now``.
         """
         return self._eng.snapshot(now)
+
+    def vehicle_auth(
+        self, mode: AuthMode, new_token: Callable[[], str], max_registrations: int
+    ) -> VehicleAuth:
+        """The vehicle gate this core owns (made once): its per-address and per-id counters
+        live beside the core's state and read its history, whatever edge or gateway
+        passes requests in (with their address)."""
+        if self._vehicle_auth is None:
+            self._vehicle_auth = VehicleAuth(
+                mode,
+                new_token,
+                has_history=self.has_history,
+                max_registrations=max_registrations,
+            )
+        return self._vehicle_auth
 
     def has_history(self, vehicle_id: str) -> bool:
         """Whether ``vehicle_id`` has a reservation, a session or a bill (vehicle identity)."""

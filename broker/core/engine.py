@@ -30,7 +30,7 @@ import msgspec
 
 from broker.core.accounts import Accounts
 from broker.core.config import CoreConfig
-from broker.core.effects import Effect, SendStation
+from broker.core.effects import Effect, Rejected, SendStation
 from broker.core.point_table import PointTable
 from broker.core.points import PointState, derive_estado, is_available, is_faulted
 from broker.core.queues import Reservation
@@ -43,13 +43,15 @@ from broker.core.sites import Sites
 from broker.core.timers import (
     AckTimeout,
     GraceEnd,
+    HoldTimeout,
     OfflineCheck,
     ParkingEnd,
     Timer,
     TurnDeadline,
 )
+from common.errors import NotCommandOwner
 from common.events import PointStatus, VehicleLowBattery
-from common.messages import BrokerToStation
+from common.messages import Availability, BrokerToStation
 from common.replies import SessionView, Statement
 from common.timeutil import format_timestamp
 
@@ -99,11 +101,10 @@ class Engine:
         self.running_session = self.sessions.running
         self.pending_of = self.sessions.pending_of
         self.begin_start = self.sessions.begin_start
-        self.station_ack = self.sessions.station_ack
+        self.wait_hold = self.reservations.wait_hold
         self.start_session = self.sessions.start_session
         self.fail_start = self.sessions.fail_start
         self.session_complete = self.sessions.session_complete
-        self.station_unreachable = self.sessions.station_unreachable
         self.send_stop = self.sessions.send_stop
         self.persist_session = self.sessions.persist
         self.bill = self.sessions.bill
@@ -234,7 +235,46 @@ class Engine:
         if not available:
             for r in list(p.queue):
                 self.reservations.cancel(r, now, fx, "point_disabled", push=True)
+        self.notify_availability(p, fx)
         self.refresh(p, now, fx)
+
+    def notify_availability(self, p: PointState, fx: list[Effect]) -> None:
+        """Tell a station that asked for it whether its point is in service."""
+        if p.availability_notices:
+            notice = Availability(available=not p.out_of_service, reason=p.oos_reason)
+            fx.append(SendStation(p.id, notice))
+
+    # --- station answers ------------------------------------------------------------
+
+    def station_ack(
+        self, point_id: str, cmd_id: str, ok: bool, error: str | None, now: float, fx: list[Effect]
+    ) -> None:
+        """The station answered a command: a hold decides its reservation (docs/protocol.md),
+        a start begins or fails. Only the point the command went to may answer it."""
+        wait = self.reservations.hold_of(cmd_id)
+        if wait is None:
+            self.sessions.station_ack(point_id, cmd_id, ok, error, now, fx)
+        elif wait.point_id != point_id:
+            fx.append(Rejected("stations", NotCommandOwner(f"{point_id!r} acked {cmd_id}")))
+        else:
+            self._hold_answered(cmd_id, ok, error, now, fx)
+
+    def _hold_answered(
+        self, cmd_id: str, ok: bool, error: str | None, now: float, fx: list[Effect]
+    ) -> None:
+        p = self.reservations.hold_answered(cmd_id, ok, error, now, fx)
+        if p is not None:
+            self.refresh(p, now, fx)  # the turn passes on
+
+    def station_unreachable(self, point_id: str, now: float, fx: list[Effect]) -> None:
+        """The ROUTER could not route to the station: a pending start fails at once; its
+        holds are taken as held (no command connection: the queue is the truth)."""
+        self.sessions.station_unreachable(point_id, now, fx)
+        p = self.points.get(point_id)
+        if p is not None and p.commands:
+            self.points.unreachable(p)
+            for cmd_id in self.reservations.holds_at(point_id):
+                self._hold_answered(cmd_id, True, None, now, fx)
 
     def battery_report(
         self,
@@ -297,6 +337,8 @@ class Engine:
                 return p is not None and p.unusable_since == since and not p.usable
             case AckTimeout(cmd_id):
                 return self.sessions.pending(cmd_id) is not None
+            case HoldTimeout(cmd_id):
+                return self.reservations.hold_of(cmd_id) is not None
             case ParkingEnd(session_id, since):
                 return self.sessions.parked_since(session_id, since)
             case _:
@@ -316,6 +358,9 @@ class Engine:
                     self._fire_grace(point_id, since, now, fx)
                 case AckTimeout(cmd_id):
                     self.sessions.ack_timeout(cmd_id, now, fx)
+                case HoldTimeout(cmd_id):
+                    if self.reservations.hold_of(cmd_id) is not None:  # taken as held
+                        self._hold_answered(cmd_id, True, None, now, fx)
                 case ParkingEnd(session_id, since):
                     self.sessions.parking_end(session_id, since, now, fx)
                 case _:
@@ -384,6 +429,8 @@ class Engine:
         snap = {"seq": self._log.seq, "points": points, "queues": queues, "sessions": sessions}
         if self.sites:
             snap["sites"] = self.sites.view()
+        if len(self.tariffs):  # what a gateway's replica prices with (docs/tariffs.md)
+            snap["tariffs"] = self.tariffs.snapshot()
         # to_builtins of a dict of builtins is a dict; msgspec types it Any
         return msgspec.to_builtins(snap)  # type: ignore[no-any-return]
 

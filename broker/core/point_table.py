@@ -233,6 +233,16 @@ class PointTable:
         p.dgram_seq = None
         return True
 
+    def greeted(self, p: PointState, confirms_holds: bool, availability: bool) -> None:
+        """The station said ``hello``: it answers commands, with these capabilities."""
+        p.commands = True
+        p.confirms_holds = confirms_holds
+        p.availability_notices = availability
+
+    def unreachable(self, p: PointState) -> None:
+        """The station has no command connection (until its next ``hello``)."""
+        p.commands = p.confirms_holds = False
+
     def set_boot(self, p: PointState, boot_id: str | None, seq: int | None) -> None:
         p.boot_id = boot_id
         p.dgram_seq = seq

@@ -42,6 +42,11 @@ class PointState:
     unusable_since: float | None = None
     # the datagram ordering rule (broker.core.stations.handle_datagram); never persisted
     boot_id: str | None = None
+    # the station said ``hello`` and answers commands (a datagram-only station does not)
+    commands: bool = False
+    # its ack of ``hold`` confirms a reservation (``hello`` said ``confirms_holds``)
+    confirms_holds: bool = False
+    availability_notices: bool = False  # ``hello`` asked for ``availability`` notices
     dgram_seq: int | None = None  # the last seq seen in ``boot_id`` (None: none yet)
     dgram_ts: float = -math.inf  # the ts of the last accepted signed datagram
     # the station's latest report

@@ -21,9 +21,9 @@ from broker.core.geoindex import GeoIndex
 from broker.core.point_views import PointViews, point_view
 from broker.core.points import PointState
 from broker.core.sessions import session_cost, to_decimal
-from broker.core.tariff_book import TariffBook
 from common.messages import MAX_LIMIT, Bateria, Consulta
 from common.replies import PointView, TariffView
+from common.tariff_book import TariffBook
 
 TYPICAL_SESSION_KWH: Final = 30.0  # for espera_estimada_min: energy of a session not yet started
 

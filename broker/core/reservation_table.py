@@ -10,17 +10,43 @@ and bus events each of those means. Whether a turn may be given is the engine's
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from broker.core.effects import Effect, Persist, Push, SendStation
+from broker.core.effects import Effect, Persist, Push, Reply, SendStation
 from broker.core.point_table import PointTable
 from broker.core.points import PointState, holds_turn
 from broker.core.queues import Reservation, turn_deadline
 from broker.core.shared import Shared
-from broker.core.timers import TurnDeadline
+from broker.core.timers import HoldTimeout, TurnDeadline
+from common.errors import EVError, PointBusy, PointUnavailable
 from common.events import ReservationCancelled, ReservationExpired, ReservationTurn
 from common.messages import Hold, Release
-from common.replies import ReservaCancelada, ReservaExpirada, SuaVez
+from common.replies import ReservaCancelada, ReservaExpirada, Reserved, SuaVez, refusal
 from common.timeutil import format_timestamp
+
+
+@dataclass(slots=True)
+class HoldWait:
+    """A ``hold`` sent and not yet acked; ``conn``/``request_id``/``answer`` are the
+    ``reserva`` reply that waits for it (None when the turn came later)."""
+
+    point_id: str
+    reservation_id: str
+    conn: int | None = None
+    request_id: Any = None
+    answer: Reserved | None = None
+    after: list[Effect] = field(default_factory=list)
+
+
+def hold_refusal(error: str | None) -> EVError:
+    """What a station's refusal of ``hold`` means for the driver: ``point_busy`` when the
+    station says so (the error's code, before ``:``), else ``point_unavailable``."""
+    text = error or "refused"
+    message = f"The station refused to hold the point ({text.strip()[:200]})"
+    if text.partition(":")[0].strip() == "point_busy":
+        return PointBusy(message)
+    return PointUnavailable(message)
 
 
 class ReservationTable:
@@ -32,6 +58,7 @@ class ReservationTable:
         self._by_vehicle: dict[str, Reservation] = {}
         self._by_id: dict[str, Reservation] = {}
         self._order = 0
+        self._holds: dict[str, HoldWait] = {}  # hold cmd_id -> what its ack decides
         # live reservations per network address (``max_reservations_per_address``)
         self._by_address: dict[str, int] = {}
         #: the reservation of this vehicle, or None (the table's own bound method)
@@ -139,10 +166,10 @@ class ReservationTable:
             ),
             now,
         )
-        self._hold(fx, p, head)
+        self._hold(fx, p, head, now)
         self._s.timers.schedule(head.deadline, TurnDeadline(head.id, head.deadline))
 
-    def _hold(self, fx: list[Effect], p: PointState, head: Reservation) -> None:
+    def _hold(self, fx: list[Effect], p: PointState, head: Reservation, now: float) -> None:
         assert head.deadline is not None
         cmd = Hold(
             cmd_id=self._s.new_id("cmd"),
@@ -151,11 +178,77 @@ class ReservationTable:
             until=head.deadline,
         )
         fx.append(SendStation(p.id, cmd))
+        if p.commands:
+            # its ack decides: a station that refuses to hold the turn ends the
+            # reservation (an entry leaves on the ack, or after ack_timeout_s)
+            self._holds[cmd.cmd_id] = HoldWait(p.id, head.id)
+            self._s.timers.schedule(now + self._s.cfg.ack_timeout_s, HoldTimeout(cmd.cmd_id))
 
-    def resend_hold(self, p: PointState, fx: list[Effect]) -> None:
+    def resend_hold(self, p: PointState, now: float, fx: list[Effect]) -> None:
         """Tell a (re)connected station about the turn it holds, if any."""
         if holds_turn(p) and p.queue[0].deadline is not None:
-            self._hold(fx, p, p.queue[0])
+            self._hold(fx, p, p.queue[0], now)
+
+    # --- the station's answer to hold -----------------------------------------------
+
+    def hold_of(self, cmd_id: str) -> HoldWait | None:
+        """The hold ``cmd_id`` whose ack is awaited, or None."""
+        return self._holds.get(cmd_id)
+
+    def holds_at(self, point_id: str) -> list[str]:
+        return [c for c, w in self._holds.items() if w.point_id == point_id]
+
+    def wait_hold(
+        self, r: Reservation, conn: int, request_id: Any, answer: Reserved, after: list[Effect]
+    ) -> bool:
+        """Let the ``reserva`` reply that gave ``r`` the turn wait for the hold's ack.
+
+        True when a hold of ``r`` is awaiting its ack: the caller then replies nothing
+        now; the ack (or its timeout) replies ``answer`` followed by ``after`` (the
+        ``sua_vez`` push), or the station's refusal alone.
+        """
+        for wait in reversed(self._holds.values()):
+            if wait.reservation_id == r.id and wait.answer is None:
+                wait.conn, wait.request_id = conn, request_id
+                wait.answer, wait.after = answer, after
+                return True
+        return False
+
+    def hold_answered(
+        self, cmd_id: str, ok: bool, error: str | None, now: float, fx: list[Effect]
+    ) -> PointState | None:
+        """The station acked a hold (``ok``), refused it, or did not answer in time
+        (taken as ``ok``: the broker's queue is the truth for a silent station). The
+        point whose turn must be passed on (its reservation ended), or None."""
+        wait = self._holds.pop(cmd_id)
+        r = self._by_id.get(wait.reservation_id)
+        p = self._points.get(wait.point_id)
+        if ok or r is None or p is None or not p.queue or p.queue[0] is not r:
+            # held, or the reservation already ended some other way (cancelled, expired,
+            # started): the driver hears what it was told then
+            if wait.answer is not None:
+                fx.append(Reply(wait.conn or 0, wait.request_id, "reserva_response", wait.answer))
+                fx.extend(wait.after)
+            return None
+        err = hold_refusal(error)
+        self._s.counters["holds_refused"] += 1
+        self.forget(p, r, fx)  # nothing is held: no release to send
+        self._s.log.publish(
+            fx,
+            ReservationCancelled(
+                reservation_id=r.id, vehicle_id=r.vehicle_id, point_id=p.id, motivo=err.code
+            ),
+            now,
+        )
+        if wait.answer is not None:
+            no = refusal(err, r.vehicle_id, p.id)
+            fx.append(Reply(wait.conn or 0, wait.request_id, "reserva_response", no))
+        else:
+            cancelled = ReservaCancelada(
+                id_ponto_recarga=p.id, reservation_id=r.id, motivo=err.code
+            )
+            fx.append(Push(r.vehicle_id, "reserva_cancelada", cancelled))
+        return p
 
     def postpone(self, r: Reservation, due: float, token: float) -> None:
         """Check the turn of ``r`` again at ``due`` (a start is in progress for it)."""

@@ -38,7 +38,7 @@ from broker.core.sessions import (
 from broker.core.shared import Shared
 from broker.core.sites import Sites
 from broker.core.timers import AckTimeout, ParkingEnd
-from common.cdr import cdr_to_builtins, energy_price_now, price_compiled
+from common.cdr import energy_price_now, price_compiled
 from common.errors import EnergyAboveBound, NotCommandOwner, PointUnreachable
 from common.events import ChargingCompleted, ChargingStarted
 from common.messages import Chegada, Start, Stop
@@ -430,17 +430,15 @@ class SessionTable:
             usages = s.usages(energy, charge_end, now)
             bill = price_compiled(book.compiled(s.tariff), usages, s.started_at)
             s.cost = bill.cost
-            s.cdr = cdr = cdr_to_builtins(
-                bill.cdr(
-                    cdr_id=s.id,
-                    tariff=s.tariff,
-                    start=s.started_at,
-                    end=now,
-                    now=now,
-                    session_id=s.id,
-                    token=s.vehicle_id,
-                    remark=reason,
-                )
+            s.cdr = cdr = bill.cdr_builtins(
+                cdr_id=s.id,
+                tariff=s.tariff,
+                start=s.started_at,
+                end=now,
+                now=now,
+                session_id=s.id,
+                token=s.vehicle_id,
+                remark=reason,
             )
         s.nivel_final = nivel_final
         s.reason = reason

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from broker.core.config import CoreConfig
 from broker.core.effects import Effect, Publish
-from broker.core.tariff_book import TariffBook
 from broker.core.timers import TimerHeap
 from common.events import EventData, event_fields
 from common.messages import BusEvent
+from common.tariff_book import TariffBook
 
 #: counters reported by ``stats`` (each owner counts its own through :class:`Shared`)
 COUNTERS = (
@@ -31,6 +31,7 @@ COUNTERS = (
     "sessions_energy_bounded",
     "energy_excess_wh",
     "reservations_rate_limited",
+    "holds_refused",
 )
 
 

@@ -150,10 +150,13 @@ def handle_station(eng: Engine, point_id: str, msg: StationToBroker, now: float)
                 p, msg.latitude, msg.longitude, msg.potencia_kw, msg.preco_kwh, msg.interval_s, fx
             )
             eng.points.set_limites(p, msg.limites, fx)
+        eng.points.greeted(p, msg.confirms_holds, msg.availability)
         eng.send(fx, point_id, Welcome(heartbeat_s=eng.config.heartbeat_s))
         eng.heard(p, now, fx)
         eng.refresh(p, now, fx)
-        eng.resend_hold(p, fx)
+        eng.resend_hold(p, now, fx)
+        if p.out_of_service:
+            eng.notify_availability(p, fx)
         return fx
     if p is not None:
         eng.heard(p, now, fx)

@@ -12,9 +12,9 @@ from typing import Any, Final
 
 from broker.core.effects import Effect, Persist
 from broker.core.engine import Engine
-from broker.core.tariff_book import ASSIGNMENTS_KEY, MAX_RULES, MAX_TARIFFS
 from common.cdr import coverage_gaps
 from common.events import TariffUpdated
+from common.tariff_book import ASSIGNMENTS_KEY, MAX_RULES, MAX_TARIFFS
 from common.tariffs import (
     TariffInvalid,
     decode_tariffs,

@@ -3,7 +3,8 @@
 A timer says what is due and carries what its owner needs to recognise a stale
 entry: :class:`OfflineCheck` (a point's liveness window), :class:`TurnDeadline`
 (the deadline a reservation had when it was armed), :class:`GraceEnd` (the
-instant a point became unusable) and :class:`AckTimeout` (a start command).
+instant a point became unusable), :class:`AckTimeout` (a start command) and
+:class:`HoldTimeout` (a hold whose ack decides a reservation).
 :data:`Timer` is their union; the engine dispatches on it with an exhaustive
 ``match`` (``assert_never``), so a new kind cannot be forgotten silently.
 
@@ -50,6 +51,13 @@ class AckTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldTimeout:
+    """The station did not ack hold command ``cmd_id`` in time (if still awaited)."""
+
+    cmd_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ParkingEnd:
     """Parking of ``session_id`` reaches its cap, if it has been parked since ``since``."""
 
@@ -57,7 +65,7 @@ class ParkingEnd:
     since: float
 
 
-Timer = OfflineCheck | TurnDeadline | GraceEnd | AckTimeout | ParkingEnd
+Timer = OfflineCheck | TurnDeadline | GraceEnd | AckTimeout | HoldTimeout | ParkingEnd
 TimerEntry = tuple[float, int, Timer]
 
 

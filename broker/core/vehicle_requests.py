@@ -8,11 +8,11 @@ accepted ``chegada``, whose reply waits for the station's ``ack`` (see
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from msgspec import UNSET, Raw
 
-from broker.core.effects import Effect, Reply
+from broker.core.effects import Effect, Push, Reply
 from broker.core.engine import Engine
 from broker.core.points import PointState, holds_turn
 from broker.core.queues import position_of
@@ -108,7 +108,8 @@ def handle(
             reply(error_data(RateLimited(msg)), "erro")
         else:
             answer, after = _reserva(eng, vehicle_id, data, now, fx, address)
-            reply(answer)
+            if not (isinstance(answer, Reserved) and _wait_hold(eng, conn, req.id, answer, after)):
+                reply(answer)
             fx.extend(after)
     elif isinstance(data, Cancelar) and req.type == "cancelar":
         reply(_cancelar(eng, vehicle_id, data, now, fx))
@@ -223,6 +224,26 @@ def _reserva(
         expira_em=UNSET if r.deadline is None else format_timestamp(r.deadline),
     )
     return answer, turn_fx
+
+
+def _wait_hold(
+    eng: Engine, conn: int, request_id: Any, answer: Reserved, after: list[Effect]
+) -> bool:
+    """A reservation that got the turn at once at a point whose station confirms holds
+    is confirmed only once the station holds it: the reply and the ``sua_vez`` push
+    (taken out of ``after``) wait for the hold's ack. True when they wait; the rest of
+    ``after`` goes out now."""
+    p = eng.point(answer.id_ponto_recarga)
+    if answer.expira_em is UNSET or p is None or not p.confirms_holds:
+        return False
+    r = eng.reservation_of(answer.vehicle_id)
+    if r is None:
+        return False
+    pushes: list[Effect] = [e for e in after if isinstance(e, Push)]
+    if not eng.wait_hold(r, conn, request_id, answer, pushes):
+        return False
+    after[:] = [e for e in after if not isinstance(e, Push)]
+    return True
 
 
 def _cancelar(

@@ -34,7 +34,9 @@ from broker.core.queues import Reservation
 from broker.core.read_path import PointReads
 from broker.core.sessions import Session, to_decimal
 from common.messages import BusEvent
-from common.timeutil import parse_timestamp
+from common.tariff_book import TariffBook
+from common.tariffs import TariffInvalid, tariff_from_builtins
+from common.timeutil import parse_timestamp, site_zone
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ class Replica:
     def set_capacity(self, queue_capacity: int) -> None:
         """The core's queue capacity (from its welcome): the views are built for it."""
         if queue_capacity != self.reads.queue_capacity:
+            tariffs = self.reads.tariffs
             self.reads = PointReads(self.reads.points, queue_capacity)
+            self.reads.tariffs = tariffs
             for p in self.reads.points.values():
                 self.reads.index.put(p.id, p.latitude, p.longitude)
 
@@ -112,6 +116,12 @@ class Replica:
             charging = points.get(s.point_id)
             if charging is not None:
                 charging.session = s
+        tariffs = snapshot.get("tariffs")
+        if isinstance(tariffs, dict):
+            try:
+                reads.tariffs = TariffBook.from_snapshot(tariffs)
+            except (KeyError, TypeError, ValueError, TariffInvalid):
+                self.malformed += 1
         self.reads = reads
         self.applied_seq = int(snapshot.get("seq", 0))
 
@@ -145,6 +155,9 @@ class Replica:
             p.latitude, p.longitude = lat, lon
             p.potencia_kw, p.preco_kwh = _number(d["potencia_kw"]), _number(d["preco_kwh"])
             self.reads.index.put(pid, lat, lon)
+            return
+        if topic == "tariff.updated":
+            self._tariff_updated(d)
             return
         if topic == "site.allocation":
             self._allocation(d)
@@ -221,6 +234,24 @@ class Replica:
             s = p.session if p is not None else None
             if s is not None and s.id == sid:
                 s.allowed_kw = kw
+
+    def _tariff_updated(self, d: dict[str, Any]) -> None:
+        """``tariff.updated``: the core's book changes the same way (a tariff set
+        before any snapshot carried tariffs is read in this machine's zone, as a
+        core without ``--timezone`` reads it)."""
+        book = self.reads.tariffs
+        if book is None:
+            book = self.reads.tariffs = TariffBook(site_zone(None))
+        action, tariff_id = d["action"], str(d["tariff_id"])
+        if action == "set":
+            try:
+                book.put(tariff_from_builtins(d["tariff"]))
+            except TariffInvalid as exc:
+                raise ValueError(str(exc)) from None
+        elif action == "assign":
+            book.assign(str(d["points"]), tariff_id)
+        elif action == "remove":
+            book.remove(tariff_id)
 
     def _reservation_from_view(self, v: dict[str, Any]) -> Reservation:
         self._order += 1

@@ -8,7 +8,7 @@ import logging
 import ssl
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import zmq
@@ -32,12 +32,13 @@ from station.cli_options import (
     terminate_context,
 )
 from station.host import HostConfig
-from station.links import DealerLink, Link, MultiLink
+from station.links import Link, SharedLink
 from station.ocpp.chargers_file import ChargerSpec, load_chargers
 from station.ocpp.gateway import Gateway, GatewayConfig
 from station.ocpp.guard import IdTags
 from station.ocpp.passwords import DEFAULT_ITERATIONS, hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
+from station.ocpp.simulator201 import SimCharger201
 from station.ocpp.state import GatewayState
 
 FD_RESERVE = 64  # descriptors besides the chargers' (loop, ZeroMQ mailboxes, UDP, files)
@@ -70,6 +71,24 @@ CertOpt = Annotated[
 ]
 
 KeyOpt = Annotated[Path | None, typer.Option(envvar=env("OCPP_KEY"), help="TLS private key.")]
+
+ClientCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar=env("OCPP_CLIENT_CA"),
+        help="CA of charger certificates (Security Profile 3: mutual TLS).",
+    ),
+]
+
+MeterIntervalOpt = Annotated[
+    int,
+    typer.Option(
+        envvar=env("METER_INTERVAL"),
+        min=1,
+        max=3600,
+        help="Meter sampling interval set on every charger at boot, seconds.",
+    ),
+]
 
 OcppHeartbeatOpt = Annotated[
     int,
@@ -109,7 +128,9 @@ def ocpp_gateway(
     state: StateFileOpt = None,
     cert: CertOpt = None,
     key: KeyOpt = None,
+    client_ca: ClientCaOpt = None,
     ocpp_heartbeat: OcppHeartbeatOpt = 60,
+    meter_interval: MeterIntervalOpt = 10,
     vehicle_port: VehiclePortOpt = VEHICLE_PORT,
     walkin_capacity: WalkinCapacityOpt = 100.0,
     broker: Broker = "127.0.0.1",
@@ -120,10 +141,10 @@ def ocpp_gateway(
     credentials: Credentials = None,
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
-    """OCPP 1.6J gateway: chargers connect over WebSocket and join as stations."""
+    """OCPP 1.6J / 2.0.1 gateway: chargers connect over WebSocket and join as stations."""
     setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)  # it logs every message at INFO
-    specs, st, ssl_ctx = _load(chargers, state, cert, key)
+    specs, st, ssl_ctx = _load(chargers, state, cert, key, client_ca)
     try:
         id_tags = IdTags.load(chargers)  # the idTags that may start walk-ins
     except ConfigError as exc:
@@ -132,6 +153,7 @@ def ocpp_gateway(
         host=host,
         port=port,
         heartbeat_interval_s=ocpp_heartbeat,
+        meter_interval_s=meter_interval,
         ssl_context=ssl_ctx,
         vehicle_port=vehicle_port,
         walkin_capacity_kwh=walkin_capacity,
@@ -150,11 +172,10 @@ def ocpp_gateway(
     endpoint = f"tcp://{broker}:{station_port}"
 
     def link_factory(ids: list[str]) -> Link:
-        if len(ids) == 1:
-            return DealerLink(ctx, endpoint, ids[0], credential)
-        return MultiLink(ctx, endpoint, ids, credential)
+        # every point of the gateway on ONE connection to the broker (docs/station.md)
+        return SharedLink(ctx, endpoint, "ocpp-gateway", len(ids), credential)
 
-    _check_fd_limit(len(specs))
+    _check_fd_limit(len({s.charger for s in specs}))
     gateway = Gateway(specs, config, host_config, st, link_factory)
     try:
         _run_gateway(gateway, host, port)
@@ -164,13 +185,21 @@ def ocpp_gateway(
 
 
 def _load(
-    chargers: Path, state: Path | None, cert: Path | None, key: Path | None
+    chargers: Path,
+    state: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None = None,
 ) -> tuple[list[ChargerSpec], GatewayState, ssl.SSLContext | None]:
     """The chargers file, the state file and the TLS context; BadParameter when unusable."""
     if (cert is None) != (key is None):
         raise typer.BadParameter("give both --cert and --key (or neither)")
+    if client_ca is not None and cert is None:
+        raise typer.BadParameter("--client-ca needs --cert and --key (mutual TLS)")
     try:
         specs = load_chargers(chargers)
+        if client_ca is None and any(s.security_profile == 3 for s in specs):
+            raise ConfigError("security_profile 3 chargers need --client-ca (mutual TLS)")
         st = GatewayState(state or chargers.with_suffix(".state.json"))
         st.load()
         ssl_ctx = None
@@ -178,6 +207,9 @@ def _load(
             ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ssl_ctx.load_cert_chain(cert, key)
+            if client_ca is not None:  # profile 3 chargers present one; profile 2 ones none
+                ssl_ctx.verify_mode = ssl.CERT_OPTIONAL
+                ssl_ctx.load_verify_locations(client_ca)
     except ConfigError as exc:
         raise typer.BadParameter(exc.message, param_hint="--chargers") from None
     except (OSError, ssl.SSLError) as exc:
@@ -187,13 +219,13 @@ def _load(
 
 def _check_fd_limit(chargers: int) -> None:
     """Raise the open-files limit; warn when it still cannot hold every charger."""
-    limit = raise_nofile_limit()
-    if limit < 2 * chargers + FD_RESERVE:
+    limit = raise_nofile_limit()  # soft to hard: each connected charger is one socket
+    if limit < chargers + FD_RESERVE:
         logging.getLogger("station.ocpp").warning(
-            "open-files limit %d holds about %d connected chargers (each needs two sockets: "
-            "its WebSocket and its ZeroMQ connection); raise the limit for %d",
+            "open-files limit %d holds about %d connected chargers (each needs one socket, "
+            "its WebSocket: every point shares one broker connection); raise the limit for %d",
             limit,
-            max(0, (limit - FD_RESERVE) // 2),
+            max(0, limit - FD_RESERVE),
             chargers,
         )
 
@@ -244,16 +276,25 @@ def ocpp_charger(
         float,
         typer.Option(envvar=env("SPEED"), min=0.001, max=1e6, help="Meter runs this much faster."),
     ] = 60.0,
+    ocpp: Annotated[
+        str,
+        typer.Option(
+            envvar=env("OCPP_VERSION"), help="OCPP version the chargers speak: 1.6 or 2.0.1."
+        ),
+    ] = "1.6",
     log_level: LogLevelOpt = LogLevel.info,
 ) -> None:
-    """Simulated OCPP 1.6J chargers (one connection each) that answer the gateway."""
+    """Simulated OCPP 1.6J or 2.0.1 chargers (one connection each) that answer the gateway."""
+    if ocpp not in ("1.6", "2.0.1"):
+        raise typer.BadParameter("--ocpp must be 1.6 or 2.0.1", param_hint="--ocpp")
+    kind: Any = SimCharger201 if ocpp == "2.0.1" else SimCharger
     setup_text_logging(log_level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     ids = [i for item in id for i in item.replace(",", " ").split() if i]
 
     async def main(stop: asyncio.Event) -> None:
         sims = [
-            SimCharger(url.rstrip("/"), cid, password, SimOptions(power_kw=power_kw, speed=speed))
+            kind(url.rstrip("/"), cid, password, SimOptions(power_kw=power_kw, speed=speed))
             for cid in ids
         ]
         tasks = [asyncio.create_task(s.run()) for s in sims]

@@ -3,18 +3,23 @@
 
 Theory of operation
 -------------------
-Every charger of the chargers file is an :class:`~station.ocpp.point.OcppPoint`, and
-all of them are hosted by one :class:`~station.host.Host`, exactly as ``ev-station
-fleet`` hosts many simulated stations: one ZeroMQ link (one connection per point id),
-one UDP socket, the host's heartbeats, completion resends and reconnects. A point is
-silent towards the broker (no hello, datagram or heartbeat) while its charger is not
-connected, so the broker sees it go offline and applies its own rules.
+Every point of the chargers file (a charger, or one connector of a multi-connector
+charger) is an :class:`~station.ocpp.point.OcppPoint`, and all of them are hosted by
+one :class:`~station.host.Host`, as ``ev-station fleet`` hosts many simulated
+stations, but on ONE ZeroMQ connection for every point (``SharedLink``: a hello per
+point, the point named in every message), one UDP socket, the host's completion
+resends and reconnects. A point is silent towards the broker (no hello, datagram)
+while its charger is not connected, so the broker sees it go offline and applies its
+own rules.
 
-Chargers connect to ``/ocpp/<chargePointId>`` with subprotocol ``ocpp1.6``. The HTTP
-upgrade is checked first (:meth:`Gateway._authorize`): unknown id or wrong password
--> 401, no ``ocpp1.6`` subprotocol offered -> 400. Each accepted connection gets a
-:class:`ChargerConnection` (the ``ocpp`` package's ChargePoint, which validates every
-payload against the OCPP 1.6 JSON schemas, both ways). One loop runs everything.
+Chargers connect to ``/ocpp/<chargePointId>`` with subprotocol ``ocpp2.0.1`` or
+``ocpp1.6`` (per charger, or the newest offered). The HTTP upgrade is checked first
+(:meth:`Gateway._authorize`): unknown id, wrong password or (profile 3) a client
+certificate whose CN is not the id -> 401, no allowed subprotocol offered -> 400.
+Each accepted connection gets a :class:`~station.ocpp.v16.Charger16` or
+:class:`~station.ocpp.v201.Charger201` (the ``ocpp`` package's ChargePoint, which
+validates every payload against the version's JSON schemas, both ways), carrying
+the points of the charger's connectors. One loop runs everything.
 """
 
 from __future__ import annotations
@@ -22,32 +27,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
 import ocpp.messages
 from ocpp.exceptions import OCPPError
-from ocpp.routing import on
-from ocpp.v16 import ChargePoint, call_result
-from ocpp.v16.enums import Action, RegistrationStatus
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from common.ports import OCPP_PORT, VEHICLE_PORT
-from common.timeutil import format_timestamp
 from station.host import Host, HostConfig
 from station.links import Link
+from station.ocpp import mapping, mapping201
 from station.ocpp.chargers_file import ChargerSpec
 from station.ocpp.guard import IdTags, LoginGuard
+from station.ocpp.logs import warn
 from station.ocpp.passwords import DEFAULT_ITERATIONS, verify_password
 from station.ocpp.point import (
     OcppPoint,
@@ -56,6 +60,8 @@ from station.ocpp.point import (
     transaction_record,
 )
 from station.ocpp.state import GatewayState
+from station.ocpp.v16 import Charger16
+from station.ocpp.v201 import Charger201
 from station.ocpp.walkin import WalkIns, WalkInSettings
 from station.sim import Step
 
@@ -66,7 +72,7 @@ log = logging.getLogger("station.ocpp")
 # keeps the loop's order; measured in tests/bench/bench_ocpp.py (docs/ocpp.md).
 ocpp.messages.ASYNC_VALIDATION = False
 
-SUBPROTOCOL: Final = "ocpp1.6"
+SUBPROTOCOLS: Final = (mapping201.SUBPROTOCOL, mapping.SUBPROTOCOL)  # preferred first
 PATH_PREFIX: Final = "/ocpp/"
 CALL_TIMEOUT_S: Final = 10.0  # an OCPP call the charger does not answer in time fails
 MAX_MESSAGE: Final = 64 * 1024  # OCPP 1.6 messages are small; anything bigger is hostile
@@ -78,105 +84,12 @@ class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = OCPP_PORT
     heartbeat_interval_s: int = 60  # told to chargers in BootNotification
+    meter_interval_s: int = 10  # MeterValueSampleInterval set at boot
     ssl_context: ssl.SSLContext | None = None
     vehicle_port: int = VEHICLE_PORT  # walk-in sessions arrive at the broker as vehicles
     walkin_payment: str = "Débito em conta"
     walkin_capacity_kwh: float = 100.0
     id_tags: IdTags = field(default_factory=IdTags)  # the idTags that may walk in
-
-
-# (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
-class ChargerConnection(ChargePoint):  # type: ignore[misc]
-    """One connected charger: OCPP handlers that hand validated payloads to its point."""
-
-    def __init__(self, point: OcppPoint, gateway: Gateway, ws: ServerConnection) -> None:
-        super().__init__(point.point_id, ws, response_timeout=CALL_TIMEOUT_S)
-        self.point = point
-        self.gateway = gateway
-        self.ws = ws
-
-    async def route_message(self, raw_msg: str | bytes) -> None:
-        self.point.heard(time.time())  # every message is a sign of life
-        await super().route_message(raw_msg)
-
-    @on(Action.boot_notification)
-    def on_boot_notification(self, **_: Any) -> call_result.BootNotification:
-        self.point.on_boot()
-        return call_result.BootNotification(
-            current_time=_now_iso(),
-            interval=self.gateway.config.heartbeat_interval_s,
-            status=RegistrationStatus.accepted,
-        )
-
-    @on(Action.heartbeat)
-    def on_heartbeat(self, **_: Any) -> call_result.Heartbeat:
-        return call_result.Heartbeat(current_time=_now_iso())
-
-    @on(Action.status_notification)
-    def on_status_notification(
-        self, connector_id: int, status: str, **_: Any
-    ) -> call_result.StatusNotification:
-        self.point.on_status(connector_id, status)
-        return call_result.StatusNotification()
-
-    @on(Action.meter_values)
-    def on_meter_values(
-        self, connector_id: int, meter_value: Any, transaction_id: int | None = None, **_: Any
-    ) -> call_result.MeterValues:
-        self.point.on_meter_values(transaction_id, meter_value)
-        return call_result.MeterValues()
-
-    @on(Action.authorize)
-    def on_authorize(self, id_tag: str, **_: Any) -> call_result.Authorize:
-        status = self.gateway.walk_ins.authorize(self.point, id_tag)
-        return call_result.Authorize(id_tag_info={"status": status})
-
-    @on(Action.start_transaction)
-    async def on_start_transaction(
-        self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any
-    ) -> call_result.StartTransaction:
-        now = time.time()
-        tx_id = self.point.on_start_transaction(connector_id, id_tag, meter_start, timestamp, now)
-        status = "Accepted"
-        if tx_id is None:
-            tx_id, status = await self.gateway.walk_ins.start(
-                self.point, id_tag, meter_start, timestamp
-            )
-        return call_result.StartTransaction(transaction_id=tx_id, id_tag_info={"status": status})
-
-    @on(Action.stop_transaction)
-    async def on_stop_transaction(
-        self,
-        meter_stop: int,
-        timestamp: str,
-        transaction_id: int,
-        reason: str | None = None,
-        id_tag: str | None = None,
-        **_: Any,
-    ) -> call_result.StopTransaction:
-        if not self.point.on_stop_transaction(
-            transaction_id, meter_stop, timestamp, reason, time.time()
-        ):
-            log.warning(
-                "%s: StopTransaction for unknown transaction %s accepted and ignored",
-                self.point.point_id,
-                transaction_id,
-            )
-        await self.gateway.durable()  # answered once the completion survives a crash
-        info = {"status": "Accepted"} if id_tag is not None else None
-        return call_result.StopTransaction(id_tag_info=info)
-
-    @on(Action.data_transfer)
-    def on_data_transfer(self, vendor_id: str, **_: Any) -> call_result.DataTransfer:
-        return call_result.DataTransfer(status="UnknownVendorId")
-
-    @on(Action.firmware_status_notification)
-    def on_firmware_status(self, **_: Any) -> call_result.FirmwareStatusNotification:
-        return call_result.FirmwareStatusNotification()
-
-    @on(Action.diagnostics_status_notification)
-    def on_diagnostics_status(self, **_: Any) -> call_result.DiagnosticsStatusNotification:
-        return call_result.DiagnosticsStatusNotification()
 
 
 class Gateway:
@@ -193,11 +106,15 @@ class Gateway:
         self.config = config
         self.state = state
         self.points = {spec.id: OcppPoint(spec, self) for spec in specs}
+        self.chargers: dict[str, list[OcppPoint]] = {}  # chargePointId -> its points
+        for point in self.points.values():
+            self.chargers.setdefault(point.spec.charger, []).append(point)
         walk_in = WalkInSettings(
             config.vehicle_port, config.walkin_payment, config.walkin_capacity_kwh
         )
         self.walk_ins = WalkIns(self.new_id, host_config.broker, walk_in, config.id_tags)
         self.login_guard = LoginGuard(_iterations(specs))
+        host_config = dataclasses.replace(host_config, quiet_until_welcome=True)
         self.host = Host(
             # (ignored below) OcppPoint is a Charger by duck typing, not by inheritance
             list(self.points.values()),  # type: ignore[arg-type]
@@ -216,10 +133,14 @@ class Gateway:
         self._restore(time.time())
 
     def _restore(self, now: float) -> None:
-        for rec in self.state.transactions.values():
+        records = list(self.state.transactions.values())
+        self.state.transactions = {}  # keyed again as today (files of 1.6-only gateways)
+        for rec in records:
             point = self.points.get(str(rec.get("point_id")))
             if point is not None:
                 point.session = transaction_from_record(rec)
+                key = _tx_key(point.point_id, point.session.transaction_id)
+                self.state.transactions[key] = rec
         for msg in self.state.completions.values():
             point = self.points.get(str(msg.get("point_id")))
             if point is not None:
@@ -233,15 +154,27 @@ class Gateway:
 
     # --- services for the points ------------------------------------------------------
 
-    async def call(self, point: OcppPoint, payload: Any) -> Any:
+    async def call(self, point: OcppPoint, payload: Any, timeout: float | None = None) -> Any:
         conn = point.conn
         if conn is None:
             return None
         try:
-            return await conn.call(payload)
+            return await asyncio.wait_for(conn.call(payload), timeout)
         except (TimeoutError, ConnectionClosed, OCPPError) as exc:
-            log.warning("%s: %s failed: %s", point.point_id, type(payload).__name__, exc)
+            name = type(payload).__name__
+            warn(point.point_id, "call", "%s: %s failed: %s", point.point_id, name, exc)
             return None
+
+    async def configure(self, point: OcppPoint) -> None:
+        """Set what the mapping needs of a charger that booted (docs/ocpp.md)."""
+        dialect = point.dialect
+        for payload in dialect.configuration_calls(self.config.meter_interval_s):
+            result = await self.call(point, payload)
+            refused = dialect.configuration_refusals(result) if result is not None else []
+            if refused:  # (no answer: the failed call was logged)
+                cid = point.spec.charger
+                name = type(payload).__name__
+                warn(cid, "config", "%s: %s refused: %s", cid, name, "; ".join(refused))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -254,11 +187,11 @@ class Gateway:
     def new_id(self) -> int:
         return self.state.new_id()
 
-    def save_transaction(self, tx: Transaction | None, tx_id: int, point_id: str) -> None:
+    def save_transaction(self, tx: Transaction | None, tx_id: int | str, point_id: str) -> None:
         if tx is None:
-            self.state.transactions.pop(tx_id, None)
+            self.state.transactions.pop(_tx_key(point_id, tx_id), None)
         else:
-            self.state.transactions[tx_id] = transaction_record(tx, point_id)
+            self.state.transactions[_tx_key(point_id, tx_id)] = transaction_record(tx, point_id)
         self.persist()
 
     def save_completion(self, session_id: str, msg: dict[str, Any] | None, point_id: str) -> None:
@@ -304,75 +237,94 @@ class Gateway:
 
     # --- the WebSocket side -----------------------------------------------------------
 
+    def _charger_of(self, request: Request) -> list[OcppPoint] | None:
+        path = request.path.split("?", 1)[0]
+        return self.chargers.get(path[len(PATH_PREFIX) :]) if path.startswith(PATH_PREFIX) else None
+
     async def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if not path.startswith(PATH_PREFIX):
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/<chargePointId>\n")
         charger_id = path[len(PATH_PREFIX) :]
-        refused = await self._login_refused(connection, request, charger_id)
-        if refused is not None:
-            return refused
-        offered = ",".join(request.headers.get_all("Sec-WebSocket-Protocol"))
-        if SUBPROTOCOL not in [p.strip() for p in offered.split(",")]:
-            return connection.respond(HTTPStatus.BAD_REQUEST, "subprotocol ocpp1.6 required\n")
-        return None
-
-    async def _login_refused(
-        self, connection: ServerConnection, request: Request, charger_id: str
-    ) -> Response | None:
-        """None when the charger's id and password are right; else the refusal (401, or 429
-        for an address past its failed logins). See :mod:`station.ocpp.guard`."""
+        points = self.chargers.get(charger_id)
+        spec = points[0].spec if points else None
         guard = self.login_guard
         address = _address(connection)
         if guard.blocked(address):
             guard.log_refusal(f"charger login from {address} refused: too many failures")
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many failed logins\n")
-        point = self.points.get(charger_id)
-        password = _basic_password(request.headers, charger_id)
-        if password is None:
-            ok = False
-        elif point is None:
-            ok = await guard.dummy_check(password)  # the cost of a real check
-        else:
-            ok = await self._check(point, password)
-        if not ok:
+        if spec is None:
+            password = _basic_password(request.headers, charger_id)
+            if password is not None:
+                await guard.dummy_check(password)  # an unknown id costs what a real check does
+        if spec is None or not await self._authenticated(spec, connection, request):
             guard.failed(address)
             guard.log_refusal(
-                f"charger {charger_id[:64]!r} from {address} refused: unknown id or wrong password"
+                f"charger {charger_id[:64]!r} from {address} refused: unknown id or wrong "
+                "credentials"
             )
             response = connection.respond(
-                HTTPStatus.UNAUTHORIZED, "unknown charger or bad password\n"
+                HTTPStatus.UNAUTHORIZED, "unknown charger or bad credentials\n"
             )
-            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+            if spec is None or spec.security_profile != 3:
+                response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
             return response
+        offered = [
+            p.strip()
+            for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")
+        ]
+        if _subprotocol(spec.ocpp, offered) is None:
+            wanted = {"auto": "ocpp2.0.1 or ocpp1.6", "1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+            text = f"subprotocol {wanted[spec.ocpp]} required\n"
+            return connection.respond(HTTPStatus.BAD_REQUEST, text)
         return None
 
-    async def _check(self, point: OcppPoint, password: str) -> bool:
+    async def _authenticated(
+        self, spec: ChargerSpec, connection: ServerConnection, request: Request
+    ) -> bool:
+        """Security profile 3: a verified client certificate whose CN is the charger id
+        (the TLS handshake checked it against ``--client-ca``); else HTTP Basic."""
+        cert = _peer_cert(connection)
+        if spec.security_profile == 3 or cert is not None:
+            return cert is not None and _common_name(cert) == spec.charger
+        password = _basic_password(request.headers, spec.charger)
+        return password is not None and await self._check(spec, password)
+
+    async def _check(self, spec: ChargerSpec, password: str) -> bool:
+        if spec.password_hash is None:
+            return False
         quick = hashlib.sha256(password.encode("utf-8")).digest()
-        known = self._verified.get(point.point_id)
+        known = self._verified.get(spec.charger)
         if known is not None and hmac.compare_digest(known, quick):
             return True
         # PBKDF2 releases the GIL: check on a worker thread, keep the loop serving
-        ok = await asyncio.to_thread(verify_password, password, point.spec.password_hash)
+        ok = await asyncio.to_thread(verify_password, password, spec.password_hash)
         if ok:
-            self._verified[point.point_id] = quick
+            self._verified[spec.charger] = quick
         return ok
 
+    def _select(self, connection: ServerConnection, offered: Sequence[str]) -> Any:
+        points = self._charger_of(connection.request) if connection.request else None
+        return _subprotocol(points[0].spec.ocpp if points else "auto", list(offered))
+
     async def _serve_charger(self, ws: ServerConnection) -> None:
-        charger_id = ws.request.path.split("?", 1)[0][len(PATH_PREFIX) :] if ws.request else ""
-        point = self.points[charger_id]
-        old = point.conn
-        conn = ChargerConnection(point, self, ws)
-        point.connected(conn)
+        points = self._charger_of(ws.request) if ws.request else None
+        assert points is not None  # _authorize let only known chargers through
+        kind = Charger201 if ws.subprotocol == mapping201.SUBPROTOCOL else Charger16
+        conn = kind(points, self, ws, CALL_TIMEOUT_S)
+        old = points[0].conn
+        for p in points:
+            p.connected(conn)
         if old is not None:
-            log.info("%s: a new connection replaces the old one", point.point_id)
+            log.info("%s: a new connection replaces the old one", conn.id)
             self.spawn(old.ws.close(1000, "replaced by a new connection"))
         try:
             await conn.start()
         except ConnectionClosed:
             pass
         finally:
-            point.disconnected(conn)
+            for p in points:
+                p.disconnected(conn)
 
     async def _sweep(self) -> None:
         """Close connections of chargers silent for three heartbeat intervals."""
@@ -380,10 +332,11 @@ class Gateway:
         while True:
             await asyncio.sleep(SWEEP_S)
             now = time.time()
-            for point in self.points.values():
+            for points in self.chargers.values():
+                point = points[0]
                 conn = point.conn
                 if conn is not None and point.spoke and now - point.heard_at > limit:
-                    log.warning("%s: silent for %.0f s, closing", point.point_id, limit)
+                    warn(conn.id, "silent", "%s: silent for %.0f s, closing", conn.id, limit)
                     self.spawn(conn.ws.close(1001, "silent"))
 
     async def run(self, ready: Callable[[str], None]) -> None:
@@ -393,7 +346,8 @@ class Gateway:
             cfg.host,
             cfg.port,
             # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            select_subprotocol=self._select,
             process_request=self._authorize,
             ssl=cfg.ssl_context,
             max_size=MAX_MESSAGE,
@@ -433,10 +387,38 @@ def _iterations(specs: list[ChargerSpec]) -> int:
     """The PBKDF2 cost of the chargers' hashes (the dummy check costs the same)."""
     for spec in specs:
         try:
-            return int(spec.password_hash.split("$")[1])
+            return int((spec.password_hash or "").split("$")[1])
         except (IndexError, ValueError):
             continue
     return DEFAULT_ITERATIONS
+
+
+def _subprotocol(version: str, offered: list[str]) -> str | None:
+    """The subprotocol for a charger configured as ``version`` that offers ``offered``:
+    its own, or with ``auto`` the newest offered."""
+    if version == "auto":
+        return next((p for p in SUBPROTOCOLS if p in offered), None)
+    wanted = mapping201.SUBPROTOCOL if version == mapping201.VERSION else mapping.SUBPROTOCOL
+    return wanted if wanted in offered else None
+
+
+def _peer_cert(connection: ServerConnection) -> dict[str, Any] | None:
+    """The client certificate the TLS handshake verified, if any."""
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    return cert or None
+
+
+def _common_name(cert: dict[str, Any]) -> str | None:
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _tx_key(point_id: str, tx_id: int | str) -> str:
+    return f"{point_id}/{tx_id}"
 
 
 def _basic_password(headers: Headers, charger_id: str) -> str | None:
@@ -451,7 +433,3 @@ def _basic_password(headers: Headers, charger_id: str) -> str | None:
     if not sep or user != charger_id:
         return None
     return password
-
-
-def _now_iso() -> str:
-    return format_timestamp(time.time())

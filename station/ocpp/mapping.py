@@ -10,7 +10,12 @@ import math
 import re
 from typing import Any, Final, Literal
 
+from ocpp.v16 import call
+
 from common.messages import VEHICLE_ID_PATTERN
+
+VERSION: Final = "1.6"
+SUBPROTOCOL: Final = "ocpp1.6"
 
 StationState = Literal["disponivel", "carregando", "indisponivel"]
 Reason = Literal["target_reached", "stopped", "fault"]
@@ -128,3 +133,61 @@ def id_tag_for(vehicle_id: str) -> str:
 def vehicle_for_tag(id_tag: str) -> str | None:
     """The vehicle id a walk-in idTag is billed to, or None when it cannot be one."""
     return id_tag if _VEHICLE_ID_RE.match(id_tag) else None
+
+
+def reserve_refusal(status: str | None) -> str | None:
+    """The ``ack`` error for a ReserveNow answer (None: held). ``Occupied`` means the
+    charger is in use (``point_busy``); ``Faulted``, ``Unavailable``, ``Rejected`` or no
+    answer mean it cannot hold (``point_unavailable``). The broker refuses the driver's
+    ``reserva`` with the code before the colon."""
+    if status == "Accepted":
+        return None
+    if status == "Occupied":
+        return "point_busy: the charger is occupied"
+    return f"point_unavailable: ReserveNow answered {status or 'nothing'}"
+
+
+def configuration(meter_interval_s: int) -> list[tuple[str, str]]:
+    """The 1.6 configuration keys the gateway sets at every BootNotification: periodic
+    meter values of the energy register (target stops and fault bills depend on them)."""
+    return [
+        ("MeterValueSampleInterval", str(meter_interval_s)),
+        ("MeterValuesSampledData", ENERGY_MEASURAND),
+    ]
+
+
+# --- the calls the gateway makes (same names and meaning in mapping201) ------------------
+
+
+def reserve_now(connector: int, expiry: str, tag: str, reservation_id: int) -> call.ReserveNow:
+    return call.ReserveNow(
+        connector_id=connector, expiry_date=expiry, id_tag=tag, reservation_id=reservation_id
+    )
+
+
+def cancel_reservation(reservation_id: int) -> call.CancelReservation:
+    return call.CancelReservation(reservation_id=reservation_id)
+
+
+def remote_start(tag: str, connector: int, remote_start_id: int) -> call.RemoteStartTransaction:
+    del remote_start_id  # 1.6 matches the StartTransaction by idTag alone
+    return call.RemoteStartTransaction(id_tag=tag, connector_id=connector)
+
+
+def remote_stop(transaction_id: int | str) -> call.RemoteStopTransaction:
+    return call.RemoteStopTransaction(transaction_id=int(transaction_id))
+
+
+def change_availability(connector: int, operative: bool) -> call.ChangeAvailability:
+    kind = "Operative" if operative else "Inoperative"
+    return call.ChangeAvailability(connector_id=connector, type=kind)
+
+
+def configuration_calls(meter_interval_s: int) -> list[Any]:
+    return [call.ChangeConfiguration(key=k, value=v) for k, v in configuration(meter_interval_s)]
+
+
+def configuration_refusals(result: Any) -> list[str]:
+    """What a ChangeConfiguration answer refused (empty: set)."""
+    status = getattr(result, "status", None)
+    return [] if status in ("Accepted", "RebootRequired") else [str(status)]

@@ -23,12 +23,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol
 
-from ocpp.v16 import call
-
-from common.messages import Hello, Hold, Limit, Release, SessionAck, Start, Stop
+from common.messages import Hold, Limit, Release, SessionAck, Start, Stop
 from common.timeutil import format_timestamp, parse_timestamp
 from station.ocpp import mapping, profiles
 from station.ocpp.chargers_file import ChargerSpec
+from station.ocpp.logs import warn
 from station.sim import (
     RESEND_S,
     State,
@@ -41,6 +40,7 @@ from station.sim import (
 
 log = logging.getLogger("station.ocpp")
 
+RESERVE_WAIT_S: Final = 4.0  # ReserveNow unanswered this long: point_unavailable
 START_WAIT_S: Final = 60.0  # after RemoteStart Accepted: how long StartTransaction may take
 LATE_START_KEEP_S: Final = 120.0  # a start we gave up on is still matched this long
 
@@ -48,8 +48,9 @@ LATE_START_KEEP_S: Final = 120.0  # a start we gave up on is still matched this 
 class GatewayServices(Protocol):
     """What a point needs from the gateway around it."""
 
-    def call(self, point: OcppPoint, payload: Any) -> Awaitable[Any]:
-        """Send an OCPP call to the point's charger; the result, or None on error/timeout."""
+    def call(self, point: OcppPoint, payload: Any, timeout: float | None = None) -> Awaitable[Any]:
+        """Send an OCPP call to the point's charger; the result, or None on error/timeout
+        (``timeout``: sooner than the connection's own call timeout)."""
         ...
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
@@ -60,7 +61,7 @@ class GatewayServices(Protocol):
 
     def new_id(self) -> int: ...
 
-    def save_transaction(self, tx: Transaction | None, tx_id: int, point_id: str) -> None: ...
+    def save_transaction(self, tx: Transaction | None, tx_id: int | str, point_id: str) -> None: ...
 
     def save_completion(
         self, session_id: str, msg: dict[str, Any] | None, point_id: str
@@ -77,7 +78,7 @@ class GatewayServices(Protocol):
 class Transaction:
     """An OCPP transaction that is one broker session."""
 
-    transaction_id: int
+    transaction_id: int | str  # 1.6: ours (an integer); 2.0.1: the charger's (a string)
     session_id: str
     vehicle_id: str
     nivel_bateria: float
@@ -88,11 +89,13 @@ class Transaction:
     meter_last: int
     soc: float | None = None
     stop_sent: bool = False
+    seq: int = -1  # 2.0.1: the last TransactionEvent seqNo applied
     power_kw: float | None = None  # the last Power.Active.Import reported (sites)
 
     @property
     def energy_wh(self) -> int:
-        return max(0, self.meter_last - self.meter_start)
+        # meter_start -1: no reading yet (a 2.0.1 Started event without meter values)
+        return max(0, self.meter_last - self.meter_start) if self.meter_start >= 0 else 0
 
     @property
     def target_wh(self) -> int:
@@ -116,6 +119,8 @@ class OcppPoint:
         self.charger_status: str | None = None
         self.hold: Hold | None = None
         self.hold_ocpp_id: int | None = None
+        # the ReserveNow being asked: ((reservation_id, until), repeats of that hold)
+        self._holding: tuple[tuple[str, float], list[str]] | None = None
         self.session: Transaction | None = None
         self.starting: tuple[Start, float] | None = None
         self.late_start: tuple[Start, float] | None = None
@@ -125,6 +130,7 @@ class OcppPoint:
         self._acks: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._in_flight: set[str] = set()
         self.refused = 0
+        self.operative = True  # what the gateway last asked of the connector
         #: the broker's last limit for the running session (kW; None: unlimited), the
         #: input of every protocol version's charging profile (see station.ocpp.profiles)
         self.limit_kw: float | None = None
@@ -134,6 +140,12 @@ class OcppPoint:
     def takes_limits(self) -> bool:
         """Says ``"limites"`` in its hello: until the charger rejected a profile."""
         return not self.profiles_rejected
+
+    @property
+    def dialect(self) -> Any:
+        """The mapping module of the connected charger's OCPP version (the calls to it)."""
+        conn = self.conn
+        return conn.dialect if conn is not None else mapping
 
     # --- what the host reads ----------------------------------------------------------
 
@@ -151,8 +163,11 @@ class OcppPoint:
             return State.INDISPONIVEL
         return State.RESERVADO if self.hold is not None else State.DISPONIVEL
 
-    def hello(self, boot_id: str, interval_s: float) -> Hello:
-        return hello_message(self, boot_id, interval_s)
+    def hello(self, boot_id: str, interval_s: float) -> dict[str, Any]:
+        # a charger may refuse ReserveNow: the broker waits for our ack of ``hold``
+        # ... and out of service from the console becomes ChangeAvailability Inoperative
+        hello = hello_message(self, boot_id, interval_s)
+        return {**hello, "confirms_holds": True, "availability": True}
 
     def datagram(self, boot_id: str, seq: int, interval_s: float, now: float) -> dict[str, Any]:
         estado, available = mapping.station_state(self.connector_status, self.charger_status)
@@ -226,27 +241,42 @@ class OcppPoint:
     def _hold(self, cmd: Hold) -> Step:
         if self.session is not None:
             return self._refused(cmd.cmd_id, f"point_busy: session {self.session.session_id}")
+        held = self.hold
+        if held is not None and (held.reservation_id, held.until) == (
+            cmd.reservation_id,
+            cmd.until,
+        ):
+            # the broker says hold again (a hello of ours crossed its turn): already held
+            return Step(messages=[self._ack(cmd.cmd_id, None)])
+        asking = self._holding
+        if asking is not None and asking[0] == (cmd.reservation_id, cmd.until):
+            asking[1].append(cmd.cmd_id)  # answered with the ReserveNow already asked
+            self._in_flight.add(cmd.cmd_id)
+            return Step()
         ocpp_id = self.hold_ocpp_id if self.hold is not None else None
         ocpp_id = ocpp_id if ocpp_id is not None else self.gw.new_id()
-        payload = call.ReserveNow(
-            connector_id=self.spec.connector,
-            expiry_date=format_timestamp(cmd.until),
-            id_tag=mapping.id_tag_for(cmd.vehicle_id),
-            reservation_id=ocpp_id,
+        self._holding = ((cmd.reservation_id, cmd.until), [])
+        payload = self.dialect.reserve_now(
+            self.spec.connector,
+            format_timestamp(cmd.until),
+            mapping.id_tag_for(cmd.vehicle_id),
+            ocpp_id,
         )
-        self._ask(cmd.cmd_id, self._reserve(cmd, payload))
+        self._ask(cmd.cmd_id, self._reserve(cmd, payload, ocpp_id))
         return Step()
 
-    async def _reserve(self, cmd: Hold, payload: call.ReserveNow) -> None:
-        result = await self.gw.call(self, payload)
+    async def _reserve(self, cmd: Hold, payload: Any, ocpp_id: int) -> None:
+        # answered within the broker's ack timeout (5 s): a late refusal would come
+        # after the broker took the hold as given
+        result = await self.gw.call(self, payload, RESERVE_WAIT_S)
         status = getattr(result, "status", None)
-        if status == "Accepted":
-            self.hold, self.hold_ocpp_id = cmd, payload.reservation_id
-            self._answer(cmd.cmd_id, None, changed=True)
-        elif status == "Occupied":
-            self._answer(cmd.cmd_id, "point_busy: the charger is occupied")
-        else:
-            self._answer(cmd.cmd_id, f"point_unavailable: ReserveNow answered {status}")
+        asking, self._holding = self._holding, None
+        repeats = asking[1] if asking is not None else []
+        error = mapping.reserve_refusal(status)
+        if error is None:
+            self.hold, self.hold_ocpp_id = cmd, ocpp_id
+        for cmd_id in [cmd.cmd_id, *repeats]:
+            self._answer(cmd_id, error, changed=error is None)
 
     def _release(self, cmd: Release) -> Step:
         if self.hold is None or self.hold.reservation_id != cmd.reservation_id:
@@ -261,7 +291,7 @@ class OcppPoint:
         return Step(changed=True)
 
     async def _cancel(self, cmd: Release, ocpp_id: int) -> None:
-        await self.gw.call(self, call.CancelReservation(reservation_id=ocpp_id))
+        await self.gw.call(self, self.dialect.cancel_reservation(ocpp_id))
         # Accepted, or Rejected (the charger no longer has it): released either way
         self._answer(cmd.cmd_id, None)
 
@@ -295,9 +325,8 @@ class OcppPoint:
         return Step()
 
     async def _remote_start(self, cmd: Start) -> None:
-        payload = call.RemoteStartTransaction(
-            id_tag=mapping.id_tag_for(cmd.vehicle_id), connector_id=self.spec.connector
-        )
+        tag = mapping.id_tag_for(cmd.vehicle_id)
+        payload = self.dialect.remote_start(tag, self.spec.connector, self.gw.new_id())
         result = await self.gw.call(self, payload)
         status = getattr(result, "status", None)
         if status != "Accepted":
@@ -327,13 +356,29 @@ class OcppPoint:
 
     async def _remote_stop(self, cmd: Stop, tx: Transaction) -> None:
         tx.stop_sent = True
-        result = await self.gw.call(self, call.RemoteStopTransaction(tx.transaction_id))
+        result = await self.gw.call(self, self.dialect.remote_stop(tx.transaction_id))
         status = getattr(result, "status", None)
         if status == "Accepted" or self.session is not tx:
             self._answer(cmd.cmd_id, None)
         else:
             tx.stop_sent = False
             self._answer(cmd.cmd_id, f"point_unreachable: RemoteStopTransaction answered {status}")
+
+    def availability(self, available: bool, reason: str) -> None:
+        """The operator took the point out of service (or put it back): the connector
+        becomes Inoperative (Operative). Sent again on every hello while out of service."""
+        if self.online and available != self.operative:
+            self.operative = available
+            self.gw.spawn(self._change_availability(available, reason))
+
+    async def _change_availability(self, available: bool, reason: str) -> None:
+        kind = "Operative" if available else "Inoperative"
+        payload = self.dialect.change_availability(self.spec.connector, available)
+        status = getattr(await self.gw.call(self, payload), "status", None)
+        if status not in ("Accepted", "Scheduled"):
+            self.operative = not available  # try again on the next notice
+            warn(self.point_id, "availability", "%s: ChangeAvailability %s (%s) answered %s",
+                 self.point_id, kind, reason, status)  # fmt: skip
 
     def _limit(self, cmd: Limit) -> Step:
         tx = self.session
@@ -349,14 +394,19 @@ class OcppPoint:
         if self.limit_kw is None:
             return None
         watts = profiles.limit_watts(self.limit_kw)
-        return profiles.PowerLimit(tx.session_id, tx.transaction_id, self.spec.connector, watts)
+        tx_id = tx.transaction_id if isinstance(tx.transaction_id, int) else 0  # 2.0.1: below
+        return profiles.PowerLimit(tx.session_id, tx_id, self.spec.connector, watts)
 
     async def _set_profile(self, cmd_id: str | None, tx: Transaction) -> None:
         """Tell the charger the limit of ``tx``; ack ``cmd_id`` with its answer."""
         limit = self._power_limit(tx)
         if limit is None:
             return
-        result = await self.gw.call(self, profiles.set_profile_16(limit))
+        if self.dialect is mapping:
+            payload: Any = profiles.set_profile_16(limit)
+        else:  # the same limit as 2.0.1's TxProfile of the charger's (string) transaction id
+            payload = profiles.set_profile_201(limit, str(tx.transaction_id))
+        result = await self.gw.call(self, payload)
         error = profiles.refusal(getattr(result, "status", None))
         if error is not None and result is not None:
             self.profiles_rejected = True
@@ -375,11 +425,11 @@ class OcppPoint:
         self._in_flight.discard(cmd_id)
         if error is not None:
             self.refused += 1
-            log.warning("%s: refused %s: %s", self.point_id, cmd_id, error)
+            warn(self.point_id, "refused", "%s: refused %s: %s", self.point_id, cmd_id, error)
         self.gw.emit(self, Step(messages=[self._ack(cmd_id, error)], changed=changed))
 
     def _refused(self, cmd_id: str, error: str) -> Step:
-        log.warning("%s: refused %s: %s", self.point_id, cmd_id, error)
+        # the host logs the refusal it sends
         return Step(messages=[self.refuse(cmd_id, error)])
 
     def _ack(self, cmd_id: str, error: str | None) -> dict[str, Any]:
@@ -403,7 +453,10 @@ class OcppPoint:
             self.gw.came_online(self)
 
     def on_boot(self) -> None:
+        """A charger that boots has forgotten its reservations: the broker's ``hold``,
+        resent on our next hello, makes a new ReserveNow."""
         self.booted = True
+        self.hold = self.hold_ocpp_id = None
 
     def on_status(self, connector_id: int, status: str) -> None:
         before = self.state, mapping.station_state(self.connector_status, self.charger_status)
@@ -419,38 +472,52 @@ class OcppPoint:
         if after != before:
             self.gw.emit(self, Step(changed=True))
 
-    def on_meter_values(self, transaction_id: int | None, meter_value: Any) -> None:
+    def on_meter_values(self, transaction_id: int | str | None, meter_value: Any) -> None:
         tx = self.session
         if tx is None or (transaction_id is not None and transaction_id != tx.transaction_id):
             return
-        wh, soc = mapping.meter_reading(meter_value)
+        self.on_reading(tx, *self.dialect.meter_reading(meter_value))
+        power = profiles.power_reading(meter_value) if self.dialect is mapping else None
+        if power is not None:
+            tx.power_kw = power
+        self.check_target(tx)
+
+    def on_reading(self, tx: Transaction, wh: int | None, soc: float | None) -> None:
+        """A meter reading of the running transaction ``tx``."""
+        if wh is not None and tx.meter_start < 0:
+            tx.meter_start = wh  # the transaction's first reading is its start
         if wh is not None and wh >= tx.meter_start:
             tx.meter_last = wh
         if soc is not None:
             tx.soc = soc
-        power = profiles.power_reading(meter_value)
-        if power is not None:
-            tx.power_kw = power
+
+    def check_target(self, tx: Transaction) -> None:
         if tx.energy_wh >= tx.target_wh and not tx.stop_sent and self.online:
             # the vehicle's target is reached: end the session, as our own stations do
             tx.stop_sent = True
             self.gw.spawn(self._stop_at_target(tx))
 
     async def _stop_at_target(self, tx: Transaction) -> None:
-        result = await self.gw.call(self, call.RemoteStopTransaction(tx.transaction_id))
+        result = await self.gw.call(self, self.dialect.remote_stop(tx.transaction_id))
         if getattr(result, "status", None) != "Accepted" and self.session is tx:
             tx.stop_sent = False
 
     def on_start_transaction(
-        self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, now: float
-    ) -> int | None:
-        """A transaction started on the charger; its transactionId, or None when it is not
-        one the broker asked for (the caller then treats it as a walk-in)."""
+        self,
+        id_tag: str,
+        meter_start: int,
+        timestamp: str,
+        now: float,
+        transaction_id: int | str | None = None,
+    ) -> int | str | None:
+        """A transaction started on the charger; its transactionId (``transaction_id`` when
+        the charger chose it, 2.0.1), or None when it is not one the broker asked for (the
+        caller then treats it as a walk-in). ``meter_start`` -1: not read yet."""
         match = self._starting_for(id_tag)
         if match is None:
             return None
         cmd, late = match
-        tx_id = self.gw.new_id()
+        tx_id = transaction_id if transaction_id is not None else self.gw.new_id()
         self.begin(
             Transaction(
                 transaction_id=tx_id,
@@ -489,14 +556,20 @@ class OcppPoint:
             self.gw.spawn(self._set_profile(None, tx))
 
     def on_stop_transaction(
-        self, transaction_id: int, meter_stop: int, timestamp: str, reason: str | None, now: float
+        self,
+        transaction_id: int | str,
+        meter_stop: int | None,
+        timestamp: str,
+        reason: str | None,
+        now: float,
     ) -> bool:
-        """The charger ended a transaction; False when it is not one of ours."""
+        """The charger ended a transaction; False when it is not one of ours.
+        ``meter_stop`` None: the last reading is the end (2.0.1 without meter values)."""
         tx = self.session
         if tx is None or tx.transaction_id != transaction_id:
             return False
-        if meter_stop >= tx.meter_start:
-            tx.meter_last = meter_stop
+        if meter_stop is not None:
+            self.on_reading(tx, meter_stop, None)
         energy_wh = min(tx.energy_wh, round(tx.capacidade_kwh * 1000))
         kwh = energy_wh / 1000.0
         msg: dict[str, Any] = {

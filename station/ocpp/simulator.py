@@ -8,7 +8,10 @@ what a real single-connector charger does, in fast motion:
   ``BootNotification``, ``StatusNotification`` (Available), then ``Heartbeat`` at the
   interval the central system gave; reconnects with back-off when the link drops
   (transaction messages are kept and sent once connected again, as OCPP requires);
-* ``ReserveNow`` / ``CancelReservation`` -> Reserved / Available;
+* ``ReserveNow`` / ``CancelReservation`` -> Reserved / Available (``reserve_answer``
+  makes a free charger answer Rejected, Faulted or Unavailable instead);
+* ``ChangeConfiguration`` -> Accepted (kept in ``configuration``); ``ChangeAvailability``
+  -> Accepted and StatusNotification Unavailable / Available;
 * ``RemoteStartTransaction`` -> Accepted (or Rejected in ``reject_starts`` mode),
   then ``StartTransaction``, Charging, ``MeterValues`` every ``meter_every_s`` with the
   energy register growing at ``power_kw`` x ``speed``;
@@ -53,6 +56,7 @@ class SimOptions:
     reject_profiles: bool = False  # answer SetChargingProfile NotSupported
     reconnect: bool = True
     connector: int = 1
+    reserve_answer: str = "Accepted"  # what ReserveNow answers when free (Rejected, Faulted...)
 
 
 # (ignored below) the ocpp library's ChargePoint is untyped (Any base class)
@@ -81,6 +85,8 @@ class _Protocol(ChargePoint):  # type: ignore[misc]
         self.sim.received.append(("ReserveNow", reservation_id))
         if self.sim.transaction is not None:
             return call_result.ReserveNow(status="Occupied")
+        if self.sim.options.reserve_answer != "Accepted":
+            return call_result.ReserveNow(status=self.sim.options.reserve_answer)
         self.sim.reservation = reservation_id
         return call_result.ReserveNow(status="Accepted")
 
@@ -88,6 +94,23 @@ class _Protocol(ChargePoint):  # type: ignore[misc]
     async def after_reserve_now(self, **_: Any) -> None:
         if self.sim.reservation is not None and self.sim.transaction is None:
             await self.sim.status("Reserved")
+
+    @on(Action.change_configuration)
+    def on_change_configuration(self, key: str, value: str) -> call_result.ChangeConfiguration:
+        self.sim.received.append(("ChangeConfiguration", (key, value)))
+        self.sim.configuration[key] = value
+        return call_result.ChangeConfiguration(status="Accepted")
+
+    @on(Action.change_availability)
+    def on_change_availability(
+        self, connector_id: int, type: str
+    ) -> call_result.ChangeAvailability:
+        self.sim.received.append(("ChangeAvailability", type))
+        return call_result.ChangeAvailability(status="Accepted")
+
+    @after(Action.change_availability)
+    async def after_change_availability(self, type: str, **_: Any) -> None:
+        await self.sim.status("Unavailable" if type == "Inoperative" else "Available")
 
     @on(Action.cancel_reservation)
     def on_cancel_reservation(self, reservation_id: int, **_: Any) -> call_result.CancelReservation:
@@ -142,6 +165,7 @@ class SimCharger:
     reservation: int | None = None
     heartbeat_s: float = 60.0
     received: list[tuple[str, Any]] = field(default_factory=list)
+    configuration: dict[str, str] = field(default_factory=dict)
     completed: list[dict[str, Any]] = field(default_factory=list)
     booted: asyncio.Event = field(default_factory=asyncio.Event)
     charging: asyncio.Event = field(default_factory=asyncio.Event)

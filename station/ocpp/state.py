@@ -43,7 +43,8 @@ class GatewayState:
         # even if the file is lost (kept below 2**31: OCPP transactionId is an int)
         self.next_id = int(time.time()) % 1_000_000_000 + 1
         self.reserved_until = self.next_id  # ids below this are recorded in the file
-        self.transactions: dict[int, dict[str, Any]] = {}
+        # "<point id>/<transaction id>" -> record (2.0.1 ids are the chargers', not unique)
+        self.transactions: dict[str, dict[str, Any]] = {}
         self.completions: dict[str, dict[str, Any]] = {}
         self.restored = False
 
@@ -58,7 +59,7 @@ class GatewayState:
             raw = json.loads(text)
             self.boot_id = str(raw["boot_id"])
             self.next_id = self.reserved_until = int(raw["next_id"])
-            self.transactions = {int(k): dict(v) for k, v in raw["transactions"].items()}
+            self.transactions = {str(k): dict(v) for k, v in raw["transactions"].items()}
             self.completions = {str(k): dict(v) for k, v in raw["completions"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"the state file {self.path} is damaged: {exc}") from None
@@ -81,7 +82,7 @@ class GatewayState:
         data = {
             "boot_id": self.boot_id,
             "next_id": self.reserved_until,
-            "transactions": {str(k): v for k, v in self.transactions.items()},
+            "transactions": self.transactions,
             "completions": self.completions,
         }
         return json.dumps(data, separators=(",", ":"))

@@ -57,10 +57,16 @@ class WalkIns:
         return "Accepted" if self._tags.account_for(id_tag) is not None else "Invalid"
 
     async def start(
-        self, point: OcppPoint, id_tag: str, meter_start: int, timestamp: str
-    ) -> tuple[int, str]:
-        """A transaction the broker did not ask for: (transactionId, idTagInfo status)."""
-        tx_id = self._new_id()
+        self,
+        point: OcppPoint,
+        id_tag: str,
+        meter_start: int,
+        timestamp: str,
+        transaction_id: int | str | None = None,
+    ) -> tuple[int | str, str]:
+        """A transaction the broker did not ask for: (transactionId, idTagInfo status).
+        ``transaction_id``: the charger's own (2.0.1); else a new one of ours (1.6)."""
+        tx_id = transaction_id if transaction_id is not None else self._new_id()
         # billed to the idTag's own account, never to a vehicle id; unknown tags: Invalid
         vehicle = self._tags.account_for(id_tag)
         if vehicle is None or point.session is not None:

@@ -93,14 +93,14 @@ def plan(
         return faults
     t = rng.uniform(*gap)
     while t < seconds:
-        busy = {f.service for f in faults if f.ends > round(t, 2)}
-        in_force = sum(1 for f in faults if f.ends > round(t, 2))
+        at = _floor2(t)
+        busy = {f.service for f in faults if f.ends > at}
+        in_force = sum(1 for f in faults if f.ends > at)
         free = [s for s in targets if s not in busy]
         if in_force < 2 and free:
             service = rng.choice(free)
             kinds = ROLES[role_of(service) or ""]
             kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
-            at = round(t, 2)
             lasts = 0.0 if kind is Kind.RESTART else round(rng.uniform(*length), 2)
             faults.append(Fault(at, kind, service, min(lasts, _floor2(seconds - at))))
         t += rng.uniform(*gap)

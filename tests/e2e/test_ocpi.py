@@ -316,6 +316,14 @@ def test_start_session_charges_and_ends_with_one_cdr_billed(registered: Roaming)
 
         wait_for(lambda: len(billed()) == 1, 30, "the roaming session billed")
         assert billed()[0]["session_id"] == cdr["session_id"] and billed()[0]["cost"] == 120.0
+        # the CDR the eMSP got is the ledger's CDR of that bill
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", "billing", "report", "--db", str(billing_db),
+             "--format", "ocpi"], capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        (ledger,) = [c for c in json.loads(out.stdout) if c["id"] == cdr["session_id"]]
+        for name in ("total_cost", "total_energy", "total_energy_cost", "charging_periods"):
+            assert cdr[name] == ledger[name], name
         assert len(peer.got(lambda x: x.path.endswith("/cdrs"))) == 1
         assert not peer.invalid, peer.invalid
     finally:
@@ -501,6 +509,12 @@ def test_an_ocpp_walk_in_with_an_emsp_token_is_that_emsps_session(registered: Ro
     )
     assert "BAD" not in r.tokens("--authorized")
     chargers = write_chargers(r.tmp / "chargers.toml", ["RMO-1"], lat=-12.5, lon=-38.5)
+    idtags = subprocess.run(
+        [sys.executable, "-m", "broker", "ocpi", "tokens", "--authorized", "--idtags",
+         "--db", str(r.db)], capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert 'id = "RFID042"' in idtags and "BAD" not in idtags
+    chargers.write_text(chargers.read_text() + "\n" + idtags)  # the cards the eMSP validated
     ws_port = free_port()
     gw = start(
         [
@@ -515,6 +529,7 @@ def test_an_ocpp_walk_in_with_an_emsp_token_is_that_emsps_session(registered: Ro
         with sim_loop() as sims:
             sim = sims.add(f"ws://127.0.0.1:{ws_port}/ocpp", "RMO-1", speed=100, meter_every_s=0.1)
             r.wait_status("RMO", "RMO-1", "AVAILABLE")
+            assert sims.run(sim.local_start("BAD")) == "Invalid"  # not valid at its eMSP
             assert sims.run(sim.local_start("RFID042")) == "Accepted"
             active = peer.wait(
                 lambda x: x.method == "PUT" and "/sessions/" in x.path
@@ -582,3 +597,44 @@ def test_roaming_drivers_register_when_the_broker_requires_it(tmp_path: Path) ->
             # (ignored below) mypy cannot type a lambda with a default argument
             wait_for(lambda n=n: cdrs() >= n, 30, f"CDR {n}")  # type: ignore[misc]
         assert "ocpi.NLEMS.TOK1" in r.tokens_of_vehicles()
+
+
+def test_operator_tariffs_are_served_pushed_and_priced_into_the_cdr(registered: Roaming) -> None:
+    r, peer = registered, registered.peer
+    tariff = {
+        "id": "TOU1", "currency": "BRL",
+        "elements": [{"price_components": [
+            {"type": "FLAT", "price": 1.5, "step_size": 1},
+            {"type": "ENERGY", "price": 1.0, "step_size": 1},
+        ]}],
+    }  # fmt: skip
+    path = r.tmp / "tou1.json"
+    path.write_text(json.dumps(tariff))
+    ops = ["--history-port", str(r.ports.history), *r.ports.cred_args("operator")]
+    for args in (["set", str(path)], ["assign", "TOU1", "--points", "RMA-2"]):
+        subprocess.run([sys.executable, "-m", "broker", "tariffs", *args, *ops],
+                       capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    pushed = peer.wait(lambda x: x.method == "PUT" and x.path.endswith("/tariffs/BR/EVC/TOU1"))
+    assert pushed.body["elements"] == tariff["elements"]
+    peer.wait(
+        lambda x: x.method == "PUT" and x.path.endswith("/RMA/RMA-2")
+        and x.body["connectors"][0]["tariff_ids"] == ["TOU1"], 30, "the EVSE's new tariff",
+    )  # fmt: skip
+    _, _, doc = r.cpo.call("GET", f"/{V}/tariffs")
+    served = {t["id"]: t for t in doc["data"]}
+    assert served["TOU1"]["party_id"] == "EVC" and "KWH-2" in served
+    for t in doc["data"]:
+        check("Tariff", t)
+    assert r.evse("RMA", "RMA-1")["connectors"][0]["tariff_ids"] == ["KWH-2"]
+    assert (
+        r.command("START_SESSION", start_cmd(peer, "tou", "TOK2", "RMA", "RMA-2"))["result"]
+        == "ACCEPTED"
+    )
+    assert r.result("tou")["result"] == "ACCEPTED"
+    cdr = peer.wait(
+        lambda x: x.path.endswith("/cdrs") and x.body["cdr_location"]["evse_uid"] == "RMA-2"
+        and x.body.get("tariffs"), 30, "the tariffed CDR",
+    ).body  # fmt: skip
+    assert cdr["tariffs"][0]["id"] == "TOU1" and cdr["total_energy"] == 60.0
+    assert cdr["total_cost"]["excl_vat"] == 61.5 and cdr["total_fixed_cost"]["excl_vat"] == 1.5
+    assert not peer.invalid, peer.invalid

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -16,8 +18,9 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.e2e.test_broker_availability import history
 from tests.support.ocpp_sims import PASSWORD, SimLoop, sim_loop, write_chargers
 from tests.support.procs import (
     BrokerPorts,
@@ -126,15 +129,22 @@ def test_boot_reserve_charge_and_bill_from_the_meter(
     p = points(car)["OC01"]
     assert p["preco_kwh"] == PRICE and p["potencia_kw"] == 22.0
 
+    # the gateway configured periodic meter values at boot
+    assert sim.configuration == {
+        "MeterValueSampleInterval": "10",
+        "MeterValuesSampledData": "Energy.Active.Import.Register",
+    }
     reply = car.ask("reserva", id_ponto_recarga="OC01", tempo_estimado=5)
-    assert reply["data"]["code"] == "reserved", reply
-    wait_for(lambda: any(r[0] == "ReserveNow" for r in sim.received), what="ReserveNow")
+    assert reply["data"]["code"] == "reserved", reply  # after the charger accepted ReserveNow
     ocpp_reservation = next(r[1] for r in sim.received if r[0] == "ReserveNow")
     assert isinstance(ocpp_reservation, int)
+    assert car.push("sua_vez", timeout=5)["data"]["id_ponto_recarga"] == "OC01"
 
     started = arrive(car)
     assert started["code"] == "started", started
     assert ("RemoteStartTransaction", "CAROCPP1") in sim.received
+    # one ReserveNow per reservation, whatever hellos crossed the turn
+    assert [r[0] for r in sim.received].count("ReserveNow") == 1
     bill = car.push("custo_final", timeout=30)["data"]
     # the charger stopped at the vehicle's target (36 kWh) when the gateway asked it to
     assert any(r[0] == "RemoteStopTransaction" for r in sim.received)
@@ -149,6 +159,101 @@ def test_boot_reserve_charge_and_bill_from_the_meter(
     assert end["energia_kwh"] == bill["energia_kwh"]
     statement = car.ask("custos")["data"]
     assert statement["total"] == bill["cost"]
+    wait_estado(car, "OC01", "disponivel")
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"), [("Rejected", "point_unavailable"), ("Occupied", "point_busy")]
+)
+def test_a_reservation_the_charger_refuses_is_refused_and_nothing_is_held(
+    broker: tuple[Proc, BrokerPorts],
+    gateway: tuple[Proc, str],
+    sims: SimLoop,
+    car: Vehicle,
+    answer: str,
+    code: str,
+) -> None:
+    _, url = gateway
+    sim = sims.add(url, "OC02", reserve_answer=answer)
+    wait_estado(car, "OC02", "disponivel")
+    reply = car.ask("reserva", id_ponto_recarga="OC02", tempo_estimado=5)["data"]
+    assert (reply["status"], reply["code"]) == ("error", code), reply
+    assert [r[0] for r in sim.received].count("ReserveNow") == 1
+    assert car.ask("status")["data"]["reserva"] is None
+    assert points(car)["OC02"]["queue_size"] == 0
+    other = Vehicle(broker[1].vehicle, "CAROCPP2")  # nothing held: another driver may come
+    try:
+        assert arrive(other, "OC02")["code"] == "started"
+    finally:
+        other.close()
+
+
+def _raw_exchange(url: str, frames: list[str]) -> tuple[list[Any], int | None]:
+    """Send ``frames`` on an authenticated raw OCPP-J connection: the answers read (one
+    per frame until the gateway closes) and the close code (None: still open)."""
+
+    async def run() -> tuple[list[Any], int | None]:
+        auth = base64.b64encode(f"OC01:{PASSWORD}".encode()).decode()
+        answers: list[Any] = []
+        async with connect(
+            f"{url}/OC01",
+            # (ignored below) websockets types subprotocols as Subprotocol (a NewType of str)
+            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Basic {auth}"},
+            open_timeout=10,
+        ) as ws:
+            try:
+                for frame in frames:
+                    await ws.send(frame)
+                    answers.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+            except ConnectionClosed:
+                return answers, ws.close_code
+        return answers, None
+
+    return asyncio.run(run())
+
+
+def test_invalid_frames_get_call_errors_or_a_close_and_no_traceback(
+    gateway: tuple[Proc, str],
+) -> None:
+    proc, url = gateway
+    answers, closed = _raw_exchange(
+        url,
+        [
+            '[2,"m1","Heartbeat"]',  # a Call without its payload
+            '[2,"m2","Heartbeat",{},"extra"]',
+            '[2,"m3","Heartbeat",{"unexpected":1}]',  # against the schema
+            '[2,"m4","NoSuchAction",{}]',
+            '[7,"m5","Heartbeat",{}]',  # unknown MessageTypeId
+            '[2,"m6","Heartbeat",{}]',  # still served
+        ],
+    )
+    assert closed is None
+    assert [(a[0], a[1]) for a in answers[:5]] == [(4, f"m{n}") for n in range(1, 6)]
+    assert [a[2] for a in answers[:5]] == [
+        "FormationViolation", "FormationViolation", "FormationViolation",
+        "NotSupported", "NotSupported",
+    ]  # fmt: skip
+    assert answers[5][:2] == [3, "m6"] and "currentTime" in answers[5][2]
+    for frame in ("not json", '{"a":1}', "[2]", '[2, 17, "Heartbeat", {}]'):
+        answers, closed = _raw_exchange(url, [frame])
+        assert (answers, closed) == ([], 1002), frame
+    proc.stop()
+    assert "Traceback" not in "\n".join(proc.lines)
+
+
+def test_out_of_service_from_the_console_makes_the_connector_inoperative(
+    broker: tuple[Proc, BrokerPorts], gateway: tuple[Proc, str], sims: SimLoop, car: Vehicle
+) -> None:
+    _, url = gateway
+    sim = sims.add(url, "OC01")
+    wait_estado(car, "OC01", "disponivel")
+    with history(broker[1]) as ask:
+        req = {"op": "set_availability", "point_id": "OC01", "available": False, "reason": "x"}
+        assert ask(req)["ok"] is True
+        wait_for(lambda: ("ChangeAvailability", "Inoperative") in sim.received, what="Inoperative")
+        assert ask({**req, "available": True})["ok"] is True
+        wait_for(lambda: ("ChangeAvailability", "Operative") in sim.received, what="Operative")
     wait_estado(car, "OC01", "disponivel")
 
 
@@ -190,7 +295,7 @@ def test_wrong_password_and_unknown_id_get_401_before_the_upgrade(
     _, url = gateway
     assert connect_status(url, "OC01", "wrong-password-0123456789", ["ocpp1.6"]) == 401
     assert connect_status(url, "NOPE", PASSWORD, ["ocpp1.6"]) == 401
-    assert connect_status(url, "OC01", PASSWORD, ["ocpp2.0.1"]) == 400
+    assert connect_status(url, "OC01", PASSWORD, ["ocpp2.0"]) == 400  # not one of ours
     assert connect_status(url, "OC01", PASSWORD, ["ocpp1.6"]) is None
 
 
@@ -312,7 +417,7 @@ def test_one_gateway_holds_a_thousand_chargers(
     chargers = write_chargers(tmp_path / "many.toml", ids, price_kwh=PRICE)
     ws_port = free_port()
     args = gateway_args(ports, chargers, ws_port, level="warning")
-    with running(args, ready="ocpp gateway ready", timeout=60):
+    with running(args, ready="ocpp gateway ready", timeout=60) as gw:
         url = f"ws://127.0.0.1:{ws_port}/ocpp"
         many = [sims.add(url, cid, speed=1000, meter_every_s=0.1) for cid in ids]
 
@@ -322,6 +427,9 @@ def test_one_gateway_holds_a_thousand_chargers(
 
         wait_for(lambda: online() == 1000, timeout=180, what="1000 chargers online", interval=1)
         assert all(s.booted.is_set() for s in many)
+        # one descriptor per charger (its WebSocket): the points share ONE broker connection
+        fds = len(os.listdir(f"/proc/{gw.pid}/fd"))
+        assert 1000 <= fds < 1000 + 100, fds
         # the gateway still serves a whole session while it holds them all
         car = Vehicle(ports.vehicle, "CARMANY")
         try:

@@ -22,6 +22,7 @@ from common.messages import (
     BusEvent,
     Heartbeat,
     Hello,
+    Hold,
     SessionComplete,
     Start,
     StatusDatagram,
@@ -149,8 +150,12 @@ class Harness:
         return self.apply(self.core.handle_request(conn, vid, req, self.now))
 
     def reserve(self, vid: str, pid: str = "CP01", eta: float = 0.0) -> dict[str, Any]:
-        data = self.reply(self.request(vid, "reserva", id_ponto_recarga=pid, tempo_estimado=eta))
-        return dict(data.data)
+        """``reserva``; a hold it causes is acked, as our stations do."""
+        fx = self.request(vid, "reserva", id_ponto_recarga=pid, tempo_estimado=eta)
+        if not self.replies(fx):
+            for hold in self.commands(fx, Hold):
+                fx += self.ack(pid, hold.cmd_id)
+        return dict(self.reply(fx).data)
 
     def arrive(
         self, vid: str, pid: str = "CP01", battery: float = 20, target: float = 80, **kw: Any

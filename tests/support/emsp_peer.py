@@ -180,6 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
             ends = [
                 ("credentials", "SENDER"), ("credentials", "RECEIVER"), ("locations", "RECEIVER"),
                 ("sessions", "RECEIVER"), ("cdrs", "RECEIVER"), ("tokens", "SENDER"),
+                ("tariffs", "RECEIVER"),
                 ("commands", "SENDER"),
             ]  # fmt: skip
             self._send({"version": V, "endpoints": [
@@ -235,10 +236,21 @@ class _Handler(BaseHTTPRequestHandler):
             kind = "Location" if len(parts) == 7 else "EVSE"
         elif path.startswith(f"/ocpi/{V}/sessions/"):
             kind = "Session"
+        elif path.startswith(f"/ocpi/{V}/tariffs/"):
+            kind = "Tariff"
         else:
             self._send(None, 2000, 404)
             return
         self.owner._record("PUT", path, body, kind)
+        self._send()
+
+    def do_DELETE(self) -> None:
+        if not self._authorized():
+            return
+        if not self.path.startswith(f"/ocpi/{V}/tariffs/"):
+            self._send(None, 2000, 404)
+            return
+        self.owner._record("DELETE", self.path, None, None)
         self._send()
 
     def do_PATCH(self) -> None:

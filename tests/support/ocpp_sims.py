@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from station.ocpp.passwords import hash_password
 from station.ocpp.simulator import SimCharger, SimOptions
+from station.ocpp.simulator201 import SimCharger201
 
 T = TypeVar("T")
 
@@ -28,17 +29,20 @@ class SimLoop:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.sims: list[SimCharger] = []
+        self.sims: list[Any] = []
         self._tasks: list[Future[Any]] = []
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def add(self, url: str, charger_id: str, password: str = PASSWORD, **opts: Any) -> SimCharger:
+    def add(self, url: str, charger_id: str, password: str = PASSWORD, **opts: Any) -> Any:
+        """A simulated charger (``version="2.0.1"``: :class:`SimCharger201`) connecting to
+        ``url``; ``ssl``: the client's TLS context."""
         ssl_ctx = opts.pop("ssl", None)
+        kind = SimCharger201 if opts.pop("version", "1.6") == "2.0.1" else SimCharger
 
-        async def make() -> SimCharger:
-            return SimCharger(url, charger_id, password, SimOptions(**opts), ssl=ssl_ctx)
+        async def make() -> Any:
+            return kind(url, charger_id, password, SimOptions(**opts), ssl=ssl_ctx)
 
         sim = self.run(make())
         self.sims.append(sim)
@@ -86,10 +90,12 @@ def write_chargers(
     password: str = PASSWORD,
     lat: float = -12.2664,
     lon: float = -38.9663,
-    id_tags: tuple[str, ...] = ("RFID042",),
+    id_tags: tuple[str, ...] = ("RFID042", "RFID201"),
+    extra: dict[str, str] | None = None,
 ) -> Path:
     """A chargers file for ``ids`` (all with ``password``), spread a little around lat/lon,
-    with ``id_tags`` authorized for walk-ins."""
+    with ``id_tags`` authorized for walk-ins; ``extra``: more TOML lines for some ids
+    (``ocpp = "2.0.1"``, ``connectors = [1, 2]``)."""
     pw_hash = hash_password(password, FAST_HASH_ITERATIONS)
     parts = []
     for n, cid in enumerate(ids):
@@ -97,8 +103,8 @@ def write_chargers(
             "[[charger]]\n"
             f'id = "{cid}"\nlatitude = {lat + (n % 100) * 0.0001:.6f}\n'
             f"longitude = {lon + (n // 100) * 0.0001:.6f}\n"
-            f"price_kwh = {price_kwh}\npower_kw = {power_kw}\nconnector = 1\n"
-            f'password_hash = "{pw_hash}"\n'
+            f"price_kwh = {price_kwh}\npower_kw = {power_kw}\n"
+            f'password_hash = "{pw_hash}"\n' + (extra or {}).get(cid, "connector = 1\n")
         )
     parts += [f'[[idtag]]\nid = "{tag}"\n' for tag in id_tags]
     path.write_text("\n".join(parts), encoding="utf-8")

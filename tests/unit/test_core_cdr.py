@@ -5,7 +5,7 @@ changes its price, and one ENERGY component is today's flat bill."""
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -281,10 +281,12 @@ def split(usages: list[Usage], index: int, frac: float) -> list[Usage]:
         / (Decimal(repr(u.end)) - Decimal(repr(u.start)))
     )
     i = usages.index(u)
+    with localcontext(Context(prec=60)):  # the two parts add up to the whole exactly
+        rest = u.energy_kwh - first_energy
     return [
         *usages[:i],
         Usage(u.start, cut, first_energy, u.charging, u.power_kw),
-        Usage(cut, u.end, u.energy_kwh - first_energy, u.charging, u.power_kw),
+        Usage(cut, u.end, rest, u.charging, u.power_kw),
         *usages[i + 1 :],
     ]
 
@@ -313,3 +315,114 @@ def test_one_energy_component_is_the_flat_bill(energy: Decimal, price: Decimal, 
     b = price_session(flat_tariff(price, "BRL"), [Usage(BASE, BASE + secs, energy)], BASE, TZ)
     assert b.cost == session_cost(energy, price)
     assert b.total.price().excl_vat == session_cost(energy, price)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sessions(),
+    st.sampled_from([None, "ses-1"]),
+    st.sampled_from([None, "CAR1"]),
+    st.sampled_from([("BR", "EVB"), ("NL", "ABC")]),
+)
+def test_the_cdr_built_as_builtins_is_the_encoded_cdr(
+    usages: list[Usage], session_id: str | None, token: str | None, party: tuple[str, str]
+) -> None:
+    """The core publishes ``Bill.cdr_builtins``: the same dict, value for value and
+    type for type (so the same JSON bytes), as the CDR struct encoded and decoded."""
+    import json
+
+    import msgspec
+
+    tariff = msgspec.structs.replace(TOU, country_code=party[0], party_id=party[1])
+    bill = price_session(tariff, usages, usages[0].start, TZ)
+    end = usages[-1].end
+    for now in (end, end + 7.5):
+        remark = None if token else "unplugged"
+        direct = bill.cdr_builtins(
+            cdr_id="cdr-1", tariff=tariff, start=usages[0].start, end=end, now=now,
+            session_id=session_id, token=token, remark=remark,
+        )  # fmt: skip
+        encoded = cdr_to_builtins(
+            bill.cdr(
+                cdr_id="cdr-1", tariff=tariff, start=usages[0].start, end=end, now=now,
+                session_id=session_id, token=token, remark=remark,
+            )
+        )  # fmt: skip
+        assert json.dumps(direct) == json.dumps(encoded)
+        assert direct == encoded
+
+
+@st.composite
+def restrictions(draw: st.DrawFn) -> dict[str, object] | None:
+    r: dict[str, object] = {}
+    if draw(st.booleans()):
+        return None
+    if draw(st.booleans()):
+        r["start_time"] = f"{draw(st.integers(0, 23)):02d}:{draw(st.sampled_from([0, 30])):02d}"
+        r["end_time"] = f"{draw(st.integers(0, 23)):02d}:00"
+    if draw(st.booleans()):
+        r["min_kwh"] = draw(st.integers(0, 10))
+    if draw(st.booleans()):
+        r["max_power"] = draw(st.sampled_from([8, 16, 32]))
+    if draw(st.booleans()):
+        r["max_duration"] = draw(st.integers(60, 3 * H))
+    if draw(st.booleans()):
+        r["day_of_week"] = draw(st.lists(st.sampled_from(["FRIDAY", "SATURDAY"]), min_size=1))
+    return r or None
+
+
+@st.composite
+def tariffs(draw: st.DrawFn) -> Tariff:
+    elements = []
+    for _ in range(draw(st.integers(1, 4))):
+        dims = draw(
+            st.lists(
+                st.sampled_from(["ENERGY", "TIME", "PARKING_TIME", "FLAT"]), min_size=1, max_size=3
+            )
+        )
+        components = [
+            {
+                "type": d,
+                "price": draw(st.integers(0, 500)) / 100,
+                "step_size": draw(st.sampled_from([0, 1, 60, 100, 300])),
+                **({"vat": 12} if draw(st.booleans()) else {}),
+            }
+            for d in dims
+        ]
+        element: dict[str, object] = {"price_components": components}
+        r = draw(restrictions())
+        if r is not None:
+            element["restrictions"] = r
+        elements.append(element)
+    body = {"id": "t", "currency": "BRL", "elements": elements}
+    if draw(st.booleans()):
+        body["min_price"] = {"excl_vat": 1.0}
+    import json
+
+    (t,) = decode_tariffs(json.dumps(body).encode())
+    return t
+
+
+@settings(max_examples=300, deadline=None)
+@given(tariffs(), sessions())
+def test_the_fast_path_prices_as_the_general_path(tariff: Tariff, usages: list[Usage]) -> None:
+    """A tariff without clock, duration or kWh restrictions is priced one piece per
+    stretch, and a dimension whose first element is unrestricted without checking
+    restrictions: the bill (every amount, every period) is the general path's."""
+    from common.cdr import CompiledTariff, price_compiled
+
+    ct = CompiledTariff(tariff, TZ)
+    fast = price_compiled(ct, usages, usages[0].start)
+    general = price_compiled(ct, usages, usages[0].start, fast=False)
+    for name in ("energy", "time", "parking", "fixed", "total"):
+        f, g = getattr(fast, name), getattr(general, name)
+        assert (f.excl, f.incl) == (g.excl, g.incl), name
+    assert fast.periods == general.periods
+    assert (fast.total_energy, fast.total_seconds, fast.parking_seconds) == (
+        general.total_energy,
+        general.total_seconds,
+        general.parking_seconds,
+    )
+    stretches = [u for u in usages if u.start < u.end]
+    if ct.cutless and stretches:
+        assert len(fast.periods) <= len(stretches)

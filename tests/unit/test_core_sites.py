@@ -218,3 +218,26 @@ def test_demand_follows_what_a_settled_session_draws_only() -> None:
     ack_all(h, fx)
     kws = {s["session_id"]: s["kw"] for s in h.core.sites()["sites"][0]["sessions"]}
     assert kws[st.session_id] == 4.9 and kws[sid0] == kws[sid1] == 12.5
+
+
+def test_a_tariffed_session_splits_its_charging_periods_where_its_allocation_changes() -> None:
+    from datetime import UTC
+
+    from tests.unit.test_core_tariffs_flow import PER_MINUTE, final, setup
+
+    h = Harness(tz=UTC)
+    site_points(h, n=1)
+    setup(h, PER_MINUTE, pattern="S-*")
+    define(h, limit_kw=20)
+    sid, kw, _ = start(h, "V0", "S-0")
+    assert kw == 20.0
+    h.at(600)
+    define(h, limit_kw=10)  # the allocation halves: a new charging period
+    h.at(600)
+    cdr = final(h.complete("S-0", sid, "V0", energy=5.0))["cdr"]
+    periods = cdr["charging_periods"]
+    assert [p["dimensions"][2] for p in periods] == [
+        {"type": "MAX_POWER", "volume": 20.0},
+        {"type": "MAX_POWER", "volume": 10.0},
+    ]
+    assert [p["dimensions"][0]["volume"] for p in periods] == [24.0, 12.0]

@@ -127,3 +127,75 @@ def test_a_session_on_a_site_waits_at_its_allocated_power_in_the_replica_too() -
     from_snapshot.on_snapshot(h.core.snapshot(h.now))
     assert _answers(from_snapshot.reads, h.now) == _answers(h.core._eng.points.reads, h.now)
     assert snap["seq"] == before
+
+
+TOU = {
+    "id": "tou",
+    "currency": "BRL",
+    "elements": [
+        {"price_components": [{"type": "FLAT", "price": 1.50, "vat": 12, "step_size": 1}]},
+        {
+            "price_components": [{"type": "ENERGY", "price": 2.60, "vat": 12, "step_size": 1}],
+            "restrictions": {"start_time": "18:00", "end_time": "21:00"},
+        },
+        {
+            "price_components": [
+                {"type": "ENERGY", "price": 1.80, "vat": 12, "step_size": 1},
+                {"type": "PARKING_TIME", "price": 12.00, "vat": 12, "step_size": 60},
+            ]
+        },
+    ],
+}
+
+
+def _estimates(reads: object, now: float) -> tuple[bytes, bytes]:
+    """``bateria``/``consulta`` with ``custo_estimado`` (and ``tarifa`` on every point)."""
+    where = {"localizacao": WHERE, "capacidade_kwh": 60, "nivel_carregar": 90}
+    bat = msgspec.convert({"nivel_bateria": 20, "limite": 10, **where}, Bateria)
+    con = msgspec.convert({"nivel_bateria": 20, "ordenar": "custo", **where}, Consulta)
+    return (
+        # (ignored below) the encoded points are a Raw (bytes-like) here
+        bytes(bateria_points(reads, bat, now)),  # type: ignore[arg-type]
+        # (ignored below) the encoded points are a Raw (bytes-like) here
+        bytes(consulta_points(reads, con, now)[0]),  # type: ignore[arg-type]
+    )
+
+
+def _tariffs(h: Harness, action: str, **kw: object) -> None:
+    import json
+
+    body = json.dumps(kw.pop("tariff")) if "tariff" in kw else None
+    reply, fx = h.core.tariffs(action, body, kw.get("tariff_id"), kw.get("points"), "op", h.now)
+    assert reply.get("ok") is True, reply
+    h.apply(fx)
+
+
+def test_a_tariffed_point_reads_the_same_through_a_replica() -> None:
+    """Tariffs and assignments from the snapshot (read in the core's zone) and from
+    ``tariff.updated`` events: ``tarifa`` and ``custo_estimado`` are the core's bytes."""
+    from zoneinfo import ZoneInfo
+
+    h = Harness(tz=ZoneInfo("America/Bahia"))
+    _scene(h)
+    _tariffs(h, "set", tariff=TOU)
+    _tariffs(h, "assign", tariff_id="tou", points="CP0[0-2]")
+    replica = Replica(h.config.queue_capacity)
+    replica.on_snapshot(h.core.snapshot(h.now))
+    assert replica.reads.tariffs is not None and replica.malformed == 0
+    core_reads = h.core._eng.points.reads
+    for later in (0, 6 * 3600, 9 * 3600):  # across the 18:00-21:00 boundaries
+        assert _estimates(replica.reads, h.now + later) == _estimates(core_reads, h.now + later)
+    assert b'"tarifa"' in _estimates(core_reads, h.now)[0]
+    before = replica.applied_seq
+    cheaper = {**TOU, "id": "night", "elements": TOU["elements"][2:]}
+    _tariffs(h, "set", tariff=cheaper)
+    _tariffs(h, "assign", tariff_id="night", points="CP03")
+    _tariffs(h, "assign", tariff_id="tou", points="CP05")
+    _tariffs(h, "remove", tariff_id="tou")
+    _tariffs(h, "set", tariff={**TOU, "id": "tou2"})
+    _tariffs(h, "assign", tariff_id="tou2", points="CP0*")
+    replica.on_batch([e for e in h.events if e.seq > before], h.core.last_seq)
+    assert replica.malformed == 0
+    for later in (0, 6 * 3600, 9 * 3600):
+        assert _estimates(replica.reads, h.now + later) == _estimates(core_reads, h.now + later)
+        assert _answers(replica.reads, h.now + later) == _answers(core_reads, h.now + later)

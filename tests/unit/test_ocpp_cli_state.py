@@ -56,14 +56,14 @@ def test_state_file_round_trip_and_damage(tmp_path: Path) -> None:
     st.load()  # no file yet: a fresh state
     assert not st.restored
     first = st.new_id()
-    st.transactions[first] = {"point_id": "OC01", "session_id": "ses-1"}
+    st.transactions[f"OC01/{first}"] = {"point_id": "OC01", "session_id": "ses-1"}
     st.completions["ses-0"] = {"type": "session_complete", "session_id": "ses-0"}
     st.save()
     again = GatewayState(path)
     again.load()
     assert again.restored and again.boot_id == st.boot_id
     assert again.new_id() > first  # ids come from blocks recorded before use: never reused
-    assert again.transactions == {first: {"point_id": "OC01", "session_id": "ses-1"}}
+    assert again.transactions == {f"OC01/{first}": {"point_id": "OC01", "session_id": "ses-1"}}
     assert list(again.completions) == ["ses-0"]
     path.write_text(json.dumps({"boot_id": "x"}))
     with pytest.raises(ConfigError, match="damaged"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.errors import ConfigError
-from station.ocpp import mapping
+from station.ocpp import frames, mapping, mapping201
 from station.ocpp.chargers_file import load_chargers, parse_chargers
 from station.ocpp.passwords import hash_password, verify_password
 
@@ -144,6 +145,154 @@ def test_chargers_file_unreadable_or_not_toml(tmp_path: Path) -> None:
     bad.write_text("[[charger]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_chargers(bad)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        ("Accepted", None),
+        ("Occupied", "point_busy"),
+        ("Faulted", "point_unavailable"),
+        ("Unavailable", "point_unavailable"),
+        ("Rejected", "point_unavailable"),
+        (None, "point_unavailable"),
+    ],
+)
+def test_reserve_refusal_codes(status: str | None, code: str | None) -> None:
+    error = mapping.reserve_refusal(status)
+    assert (error.partition(":")[0] if error else None) == code
+
+
+def test_configuration_at_boot_asks_for_periodic_energy_readings() -> None:
+    assert mapping.configuration(10) == [
+        ("MeterValueSampleInterval", "10"),
+        ("MeterValuesSampledData", "Energy.Active.Import.Register"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "answer"),
+    [
+        ('[2,"a","Heartbeat",{}]', None),
+        ('[3,"a",{}]', None),
+        ('[4,"a","GenericError","x",{}]', None),
+        ('[2,"a","Heartbeat"]', ("a", "FormationViolation")),
+        ('[2,"a",5,{}]', ("a", "FormationViolation")),
+        ('[9,"a"]', ("a", "NotSupported")),
+        ("nope", "close"),
+        (b"[]", "close"),
+        ("{}", "close"),
+        ("[2]", "close"),
+        ('[2,"' + "x" * 37 + '","Heartbeat",{}]', "close"),
+        ('[3,"a"]', "close"),
+        ('[4,"a","GenericError"]', "close"),
+    ],
+)
+def test_frames_are_answered_or_closed(raw: str | bytes, answer: object) -> None:
+    bad = frames.check(raw, "1.6")
+    if answer is None:
+        assert bad is None
+    elif answer == "close":
+        assert bad is not None and bad.unique_id is None
+    else:
+        assert bad is not None and (bad.unique_id, bad.code) == answer
+        assert json.loads(bad.call_error())[:3] == [4, *answer]
+
+
+def test_frames_speak_each_version() -> None:
+    bad = frames.check('[2,"a","Heartbeat"]', "2.0.1")
+    assert bad is not None and bad.code == "FormatViolation"
+    assert frames.error_code("FormatViolation", "1.6") == "FormationViolation"
+    assert frames.error_code("FormatViolation", "2.0.1") == "FormatViolation"
+
+
+def test_throttle_allows_one_line_per_period_and_counts_the_rest() -> None:
+    t = frames.Throttle(period_s=10.0)
+    assert t.allow("k", 0.0) == 0
+    assert t.allow("k", 1.0) is None and t.allow("k", 2.0) is None
+    assert t.allow("other", 2.0) == 0
+    assert t.allow("k", 10.0) == 2
+    burst = frames.Throttle(period_s=10.0, burst=2)
+    assert [burst.allow("k", n) for n in (0.0, 1.0, 2.0, 3.0)] == [0, 0, None, None]
+    assert burst.allow("k", 10.0) == 2
+
+
+def test_201_meter_readings_units_multipliers_phases_and_soc() -> None:
+    def sv(value: object, **kw: object) -> dict[str, object]:
+        return {"value": value, **kw}
+
+    mv = [
+        {
+            "sampled_value": [
+                sv(1.5, unit_of_measure={"unit": "kWh"}),
+                sv(9999, phase="L1"),  # per phase: not the meter
+                sv(3, unit_of_measure={"unit": "Wh", "multiplier": 3}),
+                sv(55.5, measurand="SoC"),
+                sv("x"),
+            ]
+        }
+    ]
+    assert mapping201.meter_reading(mv) == (3000, 55.5)
+    assert mapping201.meter_reading(None) == (None, None)
+
+
+def test_201_statuses_reasons_and_calls() -> None:
+    assert mapping.station_state(mapping201.status_as_16("Occupied"), None) == (
+        "disponivel",
+        False,
+    )
+    assert mapping.station_state(mapping201.status_as_16("Faulted"), None)[0] == "indisponivel"
+    assert mapping.stop_reason(mapping201.stop_reason_as_16("GroundFault"), 0, 10) == "fault"
+    assert mapping.stop_reason(mapping201.stop_reason_as_16("EVDisconnected"), 0, 10) == "stopped"
+    assert mapping201.remote_stop(12).transaction_id == "12"
+    assert mapping201.change_availability(2, False).evse == {"id": 2}
+    ok = [{"attribute_status": "Accepted", "variable": {"name": "A"}}]
+    bad = [{"attribute_status": "Rejected", "variable": {"name": "B"}}]
+
+    class R:
+        def __init__(self, rows: list[dict[str, object]]) -> None:
+            self.set_variable_result = rows
+
+    assert mapping201.configuration_refusals(R(ok)) == []
+    assert mapping201.configuration_refusals(R(bad)) == ["B: Rejected"]
+    assert mapping201.configuration_refusals(None) == ["no answer"]
+
+
+def test_chargers_file_connectors_versions_and_profile_3() -> None:
+    base = {"latitude": 0.0, "longitude": 0.0, "price_kwh": 1.0}
+    pw = hash_password("x" * 16, 1000)
+    specs = parse_chargers(
+        {
+            "charger": [
+                {
+                    **base,
+                    "id": "MC",
+                    "password_hash": pw,
+                    "connectors": [1, {"connector": 2, "id": "P2"}],
+                },
+                {**base, "id": "T3", "security_profile": 3, "ocpp": "2.0.1"},
+            ]
+        }
+    )
+    assert [(s.id, s.charger, s.connector) for s in specs] == [
+        ("MC-1", "MC", 1), ("P2", "MC", 2), ("T3", "T3", 1),
+    ]  # fmt: skip
+    assert specs[2].password_hash is None and specs[2].ocpp == "2.0.1"
+    for bad, why in [
+        ({"id": "A", "password_hash": pw, "connectors": []}, "connectors"),
+        ({"id": "A", "password_hash": pw, "connectors": [1, 1]}, "twice"),
+        ({"id": "A", "password_hash": pw, "ocpp": "3"}, "ocpp"),
+        ({"id": "A"}, "password_hash"),
+        ({"id": "A", "password_hash": pw, "security_profile": 4}, "security_profile"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            parse_chargers({"charger": [{**base, **bad}]})
+    clash = [
+        {**base, "id": "A-1", "password_hash": pw},
+        {**base, "id": "A", "password_hash": pw, "connectors": [1]},  # point A-1 again
+    ]
+    with pytest.raises(ConfigError, match="twice"):
+        parse_chargers({"charger": clash})
 
 
 def test_the_connector_is_free_once_the_vehicle_left() -> None:

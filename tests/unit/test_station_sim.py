@@ -343,25 +343,3 @@ def test_a_limited_session_charges_at_its_limit_and_pauses_at_zero() -> None:
     c.advance(t + 2.5)
     assert abs(c.session.energy_wh - 22_000) <= 1
     assert not c.handle(Limit(cmd_id="c4", session_id="zz", kw=1.0), t + 3.0).messages[0]["ok"]
-
-
-def test_hello_is_the_struct_and_its_bytes_are_the_map_stations_always_sent() -> None:
-    from common.codec import pack
-    from common.messages import Hello
-
-    c = Charger("L1", 0, 0, power_kw=22, price_kwh=1, takes_limits=False)
-    hello = c.hello("boot-1", 2.0)
-    assert isinstance(hello, Hello)
-    assert pack(hello) == pack(
-        {
-            "type": "hello",
-            "id": "L1",
-            "latitude": 0,
-            "longitude": 0,
-            "potencia_kw": 22,
-            "preco_kwh": 1,
-            "boot_id": "boot-1",
-            "interval_s": 2.0,
-            "limites": False,
-        }
-    )

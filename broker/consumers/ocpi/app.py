@@ -197,7 +197,12 @@ async def tariffs(request: Req) -> Response[bytes]:
     _partner(request)
     query = dict(request.query_params)
     page = parse_page(query)
-    every = _svc(request).view.tariffs(time.time())
+    svc = _svc(request)
+    view = svc.view
+    points = [
+        (pid, p.preco_kwh, view.updated.get(pid, 0.0)) for pid, p in view.state.points.items()
+    ]
+    every = svc.catalog.every(points, time.time())
     url = str(request.url).split("?", 1)[0]
     return _ok(
         request,

@@ -355,10 +355,19 @@ def tokens_list(
     as_json: Annotated[
         bool, typer.Option("--json", envvar="EV_OCPI_JSON", help="JSON lines.")
     ] = False,
+    idtags: Annotated[
+        bool,
+        typer.Option(
+            "--idtags",
+            envvar="EV_OCPI_IDTAGS",
+            help="With --authorized: as [[idtag]] tables for an OCPP gateway's chargers file.",
+        ),
+    ] = False,
     db: PartnerDbOpt = None,
 ) -> None:
     """The eMSP tokens pulled and cached (or pushed by the eMSPs)."""
     from broker.consumers.ocpi.store import OcpiStore
+    from station.ocpp.guard import IDTAG_RE
 
     store = _store_of(ctx.parent, db)
     assert isinstance(store, OcpiStore)
@@ -366,7 +375,11 @@ def tokens_list(
         for t in store.tokens():
             ok = bool(t.get("valid")) and t.get("whitelist") != "NEVER"
             if authorized:
-                if ok:
+                if ok and idtags and IDTAG_RE.match(t["uid"]):
+                    typer.echo(
+                        f'[[idtag]]\nid = "{t["uid"]}"  # {t["country_code"]}-{t["party_id"]}\n'
+                    )
+                elif ok and not idtags:
                     typer.echo(t["uid"])
             elif as_json:
                 typer.echo(json.dumps(t))

@@ -20,7 +20,7 @@ No clock, socket or database here: times come in as arguments.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final, Literal
@@ -40,10 +40,7 @@ from broker.consumers.ocpi.models import (
     GeoLocation,
     Location,
     Price,
-    PriceComponent,
     Session,
-    Tariff,
-    TariffElement,
 )
 from broker.consumers.ocpi.wire import evse_id, ocpi_id
 from broker.consumers.web.state import ConsoleState, Point, Running
@@ -102,22 +99,6 @@ def tariff_id_for_price(price_kwh: float | None) -> str:
     return f"KWH-{Decimal(str(price_kwh or 0)).quantize(Decimal('0.0001')).normalize():f}"
 
 
-def fallback_tariff(site: Site, price_kwh: float, last_updated: float) -> Tariff:
-    """One ENERGY component at the point's announced price (tariffs.md's default)."""
-    return Tariff(
-        country_code=site.country_code,
-        party_id=site.party_id,
-        id=tariff_id_for_price(price_kwh),
-        currency=site.currency,
-        elements=[
-            TariffElement(
-                price_components=[PriceComponent(type="ENERGY", price=price_kwh, step_size=1)]
-            )
-        ],
-        last_updated=format_timestamp(last_updated),
-    )
-
-
 def _power(p: Point) -> tuple[str, str, Literal["SOCKET", "CABLE"], int, int, int]:
     """(standard, power_type, format, volts, amperes, watts) from the point's power."""
     kw = p.potencia_kw or 0.0
@@ -127,7 +108,7 @@ def _power(p: Point) -> tuple[str, str, Literal["SOCKET", "CABLE"], int, int, in
     return "IEC_62196_T2", "AC_3_PHASE", "SOCKET", 230, max(1, round(watts / 690)), watts
 
 
-def evse_of(p: Point, site: Site, last_updated: float) -> EVSE:
+def evse_of(p: Point, site: Site, last_updated: float, tariff_id: str | None = None) -> EVSE:
     standard, power_type, fmt, volts, amps, watts = _power(p)
     stamp = format_timestamp(last_updated)
     return EVSE(
@@ -146,7 +127,7 @@ def evse_of(p: Point, site: Site, last_updated: float) -> EVSE:
                 max_voltage=volts,
                 max_amperage=amps,
                 max_electric_power=watts or None,
-                tariff_ids=[tariff_id_for_price(p.preco_kwh)],
+                tariff_ids=[tariff_id or tariff_id_for_price(p.preco_kwh)],
                 last_updated=stamp,
             )
         ],
@@ -170,6 +151,8 @@ class LocationsView:
 
     def __init__(self, site: Site) -> None:
         self.site = site
+        #: (point id, preco_kwh, now) -> the id of the tariff pricing that point
+        self.tariff_of: Callable[[str, float | None, float], str] = _by_price
         self.state = ConsoleState()
         self.evses: dict[str, EVSE] = {}  # point id -> EVSE
         self.updated: dict[str, float] = {}  # point id -> last_updated
@@ -197,7 +180,7 @@ class LocationsView:
         if p is None:
             return None
         old = self.evses.get(p.id)
-        fresh = evse_of(p, self.site, ev.ts)
+        fresh = self._evse(p, ev.ts)
         if old is None:
             new_location = location_id_of(p.id) not in self.members
             self._put(p, ev.ts, fresh)
@@ -210,8 +193,22 @@ class LocationsView:
         )
         return Change(location_id_of(p.id), fresh.uid, p.id, kind, False)
 
+    def _evse(self, p: Point, when: float) -> EVSE:
+        return evse_of(p, self.site, when, self.tariff_of(p.id, p.preco_kwh, when))
+
+    def retariff(self, when: float) -> list[Change]:
+        """After a tariff change: every EVSE whose tariff changed, as a static change."""
+        out = []
+        for pid, old in list(self.evses.items()):
+            p = self.state.points[pid]
+            fresh = self._evse(p, when)
+            if not _same(old, fresh):
+                self._put(p, when, fresh)
+                out.append(Change(location_id_of(pid), fresh.uid, pid, "static", False))
+        return out
+
     def _put(self, p: Point, when: float, evse: EVSE | None = None) -> None:
-        self.evses[p.id] = evse or evse_of(p, self.site, when)
+        self.evses[p.id] = evse or self._evse(p, when)
         self.updated[p.id] = when
         self.uid_to_point[self.evses[p.id].uid] = p.id
         lid = location_id_of(p.id)
@@ -275,16 +272,9 @@ class LocationsView:
     def sessions_running(self) -> list[Running]:
         return sorted(self.state.running.values(), key=lambda r: r.started_at)
 
-    def tariffs(self, now: float) -> list[Tariff]:
-        """Every point's tariff (one per distinct announced price), by id."""
-        seen: dict[str, Tariff] = {}
-        for pid, p in self.state.points.items():
-            tid = tariff_id_for_price(p.preco_kwh)
-            if tid not in seen:
-                seen[tid] = fallback_tariff(
-                    self.site, p.preco_kwh or 0.0, self.updated.get(pid, now)
-                )
-        return [seen[k] for k in sorted(seen)]
+
+def _by_price(point_id: str, price_kwh: float | None, now: float) -> str:
+    return tariff_id_for_price(price_kwh)
 
 
 def _same(a: EVSE, b: EVSE, *, but_status: bool = False) -> bool:

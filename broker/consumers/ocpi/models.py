@@ -145,29 +145,6 @@ class Location(_O):
     operator: BusinessDetails | None = None
 
 
-# --- tariffs (served as the tariff engine has them; this is the fallback shape) --------
-
-
-class PriceComponent(_O):
-    type: Literal["ENERGY", "FLAT", "PARKING_TIME", "TIME"]
-    price: float
-    step_size: int
-    vat: float | None = None
-
-
-class TariffElement(_O):
-    price_components: list[PriceComponent]
-
-
-class Tariff(_O):
-    country_code: str
-    party_id: str
-    id: str
-    currency: str
-    elements: list[TariffElement]
-    last_updated: str
-
-
 # --- tokens ---------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ import httpx
 import msgspec
 import zmq.asyncio
 
+from broker.consumers.billing.ledger import Bill
 from broker.consumers.ocpi.commands import Commander
 from broker.consumers.ocpi.mapping import (
     Change,
@@ -53,6 +54,7 @@ from broker.consumers.ocpi.models import (
 )
 from broker.consumers.ocpi.outbox import Outbox
 from broker.consumers.ocpi.store import OcpiStore, Partner, Push
+from broker.consumers.ocpi.tariffs import TariffCatalog
 from broker.consumers.ocpi.wire import (
     OcpiError,
     Status,
@@ -62,15 +64,17 @@ from broker.consumers.ocpi.wire import (
     token_hash,
 )
 from broker.consumers.subscriber import Endpoint as BusEndpoint
-from broker.consumers.subscriber import HistoryClient, Subscriber
-from common.errors import TransportError
-from common.messages import WALK_IN_PREFIX, BusEvent
+from broker.consumers.subscriber import HistoryClient, Subscriber, decode_events
+from common.cdr import Cdr, cdr_from_builtins, cdr_to_builtins
+from common.errors import EventsPruned, EVError, TransportError
+from common.messages import MAX_HISTORY_LIMIT, WALK_IN_PREFIX, BusEvent
 from common.ports import VEHICLE_PORT
 from common.timeutil import format_timestamp
 
 log = logging.getLogger(__name__)
 
 TICK_S: Final = 1.0
+TARIFF_TOPIC: Final = "tariff.updated"
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 REGISTER_RETRY_S: Final = 10.0  # a registration with an eMSP that failed is tried again
 
@@ -138,6 +142,10 @@ class OcpiService:
             ctx=self.ctx,
         )
         self.requests = HistoryClient(self.ctx, cfg.bus.history_url, credential=cfg.bus.credential)
+        self.catalog = TariffCatalog(cfg.site)
+        self.view.tariff_of = self.catalog.tariff_id_for
+        self.tariffs_loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._asking = asyncio.Lock()  # one history request at a time on its socket
         self.partners: list[Partner] = []
         self.http = httpx.AsyncClient(timeout=HANDSHAKE_TIMEOUT_S)
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,6 +166,7 @@ class OcpiService:
     async def wait_ready(self) -> None:
         await self.live.ready.wait()
         await self.sessions.ready.wait()
+        await asyncio.shield(self.tariffs_loaded)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -206,10 +215,50 @@ class OcpiService:
 
     # --- locations ------------------------------------------------------------------
 
+    async def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        async with self._asking:
+            return await self.requests.request_once(request)
+
+    async def load_tariffs(self, upto: int) -> None:
+        """The tariffs as of bus event ``upto``: every ``tariff.updated`` up to it, replayed
+        in order from history (or, history pruned, the ``tariffs list`` of an operator)."""
+        catalog = TariffCatalog(self.site)
+        seq = 0
+        try:
+            while seq < upto:
+                reply = await self.ask({"op": "since", "seq": seq, "limit": MAX_HISTORY_LIMIT})
+                events = decode_events(reply.get("events"), self.live.stats)
+                for ev in events:
+                    if ev.seq <= upto and ev.topic == TARIFF_TOPIC:
+                        catalog.apply(ev.data, ev.ts)
+                    seq = max(seq, ev.seq)
+                if not reply.get("more") or not events:
+                    break
+        except EventsPruned:
+            try:
+                listed = await self.ask({"op": "tariffs", "action": "list"})
+            except TransportError as exc:
+                log.warning("tariffs before seq %d unknown (history pruned): %s", upto, exc)
+            else:
+                catalog = TariffCatalog(self.site)
+                for t in listed.get("tariffs") or []:
+                    catalog.apply({"tariff_id": t.get("id"), "action": "set", "tariff": t}, 0.0)
+                for a in listed.get("assignments") or []:
+                    catalog.apply({"tariff_id": a.get("tariff_id"), "action": "assign",
+                                   "points": a.get("points")}, 0.0)  # fmt: skip
+        except TransportError as exc:
+            log.warning("tariffs: %s", exc)
+        self.catalog = catalog
+        self.view.tariff_of = catalog.tariff_id_for
+        self.view.retariff(time.time())
+
     def on_location_events(self, events: Sequence[BusEvent]) -> None:
         pushes: list[Push] = []
         targets = [p for p in self.registered() if "locations" in p.endpoints]
         for ev in events:
+            if ev.topic == TARIFF_TOPIC:
+                pushes.extend(self._tariff_event(ev))
+                continue
             change = self.view.apply(ev)
             if change is not None and targets:
                 pushes.extend(self._location_pushes(change, targets))
@@ -217,6 +266,31 @@ class OcpiService:
             self.store.enqueue(pushes)
             for p in targets:
                 self.outbox.kick(p.name)
+
+    def _tariff_event(self, ev: BusEvent) -> list[Push]:
+        """A tariff set, assigned or removed: the Tariff to eMSPs with a Tariffs
+        receiver, and every EVSE whose tariff changed to every eMSP."""
+        self.view.state.seq = max(self.view.state.seq, ev.seq)
+        change = self.catalog.apply(ev.data, ev.ts)
+        if change is None:
+            log.warning("seq %d: tariff.updated not applied: %.200r", ev.seq, ev.data)
+            return []
+        out: list[Push] = []
+        s = self.site
+        for p in self.registered():
+            url = p.endpoints.get("tariffs")
+            if url is None or change.action == "assign":
+                continue
+            where = f"{url.rstrip('/')}/{s.country_code}/{s.party_id}/{change.tariff_id}"
+            body = self.catalog.get(change.tariff_id)
+            if change.action == "remove" or body is None:
+                out.append(Push(p.name, "DELETE", where, None))
+            else:
+                out.append(Push(p.name, "PUT", where, encode(body)))
+        targets = [p for p in self.registered() if "locations" in p.endpoints]
+        for c in self.view.retariff(ev.ts):
+            out.extend(self._location_pushes(c, targets))
+        return out
 
     def _location_pushes(self, c: Change, targets: list[Partner]) -> list[Push]:
         s = self.site
@@ -261,7 +335,18 @@ class OcpiService:
                 pushes.append(Push(p.name, "PUT", url, encode(sess)))
             if completed:
                 point = self.view.state.points.get(str(ev.data.get("point_id")))
-                cdr = cdr_of(s, d, ev.data, point, now=ev.ts)
+                data = dict(ev.data)
+                engine_cdr = self._ledger_cdr(ev)
+                if engine_cdr is not None:
+                    data["cdr"] = cdr_to_builtins(engine_cdr)
+                cdr = cdr_of(s, d, data, point, now=ev.ts)
+                tariff = (
+                    self.catalog.get(engine_cdr.tariff_id)
+                    if engine_cdr and engine_cdr.tariff_id
+                    else None
+                )
+                if tariff is not None:
+                    cdr.tariffs = [tariff]
                 body = encode(cdr)
                 cdrs.append((cdr.id, p.name, ev.ts, body))
                 if "cdrs" in p.endpoints:
@@ -271,12 +356,24 @@ class OcpiService:
             self.outbox.kick(name)
         del now
 
+    @staticmethod
+    def _ledger_cdr(ev: BusEvent) -> Cdr | None:
+        """The CDR the billing ledger keeps for this bill (``billing report --format
+        ocpi``): the tariff engine's, or for a flat bill the engine's CDR of one ENERGY
+        component at the point's price. None for a bill the ledger would refuse."""
+        try:
+            return cdr_from_builtins(Bill.from_event(ev.data).ocpi_cdr())
+        except (ValueError, EVError) as exc:
+            log.error("seq %d: charging.completed not billable: %s", ev.seq, exc)
+            return None
+
     def _walk_in(self, vehicle_id: str) -> Driver | None:
-        """A session started at a charger by an eMSP token (an OCPP walk-in is billed to
-        its idTag's account ``idtag.<uid>``): that eMSP's driver, authorized by its cached
-        token."""
-        uid = vehicle_id.removeprefix(WALK_IN_PREFIX)
-        found = self.store.walk_in_token(uid)
+        """A session started at a charger with an eMSP's card (an OCPP walk-in, billed to
+        its idTag's account ``idtag.<uid>``): that eMSP's driver, when its cached token
+        is valid."""
+        if not vehicle_id.startswith(WALK_IN_PREFIX):
+            return None
+        found = self.store.walk_in_token(vehicle_id.removeprefix(WALK_IN_PREFIX))
         if found is None:
             return None
         partner, t = found
@@ -307,7 +404,7 @@ class OcpiService:
         }
         if not ours:
             return
-        snap = await self.requests.request_once({"op": "snapshot"})
+        snap = await self.ask({"op": "snapshot"})
         pushes: list[Push] = []
         s = self.site
         for out in self.view.state.refresh_energy(snap):
@@ -488,8 +585,11 @@ class _LocationsSink:
 
     def on_snapshot(self, snapshot: dict[str, Any]) -> None:
         self.svc.view.load_snapshot(snapshot, time.time())
+        seq = int(snapshot.get("seq") or 0)
+        self.svc.tariffs_loaded = asyncio.get_running_loop().create_task(self.svc.load_tariffs(seq))
 
-    def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> None:
+    async def on_batch(self, events: Sequence[BusEvent], applied_seq: int) -> None:
+        await self.svc.tariffs_loaded  # the tariffs as of the snapshot come first
         self.svc.on_location_events(events)
 
 

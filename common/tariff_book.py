@@ -12,21 +12,41 @@ on every change; prepared (compiled) tariffs are cached per tariff.
 from __future__ import annotations
 
 import math
-from datetime import tzinfo
+from datetime import UTC, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from fnmatch import fnmatchcase
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker.core.sessions import session_cost, to_decimal
 from common.cdr import CompiledTariff, estimate, prices_at
 from common.replies import TariffView
 from common.tariffs import Tariff, tariff_from_builtins, tariff_to_builtins
-from common.timeutil import format_timestamp
+from common.timeutil import format_timestamp, site_zone
 
 ASSIGNMENTS_KEY: Final = "tariff_assignments"
 PRICE: Final = Decimal("0.0001")
 MAX_TARIFFS: Final = 10_000
 MAX_RULES: Final = 10_000
+
+
+def tz_name(tz: tzinfo) -> str:
+    """The IANA name of a zone (``UTC`` for the fixed UTC zone)."""
+    key = getattr(tz, "key", None)
+    return key if isinstance(key, str) else str(tz)
+
+
+def tz_of(name: str) -> tzinfo:
+    """The zone named ``name`` (ValueError when unknown). ``localtime`` (a core using
+    its machine's zone) is this machine's zone: gateways run beside their core."""
+    if name in ("UTC", "UTC+00:00"):
+        return UTC
+    if name == "localtime":
+        return site_zone(None)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
 
 
 class TariffBook:
@@ -82,6 +102,25 @@ class TariffBook:
     def restore_assignments(self, value: dict[str, Any]) -> None:
         self._rules = [(str(p), str(t)) for p, t in value.get("rules", [])]
         self._by_point.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The tariffs, the assignments and the time zone they are read in, as plain
+        data (a core snapshot's ``tariffs``; :meth:`from_snapshot` reads it back)."""
+        return {
+            "tz": tz_name(self.tz),
+            "tariffs": [tariff_to_builtins(self._tariffs[k]) for k in sorted(self._tariffs)],
+            "assignments": self.assignments_record(),
+        }
+
+    @classmethod
+    def from_snapshot(cls, value: dict[str, Any]) -> TariffBook:
+        """The book of a snapshot's ``tariffs`` (raises ValueError/TypeError/KeyError
+        or :class:`~common.tariffs.TariffInvalid` when it does not fit)."""
+        book = cls(tz_of(str(value["tz"])))
+        for t in value.get("tariffs") or ():
+            book.restore_tariff(t)
+        book.restore_assignments(value.get("assignments") or {})
+        return book
 
     def restore_tariff(self, value: dict[str, Any]) -> None:
         self.put(tariff_from_builtins(value))
