@@ -12,7 +12,7 @@ import math
 
 from broker.core.effects import Effect, Rejected
 from broker.core.engine import Engine
-from broker.core.point_table import Heard
+from broker.core.point_table import OUT_OF_ORDER, SAME, UNPLUGGED
 from broker.core.points import PointState
 from broker.core.sessions import LEVEL_TOLERANCE, energy_kwh
 from common.errors import (
@@ -52,14 +52,14 @@ def handle_datagram(
             return []
         return _register_by_datagram(eng, d, now, signed_ts)
     heard = eng.points.take_datagram(p, d, now, signed_ts)
-    if heard is Heard.SAME:
+    if heard == SAME:
         if d.potencia_atual_kw is not None and p.session is not None:
             return _drawn(eng, p, d, d.potencia_atual_kw, now, [])
         return []
-    if heard is Heard.OUT_OF_ORDER:
+    if heard == OUT_OF_ORDER:
         return _out_of_order(eng, d, signed_ts)
     fx: list[Effect] = []
-    if heard is Heard.UNPLUGGED and p.session is not None:
+    if heard == UNPLUGGED and p.session is not None:
         # the vehicle left a parked session: its bill, parking included, goes out now
         eng.sessions.unplug(p.session, now, fx)
     fx.extend(_slow_datagram(eng, p, d, now))
