@@ -110,3 +110,44 @@ def test_an_ocpp_charger_in_a_site_gets_its_profile_and_is_billed_by_the_meter(
             )
     finally:
         car.close()
+
+
+def test_an_ocpp_201_charger_in_a_site_gets_a_tx_profile_in_watts(
+    broker: tuple[Proc, BrokerPorts], tmp_path: Path, sims: SimLoop
+) -> None:
+    """The same limit reaches a 2.0.1 charger as 2.0.1's SetChargingProfile: a TxProfile
+    for its (string) transaction id on its EVSE, unit W."""
+    _, ports = broker
+    chargers = write_chargers(
+        tmp_path / "chargers.toml",
+        ["OF01"],
+        price_kwh=PRICE,
+        extra={"OF01": 'ocpp = "2.0.1"\nconnector = 1\n'},
+    )
+    ws_port = free_port()
+    car = Vehicle(ports.vehicle, "CARSITE2")
+    try:
+        with (
+            running(gateway_args(ports, chargers, ws_port), ready="ocpp gateway ready"),
+            history(ports) as ask,
+        ):
+            url = f"ws://127.0.0.1:{ws_port}/ocpp"
+            sim = sims.add(url, "OF01", version="2.0.1", speed=100, meter_every_s=0.1)
+            wait_estado(car, "OF01", "disponivel")
+            reply = ask({"op": "set_site", "name": "lot", "limit_kw": 7.4, "points": ["OF01"]})
+            assert reply.get("ok"), reply
+            started = arrive(car, "OF01")
+            assert started["code"] == "started", started
+            wait_for(
+                lambda: any(r[0] == "SetChargingProfile" for r in sim.received),
+                timeout=15,
+                what="SetChargingProfile",
+            )
+            profile = next(r[1] for r in sim.received if r[0] == "SetChargingProfile")
+            assert profile["charging_profile_purpose"] == "TxProfile"
+            assert profile["transaction_id"] == sim.transaction
+            (schedule,) = profile["charging_schedule"]
+            assert schedule["charging_rate_unit"] == "W"
+            assert schedule["charging_schedule_period"][0]["limit"] == 7_400
+    finally:
+        car.close()
