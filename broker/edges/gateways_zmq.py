@@ -27,8 +27,10 @@ ids are free again at once). Messages from a gateway that has not said
 ``hello`` to this core (it does not know yet that the core restarted) are
 dropped and answered with a ``Welcome``, which makes it say ``hello`` and
 resend what is unanswered. Pushes for a vehicle no connection is bound to,
-made in the first :data:`HOLD_PUSHES_S` after the core started (while the
-gateways re-attach their connections), wait for that vehicle's connection.
+made in the first :data:`HOLD_PUSHES_S` after the core started or after a
+gateway was dropped as silent (while the gateways re-attach their connections:
+a paused or cut-off gateway comes back with its vehicles still connected), wait
+for that vehicle's connection.
 """
 
 from __future__ import annotations
@@ -203,6 +205,8 @@ class GatewaysEdge:
         self._next_conn = REMOTE_BASE
         self._resolved: dict[int, tuple[RemoteConn, int, bytes, str]] = {}
         self._started = time.monotonic()
+        #: pushes for unbound vehicles are held until then (start, or a gateway dropped)
+        self._hold_until = self._started + HOLD_PUSHES_S
         self._held: deque[tuple[float, Push]] = deque()
         self.stats: dict[str, int] = {
             "received": 0,
@@ -236,6 +240,7 @@ class GatewaysEdge:
             self._ctx, zmq.ROUTER, self._endpoint, "the gateways ROUTER", options
         )
         self._started = time.monotonic()
+        self._hold_until = self._started + HOLD_PUSHES_S
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._recv(self._sock), name="gateways-recv"),
@@ -294,7 +299,7 @@ class GatewaysEdge:
         peer = self.peers.get(routing_id)
         if peer is None:  # a gateway that has not greeted this core: make it
             if not isinstance(message, Bye):
-                self._send_raw(routing_id, self._welcome_now())
+                self._send_raw(routing_id, msgspec.structs.replace(self._welcome_now(), greet=True))
             return
         peer.last_heard = now
         match message:
@@ -558,9 +563,11 @@ class GatewaysEdge:
         self.send(remote.peer, Answer(remote.gconn, rid, payload, seq, remote.bound(), outcome))
 
     def hold_push(self, push: Push) -> None:
-        """A push for a vehicle not bound anywhere: held while the gateways re-attach."""
+        """A push for a vehicle not bound anywhere: held while the gateways re-attach (after
+        the core started, or after a gateway was dropped as silent: paused or cut off, it
+        may come back with its connections still open)."""
         now = time.monotonic()
-        if now - self._started < HOLD_PUSHES_S and len(self._held) < MAX_HELD_PUSHES:
+        if now < self._hold_until and len(self._held) < MAX_HELD_PUSHES:
             self._held.append((now, push))
 
     def _deliver_held(self, vehicle_id: str, remote: RemoteConn) -> None:
@@ -606,7 +613,8 @@ class GatewaysEdge:
                     )
                     self.stats["gateways_lost"] += 1
                     self._drop_peer(peer)
-            if self._held and now - self._started > HOLD_PUSHES_S:
+                    self._hold_until = max(self._hold_until, now + HOLD_PUSHES_S)
+            if self._held and now > self._hold_until:
                 self._held.clear()
             if now - last_prune >= PRUNE_EVERY_S:
                 last_prune = now

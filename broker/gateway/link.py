@@ -218,10 +218,12 @@ class CoreLink:
         assert server is not None
         self.last_welcome = time.monotonic()
         self.core_seq = welcome.seq
-        if welcome.boot != self.boot:
-            if self.boot is not None:
+        if welcome.boot != self.boot or welcome.greet:
+            if self.boot is not None and welcome.boot != self.boot:
                 self.stats["core_restarts"] += 1
                 log.warning("the core restarted (boot %s): re-attaching", welcome.boot)
+            elif self.boot is not None:
+                log.warning("the core had dropped this gateway as silent: re-attaching")
             self.boot = welcome.boot
             server.low_battery = welcome.low_battery
             server.low_battery_rearm = welcome.low_battery_rearm

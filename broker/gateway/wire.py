@@ -89,6 +89,9 @@ class Welcome(msgspec.Struct, tag="welcome", array_like=True, frozen=True):
     queue_capacity: int
     low_battery: float
     low_battery_rearm: float
+    #: the core does not know this gateway (it restarted, or dropped it as silent): say
+    #: hello again with every connection, and resend what is unanswered
+    greet: bool = False
 
 
 class Answer(msgspec.Struct, tag="answer", array_like=True, frozen=True):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -321,6 +323,31 @@ def test_pushes_due_during_a_core_outage_reach_their_vehicles_after_it(tmp_path:
             st.start_core()
             assert a.push("reserva_expirada", timeout=20)["data"]["id_ponto_recarga"] == "PP01"
             assert b.push("sua_vez", timeout=20)["data"]["id_ponto_recarga"] == "PP01"
+
+
+def test_pushes_due_while_a_paused_gateway_was_dropped_reach_its_vehicles(
+    tmp_path: Path,
+) -> None:
+    # the gateway is stopped (SIGSTOP) longer than the core waits for a silent gateway:
+    # the core drops it and its connections, the turn expires meanwhile; when it runs
+    # again it re-attaches the connections it kept and the pushes reach them
+    with (
+        gateway_stack(tmp_path, 1, "--hold-minutes", "0.05") as st,
+        keepalive(st.ports.status, "PG01"),
+    ):
+        send_status(st.ports.status, "PG01")
+        _sees(st.vehicle_port, 1, "PG01")
+        with vehicle(st.vehicle_port, "PHOLDER") as a, vehicle(st.vehicle_port, "PNEXT") as b:
+            assert a.ask("reserva", id_ponto_recarga="PG01")["data"]["code"] == "reserved"
+            assert b.ask("reserva", id_ponto_recarga="PG01")["data"]["posicao"] == 2
+            pid = st.gateways[0].pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(4.0)  # dropped after 2 s of silence; the 3 s turn expires
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert a.push("reserva_expirada", timeout=20)["data"]["id_ponto_recarga"] == "PG01"
+            assert b.push("sua_vez", timeout=20)["data"]["id_ponto_recarga"] == "PG01"
 
 
 def test_a_request_held_past_core_wait_is_answered_unavailable_on_an_open_connection(
