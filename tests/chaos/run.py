@@ -266,6 +266,8 @@ def execute(run: Run, stack: Stack) -> checker.Report:
         proc.kill()
         proc.wait()
     reader.join(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
     run.say("drivers done; waiting for the stack to settle")
     checker_box = Reader(stack)
     data = settle(checker_box, run)
