@@ -51,6 +51,10 @@ CONNECT_WINDOW: Final = 2000  # fleet: connections opened but not yet welcomed, 
 CONNECT_MIN: Final = 20  # ... but at least this many more are opened per tick (no welcome?)
 HELLO_BATCH: Final = 2000  # hellos attempted per housekeeping pass (keeps loop turns short)
 HOUSEKEEPING_S: Final = 0.25
+#: a completion resent this long without an answer makes its station say hello again:
+#: a broker that restarted routes nothing to a connection that has not greeted it, and
+#: in a fleet the other stations keep the link busy, so it never falls silent
+UNANSWERED_HELLO_S: Final = 6.0
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Host:
         self._hello_due: dict[int, float] = {}
         self._active: set[int] = set()  # stations with a session or a hold
         self._pending: set[int] = set()  # stations with unacknowledged completions
+        self._unanswered_since: dict[int, float] = {}  # ... resent since, unanswered
         self._dg_heap: list[tuple[float, int]] = []
         self._hb_heap: list[tuple[float, int]] = []
         self._link_heard = 0.0
@@ -290,6 +295,7 @@ class Host:
                 c.handle(msg, now)
                 if not c.pending:
                     self._pending.discard(i)
+                    self._unanswered_since.pop(i, None)
             case Hold() | Release() | Start() | Limit() | Stop():
                 if self.config.mute_commands:
                     self.counters.muted += 1
@@ -390,8 +396,14 @@ class Host:
 
     def _housekeeping(self, now: float) -> None:
         for i in list(self._pending):
-            for m in self.chargers[i].due_completions(now):
+            due = self.chargers[i].due_completions(now)
+            for m in due:
                 self._send(i, m, now)
+            if due:
+                since = self._unanswered_since.setdefault(i, now)
+                if now - since >= UNANSWERED_HELLO_S and i not in self._hello_due:
+                    self._hello_due[i] = now
+                    self._unanswered_since[i] = now
         silence = self.config.silence_s
         if now - self._link_heard > silence and any(c.online for c in self.chargers):
             log.warning("broker silent for %.0f s: re-creating the ZeroMQ socket", silence)

@@ -67,3 +67,38 @@ def test_every_message_names_its_point_and_the_connection_has_one_heartbeat() ->
     assert chargers[1].hold is not None and chargers[0].hold is None
     assert host.counters.frames_in >= 4
     host.close()
+
+
+class PerPointLink(MemoryLink):
+    """A link with a connection per point (``ev-station fleet``)."""
+
+    shared = False
+
+
+def test_a_completion_resent_without_an_answer_makes_its_station_say_hello_again() -> None:
+    # a broker that restarted routes nothing to a connection that has not greeted it and
+    # refuses its completion; the station must not stay unheard by it for ever even when
+    # the link stays busy (here: heartbeats keep coming for both points)
+    link = PerPointLink()
+    chargers = [Charger("PP01", -12.0, -38.0), Charger("PP02", -12.1, -38.1)]
+    host = Host(chargers, HostConfig(status_port=9, heartbeat_s=1.0), lambda _ids: link)
+    host.start(100.0)
+    link.inbox = [(p, pack({"type": "welcome", "heartbeat_s": 1.0})) for p in ("PP01", "PP02")]
+    start = {"type": "start", "cmd_id": "c1", "session_id": "S1", "vehicle_id": "V",
+             "nivel_bateria": 20, "nivel_carregar": 21, "capacidade_kwh": 1}  # fmt: skip
+    host.turn(100.5)
+    link.inbox = [("PP02", pack(start))]
+    link.sent.clear()
+    t = 101.0
+    try:
+        while t < 130.0:
+            link.inbox += [(p, pack({"type": "heartbeat"})) for p in ("PP01", "PP02")]
+            host.turn(t)
+            t += 0.25
+    finally:
+        host.close()
+    done = [m for m in link.sent if m["type"] == "session_complete"]
+    hellos = [m for m in link.sent if m["type"] == "hello" and m.get("id", "PP02") == "PP02"]
+    assert len(done) >= 5  # resent every 2 s, never answered
+    assert hellos, "the station never said hello again"
+    assert all(m["type"] != "hello" or m.get("id") != "PP01" for m in link.sent)
