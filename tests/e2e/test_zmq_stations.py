@@ -196,8 +196,9 @@ def test_a_flood_of_station_messages_does_not_starve_the_loop() -> None:
             await tick
         assert len(rec.messages) == n
         # the flood was handled in slices (batches with a yield between them),
-        # not in one go (which makes one slice hold nearly all the loop's work)
-        assert max(gaps) < sum(gaps) / 2, (max(gaps), sum(gaps), len(gaps))
+        # not in one go (which makes one slice hold nearly all the loop's work: 0.9
+        # and more of it); one slice may hold a garbage collection on top of its batch
+        assert max(gaps) < 0.75 * sum(gaps), (max(gaps), sum(gaps), len(gaps))
 
     run_with_stations_edge(body)
 
