@@ -195,7 +195,7 @@ def check_bills(facts: Facts, report: Report, margin_s: float = 3.0) -> None:
             held = any(a <= at - margin_s and at + margin_s <= b for a, b in spans.get(vehicle, []))
             if held and final[sid] == 0:
                 why = f"{sid}: {vehicle}'s connection carried a later reply but no custo_final"
-                report.anomalies.append(Anomaly("bill", why, keys))
+                report.anomalies.append(Anomaly("push", why, keys))
     report.figures["sessions_started"] = sessions
     report.figures["bills"] = completed_total
     report.figures["custo_final_pushes"] = sum(final.values())
